@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Builds the Proxy-Wasm test plugins into build/plugins/:
+#   rust_sdk_filter.wasm  tests/plugins/rust-sdk-filter (Rust SDK 0.2.1, Debian rustc + wasm32-wasi std)
+#   as_filter.wasm        tests/plugins/as-filter       (AssemblyScript SDK 0.1.8)
+#   <name>.wasm           every tests/wat/<name>.wat    (wat2wasm)
+#
+# Usage: scripts/build-plugins.sh [--force] [rust] [as] [wat]
+#   With no target names, builds all three kinds. --force (or FORCE=1) rebuilds
+#   even when the outputs are newer than their sources.
+#
+# Installs nothing system-wide. Needs (see docs / BUILDING notes):
+#   apt: rustc cargo libstd-rust-dev-wasm32 (for /usr/bin/rustc 1.63 with the
+#        wasm32-wasi std), wabt, nodejs/npm.
+# Runs `npm ci` (or `npm install` without a lock file) in tests/plugins/as-filter
+# when its node_modules is missing.
+#
+# Environment overrides:
+#   PLUGIN_RUSTC  (default /usr/bin/rustc)   rustc that has the wasm32-wasi std
+#   PLUGIN_CARGO  (default /usr/bin/cargo)   cargo to drive it
+#   WAT2WASM      (default wat2wasm)
+#   WAT2WASM_FLAGS extra flags for every .wat (a file may add its own with a
+#                 first-lines comment ";; wat2wasm-flags: --no-check ...")
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+cd "$root"
+
+out_dir="build/plugins"
+target_dir="$root/build/plugins-target"
+rust_dir="tests/plugins/rust-sdk-filter"
+as_dir="tests/plugins/as-filter"
+wat_dir="tests/wat"
+
+PLUGIN_RUSTC="${PLUGIN_RUSTC:-/usr/bin/rustc}"
+PLUGIN_CARGO="${PLUGIN_CARGO:-/usr/bin/cargo}"
+WAT2WASM="${WAT2WASM:-wat2wasm}"
+WAT2WASM_FLAGS="${WAT2WASM_FLAGS:-}"
+
+force="${FORCE:-0}"
+want_rust=0 want_as=0 want_wat=0
+for arg in "$@"; do
+    case "$arg" in
+        --force|-f) force=1 ;;
+        rust) want_rust=1 ;;
+        as) want_as=1 ;;
+        wat) want_wat=1 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "build-plugins: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+    esac
+done
+if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ]; then
+    want_rust=1 want_as=1 want_wat=1
+fi
+
+mkdir -p "$out_dir"
+
+log() { printf 'build-plugins: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# up_to_date OUTPUT SOURCE... : true when OUTPUT exists and no SOURCE file
+# (directories are searched recursively) is newer than it.
+up_to_date() {
+    local output="$1"; shift
+    [ "$force" = 1 ] && return 1
+    [ -f "$output" ] || return 1
+    local newer
+    newer="$(find "$@" -type f -newer "$output" -print -quit 2>/dev/null || true)"
+    [ -z "$newer" ]
+}
+
+# publish TMP FINAL : atomically move a freshly built module into place.
+publish() {
+    mv -f "$1" "$2"
+    log "wrote $2 ($(stat -c %s "$2") bytes)"
+}
+
+elapsed() { echo "$(( $(date +%s%N) / 1000000 - $1 )) ms"; }
+now_ms() { echo "$(( $(date +%s%N) / 1000000 ))"; }
+
+build_rust() {
+    local out="$out_dir/rust_sdk_filter.wasm"
+    if up_to_date "$out" "$rust_dir/Cargo.toml" "$rust_dir/Cargo.lock" "$rust_dir/src" "$0"; then
+        log "rust-sdk-filter: up to date"
+        return
+    fi
+    [ -x "$PLUGIN_RUSTC" ] || die "$PLUGIN_RUSTC not found (apt-get install -y rustc cargo libstd-rust-dev-wasm32)"
+    [ -x "$PLUGIN_CARGO" ] || die "$PLUGIN_CARGO not found (apt-get install -y cargo)"
+    local sysroot
+    sysroot="$("$PLUGIN_RUSTC" --print sysroot)"
+    [ -d "$sysroot/lib/rustlib/wasm32-wasi" ] \
+        || die "$PLUGIN_RUSTC has no wasm32-wasi std (apt-get install -y libstd-rust-dev-wasm32)"
+    [ -f "$rust_dir/Cargo.lock" ] \
+        || die "$rust_dir/Cargo.lock missing; regenerate with: (cd $rust_dir && CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback cargo generate-lockfile)"
+
+    local t0; t0="$(now_ms)"
+    log "rust-sdk-filter: building with $("$PLUGIN_RUSTC" --version)"
+    # Debian's cargo 1.65 needs the sparse index switched on explicitly
+    # (nightly-gated there); --locked keeps the committed Cargo.lock as is.
+    (
+        cd "$rust_dir"
+        # Neutralise settings meant for the host crate (env or the repo's
+        # .cargo/config.toml): wrappers, rustflags, target-dir.
+        env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
+            RUSTC_WRAPPER= CARGO_BUILD_RUSTC_WRAPPER= CARGO_BUILD_RUSTFLAGS= \
+            RUSTC="$PLUGIN_RUSTC" \
+            CARGO_TARGET_DIR="$target_dir" \
+            __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly \
+            CARGO_UNSTABLE_SPARSE_REGISTRY=true \
+            CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
+            "$PLUGIN_CARGO" build --release --locked --target wasm32-wasi
+    )
+    local built="$target_dir/wasm32-wasi/release/rust_sdk_filter.wasm"
+    [ -f "$built" ] || die "cargo did not produce $built"
+    cp -f "$built" "$out.tmp"
+    chmod 0644 "$out.tmp"
+    publish "$out.tmp" "$out"
+    log "rust-sdk-filter: done in $(elapsed "$t0")"
+}
+
+build_as() {
+    local out="$out_dir/as_filter.wasm"
+    command -v node >/dev/null || die "node not found (apt-get install -y nodejs npm)"
+    command -v npm >/dev/null || die "npm not found (apt-get install -y npm)"
+    local t0; t0="$(now_ms)"
+    if [ ! -x "$as_dir/node_modules/.bin/asc" ]; then
+        if [ -f "$as_dir/package-lock.json" ]; then
+            log "as-filter: npm ci"
+            (cd "$as_dir" && npm ci --no-audit --no-fund)
+        else
+            log "as-filter: npm install (no package-lock.json)"
+            (cd "$as_dir" && npm install --no-audit --no-fund)
+        fi
+    fi
+    if up_to_date "$out" "$as_dir/assembly" "$as_dir/package.json" "$as_dir/package-lock.json" "$0"; then
+        log "as-filter: up to date"
+        return
+    fi
+    log "as-filter: building"
+    (
+        cd "$as_dir"
+        ./node_modules/.bin/asc assembly/index.ts -b "$root/$out.tmp" --use abort=abort_proc_exit -O3
+    )
+    publish "$out.tmp" "$out"
+    log "as-filter: done in $(elapsed "$t0")"
+}
+
+build_wat() {
+    shopt -s nullglob
+    local files=("$wat_dir"/*.wat)
+    shopt -u nullglob
+    if [ ${#files[@]} -eq 0 ]; then
+        log "wat: no $wat_dir/*.wat files"
+        return
+    fi
+    command -v "$WAT2WASM" >/dev/null || die "$WAT2WASM not found (apt-get install -y wabt)"
+    local t0; t0="$(now_ms)"
+    local f name out flags built=0 skipped=0
+    for f in "${files[@]}"; do
+        name="$(basename "$f" .wat)"
+        out="$out_dir/$name.wasm"
+        if up_to_date "$out" "$f"; then
+            skipped=$((skipped + 1))
+            continue
+        fi
+        # Optional per-file flags in the first 5 lines: ";; wat2wasm-flags: ..."
+        flags="$(head -n 5 "$f" | sed -n 's/^[[:space:]]*;;[[:space:]]*wat2wasm-flags:[[:space:]]*//p' | head -n 1)"
+        # shellcheck disable=SC2086
+        "$WAT2WASM" $WAT2WASM_FLAGS $flags "$f" -o "$out.tmp" || { rm -f "$out.tmp"; die "wat2wasm failed on $f"; }
+        mv -f "$out.tmp" "$out"
+        built=$((built + 1))
+    done
+    log "wat: $built built, $skipped up to date ($(elapsed "$t0"))"
+}
+
+[ $want_rust = 1 ] && build_rust
+[ $want_as = 1 ] && build_as
+[ $want_wat = 1 ] && build_wat
+exit 0

@@ -1,0 +1,123 @@
+//! The header-map wire format ("pairs") shared by the header hostcalls.
+//!
+//! Little-endian: `u32 count`, then `count` × (`u32 key_len`, `u32 value_len`), then
+//! each key and value, each followed by a NUL byte. An empty map is encoded as
+//! nothing at all (size 0): the Rust SDK rejects a map that is only a count.
+
+use super::Status;
+
+/// Limits on pairs a plugin sends us, as the reference host applies them, so
+/// that a hostile module cannot make us allocate without bound.
+pub const MAX_PAIRS_SIZE: usize = 1 << 20;
+pub const MAX_PAIRS_COUNT: usize = 1024;
+
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// Encodes pairs; an empty list becomes an empty byte string.
+pub fn encode<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
+    if pairs.is_empty() {
+        return Vec::new();
+    }
+    let data: usize = pairs.iter().map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data);
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.as_ref().len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_ref());
+        out.push(0);
+        out.extend_from_slice(v.as_ref());
+        out.push(0);
+    }
+    out
+}
+
+/// Decodes pairs sent by a plugin. Malformed or oversized input is BAD_ARGUMENT.
+pub fn decode(bytes: &[u8]) -> Result<Vec<Pair>, Status> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if bytes.len() > MAX_PAIRS_SIZE || bytes.len() < 4 {
+        return Err(Status::BadArgument);
+    }
+    let count = read_u32(bytes, 0)? as usize;
+    if count > MAX_PAIRS_COUNT {
+        return Err(Status::BadArgument);
+    }
+    let header_end = count.checked_mul(8).and_then(|n| n.checked_add(4)).ok_or(Status::BadArgument)?;
+    if header_end > bytes.len() {
+        return Err(Status::BadArgument);
+    }
+    let mut pos = header_end;
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let klen = read_u32(bytes, 4 + i * 8)? as usize;
+        let vlen = read_u32(bytes, 8 + i * 8)? as usize;
+        let key = take_nul_terminated(bytes, &mut pos, klen)?;
+        let value = take_nul_terminated(bytes, &mut pos, vlen)?;
+        out.push((key.to_vec(), value.to_vec()));
+    }
+    Ok(out)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Result<u32, Status> {
+    let b = bytes.get(at..at + 4).ok_or(Status::BadArgument)?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn take_nul_terminated<'a>(bytes: &'a [u8], pos: &mut usize, len: usize) -> Result<&'a [u8], Status> {
+    let end = pos.checked_add(len).ok_or(Status::BadArgument)?;
+    let s = bytes.get(*pos..end).ok_or(Status::BadArgument)?;
+    if bytes.get(end) != Some(&0) {
+        return Err(Status::BadArgument);
+    }
+    *pos = end + 1;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_map_is_zero_bytes() {
+        assert!(encode::<&[u8], &[u8]>(&[]).is_empty());
+        assert_eq!(decode(&[]).unwrap(), Vec::<Pair>::new());
+    }
+
+    #[test]
+    fn round_trip_is_byte_exact() {
+        let pairs = vec![(b":path".to_vec(), b"/a?b=1".to_vec()), (b"x".to_vec(), b"".to_vec())];
+        let enc = encode(&pairs);
+        let expected: Vec<u8> = [
+            &2u32.to_le_bytes()[..],
+            &5u32.to_le_bytes(),
+            &6u32.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &0u32.to_le_bytes(),
+            b":path\0/a?b=1\0x\0\0",
+        ]
+        .concat();
+        assert_eq!(enc, expected);
+        assert_eq!(decode(&enc).unwrap(), pairs);
+    }
+
+    #[test]
+    fn malformed_input_is_bad_argument() {
+        let good = encode(&[("k", "v")]);
+        assert_eq!(decode(&good[..good.len() - 1]), Err(Status::BadArgument));
+        assert_eq!(decode(&[1]), Err(Status::BadArgument));
+        let mut huge_count = good.clone();
+        huge_count[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&huge_count), Err(Status::BadArgument));
+        let mut no_nul = good.clone();
+        let n = no_nul.len();
+        no_nul[n - 1] = b'x';
+        assert_eq!(decode(&no_nul), Err(Status::BadArgument));
+        let mut long_key = good;
+        long_key[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&long_key), Err(Status::BadArgument));
+    }
+}

@@ -1,0 +1,230 @@
+//! WASI preview 1, as much as a proxy filter needs, under both module names
+//! (`wasi_snapshot_preview1` and the older `wasi_unstable`).
+//!
+//! Output to stdout/stderr becomes log lines; clocks and randomness are real;
+//! the environment holds only what the plugin configuration lists; there are no
+//! arguments, files or sockets. Any other WASI function answers an errno
+//! (NOTSUP) instead of trapping, whatever its signature.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::memory;
+use super::LogLevel;
+use crate::runtime::{Caller, FuncType, HostFn, Trap, Val, ValType};
+
+pub const MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
+
+// errno values of WASI preview 1.
+pub const ESUCCESS: i32 = 0;
+pub const EBADF: i32 = 8;
+pub const EFAULT: i32 = 21;
+pub const EINVAL: i32 = 28;
+pub const ENOTSUP: i32 = 58;
+pub const ESPIPE: i32 = 70;
+
+/// The most a plugin may ask of `random_get` in one call, as the reference host allows.
+pub const MAX_RANDOM_BYTES: u32 = 64 * 1024;
+
+type R = Result<Option<Val>, Trap>;
+
+fn errno(e: i32) -> R {
+    Ok(Some(Val::I32(e)))
+}
+
+fn u(a: &[Val], i: usize) -> u32 {
+    a.get(i).map_or(0, |v| v.as_i32() as u32)
+}
+
+fn mem_result(r: Result<(), crate::abi::Status>) -> R {
+    errno(if r.is_ok() { ESUCCESS } else { EFAULT })
+}
+
+fn fd_write(c: &mut dyn Caller, a: &[Val]) -> R {
+    let (fd, iovs, iovs_len, nwritten) = (u(a, 0), u(a, 1), u(a, 2), u(a, 3));
+    if fd != 1 && fd != 2 {
+        return errno(EBADF);
+    }
+    let (mem, st) = c.memory_and_state();
+    let Some(table_len) = iovs_len.checked_mul(8) else { return errno(EFAULT) };
+    let Ok(table) = memory::slice(mem, iovs, table_len) else { return errno(EFAULT) };
+    let mut out = Vec::new();
+    for iov in table.chunks_exact(8) {
+        let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+        let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+        match memory::read(mem, ptr, len) {
+            Ok(bytes) => out.extend_from_slice(&bytes),
+            Err(_) => return errno(EFAULT),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    let line = text.strip_suffix('\n').unwrap_or(&text);
+    if !line.is_empty() {
+        let level = if fd == 1 { LogLevel::Info } else { LogLevel::Error };
+        let plugin = st.log_ref();
+        st.env.server.log(&plugin, level, line);
+    }
+    mem_result(memory::write_u32(mem, nwritten, out.len() as u32))
+}
+
+fn fd_read(_c: &mut dyn Caller, _a: &[Val]) -> R {
+    errno(EBADF)
+}
+
+fn fd_close(_c: &mut dyn Caller, a: &[Val]) -> R {
+    errno(if u(a, 0) <= 2 { ESUCCESS } else { EBADF })
+}
+
+fn fd_seek(_c: &mut dyn Caller, a: &[Val]) -> R {
+    errno(if u(a, 0) <= 2 { ESPIPE } else { EBADF })
+}
+
+/// stdin/stdout/stderr are character devices; nothing else is open.
+fn fd_fdstat_get(c: &mut dyn Caller, a: &[Val]) -> R {
+    let fd = u(a, 0);
+    if fd > 2 {
+        return errno(EBADF);
+    }
+    // fdstat: filetype u8 (2 = character device), pad, flags u16, rights u64 x2.
+    let mut stat = [0u8; 24];
+    stat[0] = 2;
+    let rights: u64 = if fd == 0 { 1 << 1 } else { 1 << 6 }; // fd_read / fd_write
+    stat[8..16].copy_from_slice(&rights.to_le_bytes());
+    mem_result(memory::write(c.memory_and_state().0, u(a, 1), &stat))
+}
+
+/// Ends wasi-libc's scan for preopened directories: there are none.
+fn bad_fd(_c: &mut dyn Caller, _a: &[Val]) -> R {
+    errno(EBADF)
+}
+
+fn environ_sizes_get(c: &mut dyn Caller, a: &[Val]) -> R {
+    let (mem, st) = c.memory_and_state();
+    let count = st.env.environment.len() as u32;
+    let size: usize = st.env.environment.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    mem_result(memory::write_u32(mem, u(a, 0), count).and_then(|_| memory::write_u32(mem, u(a, 1), size as u32)))
+}
+
+fn environ_get(c: &mut dyn Caller, a: &[Val]) -> R {
+    let (mem, st) = c.memory_and_state();
+    let (mut ptrs, mut buf) = (u(a, 0), u(a, 1));
+    for (k, v) in st.env.environment.clone() {
+        let entry = format!("{k}={v}\0");
+        let r = memory::write_u32(mem, ptrs, buf).and_then(|_| memory::write(mem, buf, entry.as_bytes()));
+        if r.is_err() {
+            return errno(EFAULT);
+        }
+        ptrs = ptrs.wrapping_add(4);
+        buf = buf.wrapping_add(entry.len() as u32);
+    }
+    errno(ESUCCESS)
+}
+
+fn args_sizes_get(c: &mut dyn Caller, a: &[Val]) -> R {
+    let mem = c.memory_and_state().0;
+    mem_result(memory::write_u32(mem, u(a, 0), 0).and_then(|_| memory::write_u32(mem, u(a, 1), 0)))
+}
+
+fn args_get(_c: &mut dyn Caller, _a: &[Val]) -> R {
+    errno(ESUCCESS)
+}
+
+fn monotonic_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+fn clock_time_get(c: &mut dyn Caller, a: &[Val]) -> R {
+    let now = match u(a, 0) {
+        0 => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        // Monotonic, and the CPU-time clocks approximated by it.
+        1..=3 => monotonic_ns(),
+        _ => return errno(EINVAL),
+    };
+    mem_result(memory::write_u64(c.memory_and_state().0, u(a, 2), now))
+}
+
+fn clock_res_get(c: &mut dyn Caller, a: &[Val]) -> R {
+    if u(a, 0) > 3 {
+        return errno(EINVAL);
+    }
+    mem_result(memory::write_u64(c.memory_and_state().0, u(a, 1), 1))
+}
+
+fn random_get(c: &mut dyn Caller, a: &[Val]) -> R {
+    let (ptr, len) = (u(a, 0), u(a, 1));
+    if len > MAX_RANDOM_BYTES {
+        return errno(EINVAL);
+    }
+    let mem = c.memory_and_state().0;
+    let Ok(buf) = memory::slice_mut(mem, ptr, len) else { return errno(EFAULT) };
+    match getrandom::fill(buf) {
+        Ok(()) => errno(ESUCCESS),
+        Err(_) => errno(EINVAL),
+    }
+}
+
+fn proc_exit(c: &mut dyn Caller, a: &[Val]) -> R {
+    let code = u(a, 0) as i32;
+    let st = c.state();
+    st.exited = Some(code);
+    let plugin = st.log_ref();
+    st.env.server.log(&plugin, LogLevel::Error, &format!("the plugin called proc_exit({code})"));
+    Err(Trap::new(format!("proc_exit({code})")))
+}
+
+fn sched_yield(_c: &mut dyn Caller, _a: &[Val]) -> R {
+    errno(ESUCCESS)
+}
+
+/// No event ever fires: a filter must not block. Go's runtime calls this.
+fn poll_oneoff(c: &mut dyn Caller, a: &[Val]) -> R {
+    mem_result(memory::write_u32(c.memory_and_state().0, u(a, 3), 0))
+}
+
+/// Any WASI function we do not provide: answers NOTSUP.
+pub fn unsupported(_c: &mut dyn Caller, _a: &[Val]) -> R {
+    errno(ENOTSUP)
+}
+
+use ValType::{I32, I64};
+
+/// The WASI functions we implement: name, parameters, function. All return an errno (i32),
+/// except `proc_exit`, which returns nothing.
+pub static FUNCTIONS: &[(&str, &[ValType], HostFn)] = &[
+    ("fd_write", &[I32, I32, I32, I32], fd_write),
+    ("fd_read", &[I32, I32, I32, I32], fd_read),
+    ("fd_close", &[I32], fd_close),
+    ("fd_seek", &[I32, I64, I32, I32], fd_seek),
+    ("fd_fdstat_get", &[I32, I32], fd_fdstat_get),
+    ("fd_prestat_get", &[I32, I32], bad_fd),
+    ("fd_prestat_dir_name", &[I32, I32, I32], bad_fd),
+    ("fd_filestat_get", &[I32, I32], bad_fd),
+    ("environ_sizes_get", &[I32, I32], environ_sizes_get),
+    ("environ_get", &[I32, I32], environ_get),
+    ("args_sizes_get", &[I32, I32], args_sizes_get),
+    ("args_get", &[I32, I32], args_get),
+    ("clock_time_get", &[I32, I64, I32], clock_time_get),
+    ("clock_res_get", &[I32, I32], clock_res_get),
+    ("random_get", &[I32, I32], random_get),
+    ("proc_exit", &[I32], proc_exit),
+    ("sched_yield", &[], sched_yield),
+    ("poll_oneoff", &[I32, I32, I32, I32], poll_oneoff),
+];
+
+/// Resolves a WASI import: our implementation when the signature matches,
+/// `Err` with the expected signature when it does not, and the errno answer
+/// for functions we do not implement.
+pub fn resolve(name: &str, ty: &FuncType) -> Result<HostFn, FuncType> {
+    match FUNCTIONS.iter().find(|(n, _, _)| *n == name) {
+        Some((n, params, f)) => {
+            let results = if *n == "proc_exit" { vec![] } else { vec![I32] };
+            let expected = FuncType { params: params.to_vec(), results };
+            if &expected == ty {
+                Ok(*f)
+            } else {
+                Err(expected)
+            }
+        }
+        None => Ok(unsupported),
+    }
+}

@@ -1,0 +1,630 @@
+//! The configuration schema: which keys each map has and what they become.
+//!
+//! Each map of the file is a [`Section`]. Adding a key means one entry in its `KEYS` (canonical
+//! `snake_case` name first, then aliases), one arm in `read`, and its use in `finish`.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess};
+use serde_yaml_ng::Value;
+
+use super::error::{decode, invalid, ConfigError, Position};
+use super::node::{
+    absolute, describe, wrong_type, Capabilities, CodeFile, Cx, Flag, HostEnvKeys, KeyValues, Node,
+    Payload, Runtime, Text,
+};
+use super::probe::{locate, Step, Target};
+use super::{CodeSource, ConfigOrigin, FailurePolicy, PluginConfig, RuntimeKind, VmConfig};
+
+/// The plugins of one file, and the shape they were written in (to find them again in the text).
+pub(super) struct Document {
+    pub layout: Layout,
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// Parses one file's text. Positions that deserialization does not give (where each entry starts,
+/// where a duplicate name is) are found afterwards with [`locate`].
+pub(super) fn parse(text: &str, file: &Path) -> Result<Document, ConfigError> {
+    // Syntax first: on malformed YAML, serde_yaml_ng deserializes the events read before the error,
+    // and a complaint about the truncated document could hide the real one.
+    serde_yaml_ng::from_str::<IgnoredAny>(text).map_err(|e| decode(&e, file))?;
+
+    let base_dir = base_dir(file);
+    let cx = Cx {
+        file,
+        base_dir: &base_dir,
+        path: String::new(),
+    };
+    let (layout, mut plugins) = cx
+        .at(Root)
+        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
+        .map_err(|e| decode(&e, file))?;
+    for (index, plugin) in plugins.iter_mut().enumerate() {
+        let (line, _) = locate(text, &layout.entry_steps(index), Target::Key).unwrap_or((0, 0));
+        plugin.origin.line = line;
+    }
+    Ok(Document { layout, plugins })
+}
+
+/// The absolute folder of `file`, where relative code file names point.
+fn base_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => absolute(parent),
+        _ => absolute(Path::new(".")),
+    }
+}
+
+/// How the plugins are laid out in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// `config: {...}`
+    Single,
+    /// `- config: {...}` at the top level.
+    List,
+    /// `plugins: [- config: {...}]`
+    PluginsKey,
+}
+
+impl Layout {
+    /// The way to entry `index`'s `config` key.
+    fn entry_steps(self, index: usize) -> Vec<Step> {
+        match self {
+            Layout::Single => vec![Step::Key("config")],
+            Layout::List => vec![Step::Index(index), Step::Key("config")],
+            Layout::PluginsKey => vec![
+                Step::Key("plugins"),
+                Step::Index(index),
+                Step::Key("config"),
+            ],
+        }
+    }
+
+    /// The key path of entry `index`'s `config` map.
+    fn entry_path(self, index: usize) -> String {
+        match self {
+            Layout::Single => "config".to_owned(),
+            Layout::List => format!("[{index}].config"),
+            Layout::PluginsKey => format!("plugins[{index}].config"),
+        }
+    }
+
+    /// The error for entry `index` of this file reusing a name first used at `first`.
+    pub fn duplicate_name(
+        self,
+        text: &str,
+        file: &Path,
+        index: usize,
+        name: &str,
+        first: &ConfigOrigin,
+    ) -> ConfigError {
+        let mut steps = self.entry_steps(index);
+        steps.push(Step::Key("name"));
+        let found = locate(text, &steps, Target::Value);
+        let at = Position {
+            file: file.to_path_buf(),
+            line: found.map(|f| f.0),
+            column: found.map(|f| f.1),
+        };
+        let message = format!("duplicate plugin name {name:?}; already defined at {first}");
+        invalid(at, &format!("{}.name", self.entry_path(index)), message)
+    }
+}
+
+/// A map with a fixed set of keys, read by [`Sec`].
+pub(super) trait Section: Default {
+    type Out;
+
+    /// For each key: its canonical name, then accepted aliases.
+    const KEYS: &'static [&'static [&'static str]];
+
+    /// Reads the value of `key` (a canonical name) with `map.next_value_seed(cx.at(...))`.
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error>;
+
+    /// Checks what must be there and builds the result. Errors point at the start of the map.
+    fn finish(self, cx: &Cx<'_>) -> Result<Self::Out, String>;
+}
+
+/// Reads a [`Section`]. An empty value counts as an empty map, so required keys are reported as
+/// missing rather than the value as being of the wrong type.
+pub(super) struct Sec<S>(PhantomData<S>);
+
+impl<S> Sec<S> {
+    pub fn new() -> Self {
+        Sec(PhantomData)
+    }
+}
+
+impl<'de, S: Section> Node<'de> for Sec<S> {
+    type Out = S::Out;
+
+    fn expected(&self) -> &'static str {
+        "a map"
+    }
+
+    fn value(self, cx: &Cx<'_>, value: Value) -> Result<S::Out, String> {
+        match value {
+            Value::Null => S::default().finish(cx),
+            other => Err(wrong_type(self.expected(), &other)),
+        }
+    }
+
+    fn map<A: MapAccess<'de>>(self, cx: &Cx<'_>, mut map: A) -> Result<S::Out, A::Error> {
+        let mut section = S::default();
+        let mut seen: Vec<&'static str> = Vec::new();
+        while let Some(key) = map.next_key_seed(cx.clone().at(KeyName {
+            keys: S::KEYS,
+            seen: &seen,
+        }))? {
+            seen.push(key);
+            section.read(key, cx.key(key), &mut map)?;
+        }
+        section.finish(cx).map_err(|message| cx.fail(message))
+    }
+}
+
+/// A key of a [`Section`], giving its canonical name. Reports unknown and repeated keys at the key.
+struct KeyName<'s> {
+    keys: &'static [&'static [&'static str]],
+    seen: &'s [&'static str],
+}
+
+impl KeyName<'_> {
+    fn known(&self) -> String {
+        self.keys
+            .iter()
+            .map(|names| names[0])
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Node<'_> for KeyName<'_> {
+    type Out = &'static str;
+
+    fn expected(&self) -> &'static str {
+        "a key name"
+    }
+
+    fn value(self, _cx: &Cx<'_>, value: Value) -> Result<&'static str, String> {
+        let written = match value {
+            Value::String(s) => s,
+            // Keys YAML read as numbers or booleans (`1:`, `true:`) are named as written.
+            Value::Number(n) => {
+                return Err(format!("unknown key {n}; expected one of {}", self.known()))
+            }
+            Value::Bool(b) => {
+                return Err(format!("unknown key {b}; expected one of {}", self.known()))
+            }
+            other => {
+                return Err(format!(
+                    "unknown key {}; expected one of {}",
+                    describe(&other),
+                    self.known()
+                ))
+            }
+        };
+        let Some(names) = self
+            .keys
+            .iter()
+            .find(|names| names.contains(&written.as_str()))
+        else {
+            return Err(format!(
+                "unknown key {written:?}; expected one of {}",
+                self.known()
+            ));
+        };
+        let canonical = names[0];
+        if self.seen.contains(&canonical) {
+            return Err(if written == canonical {
+                format!("key {written:?} is given twice")
+            } else {
+                format!("key {written:?} is given twice (it is another name for {canonical:?})")
+            });
+        }
+        Ok(canonical)
+    }
+}
+
+fn required<T>(value: Option<T>, key: &str) -> Result<T, String> {
+    value.ok_or_else(|| format!("missing required key {key:?}"))
+}
+
+/// The document root: a map with `config` or `plugins`, or a list of entries.
+struct Root;
+
+impl<'de> Node<'de> for Root {
+    type Out = (Layout, Vec<PluginConfig>);
+
+    fn expected(&self) -> &'static str {
+        "a \"config\" map, a \"plugins\" list or a list of \"- config:\" entries"
+    }
+
+    fn value(self, _cx: &Cx<'_>, value: Value) -> Result<Self::Out, String> {
+        match value {
+            Value::Null => Err(format!(
+                "no plugin configured (the document is empty); expected {}",
+                self.expected()
+            )),
+            other => Err(wrong_type(self.expected(), &other)),
+        }
+    }
+
+    fn map<A: MapAccess<'de>>(self, cx: &Cx<'_>, map: A) -> Result<Self::Out, A::Error> {
+        Sec::<RootMap>::new().map(cx, map)
+    }
+
+    fn seq<A: SeqAccess<'de>>(self, cx: &Cx<'_>, seq: A) -> Result<Self::Out, A::Error> {
+        Ok((Layout::List, PluginList.seq(cx, seq)?))
+    }
+}
+
+/// The top-level map.
+#[derive(Default)]
+struct RootMap {
+    config: Option<PluginConfig>,
+    plugins: Option<Vec<PluginConfig>>,
+}
+
+impl Section for RootMap {
+    type Out = (Layout, Vec<PluginConfig>);
+
+    const KEYS: &'static [&'static [&'static str]] = &[&["config"], &["plugins"]];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "config" => {
+                self.config = Some(map.next_value_seed(cx.at(Sec::<PluginSection>::new()))?);
+            }
+            "plugins" => self.plugins = Some(map.next_value_seed(cx.at(PluginList))?),
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<Self::Out, String> {
+        match (self.config, self.plugins) {
+            (Some(config), None) => Ok((Layout::Single, vec![config])),
+            (None, Some(plugins)) => Ok((Layout::PluginsKey, plugins)),
+            (Some(_), Some(_)) => Err("use either \"config\" or \"plugins\", not both".to_owned()),
+            (None, None) => Err(
+                "no plugin configured; expected a \"config\" map or a \"plugins\" list".to_owned(),
+            ),
+        }
+    }
+}
+
+/// A non-empty list of `- config:` entries.
+struct PluginList;
+
+impl<'de> Node<'de> for PluginList {
+    type Out = Vec<PluginConfig>;
+
+    fn expected(&self) -> &'static str {
+        "a list of \"- config:\" entries"
+    }
+
+    fn value(self, _cx: &Cx<'_>, value: Value) -> Result<Self::Out, String> {
+        match value {
+            Value::Null => Err(format!(
+                "no plugin configured; expected {}",
+                self.expected()
+            )),
+            other => Err(wrong_type(self.expected(), &other)),
+        }
+    }
+
+    fn seq<A: SeqAccess<'de>>(self, cx: &Cx<'_>, mut seq: A) -> Result<Self::Out, A::Error> {
+        let mut plugins = Vec::new();
+        while let Some(plugin) =
+            seq.next_element_seed(cx.index(plugins.len()).at(Sec::<Entry>::new()))?
+        {
+            plugins.push(plugin);
+        }
+        if plugins.is_empty() {
+            return Err(cx.fail(format!(
+                "no plugin configured; expected {}",
+                self.expected()
+            )));
+        }
+        Ok(plugins)
+    }
+}
+
+/// One list item: `config: {...}`.
+#[derive(Default)]
+struct Entry {
+    config: Option<PluginConfig>,
+}
+
+impl Section for Entry {
+    type Out = PluginConfig;
+
+    const KEYS: &'static [&'static [&'static str]] = &[&["config"]];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "config" => {
+                self.config = Some(map.next_value_seed(cx.at(Sec::<PluginSection>::new()))?);
+            }
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<PluginConfig, String> {
+        required(self.config, "config")
+    }
+}
+
+/// `config`: one plugin.
+#[derive(Default)]
+struct PluginSection {
+    name: Option<String>,
+    root_id: Option<String>,
+    configuration: Option<Vec<u8>>,
+    fail_open: Option<bool>,
+    allowed_capabilities: Option<Vec<String>>,
+    vm: Option<VmConfig>,
+}
+
+impl Section for PluginSection {
+    type Out = PluginConfig;
+
+    const KEYS: &'static [&'static [&'static str]] = &[
+        &["name"],
+        &["root_id", "rootId"],
+        &["configuration"],
+        &["fail_open", "failOpen"],
+        &[
+            "capability_restriction_config",
+            "capabilityRestrictionConfig",
+        ],
+        &["vm_config", "vmConfig"],
+    ];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "name" => self.name = Some(map.next_value_seed(cx.at(Text::NON_EMPTY))?),
+            "root_id" => self.root_id = Some(map.next_value_seed(cx.at(Text::ANY))?),
+            "configuration" => self.configuration = Some(map.next_value_seed(cx.at(Payload))?),
+            "fail_open" => self.fail_open = map.next_value_seed(cx.at(Flag))?,
+            "capability_restriction_config" => {
+                self.allowed_capabilities =
+                    map.next_value_seed(cx.at(Sec::<CapabilitySection>::new()))?;
+            }
+            "vm_config" => self.vm = Some(map.next_value_seed(cx.at(Sec::<VmSection>::new()))?),
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, cx: &Cx<'_>) -> Result<PluginConfig, String> {
+        Ok(PluginConfig {
+            name: required(self.name, "name")?,
+            vm: required(self.vm, "vm_config")?,
+            root_id: self.root_id.unwrap_or_default(),
+            configuration: self.configuration.unwrap_or_default(),
+            failure_policy: if self.fail_open.unwrap_or(false) {
+                FailurePolicy::FailOpen
+            } else {
+                FailurePolicy::FailClosed
+            },
+            allowed_capabilities: self.allowed_capabilities,
+            // The line is filled in by `parse`, which can find it in the text.
+            origin: ConfigOrigin {
+                file: cx.file.to_path_buf(),
+                line: 0,
+            },
+        })
+    }
+}
+
+/// `capability_restriction_config`; `None` (no restriction) when nothing is listed.
+#[derive(Default)]
+struct CapabilitySection {
+    allowed: Vec<String>,
+}
+
+impl Section for CapabilitySection {
+    type Out = Option<Vec<String>>;
+
+    const KEYS: &'static [&'static [&'static str]] =
+        &[&["allowed_capabilities", "allowedCapabilities"]];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "allowed_capabilities" => self.allowed = map.next_value_seed(cx.at(Capabilities))?,
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<Self::Out, String> {
+        Ok(Some(self.allowed).filter(|names| !names.is_empty()))
+    }
+}
+
+/// `vm_config`.
+#[derive(Default)]
+struct VmSection {
+    runtime: Option<RuntimeKind>,
+    vm_id: Option<String>,
+    configuration: Option<Vec<u8>>,
+    allow_precompiled: Option<bool>,
+    environment: Option<Vec<(String, String)>>,
+    code: Option<CodeSource>,
+}
+
+impl Section for VmSection {
+    type Out = VmConfig;
+
+    const KEYS: &'static [&'static [&'static str]] = &[
+        &["runtime"],
+        &["vm_id", "vmId"],
+        &["configuration"],
+        &["allow_precompiled", "allowPrecompiled"],
+        &["environment_variables", "environmentVariables"],
+        &["code"],
+    ];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "runtime" => self.runtime = map.next_value_seed(cx.at(Runtime))?,
+            "vm_id" => self.vm_id = Some(map.next_value_seed(cx.at(Text::ANY))?),
+            "configuration" => self.configuration = Some(map.next_value_seed(cx.at(Payload))?),
+            "allow_precompiled" => self.allow_precompiled = map.next_value_seed(cx.at(Flag))?,
+            "environment_variables" => {
+                self.environment =
+                    Some(map.next_value_seed(cx.at(Sec::<EnvironmentSection>::new()))?);
+            }
+            "code" => self.code = Some(map.next_value_seed(cx.at(Sec::<CodeSection>::new()))?),
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<VmConfig, String> {
+        Ok(VmConfig {
+            code: required(self.code, "code")?,
+            // Documented default: Wasmtime.
+            runtime: self.runtime.unwrap_or_default(),
+            vm_id: self.vm_id.unwrap_or_default(),
+            configuration: self.configuration.unwrap_or_default(),
+            allow_precompiled: self.allow_precompiled.unwrap_or(false),
+            environment: self.environment.unwrap_or_default(),
+        })
+    }
+}
+
+/// `environment_variables`.
+#[derive(Default)]
+struct EnvironmentSection {
+    host: Vec<(String, String)>,
+    fixed: Vec<(String, String)>,
+}
+
+impl Section for EnvironmentSection {
+    type Out = Vec<(String, String)>;
+
+    const KEYS: &'static [&'static [&'static str]] = &[
+        &["host_env_keys", "hostEnvKeys"],
+        &["key_values", "keyValues"],
+    ];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "host_env_keys" => self.host = map.next_value_seed(cx.at(HostEnvKeys))?,
+            "key_values" => self.fixed = map.next_value_seed(cx.at(KeyValues))?,
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    /// Host values first, then fixed ones; a fixed value replaces a host one in place, as in ATS
+    /// where `key_values` is applied last.
+    fn finish(self, _cx: &Cx<'_>) -> Result<Self::Out, String> {
+        let mut environment: Vec<(String, String)> = Vec::new();
+        for (name, value) in self.host.into_iter().chain(self.fixed) {
+            match environment.iter_mut().find(|(taken, _)| *taken == name) {
+                Some(slot) => slot.1 = value,
+                None => environment.push((name, value)),
+            }
+        }
+        Ok(environment)
+    }
+}
+
+/// `code`: exactly one source (only `local` for now).
+#[derive(Default)]
+struct CodeSection {
+    source: Option<CodeSource>,
+}
+
+impl Section for CodeSection {
+    type Out = CodeSource;
+
+    const KEYS: &'static [&'static [&'static str]] = &[&["local"]];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "local" => self.source = Some(map.next_value_seed(cx.at(Sec::<LocalSection>::new()))?),
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<CodeSource, String> {
+        self.source
+            .ok_or_else(|| "missing code source; expected \"local\"".to_owned())
+    }
+}
+
+/// `code.local`.
+#[derive(Default)]
+struct LocalSection {
+    file: Option<CodeSource>,
+}
+
+impl Section for LocalSection {
+    type Out = CodeSource;
+
+    const KEYS: &'static [&'static [&'static str]] = &[&["filename"]];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "filename" => self.file = Some(map.next_value_seed(cx.at(CodeFile))?),
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<CodeSource, String> {
+        required(self.file, "filename")
+    }
+}

@@ -1,0 +1,22 @@
+//! A Proxy-Wasm host: runs WebAssembly filters written with the Proxy-Wasm
+//! SDKs inside HTTP servers.
+//!
+//! Layers, each behind a small interface:
+//! - [`abi`]: the Proxy-Wasm ABI itself: versions, encodings, every hostcall
+//!   (`abi::exports`) and WASI (`abi::wasi`).
+//! - [`runtime`]: WebAssembly runtimes behind the `Engine`/`Module`/`Instance` traits.
+//! - [`vm`]: an instance with its contexts and the callback lifecycle.
+//! - [`host`]: what a server binding implements (`ServerHost`, `HttpStream`).
+//! - [`config`]: the YAML plugin configuration.
+//! - [`ffi`]: the C API for servers written in C.
+
+pub mod abi;
+pub mod config;
+pub mod ffi;
+pub mod host;
+pub mod loader;
+pub mod metrics;
+pub mod plugin;
+pub mod runtime;
+pub mod shared;
+pub mod vm;

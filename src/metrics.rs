@@ -1,0 +1,181 @@
+//! Plugin metrics: counters, gauges and histograms, process-wide and keyed by
+//! name, so every instance of a plugin adds to the same series. Servers read
+//! them with [`Metrics::snapshot`] to export them (ATS stats, Prometheus text).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
+
+use crate::abi::{MetricType, Status};
+
+/// Histogram bucket upper bounds (inclusive), Prometheus-style; the last bucket is +Inf.
+pub const HISTOGRAM_BOUNDS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+struct Metric {
+    name: String,
+    kind: MetricType,
+    value: AtomicI64,
+    count: AtomicU64,
+    sum: AtomicU64,
+    buckets: [AtomicU64; HISTOGRAM_BOUNDS.len() + 1],
+}
+
+/// A read-out of one metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricSnapshot {
+    pub id: u32,
+    pub name: String,
+    pub kind: MetricType,
+    /// Counter or gauge value; 0 for histograms.
+    pub value: i64,
+    /// Histogram sample count, sum, and cumulative bucket counts (last is +Inf).
+    pub count: u64,
+    pub sum: u64,
+    pub buckets: Vec<u64>,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    metrics: RwLock<Vec<Arc<Metric>>>,
+    by_name: RwLock<HashMap<String, u32>>,
+}
+
+impl Metrics {
+    /// Defines a metric, or returns the id of the one already defined with that
+    /// name. Redefining a name with another type is BAD_ARGUMENT.
+    pub fn define(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
+        if name.is_empty() {
+            return Err(Status::BadArgument);
+        }
+        let mut by_name = self.by_name.write().unwrap_or_else(|p| p.into_inner());
+        let mut metrics = self.metrics.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(&id) = by_name.get(name) {
+            return if metrics[index(id)].kind == kind { Ok(id) } else { Err(Status::BadArgument) };
+        }
+        metrics.push(Arc::new(Metric {
+            name: name.to_string(),
+            kind,
+            value: AtomicI64::new(0),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            buckets: Default::default(),
+        }));
+        let id = metrics.len() as u32;
+        by_name.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    fn get_metric(&self, id: u32) -> Result<Arc<Metric>, Status> {
+        let metrics = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        id.checked_sub(1).and_then(|i| metrics.get(i as usize)).cloned().ok_or(Status::NotFound)
+    }
+
+    /// Adds to a counter (non-negative only) or a gauge; BAD_ARGUMENT for a histogram.
+    pub fn increment(&self, id: u32, delta: i64) -> Result<(), Status> {
+        let m = self.get_metric(id)?;
+        match m.kind {
+            MetricType::Counter if delta < 0 => Err(Status::BadArgument),
+            MetricType::Counter | MetricType::Gauge => {
+                m.value.fetch_add(delta, Ordering::Relaxed);
+                Ok(())
+            }
+            MetricType::Histogram => Err(Status::BadArgument),
+        }
+    }
+
+    /// Sets a counter or gauge to `value`, or records a histogram sample.
+    pub fn record(&self, id: u32, value: u64) -> Result<(), Status> {
+        let m = self.get_metric(id)?;
+        match m.kind {
+            MetricType::Counter | MetricType::Gauge => m.value.store(value as i64, Ordering::Relaxed),
+            MetricType::Histogram => {
+                m.count.fetch_add(1, Ordering::Relaxed);
+                m.sum.fetch_add(value, Ordering::Relaxed);
+                let bucket = HISTOGRAM_BOUNDS.iter().position(|b| value <= *b).unwrap_or(HISTOGRAM_BOUNDS.len());
+                m.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// A counter's or gauge's value; a histogram has no single value (BAD_ARGUMENT).
+    pub fn get(&self, id: u32) -> Result<i64, Status> {
+        let m = self.get_metric(id)?;
+        match m.kind {
+            MetricType::Histogram => Err(Status::BadArgument),
+            _ => Ok(m.value.load(Ordering::Relaxed)),
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<MetricSnapshot> {
+        let metrics = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut running = 0;
+                let buckets = m
+                    .buckets
+                    .iter()
+                    .map(|b| {
+                        running += b.load(Ordering::Relaxed);
+                        running
+                    })
+                    .collect();
+                MetricSnapshot {
+                    id: i as u32 + 1,
+                    name: m.name.clone(),
+                    kind: m.kind,
+                    value: m.value.load(Ordering::Relaxed),
+                    count: m.count.load(Ordering::Relaxed),
+                    sum: m.sum.load(Ordering::Relaxed),
+                    buckets,
+                }
+            })
+            .collect()
+    }
+}
+
+fn index(id: u32) -> usize {
+    id as usize - 1
+}
+
+/// The registry every VM in this process uses unless the server supplies one.
+pub fn process_metrics() -> Arc<Metrics> {
+    static METRICS: LazyLock<Arc<Metrics>> = LazyLock::new(Default::default);
+    METRICS.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn define_is_idempotent_per_name_and_type() {
+        let m = Metrics::default();
+        let a = m.define(MetricType::Counter, "a").unwrap();
+        assert_eq!(m.define(MetricType::Counter, "a"), Ok(a));
+        assert_eq!(m.define(MetricType::Gauge, "a"), Err(Status::BadArgument));
+    }
+
+    #[test]
+    fn counters_gauges_histograms() {
+        let m = Metrics::default();
+        let c = m.define(MetricType::Counter, "c").unwrap();
+        let g = m.define(MetricType::Gauge, "g").unwrap();
+        let h = m.define(MetricType::Histogram, "h").unwrap();
+        m.increment(c, 2).unwrap();
+        assert_eq!(m.increment(c, -1), Err(Status::BadArgument));
+        m.increment(g, -5).unwrap();
+        m.record(h, 7).unwrap();
+        m.record(h, 20000).unwrap();
+        assert_eq!(m.get(c), Ok(2));
+        assert_eq!(m.get(g), Ok(-5));
+        assert_eq!(m.get(h), Err(Status::BadArgument));
+        assert_eq!(m.get(99), Err(Status::NotFound));
+        let snap = m.snapshot();
+        assert_eq!(snap[2].count, 2);
+        assert_eq!(snap[2].sum, 20007);
+        assert_eq!(*snap[2].buckets.last().unwrap(), 2);
+    }
+}

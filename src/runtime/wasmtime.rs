@@ -1,0 +1,261 @@
+//! The Wasmtime runtime adapter (Cranelift, ahead-of-instantiation compilation).
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use wasmtime as wt;
+
+use super::{Caller, Engine, ExportDesc, FuncType, ImportDesc, LinkedImport, Instance, Module, RuntimeError, Trap, Val, ValType};
+use crate::vm::state::HostState;
+
+/// The process-wide Wasmtime engine. One engine serves every plugin so that
+/// compiled code is shared; it is created lazily, in the process that uses it
+/// (NGINX workers fork after configuration, and an engine must not cross a fork).
+pub struct WasmtimeEngine {
+    engine: wt::Engine,
+}
+
+impl WasmtimeEngine {
+    pub fn new() -> Result<WasmtimeEngine, RuntimeError> {
+        let mut config = wt::Config::new();
+        config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
+        config.wasm_backtrace_details(wt::WasmBacktraceDetails::Disable);
+        let engine = wt::Engine::new(&config).map_err(|e| RuntimeError::Compile(format!("cannot create the Wasmtime engine: {e}")))?;
+        Ok(WasmtimeEngine { engine })
+    }
+
+    /// The shared engine of this process.
+    pub fn shared() -> Result<Arc<WasmtimeEngine>, RuntimeError> {
+        static ENGINE: OnceLock<Result<Arc<WasmtimeEngine>, String>> = OnceLock::new();
+        ENGINE
+            .get_or_init(|| WasmtimeEngine::new().map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(RuntimeError::Compile)
+    }
+}
+
+impl Engine for WasmtimeEngine {
+    fn name(&self) -> &'static str {
+        "wasmtime"
+    }
+
+    fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn Module>, RuntimeError> {
+        let module = wt::Module::new(&self.engine, wasm).map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
+        let imports = module
+            .imports()
+            .map(|i| ImportDesc {
+                module: i.module().to_string(),
+                name: i.name().to_string(),
+                ty: match i.ty() {
+                    wt::ExternType::Func(f) => Some(func_type(&f)),
+                    _ => None,
+                },
+            })
+            .collect();
+        let exports = module
+            .exports()
+            .map(|e| ExportDesc {
+                name: e.name().to_string(),
+                ty: match e.ty() {
+                    wt::ExternType::Func(f) => Some(func_type(&f)),
+                    _ => None,
+                },
+            })
+            .collect();
+        Ok(Arc::new(WasmtimeModule { engine: self.engine.clone(), module, imports, exports, pre: OnceLock::new() }))
+    }
+}
+
+fn val_type(t: &wt::ValType) -> ValType {
+    match t {
+        wt::ValType::I32 => ValType::I32,
+        wt::ValType::I64 => ValType::I64,
+        wt::ValType::F32 => ValType::F32,
+        wt::ValType::F64 => ValType::F64,
+        _ => ValType::Other,
+    }
+}
+
+fn func_type(f: &wt::FuncType) -> FuncType {
+    FuncType { params: f.params().map(|t| val_type(&t)).collect(), results: f.results().map(|t| val_type(&t)).collect() }
+}
+
+fn wt_val_type(t: ValType) -> wt::ValType {
+    match t {
+        ValType::I32 => wt::ValType::I32,
+        ValType::I64 => wt::ValType::I64,
+        ValType::F32 => wt::ValType::F32,
+        ValType::F64 => wt::ValType::F64,
+        // Host functions never declare other types; i32 keeps this total.
+        ValType::Other => wt::ValType::I32,
+    }
+}
+
+struct WasmtimeModule {
+    engine: wt::Engine,
+    module: wt::Module,
+    imports: Vec<ImportDesc>,
+    exports: Vec<ExportDesc>,
+    /// The linked module, built on first instantiation and reused by every
+    /// later instance (on every thread) so linking costs nothing per instance.
+    pre: OnceLock<Result<wt::InstancePre<HostState>, String>>,
+}
+
+impl WasmtimeModule {
+    fn link(&self, imports: &[LinkedImport]) -> Result<wt::InstancePre<HostState>, String> {
+        let mut linker: wt::Linker<HostState> = wt::Linker::new(&self.engine);
+        for host in imports {
+            let ty = wt::FuncType::new(
+                &self.engine,
+                host.ty.params.iter().map(|t| wt_val_type(*t)),
+                host.ty.results.iter().map(|t| wt_val_type(*t)),
+            );
+            let func = host.func;
+            linker
+                .func_new(&host.module, &host.name, ty, move |caller, params, results| call_host(func, caller, params, results))
+                .map_err(|e| format!("cannot link {}.{}: {e}", host.module, host.name))?;
+        }
+        linker.instantiate_pre(&self.module).map_err(|e| format!("{e:#}"))
+    }
+}
+
+fn call_host(func: super::HostFn, caller: wt::Caller<'_, HostState>, params: &[wt::Val], results: &mut [wt::Val]) -> wt::Result<()> {
+    let args: smallvec_args::Args = params
+        .iter()
+        .map(|v| match v {
+            wt::Val::I32(x) => Val::I32(*x),
+            wt::Val::I64(x) => Val::I64(*x),
+            _ => Val::I32(0),
+        })
+        .collect();
+    let mut c = WasmtimeCaller { caller };
+    match func(&mut c, &args) {
+        Ok(Some(v)) => {
+            if let Some(slot) = results.first_mut() {
+                *slot = match v {
+                    Val::I32(x) => wt::Val::I32(x),
+                    Val::I64(x) => wt::Val::I64(x),
+                };
+            }
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(trap) => Err(wt::Error::new(trap)),
+    }
+}
+
+/// Hostcalls have at most a dozen arguments; a Vec keeps this simple.
+mod smallvec_args {
+    pub type Args = Vec<super::Val>;
+}
+
+struct WasmtimeCaller<'a> {
+    caller: wt::Caller<'a, HostState>,
+}
+
+impl Caller for WasmtimeCaller<'_> {
+    fn memory_and_state(&mut self) -> (&mut [u8], &mut HostState) {
+        match self.caller.get_export("memory") {
+            Some(wt::Extern::Memory(mem)) => mem.data_and_store_mut(&mut self.caller),
+            _ => (&mut [], self.caller.data_mut()),
+        }
+    }
+
+    fn call_export(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
+        let Some(func) = self.caller.get_export(name).and_then(|e| e.into_func()) else {
+            return Err(Trap::new(format!("the module has no function export {name:?}")));
+        };
+        call_func(&func, &mut self.caller, args)
+    }
+}
+
+fn call_func(func: &wt::Func, mut store: impl wt::AsContextMut, args: &[Val]) -> Result<Option<Val>, Trap> {
+    let ty = func.ty(&store);
+    if ty.params().len() != args.len() {
+        return Err(Trap::new(format!("export expects {} arguments, the host passed {}", ty.params().len(), args.len())));
+    }
+    let params: Vec<wt::Val> = args
+        .iter()
+        .zip(ty.params())
+        .map(|(a, t)| match t {
+            wt::ValType::I64 => wt::Val::I64(a.as_i64()),
+            _ => wt::Val::I32(a.as_i32()),
+        })
+        .collect();
+    let mut results = vec![wt::Val::I32(0); ty.results().len()];
+    match func.call(&mut store, &params, &mut results) {
+        Ok(()) => Ok(results.first().and_then(|r| match r {
+            wt::Val::I32(x) => Some(Val::I32(*x)),
+            wt::Val::I64(x) => Some(Val::I64(*x)),
+            _ => None,
+        })),
+        Err(e) => Err(to_trap(e)),
+    }
+}
+
+fn to_trap(e: wt::Error) -> Trap {
+    let backtrace = e.downcast_ref::<wt::WasmBacktrace>().map(|bt| format!("{bt}"));
+    // A hostcall that asked to abort the guest (proc_exit, a host bug) keeps its message.
+    if let Some(t) = e.downcast_ref::<Trap>() {
+        return Trap { message: t.message.clone(), backtrace: backtrace.or_else(|| t.backtrace.clone()) };
+    }
+    let message = match e.downcast_ref::<wt::Trap>() {
+        Some(t) => format!("wasm trap: {t}"),
+        None => format!("{e}"),
+    };
+    Trap { message, backtrace }
+}
+
+impl Module for WasmtimeModule {
+    fn imports(&self) -> &[ImportDesc] {
+        &self.imports
+    }
+
+    fn exports(&self) -> &[ExportDesc] {
+        &self.exports
+    }
+
+    fn instantiate(&self, state: HostState, imports: &[LinkedImport]) -> Result<Box<dyn Instance>, RuntimeError> {
+        let pre = self.pre.get_or_init(|| self.link(imports)).as_ref().map_err(|e| RuntimeError::Instantiate(e.clone()))?;
+        let mut store = wt::Store::new(&self.engine, state);
+        let instance = pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate(to_trap(e).message))?;
+        let memory = instance.get_memory(&mut store, "memory");
+        Ok(Box::new(WasmtimeInstance { store, instance, memory, funcs: HashMap::new() }))
+    }
+}
+
+struct WasmtimeInstance {
+    store: wt::Store<HostState>,
+    instance: wt::Instance,
+    memory: Option<wt::Memory>,
+    /// Export lookups by name are cached: callbacks are called by name on every request.
+    funcs: HashMap<String, Option<wt::Func>>,
+}
+
+impl WasmtimeInstance {
+    fn func(&mut self, name: &str) -> Option<wt::Func> {
+        if let Some(f) = self.funcs.get(name) {
+            return *f;
+        }
+        let f = self.instance.get_func(&mut self.store, name);
+        self.funcs.insert(name.to_string(), f);
+        f
+    }
+}
+
+impl Instance for WasmtimeInstance {
+    fn call(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
+        let Some(func) = self.func(name) else {
+            return Err(Trap::new(format!("the module has no function export {name:?}")));
+        };
+        call_func(&func, &mut self.store, args)
+    }
+
+    fn state(&mut self) -> &mut HostState {
+        self.store.data_mut()
+    }
+
+    fn memory_size(&mut self) -> usize {
+        self.memory.map_or(0, |m| m.data_size(&self.store))
+    }
+}

@@ -1,0 +1,471 @@
+//! A VM: one instance of a module, with the root and stream contexts of the
+//! plugins that run in it, and the lifecycle the Proxy-Wasm spec prescribes.
+//!
+//! A `Vm` is used from one thread at a time (each server thread or worker has
+//! its own); the server binding drives it with the `on_*` methods and receives
+//! requests from it through [`ServerHost`] and [`HttpStream`].
+
+pub mod state;
+
+use std::sync::Arc;
+
+use crate::abi::{Action, StreamType};
+use crate::host::{HttpCallResponse, HttpStream, PluginRef, ServerHost};
+use crate::metrics::{process_metrics, Metrics};
+use crate::plugin::{PluginInfo, WasmCode};
+use crate::runtime::{Instance, Trap, Val};
+use crate::shared::{process_queues, process_shared_data, SharedDataStore, SharedQueues};
+use state::{Context, Deferred, HostState, Phase, RootContext, StreamContext, VmEnv};
+
+/// Settings of a VM (the `vm_config` of a plugin).
+#[derive(Clone)]
+pub struct VmOptions {
+    pub vm_id: String,
+    pub vm_configuration: Vec<u8>,
+    pub environment: Vec<(String, String)>,
+    /// Defaults to the process-wide stores.
+    pub shared_data: Option<Arc<dyn SharedDataStore>>,
+    pub queues: Option<Arc<SharedQueues>>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl VmOptions {
+    pub fn new(vm_id: impl Into<String>) -> VmOptions {
+        VmOptions { vm_id: vm_id.into(), vm_configuration: Vec::new(), environment: Vec::new(), shared_data: None, queues: None, metrics: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{origin}: cannot instantiate: {message}")]
+    Instantiate { origin: String, message: String },
+    #[error("{origin}: start-up function {function} trapped: {trap}")]
+    Startup { origin: String, function: &'static str, trap: Trap },
+    #[error("plugin {plugin}: {callback} trapped: {trap}")]
+    Trap { plugin: String, callback: &'static str, trap: Trap },
+    #[error("plugin {plugin}: {callback} returned false; the plugin is rejected")]
+    Rejected { plugin: String, callback: &'static str },
+    #[error("the VM is unusable since an earlier failure: {0}")]
+    Failed(String),
+    #[error("no context with id {0} in this VM")]
+    UnknownContext(u32),
+}
+
+/// What a stream callback decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on to the next plugin / the server.
+    Continue,
+    /// Hold this direction until the plugin resumes it (`HttpStream::resume`).
+    Pause,
+    /// The plugin sent a local response or closed the stream: skip the rest of the chain.
+    Stop,
+}
+
+pub struct Vm {
+    instance: Box<dyn Instance>,
+    code: Arc<WasmCode>,
+    env: Arc<VmEnv>,
+    failure: Option<String>,
+}
+
+impl Vm {
+    /// Instantiates `code` and runs its start-up functions.
+    pub fn new(code: Arc<WasmCode>, options: VmOptions, server: Arc<dyn ServerHost>) -> Result<Vm, VmError> {
+        let env = Arc::new(VmEnv {
+            abi: code.abi,
+            log_ref: PluginRef { name: String::new(), root_id: String::new(), vm_id: options.vm_id.clone() },
+            vm_id: options.vm_id,
+            vm_configuration: options.vm_configuration,
+            environment: options.environment,
+            server,
+            shared_data: options.shared_data.unwrap_or_else(process_shared_data),
+            queues: options.queues.unwrap_or_else(process_queues),
+            metrics: options.metrics.unwrap_or_else(process_metrics),
+        });
+        let mut state = HostState::new(env.clone());
+        state.allocator = code.allocator;
+        let instance = code
+            .module
+            .instantiate(state, &code.imports)
+            .map_err(|e| VmError::Instantiate { origin: code.origin.clone(), message: e.to_string() })?;
+        let mut vm = Vm { instance, code, env, failure: None };
+        vm.start()?;
+        Ok(vm)
+    }
+
+    /// `_initialize` then `main` when exported, else `_start` (reactor vs command modules).
+    fn start(&mut self) -> Result<(), VmError> {
+        let mut functions: Vec<&'static str> = Vec::new();
+        if self.code.exports_function("_initialize") {
+            functions.push("_initialize");
+            if self.code.exports_function("main") {
+                functions.push("main");
+            } else if self.code.exports_function("__main_void") {
+                functions.push("__main_void");
+            }
+        } else if self.code.exports_function("_start") {
+            functions.push("_start");
+        }
+        for function in functions {
+            let args: Vec<Val> = match self.code.module.exports().iter().find(|e| e.name == function).and_then(|e| e.ty.as_ref()) {
+                Some(ty) => ty.params.iter().map(|_| Val::I32(0)).collect(),
+                None => Vec::new(),
+            };
+            self.instance.state().phase = Phase::Startup;
+            let r = self.instance.call(function, &args);
+            self.instance.state().phase = Phase::Running;
+            if let Err(trap) = r {
+                // A command module may end `_start` with proc_exit(0): that is success.
+                if self.instance.state().exited == Some(0) {
+                    self.instance.state().exited = None;
+                    continue;
+                }
+                let err = VmError::Startup { origin: self.code.origin.clone(), function, trap };
+                self.failure = Some(err.to_string());
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn code(&self) -> &Arc<WasmCode> {
+        &self.code
+    }
+
+    pub fn vm_id(&self) -> &str {
+        &self.env.vm_id
+    }
+
+    /// Why the VM is unusable, if it is. A trapped instance is not reused: its
+    /// memory may be inconsistent.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Linear memory size in bytes.
+    pub fn memory_size(&mut self) -> usize {
+        self.instance.memory_size()
+    }
+
+    /// Calls a callback for `context_id`, then applies what it deferred.
+    fn enter(&mut self, context_id: u32, callback: &'static str, args: &[Val]) -> Result<Option<Val>, VmError> {
+        if let Some(f) = &self.failure {
+            return Err(VmError::Failed(f.clone()));
+        }
+        let st = self.instance.state();
+        let plugin = st.contexts.get(&context_id).map(|c| c.plugin().clone());
+        st.current_context = context_id;
+        st.effective_context = context_id;
+        st.callback = Some(callback);
+        st.phase = Phase::Running;
+        let r = self.instance.call(callback, args);
+        let st = self.instance.state();
+        st.callback = None;
+        st.http_call_response = None;
+        st.call_data = None;
+        match r {
+            Ok(v) => {
+                self.apply_deferred();
+                Ok(v)
+            }
+            Err(trap) => {
+                let plugin_ref = plugin.as_ref().map(|p| p.log_ref()).unwrap_or_else(|| self.env.log_ref.clone());
+                let mut msg = format!("{callback} trapped: {}", trap.message);
+                if let Some(bt) = &trap.backtrace {
+                    msg.push('\n');
+                    msg.push_str(bt.trim_end());
+                }
+                self.env.server.log(&plugin_ref, crate::abi::LogLevel::Critical, &msg);
+                self.failure = Some(format!("{}: {callback} trapped: {}", plugin_ref.name, trap.message));
+                self.instance.state().deferred.clear();
+                Err(VmError::Trap { plugin: plugin_ref.name, callback, trap })
+            }
+        }
+    }
+
+    /// Calls `callback` if the module exports it; `Ok(None)` otherwise.
+    fn call_if_exported(&mut self, context_id: u32, callback: &'static str, args: &[i64]) -> Result<Option<Val>, VmError> {
+        if !self.code.exports_function(callback) {
+            if let Some(f) = &self.failure {
+                return Err(VmError::Failed(f.clone()));
+            }
+            return Ok(None);
+        }
+        let args: Vec<Val> = args.iter().map(|a| Val::I32(*a as i32)).collect();
+        self.enter(context_id, callback, &args)
+    }
+
+    fn apply_deferred(&mut self) {
+        let deferred = std::mem::take(&mut self.instance.state().deferred);
+        for d in deferred {
+            match d {
+                Deferred::Resume { context_id, stream } => {
+                    if let Some(Context::Stream(s)) = self.instance.state().contexts.get_mut(&context_id) {
+                        // The stream may have moved on already; resuming twice is harmless.
+                        let _ = s.stream.resume(stream);
+                    }
+                }
+                Deferred::Done { context_id } => {
+                    let _ = self.delete_root(context_id);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ root contexts
+
+    /// Creates the plugin's root context: `proxy_on_context_create(root, 0)`,
+    /// `proxy_on_vm_start`, `proxy_on_configure`. `false` from either rejects
+    /// the plugin (its context is dropped).
+    pub fn start_plugin(&mut self, plugin: Arc<PluginInfo>) -> Result<u32, VmError> {
+        if let Some(f) = &self.failure {
+            return Err(VmError::Failed(f.clone()));
+        }
+        let st = self.instance.state();
+        let id = st.allocate_context_id();
+        st.contexts.insert(id, Context::Root(RootContext { plugin: plugin.clone(), tick_period: None, awaiting_done: false, properties: Default::default() }));
+        let vm_config_len = self.env.vm_configuration.len() as i64;
+        let plugin_config_len = plugin.configuration.len() as i64;
+        let steps: [(&'static str, &[i64]); 3] = [
+            ("proxy_on_context_create", &[id as i64, 0]),
+            ("proxy_on_vm_start", &[id as i64, vm_config_len]),
+            ("proxy_on_configure", &[id as i64, plugin_config_len]),
+        ];
+        for (callback, args) in steps {
+            match self.call_if_exported(id, callback, args) {
+                Ok(Some(v)) if callback != "proxy_on_context_create" && v.as_i32() == 0 => {
+                    self.forget_root(id);
+                    return Err(VmError::Rejected { plugin: plugin.name.clone(), callback });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.forget_root(id);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    /// Removes a root context without calling the plugin, and stops what it started.
+    fn forget_root(&mut self, id: u32) {
+        let st = self.instance.state();
+        if let Some(Context::Root(root)) = st.contexts.remove(&id) {
+            if root.tick_period.is_some() {
+                st.env.server.set_tick_period(id, None);
+            }
+        }
+        let tokens: Vec<u32> = st.http_calls.iter().filter(|(_, r)| **r == id).map(|(t, _)| *t).collect();
+        for t in tokens {
+            st.http_calls.remove(&t);
+            st.env.server.cancel_http_call(t);
+        }
+    }
+
+    fn delete_root(&mut self, id: u32) -> Result<(), VmError> {
+        let r = self.call_if_exported(id, "proxy_on_delete", &[id as i64]);
+        self.forget_root(id);
+        r.map(|_| ())
+    }
+
+    /// Shuts a plugin down: `proxy_on_done`; when it returns true (or the
+    /// module has no such callback), `proxy_on_delete` right away and `true`.
+    /// When it returns false the plugin finishes later with `proxy_done`.
+    pub fn shutdown_plugin(&mut self, root_context_id: u32) -> Result<bool, VmError> {
+        if !matches!(self.instance.state().contexts.get(&root_context_id), Some(Context::Root(_))) {
+            return Err(VmError::UnknownContext(root_context_id));
+        }
+        match self.call_if_exported(root_context_id, "proxy_on_done", &[root_context_id as i64]) {
+            Ok(Some(v)) if v.as_i32() == 0 => {
+                if let Some(Context::Root(r)) = self.instance.state().contexts.get_mut(&root_context_id) {
+                    r.awaiting_done = true;
+                }
+                Ok(false)
+            }
+            Ok(_) => self.delete_root(root_context_id).map(|_| true),
+            Err(e) => {
+                self.forget_root(root_context_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a root context still exists (it may be awaiting `proxy_done`).
+    pub fn has_context(&mut self, context_id: u32) -> bool {
+        self.instance.state().contexts.contains_key(&context_id)
+    }
+
+    pub fn on_tick(&mut self, root_context_id: u32) -> Result<(), VmError> {
+        self.root_event(root_context_id, "proxy_on_tick", &[root_context_id as i64])
+    }
+
+    pub fn on_queue_ready(&mut self, root_context_id: u32, queue_id: u32) -> Result<(), VmError> {
+        self.root_event(root_context_id, "proxy_on_queue_ready", &[root_context_id as i64, queue_id as i64])
+    }
+
+    /// Delivers the answer to `proxy_http_call` to the root context that made
+    /// it. Unknown tokens (cancelled calls) are ignored.
+    pub fn on_http_call_response(&mut self, token: u32, response: HttpCallResponse) -> Result<(), VmError> {
+        let st = self.instance.state();
+        let Some(root_id) = st.http_calls.remove(&token) else { return Ok(()) };
+        if !st.contexts.contains_key(&root_id) {
+            return Ok(());
+        }
+        st.last_status = response.failure.clone().unwrap_or((0, String::new()));
+        let args = [root_id as i64, token as i64, response.headers.len() as i64, response.body.len() as i64, response.trailers.len() as i64];
+        st.http_call_response = Some(response);
+        let r = self.call_if_exported(root_id, "proxy_on_http_call_response", &args);
+        self.instance.state().http_call_response = None;
+        r.map(|_| ())
+    }
+
+    /// `proxy_on_foreign_function(root, function_id, size)` with `data` in the CallData buffer.
+    pub fn on_foreign_function(&mut self, root_context_id: u32, function_id: u32, data: Vec<u8>) -> Result<(), VmError> {
+        let len = data.len() as i64;
+        self.instance.state().call_data = Some(data);
+        let r = self.root_event(root_context_id, "proxy_on_foreign_function", &[root_context_id as i64, function_id as i64, len]);
+        self.instance.state().call_data = None;
+        r
+    }
+
+    fn root_event(&mut self, root_context_id: u32, callback: &'static str, args: &[i64]) -> Result<(), VmError> {
+        if !matches!(self.instance.state().contexts.get(&root_context_id), Some(Context::Root(_))) {
+            return Err(VmError::UnknownContext(root_context_id));
+        }
+        self.call_if_exported(root_context_id, callback, args).map(|_| ())
+    }
+
+    // ------------------------------------------------------------ stream contexts
+
+    /// Creates a stream context under `root_context_id` for one transaction.
+    pub fn create_stream(&mut self, root_context_id: u32, stream: Box<dyn HttpStream>) -> Result<u32, VmError> {
+        let st = self.instance.state();
+        let plugin = match st.contexts.get(&root_context_id) {
+            Some(Context::Root(r)) => r.plugin.clone(),
+            _ => return Err(VmError::UnknownContext(root_context_id)),
+        };
+        let id = st.allocate_context_id();
+        st.contexts.insert(
+            id,
+            Context::Stream(StreamContext {
+                root_context_id,
+                plugin,
+                stream,
+                request_body: Vec::new(),
+                response_body: Vec::new(),
+                request_body_eos: false,
+                response_body_eos: false,
+                properties: Default::default(),
+                local_response_sent: false,
+                closed: false,
+            }),
+        );
+        if let Err(e) = self.call_if_exported(id, "proxy_on_context_create", &[id as i64, root_context_id as i64]) {
+            self.instance.state().contexts.remove(&id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    fn stream_mut(&mut self, context_id: u32) -> Result<&mut StreamContext, VmError> {
+        match self.instance.state().contexts.get_mut(&context_id) {
+            Some(Context::Stream(s)) => Ok(s),
+            _ => Err(VmError::UnknownContext(context_id)),
+        }
+    }
+
+    fn stream_callback(&mut self, context_id: u32, callback: &'static str, args: &[i64]) -> Result<Verdict, VmError> {
+        let s = self.stream_mut(context_id)?;
+        s.local_response_sent = false;
+        let r = self.call_if_exported(context_id, callback, args)?;
+        let s = self.stream_mut(context_id)?;
+        if s.local_response_sent || s.closed {
+            // The return value does not matter after a local response.
+            return Ok(Verdict::Stop);
+        }
+        Ok(match r.map(|v| Action::from_raw(v.as_i32())) {
+            Some(Action::Pause) => Verdict::Pause,
+            _ => Verdict::Continue,
+        })
+    }
+
+    fn headers_args(&self, context_id: u32, count: usize, end_of_stream: bool) -> Vec<i64> {
+        let mut args = vec![context_id as i64, count as i64];
+        if self.code.abi.header_callbacks_have_eos() {
+            args.push(end_of_stream as i64);
+        }
+        args
+    }
+
+    /// `end_of_stream` is true only when no body follows the headers.
+    pub fn on_request_headers(&mut self, context_id: u32, num_headers: usize, end_of_stream: bool) -> Result<Verdict, VmError> {
+        let args = self.headers_args(context_id, num_headers, end_of_stream);
+        self.stream_callback(context_id, "proxy_on_request_headers", &args)
+    }
+
+    pub fn on_response_headers(&mut self, context_id: u32, num_headers: usize, end_of_stream: bool) -> Result<Verdict, VmError> {
+        let args = self.headers_args(context_id, num_headers, end_of_stream);
+        self.stream_callback(context_id, "proxy_on_response_headers", &args)
+    }
+
+    /// Adds a body chunk to what the plugin holds and calls it with the
+    /// cumulative size. On `Continue` the server sends on [`Vm::take_body`];
+    /// on `Pause` it keeps feeding chunks (or, at end of stream, waits for the
+    /// plugin to resume) and nothing is sent on meanwhile.
+    pub fn on_request_body(&mut self, context_id: u32, chunk: &[u8], end_of_stream: bool) -> Result<Verdict, VmError> {
+        let s = self.stream_mut(context_id)?;
+        s.request_body.extend_from_slice(chunk);
+        s.request_body_eos = end_of_stream;
+        let size = s.request_body.len() as i64;
+        self.stream_callback(context_id, "proxy_on_request_body", &[context_id as i64, size, end_of_stream as i64])
+    }
+
+    pub fn on_response_body(&mut self, context_id: u32, chunk: &[u8], end_of_stream: bool) -> Result<Verdict, VmError> {
+        let s = self.stream_mut(context_id)?;
+        s.response_body.extend_from_slice(chunk);
+        s.response_body_eos = end_of_stream;
+        let size = s.response_body.len() as i64;
+        self.stream_callback(context_id, "proxy_on_response_body", &[context_id as i64, size, end_of_stream as i64])
+    }
+
+    /// Takes the body bytes the plugin let through (possibly edited).
+    pub fn take_body(&mut self, context_id: u32, direction: StreamType) -> Result<Vec<u8>, VmError> {
+        let s = self.stream_mut(context_id)?;
+        Ok(match direction {
+            StreamType::HttpResponse => std::mem::take(&mut s.response_body),
+            _ => std::mem::take(&mut s.request_body),
+        })
+    }
+
+    pub fn on_request_trailers(&mut self, context_id: u32, num_trailers: usize) -> Result<Verdict, VmError> {
+        self.stream_callback(context_id, "proxy_on_request_trailers", &[context_id as i64, num_trailers as i64])
+    }
+
+    pub fn on_response_trailers(&mut self, context_id: u32, num_trailers: usize) -> Result<Verdict, VmError> {
+        self.stream_callback(context_id, "proxy_on_response_trailers", &[context_id as i64, num_trailers as i64])
+    }
+
+    /// Ends a stream context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`,
+    /// each once, then forgets it. Also for aborted transactions. If the VM
+    /// failed, the context is dropped without calling the plugin.
+    pub fn finish_stream(&mut self, context_id: u32) -> Result<(), VmError> {
+        self.stream_mut(context_id)?;
+        let mut first_error = None;
+        for callback in ["proxy_on_done", "proxy_on_log", "proxy_on_delete"] {
+            if self.failure.is_some() {
+                break;
+            }
+            if let Err(e) = self.call_if_exported(context_id, callback, &[context_id as i64]) {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.instance.state().contexts.remove(&context_id);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Number of live contexts (roots and streams), for diagnostics and tests.
+    pub fn context_count(&mut self) -> usize {
+        self.instance.state().contexts.len()
+    }
+}

@@ -1,0 +1,793 @@
+//! Tests of the plugin configuration loader (`proxy_wasm_host::config`).
+//!
+//! Good configurations are written at run time into a fresh temporary folder, next to an empty
+//! stand-in `.wasm` file (the loader only checks that code files exist). Malformed ones are fixtures
+//! in `tests/configs/malformed/`, which point at the committed `placeholder.code` where they need a
+//! code file; each test asserts the whole message, position included.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use proxy_wasm_host::config::{
+    load_file, load_files, load_str, CodeSource, ConfigError, ConfigOrigin, FailurePolicy,
+    RuntimeKind,
+};
+
+/// A temporary folder, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pwh-config-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `contents` to `name` (folders created as needed) and returns the full path.
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// An empty stand-in for a module: only its existence matters to the loader.
+    fn wasm(&self, name: &str) -> PathBuf {
+        self.write(name, "")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn ats_wasm_plugin_file_loads_unchanged() {
+    // The shape of plugins/experimental/wasm/examples/*/*.yaml in Traffic Server 10 (licence
+    // header, block-scalar JSON configuration, camelCase ids, absolute filename), with our values.
+    let dir = TempDir::new();
+    let wasm = dir.wasm("var/wasm/headers.wasm");
+    let yaml = format!(
+        r#"#  Licensed to the Apache Software Foundation (ASF) under one
+#  or more contributor license agreements.
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+config:
+  configuration: |
+      {{
+        "add": ["x-filtered: 1"]
+      }}
+  name: "headers-filter"
+  rootId: "headers_root"
+  vmConfig:
+    code:
+      local:
+        filename: {}
+    runtime: ats.wasm.runtime.wamr
+    vmId: "headers-filter_vm_id"
+    allow_precompiled: true
+"#,
+        wasm.display()
+    );
+    let file = dir.write("headers.yaml", &yaml);
+
+    let plugins = load_file(&file).unwrap();
+    assert_eq!(plugins.len(), 1);
+    let p = &plugins[0];
+    assert_eq!(p.name, "headers-filter");
+    assert_eq!(p.root_id, "headers_root");
+    assert_eq!(
+        text(&p.configuration),
+        "{\n  \"add\": [\"x-filtered: 1\"]\n}\n"
+    );
+    assert_eq!(p.failure_policy, FailurePolicy::FailClosed);
+    assert_eq!(p.allowed_capabilities, None);
+    assert_eq!(p.vm.runtime, RuntimeKind::Wamr);
+    assert_eq!(p.vm.vm_id, "headers-filter_vm_id");
+    assert!(p.vm.configuration.is_empty());
+    assert!(p.vm.allow_precompiled);
+    assert!(p.vm.environment.is_empty());
+    assert_eq!(p.vm.code, CodeSource::LocalFile(wasm));
+    assert_eq!(
+        p.origin,
+        ConfigOrigin {
+            file: file.clone(),
+            line: 5
+        }
+    );
+}
+
+#[test]
+fn every_key_in_snake_case() {
+    let dir = TempDir::new();
+    dir.wasm("myrust.wasm");
+    let file = dir.write(
+        "all.yaml",
+        r#"config:
+  name: "myrust"
+  root_id: "root1"
+  configuration: "plugin text"
+  fail_open: true
+  capability_restriction_config:
+    allowed_capabilities:
+      proxy_log: {}
+      proxy_get_property:
+      proxy_log: {}
+  vm_config:
+    runtime: "ats.wasm.runtime.wasmtime"
+    vm_id: "vm1"
+    configuration: "vm text"
+    allow_precompiled: false
+    environment_variables:
+      key_values: { A: "b", EMPTY: "" }
+    code:
+      local:
+        filename: "myrust.wasm"
+"#,
+    );
+
+    let p = load_file(&file).unwrap().remove(0);
+    assert_eq!(p.name, "myrust");
+    assert_eq!(p.root_id, "root1");
+    assert_eq!(p.configuration, b"plugin text");
+    assert_eq!(p.failure_policy, FailurePolicy::FailOpen);
+    assert_eq!(
+        p.allowed_capabilities,
+        Some(vec![
+            "proxy_log".to_owned(),
+            "proxy_get_property".to_owned()
+        ])
+    );
+    assert_eq!(p.vm.runtime, RuntimeKind::Wasmtime);
+    assert_eq!(p.vm.vm_id, "vm1");
+    assert_eq!(p.vm.configuration, b"vm text");
+    assert!(!p.vm.allow_precompiled);
+    assert_eq!(
+        p.vm.environment,
+        vec![
+            ("A".to_owned(), "b".to_owned()),
+            ("EMPTY".to_owned(), String::new())
+        ]
+    );
+    assert_eq!(
+        p.vm.code,
+        CodeSource::LocalFile(dir.path().join("myrust.wasm"))
+    );
+    assert_eq!(p.origin.line, 1);
+}
+
+#[test]
+fn camel_case_aliases() {
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let file = dir.write(
+        "camel.yaml",
+        r"config:
+  name: camel
+  rootId: r
+  failOpen: true
+  capabilityRestrictionConfig:
+    allowedCapabilities: [proxy_log, proxy_set_buffer_bytes]
+  vmConfig:
+    vmId: v
+    allowPrecompiled: true
+    environmentVariables:
+      hostEnvKeys: []
+      keyValues: { K: V }
+    code:
+      local:
+        filename: p.wasm
+",
+    );
+
+    let p = load_file(&file).unwrap().remove(0);
+    assert_eq!(p.root_id, "r");
+    assert_eq!(p.failure_policy, FailurePolicy::FailOpen);
+    assert_eq!(
+        p.allowed_capabilities,
+        Some(vec![
+            "proxy_log".to_owned(),
+            "proxy_set_buffer_bytes".to_owned()
+        ])
+    );
+    assert_eq!(p.vm.vm_id, "v");
+    assert!(p.vm.allow_precompiled);
+    assert_eq!(p.vm.environment, vec![("K".to_owned(), "V".to_owned())]);
+}
+
+#[test]
+fn defaults_when_optional_keys_are_absent() {
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let file = dir.write(
+        "min.yaml",
+        "config:\n  name: min\n  root_id:\n  vm_config:\n    code: {local: {filename: p.wasm}}\n",
+    );
+
+    let p = load_file(&file).unwrap().remove(0);
+    assert_eq!(p.root_id, "");
+    assert!(p.configuration.is_empty());
+    assert_eq!(p.failure_policy, FailurePolicy::FailClosed);
+    assert_eq!(p.allowed_capabilities, None);
+    assert_eq!(p.vm.runtime, RuntimeKind::Wasmtime);
+    assert_eq!(p.vm.vm_id, "");
+    assert!(p.vm.configuration.is_empty());
+    assert!(!p.vm.allow_precompiled);
+    assert!(p.vm.environment.is_empty());
+}
+
+#[test]
+fn runtime_names() {
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    for (name, kind) in [
+        ("ats.wasm.runtime.wasmtime", RuntimeKind::Wasmtime),
+        ("ats.wasm.runtime.wamr", RuntimeKind::Wamr),
+        ("wasmtime", RuntimeKind::Wasmtime),
+        ("wamr", RuntimeKind::Wamr),
+    ] {
+        let yaml = format!("config:\n  name: n\n  vm_config:\n    runtime: {name}\n    code: {{local: {{filename: p.wasm}}}}\n");
+        let p = load_str(&yaml, &dir.path().join("r.yaml"))
+            .unwrap()
+            .remove(0);
+        assert_eq!(p.vm.runtime, kind, "{name}");
+    }
+    assert_eq!(RuntimeKind::Wasmtime.to_string(), "wasmtime");
+    assert_eq!(RuntimeKind::Wamr.to_string(), "wamr");
+}
+
+#[test]
+fn empty_capability_list_means_no_restriction() {
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    for caps in ["{}", "[]", ""] {
+        let yaml = format!(
+            "config:\n  name: n\n  capability_restriction_config:\n    allowed_capabilities: {caps}\n  vm_config:\n    code: {{local: {{filename: p.wasm}}}}\n"
+        );
+        let p = load_str(&yaml, &dir.path().join("c.yaml"))
+            .unwrap()
+            .remove(0);
+        assert_eq!(p.allowed_capabilities, None, "{caps:?}");
+    }
+}
+
+#[test]
+fn top_level_list_of_plugins() {
+    let dir = TempDir::new();
+    dir.wasm("a.wasm");
+    dir.wasm("b.wasm");
+    let file = dir.write(
+        "list.yaml",
+        r"# Two plugins, in order.
+- config:
+    name: first
+    vm_config:
+      code: { local: { filename: a.wasm } }
+
+- config:
+    name: second
+    vm_config:
+      runtime: wamr
+      code: { local: { filename: b.wasm } }
+",
+    );
+
+    let plugins = load_file(&file).unwrap();
+    let names: Vec<_> = plugins.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["first", "second"]);
+    assert_eq!(
+        plugins[0].origin,
+        ConfigOrigin {
+            file: file.clone(),
+            line: 2
+        }
+    );
+    assert_eq!(
+        plugins[1].origin,
+        ConfigOrigin {
+            file: file.clone(),
+            line: 7
+        }
+    );
+    assert_eq!(plugins[1].vm.runtime, RuntimeKind::Wamr);
+    assert_eq!(
+        plugins[1].vm.code,
+        CodeSource::LocalFile(dir.path().join("b.wasm"))
+    );
+}
+
+#[test]
+fn plugins_key_holding_a_list() {
+    let dir = TempDir::new();
+    dir.wasm("a.wasm");
+    let file = dir.write(
+        "plugins.yaml",
+        r"plugins:
+  - config: { name: one, vm_config: { code: { local: { filename: a.wasm } } } }
+  - config:
+      name: two
+      vm_config: { code: { local: { filename: a.wasm } } }
+",
+    );
+
+    let plugins = load_file(&file).unwrap();
+    let names: Vec<_> = plugins.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["one", "two"]);
+    assert_eq!(plugins[0].origin.line, 2);
+    assert_eq!(plugins[1].origin.line, 3);
+}
+
+#[test]
+fn configuration_maps_and_lists_become_compact_json() {
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let file = dir.write(
+        "json.yaml",
+        r#"config:
+  name: json
+  configuration:
+    zeta: 1
+    alpha: [1, -2, 2.5, true, null, "quote \" and \\ and é"]
+    nested: { deny: ["/admin"], 404: "not found" }
+  vm_config:
+    configuration:
+      - a
+      - { b: c }
+    code: { local: { filename: p.wasm } }
+"#,
+    );
+
+    let p = load_file(&file).unwrap().remove(0);
+    // Keys stay in file order; the number key 404 becomes the string "404".
+    assert_eq!(
+        text(&p.configuration),
+        r#"{"zeta":1,"alpha":[1,-2,2.5,true,null,"quote \" and \\ and é"],"nested":{"deny":["/admin"],"404":"not found"}}"#
+    );
+    assert_eq!(text(&p.vm.configuration), r#"["a",{"b":"c"}]"#);
+}
+
+#[test]
+fn relative_code_paths_resolve_against_the_yaml_folder() {
+    let dir = TempDir::new();
+    let beside = dir.wasm("conf/beside.wasm");
+    let below = dir.wasm("conf/modules/below.wasm");
+    let above = dir.wasm("shared/above.wasm");
+    let file = dir.write(
+        "conf/paths.yaml",
+        r"- config: { name: a, vm_config: { code: { local: { filename: beside.wasm } } } }
+- config: { name: b, vm_config: { code: { local: { filename: ./modules/below.wasm } } } }
+- config: { name: c, vm_config: { code: { local: { filename: ../shared/above.wasm } } } }
+",
+    );
+
+    let plugins = load_file(&file).unwrap();
+    let code = |i: usize| match &plugins[i].vm.code {
+        CodeSource::LocalFile(path) => path.clone(),
+        other => panic!("unexpected code source {other:?}"),
+    };
+    assert_eq!(code(0), beside);
+    assert_eq!(code(1), below);
+    assert!(code(2).is_absolute());
+    // `..` is kept as written (no symlink resolution); it names the same file.
+    assert_eq!(code(2), dir.path().join("conf/../shared/above.wasm"));
+    assert_eq!(
+        fs::canonicalize(code(2)).unwrap(),
+        fs::canonicalize(above).unwrap()
+    );
+}
+
+#[test]
+fn host_env_keys_are_copied_from_the_environment() {
+    // A name no other test uses: tests run in parallel in one process.
+    std::env::set_var("PWH_CONFIG_TEST_FROM_HOST", "host value");
+    std::env::remove_var("PWH_CONFIG_TEST_UNSET");
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let file = dir.write(
+        "env.yaml",
+        r#"config:
+  name: env
+  vm_config:
+    environment_variables:
+      host_env_keys: [PWH_CONFIG_TEST_UNSET, PWH_CONFIG_TEST_FROM_HOST]
+      key_values:
+        FIXED: "1"
+    code: { local: { filename: p.wasm } }
+"#,
+    );
+
+    let p = load_file(&file).unwrap().remove(0);
+    assert_eq!(
+        p.vm.environment,
+        vec![
+            (
+                "PWH_CONFIG_TEST_FROM_HOST".to_owned(),
+                "host value".to_owned()
+            ),
+            ("FIXED".to_owned(), "1".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn key_values_override_host_values_in_place() {
+    std::env::set_var("PWH_CONFIG_TEST_OVERRIDDEN", "from host");
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let file = dir.write(
+        "env.yaml",
+        r"config:
+  name: env
+  vm_config:
+    environment_variables:
+      keyValues: { A: a, PWH_CONFIG_TEST_OVERRIDDEN: from file }
+      hostEnvKeys: [PWH_CONFIG_TEST_OVERRIDDEN]
+    code: { local: { filename: p.wasm } }
+",
+    );
+
+    let p = load_file(&file).unwrap().remove(0);
+    assert_eq!(
+        p.vm.environment,
+        vec![
+            (
+                "PWH_CONFIG_TEST_OVERRIDDEN".to_owned(),
+                "from file".to_owned()
+            ),
+            ("A".to_owned(), "a".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn load_files_keeps_order_across_files() {
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let one = dir.write(
+        "1.yaml",
+        "config: { name: one, vm_config: { code: { local: { filename: p.wasm } } } }\n",
+    );
+    let two = dir.write(
+        "2.yaml",
+        "- config: { name: two, vm_config: { code: { local: { filename: p.wasm } } } }\n\
+         - config: { name: three, vm_config: { code: { local: { filename: p.wasm } } } }\n",
+    );
+
+    let plugins = load_files(&[two.clone(), one.clone()]).unwrap();
+    let names: Vec<_> = plugins.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["two", "three", "one"]);
+    assert_eq!(plugins[2].origin, ConfigOrigin { file: one, line: 1 });
+    assert_eq!(plugins[1].origin, ConfigOrigin { file: two, line: 2 });
+}
+
+#[test]
+fn load_str_resolves_against_the_given_file_name() {
+    let dir = TempDir::new();
+    let wasm = dir.wasm("p.wasm");
+    // The YAML file itself need not exist.
+    let p = load_str(
+        "config: { name: s, vm_config: { code: { local: { filename: p.wasm } } } }",
+        &dir.path().join("not-written.yaml"),
+    )
+    .unwrap()
+    .remove(0);
+    assert_eq!(p.vm.code, CodeSource::LocalFile(wasm));
+    assert_eq!(p.origin.file, dir.path().join("not-written.yaml"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// The folder of the malformed fixtures.
+fn malformed_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/malformed")
+}
+
+/// Loads fixture `name` and returns the error message, whose `<file>:` prefix is checked and
+/// replaced with `name:` to keep the expectations readable.
+fn fixture_error(name: &str) -> String {
+    let path = malformed_dir().join(name);
+    let error = match load_file(&path) {
+        Ok(plugins) => panic!("{name} loaded: {plugins:?}"),
+        Err(error) => error,
+    };
+    let message = error.to_string();
+    let prefix = path.display().to_string();
+    let rest = message
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{message:?} does not start with {prefix:?}"));
+    format!("{name}{rest}")
+}
+
+#[test]
+fn malformed_unknown_top_level_key() {
+    assert_eq!(
+        fixture_error("unknown_top_key.yaml"),
+        r#"unknown_top_key.yaml:2:1: top level: unknown key "confg"; expected one of config, plugins"#
+    );
+}
+
+#[test]
+fn malformed_unknown_config_key() {
+    assert_eq!(
+        fixture_error("unknown_config_key.yaml"),
+        r#"unknown_config_key.yaml:3:3: config: unknown key "vm_confg"; expected one of name, root_id, configuration, fail_open, capability_restriction_config, vm_config"#
+    );
+}
+
+#[test]
+fn malformed_unknown_vm_config_key() {
+    assert_eq!(
+        fixture_error("unknown_vm_config_key.yaml"),
+        r#"unknown_vm_config_key.yaml:6:5: config.vm_config: unknown key "vm_ids"; expected one of runtime, vm_id, configuration, allow_precompiled, environment_variables, code"#
+    );
+}
+
+#[test]
+fn malformed_runtime_not_available() {
+    assert_eq!(
+        fixture_error("runtime_unavailable.yaml"),
+        r#"runtime_unavailable.yaml:6:14: config.vm_config.runtime: runtime "ats.wasm.runtime.wasmedge" is not available in this host; expected one of ats.wasm.runtime.wasmtime, ats.wasm.runtime.wamr, wasmtime, wamr"#
+    );
+}
+
+#[test]
+fn malformed_runtime_unknown() {
+    assert_eq!(
+        fixture_error("runtime_unknown.yaml"),
+        r#"runtime_unknown.yaml:4:14: config.vm_config.runtime: unknown runtime "wasmtim"; expected one of ats.wasm.runtime.wasmtime, ats.wasm.runtime.wamr, wasmtime, wamr"#
+    );
+}
+
+#[test]
+fn malformed_fail_open_not_a_boolean() {
+    assert_eq!(
+        fixture_error("fail_open_not_bool.yaml"),
+        r#"fail_open_not_bool.yaml:3:14: config.fail_open: expected a boolean (true or false), found the string "yes""#
+    );
+}
+
+#[test]
+fn malformed_missing_name() {
+    // Reported at the start of the `config` map.
+    assert_eq!(
+        fixture_error("missing_name.yaml"),
+        r#"missing_name.yaml:3:3: config: missing required key "name""#
+    );
+}
+
+#[test]
+fn malformed_empty_name() {
+    assert_eq!(
+        fixture_error("empty_name.yaml"),
+        r"empty_name.yaml:2:9: config.name: expected a non-empty string, found an empty one"
+    );
+}
+
+#[test]
+fn malformed_missing_code() {
+    assert_eq!(
+        fixture_error("missing_code.yaml"),
+        r#"missing_code.yaml:4:5: config.vm_config: missing required key "code""#
+    );
+}
+
+#[test]
+fn malformed_code_without_source() {
+    assert_eq!(
+        fixture_error("missing_code_source.yaml"),
+        r#"missing_code_source.yaml:4:11: config.vm_config.code: missing code source; expected "local""#
+    );
+}
+
+#[test]
+fn malformed_code_file_not_found() {
+    let missing = malformed_dir().join("missing.wasm");
+    assert_eq!(
+        fixture_error("code_file_not_found.yaml"),
+        format!(
+            r#"code_file_not_found.yaml:8:19: config.vm_config.code.local.filename: file "{}" not found"#,
+            missing.display()
+        )
+    );
+}
+
+#[test]
+fn malformed_yaml_syntax() {
+    assert_eq!(
+        fixture_error("invalid_syntax.yaml"),
+        "invalid_syntax.yaml:3:4: invalid YAML: did not find expected key, while parsing a block mapping at line 2 column 3"
+    );
+}
+
+#[test]
+fn syntax_errors_are_reported_before_schema_errors() {
+    // The unknown key "nam" comes first in the text, but the real problem is the unclosed list.
+    let error = load_str("config:\n  nam: x\n  vm_config: [\n", Path::new("t.yaml")).unwrap_err();
+    assert!(matches!(error, ConfigError::Syntax { .. }));
+    assert_eq!(
+        error.to_string(),
+        "t.yaml:4:1: invalid YAML: did not find expected node content, while parsing a flow node"
+    );
+}
+
+#[test]
+fn malformed_several_yaml_documents() {
+    assert_eq!(
+        fixture_error("multiple_documents.yaml"),
+        "multiple_documents.yaml: invalid YAML: deserializing from YAML containing more than one document is not supported"
+    );
+}
+
+#[test]
+fn malformed_duplicate_plugin_names() {
+    let first = malformed_dir().join("duplicate_names.yaml");
+    assert_eq!(
+        fixture_error("duplicate_names.yaml"),
+        format!(
+            r#"duplicate_names.yaml:13:13: plugins[1].config.name: duplicate plugin name "myrust"; already defined at {}:2"#,
+            first.display()
+        )
+    );
+}
+
+#[test]
+fn malformed_configuration_number() {
+    // Numbers and booleans are refused rather than silently stringified.
+    assert_eq!(
+        fixture_error("configuration_number.yaml"),
+        r"configuration_number.yaml:3:18: config.configuration: expected a string, a map or a list, found the number 42; quote it to pass it as text"
+    );
+}
+
+#[test]
+fn malformed_configuration_not_json() {
+    assert_eq!(
+        fixture_error("configuration_not_json.yaml"),
+        r"configuration_not_json.yaml:4:5: config.configuration: limits.rate: the number .inf cannot be represented in JSON"
+    );
+}
+
+#[test]
+fn malformed_empty_file() {
+    assert_eq!(
+        fixture_error("empty.yaml"),
+        r#"empty.yaml:4:1: top level: no plugin configured (the document is empty); expected a "config" map, a "plugins" list or a list of "- config:" entries"#
+    );
+}
+
+#[test]
+fn malformed_empty_plugin_list() {
+    assert_eq!(
+        fixture_error("empty_plugin_list.yaml"),
+        r#"empty_plugin_list.yaml:1:10: plugins: no plugin configured; expected a list of "- config:" entries"#
+    );
+}
+
+#[test]
+fn malformed_config_and_plugins_together() {
+    assert_eq!(
+        fixture_error("config_and_plugins.yaml"),
+        r#"config_and_plugins.yaml:1:1: top level: use either "config" or "plugins", not both"#
+    );
+}
+
+#[test]
+fn malformed_list_item_not_a_map() {
+    assert_eq!(
+        fixture_error("list_item_not_map.yaml"),
+        r#"list_item_not_map.yaml:7:3: [1]: expected a map, found the string "second""#
+    );
+}
+
+#[test]
+fn malformed_allowed_capabilities_wrong_type() {
+    assert_eq!(
+        fixture_error("capabilities_wrong_type.yaml"),
+        r#"capabilities_wrong_type.yaml:4:27: config.capability_restriction_config.allowed_capabilities: expected a map of capability names to {} or a list of capability names, found the string "proxy_log""#
+    );
+}
+
+#[test]
+fn malformed_capability_settings() {
+    assert_eq!(
+        fixture_error("capability_settings.yaml"),
+        r"capability_settings.yaml:6:24: config.capability_restriction_config.allowed_capabilities.proxy_http_call: capability settings are not supported; expected {}"
+    );
+}
+
+#[test]
+fn malformed_key_given_twice_through_its_alias() {
+    assert_eq!(
+        fixture_error("duplicate_alias_key.yaml"),
+        r#"duplicate_alias_key.yaml:5:5: config.vm_config: key "vmId" is given twice (it is another name for "vm_id")"#
+    );
+}
+
+#[test]
+fn malformed_unquoted_number_for_text() {
+    assert_eq!(
+        fixture_error("vm_id_number.yaml"),
+        r"vm_id_number.yaml:4:12: config.vm_config.vm_id: expected a string, found the number 1; quote it to use it as text"
+    );
+}
+
+#[test]
+fn malformed_environment_variable_name() {
+    assert_eq!(
+        fixture_error("env_name_with_equals.yaml"),
+        r#"env_name_with_equals.yaml:6:9: config.vm_config.environment_variables.key_values: variable name "MODE=fast" must not contain '='"#
+    );
+}
+
+#[test]
+fn missing_config_file() {
+    let path = malformed_dir().join("no-such-file.yaml");
+    let error = load_file(&path).unwrap_err();
+    assert!(matches!(error, ConfigError::Read { .. }));
+    assert_eq!(
+        error.to_string(),
+        format!("{}: cannot read: No such file or directory", path.display())
+    );
+}
+
+#[test]
+fn duplicate_names_across_files() {
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let first = dir.write(
+        "a.yaml",
+        "config:\n  name: same\n  vm_config: {code: {local: {filename: p.wasm}}}\n",
+    );
+    let second = dir.write(
+        "b.yaml",
+        "# second file\nconfig:\n  vm_config: {code: {local: {filename: p.wasm}}}\n  name: same\n",
+    );
+
+    let error = load_files(&[first.clone(), second.clone()]).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            r#"{}:4:9: config.name: duplicate plugin name "same"; already defined at {}:1"#,
+            second.display(),
+            first.display()
+        )
+    );
+    let at = error.position().unwrap();
+    assert_eq!(
+        (at.file.as_path(), at.line, at.column),
+        (second.as_path(), Some(4), Some(9))
+    );
+}
+
+#[test]
+fn errors_in_a_top_level_list_name_the_item() {
+    let dir = TempDir::new();
+    let file = dir.write(
+        "list.yaml",
+        "- config:\n    name: ok\n    vm_config: {code: {local: {filename: missing.wasm}}}\n",
+    );
+    let error = load_file(&file).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            r#"{}:3:42: [0].config.vm_config.code.local.filename: file "{}" not found"#,
+            file.display(),
+            dir.path().join("missing.wasm").display()
+        )
+    );
+}
