@@ -157,10 +157,14 @@ impl<'de, S: Section> Node<'de> for Sec<S> {
     fn map<A: MapAccess<'de>>(self, cx: &Cx<'_>, mut map: A) -> Result<S::Out, A::Error> {
         let mut section = S::default();
         let mut seen: Vec<&'static str> = Vec::new();
-        while let Some(key) = map.next_key_seed(cx.clone().at(KeyName {
-            keys: S::KEYS,
-            seen: &seen,
-        }))? {
+        loop {
+            let key_seed = cx.clone().at(KeyName {
+                keys: S::KEYS,
+                seen: &seen,
+            });
+            let Some(key) = map.next_key_seed(key_seed)? else {
+                break;
+            };
             seen.push(key);
             section.read(key, cx.key(key), &mut map)?;
         }

@@ -356,9 +356,14 @@ impl Harness {
     /// The most general start: compiled code and a server prepared by the test
     /// (e.g. with `properties` or `log_level` set before the plugin starts).
     pub fn try_start_full(code: Arc<WasmCode>, plugin_configuration: &str, options: VmOptions, server: Arc<TestServer>) -> Result<Harness, String> {
-        let vm_id = options.vm_id.clone();
+        let plugin = PluginInfo::new("test-plugin", "", options.vm_id.clone(), plugin_configuration.as_bytes().to_vec());
+        Harness::try_start_plugin(code, plugin, options, server)
+    }
+
+    /// Starts `plugin` (its own name, root_id and configuration) in a new VM.
+    pub fn try_start_plugin(code: Arc<WasmCode>, plugin: PluginInfo, options: VmOptions, server: Arc<TestServer>) -> Result<Harness, String> {
         let mut vm = Vm::new(code, options, server.clone()).map_err(|e| e.to_string())?;
-        let plugin = Arc::new(PluginInfo::new("test-plugin", "", vm_id, plugin_configuration.as_bytes().to_vec()));
+        let plugin = Arc::new(plugin);
         let root = vm.start_plugin(plugin.clone()).map_err(|e| e.to_string())?;
         Ok(Harness { vm, server, root, plugin })
     }
