@@ -143,4 +143,12 @@ impl PluginVms {
         }
         Ok(PluginVms { vms, roots })
     }
+
+    /// Shuts every plugin down (`proxy_on_done`, then `proxy_on_delete` unless
+    /// the plugin defers with `proxy_done`). Returns, per plugin index, whether
+    /// it finished now, or the error of a plugin whose callbacks failed.
+    pub fn shutdown(&mut self) -> Vec<(usize, Result<bool, VmError>)> {
+        let roots = self.roots.clone();
+        roots.iter().map(|r| (r.plugin, self.vms[r.vm].shutdown_plugin(r.root_context_id))).collect()
+    }
 }

@@ -155,3 +155,23 @@ fn shared_data_is_scoped_by_vm_id() {
         assert_eq!(stream.data().response_header("x-pw-shared").as_deref(), Some("1"));
     }
 }
+
+#[test]
+fn shutdown_calls_on_done_then_on_delete_for_every_plugin() {
+    let bytes = wat_bytes("lifecycle_0_2_1");
+    let dir = temp_dir("shutdown");
+    let wasm = dir.join("lifecycle.wasm");
+    std::fs::write(&wasm, &bytes).unwrap();
+    let path = dir.join("p.yaml");
+    let vm_id = unique_vm_id("sd");
+    std::fs::write(&path, format!("- config: {{ name: one, vm_config: {{ vm_id: {vm_id}, code: {{ local: {{ filename: lifecycle.wasm }} }} }} }}\n- config: {{ name: two, vm_config: {{ vm_id: {vm_id}, code: {{ local: {{ filename: lifecycle.wasm }} }} }} }}\n")).unwrap();
+    let plugins = loader::load(&config::load_file(&path).unwrap()).unwrap();
+    let server = TestServer::new();
+    let mut vms = PluginVms::start(&plugins, |_| server.clone() as Arc<dyn ServerHost>).unwrap();
+    server.clear_logs();
+    let results = vms.shutdown();
+    assert!(results.iter().all(|(_, r)| matches!(r, Ok(true))));
+    let (a, b) = (vms.roots[0].root_context_id, vms.roots[1].root_context_id);
+    assert_eq!(server.messages(), vec![format!("on_done ctx={a}"), format!("on_delete ctx={a}"), format!("on_done ctx={b}"), format!("on_delete ctx={b}")]);
+    assert_eq!(vms.vms[0].context_count(), 0);
+}
