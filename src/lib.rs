@@ -11,6 +11,8 @@
 //! - [`ffi`]: the C API for servers written in C.
 
 pub mod abi;
+#[cfg(feature = "ats")]
+pub mod ats;
 pub mod config;
 pub mod ffi;
 pub mod host;

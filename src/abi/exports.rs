@@ -433,12 +433,13 @@ fn proxy_http_call(c: &mut dyn Caller, a: &[Val]) -> R {
     }
     let st = c.state();
     let Some(root_id) = st.effective_root_id() else { return done(Status::BadArgument) };
+    let dispatcher = st.effective_context;
     let token = st.allocate_http_call_token();
     let timeout = (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u64));
     let request = HttpCallRequest { upstream, headers, body, trailers, timeout };
     match st.env.server.dispatch_http_call(root_id, token, request) {
         Ok(()) => {
-            st.http_calls.insert(token, root_id);
+            st.http_calls.insert(token, (root_id, dispatcher));
             write_u32_result(c, token_ptr, token)
         }
         Err(Status::BadArgument) => done(Status::BadArgument),
@@ -636,6 +637,15 @@ fn proxy_set_effective_context(c: &mut dyn Caller, a: &[Val]) -> R {
 fn proxy_done(c: &mut dyn Caller, _a: &[Val]) -> R {
     tri!(running(c));
     let st = c.state();
+    // A stream context whose on_done returned false finishes now.
+    let effective = st.effective_context;
+    if let Some(s) = st.effective_stream() {
+        if s.awaiting_done {
+            s.awaiting_done = false;
+            st.deferred.push(Deferred::Done { context_id: effective });
+            return done(Status::Ok);
+        }
+    }
     let Some(root_id) = st.effective_root_id() else { return done(Status::NotFound) };
     match st.contexts.get(&root_id) {
         Some(Context::Root(r)) if r.awaiting_done => {

@@ -143,6 +143,12 @@ pub trait HttpStream: Send {
     /// plugin set. `Ok(None)` means not found.
     fn property(&self, path: &[&[u8]]) -> Result<Option<Vec<u8>>, Status>;
 
+    /// The transaction is gone but the plugin keeps the context (its
+    /// `on_done` returned false) until `proxy_done`: from now on the stream
+    /// must not touch server objects. Reads then answer empty / not found and
+    /// writes BAD_ARGUMENT.
+    fn detach(&mut self) {}
+
     /// Writes a property the server understands (e.g. `request.path`).
     /// `Err(NOT_FOUND)` means "not a server property": the core then keeps the
     /// value for the plugin itself, as Envoy's filter state does.

@@ -200,7 +200,7 @@ fn to_trap(e: wt::Error) -> Trap {
         return Trap { message: t.message.clone(), backtrace: backtrace.or_else(|| t.backtrace.clone()) };
     }
     let message = match e.downcast_ref::<wt::Trap>() {
-        Some(t) => format!("wasm trap: {t}"),
+        Some(t) => format!("{t}"),
         None => format!("{e}"),
     };
     Trap { message, backtrace }

@@ -206,9 +206,14 @@ impl Vm {
                         let _ = s.stream.resume(stream);
                     }
                 }
-                Deferred::Done { context_id } => {
-                    let _ = self.delete_root(context_id);
-                }
+                Deferred::Done { context_id } => match self.instance.state().contexts.get(&context_id) {
+                    Some(Context::Stream(_)) => {
+                        let _ = self.log_and_delete_stream(context_id);
+                    }
+                    _ => {
+                        let _ = self.delete_root(context_id);
+                    }
+                },
             }
         }
     }
@@ -256,7 +261,12 @@ impl Vm {
                 st.env.server.set_tick_period(id, None);
             }
         }
-        let tokens: Vec<u32> = st.http_calls.iter().filter(|(_, r)| **r == id).map(|(t, _)| *t).collect();
+        Self::cancel_http_calls(st, |(root, _)| root == id);
+    }
+
+    /// Cancels the outgoing calls selected by `which(root, dispatcher)`.
+    fn cancel_http_calls(st: &mut HostState, which: impl Fn((u32, u32)) -> bool) {
+        let tokens: Vec<u32> = st.http_calls.iter().filter(|(_, v)| which(**v)).map(|(t, _)| *t).collect();
         for t in tokens {
             st.http_calls.remove(&t);
             st.env.server.cancel_http_call(t);
@@ -308,7 +318,7 @@ impl Vm {
     /// it. Unknown tokens (cancelled calls) are ignored.
     pub fn on_http_call_response(&mut self, token: u32, response: HttpCallResponse) -> Result<(), VmError> {
         let st = self.instance.state();
-        let Some(root_id) = st.http_calls.remove(&token) else { return Ok(()) };
+        let Some((root_id, _)) = st.http_calls.remove(&token) else { return Ok(()) };
         if !st.contexts.contains_key(&root_id) {
             return Ok(());
         }
@@ -359,6 +369,7 @@ impl Vm {
                 properties: Default::default(),
                 local_response_sent: false,
                 closed: false,
+                awaiting_done: false,
             }),
         );
         if let Err(e) = self.call_if_exported(id, "proxy_on_context_create", &[id as i64, root_context_id as i64]) {
@@ -449,10 +460,41 @@ impl Vm {
     /// Ends a stream context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`,
     /// each once, then forgets it. Also for aborted transactions. If the VM
     /// failed, the context is dropped without calling the plugin.
-    pub fn finish_stream(&mut self, context_id: u32) -> Result<(), VmError> {
-        self.stream_mut(context_id)?;
+    ///
+    /// When `proxy_on_done` returns false the plugin is not finished with the
+    /// stream: `on_log` and `on_delete` run when it calls `proxy_done`. The
+    /// server's transaction is gone by then, so the stream is detached first
+    /// (see [`HttpStream::detach`]). Returns whether the context is gone.
+    pub fn finish_stream(&mut self, context_id: u32) -> Result<bool, VmError> {
+        let s = self.stream_mut(context_id)?;
+        if s.awaiting_done {
+            return Ok(false); // finished already, waiting for proxy_done
+        }
+        if self.failure.is_none() {
+            match self.call_if_exported(context_id, "proxy_on_done", &[context_id as i64]) {
+                Ok(Some(v)) if v.as_i32() == 0 && self.failure.is_none() => {
+                    let s = self.stream_mut(context_id)?;
+                    s.awaiting_done = true;
+                    s.stream.detach();
+                    let st = self.instance.state();
+                    Self::cancel_http_calls(st, |(_, d)| d == context_id);
+                    return Ok(false);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.drop_stream(context_id);
+                    return Err(e);
+                }
+            }
+        }
+        self.log_and_delete_stream(context_id).map(|_| true)
+    }
+
+    /// `proxy_on_log` then `proxy_on_delete`, then the context is forgotten
+    /// and its pending outgoing calls cancelled.
+    fn log_and_delete_stream(&mut self, context_id: u32) -> Result<(), VmError> {
         let mut first_error = None;
-        for callback in ["proxy_on_done", "proxy_on_log", "proxy_on_delete"] {
+        for callback in ["proxy_on_log", "proxy_on_delete"] {
             if self.failure.is_some() {
                 break;
             }
@@ -460,8 +502,14 @@ impl Vm {
                 first_error.get_or_insert(e);
             }
         }
-        self.instance.state().contexts.remove(&context_id);
+        self.drop_stream(context_id);
         first_error.map_or(Ok(()), Err)
+    }
+
+    fn drop_stream(&mut self, context_id: u32) {
+        let st = self.instance.state();
+        st.contexts.remove(&context_id);
+        Self::cancel_http_calls(st, |(_, d)| d == context_id);
     }
 
     /// Number of live contexts (roots and streams), for diagnostics and tests.

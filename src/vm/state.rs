@@ -36,6 +36,8 @@ pub struct StreamContext {
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
     pub local_response_sent: bool,
     pub closed: bool,
+    /// `on_done` returned false: `on_log`/`on_delete` wait for `proxy_done`.
+    pub awaiting_done: bool,
 }
 
 pub enum Context {
@@ -119,8 +121,9 @@ pub struct HostState {
     pub last_status: (u32, String),
     pub next_context_id: u32,
     pub next_http_call_token: u32,
-    /// Outstanding outgoing calls: token -> root context that gets the answer.
-    pub http_calls: HashMap<u32, u32>,
+    /// Outstanding outgoing calls: token -> (root context that gets the
+    /// answer, context that dispatched it, cancelled with it).
+    pub http_calls: HashMap<u32, (u32, u32)>,
     /// Set by WASI `proc_exit`: the instance cannot be used any more.
     pub exited: Option<i32>,
 }

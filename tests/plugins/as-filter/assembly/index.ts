@@ -26,7 +26,11 @@ function headerSafe(s: string): string {
   let n = s.length < 256 ? s.length : 256;
   for (let i = 0; i < n; i++) {
     let c = s.charCodeAt(i);
-    out += (c >= 0x20 && c <= 0x7e) ? String.fromCharCode(c) : "_";
+    // Map the code, not the string: AssemblyScript 0.14's reference counting
+    // mishandles `out += cond ? String.fromCharCode(c) : "_"` (a fresh string in
+    // one branch, a static one in the other) and aborts in ~lib/rt/pure.ts.
+    if (c < 0x20 || c > 0x7e) c = 0x5f; // '_'
+    out += String.fromCharCode(c);
   }
   return out;
 }

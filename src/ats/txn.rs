@@ -1,0 +1,393 @@
+//! One Traffic Server transaction as the plugins see it: a stream context per
+//! plugin, the request chain run at READ_REQUEST_HDR, the response chain at
+//! SEND_RESPONSE_HDR, and on_done/on_log/on_delete at TXN_CLOSE.
+
+use std::net::SocketAddr;
+use std::os::raw::c_char;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::hdr::Hdr;
+use super::server::log;
+use super::sys::*;
+use super::VmSlot;
+use crate::abi::pairs::Pair;
+use crate::abi::{LogLevel, MapType, Status, StreamType};
+use crate::config::FailurePolicy;
+use crate::host::{HttpStream, LocalResponse};
+use crate::vm::{Verdict, VmError};
+
+/// What the stream contexts of one transaction share with the driver.
+pub struct TxnShared {
+    pub txnp: TSHttpTxn,
+    /// The client response header exists (SEND_RESPONSE_HDR reached).
+    pub response_ready: AtomicBool,
+    /// Resumes a plugin asked for, taken by the driver after each callback.
+    pub resumes: Mutex<Vec<StreamType>>,
+    /// The local response a plugin sent, applied at SEND_RESPONSE_HDR.
+    pub local: Mutex<Option<LocalResponse>>,
+    /// The transaction closed while a plugin still holds its context.
+    pub detached: AtomicBool,
+}
+
+// SAFETY: `txnp` is only passed to Traffic Server API functions, which may be
+// called from any thread while the transaction is alive; every holder (the
+// stream contexts) is dropped at TXN_CLOSE, before Traffic Server frees it.
+unsafe impl Send for TxnShared {}
+// SAFETY: as above; the mutable parts are atomics and mutexes.
+unsafe impl Sync for TxnShared {}
+
+impl TxnShared {
+    fn client_request(&self) -> Option<Hdr> {
+        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
+        // SAFETY: live transaction (see the Send impl).
+        let r = unsafe { TSHttpTxnClientReqGet(self.txnp, &mut buf, &mut loc) };
+        (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: true })
+    }
+
+    fn client_response(&self) -> Option<Hdr> {
+        if !self.response_ready.load(Ordering::Acquire) {
+            return None;
+        }
+        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
+        // SAFETY: live transaction.
+        let r = unsafe { TSHttpTxnClientRespGet(self.txnp, &mut buf, &mut loc) };
+        (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: false })
+    }
+
+    fn hdr(&self, map: MapType) -> Result<Option<Hdr>, Status> {
+        if self.detached.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        match map {
+            MapType::HttpRequestHeaders => Ok(self.client_request()),
+            MapType::HttpResponseHeaders => Ok(self.client_response()),
+            // Traffic Server 9.2 gives plugins no access to HTTP trailers.
+            MapType::HttpRequestTrailers | MapType::HttpResponseTrailers => Ok(None),
+            _ => Err(Status::BadArgument),
+        }
+    }
+
+    fn release(hdr: &Hdr) {
+        // SAFETY: the header location was obtained from this buffer; releasing
+        // a top-level header handle with TS_NULL_MLOC as parent is the API's rule.
+        unsafe { TSHandleMLocRelease(hdr.buf, TS_NULL_MLOC, hdr.loc) };
+    }
+
+    fn with_hdr<R>(&self, map: MapType, f: impl FnOnce(&Hdr) -> Result<R, Status>) -> Result<Option<R>, Status> {
+        match self.hdr(map)? {
+            Some(h) => {
+                let r = f(&h);
+                Self::release(&h);
+                r.map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn addr(sa: *const libc::sockaddr) -> Option<SocketAddr> {
+        if sa.is_null() {
+            return None;
+        }
+        // SAFETY: Traffic Server returns a valid sockaddr of the family it names.
+        unsafe {
+            match (*sa).sa_family as i32 {
+                libc::AF_INET => {
+                    let a = &*(sa as *const libc::sockaddr_in);
+                    Some(SocketAddr::from((u32::from_be(a.sin_addr.s_addr).to_be_bytes(), u16::from_be(a.sin_port))))
+                }
+                libc::AF_INET6 => {
+                    let a = &*(sa as *const libc::sockaddr_in6);
+                    Some(SocketAddr::from((a.sin6_addr.s6_addr, u16::from_be(a.sin6_port))))
+                }
+                _ => None,
+            }
+        }
+    }
+}
+
+/// The stream context's view of the transaction.
+pub struct AtsStream {
+    pub shared: Arc<TxnShared>,
+}
+
+impl HttpStream for AtsStream {
+    fn header_map(&self, map: MapType) -> Result<Vec<Pair>, Status> {
+        Ok(self.shared.with_hdr(map, |h| Ok(h.pairs()))?.unwrap_or_default())
+    }
+
+    fn header_value(&self, map: MapType, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+        let key = key.to_ascii_lowercase();
+        Ok(self.shared.with_hdr(map, |h| Ok(h.value(&key)))?.flatten())
+    }
+
+    fn set_header_map(&mut self, map: MapType, pairs: Vec<Pair>) -> Result<(), Status> {
+        self.shared.with_hdr(map, |h| h.set_all(&pairs))?.ok_or(Status::BadArgument)
+    }
+
+    fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
+        self.shared.with_hdr(map, |h| h.add(key, value))?.ok_or(Status::BadArgument)
+    }
+
+    fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
+        self.shared.with_hdr(map, |h| h.replace(key, value))?.ok_or(Status::BadArgument)
+    }
+
+    fn remove_header(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
+        self.shared.with_hdr(map, |h| h.remove(key))?.ok_or(Status::BadArgument)
+    }
+
+    fn send_local_response(&mut self, response: LocalResponse) -> Result<(), Status> {
+        let mut local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner());
+        if self.shared.response_ready.load(Ordering::Acquire) {
+            // In the response phase the status and headers are rewritten in place.
+            self.shared.with_hdr(MapType::HttpResponseHeaders, |h| {
+                h.add(b":status", response.status.to_string().as_bytes())?;
+                for (k, v) in &response.headers {
+                    h.replace(k, v)?;
+                }
+                Ok(())
+            })?;
+        }
+        *local = Some(response);
+        Ok(())
+    }
+
+    fn resume(&mut self, stream: StreamType) -> Result<(), Status> {
+        self.shared.resumes.lock().unwrap_or_else(|p| p.into_inner()).push(stream);
+        Ok(())
+    }
+
+    fn close(&mut self, _stream: StreamType) -> Result<(), Status> {
+        // Closing ends the transaction with an error; the driver sees Verdict::Stop.
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        self.shared.detached.store(true, Ordering::Release);
+    }
+
+    fn property(&self, path: &[&[u8]]) -> Result<Option<Vec<u8>>, Status> {
+        let s = &self.shared;
+        if s.detached.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let req = |f: &dyn Fn(&Hdr) -> Option<Vec<u8>>| s.with_hdr(MapType::HttpRequestHeaders, |h| Ok(f(h))).map(Option::flatten);
+        let int = |v: u64| Some(v.to_le_bytes().to_vec());
+        // SAFETY: live transaction.
+        let client = || TxnShared::addr(unsafe { TSHttpTxnClientAddrGet(s.txnp) } as *const libc::sockaddr);
+        // SAFETY: live transaction.
+        let incoming = || TxnShared::addr(unsafe { TSHttpTxnIncomingAddrGet(s.txnp) } as *const libc::sockaddr);
+        Ok(match path {
+            [b"request", b"path"] => req(&|h| h.value(b":path"))?,
+            [b"request", b"url_path"] => req(&|h| h.value(b":path").map(|p| p.split(|b| *b == b'?').next().unwrap_or(&[]).to_vec()))?,
+            [b"request", b"query"] => req(&|h| h.value(b":path").map(|p| p.splitn(2, |b| *b == b'?').nth(1).unwrap_or(&[]).to_vec()))?,
+            [b"request", b"host"] => req(&|h| h.value(b":authority"))?,
+            [b"request", b"scheme"] => req(&|h| h.value(b":scheme"))?,
+            [b"request", b"method"] => req(&|h| h.value(b":method"))?,
+            [b"request", b"referer"] => req(&|h| h.value(b"referer"))?,
+            [b"request", b"useragent"] => req(&|h| h.value(b"user-agent"))?,
+            [b"request", b"id"] => req(&|h| h.value(b"x-request-id"))?,
+            [b"request", b"protocol"] => Some(b"HTTP/1.1".to_vec()),
+            [b"request", b"headers", name] => req(&|h| h.value(&name.to_ascii_lowercase()))?,
+            [b"response", b"code"] => s.with_hdr(MapType::HttpResponseHeaders, |h| Ok(int(h.status() as u64)))?.flatten(),
+            [b"response", b"headers", name] => s.with_hdr(MapType::HttpResponseHeaders, |h| Ok(h.value(&name.to_ascii_lowercase())))?.flatten(),
+            [b"source", b"address"] => client().map(|a| a.to_string().into_bytes()),
+            [b"source", b"port"] => client().and_then(|a| int(a.port() as u64)),
+            [b"destination", b"address"] => incoming().map(|a| a.to_string().into_bytes()),
+            [b"destination", b"port"] => incoming().and_then(|a| int(a.port() as u64)),
+            // SAFETY: live transaction.
+            [b"connection", b"id"] => int(unsafe { TSHttpSsnIdGet(TSHttpTxnSsnGet(s.txnp)) } as u64),
+            _ => None,
+        })
+    }
+}
+
+/// One plugin's stream context in this transaction.
+#[derive(Clone, Copy)]
+pub struct Link {
+    pub plugin: usize,
+    pub vm: usize,
+    pub ctx: u32,
+}
+
+/// The transaction, owned by its continuation.
+pub struct Txn {
+    pub shared: Arc<TxnShared>,
+    pub slot: Arc<VmSlot>,
+    pub chain: Vec<Link>,
+    /// How many plugins have run in the current phase.
+    pub next: usize,
+}
+
+fn reenable(txnp: TSHttpTxn, error: bool) {
+    let event = if error { TS_EVENT_HTTP_ERROR } else { TS_EVENT_HTTP_CONTINUE };
+    // SAFETY: live transaction, reenabled exactly once per hook.
+    unsafe { TSHttpTxnReenable(txnp, event) };
+}
+
+/// Makes Traffic Server answer with `status` and `body` instead of going on.
+fn set_error_response(txnp: TSHttpTxn, status: u32, body: &[u8], content_type: Option<&[u8]>) {
+    // SAFETY: buffers given to TSHttpTxnErrorBodySet must come from TSmalloc;
+    // each is filled completely before Traffic Server takes ownership.
+    unsafe {
+        TSHttpTxnStatusSet(txnp, status as TSHttpStatus);
+        let path = b"memory/proxy_wasm\0".as_ptr() as *const c_char;
+        let buf = _TSmalloc(body.len().max(1), path) as *mut u8;
+        if buf.is_null() {
+            return;
+        }
+        std::ptr::copy_nonoverlapping(body.as_ptr(), buf, body.len());
+        let ct = content_type.unwrap_or(b"text/plain");
+        let mime = _TSmalloc(ct.len() + 1, path) as *mut u8;
+        if !mime.is_null() {
+            std::ptr::copy_nonoverlapping(ct.as_ptr(), mime, ct.len());
+            *mime.add(ct.len()) = 0;
+        }
+        TSHttpTxnErrorBodySet(txnp, buf as *mut c_char, body.len(), mime as *mut c_char);
+    }
+}
+
+impl Txn {
+    fn take_resume(&self, stream: StreamType) -> bool {
+        let mut r = self.shared.resumes.lock().unwrap_or_else(|p| p.into_inner());
+        let found = r.contains(&stream);
+        r.retain(|s| *s != stream);
+        found
+    }
+
+    fn policy(&self, link: Link) -> FailurePolicy {
+        self.slot.plugins.plugins[link.plugin].config.failure_policy
+    }
+
+    fn plugin_name(&self, link: Link) -> &str {
+        &self.slot.plugins.plugins[link.plugin].config.name
+    }
+
+    /// A plugin failed: fail closed answers 503; fail open skips the plugin.
+    fn on_failure(&self, link: Link, e: &VmError) -> bool {
+        log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", self.plugin_name(link)));
+        match self.policy(link) {
+            FailurePolicy::FailOpen => false,
+            FailurePolicy::FailClosed => {
+                *self.shared.local.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                set_error_response(self.shared.txnp, 503, b"plugin failure\n", None);
+                true
+            }
+        }
+    }
+
+    /// Runs `on_request_headers` from the next plugin on; reenables the
+    /// transaction unless a plugin paused it.
+    pub fn run_request_headers(&mut self) {
+        let shared = self.shared.clone();
+        let (count, eos) = shared
+            .client_request()
+            .map(|h| {
+                let n = h.pairs().len();
+                let chunked = h.value(b"transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().windows(7).any(|w| w == b"chunked"));
+                let length = h.value(b"content-length").and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok()).unwrap_or(0);
+                TxnShared::release(&h);
+                (n, !chunked && length == 0)
+            })
+            .unwrap_or((0, true));
+        let slot = self.slot.clone();
+        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        while self.next < self.chain.len() {
+            let link = self.chain[self.next];
+            self.next += 1;
+            match vms.vms[link.vm].on_request_headers(link.ctx, count, eos) {
+                Ok(Verdict::Continue) => {}
+                Ok(Verdict::Pause) => {
+                    if !self.take_resume(StreamType::HttpRequest) {
+                        // Resumed later by `proxy_continue_stream` from another event.
+                        return;
+                    }
+                }
+                Ok(Verdict::Stop) => {
+                    drop(vms);
+                    self.stop_with_local_response();
+                    return;
+                }
+                Err(e) => {
+                    if self.on_failure(link, &e) {
+                        drop(vms);
+                        reenable(shared.txnp, true);
+                        return;
+                    }
+                }
+            }
+        }
+        drop(vms);
+        reenable(shared.txnp, false);
+    }
+
+    fn stop_with_local_response(&self) {
+        let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match local {
+            Some(r) => {
+                let ct = r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.as_slice());
+                set_error_response(self.shared.txnp, r.status, &r.body, ct);
+            }
+            // A closed stream: Traffic Server answers with its own error.
+            None => {}
+        }
+        reenable(self.shared.txnp, true);
+    }
+
+    /// Runs `on_response_headers` for every plugin that saw the request, last
+    /// first (the order Envoy runs encoder filters), at SEND_RESPONSE_HDR.
+    pub fn run_response_headers(&mut self) {
+        self.shared.response_ready.store(true, Ordering::Release);
+        // A local response sent during the request phase: its headers.
+        let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(r) = local {
+            let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| {
+                for (k, v) in &r.headers {
+                    if !k.eq_ignore_ascii_case(b"content-type") && !k.starts_with(b":") {
+                        h.add(k, v)?;
+                    }
+                }
+                Ok(())
+            });
+        }
+        let count = self.shared.client_response().map(|h| {
+            let n = h.pairs().len();
+            TxnShared::release(&h);
+            n
+        });
+        let count = count.unwrap_or(0);
+        let ran = self.next.min(self.chain.len());
+        let slot = self.slot.clone();
+        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        for i in (0..ran).rev() {
+            let link = self.chain[i];
+            match vms.vms[link.vm].on_response_headers(link.ctx, count, false) {
+                Ok(Verdict::Continue) => {}
+                Ok(Verdict::Pause) => {
+                    // Pausing the response is not supported yet on Traffic Server.
+                    let _ = self.take_resume(StreamType::HttpResponse);
+                }
+                Ok(Verdict::Stop) => break,
+                Err(e) => {
+                    log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", self.plugin_name(link)));
+                }
+            }
+        }
+        drop(vms);
+        reenable(self.shared.txnp, false);
+    }
+
+    /// on_done, on_log, on_delete for every stream context, at TXN_CLOSE.
+    pub fn close(&mut self) {
+        let slot = self.slot.clone();
+        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        for link in &self.chain {
+            if let Err(e) = vms.vms[link.vm].finish_stream(link.ctx) {
+                log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", self.plugin_name(*link)));
+            }
+        }
+        self.chain.clear();
+    }
+}
+

@@ -1,0 +1,2 @@
+#include <ts/ts.h>
+#include <ts/remap.h>

@@ -1,0 +1,168 @@
+//! The C API from C: compiles `tests/c/smoke.c` against `include/proxy_wasm_host.h`,
+//! links it with the cdylib cargo built for this test run, runs it on the Rust-SDK
+//! test filter and checks what it printed. Also checks that the committed header
+//! is what cbindgen makes of `src/ffi.rs` and that it compiles on its own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/<profile>`: this test runs as `target/<profile>/deps/ffi_c-<hash>`, and
+/// cargo builds the library's cdylib next to `deps/` before running it.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("the test binary is in a folder");
+    assert_eq!(deps.file_name().and_then(|n| n.to_str()), Some("deps"), "unexpected test binary location {}", exe.display());
+    deps.parent().expect("deps/ has a parent").to_path_buf()
+}
+
+fn cdylib() -> PathBuf {
+    let lib = profile_dir().join("libproxy_wasm_host.so");
+    assert!(lib.is_file(), "{} is missing: cargo should have built the cdylib with the tests", lib.display());
+    lib
+}
+
+fn plugin() -> PathBuf {
+    let wasm = repo().join("build/plugins/rust_sdk_filter.wasm");
+    assert!(wasm.is_file(), "{} is missing; build the test plugins first with `make plugins`", wasm.display());
+    wasm
+}
+
+/// A fresh scratch folder under cargo's per-test-target tmp dir.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ffi_c").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+fn cc() -> String {
+    std::env::var("CC").unwrap_or_else(|_| "cc".to_string())
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        let (stdout, stderr) = text(&out);
+        let mut hint = "";
+        if stderr.contains("undefined reference to `TS") {
+            hint = "\nhint: the library was built with --features ats (Traffic Server symbols); the C API test needs the default build";
+        }
+        panic!("{cmd:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}{hint}", out.status);
+    }
+    out
+}
+
+/// Runs the smoke program and checks its report.
+fn check_smoke(exe: &Path, lib_dir: &Path) {
+    let out = run(Command::new(exe).arg(plugin()).env("LD_LIBRARY_PATH", lib_dir).env("TMPDIR", exe.parent().unwrap()));
+    let (stdout, stderr) = text(&out);
+    eprintln!("--- smoke stdout\n{stdout}--- smoke stderr\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let has = |wanted: &str| lines.iter().any(|l| *l == wanted);
+    let has_prefix = |wanted: &str| lines.iter().any(|l| l.starts_with(wanted));
+    for wanted in [
+        concat!("libproxy_wasm_host ", env!("CARGO_PKG_VERSION")),
+        "plugins: 1, first: c-smoke, fail_open: 0",
+        "tick (1000 ms) delivered to plugin 0: 0",
+        "request headers: CONTINUE",
+        "request body: CONTINUE",
+        "request body passed on: hello",
+        "response headers: CONTINUE",
+        "response header x-proxy-wasm: c-smoke",
+        "stream finished: destroy called 1 time(s)",
+        "local request headers: STOP",
+        "local response: 403 denied by rust-sdk-filter (x-proxy-wasm: c-smoke)",
+        "local stream finished: destroy called 1 time(s)",
+        "bad plugin index: context 0, destroy called 1 time(s): no plugin with index 7 (there are 1)",
+        "NULL vms: -1: vms is NULL",
+        "vms freed",
+        "smoke: OK",
+    ] {
+        assert!(has(wanted), "smoke output lacks the line {wanted:?}");
+    }
+    assert!(has_prefix("[log c-smoke info] rust-sdk-filter: root 1 configured (tag=c-smoke, tick_ms=1000"), "the C log callback got the configure line");
+    assert!(has_prefix("finished context: ERROR: no stream context "), "a finished context is an error");
+    // The malformed file's error names the file, line and column.
+    let malformed = lines.iter().find(|l| l.starts_with("malformed config: ")).expect("malformed config line");
+    assert!(malformed.contains("/malformed.yaml:") && malformed.contains("invalid YAML"), "{malformed}");
+}
+
+#[test]
+fn smoke_c_program_drives_the_rust_sdk_filter() {
+    let lib = cdylib();
+    let lib_dir = lib.parent().unwrap().to_path_buf();
+    let dir = scratch("cc");
+    let exe = dir.join("smoke");
+    run(Command::new(cc())
+        .args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-g"])
+        .arg("-I")
+        .arg(repo().join("include"))
+        .arg(repo().join("tests/c/smoke.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
+        .arg(&lib_dir)
+        .arg("-lproxy_wasm_host"));
+    check_smoke(&exe, &lib_dir);
+}
+
+/// The same program built the way a C server using CMake would build it.
+#[test]
+fn cmake_package_builds_the_smoke_program() {
+    if Command::new("cmake").arg("--version").output().is_err() {
+        eprintln!("cmake is not installed: skipping the CMake package test");
+        return;
+    }
+    let lib = cdylib();
+    let dir = scratch("cmake");
+    run(Command::new("cmake")
+        .arg("-S")
+        .arg(repo().join("tests/c"))
+        .arg("-B")
+        .arg(&dir)
+        .arg(format!("-DProxyWasmHost_DIR={}", repo().join("cmake").display()))
+        .arg(format!("-DPROXY_WASM_HOST_LIBRARY={}", lib.display()))
+        .env("CC", cc()));
+    run(Command::new("cmake").arg("--build").arg(&dir));
+    // No LD_LIBRARY_PATH needed in principle (CMake sets the RUNPATH), but keep
+    // the check independent of that.
+    check_smoke(&dir.join("smoke"), lib.parent().unwrap());
+}
+
+#[test]
+fn header_is_what_cbindgen_generates() {
+    let root = repo();
+    let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
+    let bindings = cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(root.join("src/ffi.rs"))
+        .generate()
+        .unwrap_or_else(|e| panic!("cbindgen cannot generate the header from src/ffi.rs: {e}"));
+    let mut generated = Vec::new();
+    bindings.write(&mut generated);
+    let path = root.join("include/proxy_wasm_host.h");
+    let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        committed == generated,
+        "{} is out of date: rebuild (build.rs regenerates it) and commit it",
+        path.display()
+    );
+}
+
+#[test]
+fn header_compiles_on_its_own() {
+    let header = repo().join("include/proxy_wasm_host.h");
+    run(Command::new(cc()).args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fsyntax-only", "-x", "c"]).arg(&header));
+    // cpp_compat: the same header from C++.
+    if Command::new("c++").arg("--version").output().is_ok() {
+        run(Command::new("c++").args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c++"]).arg(&header));
+    }
+}
