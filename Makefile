@@ -6,26 +6,34 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all build deps plugins test unit demo clean header
+.PHONY: all build deps plugins ats test demo clean
 
 all: build
 
 deps:
 	@bash scripts/install-deps.sh
 
-## build: the host library (release) and every test plugin.
+## build: the Traffic Server plugin, the host library with its C API, and every test plugin (release).
 build: deps plugins
-	$(CARGO) build --release --locked
 	@mkdir -p build
+	$(CARGO) build --release --locked --features ats
+	cp target/release/libproxy_wasm_host.so build/proxy_wasm_ats.so
+	$(CARGO) build --release --locked
 	cp target/release/libproxy_wasm_host.so build/libproxy_wasm_host.so
-	@echo "built build/libproxy_wasm_host.so and build/plugins/*.wasm; C header: include/proxy_wasm_host.h"
+	@echo "built build/proxy_wasm_ats.so, build/libproxy_wasm_host.so (C header: include/proxy_wasm_host.h) and build/plugins/*.wasm"
+
+## ats: the Traffic Server plugin (debug build, for the tests) at build/proxy_wasm_ats.so.
+ats: deps
+	@mkdir -p build
+	$(CARGO) build --locked --features ats
+	cp target/debug/libproxy_wasm_host.so build/proxy_wasm_ats.so
 
 ## plugins: the Rust-SDK, AssemblyScript and WAT test plugins into build/plugins/.
 plugins: deps
 	@bash scripts/build-plugins.sh
 
 ## test: every test (unit and integration), with the plugins built from source.
-test: deps plugins
+test: deps plugins ats
 	$(CARGO) test --locked --no-fail-fast
 
 ## demo: runs the example plugin through the host with a recorded request.

@@ -56,7 +56,9 @@ use std::time::Duration;
 use crate::abi::pairs::{self, Pair};
 use crate::abi::{LogLevel, MapType, Status, StreamType};
 use crate::config;
-use crate::host::{HttpCallRequest, HttpCallResponse, HttpStream, LocalResponse, PluginRef, ServerHost};
+use crate::host::{
+    HttpCallRequest, HttpCallResponse, HttpStream, LocalResponse, PluginRef, ServerHost,
+};
 use crate::loader::{self, LoadedPlugin, PluginRoot, PluginVms};
 use crate::vm::{Verdict, Vm, VmError};
 
@@ -174,10 +176,16 @@ pub struct pwh_bytes {
 }
 
 impl pwh_bytes {
-    const EMPTY: pwh_bytes = pwh_bytes { ptr: ptr::null(), len: 0 };
+    const EMPTY: pwh_bytes = pwh_bytes {
+        ptr: ptr::null(),
+        len: 0,
+    };
 
     fn of(bytes: &[u8]) -> pwh_bytes {
-        pwh_bytes { ptr: bytes.as_ptr(), len: bytes.len() }
+        pwh_bytes {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
     }
 
     /// The borrowed slice, or `None` for a NULL pointer with a non-zero length
@@ -245,11 +253,18 @@ fn guard<T>(on_panic: T, body: impl FnOnce() -> T) -> T {
 ///
 /// # Safety
 /// `error` must be NULL or point to a live `pwh_buffer` not borrowed elsewhere.
-unsafe fn ffi_call<T>(error: *mut pwh_buffer, fail: T, body: impl FnOnce() -> Result<T, String>) -> T {
+unsafe fn ffi_call<T>(
+    error: *mut pwh_buffer,
+    fail: T,
+    body: impl FnOnce() -> Result<T, String>,
+) -> T {
     let message = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(value)) => return value,
         Ok(Err(message)) => message,
-        Err(payload) => format!("internal error (Rust panic): {}", panic_message(payload.as_ref())),
+        Err(payload) => format!(
+            "internal error (Rust panic): {}",
+            panic_message(payload.as_ref())
+        ),
     };
     let report = || {
         // SAFETY: forwarded from the caller.
@@ -290,7 +305,9 @@ pub unsafe extern "C" fn pwh_buffer_free(buf: *mut pwh_buffer) {
 pub unsafe extern "C" fn pwh_buffer_data(buf: *const pwh_buffer) -> *const u8 {
     // SAFETY: NULL or a live buffer (contract); only read.
     let buf = unsafe { buf.as_ref() };
-    guard(ptr::null(), || buf.map_or(ptr::null(), |b| b.bytes.as_ptr()))
+    guard(ptr::null(), || {
+        buf.map_or(ptr::null(), |b| b.bytes.as_ptr())
+    })
 }
 
 /// The number of bytes in the buffer (0 when `buf` is NULL).
@@ -354,7 +371,11 @@ pub unsafe extern "C" fn pwh_buffer_set(buf: *mut pwh_buffer, data: *const u8, l
 /// # Safety
 /// As `pwh_buffer_set`.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_buffer_append(buf: *mut pwh_buffer, data: *const u8, len: usize) -> i32 {
+pub unsafe extern "C" fn pwh_buffer_append(
+    buf: *mut pwh_buffer,
+    data: *const u8,
+    len: usize,
+) -> i32 {
     // SAFETY: NULL or a live, unaliased buffer (contract).
     let buf = unsafe { buf.as_mut() };
     // SAFETY: readable for `len` bytes (contract).
@@ -384,7 +405,10 @@ fn pair_spans(b: &[u8]) -> Result<Vec<(Span, Span)>, Status> {
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
     };
     let count = read_u32(0)?;
-    let mut pos = count.checked_mul(8).and_then(|n| n.checked_add(4)).ok_or(Status::BadArgument)?;
+    let mut pos = count
+        .checked_mul(8)
+        .and_then(|n| n.checked_add(4))
+        .ok_or(Status::BadArgument)?;
     if pos > b.len() {
         return Err(Status::BadArgument);
     }
@@ -409,7 +433,10 @@ fn pair_spans(b: &[u8]) -> Result<Vec<(Span, Span)>, Status> {
 }
 
 fn decode_pairs(b: &[u8]) -> Result<Vec<Pair>, Status> {
-    Ok(pair_spans(b)?.into_iter().map(|(k, v)| (b[k].to_vec(), b[v].to_vec())).collect())
+    Ok(pair_spans(b)?
+        .into_iter()
+        .map(|(k, v)| (b[k].to_vec(), b[v].to_vec()))
+        .collect())
 }
 
 /// The number of pairs in a pairs encoding, or -1 when it is malformed.
@@ -434,7 +461,12 @@ pub unsafe extern "C" fn pwh_pairs_count(pairs: pwh_bytes) -> i64 {
 /// # Safety
 /// `pairs` must be readable; `key` and `value` must be NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_pairs_get(pairs: pwh_bytes, index: usize, key: *mut pwh_bytes, value: *mut pwh_bytes) -> i32 {
+pub unsafe extern "C" fn pwh_pairs_get(
+    pairs: pwh_bytes,
+    index: usize,
+    key: *mut pwh_bytes,
+    value: *mut pwh_bytes,
+) -> i32 {
     // SAFETY: readable for its length (contract).
     let bytes = unsafe { pairs.as_slice() };
     // SAFETY: NULL or writable (contract); nothing else refers to them during the call.
@@ -465,7 +497,11 @@ pub unsafe extern "C" fn pwh_pairs_get(pairs: pwh_bytes, index: usize, key: *mut
 /// `pairs` must be NULL or a live buffer; `key` and `value` must be readable
 /// and must not point into `pairs`.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_pairs_add(pairs: *mut pwh_buffer, key: pwh_bytes, value: pwh_bytes) -> i32 {
+pub unsafe extern "C" fn pwh_pairs_add(
+    pairs: *mut pwh_buffer,
+    key: pwh_bytes,
+    value: pwh_bytes,
+) -> i32 {
     // SAFETY: NULL or a live, unaliased buffer (contract).
     let buf = unsafe { pairs.as_mut() };
     // SAFETY: readable for their lengths (contract).
@@ -488,7 +524,14 @@ pub unsafe extern "C" fn pwh_pairs_add(pairs: *mut pwh_buffer, key: pwh_bytes, v
 // ------------------------------------------------------------------ server vtable
 
 /// Writes one log line of a plugin. `level` is a `pwh_log_level`.
-pub type pwh_log_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, plugin_name: pwh_bytes, level: i32, message: pwh_bytes)>;
+pub type pwh_log_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        plugin_name: pwh_bytes,
+        level: i32,
+        message: pwh_bytes,
+    ),
+>;
 
 /// The server's current log threshold, a `pwh_log_level`.
 pub type pwh_log_level_fn = Option<unsafe extern "C" fn(user_data: *mut c_void) -> i32>;
@@ -515,25 +558,49 @@ pub type pwh_dispatch_http_call_fn = Option<
 >;
 
 /// Drops interest in call `token` of VM `vm_index`: no answer is expected after this.
-pub type pwh_cancel_http_call_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, vm_index: usize, token: u32)>;
+pub type pwh_cancel_http_call_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, vm_index: usize, token: u32)>;
 
 /// Arms (`period_ms` > 0) or disarms (`period_ms` = 0) the periodic
 /// `pwh_on_tick` of a root context.
-pub type pwh_set_tick_period_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, vm_index: usize, root_context_id: u32, period_ms: u32)>;
+pub type pwh_set_tick_period_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        vm_index: usize,
+        root_context_id: u32,
+        period_ms: u32,
+    ),
+>;
 
 /// A shared queue registered by a root context got data: arrange for
 /// `pwh_on_queue_ready` to run on the thread that owns the `pwh_vms`.
 /// May be called from ANY thread, also while another thread uses the `pwh_vms`.
-pub type pwh_notify_queue_ready_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, vm_index: usize, root_context_id: u32, queue_id: u32)>;
+pub type pwh_notify_queue_ready_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        vm_index: usize,
+        root_context_id: u32,
+        queue_id: u32,
+    ),
+>;
 
 /// Reads a property: `path` is dotted (`request.path`, `node.id`; segments are
 /// joined with '.'). On `PWH_STATUS_OK` the value is in `out` (use
 /// `pwh_buffer_set`); `PWH_STATUS_NOT_FOUND` when there is no such property.
-pub type pwh_get_property_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, path: pwh_bytes, out: *mut pwh_buffer) -> i32>;
+pub type pwh_get_property_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, path: pwh_bytes, out: *mut pwh_buffer) -> i32,
+>;
 
 /// `proxy_call_foreign_function`: runs the server function `name` on
 /// `argument`; the result goes in `out`. `PWH_STATUS_NOT_FOUND` for an unknown name.
-pub type pwh_call_foreign_function_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, name: pwh_bytes, argument: pwh_bytes, out: *mut pwh_buffer) -> i32>;
+pub type pwh_call_foreign_function_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        name: pwh_bytes,
+        argument: pwh_bytes,
+        out: *mut pwh_buffer,
+    ) -> i32,
+>;
 
 /// Server-wide services, shared by every VM of a `pwh_vms`. The struct is
 /// copied by `pwh_vms_start`; `user_data` must stay valid until `pwh_vms_free`
@@ -598,24 +665,42 @@ impl ServerHost for CServer {
         if let Some(f) = self.vt.log {
             // SAFETY: a callback and user_data the server supplied together; the
             // byte views borrow strings that outlive the call.
-            unsafe { f(self.vt.user_data, pwh_bytes::of(plugin.name.as_bytes()), level as i32, pwh_bytes::of(message.as_bytes())) }
+            unsafe {
+                f(
+                    self.vt.user_data,
+                    pwh_bytes::of(plugin.name.as_bytes()),
+                    level as i32,
+                    pwh_bytes::of(message.as_bytes()),
+                )
+            }
         }
     }
 
     fn log_level(&self) -> LogLevel {
         match self.vt.log_level {
             // SAFETY: a callback and user_data the server supplied together.
-            Some(f) => LogLevel::try_from(unsafe { f(self.vt.user_data) }).unwrap_or(LogLevel::Info),
+            Some(f) => {
+                LogLevel::try_from(unsafe { f(self.vt.user_data) }).unwrap_or(LogLevel::Info)
+            }
             None => LogLevel::Info,
         }
     }
 
-    fn dispatch_http_call(&self, root_context_id: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
-        let Some(f) = self.vt.dispatch_http_call else { return Err(Status::InternalFailure) };
+    fn dispatch_http_call(
+        &self,
+        root_context_id: u32,
+        token: u32,
+        request: HttpCallRequest,
+    ) -> Result<(), Status> {
+        let Some(f) = self.vt.dispatch_http_call else {
+            return Err(Status::InternalFailure);
+        };
         let headers = pairs::encode(&request.headers);
         let trailers = pairs::encode(&request.trailers);
         // 0 means "no timeout" to C, so a timeout under 1 ms is rounded up.
-        let timeout_ms = request.timeout.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32);
+        let timeout_ms = request
+            .timeout
+            .map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32);
         // SAFETY: a callback and user_data the server supplied together; the byte
         // views borrow data that outlives the call.
         let code = unsafe {
@@ -650,7 +735,9 @@ impl ServerHost for CServer {
     }
 
     fn notify_queue_ready(&self, root_context_id: u32, queue_id: u32) {
-        let Some(f) = self.vt.notify_queue_ready else { return };
+        let Some(f) = self.vt.notify_queue_ready else {
+            return;
+        };
         // Held (shared) during the call so that pwh_vms_free waits for it.
         let closed = self.gate.closed.read().unwrap_or_else(|p| p.into_inner());
         if !*closed {
@@ -665,16 +752,29 @@ impl ServerHost for CServer {
     }
 
     fn call_foreign_function(&self, name: &str, argument: &[u8]) -> Result<Vec<u8>, Status> {
-        let Some(f) = self.vt.call_foreign_function else { return Err(Status::NotFound) };
+        let Some(f) = self.vt.call_foreign_function else {
+            return Err(Status::NotFound);
+        };
         let mut out = pwh_buffer::default();
         // SAFETY: a callback and user_data the server supplied together; `out` is
         // a live buffer that only the callee uses during the call.
-        let code = unsafe { f(self.vt.user_data, pwh_bytes::of(name.as_bytes()), pwh_bytes::of(argument), &mut out) };
+        let code = unsafe {
+            f(
+                self.vt.user_data,
+                pwh_bytes::of(name.as_bytes()),
+                pwh_bytes::of(argument),
+                &mut out,
+            )
+        };
         result_from_code(code).map(|()| out.bytes)
     }
 }
 
-fn call_get_property(f: pwh_get_property_fn, user_data: *mut c_void, path: &[&[u8]]) -> Result<Option<Vec<u8>>, Status> {
+fn call_get_property(
+    f: pwh_get_property_fn,
+    user_data: *mut c_void,
+    path: &[&[u8]],
+) -> Result<Option<Vec<u8>>, Status> {
     let Some(f) = f else { return Ok(None) };
     let dotted = path.join(&b'.');
     let mut out = pwh_buffer::default();
@@ -691,33 +791,53 @@ fn call_get_property(f: pwh_get_property_fn, user_data: *mut c_void, path: &[&[u
 
 /// Writes header map `map_type` (a `pwh_map_type`) into `out` as a pairs
 /// encoding (`pwh_pairs_add`). A map that does not exist (yet) is empty.
-pub type pwh_get_header_map_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, map_type: i32, out: *mut pwh_buffer) -> i32>;
+pub type pwh_get_header_map_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, map_type: i32, out: *mut pwh_buffer) -> i32,
+>;
 
 /// Replaces a whole header map with `pairs` (a pairs encoding, `pwh_pairs_get`).
-pub type pwh_set_header_map_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, map_type: i32, pairs: pwh_bytes) -> i32>;
+pub type pwh_set_header_map_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, map_type: i32, pairs: pwh_bytes) -> i32>;
 
 /// Adds a value (`add_header`), or replaces all values of `key`, adding it
 /// when absent (`replace_header`). Keys compare case-insensitively.
-pub type pwh_set_header_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, map_type: i32, key: pwh_bytes, value: pwh_bytes) -> i32>;
+pub type pwh_set_header_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        map_type: i32,
+        key: pwh_bytes,
+        value: pwh_bytes,
+    ) -> i32,
+>;
 
 /// Removes all values of `key`; removing an absent key is `PWH_STATUS_OK`.
-pub type pwh_remove_header_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, map_type: i32, key: pwh_bytes) -> i32>;
+pub type pwh_remove_header_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, map_type: i32, key: pwh_bytes) -> i32>;
 
 /// Sends a response made by the plugin instead of the upstream's. `details`
 /// is Envoy's response code details, `headers` a pairs encoding, `grpc_status`
 /// -1 when none. `PWH_STATUS_BAD_ARGUMENT` once the response headers went out.
 pub type pwh_send_local_response_fn = Option<
-    unsafe extern "C" fn(user_data: *mut c_void, status: u32, details: pwh_bytes, body: pwh_bytes, headers: pwh_bytes, grpc_status: i32) -> i32,
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        status: u32,
+        details: pwh_bytes,
+        body: pwh_bytes,
+        headers: pwh_bytes,
+        grpc_status: i32,
+    ) -> i32,
 >;
 
 /// Resumes (`resume`) or resets (`close`) a direction, a `pwh_stream_type`.
 /// `resume` runs after the callback that asked for it returned, and must do
 /// nothing on a direction that is not paused.
-pub type pwh_stream_op_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, stream_type: i32) -> i32>;
+pub type pwh_stream_op_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, stream_type: i32) -> i32>;
 
 /// Writes a property the server understands (e.g. `request.path`);
 /// `PWH_STATUS_NOT_FOUND` lets the host keep the value for the plugin itself.
-pub type pwh_set_property_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, path: pwh_bytes, value: pwh_bytes) -> i32>;
+pub type pwh_set_property_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, path: pwh_bytes, value: pwh_bytes) -> i32>;
 
 /// Releases `user_data`; called exactly once per `pwh_stream_create` call.
 pub type pwh_destroy_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
@@ -779,15 +899,32 @@ impl Drop for CStream {
 }
 
 impl CStream {
-    fn set_header(&mut self, f: pwh_set_header_fn, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        let Some(f) = f else { return Err(Status::Unimplemented) };
+    fn set_header(
+        &mut self,
+        f: pwh_set_header_fn,
+        map: MapType,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), Status> {
+        let Some(f) = f else {
+            return Err(Status::Unimplemented);
+        };
         // SAFETY: a callback and user_data the server supplied together; the byte
         // views borrow data that outlives the call.
-        result_from_code(unsafe { f(self.vt.user_data, map as i32, pwh_bytes::of(key), pwh_bytes::of(value)) })
+        result_from_code(unsafe {
+            f(
+                self.vt.user_data,
+                map as i32,
+                pwh_bytes::of(key),
+                pwh_bytes::of(value),
+            )
+        })
     }
 
     fn stream_op(&mut self, f: pwh_stream_op_fn, stream: StreamType) -> Result<(), Status> {
-        let Some(f) = f else { return Err(Status::Unimplemented) };
+        let Some(f) = f else {
+            return Err(Status::Unimplemented);
+        };
         // SAFETY: a callback and user_data the server supplied together.
         result_from_code(unsafe { f(self.vt.user_data, stream as i32) })
     }
@@ -795,7 +932,9 @@ impl CStream {
 
 impl HttpStream for CStream {
     fn header_map(&self, map: MapType) -> Result<Vec<Pair>, Status> {
-        let Some(f) = self.vt.get_header_map else { return Ok(Vec::new()) };
+        let Some(f) = self.vt.get_header_map else {
+            return Ok(Vec::new());
+        };
         let mut out = pwh_buffer::default();
         // SAFETY: a callback and user_data the server supplied together; `out` is
         // a live buffer that only the callee uses during the call.
@@ -805,7 +944,9 @@ impl HttpStream for CStream {
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Vec<Pair>) -> Result<(), Status> {
-        let Some(f) = self.vt.set_header_map else { return Err(Status::Unimplemented) };
+        let Some(f) = self.vt.set_header_map else {
+            return Err(Status::Unimplemented);
+        };
         let encoded = pairs::encode(&pairs);
         // SAFETY: a callback and user_data the server supplied together; the byte
         // view borrows data that outlives the call.
@@ -821,14 +962,18 @@ impl HttpStream for CStream {
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
-        let Some(f) = self.vt.remove_header else { return Err(Status::Unimplemented) };
+        let Some(f) = self.vt.remove_header else {
+            return Err(Status::Unimplemented);
+        };
         // SAFETY: a callback and user_data the server supplied together; the byte
         // view borrows data that outlives the call.
         result_from_code(unsafe { f(self.vt.user_data, map as i32, pwh_bytes::of(key)) })
     }
 
     fn send_local_response(&mut self, response: LocalResponse) -> Result<(), Status> {
-        let Some(f) = self.vt.send_local_response else { return Err(Status::Unimplemented) };
+        let Some(f) = self.vt.send_local_response else {
+            return Err(Status::Unimplemented);
+        };
         let headers = pairs::encode(&response.headers);
         // SAFETY: a callback and user_data the server supplied together; the byte
         // views borrow data that outlives the call.
@@ -858,11 +1003,19 @@ impl HttpStream for CStream {
     }
 
     fn set_property(&mut self, path: &[&[u8]], value: &[u8]) -> Result<(), Status> {
-        let Some(f) = self.vt.set_property else { return Err(Status::NotFound) };
+        let Some(f) = self.vt.set_property else {
+            return Err(Status::NotFound);
+        };
         let dotted = path.join(&b'.');
         // SAFETY: a callback and user_data the server supplied together; the byte
         // views borrow data that outlives the call.
-        result_from_code(unsafe { f(self.vt.user_data, pwh_bytes::of(&dotted), pwh_bytes::of(value)) })
+        result_from_code(unsafe {
+            f(
+                self.vt.user_data,
+                pwh_bytes::of(&dotted),
+                pwh_bytes::of(value),
+            )
+        })
     }
 }
 
@@ -898,7 +1051,11 @@ fn path_from_c(s: &CStr) -> PathBuf {
 /// `yaml_paths` must point to `n` NUL-terminated strings; `error` must be NULL
 /// or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_plugins_load(yaml_paths: *const *const c_char, n: usize, error: *mut pwh_buffer) -> *mut pwh_plugins {
+pub unsafe extern "C" fn pwh_plugins_load(
+    yaml_paths: *const *const c_char,
+    n: usize,
+    error: *mut pwh_buffer,
+) -> *mut pwh_plugins {
     let body = || {
         if n == 0 {
             return Err("pwh_plugins_load: no configuration file given".to_string());
@@ -963,7 +1120,11 @@ pub unsafe extern "C" fn pwh_plugins_name(plugins: *const pwh_plugins, index: us
     // SAFETY: NULL or live (contract); only read.
     let plugins = unsafe { plugins.as_ref() };
     guard(pwh_bytes::EMPTY, || {
-        plugins.and_then(|p| p.plugins.get(index)).map_or(pwh_bytes::EMPTY, |p| pwh_bytes::of(p.config.name.as_bytes()))
+        plugins
+            .and_then(|p| p.plugins.get(index))
+            .map_or(pwh_bytes::EMPTY, |p| {
+                pwh_bytes::of(p.config.name.as_bytes())
+            })
     })
 }
 
@@ -1016,7 +1177,12 @@ impl pwh_vms {
     }
 
     fn root(&self, plugin_index: usize) -> Result<PluginRoot, String> {
-        self.roots.get(plugin_index).copied().ok_or_else(|| format!("no plugin with index {plugin_index} (there are {})", self.roots.len()))
+        self.roots.get(plugin_index).copied().ok_or_else(|| {
+            format!(
+                "no plugin with index {plugin_index} (there are {})",
+                self.roots.len()
+            )
+        })
     }
 }
 
@@ -1052,7 +1218,11 @@ impl Drop for VmsGuard<'_> {
 /// `plugins` and `vtable` must be NULL or live; `error` NULL or a live buffer;
 /// `vtable->user_data` must stay valid until `pwh_vms_free` returns.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_vms_start(plugins: *const pwh_plugins, vtable: *const pwh_server_vtable, error: *mut pwh_buffer) -> *mut pwh_vms {
+pub unsafe extern "C" fn pwh_vms_start(
+    plugins: *const pwh_plugins,
+    vtable: *const pwh_server_vtable,
+    error: *mut pwh_buffer,
+) -> *mut pwh_vms {
     // SAFETY: NULL or live (contract); only read.
     let plugins = unsafe { plugins.as_ref() };
     // SAFETY: NULL or live (contract); copied.
@@ -1063,7 +1233,11 @@ pub unsafe extern "C" fn pwh_vms_start(plugins: *const pwh_plugins, vtable: *con
         let gate = Arc::new(Gate::default());
         let mut vm_count = 0;
         let started = PluginVms::start(&plugins.plugins, |_key| {
-            let server = CServer { vt, vm_index: vm_count, gate: gate.clone() };
+            let server = CServer {
+                vt,
+                vm_index: vm_count,
+                gate: gate.clone(),
+            };
             vm_count += 1;
             Arc::new(server) as Arc<dyn ServerHost>
         });
@@ -1071,8 +1245,16 @@ pub unsafe extern "C" fn pwh_vms_start(plugins: *const pwh_plugins, vtable: *con
             Ok(vms) => {
                 debug_assert_eq!(vms.vms.len(), vm_count);
                 let roots = vms.roots.clone();
-                let state = VmsState { vms, streams: HashMap::new() };
-                Ok(Box::into_raw(Box::new(pwh_vms { busy: AtomicBool::new(false), state: UnsafeCell::new(state), roots, gate })))
+                let state = VmsState {
+                    vms,
+                    streams: HashMap::new(),
+                };
+                Ok(Box::into_raw(Box::new(pwh_vms {
+                    busy: AtomicBool::new(false),
+                    state: UnsafeCell::new(state),
+                    roots,
+                    gate,
+                })))
             }
             Err(e) => {
                 gate.close();
@@ -1124,14 +1306,25 @@ pub unsafe extern "C" fn pwh_vms_free(vms: *mut pwh_vms) {
 /// # Safety
 /// `vms` must be NULL or live; `plugin_index` NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_vms_find_plugin(vms: *const pwh_vms, vm_index: usize, root_context_id: u32, plugin_index: *mut usize) -> i32 {
+pub unsafe extern "C" fn pwh_vms_find_plugin(
+    vms: *const pwh_vms,
+    vm_index: usize,
+    root_context_id: u32,
+    plugin_index: *mut usize,
+) -> i32 {
     // SAFETY: NULL or live (contract); only `roots`, which never changes, is read.
     let vms = unsafe { vms.as_ref() };
     // SAFETY: NULL or writable (contract).
     let out = unsafe { plugin_index.as_mut() };
     guard(pwh_status::InternalFailure as i32, || {
-        let (Some(vms), Some(out)) = (vms, out) else { return pwh_status::BadArgument as i32 };
-        match vms.roots.iter().position(|r| r.vm == vm_index && r.root_context_id == root_context_id) {
+        let (Some(vms), Some(out)) = (vms, out) else {
+            return pwh_status::BadArgument as i32;
+        };
+        match vms
+            .roots
+            .iter()
+            .position(|r| r.vm == vm_index && r.root_context_id == root_context_id)
+        {
             Some(i) => {
                 *out = i;
                 pwh_status::Ok as i32
@@ -1163,8 +1356,14 @@ unsafe fn on_vm<T>(
         if let Some(ctx) = stream {
             match state.streams.get(&(root.vm, ctx)) {
                 Some(&p) if p == plugin_index => {}
-                Some(&p) => return Err(format!("stream context {ctx} belongs to plugin {p}, not {plugin_index}")),
-                None => return Err(format!("no stream context {ctx} for plugin {plugin_index} (finished or never created)")),
+                Some(&p) => {
+                    return Err(format!(
+                        "stream context {ctx} belongs to plugin {p}, not {plugin_index}"
+                    ))
+                }
+                None => return Err(format!(
+                    "no stream context {ctx} for plugin {plugin_index} (finished or never created)"
+                )),
             }
         }
         f(&mut state.vms.vms[root.vm], root.root_context_id).map_err(|e| e.to_string())
@@ -1192,11 +1391,20 @@ unsafe fn fail_with(error: *mut pwh_buffer, message: String) -> i32 {
 /// # Safety
 /// `vms` and `vtable` must be NULL or live; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_stream_create(vms: *mut pwh_vms, plugin_index: usize, vtable: *const pwh_stream_vtable, error: *mut pwh_buffer) -> u32 {
+pub unsafe extern "C" fn pwh_stream_create(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    vtable: *const pwh_stream_vtable,
+    error: *mut pwh_buffer,
+) -> u32 {
     // SAFETY: NULL or live (contract); copied.
     let Some(vt) = (unsafe { vtable.as_ref() }).copied() else {
         // SAFETY: `error` is NULL or a live buffer (contract).
-        return unsafe { ffi_call(error, 0, || Err("pwh_stream_create: vtable is NULL".to_string())) };
+        return unsafe {
+            ffi_call(error, 0, || {
+                Err("pwh_stream_create: vtable is NULL".to_string())
+            })
+        };
     };
     // From here on `destroy` runs exactly once: when `stream` is dropped, on any path.
     let stream = CStream { vt };
@@ -1206,7 +1414,9 @@ pub unsafe extern "C" fn pwh_stream_create(vms: *mut pwh_vms, plugin_index: usiz
         let vms = vms.ok_or("vms is NULL")?;
         let root = vms.root(plugin_index)?;
         let mut state = vms.lock()?;
-        let ctx = state.vms.vms[root.vm].create_stream(root.root_context_id, Box::new(stream)).map_err(|e| e.to_string())?;
+        let ctx = state.vms.vms[root.vm]
+            .create_stream(root.root_context_id, Box::new(stream))
+            .map_err(|e| e.to_string())?;
         state.streams.insert((root.vm, ctx), plugin_index);
         Ok(ctx)
     };
@@ -1230,7 +1440,19 @@ pub unsafe extern "C" fn pwh_on_request_headers(
     error: *mut pwh_buffer,
 ) -> i32 {
     // SAFETY: forwarded contract.
-    unsafe { on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| vm.on_request_headers(context_id, num_headers, end_of_stream).map(verdict_code)) }
+    unsafe {
+        on_vm(
+            vms,
+            plugin_index,
+            Some(context_id),
+            error,
+            FAILED,
+            |vm, _| {
+                vm.on_request_headers(context_id, num_headers, end_of_stream)
+                    .map(verdict_code)
+            },
+        )
+    }
 }
 
 /// `proxy_on_request_body` with one more chunk. The plugin sees everything it
@@ -1241,7 +1463,14 @@ pub unsafe extern "C" fn pwh_on_request_headers(
 /// # Safety
 /// `vms` must be NULL or live; `chunk` readable; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_on_request_body(vms: *mut pwh_vms, plugin_index: usize, context_id: u32, chunk: pwh_bytes, end_of_stream: bool, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_on_request_body(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    context_id: u32,
+    chunk: pwh_bytes,
+    end_of_stream: bool,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: readable for its length (contract).
     let chunk = match unsafe { bytes_arg(chunk, "chunk") } {
         Ok(c) => c,
@@ -1249,7 +1478,19 @@ pub unsafe extern "C" fn pwh_on_request_body(vms: *mut pwh_vms, plugin_index: us
         Err(message) => return unsafe { fail_with(error, message) },
     };
     // SAFETY: forwarded contract.
-    unsafe { on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| vm.on_request_body(context_id, chunk, end_of_stream).map(verdict_code)) }
+    unsafe {
+        on_vm(
+            vms,
+            plugin_index,
+            Some(context_id),
+            error,
+            FAILED,
+            |vm, _| {
+                vm.on_request_body(context_id, chunk, end_of_stream)
+                    .map(verdict_code)
+            },
+        )
+    }
 }
 
 /// `proxy_on_request_trailers` (`num_trailers` pairs). Returns a `pwh_verdict`.
@@ -1257,9 +1498,27 @@ pub unsafe extern "C" fn pwh_on_request_body(vms: *mut pwh_vms, plugin_index: us
 /// # Safety
 /// `vms` must be NULL or live; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_on_request_trailers(vms: *mut pwh_vms, plugin_index: usize, context_id: u32, num_trailers: usize, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_on_request_trailers(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    context_id: u32,
+    num_trailers: usize,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: forwarded contract.
-    unsafe { on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| vm.on_request_trailers(context_id, num_trailers).map(verdict_code)) }
+    unsafe {
+        on_vm(
+            vms,
+            plugin_index,
+            Some(context_id),
+            error,
+            FAILED,
+            |vm, _| {
+                vm.on_request_trailers(context_id, num_trailers)
+                    .map(verdict_code)
+            },
+        )
+    }
 }
 
 /// `proxy_on_response_headers`, as `pwh_on_request_headers`. Returns a `pwh_verdict`.
@@ -1276,7 +1535,19 @@ pub unsafe extern "C" fn pwh_on_response_headers(
     error: *mut pwh_buffer,
 ) -> i32 {
     // SAFETY: forwarded contract.
-    unsafe { on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| vm.on_response_headers(context_id, num_headers, end_of_stream).map(verdict_code)) }
+    unsafe {
+        on_vm(
+            vms,
+            plugin_index,
+            Some(context_id),
+            error,
+            FAILED,
+            |vm, _| {
+                vm.on_response_headers(context_id, num_headers, end_of_stream)
+                    .map(verdict_code)
+            },
+        )
+    }
 }
 
 /// `proxy_on_response_body`, as `pwh_on_request_body`. Returns a `pwh_verdict`.
@@ -1284,7 +1555,14 @@ pub unsafe extern "C" fn pwh_on_response_headers(
 /// # Safety
 /// `vms` must be NULL or live; `chunk` readable; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_on_response_body(vms: *mut pwh_vms, plugin_index: usize, context_id: u32, chunk: pwh_bytes, end_of_stream: bool, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_on_response_body(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    context_id: u32,
+    chunk: pwh_bytes,
+    end_of_stream: bool,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: readable for its length (contract).
     let chunk = match unsafe { bytes_arg(chunk, "chunk") } {
         Ok(c) => c,
@@ -1292,7 +1570,19 @@ pub unsafe extern "C" fn pwh_on_response_body(vms: *mut pwh_vms, plugin_index: u
         Err(message) => return unsafe { fail_with(error, message) },
     };
     // SAFETY: forwarded contract.
-    unsafe { on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| vm.on_response_body(context_id, chunk, end_of_stream).map(verdict_code)) }
+    unsafe {
+        on_vm(
+            vms,
+            plugin_index,
+            Some(context_id),
+            error,
+            FAILED,
+            |vm, _| {
+                vm.on_response_body(context_id, chunk, end_of_stream)
+                    .map(verdict_code)
+            },
+        )
+    }
 }
 
 /// `proxy_on_response_trailers`, as `pwh_on_request_trailers`. Returns a `pwh_verdict`.
@@ -1300,9 +1590,27 @@ pub unsafe extern "C" fn pwh_on_response_body(vms: *mut pwh_vms, plugin_index: u
 /// # Safety
 /// `vms` must be NULL or live; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_on_response_trailers(vms: *mut pwh_vms, plugin_index: usize, context_id: u32, num_trailers: usize, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_on_response_trailers(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    context_id: u32,
+    num_trailers: usize,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: forwarded contract.
-    unsafe { on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| vm.on_response_trailers(context_id, num_trailers).map(verdict_code)) }
+    unsafe {
+        on_vm(
+            vms,
+            plugin_index,
+            Some(context_id),
+            error,
+            FAILED,
+            |vm, _| {
+                vm.on_response_trailers(context_id, num_trailers)
+                    .map(verdict_code)
+            },
+        )
+    }
 }
 
 /// Moves the body bytes the plugin let through (possibly edited) for direction
@@ -1312,7 +1620,14 @@ pub unsafe extern "C" fn pwh_on_response_trailers(vms: *mut pwh_vms, plugin_inde
 /// # Safety
 /// `vms` and `out` must be NULL or live; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_take_body(vms: *mut pwh_vms, plugin_index: usize, context_id: u32, stream_type: i32, out: *mut pwh_buffer, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_take_body(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    context_id: u32,
+    stream_type: i32,
+    out: *mut pwh_buffer,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: NULL or a live buffer that nothing else uses during the call (contract).
     let out = unsafe { out.as_mut() };
     let direction = match StreamType::try_from(stream_type) {
@@ -1320,16 +1635,27 @@ pub unsafe extern "C" fn pwh_take_body(vms: *mut pwh_vms, plugin_index: usize, c
         _ => None,
     };
     let (Some(out), Some(direction)) = (out, direction) else {
-        let message = if direction.is_none() { format!("pwh_take_body: bad stream type {stream_type}") } else { "pwh_take_body: out is NULL".to_string() };
+        let message = if direction.is_none() {
+            format!("pwh_take_body: bad stream type {stream_type}")
+        } else {
+            "pwh_take_body: out is NULL".to_string()
+        };
         // SAFETY: `error` is NULL or a live buffer (contract).
         return unsafe { fail_with(error, message) };
     };
     // SAFETY: forwarded contract.
     unsafe {
-        on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| {
-            out.bytes = vm.take_body(context_id, direction)?;
-            Ok(0)
-        })
+        on_vm(
+            vms,
+            plugin_index,
+            Some(context_id),
+            error,
+            FAILED,
+            |vm, _| {
+                out.bytes = vm.take_body(context_id, direction)?;
+                Ok(0)
+            },
+        )
     }
 }
 
@@ -1340,7 +1666,12 @@ pub unsafe extern "C" fn pwh_take_body(vms: *mut pwh_vms, plugin_index: usize, c
 /// # Safety
 /// `vms` must be NULL or live; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_finish_stream(vms: *mut pwh_vms, plugin_index: usize, context_id: u32, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_finish_stream(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    context_id: u32,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: NULL or live (contract); shared access, exclusive access goes through `lock`.
     let vms = unsafe { vms.as_ref() };
     let body = || {
@@ -1353,7 +1684,10 @@ pub unsafe extern "C" fn pwh_finish_stream(vms: *mut pwh_vms, plugin_index: usiz
             None => return Err(format!("no stream context {context_id} for plugin {plugin_index} (finished or never created)")),
         }
         state.streams.remove(&(root.vm, context_id));
-        state.vms.vms[root.vm].finish_stream(context_id).map(|_| 0).map_err(|e| e.to_string())
+        state.vms.vms[root.vm]
+            .finish_stream(context_id)
+            .map(|_| 0)
+            .map_err(|e| e.to_string())
     };
     // SAFETY: `error` is NULL or a live buffer (contract).
     unsafe { ffi_call(error, FAILED, body) }
@@ -1365,9 +1699,17 @@ pub unsafe extern "C" fn pwh_finish_stream(vms: *mut pwh_vms, plugin_index: usiz
 /// # Safety
 /// `vms` must be NULL or live; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_on_tick(vms: *mut pwh_vms, plugin_index: usize, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_on_tick(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: forwarded contract.
-    unsafe { on_vm(vms, plugin_index, None, error, FAILED, |vm, root| vm.on_tick(root).map(|()| 0)) }
+    unsafe {
+        on_vm(vms, plugin_index, None, error, FAILED, |vm, root| {
+            vm.on_tick(root).map(|()| 0)
+        })
+    }
 }
 
 /// `proxy_on_queue_ready(queue_id)` of the plugin's root context, after
@@ -1376,9 +1718,18 @@ pub unsafe extern "C" fn pwh_on_tick(vms: *mut pwh_vms, plugin_index: usize, err
 /// # Safety
 /// `vms` must be NULL or live; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_on_queue_ready(vms: *mut pwh_vms, plugin_index: usize, queue_id: u32, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_on_queue_ready(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    queue_id: u32,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: forwarded contract.
-    unsafe { on_vm(vms, plugin_index, None, error, FAILED, |vm, root| vm.on_queue_ready(root, queue_id).map(|()| 0)) }
+    unsafe {
+        on_vm(vms, plugin_index, None, error, FAILED, |vm, root| {
+            vm.on_queue_ready(root, queue_id).map(|()| 0)
+        })
+    }
 }
 
 /// Delivers the answer to call `token` (from `dispatch_http_call`):
@@ -1398,11 +1749,24 @@ pub unsafe extern "C" fn pwh_on_http_call_response(
     error: *mut pwh_buffer,
 ) -> i32 {
     // SAFETY: readable for their lengths (contract).
-    let parts = unsafe { (bytes_arg(headers, "headers"), bytes_arg(body, "body"), bytes_arg(trailers, "trailers")) };
+    let parts = unsafe {
+        (
+            bytes_arg(headers, "headers"),
+            bytes_arg(body, "body"),
+            bytes_arg(trailers, "trailers"),
+        )
+    };
     let response = (|| {
-        let headers = decode_pairs(parts.0?).map_err(|_| "headers: malformed pairs encoding".to_string())?;
-        let trailers = decode_pairs(parts.2?).map_err(|_| "trailers: malformed pairs encoding".to_string())?;
-        Ok(HttpCallResponse { headers, body: parts.1?.to_vec(), trailers, failure: None })
+        let headers =
+            decode_pairs(parts.0?).map_err(|_| "headers: malformed pairs encoding".to_string())?;
+        let trailers =
+            decode_pairs(parts.2?).map_err(|_| "trailers: malformed pairs encoding".to_string())?;
+        Ok(HttpCallResponse {
+            headers,
+            body: parts.1?.to_vec(),
+            trailers,
+            failure: None,
+        })
     })();
     // SAFETY: forwarded contract.
     unsafe { deliver_http_call(vms, plugin_index, token, response, error) }
@@ -1415,7 +1779,14 @@ pub unsafe extern "C" fn pwh_on_http_call_response(
 /// # Safety
 /// `vms` must be NULL or live; `message` readable; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_on_http_call_failed(vms: *mut pwh_vms, plugin_index: usize, token: u32, code: u32, message: pwh_bytes, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_on_http_call_failed(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    token: u32,
+    code: u32,
+    message: pwh_bytes,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: readable for its length (contract).
     let message = unsafe { bytes_arg(message, "message") };
     let response = message.map(|m| HttpCallResponse::failed(code, String::from_utf8_lossy(m)));
@@ -1425,14 +1796,24 @@ pub unsafe extern "C" fn pwh_on_http_call_failed(vms: *mut pwh_vms, plugin_index
 
 /// # Safety
 /// `vms` must be NULL or live; `error` NULL or a live buffer.
-unsafe fn deliver_http_call(vms: *mut pwh_vms, plugin_index: usize, token: u32, response: Result<HttpCallResponse, String>, error: *mut pwh_buffer) -> i32 {
+unsafe fn deliver_http_call(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    token: u32,
+    response: Result<HttpCallResponse, String>,
+    error: *mut pwh_buffer,
+) -> i32 {
     let response = match response {
         Ok(r) => r,
         // SAFETY: `error` is NULL or a live buffer (contract).
         Err(message) => return unsafe { fail_with(error, message) },
     };
     // SAFETY: forwarded contract.
-    unsafe { on_vm(vms, plugin_index, None, error, FAILED, |vm, _| vm.on_http_call_response(token, response).map(|()| 0)) }
+    unsafe {
+        on_vm(vms, plugin_index, None, error, FAILED, |vm, _| {
+            vm.on_http_call_response(token, response).map(|()| 0)
+        })
+    }
 }
 
 /// `proxy_on_foreign_function(function_id)` of the plugin's root context, with
@@ -1441,7 +1822,13 @@ unsafe fn deliver_http_call(vms: *mut pwh_vms, plugin_index: usize, token: u32, 
 /// # Safety
 /// `vms` must be NULL or live; `data` readable; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_on_foreign_function(vms: *mut pwh_vms, plugin_index: usize, function_id: u32, data: pwh_bytes, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_on_foreign_function(
+    vms: *mut pwh_vms,
+    plugin_index: usize,
+    function_id: u32,
+    data: pwh_bytes,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: readable for its length (contract).
     let data = match unsafe { bytes_arg(data, "data") } {
         Ok(d) => d.to_vec(),
@@ -1449,7 +1836,11 @@ pub unsafe extern "C" fn pwh_on_foreign_function(vms: *mut pwh_vms, plugin_index
         Err(message) => return unsafe { fail_with(error, message) },
     };
     // SAFETY: forwarded contract.
-    unsafe { on_vm(vms, plugin_index, None, error, FAILED, |vm, root| vm.on_foreign_function(root, function_id, data).map(|()| 0)) }
+    unsafe {
+        on_vm(vms, plugin_index, None, error, FAILED, |vm, root| {
+            vm.on_foreign_function(root, function_id, data).map(|()| 0)
+        })
+    }
 }
 
 /// The library version (`"0.1.0"`), a static NUL-terminated string.
@@ -1469,7 +1860,10 @@ mod tests {
             (pwh_status::Ok, Status::Ok),
             (pwh_status::NotFound, Status::NotFound),
             (pwh_status::BadArgument, Status::BadArgument),
-            (pwh_status::SerializationFailure, Status::SerializationFailure),
+            (
+                pwh_status::SerializationFailure,
+                Status::SerializationFailure,
+            ),
             (pwh_status::ParseFailure, Status::ParseFailure),
             (pwh_status::InvalidMemoryAccess, Status::InvalidMemoryAccess),
             (pwh_status::Empty, Status::Empty),
@@ -1491,14 +1885,38 @@ mod tests {
             assert_eq!(c as i32, l as i32);
         }
         for (c, m) in [
-            (pwh_map_type::HttpRequestHeaders, MapType::HttpRequestHeaders),
-            (pwh_map_type::HttpRequestTrailers, MapType::HttpRequestTrailers),
-            (pwh_map_type::HttpResponseHeaders, MapType::HttpResponseHeaders),
-            (pwh_map_type::HttpResponseTrailers, MapType::HttpResponseTrailers),
-            (pwh_map_type::GrpcReceiveInitialMetadata, MapType::GrpcReceiveInitialMetadata),
-            (pwh_map_type::GrpcReceiveTrailingMetadata, MapType::GrpcReceiveTrailingMetadata),
-            (pwh_map_type::HttpCallResponseHeaders, MapType::HttpCallResponseHeaders),
-            (pwh_map_type::HttpCallResponseTrailers, MapType::HttpCallResponseTrailers),
+            (
+                pwh_map_type::HttpRequestHeaders,
+                MapType::HttpRequestHeaders,
+            ),
+            (
+                pwh_map_type::HttpRequestTrailers,
+                MapType::HttpRequestTrailers,
+            ),
+            (
+                pwh_map_type::HttpResponseHeaders,
+                MapType::HttpResponseHeaders,
+            ),
+            (
+                pwh_map_type::HttpResponseTrailers,
+                MapType::HttpResponseTrailers,
+            ),
+            (
+                pwh_map_type::GrpcReceiveInitialMetadata,
+                MapType::GrpcReceiveInitialMetadata,
+            ),
+            (
+                pwh_map_type::GrpcReceiveTrailingMetadata,
+                MapType::GrpcReceiveTrailingMetadata,
+            ),
+            (
+                pwh_map_type::HttpCallResponseHeaders,
+                MapType::HttpCallResponseHeaders,
+            ),
+            (
+                pwh_map_type::HttpCallResponseTrailers,
+                MapType::HttpCallResponseTrailers,
+            ),
         ] {
             assert_eq!(c as i32, m as i32);
         }
@@ -1517,23 +1935,44 @@ mod tests {
         let buf = pwh_buffer_new();
         for (k, v) in [(":path", "/a"), ("x", ""), ("", "v")] {
             // SAFETY: a live buffer and byte views of live strings.
-            let st = unsafe { pwh_pairs_add(buf, pwh_bytes::of(k.as_bytes()), pwh_bytes::of(v.as_bytes())) };
+            let st = unsafe {
+                pwh_pairs_add(
+                    buf,
+                    pwh_bytes::of(k.as_bytes()),
+                    pwh_bytes::of(v.as_bytes()),
+                )
+            };
             assert_eq!(st, 0);
         }
         // SAFETY: `buf` is live and not used elsewhere.
         let bytes = unsafe { &(*buf).bytes }.clone();
-        assert_eq!(pairs::decode(&bytes).unwrap(), decode_pairs(&bytes).unwrap());
+        assert_eq!(
+            pairs::decode(&bytes).unwrap(),
+            decode_pairs(&bytes).unwrap()
+        );
         // SAFETY: a byte view of a live vector.
         assert_eq!(unsafe { pwh_pairs_count(pwh_bytes::of(&bytes)) }, 3);
         let (mut k, mut v) = (pwh_bytes::EMPTY, pwh_bytes::EMPTY);
         // SAFETY: a byte view of a live vector and writable out-parameters.
-        assert_eq!(unsafe { pwh_pairs_get(pwh_bytes::of(&bytes), 0, &mut k, &mut v) }, 0);
+        assert_eq!(
+            unsafe { pwh_pairs_get(pwh_bytes::of(&bytes), 0, &mut k, &mut v) },
+            0
+        );
         // SAFETY: point into `bytes`, still alive.
-        assert_eq!(unsafe { (k.as_slice().unwrap(), v.as_slice().unwrap()) }, (&b":path"[..], &b"/a"[..]));
+        assert_eq!(
+            unsafe { (k.as_slice().unwrap(), v.as_slice().unwrap()) },
+            (&b":path"[..], &b"/a"[..])
+        );
         // SAFETY: as above.
-        assert_eq!(unsafe { pwh_pairs_get(pwh_bytes::of(&bytes), 3, &mut k, &mut v) }, 1);
+        assert_eq!(
+            unsafe { pwh_pairs_get(pwh_bytes::of(&bytes), 3, &mut k, &mut v) },
+            1
+        );
         // SAFETY: a byte view of a live slice.
-        assert_eq!(unsafe { pwh_pairs_count(pwh_bytes::of(&bytes[..bytes.len() - 1])) }, -1);
+        assert_eq!(
+            unsafe { pwh_pairs_count(pwh_bytes::of(&bytes[..bytes.len() - 1])) },
+            -1
+        );
         // SAFETY: from pwh_buffer_new, freed once.
         unsafe { pwh_buffer_free(buf) };
     }
@@ -1547,7 +1986,10 @@ mod tests {
             assert_eq!(pwh_buffer_len(err), "vms is NULL".len());
             assert!(pwh_plugins_load(ptr::null(), 1, err).is_null());
             assert_eq!(pwh_stream_create(ptr::null_mut(), 0, ptr::null(), err), 0);
-            assert_eq!(pwh_buffer_set(ptr::null_mut(), ptr::null(), 0), pwh_status::BadArgument as i32);
+            assert_eq!(
+                pwh_buffer_set(ptr::null_mut(), ptr::null(), 0),
+                pwh_status::BadArgument as i32
+            );
             pwh_vms_free(ptr::null_mut());
             pwh_buffer_free(err);
         }

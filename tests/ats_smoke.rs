@@ -74,7 +74,11 @@ fn two_servers_run_in_parallel() {
     let origin_b = Origin::with_handler(|_| Response::text(200, "origin B"));
     let (pa, pb) = (origin_a.port(), origin_b.port());
     let a = std::thread::spawn(move || TrafficServer::start(AtsOptions::new("par-a").origin(pa)));
-    let b = std::thread::spawn(move || TrafficServer::start(AtsOptions::new("par-b").origin(pb).exec_threads(1)));
+    // B also shows that debug output (here the stock `http_hdrs` tag) lands in
+    // diags.log, where `wait_for_log` looks.
+    let b = std::thread::spawn(move || {
+        TrafficServer::start(AtsOptions::new("par-b").origin(pb).exec_threads(1).debug_tags("http_hdrs"))
+    });
     let (ats_a, ats_b) = (a.join().expect("start A"), b.join().expect("start B"));
     assert_ne!(ats_a.port(), ats_b.port());
     assert_ne!(ats_a.dir(), ats_b.dir());
@@ -85,6 +89,8 @@ fn two_servers_run_in_parallel() {
     }
     assert_eq!(origin_a.wait_for_requests(3, WAIT).iter().filter(|r| r.path == "/x").count(), 3);
     assert_eq!(origin_b.wait_for_requests(3, WAIT).iter().filter(|r| r.path == "/y").count(), 3);
+    ats_b.expect_log("(http_hdrs)", WAIT);
+    assert!(!ats_a.diags_log().contains("(http_hdrs)"), "A has only the default `proxy_wasm` debug tag");
 
     let (dir_a, dir_b) = (ats_a.dir().to_path_buf(), ats_b.dir().to_path_buf());
     let stop = Instant::now();

@@ -343,6 +343,8 @@ impl Txn {
         let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(r) = local {
             let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| {
+                // Traffic Server turns a 2xx "error" status into 500: set it again here.
+                h.add(b":status", r.status.to_string().as_bytes())?;
                 for (k, v) in &r.headers {
                     if !k.eq_ignore_ascii_case(b"content-type") && !k.starts_with(b":") {
                         h.add(k, v)?;

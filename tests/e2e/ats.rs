@@ -35,7 +35,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::client::{self, ClientError, Response};
-use super::{repo_root, tail_file, unique_dir, wait_until};
+use super::{repo_root, tail_file, unique_dir, unique_dir_parent, wait_until};
 
 /// The stock configuration that is copied.
 pub const SYSTEM_CONFIG_DIR: &str = "/etc/trafficserver";
@@ -499,8 +499,10 @@ impl Drop for TrafficServer {
             return;
         }
         if std::thread::panicking() {
+            let _ = fs::write(self.dir.join(KEEP_MARKER), "test panicked\n");
             eprintln!("Traffic Server instance kept for inspection: {}\n{}", self.dir.display(), self.log_report());
         } else if self.keep_dir {
+            let _ = fs::write(self.dir.join(KEEP_MARKER), "keep_dir / E2E_KEEP\n");
             eprintln!("Traffic Server instance kept (E2E_KEEP / keep_dir): {}", self.dir.display());
         } else {
             if died_early {
@@ -513,7 +515,36 @@ impl Drop for TrafficServer {
 
 // ------------------------------------------------------------------ start-up
 
+/// A file in an instance directory that was kept on purpose; the sweep
+/// below leaves such directories alone.
+const KEEP_MARKER: &str = "KEPT";
+
+/// Once per test process: removes instance directories left by test
+/// processes that no longer exist (killed before their destructors ran),
+/// unless they hold [`KEEP_MARKER`]. Their servers died with them
+/// (`PR_SET_PDEATHSIG`).
+fn sweep_stale_dirs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let base = unique_dir_parent();
+        let Ok(entries) = fs::read_dir(&base) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("pw-e2e-") {
+                continue;
+            }
+            // pw-e2e-<tag>-<pid>-<n>-<x>: the pid is third from the end.
+            let Some(pid) = name.rsplit('-').nth(2).and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if Path::new(&format!("/proc/{pid}")).exists() || e.path().join(KEEP_MARKER).exists() {
+                continue;
+            }
+            let _ = fs::remove_dir_all(e.path());
+        }
+    });
+}
+
 fn start_once(opts: &AtsOptions) -> Result<TrafficServer, StartFailure> {
+    sweep_stale_dirs();
     let port = super::free_port();
     let dir = unique_dir(&opts.name);
     // The failure message carries the log tails, so the directory is removed
@@ -521,6 +552,7 @@ fn start_once(opts: &AtsOptions) -> Result<TrafficServer, StartFailure> {
     let keep = opts.keep_dir;
     let fail = |dir: &Path, port_conflict: bool, message: String| -> StartFailure {
         if keep && !port_conflict {
+            let _ = fs::write(dir.join(KEEP_MARKER), "keep_dir / E2E_KEEP\n");
             return StartFailure { port_conflict, message: format!("{message}\n(directory kept: {})", dir.display()) };
         }
         let _ = fs::remove_dir_all(dir);
@@ -544,18 +576,8 @@ fn start_once(opts: &AtsOptions) -> Result<TrafficServer, StartFailure> {
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }
-    // Own session (and process group): no hang-up from the terminal, and the
-    // whole group can be killed at the end.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let began = Instant::now();
-    let child = cmd.spawn().map_err(|e| fail(&dir, false, format!("spawn {bin}: {e}")))?;
+    let child = spawn_owned(cmd).map_err(|e| fail(&dir, false, format!("spawn {bin}: {e}")))?;
     let pid = child.id();
     let mut ts = TrafficServer {
         dir: dir.clone(),
@@ -861,6 +883,56 @@ fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
         wait_until(Duration::from_secs(5), || exited_nowait(pid) && group_members(pid).is_empty());
     }
     child.wait().ok()
+}
+
+/// Spawns `cmd` in its own session (and so its own process group: no hang-up
+/// from a terminal, and the whole group can be killed at the end) with
+/// `PR_SET_PDEATHSIG = SIGKILL`, so it dies with the test process even when
+/// that is killed and no destructor runs.
+///
+/// The death signal fires when the *thread* that forked exits, so every
+/// spawn goes through one thread that lives as long as the process: tests
+/// may start servers from short-lived threads.
+fn spawn_owned(cmd: Command) -> io::Result<Child> {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+    type Job = (Command, Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
+    let tx = SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = channel::<Job>();
+            std::thread::Builder::new()
+                .name("e2e-spawner".into())
+                .spawn(move || {
+                    let parent = std::process::id() as libc::pid_t;
+                    for (mut cmd, reply) in rx {
+                        unsafe {
+                            cmd.pre_exec(move || {
+                                if libc::setsid() < 0 {
+                                    return Err(io::Error::last_os_error());
+                                }
+                                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                                    return Err(io::Error::last_os_error());
+                                }
+                                // The test process died between fork and prctl.
+                                if libc::getppid() != parent {
+                                    return Err(io::Error::other("parent exited"));
+                                }
+                                Ok(())
+                            });
+                        }
+                        let _ = reply.send(cmd.spawn());
+                    }
+                })
+                .expect("spawn the e2e-spawner thread");
+            Mutex::new(tx)
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let (reply_tx, reply_rx) = channel();
+    tx.send((cmd, reply_tx)).map_err(|_| io::Error::other("e2e-spawner thread is gone"))?;
+    reply_rx.recv_timeout(Duration::from_secs(30)).map_err(|_| io::Error::other("e2e-spawner did not answer"))?
 }
 
 /// Runs `cmd` with output to `out_file`, killing it after `timeout`.

@@ -48,14 +48,22 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// Where [`unique_dir`] creates directories: the system temp dir, or /tmp
+/// if that path is long.
+pub fn unique_dir_parent() -> PathBuf {
+    let t = std::env::temp_dir();
+    if t.as_os_str().len() > 40 {
+        PathBuf::from("/tmp")
+    } else {
+        t
+    }
+}
+
 /// A fresh, unique, short directory under the system temp dir (Unix socket
 /// paths inside it must stay under 108 bytes). `tag` ends up in its name.
 pub fn unique_dir(tag: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let base = {
-        let t = std::env::temp_dir();
-        if t.as_os_str().len() > 40 { PathBuf::from("/tmp") } else { t }
-    };
+    let base = unique_dir_parent();
     let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').take(24).collect();
     loop {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);

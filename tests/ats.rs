@@ -1,0 +1,150 @@
+//! The Traffic Server plugin end to end: a real traffic_server on 127.0.0.1
+//! with `proxy_wasm_ats.so` in plugin.config, a real origin, a real client, and
+//! the Rust-SDK test filter (protocol in tests/plugins/README.md).
+
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::ats::{AtsOptions, TrafficServer};
+use e2e::client::Request;
+use e2e::origin::Origin;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A plugin YAML in Traffic Server's own schema, for the Rust-SDK filter.
+fn rust_filter_yaml(name: &str, configuration: &str) -> String {
+    format!(
+        r#"config:
+  name: "{name}"
+  rootId: ""
+  configuration: '{configuration}'
+  vmConfig:
+    runtime: "ats.wasm.runtime.wasmtime"
+    vmId: "{name}_vm"
+    code:
+      local:
+        filename: "@REPO@/build/plugins/rust_sdk_filter.wasm"
+"#
+    )
+}
+
+fn start_with_filter(test: &str, configuration: &str) -> (Origin, TrafficServer) {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let ats = TrafficServer::start(
+        AtsOptions::new(test).origin(origin.port()).file("filter.yaml", rust_filter_yaml("rust-filter", configuration)).global_plugin(&["filter.yaml"]),
+    );
+    (origin, ats)
+}
+
+#[test]
+fn every_response_passes_the_filter_and_gets_its_header() {
+    let (origin, ats) = start_with_filter("ats-default", "");
+    let resp = ats.get("/hello").unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(resp.status, 200, "{}", ats.log_report());
+    assert_eq!(resp.body_str(), "hello from origin");
+    assert_eq!(resp.header("x-proxy-wasm"), Some("rust-sdk"), "{}", ats.log_report());
+    assert_eq!(origin.wait_for_requests(1, WAIT)[0].path, "/hello");
+    assert!(ats.diags_log().contains("loaded plugin \"rust-filter\" (ABI 0.2.1, wasmtime)"), "{}", ats.log_report());
+}
+
+#[test]
+fn request_and_response_headers_are_read_and_rewritten() {
+    let (origin, ats) = start_with_filter("ats-headers", r#"{"tag":"ats"}"#);
+    let resp = ats
+        .send(&Request::get("/h?q=1").header("x-pw-test", "headers, pseudo").header("x-pw-echo", "echo me").header("x-pw-remove", "gone"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(resp.status, 200, "{}", ats.log_report());
+    let seen = &origin.wait_for_requests(1, WAIT)[0];
+    assert_eq!(seen.header("x-pw-added"), Some("1"));
+    assert_eq!(seen.header_all("x-pw-multi"), vec!["a", "b"]);
+    assert_eq!(seen.header("x-pw-replace"), Some("replaced"));
+    assert!(!seen.has_header("x-pw-remove"));
+    assert_eq!(resp.header("x-proxy-wasm"), Some("ats"));
+    assert_eq!(resp.header("x-pw-echo"), Some("echo me"));
+    assert_eq!(resp.header("x-pw-echo-upper"), Some("echo me"));
+    assert_eq!(resp.header("x-pw-missing"), Some("(none)"));
+    assert_eq!(resp.header("x-pw-multi-readback"), Some("a,b"));
+    assert_eq!(resp.header("x-pw-method"), Some("GET"));
+    assert_eq!(resp.header("x-pw-path"), Some("/h?q=1"));
+    assert_eq!(resp.header("x-pw-authority"), Some("example.com"));
+    assert_eq!(resp.header("x-pw-scheme"), Some("http"));
+    assert_eq!(resp.header("x-pw-status"), Some("200"));
+    assert_eq!(resp.header("x-pw-resp-added"), Some("1"));
+    assert_eq!(resp.header("x-pw-resp-content-type"), Some("text/plain"));
+    assert_eq!(resp.header("x-pw-req-header-count"), resp.header("x-pw-req-header-count-param"));
+}
+
+#[test]
+fn a_local_response_from_request_headers_never_reaches_the_origin() {
+    let (origin, ats) = start_with_filter("ats-local", "");
+    let resp = ats
+        .send(&Request::get("/admin").header("x-pw-test", "local").header("x-pw-local-status", "418").header("x-pw-local-body", "no tea"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(resp.status, 418, "{}", ats.log_report());
+    assert_eq!(resp.body_str(), "no tea");
+    assert_eq!(resp.header("x-pw-local"), Some("request-headers"));
+    assert_eq!(resp.header("content-type"), Some("text/plain"));
+    origin.assert_no_new_requests(Duration::from_millis(300));
+}
+
+#[test]
+fn properties_have_envoy_names_and_encodings() {
+    let (_origin, ats) = start_with_filter("ats-props", "");
+    let resp = ats.send(&Request::get("/p/x?y=2").header("x-pw-test", "properties").header("x-pw-prop", "v")).unwrap();
+    assert_eq!(resp.header("x-pw-prop-request-path"), Some("/p/x?y=2"));
+    assert_eq!(resp.header("x-pw-prop-request-method"), Some("GET"));
+    assert_eq!(resp.header("x-pw-prop-header"), Some("v"));
+    assert!(resp.header("x-pw-prop-source-address").is_some_and(|a| a.starts_with("127.0.0.1:")), "{:?}", resp.header("x-pw-prop-source-address"));
+    assert!(resp.header("x-pw-prop-source-port").is_some_and(|p| p.parse::<u16>().is_ok()));
+    assert_eq!(resp.header("x-pw-prop-plugin-name"), Some("rust-filter"));
+    assert_eq!(resp.header("x-pw-prop-plugin-vm-id"), Some("rust-filter_vm"));
+    assert_eq!(resp.header("x-pw-prop-roundtrip"), Some("round-trip"));
+    assert_eq!(resp.header("x-pw-prop-response-code"), Some("200"));
+}
+
+#[test]
+fn on_log_runs_once_per_transaction_after_the_response() {
+    let (_origin, ats) = start_with_filter("ats-log", "");
+    for i in 0..3 {
+        let r = ats.get(&format!("/n{i}")).unwrap();
+        assert_eq!(r.status, 200);
+    }
+    // on_log of a request runs after its response: read the counter with a fourth request.
+    std::thread::sleep(Duration::from_millis(200));
+    let r = ats.send(&Request::get("/count").header("x-pw-test", "shared-get").header("x-pw-key", "log.count")).unwrap();
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.body_str(), "3");
+    let r = ats.send(&Request::get("/last").header("x-pw-test", "shared-get").header("x-pw-key", "log.last")).unwrap();
+    assert_eq!(r.body_str(), "GET /count 200");
+}
+
+#[test]
+fn a_trap_answers_503_and_the_next_request_is_served() {
+    let (_origin, ats) = start_with_filter("ats-trap", "");
+    let r = ats.send(&Request::get("/boom").header("x-pw-test", "panic")).unwrap();
+    assert_eq!(r.status, 503, "{}", ats.log_report());
+    assert!(ats.wait_for_log("proxy_on_request_headers trapped", WAIT), "{}", ats.log_report());
+    for _ in 0..3 {
+        let r = ats.get("/after").unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-proxy-wasm"), Some("rust-sdk"));
+    }
+}
+
+#[test]
+fn a_broken_yaml_is_logged_with_file_and_key_and_traffic_server_keeps_serving() {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let ats = TrafficServer::start(
+        AtsOptions::new("ats-badyaml")
+            .origin(origin.port())
+            .file("bad.yaml", "config:\n  name: x\n  vm_config:\n    runtime: wasmedge\n    code: { local: { filename: nope.wasm } }\n")
+            .global_plugin(&["bad.yaml"]),
+    );
+    assert!(ats.wait_for_log("bad.yaml:4:14: config.vm_config.runtime", WAIT), "{}", ats.log_report());
+    let r = ats.get("/still-up").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-proxy-wasm"), None);
+}
