@@ -373,9 +373,11 @@ typedef void (*pwh_destroy_fn)(void *user_data);
 
 /**
  * One HTTP transaction as one plugin sees it. Copied by `pwh_stream_create`;
- * from then on `destroy(user_data)` is called exactly once: by
- * `pwh_finish_stream`, by `pwh_vms_free` for streams never finished, or before
- * `pwh_stream_create` returns when it fails. Every callback may be NULL.
+ * from then on `destroy(user_data)` is called exactly once, after which no
+ * callback of the stream runs: before `pwh_finish_stream` returns (also when
+ * the plugin keeps its context until `proxy_done`), by `pwh_vms_free` for
+ * streams never finished, or before `pwh_stream_create` returns when it
+ * fails. Every callback may be NULL.
  *
  * Header maps include pseudo-headers (`:method`, `:path`, `:authority`,
  * `:scheme` on request headers, `:status` on response headers). Callbacks run

@@ -843,9 +843,11 @@ pub type pwh_set_property_fn =
 pub type pwh_destroy_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 /// One HTTP transaction as one plugin sees it. Copied by `pwh_stream_create`;
-/// from then on `destroy(user_data)` is called exactly once: by
-/// `pwh_finish_stream`, by `pwh_vms_free` for streams never finished, or before
-/// `pwh_stream_create` returns when it fails. Every callback may be NULL.
+/// from then on `destroy(user_data)` is called exactly once, after which no
+/// callback of the stream runs: before `pwh_finish_stream` returns (also when
+/// the plugin keeps its context until `proxy_done`), by `pwh_vms_free` for
+/// streams never finished, or before `pwh_stream_create` returns when it
+/// fails. Every callback may be NULL.
 ///
 /// Header maps include pseudo-headers (`:method`, `:path`, `:authority`,
 /// `:scheme` on request headers, `:status` on response headers). Callbacks run
@@ -881,6 +883,8 @@ pub struct pwh_stream_vtable {
 /// The `HttpStream` of one stream context, calling into a C vtable.
 struct CStream {
     vt: pwh_stream_vtable,
+    /// Set once `destroy` ran; the C side is never called again.
+    released: bool,
 }
 
 // SAFETY: `pwh_stream_vtable`'s contract: the callbacks and user_data are used
@@ -888,98 +892,111 @@ struct CStream {
 // side allows by handing them over.
 unsafe impl Send for CStream {}
 
-impl Drop for CStream {
-    fn drop(&mut self) {
+impl CStream {
+    fn new(vt: pwh_stream_vtable) -> CStream {
+        CStream { vt, released: false }
+    }
+
+    /// The vtable while the C stream is still there.
+    fn live(&self) -> Option<&pwh_stream_vtable> {
+        (!self.released).then_some(&self.vt)
+    }
+
+    /// Calls `destroy` the first time only.
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
         if let Some(f) = self.vt.destroy {
-            // SAFETY: a callback and user_data the server supplied together; Drop
-            // runs once, so destroy is called exactly once.
+            // SAFETY: a callback and user_data the server supplied together;
+            // `released` guarantees this runs at most once.
             unsafe { f(self.vt.user_data) }
         }
     }
-}
 
-impl CStream {
+    /// A writer: the callback, BAD_ARGUMENT once released, UNIMPLEMENTED when NULL.
+    fn writer<F>(&self, pick: impl FnOnce(&pwh_stream_vtable) -> Option<F>) -> Result<(*mut c_void, F), Status> {
+        let vt = self.live().ok_or(Status::BadArgument)?;
+        let f = pick(vt).ok_or(Status::Unimplemented)?;
+        Ok((vt.user_data, f))
+    }
+
     fn set_header(
         &mut self,
-        f: pwh_set_header_fn,
+        pick: impl FnOnce(&pwh_stream_vtable) -> pwh_set_header_fn,
         map: MapType,
         key: &[u8],
         value: &[u8],
     ) -> Result<(), Status> {
-        let Some(f) = f else {
-            return Err(Status::Unimplemented);
-        };
-        // SAFETY: a callback and user_data the server supplied together; the byte
-        // views borrow data that outlives the call.
+        let (user_data, f) = self.writer(pick)?;
+        // SAFETY: a callback and user_data the server supplied together, not
+        // released yet; the byte views borrow data that outlives the call.
         result_from_code(unsafe {
-            f(
-                self.vt.user_data,
-                map as i32,
-                pwh_bytes::of(key),
-                pwh_bytes::of(value),
-            )
+            f(user_data, map as i32, pwh_bytes::of(key), pwh_bytes::of(value))
         })
     }
 
-    fn stream_op(&mut self, f: pwh_stream_op_fn, stream: StreamType) -> Result<(), Status> {
-        let Some(f) = f else {
-            return Err(Status::Unimplemented);
-        };
-        // SAFETY: a callback and user_data the server supplied together.
-        result_from_code(unsafe { f(self.vt.user_data, stream as i32) })
+    fn stream_op(
+        &mut self,
+        pick: impl FnOnce(&pwh_stream_vtable) -> pwh_stream_op_fn,
+        stream: StreamType,
+    ) -> Result<(), Status> {
+        let (user_data, f) = self.writer(pick)?;
+        // SAFETY: a callback and user_data the server supplied together, not released yet.
+        result_from_code(unsafe { f(user_data, stream as i32) })
+    }
+}
+
+impl Drop for CStream {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
 impl HttpStream for CStream {
     fn header_map(&self, map: MapType) -> Result<Vec<Pair>, Status> {
-        let Some(f) = self.vt.get_header_map else {
+        let Some((user_data, Some(f))) = self.live().map(|vt| (vt.user_data, vt.get_header_map)) else {
             return Ok(Vec::new());
         };
         let mut out = pwh_buffer::default();
-        // SAFETY: a callback and user_data the server supplied together; `out` is
-        // a live buffer that only the callee uses during the call.
-        result_from_code(unsafe { f(self.vt.user_data, map as i32, &mut out) })?;
+        // SAFETY: a callback and user_data the server supplied together, not
+        // released yet; `out` is a live buffer that only the callee uses meanwhile.
+        result_from_code(unsafe { f(user_data, map as i32, &mut out) })?;
         // A malformed encoding is the server's bug, not the plugin's.
         decode_pairs(&out.bytes).map_err(|_| Status::InternalFailure)
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Vec<Pair>) -> Result<(), Status> {
-        let Some(f) = self.vt.set_header_map else {
-            return Err(Status::Unimplemented);
-        };
+        let (user_data, f) = self.writer(|vt| vt.set_header_map)?;
         let encoded = pairs::encode(&pairs);
-        // SAFETY: a callback and user_data the server supplied together; the byte
-        // view borrows data that outlives the call.
-        result_from_code(unsafe { f(self.vt.user_data, map as i32, pwh_bytes::of(&encoded)) })
+        // SAFETY: a callback and user_data the server supplied together, not
+        // released yet; the byte view borrows data that outlives the call.
+        result_from_code(unsafe { f(user_data, map as i32, pwh_bytes::of(&encoded)) })
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        self.set_header(self.vt.add_header, map, key, value)
+        self.set_header(|vt| vt.add_header, map, key, value)
     }
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        self.set_header(self.vt.replace_header, map, key, value)
+        self.set_header(|vt| vt.replace_header, map, key, value)
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
-        let Some(f) = self.vt.remove_header else {
-            return Err(Status::Unimplemented);
-        };
-        // SAFETY: a callback and user_data the server supplied together; the byte
-        // view borrows data that outlives the call.
-        result_from_code(unsafe { f(self.vt.user_data, map as i32, pwh_bytes::of(key)) })
+        let (user_data, f) = self.writer(|vt| vt.remove_header)?;
+        // SAFETY: a callback and user_data the server supplied together, not
+        // released yet; the byte view borrows data that outlives the call.
+        result_from_code(unsafe { f(user_data, map as i32, pwh_bytes::of(key)) })
     }
 
     fn send_local_response(&mut self, response: LocalResponse) -> Result<(), Status> {
-        let Some(f) = self.vt.send_local_response else {
-            return Err(Status::Unimplemented);
-        };
+        let (user_data, f) = self.writer(|vt| vt.send_local_response)?;
         let headers = pairs::encode(&response.headers);
-        // SAFETY: a callback and user_data the server supplied together; the byte
-        // views borrow data that outlives the call.
+        // SAFETY: a callback and user_data the server supplied together, not
+        // released yet; the byte views borrow data that outlives the call.
         let code = unsafe {
             f(
-                self.vt.user_data,
+                user_data,
                 response.status,
                 pwh_bytes::of(response.details.as_bytes()),
                 pwh_bytes::of(&response.body),
@@ -991,31 +1008,35 @@ impl HttpStream for CStream {
     }
 
     fn resume(&mut self, stream: StreamType) -> Result<(), Status> {
-        self.stream_op(self.vt.resume, stream)
+        self.stream_op(|vt| vt.resume, stream)
     }
 
     fn close(&mut self, stream: StreamType) -> Result<(), Status> {
-        self.stream_op(self.vt.close, stream)
+        self.stream_op(|vt| vt.close, stream)
     }
 
     fn property(&self, path: &[&[u8]]) -> Result<Option<Vec<u8>>, Status> {
-        call_get_property(self.vt.get_property, self.vt.user_data, path)
+        match self.live() {
+            Some(vt) => call_get_property(vt.get_property, vt.user_data, path),
+            None => Ok(None),
+        }
+    }
+
+    /// The transaction is over but the plugin keeps its context until
+    /// `proxy_done`: the C stream is released now, and reads answer empty from
+    /// here on, writes BAD_ARGUMENT.
+    fn detach(&mut self) {
+        self.release();
     }
 
     fn set_property(&mut self, path: &[&[u8]], value: &[u8]) -> Result<(), Status> {
-        let Some(f) = self.vt.set_property else {
+        let Some((user_data, Some(f))) = self.live().map(|vt| (vt.user_data, vt.set_property)) else {
             return Err(Status::NotFound);
         };
         let dotted = path.join(&b'.');
-        // SAFETY: a callback and user_data the server supplied together; the byte
-        // views borrow data that outlives the call.
-        result_from_code(unsafe {
-            f(
-                self.vt.user_data,
-                pwh_bytes::of(&dotted),
-                pwh_bytes::of(value),
-            )
-        })
+        // SAFETY: a callback and user_data the server supplied together, not
+        // released yet; the byte views borrow data that outlives the call.
+        result_from_code(unsafe { f(user_data, pwh_bytes::of(&dotted), pwh_bytes::of(value)) })
     }
 }
 
@@ -1407,7 +1428,7 @@ pub unsafe extern "C" fn pwh_stream_create(
         };
     };
     // From here on `destroy` runs exactly once: when `stream` is dropped, on any path.
-    let stream = CStream { vt };
+    let stream = CStream::new(vt);
     // SAFETY: NULL or live (contract); shared access, exclusive access goes through `lock`.
     let vms = unsafe { vms.as_ref() };
     let body = move || {
