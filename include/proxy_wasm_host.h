@@ -727,9 +727,12 @@ int32_t pwh_take_body(struct pwh_vms *vms,
                       struct pwh_buffer *error);
 
 /**
- * Ends a stream context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`,
- * then `destroy`. Also for aborted transactions. The context is gone
- * afterwards even when this returns -1 (a plugin callback failed); else 0.
+ * Ends a stream context, also for aborted transactions: `proxy_on_done`,
+ * `proxy_on_log`, `proxy_on_delete`, and the stream's `destroy`. Returns 0,
+ * or 1 when the plugin keeps its context until it calls `proxy_done` (its
+ * `proxy_on_log` and `proxy_on_delete` run then, without the stream), or -1
+ * when a plugin callback failed. In every case `destroy` has run and
+ * `context_id` is no longer valid when this returns.
  *
  * # Safety
  * `vms` must be NULL or live; `error` NULL or a live buffer.

@@ -677,13 +677,12 @@ impl ServerHost for CServer {
     }
 
     fn log_level(&self) -> LogLevel {
-        match self.vt.log_level {
-            // SAFETY: a callback and user_data the server supplied together.
-            Some(f) => {
-                LogLevel::try_from(unsafe { f(self.vt.user_data) }).unwrap_or(LogLevel::Info)
-            }
-            None => LogLevel::Info,
-        }
+        let Some(f) = self.vt.log_level else {
+            return LogLevel::Info;
+        };
+        // SAFETY: a callback and user_data the server supplied together.
+        let level = unsafe { f(self.vt.user_data) };
+        LogLevel::try_from(level).unwrap_or(LogLevel::Info)
     }
 
     fn dispatch_http_call(
@@ -894,7 +893,10 @@ unsafe impl Send for CStream {}
 
 impl CStream {
     fn new(vt: pwh_stream_vtable) -> CStream {
-        CStream { vt, released: false }
+        CStream {
+            vt,
+            released: false,
+        }
     }
 
     /// The vtable while the C stream is still there.
@@ -915,7 +917,10 @@ impl CStream {
     }
 
     /// A writer: the callback, BAD_ARGUMENT once released, UNIMPLEMENTED when NULL.
-    fn writer<F>(&self, pick: impl FnOnce(&pwh_stream_vtable) -> Option<F>) -> Result<(*mut c_void, F), Status> {
+    fn writer<F>(
+        &self,
+        pick: impl FnOnce(&pwh_stream_vtable) -> Option<F>,
+    ) -> Result<(*mut c_void, F), Status> {
         let vt = self.live().ok_or(Status::BadArgument)?;
         let f = pick(vt).ok_or(Status::Unimplemented)?;
         Ok((vt.user_data, f))
@@ -932,7 +937,12 @@ impl CStream {
         // SAFETY: a callback and user_data the server supplied together, not
         // released yet; the byte views borrow data that outlives the call.
         result_from_code(unsafe {
-            f(user_data, map as i32, pwh_bytes::of(key), pwh_bytes::of(value))
+            f(
+                user_data,
+                map as i32,
+                pwh_bytes::of(key),
+                pwh_bytes::of(value),
+            )
         })
     }
 
@@ -955,7 +965,8 @@ impl Drop for CStream {
 
 impl HttpStream for CStream {
     fn header_map(&self, map: MapType) -> Result<Vec<Pair>, Status> {
-        let Some((user_data, Some(f))) = self.live().map(|vt| (vt.user_data, vt.get_header_map)) else {
+        let Some((user_data, Some(f))) = self.live().map(|vt| (vt.user_data, vt.get_header_map))
+        else {
             return Ok(Vec::new());
         };
         let mut out = pwh_buffer::default();
@@ -1030,7 +1041,8 @@ impl HttpStream for CStream {
     }
 
     fn set_property(&mut self, path: &[&[u8]], value: &[u8]) -> Result<(), Status> {
-        let Some((user_data, Some(f))) = self.live().map(|vt| (vt.user_data, vt.set_property)) else {
+        let Some((user_data, Some(f))) = self.live().map(|vt| (vt.user_data, vt.set_property))
+        else {
             return Err(Status::NotFound);
         };
         let dotted = path.join(&b'.');
@@ -1184,6 +1196,12 @@ pub struct pwh_vms {
     gate: Arc<Gate>,
 }
 
+// "May move between threads": the VMs and streams are Send.
+const _: () = {
+    const fn movable<T: Send>() {}
+    movable::<VmsState>();
+};
+
 /// Exclusive access to the state of a `pwh_vms`.
 struct VmsGuard<'a> {
     owner: &'a pwh_vms,
@@ -1305,10 +1323,8 @@ pub unsafe extern "C" fn pwh_vms_free(vms: *mut pwh_vms) {
             // SAFETY: a live pwh_vms from pwh_vms_start (contract); shared access only.
             let shared = unsafe { &*vms };
             let Ok(mut state) = shared.lock() else { return };
-            for root in shared.roots.clone() {
-                // A plugin that wants to finish later (`false`) or fails is dropped anyway.
-                let _ = state.vms.vms[root.vm].shutdown_plugin(root.root_context_id);
-            }
+            // A plugin that wants to finish later (`false`) or fails is dropped anyway.
+            let _ = state.vms.shutdown();
             shared.gate.clone()
         };
         gate.close();
@@ -1382,9 +1398,11 @@ unsafe fn on_vm<T>(
                         "stream context {ctx} belongs to plugin {p}, not {plugin_index}"
                     ))
                 }
-                None => return Err(format!(
+                None => {
+                    return Err(format!(
                     "no stream context {ctx} for plugin {plugin_index} (finished or never created)"
-                )),
+                ))
+                }
             }
         }
         f(&mut state.vms.vms[root.vm], root.root_context_id).map_err(|e| e.to_string())
@@ -1680,9 +1698,12 @@ pub unsafe extern "C" fn pwh_take_body(
     }
 }
 
-/// Ends a stream context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`,
-/// then `destroy`. Also for aborted transactions. The context is gone
-/// afterwards even when this returns -1 (a plugin callback failed); else 0.
+/// Ends a stream context, also for aborted transactions: `proxy_on_done`,
+/// `proxy_on_log`, `proxy_on_delete`, and the stream's `destroy`. Returns 0,
+/// or 1 when the plugin keeps its context until it calls `proxy_done` (its
+/// `proxy_on_log` and `proxy_on_delete` run then, without the stream), or -1
+/// when a plugin callback failed. In every case `destroy` has run and
+/// `context_id` is no longer valid when this returns.
 ///
 /// # Safety
 /// `vms` must be NULL or live; `error` NULL or a live buffer.
@@ -1707,7 +1728,7 @@ pub unsafe extern "C" fn pwh_finish_stream(
         state.streams.remove(&(root.vm, context_id));
         state.vms.vms[root.vm]
             .finish_stream(context_id)
-            .map(|_| 0)
+            .map(|gone| if gone { 0 } else { 1 })
             .map_err(|e| e.to_string())
     };
     // SAFETY: `error` is NULL or a live buffer (contract).
@@ -1975,25 +1996,18 @@ mod tests {
         assert_eq!(unsafe { pwh_pairs_count(pwh_bytes::of(&bytes)) }, 3);
         let (mut k, mut v) = (pwh_bytes::EMPTY, pwh_bytes::EMPTY);
         // SAFETY: a byte view of a live vector and writable out-parameters.
-        assert_eq!(
-            unsafe { pwh_pairs_get(pwh_bytes::of(&bytes), 0, &mut k, &mut v) },
-            0
-        );
+        let st = unsafe { pwh_pairs_get(pwh_bytes::of(&bytes), 0, &mut k, &mut v) };
+        assert_eq!(st, 0);
         // SAFETY: point into `bytes`, still alive.
-        assert_eq!(
-            unsafe { (k.as_slice().unwrap(), v.as_slice().unwrap()) },
-            (&b":path"[..], &b"/a"[..])
-        );
+        let pair = unsafe { (k.as_slice().unwrap(), v.as_slice().unwrap()) };
+        assert_eq!(pair, (&b":path"[..], &b"/a"[..]));
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { pwh_pairs_get(pwh_bytes::of(&bytes), 3, &mut k, &mut v) },
-            1
-        );
+        let st = unsafe { pwh_pairs_get(pwh_bytes::of(&bytes), 3, &mut k, &mut v) };
+        assert_eq!(st, 1);
+        let truncated = &bytes[..bytes.len() - 1];
         // SAFETY: a byte view of a live slice.
-        assert_eq!(
-            unsafe { pwh_pairs_count(pwh_bytes::of(&bytes[..bytes.len() - 1])) },
-            -1
-        );
+        let count = unsafe { pwh_pairs_count(pwh_bytes::of(truncated)) };
+        assert_eq!(count, -1);
         // SAFETY: from pwh_buffer_new, freed once.
         unsafe { pwh_buffer_free(buf) };
     }

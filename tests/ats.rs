@@ -148,3 +148,72 @@ fn a_broken_yaml_is_logged_with_file_and_key_and_traffic_server_keeps_serving() 
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-proxy-wasm"), None);
 }
+
+fn shared_value(ats: &TrafficServer, key: &str) -> String {
+    let r = ats.send(&Request::get("/shared").header("x-pw-test", "shared-get").header("x-pw-key", key)).unwrap();
+    r.body_str()
+}
+
+/// Polls a shared-data key until `pred` holds (the VMs tick and dequeue on their own threads).
+fn wait_shared(ats: &TrafficServer, key: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let v = shared_value(ats, key);
+        if pred(&v) || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ticks_run_at_the_period_the_plugin_asked_for() {
+    let (_origin, ats) = start_with_filter("ats-ticks", r#"{"tick_ms":100}"#);
+    // The thread's VMs start with its first transaction.
+    assert_eq!(ats.get("/start").unwrap().status, 200);
+    let ticks = wait_shared(&ats, "ticks", |v| v.parse::<u32>().is_ok_and(|n| n >= 5));
+    assert!(ticks.parse::<u32>().is_ok_and(|n| n >= 5), "ticks={ticks}\n{}", ats.log_report());
+}
+
+#[test]
+fn a_request_paused_in_on_request_headers_is_resumed_from_on_tick() {
+    let (origin, ats) = start_with_filter("ats-tick-resume", r#"{"tick_ms":50}"#);
+    let r = ats.send(&Request::get("/wait").header("x-pw-test", "tick-resume")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.header("x-pw-resumed-by"), Some("tick"));
+    assert_eq!(origin.wait_for_requests(1, WAIT)[0].header("x-pw-resumed-by"), Some("tick"));
+}
+
+#[test]
+fn an_enqueued_item_reaches_on_queue_ready_of_the_registering_root() {
+    let (_origin, ats) = start_with_filter("ats-queue", "");
+    let r = ats.send(&Request::get("/q").header("x-pw-test", "enqueue").header("x-pw-queue-value", "hello-ats")).unwrap();
+    assert_eq!(r.header("x-pw-enqueue"), Some("OK"), "{}", ats.log_report());
+    assert_eq!(r.header("x-pw-queue-resolve"), Some("OK"));
+    assert_eq!(wait_shared(&ats, "queue.last", |v| v == "hello-ats"), "hello-ats", "{}", ats.log_report());
+}
+
+#[test]
+fn a_request_paused_in_on_request_headers_is_resumed_from_on_queue_ready() {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    // One thread: on_queue_ready runs in the instance that holds the paused request.
+    let ats = TrafficServer::start(
+        AtsOptions::new("ats-queue-resume").origin(origin.port()).exec_threads(1).file("filter.yaml", rust_filter_yaml("rust-filter", "")).global_plugin(&["filter.yaml"]),
+    );
+    let r = ats.send(&Request::get("/qr").header("x-pw-test", "queue-resume")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.header("x-pw-resumed-by"), Some("queue"));
+    assert_eq!(origin.wait_for_requests(1, WAIT)[0].header("x-pw-resumed-by"), Some("queue"));
+}
+
+#[test]
+fn a_plugin_that_rejects_its_configuration_is_reported_at_start_up() {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let ats = TrafficServer::start(
+        AtsOptions::new("ats-reject").origin(origin.port()).file("filter.yaml", rust_filter_yaml("picky", r#"{"reject":true}"#)).global_plugin(&["filter.yaml"]),
+    );
+    assert!(ats.wait_for_log("plugin picky: proxy_on_configure returned false", WAIT), "{}", ats.log_report());
+    assert_eq!(ats.get("/").unwrap().status, 200);
+}

@@ -55,10 +55,18 @@ fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
                 return Some(slot.clone());
             }
         }
-        let server: Arc<dyn ServerHost> = Arc::new(AtsServer);
-        match PluginVms::start(&set.plugins, |_| server.clone()) {
+        let mut servers: Vec<Arc<AtsServer>> = Vec::new();
+        let started = PluginVms::start(&set.plugins, |_| {
+            let server = Arc::new(AtsServer::for_current_thread(servers.len()));
+            servers.push(server.clone());
+            server as Arc<dyn ServerHost>
+        });
+        match started {
             Ok(vms) => {
                 let slot = Arc::new(VmSlot { plugins: set.clone(), vms: Mutex::new(vms) });
+                for server in &servers {
+                    server.attach(Arc::downgrade(&slot));
+                }
                 *cell = Some(slot.clone());
                 Some(slot)
             }
@@ -135,7 +143,7 @@ fn start_transaction(txnp: TSHttpTxn) {
         }
         return;
     };
-    let shared = Arc::new(TxnShared { txnp, response_ready: Default::default(), resumes: Default::default(), local: Default::default(), detached: Default::default() });
+    let shared = Arc::new(TxnShared { txnp, response_ready: Default::default(), pause: Default::default(), contp: Default::default(), local: Default::default(), detached: Default::default() });
     let mut chain = Vec::new();
     {
         let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
@@ -147,10 +155,11 @@ fn start_transaction(txnp: TSHttpTxn) {
         }
     }
     let txn = Box::new(Txn { shared, slot, chain, next: 0 });
-    // SAFETY: a NULL mutex makes Traffic Server use the transaction's own lock
-    // for this continuation; its data is freed at TXN_CLOSE.
+    // SAFETY: the continuation has its own mutex (it is also scheduled, to
+    // wake a paused transaction); its data is freed at TXN_CLOSE.
     unsafe {
-        let contp = TSContCreate(Some(on_txn_event), std::ptr::null_mut());
+        let contp = TSContCreate(Some(on_txn_event), TSMutexCreate());
+        txn.shared.contp.store(contp as *mut c_void, std::sync::atomic::Ordering::Release);
         let raw = Box::into_raw(txn);
         TSContDataSet(contp, raw as *mut c_void);
         TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_RESPONSE_HDR_HOOK, contp);
@@ -161,10 +170,16 @@ fn start_transaction(txnp: TSHttpTxn) {
 
 /// Transaction hooks: response header about to be sent; transaction closed.
 extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) -> c_int {
-    let txnp = edata as TSHttpTxn;
     // SAFETY: the data was set to a Box<Txn> in `start_transaction` and is only
-    // freed here at TXN_CLOSE; Traffic Server serialises a transaction's events.
+    // freed here at TXN_CLOSE; the continuation's mutex serialises its events.
     let txn = unsafe { &mut *(TSContDataGet(contp) as *mut Txn) };
+    if event == TS_EVENT_IMMEDIATE || event == TS_EVENT_TIMEOUT {
+        if catch_unwind(AssertUnwindSafe(|| txn.on_wakeup())).is_err() {
+            log(LogLevel::Critical, "[proxy_wasm] internal error (panic) resuming a transaction");
+        }
+        return 0;
+    }
+    let txnp = edata as TSHttpTxn;
     let r = catch_unwind(AssertUnwindSafe(|| match event {
         TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(),
         TS_EVENT_HTTP_TXN_CLOSE => {
@@ -211,7 +226,13 @@ pub extern "C" fn TSPluginInit(argc: c_int, argv: *const *const c_char) {
             log(LogLevel::Error, "[proxy_wasm] no configuration: use proxy_wasm_ats.so <plugins.yaml> [...] in plugin.config");
             return;
         }
-        match load_plugins(&paths) {
+        match load_plugins(&paths).and_then(|plugins| {
+            // Start every plugin once now, as a check, so that a plugin that
+            // refuses its configuration is reported at start-up.
+            let mut canary = PluginVms::start(&plugins, |_| Arc::new(AtsServer::canary()) as Arc<dyn ServerHost>).map_err(|e| e.to_string())?;
+            canary.shutdown();
+            Ok(plugins)
+        }) {
             Ok(plugins) => {
                 for p in &plugins {
                     log(LogLevel::Info, &format!("[proxy_wasm] loaded plugin {:?} (ABI {}, {}) from {}", p.config.name, p.code.abi, p.code.engine, p.code.origin));

@@ -1,11 +1,17 @@
 //! Server-wide services for the VMs of one Traffic Server thread: logging into
-//! diags.log and the debug tag `proxy_wasm`.
+//! diags.log and the debug tag `proxy_wasm`, tick timers and queue wake-ups on
+//! the thread that owns the VM.
 
+use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::raw::c_char;
+use std::os::raw::{c_char, c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use super::sys::*;
+use super::VmSlot;
 use crate::abi::{LogLevel, Status};
 use crate::host::{HttpCallRequest, PluginRef, ServerHost};
 
@@ -44,7 +50,147 @@ pub fn log_level() -> LogLevel {
     }
 }
 
-pub struct AtsServer;
+/// The thread a VM belongs to; timers and wake-ups for it are scheduled there.
+#[derive(Clone, Copy)]
+struct Thread(TSEventThread);
+// SAFETY: an event thread handle is an opaque pointer Traffic Server accepts
+// from any thread when scheduling onto that thread.
+unsafe impl Send for Thread {}
+// SAFETY: as above; it is never dereferenced by us.
+unsafe impl Sync for Thread {}
+
+/// A periodic `on_tick` for one root context.
+struct Tick {
+    slot: Weak<VmSlot>,
+    vm: usize,
+    root: u32,
+    action: TSAction,
+    /// Cancelled while its handler was running: the handler frees it.
+    cancelled: AtomicBool,
+    in_handler: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+struct TickHandle(TSCont);
+// SAFETY: the continuation is only touched on the VM's own thread.
+unsafe impl Send for TickHandle {}
+
+/// The ServerHost of one VM instance.
+pub struct AtsServer {
+    vm: usize,
+    /// `None` for the start-up check, which must not arm timers.
+    thread: Option<Thread>,
+    slot: OnceLock<Weak<VmSlot>>,
+    ticks: Mutex<HashMap<u32, TickHandle>>,
+    /// Periods asked for before the slot existed (in `proxy_on_configure`).
+    pending_ticks: Mutex<HashMap<u32, Duration>>,
+}
+
+impl AtsServer {
+    /// For a VM of the current event thread.
+    pub fn for_current_thread(vm: usize) -> AtsServer {
+        // SAFETY: called on a Traffic Server event thread (a hook handler).
+        let thread = unsafe { TSEventThreadSelf() };
+        AtsServer { vm, thread: (!thread.is_null()).then_some(Thread(thread)), slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+    }
+
+    /// For the start-up check of the plugins in TSPluginInit.
+    pub fn canary() -> AtsServer {
+        AtsServer { vm: 0, thread: None, slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+    }
+
+    /// Ties the server to the slot that owns its VM (set once the slot exists).
+    pub fn attach(&self, slot: Weak<VmSlot>) {
+        let _ = self.slot.set(slot);
+        let pending: Vec<(u32, Duration)> = self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (root, period) in pending {
+            self.set_tick_period(root, Some(period));
+        }
+    }
+
+    fn cancel_tick(&self, root: u32) {
+        let Some(TickHandle(contp)) = self.ticks.lock().unwrap_or_else(|p| p.into_inner()).remove(&root) else { return };
+        // SAFETY: the continuation and its Tick were created in `set_tick_period`
+        // on this (the VM's) thread, so its handler is not running concurrently;
+        // if we are inside that handler, it frees them when it returns.
+        unsafe {
+            let tick = TSContDataGet(contp) as *mut Tick;
+            TSActionCancel((*tick).action);
+            if (*tick).in_handler.load(Ordering::Acquire) {
+                (*tick).cancelled.store(true, Ordering::Release);
+            } else {
+                drop(Box::from_raw(tick));
+                TSContDestroy(contp);
+            }
+        }
+    }
+}
+
+extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
+    // SAFETY: the data is the Box<Tick> set in `set_tick_period`, freed only
+    // on this thread by `cancel_tick` (not while the handler runs) or below.
+    let tick = unsafe { &*(TSContDataGet(contp) as *const Tick) };
+    tick.in_handler.store(true, Ordering::Release);
+    let r = catch_unwind(AssertUnwindSafe(|| match tick.slot.upgrade() {
+        Some(slot) => {
+            let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(vm) = vms.vms.get_mut(tick.vm) {
+                if vm.failure().is_none() {
+                    if let Err(e) = vm.on_tick(tick.root) {
+                        log(LogLevel::Error, &format!("[proxy_wasm] on_tick: {e}"));
+                    }
+                }
+            }
+            true
+        }
+        None => false,
+    }));
+    tick.in_handler.store(false, Ordering::Release);
+    let alive = matches!(r, Ok(true));
+    if !alive || tick.cancelled.load(Ordering::Acquire) {
+        // The VMs are gone (replaced or reloaded), or the plugin stopped its timer.
+        // SAFETY: nothing else refers to this continuation any more.
+        unsafe {
+            if alive {
+                // Cancelled by `cancel_tick`, which already cancelled the action.
+            } else {
+                TSActionCancel(tick.action);
+            }
+            drop(Box::from_raw(TSContDataGet(contp) as *mut Tick));
+            TSContDestroy(contp);
+        }
+    }
+    0
+}
+
+/// A one-shot `on_queue_ready` on the VM's thread.
+struct QueueWakeup {
+    slot: Weak<VmSlot>,
+    vm: usize,
+    root: u32,
+    queue: u32,
+}
+
+extern "C" fn on_queue_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
+    // SAFETY: the data is the Box<QueueWakeup> set in `notify_queue_ready`,
+    // used once, here.
+    let wakeup = unsafe { Box::from_raw(TSContDataGet(contp) as *mut QueueWakeup) };
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if let Some(slot) = wakeup.slot.upgrade() {
+            let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(vm) = vms.vms.get_mut(wakeup.vm) {
+                if vm.failure().is_none() {
+                    if let Err(e) = vm.on_queue_ready(wakeup.root, wakeup.queue) {
+                        log(LogLevel::Error, &format!("[proxy_wasm] on_queue_ready: {e}"));
+                    }
+                }
+            }
+        }
+    }));
+    // SAFETY: the continuation fired once and is not referenced any more.
+    unsafe { TSContDestroy(contp) };
+    0
+}
 
 impl ServerHost for AtsServer {
     fn log(&self, plugin: &PluginRef, level: LogLevel, message: &str) {
@@ -61,13 +207,37 @@ impl ServerHost for AtsServer {
         Err(Status::InternalFailure)
     }
 
-    fn set_tick_period(&self, _root_context_id: u32, period: Option<Duration>) {
-        if period.is_some() {
-            log(LogLevel::Warn, "[proxy_wasm] tick periods are not implemented on Traffic Server yet; on_tick will not run");
+    fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>) {
+        self.cancel_tick(root_context_id);
+        let (Some(Thread(thread)), Some(period)) = (self.thread, period) else {
+            self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).remove(&root_context_id);
+            return;
+        };
+        let Some(slot) = self.slot.get() else {
+            self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).insert(root_context_id, period);
+            return;
+        };
+        let tick = Box::new(Tick { slot: slot.clone(), vm: self.vm, root: root_context_id, action: std::ptr::null_mut(), cancelled: AtomicBool::new(false), in_handler: AtomicBool::new(false) });
+        // SAFETY: a continuation with its own mutex, scheduled on the VM's
+        // thread; its data is a leaked Box<Tick> freed by cancel_tick or its handler.
+        unsafe {
+            let contp = TSContCreate(Some(on_tick_event), TSMutexCreate());
+            let raw = Box::into_raw(tick);
+            TSContDataSet(contp, raw as *mut c_void);
+            (*raw).action = TSContScheduleEveryOnThread(contp, period.as_millis().max(1) as TSHRTime, thread);
+            self.ticks.lock().unwrap_or_else(|p| p.into_inner()).insert(root_context_id, TickHandle(contp));
         }
     }
 
-    fn notify_queue_ready(&self, _root_context_id: u32, _queue_id: u32) {
-        log(LogLevel::Warn, "[proxy_wasm] on_queue_ready is not delivered on Traffic Server yet");
+    fn notify_queue_ready(&self, root_context_id: u32, queue_id: u32) {
+        let (Some(Thread(thread)), Some(slot)) = (self.thread, self.slot.get()) else { return };
+        let wakeup = Box::new(QueueWakeup { slot: slot.clone(), vm: self.vm, root: root_context_id, queue: queue_id });
+        // SAFETY: a one-shot continuation with its own mutex on the VM's thread;
+        // its handler takes the Box back and destroys the continuation.
+        unsafe {
+            let contp = TSContCreate(Some(on_queue_event), TSMutexCreate());
+            TSContDataSet(contp, Box::into_raw(wakeup) as *mut c_void);
+            TSContScheduleOnThread(contp, 0, thread);
+        }
     }
 }

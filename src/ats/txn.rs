@@ -22,8 +22,10 @@ pub struct TxnShared {
     pub txnp: TSHttpTxn,
     /// The client response header exists (SEND_RESPONSE_HDR reached).
     pub response_ready: AtomicBool,
-    /// Resumes a plugin asked for, taken by the driver after each callback.
-    pub resumes: Mutex<Vec<StreamType>>,
+    /// Whether the request chain waits for a plugin, and the resumes asked for.
+    pub pause: Mutex<PauseState>,
+    /// The transaction's continuation, woken when a paused plugin resumes.
+    pub contp: std::sync::atomic::AtomicPtr<std::os::raw::c_void>,
     /// The local response a plugin sent, applied at SEND_RESPONSE_HDR.
     pub local: Mutex<Option<LocalResponse>>,
     /// The transaction closed while a plugin still holds its context.
@@ -106,6 +108,12 @@ impl TxnShared {
     }
 }
 
+#[derive(Default)]
+pub struct PauseState {
+    pub paused: bool,
+    pub resumes: Vec<StreamType>,
+}
+
 /// The stream context's view of the transaction.
 pub struct AtsStream {
     pub shared: Arc<TxnShared>,
@@ -154,7 +162,18 @@ impl HttpStream for AtsStream {
     }
 
     fn resume(&mut self, stream: StreamType) -> Result<(), Status> {
-        self.shared.resumes.lock().unwrap_or_else(|p| p.into_inner()).push(stream);
+        let mut pause = self.shared.pause.lock().unwrap_or_else(|p| p.into_inner());
+        pause.resumes.push(stream);
+        if pause.paused {
+            // Resumed from another event (a tick, a queue, a call's answer):
+            // wake the transaction's continuation to run the rest of the chain.
+            let contp = self.shared.contp.load(Ordering::Acquire);
+            if !contp.is_null() {
+                // SAFETY: the continuation lives until TXN_CLOSE, which cannot
+                // come while the transaction waits in a hook.
+                unsafe { TSContScheduleOnPool(contp as TSCont, 0, TS_THREAD_POOL_NET) };
+            }
+        }
         Ok(())
     }
 
@@ -249,11 +268,30 @@ fn set_error_response(txnp: TSHttpTxn, status: u32, body: &[u8], content_type: O
 }
 
 impl Txn {
+    /// Takes a resume of `stream`; without one, marks the chain paused (so
+    /// that a later resume wakes the transaction) and returns false.
     fn take_resume(&self, stream: StreamType) -> bool {
-        let mut r = self.shared.resumes.lock().unwrap_or_else(|p| p.into_inner());
-        let found = r.contains(&stream);
-        r.retain(|s| *s != stream);
+        let mut p = self.shared.pause.lock().unwrap_or_else(|p| p.into_inner());
+        let found = p.resumes.contains(&stream);
+        p.resumes.retain(|s| *s != stream);
+        p.paused = !found;
         found
+    }
+
+    /// The transaction's continuation was woken: continue a paused request chain.
+    pub fn on_wakeup(&mut self) {
+        let resume = {
+            let mut p = self.shared.pause.lock().unwrap_or_else(|p| p.into_inner());
+            let found = p.paused && p.resumes.contains(&StreamType::HttpRequest);
+            if found {
+                p.paused = false;
+                p.resumes.retain(|s| *s != StreamType::HttpRequest);
+            }
+            found
+        };
+        if resume {
+            self.run_request_headers();
+        }
     }
 
     fn policy(&self, link: Link) -> FailurePolicy {
@@ -369,6 +407,7 @@ impl Txn {
                 Ok(Verdict::Pause) => {
                     // Pausing the response is not supported yet on Traffic Server.
                     let _ = self.take_resume(StreamType::HttpResponse);
+                    self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).paused = false;
                 }
                 Ok(Verdict::Stop) => break,
                 Err(e) => {

@@ -134,6 +134,9 @@ typedef struct {
     char *local_body;
     header_map local_headers;
     int *destroyed; /* outlives the stream, so the test can count destroy calls */
+    pwh_vms *reenter; /* when set, the first header read calls back into these VMs */
+    int reentered_rc;
+    char reentered_error[200];
 } stream;
 
 static header_map *stream_map(stream *s, int32_t map_type) {
@@ -147,7 +150,16 @@ static header_map *stream_map(stream *s, int32_t map_type) {
 }
 
 static int32_t st_get_header_map(void *user, int32_t map_type, pwh_buffer *out) {
-    header_map *m = stream_map(user, map_type);
+    stream *s = user;
+    if (s->reenter) {
+        /* Forbidden, and refused: the VMs are busy running this very callback. */
+        pwh_buffer *e = pwh_buffer_new();
+        s->reentered_rc = pwh_on_tick(s->reenter, 0, e);
+        snprintf(s->reentered_error, sizeof s->reentered_error, "%s", pwh_buffer_cstr(e));
+        pwh_buffer_free(e);
+        s->reenter = NULL;
+    }
+    header_map *m = stream_map(s, map_type);
     if (!m) return PWH_STATUS_OK; /* other maps are empty */
     for (size_t i = 0; i < m->n; i++) {
         int32_t rc = pwh_pairs_add(out, bytes_of(m->h[i].key), bytes_of(m->h[i].value));
@@ -325,9 +337,12 @@ static void plain_request(pwh_vms *vms, pwh_buffer *err) {
     CHECK(ctx != 0, pwh_buffer_cstr(err));
     if (ctx == 0) return;
 
+    s->reenter = vms;
     int32_t v = pwh_on_request_headers(vms, 0, ctx, s->request.n, false, err);
     printf("request headers: %s\n", verdict_name(v));
     CHECK(v == PWH_VERDICT_CONTINUE, pwh_buffer_cstr(err));
+    printf("re-entrant call from a callback: %d: %s\n", s->reentered_rc, s->reentered_error);
+    CHECK(s->reentered_rc == -1, "a callback cannot call into its own VMs");
 
     v = pwh_on_request_body(vms, 0, ctx, bytes_of("hello"), true, err);
     printf("request body: %s\n", verdict_name(v));
@@ -379,6 +394,46 @@ static void local_response_request(pwh_vms *vms, pwh_buffer *err) {
     CHECK(rc == 0, pwh_buffer_cstr(err));
     printf("local stream finished: destroy called %d time(s)\n", destroyed);
     CHECK(destroyed == 1, "destroy runs exactly once");
+}
+
+/* The plugin keeps the context after on_done (x-pw-test: defer-done) until its
+ * next tick calls proxy_done: the C stream is destroyed by pwh_finish_stream all
+ * the same, and the plugin's on_log runs later without it. */
+static void deferred_done_request(pwh_vms *vms, pwh_buffer *err) {
+    int destroyed = 0;
+    stream *s = stream_new(&destroyed);
+    map_add_str(&s->request, "x-pw-test", "defer-done");
+    pwh_stream_vtable vt = stream_vtable(s);
+    uint32_t ctx = pwh_stream_create(vms, 0, &vt, err);
+    CHECK(ctx != 0, pwh_buffer_cstr(err));
+    if (ctx == 0) return;
+    int32_t v = pwh_on_request_headers(vms, 0, ctx, s->request.n, true, err);
+    CHECK(v == PWH_VERDICT_CONTINUE, pwh_buffer_cstr(err));
+    map_add_str(&s->response, ":status", "200");
+    v = pwh_on_response_headers(vms, 0, ctx, s->response.n, true, err);
+    CHECK(v == PWH_VERDICT_CONTINUE, pwh_buffer_cstr(err));
+    int32_t rc = pwh_finish_stream(vms, 0, ctx, err);
+    printf("deferred finish: %d, destroy called %d time(s)\n", rc, destroyed);
+    CHECK(rc == 1 && destroyed == 1, "on_done false keeps the context but releases the stream");
+    rc = pwh_on_tick(vms, 0, err);
+    printf("tick after deferred finish: %d, destroy called %d time(s)\n", rc, destroyed);
+    CHECK(rc == 0 && destroyed == 1, "proxy_done does not destroy twice");
+}
+
+/* Reads a shared-data key through the filter (x-pw-test: shared-get). */
+static void shared_get(pwh_vms *vms, pwh_buffer *err, const char *key) {
+    int destroyed = 0;
+    stream *s = stream_new(&destroyed);
+    map_add_str(&s->request, "x-pw-test", "shared-get");
+    map_add_str(&s->request, "x-pw-key", key);
+    pwh_stream_vtable vt = stream_vtable(s);
+    uint32_t ctx = pwh_stream_create(vms, 0, &vt, err);
+    CHECK(ctx != 0, pwh_buffer_cstr(err));
+    if (ctx == 0) return;
+    int32_t v = pwh_on_request_headers(vms, 0, ctx, s->request.n, true, err);
+    CHECK(v == PWH_VERDICT_STOP, pwh_buffer_cstr(err));
+    printf("shared %s: %d %s\n", key, s->local_status, s->local_body ? s->local_body : "");
+    CHECK(pwh_finish_stream(vms, 0, ctx, err) == 0, pwh_buffer_cstr(err));
 }
 
 static void bad_stream_create(pwh_vms *vms, pwh_buffer *err) {
@@ -490,6 +545,8 @@ int main(int argc, char **argv) {
 
     plain_request(vms, err);
     local_response_request(vms, err);
+    deferred_done_request(vms, err);
+    shared_get(vms, err, "done.deferred");
     bad_stream_create(vms, err);
 
     /* NULL handles are errors, not crashes. */

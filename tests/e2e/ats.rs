@@ -662,7 +662,7 @@ fn records_block(dir: &Path, port: u16, opts: &AtsOptions) -> String {
         "CONFIG proxy.config.reverse_proxy.enabled INT 1".into(),
         "CONFIG proxy.config.url_remap.remap_required INT 1".into(),
         format!("CONFIG proxy.config.url_remap.pristine_host_hdr INT {}", opts.pristine_host as i32),
-        format!("CONFIG proxy.config.exec_thread.autoconfig INT 0"),
+        "CONFIG proxy.config.exec_thread.autoconfig INT 0".into(),
         format!("CONFIG proxy.config.exec_thread.limit INT {}", opts.exec_threads.max(1)),
         format!("CONFIG proxy.config.diags.debug.enabled INT {}", debug_on as i32),
         format!("CONFIG proxy.config.diags.debug.tags STRING {}", if debug_on { opts.debug_tags.trim() } else { "none" }),

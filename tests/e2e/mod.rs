@@ -2,7 +2,22 @@
 //! private runroot ([`ats`]), a recording HTTP/1.1 origin server ([`origin`])
 //! and a small blocking HTTP/1.1 client ([`client`]).
 //!
-//! Use it from a test file in `tests/` with `mod e2e;`.
+//! Use it from a test file in `tests/` with `mod e2e;`:
+//!
+//! ```ignore
+//! let origin = e2e::origin::Origin::start();               // 200 "hello from origin"
+//! let ats = e2e::ats::TrafficServer::start(
+//!     e2e::ats::AtsOptions::new("my-test")
+//!         .origin(origin.port())                           // remap: map / -> origin
+//!         .file("a.yaml", "...")                           // written to <etc>/a.yaml
+//!         .global_plugin(&["a.yaml"]),                     // plugin.config line
+//! );
+//! let resp = ats.send(&e2e::client::Request::post("/echo", "hi")).unwrap();
+//! assert_eq!(origin.wait_for_requests(1, Duration::from_secs(5))[0].body, b"hi");
+//! ats.expect_log("some debug line", Duration::from_secs(5));
+//! ```
+//!
+//! Set `E2E_KEEP=1` to keep every instance directory (logs, configs).
 //!
 //! Everything here uses only `std` (plus `libc` for signals and `setsid`).
 //! Every blocking operation has a timeout; failures panic with a message that
