@@ -16,6 +16,7 @@ pub mod ats;
 pub mod config;
 pub mod ffi;
 pub mod host;
+pub mod http_client;
 pub mod loader;
 pub mod metrics;
 pub mod plugin;

@@ -217,3 +217,83 @@ fn a_plugin_that_rejects_its_configuration_is_reported_at_start_up() {
     assert!(ats.wait_for_log("plugin picky: proxy_on_configure returned false", WAIT), "{}", ats.log_report());
     assert_eq!(ats.get("/").unwrap().status, 200);
 }
+
+/// The filter with its callouts sent to `callout`, an origin of their own.
+fn start_with_callout(test: &str, threads: usize) -> (Origin, Origin, TrafficServer) {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let callout = Origin::with_handler(|req| e2e::origin::Response::text(200, format!("pong {}", req.header("x-pw-context-id").unwrap_or("?"))).header("x-callout", "yes"));
+    let config = format!(r#"{{"upstream":"127.0.0.1:{}","authority":"callout.test","callout_timeout_ms":3000,"fail_timeout_ms":500}}"#, callout.port());
+    let ats = TrafficServer::start(
+        AtsOptions::new(test).origin(origin.port()).exec_threads(threads).file("filter.yaml", rust_filter_yaml("rust-filter", &config)).global_plugin(&["filter.yaml"]),
+    );
+    (origin, callout, ats)
+}
+
+#[test]
+fn http_call_pauses_the_request_and_its_answer_resumes_it() {
+    let (origin, callout, ats) = start_with_callout("ats-callout", 2);
+    let r = ats.send(&Request::get("/c").header("x-pw-test", "http-call")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.header("x-pw-callout-dispatch"), Some("OK"));
+    assert_eq!(r.header("x-pw-callout-status"), Some("200"));
+    let seen_by_callout = &callout.wait_for_requests(1, WAIT)[0];
+    assert_eq!(seen_by_callout.method, "POST");
+    assert_eq!(seen_by_callout.path, "/callout");
+    assert_eq!(seen_by_callout.header("host"), Some("callout.test"));
+    assert_eq!(seen_by_callout.header("x-pw-callout"), Some("1"));
+    assert_eq!(seen_by_callout.body_str(), "ping from rust-sdk-filter");
+    let id = seen_by_callout.header("x-pw-context-id").unwrap().to_string();
+    assert_eq!(r.header("x-pw-callout-body"), Some(format!("pong {id}").as_str()));
+    let seen_by_origin = &origin.wait_for_requests(1, WAIT)[0];
+    assert_eq!(seen_by_origin.header("x-pw-callout-status"), Some("200"));
+    assert_eq!(seen_by_origin.header("x-pw-callout-body"), Some(format!("pong {id}").as_str()));
+}
+
+#[test]
+fn a_failed_http_call_still_calls_back_with_zero_headers() {
+    let (origin, _callout, ats) = start_with_callout("ats-callout-fail", 2);
+    let r = ats.send(&Request::get("/f").header("x-pw-test", "http-call-fail")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.header("x-pw-callout-dispatch"), Some("OK"));
+    assert_eq!(r.header("x-pw-callout-failed"), Some("1"));
+    assert_eq!(r.header("x-pw-callout-get-status"), Some("503"));
+    assert_eq!(origin.wait_for_requests(1, WAIT)[0].header("x-pw-callout-failed"), Some("1"));
+}
+
+#[test]
+fn a_local_response_can_answer_from_the_http_call_callback() {
+    let (origin, _callout, ats) = start_with_callout("ats-callout-local", 2);
+    let r = ats.send(&Request::get("/l").header("x-pw-test", "http-call-local")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert!(r.body_str().starts_with("callout:pong "), "{}", r.body_str());
+    origin.assert_no_new_requests(Duration::from_millis(300));
+}
+
+#[test]
+fn two_hundred_concurrent_requests_paused_on_http_call_are_all_answered_correctly() {
+    let (origin, callout, ats) = start_with_callout("ats-callout-200", 2);
+    let port = ats.port();
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let r = Request::get(&format!("/c/{i}")).header("x-pw-test", "http-call").timeout(Duration::from_secs(20)).send(port);
+                (i, r)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, r) = h.join().unwrap();
+        let r = r.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.header("x-pw-callout-status"), Some("200"), "request {i}");
+        assert!(r.header("x-pw-callout-body").is_some_and(|b| b.starts_with("pong ")), "request {i}");
+    }
+    assert_eq!(callout.request_count(), 200);
+    assert_eq!(origin.request_count(), 200);
+    // Each client request was resumed with the answer to its own callout.
+    for req in origin.requests() {
+        let body = req.header("x-pw-callout-body").unwrap();
+        assert!(callout.requests().iter().any(|c| format!("pong {}", c.header("x-pw-context-id").unwrap()) == body));
+    }
+}

@@ -13,7 +13,12 @@ use std::time::Duration;
 use super::sys::*;
 use super::VmSlot;
 use crate::abi::{LogLevel, Status};
-use crate::host::{HttpCallRequest, PluginRef, ServerHost};
+use crate::host::{HttpCallRequest, HttpCallResponse, PluginRef, ServerHost};
+use crate::http_client;
+
+/// Most outgoing calls in flight per process; more are refused (INTERNAL_FAILURE).
+pub const MAX_HTTP_CALLS_IN_FLIGHT: usize = 4096;
+static HTTP_CALLS_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 pub const TAG: &[u8] = b"proxy_wasm\0";
 
@@ -163,6 +168,59 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
     0
 }
 
+/// An outgoing call, performed on a thread of its own (blocking I/O never
+/// runs on Traffic Server's event threads); its answer is delivered on the
+/// VM's thread.
+struct CallJob {
+    request: HttpCallRequest,
+    done: CallDone,
+    thread: Thread,
+}
+
+struct CallDone {
+    slot: Weak<VmSlot>,
+    vm: usize,
+    token: u32,
+    response: HttpCallResponse,
+}
+
+extern "C" fn http_call_thread(data: *mut c_void) -> *mut c_void {
+    // SAFETY: `data` is the Box<CallJob> leaked by `dispatch_http_call`, used once.
+    let job = unsafe { Box::from_raw(data as *mut CallJob) };
+    let CallJob { request, mut done, thread } = *job;
+    done.response = catch_unwind(AssertUnwindSafe(|| http_client::call(&request)))
+        .unwrap_or_else(|_| HttpCallResponse::failed(http_client::FAILURE_PROTOCOL, "internal error"));
+    HTTP_CALLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    // SAFETY: this thread was made by TSThreadCreate, so it may use the API;
+    // the one-shot continuation takes the Box back in its handler.
+    unsafe {
+        let contp = TSContCreate(Some(on_call_done), TSMutexCreate());
+        TSContDataSet(contp, Box::into_raw(Box::new(done)) as *mut c_void);
+        TSContScheduleOnThread(contp, 0, thread.0);
+    }
+    std::ptr::null_mut()
+}
+
+extern "C" fn on_call_done(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
+    // SAFETY: the data is the Box<CallDone> set in `http_call_thread`, used once.
+    let done = unsafe { Box::from_raw(TSContDataGet(contp) as *mut CallDone) };
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if let Some(slot) = done.slot.upgrade() {
+            let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(vm) = vms.vms.get_mut(done.vm) {
+                if vm.failure().is_none() {
+                    if let Err(e) = vm.on_http_call_response(done.token, done.response) {
+                        log(LogLevel::Error, &format!("[proxy_wasm] on_http_call_response: {e}"));
+                    }
+                }
+            }
+        }
+    }));
+    // SAFETY: the continuation fired once and is not referenced any more.
+    unsafe { TSContDestroy(contp) };
+    0
+}
+
 /// A one-shot `on_queue_ready` on the VM's thread.
 struct QueueWakeup {
     slot: Weak<VmSlot>,
@@ -202,9 +260,27 @@ impl ServerHost for AtsServer {
         log_level()
     }
 
-    fn dispatch_http_call(&self, _root_context_id: u32, _token: u32, request: HttpCallRequest) -> Result<(), Status> {
-        log(LogLevel::Warn, &format!("[proxy_wasm] http_call to {} refused: outgoing calls are not implemented on Traffic Server yet", request.upstream));
-        Err(Status::InternalFailure)
+    fn dispatch_http_call(&self, _root_context_id: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
+        if http_client::parse_upstream(&request.upstream).is_none() {
+            return Err(Status::BadArgument);
+        }
+        let (Some(thread), Some(slot)) = (self.thread, self.slot.get()) else { return Err(Status::InternalFailure) };
+        if HTTP_CALLS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_HTTP_CALLS_IN_FLIGHT {
+            HTTP_CALLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+            log(LogLevel::Warn, "[proxy_wasm] http_call refused: too many calls in flight");
+            return Err(Status::InternalFailure);
+        }
+        let job = Box::new(CallJob { request, done: CallDone { slot: slot.clone(), vm: self.vm, token, response: HttpCallResponse::default() }, thread });
+        let raw = Box::into_raw(job);
+        // SAFETY: the thread takes ownership of the job; on failure we take it back.
+        let t = unsafe { TSThreadCreate(Some(http_call_thread), raw as *mut c_void) };
+        if t.is_null() {
+            // SAFETY: the thread was not created, so the job is still ours.
+            drop(unsafe { Box::from_raw(raw) });
+            HTTP_CALLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+            return Err(Status::InternalFailure);
+        }
+        Ok(())
     }
 
     fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>) {

@@ -57,6 +57,21 @@ impl TxnShared {
         (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: false })
     }
 
+    /// Resumed (or answered) from another event than the paused callback (a
+    /// tick, a queue, a call's answer): wake the transaction's continuation to
+    /// go on with the chain.
+    fn wake_if_paused(&self) {
+        let pause = self.pause.lock().unwrap_or_else(|p| p.into_inner());
+        if pause.paused {
+            let contp = self.contp.load(Ordering::Acquire);
+            if !contp.is_null() {
+                // SAFETY: the continuation lives until TXN_CLOSE, which cannot
+                // come while the transaction waits in a hook.
+                unsafe { TSContScheduleOnPool(contp as TSCont, 0, TS_THREAD_POOL_NET) };
+            }
+        }
+    }
+
     fn hdr(&self, map: MapType) -> Result<Option<Hdr>, Status> {
         if self.detached.load(Ordering::Acquire) {
             return Ok(None);
@@ -158,22 +173,14 @@ impl HttpStream for AtsStream {
             })?;
         }
         *local = Some(response);
+        drop(local);
+        self.shared.wake_if_paused();
         Ok(())
     }
 
     fn resume(&mut self, stream: StreamType) -> Result<(), Status> {
-        let mut pause = self.shared.pause.lock().unwrap_or_else(|p| p.into_inner());
-        pause.resumes.push(stream);
-        if pause.paused {
-            // Resumed from another event (a tick, a queue, a call's answer):
-            // wake the transaction's continuation to run the rest of the chain.
-            let contp = self.shared.contp.load(Ordering::Acquire);
-            if !contp.is_null() {
-                // SAFETY: the continuation lives until TXN_CLOSE, which cannot
-                // come while the transaction waits in a hook.
-                unsafe { TSContScheduleOnPool(contp as TSCont, 0, TS_THREAD_POOL_NET) };
-            }
-        }
+        self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).resumes.push(stream);
+        self.shared.wake_if_paused();
         Ok(())
     }
 
@@ -280,6 +287,14 @@ impl Txn {
 
     /// The transaction's continuation was woken: continue a paused request chain.
     pub fn on_wakeup(&mut self) {
+        let answered = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        if answered {
+            let was_paused = std::mem::replace(&mut self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).paused, false);
+            if was_paused {
+                self.stop_with_local_response();
+            }
+            return;
+        }
         let resume = {
             let mut p = self.shared.pause.lock().unwrap_or_else(|p| p.into_inner());
             let found = p.paused && p.resumes.contains(&StreamType::HttpRequest);
