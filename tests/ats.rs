@@ -297,3 +297,49 @@ fn two_hundred_concurrent_requests_paused_on_http_call_are_all_answered_correctl
         assert!(callout.requests().iter().any(|c| format!("pong {}", c.header("x-pw-context-id").unwrap()) == body));
     }
 }
+
+#[test]
+fn remap_plugins_filter_only_their_rule_and_run_after_global_ones() {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let port = origin.port();
+    let remap = format!(
+        "map http://filtered.test/ http://127.0.0.1:{port}/ @plugin=proxy_wasm_ats.so @pparam=route.yaml\nmap / http://127.0.0.1:{port}/\n"
+    );
+    let ats = TrafficServer::start(
+        AtsOptions::new("ats-remap")
+            .origin(port)
+            .remap_config(remap)
+            .file("route.yaml", rust_filter_yaml("route-filter", r#"{"tag":"route"}"#))
+            .file("global.yaml", rust_filter_yaml("global-filter", r#"{"tag":"global"}"#))
+            .global_plugin(&["global.yaml"]),
+    );
+    let filtered = ats.send(&Request::get("/a").host("filtered.test")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(filtered.status, 200, "{}", ats.log_report());
+    let tags: Vec<&str> = filtered.headers.iter().filter(|(k, _)| k == "x-proxy-wasm").map(|(_, v)| v.as_str()).collect();
+    // Within one configuration response callbacks run in reverse order; across the
+    // global set and a rule's set, Traffic Server runs the hooks in the order they
+    // were added, global first.
+    assert_eq!(tags, vec!["global", "route"], "{:?}", filtered.headers);
+    let other = ats.send(&Request::get("/b").host("other.test")).unwrap();
+    let tags: Vec<&str> = other.headers.iter().filter(|(k, _)| k == "x-proxy-wasm").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(tags, vec!["global"]);
+    // A local response from the rule's plugin.
+    let local = ats.send(&Request::get("/deny").host("filtered.test").header("x-pw-test", "local")).unwrap();
+    assert_eq!(local.status, 403);
+    assert_eq!(origin.request_count(), 2);
+}
+
+#[test]
+fn a_remap_rule_whose_yaml_is_broken_answers_503_and_names_the_key() {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let port = origin.port();
+    let remap = format!("map http://broken.test/ http://127.0.0.1:{port}/ @plugin=proxy_wasm_ats.so @pparam=broken.yaml\nmap / http://127.0.0.1:{port}/\n");
+    let ats = TrafficServer::start(
+        AtsOptions::new("ats-remap-broken").origin(port).remap_config(remap).file("broken.yaml", "config:\n  name: b\n  vm_config:\n    vm_idd: x\n    code: { local: { filename: nope.wasm } }\n"),
+    );
+    assert!(ats.wait_for_log("broken.yaml:4:5: config.vm_config: unknown key \"vm_idd\"", WAIT), "{}", ats.log_report());
+    assert_eq!(ats.send(&Request::get("/").host("broken.test")).unwrap().status, 503);
+    assert_eq!(ats.send(&Request::get("/").host("fine.test")).unwrap().status, 200);
+}

@@ -1,5 +1,7 @@
 //! The Apache Traffic Server plugin: `proxy_wasm_ats.so a.yaml [b.yaml ...]`
-//! in plugin.config runs every configured plugin on every transaction.
+//! in plugin.config runs every configured plugin on every transaction;
+//! `@plugin=proxy_wasm_ats.so @pparam=a.yaml` on a remap.config rule runs
+//! those plugins on that rule's transactions (after the global ones).
 //!
 //! Each Traffic Server thread gets its own VM instances (created on its first
 //! transaction); a transaction keeps the instances it started on, behind a
@@ -24,10 +26,21 @@ use server::{log, AtsServer};
 use sys::*;
 use txn::{AtsStream, Link, Txn, TxnShared};
 
-/// The plugins loaded from the configuration, shared by every thread.
+/// The plugins loaded from one configuration (plugin.config, or one remap
+/// rule), shared by every thread.
 pub struct PluginSet {
     pub plugins: Vec<LoadedPlugin>,
-    pub generation: u64,
+    /// Unique per set: threads keep their VMs per set.
+    pub id: u64,
+    /// The remap rule that owned the set was deleted: threads drop their VMs.
+    pub retired: std::sync::atomic::AtomicBool,
+}
+
+impl PluginSet {
+    fn new(plugins: Vec<LoadedPlugin>) -> Arc<PluginSet> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Arc::new(PluginSet { plugins, id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed), retired: Default::default() })
+    }
 }
 
 /// The VMs of one thread for one generation of the plugin set.
@@ -39,21 +52,22 @@ pub struct VmSlot {
 static PLUGINS: RwLock<Option<Arc<PluginSet>>> = RwLock::new(None);
 
 thread_local! {
-    static SLOT: RefCell<Option<Arc<VmSlot>>> = const { RefCell::new(None) };
+    /// This thread's VMs, per plugin set.
+    static SLOTS: RefCell<Vec<Arc<VmSlot>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This thread's VMs for the current plugin set, created on first use and
-/// replaced when the set changed or one of them failed (a trapped instance is
-/// never reused).
+/// This thread's VMs for a plugin set, created on first use and replaced when
+/// one of them failed (a trapped instance is never reused).
 fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
-    SLOT.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if let Some(slot) = cell.as_ref() {
-            let healthy = slot.plugins.generation == set.generation
-                && slot.vms.lock().unwrap_or_else(|p| p.into_inner()).vms.iter().all(|vm| vm.failure().is_none());
+    SLOTS.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        slots.retain(|s| !s.plugins.retired.load(std::sync::atomic::Ordering::Acquire));
+        if let Some(i) = slots.iter().position(|s| s.plugins.id == set.id) {
+            let healthy = slots[i].vms.lock().unwrap_or_else(|p| p.into_inner()).vms.iter().all(|vm| vm.failure().is_none());
             if healthy {
-                return Some(slot.clone());
+                return Some(slots[i].clone());
             }
+            slots.remove(i);
         }
         let mut servers: Vec<Arc<AtsServer>> = Vec::new();
         let started = PluginVms::start(&set.plugins, |_| {
@@ -67,12 +81,11 @@ fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
                 for server in &servers {
                     server.attach(Arc::downgrade(&slot));
                 }
-                *cell = Some(slot.clone());
+                slots.push(slot.clone());
                 Some(slot)
             }
             Err(e) => {
                 log(LogLevel::Error, &format!("[proxy_wasm] cannot start the plugins on this thread: {e}"));
-                *cell = None;
                 None
             }
         }
@@ -89,10 +102,18 @@ fn config_path(arg: &str) -> PathBuf {
     PathBuf::from(dir).join(p)
 }
 
-/// Loads and compiles the plugins of `paths`. Errors name the file and key.
+/// Loads and compiles the plugins of `paths`, and starts each once as a
+/// check, so that a plugin that refuses its configuration is reported now.
+/// Errors name the file and key.
 fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
     let configs = crate::config::load_files(paths).map_err(|e| e.to_string())?;
-    loader::load(&configs).map_err(|e| e.to_string())
+    let plugins = loader::load(&configs).map_err(|e| e.to_string())?;
+    let mut canary = PluginVms::start(&plugins, |_| Arc::new(AtsServer::canary()) as Arc<dyn ServerHost>).map_err(|e| e.to_string())?;
+    canary.shutdown();
+    for p in &plugins {
+        log(LogLevel::Info, &format!("[proxy_wasm] loaded plugin {:?} (ABI {}, {}) from {}", p.config.name, p.code.abi, p.code.engine, p.code.origin));
+    }
+    Ok(plugins)
 }
 
 unsafe fn args(argc: c_int, argv: *const *const c_char) -> Vec<String> {
@@ -110,7 +131,8 @@ extern "C" fn on_global_event(_contp: TSCont, event: TSEvent, edata: *mut c_void
     let txnp = edata as TSHttpTxn;
     let r = catch_unwind(AssertUnwindSafe(|| {
         if event == TS_EVENT_HTTP_READ_REQUEST_HDR {
-            start_transaction(txnp);
+            let set = PLUGINS.read().unwrap_or_else(|p| p.into_inner()).clone();
+            start_transaction(txnp, set, false);
         } else {
             // SAFETY: every HTTP hook event carries the transaction.
             unsafe { TSHttpTxnReenable(txnp, TS_EVENT_HTTP_CONTINUE) };
@@ -124,23 +146,33 @@ extern "C" fn on_global_event(_contp: TSCont, event: TSEvent, edata: *mut c_void
     0
 }
 
-fn start_transaction(txnp: TSHttpTxn) {
-    let set = PLUGINS.read().unwrap_or_else(|p| p.into_inner()).clone();
+/// Sets up a transaction for the plugins of `set`. From the global hook
+/// (`in_remap == false`) the request chain runs at once and the transaction
+/// is reenabled; from a remap rule it runs at POST_REMAP, and nothing is
+/// reenabled here (remap is not a hook).
+fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: bool) {
+    let reenable = |error: bool| {
+        if !in_remap {
+            // SAFETY: live transaction, reenabled once.
+            unsafe { TSHttpTxnReenable(txnp, if error { TS_EVENT_HTTP_ERROR } else { TS_EVENT_HTTP_CONTINUE }) };
+        }
+    };
     let Some(set) = set.filter(|s| !s.plugins.is_empty()) else {
-        // SAFETY: live transaction, reenabled once.
-        unsafe { TSHttpTxnReenable(txnp, TS_EVENT_HTTP_CONTINUE) };
+        reenable(false);
         return;
     };
     let Some(slot) = thread_slot(&set) else {
         // The plugins cannot run on this thread: fail closed unless all fail open.
         let closed = set.plugins.iter().any(|p| p.config.failure_policy == crate::config::FailurePolicy::FailClosed);
-        // SAFETY: live transaction.
-        unsafe {
-            if closed {
-                TSHttpTxnStatusSet(txnp, TS_HTTP_STATUS_SERVICE_UNAVAILABLE);
+        if closed {
+            // SAFETY: live transaction.
+            unsafe { TSHttpTxnStatusSet(txnp, TS_HTTP_STATUS_SERVICE_UNAVAILABLE) };
+            if in_remap {
+                // SAFETY: live transaction; the hook answers 503 at POST_REMAP.
+                unsafe { TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, TSContCreate(Some(on_broken_rule), std::ptr::null_mut())) };
             }
-            TSHttpTxnReenable(txnp, if closed { TS_EVENT_HTTP_ERROR } else { TS_EVENT_HTTP_CONTINUE });
         }
+        reenable(closed);
         return;
     };
     let shared = Arc::new(TxnShared { txnp, response_ready: Default::default(), pause: Default::default(), contp: Default::default(), local: Default::default(), detached: Default::default() });
@@ -164,7 +196,11 @@ fn start_transaction(txnp: TSHttpTxn) {
         TSContDataSet(contp, raw as *mut c_void);
         TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_RESPONSE_HDR_HOOK, contp);
         TSHttpTxnHookAdd(txnp, TS_HTTP_TXN_CLOSE_HOOK, contp);
-        (*raw).run_request_headers();
+        if in_remap {
+            TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, contp);
+        } else {
+            (*raw).run_request_headers();
+        }
     }
 }
 
@@ -181,6 +217,7 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
     }
     let txnp = edata as TSHttpTxn;
     let r = catch_unwind(AssertUnwindSafe(|| match event {
+        TS_EVENT_HTTP_POST_REMAP => txn.run_request_headers(),
         TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(),
         TS_EVENT_HTTP_TXN_CLOSE => {
             txn.close();
@@ -226,18 +263,9 @@ pub extern "C" fn TSPluginInit(argc: c_int, argv: *const *const c_char) {
             log(LogLevel::Error, "[proxy_wasm] no configuration: use proxy_wasm_ats.so <plugins.yaml> [...] in plugin.config");
             return;
         }
-        match load_plugins(&paths).and_then(|plugins| {
-            // Start every plugin once now, as a check, so that a plugin that
-            // refuses its configuration is reported at start-up.
-            let mut canary = PluginVms::start(&plugins, |_| Arc::new(AtsServer::canary()) as Arc<dyn ServerHost>).map_err(|e| e.to_string())?;
-            canary.shutdown();
-            Ok(plugins)
-        }) {
+        match load_plugins(&paths) {
             Ok(plugins) => {
-                for p in &plugins {
-                    log(LogLevel::Info, &format!("[proxy_wasm] loaded plugin {:?} (ABI {}, {}) from {}", p.config.name, p.code.abi, p.code.engine, p.code.origin));
-                }
-                *PLUGINS.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(PluginSet { plugins, generation: 1 }));
+                *PLUGINS.write().unwrap_or_else(|p| p.into_inner()) = Some(PluginSet::new(plugins));
             }
             Err(e) => {
                 // Traffic Server keeps serving, without these plugins.
@@ -254,4 +282,120 @@ pub extern "C" fn TSPluginInit(argc: c_int, argv: *const *const c_char) {
     if r.is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) during initialisation; the plugin is disabled");
     }
+}
+
+/// A remap rule's plugins (`@pparam=a.yaml ...`), or why they could not load.
+struct RemapInstance {
+    set: Option<Arc<PluginSet>>,
+    error: Option<String>,
+}
+
+fn write_errbuf(errbuf: *mut c_char, size: c_int, message: &str) {
+    if errbuf.is_null() || size <= 0 {
+        return;
+    }
+    let bytes = message.as_bytes();
+    let n = bytes.len().min(size as usize - 1);
+    // SAFETY: Traffic Server gives a buffer of `size` bytes; we write at most
+    // size - 1 bytes and a NUL.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), errbuf as *mut u8, n);
+        *errbuf.add(n) = 0;
+    }
+}
+
+/// Remap plugin entry: checks the API version.
+#[no_mangle]
+pub extern "C" fn TSRemapInit(api_info: *mut TSRemapInterface, errbuf: *mut c_char, errbuf_size: c_int) -> TSReturnCode {
+    if api_info.is_null() {
+        write_errbuf(errbuf, errbuf_size, "proxy_wasm: missing remap API information");
+        return TS_ERROR;
+    }
+    TS_SUCCESS
+}
+
+/// One remap rule: `argv` is from-URL, to-URL, then the `@pparam` values (YAML files).
+///
+/// A configuration error is logged with file and key; the rule then answers
+/// 503 rather than serving without its filters.
+#[no_mangle]
+pub extern "C" fn TSRemapNewInstance(argc: c_int, argv: *mut *mut c_char, ih: *mut *mut c_void, errbuf: *mut c_char, errbuf_size: c_int) -> TSReturnCode {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: Traffic Server passes argc valid C strings.
+        let args = unsafe { args(argc, argv as *const *const c_char) };
+        let paths: Vec<PathBuf> = args.iter().skip(2).map(|a| config_path(a)).collect();
+        let instance = if paths.is_empty() {
+            RemapInstance { set: None, error: Some("no plugin configuration: use @pparam=<plugins.yaml>".into()) }
+        } else {
+            match load_plugins(&paths) {
+                Ok(plugins) => RemapInstance { set: Some(PluginSet::new(plugins)), error: None },
+                Err(e) => RemapInstance { set: None, error: Some(e) },
+            }
+        };
+        if let Some(e) = &instance.error {
+            log(LogLevel::Error, &format!("[proxy_wasm] remap rule {} -> {}: configuration error: {e}; the rule answers 503", args.first().map_or("?", |s| s), args.get(1).map_or("?", |s| s)));
+        }
+        Box::into_raw(Box::new(instance)) as *mut c_void
+    }));
+    match r {
+        Ok(instance) if !ih.is_null() => {
+            // SAFETY: `ih` is Traffic Server's out-pointer for the instance.
+            unsafe { *ih = instance };
+            TS_SUCCESS
+        }
+        _ => {
+            write_errbuf(errbuf, errbuf_size, "proxy_wasm: internal error creating the remap instance");
+            TS_ERROR
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn TSRemapDeleteInstance(ih: *mut c_void) {
+    if ih.is_null() {
+        return;
+    }
+    // SAFETY: `ih` was made by TSRemapNewInstance and is deleted once.
+    let instance = unsafe { Box::from_raw(ih as *mut RemapInstance) };
+    if let Some(set) = &instance.set {
+        set.retired.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Called for every transaction of the rule: sets up the rule's plugins,
+/// which run at POST_REMAP. The URL is left for Traffic Server to map.
+#[no_mangle]
+pub extern "C" fn TSRemapDoRemap(ih: *mut c_void, txnp: TSHttpTxn, _rri: *mut TSRemapRequestInfo) -> TSRemapStatus {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if ih.is_null() {
+            return;
+        }
+        // SAFETY: `ih` is live until TSRemapDeleteInstance, which Traffic Server
+        // calls only once no transaction uses the rule.
+        let instance = unsafe { &*(ih as *const RemapInstance) };
+        if instance.error.is_some() {
+            // SAFETY: live transaction; an error status and empty body make
+            // Traffic Server answer 503 instead of contacting the origin.
+            unsafe {
+                TSHttpTxnStatusSet(txnp, TS_HTTP_STATUS_SERVICE_UNAVAILABLE);
+                let contp = TSContCreate(Some(on_broken_rule), std::ptr::null_mut());
+                TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, contp);
+            }
+            return;
+        }
+        start_transaction(txnp, instance.set.clone(), true);
+    }));
+    TSREMAP_NO_REMAP
+}
+
+/// A rule whose plugins failed to load answers 503.
+extern "C" fn on_broken_rule(contp: TSCont, _event: TSEvent, edata: *mut c_void) -> c_int {
+    let txnp = edata as TSHttpTxn;
+    // SAFETY: live transaction, reenabled once; the continuation is used once.
+    unsafe {
+        TSHttpTxnStatusSet(txnp, TS_HTTP_STATUS_SERVICE_UNAVAILABLE);
+        TSHttpTxnReenable(txnp, TS_EVENT_HTTP_ERROR);
+        TSContDestroy(contp);
+    }
+    0
 }
