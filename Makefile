@@ -37,8 +37,9 @@ test: deps plugins ats
 	$(CARGO) test --locked --no-fail-fast
 
 ## demo: runs the example plugin through the host with a recorded request.
-demo: deps plugins
-	$(CARGO) run --locked --release --example demo -- examples/demo/demo.yaml examples/demo/request.txt
+demo: deps plugins ats
+	bash scripts/demo-ats.sh
+	$(CARGO) run --locked --example demo -- examples/demo/demo.yaml examples/demo/request.txt
 
 clean:
 	rm -rf build target

@@ -11,6 +11,7 @@
 //! - [`ffi`]: the C API for servers written in C.
 
 pub mod abi;
+pub mod chunked;
 #[cfg(feature = "ats")]
 pub mod ats;
 pub mod config;

@@ -343,3 +343,60 @@ fn a_remap_rule_whose_yaml_is_broken_answers_503_and_names_the_key() {
     assert_eq!(ats.send(&Request::get("/").host("broken.test")).unwrap().status, 503);
     assert_eq!(ats.send(&Request::get("/").host("fine.test")).unwrap().status, 200);
 }
+
+#[test]
+fn request_and_response_bodies_are_rewritten_small_and_1_mib_and_chunked() {
+    let (origin, ats) = start_with_filter("ats-bodies", "");
+    // Small, request: upper-case, with prefix and suffix; the origin echoes.
+    let r = ats
+        .send(&Request::post("/echo", "hello world").header("x-pw-test", "req-body-upper, req-body-prefix, req-body-append"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(origin.wait_for_requests(1, WAIT)[0].body_str(), "[pw]HELLO WORLD[/pw]");
+    assert_eq!(r.body_str(), "[pw]HELLO WORLD[/pw]");
+    // Small, response.
+    origin.clear();
+    let r = ats.send(&Request::get("/x").header("x-pw-test", "resp-body-upper")).unwrap();
+    assert_eq!(r.body_str(), "HELLO FROM ORIGIN");
+    // 1 MiB request body, sent chunked, upper-cased on the way to the origin; and
+    // the 1 MiB echo upper-cased again on the way back (a no-op on upper case).
+    origin.clear();
+    let big: Vec<u8> = (0..(1 << 20)).map(|i| b"abcdefghijklmnopqrstuvwxyz\n"[i % 27]).collect();
+    let r = ats
+        .send(&Request::post("/echo/big", big.clone()).chunked(64 * 1024).header("x-pw-test", "req-body-upper, resp-body-splice").timeout(Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(r.status, 200);
+    let upper = big.to_ascii_uppercase();
+    let seen = &origin.wait_for_requests(1, WAIT)[0];
+    assert_eq!(seen.body.len(), upper.len());
+    assert!(seen.body == upper, "the origin got the upper-cased 1 MiB body");
+    let mut spliced = upper.clone();
+    spliced[1] = b'-';
+    spliced[2] = b'-';
+    assert_eq!(r.body.len(), spliced.len());
+    assert!(r.body == spliced, "the client got the spliced 1 MiB body");
+}
+
+#[test]
+fn body_callbacks_see_the_cumulative_size_and_end_of_stream_once() {
+    let (_origin, ats) = start_with_filter("ats-body-info", "");
+    let body: Vec<u8> = vec![b'x'; 200_000];
+    let r = ats.send(&Request::post("/echo", body).chunked(10_000).header("x-pw-test", "body-info")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-pw-req-headers-eos"), Some("false"));
+    assert_eq!(r.header("x-pw-req-body-eos-calls"), Some("1"));
+    // The filter lets each chunk through (Continue), so each call reports that chunk.
+    let calls: u32 = r.header("x-pw-req-body-calls").unwrap().parse().unwrap();
+    assert!(calls >= 1, "{calls}");
+    let last: u32 = r.header("x-pw-req-body-last-size").unwrap().parse().unwrap();
+    assert!(last > 0 && last <= 200_000, "{last}");
+    // Buffering with Pause until the end: the last call reports the whole body.
+    let r = ats
+        .send(&Request::post("/echo", vec![b'y'; 200_000]).chunked(10_000).header("x-pw-test", "sizes"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    assert_eq!(r.header("x-pw-req-body-size-param"), Some("200000"));
+    assert_eq!(r.header("x-pw-req-body-buffer-status"), Some("OK 200000"));
+    let no_body = ats.send(&Request::get("/g").header("x-pw-test", "body-info")).unwrap();
+    assert_eq!(no_body.header("x-pw-req-headers-eos"), Some("true"));
+}
+

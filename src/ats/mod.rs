@@ -10,6 +10,7 @@
 mod hdr;
 mod server;
 mod sys;
+mod transform;
 mod txn;
 
 use std::cell::RefCell;
@@ -175,7 +176,15 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         reenable(closed);
         return;
     };
-    let shared = Arc::new(TxnShared { txnp, response_ready: Default::default(), pause: Default::default(), contp: Default::default(), local: Default::default(), detached: Default::default() });
+    let shared = Arc::new(TxnShared {
+        txnp,
+        response_source: Default::default(),
+        local_in_response: Default::default(),
+        pause: Default::default(),
+        contp: Default::default(),
+        local: Default::default(),
+        detached: Default::default(),
+    });
     let mut chain = Vec::new();
     {
         let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
@@ -186,7 +195,10 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
             }
         }
     }
-    let txn = Box::new(Txn { shared, slot, chain, next: 0 });
+    let wants = |callback: &str| chain.iter().any(|l| set.plugins[l.plugin].code.exports_function(callback));
+    let (wants_request_body, wants_response_body) = (wants("proxy_on_request_body"), wants("proxy_on_response_body"));
+    let request_chunked = txn::request_is_chunked(&shared);
+    let txn = Box::new(Txn { shared, slot, chain, next: 0, response_done: false, framing: None });
     // SAFETY: the continuation has its own mutex (it is also scheduled, to
     // wake a paused transaction); its data is freed at TXN_CLOSE.
     unsafe {
@@ -194,8 +206,16 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         txn.shared.contp.store(contp as *mut c_void, std::sync::atomic::Ordering::Release);
         let raw = Box::into_raw(txn);
         TSContDataSet(contp, raw as *mut c_void);
+        TSHttpTxnHookAdd(txnp, TS_HTTP_READ_RESPONSE_HDR_HOOK, contp);
         TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_RESPONSE_HDR_HOOK, contp);
         TSHttpTxnHookAdd(txnp, TS_HTTP_TXN_CLOSE_HOOK, contp);
+        // Bodies go through transforms only when some plugin wants them.
+        if wants_request_body {
+            transform::add(txnp, raw, crate::abi::StreamType::HttpRequest, request_chunked);
+        }
+        if wants_response_body {
+            transform::add(txnp, raw, crate::abi::StreamType::HttpResponse, false);
+        }
         if in_remap {
             TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, contp);
         } else {
@@ -218,7 +238,8 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
     let txnp = edata as TSHttpTxn;
     let r = catch_unwind(AssertUnwindSafe(|| match event {
         TS_EVENT_HTTP_POST_REMAP => txn.run_request_headers(),
-        TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(),
+        TS_EVENT_HTTP_READ_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_FROM_ORIGIN),
+        TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_TO_CLIENT),
         TS_EVENT_HTTP_TXN_CLOSE => {
             txn.close();
             // SAFETY: live transaction.

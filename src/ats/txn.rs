@@ -20,8 +20,11 @@ use crate::vm::{Verdict, VmError};
 /// What the stream contexts of one transaction share with the driver.
 pub struct TxnShared {
     pub txnp: TSHttpTxn,
-    /// The client response header exists (SEND_RESPONSE_HDR reached).
-    pub response_ready: AtomicBool,
+    /// Which response header plugins see: none yet, the origin's (from
+    /// READ_RESPONSE_HDR) or the one sent to the client (from SEND_RESPONSE_HDR).
+    pub response_source: std::sync::atomic::AtomicU8,
+    /// A local response was sent during the response phase (applied in place).
+    pub local_in_response: AtomicBool,
     /// Whether the request chain waits for a plugin, and the resumes asked for.
     pub pause: Mutex<PauseState>,
     /// The transaction's continuation, woken when a paused plugin resumes.
@@ -48,13 +51,18 @@ impl TxnShared {
     }
 
     fn client_response(&self) -> Option<Hdr> {
-        if !self.response_ready.load(Ordering::Acquire) {
-            return None;
-        }
         let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
         // SAFETY: live transaction.
-        let r = unsafe { TSHttpTxnClientRespGet(self.txnp, &mut buf, &mut loc) };
+        let r = match self.response_source.load(Ordering::Acquire) {
+            RESPONSE_FROM_ORIGIN => unsafe { TSHttpTxnServerRespGet(self.txnp, &mut buf, &mut loc) },
+            RESPONSE_TO_CLIENT => unsafe { TSHttpTxnClientRespGet(self.txnp, &mut buf, &mut loc) },
+            _ => return None,
+        };
         (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: false })
+    }
+
+    fn response_started(&self) -> bool {
+        self.response_source.load(Ordering::Acquire) != RESPONSE_NONE
     }
 
     /// Resumed (or answered) from another event than the paused callback (a
@@ -129,6 +137,22 @@ pub struct PauseState {
     pub resumes: Vec<StreamType>,
 }
 
+pub const RESPONSE_NONE: u8 = 0;
+pub const RESPONSE_FROM_ORIGIN: u8 = 1;
+pub const RESPONSE_TO_CLIENT: u8 = 2;
+
+/// Whether the client sends its body chunked.
+pub fn request_is_chunked(shared: &TxnShared) -> bool {
+    shared
+        .client_request()
+        .map(|h| {
+            let chunked = h.value(b"transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().windows(7).any(|w| w == b"chunked"));
+            TxnShared::release(&h);
+            chunked
+        })
+        .unwrap_or(false)
+}
+
 /// The stream context's view of the transaction.
 pub struct AtsStream {
     pub shared: Arc<TxnShared>,
@@ -162,7 +186,8 @@ impl HttpStream for AtsStream {
 
     fn send_local_response(&mut self, response: LocalResponse) -> Result<(), Status> {
         let mut local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner());
-        if self.shared.response_ready.load(Ordering::Acquire) {
+        if self.shared.response_started() {
+            self.shared.local_in_response.store(true, Ordering::Release);
             // In the response phase the status and headers are rewritten in place.
             self.shared.with_hdr(MapType::HttpResponseHeaders, |h| {
                 h.add(b":status", response.status.to_string().as_bytes())?;
@@ -230,7 +255,7 @@ impl HttpStream for AtsStream {
 }
 
 /// One plugin's stream context in this transaction.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Link {
     pub plugin: usize,
     pub vm: usize,
@@ -244,6 +269,10 @@ pub struct Txn {
     pub chain: Vec<Link>,
     /// How many plugins have run in the current phase.
     pub next: usize,
+    /// `on_response_headers` has run (at READ_RESPONSE_HDR or SEND_RESPONSE_HDR).
+    pub response_done: bool,
+    /// The client request's Content-Length and Transfer-Encoding as received.
+    pub framing: Option<(Option<Vec<u8>>, Option<Vec<u8>>)>,
 }
 
 fn reenable(txnp: TSHttpTxn, error: bool) {
@@ -334,6 +363,13 @@ impl Txn {
     /// transaction unless a plugin paused it.
     pub fn run_request_headers(&mut self) {
         let shared = self.shared.clone();
+        if self.framing.is_none() {
+            self.framing = Some(shared.client_request().map(|h| {
+                let f = (h.value(b"content-length"), h.value(b"transfer-encoding"));
+                TxnShared::release(&h);
+                f
+            }).unwrap_or((None, None)));
+        }
         let (count, eos) = shared
             .client_request()
             .map(|h| {
@@ -372,7 +408,28 @@ impl Txn {
             }
         }
         drop(vms);
+        self.restore_framing();
         reenable(shared.txnp, false);
+    }
+
+    /// Traffic Server reads the client's body by the client request's
+    /// Content-Length / Transfer-Encoding: a plugin that removed them (because
+    /// it changes the body) must not make it unreadable. The origin gets the
+    /// edited body with framing Traffic Server computes for the transform.
+    fn restore_framing(&self) {
+        let Some((length, encoding)) = self.framing.clone() else { return };
+        let _ = self.shared.with_hdr(MapType::HttpRequestHeaders, |h| {
+            if let Some(te) = &encoding {
+                if h.value(b"transfer-encoding").as_ref() != Some(te) {
+                    h.replace(b"transfer-encoding", te)?;
+                }
+            } else if let Some(cl) = &length {
+                if h.value(b"content-length").as_ref() != Some(cl) {
+                    h.replace(b"content-length", cl)?;
+                }
+            }
+            Ok(())
+        });
     }
 
     fn stop_with_local_response(&self) {
@@ -389,12 +446,18 @@ impl Txn {
     }
 
     /// Runs `on_response_headers` for every plugin that saw the request, last
-    /// first (the order Envoy runs encoder filters), at SEND_RESPONSE_HDR.
-    pub fn run_response_headers(&mut self) {
-        self.shared.response_ready.store(true, Ordering::Release);
+    /// first (the order Envoy runs encoder filters): at READ_RESPONSE_HDR for
+    /// origin responses (before any body reaches a plugin), else at
+    /// SEND_RESPONSE_HDR (cache hits, responses Traffic Server or a plugin made).
+    pub fn run_response_headers(&mut self, source: u8) {
+        self.shared.response_source.store(source, Ordering::Release);
+        if std::mem::replace(&mut self.response_done, true) {
+            reenable(self.shared.txnp, false);
+            return;
+        }
         // A local response sent during the request phase: its headers.
         let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(r) = local {
+        if let Some(r) = local.filter(|_| !self.shared.local_in_response.load(Ordering::Acquire)) {
             let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| {
                 // Traffic Server turns a 2xx "error" status into 500: set it again here.
                 h.add(b":status", r.status.to_string().as_bytes())?;
@@ -406,18 +469,23 @@ impl Txn {
                 Ok(())
             });
         }
-        let count = self.shared.client_response().map(|h| {
-            let n = h.pairs().len();
-            TxnShared::release(&h);
-            n
-        });
-        let count = count.unwrap_or(0);
+        let (count, eos) = self
+            .shared
+            .client_response()
+            .map(|h| {
+                let n = h.pairs().len();
+                let status = h.status();
+                let empty = h.value(b"content-length").is_some_and(|v| v.trim_ascii() == b"0");
+                TxnShared::release(&h);
+                (n, empty || status == 204 || status == 304 || (100..200).contains(&status))
+            })
+            .unwrap_or((0, true));
         let ran = self.next.min(self.chain.len());
         let slot = self.slot.clone();
         let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
         for i in (0..ran).rev() {
             let link = self.chain[i];
-            match vms.vms[link.vm].on_response_headers(link.ctx, count, false) {
+            match vms.vms[link.vm].on_response_headers(link.ctx, count, eos) {
                 Ok(Verdict::Continue) => {}
                 Ok(Verdict::Pause) => {
                     // Pausing the response is not supported yet on Traffic Server.

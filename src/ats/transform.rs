@@ -1,0 +1,228 @@
+//! Request and response bodies through Traffic Server transforms. A transform
+//! is added only when a plugin of the chain exports the body callback.
+//!
+//! Each chunk goes through the plugins in order (response: last first). A
+//! plugin that returns Pause keeps what it got (the core buffers it and calls
+//! again with the cumulative size); what a plugin lets through goes on to the
+//! next one and finally to Traffic Server.
+
+use std::os::raw::{c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::server::log;
+use super::sys::*;
+use super::txn::{Link, Txn};
+use crate::abi::{LogLevel, StreamType};
+use crate::chunked::{encode_chunked, Dechunker};
+use crate::vm::Verdict;
+
+pub struct Transform {
+    /// The transaction; its continuation outlives the transform (freed at TXN_CLOSE).
+    txn: *mut Txn,
+    direction: StreamType,
+    output_buffer: TSIOBuffer,
+    output_reader: TSIOBufferReader,
+    output_vio: TSVIO,
+    written: i64,
+    finished: bool,
+    /// Request bodies are held until their end: Traffic Server needs the
+    /// length of a transformed request body before it sends it on.
+    held: Vec<u8>,
+    /// Traffic Server hands a request transform the body as the client framed
+    /// it: a chunked body is decoded for the plugins and encoded again.
+    dechunk: Option<Dechunker>,
+}
+
+/// Adds a transform for `direction` to the transaction.
+///
+/// # Safety
+/// `txnp` is live and `txn` is the transaction's state, which is freed only at
+/// TXN_CLOSE, after the transform is closed.
+pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked: bool) {
+    let state = Box::new(Transform {
+        txn,
+        direction,
+        output_buffer: std::ptr::null_mut(),
+        output_reader: std::ptr::null_mut(),
+        output_vio: std::ptr::null_mut(),
+        written: 0,
+        finished: false,
+        held: Vec::new(),
+        dechunk: (chunked && direction == StreamType::HttpRequest).then(Dechunker::default),
+    });
+    let connp = TSTransformCreate(Some(on_transform_event), txnp);
+    TSContDataSet(connp, Box::into_raw(state) as *mut c_void);
+    let hook = if direction == StreamType::HttpRequest { TS_HTTP_REQUEST_TRANSFORM_HOOK } else { TS_HTTP_RESPONSE_TRANSFORM_HOOK };
+    TSHttpTxnHookAdd(txnp, hook, connp);
+}
+
+extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_void) -> c_int {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `contp` is the transform made in `add`; Traffic Server calls
+        // it under its mutex, and its data is our Box<Transform>.
+        unsafe {
+            if TSVConnClosedGet(contp) != 0 {
+                let t = Box::from_raw(TSContDataGet(contp) as *mut Transform);
+                if !t.output_buffer.is_null() {
+                    TSIOBufferReaderFree(t.output_reader);
+                    TSIOBufferDestroy(t.output_buffer);
+                }
+                drop(t);
+                TSContDestroy(contp);
+                return;
+            }
+            match event {
+                TS_EVENT_ERROR => {
+                    let input = TSVConnWriteVIOGet(contp);
+                    TSContCall(TSVIOContGet(input), TS_EVENT_ERROR, input as *mut c_void);
+                }
+                TS_EVENT_VCONN_WRITE_COMPLETE => TSVConnShutdown(TSTransformOutputVConnGet(contp), 0, 1),
+                _ => step(contp),
+            }
+        }
+    }));
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in a body transform");
+    }
+    0
+}
+
+/// Reads what is available, runs it through the plugins, writes what they let through.
+///
+/// # Safety
+/// Called from the transform's own handler with a live transform.
+unsafe fn step(contp: TSCont) {
+    let t = &mut *(TSContDataGet(contp) as *mut Transform);
+    let input = TSVConnWriteVIOGet(contp);
+    let holds = t.direction == StreamType::HttpRequest;
+    if t.output_vio.is_null() && !holds {
+        open_output(contp, t, i64::MAX);
+    }
+    if TSVIOBufferGet(input).is_null() {
+        // The writer is gone: end the output with what was written.
+        if t.output_vio.is_null() {
+            if t.dechunk.is_some() {
+                t.held = encode_chunked(&std::mem::take(&mut t.held));
+                t.dechunk = None;
+            }
+            open_output(contp, t, t.held.len() as i64);
+            flush_held(t);
+        }
+        finish(t);
+        return;
+    }
+    let reader = TSVIOReaderGet(input);
+    let todo = TSVIONTodoGet(input);
+    let avail = TSIOBufferReaderAvail(reader).min(todo);
+    let mut chunk = Vec::with_capacity(avail.max(0) as usize);
+    if avail > 0 {
+        let mut block = TSIOBufferReaderStart(reader);
+        while !block.is_null() && (chunk.len() as i64) < avail {
+            let mut n: i64 = 0;
+            let p = TSIOBufferBlockReadStart(block, reader, &mut n);
+            let take = n.min(avail - chunk.len() as i64);
+            if !p.is_null() && take > 0 {
+                chunk.extend_from_slice(std::slice::from_raw_parts(p as *const u8, take as usize));
+            }
+            block = TSIOBufferBlockNext(block);
+        }
+        TSIOBufferReaderConsume(reader, avail);
+        TSVIONDoneSet(input, TSVIONDoneGet(input) + avail);
+    }
+    let eos = TSVIONTodoGet(input) == 0;
+    if let Some(d) = t.dechunk.as_mut() {
+        chunk = d.feed(&chunk);
+    }
+    if avail > 0 || eos {
+        let out = filter(&mut *t.txn, t.direction, &chunk, eos);
+        if holds {
+            t.held.extend_from_slice(&out);
+        } else if !out.is_empty() {
+            TSIOBufferWrite(t.output_buffer, out.as_ptr() as *const c_void, out.len() as i64);
+            t.written += out.len() as i64;
+        }
+    }
+    if !eos {
+        if avail > 0 {
+            if !t.output_vio.is_null() {
+                TSVIOReenable(t.output_vio);
+            }
+            TSContCall(TSVIOContGet(input), TS_EVENT_VCONN_WRITE_READY, input as *mut c_void);
+        }
+    } else {
+        if t.output_vio.is_null() {
+            if t.dechunk.is_some() {
+                t.held = encode_chunked(&std::mem::take(&mut t.held));
+                t.dechunk = None;
+            }
+            open_output(contp, t, t.held.len() as i64);
+            flush_held(t);
+        }
+        finish(t);
+        TSContCall(TSVIOContGet(input), TS_EVENT_VCONN_WRITE_COMPLETE, input as *mut c_void);
+    }
+}
+
+unsafe fn open_output(contp: TSCont, t: &mut Transform, nbytes: i64) {
+    t.output_buffer = TSIOBufferCreate();
+    t.output_reader = TSIOBufferReaderAlloc(t.output_buffer);
+    t.output_vio = TSVConnWrite(TSTransformOutputVConnGet(contp), contp, t.output_reader, nbytes);
+}
+
+unsafe fn flush_held(t: &mut Transform) {
+    let mut held = std::mem::take(&mut t.held);
+    if t.dechunk.is_some() {
+        held = encode_chunked(&held);
+    }
+    if !held.is_empty() {
+        TSIOBufferWrite(t.output_buffer, held.as_ptr() as *const c_void, held.len() as i64);
+        t.written += held.len() as i64;
+    }
+}
+
+unsafe fn finish(t: &mut Transform) {
+    if !t.finished {
+        t.finished = true;
+        TSVIONBytesSet(t.output_vio, t.written);
+        TSVIOReenable(t.output_vio);
+    }
+}
+
+/// Passes a chunk through the chain; returns the bytes to send on.
+fn filter(txn: &mut Txn, direction: StreamType, chunk: &[u8], eos: bool) -> Vec<u8> {
+    let links: Vec<Link> = match direction {
+        StreamType::HttpResponse => txn.chain[..txn.next.min(txn.chain.len())].iter().rev().copied().collect(),
+        _ => txn.chain.clone(),
+    };
+    let slot = txn.slot.clone();
+    let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+    let mut data = chunk.to_vec();
+    for link in links {
+        let vm = &mut vms.vms[link.vm];
+        let exported = match direction {
+            StreamType::HttpResponse => vm.code().exports_function("proxy_on_response_body"),
+            _ => vm.code().exports_function("proxy_on_request_body"),
+        };
+        if !exported || vm.failure().is_some() {
+            continue;
+        }
+        let verdict = match direction {
+            StreamType::HttpResponse => vm.on_response_body(link.ctx, &data, eos),
+            _ => vm.on_request_body(link.ctx, &data, eos),
+        };
+        match verdict {
+            Ok(Verdict::Continue) | Ok(Verdict::Stop) => data = vm.take_body(link.ctx, direction).unwrap_or_default(),
+            Ok(Verdict::Pause) if eos => {
+                // Holding a body past its end is not supported yet: send what the plugin has.
+                log(LogLevel::Warn, "[proxy_wasm] a plugin paused at the end of a body; the body is sent as it is");
+                data = vm.take_body(link.ctx, direction).unwrap_or_default();
+            }
+            Ok(Verdict::Pause) => return Vec::new(),
+            Err(e) => {
+                log(LogLevel::Error, &format!("[proxy_wasm] body callback failed: {e}"));
+            }
+        }
+    }
+    data
+}
+
