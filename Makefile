@@ -36,7 +36,7 @@ plugins: deps
 test: deps plugins ats
 	$(CARGO) test --locked --no-fail-fast
 
-## demo: runs the example plugin through the host with a recorded request.
+## demo: Traffic Server on 127.0.0.1 with the example plugin and requests through it, then the core demo.
 demo: deps plugins ats
 	bash scripts/demo-ats.sh
 	$(CARGO) run --locked --example demo -- examples/demo/demo.yaml examples/demo/request.txt
