@@ -400,3 +400,35 @@ fn body_callbacks_see_the_cumulative_size_and_end_of_stream_once() {
     assert_eq!(no_body.header("x-pw-req-headers-eos"), Some("true"));
 }
 
+
+#[test]
+fn plugin_metrics_are_traffic_server_stats() {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let ats = TrafficServer::start(
+        AtsOptions::new("ats-metrics")
+            .origin(origin.port())
+            .file("filter.yaml", rust_filter_yaml("rust-filter", r#"{"metric_prefix":"pwtest"}"#))
+            .plugin_config("stats_over_http.so\n")
+            .global_plugin(&["filter.yaml"]),
+    );
+    for _ in 0..3 {
+        let r = ats.send(&Request::get("/m").header("x-pw-test", "metrics").header("x-pw-metric-value", "7")).unwrap();
+        assert_eq!(r.header("x-pw-metric-ops"), Some("OK OK OK OK"), "{}", ats.log_report());
+    }
+    let counter = r#""proxy_wasm.pwtest.requests": "3""#;
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut stats = String::new();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = ats.get("/sync"); // a closing transaction copies the metrics
+        stats = ats.get("/_stats").unwrap().body_str();
+        if stats.contains(counter) {
+            break;
+        }
+    }
+    assert!(stats.contains(counter), "{}", stats.lines().filter(|l| l.contains("proxy_wasm")).collect::<Vec<_>>().join("\n"));
+    assert!(stats.contains(r#""proxy_wasm.pwtest.gauge": "6""#), "{}", stats.lines().filter(|l| l.contains("proxy_wasm")).collect::<Vec<_>>().join("\n"));
+    assert!(stats.contains(r#""proxy_wasm.pwtest.histogram.count": "3""#));
+    assert!(stats.contains(r#""proxy_wasm.pwtest.histogram.sum": "21""#));
+}

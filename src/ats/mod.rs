@@ -9,6 +9,7 @@
 
 mod hdr;
 mod server;
+mod stats;
 mod sys;
 mod transform;
 mod txn;
@@ -242,6 +243,7 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
         TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_TO_CLIENT),
         TS_EVENT_HTTP_TXN_CLOSE => {
             txn.close();
+            stats::sync_soon();
             // SAFETY: live transaction.
             unsafe { TSHttpTxnReenable(txnp, TS_EVENT_HTTP_CONTINUE) };
         }

@@ -151,6 +151,7 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
         None => false,
     }));
     tick.in_handler.store(false, Ordering::Release);
+    super::stats::sync_soon();
     let alive = matches!(r, Ok(true));
     if !alive || tick.cancelled.load(Ordering::Acquire) {
         // The VMs are gone (replaced or reloaded), or the plugin stopped its timer.
