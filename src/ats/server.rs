@@ -136,23 +136,9 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
     // on this thread by `cancel_tick` (not while the handler runs) or below.
     let tick = unsafe { &*(TSContDataGet(contp) as *const Tick) };
     tick.in_handler.store(true, Ordering::Release);
-    let r = catch_unwind(AssertUnwindSafe(|| match tick.slot.upgrade() {
-        Some(slot) => {
-            let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(vm) = vms.vms.get_mut(tick.vm) {
-                if vm.failure().is_none() {
-                    if let Err(e) = vm.on_tick(tick.root) {
-                        log(LogLevel::Error, &format!("[proxy_wasm] on_tick: {e}"));
-                    }
-                }
-            }
-            true
-        }
-        None => false,
-    }));
+    let alive = with_vm(&tick.slot, tick.vm, "on_tick", |vm| vm.on_tick(tick.root));
     tick.in_handler.store(false, Ordering::Release);
     super::stats::sync_soon();
-    let alive = matches!(r, Ok(true));
     if !alive || tick.cancelled.load(Ordering::Acquire) {
         // The VMs are gone (replaced or reloaded), or the plugin stopped its timer.
         // SAFETY: nothing else refers to this continuation any more.
@@ -205,21 +191,30 @@ extern "C" fn http_call_thread(data: *mut c_void) -> *mut c_void {
 extern "C" fn on_call_done(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
     // SAFETY: the data is the Box<CallDone> set in `http_call_thread`, used once.
     let done = unsafe { Box::from_raw(TSContDataGet(contp) as *mut CallDone) };
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        if let Some(slot) = done.slot.upgrade() {
-            let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(vm) = vms.vms.get_mut(done.vm) {
-                if vm.failure().is_none() {
-                    if let Err(e) = vm.on_http_call_response(done.token, done.response) {
-                        log(LogLevel::Error, &format!("[proxy_wasm] on_http_call_response: {e}"));
-                    }
-                }
-            }
-        }
-    }));
+    let CallDone { slot, vm, token, response } = *done;
+    with_vm(&slot, vm, "on_http_call_response", |vm| vm.on_http_call_response(token, response));
     // SAFETY: the continuation fired once and is not referenced any more.
     unsafe { TSContDestroy(contp) };
     0
+}
+
+/// Runs an event on a VM of a slot, if both still exist and the VM has not
+/// failed; errors are logged. Returns false when the slot is gone.
+fn with_vm(slot: &Weak<VmSlot>, vm: usize, what: &str, f: impl FnOnce(&mut crate::vm::Vm) -> Result<(), crate::vm::VmError>) -> bool {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let Some(slot) = slot.upgrade() else { return false };
+        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(vm) = vms.vms.get_mut(vm).filter(|vm| vm.failure().is_none()) {
+            if let Err(e) = f(vm) {
+                log(LogLevel::Error, &format!("[proxy_wasm] {what}: {e}"));
+            }
+        }
+        true
+    }));
+    r.unwrap_or_else(|_| {
+        log(LogLevel::Critical, &format!("[proxy_wasm] internal error (panic) in {what}"));
+        true
+    })
 }
 
 /// A one-shot `on_queue_ready` on the VM's thread.
@@ -234,18 +229,7 @@ extern "C" fn on_queue_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void
     // SAFETY: the data is the Box<QueueWakeup> set in `notify_queue_ready`,
     // used once, here.
     let wakeup = unsafe { Box::from_raw(TSContDataGet(contp) as *mut QueueWakeup) };
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        if let Some(slot) = wakeup.slot.upgrade() {
-            let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(vm) = vms.vms.get_mut(wakeup.vm) {
-                if vm.failure().is_none() {
-                    if let Err(e) = vm.on_queue_ready(wakeup.root, wakeup.queue) {
-                        log(LogLevel::Error, &format!("[proxy_wasm] on_queue_ready: {e}"));
-                    }
-                }
-            }
-        }
-    }));
+    with_vm(&wakeup.slot, wakeup.vm, "on_queue_ready", |vm| vm.on_queue_ready(wakeup.root, wakeup.queue));
     // SAFETY: the continuation fired once and is not referenced any more.
     unsafe { TSContDestroy(contp) };
     0

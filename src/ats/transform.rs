@@ -100,15 +100,7 @@ unsafe fn step(contp: TSCont) {
     }
     if TSVIOBufferGet(input).is_null() {
         // The writer is gone: end the output with what was written.
-        if t.output_vio.is_null() {
-            if t.dechunk.is_some() {
-                t.held = encode_chunked(&std::mem::take(&mut t.held));
-                t.dechunk = None;
-            }
-            open_output(contp, t, t.held.len() as i64);
-            flush_held(t);
-        }
-        finish(t);
+        end_output(contp, t);
         return;
     }
     let reader = TSVIOReaderGet(input);
@@ -150,15 +142,7 @@ unsafe fn step(contp: TSCont) {
             TSContCall(TSVIOContGet(input), TS_EVENT_VCONN_WRITE_READY, input as *mut c_void);
         }
     } else {
-        if t.output_vio.is_null() {
-            if t.dechunk.is_some() {
-                t.held = encode_chunked(&std::mem::take(&mut t.held));
-                t.dechunk = None;
-            }
-            open_output(contp, t, t.held.len() as i64);
-            flush_held(t);
-        }
-        finish(t);
+        end_output(contp, t);
         TSContCall(TSVIOContGet(input), TS_EVENT_VCONN_WRITE_COMPLETE, input as *mut c_void);
     }
 }
@@ -169,11 +153,20 @@ unsafe fn open_output(contp: TSCont, t: &mut Transform, nbytes: i64) {
     t.output_vio = TSVConnWrite(TSTransformOutputVConnGet(contp), contp, t.output_reader, nbytes);
 }
 
-unsafe fn flush_held(t: &mut Transform) {
-    let mut held = std::mem::take(&mut t.held);
-    if t.dechunk.is_some() {
-        held = encode_chunked(&held);
+/// Ends the output: a held (request) body is written now, with its length.
+unsafe fn end_output(contp: TSCont, t: &mut Transform) {
+    if t.output_vio.is_null() {
+        if t.dechunk.take().is_some() {
+            t.held = encode_chunked(&std::mem::take(&mut t.held));
+        }
+        open_output(contp, t, t.held.len() as i64);
+        flush_held(t);
     }
+    finish(t);
+}
+
+unsafe fn flush_held(t: &mut Transform) {
+    let held = std::mem::take(&mut t.held);
     if !held.is_empty() {
         TSIOBufferWrite(t.output_buffer, held.as_ptr() as *const c_void, held.len() as i64);
         t.written += held.len() as i64;
