@@ -105,6 +105,13 @@ impl Hdr {
         }
     }
 
+    /// How many pairs `pairs()` would return, without copying them.
+    pub fn pair_count(&self) -> usize {
+        let pseudo = if self.is_request { 4 } else { 1 };
+        // SAFETY: live header.
+        pseudo + unsafe { TSMimeHdrFieldsCount(self.buf, self.loc) }.max(0) as usize
+    }
+
     /// Every field as one pair (duplicate fields stay separate), pseudo-headers first.
     pub fn pairs(&self) -> Vec<Pair> {
         let mut out = self.pseudo();

@@ -198,8 +198,9 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     }
     let wants = |callback: &str| chain.iter().any(|l| set.plugins[l.plugin].code.exports_function(callback));
     let (wants_request_body, wants_response_body) = (wants("proxy_on_request_body"), wants("proxy_on_response_body"));
-    let request_chunked = txn::request_is_chunked(&shared);
-    let txn = Box::new(Txn { shared, slot, chain, next: 0, response_done: false, framing: None });
+    let framing = txn::Framing::of_client_request(&shared);
+    let request_chunked = framing.chunked();
+    let txn = Box::new(Txn { shared, slot, chain, next: 0, response_done: false, framing });
     // SAFETY: the continuation has its own mutex (it is also scheduled, to
     // wake a paused transaction); its data is freed at TXN_CLOSE.
     unsafe {

@@ -141,16 +141,35 @@ pub const RESPONSE_NONE: u8 = 0;
 pub const RESPONSE_FROM_ORIGIN: u8 = 1;
 pub const RESPONSE_TO_CLIENT: u8 = 2;
 
-/// Whether the client sends its body chunked.
-pub fn request_is_chunked(shared: &TxnShared) -> bool {
-    shared
-        .client_request()
-        .map(|h| {
-            let chunked = h.value(b"transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().windows(7).any(|w| w == b"chunked"));
-            TxnShared::release(&h);
-            chunked
-        })
-        .unwrap_or(false)
+/// How the client frames its request body, as received (before any plugin
+/// touched the headers): Content-Length and Transfer-Encoding.
+#[derive(Clone, Default)]
+pub struct Framing {
+    pub content_length: Option<Vec<u8>>,
+    pub transfer_encoding: Option<Vec<u8>>,
+}
+
+impl Framing {
+    pub fn of_client_request(shared: &TxnShared) -> Framing {
+        shared
+            .client_request()
+            .map(|h| {
+                let f = Framing { content_length: h.value(b"content-length"), transfer_encoding: h.value(b"transfer-encoding") };
+                TxnShared::release(&h);
+                f
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn chunked(&self) -> bool {
+        self.transfer_encoding.as_ref().is_some_and(|v| v.to_ascii_lowercase().windows(7).any(|w| w == b"chunked"))
+    }
+
+    /// No body follows the request headers.
+    pub fn no_body(&self) -> bool {
+        let length = self.content_length.as_ref().and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok()).unwrap_or(0);
+        !self.chunked() && length == 0
+    }
 }
 
 /// The stream context's view of the transaction.
@@ -272,7 +291,7 @@ pub struct Txn {
     /// `on_response_headers` has run (at READ_RESPONSE_HDR or SEND_RESPONSE_HDR).
     pub response_done: bool,
     /// The client request's Content-Length and Transfer-Encoding as received.
-    pub framing: Option<(Option<Vec<u8>>, Option<Vec<u8>>)>,
+    pub framing: Framing,
 }
 
 fn reenable(txnp: TSHttpTxn, error: bool) {
@@ -363,23 +382,15 @@ impl Txn {
     /// transaction unless a plugin paused it.
     pub fn run_request_headers(&mut self) {
         let shared = self.shared.clone();
-        if self.framing.is_none() {
-            self.framing = Some(shared.client_request().map(|h| {
-                let f = (h.value(b"content-length"), h.value(b"transfer-encoding"));
-                TxnShared::release(&h);
-                f
-            }).unwrap_or((None, None)));
-        }
-        let (count, eos) = shared
+        let count = shared
             .client_request()
             .map(|h| {
-                let n = h.pairs().len();
-                let chunked = h.value(b"transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().windows(7).any(|w| w == b"chunked"));
-                let length = h.value(b"content-length").and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok()).unwrap_or(0);
+                let n = h.pair_count();
                 TxnShared::release(&h);
-                (n, !chunked && length == 0)
+                n
             })
-            .unwrap_or((0, true));
+            .unwrap_or(0);
+        let eos = self.framing.no_body();
         let slot = self.slot.clone();
         let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
         while self.next < self.chain.len() {
@@ -417,13 +428,13 @@ impl Txn {
     /// it changes the body) must not make it unreadable. The origin gets the
     /// edited body with framing Traffic Server computes for the transform.
     fn restore_framing(&self) {
-        let Some((length, encoding)) = self.framing.clone() else { return };
+        let Framing { content_length: length, transfer_encoding: encoding } = &self.framing;
         let _ = self.shared.with_hdr(MapType::HttpRequestHeaders, |h| {
-            if let Some(te) = &encoding {
+            if let Some(te) = encoding {
                 if h.value(b"transfer-encoding").as_ref() != Some(te) {
                     h.replace(b"transfer-encoding", te)?;
                 }
-            } else if let Some(cl) = &length {
+            } else if let Some(cl) = length {
                 if h.value(b"content-length").as_ref() != Some(cl) {
                     h.replace(b"content-length", cl)?;
                 }
@@ -473,7 +484,7 @@ impl Txn {
             .shared
             .client_response()
             .map(|h| {
-                let n = h.pairs().len();
+                let n = h.pair_count();
                 let status = h.status();
                 let empty = h.value(b"content-length").is_some_and(|v| v.trim_ascii() == b"0");
                 TxnShared::release(&h);
