@@ -19,7 +19,9 @@ use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock, Weak};
 
 use crate::abi::LogLevel;
 use crate::host::ServerHost;
@@ -34,14 +36,26 @@ pub struct PluginSet {
     pub plugins: Vec<LoadedPlugin>,
     /// Unique per set: threads keep their VMs per set.
     pub id: u64,
-    /// The remap rule that owned the set was deleted: threads drop their VMs.
-    pub retired: std::sync::atomic::AtomicBool,
+    /// Replaced by a reload, or its last remap rule was deleted: threads
+    /// shut its VMs down once no transaction uses them any more.
+    pub retired: AtomicBool,
+    /// Remap rules using the set (a reload that fails keeps the old set for
+    /// the new rule, so one set can outlive the rule it was made for).
+    rules: AtomicUsize,
 }
 
 impl PluginSet {
     fn new(plugins: Vec<LoadedPlugin>) -> Arc<PluginSet> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        Arc::new(PluginSet { plugins, id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed), retired: Default::default() })
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Arc::new(PluginSet { plugins, id: NEXT.fetch_add(1, Ordering::Relaxed), retired: Default::default(), rules: Default::default() })
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 }
 
@@ -51,7 +65,15 @@ pub struct VmSlot {
     pub vms: Mutex<PluginVms>,
 }
 
+/// The global plugins (plugin.config), replaced as a whole on reload.
 static PLUGINS: RwLock<Option<Arc<PluginSet>>> = RwLock::new(None);
+
+/// The YAML files named in plugin.config, re-read on `traffic_ctl config reload`.
+static GLOBAL_PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+/// The last set loaded for each remap rule's list of YAML files: when a
+/// reload of remap.config finds a file broken, the rule keeps these plugins.
+static REMAP_SETS: LazyLock<Mutex<HashMap<Vec<PathBuf>, Weak<PluginSet>>>> = LazyLock::new(Default::default);
 
 thread_local! {
     /// This thread's VMs, per plugin set.
@@ -63,7 +85,7 @@ thread_local! {
 fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
     SLOTS.with(|slots| {
         let mut slots = slots.borrow_mut();
-        slots.retain(|s| !s.plugins.retired.load(std::sync::atomic::Ordering::Acquire));
+        shut_down_retired(&mut slots);
         if let Some(i) = slots.iter().position(|s| s.plugins.id == set.id) {
             let healthy = slots[i].vms.lock().unwrap_or_else(|p| p.into_inner()).vms.iter().all(|vm| vm.failure().is_none());
             if healthy {
@@ -92,6 +114,35 @@ fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
             }
         }
     })
+}
+
+/// Shuts down this thread's VMs of retired sets that no transaction uses any
+/// more (a transaction holds its slot until it closes, so in-flight
+/// transactions finish on the plugins they started with).
+fn shut_down_retired(slots: &mut Vec<Arc<VmSlot>>) {
+    slots.retain(|slot| {
+        if !slot.plugins.is_retired() || Arc::strong_count(slot) > 1 {
+            return true;
+        }
+        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        for (plugin, result) in vms.shutdown() {
+            if let Err(e) = result {
+                log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down after a reload: {e}", slot.plugins.plugins[plugin].config.name));
+            }
+        }
+        false
+    });
+}
+
+/// Called on a VM's own thread (ticks): lets go of retired VMs there too,
+/// so that a thread without traffic does not keep ticking old plugins.
+pub(crate) fn sweep_thread_slots() {
+    // Not re-entrant: a tick runs outside any other use of SLOTS.
+    let _ = SLOTS.try_with(|slots| {
+        if let Ok(mut slots) = slots.try_borrow_mut() {
+            shut_down_retired(&mut slots);
+        }
+    });
 }
 
 fn config_path(arg: &str) -> PathBuf {
@@ -200,12 +251,12 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     let (wants_request_body, wants_response_body) = (wants("proxy_on_request_body"), wants("proxy_on_response_body"));
     let framing = txn::Framing::of_client_request(&shared);
     let request_chunked = framing.chunked();
-    let txn = Box::new(Txn { shared, slot, chain, next: 0, response_done: false, framing });
+    let txn = Box::new(Txn { shared, slot, chain, next: 0, response_done: false, response_next: 0, response_paused: false, local_replaces_response: false, framing });
     // SAFETY: the continuation has its own mutex (it is also scheduled, to
     // wake a paused transaction); its data is freed at TXN_CLOSE.
     unsafe {
         let contp = TSContCreate(Some(on_txn_event), TSMutexCreate());
-        txn.shared.contp.store(contp as *mut c_void, std::sync::atomic::Ordering::Release);
+        txn.shared.contp.store(contp as *mut c_void, Ordering::Release);
         let raw = Box::into_raw(txn);
         TSContDataSet(contp, raw as *mut c_void);
         TSHttpTxnHookAdd(txnp, TS_HTTP_READ_RESPONSE_HDR_HOOK, contp);
@@ -287,25 +338,56 @@ pub extern "C" fn TSPluginInit(argc: c_int, argv: *const *const c_char) {
             log(LogLevel::Error, "[proxy_wasm] no configuration: use proxy_wasm_ats.so <plugins.yaml> [...] in plugin.config");
             return;
         }
+        let _ = GLOBAL_PATHS.set(paths.clone());
         match load_plugins(&paths) {
             Ok(plugins) => {
                 *PLUGINS.write().unwrap_or_else(|p| p.into_inner()) = Some(PluginSet::new(plugins));
             }
             Err(e) => {
-                // Traffic Server keeps serving, without these plugins.
-                log(LogLevel::Error, &format!("[proxy_wasm] configuration error: {e}"));
-                return;
+                // Traffic Server keeps serving, without these plugins, until a
+                // reload finds the files fixed.
+                log(LogLevel::Error, &format!("[proxy_wasm] configuration error: {e}; serving without these plugins"));
             }
         }
-        // SAFETY: a continuation with its own mutex for the global hook.
+        // SAFETY: continuations without data: the global hook (its handler
+        // is reentrant) and the configuration-reload notification.
         unsafe {
             let contp = TSContCreate(Some(on_global_event), std::ptr::null_mut());
             TSHttpHookAdd(TS_HTTP_READ_REQUEST_HDR_HOOK, contp);
+            let reload = TSContCreate(Some(on_config_reload), TSMutexCreate());
+            TSMgmtUpdateRegister(reload, b"proxy_wasm\0".as_ptr() as *const c_char);
         }
     });
     if r.is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) during initialisation; the plugin is disabled");
     }
+}
+
+/// `traffic_ctl config reload`: re-reads the global YAML files. If any fails,
+/// the plugins in use stay and the error names the file and key.
+extern "C" fn on_config_reload(_contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
+    let r = catch_unwind(|| {
+        let Some(paths) = GLOBAL_PATHS.get() else { return };
+        match load_plugins(paths) {
+            Ok(plugins) => {
+                let count = plugins.len();
+                let old = PLUGINS.write().unwrap_or_else(|p| p.into_inner()).replace(PluginSet::new(plugins));
+                if let Some(old) = old {
+                    old.retire();
+                }
+                log(LogLevel::Info, &format!("[proxy_wasm] reloaded {count} global plugin(s) from {}", display_paths(paths)));
+            }
+            Err(e) => log(LogLevel::Error, &format!("[proxy_wasm] reload failed, keeping the plugins in use: {e}")),
+        }
+    });
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) during a reload; the plugins in use stay");
+    }
+    0
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// A remap rule's plugins (`@pparam=a.yaml ...`), or why they could not load.
@@ -348,16 +430,32 @@ pub extern "C" fn TSRemapNewInstance(argc: c_int, argv: *mut *mut c_char, ih: *m
         // SAFETY: Traffic Server passes argc valid C strings.
         let args = unsafe { args(argc, argv as *const *const c_char) };
         let paths: Vec<PathBuf> = args.iter().skip(2).map(|a| config_path(a)).collect();
+        let rule = format!("{} -> {}", args.first().map_or("?", |s| s), args.get(1).map_or("?", |s| s));
         let instance = if paths.is_empty() {
             RemapInstance { set: None, error: Some("no plugin configuration: use @pparam=<plugins.yaml>".into()) }
         } else {
+            let mut sets = REMAP_SETS.lock().unwrap_or_else(|p| p.into_inner());
             match load_plugins(&paths) {
-                Ok(plugins) => RemapInstance { set: Some(PluginSet::new(plugins)), error: None },
-                Err(e) => RemapInstance { set: None, error: Some(e) },
+                Ok(plugins) => {
+                    let set = PluginSet::new(plugins);
+                    sets.insert(paths.clone(), Arc::downgrade(&set));
+                    RemapInstance { set: Some(set), error: None }
+                }
+                Err(e) => match sets.get(&paths).and_then(Weak::upgrade).filter(|s| !s.is_retired()) {
+                    // A reload of remap.config: the rule keeps the plugins it had.
+                    Some(previous) => {
+                        log(LogLevel::Error, &format!("[proxy_wasm] remap rule {rule}: reload failed, keeping the plugins in use: {e}"));
+                        RemapInstance { set: Some(previous), error: None }
+                    }
+                    None => RemapInstance { set: None, error: Some(e) },
+                },
             }
         };
+        if let Some(set) = &instance.set {
+            set.rules.fetch_add(1, Ordering::AcqRel);
+        }
         if let Some(e) = &instance.error {
-            log(LogLevel::Error, &format!("[proxy_wasm] remap rule {} -> {}: configuration error: {e}; the rule answers 503", args.first().map_or("?", |s| s), args.get(1).map_or("?", |s| s)));
+            log(LogLevel::Error, &format!("[proxy_wasm] remap rule {rule}: configuration error: {e}; the rule answers 503"));
         }
         Box::into_raw(Box::new(instance)) as *mut c_void
     }));
@@ -382,7 +480,9 @@ pub extern "C" fn TSRemapDeleteInstance(ih: *mut c_void) {
     // SAFETY: `ih` was made by TSRemapNewInstance and is deleted once.
     let instance = unsafe { Box::from_raw(ih as *mut RemapInstance) };
     if let Some(set) = &instance.set {
-        set.retired.store(true, std::sync::atomic::Ordering::Release);
+        if set.rules.fetch_sub(1, Ordering::AcqRel) == 1 {
+            set.retire();
+        }
     }
 }
 

@@ -136,7 +136,16 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
     // on this thread by `cancel_tick` (not while the handler runs) or below.
     let tick = unsafe { &*(TSContDataGet(contp) as *const Tick) };
     tick.in_handler.store(true, Ordering::Release);
-    let alive = with_vm(&tick.slot, tick.vm, "on_tick", |vm| vm.on_tick(tick.root));
+    // A reload retired these plugins: they no longer tick, and this thread
+    // shuts them down once no transaction uses them (the shutdown may cancel
+    // this very timer, which `in_handler` makes safe).
+    let retired = tick.slot.upgrade().is_some_and(|slot| slot.plugins.is_retired());
+    let alive = if retired {
+        super::sweep_thread_slots();
+        tick.slot.strong_count() > 0
+    } else {
+        with_vm(&tick.slot, tick.vm, "on_tick", |vm| vm.on_tick(tick.root))
+    };
     tick.in_handler.store(false, Ordering::Release);
     super::stats::sync_soon();
     if !alive || tick.cancelled.load(Ordering::Acquire) {

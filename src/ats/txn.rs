@@ -288,8 +288,16 @@ pub struct Txn {
     pub chain: Vec<Link>,
     /// How many plugins have run in the current phase.
     pub next: usize,
-    /// `on_response_headers` has run (at READ_RESPONSE_HDR or SEND_RESPONSE_HDR).
+    /// `on_response_headers` has started (at READ_RESPONSE_HDR or SEND_RESPONSE_HDR).
     pub response_done: bool,
+    /// How many plugins, counted from the last, have run `on_response_headers`.
+    pub response_next: usize,
+    /// The response chain waits for a plugin (`Pause` from `on_response_headers`).
+    pub response_paused: bool,
+    /// A local response from the response phase replaced the origin's through
+    /// Traffic Server's error response: its status and headers are set again
+    /// at SEND_RESPONSE_HDR.
+    pub local_replaces_response: bool,
     /// The client request's Content-Length and Transfer-Encoding as received.
     pub framing: Framing,
 }
@@ -333,27 +341,37 @@ impl Txn {
         found
     }
 
-    /// The transaction's continuation was woken: continue a paused request chain.
+    /// The transaction's continuation was woken: continue a paused request or
+    /// response chain, or answer with the local response a plugin sent.
     pub fn on_wakeup(&mut self) {
+        let stream = if self.response_paused { StreamType::HttpResponse } else { StreamType::HttpRequest };
         let answered = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         if answered {
             let was_paused = std::mem::replace(&mut self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).paused, false);
             if was_paused {
-                self.stop_with_local_response();
+                if std::mem::take(&mut self.response_paused) {
+                    self.answer_in_response_phase();
+                } else {
+                    self.stop_with_local_response();
+                }
             }
             return;
         }
         let resume = {
             let mut p = self.shared.pause.lock().unwrap_or_else(|p| p.into_inner());
-            let found = p.paused && p.resumes.contains(&StreamType::HttpRequest);
+            let found = p.paused && p.resumes.contains(&stream);
             if found {
                 p.paused = false;
-                p.resumes.retain(|s| *s != StreamType::HttpRequest);
+                p.resumes.retain(|s| *s != stream);
             }
             found
         };
         if resume {
-            self.run_request_headers();
+            if std::mem::take(&mut self.response_paused) {
+                self.continue_response_headers();
+            } else {
+                self.run_request_headers();
+            }
         }
     }
 
@@ -463,23 +481,39 @@ impl Txn {
     pub fn run_response_headers(&mut self, source: u8) {
         self.shared.response_source.store(source, Ordering::Release);
         if std::mem::replace(&mut self.response_done, true) {
+            if source == RESPONSE_TO_CLIENT && self.local_replaces_response {
+                self.apply_local_headers();
+            }
             reenable(self.shared.txnp, false);
             return;
         }
         // A local response sent during the request phase: its headers.
-        let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(r) = local.filter(|_| !self.shared.local_in_response.load(Ordering::Acquire)) {
-            let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| {
-                // Traffic Server turns a 2xx "error" status into 500: set it again here.
-                h.add(b":status", r.status.to_string().as_bytes())?;
-                for (k, v) in &r.headers {
-                    if !k.eq_ignore_ascii_case(b"content-type") && !k.starts_with(b":") {
-                        h.add(k, v)?;
-                    }
-                }
-                Ok(())
-            });
+        if !self.shared.local_in_response.load(Ordering::Acquire) {
+            self.apply_local_headers();
         }
+        self.response_next = 0;
+        self.continue_response_headers();
+    }
+
+    /// Sets the status and headers of the local response on the response
+    /// Traffic Server is about to send (it made that response from the
+    /// status and body the plugin gave, but turns a 2xx into 500).
+    fn apply_local_headers(&self) {
+        let Some(r) = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone() else { return };
+        let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| {
+            h.add(b":status", r.status.to_string().as_bytes())?;
+            for (k, v) in &r.headers {
+                if !k.eq_ignore_ascii_case(b"content-type") && !k.starts_with(b":") {
+                    h.add(k, v)?;
+                }
+            }
+            Ok(())
+        });
+    }
+
+    /// Runs `on_response_headers` from the next plugin (counted from the
+    /// last) on; reenables the transaction unless a plugin paused it.
+    fn continue_response_headers(&mut self) {
         let (count, eos) = self
             .shared
             .client_response()
@@ -494,23 +528,60 @@ impl Txn {
         let ran = self.next.min(self.chain.len());
         let slot = self.slot.clone();
         let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
-        for i in (0..ran).rev() {
-            let link = self.chain[i];
+        while self.response_next < ran {
+            let link = self.chain[ran - 1 - self.response_next];
+            self.response_next += 1;
             match vms.vms[link.vm].on_response_headers(link.ctx, count, eos) {
                 Ok(Verdict::Continue) => {}
                 Ok(Verdict::Pause) => {
-                    // Pausing the response is not supported yet on Traffic Server.
-                    let _ = self.take_resume(StreamType::HttpResponse);
-                    self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).paused = false;
+                    if !self.take_resume(StreamType::HttpResponse) {
+                        // Resumed later by `proxy_continue_stream` or answered
+                        // by `proxy_send_local_response` from another event.
+                        self.response_paused = true;
+                        return;
+                    }
                 }
-                Ok(Verdict::Stop) => break,
+                Ok(Verdict::Stop) => {
+                    drop(vms);
+                    self.answer_in_response_phase();
+                    return;
+                }
                 Err(e) => {
-                    log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", self.plugin_name(link)));
+                    if self.on_failure(link, &e) {
+                        drop(vms);
+                        self.answer_in_response_phase();
+                        return;
+                    }
                 }
             }
         }
         drop(vms);
         reenable(self.shared.txnp, false);
+    }
+
+    /// A plugin answered (or failed closed, or closed the stream) in the
+    /// response phase. An origin response is replaced as a whole: Traffic
+    /// Server sends the local response's status and body instead (headers set
+    /// again at SEND_RESPONSE_HDR). A response already on its way to the
+    /// client (cache hit, Traffic Server's own) only gets status and headers.
+    fn answer_in_response_phase(&mut self) {
+        let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let from_origin = self.shared.response_source.load(Ordering::Acquire) == RESPONSE_FROM_ORIGIN;
+        match local {
+            Some(r) if from_origin => {
+                let ct = r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.as_slice());
+                set_error_response(self.shared.txnp, r.status, &r.body, ct);
+                self.local_replaces_response = true;
+                reenable(self.shared.txnp, true);
+            }
+            Some(_) => {
+                log(LogLevel::Warn, "[proxy_wasm] a local response sent while Traffic Server was sending its own response replaces its status and headers, not its body");
+                reenable(self.shared.txnp, false);
+            }
+            // A closed stream or a failed plugin: Traffic Server ends the
+            // transaction with an error.
+            None => reenable(self.shared.txnp, true),
+        }
     }
 
     /// on_done, on_log, on_delete for every stream context, at TXN_CLOSE.

@@ -1,0 +1,147 @@
+//! The response phase on Traffic Server: pausing in `on_response_headers`
+//! (resumed by an `http_call` answer or re-entrantly), local responses that
+//! replace the origin's response, closing the response, failures there.
+
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::ats::{AtsOptions, TrafficServer};
+use e2e::client::Request;
+use e2e::origin::Origin;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn rust_filter_yaml(name: &str, configuration: &str, fail_open: bool) -> String {
+    format!(
+        r#"config:
+  name: "{name}"
+  configuration: '{configuration}'
+  fail_open: {fail_open}
+  vm_config:
+    runtime: "ats.wasm.runtime.wasmtime"
+    vm_id: "{name}_vm"
+    code:
+      local:
+        filename: "@REPO@/build/plugins/rust_sdk_filter.wasm"
+"#
+    )
+}
+
+/// The filter with its callouts sent to `callout`, an origin of their own.
+fn start(test: &str) -> (Origin, Origin, TrafficServer) {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let callout = Origin::with_handler(|req| e2e::origin::Response::text(200, format!("pong {}", req.header("x-pw-context-id").unwrap_or("?"))));
+    let config = format!(r#"{{"upstream":"127.0.0.1:{}","authority":"callout.test","callout_timeout_ms":3000}}"#, callout.port());
+    let ats = TrafficServer::start(
+        AtsOptions::new(test).origin(origin.port()).exec_threads(2).file("filter.yaml", rust_filter_yaml("rust-filter", &config, false)).global_plugin(&["filter.yaml"]),
+    );
+    (origin, callout, ats)
+}
+
+fn send(ats: &TrafficServer, req: Request) -> e2e::client::Response {
+    ats.send(&req.timeout(Duration::from_secs(10))).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()))
+}
+
+#[test]
+fn a_response_paused_in_on_response_headers_is_resumed_by_the_http_call_answer() {
+    let (origin, callout, ats) = start("ats-resp-callout");
+    let r = send(&ats, Request::get("/r").header("x-pw-test", "http-call-response"));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.body_str(), "hello from origin");
+    assert_eq!(r.header("x-pw-callout-dispatch"), Some("OK"));
+    assert_eq!(r.header("x-pw-callout-status"), Some("200"));
+    let id = callout.wait_for_requests(1, WAIT)[0].header("x-pw-context-id").unwrap().to_string();
+    assert_eq!(r.header("x-pw-callout-body"), Some(format!("pong {id}").as_str()));
+    assert_eq!(origin.request_count(), 1);
+}
+
+#[test]
+fn fifty_concurrent_responses_paused_on_http_call_are_all_answered_correctly() {
+    let (_origin, callout, ats) = start("ats-resp-callout-50");
+    let port = ats.port();
+    let handles: Vec<_> = (0..50)
+        .map(|i| std::thread::spawn(move || (i, Request::get(&format!("/r/{i}")).header("x-pw-test", "http-call-response").timeout(Duration::from_secs(20)).send(port))))
+        .collect();
+    for h in handles {
+        let (i, r) = h.join().unwrap();
+        let r = r.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body_str(), "hello from origin", "request {i}");
+        assert!(r.header("x-pw-callout-body").is_some_and(|b| b.starts_with("pong ")), "request {i}");
+    }
+    assert_eq!(callout.request_count(), 50);
+}
+
+#[test]
+fn continue_inside_on_response_headers_that_then_pauses_delivers_the_response() {
+    let (_origin, _callout, ats) = start("ats-resp-reentrant");
+    let r = send(&ats, Request::get("/r").header("x-pw-test", "resume-response-reentrant"));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.header("x-pw-resume-response-reentrant"), Some("1"));
+    assert_eq!(r.body_str(), "hello from origin");
+}
+
+#[test]
+fn a_local_response_from_on_response_headers_replaces_status_headers_and_body() {
+    let (origin, _callout, ats) = start("ats-resp-local");
+    let r = send(&ats, Request::get("/r").header("x-pw-test", "local-resp-headers").header("x-pw-local-status", "451"));
+    assert_eq!(r.status, 451, "{}", ats.log_report());
+    assert_eq!(r.header("x-pw-local"), Some("response-headers"));
+    assert_eq!(r.body_str(), "replaced response by rust-sdk-filter");
+    assert_eq!(origin.request_count(), 1);
+    // A 2xx local response too (Traffic Server would make it a 500).
+    let r = send(&ats, Request::get("/r").header("x-pw-test", "local-resp-headers").header("x-pw-local-status", "202").header("x-pw-local-body", "accepted"));
+    assert_eq!(r.status, 202, "{}", ats.log_report());
+    assert_eq!(r.body_str(), "accepted");
+    // The next request is untouched.
+    let r = send(&ats, Request::get("/r"));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "hello from origin"));
+}
+
+#[test]
+fn closing_the_response_in_on_response_headers_gives_the_client_no_origin_response() {
+    let (_origin, _callout, ats) = start("ats-resp-close");
+    match ats.send(&Request::get("/r").header("x-pw-test", "close-response").timeout(Duration::from_secs(10))) {
+        Ok(r) => {
+            assert_ne!(r.status, 200, "the origin's response went through: {:?}", r.headers);
+            assert_ne!(r.body_str(), "hello from origin");
+        }
+        Err(e) => assert!(e.is_closed() || e.is_closed_without_response(), "{e}"),
+    }
+    ats.assert_running();
+    assert_eq!(send(&ats, Request::get("/r")).status, 200);
+}
+
+fn trap_yaml(name: &str, fail_open: bool) -> String {
+    format!(
+        "config:\n  name: {name}\n  configuration: response_headers\n  fail_open: {fail_open}\n  vm_config:\n    vm_id: {name}\n    code: {{ local: {{ filename: \"@REPO@/build/plugins/trap.wasm\" }} }}\n"
+    )
+}
+
+#[test]
+fn a_trap_in_on_response_headers_answers_503_when_the_plugin_fails_closed() {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let ats = TrafficServer::start(AtsOptions::new("ats-resp-trap-closed").origin(origin.port()).file("trap.yaml", trap_yaml("trapper", false)).global_plugin(&["trap.yaml"]));
+    for _ in 0..2 {
+        let r = send(&ats, Request::get("/r"));
+        assert_eq!(r.status, 503, "{}", ats.log_report());
+        assert_ne!(r.body_str(), "hello from origin");
+    }
+    assert!(ats.wait_for_log("trapper", WAIT));
+    ats.assert_running();
+}
+
+#[test]
+fn a_trap_in_on_response_headers_lets_the_response_through_when_the_plugin_fails_open() {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let ats = TrafficServer::start(AtsOptions::new("ats-resp-trap-open").origin(origin.port()).file("trap.yaml", trap_yaml("trapper", true)).global_plugin(&["trap.yaml"]));
+    for _ in 0..2 {
+        let r = send(&ats, Request::get("/r"));
+        assert_eq!((r.status, r.body_str().as_str()), (200, "hello from origin"), "{}", ats.log_report());
+    }
+    ats.assert_running();
+}
