@@ -1,4 +1,4 @@
-//! The response phase on Traffic Server: pausing in `on_response_headers`
+//! Pausing on Traffic Server beyond the request headers: in `on_response_headers`
 //! (resumed by an `http_call` answer or re-entrantly), local responses that
 //! replace the origin's response, closing the response, failures there.
 
@@ -144,4 +144,39 @@ fn a_trap_in_on_response_headers_lets_the_response_through_when_the_plugin_fails
         assert_eq!((r.status, r.body_str().as_str()), (200, "hello from origin"), "{}", ats.log_report());
     }
     ats.assert_running();
+}
+
+#[test]
+fn a_request_body_paused_at_its_end_waits_for_an_http_call_and_then_goes_on_edited() {
+    let (origin, callout, ats) = start("ats-req-body-callout");
+    let r = send(&ats, Request::post("/echo", "hello body").header("x-pw-test", "http-call-req-body"));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(callout.wait_for_requests(1, WAIT).len(), 1);
+    assert_eq!(origin.wait_for_requests(1, WAIT)[0].body_str(), "hello body[callout:200]");
+    assert_eq!(r.body_str(), "hello body[callout:200]");
+    // Chunked, bigger than one buffer.
+    origin.clear();
+    let big = "x".repeat(200_000);
+    let r = send(&ats, Request::post("/echo", big.clone()).chunked(16 * 1024).header("x-pw-test", "http-call-req-body"));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(origin.wait_for_requests(1, WAIT)[0].body_str(), format!("{big}[callout:200]"));
+}
+
+#[test]
+fn a_response_body_paused_at_its_end_waits_for_an_http_call_and_then_goes_on_edited() {
+    let (_origin, callout, ats) = start("ats-resp-body-callout");
+    let r = send(&ats, Request::get("/r").header("x-pw-test", "http-call-resp-body"));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.body_str(), "hello from origin[callout:200]");
+    assert_eq!(callout.wait_for_requests(1, WAIT).len(), 1);
+    // Several at once.
+    let port = ats.port();
+    let handles: Vec<_> = (0..20)
+        .map(|i| std::thread::spawn(move || (i, Request::get(&format!("/r/{i}")).header("x-pw-test", "http-call-resp-body").timeout(Duration::from_secs(20)).send(port))))
+        .collect();
+    for h in handles {
+        let (i, r) = h.join().unwrap();
+        let r = r.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.body_str(), "hello from origin[callout:200]", "request {i}");
+    }
 }

@@ -236,6 +236,7 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         contp: Default::default(),
         local: Default::default(),
         detached: Default::default(),
+        body_waiters: Default::default(),
     });
     let mut chain = Vec::new();
     {

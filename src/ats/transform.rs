@@ -4,14 +4,18 @@
 //! Each chunk goes through the plugins in order (response: last first). A
 //! plugin that returns Pause keeps what it got (the core buffers it and calls
 //! again with the cumulative size); what a plugin lets through goes on to the
-//! next one and finally to Traffic Server.
+//! next one and finally to Traffic Server. A plugin that pauses at the end of
+//! the body (to wait for an `http_call`, say) holds the body until it calls
+//! `proxy_continue_stream`; the transform then goes on from the next plugin.
 
 use std::os::raw::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::server::log;
 use super::sys::*;
-use super::txn::{Link, Txn};
+use super::txn::{BodyWaiter, Link, Txn, TxnShared};
 use crate::abi::{LogLevel, StreamType};
 use crate::chunked::{encode_chunked, Dechunker};
 use crate::vm::Verdict;
@@ -31,6 +35,23 @@ pub struct Transform {
     /// Traffic Server hands a request transform the body as the client framed
     /// it: a chunked body is decoded for the plugins and encoded again.
     dechunk: Option<Dechunker>,
+    /// The whole input has gone through the plugins.
+    input_done: bool,
+    /// A plugin (index into the phase's chain) paused at the end of the body.
+    waiting: Option<usize>,
+    /// A wake-up for `waiting` is scheduled (see `TxnShared::body_waiters`).
+    wake_scheduled: Arc<AtomicBool>,
+    shared: Arc<TxnShared>,
+}
+
+/// What the plugins made of a chunk.
+enum Filtered {
+    /// Bytes to send on.
+    Pass(Vec<u8>),
+    /// A plugin keeps the body for now (it paused before the end).
+    Hold,
+    /// A plugin paused at the end of the body: wait for its resume.
+    Wait(usize),
 }
 
 /// Adds a transform for `direction` to the transaction.
@@ -49,6 +70,10 @@ pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked
         finished: false,
         held: Vec::new(),
         dechunk: (chunked && direction == StreamType::HttpRequest).then(Dechunker::default),
+        input_done: false,
+        waiting: None,
+        wake_scheduled: Default::default(),
+        shared: (*txn).shared.clone(),
     });
     let connp = TSTransformCreate(Some(on_transform_event), txnp);
     TSContDataSet(connp, Box::into_raw(state) as *mut c_void);
@@ -61,8 +86,22 @@ extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_v
         // SAFETY: `contp` is the transform made in `add`; Traffic Server calls
         // it under its mutex, and its data is our Box<Transform>.
         unsafe {
+            let t = TSContDataGet(contp) as *mut Transform;
+            let state: &Transform = &*t;
+            if event == TS_EVENT_IMMEDIATE {
+                state.wake_scheduled.store(false, Ordering::Release);
+            }
             if TSVConnClosedGet(contp) != 0 {
-                let t = Box::from_raw(TSContDataGet(contp) as *mut Transform);
+                if event != TS_EVENT_IMMEDIATE {
+                    // Out of the waiters first; a wake-up already scheduled
+                    // frees the transform when it arrives.
+                    let mut waiters = state.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner());
+                    waiters.retain(|w| w.contp != contp);
+                    if state.wake_scheduled.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                let t = Box::from_raw(t);
                 if !t.output_buffer.is_null() {
                     TSIOBufferReaderFree(t.output_reader);
                     TSIOBufferDestroy(t.output_buffer);
@@ -93,6 +132,28 @@ extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_v
 /// Called from the transform's own handler with a live transform.
 unsafe fn step(contp: TSCont) {
     let t = &mut *(TSContDataGet(contp) as *mut Transform);
+    if t.finished {
+        return;
+    }
+    if let Some(at) = t.waiting {
+        // Paused at the end of the body: go on once the plugin resumed.
+        if !claim_resume(contp, t) {
+            return;
+        }
+        t.waiting = None;
+        let txn = &mut *t.txn;
+        let links = links(txn, t.direction);
+        let body = {
+            let mut vms = txn.slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+            vms.vms[links[at].vm].take_body(links[at].ctx, t.direction).unwrap_or_default()
+        };
+        let r = filter(txn, t.direction, &body, true, at + 1);
+        emit(contp, t, r, true);
+        return;
+    }
+    if t.input_done {
+        return;
+    }
     let input = TSVConnWriteVIOGet(contp);
     let holds = t.direction == StreamType::HttpRequest;
     if t.output_vio.is_null() && !holds {
@@ -100,6 +161,7 @@ unsafe fn step(contp: TSCont) {
     }
     if TSVIOBufferGet(input).is_null() {
         // The writer is gone: end the output with what was written.
+        t.input_done = true;
         end_output(contp, t);
         return;
     }
@@ -126,13 +188,9 @@ unsafe fn step(contp: TSCont) {
         chunk = d.feed(&chunk);
     }
     if avail > 0 || eos {
-        let out = filter(&mut *t.txn, t.direction, &chunk, eos);
-        if holds {
-            t.held.extend_from_slice(&out);
-        } else if !out.is_empty() {
-            TSIOBufferWrite(t.output_buffer, out.as_ptr() as *const c_void, out.len() as i64);
-            t.written += out.len() as i64;
-        }
+        t.input_done = eos;
+        let r = filter(&mut *t.txn, t.direction, &chunk, eos, 0);
+        emit(contp, t, r, eos);
     }
     if !eos {
         if avail > 0 {
@@ -142,9 +200,50 @@ unsafe fn step(contp: TSCont) {
             TSContCall(TSVIOContGet(input), TS_EVENT_VCONN_WRITE_READY, input as *mut c_void);
         }
     } else {
-        end_output(contp, t);
+        // The input is consumed, even if a plugin still holds the output.
         TSContCall(TSVIOContGet(input), TS_EVENT_VCONN_WRITE_COMPLETE, input as *mut c_void);
     }
+}
+
+/// Sends on what the plugins let through; at the end of the body, ends the
+/// output unless a plugin waits to resume.
+unsafe fn emit(contp: TSCont, t: &mut Transform, r: Filtered, eos: bool) {
+    match r {
+        Filtered::Pass(out) => {
+            if t.direction == StreamType::HttpRequest {
+                t.held.extend_from_slice(&out);
+            } else if !out.is_empty() {
+                TSIOBufferWrite(t.output_buffer, out.as_ptr() as *const c_void, out.len() as i64);
+                t.written += out.len() as i64;
+                TSVIOReenable(t.output_vio);
+            }
+            if eos {
+                end_output(contp, t);
+            }
+        }
+        Filtered::Hold => {}
+        Filtered::Wait(at) => {
+            t.waiting = Some(at);
+            t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).push(BodyWaiter {
+                stream: t.direction,
+                contp,
+                scheduled: t.wake_scheduled.clone(),
+            });
+            // Resumed already (from inside the callback that paused)?
+            step(contp);
+        }
+    }
+}
+
+/// Takes the plugin's resume of this direction, if it came; also takes the
+/// transform out of the waiters (a wake-up may still be on its way: the
+/// handler ignores it).
+fn claim_resume(contp: TSCont, t: &Transform) -> bool {
+    if !t.shared.take_resume(t.direction) {
+        return false;
+    }
+    t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.contp != contp);
+    true
 }
 
 unsafe fn open_output(contp: TSCont, t: &mut Transform, nbytes: i64) {
@@ -181,16 +280,21 @@ unsafe fn finish(t: &mut Transform) {
     }
 }
 
-/// Passes a chunk through the chain; returns the bytes to send on.
-fn filter(txn: &mut Txn, direction: StreamType, chunk: &[u8], eos: bool) -> Vec<u8> {
-    let links: Vec<Link> = match direction {
+/// The plugins a body goes through, in order (response: last first).
+fn links(txn: &Txn, direction: StreamType) -> Vec<Link> {
+    match direction {
         StreamType::HttpResponse => txn.chain[..txn.next.min(txn.chain.len())].iter().rev().copied().collect(),
         _ => txn.chain.clone(),
-    };
+    }
+}
+
+/// Passes a chunk through the chain from plugin `start` on.
+fn filter(txn: &mut Txn, direction: StreamType, chunk: &[u8], eos: bool, start: usize) -> Filtered {
+    let links = links(txn, direction);
     let slot = txn.slot.clone();
     let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
     let mut data = chunk.to_vec();
-    for link in links {
+    for (i, link) in links.into_iter().enumerate().skip(start) {
         let vm = &mut vms.vms[link.vm];
         let exported = match direction {
             StreamType::HttpResponse => vm.code().exports_function("proxy_on_response_body"),
@@ -205,17 +309,12 @@ fn filter(txn: &mut Txn, direction: StreamType, chunk: &[u8], eos: bool) -> Vec<
         };
         match verdict {
             Ok(Verdict::Continue) | Ok(Verdict::Stop) => data = vm.take_body(link.ctx, direction).unwrap_or_default(),
-            Ok(Verdict::Pause) if eos => {
-                // Holding a body past its end is not supported yet: send what the plugin has.
-                log(LogLevel::Warn, "[proxy_wasm] a plugin paused at the end of a body; the body is sent as it is");
-                data = vm.take_body(link.ctx, direction).unwrap_or_default();
-            }
-            Ok(Verdict::Pause) => return Vec::new(),
+            Ok(Verdict::Pause) if eos => return Filtered::Wait(i),
+            Ok(Verdict::Pause) => return Filtered::Hold,
             Err(e) => {
                 log(LogLevel::Error, &format!("[proxy_wasm] body callback failed: {e}"));
             }
         }
     }
-    data
+    Filtered::Pass(data)
 }
-

@@ -33,6 +33,17 @@ pub struct TxnShared {
     pub local: Mutex<Option<LocalResponse>>,
     /// The transaction closed while a plugin still holds its context.
     pub detached: AtomicBool,
+    /// Body transforms waiting, at the end of a body, for a plugin to resume.
+    pub body_waiters: Mutex<Vec<BodyWaiter>>,
+}
+
+/// A body transform (its continuation) waiting for `proxy_continue_stream`
+/// on `stream` after a plugin paused at the end of the body.
+pub struct BodyWaiter {
+    pub stream: StreamType,
+    pub contp: TSCont,
+    /// Set, under the `body_waiters` lock, when the wake-up is scheduled.
+    pub scheduled: Arc<AtomicBool>,
 }
 
 // SAFETY: `txnp` is only passed to Traffic Server API functions, which may be
@@ -78,6 +89,27 @@ impl TxnShared {
                 unsafe { TSContScheduleOnPool(contp as TSCont, 0, TS_THREAD_POOL_NET) };
             }
         }
+    }
+
+    /// Wakes the body transform of `stream` if it waits for a resume.
+    fn wake_body_waiter(&self, stream: StreamType) {
+        let mut waiters = self.body_waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = waiters.iter().position(|w| w.stream == stream) {
+            let w = waiters.remove(i);
+            w.scheduled.store(true, Ordering::Release);
+            // SAFETY: the transform frees its continuation only after taking
+            // itself out of `body_waiters`, or, once `scheduled` is set, in
+            // the handler of this very event.
+            unsafe { TSContScheduleOnPool(w.contp, 0, TS_THREAD_POOL_NET) };
+        }
+    }
+
+    /// Takes a resume of `stream` if a plugin asked for one.
+    pub fn take_resume(&self, stream: StreamType) -> bool {
+        let mut p = self.pause.lock().unwrap_or_else(|p| p.into_inner());
+        let found = p.resumes.contains(&stream);
+        p.resumes.retain(|s| *s != stream);
+        found
     }
 
     fn hdr(&self, map: MapType) -> Result<Option<Hdr>, Status> {
@@ -225,6 +257,7 @@ impl HttpStream for AtsStream {
     fn resume(&mut self, stream: StreamType) -> Result<(), Status> {
         self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).resumes.push(stream);
         self.shared.wake_if_paused();
+        self.shared.wake_body_waiter(stream);
         Ok(())
     }
 

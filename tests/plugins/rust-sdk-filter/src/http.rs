@@ -39,6 +39,8 @@ const KNOWN_CASES: &[&str] = &[
     "http-call-fail",
     "http-call-bad",
     "http-call-response",
+    "http-call-req-body",
+    "http-call-resp-body",
     "shared",
     "shared-cas",
     "shared-get",
@@ -88,6 +90,10 @@ enum Callout {
     Local,
     /// Response paused; result copied into response headers.
     Response,
+    /// Request body paused at its end; the callout's status is appended to it.
+    RequestBody,
+    /// Response body paused at its end; the callout's status is appended to it.
+    ResponseBody,
     /// Not paused (a dispatch that should have been refused); just recorded.
     Ignore,
 }
@@ -647,6 +653,16 @@ impl Filter {
                 };
                 self.local(status, &text, kv);
             }
+            Callout::RequestBody => {
+                let tail = format!("[callout:{}]", opt_text(status_code.map(|s| s.to_string()).as_deref().map(str::as_bytes), 16));
+                self.set_http_request_body(self.req_body.last_size, 0, tail.as_bytes());
+                self.resume_http_request();
+            }
+            Callout::ResponseBody => {
+                let tail = format!("[callout:{}]", opt_text(status_code.map(|s| s.to_string()).as_deref().map(str::as_bytes), 16));
+                self.set_http_response_body(self.resp_body.last_size, 0, tail.as_bytes());
+                self.resume_http_response();
+            }
             Callout::Response => {
                 kv.extend(std::mem::take(&mut self.report));
                 for (k, v) in kv.iter() {
@@ -888,6 +904,12 @@ impl HttpContext for Filter {
             self.resume_http_request();
             return Action::Continue;
         }
+        if self.has("http-call-req-body") {
+            if end_of_stream && self.dispatch(Callout::RequestBody, false) {
+                return Action::Pause;
+            }
+            return if end_of_stream { Action::Continue } else { Action::Pause };
+        }
         let edit = self.wants_req_body_edit();
         let local = self.has("local-req-body");
         if !(edit || local || self.has("sizes")) {
@@ -1026,6 +1048,12 @@ impl HttpContext for Filter {
         self.resp_body.last_size = body_size;
         if self.local_sent {
             return Action::Continue;
+        }
+        if self.has("http-call-resp-body") {
+            if end_of_stream && self.dispatch(Callout::ResponseBody, false) {
+                return Action::Pause;
+            }
+            return if end_of_stream { Action::Continue } else { Action::Pause };
         }
         let edit = self.wants_resp_body_edit();
         if edit && !end_of_stream {
