@@ -3,9 +3,10 @@
 #   rust_sdk_filter.wasm  tests/plugins/rust-sdk-filter (Rust SDK 0.2.1, Debian rustc + wasm32-wasi std)
 #   as_filter.wasm        tests/plugins/as-filter       (AssemblyScript SDK 0.1.8)
 #   <name>.wasm           every tests/wat/<name>.wat    (wat2wasm)
+#   bench_filter.wasm     examples/bench-filter         (benchmark filter, Rust SDK 0.2.1; scripts/bench.sh)
 #
-# Usage: scripts/build-plugins.sh [--force] [rust] [as] [wat]
-#   With no target names, builds all three kinds. --force (or FORCE=1) rebuilds
+# Usage: scripts/build-plugins.sh [--force] [rust] [as] [wat] [bench]
+#   With no target names, builds all four kinds. --force (or FORCE=1) rebuilds
 #   even when the outputs are newer than their sources.
 #
 # Installs nothing system-wide. Needs (see docs / BUILDING notes):
@@ -29,6 +30,7 @@ cd "$root"
 out_dir="build/plugins"
 target_dir="$root/build/plugins-target"
 rust_dir="tests/plugins/rust-sdk-filter"
+bench_dir="examples/bench-filter"
 as_dir="tests/plugins/as-filter"
 wat_dir="tests/wat"
 
@@ -38,19 +40,20 @@ WAT2WASM="${WAT2WASM:-wat2wasm}"
 WAT2WASM_FLAGS="${WAT2WASM_FLAGS:-}"
 
 force="${FORCE:-0}"
-want_rust=0 want_as=0 want_wat=0
+want_rust=0 want_as=0 want_wat=0 want_bench=0
 for arg in "$@"; do
     case "$arg" in
         --force|-f) force=1 ;;
         rust) want_rust=1 ;;
         as) want_as=1 ;;
         wat) want_wat=1 ;;
+        bench) want_bench=1 ;;
         -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "build-plugins: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
-if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ]; then
-    want_rust=1 want_as=1 want_wat=1
+if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ] && [ $want_bench = 0 ]; then
+    want_rust=1 want_as=1 want_wat=1 want_bench=1
 fi
 
 mkdir -p "$out_dir"
@@ -78,10 +81,12 @@ publish() {
 elapsed() { echo "$(( $(date +%s%N) / 1000000 - $1 )) ms"; }
 now_ms() { echo "$(( $(date +%s%N) / 1000000 ))"; }
 
-build_rust() {
-    local out="$out_dir/rust_sdk_filter.wasm"
+# build_rust_crate DIR CRATE_LIB_NAME LABEL: a Rust-SDK crate to $out_dir/<lib name>.wasm
+build_rust_crate() {
+    local rust_dir="$1" lib="$2" label="$3"
+    local out="$out_dir/$lib.wasm"
     if up_to_date "$out" "$rust_dir/Cargo.toml" "$rust_dir/Cargo.lock" "$rust_dir/src" "$0"; then
-        log "rust-sdk-filter: up to date"
+        log "$label: up to date"
         return
     fi
     [ -x "$PLUGIN_RUSTC" ] || die "$PLUGIN_RUSTC not found (apt-get install -y rustc cargo libstd-rust-dev-wasm32)"
@@ -94,7 +99,7 @@ build_rust() {
         || die "$rust_dir/Cargo.lock missing; regenerate with: (cd $rust_dir && CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback cargo generate-lockfile)"
 
     local t0; t0="$(now_ms)"
-    log "rust-sdk-filter: building with $("$PLUGIN_RUSTC" --version)"
+    log "$label: building with $("$PLUGIN_RUSTC" --version)"
     # Debian's cargo 1.65 needs the sparse index switched on explicitly
     # (nightly-gated there); --locked keeps the committed Cargo.lock as is.
     (
@@ -110,13 +115,16 @@ build_rust() {
             CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
             "$PLUGIN_CARGO" build --release --locked --target wasm32-wasi
     )
-    local built="$target_dir/wasm32-wasi/release/rust_sdk_filter.wasm"
+    local built="$target_dir/wasm32-wasi/release/$lib.wasm"
     [ -f "$built" ] || die "cargo did not produce $built"
     cp -f "$built" "$out.tmp"
     chmod 0644 "$out.tmp"
     publish "$out.tmp" "$out"
-    log "rust-sdk-filter: done in $(elapsed "$t0")"
+    log "$label: done in $(elapsed "$t0")"
 }
+
+build_rust() { build_rust_crate "$rust_dir" rust_sdk_filter rust-sdk-filter; }
+build_bench() { build_rust_crate "$bench_dir" bench_filter bench-filter; }
 
 build_as() {
     local out="$out_dir/as_filter.wasm"
@@ -176,4 +184,5 @@ build_wat() {
 [ $want_rust = 1 ] && build_rust
 [ $want_as = 1 ] && build_as
 [ $want_wat = 1 ] && build_wat
+[ $want_bench = 1 ] && build_bench
 exit 0

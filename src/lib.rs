@@ -8,9 +8,11 @@
 //! - [`vm`]: an instance with its contexts and the callback lifecycle.
 //! - [`host`]: what a server binding implements (`ServerHost`, `HttpStream`).
 //! - [`config`]: the YAML plugin configuration.
+//! - [`authorizations`]: what each plugin may touch.
 //! - [`ffi`]: the C API for servers written in C.
 
 pub mod abi;
+pub mod authorizations;
 pub mod chunked;
 #[cfg(feature = "ats")]
 pub mod ats;
@@ -20,7 +22,10 @@ pub mod host;
 pub mod http_client;
 pub mod loader;
 pub mod metrics;
+#[cfg(feature = "nginx")]
+pub mod nginx;
 pub mod plugin;
+pub mod remote_code;
 pub mod runtime;
 pub mod shared;
 pub mod vm;

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use crate::config::{CodeSource, PluginConfig, RuntimeKind};
+use crate::config::{CodeSource, FailurePolicy, PluginConfig, RuntimeKind};
 use crate::host::ServerHost;
 use crate::plugin::{LoadError, PluginInfo, WasmCode};
+use crate::remote_code::{self, FetchError};
 use crate::runtime::wasmtime::WasmtimeEngine;
 use crate::runtime::Engine;
 use crate::vm::{Vm, VmError, VmOptions};
@@ -18,6 +19,10 @@ use crate::vm::{Vm, VmError, VmOptions};
 pub enum PluginError {
     #[error("{origin}: plugin {plugin:?}: cannot read {path}: {message}")]
     Read { origin: String, plugin: String, path: String, message: String },
+    /// Remote code (`vm_config.code.remote`) could not be downloaded, or its
+    /// SHA-256 is not the configured one: the plugin is refused.
+    #[error("{origin}: plugin {plugin:?}: {key}: {source}; plugin refused")]
+    Remote { origin: String, plugin: String, key: &'static str, source: FetchError },
     #[error("{origin}: plugin {plugin:?}: {source}")]
     Load { origin: String, plugin: String, source: LoadError },
     #[error("{origin}: plugin {plugin:?}: runtime {runtime} is not available in this build")]
@@ -57,15 +62,48 @@ pub struct LoadedPlugin {
 }
 
 /// Compiles (or finds compiled) the code of every plugin. The first error stops the load.
+/// Warnings (see [`load_with_warnings`]) go to standard error.
 pub fn load(configs: &[PluginConfig]) -> Result<Vec<LoadedPlugin>, PluginError> {
-    configs.iter().map(load_one).collect()
+    load_with_warnings(configs, &mut |config, message| {
+        eprintln!("[proxy_wasm] warning: {}: plugin {:?}: {message}", config.origin, config.name);
+    })
 }
 
-fn load_one(config: &PluginConfig) -> Result<LoadedPlugin, PluginError> {
+/// Like [`load`], giving problems that do not stop the load (a corrupt cache
+/// file of remote code, a cache folder that cannot be written) to `warn`, with
+/// the plugin they are about, for the server's own log.
+pub fn load_with_warnings(configs: &[PluginConfig], warn: &mut dyn FnMut(&PluginConfig, &str)) -> Result<Vec<LoadedPlugin>, PluginError> {
+    configs.iter().map(|config| load_one(config, &mut |message: &str| warn(config, message))).collect()
+}
+
+/// The module bytes of `config`, and how to name them in messages.
+fn read_code(config: &PluginConfig, origin: &str, warn: &mut dyn FnMut(&str)) -> Result<(Vec<u8>, String), PluginError> {
+    let plugin = || config.name.clone();
+    match &config.vm.code {
+        CodeSource::LocalFile(path) => {
+            let bytes = std::fs::read(path).map_err(|e| PluginError::Read { origin: origin.to_string(), plugin: plugin(), path: path.display().to_string(), message: e.to_string() })?;
+            Ok((bytes, path.display().to_string()))
+        }
+        CodeSource::Inline(bytes) => Ok((bytes.clone(), format!("{origin} (inline code)"))),
+        CodeSource::Remote(remote) => {
+            let (bytes, _) = remote_code::fetch(remote, &mut |message| warn(&message)).map_err(|source| PluginError::Remote { origin: origin.to_string(), plugin: plugin(), key: remote_key(&source), source })?;
+            Ok((bytes, remote.uri.clone()))
+        }
+    }
+}
+
+/// The key a remote code error is about, relative to the plugin's `config` entry.
+fn remote_key(error: &FetchError) -> &'static str {
+    match error {
+        FetchError::Mismatch { .. } => "vm_config.code.remote.sha256",
+        FetchError::Download { .. } => "vm_config.code.remote",
+    }
+}
+
+fn load_one(config: &PluginConfig, warn: &mut dyn FnMut(&str)) -> Result<LoadedPlugin, PluginError> {
     let origin = config.origin.to_string();
     let plugin = config.name.clone();
-    let CodeSource::LocalFile(path) = &config.vm.code;
-    let bytes = std::fs::read(path).map_err(|e| PluginError::Read { origin: origin.clone(), plugin: plugin.clone(), path: path.display().to_string(), message: e.to_string() })?;
+    let (bytes, code_origin) = read_code(config, &origin, warn)?;
     let runtime = config.vm.runtime;
     let engine = engine(runtime).ok_or_else(|| PluginError::Runtime { origin: origin.clone(), plugin: plugin.clone(), runtime })?;
     let hash = content_hash(&bytes);
@@ -75,13 +113,13 @@ fn load_one(config: &PluginConfig) -> Result<LoadedPlugin, PluginError> {
         Some(code) => code,
         None => {
             let code = Arc::new(
-                WasmCode::load(engine.as_ref(), &bytes, &path.display().to_string()).map_err(|source| PluginError::Load { origin: origin.clone(), plugin: plugin.clone(), source })?,
+                WasmCode::load(engine.as_ref(), &bytes, &code_origin).map_err(|source| PluginError::Load { origin: origin.clone(), plugin: plugin.clone(), source })?,
             );
             code_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(key, code.clone());
             code
         }
     };
-    let info = Arc::new(PluginInfo::new(&config.name, &config.root_id, &config.vm.vm_id, config.configuration.clone()));
+    let info = Arc::new(PluginInfo::new(&config.name, &config.root_id, &config.vm.vm_id, config.configuration.clone()).with_authorizations(config.authorizations.clone()));
     Ok(LoadedPlugin { config: config.clone(), info, code, code_hash: hash })
 }
 
@@ -150,5 +188,110 @@ impl PluginVms {
     pub fn shutdown(&mut self) -> Vec<(usize, Result<bool, VmError>)> {
         let roots = self.roots.clone();
         roots.iter().map(|r| (r.plugin, self.vms[r.vm].shutdown_plugin(r.root_context_id))).collect()
+    }
+}
+
+/// Which plugins filter a new transaction, given instances that failed and
+/// each plugin's failure policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// These plugins run, in order; failed fail-open plugins are left out.
+    Run(Vec<PluginRoot>),
+    /// A failed plugin fails closed (or waits to be reloaded): the
+    /// transaction gets 503 without running any plugin.
+    Refuse { plugin: usize },
+}
+
+impl PluginVms {
+    /// Decides who runs a new transaction (see [`Admission`]).
+    pub fn admit(&self, plugins: &[LoadedPlugin]) -> Admission {
+        let mut run = Vec::with_capacity(self.roots.len());
+        for root in &self.roots {
+            if self.vms[root.vm].failure().is_none() {
+                run.push(*root);
+                continue;
+            }
+            match plugins[root.plugin].config.failure_policy {
+                FailurePolicy::FailOpen => {}
+                FailurePolicy::FailClosed | FailurePolicy::Reload => return Admission::Refuse { plugin: root.plugin },
+            }
+        }
+        Admission::Run(run)
+    }
+
+    /// Whether an instance failed that hosts a plugin with the `reload` policy.
+    pub fn wants_reload(&self, plugins: &[LoadedPlugin]) -> bool {
+        self.roots.iter().any(|r| self.vms[r.vm].failure().is_some() && plugins[r.plugin].config.failure_policy == FailurePolicy::Reload)
+    }
+
+    /// Whether any instance failed.
+    pub fn any_failed(&self) -> bool {
+        self.vms.iter().any(|vm| vm.failure().is_some())
+    }
+}
+
+/// The first reload after a failure is immediate; each further one in a row
+/// waits twice as long as the last, from this ...
+pub const RELOAD_BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// ... up to this.
+pub const RELOAD_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// Reloads further apart than this start a new series (the plugin ran fine in between).
+pub const RELOAD_SERIES_RESET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Back-off for the `reload` failure policy, so that a plugin that fails on
+/// every transaction does not make the server rebuild it in a tight loop.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadBackoff {
+    reloads: u32,
+    last: Option<std::time::Instant>,
+}
+
+impl ReloadBackoff {
+    /// The wait before the next reload, counted from the last one.
+    pub fn delay(&self) -> std::time::Duration {
+        match self.reloads {
+            0 => std::time::Duration::ZERO,
+            n => RELOAD_BACKOFF_INITIAL.saturating_mul(1u32 << (n - 1).min(16)).min(RELOAD_BACKOFF_MAX),
+        }
+    }
+
+    /// Whether a reload may happen at `now`; if so, it is counted.
+    pub fn try_reload(&mut self, now: std::time::Instant) -> bool {
+        if let Some(last) = self.last {
+            let since = now.saturating_duration_since(last);
+            if since > RELOAD_SERIES_RESET {
+                self.reloads = 0;
+            } else if since < self.delay() {
+                return false;
+            }
+        }
+        self.reloads += 1;
+        self.last = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn reloads_back_off_exponentially_up_to_a_cap_and_reset_after_a_quiet_minute() {
+        let mut b = ReloadBackoff::default();
+        let t0 = Instant::now();
+        assert!(b.try_reload(t0), "the first reload is immediate");
+        assert!(!b.try_reload(t0 + Duration::from_millis(50)));
+        assert!(b.try_reload(t0 + Duration::from_millis(100)));
+        assert!(!b.try_reload(t0 + Duration::from_millis(250)));
+        assert!(b.try_reload(t0 + Duration::from_millis(300)));
+        for _ in 0..20 {
+            b.reloads += 1;
+        }
+        assert_eq!(b.delay(), RELOAD_BACKOFF_MAX);
+        let later = t0 + Duration::from_millis(300) + RELOAD_SERIES_RESET + Duration::from_secs(1);
+        assert!(b.try_reload(later));
+        assert_eq!(b.delay(), Duration::ZERO.max(b.delay()));
+        assert_eq!(b.reloads, 1);
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::abi::{exports, wasi, AbiVersion};
+use crate::authorizations::Authorizations;
 use crate::host::PluginRef;
 use crate::runtime::{Engine, FuncType, LinkedImport, Module, ValType};
 
@@ -16,11 +17,20 @@ pub struct PluginInfo {
     pub vm_id: String,
     /// The plugin configuration (`proxy_on_configure`'s buffer).
     pub configuration: Vec<u8>,
+    /// What the plugin may touch.
+    pub authorizations: Authorizations,
 }
 
 impl PluginInfo {
     pub fn new(name: impl Into<String>, root_id: impl Into<String>, vm_id: impl Into<String>, configuration: impl Into<Vec<u8>>) -> PluginInfo {
-        PluginInfo { name: name.into(), root_id: root_id.into(), vm_id: vm_id.into(), configuration: configuration.into() }
+        PluginInfo { name: name.into(), root_id: root_id.into(), vm_id: vm_id.into(), configuration: configuration.into(), authorizations: Authorizations::unrestricted() }
+    }
+
+    /// The same plugin with the operator's authorizations (the YAML loader
+    /// always sets them; [`PluginInfo::new`] allows everything).
+    pub fn with_authorizations(mut self, authorizations: Authorizations) -> PluginInfo {
+        self.authorizations = authorizations;
+        self
     }
 
     pub fn log_ref(&self) -> PluginRef {

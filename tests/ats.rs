@@ -19,6 +19,8 @@ fn rust_filter_yaml(name: &str, configuration: &str) -> String {
   name: "{name}"
   rootId: ""
   configuration: '{configuration}'
+  authorizations:
+    allowed_hosts: ["*"]
   vmConfig:
     runtime: "ats.wasm.runtime.wasmtime"
     vmId: "{name}_vm"
@@ -118,19 +120,6 @@ fn on_log_runs_once_per_transaction_after_the_response() {
     assert_eq!(r.body_str(), "3");
     let r = ats.send(&Request::get("/last").header("x-pw-test", "shared-get").header("x-pw-key", "log.last")).unwrap();
     assert_eq!(r.body_str(), "GET /count 200");
-}
-
-#[test]
-fn a_trap_answers_503_and_the_next_request_is_served() {
-    let (_origin, ats) = start_with_filter("ats-trap", "");
-    let r = ats.send(&Request::get("/boom").header("x-pw-test", "panic")).unwrap();
-    assert_eq!(r.status, 503, "{}", ats.log_report());
-    assert!(ats.wait_for_log("proxy_on_request_headers trapped", WAIT), "{}", ats.log_report());
-    for _ in 0..3 {
-        let r = ats.get("/after").unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("x-proxy-wasm"), Some("rust-sdk"));
-    }
 }
 
 #[test]

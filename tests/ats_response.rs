@@ -18,6 +18,8 @@ fn rust_filter_yaml(name: &str, configuration: &str, fail_open: bool) -> String 
   name: "{name}"
   configuration: '{configuration}'
   fail_open: {fail_open}
+  authorizations:
+    allowed_hosts: ["*"]
   vm_config:
     runtime: "ats.wasm.runtime.wasmtime"
     vm_id: "{name}_vm"

@@ -525,7 +525,7 @@ fn malformed_unknown_top_level_key() {
 fn malformed_unknown_config_key() {
     assert_eq!(
         fixture_error("unknown_config_key.yaml"),
-        r#"unknown_config_key.yaml:3:3: config: unknown key "vm_confg"; expected one of name, root_id, configuration, fail_open, capability_restriction_config, vm_config"#
+        r#"unknown_config_key.yaml:3:3: config: unknown key "vm_confg"; expected one of name, root_id, configuration, fail_open, failure_policy, capability_restriction_config, authorizations, vm_config"#
     );
 }
 
@@ -590,7 +590,7 @@ fn malformed_missing_code() {
 fn malformed_code_without_source() {
     assert_eq!(
         fixture_error("missing_code_source.yaml"),
-        r#"missing_code_source.yaml:4:11: config.vm_config.code: missing code source; expected "local""#
+        r#"missing_code_source.yaml:4:11: config.vm_config.code: missing code source; expected "local" or "remote""#
     );
 }
 
@@ -790,4 +790,263 @@ fn errors_in_a_top_level_list_name_the_item() {
             dir.path().join("missing.wasm").display()
         )
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Code sources other than `code.local.filename`
+
+const SOME_SHA256: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn inline_bytes_are_base64_and_may_be_folded_or_unpadded() {
+    // "\0asm\x01\0\0\0" is "AGFzbQEAAAA=" in base64.
+    let file = Path::new("/nowhere/inline.yaml");
+    let folded = "config:\n  name: i\n  vm_config:\n    code:\n      local:\n        inline_bytes: |\n          AGFz\n          bQEAAAA\n";
+    let p = load_str(folded, file).unwrap().remove(0);
+    assert_eq!(p.vm.code, CodeSource::Inline(b"\0asm\x01\0\0\0".to_vec()));
+    let camel = "config: { name: i, vm_config: { code: { local: { inlineBytes: AGFzbQEAAAA= } } } }";
+    assert_eq!(load_str(camel, file).unwrap()[0].vm.code, p.vm.code);
+}
+
+#[test]
+fn inline_string_is_taken_as_its_utf8_bytes() {
+    let yaml = "config: { name: s, vm_config: { code: { local: { inline_string: \"\\0asm\\x01\\0\\0\\0\" } } } }";
+    let p = load_str(yaml, Path::new("s.yaml")).unwrap().remove(0);
+    assert_eq!(p.vm.code, CodeSource::Inline(b"\0asm\x01\0\0\0".to_vec()));
+}
+
+#[test]
+fn remote_code_in_envoy_shape_with_our_cache_dir() {
+    use proxy_wasm_host::config::RemoteCode;
+    use std::time::Duration;
+    let dir = TempDir::new();
+    let file = dir.write(
+        "remote.yaml",
+        &format!(
+            "config:\n  name: r\n  vm_config:\n    code:\n      remote:\n        http_uri:\n          uri: http://plugins.example:8080/filters/a.wasm?v=2\n          timeout: 1.5s\n        sha256: {}\n        cache_dir: cache\n",
+            SOME_SHA256.to_uppercase()
+        ),
+    );
+    let p = load_file(&file).unwrap().remove(0);
+    let CodeSource::Remote(remote) = p.vm.code else { panic!("{:?}", p.vm.code) };
+    let mut sha256 = [0u8; 32];
+    for (i, b) in sha256.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&SOME_SHA256[2 * i..2 * i + 2], 16).unwrap();
+    }
+    assert_eq!(
+        remote,
+        RemoteCode {
+            uri: "http://plugins.example:8080/filters/a.wasm?v=2".into(),
+            upstream: "plugins.example:8080".into(),
+            authority: "plugins.example:8080".into(),
+            path: "/filters/a.wasm?v=2".into(),
+            timeout: Duration::from_millis(1500),
+            sha256,
+            cache_dir: Some(dir.path().join("cache")),
+        }
+    );
+    assert_eq!(remote.sha256_hex(), SOME_SHA256);
+}
+
+#[test]
+fn remote_code_with_a_plain_uri_gets_the_defaults() {
+    use proxy_wasm_host::config::RemoteCode;
+    let yaml = format!("config: {{ name: r, vm_config: {{ code: {{ remote: {{ uri: \"http://[::1]\", sha256: {SOME_SHA256} }} }} }} }}");
+    let p = load_str(&yaml, Path::new("r.yaml")).unwrap().remove(0);
+    let CodeSource::Remote(remote) = p.vm.code else { panic!("{:?}", p.vm.code) };
+    assert_eq!((remote.upstream.as_str(), remote.authority.as_str(), remote.path.as_str()), ("[::1]:80", "[::1]", "/"));
+    assert_eq!(remote.timeout, RemoteCode::DEFAULT_TIMEOUT);
+    assert_eq!(remote.cache_dir, None);
+    let with_ms = yaml.replace("uri: \"http://[::1]\"", "http_uri: { uri: \"http://h/x\", timeout: 250ms }");
+    let CodeSource::Remote(remote) = load_str(&with_ms, Path::new("r.yaml")).unwrap().remove(0).vm.code else { panic!() };
+    assert_eq!(remote.timeout, std::time::Duration::from_millis(250));
+}
+
+#[test]
+fn malformed_inline_bytes_not_base64() {
+    assert_eq!(
+        fixture_error("inline_bytes_not_base64.yaml"),
+        r"inline_bytes_not_base64.yaml:6:23: config.vm_config.code.local.inline_bytes: expected the module as base64 text, but it is not valid base64: Invalid symbol 42, offset 6."
+    );
+}
+
+#[test]
+fn malformed_local_with_two_sources() {
+    assert_eq!(
+        fixture_error("local_two_sources.yaml"),
+        r#"local_two_sources.yaml:6:9: config.vm_config.code.local: give only one of "filename", "inline_bytes" and "inline_string""#
+    );
+}
+
+#[test]
+fn malformed_local_without_source() {
+    assert_eq!(
+        fixture_error("local_without_source.yaml"),
+        r#"local_without_source.yaml:5:14: config.vm_config.code.local: missing code; expected one of "filename", "inline_bytes" and "inline_string""#
+    );
+}
+
+#[test]
+fn malformed_local_and_remote() {
+    assert_eq!(
+        fixture_error("local_and_remote.yaml"),
+        r#"local_and_remote.yaml:5:7: config.vm_config.code: use either "local" or "remote", not both"#
+    );
+}
+
+#[test]
+fn malformed_remote_without_sha256() {
+    assert_eq!(
+        fixture_error("remote_missing_sha256.yaml"),
+        r#"remote_missing_sha256.yaml:6:9: config.vm_config.code.remote: missing required key "sha256": remote code must be pinned by its SHA-256"#
+    );
+}
+
+#[test]
+fn malformed_remote_sha256() {
+    assert_eq!(
+        fixture_error("remote_sha256_malformed.yaml"),
+        r#"remote_sha256_malformed.yaml:7:17: config.vm_config.code.remote.sha256: expected a SHA-256 as 64 hexadecimal digits, found "0123abcd""#
+    );
+}
+
+#[test]
+fn malformed_remote_https() {
+    assert_eq!(
+        fixture_error("remote_https.yaml"),
+        r#"remote_https.yaml:7:16: config.vm_config.code.remote.http_uri.uri: "https://example.com/plugin.wasm": only http:// is supported: this host downloads remote code with its own small HTTP/1.1 client, which has no TLS; the sha256 pin guarantees the code whatever the transport, so use an http:// URL or a local file"#
+    );
+}
+
+#[test]
+fn malformed_remote_unsupported_scheme() {
+    assert_eq!(
+        fixture_error("remote_unsupported_scheme.yaml"),
+        r#"remote_unsupported_scheme.yaml:6:14: config.vm_config.code.remote.uri: "ftp://example.com/plugin.wasm": unsupported scheme "ftp"; expected an http:// URL"#
+    );
+}
+
+#[test]
+fn malformed_remote_bad_port() {
+    assert_eq!(
+        fixture_error("remote_bad_port.yaml"),
+        r#"remote_bad_port.yaml:6:14: config.vm_config.code.remote.uri: "http://example.com:http/plugin.wasm": invalid host or port "example.com:http""#
+    );
+}
+
+#[test]
+fn malformed_remote_uri_given_twice() {
+    assert_eq!(
+        fixture_error("remote_uri_twice.yaml"),
+        r#"remote_uri_twice.yaml:6:9: config.vm_config.code.remote: use either "http_uri" or "uri", not both"#
+    );
+}
+
+#[test]
+fn malformed_remote_without_uri() {
+    assert_eq!(
+        fixture_error("remote_missing_uri.yaml"),
+        r#"remote_missing_uri.yaml:6:9: config.vm_config.code.remote: missing required key "http_uri" (or its shorthand "uri")"#
+    );
+}
+
+#[test]
+fn malformed_remote_http_uri_without_uri() {
+    assert_eq!(
+        fixture_error("remote_http_uri_without_uri.yaml"),
+        r#"remote_http_uri_without_uri.yaml:6:19: config.vm_config.code.remote.http_uri: missing required key "uri""#
+    );
+}
+
+#[test]
+fn malformed_remote_timeout_without_unit() {
+    assert_eq!(
+        fixture_error("remote_bad_timeout.yaml"),
+        r#"remote_bad_timeout.yaml:8:20: config.vm_config.code.remote.http_uri.timeout: expected a duration like "10s", "1.5s" or "500ms", found the number 10; write the unit, like "10s""#
+    );
+}
+
+#[test]
+fn malformed_remote_http_uri_cluster_is_not_supported() {
+    // Envoy's `cluster` has no meaning here: the host connects to the URL's host itself.
+    assert_eq!(
+        fixture_error("remote_unknown_key.yaml"),
+        r#"remote_unknown_key.yaml:8:11: config.vm_config.code.remote.http_uri: unknown key "cluster"; expected one of uri, timeout"#
+    );
+}
+
+#[test]
+fn remote_timeouts_out_of_range_or_misspelt_are_refused() {
+    for (timeout, found) in [("0s", "\"0s\""), ("10m", "\"10m\""), ("-1s", "\"-1s\""), ("2d", "\"2d\"")] {
+        let yaml = format!("config: {{ name: t, vm_config: {{ code: {{ remote: {{ http_uri: {{ uri: \"http://h/\", timeout: \"{timeout}\" }}, sha256: {SOME_SHA256} }} }} }} }}");
+        let message = load_str(&yaml, Path::new("t.yaml")).unwrap_err().to_string();
+        assert!(message.contains("config.vm_config.code.remote.http_uri.timeout: expected a duration like"), "{message}");
+        assert!(message.ends_with(&format!("found {found}")), "{message}");
+    }
+}
+
+// ---------------------------------------------------------------- failure policy and authorizations
+
+fn load_plugin_with(extra: &str) -> Result<proxy_wasm_host::config::PluginConfig, String> {
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let yaml = format!("config:\n  name: n\n{extra}\n  vm_config:\n    code: {{local: {{filename: p.wasm}}}}\n");
+    load_str(&yaml, &dir.path().join("c.yaml")).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
+}
+
+#[test]
+fn failure_policy_names_and_the_fail_open_mapping() {
+    for (extra, policy) in [
+        ("  failure_policy: fail_closed", FailurePolicy::FailClosed),
+        ("  failure_policy: fail_open", FailurePolicy::FailOpen),
+        ("  failure_policy: reload", FailurePolicy::Reload),
+        ("  failurePolicy: reload", FailurePolicy::Reload),
+        ("  fail_open: true", FailurePolicy::FailOpen),
+        ("  fail_open: false", FailurePolicy::FailClosed),
+        ("", FailurePolicy::FailClosed),
+    ] {
+        assert_eq!(load_plugin_with(extra).unwrap().failure_policy, policy, "{extra:?}");
+    }
+}
+
+#[test]
+fn failure_policy_errors_name_the_key_and_the_choices() {
+    let e = load_plugin_with("  failure_policy: crash").unwrap_err();
+    assert!(e.ends_with("c.yaml:3:19: config.failure_policy: unknown failure policy \"crash\"; expected one of fail_closed, fail_open, reload"), "{e}");
+    let e = load_plugin_with("  fail_open: true\n  failure_policy: reload").unwrap_err();
+    assert!(e.contains("config: both fail_open and failure_policy are given; expected only one of them"), "{e}");
+}
+
+#[test]
+fn authorizations_default_to_no_outgoing_calls_own_shared_data_and_every_property() {
+    use proxy_wasm_host::authorizations::{Access, Authorizations};
+    let a = load_plugin_with("").unwrap().authorizations;
+    assert_eq!(a, Authorizations::default());
+    assert!(a.allowed_hosts.is_empty());
+    assert_eq!((a.plugin_map_access, a.global_map_access), (Access::ALL, Access::NONE));
+    assert_eq!((a.property_read.clone(), a.property_write.clone()), (vec!["*".to_string()], vec!["*".to_string()]));
+}
+
+#[test]
+fn authorizations_are_read_with_otoroshi_names() {
+    use proxy_wasm_host::authorizations::Access;
+    let a = load_plugin_with(
+        "  authorizations:\n    allowed_hosts: [\"127.0.0.1:8081\", \"auth:80\"]\n    plugin_map_access: { read: true }\n    globalMapAccess: { read: true, write: true }\n    properties: { read: [request, source.address] }\n  capability_restriction_config:\n    allowed_capabilities: [proxy_log]",
+    )
+    .unwrap()
+    .authorizations;
+    assert_eq!(a.allowed_hosts, vec!["127.0.0.1:8081", "auth:80"]);
+    assert_eq!(a.plugin_map_access, Access { read: true, write: false });
+    assert_eq!(a.global_map_access, Access::ALL);
+    assert_eq!(a.property_read, vec!["request", "source.address"]);
+    assert_eq!(a.property_write, vec!["*"]);
+    assert_eq!(a.capabilities, Some(["proxy_log".to_string()].into()));
+}
+
+#[test]
+fn authorizations_errors_name_the_key() {
+    let e = load_plugin_with("  authorizations:\n    allowed_host: [x]").unwrap_err();
+    assert!(e.contains("config.authorizations: unknown key \"allowed_host\"; expected one of allowed_hosts, plugin_map_access, global_map_access, properties"), "{e}");
+    let e = load_plugin_with("  authorizations:\n    plugin_map_access: { read: yes please }").unwrap_err();
+    assert!(e.contains("config.authorizations.plugin_map_access.read: expected a boolean (true or false)"), "{e}");
 }

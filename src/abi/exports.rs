@@ -432,6 +432,12 @@ fn proxy_http_call(c: &mut dyn Caller, a: &[Val]) -> R {
         return done(Status::BadArgument);
     }
     let st = c.state();
+    if let Some(plugin) = st.effective_plugin() {
+        if !plugin.authorizations.allows_upstream(&upstream) {
+            st.log_denial(format!("http_call to {upstream:?}"), "not in authorizations.allowed_hosts");
+            return done(Status::BadArgument);
+        }
+    }
     let Some(root_id) = st.effective_root_id() else { return done(Status::BadArgument) };
     let dispatcher = st.effective_context;
     let token = st.allocate_http_call_token();
@@ -454,12 +460,29 @@ fn unimplemented(c: &mut dyn Caller, _a: &[Val]) -> R {
 
 // ---------------------------------------------------------------- shared data and queues
 
+/// Where a shared-data key lives for the effective plugin, if it may read
+/// (or write) there: its own VM's keys, or `<vm_id>::<key>` of another VM with
+/// `global_map_access`. A denial is logged once.
+fn shared_data_target(st: &mut HostState, key: &[u8], write: bool) -> Option<(String, Vec<u8>)> {
+    let Some(plugin) = st.effective_plugin() else { return Some((st.env.vm_id.clone(), key.to_vec())) };
+    let (vm_id, key, access) = plugin.authorizations.shared_data_target(&st.env.vm_id, key);
+    if if write { access.write } else { access.read } {
+        return Some((vm_id.to_string(), key.to_vec()));
+    }
+    let (what, setting) = if vm_id == st.env.vm_id { ("its own", "plugin_map_access") } else { ("another VM's", "global_map_access") };
+    let verb = if write { "write" } else { "read" };
+    st.log_denial(format!("shared data {verb} of vm_id {vm_id:?}"), &format!("authorizations.{setting}.{verb} is false for {what} shared data"));
+    None
+}
+
 fn proxy_get_shared_data(c: &mut dyn Caller, a: &[Val]) -> R {
     tri!(running(c));
     let key = read!(c, u(a, 0), u(a, 1));
     tri!(memory::check(c.memory_and_state().0, u(a, 4), 4));
     let st = c.state();
-    let Some((value, cas)) = st.env.shared_data.get(&st.env.vm_id, &key) else { return done(Status::NotFound) };
+    // A key the plugin may not read looks absent (what SDKs handle).
+    let Some((vm_id, key)) = shared_data_target(st, &key, false) else { return done(Status::NotFound) };
+    let Some((value, cas)) = st.env.shared_data.get(&vm_id, &key) else { return done(Status::NotFound) };
     let s = return_bytes(c, &value, u(a, 2), u(a, 3))?;
     if s != Status::Ok {
         return done(s);
@@ -472,7 +495,8 @@ fn proxy_set_shared_data(c: &mut dyn Caller, a: &[Val]) -> R {
     let key = read!(c, u(a, 0), u(a, 1));
     let value = read!(c, u(a, 2), u(a, 3));
     let st = c.state();
-    result(st.env.shared_data.set(&st.env.vm_id, &key, &value, u(a, 4)))
+    let Some((vm_id, key)) = shared_data_target(st, &key, true) else { return done(Status::BadArgument) };
+    result(st.env.shared_data.set(&vm_id, &key, &value, u(a, 4)))
 }
 
 fn proxy_register_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
@@ -578,6 +602,11 @@ fn get_property(st: &mut HostState, raw: &[u8]) -> Result<Option<Vec<u8>>, Statu
     }
 }
 
+/// A property path as operators write it (`request.headers.x-a`).
+fn property_name(segments: &[&[u8]]) -> String {
+    segments.iter().map(|s| String::from_utf8_lossy(s)).collect::<Vec<_>>().join(".")
+}
+
 fn proxy_get_property(c: &mut dyn Caller, a: &[Val]) -> R {
     tri!(running(c));
     let path = read!(c, u(a, 0), u(a, 1));
@@ -585,6 +614,14 @@ fn proxy_get_property(c: &mut dyn Caller, a: &[Val]) -> R {
         let mem = c.memory_and_state().0;
         tri!(memory::check(mem, u(a, 2), 4));
         tri!(memory::check(mem, u(a, 3), 4));
+    }
+    let st = c.state();
+    if let Some(plugin) = st.effective_plugin() {
+        let segments = super::property_path::split(&path);
+        if !plugin.authorizations.allows_property_read(&segments) {
+            st.log_denial(format!("property read {}", property_name(&segments)), "not in authorizations.properties.read");
+            return done(Status::NotFound);
+        }
     }
     match get_property(c.state(), &path) {
         Ok(Some(v)) => done(return_bytes(c, &v, u(a, 2), u(a, 3))?),
@@ -604,6 +641,13 @@ fn proxy_set_property(c: &mut dyn Caller, a: &[Val]) -> R {
         return done(Status::BadArgument);
     }
     let st = c.state();
+    if let Some(plugin) = st.effective_plugin() {
+        let segments = super::property_path::split(&path);
+        if !plugin.authorizations.allows_property_write(&segments) {
+            st.log_denial(format!("property write {}", property_name(&segments)), "not in authorizations.properties.write");
+            return done(Status::BadArgument);
+        }
+    }
     if let Some(s) = st.effective_stream() {
         let segments = super::property_path::split(&path);
         match s.stream.set_property(&segments, &value) {
@@ -674,66 +718,99 @@ fn proxy_call_foreign_function(c: &mut dyn Caller, a: &[Val]) -> R {
 
 use ValType::{I32, I64};
 
-const fn env(name: &'static str, params: &'static [ValType], func: crate::runtime::HostFn) -> HostFunction {
-    HostFunction { module: "env", name, params, results: &[I32], func }
+/// An `env` hostcall, checked against the calling plugin's
+/// `capability_restriction_config` before it runs.
+macro_rules! hostcall {
+    ($name:literal, $params:expr, $func:path) => {
+        HostFunction {
+            module: "env",
+            name: $name,
+            params: $params,
+            results: &[I32],
+            func: {
+                fn checked(c: &mut dyn Caller, a: &[Val]) -> R {
+                    if capability_denied(c, $name) {
+                        return done(Status::Unimplemented);
+                    }
+                    $func(c, a)
+                }
+                checked
+            },
+        }
+    };
+}
+
+/// Whether the effective plugin may not use `name` (logged once). As in
+/// proxy-wasm-cpp-host, a denied hostcall answers UNIMPLEMENTED.
+pub(crate) fn capability_denied(c: &mut dyn Caller, name: &'static str) -> bool {
+    let st = c.state();
+    if !st.restricted {
+        return false;
+    }
+    let Some(plugin) = st.effective_plugin() else { return false };
+    if plugin.authorizations.allows_capability(name) {
+        return false;
+    }
+    st.log_denial(format!("hostcall {name}"), "not in capability_restriction_config.allowed_capabilities");
+    true
 }
 
 /// Hostcalls common to every ABI version.
 static COMMON: &[HostFunction] = &[
-    env("proxy_log", &[I32, I32, I32], proxy_log),
-    env("proxy_get_current_time_nanoseconds", &[I32], proxy_get_current_time_nanoseconds),
-    env("proxy_set_tick_period_milliseconds", &[I32], proxy_set_tick_period_milliseconds),
-    env("proxy_get_buffer_bytes", &[I32, I32, I32, I32, I32], proxy_get_buffer_bytes),
-    env("proxy_set_buffer_bytes", &[I32, I32, I32, I32, I32], proxy_set_buffer_bytes),
-    env("proxy_get_buffer_status", &[I32, I32, I32], proxy_get_buffer_status),
-    env("proxy_get_header_map_pairs", &[I32, I32, I32], proxy_get_header_map_pairs),
-    env("proxy_set_header_map_pairs", &[I32, I32, I32], proxy_set_header_map_pairs),
-    env("proxy_get_header_map_size", &[I32, I32], proxy_get_header_map_size),
-    env("proxy_get_header_map_value", &[I32, I32, I32, I32, I32], proxy_get_header_map_value),
-    env("proxy_add_header_map_value", &[I32, I32, I32, I32, I32], proxy_add_header_map_value),
-    env("proxy_replace_header_map_value", &[I32, I32, I32, I32, I32], proxy_replace_header_map_value),
-    env("proxy_remove_header_map_value", &[I32, I32, I32], proxy_remove_header_map_value),
-    env("proxy_send_local_response", &[I32, I32, I32, I32, I32, I32, I32, I32], proxy_send_local_response),
-    env("proxy_get_status", &[I32, I32, I32], proxy_get_status),
-    env("proxy_http_call", &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], proxy_http_call),
-    env("proxy_grpc_call", &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], unimplemented),
-    env("proxy_grpc_stream", &[I32, I32, I32, I32, I32, I32, I32, I32, I32], unimplemented),
-    env("proxy_grpc_send", &[I32, I32, I32, I32], unimplemented),
-    env("proxy_grpc_cancel", &[I32], unimplemented),
-    env("proxy_grpc_close", &[I32], unimplemented),
-    env("proxy_get_shared_data", &[I32, I32, I32, I32, I32], proxy_get_shared_data),
-    env("proxy_set_shared_data", &[I32, I32, I32, I32, I32], proxy_set_shared_data),
-    env("proxy_register_shared_queue", &[I32, I32, I32], proxy_register_shared_queue),
-    env("proxy_resolve_shared_queue", &[I32, I32, I32, I32, I32], proxy_resolve_shared_queue),
-    env("proxy_enqueue_shared_queue", &[I32, I32, I32], proxy_enqueue_shared_queue),
-    env("proxy_dequeue_shared_queue", &[I32, I32, I32], proxy_dequeue_shared_queue),
-    env("proxy_define_metric", &[I32, I32, I32, I32], proxy_define_metric),
-    env("proxy_increment_metric", &[I32, I64], proxy_increment_metric),
-    env("proxy_record_metric", &[I32, I64], proxy_record_metric),
-    env("proxy_get_metric", &[I32, I32], proxy_get_metric),
-    env("proxy_get_property", &[I32, I32, I32, I32], proxy_get_property),
-    env("proxy_set_property", &[I32, I32, I32, I32], proxy_set_property),
-    env("proxy_set_effective_context", &[I32], proxy_set_effective_context),
-    env("proxy_done", &[], proxy_done),
-    env("proxy_call_foreign_function", &[I32, I32, I32, I32, I32, I32], proxy_call_foreign_function),
+    hostcall!("proxy_log", &[I32, I32, I32], proxy_log),
+    hostcall!("proxy_get_current_time_nanoseconds", &[I32], proxy_get_current_time_nanoseconds),
+    hostcall!("proxy_set_tick_period_milliseconds", &[I32], proxy_set_tick_period_milliseconds),
+    hostcall!("proxy_get_buffer_bytes", &[I32, I32, I32, I32, I32], proxy_get_buffer_bytes),
+    hostcall!("proxy_set_buffer_bytes", &[I32, I32, I32, I32, I32], proxy_set_buffer_bytes),
+    hostcall!("proxy_get_buffer_status", &[I32, I32, I32], proxy_get_buffer_status),
+    hostcall!("proxy_get_header_map_pairs", &[I32, I32, I32], proxy_get_header_map_pairs),
+    hostcall!("proxy_set_header_map_pairs", &[I32, I32, I32], proxy_set_header_map_pairs),
+    hostcall!("proxy_get_header_map_size", &[I32, I32], proxy_get_header_map_size),
+    hostcall!("proxy_get_header_map_value", &[I32, I32, I32, I32, I32], proxy_get_header_map_value),
+    hostcall!("proxy_add_header_map_value", &[I32, I32, I32, I32, I32], proxy_add_header_map_value),
+    hostcall!("proxy_replace_header_map_value", &[I32, I32, I32, I32, I32], proxy_replace_header_map_value),
+    hostcall!("proxy_remove_header_map_value", &[I32, I32, I32], proxy_remove_header_map_value),
+    hostcall!("proxy_send_local_response", &[I32, I32, I32, I32, I32, I32, I32, I32], proxy_send_local_response),
+    hostcall!("proxy_get_status", &[I32, I32, I32], proxy_get_status),
+    hostcall!("proxy_http_call", &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], proxy_http_call),
+    hostcall!("proxy_grpc_call", &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], unimplemented),
+    hostcall!("proxy_grpc_stream", &[I32, I32, I32, I32, I32, I32, I32, I32, I32], unimplemented),
+    hostcall!("proxy_grpc_send", &[I32, I32, I32, I32], unimplemented),
+    hostcall!("proxy_grpc_cancel", &[I32], unimplemented),
+    hostcall!("proxy_grpc_close", &[I32], unimplemented),
+    hostcall!("proxy_get_shared_data", &[I32, I32, I32, I32, I32], proxy_get_shared_data),
+    hostcall!("proxy_set_shared_data", &[I32, I32, I32, I32, I32], proxy_set_shared_data),
+    hostcall!("proxy_register_shared_queue", &[I32, I32, I32], proxy_register_shared_queue),
+    hostcall!("proxy_resolve_shared_queue", &[I32, I32, I32, I32, I32], proxy_resolve_shared_queue),
+    hostcall!("proxy_enqueue_shared_queue", &[I32, I32, I32], proxy_enqueue_shared_queue),
+    hostcall!("proxy_dequeue_shared_queue", &[I32, I32, I32], proxy_dequeue_shared_queue),
+    hostcall!("proxy_define_metric", &[I32, I32, I32, I32], proxy_define_metric),
+    hostcall!("proxy_increment_metric", &[I32, I64], proxy_increment_metric),
+    hostcall!("proxy_record_metric", &[I32, I64], proxy_record_metric),
+    hostcall!("proxy_get_metric", &[I32, I32], proxy_get_metric),
+    hostcall!("proxy_get_property", &[I32, I32, I32, I32], proxy_get_property),
+    hostcall!("proxy_set_property", &[I32, I32, I32, I32], proxy_set_property),
+    hostcall!("proxy_set_effective_context", &[I32], proxy_set_effective_context),
+    hostcall!("proxy_done", &[], proxy_done),
+    hostcall!("proxy_call_foreign_function", &[I32, I32, I32, I32, I32, I32], proxy_call_foreign_function),
 ];
 
 /// Only in ABI 0.1.0 (replaced in 0.2.0).
 static V0_1_0_ONLY: &[HostFunction] = &[
-    env("proxy_get_configuration", &[I32, I32], proxy_get_configuration),
-    env("proxy_continue_request", &[], proxy_continue_request),
-    env("proxy_continue_response", &[], proxy_continue_response),
-    env("proxy_clear_route_cache", &[], proxy_clear_route_cache),
+    hostcall!("proxy_get_configuration", &[I32, I32], proxy_get_configuration),
+    hostcall!("proxy_continue_request", &[], proxy_continue_request),
+    hostcall!("proxy_continue_response", &[], proxy_continue_response),
+    hostcall!("proxy_clear_route_cache", &[], proxy_clear_route_cache),
 ];
 
 /// From ABI 0.2.0 on.
 static V0_2_0_ON: &[HostFunction] = &[
-    env("proxy_continue_stream", &[I32], proxy_continue_stream),
-    env("proxy_close_stream", &[I32], proxy_close_stream),
+    hostcall!("proxy_continue_stream", &[I32], proxy_continue_stream),
+    hostcall!("proxy_close_stream", &[I32], proxy_close_stream),
 ];
 
 /// From ABI 0.2.1 on.
-static V0_2_1_ON: &[HostFunction] = &[env("proxy_get_log_level", &[I32], proxy_get_log_level)];
+static V0_2_1_ON: &[HostFunction] = &[hostcall!("proxy_get_log_level", &[I32], proxy_get_log_level)];
 
 /// The `env` hostcalls a module of `abi` may import.
 pub fn hostcalls(abi: AbiVersion) -> impl Iterator<Item = &'static HostFunction> {

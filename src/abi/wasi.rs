@@ -20,6 +20,8 @@ pub const EBADF: i32 = 8;
 pub const EFAULT: i32 = 21;
 pub const EINVAL: i32 = 28;
 pub const ENOTSUP: i32 = 58;
+/// WASI `notcapable`: a capability the plugin was not granted.
+pub const ENOTCAPABLE: i32 = 76;
 pub const ESPIPE: i32 = 70;
 
 /// The most a plugin may ask of `random_get` in one call, as the reference host allows.
@@ -188,27 +190,44 @@ pub fn unsupported(_c: &mut dyn Caller, _a: &[Val]) -> R {
 
 use ValType::{I32, I64};
 
+/// A WASI function, checked against the calling plugin's
+/// `capability_restriction_config`: denied, it answers ENOTCAPABLE
+/// (`proc_exit` just returns).
+macro_rules! wasi_fn {
+    ($name:literal, $params:expr, $func:path) => {
+        ($name, $params, {
+            fn checked(c: &mut dyn Caller, a: &[Val]) -> R {
+                if crate::abi::exports::capability_denied(c, $name) {
+                    return if $name == "proc_exit" { Ok(None) } else { errno(ENOTCAPABLE) };
+                }
+                $func(c, a)
+            }
+            checked as HostFn
+        })
+    };
+}
+
 /// The WASI functions we implement: name, parameters, function. All return an errno (i32),
 /// except `proc_exit`, which returns nothing.
 pub static FUNCTIONS: &[(&str, &[ValType], HostFn)] = &[
-    ("fd_write", &[I32, I32, I32, I32], fd_write),
-    ("fd_read", &[I32, I32, I32, I32], fd_read),
-    ("fd_close", &[I32], fd_close),
-    ("fd_seek", &[I32, I64, I32, I32], fd_seek),
-    ("fd_fdstat_get", &[I32, I32], fd_fdstat_get),
-    ("fd_prestat_get", &[I32, I32], bad_fd),
-    ("fd_prestat_dir_name", &[I32, I32, I32], bad_fd),
-    ("fd_filestat_get", &[I32, I32], bad_fd),
-    ("environ_sizes_get", &[I32, I32], environ_sizes_get),
-    ("environ_get", &[I32, I32], environ_get),
-    ("args_sizes_get", &[I32, I32], args_sizes_get),
-    ("args_get", &[I32, I32], args_get),
-    ("clock_time_get", &[I32, I64, I32], clock_time_get),
-    ("clock_res_get", &[I32, I32], clock_res_get),
-    ("random_get", &[I32, I32], random_get),
-    ("proc_exit", &[I32], proc_exit),
-    ("sched_yield", &[], sched_yield),
-    ("poll_oneoff", &[I32, I32, I32, I32], poll_oneoff),
+    wasi_fn!("fd_write", &[I32, I32, I32, I32], fd_write),
+    wasi_fn!("fd_read", &[I32, I32, I32, I32], fd_read),
+    wasi_fn!("fd_close", &[I32], fd_close),
+    wasi_fn!("fd_seek", &[I32, I64, I32, I32], fd_seek),
+    wasi_fn!("fd_fdstat_get", &[I32, I32], fd_fdstat_get),
+    wasi_fn!("fd_prestat_get", &[I32, I32], bad_fd),
+    wasi_fn!("fd_prestat_dir_name", &[I32, I32, I32], bad_fd),
+    wasi_fn!("fd_filestat_get", &[I32, I32], bad_fd),
+    wasi_fn!("environ_sizes_get", &[I32, I32], environ_sizes_get),
+    wasi_fn!("environ_get", &[I32, I32], environ_get),
+    wasi_fn!("args_sizes_get", &[I32, I32], args_sizes_get),
+    wasi_fn!("args_get", &[I32, I32], args_get),
+    wasi_fn!("clock_time_get", &[I32, I64, I32], clock_time_get),
+    wasi_fn!("clock_res_get", &[I32, I32], clock_res_get),
+    wasi_fn!("random_get", &[I32, I32], random_get),
+    wasi_fn!("proc_exit", &[I32], proc_exit),
+    wasi_fn!("sched_yield", &[], sched_yield),
+    wasi_fn!("poll_oneoff", &[I32, I32, I32, I32], poll_oneoff),
 ];
 
 /// Resolves a WASI import: our implementation when the signature matches,

@@ -78,19 +78,27 @@ static REMAP_SETS: LazyLock<Mutex<HashMap<Vec<PathBuf>, Weak<PluginSet>>>> = Laz
 thread_local! {
     /// This thread's VMs, per plugin set.
     static SLOTS: RefCell<Vec<Arc<VmSlot>>> = const { RefCell::new(Vec::new()) };
+    /// This thread's reload back-off, per plugin set.
+    static BACKOFF: RefCell<HashMap<u64, loader::ReloadBackoff>> = RefCell::new(HashMap::new());
 }
 
-/// This thread's VMs for a plugin set, created on first use and replaced when
-/// one of them failed (a trapped instance is never reused).
+/// This thread's VMs for a plugin set, created on first use. When one of
+/// them failed, a plugin with the `reload` failure policy gets all of them
+/// replaced (with back-off); otherwise they stay as they are and each
+/// transaction is admitted by the plugins' policies (see `loader::Admission`).
 fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
     SLOTS.with(|slots| {
         let mut slots = slots.borrow_mut();
         shut_down_retired(&mut slots);
         if let Some(i) = slots.iter().position(|s| s.plugins.id == set.id) {
-            let healthy = slots[i].vms.lock().unwrap_or_else(|p| p.into_inner()).vms.iter().all(|vm| vm.failure().is_none());
-            if healthy {
+            let reload = {
+                let vms = slots[i].vms.lock().unwrap_or_else(|p| p.into_inner());
+                vms.wants_reload(&set.plugins) && BACKOFF.with(|b| b.borrow_mut().entry(set.id).or_default().try_reload(std::time::Instant::now()))
+            };
+            if !reload {
                 return Some(slots[i].clone());
             }
+            log(LogLevel::Info, &format!("[proxy_wasm] reloading the plugins of {} after a failure (failure_policy: reload)", set.plugins.iter().map(|p| p.config.name.as_str()).collect::<Vec<_>>().join(", ")));
             slots.remove(i);
         }
         let mut servers: Vec<Arc<AtsServer>> = Vec::new();
@@ -160,7 +168,10 @@ fn config_path(arg: &str) -> PathBuf {
 /// Errors name the file and key.
 fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
     let configs = crate::config::load_files(paths).map_err(|e| e.to_string())?;
-    let plugins = loader::load(&configs).map_err(|e| e.to_string())?;
+    let plugins = loader::load_with_warnings(&configs, &mut |config, message| {
+        log(LogLevel::Warn, &format!("[proxy_wasm] {}: {}: {message}", config.origin, config.name));
+    })
+    .map_err(|e| e.to_string())?;
     let mut canary = PluginVms::start(&plugins, |_| Arc::new(AtsServer::canary()) as Arc<dyn ServerHost>).map_err(|e| e.to_string())?;
     canary.shutdown();
     for p in &plugins {
@@ -216,14 +227,9 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     };
     let Some(slot) = thread_slot(&set) else {
         // The plugins cannot run on this thread: fail closed unless all fail open.
-        let closed = set.plugins.iter().any(|p| p.config.failure_policy == crate::config::FailurePolicy::FailClosed);
+        let closed = set.plugins.iter().any(|p| p.config.failure_policy != crate::config::FailurePolicy::FailOpen);
         if closed {
-            // SAFETY: live transaction.
-            unsafe { TSHttpTxnStatusSet(txnp, TS_HTTP_STATUS_SERVICE_UNAVAILABLE) };
-            if in_remap {
-                // SAFETY: live transaction; the hook answers 503 at POST_REMAP.
-                unsafe { TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, TSContCreate(Some(on_broken_rule), std::ptr::null_mut())) };
-            }
+            refuse(txnp, in_remap);
         }
         reenable(closed);
         return;
@@ -241,7 +247,17 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     let mut chain = Vec::new();
     {
         let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
-        for root in vms.roots.clone() {
+        let roots = match vms.admit(&set.plugins) {
+            loader::Admission::Run(roots) => roots,
+            loader::Admission::Refuse { plugin } => {
+                drop(vms);
+                log(LogLevel::Debug, &format!("[proxy_wasm] {}: failed earlier; the transaction gets 503 (failure policy)", set.plugins[plugin].config.name));
+                refuse(txnp, in_remap);
+                reenable(true);
+                return;
+            }
+        };
+        for root in roots {
             match vms.vms[root.vm].create_stream(root.root_context_id, Box::new(AtsStream { shared: shared.clone() })) {
                 Ok(ctx) => chain.push(Link { plugin: root.plugin, vm: root.vm, ctx }),
                 Err(e) => log(LogLevel::Error, &format!("[proxy_wasm] {}: cannot create a stream context: {e}", set.plugins[root.plugin].config.name)),
@@ -275,6 +291,17 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         } else {
             (*raw).run_request_headers();
         }
+    }
+}
+
+/// Makes the transaction answer 503 without reaching the origin (from the
+/// global hook the caller reenables with an error; from remap, at POST_REMAP).
+fn refuse(txnp: TSHttpTxn, in_remap: bool) {
+    // SAFETY: live transaction.
+    unsafe { TSHttpTxnStatusSet(txnp, TS_HTTP_STATUS_SERVICE_UNAVAILABLE) };
+    if in_remap {
+        // SAFETY: live transaction; the hook answers 503 at POST_REMAP.
+        unsafe { TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, TSContCreate(Some(on_broken_rule), std::ptr::null_mut())) };
     }
 }
 

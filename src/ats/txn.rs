@@ -421,7 +421,7 @@ impl Txn {
         log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", self.plugin_name(link)));
         match self.policy(link) {
             FailurePolicy::FailOpen => false,
-            FailurePolicy::FailClosed => {
+            FailurePolicy::FailClosed | FailurePolicy::Reload => {
                 *self.shared.local.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 set_error_response(self.shared.txnp, 503, b"plugin failure\n", None);
                 true

@@ -12,6 +12,15 @@
 //!   configuration: |                # optional plugin configuration, default empty
 //!     {"any": "text"}
 //!   fail_open: false                # optional (alias failOpen), default false
+//!   failure_policy: fail_closed     # our extension (alias failurePolicy): fail_closed (default),
+//!                                   # fail_open or reload; not together with fail_open
+//!   authorizations:                 # our extension; every key optional
+//!     allowed_hosts: []             # alias allowedHosts: http_call upstreams ("*" = any), default none
+//!     plugin_map_access: { read: true, write: true }   # alias pluginMapAccess: own shared data,
+//!                                   # default both true; in a given map a missing right is false
+//!     global_map_access: { read: false, write: false } # alias globalMapAccess: other VMs' shared
+//!                                   # data as "<vm_id>::<key>", default both false
+//!     properties: { read: ["*"], write: ["*"] }         # dotted path prefixes, default ["*"] each
 //!   capability_restriction_config:  # optional (alias capabilityRestrictionConfig)
 //!     allowed_capabilities:         # alias allowedCapabilities
 //!       proxy_log: {}               # Envoy style map; a plain list of names works too
@@ -23,10 +32,51 @@
 //!     environment_variables:        # optional (alias environmentVariables)
 //!       host_env_keys: ["HOME"]     # alias hostEnvKeys
 //!       key_values: { A: "b" }      # alias keyValues
-//!     code:                         # required
-//!       local:
+//!     code:                         # required: exactly one of `local` and `remote`
+//!       local:                      # exactly one of filename, inline_bytes, inline_string
 //!         filename: "myrust.wasm"   # relative to the YAML file's folder
 //! ```
+//!
+//! # Code sources
+//!
+//! Besides `local.filename`, the module can be written in the file or downloaded (the names are
+//! those of Envoy's `DataSource` and `RemoteDataSource`):
+//!
+//! ```yaml
+//! code:
+//!   local:
+//!     inline_bytes: "AGFzbQEAAAA..."  # (alias inlineBytes) the module as base64 (standard alphabet;
+//!                                     # whitespace ignored, padding optional): our choice, since
+//!                                     # YAML has no bytes type
+//!     # inline_string: "..."          # (alias inlineString) the string's UTF-8 bytes, as in Envoy
+//! ```
+//! ```yaml
+//! code:
+//!   remote:
+//!     http_uri:                       # (alias httpUri) Envoy's HttpUri, without `cluster`
+//!       uri: "http://host:8080/f.wasm"  # required; http:// only (see below)
+//!       timeout: 10s                  # optional, default 10s; "<n>s" or "<n>ms", up to a day
+//!     uri: "http://host/f.wasm"       # shorthand for http_uri.uri (not both)
+//!     sha256: "<64 hex digits>"       # required
+//!     cache_dir: "/var/cache/proxy-wasm-host"  # (alias cacheDir) our extension, optional
+//! ```
+//!
+//! Remote code is fetched by the loader ([`crate::loader`], [`crate::remote_code`]), not while the
+//! configuration is read. It is downloaded once and kept in `<cache_dir>/<sha256 hex>.wasm`; later
+//! loads read that file and do not contact the server. Every load hashes the bytes it is about to
+//! use: a cache file that does not match is ignored with a warning and downloaded again, and a
+//! download that does not match refuses the plugin (the error names the YAML file, the plugin, the
+//! key `vm_config.code.remote.sha256`, the expected and the actual hash). Without `cache_dir`, the
+//! cache is [`RemoteCode::DEFAULT_CACHE_DIR`] (`/var/cache/proxy-wasm-host`), or `proxy-wasm-host`
+//! in the system temporary folder when that one cannot be written; a relative `cache_dir` is
+//! relative to the YAML file's folder. A cache folder that cannot be written is a warning, not an
+//! error: the verified download is used and fetched again next time.
+//!
+//! Only `http://` URLs are accepted: downloads use this host's own small HTTP/1.1 client
+//! ([`crate::http_client`]), which has no TLS, and the sha256 pin already guarantees the code
+//! whatever the transport. `https://` is refused with a message saying so. Redirects are not
+//! followed (a status other than 200 refuses the plugin). Envoy's `http_uri.cluster` is not accepted:
+//! the host connects to the URL's host and port itself.
 //!
 //! One file may also hold several plugins, in either of two shapes, both accepted:
 //!
@@ -56,7 +106,7 @@
 //!   what the plugin receives is always spelled out in the file.
 //! * Booleans are YAML `true`/`false`, not strings.
 //! * The code file must exist and be a readable regular file when the configuration is loaded; its
-//!   contents are not looked at here.
+//!   contents are not looked at here (`inline_bytes` is only decoded from base64).
 //! * `allowed_capabilities` that is absent or empty means no restriction, as in proxy-wasm-cpp-host
 //!   (Envoy, ATS); see [`PluginConfig::allowed_capabilities`].
 //!
@@ -123,14 +173,34 @@ impl fmt::Display for RuntimeKind {
     }
 }
 
-/// What happens to traffic when a plugin cannot run (failed to load, trapped, ...).
+/// What happens when a plugin fails (traps, hits a limit, cannot start):
+/// `failure_policy` (our extension), or Traffic Server's `fail_open`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum FailurePolicy {
-    /// Refuse the request (`fail_open: false`, or no `fail_open`).
+    /// The transaction gets 503 and the rest of its chain is skipped; the
+    /// plugin stays failed (every transaction it filters gets 503) until the
+    /// configuration is reloaded (`fail_open: false`, or nothing said).
     #[default]
     FailClosed,
-    /// Let the request through as if the plugin were not there (`fail_open: true`).
+    /// The plugin is skipped: for that transaction and, while it stays
+    /// failed, for the following ones (`fail_open: true`).
     FailOpen,
+    /// As `FailClosed` for the transaction that failed; the next one gets a
+    /// fresh instance, after a back-off that doubles with each failure in a
+    /// row (see `loader::RELOAD_BACKOFF_*`); transactions during the back-off get 503.
+    Reload,
+}
+
+impl FailurePolicy {
+    /// `fail_closed`, `fail_open` or `reload`.
+    pub fn from_name(name: &str) -> Option<FailurePolicy> {
+        match name {
+            "fail_closed" | "FAIL_CLOSED" => Some(FailurePolicy::FailClosed),
+            "fail_open" | "FAIL_OPEN" => Some(FailurePolicy::FailOpen),
+            "reload" | "fail_reload" | "FAIL_RELOAD" => Some(FailurePolicy::Reload),
+            _ => None,
+        }
+    }
 }
 
 /// Where a plugin's WebAssembly module comes from.
@@ -140,6 +210,46 @@ pub enum CodeSource {
     /// A file on disk (`code.local.filename`), made absolute against the YAML file's folder and
     /// checked to be a readable regular file at load time.
     LocalFile(PathBuf),
+    /// The module itself, written in the file: `code.local.inline_bytes` (base64, decoded here) or
+    /// `code.local.inline_string` (the string's UTF-8 bytes).
+    Inline(Vec<u8>),
+    /// A module downloaded over HTTP and pinned by its SHA-256 (`code.remote`); see
+    /// [`RemoteCode`]. Fetched by the loader, not here.
+    Remote(RemoteCode),
+}
+
+/// `code.remote`: where to download a module, the hash it must have, and where to cache it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RemoteCode {
+    /// The `http://` URL, as written (`http_uri.uri` or `uri`).
+    pub uri: String,
+    /// `host:port` taken from [`Self::uri`] (port 80 when not written).
+    pub upstream: String,
+    /// The `Host` header value: the URL's authority as written.
+    pub authority: String,
+    /// Path and query taken from [`Self::uri`], `/` when empty.
+    pub path: String,
+    /// The whole download must finish within this time (`http_uri.timeout`, default
+    /// [`RemoteCode::DEFAULT_TIMEOUT`]).
+    pub timeout: std::time::Duration,
+    /// The expected SHA-256 of the module (`sha256`, required).
+    pub sha256: [u8; 32],
+    /// `cache_dir` (our extension), or `None` for the default: [`RemoteCode::DEFAULT_CACHE_DIR`],
+    /// or `proxy-wasm-host` in the system temporary folder when that one is not writable.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl RemoteCode {
+    /// The download time limit when `timeout` is not given.
+    pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    /// The cache folder when `cache_dir` is not given.
+    pub const DEFAULT_CACHE_DIR: &'static str = "/var/cache/proxy-wasm-host";
+
+    /// [`Self::sha256`] in lowercase hex, as written in files and used as the cache file name.
+    #[must_use]
+    pub fn sha256_hex(&self) -> String {
+        self.sha256.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// The VM part of a plugin (`vm_config`): what is shared by plugins with the same VM.
@@ -171,8 +281,11 @@ pub struct PluginConfig {
     pub root_id: String,
     /// The plugin configuration bytes, handed to `proxy_on_configure`.
     pub configuration: Vec<u8>,
-    /// From `fail_open`.
+    /// From `failure_policy`, or Traffic Server's `fail_open`.
     pub failure_policy: FailurePolicy,
+    /// What the plugin may touch (`authorizations`, and
+    /// `capability_restriction_config` as its `capabilities`).
+    pub authorizations: crate::authorizations::Authorizations,
     /// The hostcalls the plugin may use, or `None` for no restriction. An absent or empty
     /// `allowed_capabilities` is `None`: proxy-wasm-cpp-host treats an empty set as "allow all" and
     /// files written for it rely on that. Names are kept as written (not checked), without duplicates.

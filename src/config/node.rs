@@ -15,7 +15,7 @@ use serde::de::{
 use serde_yaml_ng::Value;
 
 use super::error::{encode, os_reason};
-use super::{CodeSource, RuntimeKind};
+use super::{CodeSource, FailurePolicy, RuntimeKind};
 
 /// Where the node being read is: the file it comes from and its key path.
 #[derive(Clone)]
@@ -230,6 +230,27 @@ impl Node<'_> for Flag {
             Value::Null => Ok(None),
             other => Err(wrong_type(self.expected(), &other)),
         }
+    }
+}
+
+/// `failure_policy`; `None` when empty, for the default.
+pub(super) struct Policy;
+
+impl Node<'_> for Policy {
+    type Out = Option<FailurePolicy>;
+
+    fn expected(&self) -> &'static str {
+        "a failure policy"
+    }
+
+    fn value(self, cx: &Cx<'_>, value: Value) -> Result<Option<FailurePolicy>, String> {
+        if value.is_null() {
+            return Ok(None);
+        }
+        let name = Text::ANY.value(cx, value)?;
+        FailurePolicy::from_name(&name).map(Some).ok_or_else(|| {
+            format!("unknown failure policy {name:?}; expected one of fail_closed, fail_open, reload")
+        })
     }
 }
 
@@ -638,4 +659,205 @@ fn check_readable_file(path: &Path) -> Result<(), String> {
 /// `path` made absolute without touching the file system (symlinks are kept as written).
 pub(super) fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `code.local.inline_bytes`: the module as base64 text (standard alphabet, padding optional).
+/// Whitespace is ignored, so a long value can be folded over several lines.
+pub(super) struct InlineBytes;
+
+impl Node<'_> for InlineBytes {
+    type Out = Vec<u8>;
+
+    fn expected(&self) -> &'static str {
+        "the module as base64 text"
+    }
+
+    fn value(self, cx: &Cx<'_>, value: Value) -> Result<Vec<u8>, String> {
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        use base64::Engine as _;
+        const BASE64: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let text = Text::NON_EMPTY.value(cx, value)?;
+        let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let bytes = BASE64.decode(compact.as_bytes()).map_err(|e| {
+            format!(
+                "expected {}, but it is not valid base64: {e}",
+                self.expected()
+            )
+        })?;
+        if bytes.is_empty() {
+            return Err(format!("expected {}, found an empty one", self.expected()));
+        }
+        Ok(bytes)
+    }
+}
+
+/// A parsed `code.remote` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RemoteUri {
+    pub uri: String,
+    pub upstream: String,
+    pub authority: String,
+    pub path: String,
+}
+
+/// `code.remote.http_uri.uri` (or `code.remote.uri`): an `http://host[:port]/path` URL.
+pub(super) struct HttpUrl;
+
+/// Why `https://` is refused, in the words operators read.
+const HTTPS_REFUSED: &str =
+    "only http:// is supported: this host downloads remote code with its own \
+     small HTTP/1.1 client, which has no TLS; the sha256 pin guarantees the code whatever the \
+     transport, so use an http:// URL or a local file";
+
+impl Node<'_> for HttpUrl {
+    type Out = RemoteUri;
+
+    fn expected(&self) -> &'static str {
+        "an http:// URL"
+    }
+
+    fn value(self, cx: &Cx<'_>, value: Value) -> Result<RemoteUri, String> {
+        let uri = Text::NON_EMPTY.value(cx, value)?;
+        parse_http_url(&uri).map_err(|why| format!("{uri:?}: {why}"))
+    }
+}
+
+/// Splits `http://authority/path?query` into what the HTTP client needs.
+fn parse_http_url(uri: &str) -> Result<RemoteUri, String> {
+    let scheme_end = uri
+        .find("://")
+        .ok_or_else(|| "expected an http:// URL".to_owned())?;
+    let scheme = uri[..scheme_end].to_ascii_lowercase();
+    match scheme.as_str() {
+        "http" => {}
+        "https" => return Err(HTTPS_REFUSED.to_owned()),
+        _ => {
+            return Err(format!(
+                "unsupported scheme {scheme:?}; expected an http:// URL"
+            ))
+        }
+    }
+    let rest = &uri[scheme_end + 3..];
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let path = path.split('#').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("user information (user@host) is not supported".to_owned());
+    }
+    if authority.is_empty() {
+        return Err("missing host".to_owned());
+    }
+    if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err("spaces and control characters must be percent-encoded".to_owned());
+    }
+    let (host, port) = crate::http_client::parse_upstream(authority)
+        .filter(|(host, _)| !host.is_empty())
+        .ok_or_else(|| format!("invalid host or port {authority:?}"))?;
+    let upstream = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let path = match path {
+        "" => "/".to_owned(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_owned(),
+    };
+    Ok(RemoteUri {
+        uri: uri.to_owned(),
+        upstream,
+        authority: authority.to_owned(),
+        path,
+    })
+}
+
+/// `code.remote.sha256`: 64 hexadecimal digits (either case).
+pub(super) struct Sha256Hex;
+
+impl Node<'_> for Sha256Hex {
+    type Out = [u8; 32];
+
+    fn expected(&self) -> &'static str {
+        "a SHA-256 as 64 hexadecimal digits"
+    }
+
+    fn value(self, cx: &Cx<'_>, value: Value) -> Result<[u8; 32], String> {
+        let text = Text::NON_EMPTY.value(cx, value)?;
+        let digits = text.as_bytes();
+        if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(format!("expected {}, found {text:?}", self.expected()));
+        }
+        let mut hash = [0u8; 32];
+        for (byte, pair) in hash.iter_mut().zip(digits.chunks(2)) {
+            let pair = std::str::from_utf8(pair).unwrap_or_default();
+            *byte = u8::from_str_radix(pair, 16).map_err(|e| e.to_string())?;
+        }
+        Ok(hash)
+    }
+}
+
+/// `code.remote.http_uri.timeout`: Envoy's duration text, like `10s` or `1.5s`; `ms` is accepted
+/// too. `None` when empty, for the default.
+pub(super) struct Timeout;
+
+impl Node<'_> for Timeout {
+    type Out = Option<std::time::Duration>;
+
+    fn expected(&self) -> &'static str {
+        "a duration like \"10s\", \"1.5s\" or \"500ms\""
+    }
+
+    fn value(self, cx: &Cx<'_>, value: Value) -> Result<Self::Out, String> {
+        if value.is_null() {
+            return Ok(None);
+        }
+        if let Value::Number(n) = &value {
+            return Err(format!(
+                "expected {}, found the number {n}; write the unit, like \"{n}s\"",
+                self.expected()
+            ));
+        }
+        let text = Text::ANY.value(cx, value)?;
+        let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+            (n, 1e-3)
+        } else if let Some(n) = text.strip_suffix('s') {
+            (n, 1.0)
+        } else {
+            return Err(format!("expected {}, found {text:?}", self.expected()));
+        };
+        let seconds = number
+            .parse::<f64>()
+            .ok()
+            .filter(|_| number.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+            .map(|n| n * scale)
+            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+            .ok_or_else(|| {
+                format!(
+                    "expected {} (more than 0, at most a day), found {text:?}",
+                    self.expected()
+                )
+            })?;
+        Ok(Some(std::time::Duration::from_secs_f64(seconds)))
+    }
+}
+
+/// `code.remote.cache_dir`: a folder, relative to the YAML file's folder. It need not exist yet.
+pub(super) struct CacheDir;
+
+impl Node<'_> for CacheDir {
+    type Out = PathBuf;
+
+    fn expected(&self) -> &'static str {
+        "a folder name"
+    }
+
+    fn value(self, cx: &Cx<'_>, value: Value) -> Result<PathBuf, String> {
+        let name = Text::NON_EMPTY.value(cx, value)?;
+        Ok(absolute(&cx.base_dir.join(name)))
+    }
 }

@@ -12,10 +12,14 @@ use serde_yaml_ng::Value;
 use super::error::{decode, invalid, ConfigError, Position};
 use super::node::{
     absolute, describe, wrong_type, Capabilities, CodeFile, Cx, Flag, HostEnvKeys, KeyValues, Node,
-    Payload, Runtime, Text,
+    Payload, Policy, Runtime, Text, TextList,
 };
+use super::node::{CacheDir, HttpUrl, InlineBytes, RemoteUri, Sha256Hex, Timeout};
 use super::probe::{locate, Step, Target};
-use super::{CodeSource, ConfigOrigin, FailurePolicy, PluginConfig, RuntimeKind, VmConfig};
+use super::{
+    CodeSource, ConfigOrigin, FailurePolicy, PluginConfig, RemoteCode, RuntimeKind, VmConfig,
+};
+use crate::authorizations::{Access, Authorizations};
 
 /// The plugins of one file, and the shape they were written in (to find them again in the text).
 pub(super) struct Document {
@@ -383,7 +387,9 @@ struct PluginSection {
     root_id: Option<String>,
     configuration: Option<Vec<u8>>,
     fail_open: Option<bool>,
+    failure_policy: Option<FailurePolicy>,
     allowed_capabilities: Option<Vec<String>>,
+    authorizations: Option<Authorizations>,
     vm: Option<VmConfig>,
 }
 
@@ -395,10 +401,12 @@ impl Section for PluginSection {
         &["root_id", "rootId"],
         &["configuration"],
         &["fail_open", "failOpen"],
+        &["failure_policy", "failurePolicy"],
         &[
             "capability_restriction_config",
             "capabilityRestrictionConfig",
         ],
+        &["authorizations"],
         &["vm_config", "vmConfig"],
     ];
 
@@ -413,6 +421,11 @@ impl Section for PluginSection {
             "root_id" => self.root_id = Some(map.next_value_seed(cx.at(Text::ANY))?),
             "configuration" => self.configuration = Some(map.next_value_seed(cx.at(Payload))?),
             "fail_open" => self.fail_open = map.next_value_seed(cx.at(Flag))?,
+            "failure_policy" => self.failure_policy = map.next_value_seed(cx.at(Policy))?,
+            "authorizations" => {
+                self.authorizations =
+                    Some(map.next_value_seed(cx.at(Sec::<AuthorizationsSection>::new()))?);
+            }
             "capability_restriction_config" => {
                 self.allowed_capabilities =
                     map.next_value_seed(cx.at(Sec::<CapabilitySection>::new()))?;
@@ -424,16 +437,28 @@ impl Section for PluginSection {
     }
 
     fn finish(self, cx: &Cx<'_>) -> Result<PluginConfig, String> {
+        let failure_policy = match (self.fail_open, self.failure_policy) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "both fail_open and failure_policy are given; expected only one of them \
+                     (failure_policy: fail_closed, fail_open or reload)"
+                        .to_owned(),
+                )
+            }
+            (_, Some(policy)) => policy,
+            (Some(true), None) => FailurePolicy::FailOpen,
+            _ => FailurePolicy::FailClosed,
+        };
+        let mut authorizations = self.authorizations.unwrap_or_default();
+        authorizations.capabilities =
+            self.allowed_capabilities.clone().map(|names| names.into_iter().collect());
         Ok(PluginConfig {
             name: required(self.name, "name")?,
             vm: required(self.vm, "vm_config")?,
             root_id: self.root_id.unwrap_or_default(),
             configuration: self.configuration.unwrap_or_default(),
-            failure_policy: if self.fail_open.unwrap_or(false) {
-                FailurePolicy::FailOpen
-            } else {
-                FailurePolicy::FailClosed
-            },
+            failure_policy,
+            authorizations,
             allowed_capabilities: self.allowed_capabilities,
             // The line is filled in by `parse`, which can find it in the text.
             origin: ConfigOrigin {
@@ -441,6 +466,133 @@ impl Section for PluginSection {
                 line: 0,
             },
         })
+    }
+}
+
+/// `authorizations` (our extension): what the plugin may touch.
+#[derive(Default)]
+struct AuthorizationsSection {
+    allowed_hosts: Option<Vec<String>>,
+    plugin_map_access: Option<Access>,
+    global_map_access: Option<Access>,
+    properties: Option<(Option<Vec<String>>, Option<Vec<String>>)>,
+}
+
+impl Section for AuthorizationsSection {
+    type Out = Authorizations;
+
+    const KEYS: &'static [&'static [&'static str]] = &[
+        &["allowed_hosts", "allowedHosts"],
+        &["plugin_map_access", "pluginMapAccess"],
+        &["global_map_access", "globalMapAccess"],
+        &["properties"],
+    ];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "allowed_hosts" => self.allowed_hosts = Some(map.next_value_seed(cx.at(TextList))?),
+            "plugin_map_access" => {
+                self.plugin_map_access = Some(map.next_value_seed(cx.at(Sec::<AccessSection>::new()))?);
+            }
+            "global_map_access" => {
+                self.global_map_access = Some(map.next_value_seed(cx.at(Sec::<AccessSection>::new()))?);
+            }
+            "properties" => {
+                self.properties = Some(map.next_value_seed(cx.at(Sec::<PropertiesSection>::new()))?);
+            }
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<Authorizations, String> {
+        let mut a = Authorizations::default();
+        if let Some(hosts) = self.allowed_hosts {
+            a.allowed_hosts = hosts;
+        }
+        if let Some(access) = self.plugin_map_access {
+            a.plugin_map_access = access;
+        }
+        if let Some(access) = self.global_map_access {
+            a.global_map_access = access;
+        }
+        if let Some((read, write)) = self.properties {
+            if let Some(read) = read {
+                a.property_read = read;
+            }
+            if let Some(write) = write {
+                a.property_write = write;
+            }
+        }
+        Ok(a)
+    }
+}
+
+/// `{ read: bool, write: bool }`; a right not written is not granted.
+#[derive(Default)]
+struct AccessSection {
+    read: Option<bool>,
+    write: Option<bool>,
+}
+
+impl Section for AccessSection {
+    type Out = Access;
+
+    const KEYS: &'static [&'static [&'static str]] = &[&["read"], &["write"]];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "read" => self.read = map.next_value_seed(cx.at(Flag))?,
+            "write" => self.write = map.next_value_seed(cx.at(Flag))?,
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<Access, String> {
+        Ok(Access { read: self.read.unwrap_or(false), write: self.write.unwrap_or(false) })
+    }
+}
+
+/// `properties: { read: [paths], write: [paths] }`; a list not written keeps
+/// its default (every property).
+#[derive(Default)]
+struct PropertiesSection {
+    read: Option<Vec<String>>,
+    write: Option<Vec<String>>,
+}
+
+impl Section for PropertiesSection {
+    type Out = (Option<Vec<String>>, Option<Vec<String>>);
+
+    const KEYS: &'static [&'static [&'static str]] = &[&["read"], &["write"]];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "read" => self.read = Some(map.next_value_seed(cx.at(TextList))?),
+            "write" => self.write = Some(map.next_value_seed(cx.at(TextList))?),
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<Self::Out, String> {
+        Ok((self.read, self.write))
     }
 }
 
@@ -574,16 +726,17 @@ impl Section for EnvironmentSection {
     }
 }
 
-/// `code`: exactly one source (only `local` for now).
+/// `code`: exactly one source, `local` or `remote`.
 #[derive(Default)]
 struct CodeSection {
-    source: Option<CodeSource>,
+    local: Option<CodeSource>,
+    remote: Option<CodeSource>,
 }
 
 impl Section for CodeSection {
     type Out = CodeSource;
 
-    const KEYS: &'static [&'static [&'static str]] = &[&["local"]];
+    const KEYS: &'static [&'static [&'static str]] = &[&["local"], &["remote"]];
 
     fn read<'de, A: MapAccess<'de>>(
         &mut self,
@@ -592,28 +745,92 @@ impl Section for CodeSection {
         map: &mut A,
     ) -> Result<(), A::Error> {
         match key {
-            "local" => self.source = Some(map.next_value_seed(cx.at(Sec::<LocalSection>::new()))?),
+            "local" => self.local = Some(map.next_value_seed(cx.at(Sec::<LocalSection>::new()))?),
+            "remote" => {
+                self.remote = Some(map.next_value_seed(cx.at(Sec::<RemoteSection>::new()))?);
+            }
             _ => unreachable!("key {key} is not in KEYS"),
         }
         Ok(())
     }
 
     fn finish(self, _cx: &Cx<'_>) -> Result<CodeSource, String> {
-        self.source
-            .ok_or_else(|| "missing code source; expected \"local\"".to_owned())
+        match (self.local, self.remote) {
+            (Some(source), None) | (None, Some(source)) => Ok(source),
+            (Some(_), Some(_)) => Err("use either \"local\" or \"remote\", not both".to_owned()),
+            (None, None) => Err("missing code source; expected \"local\" or \"remote\"".to_owned()),
+        }
     }
 }
 
-/// `code.local`.
+/// `code.local`: exactly one of `filename`, `inline_bytes` (base64) and `inline_string`, the
+/// names of Envoy's `DataSource`.
 #[derive(Default)]
 struct LocalSection {
-    file: Option<CodeSource>,
+    sources: Vec<CodeSource>,
 }
 
 impl Section for LocalSection {
     type Out = CodeSource;
 
-    const KEYS: &'static [&'static [&'static str]] = &[&["filename"]];
+    const KEYS: &'static [&'static [&'static str]] = &[
+        &["filename"],
+        &["inline_bytes", "inlineBytes"],
+        &["inline_string", "inlineString"],
+    ];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        let source = match key {
+            "filename" => map.next_value_seed(cx.at(CodeFile))?,
+            "inline_bytes" => CodeSource::Inline(map.next_value_seed(cx.at(InlineBytes))?),
+            "inline_string" => {
+                CodeSource::Inline(map.next_value_seed(cx.at(Text::NON_EMPTY))?.into_bytes())
+            }
+            _ => unreachable!("key {key} is not in KEYS"),
+        };
+        self.sources.push(source);
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<CodeSource, String> {
+        let mut sources = self.sources.into_iter();
+        match (sources.next(), sources.next()) {
+            (Some(source), None) => Ok(source),
+            (Some(_), Some(_)) => Err(
+                "give only one of \"filename\", \"inline_bytes\" and \"inline_string\"".to_owned(),
+            ),
+            (None, _) => Err(
+                "missing code; expected one of \"filename\", \"inline_bytes\" and \"inline_string\""
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// `code.remote`: Envoy's `RemoteDataSource` (`http_uri` and `sha256`), with a plain `uri` as a
+/// shorthand for `http_uri: { uri: ... }` and our `cache_dir`.
+#[derive(Default)]
+struct RemoteSection {
+    http_uri: Option<(RemoteUri, Option<std::time::Duration>)>,
+    uri: Option<RemoteUri>,
+    sha256: Option<[u8; 32]>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Section for RemoteSection {
+    type Out = CodeSource;
+
+    const KEYS: &'static [&'static [&'static str]] = &[
+        &["http_uri", "httpUri"],
+        &["uri"],
+        &["sha256"],
+        &["cache_dir", "cacheDir"],
+    ];
 
     fn read<'de, A: MapAccess<'de>>(
         &mut self,
@@ -622,13 +839,73 @@ impl Section for LocalSection {
         map: &mut A,
     ) -> Result<(), A::Error> {
         match key {
-            "filename" => self.file = Some(map.next_value_seed(cx.at(CodeFile))?),
+            "http_uri" => {
+                self.http_uri = Some(map.next_value_seed(cx.at(Sec::<HttpUriSection>::new()))?);
+            }
+            "uri" => self.uri = Some(map.next_value_seed(cx.at(HttpUrl))?),
+            "sha256" => self.sha256 = Some(map.next_value_seed(cx.at(Sha256Hex))?),
+            "cache_dir" => self.cache_dir = Some(map.next_value_seed(cx.at(CacheDir))?),
             _ => unreachable!("key {key} is not in KEYS"),
         }
         Ok(())
     }
 
     fn finish(self, _cx: &Cx<'_>) -> Result<CodeSource, String> {
-        required(self.file, "filename")
+        let (uri, timeout) = match (self.http_uri, self.uri) {
+            (Some(http_uri), None) => http_uri,
+            (None, Some(uri)) => (uri, None),
+            (Some(_), Some(_)) => {
+                return Err("use either \"http_uri\" or \"uri\", not both".to_owned())
+            }
+            (None, None) => {
+                return Err(
+                    "missing required key \"http_uri\" (or its shorthand \"uri\")".to_owned(),
+                )
+            }
+        };
+        let sha256 = self.sha256.ok_or_else(|| {
+            "missing required key \"sha256\": remote code must be pinned by its SHA-256".to_owned()
+        })?;
+        Ok(CodeSource::Remote(RemoteCode {
+            uri: uri.uri,
+            upstream: uri.upstream,
+            authority: uri.authority,
+            path: uri.path,
+            timeout: timeout.unwrap_or(RemoteCode::DEFAULT_TIMEOUT),
+            sha256,
+            cache_dir: self.cache_dir,
+        }))
+    }
+}
+
+/// `code.remote.http_uri`: Envoy's `HttpUri`, without `cluster` (the host connects to the URL's
+/// host and port itself).
+#[derive(Default)]
+struct HttpUriSection {
+    uri: Option<RemoteUri>,
+    timeout: Option<std::time::Duration>,
+}
+
+impl Section for HttpUriSection {
+    type Out = (RemoteUri, Option<std::time::Duration>);
+
+    const KEYS: &'static [&'static [&'static str]] = &[&["uri"], &["timeout"]];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "uri" => self.uri = Some(map.next_value_seed(cx.at(HttpUrl))?),
+            "timeout" => self.timeout = map.next_value_seed(cx.at(Timeout))?,
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<Self::Out, String> {
+        Ok((required(self.uri, "uri")?, self.timeout))
     }
 }

@@ -186,7 +186,7 @@ impl Vm {
 
     /// Calls `callback` if the module exports it; `Ok(None)` otherwise.
     fn call_if_exported(&mut self, context_id: u32, callback: &'static str, args: &[i64]) -> Result<Option<Val>, VmError> {
-        if !self.code.exports_function(callback) {
+        if !self.code.exports_function(callback) || !self.callback_allowed(context_id, callback) {
             if let Some(f) = &self.failure {
                 return Err(VmError::Failed(f.clone()));
             }
@@ -194,6 +194,25 @@ impl Vm {
         }
         let args: Vec<Val> = args.iter().map(|a| Val::I32(*a as i32)).collect();
         self.enter(context_id, callback, &args)
+    }
+
+    /// A callback outside the plugin's `capability_restriction_config` is
+    /// never called (as if the module did not export it); logged once.
+    fn callback_allowed(&mut self, context_id: u32, callback: &'static str) -> bool {
+        let st = self.instance.state();
+        if !st.restricted {
+            return true;
+        }
+        let Some(plugin) = st.contexts.get(&context_id).map(|c| c.plugin().clone()) else { return true };
+        if plugin.authorizations.allows_capability(callback) {
+            return true;
+        }
+        let (current, effective) = (st.current_context, st.effective_context);
+        st.effective_context = context_id;
+        st.log_denial(format!("callback {callback}"), "not in capability_restriction_config.allowed_capabilities");
+        st.current_context = current;
+        st.effective_context = effective;
+        false
     }
 
     fn apply_deferred(&mut self) {
@@ -228,6 +247,7 @@ impl Vm {
             return Err(VmError::Failed(f.clone()));
         }
         let st = self.instance.state();
+        st.restricted |= plugin.authorizations.capabilities.is_some();
         let id = st.allocate_context_id();
         st.contexts.insert(id, Context::Root(RootContext { plugin: plugin.clone(), tick_period: None, awaiting_done: false, properties: Default::default() }));
         let vm_config_len = self.env.vm_configuration.len() as i64;

@@ -126,6 +126,11 @@ pub struct HostState {
     pub http_calls: HashMap<u32, (u32, u32)>,
     /// Set by WASI `proc_exit`: the instance cannot be used any more.
     pub exited: Option<i32>,
+    /// Some plugin of this instance has a `capability_restriction_config`:
+    /// hostcalls check it (others skip the lookup).
+    pub restricted: bool,
+    /// Denials already logged, per plugin and what was denied (logged once).
+    pub denials_logged: std::collections::HashSet<(String, String)>,
 }
 
 impl HostState {
@@ -146,6 +151,16 @@ impl HostState {
             next_http_call_token: 1,
             http_calls: HashMap::new(),
             exited: None,
+            restricted: false,
+            denials_logged: Default::default(),
+        }
+    }
+
+    /// Logs a denial once per plugin and `what` (a hostcall, an upstream...).
+    pub fn log_denial(&mut self, what: String, why: &str) {
+        let plugin = self.log_ref();
+        if self.denials_logged.insert((plugin.name.clone(), what.clone())) {
+            self.env.server.log(&plugin, crate::abi::LogLevel::Warn, &format!("denied {what}: {why} (logged once)"));
         }
     }
 

@@ -27,7 +27,12 @@ pub fn wat_bytes(name: &str) -> Vec<u8> {
 /// A plugin built by `scripts/build-plugins.sh` (run by `make test`).
 pub fn built_plugin(file: &str) -> Vec<u8> {
     let path = repo_root().join("build/plugins").join(file);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; build the test plugins first with `make plugins`", path.display()))
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the test plugins first with `make plugins`",
+            path.display()
+        )
+    })
 }
 
 /// A built plugin, compiled once per test binary and shared by its tests.
@@ -43,7 +48,10 @@ pub fn built_code(file: &str) -> Arc<WasmCode> {
     code
 }
 
-pub fn load(bytes: &[u8], origin: &str) -> Result<Arc<WasmCode>, proxy_wasm_host::plugin::LoadError> {
+pub fn load(
+    bytes: &[u8],
+    origin: &str,
+) -> Result<Arc<WasmCode>, proxy_wasm_host::plugin::LoadError> {
     let engine = WasmtimeEngine::shared().expect("engine");
     WasmCode::load(engine.as_ref(), bytes, origin).map(Arc::new)
 }
@@ -114,17 +122,30 @@ impl ServerHost for TestServer {
         if std::env::var_os("TEST_LOG").is_some() {
             eprintln!("[{}] {:?} {message}", plugin.name, level);
         }
-        self.record.lock().unwrap().logs.push(LogLine { plugin: plugin.name.clone(), level, message: message.to_string() });
+        self.record.lock().unwrap().logs.push(LogLine {
+            plugin: plugin.name.clone(),
+            level,
+            message: message.to_string(),
+        });
     }
 
     fn log_level(&self) -> LogLevel {
         *self.log_level.lock().unwrap()
     }
 
-    fn dispatch_http_call(&self, root_context_id: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
+    fn dispatch_http_call(
+        &self,
+        root_context_id: u32,
+        token: u32,
+        request: HttpCallRequest,
+    ) -> Result<(), Status> {
         let r = *self.http_call_result.lock().unwrap();
         if r.is_ok() {
-            self.record.lock().unwrap().http_calls.push((root_context_id, token, request));
+            self.record
+                .lock()
+                .unwrap()
+                .http_calls
+                .push((root_context_id, token, request));
         }
         r
     }
@@ -134,20 +155,36 @@ impl ServerHost for TestServer {
     }
 
     fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>) {
-        self.record.lock().unwrap().ticks.insert(root_context_id, period);
+        self.record
+            .lock()
+            .unwrap()
+            .ticks
+            .insert(root_context_id, period);
     }
 
     fn notify_queue_ready(&self, root_context_id: u32, queue_id: u32) {
-        self.record.lock().unwrap().queue_ready.push((root_context_id, queue_id));
+        self.record
+            .lock()
+            .unwrap()
+            .queue_ready
+            .push((root_context_id, queue_id));
     }
 
     fn property(&self, path: &[&[u8]]) -> Result<Option<Vec<u8>>, Status> {
-        let key = path.iter().map(|s| String::from_utf8_lossy(s)).collect::<Vec<_>>().join(".");
+        let key = path
+            .iter()
+            .map(|s| String::from_utf8_lossy(s))
+            .collect::<Vec<_>>()
+            .join(".");
         Ok(self.properties.lock().unwrap().get(&key).cloned())
     }
 
     fn call_foreign_function(&self, name: &str, argument: &[u8]) -> Result<Vec<u8>, Status> {
-        self.record.lock().unwrap().foreign_calls.push((name.to_string(), argument.to_vec()));
+        self.record
+            .lock()
+            .unwrap()
+            .foreign_calls
+            .push((name.to_string(), argument.to_vec()));
         match name {
             "echo" => Ok(argument.to_vec()),
             "reverse" => Ok(argument.iter().rev().copied().collect()),
@@ -194,7 +231,10 @@ impl StreamData {
 
     /// First value of a header (case-insensitive).
     pub fn header(&self, map: MapType, key: &str) -> Option<String> {
-        self.map(map)?.iter().find(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes())).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        self.map(map)?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes()))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 
     pub fn request_header(&self, key: &str) -> Option<String> {
@@ -226,7 +266,9 @@ impl TestStream {
 }
 
 pub fn pairs(list: &[(&str, &str)]) -> Vec<Pair> {
-    list.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+    list.iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 impl HttpStream for TestStream {
@@ -240,7 +282,11 @@ impl HttpStream for TestStream {
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        self.0.lock().unwrap().map_mut(map)?.push((key.to_vec(), value.to_vec()));
+        self.0
+            .lock()
+            .unwrap()
+            .map_mut(map)?
+            .push((key.to_vec(), value.to_vec()));
         Ok(())
     }
 
@@ -263,7 +309,11 @@ impl HttpStream for TestStream {
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
-        self.0.lock().unwrap().map_mut(map)?.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        self.0
+            .lock()
+            .unwrap()
+            .map_mut(map)?
+            .retain(|(k, _)| !k.eq_ignore_ascii_case(key));
         Ok(())
     }
 
@@ -287,7 +337,11 @@ impl HttpStream for TestStream {
     }
 
     fn property(&self, path: &[&[u8]]) -> Result<Option<Vec<u8>>, Status> {
-        let key = path.iter().map(|s| String::from_utf8_lossy(s)).collect::<Vec<_>>().join(".");
+        let key = path
+            .iter()
+            .map(|s| String::from_utf8_lossy(s))
+            .collect::<Vec<_>>()
+            .join(".");
         let d = self.0.lock().unwrap();
         if let Some(v) = d.properties.get(&key) {
             return Ok(Some(v.clone()));
@@ -331,56 +385,111 @@ pub struct Harness {
 pub fn unique_vm_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Harness {
     pub fn start(bytes: &[u8], plugin_configuration: &str) -> Harness {
-        Harness::start_with(bytes, plugin_configuration, VmOptions::new(unique_vm_id("vm")))
+        Harness::start_with(
+            bytes,
+            plugin_configuration,
+            VmOptions::new(unique_vm_id("vm")),
+        )
     }
 
     pub fn start_with(bytes: &[u8], plugin_configuration: &str, options: VmOptions) -> Harness {
-        Harness::try_start(bytes, plugin_configuration, options).unwrap_or_else(|e| panic!("start failed: {e}"))
+        Harness::try_start(bytes, plugin_configuration, options)
+            .unwrap_or_else(|e| panic!("start failed: {e}"))
     }
 
-    pub fn try_start(bytes: &[u8], plugin_configuration: &str, options: VmOptions) -> Result<Harness, String> {
+    pub fn try_start(
+        bytes: &[u8],
+        plugin_configuration: &str,
+        options: VmOptions,
+    ) -> Result<Harness, String> {
         let code = load(bytes, "test.wasm").map_err(|e| e.to_string())?;
         Harness::try_start_code(code, plugin_configuration, options)
     }
 
     /// Like [`Harness::try_start`], with code already compiled (see [`built_code`]).
-    pub fn try_start_code(code: Arc<WasmCode>, plugin_configuration: &str, options: VmOptions) -> Result<Harness, String> {
+    pub fn try_start_code(
+        code: Arc<WasmCode>,
+        plugin_configuration: &str,
+        options: VmOptions,
+    ) -> Result<Harness, String> {
         Harness::try_start_full(code, plugin_configuration, options, TestServer::new())
     }
 
     /// The most general start: compiled code and a server prepared by the test
     /// (e.g. with `properties` or `log_level` set before the plugin starts).
-    pub fn try_start_full(code: Arc<WasmCode>, plugin_configuration: &str, options: VmOptions, server: Arc<TestServer>) -> Result<Harness, String> {
-        let plugin = PluginInfo::new("test-plugin", "", options.vm_id.clone(), plugin_configuration.as_bytes().to_vec());
+    pub fn try_start_full(
+        code: Arc<WasmCode>,
+        plugin_configuration: &str,
+        options: VmOptions,
+        server: Arc<TestServer>,
+    ) -> Result<Harness, String> {
+        let plugin = PluginInfo::new(
+            "test-plugin",
+            "",
+            options.vm_id.clone(),
+            plugin_configuration.as_bytes().to_vec(),
+        );
         Harness::try_start_plugin(code, plugin, options, server)
     }
 
     /// Starts `plugin` (its own name, root_id and configuration) in a new VM.
-    pub fn try_start_plugin(code: Arc<WasmCode>, plugin: PluginInfo, options: VmOptions, server: Arc<TestServer>) -> Result<Harness, String> {
+    pub fn try_start_plugin(
+        code: Arc<WasmCode>,
+        plugin: PluginInfo,
+        options: VmOptions,
+        server: Arc<TestServer>,
+    ) -> Result<Harness, String> {
         let mut vm = Vm::new(code, options, server.clone()).map_err(|e| e.to_string())?;
         let plugin = Arc::new(plugin);
         let root = vm.start_plugin(plugin.clone()).map_err(|e| e.to_string())?;
-        Ok(Harness { vm, server, root, plugin })
+        Ok(Harness {
+            vm,
+            server,
+            root,
+            plugin,
+        })
     }
 
     /// Creates a stream with these request headers and runs `on_request_headers`.
-    pub fn request(&mut self, headers: &[(&str, &str)], end_of_stream: bool) -> (u32, TestStream, Verdict) {
+    pub fn request(
+        &mut self,
+        headers: &[(&str, &str)],
+        end_of_stream: bool,
+    ) -> (u32, TestStream, Verdict) {
         let stream = TestStream::with_request(headers);
-        let ctx = self.vm.create_stream(self.root, Box::new(stream.clone())).expect("create stream");
+        let ctx = self
+            .vm
+            .create_stream(self.root, Box::new(stream.clone()))
+            .expect("create stream");
         let n = headers.len();
-        let verdict = self.vm.on_request_headers(ctx, n, end_of_stream).expect("on_request_headers");
+        let verdict = self
+            .vm
+            .on_request_headers(ctx, n, end_of_stream)
+            .expect("on_request_headers");
         (ctx, stream, verdict)
     }
 
     /// Runs `on_response_headers` with these response headers.
-    pub fn respond(&mut self, ctx: u32, stream: &TestStream, headers: &[(&str, &str)], end_of_stream: bool) -> Verdict {
+    pub fn respond(
+        &mut self,
+        ctx: u32,
+        stream: &TestStream,
+        headers: &[(&str, &str)],
+        end_of_stream: bool,
+    ) -> Verdict {
         stream.set_response(headers);
-        self.vm.on_response_headers(ctx, headers.len(), end_of_stream).expect("on_response_headers")
+        self.vm
+            .on_response_headers(ctx, headers.len(), end_of_stream)
+            .expect("on_response_headers")
     }
 
     /// Shared data of this harness' VM (`vm_id`) as text, as the plugin stored it.
@@ -393,7 +502,10 @@ impl Harness {
     /// Creates a stream context with these request headers, without calling the plugin.
     pub fn stream(&mut self, headers: &[(&str, &str)]) -> (u32, TestStream) {
         let stream = TestStream::with_request(headers);
-        let ctx = self.vm.create_stream(self.root, Box::new(stream.clone())).expect("create stream");
+        let ctx = self
+            .vm
+            .create_stream(self.root, Box::new(stream.clone()))
+            .expect("create stream");
         (ctx, stream)
     }
 
