@@ -48,7 +48,7 @@ for arg in "$@"; do
         as) want_as=1 ;;
         wat) want_wat=1 ;;
         bench) want_bench=1 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "build-plugins: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done

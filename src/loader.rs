@@ -35,6 +35,9 @@ pub enum PluginError {
 pub fn engine(runtime: RuntimeKind) -> Option<Arc<dyn Engine>> {
     match runtime {
         RuntimeKind::Wasmtime => WasmtimeEngine::shared().ok().map(|e| e as Arc<dyn Engine>),
+        #[cfg(feature = "wamr")]
+        RuntimeKind::Wamr => crate::runtime::wamr::WamrEngine::shared().ok().map(|e| e as Arc<dyn Engine>),
+        #[cfg(not(feature = "wamr"))]
         RuntimeKind::Wamr => None,
     }
 }

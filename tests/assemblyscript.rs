@@ -3,6 +3,7 @@
 //! tests/plugins/README.md, "as-filter").
 
 mod common;
+common::for_each_runtime! {
 use common::*;
 
 use proxy_wasm_host::abi::pairs::Pair;
@@ -250,4 +251,5 @@ fn as_filter_stream_finishes_with_on_done_on_log_on_delete_in_order() {
     h.vm.finish_stream(ctx).unwrap();
     let expected: Vec<String> = ["onDone()", "onLog()", "onDelete()"].iter().map(|c| format!("context id: {ctx}: {c}")).collect();
     assert_eq!(h.server.messages(), expected);
+}
 }

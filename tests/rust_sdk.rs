@@ -3,6 +3,7 @@
 //! behaviour of the protocol documented in tests/plugins/README.md.
 
 mod common;
+common::for_each_runtime! {
 use common::*;
 
 use std::sync::Arc;
@@ -1766,4 +1767,5 @@ fn allocation_below_the_memory_limit_succeeds() {
     let (_, stream) = exchange(&mut h, "alloc", &[("x-pw-alloc-mb", "2")]);
     assert_eq!(report(&stream, "x-pw-alloc"), "2 MiB 512 pages");
     assert!(h.vm.memory_size() >= before + 2 * 1024 * 1024 - 65536, "{} -> {}", before, h.vm.memory_size());
+}
 }

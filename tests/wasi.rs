@@ -1,6 +1,7 @@
 //! WASI preview 1 as plugins see it, under both module names.
 
 mod common;
+common::for_each_runtime! {
 use common::*;
 
 use proxy_wasm_host::abi::LogLevel;
@@ -34,7 +35,7 @@ fn wasi_module(module: &str, imports: &str, body: &str) -> Vec<u8> {
 }
 
 fn run(bytes: &[u8], options: VmOptions) -> Harness {
-    Harness::start_with(bytes, "", options)
+    Harness::start_with_on(RUNTIME, bytes, "", options)
 }
 
 fn reports(h: &Harness) -> Vec<String> {
@@ -144,7 +145,7 @@ fn unsupported_wasi_calls_answer_an_errno_instead_of_trapping() {
 fn proc_exit_ends_the_call_and_is_logged() {
     let imports = r#"(import "wasi_unstable" "proc_exit" (func $exit (param i32)))"#;
     let body = r#"(call $exit (i32.const 3))"#;
-    let e = Harness::try_start(&wasi_module("", imports, body), "", VmOptions::new(unique_vm_id("exit"))).err().unwrap();
+    let e = Harness::try_start_on(RUNTIME, &wasi_module("", imports, body), "", VmOptions::new(unique_vm_id("exit"))).err().unwrap();
     assert!(e.contains("proxy_on_configure trapped: proc_exit(3)"), "{e}");
 }
 
@@ -160,7 +161,8 @@ fn start_up_may_log_but_not_touch_contexts_or_shared_state() {
           (drop (call $log (i32.const 2) (i32.const 0) (i32.const 4)))
           (i32.store8 (i32.const 7) (i32.add (i32.const 48) (call $set (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 4) (i32.const 0))))
           (drop (call $log (i32.const 2) (i32.const 0) (i32.const 8)))))"#;
-    let h = Harness::start(&wat::parse_str(wat).unwrap(), "");
+    let h = Harness::start_on(RUNTIME, &wat::parse_str(wat).unwrap(), "");
     // INTERNAL_FAILURE is 10: '0' + 10 = ':'.
     assert_eq!(h.server.messages(), vec!["init", "init r=:"]);
+}
 }

@@ -3,6 +3,7 @@
 //! arguments.
 
 mod common;
+common::for_each_runtime! {
 use common::*;
 use proxy_wasm_host::abi::{LogLevel, StreamType};
 use proxy_wasm_host::vm::{Verdict, Vm, VmError, VmOptions};
@@ -15,7 +16,7 @@ fn messages_after(h: &Harness, start: usize) -> Vec<String> {
 
 #[test]
 fn start_up_calls_initialize_then_main_once() {
-    let h = Harness::start(&wat_bytes("lifecycle_0_2_1"), "cfg");
+    let h = Harness::start_on(RUNTIME, &wat_bytes("lifecycle_0_2_1"), "cfg");
     let m = h.server.messages();
     assert_eq!(&m[..2], &["_initialize", "main"]);
     assert_eq!(m.iter().filter(|l| *l == "_initialize").count(), 1);
@@ -23,7 +24,7 @@ fn start_up_calls_initialize_then_main_once() {
 
 #[test]
 fn start_up_calls_start_when_there_is_no_initialize_and_never_main() {
-    let h = Harness::start(&wat_bytes("start_only"), "");
+    let h = Harness::start_on(RUNTIME, &wat_bytes("start_only"), "");
     let m = h.server.messages();
     assert_eq!(m.first().map(String::as_str), Some("_start"));
     assert!(!h.server.logged("main must not be called"), "{m:?}");
@@ -35,7 +36,7 @@ fn start_up_calls_start_when_there_is_no_initialize_and_never_main() {
 fn root_context_is_created_then_vm_start_then_configure_with_sizes() {
     let mut options = VmOptions::new(unique_vm_id("life"));
     options.vm_configuration = b"vmconf".to_vec();
-    let h = Harness::start_with(&wat_bytes("lifecycle_0_2_1"), "cfg", options);
+    let h = Harness::start_with_on(RUNTIME, &wat_bytes("lifecycle_0_2_1"), "cfg", options);
     let root = h.root;
     assert_eq!(
         &h.server.messages()[2..],
@@ -45,7 +46,7 @@ fn root_context_is_created_then_vm_start_then_configure_with_sizes() {
 
 #[test]
 fn stream_callbacks_run_in_order_and_end_with_done_log_delete() {
-    let mut h = Harness::start(&wat_bytes("lifecycle_0_2_1"), "cfg");
+    let mut h = Harness::start_on(RUNTIME, &wat_bytes("lifecycle_0_2_1"), "cfg");
     let start = h.server.messages().len();
     let (ctx, stream, v) = h.request(&[(":method", "POST"), (":path", "/"), (":authority", "x")], false);
     assert_eq!(v, Verdict::Continue);
@@ -79,7 +80,7 @@ fn stream_callbacks_run_in_order_and_end_with_done_log_delete() {
 
 #[test]
 fn headers_end_of_stream_is_true_when_no_body_follows() {
-    let mut h = Harness::start(&wat_bytes("lifecycle_0_2_1"), "");
+    let mut h = Harness::start_on(RUNTIME, &wat_bytes("lifecycle_0_2_1"), "");
     let start = h.server.messages().len();
     let (ctx, _stream, _) = h.request(&[(":method", "GET")], true);
     assert_eq!(messages_after(&h, start)[1], format!("on_request_headers ctx={ctx} eos=1"));
@@ -87,7 +88,7 @@ fn headers_end_of_stream_is_true_when_no_body_follows() {
 
 #[test]
 fn an_aborted_request_still_gets_done_log_delete_exactly_once() {
-    let mut h = Harness::start(&wat_bytes("lifecycle_0_2_1"), "");
+    let mut h = Harness::start_on(RUNTIME, &wat_bytes("lifecycle_0_2_1"), "");
     let (ctx, _stream, _) = h.request(&[(":method", "GET")], false);
     let start = h.server.messages().len();
     h.vm.finish_stream(ctx).unwrap();
@@ -97,7 +98,7 @@ fn an_aborted_request_still_gets_done_log_delete_exactly_once() {
 
 #[test]
 fn context_ids_are_never_zero_nor_reused_while_live() {
-    let mut h = Harness::start(&wat_bytes("lifecycle_0_2_1"), "");
+    let mut h = Harness::start_on(RUNTIME, &wat_bytes("lifecycle_0_2_1"), "");
     let ids: Vec<u32> = (0..5).map(|_| h.request(&[], true).0).collect();
     let mut all = ids.clone();
     all.push(h.root);
@@ -109,13 +110,13 @@ fn context_ids_are_never_zero_nor_reused_while_live() {
 
 #[test]
 fn false_from_vm_start_rejects_the_plugin() {
-    let e = Harness::try_start(&wat_bytes("reject_vm_start"), "", VmOptions::new("r1")).err().unwrap();
+    let e = Harness::try_start_on(RUNTIME, &wat_bytes("reject_vm_start"), "", VmOptions::new("r1")).err().unwrap();
     assert_eq!(e, "plugin test-plugin: proxy_on_vm_start returned false; the plugin is rejected");
 }
 
 #[test]
 fn false_from_configure_rejects_the_plugin() {
-    let e = Harness::try_start(&wat_bytes("reject_configure"), "", VmOptions::new("r2")).err().unwrap();
+    let e = Harness::try_start_on(RUNTIME, &wat_bytes("reject_configure"), "", VmOptions::new("r2")).err().unwrap();
     assert_eq!(e, "plugin test-plugin: proxy_on_configure returned false; the plugin is rejected");
 }
 
@@ -175,7 +176,7 @@ fn unknown_wasi_functions_link_and_answer_an_errno() {
         (func (export "proxy_on_configure") (param i32 i32) (result i32)
           (drop (call $log (i32.const 2) (i32.add (i32.const 0) (call $open (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 0))) (i32.const 0)))
           (i32.const 1)))"#;
-    let h = Harness::start(&wat::parse_str(wat).unwrap(), "");
+    let h = Harness::start_on(RUNTIME, &wat::parse_str(wat).unwrap(), "");
     assert_eq!(h.vm.failure(), None);
 }
 
@@ -185,7 +186,7 @@ fn unknown_wasi_functions_link_and_answer_an_errno() {
 fn abi_0_1_0_module_runs_with_two_argument_header_callbacks() {
     let mut options = VmOptions::new(unique_vm_id("v010"));
     options.vm_configuration = b"vm-bytes".to_vec();
-    let mut h = Harness::start_with(&wat_bytes("abi_0_1_0"), "abi-0.1.0", options);
+    let mut h = Harness::start_with_on(RUNTIME, &wat_bytes("abi_0_1_0"), "abi-0.1.0", options);
     assert_eq!(h.vm.code().abi.to_string(), "0.1.0");
     let (ctx, stream, v) = h.request(&[(":method", "GET"), (":path", "/")], true);
     assert_eq!(v, Verdict::Continue);
@@ -220,7 +221,7 @@ fn abi_0_1_0_module_runs_with_two_argument_header_callbacks() {
 // ------------------------------------------------------------------ traps
 
 fn trap_case(selector: &str) -> (Harness, Result<(), VmError>) {
-    let mut h = Harness::start(&wat_bytes("trap"), selector);
+    let mut h = Harness::start_on(RUNTIME, &wat_bytes("trap"), selector);
     let stream = TestStream::with_request(&[(":method", "POST"), (":path", "/")]);
     let r = (|| {
         let ctx = h.vm.create_stream(h.root, Box::new(stream.clone()))?;
@@ -263,7 +264,7 @@ fn a_trap_in_each_stream_callback_ends_only_that_call_and_is_logged_with_a_backt
 
 #[test]
 fn a_trap_in_configure_rejects_the_plugin_with_the_trap_message() {
-    let e = Harness::try_start(&wat_bytes("trap"), "configure", VmOptions::new("t1")).err().unwrap();
+    let e = Harness::try_start_on(RUNTIME, &wat_bytes("trap"), "configure", VmOptions::new("t1")).err().unwrap();
     assert!(e.starts_with("plugin test-plugin: proxy_on_configure trapped: wasm trap:"), "{e}");
 }
 
@@ -271,13 +272,13 @@ fn a_trap_in_configure_rejects_the_plugin_with_the_trap_message() {
 fn a_trap_in_vm_start_rejects_the_plugin() {
     let mut options = VmOptions::new("t2");
     options.vm_configuration = b"vm_start".to_vec();
-    let e = Harness::try_start(&wat_bytes("trap"), "none", options).err().unwrap();
+    let e = Harness::try_start_on(RUNTIME, &wat_bytes("trap"), "none", options).err().unwrap();
     assert!(e.starts_with("plugin test-plugin: proxy_on_vm_start trapped"), "{e}");
 }
 
 #[test]
 fn a_trap_in_on_tick_is_reported_to_the_caller() {
-    let mut h = Harness::start(&wat_bytes("trap"), "tick");
+    let mut h = Harness::start_on(RUNTIME, &wat_bytes("trap"), "tick");
     assert_eq!(h.server.record.lock().unwrap().ticks.get(&h.root), Some(&Some(std::time::Duration::from_millis(100))));
     assert!(matches!(h.vm.on_tick(h.root), Err(VmError::Trap { callback: "proxy_on_tick", .. })));
 }
@@ -300,7 +301,7 @@ fn after_a_trap_a_fresh_instance_of_the_same_code_serves_the_next_request() {
 
 #[test]
 fn after_a_trap_finishing_a_stream_drops_its_context_without_calling_the_plugin() {
-    let mut h = Harness::start(&wat_bytes("trap"), "request_headers");
+    let mut h = Harness::start_on(RUNTIME, &wat_bytes("trap"), "request_headers");
     let stream = TestStream::with_request(&[(":method", "GET")]);
     let ctx = h.vm.create_stream(h.root, Box::new(stream)).unwrap();
     assert!(h.vm.on_request_headers(ctx, 1, true).is_err());
@@ -314,7 +315,7 @@ fn after_a_trap_finishing_a_stream_drops_its_context_without_calling_the_plugin(
 
 /// The `<case>=<status>` lines the hostile module logs.
 fn hostile_results() -> Vec<(String, i32)> {
-    let mut h = Harness::start(&wat_bytes("hostile"), "hostile");
+    let mut h = Harness::start_on(RUNTIME, &wat_bytes("hostile"), "hostile");
     let (ctx, _stream, v) = h.request(&[(":method", "POST"), (":path", "/"), (":authority", "h")], false);
     assert_eq!(v, Verdict::Continue);
     assert_eq!(h.vm.on_request_body(ctx, b"hello", true).unwrap(), Verdict::Continue);
@@ -367,4 +368,5 @@ fn hostile_pointers_and_lengths_get_invalid_memory_access_and_no_crash() {
     let results = hostile_results();
     let got: Vec<(&str, i32)> = results.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     assert_eq!(got, EXPECTED_HOSTILE);
+}
 }

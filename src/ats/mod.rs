@@ -268,7 +268,7 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     let (wants_request_body, wants_response_body) = (wants("proxy_on_request_body"), wants("proxy_on_response_body"));
     let framing = txn::Framing::of_client_request(&shared);
     let request_chunked = framing.chunked();
-    let txn = Box::new(Txn { shared, slot, chain, next: 0, response_done: false, response_next: 0, response_paused: false, local_replaces_response: false, framing });
+    let txn = Box::new(Txn { shared, slot, chain, next: 0, response_done: false, response_next: 0, response_paused: false, local_replaces_response: false, framing, response_framing: None });
     // SAFETY: the continuation has its own mutex (it is also scheduled, to
     // wake a paused transaction); its data is freed at TXN_CLOSE.
     unsafe {
@@ -282,6 +282,9 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         // Bodies go through transforms only when some plugin wants them.
         if wants_request_body {
             transform::add(txnp, raw, crate::abi::StreamType::HttpRequest, request_chunked);
+            if request_chunked {
+                TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_REQUEST_HDR_HOOK, contp);
+            }
         }
         if wants_response_body {
             transform::add(txnp, raw, crate::abi::StreamType::HttpResponse, false);
@@ -319,6 +322,7 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
     let txnp = edata as TSHttpTxn;
     let r = catch_unwind(AssertUnwindSafe(|| match event {
         TS_EVENT_HTTP_POST_REMAP => txn.run_request_headers(),
+        TS_EVENT_HTTP_SEND_REQUEST_HDR => txn.on_send_request_header(),
         TS_EVENT_HTTP_READ_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_FROM_ORIGIN),
         TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_TO_CLIENT),
         TS_EVENT_HTTP_TXN_CLOSE => {
@@ -358,6 +362,13 @@ pub extern "C" fn TSPluginInit(argc: c_int, argv: *const *const c_char) {
         if unsafe { TSPluginRegister(&info) } != TS_SUCCESS {
             log(LogLevel::Error, "[proxy_wasm] plugin registration failed");
             return;
+        }
+        // Remap rules then use this same copy of the library instead of a
+        // fresh one per remap.config load, so global and per-route plugins
+        // share one engine, one compiled-code cache, shared data and queues.
+        // SAFETY: called from TSPluginInit, as the API requires.
+        if unsafe { TSPluginDSOReloadEnable(0) } != TS_SUCCESS {
+            log(LogLevel::Warn, "[proxy_wasm] could not disable the dynamic reload of this library; remap rules get a copy of their own (shared data is then not shared with the global plugins)");
         }
         // SAFETY: Traffic Server passes argc/argv as for main().
         let args = unsafe { args(argc, argv) };

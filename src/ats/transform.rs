@@ -255,6 +255,11 @@ unsafe fn open_output(contp: TSCont, t: &mut Transform, nbytes: i64) {
 /// Ends the output: a held (request) body is written now, with its length.
 unsafe fn end_output(contp: TSCont, t: &mut Transform) {
     if t.output_vio.is_null() {
+        if t.shared.local.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            // Answered locally: the origin's response is replaced (see
+            // `Txn::run_response_headers`), it gets no body.
+            t.held.clear();
+        }
         if t.dechunk.take().is_some() {
             t.held = encode_chunked(&std::mem::take(&mut t.held));
         }
@@ -290,6 +295,12 @@ fn links(txn: &Txn, direction: StreamType) -> Vec<Link> {
 
 /// Passes a chunk through the chain from plugin `start` on.
 fn filter(txn: &mut Txn, direction: StreamType, chunk: &[u8], eos: bool, start: usize) -> Filtered {
+    // A plugin answered with a local response (or closed the stream) while
+    // the request body was on its way: nothing more of it goes to the origin.
+    let answered = || direction == StreamType::HttpRequest && txn.shared.local.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+    if answered() {
+        return Filtered::Pass(Vec::new());
+    }
     let links = links(txn, direction);
     let slot = txn.slot.clone();
     let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
@@ -308,6 +319,10 @@ fn filter(txn: &mut Txn, direction: StreamType, chunk: &[u8], eos: bool, start: 
             _ => vm.on_request_body(link.ctx, &data, eos),
         };
         match verdict {
+            Ok(Verdict::Stop) if direction == StreamType::HttpRequest => {
+                let _ = vm.take_body(link.ctx, direction);
+                return Filtered::Pass(Vec::new());
+            }
             Ok(Verdict::Continue) | Ok(Verdict::Stop) => data = vm.take_body(link.ctx, direction).unwrap_or_default(),
             Ok(Verdict::Pause) if eos => return Filtered::Wait(i),
             Ok(Verdict::Pause) => return Filtered::Hold,

@@ -183,14 +183,31 @@ pub struct Framing {
 
 impl Framing {
     pub fn of_client_request(shared: &TxnShared) -> Framing {
-        shared
-            .client_request()
-            .map(|h| {
-                let f = Framing { content_length: h.value(b"content-length"), transfer_encoding: h.value(b"transfer-encoding") };
-                TxnShared::release(&h);
-                f
-            })
-            .unwrap_or_default()
+        Framing::of(shared.client_request())
+    }
+
+    fn of(hdr: Option<Hdr>) -> Framing {
+        hdr.map(|h| {
+            let f = Framing { content_length: h.value(b"content-length"), transfer_encoding: h.value(b"transfer-encoding") };
+            TxnShared::release(&h);
+            f
+        })
+        .unwrap_or_default()
+    }
+
+    /// Puts Transfer-Encoding / Content-Length back on `h` as they were
+    /// received, if a plugin changed them.
+    fn restore(&self, h: &Hdr) -> Result<(), Status> {
+        if let Some(te) = &self.transfer_encoding {
+            if h.value(b"transfer-encoding").as_ref() != Some(te) {
+                h.replace(b"transfer-encoding", te)?;
+            }
+        } else if let Some(cl) = &self.content_length {
+            if h.value(b"content-length").as_ref() != Some(cl) {
+                h.replace(b"content-length", cl)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn chunked(&self) -> bool {
@@ -333,6 +350,8 @@ pub struct Txn {
     pub local_replaces_response: bool,
     /// The client request's Content-Length and Transfer-Encoding as received.
     pub framing: Framing,
+    /// The origin response's, as received (set at READ_RESPONSE_HDR).
+    pub response_framing: Option<Framing>,
 }
 
 fn reenable(txnp: TSHttpTxn, error: bool) {
@@ -479,19 +498,39 @@ impl Txn {
     /// it changes the body) must not make it unreadable. The origin gets the
     /// edited body with framing Traffic Server computes for the transform.
     fn restore_framing(&self) {
-        let Framing { content_length: length, transfer_encoding: encoding } = &self.framing;
-        let _ = self.shared.with_hdr(MapType::HttpRequestHeaders, |h| {
-            if let Some(te) = encoding {
-                if h.value(b"transfer-encoding").as_ref() != Some(te) {
-                    h.replace(b"transfer-encoding", te)?;
-                }
-            } else if let Some(cl) = length {
-                if h.value(b"content-length").as_ref() != Some(cl) {
-                    h.replace(b"content-length", cl)?;
-                }
+        let _ = self.shared.with_hdr(MapType::HttpRequestHeaders, |h| self.framing.restore(h));
+    }
+
+    /// The same for the origin's response: Traffic Server reads the origin's
+    /// body by the framing of the server response header, so a plugin that
+    /// removed Content-Length (because it changes the body) must not turn it
+    /// into a body read until the origin closes. The client gets framing
+    /// Traffic Server computes for the response transform.
+    fn restore_response_framing(&self) {
+        if self.shared.response_source.load(Ordering::Acquire) != RESPONSE_FROM_ORIGIN {
+            return;
+        }
+        if let Some(framing) = &self.response_framing {
+            let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| framing.restore(h));
+        }
+    }
+
+    /// SEND_REQUEST_HDR, for a chunked request body that went through the
+    /// request transform: the transform hands it on chunked again, but Traffic
+    /// Server also sets the transform's output length as Content-Length, which
+    /// must not go out next to `Transfer-Encoding: chunked` (RFC 9112 6.3).
+    pub fn on_send_request_header(&self) {
+        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
+        // SAFETY: live transaction, in its SEND_REQUEST_HDR hook.
+        if unsafe { TSHttpTxnServerReqGet(self.shared.txnp, &mut buf, &mut loc) } == TS_SUCCESS {
+            let h = Hdr { buf, loc, is_request: true };
+            let chunked = Framing { content_length: None, transfer_encoding: h.value(b"transfer-encoding") }.chunked();
+            if chunked && h.value(b"content-length").is_some() {
+                let _ = h.remove(b"content-length");
             }
-            Ok(())
-        });
+            TxnShared::release(&h);
+        }
+        reenable(self.shared.txnp, false);
     }
 
     fn stop_with_local_response(&self) {
@@ -513,12 +552,27 @@ impl Txn {
     /// SEND_RESPONSE_HDR (cache hits, responses Traffic Server or a plugin made).
     pub fn run_response_headers(&mut self, source: u8) {
         self.shared.response_source.store(source, Ordering::Release);
+        if source == RESPONSE_FROM_ORIGIN && !self.response_done && !self.shared.local_in_response.load(Ordering::Acquire) {
+            // A local response sent from the request body, after the request
+            // had gone on: it replaces the origin's response as a whole; the
+            // plugins see it at SEND_RESPONSE_HDR.
+            let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(r) = local {
+                let ct = r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.as_slice());
+                set_error_response(self.shared.txnp, r.status, &r.body, ct);
+                reenable(self.shared.txnp, true);
+                return;
+            }
+        }
         if std::mem::replace(&mut self.response_done, true) {
             if source == RESPONSE_TO_CLIENT && self.local_replaces_response {
                 self.apply_local_headers();
             }
             reenable(self.shared.txnp, false);
             return;
+        }
+        if source == RESPONSE_FROM_ORIGIN {
+            self.response_framing = Some(Framing::of(self.shared.client_response()));
         }
         // A local response sent during the request phase: its headers.
         if !self.shared.local_in_response.load(Ordering::Acquire) {
@@ -589,6 +643,7 @@ impl Txn {
             }
         }
         drop(vms);
+        self.restore_response_framing();
         reenable(self.shared.txnp, false);
     }
 

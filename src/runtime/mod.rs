@@ -5,10 +5,13 @@
 //! [`Caller`], so every runtime links the same table from `abi::exports` and
 //! `abi::wasi`; adding a runtime is one new file implementing these traits.
 
+#[cfg(feature = "wamr")]
+pub mod wamr;
 pub mod wasmtime;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::vm::state::HostState;
 
@@ -80,6 +83,17 @@ pub struct ExportDesc {
     pub ty: Option<FuncType>,
 }
 
+/// Why a call into the guest ended abnormally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TrapKind {
+    /// A WebAssembly trap (unreachable, out-of-bounds access, ...) or a
+    /// hostcall that aborted the guest.
+    #[default]
+    Trap,
+    /// The call ran past its time limit ([`Limits::callback_timeout`]) and was stopped.
+    Timeout,
+}
+
 /// A guest trap (or a host-requested abort such as `proc_exit`).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -87,12 +101,26 @@ pub struct Trap {
     pub message: String,
     /// Wasm frames, innermost first, with names from the name section when present.
     pub backtrace: Option<String>,
+    pub kind: TrapKind,
 }
 
 impl Trap {
     pub fn new(message: impl Into<String>) -> Trap {
-        Trap { message: message.into(), backtrace: None }
+        Trap { message: message.into(), backtrace: None, kind: TrapKind::Trap }
     }
+}
+
+/// Resource limits of one instance (the plugin's `limits`, see the config docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Limits {
+    /// The most linear memory the instance may have, in bytes (whole 64 KiB
+    /// pages: rounded down, at least one page). Instantiation fails if the
+    /// module's initial memory is larger; `memory.grow` past it returns -1.
+    /// `None`: the module's own maximum (4 GiB at most).
+    pub max_memory_bytes: Option<u64>,
+    /// The longest one call from the host into the guest may run, hostcalls
+    /// included; a call past it ends as a trap of kind [`TrapKind::Timeout`].
+    pub callback_timeout: Option<Duration>,
 }
 
 /// What a hostcall sees of the guest that called it.
@@ -160,7 +188,8 @@ pub trait Module: Send + Sync {
     /// function import of the module (the core built it from `imports()` and
     /// has refused modules it could not resolve). The runtime may link once and
     /// reuse the result: a module is always given the same resolution.
-    fn instantiate(&self, state: HostState, imports: &[LinkedImport]) -> Result<Box<dyn Instance>, RuntimeError>;
+    /// `limits` bound this instance's memory and the duration of each call.
+    fn instantiate(&self, state: HostState, imports: &[LinkedImport], limits: &Limits) -> Result<Box<dyn Instance>, RuntimeError>;
 }
 
 /// A live instance: one linear memory, the host state, and callable exports.

@@ -1,11 +1,12 @@
 //! The Wasmtime runtime adapter (Cranelift, ahead-of-instantiation compilation).
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use wasmtime as wt;
 
-use super::{Caller, Engine, ExportDesc, FuncType, ImportDesc, LinkedImport, Instance, Module, RuntimeError, Trap, Val, ValType};
+use super::{Caller, Engine, ExportDesc, FuncType, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError, Trap, TrapKind, Val, ValType};
 use crate::vm::state::HostState;
 
 /// The process-wide Wasmtime engine. One engine serves every plugin so that
@@ -20,6 +21,9 @@ impl WasmtimeEngine {
         let mut config = wt::Config::new();
         config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
         config.wasm_backtrace_details(wt::WasmBacktraceDetails::Disable);
+        // Time limits per callback: compiled code checks the engine's epoch at
+        // function entries and loop headers; a ticker thread advances it.
+        config.epoch_interruption(true);
         let engine = wt::Engine::new(&config).map_err(|e| RuntimeError::Compile(format!("cannot create the Wasmtime engine: {e}")))?;
         Ok(WasmtimeEngine { engine })
     }
@@ -32,6 +36,43 @@ impl WasmtimeEngine {
             .clone()
             .map_err(RuntimeError::Compile)
     }
+}
+
+/// How often the epoch advances: a callback is stopped between its limit
+/// and its limit plus this.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The deadline of stores without a time limit: never reached.
+const NO_DEADLINE: u64 = u64::MAX / 2;
+
+/// Starts the thread that advances the epoch of `engine`, once per process
+/// (again after a fork: threads do not survive one, so an NGINX worker starts its own).
+fn start_epoch_ticker(engine: &wt::Engine) {
+    static TICKER: Mutex<Option<u32>> = Mutex::new(None);
+    let mut t = TICKER.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    if *t == Some(pid) {
+        return;
+    }
+    let engine = engine.clone();
+    let started = std::thread::Builder::new().name("proxy-wasm-epoch".into()).spawn(move || loop {
+        std::thread::sleep(EPOCH_TICK);
+        engine.increment_epoch();
+    });
+    if started.is_ok() {
+        *t = Some(pid);
+    }
+}
+
+/// Epoch ticks for a time limit (at least one).
+fn ticks(limit: Duration) -> u64 {
+    (limit.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).max(1) as u64
+}
+
+/// What a store holds: the host state, and the limits its memory grows under.
+pub(crate) struct StoreData {
+    host: HostState,
+    limits: wt::StoreLimits,
 }
 
 impl Engine for WasmtimeEngine {
@@ -98,12 +139,12 @@ struct WasmtimeModule {
     exports: Vec<ExportDesc>,
     /// The linked module, built on first instantiation and reused by every
     /// later instance (on every thread) so linking costs nothing per instance.
-    pre: OnceLock<Result<wt::InstancePre<HostState>, String>>,
+    pre: OnceLock<Result<wt::InstancePre<StoreData>, String>>,
 }
 
 impl WasmtimeModule {
-    fn link(&self, imports: &[LinkedImport]) -> Result<wt::InstancePre<HostState>, String> {
-        let mut linker: wt::Linker<HostState> = wt::Linker::new(&self.engine);
+    fn link(&self, imports: &[LinkedImport]) -> Result<wt::InstancePre<StoreData>, String> {
+        let mut linker: wt::Linker<StoreData> = wt::Linker::new(&self.engine);
         for host in imports {
             let ty = wt::FuncType::new(
                 &self.engine,
@@ -119,7 +160,7 @@ impl WasmtimeModule {
     }
 }
 
-fn call_host(func: super::HostFn, caller: wt::Caller<'_, HostState>, params: &[wt::Val], results: &mut [wt::Val]) -> wt::Result<()> {
+fn call_host(func: super::HostFn, caller: wt::Caller<'_, StoreData>, params: &[wt::Val], results: &mut [wt::Val]) -> wt::Result<()> {
     let args: smallvec_args::Args = params
         .iter()
         .map(|v| match v {
@@ -150,14 +191,17 @@ mod smallvec_args {
 }
 
 struct WasmtimeCaller<'a> {
-    caller: wt::Caller<'a, HostState>,
+    caller: wt::Caller<'a, StoreData>,
 }
 
 impl Caller for WasmtimeCaller<'_> {
     fn memory_and_state(&mut self) -> (&mut [u8], &mut HostState) {
         match self.caller.get_export("memory") {
-            Some(wt::Extern::Memory(mem)) => mem.data_and_store_mut(&mut self.caller),
-            _ => (&mut [], self.caller.data_mut()),
+            Some(wt::Extern::Memory(mem)) => {
+                let (bytes, data) = mem.data_and_store_mut(&mut self.caller);
+                (bytes, &mut data.host)
+            }
+            _ => (&mut [], &mut self.caller.data_mut().host),
         }
     }
 
@@ -189,21 +233,26 @@ fn call_func(func: &wt::Func, mut store: impl wt::AsContextMut, args: &[Val]) ->
             wt::Val::I64(x) => Some(Val::I64(*x)),
             _ => None,
         })),
-        Err(e) => Err(to_trap(e)),
+        Err(e) => Err(to_trap(e, None)),
     }
 }
 
-fn to_trap(e: wt::Error) -> Trap {
+/// A Wasmtime error as our trap; `timeout` is the time limit the call ran under.
+fn to_trap(e: wt::Error, timeout: Option<Duration>) -> Trap {
     let backtrace = e.downcast_ref::<wt::WasmBacktrace>().map(|bt| format!("{bt}"));
     // A hostcall that asked to abort the guest (proc_exit, a host bug) keeps its message.
     if let Some(t) = e.downcast_ref::<Trap>() {
-        return Trap { message: t.message.clone(), backtrace: backtrace.or_else(|| t.backtrace.clone()) };
+        return Trap { message: t.message.clone(), backtrace: backtrace.or_else(|| t.backtrace.clone()), kind: t.kind };
     }
-    let message = match e.downcast_ref::<wt::Trap>() {
-        Some(t) => format!("{t}"),
-        None => format!("{e}"),
-    };
-    Trap { message, backtrace }
+    match e.downcast_ref::<wt::Trap>() {
+        Some(wt::Trap::Interrupt) => Trap {
+            message: format!("time limit exceeded: the callback ran longer than {} ms", timeout.unwrap_or_default().as_millis()),
+            backtrace,
+            kind: TrapKind::Timeout,
+        },
+        Some(t) => Trap { message: format!("{t}"), backtrace, kind: TrapKind::Trap },
+        None => Trap { message: format!("{e}"), backtrace, kind: TrapKind::Trap },
+    }
 }
 
 impl Module for WasmtimeModule {
@@ -215,21 +264,34 @@ impl Module for WasmtimeModule {
         &self.exports
     }
 
-    fn instantiate(&self, state: HostState, imports: &[LinkedImport]) -> Result<Box<dyn Instance>, RuntimeError> {
+    fn instantiate(&self, state: HostState, imports: &[LinkedImport], limits: &Limits) -> Result<Box<dyn Instance>, RuntimeError> {
         let pre = self.pre.get_or_init(|| self.link(imports)).as_ref().map_err(|e| RuntimeError::Instantiate(e.clone()))?;
-        let mut store = wt::Store::new(&self.engine, state);
-        let instance = pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate(to_trap(e).message))?;
+        let mut builder = wt::StoreLimitsBuilder::new();
+        if let Some(bytes) = limits.max_memory_bytes {
+            // Whole pages, at least one, as WAMR counts them.
+            let page = 64 * 1024;
+            let capped = (bytes / page).max(1).saturating_mul(page);
+            builder = builder.memory_size(usize::try_from(capped).unwrap_or(usize::MAX));
+        }
+        let mut store = wt::Store::new(&self.engine, StoreData { host: state, limits: builder.build() });
+        store.limiter(|d| &mut d.limits);
+        store.set_epoch_deadline(NO_DEADLINE);
+        if limits.callback_timeout.is_some() {
+            start_epoch_ticker(&self.engine);
+        }
+        let instance = pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate(format!("{e:#}")))?;
         let memory = instance.get_memory(&mut store, "memory");
-        Ok(Box::new(WasmtimeInstance { store, instance, memory, funcs: HashMap::new() }))
+        Ok(Box::new(WasmtimeInstance { store, instance, memory, funcs: HashMap::new(), timeout: limits.callback_timeout }))
     }
 }
 
 struct WasmtimeInstance {
-    store: wt::Store<HostState>,
+    store: wt::Store<StoreData>,
     instance: wt::Instance,
     memory: Option<wt::Memory>,
     /// Export lookups by name are cached: callbacks are called by name on every request.
     funcs: HashMap<String, Option<wt::Func>>,
+    timeout: Option<Duration>,
 }
 
 impl WasmtimeInstance {
@@ -248,11 +310,21 @@ impl Instance for WasmtimeInstance {
         let Some(func) = self.func(name) else {
             return Err(Trap::new(format!("the module has no function export {name:?}")));
         };
-        call_func(&func, &mut self.store, args)
+        if let Some(limit) = self.timeout {
+            self.store.set_epoch_deadline(ticks(limit));
+        }
+        let r = call_func(&func, &mut self.store, args);
+        if self.timeout.is_some() {
+            self.store.set_epoch_deadline(NO_DEADLINE);
+        }
+        r.map_err(|t| match t.kind {
+            TrapKind::Timeout => Trap { message: format!("time limit exceeded: the callback ran longer than {} ms", self.timeout.unwrap_or_default().as_millis()), ..t },
+            _ => t,
+        })
     }
 
     fn state(&mut self) -> &mut HostState {
-        self.store.data_mut()
+        &mut self.store.data_mut().host
     }
 
     fn memory_size(&mut self) -> usize {

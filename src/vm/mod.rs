@@ -13,7 +13,7 @@ use crate::abi::{Action, StreamType};
 use crate::host::{HttpCallResponse, HttpStream, PluginRef, ServerHost};
 use crate::metrics::{process_metrics, Metrics};
 use crate::plugin::{PluginInfo, WasmCode};
-use crate::runtime::{Instance, Trap, Val};
+use crate::runtime::{Instance, Limits, Trap, Val};
 use crate::shared::{process_queues, process_shared_data, SharedDataStore, SharedQueues};
 use state::{Context, Deferred, HostState, Phase, RootContext, StreamContext, VmEnv};
 
@@ -27,11 +27,13 @@ pub struct VmOptions {
     pub shared_data: Option<Arc<dyn SharedDataStore>>,
     pub queues: Option<Arc<SharedQueues>>,
     pub metrics: Option<Arc<Metrics>>,
+    /// Memory and time limits of the instance (none by default).
+    pub limits: Limits,
 }
 
 impl VmOptions {
     pub fn new(vm_id: impl Into<String>) -> VmOptions {
-        VmOptions { vm_id: vm_id.into(), vm_configuration: Vec::new(), environment: Vec::new(), shared_data: None, queues: None, metrics: None }
+        VmOptions { vm_id: vm_id.into(), vm_configuration: Vec::new(), environment: Vec::new(), shared_data: None, queues: None, metrics: None, limits: Limits::default() }
     }
 }
 
@@ -87,7 +89,7 @@ impl Vm {
         state.allocator = code.allocator;
         let instance = code
             .module
-            .instantiate(state, &code.imports)
+            .instantiate(state, &code.imports, &options.limits)
             .map_err(|e| VmError::Instantiate { origin: code.origin.clone(), message: e.to_string() })?;
         let mut vm = Vm { instance, code, env, failure: None };
         vm.start()?;

@@ -11,7 +11,8 @@ use proxy_wasm_host::abi::pairs::Pair;
 use proxy_wasm_host::abi::{LogLevel, MapType, Status, StreamType};
 use proxy_wasm_host::host::{HttpCallRequest, HttpStream, LocalResponse, PluginRef, ServerHost};
 use proxy_wasm_host::plugin::{PluginInfo, WasmCode};
-use proxy_wasm_host::runtime::wasmtime::WasmtimeEngine;
+use proxy_wasm_host::config::RuntimeKind;
+use proxy_wasm_host::loader;
 use proxy_wasm_host::vm::{Verdict, Vm, VmOptions};
 
 pub fn repo_root() -> PathBuf {
@@ -37,14 +38,19 @@ pub fn built_plugin(file: &str) -> Vec<u8> {
 
 /// A built plugin, compiled once per test binary and shared by its tests.
 pub fn built_code(file: &str) -> Arc<WasmCode> {
-    static CACHE: Mutex<Option<HashMap<String, Arc<WasmCode>>>> = Mutex::new(None);
+    built_code_on(RuntimeKind::Wasmtime, file)
+}
+
+/// [`built_code`] on a given runtime.
+pub fn built_code_on(runtime: RuntimeKind, file: &str) -> Arc<WasmCode> {
+    static CACHE: Mutex<Option<HashMap<(RuntimeKind, String), Arc<WasmCode>>>> = Mutex::new(None);
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     let map = cache.get_or_insert_with(HashMap::new);
-    if let Some(code) = map.get(file) {
+    if let Some(code) = map.get(&(runtime, file.to_string())) {
         return code.clone();
     }
-    let code = load(&built_plugin(file), file).unwrap_or_else(|e| panic!("{file}: {e}"));
-    map.insert(file.to_string(), code.clone());
+    let code = load_on(runtime, &built_plugin(file), file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    map.insert((runtime, file.to_string()), code.clone());
     code
 }
 
@@ -52,9 +58,68 @@ pub fn load(
     bytes: &[u8],
     origin: &str,
 ) -> Result<Arc<WasmCode>, proxy_wasm_host::plugin::LoadError> {
-    let engine = WasmtimeEngine::shared().expect("engine");
+    load_on(RuntimeKind::Wasmtime, bytes, origin)
+}
+
+/// Compiles and validates `bytes` on `runtime`.
+pub fn load_on(
+    runtime: RuntimeKind,
+    bytes: &[u8],
+    origin: &str,
+) -> Result<Arc<WasmCode>, proxy_wasm_host::plugin::LoadError> {
+    let engine = loader::engine(runtime).unwrap_or_else(|| panic!("runtime {runtime} is not in this build"));
     WasmCode::load(engine.as_ref(), bytes, origin).map(Arc::new)
 }
+
+/// The runtimes every in-memory suite runs on (see [`for_each_runtime`]).
+macro_rules! runtime_facade {
+    ($module:ident, $runtime:expr) => {
+        /// The harness bound to one runtime: `load`, `built_code` and
+        /// `RUNTIME` for the tests of [`for_each_runtime`].
+        pub mod $module {
+            #![allow(unused_imports, dead_code)]
+            pub use super::*;
+            use std::sync::Arc;
+
+            pub const RUNTIME: RuntimeKind = $runtime;
+
+            pub fn load(
+                bytes: &[u8],
+                origin: &str,
+            ) -> Result<Arc<WasmCode>, proxy_wasm_host::plugin::LoadError> {
+                super::load_on(RUNTIME, bytes, origin)
+            }
+
+            pub fn built_code(file: &str) -> Arc<WasmCode> {
+                super::built_code_on(RUNTIME, file)
+            }
+        }
+    };
+}
+runtime_facade!(on_wasmtime, RuntimeKind::Wasmtime);
+runtime_facade!(on_wamr, RuntimeKind::Wamr);
+
+/// Runs the tests of a file once per runtime: its items go into `mod wasmtime`
+/// and `mod wamr`, where `common` is the harness bound to that runtime
+/// (`common::RUNTIME`, and `load`/`built_code` compiling on it). Use after
+/// `mod common;`, around everything else of the file.
+#[allow(unused_macros)]
+macro_rules! for_each_runtime {
+    ($($body:tt)*) => {
+        mod wasmtime {
+            #[allow(unused_imports)]
+            use crate::common::on_wasmtime as common;
+            $($body)*
+        }
+        mod wamr {
+            #[allow(unused_imports)]
+            use crate::common::on_wamr as common;
+            $($body)*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use for_each_runtime;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
@@ -394,16 +459,11 @@ pub fn unique_vm_id(prefix: &str) -> String {
 
 impl Harness {
     pub fn start(bytes: &[u8], plugin_configuration: &str) -> Harness {
-        Harness::start_with(
-            bytes,
-            plugin_configuration,
-            VmOptions::new(unique_vm_id("vm")),
-        )
+        Harness::start_on(RuntimeKind::Wasmtime, bytes, plugin_configuration)
     }
 
     pub fn start_with(bytes: &[u8], plugin_configuration: &str, options: VmOptions) -> Harness {
-        Harness::try_start(bytes, plugin_configuration, options)
-            .unwrap_or_else(|e| panic!("start failed: {e}"))
+        Harness::start_with_on(RuntimeKind::Wasmtime, bytes, plugin_configuration, options)
     }
 
     pub fn try_start(
@@ -411,7 +471,38 @@ impl Harness {
         plugin_configuration: &str,
         options: VmOptions,
     ) -> Result<Harness, String> {
-        let code = load(bytes, "test.wasm").map_err(|e| e.to_string())?;
+        Harness::try_start_on(RuntimeKind::Wasmtime, bytes, plugin_configuration, options)
+    }
+
+    /// [`Harness::start`] on a given runtime.
+    pub fn start_on(runtime: RuntimeKind, bytes: &[u8], plugin_configuration: &str) -> Harness {
+        Harness::start_with_on(
+            runtime,
+            bytes,
+            plugin_configuration,
+            VmOptions::new(unique_vm_id("vm")),
+        )
+    }
+
+    /// [`Harness::start_with`] on a given runtime.
+    pub fn start_with_on(
+        runtime: RuntimeKind,
+        bytes: &[u8],
+        plugin_configuration: &str,
+        options: VmOptions,
+    ) -> Harness {
+        Harness::try_start_on(runtime, bytes, plugin_configuration, options)
+            .unwrap_or_else(|e| panic!("start failed: {e}"))
+    }
+
+    /// [`Harness::try_start`] on a given runtime.
+    pub fn try_start_on(
+        runtime: RuntimeKind,
+        bytes: &[u8],
+        plugin_configuration: &str,
+        options: VmOptions,
+    ) -> Result<Harness, String> {
+        let code = load_on(runtime, bytes, "test.wasm").map_err(|e| e.to_string())?;
         Harness::try_start_code(code, plugin_configuration, options)
     }
 

@@ -27,6 +27,7 @@
 pub mod ats;
 pub mod client;
 pub mod http;
+pub mod nginx;
 pub mod origin;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
