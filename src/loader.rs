@@ -11,6 +11,7 @@ use crate::config::{CodeSource, FailurePolicy, PluginConfig, RuntimeKind};
 use crate::host::ServerHost;
 use crate::plugin::{LoadError, PluginInfo, WasmCode};
 use crate::remote_code::{self, FetchError};
+use crate::runtime::wamr::WamrEngine;
 use crate::runtime::wasmtime::WasmtimeEngine;
 use crate::runtime::Engine;
 use crate::vm::{Vm, VmError, VmOptions};
@@ -35,10 +36,7 @@ pub enum PluginError {
 pub fn engine(runtime: RuntimeKind) -> Option<Arc<dyn Engine>> {
     match runtime {
         RuntimeKind::Wasmtime => WasmtimeEngine::shared().ok().map(|e| e as Arc<dyn Engine>),
-        #[cfg(feature = "wamr")]
-        RuntimeKind::Wamr => crate::runtime::wamr::WamrEngine::shared().ok().map(|e| e as Arc<dyn Engine>),
-        #[cfg(not(feature = "wamr"))]
-        RuntimeKind::Wamr => None,
+        RuntimeKind::Wamr => WamrEngine::shared().ok().map(|e| e as Arc<dyn Engine>),
     }
 }
 
@@ -155,6 +153,8 @@ pub struct PluginRoot {
 pub struct PluginVms {
     pub vms: Vec<Vm>,
     pub roots: Vec<PluginRoot>,
+    /// Per VM: the most linear memory it may have (for `kill_options.max_memory_usage`).
+    max_memory: Vec<u64>,
 }
 
 impl PluginVms {
@@ -163,6 +163,7 @@ impl PluginVms {
         let mut vms: Vec<Vm> = Vec::new();
         let mut keys: Vec<VmKey> = Vec::new();
         let mut roots = Vec::new();
+        let mut max_memory = Vec::new();
         for (i, p) in plugins.iter().enumerate() {
             let key = p.vm_key();
             let vm_index = match keys.iter().position(|k| *k == key) {
@@ -171,6 +172,7 @@ impl PluginVms {
                     let mut options = VmOptions::new(&p.config.vm.vm_id);
                     options.vm_configuration = p.config.vm.configuration.clone();
                     options.environment = p.config.vm.environment.clone();
+                    max_memory.push(options.limits.max_memory_bytes.unwrap_or(MAX_WASM32_MEMORY));
                     let vm = Vm::new(p.code.clone(), options, server(&key)).map_err(|source| PluginError::Start { origin: p.config.origin.to_string(), plugin: p.config.name.clone(), source })?;
                     vms.push(vm);
                     keys.push(key);
@@ -182,7 +184,7 @@ impl PluginVms {
                 .map_err(|source| PluginError::Start { origin: p.config.origin.to_string(), plugin: p.config.name.clone(), source })?;
             roots.push(PluginRoot { plugin: i, vm: vm_index, root_context_id });
         }
-        Ok(PluginVms { vms, roots })
+        Ok(PluginVms { vms, roots, max_memory })
     }
 
     /// Shuts every plugin down (`proxy_on_done`, then `proxy_on_delete` unless
@@ -230,6 +232,47 @@ impl PluginVms {
     /// Whether any instance failed.
     pub fn any_failed(&self) -> bool {
         self.vms.iter().any(|vm| vm.failure().is_some())
+    }
+}
+
+/// A wasm32 linear memory holds at most 4 GiB.
+const MAX_WASM32_MEMORY: u64 = 4 << 30;
+
+impl PluginVms {
+    /// Why these instances should be replaced by fresh ones now, if one of
+    /// them passed its plugins' `kill_options`: `idle` is how long they have
+    /// sat unused. The server starts a new set and lets the old one finish
+    /// the transactions it has.
+    pub fn recycle_reason(&mut self, plugins: &[LoadedPlugin], idle: std::time::Duration) -> Option<String> {
+        for root in &self.roots {
+            let kill = plugins[root.plugin].config.vm.kill_options;
+            let name = &plugins[root.plugin].config.name;
+            let vm = &mut self.vms[root.vm];
+            if let Some(max) = kill.max_calls {
+                if vm.calls() >= max {
+                    return Some(format!("{name}: {} calls (kill_options.max_calls {max})", vm.calls()));
+                }
+            }
+            if let Some(fraction) = kill.max_memory_usage {
+                let limit = (self.max_memory[root.vm] as f64 * fraction) as u64;
+                let size = vm.memory_size() as u64;
+                if size >= limit {
+                    return Some(format!("{name}: {size} bytes of linear memory (kill_options.max_memory_usage {fraction} of {})", self.max_memory[root.vm]));
+                }
+            }
+            if let Some(max) = kill.max_unused_duration {
+                if idle >= max {
+                    return Some(format!("{name}: unused for {:.1} s (kill_options.max_unused_duration {:.1} s)", idle.as_secs_f64(), max.as_secs_f64()));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether any plugin has `kill_options.max_unused_duration` (the server
+    /// then checks idle instances with a timer).
+    pub fn shortest_unused_duration(plugins: &[LoadedPlugin]) -> Option<std::time::Duration> {
+        plugins.iter().filter_map(|p| p.config.vm.kill_options.max_unused_duration).min()
     }
 }
 

@@ -1050,3 +1050,25 @@ fn authorizations_errors_name_the_key() {
     let e = load_plugin_with("  authorizations:\n    plugin_map_access: { read: yes please }").unwrap_err();
     assert!(e.contains("config.authorizations.plugin_map_access.read: expected a boolean (true or false)"), "{e}");
 }
+
+#[test]
+fn kill_options_use_otoroshis_names_and_default_to_off() {
+    use proxy_wasm_host::config::KillOptions;
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let load = |kill: &str| {
+        let yaml = format!("config:\n  name: n\n  vm_config:\n{kill}    code: {{local: {{filename: p.wasm}}}}\n");
+        load_str(&yaml, &dir.path().join("c.yaml")).map(|mut v| v.remove(0).vm.kill_options).map_err(|e| e.to_string())
+    };
+    assert_eq!(load("").unwrap(), KillOptions::default());
+    let k = load("    kill_options: { max_calls: 1000, maxMemoryUsage: 0.8, max_unused_duration: 300s }\n").unwrap();
+    assert_eq!(k.max_calls, Some(1000));
+    assert_eq!(k.max_memory_usage, Some(0.8));
+    assert_eq!(k.max_unused_duration, Some(std::time::Duration::from_secs(300)));
+    let e = load("    kill_options: { max_calls: 0 }\n").unwrap_err();
+    assert!(e.contains("config.vm_config.kill_options.max_calls: expected a whole number greater than 0, found 0"), "{e}");
+    let e = load("    kill_options: { max_memory_usage: 1.5 }\n").unwrap_err();
+    assert!(e.contains("config.vm_config.kill_options.max_memory_usage: expected a fraction greater than 0 and at most 1, like 0.8, found 1.5"), "{e}");
+    let e = load("    kill_options: { max_unused: 3s }\n").unwrap_err();
+    assert!(e.contains("unknown key \"max_unused\"; expected one of max_calls, max_memory_usage, max_unused_duration"), "{e}");
+}

@@ -63,6 +63,33 @@ impl PluginSet {
 pub struct VmSlot {
     pub plugins: Arc<PluginSet>,
     pub vms: Mutex<PluginVms>,
+    /// Replaced (failure reload or recycling): no new transaction uses it,
+    /// and the thread shuts it down once the last one finished.
+    pub retired: AtomicBool,
+    /// When a transaction last started on it (for `kill_options.max_unused_duration`).
+    last_used: Mutex<std::time::Instant>,
+}
+
+impl VmSlot {
+    fn in_service(&self) -> bool {
+        !self.retired.load(Ordering::Acquire) && !self.plugins.is_retired()
+    }
+
+    /// Whether the slot should be replaced now, and why: a failed instance
+    /// under `failure_policy: reload` (with back-off), or `kill_options`.
+    fn replacement_reason(&self) -> Option<String> {
+        let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        if vms.wants_reload(&self.plugins.plugins) {
+            let now = std::time::Instant::now();
+            let allowed = BACKOFF.with(|b| b.borrow_mut().entry(self.plugins.id).or_default().try_reload(now));
+            return allowed.then(|| "a failure (failure_policy: reload)".to_string());
+        }
+        if vms.any_failed() {
+            return None;
+        }
+        let idle = self.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+        vms.recycle_reason(&self.plugins.plugins, idle).map(|why| format!("recycling: {why}"))
+    }
 }
 
 /// The global plugins (plugin.config), replaced as a whole on reload.
@@ -90,16 +117,19 @@ fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
     SLOTS.with(|slots| {
         let mut slots = slots.borrow_mut();
         shut_down_retired(&mut slots);
-        if let Some(i) = slots.iter().position(|s| s.plugins.id == set.id) {
-            let reload = {
-                let vms = slots[i].vms.lock().unwrap_or_else(|p| p.into_inner());
-                vms.wants_reload(&set.plugins) && BACKOFF.with(|b| b.borrow_mut().entry(set.id).or_default().try_reload(std::time::Instant::now()))
-            };
-            if !reload {
-                return Some(slots[i].clone());
+        if let Some(i) = slots.iter().position(|s| s.plugins.id == set.id && s.in_service()) {
+            match slots[i].replacement_reason() {
+                None => {
+                    *slots[i].last_used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+                    return Some(slots[i].clone());
+                }
+                Some(why) => {
+                    let names = set.plugins.iter().map(|p| p.config.name.as_str()).collect::<Vec<_>>().join(", ");
+                    log(LogLevel::Info, &format!("[proxy_wasm] new instances of {names} on this thread after {why}"));
+                    slots[i].retired.store(true, Ordering::Release);
+                    shut_down_retired(&mut slots);
+                }
             }
-            log(LogLevel::Info, &format!("[proxy_wasm] reloading the plugins of {} after a failure (failure_policy: reload)", set.plugins.iter().map(|p| p.config.name.as_str()).collect::<Vec<_>>().join(", ")));
-            slots.remove(i);
         }
         let mut servers: Vec<Arc<AtsServer>> = Vec::new();
         let started = PluginVms::start(&set.plugins, |_| {
@@ -109,7 +139,10 @@ fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
         });
         match started {
             Ok(vms) => {
-                let slot = Arc::new(VmSlot { plugins: set.clone(), vms: Mutex::new(vms) });
+                let slot = Arc::new(VmSlot { plugins: set.clone(), vms: Mutex::new(vms), retired: AtomicBool::new(false), last_used: Mutex::new(std::time::Instant::now()) });
+                if let Some(every) = PluginVms::shortest_unused_duration(&set.plugins) {
+                    server::arm_idle_sweeper(every);
+                }
                 for server in &servers {
                     server.attach(Arc::downgrade(&slot));
                 }
@@ -129,16 +162,37 @@ fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
 /// transactions finish on the plugins they started with).
 fn shut_down_retired(slots: &mut Vec<Arc<VmSlot>>) {
     slots.retain(|slot| {
-        if !slot.plugins.is_retired() || Arc::strong_count(slot) > 1 {
+        if slot.in_service() || Arc::strong_count(slot) > 1 {
             return true;
         }
         let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
         for (plugin, result) in vms.shutdown() {
-            if let Err(e) = result {
-                log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down after a reload: {e}", slot.plugins.plugins[plugin].config.name));
+            match result {
+                // A failed instance is dropped without calling it.
+                Ok(_) | Err(crate::vm::VmError::Failed(_)) => {}
+                Err(e) => log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down old instances: {e}", slot.plugins.plugins[plugin].config.name)),
             }
         }
         false
+    });
+}
+
+/// Called on a thread by its idle timer: retires the instances that sat
+/// unused past their `kill_options.max_unused_duration` (and shuts them down
+/// when no transaction holds them), so an idle thread gives their memory back.
+pub(crate) fn retire_idle_slots() {
+    let _ = SLOTS.try_with(|slots| {
+        if let Ok(mut slots) = slots.try_borrow_mut() {
+            for slot in slots.iter().filter(|s| s.in_service()) {
+                let idle = slot.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+                let why = slot.vms.lock().unwrap_or_else(|p| p.into_inner()).recycle_reason(&slot.plugins.plugins, idle);
+                if let Some(why) = why.filter(|w| w.contains("unused for")) {
+                    log(LogLevel::Info, &format!("[proxy_wasm] shutting idle instances down: {why}"));
+                    slot.retired.store(true, Ordering::Release);
+                }
+            }
+            shut_down_retired(&mut slots);
+        }
     });
 }
 

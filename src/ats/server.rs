@@ -164,6 +164,38 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
     0
 }
 
+thread_local! {
+    /// This thread's idle sweeper is armed (at most one per thread).
+    static IDLE_SWEEPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Arms, once per thread, a timer that retires instances that sat unused
+/// (`kill_options.max_unused_duration`); it runs every half of `every`.
+pub fn arm_idle_sweeper(every: Duration) {
+    if IDLE_SWEEPER.with(|armed| armed.replace(true)) {
+        return;
+    }
+    let period = (every / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    // SAFETY: a continuation with its own mutex and no data, scheduled on
+    // the current event thread for the life of the process.
+    unsafe {
+        let thread = TSEventThreadSelf();
+        if thread.is_null() {
+            IDLE_SWEEPER.with(|armed| armed.set(false));
+            return;
+        }
+        let contp = TSContCreate(Some(on_idle_sweep), TSMutexCreate());
+        TSContScheduleEveryOnThread(contp, period.as_millis() as TSHRTime, thread);
+    }
+}
+
+extern "C" fn on_idle_sweep(_contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
+    if catch_unwind(super::retire_idle_slots).is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in the idle sweeper");
+    }
+    0
+}
+
 /// An outgoing call, performed on a thread of its own (blocking I/O never
 /// runs on Traffic Server's event threads); its answer is delivered on the
 /// VM's thread.

@@ -32,6 +32,10 @@
 //!     environment_variables:        # optional (alias environmentVariables)
 //!       host_env_keys: ["HOME"]     # alias hostEnvKeys
 //!       key_values: { A: "b" }      # alias keyValues
+//!     kill_options:                 # our extension (alias killOptions), Otoroshi's names; all off
+//!       max_calls: 100000           # alias maxCalls: a positive whole number
+//!       max_memory_usage: 0.8       # alias maxMemoryUsage: a fraction in (0, 1]
+//!       max_unused_duration: 300s   # alias maxUnusedDuration: "300s", "1.5s", "500ms"
 //!     code:                         # required: exactly one of `local` and `remote`
 //!       local:                      # exactly one of filename, inline_bytes, inline_string
 //!         filename: "myrust.wasm"   # relative to the YAML file's folder
@@ -270,7 +274,25 @@ pub struct VmConfig {
     pub environment: Vec<(String, String)>,
     /// The module to run.
     pub code: CodeSource,
+    /// When an instance is replaced by a fresh one (`kill_options`).
+    pub kill_options: KillOptions,
 }
+
+/// Otoroshi-style recycling (`vm_config.kill_options`, our extension): an
+/// instance is replaced by a fresh one (`proxy_on_vm_start` and
+/// `proxy_on_configure` run again) after `max_calls` callbacks, once its
+/// linear memory passes `max_memory_usage` of its maximum, or after it sat
+/// unused for `max_unused_duration`. All off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct KillOptions {
+    pub max_calls: Option<u64>,
+    /// A fraction in (0, 1] of the instance's maximum memory (its memory
+    /// limit, else 4 GiB).
+    pub max_memory_usage: Option<f64>,
+    pub max_unused_duration: Option<std::time::Duration>,
+}
+
+impl Eq for KillOptions {}
 
 /// One configured plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -861,3 +861,47 @@ impl Node<'_> for CacheDir {
         Ok(absolute(&cx.base_dir.join(name)))
     }
 }
+
+/// A positive whole number (`kill_options.max_calls`); `None` when empty.
+pub(super) struct Count;
+
+impl Node<'_> for Count {
+    type Out = Option<u64>;
+
+    fn expected(&self) -> &'static str {
+        "a whole number greater than 0"
+    }
+
+    fn value(self, _cx: &Cx<'_>, value: Value) -> Result<Option<u64>, String> {
+        match value {
+            Value::Null => Ok(None),
+            Value::Number(n) => match n.as_u64() {
+                Some(v) if v > 0 => Ok(Some(v)),
+                _ => Err(format!("expected {}, found {n}", self.expected())),
+            },
+            other => Err(wrong_type(self.expected(), &other)),
+        }
+    }
+}
+
+/// A fraction in (0, 1] (`kill_options.max_memory_usage`); `None` when empty.
+pub(super) struct Fraction;
+
+impl Node<'_> for Fraction {
+    type Out = Option<f64>;
+
+    fn expected(&self) -> &'static str {
+        "a fraction greater than 0 and at most 1, like 0.8"
+    }
+
+    fn value(self, _cx: &Cx<'_>, value: Value) -> Result<Option<f64>, String> {
+        match value {
+            Value::Null => Ok(None),
+            Value::Number(n) => match n.as_f64() {
+                Some(v) if v > 0.0 && v <= 1.0 => Ok(Some(v)),
+                _ => Err(format!("expected {}, found {n}", self.expected())),
+            },
+            other => Err(wrong_type(self.expected(), &other)),
+        }
+    }
+}

@@ -14,10 +14,10 @@ use super::node::{
     absolute, describe, wrong_type, Capabilities, CodeFile, Cx, Flag, HostEnvKeys, KeyValues, Node,
     Payload, Policy, Runtime, Text, TextList,
 };
-use super::node::{CacheDir, HttpUrl, InlineBytes, RemoteUri, Sha256Hex, Timeout};
+use super::node::{CacheDir, Count, Fraction, HttpUrl, InlineBytes, RemoteUri, Sha256Hex, Timeout};
 use super::probe::{locate, Step, Target};
 use super::{
-    CodeSource, ConfigOrigin, FailurePolicy, PluginConfig, RemoteCode, RuntimeKind, VmConfig,
+    CodeSource, ConfigOrigin, FailurePolicy, KillOptions, PluginConfig, RemoteCode, RuntimeKind, VmConfig,
 };
 use crate::authorizations::{Access, Authorizations};
 
@@ -635,6 +635,7 @@ struct VmSection {
     allow_precompiled: Option<bool>,
     environment: Option<Vec<(String, String)>>,
     code: Option<CodeSource>,
+    kill_options: Option<KillOptions>,
 }
 
 impl Section for VmSection {
@@ -647,6 +648,7 @@ impl Section for VmSection {
         &["allow_precompiled", "allowPrecompiled"],
         &["environment_variables", "environmentVariables"],
         &["code"],
+        &["kill_options", "killOptions"],
     ];
 
     fn read<'de, A: MapAccess<'de>>(
@@ -665,6 +667,9 @@ impl Section for VmSection {
                     Some(map.next_value_seed(cx.at(Sec::<EnvironmentSection>::new()))?);
             }
             "code" => self.code = Some(map.next_value_seed(cx.at(Sec::<CodeSection>::new()))?),
+            "kill_options" => {
+                self.kill_options = Some(map.next_value_seed(cx.at(Sec::<KillOptionsSection>::new()))?);
+            }
             _ => unreachable!("key {key} is not in KEYS"),
         }
         Ok(())
@@ -679,7 +684,41 @@ impl Section for VmSection {
             configuration: self.configuration.unwrap_or_default(),
             allow_precompiled: self.allow_precompiled.unwrap_or(false),
             environment: self.environment.unwrap_or_default(),
+            kill_options: self.kill_options.unwrap_or_default(),
         })
+    }
+}
+
+/// `vm_config.kill_options` (our extension, Otoroshi's names): when an instance is recycled.
+#[derive(Default)]
+struct KillOptionsSection(KillOptions);
+
+impl Section for KillOptionsSection {
+    type Out = KillOptions;
+
+    const KEYS: &'static [&'static [&'static str]] = &[
+        &["max_calls", "maxCalls"],
+        &["max_memory_usage", "maxMemoryUsage"],
+        &["max_unused_duration", "maxUnusedDuration"],
+    ];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "max_calls" => self.0.max_calls = map.next_value_seed(cx.at(Count))?,
+            "max_memory_usage" => self.0.max_memory_usage = map.next_value_seed(cx.at(Fraction))?,
+            "max_unused_duration" => self.0.max_unused_duration = map.next_value_seed(cx.at(Timeout))?,
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<KillOptions, String> {
+        Ok(self.0)
     }
 }
 

@@ -69,6 +69,8 @@ pub struct Vm {
     code: Arc<WasmCode>,
     env: Arc<VmEnv>,
     failure: Option<String>,
+    /// Callbacks run so far (for recycling after a number of calls).
+    calls: u64,
 }
 
 impl Vm {
@@ -91,7 +93,7 @@ impl Vm {
             .module
             .instantiate(state, &code.imports, &options.limits)
             .map_err(|e| VmError::Instantiate { origin: code.origin.clone(), message: e.to_string() })?;
-        let mut vm = Vm { instance, code, env, failure: None };
+        let mut vm = Vm { instance, code, env, failure: None, calls: 0 };
         vm.start()?;
         Ok(vm)
     }
@@ -131,6 +133,11 @@ impl Vm {
         Ok(())
     }
 
+    /// How many callbacks the instance has run.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
     pub fn code(&self) -> &Arc<WasmCode> {
         &self.code
     }
@@ -161,6 +168,7 @@ impl Vm {
         st.effective_context = context_id;
         st.callback = Some(callback);
         st.phase = Phase::Running;
+        self.calls += 1;
         let r = self.instance.call(callback, args);
         let st = self.instance.state();
         st.callback = None;
