@@ -22,6 +22,7 @@ pub mod host;
 pub mod http_client;
 pub mod loader;
 pub mod metrics;
+pub mod module_cache;
 #[cfg(feature = "nginx")]
 pub mod nginx;
 pub mod plugin;

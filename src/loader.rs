@@ -60,6 +60,9 @@ pub struct LoadedPlugin {
     pub info: Arc<PluginInfo>,
     pub code: Arc<WasmCode>,
     code_hash: u64,
+    /// What the compiled-module cache did for this load (`allow_precompiled`
+    /// plugins whose code was not already compiled in this process).
+    pub compiled_cache: Option<crate::module_cache::Outcome>,
 }
 
 /// Compiles (or finds compiled) the code of every plugin. The first error stops the load.
@@ -110,18 +113,26 @@ fn load_one(config: &PluginConfig, warn: &mut dyn FnMut(&str)) -> Result<LoadedP
     let hash = content_hash(&bytes);
     let key = (runtime, hash, bytes.len());
     let cached = code_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+    let mut cache_outcome = None;
     let code = match cached {
         Some(code) => code,
         None => {
-            let code = Arc::new(
-                WasmCode::load(engine.as_ref(), &bytes, &code_origin).map_err(|source| PluginError::Load { origin: origin.clone(), plugin: plugin.clone(), source })?,
-            );
+            let load_error = |source| PluginError::Load { origin: origin.clone(), plugin: plugin.clone(), source };
+            let code = if config.vm.allow_precompiled {
+                let (module, outcome) = crate::module_cache::load_or_compile(engine.as_ref(), &bytes, warn)
+                    .map_err(|e| load_error(LoadError::Compile { origin: code_origin.clone(), message: e.to_string() }))?;
+                cache_outcome = Some(outcome);
+                WasmCode::from_module(engine.as_ref(), module, &code_origin).map_err(load_error)?
+            } else {
+                WasmCode::load(engine.as_ref(), &bytes, &code_origin).map_err(load_error)?
+            };
+            let code = Arc::new(code);
             code_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(key, code.clone());
             code
         }
     };
     let info = Arc::new(PluginInfo::new(&config.name, &config.root_id, &config.vm.vm_id, config.configuration.clone()).with_authorizations(config.authorizations.clone()));
-    Ok(LoadedPlugin { config: config.clone(), info, code, code_hash: hash })
+    Ok(LoadedPlugin { config: config.clone(), info, code, code_hash: hash, compiled_cache: cache_outcome })
 }
 
 /// What makes two plugins share an instance: same runtime, `vm_id`, code and VM configuration.

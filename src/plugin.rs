@@ -108,8 +108,14 @@ impl WasmCode {
     /// Detects the ABI, compiles, and resolves every import, refusing the
     /// module with a message naming `origin` if anything does not fit.
     pub fn load(engine: &dyn Engine, wasm: &[u8], origin: &str) -> Result<WasmCode, LoadError> {
+        let module = engine.compile(wasm).map_err(|e| LoadError::Compile { origin: origin.to_string(), message: e.to_string() })?;
+        WasmCode::from_module(engine, module, origin)
+    }
+
+    /// As [`WasmCode::load`], for a module already compiled (or taken from
+    /// the compiled-module cache).
+    pub fn from_module(engine: &dyn Engine, module: Arc<dyn Module>, origin: &str) -> Result<WasmCode, LoadError> {
         let origin_s = origin.to_string();
-        let module = engine.compile(wasm).map_err(|e| LoadError::Compile { origin: origin_s.clone(), message: e.to_string() })?;
         let abi = AbiVersion::detect(module.exports().iter().map(|e| e.name.as_str())).map_err(|markers| {
             if markers.is_empty() {
                 LoadError::NoAbiMarker { origin: origin_s.clone() }

@@ -229,7 +229,13 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
     let mut canary = PluginVms::start(&plugins, |_| Arc::new(AtsServer::canary()) as Arc<dyn ServerHost>).map_err(|e| e.to_string())?;
     canary.shutdown();
     for p in &plugins {
-        log(LogLevel::Info, &format!("[proxy_wasm] loaded plugin {:?} (ABI {}, {}) from {}", p.config.name, p.code.abi, p.code.engine, p.code.origin));
+        let cache = match &p.compiled_cache {
+            Some(crate::module_cache::Outcome::Hit(path)) => format!("; compiled code read from the compiled-module cache {}", path.display()),
+            Some(crate::module_cache::Outcome::Stored(path)) => format!("; compiled, and stored in the compiled-module cache {}", path.display()),
+            Some(crate::module_cache::Outcome::NotStored(why)) => format!("; compiled, not cached: {why}"),
+            None => String::new(),
+        };
+        log(LogLevel::Info, &format!("[proxy_wasm] loaded plugin {:?} (ABI {}, {}) from {}{cache}", p.config.name, p.code.abi, p.code.engine, p.code.origin));
     }
     Ok(plugins)
 }

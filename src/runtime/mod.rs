@@ -5,7 +5,6 @@
 //! [`Caller`], so every runtime links the same table from `abi::exports` and
 //! `abi::wasi`; adding a runtime is one new file implementing these traits.
 
-#[cfg(feature = "wamr")]
 pub mod wamr;
 pub mod wasmtime;
 
@@ -178,12 +177,30 @@ pub trait Engine: Send + Sync {
     /// The runtime's name as written in configs (`wasmtime`, `wamr`).
     fn name(&self) -> &'static str;
     fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn Module>, RuntimeError>;
+
+    /// What compiled code of this engine depends on (runtime version and
+    /// settings), for the compiled-module cache; `None` when the runtime
+    /// cannot store compiled code (an interpreter).
+    fn compiled_code_fingerprint(&self) -> Option<String> {
+        None
+    }
+
+    /// Loads a module from bytes `Module::serialize` made with an engine of
+    /// the same fingerprint. Only called on bytes whose integrity the cache
+    /// has checked; an error (another runtime version) makes the caller compile.
+    fn deserialize(&self, _compiled: &[u8]) -> Result<Arc<dyn Module>, RuntimeError> {
+        Err(RuntimeError::Compile(format!("{} cannot load compiled code", self.name())))
+    }
 }
 
 /// A compiled module, shared by all instances in the process.
 pub trait Module: Send + Sync {
     fn imports(&self) -> &[ImportDesc];
     fn exports(&self) -> &[ExportDesc];
+    /// The compiled code, for the compiled-module cache (`None`: not supported).
+    fn serialize(&self) -> Option<Vec<u8>> {
+        None
+    }
     /// Instantiates with `state` as the host state. `imports` resolves every
     /// function import of the module (the core built it from `imports()` and
     /// has refused modules it could not resolve). The runtime may link once and

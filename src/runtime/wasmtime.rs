@@ -82,6 +82,29 @@ impl Engine for WasmtimeEngine {
 
     fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn Module>, RuntimeError> {
         let module = wt::Module::new(&self.engine, wasm).map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
+        Ok(self.wrap(module))
+    }
+
+    fn compiled_code_fingerprint(&self) -> Option<String> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        Some(format!("wasmtime-{:016x}", h.finish()))
+    }
+
+    fn deserialize(&self, compiled: &[u8]) -> Result<Arc<dyn Module>, RuntimeError> {
+        // SAFETY: wasmtime runs these bytes as native code. The caller passes
+        // only bytes it stored itself from `serialize` with an engine of the
+        // same fingerprint and whose checksum it verified (the cache refuses
+        // anything else), for plugins whose operator set `allow_precompiled`.
+        // Wasmtime itself refuses bytes made by another version or settings.
+        let module = unsafe { wt::Module::deserialize(&self.engine, compiled) }.map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
+        Ok(self.wrap(module))
+    }
+}
+
+impl WasmtimeEngine {
+    fn wrap(&self, module: wt::Module) -> Arc<dyn Module> {
         let imports = module
             .imports()
             .map(|i| ImportDesc {
@@ -103,7 +126,7 @@ impl Engine for WasmtimeEngine {
                 },
             })
             .collect();
-        Ok(Arc::new(WasmtimeModule { engine: self.engine.clone(), module, imports, exports, pre: OnceLock::new() }))
+        Arc::new(WasmtimeModule { engine: self.engine.clone(), module, imports, exports, pre: OnceLock::new() })
     }
 }
 
@@ -258,6 +281,10 @@ fn to_trap(e: wt::Error, timeout: Option<Duration>) -> Trap {
 impl Module for WasmtimeModule {
     fn imports(&self) -> &[ImportDesc] {
         &self.imports
+    }
+
+    fn serialize(&self) -> Option<Vec<u8>> {
+        self.module.serialize().ok()
     }
 
     fn exports(&self) -> &[ExportDesc] {
