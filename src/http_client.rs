@@ -77,7 +77,7 @@ pub fn call(request: &HttpCallRequest) -> HttpCallResponse {
     failed(FAILURE_CONNECT, last_error)
 }
 
-fn encode_request(request: &HttpCallRequest) -> Vec<u8> {
+pub fn encode_request(request: &HttpCallRequest) -> Vec<u8> {
     let h = &request.headers;
     let method = header(h, b":method").unwrap_or(b"GET");
     let path = header(h, b":path").unwrap_or(b"/");
@@ -190,6 +190,12 @@ fn read_fields(r: &mut impl BufRead, into: &mut Vec<Pair>) -> std::io::Result<()
         let value = line[colon + 1..].trim_ascii().to_vec();
         into.push((name, value));
     }
+}
+
+/// Parses a complete response read until the server closed the connection
+/// (servers on the event loop read without blocking, then parse here).
+pub fn parse_response(bytes: &[u8], head: bool) -> std::io::Result<HttpCallResponse> {
+    read_response(&mut std::io::Cursor::new(bytes), head)
 }
 
 fn read_response(r: &mut impl BufRead, head: bool) -> std::io::Result<HttpCallResponse> {

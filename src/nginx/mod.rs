@@ -1,0 +1,106 @@
+//! The NGINX dynamic module `ngx_http_proxy_wasm_module`
+//! (build/ngx_http_proxy_wasm_module.so, feature `nginx`).
+//!
+//! ```nginx
+//! load_module /path/to/ngx_http_proxy_wasm_module.so;
+//! http {
+//!     proxy_wasm_config /etc/nginx/plugins.yaml;   # loads and validates the plugins
+//!     proxy_wasm auth;                             # a chain: http, server or location
+//!     server {
+//!         location / { proxy_wasm headers; proxy_pass http://backend; }
+//!         location /plain { proxy_wasm off; }
+//!         location = /metrics { proxy_wasm_metrics; }
+//!     }
+//! }
+//! ```
+//!
+//! Process model: the master only reads and validates the YAML (the modules
+//! are compiled in a short-lived child process, so the master never holds a
+//! WebAssembly engine that a worker would inherit). Each worker compiles the
+//! modules and starts its own VMs in `init_process`; ticks, calls and queue
+//! wake-ups run per worker on its event loop.
+
+mod conf;
+mod headers;
+mod http_call;
+mod metrics;
+mod request;
+mod server;
+mod worker;
+
+use std::ffi::c_char;
+use std::ptr::{addr_of, addr_of_mut};
+
+use ngx::ffi::*;
+
+pub use conf::{LocConf, MainConf};
+
+/// Directives (see conf.rs for their handlers).
+static mut COMMANDS: [ngx_command_t; 4] = [
+    ngx_command_t {
+        name: ngx::ngx_string!("proxy_wasm_config"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE) as ngx_uint_t,
+        set: Some(conf::proxy_wasm_config),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: std::ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx::ngx_string!("proxy_wasm"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(conf::proxy_wasm),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: std::ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx::ngx_string!("proxy_wasm_metrics"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        set: Some(conf::proxy_wasm_metrics),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: std::ptr::null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: Some(conf::postconfiguration),
+    create_main_conf: Some(conf::create_main_conf),
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(conf::create_loc_conf),
+    merge_loc_conf: Some(conf::merge_loc_conf),
+};
+
+/// The module itself; its name in `ngx_module_names` is what nginx reports.
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_proxy_wasm_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(MODULE_CTX) as *mut std::ffi::c_void,
+    commands: addr_of_mut!(COMMANDS) as *mut ngx_command_t,
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_process: Some(worker::init_process),
+    exit_process: Some(worker::exit_process),
+    ..ngx_module_t::default()
+};
+
+ngx::ngx_modules!(ngx_http_proxy_wasm_module);
+
+/// The module, for the configuration helpers.
+pub(crate) fn module() -> *const ngx_module_t {
+    addr_of!(ngx_http_proxy_wasm_module)
+}
+
+/// The module's index among the HTTP modules (its `ctx_index`).
+pub(crate) fn ctx_index() -> usize {
+    // SAFETY: nginx sets ctx_index once while reading the configuration, before any request.
+    unsafe { (*module()).ctx_index }
+}
+
+/// A C string literal for nginx's format functions.
+pub(crate) const fn cstr(s: &'static [u8]) -> *const c_char {
+    s.as_ptr() as *const c_char
+}

@@ -1,0 +1,254 @@
+//! Server-wide services for the VMs of one worker: logging through
+//! `ngx_log_error` (plugin name in every line), tick timers and queue
+//! wake-ups on the worker's event loop, and outgoing calls.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use ngx::ffi::*;
+
+use super::worker::{with_vm, Slot};
+use crate::abi::{LogLevel, Status};
+use crate::host::{HttpCallRequest, PluginRef, ServerHost};
+
+fn ngx_level(level: LogLevel) -> ngx_uint_t {
+    (match level {
+        LogLevel::Trace | LogLevel::Debug => NGX_LOG_DEBUG,
+        LogLevel::Info => NGX_LOG_INFO,
+        LogLevel::Warn => NGX_LOG_WARN,
+        LogLevel::Error => NGX_LOG_ERR,
+        LogLevel::Critical => NGX_LOG_CRIT,
+    }) as ngx_uint_t
+}
+
+/// The cycle's log (the `error_log` of the main configuration).
+fn cycle_log() -> *mut ngx_log_t {
+    // SAFETY: ngx_cycle is set before any module code runs and only changes on
+    // the worker's own thread.
+    unsafe {
+        let cycle = ngx_cycle;
+        if cycle.is_null() {
+            return std::ptr::null_mut();
+        }
+        (*cycle).log
+    }
+}
+
+/// Writes one line to nginx's error log at `level`.
+pub fn log(level: LogLevel, message: &str) {
+    let log = cycle_log();
+    if log.is_null() {
+        eprintln!("{message}");
+        return;
+    }
+    let lvl = ngx_level(level);
+    // SAFETY: `log` is the live cycle log; "%*s" takes a length and a pointer,
+    // and the message outlives the call.
+    unsafe {
+        if (*log).log_level < lvl && !(lvl == NGX_LOG_DEBUG as ngx_uint_t && (*log).log_level & NGX_LOG_DEBUG_HTTP as ngx_uint_t != 0) {
+            return;
+        }
+        ngx_log_error_core(lvl, log, 0, super::cstr(b"%*s\0"), message.len(), message.as_ptr());
+    }
+}
+
+/// The plugin log threshold, from the error_log level.
+pub fn log_level() -> LogLevel {
+    let log = cycle_log();
+    if log.is_null() {
+        return LogLevel::Info;
+    }
+    // SAFETY: live cycle log.
+    let l = unsafe { (*log).log_level };
+    if l & NGX_LOG_DEBUG_ALL as ngx_uint_t != 0 || l >= NGX_LOG_DEBUG as ngx_uint_t {
+        LogLevel::Debug
+    } else if l >= NGX_LOG_INFO as ngx_uint_t {
+        LogLevel::Info
+    } else if l >= NGX_LOG_WARN as ngx_uint_t {
+        LogLevel::Warn
+    } else if l >= NGX_LOG_ERR as ngx_uint_t {
+        LogLevel::Error
+    } else {
+        LogLevel::Critical
+    }
+}
+
+/// A periodic `on_tick` of one root context: an nginx timer on the worker's
+/// event loop, cancelable (a worker shutting down does not wait for it).
+struct Tick {
+    ev: ngx_event_t,
+    slot: Weak<Slot>,
+    vm: usize,
+    root: u32,
+    period: Duration,
+}
+
+/// A one-shot event on the worker's loop (queue wake-up).
+struct Posted {
+    ev: ngx_event_t,
+    slot: Weak<Slot>,
+    vm: usize,
+    root: u32,
+    queue: u32,
+}
+
+/// Tick timers are only touched on the worker's thread.
+struct TickBox(Box<Tick>);
+// SAFETY: nginx workers are single-threaded; the box is never shared across threads.
+unsafe impl Send for TickBox {}
+
+/// The ServerHost of one VM in one worker.
+pub struct NgxServer {
+    vm: usize,
+    /// `None` for the validation run in the master's child: no timers there.
+    live: bool,
+    slot: OnceLock<Weak<Slot>>,
+    ticks: Mutex<HashMap<u32, TickBox>>,
+    pending_ticks: Mutex<HashMap<u32, Duration>>,
+}
+
+impl NgxServer {
+    pub fn for_worker(vm: usize) -> NgxServer {
+        NgxServer { vm, live: true, slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+    }
+
+    /// For validating plugins outside any worker (nothing is scheduled).
+    pub fn canary() -> NgxServer {
+        NgxServer { vm: 0, live: false, slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+    }
+
+    /// Ties the server to the slot that owns its VM; arms ticks asked for
+    /// during start-up.
+    pub fn attach(&self, slot: Weak<Slot>) {
+        let _ = self.slot.set(slot);
+        let pending: Vec<(u32, Duration)> = self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (root, period) in pending {
+            self.set_tick_period(root, Some(period));
+        }
+    }
+
+    /// Stops every timer (the VM is being shut down).
+    pub fn stop_ticks(&self) {
+        let ticks: Vec<TickBox> = self.ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, t)| t).collect();
+        for t in ticks {
+            cancel(t);
+        }
+    }
+}
+
+fn cancel(t: TickBox) {
+    let mut tick = t.0;
+    // SAFETY: the event is ours and lives in the box; removing its timer (if
+    // armed) before dropping the box leaves nginx no reference to it.
+    unsafe {
+        if tick.ev.timer_set() != 0 {
+            ngx_del_timer(&mut tick.ev);
+        }
+        if tick.ev.posted() != 0 {
+            ngx_delete_posted_event(&mut tick.ev);
+        }
+    }
+}
+
+unsafe extern "C" fn on_tick_event(ev: *mut ngx_event_t) {
+    let r = std::panic::catch_unwind(|| {
+        // SAFETY: `data` is the Tick that owns this event; it is alive while
+        // the timer is armed (cancel removes the timer before freeing it).
+        let tick = unsafe { &mut *((*ev).data as *mut Tick) };
+        let (slot, vm, root, period) = (tick.slot.clone(), tick.vm, tick.root, tick.period);
+        // Re-arm first: the callback may change or stop the period, which
+        // replaces or removes this timer.
+        // SAFETY: the event is live (see above).
+        unsafe { ngx_add_timer(ev, period.as_millis().max(1) as ngx_msec_t) };
+        with_vm(&slot, vm, "on_tick", |vm| vm.on_tick(root));
+    });
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in on_tick");
+    }
+}
+
+unsafe extern "C" fn on_queue_event(ev: *mut ngx_event_t) {
+    let r = std::panic::catch_unwind(|| {
+        // SAFETY: `data` is the Box<Posted> leaked in notify_queue_ready, used once here.
+        let posted = unsafe { Box::from_raw((*ev).data as *mut Posted) };
+        with_vm(&posted.slot, posted.vm, "on_queue_ready", |vm| vm.on_queue_ready(posted.root, posted.queue));
+    });
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in on_queue_ready");
+    }
+}
+
+/// Posts a one-shot event: it runs on this worker's loop after the current handler.
+pub fn post_event(ev: *mut ngx_event_t) {
+    // SAFETY: the event lives until its handler ran (owned by its Box or by a
+    // request context that removes it from the queue when it goes away).
+    unsafe { ngx_post_event(ev, std::ptr::addr_of_mut!(ngx_posted_events)) };
+}
+
+impl ServerHost for NgxServer {
+    fn log(&self, plugin: &PluginRef, level: LogLevel, message: &str) {
+        if !self.live {
+            if matches!(level, LogLevel::Error | LogLevel::Critical) {
+                eprintln!("[proxy_wasm] {}: {message}", plugin.name);
+            }
+            return;
+        }
+        log(level, &format!("[proxy_wasm] {}: {message}", plugin.name));
+    }
+
+    fn log_level(&self) -> LogLevel {
+        log_level()
+    }
+
+    fn dispatch_http_call(&self, root_context_id: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
+        if crate::http_client::parse_upstream(&request.upstream).is_none() {
+            return Err(Status::BadArgument);
+        }
+        let Some(slot) = self.slot.get().filter(|_| self.live) else { return Err(Status::InternalFailure) };
+        super::worker::dispatch_http_call(slot.clone(), self.vm, root_context_id, token, request)
+    }
+
+    fn cancel_http_call(&self, token: u32) {
+        super::worker::cancel_http_call(token);
+    }
+
+    fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>) {
+        if let Some(t) = self.ticks.lock().unwrap_or_else(|p| p.into_inner()).remove(&root_context_id) {
+            cancel(t);
+        }
+        let Some(period) = period.filter(|_| self.live) else {
+            self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).remove(&root_context_id);
+            return;
+        };
+        let Some(slot) = self.slot.get() else {
+            self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).insert(root_context_id, period);
+            return;
+        };
+        // SAFETY: a zeroed ngx_event_t is nginx's initial state (ngx_pcalloc'd events).
+        let mut tick = Box::new(Tick { ev: unsafe { std::mem::zeroed() }, slot: slot.clone(), vm: self.vm, root: root_context_id, period });
+        let data = &mut *tick as *mut Tick as *mut c_void;
+        tick.ev.data = data;
+        tick.ev.handler = Some(on_tick_event);
+        tick.ev.log = cycle_log();
+        tick.ev.set_cancelable(1);
+        // SAFETY: the event lives in the box, kept in `ticks` until cancelled.
+        unsafe { ngx_add_timer(&mut tick.ev, period.as_millis().max(1) as ngx_msec_t) };
+        self.ticks.lock().unwrap_or_else(|p| p.into_inner()).insert(root_context_id, TickBox(tick));
+    }
+
+    fn notify_queue_ready(&self, root_context_id: u32, queue_id: u32) {
+        let Some(slot) = self.slot.get().filter(|_| self.live) else { return };
+        // SAFETY: zeroed event, filled below.
+        let mut posted = Box::new(Posted { ev: unsafe { std::mem::zeroed() }, slot: slot.clone(), vm: self.vm, root: root_context_id, queue: queue_id });
+        posted.ev.handler = Some(on_queue_event);
+        posted.ev.log = cycle_log();
+        let raw = Box::into_raw(posted);
+        // SAFETY: `raw` is live until the handler takes it back.
+        unsafe {
+            (*raw).ev.data = raw as *mut c_void;
+            post_event(&mut (*raw).ev);
+        }
+    }
+}

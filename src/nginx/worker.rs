@@ -1,0 +1,269 @@
+//! The plugins of one worker process: compiled and started in
+//! `init_process` (after fork), replaced after a failure when the failure
+//! policy says so, shut down in `exit_process`.
+//!
+//! Also the validation of a configuration in the master: the modules are
+//! compiled and started once in a child process, so that the master never
+//! creates a WebAssembly engine that workers would inherit.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::sync::{Arc, Mutex, Weak};
+
+use ngx::ffi::*;
+
+use super::conf::MainConf;
+use super::server::{log, NgxServer};
+use crate::abi::LogLevel;
+use crate::config::PluginConfig;
+use crate::host::ServerHost;
+use crate::loader::{self, LoadedPlugin, PluginVms, ReloadBackoff};
+use crate::vm::{Vm, VmError};
+
+/// The plugins of the configuration, compiled in this worker.
+pub struct PluginSet {
+    pub plugins: Vec<LoadedPlugin>,
+}
+
+impl PluginSet {
+    pub fn exports(&self, plugin: usize, callback: &str) -> bool {
+        self.plugins[plugin].code.exports_function(callback)
+    }
+}
+
+/// One generation of this worker's VMs (replaced after a failure).
+pub struct Slot {
+    pub set: Arc<PluginSet>,
+    pub vms: Mutex<PluginVms>,
+    servers: Vec<Arc<NgxServer>>,
+}
+
+impl Slot {
+    fn shut_down(&self) {
+        let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        for (plugin, result) in vms.shutdown() {
+            if let Err(e) = result {
+                log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down: {e}", self.set.plugins[plugin].config.name));
+            }
+        }
+        for s in &self.servers {
+            s.stop_ticks();
+        }
+    }
+}
+
+struct Worker {
+    set: Option<Arc<PluginSet>>,
+    slot: Option<Arc<Slot>>,
+    backoff: ReloadBackoff,
+}
+
+thread_local! {
+    static WORKER: RefCell<Worker> = RefCell::new(Worker { set: None, slot: None, backoff: ReloadBackoff::default() });
+}
+
+/// The main configuration of a cycle, if it has an http block with this module's.
+unsafe fn main_conf(cycle: *mut ngx_cycle_t) -> Option<&'static MainConf> {
+    // SAFETY: conf_ctx has a slot per core module; the http slot is an
+    // ngx_http_conf_ctx_t (or null without an http block).
+    unsafe {
+        let ctx = *(*cycle).conf_ctx.add(ngx_http_module.index) as *mut ngx_http_conf_ctx_t;
+        if ctx.is_null() {
+            return None;
+        }
+        let conf = *(*ctx).main_conf.add(super::ctx_index()) as *const MainConf;
+        conf.as_ref()
+    }
+}
+
+fn start_slot(set: &Arc<PluginSet>) -> Result<Arc<Slot>, String> {
+    let mut servers: Vec<Arc<NgxServer>> = Vec::new();
+    let vms = PluginVms::start(&set.plugins, |_| {
+        let s = Arc::new(NgxServer::for_worker(servers.len()));
+        servers.push(s.clone());
+        s as Arc<dyn ServerHost>
+    })
+    .map_err(|e| e.to_string())?;
+    let slot = Arc::new(Slot { set: set.clone(), vms: Mutex::new(vms), servers });
+    for s in &slot.servers {
+        s.attach(Arc::downgrade(&slot));
+    }
+    Ok(slot)
+}
+
+/// `init_process`: compile the plugins and start this worker's VMs.
+pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    let r = std::panic::catch_unwind(|| {
+        // SAFETY: nginx passes the live cycle.
+        let Some(main) = (unsafe { main_conf(cycle) }) else { return };
+        if main.plugins.is_empty() {
+            return;
+        }
+        let plugins = match loader::load(&main.plugins) {
+            Ok(p) => p,
+            Err(e) => {
+                log(LogLevel::Critical, &format!("[proxy_wasm] cannot load the plugins in this worker: {e}; requests through them get 503"));
+                return;
+            }
+        };
+        let set = Arc::new(PluginSet { plugins });
+        let slot = match start_slot(&set) {
+            Ok(s) => {
+                let names: Vec<&str> = set.plugins.iter().map(|p| p.config.name.as_str()).collect();
+                log(LogLevel::Info, &format!("[proxy_wasm] plugins started in worker (pid {}): {}", std::process::id(), names.join(", ")));
+                Some(s)
+            }
+            Err(e) => {
+                log(LogLevel::Critical, &format!("[proxy_wasm] cannot start the plugins in this worker: {e}"));
+                None
+            }
+        };
+        WORKER.with(|w| {
+            let mut w = w.borrow_mut();
+            w.set = Some(set);
+            w.slot = slot;
+        });
+    });
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) starting the plugins in this worker");
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// `exit_process`: `on_done`/`on_delete` of every root context, timers stopped.
+pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    let _ = std::panic::catch_unwind(|| {
+        let slot = WORKER.with(|w| w.borrow_mut().slot.take());
+        if let Some(slot) = slot {
+            slot.shut_down();
+        }
+    });
+}
+
+/// The VMs requests start on now. After a failure of a plugin with the
+/// `reload` policy the VMs are replaced (with back-off); requests already
+/// running keep the generation they started on.
+pub fn current_slot() -> Option<Arc<Slot>> {
+    WORKER.with(|w| {
+        let mut w = w.borrow_mut();
+        let set = w.set.clone()?;
+        if let Some(slot) = w.slot.clone() {
+            let reload = slot.vms.lock().unwrap_or_else(|p| p.into_inner()).wants_reload(&set.plugins);
+            if !reload || !w.backoff.try_reload(std::time::Instant::now()) {
+                return Some(slot);
+            }
+            log(LogLevel::Info, "[proxy_wasm] reloading the plugins of this worker after a failure (failure_policy: reload)");
+            if let Some(old) = w.slot.take() {
+                for s in &old.servers {
+                    s.stop_ticks();
+                }
+            }
+        }
+        match start_slot(&set) {
+            Ok(s) => {
+                w.slot = Some(s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                log(LogLevel::Error, &format!("[proxy_wasm] cannot start the plugins in this worker: {e}"));
+                None
+            }
+        }
+    })
+}
+
+/// The plugin set of this worker (even when its VMs could not start).
+pub fn current_set() -> Option<Arc<PluginSet>> {
+    WORKER.with(|w| w.borrow().set.clone())
+}
+
+/// Runs an event on a VM of a slot if both still exist and the VM has not
+/// failed; errors are logged.
+pub fn with_vm(slot: &Weak<Slot>, vm: usize, what: &str, f: impl FnOnce(&mut Vm) -> Result<(), VmError>) {
+    let Some(slot) = slot.upgrade() else { return };
+    let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(vm) = vms.vms.get_mut(vm).filter(|vm| vm.failure().is_none()) {
+        if let Err(e) = f(vm) {
+            log(LogLevel::Error, &format!("[proxy_wasm] {what}: {e}"));
+        }
+    }
+}
+
+pub use super::http_call::{cancel_http_call, dispatch_http_call};
+
+/// Compiles and starts the plugins once, in a child process, and reports the
+/// first error (with file and key). The master itself never creates an engine.
+pub fn validate_in_child(plugins: &[PluginConfig]) -> Result<(), String> {
+    if plugins.is_empty() {
+        return Ok(());
+    }
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills two descriptors we own.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(format!("cannot validate the plugins: pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: nginx reads its configuration in a single thread, so the child
+    // starts in a consistent state; it only compiles and exits with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        // SAFETY: closing the descriptors we own.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        return Err(format!("cannot validate the plugins: fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: the child owns fds[1] (fds[0] is the parent's).
+        unsafe { libc::close(fds[0]) };
+        let outcome = std::panic::catch_unwind(|| check_plugins(plugins)).unwrap_or_else(|_| Err("internal error (panic) validating the plugins".into()));
+        // SAFETY: fds[1] is ours; File takes it over.
+        let mut out = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+        let code = match outcome {
+            Ok(()) => 0,
+            Err(e) => {
+                let _ = out.write_all(e.as_bytes());
+                1
+            }
+        };
+        drop(out);
+        // SAFETY: leave without running the master's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: the parent owns fds[0].
+    unsafe { libc::close(fds[1]) };
+    // SAFETY: as above.
+    let mut input = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    let mut message = String::new();
+    let _ = input.read_to_string(&mut message);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {}
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else if !message.is_empty() {
+        Err(message)
+    } else {
+        Err(format!("the plugin validation process ended abnormally (status {status})"))
+    }
+}
+
+fn check_plugins(plugins: &[PluginConfig]) -> Result<(), String> {
+    let loaded = loader::load(plugins).map_err(|e| e.to_string())?;
+    let mut canary = PluginVms::start(&loaded, |_| Arc::new(NgxServer::canary()) as Arc<dyn ServerHost>).map_err(|e| e.to_string())?;
+    canary.shutdown();
+    Ok(())
+}
+
+/// A zeroed nginx event with a handler and data.
+pub fn new_event(handler: unsafe extern "C" fn(*mut ngx_event_t), data: *mut c_void) -> ngx_event_t {
+    // SAFETY: an all-zero ngx_event_t is nginx's initial state (ngx_pcalloc'd events).
+    let mut ev: ngx_event_t = unsafe { std::mem::zeroed() };
+    ev.handler = Some(handler);
+    ev.data = data;
+    // SAFETY: the cycle log outlives the worker's events.
+    ev.log = unsafe { (*ngx_cycle).log };
+    ev
+}
