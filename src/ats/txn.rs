@@ -72,6 +72,19 @@ impl TxnShared {
         (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: false })
     }
 
+    /// An origin response header exists (the response came via the upstream).
+    fn server_response_received(&self) -> bool {
+        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
+        // SAFETY: live transaction.
+        if unsafe { TSHttpTxnServerRespGet(self.txnp, &mut buf, &mut loc) } != TS_SUCCESS {
+            return false;
+        }
+        let h = Hdr { buf, loc, is_request: false };
+        let status = h.status();
+        Self::release(&h);
+        status != 0
+    }
+
     fn response_started(&self) -> bool {
         self.response_source.load(Ordering::Acquire) != RESPONSE_NONE
     }
@@ -298,6 +311,13 @@ impl HttpStream for AtsStream {
         let client = || TxnShared::addr(unsafe { TSHttpTxnClientAddrGet(s.txnp) } as *const libc::sockaddr);
         // SAFETY: live transaction.
         let incoming = || TxnShared::addr(unsafe { TSHttpTxnIncomingAddrGet(s.txnp) } as *const libc::sockaddr);
+        // SAFETY: live transaction; null before Traffic Server picked a server.
+        let upstream = || TxnShared::addr(unsafe { TSHttpTxnServerAddrGet(s.txnp) } as *const libc::sockaddr).filter(|a| a.port() != 0);
+        let milestone = |m: TSMilestonesType| {
+            let mut t: TSHRTime = 0;
+            // SAFETY: live transaction; `t` is written on success.
+            (unsafe { TSHttpTxnMilestoneGet(s.txnp, m, &mut t) } == TS_SUCCESS && t > 0).then_some(t)
+        };
         Ok(match path {
             [b"request", b"path"] => req(&|h| h.value(b":path"))?,
             [b"request", b"url_path"] => req(&|h| h.value(b":path").map(|p| p.split(|b| *b == b'?').next().unwrap_or(&[]).to_vec()))?,
@@ -308,7 +328,35 @@ impl HttpStream for AtsStream {
             [b"request", b"referer"] => req(&|h| h.value(b"referer"))?,
             [b"request", b"useragent"] => req(&|h| h.value(b"user-agent"))?,
             [b"request", b"id"] => req(&|h| h.value(b"x-request-id"))?,
-            [b"request", b"protocol"] => Some(b"HTTP/1.1".to_vec()),
+            [b"request", b"protocol"] => s.client_request().map(|h| {
+                // SAFETY: a header handle just obtained from the live transaction.
+                let v = unsafe { TSHttpHdrVersionGet(h.buf, h.loc) };
+                TxnShared::release(&h);
+                format!("HTTP/{}.{}", (v >> 16) & 0xffff, v & 0xffff).into_bytes()
+            }),
+            // Envoy: timestamps and durations are 8-byte nanoseconds.
+            [b"request", b"time"] => milestone(TS_MILESTONE_UA_BEGIN).and_then(|t| int(t as u64)),
+            [b"request", b"duration"] => milestone(TS_MILESTONE_UA_BEGIN).and_then(|t| int(now_ns().saturating_sub(t) as u64)),
+            // Envoy: the Content-Length if the request has one, else the body bytes received.
+            [b"request", b"size"] => match req(&|h| h.value(b"content-length"))?.and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok()) {
+                Some(n) => int(n),
+                // SAFETY: live transaction.
+                None => int(unsafe { TSHttpTxnClientReqBodyBytesGet(s.txnp) }.max(0) as u64),
+            },
+            // SAFETY: live transaction.
+            [b"request", b"total_size"] => int(unsafe { TSHttpTxnClientReqHdrBytesGet(s.txnp) as i64 + TSHttpTxnClientReqBodyBytesGet(s.txnp) }.max(0) as u64),
+            // SAFETY: live transaction.
+            [b"response", b"size"] => int(unsafe { TSHttpTxnClientRespBodyBytesGet(s.txnp) }.max(0) as u64),
+            // SAFETY: live transaction.
+            [b"response", b"total_size"] => int(unsafe { TSHttpTxnClientRespHdrBytesGet(s.txnp) as i64 + TSHttpTxnClientRespBodyBytesGet(s.txnp) }.max(0) as u64),
+            [b"response", b"code_details"] => match s.local.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                Some(r) => Some(r.details.clone().into_bytes()),
+                None => s.server_response_received().then(|| b"via_upstream".to_vec()),
+            },
+            [b"upstream", b"address"] => upstream().map(|a| a.to_string().into_bytes()),
+            [b"upstream", b"port"] => upstream().and_then(|a| int(a.port() as u64)),
+            // Plain HTTP only: no TLS on the client connection.
+            [b"connection", b"mtls"] => Some(vec![0]),
             [b"request", b"headers", name] => req(&|h| h.value(&name.to_ascii_lowercase()))?,
             [b"response", b"code"] => s.with_hdr(MapType::HttpResponseHeaders, |h| Ok(int(h.status() as u64)))?.flatten(),
             [b"response", b"headers", name] => s.with_hdr(MapType::HttpResponseHeaders, |h| Ok(h.value(&name.to_ascii_lowercase())))?.flatten(),
@@ -685,3 +733,8 @@ impl Txn {
     }
 }
 
+/// Nanoseconds since the epoch, on Traffic Server's clock (its milestones use
+/// the real-time clock).
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}

@@ -198,6 +198,21 @@ impl Filter {
         util::property_int_or_text(self.get_property(path).as_deref())
     }
 
+    /// The dotted property paths of parameter `x-pw-prop-paths` (comma-separated).
+    fn prop_paths(&self) -> Vec<String> {
+        self.param_text("x-pw-prop-paths")
+            .map(|v| v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    /// `<path>=<value>` for each path of `x-pw-prop-paths` (see `util::render_property`).
+    fn prop_path_values(&self) -> Vec<String> {
+        self.prop_paths()
+            .iter()
+            .map(|p| format!("{}={}", p, util::render_property(self.get_property(p.split('.').collect()).as_deref())))
+            .collect()
+    }
+
     fn callout_headers<'a>(&'a self, path: &'a str, ctx: &'a str) -> Vec<(&'a str, &'a str)> {
         let c = &self.shared.config;
         vec![
@@ -341,6 +356,9 @@ impl Filter {
         self.set_property(vec!["pw", "roundtrip"], Some(value.as_bytes()));
         let v = self.property(vec!["pw", "roundtrip"]);
         self.rep("x-pw-prop-roundtrip", v);
+        for v in self.prop_path_values() {
+            self.rep("x-pw-prop-req", v);
+        }
     }
 
     fn case_time(&mut self) {
@@ -996,6 +1014,9 @@ impl HttpContext for Filter {
         if self.has("properties") {
             let v = self.property_int(vec!["response", "code"]);
             self.rep("x-pw-prop-response-code", v);
+            for v in self.prop_path_values() {
+                self.rep("x-pw-prop-resp", v);
+            }
         }
         if self.has("body-info") {
             self.rep("x-pw-resp-headers-eos", bool_str(end_of_stream));
@@ -1096,5 +1117,12 @@ impl HttpContext for Filter {
         let p = opt_text(self.get_http_request_header_bytes(":path").as_deref(), 200);
         let s = opt_text(self.get_http_response_header_bytes(":status").as_deref(), 16);
         put("log.last", format!("{} {} {}", m, p, s).as_bytes());
+        if self.has("properties") {
+            for v in self.prop_path_values() {
+                if let Some((path, _)) = v.split_once('=') {
+                    put(&format!("log.prop.{}", path), v.as_bytes());
+                }
+            }
+        }
     }
 }

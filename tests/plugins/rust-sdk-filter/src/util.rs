@@ -78,6 +78,23 @@ pub fn property_int_or_text(v: Option<&[u8]>) -> String {
     }
 }
 
+/// A property value for the `x-pw-prop-paths` reports: header-safe text
+/// (`(none)` if absent), plus ` int=<n>` for 8 bytes (little-endian, Envoy's
+/// integers, timestamps and durations) and ` bool=<b>` for 1 byte.
+pub fn render_property(v: Option<&[u8]>) -> String {
+    let mut out = opt_text(v, 128);
+    match v {
+        Some(b) if b.len() == 8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            out.push_str(&format!(" int={}", i64::from_le_bytes(a)));
+        }
+        Some(b) if b.len() == 1 => out.push_str(&format!(" bool={}", b[0] != 0)),
+        _ => {}
+    }
+    out
+}
+
 pub fn parse_u64(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(bytes).ok()?.trim().parse::<u64>().ok()
 }
