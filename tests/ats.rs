@@ -48,7 +48,8 @@ fn every_response_passes_the_filter_and_gets_its_header() {
     assert_eq!(resp.body_str(), "hello from origin");
     assert_eq!(resp.header("x-proxy-wasm"), Some("rust-sdk"), "{}", ats.log_report());
     assert_eq!(origin.wait_for_requests(1, WAIT)[0].path, "/hello");
-    assert!(ats.diags_log().contains("loaded plugin \"rust-filter\" (ABI 0.2.1, wasmtime)"), "{}", ats.log_report());
+    let runtime = e2e::runtime_override().unwrap_or_else(|| "wasmtime".into());
+    assert!(ats.diags_log().contains(&format!("loaded plugin \"rust-filter\" (ABI 0.2.1, {runtime})")), "{}", ats.log_report());
 }
 
 #[test]
@@ -129,7 +130,7 @@ fn a_broken_yaml_is_logged_with_file_and_key_and_traffic_server_keeps_serving() 
     let ats = TrafficServer::start(
         AtsOptions::new("ats-badyaml")
             .origin(origin.port())
-            .file("bad.yaml", "config:\n  name: x\n  vm_config:\n    runtime: wasmedge\n    code: { local: { filename: nope.wasm } }\n")
+            .file("bad.yaml", "config:\n  name: x\n  vm_config:\n    runtime: wasmedge\n    code: { local: { filename: nope.wasm } }\n# e2e: keep runtime (positions in the error)\n")
             .global_plugin(&["bad.yaml"]),
     );
     assert!(ats.wait_for_log("bad.yaml:4:14: config.vm_config.runtime", WAIT), "{}", ats.log_report());
@@ -326,7 +327,7 @@ fn a_remap_rule_whose_yaml_is_broken_answers_503_and_names_the_key() {
     let port = origin.port();
     let remap = format!("map http://broken.test/ http://127.0.0.1:{port}/ @plugin=proxy_wasm_ats.so @pparam=broken.yaml\nmap / http://127.0.0.1:{port}/\n");
     let ats = TrafficServer::start(
-        AtsOptions::new("ats-remap-broken").origin(port).remap_config(remap).file("broken.yaml", "config:\n  name: b\n  vm_config:\n    vm_idd: x\n    code: { local: { filename: nope.wasm } }\n"),
+        AtsOptions::new("ats-remap-broken").origin(port).remap_config(remap).file("broken.yaml", "config:\n  name: b\n  vm_config:\n    vm_idd: x\n    code: { local: { filename: nope.wasm } }\n# e2e: keep runtime (positions in the error)\n"),
     );
     assert!(ats.wait_for_log("broken.yaml:4:5: config.vm_config: unknown key \"vm_idd\"", WAIT), "{}", ats.log_report());
     assert_eq!(ats.send(&Request::get("/").host("broken.test")).unwrap().status, 503);

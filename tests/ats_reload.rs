@@ -33,7 +33,7 @@ fn tagging_yaml(name: &str, tag: &str) -> String {
 
 /// A YAML file with a misspelt key on line 4.
 fn broken_yaml(name: &str) -> String {
-    format!("config:\n  name: \"{name}\"\n  vm_config:\n    vm_idd: x\n    code: {{ local: {{ filename: nope.wasm }} }}\n")
+    format!("config:\n  name: \"{name}\"\n  vm_config:\n    vm_idd: x\n    code: {{ local: {{ filename: nope.wasm }} }}\n# e2e: keep runtime (positions in the error)\n")
 }
 
 fn tag(ats: &TrafficServer, host: &str) -> String {

@@ -12,7 +12,7 @@ use e2e::client::Request;
 use e2e::origin::Origin;
 
 fn yaml(allow_precompiled: bool) -> String {
-    format!("config:\n  name: cached\n  vm_config:\n    vm_id: cached\n    allow_precompiled: {allow_precompiled}\n    code: {{ local: {{ filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\" }} }}\n")
+    format!("# e2e: keep runtime (the compiled-module cache is Wasmtime's)\nconfig:\n  name: cached\n  vm_config:\n    vm_id: cached\n    allow_precompiled: {allow_precompiled}\n    code: {{ local: {{ filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\" }} }}\n")
 }
 
 fn start(test: &str, cache: &std::path::Path, allow_precompiled: bool) -> (Origin, TrafficServer) {

@@ -438,7 +438,7 @@ impl TrafficServer {
     /// Writes `etc/<name>` (placeholders substituted).
     pub fn write_config(&self, name: &str, text: &str) {
         let path = self.etc_dir().join(name);
-        let text = substitute(text, &self.dir, self.port, self.origin_port);
+        let text = super::on_test_runtime(name, &substitute(text, &self.dir, self.port, self.origin_port));
         write_file(&path, text.as_bytes());
     }
 
@@ -730,7 +730,7 @@ fn build_layout(dir: &Path, port: u16, opts: &AtsOptions) -> io::Result<()> {
     };
     fs::write(etc.join("remap.config"), remap)?;
     for (name, text) in &opts.files {
-        write_file(&etc.join(name), sub(text).as_bytes());
+        write_file(&etc.join(name), super::on_test_runtime(name, &sub(text)).as_bytes());
     }
     for (name, bytes) in &opts.binary_files {
         write_file(&etc.join(name), bytes);

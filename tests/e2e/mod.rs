@@ -35,6 +35,49 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The runtime every end-to-end plugin runs on: `E2E_RUNTIME` (`wasmtime`
+/// or `wamr`), or `None` to leave each YAML file as written. `make test` runs
+/// the end-to-end suites once per runtime.
+pub fn runtime_override() -> Option<String> {
+    std::env::var("E2E_RUNTIME").ok().filter(|r| !r.is_empty())
+}
+
+/// A YAML file as the tests wrote it, moved onto the runtime of
+/// [`runtime_override`]: every `runtime:` value is replaced, and a block
+/// `vm_config:` / `vmConfig:` without one gets one. A file containing
+/// `# e2e: keep runtime` (a test about one runtime) is left alone.
+pub fn on_test_runtime(name: &str, text: &str) -> String {
+    let Some(runtime) = runtime_override() else { return text.to_string() };
+    if !(name.ends_with(".yaml") || name.ends_with(".yml")) || text.contains("# e2e: keep runtime") {
+        return text.to_string();
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::with_capacity(text.len() + 64);
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if trimmed.starts_with("runtime:") {
+            out.push_str(&format!("{indent}runtime: \"{runtime}\"\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        let key = trimmed.trim_end();
+        if key == "vm_config:" || key == "vmConfig:" {
+            // The block's own indentation, from its first line.
+            let child = lines.get(i + 1).map(|l| &l[..l.len() - l.trim_start().len()]).unwrap_or("  ");
+            let block_has_runtime = lines[i + 1..]
+                .iter()
+                .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent.len())
+                .any(|l| l.trim_start().starts_with("runtime:"));
+            if !block_has_runtime {
+                out.push_str(&format!("{child}runtime: \"{runtime}\"\n"));
+            }
+        }
+    }
+    out
+}
+
 /// The crate root (where `Cargo.toml` is).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

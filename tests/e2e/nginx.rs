@@ -155,7 +155,7 @@ impl Nginx {
         fs::write(d.join("conf/nginx.conf"), conf).expect("write nginx.conf");
         for (name, text) in &o.files {
             let p = d.join("conf").join(name);
-            fs::write(&p, self.subst(text)).expect("write conf file");
+            fs::write(&p, super::on_test_runtime(name, &self.subst(text))).expect("write conf file");
             let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o644));
         }
     }
