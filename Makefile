@@ -6,7 +6,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all build deps plugins ats nginx nginx-src test demo clean
+.PHONY: all build deps plugins ats nginx nginx-src test demo clean bench
 
 all: build
 
@@ -47,14 +47,32 @@ plugins: deps
 	@bash scripts/build-plugins.sh
 
 ## test: every test (unit and integration), with the plugins built from source.
+# The end-to-end suites (real Traffic Server and NGINX), run a second time with
+# every plugin moved onto WAMR (tests/e2e/mod.rs: E2E_RUNTIME).
+E2E_TESTS := $(patsubst tests/%.rs,--test %,$(wildcard tests/ats*.rs tests/nginx*.rs))
+
 test: deps plugins ats nginx
 	$(CARGO) test --locked --no-fail-fast
+	E2E_RUNTIME=wamr $(CARGO) test --locked --no-fail-fast $(E2E_TESTS)
 
 ## demo: Traffic Server on 127.0.0.1 with the example plugin and requests through it, then the core demo.
 demo: deps plugins ats nginx
 	bash scripts/demo-ats.sh
 	bash scripts/demo-nginx.sh
 	$(CARGO) run --locked --example demo -- examples/demo/demo.yaml examples/demo/request.txt
+
+## bench: throughput, CPU, memory and start-up benchmarks (issue 6; see docs/benchmarks.md).
+## Release builds of the Traffic Server plugin and (if it builds) the NGINX module into build/bench/,
+## then scripts/bench.sh (BENCH_* variables: rounds, duration, rows, BENCH_LONG=1 for the 5-minute run).
+bench: deps nginx-src
+	@bash scripts/build-plugins.sh bench rust
+	@mkdir -p build/bench
+	$(CARGO) build --release --locked --features ats
+	cp target/release/libproxy_wasm_host.so build/bench/proxy_wasm_ats.so
+	@if NGINX_SOURCE_DIR=$(NGINX_SRC) NGINX_BUILD_DIR=$(NGINX_SRC)/objs $(CARGO) build --release --locked --features nginx; then \
+	    cp target/release/libproxy_wasm_host.so build/bench/ngx_http_proxy_wasm_module.so; \
+	else echo "bench: the NGINX module does not build; its rows will say so"; rm -f build/bench/ngx_http_proxy_wasm_module.so; fi
+	bash scripts/bench.sh
 
 clean:
 	rm -rf build target

@@ -9,6 +9,7 @@
 #   wabt                                wat2wasm, for the WAT test modules
 #   nodejs npm                          the AssemblyScript test plugin
 #   build-essential pkg-config          C toolchain for -sys crates
+#   cmake                               builds WAMR (wamrx-sys) from its vendored sources
 #   trafficserver trafficserver-dev     Traffic Server 9.2 and its plugin headers
 #   nginx nginx-dev                     NGINX 1.22.1 and its configured source kit
 #                                       (/usr/share/nginx/src), for the NGINX module
@@ -17,7 +18,7 @@
 # The host itself builds with the rustup toolchain (cargo); it must be on PATH.
 set -euo pipefail
 
-packages=(rustc cargo libstd-rust-dev-wasm32 wabt build-essential pkg-config curl trafficserver trafficserver-dev nginx nginx-dev clang libclang-dev)
+packages=(rustc cargo libstd-rust-dev-wasm32 wabt build-essential pkg-config cmake curl trafficserver trafficserver-dev nginx nginx-dev clang libclang-dev)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 

@@ -127,26 +127,28 @@ fn load_one(config: &PluginConfig, warn: &mut dyn FnMut(&str)) -> Result<LoadedP
                 WasmCode::load(engine.as_ref(), &bytes, &code_origin).map_err(load_error)?
             };
             let code = Arc::new(code);
-            code_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(key, code.clone());
-            code
+            // Another thread may have compiled the same code meanwhile: keep the first.
+            code_cache().lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(code).clone()
         }
     };
     let info = Arc::new(PluginInfo::new(&config.name, &config.root_id, &config.vm.vm_id, config.configuration.clone()).with_authorizations(config.authorizations.clone()));
     Ok(LoadedPlugin { config: config.clone(), info, code, code_hash: hash, compiled_cache: cache_outcome })
 }
 
-/// What makes two plugins share an instance: same runtime, `vm_id`, code and VM configuration.
+/// What makes two plugins share an instance: same runtime, `vm_id`, code, VM configuration and limits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VmKey {
     pub runtime: RuntimeKind,
     pub vm_id: String,
     pub code_hash: u64,
     pub vm_configuration: Vec<u8>,
+    /// `vm_config.limits`: plugins with different limits do not share an instance.
+    pub limits: crate::runtime::Limits,
 }
 
 impl LoadedPlugin {
     pub fn vm_key(&self) -> VmKey {
-        VmKey { runtime: self.config.vm.runtime, vm_id: self.config.vm.vm_id.clone(), code_hash: self.code_hash, vm_configuration: self.config.vm.configuration.clone() }
+        VmKey { runtime: self.config.vm.runtime, vm_id: self.config.vm.vm_id.clone(), code_hash: self.code_hash, vm_configuration: self.config.vm.configuration.clone(), limits: self.config.vm.limits }
     }
 }
 
@@ -183,6 +185,7 @@ impl PluginVms {
                     let mut options = VmOptions::new(&p.config.vm.vm_id);
                     options.vm_configuration = p.config.vm.configuration.clone();
                     options.environment = p.config.vm.environment.clone();
+                    options.limits = p.config.vm.limits;
                     max_memory.push(options.limits.max_memory_bytes.unwrap_or(MAX_WASM32_MEMORY));
                     let vm = Vm::new(p.code.clone(), options, server(&key)).map_err(|source| PluginError::Start { origin: p.config.origin.to_string(), plugin: p.config.name.clone(), source })?;
                     vms.push(vm);

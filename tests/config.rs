@@ -533,7 +533,7 @@ fn malformed_unknown_config_key() {
 fn malformed_unknown_vm_config_key() {
     assert_eq!(
         fixture_error("unknown_vm_config_key.yaml"),
-        r#"unknown_vm_config_key.yaml:6:5: config.vm_config: unknown key "vm_ids"; expected one of runtime, vm_id, configuration, allow_precompiled, environment_variables, code"#
+        r#"unknown_vm_config_key.yaml:6:5: config.vm_config: unknown key "vm_ids"; expected one of runtime, vm_id, configuration, allow_precompiled, environment_variables, code, kill_options, limits"#
     );
 }
 
@@ -1072,3 +1072,36 @@ fn kill_options_use_otoroshis_names_and_default_to_off() {
     let e = load("    kill_options: { max_unused: 3s }\n").unwrap_err();
     assert!(e.contains("unknown key \"max_unused\"; expected one of max_calls, max_memory_usage, max_unused_duration"), "{e}");
 }
+
+#[test]
+fn limits_default_to_none_and_read_sizes_and_durations() {
+    use proxy_wasm_host::runtime::Limits;
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let load = |limits: &str| {
+        let yaml = format!("config:\n  name: n\n  vm_config:\n{limits}    code: {{local: {{filename: p.wasm}}}}\n");
+        load_str(&yaml, &dir.path().join("c.yaml")).map(|mut v| v.remove(0).vm.limits).map_err(|e| e.to_string())
+    };
+    assert_eq!(load("").unwrap(), Limits::default());
+    assert_eq!(load("    limits: {}\n").unwrap(), Limits::default());
+    let l = load("    limits: { max_memory: 64MiB, callback_timeout: 100ms }\n").unwrap();
+    assert_eq!(l.max_memory_bytes, Some(64 * 1024 * 1024));
+    assert_eq!(l.callback_timeout, Some(std::time::Duration::from_millis(100)));
+    let l = load("    limits: { maxMemory: 131072, callbackTimeout: 1.5s }\n").unwrap();
+    assert_eq!(l.max_memory_bytes, Some(131072));
+    assert_eq!(l.callback_timeout, Some(std::time::Duration::from_millis(1500)));
+    assert_eq!(load("    limits: { max_memory: 512KiB }\n").unwrap().max_memory_bytes, Some(512 * 1024));
+    assert_eq!(load("    limits: { max_memory: 4GiB }\n").unwrap().max_memory_bytes, Some(4 << 30));
+    let expected = "expected a memory size like \"64MiB\", \"512KiB\", \"1GiB\" or a number of bytes, from 64KiB to 4GiB";
+    let e = load("    limits: { max_memory: 5GiB }\n").unwrap_err();
+    assert!(e.contains(&format!("config.vm_config.limits.max_memory: {expected}, found the string \"5GiB\"")), "{e}");
+    let e = load("    limits: { max_memory: 1000 }\n").unwrap_err();
+    assert!(e.contains(&format!("config.vm_config.limits.max_memory: {expected}, found the number 1000")), "{e}");
+    let e = load("    limits: { max_memory: 64MB }\n").unwrap_err();
+    assert!(e.contains("config.vm_config.limits.max_memory: expected a memory size"), "{e}");
+    let e = load("    limits: { callback_timeout: 100 }\n").unwrap_err();
+    assert!(e.contains("config.vm_config.limits.callback_timeout: expected a duration like \"10s\", \"1.5s\" or \"500ms\", found the number 100; write the unit, like \"100s\""), "{e}");
+    let e = load("    limits: { memory: 1MiB }\n").unwrap_err();
+    assert!(e.contains("config.vm_config.limits: unknown key \"memory\"; expected one of max_memory, callback_timeout"), "{e}");
+}
+

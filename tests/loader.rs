@@ -2,6 +2,7 @@
 //! `vm_id`, and shared data exact under two threads.
 
 mod common;
+common::for_each_runtime! {
 use common::*;
 
 use std::sync::Arc;
@@ -15,12 +16,14 @@ fn write_config(dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
     let wasm = repo_root().join("build/plugins/rust_sdk_filter.wasm");
     let _ = built_plugin("rust_sdk_filter.wasm");
     let path = dir.join("plugins.yaml");
-    std::fs::write(&path, yaml.replace("WASM", &wasm.display().to_string())).unwrap();
+    // Every plugin runs on the runtime under test.
+    let yaml = yaml.replace("WASM", &wasm.display().to_string()).replace("vm_config: {", &format!("vm_config: {{ runtime: {RUNTIME},"));
+    std::fs::write(&path, yaml).unwrap();
     path
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("pwh-{name}-{}", std::process::id()));
+    let d = std::env::temp_dir().join(format!("pwh-{name}-{RUNTIME}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -110,11 +113,21 @@ fn a_missing_runtime_or_bad_code_names_the_yaml_file_and_plugin() {
 }
 
 #[test]
-fn a_wamr_plugin_is_refused_with_a_clear_message_until_wamr_lands() {
-    let dir = temp_dir("wamr");
-    let path = write_config(&dir, "config:\n  name: w\n  vm_config:\n    runtime: ats.wasm.runtime.wamr\n    code: { local: { filename: \"WASM\" } }\n");
-    let e = loader::load(&config::load_file(&path).unwrap()).err().unwrap().to_string();
-    assert!(e.ends_with("plugin \"w\": runtime wamr is not available in this build"), "{e}");
+fn the_runtime_named_in_the_config_runs_the_plugin() {
+    let dir = temp_dir("runtime");
+    let path = dir.join("rt.yaml");
+    let wasm = repo_root().join("build/plugins/rust_sdk_filter.wasm");
+    let _ = built_plugin("rust_sdk_filter.wasm");
+    std::fs::write(&path, format!("config:\n  name: w\n  vm_config:\n    runtime: ats.wasm.runtime.{RUNTIME}\n    vm_id: {}\n    code: {{ local: {{ filename: \"{}\" }} }}\n", unique_vm_id("rt"), wasm.display())).unwrap();
+    let plugins = loader::load(&config::load_file(&path).unwrap()).unwrap();
+    assert_eq!(plugins[0].code.engine, RUNTIME.as_str());
+    let server = TestServer::new();
+    let mut vms = PluginVms::start(&plugins, |_| server.clone() as Arc<dyn ServerHost>).unwrap();
+    let root = vms.roots[0];
+    let stream = TestStream::with_request(&[(":method", "GET"), (":path", "/")]);
+    let vm = &mut vms.vms[root.vm];
+    let ctx = vm.create_stream(root.root_context_id, Box::new(stream.clone())).unwrap();
+    assert_eq!(vm.on_request_headers(ctx, 2, true).unwrap(), Verdict::Continue);
 }
 
 #[test]
@@ -127,7 +140,7 @@ fn shared_data_increments_from_two_threads_are_exact() {
             let vm_id = vm_id.clone();
             std::thread::spawn(move || {
                 // Each thread has its own instance, as each server thread does.
-                let mut h = Harness::start_with(&bytes, "", VmOptions::new(vm_id));
+                let mut h = Harness::start_with_on(RUNTIME, &bytes, "", VmOptions::new(vm_id));
                 let mut seen = Vec::new();
                 for _ in 0..200 {
                     let (ctx, stream, _) = h.request(&[(":method", "GET"), (":path", "/"), ("x-pw-test", "shared"), ("x-pw-key", "two-threads")], true);
@@ -147,8 +160,8 @@ fn shared_data_increments_from_two_threads_are_exact() {
 #[test]
 fn shared_data_is_scoped_by_vm_id() {
     let bytes = built_plugin("rust_sdk_filter.wasm");
-    let mut a = Harness::start_with(&bytes, "", VmOptions::new(unique_vm_id("scope-a")));
-    let mut b = Harness::start_with(&bytes, "", VmOptions::new(unique_vm_id("scope-b")));
+    let mut a = Harness::start_with_on(RUNTIME, &bytes, "", VmOptions::new(unique_vm_id("scope-a")));
+    let mut b = Harness::start_with_on(RUNTIME, &bytes, "", VmOptions::new(unique_vm_id("scope-b")));
     for h in [&mut a, &mut b] {
         let (ctx, stream, _) = h.request(&[(":method", "GET"), ("x-pw-test", "shared"), ("x-pw-key", "scoped")], true);
         h.respond(ctx, &stream, &[(":status", "200")], true);
@@ -164,7 +177,7 @@ fn shutdown_calls_on_done_then_on_delete_for_every_plugin() {
     std::fs::write(&wasm, &bytes).unwrap();
     let path = dir.join("p.yaml");
     let vm_id = unique_vm_id("sd");
-    std::fs::write(&path, format!("- config: {{ name: one, vm_config: {{ vm_id: {vm_id}, code: {{ local: {{ filename: lifecycle.wasm }} }} }} }}\n- config: {{ name: two, vm_config: {{ vm_id: {vm_id}, code: {{ local: {{ filename: lifecycle.wasm }} }} }} }}\n")).unwrap();
+    std::fs::write(&path, format!("- config: {{ name: one, vm_config: {{ runtime: {RUNTIME}, vm_id: {vm_id}, code: {{ local: {{ filename: lifecycle.wasm }} }} }} }}\n- config: {{ name: two, vm_config: {{ runtime: {RUNTIME}, vm_id: {vm_id}, code: {{ local: {{ filename: lifecycle.wasm }} }} }} }}\n")).unwrap();
     let plugins = loader::load(&config::load_file(&path).unwrap()).unwrap();
     let server = TestServer::new();
     let mut vms = PluginVms::start(&plugins, |_| server.clone() as Arc<dyn ServerHost>).unwrap();
@@ -174,4 +187,5 @@ fn shutdown_calls_on_done_then_on_delete_for_every_plugin() {
     let (a, b) = (vms.roots[0].root_context_id, vms.roots[1].root_context_id);
     assert_eq!(server.messages(), vec![format!("on_done ctx={a}"), format!("on_delete ctx={a}"), format!("on_done ctx={b}"), format!("on_delete ctx={b}")]);
     assert_eq!(vms.vms[0].context_count(), 0);
+}
 }

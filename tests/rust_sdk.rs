@@ -1729,9 +1729,13 @@ fn trap_is_logged_at_critical_with_a_wasm_backtrace() {
         .expect("the trap is logged");
     assert_eq!(line.level, LogLevel::Critical);
     assert_eq!(line.plugin, "test-plugin");
-    assert!(line.message.contains("wasm backtrace:"), "{}", line.message);
-    assert!(line.message.contains("on_http_request_headers"), "{}", line.message);
-    assert!(line.message.lines().last().unwrap().ends_with("!proxy_on_request_headers"), "{}", line.message);
+    // WAMR's fast interpreter gives no backtrace (only with its call-stack
+    // dump, which prints to the server's stdout on every trap).
+    if RUNTIME == proxy_wasm_host::config::RuntimeKind::Wasmtime {
+        assert!(line.message.contains("wasm backtrace:"), "{}", line.message);
+        assert!(line.message.contains("on_http_request_headers"), "{}", line.message);
+        assert!(line.message.lines().last().unwrap().ends_with("!proxy_on_request_headers"), "{}", line.message);
+    }
 }
 
 #[test]

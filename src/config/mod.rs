@@ -36,6 +36,12 @@
 //!       max_calls: 100000           # alias maxCalls: a positive whole number
 //!       max_memory_usage: 0.8       # alias maxMemoryUsage: a fraction in (0, 1]
 //!       max_unused_duration: 300s   # alias maxUnusedDuration: "300s", "1.5s", "500ms"
+//!     limits:                       # our extension; each key optional, default no limit
+//!       max_memory: 64MiB           # alias maxMemory: the instance's linear memory at most;
+//!                                   # bytes as a number, or "<n>KiB", "<n>MiB", "<n>GiB";
+//!                                   # 64KiB to 4GiB, whole 64 KiB pages (rounded down)
+//!       callback_timeout: 100ms     # alias callbackTimeout: one callback (or start-up
+//!                                   # function) runs at most this long: "100ms", "1.5s"
 //!     code:                         # required: exactly one of `local` and `remote`
 //!       local:                      # exactly one of filename, inline_bytes, inline_string
 //!         filename: "myrust.wasm"   # relative to the YAML file's folder
@@ -276,6 +282,19 @@ pub struct VmConfig {
     pub code: CodeSource,
     /// When an instance is replaced by a fresh one (`kill_options`).
     pub kill_options: KillOptions,
+    /// Memory and time limits of each instance (`limits`, our extension; see [`VmConfig::limits`]).
+    ///
+    /// - `max_memory` (default: none, i.e. the module's own maximum, 4 GiB at most): the most
+    ///   linear memory an instance may have. A module whose initial memory is larger cannot start;
+    ///   `memory.grow` past it fails as the guest sees it (returns -1), so the guest's allocator
+    ///   reports out-of-memory (the Rust SDK then traps, which the failure policy handles).
+    ///   Wasmtime enforces it with store limits, WAMR by capping the memory's maximum pages.
+    /// - `callback_timeout` (default: none): how long one call into the plugin (a callback,
+    ///   `_initialize`/`main`, the allocator with the hostcalls it makes) may run. A call past it
+    ///   is stopped within about 5 ms more and ends as a trap ("time limit exceeded"), which marks
+    ///   the instance failed: its failure policy applies. Wasmtime stops it by epoch interruption,
+    ///   WAMR with `wasm_runtime_terminate` from a watchdog thread.
+    pub limits: crate::runtime::Limits,
 }
 
 /// Otoroshi-style recycling (`vm_config.kill_options`, our extension): an

@@ -905,3 +905,44 @@ impl Node<'_> for Fraction {
         }
     }
 }
+
+/// `limits.max_memory`: bytes as a whole number, or a number with a binary unit
+/// (`KiB`, `MiB`, `GiB`); from 64 KiB (one page) to 4 GiB. `None` when empty.
+pub(super) struct MemorySize;
+
+impl MemorySize {
+    const MIN: u64 = 64 * 1024;
+    const MAX: u64 = 4 * 1024 * 1024 * 1024;
+}
+
+impl Node<'_> for MemorySize {
+    type Out = Option<u64>;
+
+    fn expected(&self) -> &'static str {
+        "a memory size like \"64MiB\", \"512KiB\", \"1GiB\" or a number of bytes, from 64KiB to 4GiB"
+    }
+
+    fn value(self, _cx: &Cx<'_>, value: Value) -> Result<Option<u64>, String> {
+        let bytes = match &value {
+            Value::Null => return Ok(None),
+            Value::Number(n) => n.as_u64(),
+            Value::String(text) => {
+                let t = text.trim();
+                let (number, unit) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("B", 1)]
+                    .into_iter()
+                    .find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n.trim_end(), unit)))
+                    .unwrap_or((t, 1));
+                number
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|_| !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|n| n.checked_mul(unit))
+            }
+            other => return Err(wrong_type(self.expected(), other)),
+        };
+        match bytes {
+            Some(b) if (Self::MIN..=Self::MAX).contains(&b) => Ok(Some(b)),
+            _ => Err(format!("expected {}, found {}", self.expected(), describe(&value))),
+        }
+    }
+}

@@ -14,7 +14,7 @@ use super::node::{
     absolute, describe, wrong_type, Capabilities, CodeFile, Cx, Flag, HostEnvKeys, KeyValues, Node,
     Payload, Policy, Runtime, Text, TextList,
 };
-use super::node::{CacheDir, Count, Fraction, HttpUrl, InlineBytes, RemoteUri, Sha256Hex, Timeout};
+use super::node::{CacheDir, Count, Fraction, HttpUrl, InlineBytes, MemorySize, RemoteUri, Sha256Hex, Timeout};
 use super::probe::{locate, Step, Target};
 use super::{
     CodeSource, ConfigOrigin, FailurePolicy, KillOptions, PluginConfig, RemoteCode, RuntimeKind, VmConfig,
@@ -636,6 +636,7 @@ struct VmSection {
     environment: Option<Vec<(String, String)>>,
     code: Option<CodeSource>,
     kill_options: Option<KillOptions>,
+    limits: Option<crate::runtime::Limits>,
 }
 
 impl Section for VmSection {
@@ -649,6 +650,7 @@ impl Section for VmSection {
         &["environment_variables", "environmentVariables"],
         &["code"],
         &["kill_options", "killOptions"],
+        &["limits"],
     ];
 
     fn read<'de, A: MapAccess<'de>>(
@@ -670,6 +672,7 @@ impl Section for VmSection {
             "kill_options" => {
                 self.kill_options = Some(map.next_value_seed(cx.at(Sec::<KillOptionsSection>::new()))?);
             }
+            "limits" => self.limits = Some(map.next_value_seed(cx.at(Sec::<LimitsSection>::new()))?),
             _ => unreachable!("key {key} is not in KEYS"),
         }
         Ok(())
@@ -685,7 +688,39 @@ impl Section for VmSection {
             allow_precompiled: self.allow_precompiled.unwrap_or(false),
             environment: self.environment.unwrap_or_default(),
             kill_options: self.kill_options.unwrap_or_default(),
+            limits: self.limits.unwrap_or_default(),
         })
+    }
+}
+
+/// `vm_config.limits` (our extension): memory and time limits of each instance.
+#[derive(Default)]
+struct LimitsSection(crate::runtime::Limits);
+
+impl Section for LimitsSection {
+    type Out = crate::runtime::Limits;
+
+    const KEYS: &'static [&'static [&'static str]] = &[
+        &["max_memory", "maxMemory"],
+        &["callback_timeout", "callbackTimeout"],
+    ];
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        cx: Cx<'_>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "max_memory" => self.0.max_memory_bytes = map.next_value_seed(cx.at(MemorySize))?,
+            "callback_timeout" => self.0.callback_timeout = map.next_value_seed(cx.at(Timeout))?,
+            _ => unreachable!("key {key} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, _cx: &Cx<'_>) -> Result<crate::runtime::Limits, String> {
+        Ok(self.0)
     }
 }
 
