@@ -548,7 +548,7 @@ unsafe fn call_export(inner: *mut Inner, name: &str, args: &[Val]) -> Result<Opt
     // SAFETY: `inst` is live; the exception string is copied before it can change.
     let exception = unsafe { c_str(sys::wasm_runtime_get_exception(inst)) };
     let exception = exception.strip_prefix("Exception: ").unwrap_or(&exception).to_string();
-    let trap = if timed_out || (exception == TERMINATED && watch.is_some()) {
+    let mut trap = if timed_out || (exception == TERMINATED && watch.is_some()) {
         let limit = watch.as_ref().map_or(Duration::ZERO, |w| w.limit);
         Trap { message: format!("time limit exceeded: the callback ran longer than {} ms", limit.as_millis()), backtrace: None, kind: TrapKind::Timeout }
     } else if let Some(t) = i.pending_trap.take() {
@@ -558,12 +558,44 @@ unsafe fn call_export(inner: *mut Inner, name: &str, args: &[Val]) -> Result<Opt
     } else {
         Trap::new(format!("wasm trap: {}", trap_text(&exception)))
     };
+    if trap.backtrace.is_none() {
+        // SAFETY: `exec_env` is live and the failed call has returned on this thread.
+        trap.backtrace = unsafe { call_stack(exec_env) };
+    }
     if outer {
         i.pending_trap = None;
         // SAFETY: no guest code runs on this instance now.
         unsafe { sys::wasm_runtime_clear_exception(inst) };
     }
     Err(trap)
+}
+
+/// The wasm frames WAMR recorded for the last failed call on `exec_env`
+/// (names from the name section), innermost first.
+///
+/// # Safety
+/// `exec_env` is live and no call runs on it.
+unsafe fn call_stack(exec_env: sys::wasm_exec_env_t) -> Option<String> {
+    // SAFETY: per the contract; the buffer is as large as WAMR asked for.
+    unsafe {
+        let size = sys::wasm_runtime_get_call_stack_buf_size(exec_env);
+        if size == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; size as usize + 1];
+        let written = sys::wasm_runtime_dump_call_stack_to_buf(exec_env, buf.as_mut_ptr() as *mut std::os::raw::c_char, buf.len() as u32);
+        buf.truncate((written as usize).min(size as usize));
+        let text = String::from_utf8_lossy(&buf).trim_end_matches('\0').trim_end().to_string();
+        // Lines are `#NN: 0xOFFSET - name`; Rust names are demangled as on Wasmtime.
+        let text: Vec<String> = text
+            .lines()
+            .map(|line| match line.split_once(" - ") {
+                Some((frame, name)) => format!("{frame} - {:#}", rustc_demangle::demangle(name)),
+                None => line.to_string(),
+            })
+            .collect();
+        (!text.is_empty()).then(|| text.join("\n"))
+    }
 }
 
 /// WAMR's exception text worded as Wasmtime words the same trap, so that logs
