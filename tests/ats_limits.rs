@@ -63,6 +63,9 @@ fn a_module_growing_its_memory_without_end_is_stopped_at_max_memory() {
     let pages: Vec<u64> = logs.match_indices("memory_bomb pages=").filter_map(|(i, m)| logs[i + m.len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).collect();
     assert!(!pages.is_empty(), "{}", ats.log_report());
     assert!(pages.iter().all(|p| *p <= 128), "8 MiB is 128 pages: {pages:?}");
+    // Logged once per instance (one per thread, two threads), with the plugin's name.
+    let logged = ats.count_in_logs("memory_bomb: proxy_on_request_headers: linear memory reached its limit");
+    assert!((1..=2).contains(&logged), "{logged}\n{}", ats.log_report());
     assert_eq!(origin.request_count(), 2);
     ats.assert_running();
 }

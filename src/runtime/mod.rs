@@ -216,4 +216,9 @@ pub trait Instance: Send {
     fn state(&mut self) -> &mut HostState;
     /// Current linear memory size in bytes.
     fn memory_size(&mut self) -> usize;
+    /// Whether a `memory.grow` was refused by the memory limit since the last
+    /// time this was asked (the core logs it once per instance).
+    fn take_memory_refusal(&mut self) -> bool {
+        false
+    }
 }

@@ -375,7 +375,8 @@ impl Module for WamrModule {
         // instance is dropped, which destroys the exec env first; the
         // trampoline only reads it back while a call on this instance runs.
         unsafe { sys::wasm_runtime_set_user_data(exec_env, ptr.cast()) };
-        Ok(Box::new(WamrInstance { inner: ptr }))
+        let memory_cap = limits.max_memory_bytes.map(|b| (b / WASM_PAGE as u64).max(1) * WASM_PAGE as u64);
+        Ok(Box::new(WamrInstance { inner: ptr, memory_cap, cap_reported: false }))
     }
 }
 
@@ -612,6 +613,9 @@ fn trap_text(exception: &str) -> &str {
 
 struct WamrInstance {
     inner: *mut Inner,
+    /// The memory limit in whole pages' bytes, and whether reaching it was reported.
+    memory_cap: Option<u64>,
+    cap_reported: bool,
 }
 
 // SAFETY: WAMR instances are not tied to a thread: every call sets the exec
@@ -640,6 +644,14 @@ impl Instance for WamrInstance {
     fn memory_size(&mut self) -> usize {
         // SAFETY: live while self is.
         memory_bytes(unsafe { (*self.inner).inst }).unwrap_or(0)
+    }
+
+    /// WAMR has no hook on a refused `memory.grow`: a memory at its cap is
+    /// reported once instead (any further growth fails).
+    fn take_memory_refusal(&mut self) -> bool {
+        let Some(cap) = self.memory_cap.filter(|_| !self.cap_reported) else { return false };
+        self.cap_reported = self.memory_size() as u64 >= cap;
+        self.cap_reported
     }
 }
 

@@ -72,7 +72,25 @@ fn ticks(limit: Duration) -> u64 {
 /// What a store holds: the host state, and the limits its memory grows under.
 pub(crate) struct StoreData {
     host: HostState,
+    limits: MemoryCap,
+}
+
+/// Wasmtime's store limits, noting when a `memory.grow` was refused.
+struct MemoryCap {
     limits: wt::StoreLimits,
+    refused: bool,
+}
+
+impl wt::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wt::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wt::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
 }
 
 impl Engine for WasmtimeEngine {
@@ -300,7 +318,7 @@ impl Module for WasmtimeModule {
             let capped = (bytes / page).max(1).saturating_mul(page);
             builder = builder.memory_size(usize::try_from(capped).unwrap_or(usize::MAX));
         }
-        let mut store = wt::Store::new(&self.engine, StoreData { host: state, limits: builder.build() });
+        let mut store = wt::Store::new(&self.engine, StoreData { host: state, limits: MemoryCap { limits: builder.build(), refused: false } });
         store.limiter(|d| &mut d.limits);
         store.set_epoch_deadline(NO_DEADLINE);
         if limits.callback_timeout.is_some() {
@@ -333,6 +351,10 @@ impl WasmtimeInstance {
 }
 
 impl Instance for WasmtimeInstance {
+    fn take_memory_refusal(&mut self) -> bool {
+        std::mem::take(&mut self.store.data_mut().limits.refused)
+    }
+
     fn call(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
         let Some(func) = self.func(name) else {
             return Err(Trap::new(format!("the module has no function export {name:?}")));

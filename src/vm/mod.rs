@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use crate::abi::{Action, StreamType};
 use crate::host::{HttpCallResponse, HttpStream, PluginRef, ServerHost};
-use crate::metrics::{process_metrics, Metrics};
+use crate::metrics::{process_metrics, MetricStore};
 use crate::plugin::{PluginInfo, WasmCode};
 use crate::runtime::{Instance, Limits, Trap, Val};
-use crate::shared::{process_queues, process_shared_data, SharedDataStore, SharedQueues};
+use crate::shared::{process_queues, process_shared_data, QueueStore, SharedDataStore};
 use state::{Context, Deferred, HostState, Phase, RootContext, StreamContext, VmEnv};
 
 /// Settings of a VM (the `vm_config` of a plugin).
@@ -25,8 +25,8 @@ pub struct VmOptions {
     pub environment: Vec<(String, String)>,
     /// Defaults to the process-wide stores.
     pub shared_data: Option<Arc<dyn SharedDataStore>>,
-    pub queues: Option<Arc<SharedQueues>>,
-    pub metrics: Option<Arc<Metrics>>,
+    pub queues: Option<Arc<dyn QueueStore>>,
+    pub metrics: Option<Arc<dyn MetricStore>>,
     /// Memory and time limits of the instance (none by default).
     pub limits: Limits,
 }
@@ -71,6 +71,8 @@ pub struct Vm {
     failure: Option<String>,
     /// Callbacks run so far (for recycling after a number of calls).
     calls: u64,
+    /// The memory limit was reached and logged (once per instance).
+    memory_limit_logged: bool,
 }
 
 impl Vm {
@@ -93,7 +95,7 @@ impl Vm {
             .module
             .instantiate(state, &code.imports, &options.limits)
             .map_err(|e| VmError::Instantiate { origin: code.origin.clone(), message: e.to_string() })?;
-        let mut vm = Vm { instance, code, env, failure: None, calls: 0 };
+        let mut vm = Vm { instance, code, env, failure: None, calls: 0, memory_limit_logged: false };
         vm.start()?;
         Ok(vm)
     }
@@ -170,6 +172,11 @@ impl Vm {
         st.phase = Phase::Running;
         self.calls += 1;
         let r = self.instance.call(callback, args);
+        if self.instance.take_memory_refusal() && !std::mem::replace(&mut self.memory_limit_logged, true) {
+            let plugin_ref = plugin.as_ref().map(|p| p.log_ref()).unwrap_or_else(|| self.env.log_ref.clone());
+            let size = self.instance.memory_size();
+            self.env.server.log(&plugin_ref, crate::abi::LogLevel::Error, &format!("{callback}: linear memory reached its limit (vm_config.limits.max_memory, {size} bytes now): memory.grow fails from here on (logged once)"));
+        }
         let st = self.instance.state();
         st.callback = None;
         st.http_call_response = None;
