@@ -96,3 +96,37 @@ fn in_process_the_cache_serves_a_module_compiled_by_an_earlier_load() {
     assert!(warnings.is_empty(), "{warnings:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Remote code (`vm_config.code.remote`) pinned by sha256 on Traffic Server:
+/// the right hash loads and serves, a wrong one refuses the plugin with both
+/// hashes in the error, and Traffic Server keeps serving without it.
+#[test]
+fn remote_code_with_a_wrong_sha256_refuses_the_plugin_and_the_right_one_loads() {
+    use sha2::Digest;
+    let wasm = std::fs::read(e2e::repo_root().join("build/plugins/rust_sdk_filter.wasm")).expect("build the plugins first");
+    let right: String = sha2::Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
+    let wrong = "0".repeat(64);
+    let served = wasm.clone();
+    let code_server = Origin::with_handler(move |_| e2e::origin::Response::new(200).body(served.clone()));
+    for (test, sha, loads) in [("ats-remote-right", right.as_str(), true), ("ats-remote-wrong", wrong.as_str(), false)] {
+        let cache = cache_dir(test);
+        let yaml = format!(
+            "config:\n  name: remote\n  vm_config:\n    vm_id: remote\n    code:\n      remote:\n        http_uri: {{ uri: \"{}\" }}\n        sha256: \"{sha}\"\n        cache_dir: \"{}\"\n",
+            code_server.url("/filter.wasm"),
+            cache.display()
+        );
+        e2e::ats::require_plugin_so();
+        let origin = Origin::start();
+        let ats = TrafficServer::start(AtsOptions::new(test).origin(origin.port()).file("remote.yaml", yaml).global_plugin(&["remote.yaml"]));
+        let r = ats.send(&Request::get("/").timeout(Duration::from_secs(10))).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+        assert_eq!(r.status, 200, "{}", ats.log_report());
+        if loads {
+            assert_eq!(r.header("x-proxy-wasm"), Some("rust-sdk"), "{}", ats.log_report());
+        } else {
+            assert_eq!(r.header("x-proxy-wasm"), None);
+            let logs = ats.diags_log();
+            assert!(logs.contains("vm_config.code.remote.sha256") && logs.contains(&format!("has sha256 {right}")) && logs.contains(&format!("expected {wrong}")), "{}", ats.log_report());
+        }
+        let _ = std::fs::remove_dir_all(&cache);
+    }
+}
