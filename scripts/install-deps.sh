@@ -6,6 +6,8 @@
 #   rustc cargo libstd-rust-dev-wasm32  Debian's Rust 1.63 with the wasm32-wasi std,
 #                                       used only to build the Rust-SDK test plugin
 #                                       (the rustup toolchain has no wasm32 std)
+#   lld-14                              the wasm32 linker: Debian's /usr/bin/rust-lld
+#                                       is a link to lld-14, only recommended by rustc
 #   wabt                                wat2wasm, for the WAT test modules
 #   nodejs npm                          the AssemblyScript test plugin
 #   build-essential pkg-config          C toolchain for -sys crates
@@ -18,7 +20,7 @@
 # The host itself builds with the rustup toolchain (cargo); it must be on PATH.
 set -euo pipefail
 
-packages=(rustc cargo libstd-rust-dev-wasm32 wabt build-essential pkg-config cmake curl trafficserver trafficserver-dev nginx nginx-dev clang libclang-dev)
+packages=(rustc cargo libstd-rust-dev-wasm32 lld-14 wabt build-essential pkg-config cmake curl trafficserver trafficserver-dev nginx nginx-dev clang libclang-dev)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 
