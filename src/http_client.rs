@@ -78,6 +78,78 @@ pub fn call(request: &HttpCallRequest) -> HttpCallResponse {
 }
 
 pub fn encode_request(request: &HttpCallRequest) -> Vec<u8> {
+    encode_request_with(request, false)
+}
+
+/// As [`encode_request`], but asks the upstream to keep the connection open
+/// (HTTP/1.1 default) so that the caller may reuse it.
+pub fn encode_request_keep_alive(request: &HttpCallRequest) -> Vec<u8> {
+    encode_request_with(request, true)
+}
+
+/// Where a response ends when its framing says so: `Some((length, reusable))`
+/// once `bytes` hold a complete response framed by `Content-Length`,
+/// chunked encoding or a status without a body (`reusable`: the upstream
+/// keeps the connection, HTTP/1.1 without `Connection: close`). `None` while
+/// incomplete, and for a response delimited by the connection's close.
+pub fn framed_response_length(bytes: &[u8], head: bool) -> Option<(usize, bool)> {
+    fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+        hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+    }
+    let mut start = 0;
+    loop {
+        let end = find(bytes, b"\r\n\r\n", start)? + 4;
+        let head_text = std::str::from_utf8(&bytes[start..end]).ok()?;
+        let mut lines = head_text.split("\r\n");
+        let status_line = lines.next()?;
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next()?;
+        let status: u16 = parts.next()?.parse().ok()?;
+        if (100..200).contains(&status) {
+            start = end;
+            continue;
+        }
+        let (mut length, mut chunked, mut close) = (None, false, version != "HTTP/1.1");
+        for line in lines {
+            let Some((k, v)) = line.split_once(':') else { continue };
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+            match k.as_str() {
+                "content-length" => length = Some(v.parse::<usize>().ok()?),
+                "transfer-encoding" => chunked = v.contains("chunked"),
+                "connection" => close = v.contains("close") || (close && !v.contains("keep-alive")),
+                _ => {}
+            }
+        }
+        if head || status == 204 || status == 304 {
+            return Some((end, !close));
+        }
+        if chunked {
+            let mut pos = end;
+            loop {
+                let line_end = find(bytes, b"\r\n", pos)?;
+                let size_text = std::str::from_utf8(&bytes[pos..line_end]).ok()?;
+                let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+                pos = line_end + 2;
+                if size == 0 {
+                    // Trailers (possibly none), then an empty line.
+                    if bytes.get(pos..pos + 2)? == b"\r\n" {
+                        return Some((pos + 2, !close));
+                    }
+                    return Some((find(bytes, b"\r\n\r\n", pos)? + 4, !close));
+                }
+                pos = pos.checked_add(size)?;
+                if bytes.get(pos..pos + 2)? != b"\r\n" {
+                    return None;
+                }
+                pos += 2;
+            }
+        }
+        let length = length?;
+        return (bytes.len() >= end + length).then_some((end + length, !close));
+    }
+}
+
+fn encode_request_with(request: &HttpCallRequest, keep_alive: bool) -> Vec<u8> {
     let h = &request.headers;
     let method = header(h, b":method").unwrap_or(b"GET");
     let path = header(h, b":path").unwrap_or(b"/");
@@ -98,7 +170,9 @@ pub fn encode_request(request: &HttpCallRequest) -> Vec<u8> {
             out.extend_from_slice(b"\r\n");
         }
     }
-    out.extend_from_slice(b"connection: close\r\n");
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
     if request.trailers.is_empty() {
         out.extend_from_slice(format!("content-length: {}\r\n\r\n", request.body.len()).as_bytes());
         out.extend_from_slice(&request.body);
@@ -267,6 +341,22 @@ mod tests {
         assert_eq!(r.headers, vec![(b":status".to_vec(), b"200".to_vec()), (b"x-a".to_vec(), b"1".to_vec())]);
         assert_eq!(r.body, b"abcde");
         assert_eq!(r.trailers, vec![(b"x-t".to_vec(), b"2".to_vec())]);
+    }
+
+    #[test]
+    fn framed_responses_are_complete_only_with_all_their_bytes() {
+        let cl = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc";
+        assert_eq!(framed_response_length(cl, false), Some((cl.len(), true)));
+        assert_eq!(framed_response_length(&cl[..cl.len() - 1], false), None);
+        let ch = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n";
+        assert_eq!(framed_response_length(ch, false), Some((ch.len(), true)));
+        for cut in 1..ch.len() {
+            assert_eq!(framed_response_length(&ch[..cut], false), None, "cut {cut}");
+        }
+        let close = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(framed_response_length(close, false), Some((close.len(), false)));
+        assert_eq!(framed_response_length(b"HTTP/1.1 200 OK\r\n\r\nuntil close", false), None);
+        assert_eq!(framed_response_length(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false), Some((38, false)));
     }
 
     #[test]

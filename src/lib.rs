@@ -29,4 +29,5 @@ pub mod plugin;
 pub mod remote_code;
 pub mod runtime;
 pub mod shared;
+pub mod shm_store;
 pub mod vm;

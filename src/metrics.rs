@@ -6,6 +6,40 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 
+/// Metrics as the hostcalls and exporters see them. [`Metrics`] is the
+/// in-process registry; the NGINX module keeps them in a shared-memory zone
+/// (`shm_store`), so that every worker adds to the same series.
+pub trait MetricStore: Send + Sync {
+    /// Defines a metric, or returns the id of the one already defined with
+    /// that name. Redefining a name with another type is BAD_ARGUMENT.
+    fn define(&self, kind: MetricType, name: &str) -> Result<u32, Status>;
+    /// Adds to a counter (non-negative only) or a gauge; BAD_ARGUMENT for a histogram.
+    fn increment(&self, id: u32, delta: i64) -> Result<(), Status>;
+    /// Sets a counter or gauge to `value`, or records a histogram sample.
+    fn record(&self, id: u32, value: u64) -> Result<(), Status>;
+    /// A counter's or gauge's value; a histogram has no single value (BAD_ARGUMENT).
+    fn get(&self, id: u32) -> Result<i64, Status>;
+    fn snapshot(&self) -> Vec<MetricSnapshot>;
+}
+
+impl MetricStore for Metrics {
+    fn define(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
+        Metrics::define(self, kind, name)
+    }
+    fn increment(&self, id: u32, delta: i64) -> Result<(), Status> {
+        Metrics::increment(self, id, delta)
+    }
+    fn record(&self, id: u32, value: u64) -> Result<(), Status> {
+        Metrics::record(self, id, value)
+    }
+    fn get(&self, id: u32) -> Result<i64, Status> {
+        Metrics::get(self, id)
+    }
+    fn snapshot(&self) -> Vec<MetricSnapshot> {
+        Metrics::snapshot(self)
+    }
+}
+
 use crate::abi::{MetricType, Status};
 
 /// Histogram bucket upper bounds (inclusive), Prometheus-style; the last bucket is +Inf.
@@ -140,9 +174,20 @@ fn index(id: u32) -> usize {
     id as usize - 1
 }
 
+static INSTALLED: RwLock<Option<Arc<dyn MetricStore>>> = RwLock::new(None);
+
+/// Makes `store` the registry of every VM created afterwards in this process
+/// and of the exporters (an NGINX worker installs its shared-memory zone's).
+pub fn set_process_metrics(store: Arc<dyn MetricStore>) {
+    *INSTALLED.write().unwrap_or_else(|p| p.into_inner()) = Some(store);
+}
+
 /// The registry every VM in this process uses unless the server supplies one.
-pub fn process_metrics() -> Arc<Metrics> {
+pub fn process_metrics() -> Arc<dyn MetricStore> {
     static METRICS: LazyLock<Arc<Metrics>> = LazyLock::new(Default::default);
+    if let Some(m) = INSTALLED.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return m.clone();
+    }
     METRICS.clone()
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 
 use crate::abi::Status;
 use crate::host::ServerHost;
@@ -51,9 +51,28 @@ impl SharedDataStore for InProcessSharedData {
     }
 }
 
+/// A store installed with [`set_process_stores`] (an NGINX worker's
+/// shared-memory zone); `None`: the in-process ones.
+struct Installed {
+    data: Arc<dyn SharedDataStore>,
+    queues: Arc<dyn QueueStore>,
+}
+
+static INSTALLED: RwLock<Option<Installed>> = RwLock::new(None);
+
+/// Makes `data` and `queues` the stores of every VM created afterwards in this
+/// process (a server whose workers are processes installs its cross-process
+/// stores once per worker, before starting VMs).
+pub fn set_process_stores(data: Arc<dyn SharedDataStore>, queues: Arc<dyn QueueStore>) {
+    *INSTALLED.write().unwrap_or_else(|p| p.into_inner()) = Some(Installed { data, queues });
+}
+
 /// The store every VM in this process uses unless the server supplies one.
 pub fn process_shared_data() -> Arc<dyn SharedDataStore> {
     static STORE: LazyLock<Arc<InProcessSharedData>> = LazyLock::new(Default::default);
+    if let Some(i) = INSTALLED.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return i.data.clone();
+    }
     STORE.clone()
 }
 
@@ -71,7 +90,22 @@ struct Queue {
     owner: Option<QueueOwner>,
 }
 
-/// Shared queues, keyed by (`vm_id`, name), with ids handed to plugins.
+/// Shared queues as the hostcalls see them, keyed by (`vm_id`, name), with
+/// ids handed to plugins. [`SharedQueues`] is the in-process one; the NGINX
+/// module has one in a shared-memory zone (`shm_store`).
+pub trait QueueStore: Send + Sync {
+    /// Registers (or re-registers) a queue; the latest registrant is its owner.
+    /// INTERNAL_FAILURE when the store has no room for another queue.
+    fn register(&self, vm_id: &str, name: &str, owner: QueueOwner) -> Result<u32, Status>;
+    fn resolve(&self, vm_id: &str, name: &str) -> Option<u32>;
+    /// Appends data and has the owner's `on_queue_ready` run. NOT_FOUND for an
+    /// unknown id, INTERNAL_FAILURE when the queue or the store is full.
+    fn enqueue(&self, queue_id: u32, data: &[u8]) -> Result<(), Status>;
+    /// Takes the oldest item: EMPTY when there is none, NOT_FOUND for an unknown id.
+    fn dequeue(&self, queue_id: u32) -> Result<Vec<u8>, Status>;
+}
+
+/// In-process shared queues (Traffic Server, the C API, tests).
 #[derive(Default)]
 pub struct SharedQueues {
     queues: Mutex<Vec<Queue>>,
@@ -133,8 +167,27 @@ fn index(queue_id: u32) -> Result<usize, Status> {
     (queue_id as usize).checked_sub(1).ok_or(Status::NotFound)
 }
 
-pub fn process_queues() -> Arc<SharedQueues> {
+impl QueueStore for SharedQueues {
+    fn register(&self, vm_id: &str, name: &str, owner: QueueOwner) -> Result<u32, Status> {
+        Ok(SharedQueues::register(self, vm_id, name, owner))
+    }
+    fn resolve(&self, vm_id: &str, name: &str) -> Option<u32> {
+        SharedQueues::resolve(self, vm_id, name)
+    }
+    fn enqueue(&self, queue_id: u32, data: &[u8]) -> Result<(), Status> {
+        SharedQueues::enqueue(self, queue_id, data)
+    }
+    fn dequeue(&self, queue_id: u32) -> Result<Vec<u8>, Status> {
+        SharedQueues::dequeue(self, queue_id)
+    }
+}
+
+/// The queues every VM in this process uses unless the server supplies them.
+pub fn process_queues() -> Arc<dyn QueueStore> {
     static QUEUES: LazyLock<Arc<SharedQueues>> = LazyLock::new(Default::default);
+    if let Some(i) = INSTALLED.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return i.queues.clone();
+    }
     QUEUES.clone()
 }
 

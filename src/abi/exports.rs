@@ -506,7 +506,7 @@ fn proxy_register_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
     let st = c.state();
     let Some(root_context_id) = st.effective_root_id() else { return done(Status::BadArgument) };
     let owner = QueueOwner { server: std::sync::Arc::downgrade(&st.env.server), root_context_id };
-    let id = st.env.queues.register(&st.env.vm_id, &String::from_utf8_lossy(&name), owner);
+    let id = tri!(st.env.queues.register(&st.env.vm_id, &String::from_utf8_lossy(&name), owner));
     write_u32_result(c, u(a, 2), id)
 }
 

@@ -7,6 +7,8 @@
 //!   chain, in order. A block with its own `proxy_wasm` lines replaces the
 //!   chain it would inherit; `proxy_wasm off;` clears it.
 //! - `proxy_wasm_metrics` (location): the plugins' metrics in Prometheus text.
+//! - `proxy_wasm_shm_size <size>` (http; default 1m): the shared-memory zone
+//!   of shared data, queues and metrics (shm.rs).
 
 use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
@@ -24,6 +26,8 @@ pub struct MainConf {
     pub paths: Vec<PathBuf>,
     /// Their plugins, in order; chains refer to them by index.
     pub plugins: Vec<PluginConfig>,
+    /// The shared-memory zone (`proxy_wasm_shm_size`).
+    pub shm: super::shm::ShmConf,
 }
 
 /// Per-location configuration.

@@ -1,14 +1,21 @@
 //! `proxy_http_call` on the worker's event loop: a non-blocking HTTP/1.1
-//! exchange over a connection made with `ngx_event_connect_peer`
-//! (`Connection: close`; the response is read until the upstream closes,
-//! then parsed), with a timer for the timeout. Any number of calls run at
-//! once. Every outcome, failures and timeouts included, reaches
-//! `proxy_on_http_call_response` (with zero headers on failure), from an
-//! event handler, never from inside the VM callback that dispatched it.
+//! exchange over a connection made with `ngx_event_connect_peer`, with a
+//! timer for the timeout. Any number of calls run at once. Every outcome,
+//! failures and timeouts included, reaches `proxy_on_http_call_response`
+//! (with zero headers on failure), from an event handler, never from inside
+//! the VM callback that dispatched it.
 //!
-//! Upstreams are IP addresses (`127.0.0.1:8080`, `[::1]:8080`) or
-//! `localhost`; other names are refused with BAD_ARGUMENT (no blocking DNS
-//! on the event loop).
+//! Upstreams are IP addresses (`127.0.0.1:8080`, `[::1]:8080`),
+//! `localhost`, or names resolved by nginx's resolver (the `resolver`
+//! directive of the `http` block, non-blocking); without a `resolver` a
+//! name is refused with BAD_ARGUMENT and a log line saying so.
+//!
+//! Connections are kept alive where the upstream allows it (HTTP/1.1, a
+//! response framed by Content-Length or chunked encoding, no
+//! `Connection: close`): each worker keeps up to [`POOL_PER_ADDRESS`] idle
+//! connections per address for [`POOL_IDLE`], and a call to that address
+//! takes one instead of connecting. A kept connection the upstream closed
+//! meanwhile is replaced by a new one (the request is sent again).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,6 +33,13 @@ use crate::http_client::{self, FAILURE_CONNECT, FAILURE_PROTOCOL, FAILURE_TIMEOU
 
 /// Most calls in flight per worker; more are refused (INTERNAL_FAILURE).
 pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
+/// Idle kept-alive connections per upstream address and worker.
+pub const POOL_PER_ADDRESS: usize = 8;
+/// How long an idle kept-alive connection is kept.
+pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `ngx_resolve_start`'s answer when no name server is configured.
+const NGX_NO_RESOLVER: *mut ngx_resolver_ctx_t = -1isize as *mut ngx_resolver_ctx_t;
 
 struct Call {
     token: u32,
@@ -35,6 +49,15 @@ struct Call {
     sockaddr: libc::sockaddr_storage,
     name: ngx_str_t,
     name_bytes: Vec<u8>,
+    /// The host name being resolved (ctx->name points into it).
+    host: Vec<u8>,
+    port: u16,
+    resolving: *mut ngx_resolver_ctx_t,
+    /// The address connected to (the key of the connection pool).
+    addr: Option<SocketAddr>,
+    /// The connection came from the pool (retried once on a fresh one if
+    /// the upstream had closed it).
+    reused: bool,
     out: Vec<u8>,
     sent: usize,
     input: Vec<u8>,
@@ -48,26 +71,62 @@ struct Call {
 thread_local! {
     /// The calls of this worker, by token. Boxes: nginx holds pointers to their events.
     static CALLS: RefCell<HashMap<u32, Box<Call>>> = RefCell::new(HashMap::new());
+    /// Idle kept-alive connections of this worker, by upstream address.
+    static POOL: RefCell<HashMap<SocketAddr, Vec<PooledConn>>> = RefCell::new(HashMap::new());
 }
 
-fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+/// An idle connection in the pool (only touched on the worker's thread).
+struct PooledConn(*mut ngx_connection_t);
+
+fn literal_address(host: &str, port: u16) -> Option<SocketAddr> {
     if host.eq_ignore_ascii_case("localhost") {
         return Some(SocketAddr::from(([127, 0, 0, 1], port)));
     }
     host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port))
 }
 
+/// The resolver of the `http` block (`resolver` directive) and its timeout;
+/// `None` when no name server is configured.
+fn http_resolver() -> Option<(*mut ngx_resolver_t, ngx_msec_t)> {
+    // SAFETY: the cycle's configuration: conf_ctx has a slot per core module;
+    // the http slot is an ngx_http_conf_ctx_t whose loc_conf holds the
+    // http-level ngx_http_core_loc_conf_t at the core module's ctx_index.
+    unsafe {
+        let cycle = ngx_cycle;
+        if cycle.is_null() {
+            return None;
+        }
+        let ctx = *(*cycle).conf_ctx.add(ngx_http_module.index) as *mut ngx_http_conf_ctx_t;
+        if ctx.is_null() {
+            return None;
+        }
+        let clcf = *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
+        if clcf.is_null() || (*clcf).resolver.is_null() || (*(*clcf).resolver).connections.nelts == 0 {
+            return None;
+        }
+        Some(((*clcf).resolver, (*clcf).resolver_timeout))
+    }
+}
+
 pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
     let (host, port) = http_client::parse_upstream(&request.upstream).ok_or(Status::BadArgument)?;
-    let Some(addr) = resolve(&host, port) else {
-        log(LogLevel::Warn, &format!("[proxy_wasm] http_call to {:?}: only IP addresses and localhost are supported", request.upstream));
-        return Err(Status::BadArgument);
+    let literal = literal_address(&host, port);
+    let resolver = if literal.is_none() {
+        match http_resolver() {
+            Some(r) => Some(r),
+            None => {
+                log(LogLevel::Warn, &format!("[proxy_wasm] http_call to {:?}: the name cannot be resolved: configure `resolver` in the http block of nginx.conf", request.upstream));
+                return Err(Status::BadArgument);
+            }
+        }
+    } else {
+        None
     };
     if CALLS.with(|c| c.borrow().len()) >= MAX_CALLS_IN_FLIGHT {
         return Err(Status::InternalFailure);
     }
     let head = request.headers.iter().any(|(k, v)| k == b":method" && v.eq_ignore_ascii_case(b"HEAD"));
-    let out = http_client::encode_request(&request);
+    let out = http_client::encode_request_keep_alive(&request);
     // SAFETY: zeroed C structures are their initial state; filled below.
     let mut call = Box::new(Call {
         token,
@@ -77,6 +136,11 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, r
         sockaddr: unsafe { std::mem::zeroed() },
         name: ngx_str_t { len: 0, data: std::ptr::null_mut() },
         name_bytes: request.upstream.clone().into_bytes(),
+        host: host.clone().into_bytes(),
+        port,
+        resolving: std::ptr::null_mut(),
+        addr: None,
+        reused: false,
         out,
         sent: 0,
         input: Vec::new(),
@@ -88,62 +152,230 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, r
     let raw: *mut Call = &mut *call;
     call.timer.data = raw as *mut c_void;
     call.deliver.data = raw as *mut c_void;
-    let socklen = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large enough for sockaddr_in.
-            let sin = unsafe { &mut *(&mut call.sockaddr as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is large enough for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut call.sockaddr as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
     call.name = ngx_str_t { len: call.name_bytes.len(), data: call.name_bytes.as_mut_ptr() };
-    call.pc.sockaddr = &mut call.sockaddr as *mut _ as *mut sockaddr;
-    call.pc.socklen = socklen as socklen_t;
-    call.pc.name = &mut call.name;
-    call.pc.get = Some(ngx_event_get_peer);
-    call.pc.log = call.timer.log;
-    call.pc.set_log_error(1); // NGX_ERROR_ERR: connect errors at error level
-    // SAFETY: the peer connection points into the boxed call, which stays
-    // alive (in CALLS) until the connection is closed.
-    let rc = unsafe { ngx_event_connect_peer(&mut call.pc) };
-    if rc == NGX_ERROR as ngx_int_t || rc == NGX_BUSY as ngx_int_t || rc == NGX_DECLINED as ngx_int_t || call.pc.connection.is_null() {
-        call.response = Some(HttpCallResponse::failed(FAILURE_CONNECT, format!("cannot connect to {}", request.upstream)));
-        post_event(&mut call.deliver);
-        CALLS.with(|c| c.borrow_mut().insert(token, call));
-        return Ok(());
-    }
-    // SAFETY: the connection made above; its events call back with it.
-    unsafe {
-        let c = call.pc.connection;
-        (*c).data = raw as *mut c_void;
-        (*(*c).read).handler = Some(on_read);
-        (*(*c).write).handler = Some(on_write);
-        (*c).log = call.pc.log;
-        (*(*c).read).log = (*c).log;
-        (*(*c).write).log = (*c).log;
-        if let Some(t) = request.timeout.filter(|t| !t.is_zero()) {
-            ngx_add_timer(&mut call.timer, t.as_millis().max(1) as ngx_msec_t);
-        } else {
-            ngx_add_timer(&mut call.timer, http_client::MAX_CALL_TIME.as_millis() as ngx_msec_t);
-        }
-    }
+    let timeout = request.timeout.filter(|t| !t.is_zero()).unwrap_or(http_client::MAX_CALL_TIME);
+    // SAFETY: the timer lives in the boxed call, removed in `close`.
+    unsafe { ngx_add_timer(&mut call.timer, timeout.as_millis().max(1) as ngx_msec_t) };
     CALLS.with(|c| c.borrow_mut().insert(token, call));
-    if rc == NGX_OK as ngx_int_t {
-        // Connected at once: send now (no VM is entered).
+    match (literal, resolver) {
         // SAFETY: the call is alive in CALLS.
-        unsafe { send_more(raw) };
+        (Some(addr), _) => unsafe { connect(raw, addr) },
+        // SAFETY: as above; the resolver context points into the boxed call.
+        (None, Some((resolver, resolver_timeout))) => unsafe {
+            let ctx = ngx_resolve_start(resolver, std::ptr::null_mut());
+            if ctx.is_null() || ctx == NGX_NO_RESOLVER {
+                finish(raw, HttpCallResponse::failed(FAILURE_CONNECT, format!("cannot resolve {host}: no resolver")));
+                return Ok(());
+            }
+            (*ctx).name = ngx_str_t { len: (*raw).host.len(), data: (*raw).host.as_mut_ptr() };
+            (*ctx).handler = Some(on_resolved);
+            (*ctx).data = raw as *mut c_void;
+            (*ctx).timeout = resolver_timeout;
+            (*raw).resolving = ctx;
+            // The handler may run at once (a cached name).
+            if ngx_resolve_name(ctx) != NGX_OK as ngx_int_t {
+                // nginx freed the context.
+                (*raw).resolving = std::ptr::null_mut();
+                finish(raw, HttpCallResponse::failed(FAILURE_CONNECT, format!("cannot resolve {host}")));
+            }
+        },
+        // A name without a resolver was refused above.
+        // SAFETY: the call is alive in CALLS.
+        (None, None) => unsafe { finish(raw, HttpCallResponse::failed(FAILURE_CONNECT, "no resolver")) },
     }
     Ok(())
+}
+
+/// nginx's resolver answered (or failed, or timed out).
+unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: the context was started for a live call (its data); a
+        // cancelled call ends the resolution first, so the call is alive.
+        unsafe {
+            let call = (*ctx).data as *mut Call;
+            (*call).resolving = std::ptr::null_mut();
+            let state = (*ctx).state;
+            let mut addr = None;
+            if state == 0 && (*ctx).naddrs > 0 {
+                let a = &*(*ctx).addrs;
+                addr = sockaddr_to(a.sockaddr as *const libc::sockaddr, (*call).port);
+            }
+            ngx_resolve_name_done(ctx);
+            let host = String::from_utf8_lossy(&(*call).host).into_owned();
+            match addr {
+                Some(addr) => connect(call, addr),
+                None if state != 0 => finish(call, HttpCallResponse::failed(FAILURE_CONNECT, format!("cannot resolve {host} (resolver error {state})"))),
+                None => finish(call, HttpCallResponse::failed(FAILURE_CONNECT, format!("cannot resolve {host}: no address"))),
+            }
+        }
+    });
+}
+
+/// A resolved socket address with the call's port.
+unsafe fn sockaddr_to(sa: *const libc::sockaddr, port: u16) -> Option<SocketAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    // SAFETY: a sockaddr from nginx's resolver, of the family it says.
+    unsafe {
+        match (*sa).sa_family as i32 {
+            libc::AF_INET => {
+                let sin = &*(sa as *const libc::sockaddr_in);
+                Some(SocketAddr::new(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()), port))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(sa as *const libc::sockaddr_in6);
+                Some(SocketAddr::new(IpAddr::from(sin6.sin6_addr.s6_addr), port))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An idle connection to `addr` from the pool, still open.
+fn take_pooled(addr: SocketAddr) -> Option<*mut ngx_connection_t> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.get_mut(&addr)?;
+        let c = list.pop()?.0;
+        if list.is_empty() {
+            p.remove(&addr);
+        }
+        Some(c)
+    })
+}
+
+/// Connects (or takes a kept-alive connection) to `addr` and sends the request.
+unsafe fn connect(call: *mut Call, addr: SocketAddr) {
+    // SAFETY: a live call (caller), boxed in CALLS.
+    unsafe {
+        (*call).addr = Some(addr);
+        if let Some(c) = take_pooled(addr) {
+            if (*(*c).read).timer_set() != 0 {
+                ngx_del_timer((*c).read);
+            }
+            (*c).set_idle(0);
+            (*call).reused = true;
+            (*call).pc.connection = c;
+            attach(call, c);
+            send_more(call);
+            return;
+        }
+        (*call).reused = false;
+        let socklen = match addr {
+            SocketAddr::V4(a) => {
+                // SAFETY: sockaddr_storage is large enough for sockaddr_in.
+                let sin = &mut *(&mut (*call).sockaddr as *mut _ as *mut libc::sockaddr_in);
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                // SAFETY: sockaddr_storage is large enough for sockaddr_in6.
+                let sin6 = &mut *(&mut (*call).sockaddr as *mut _ as *mut libc::sockaddr_in6);
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (*call).pc = std::mem::zeroed();
+        (*call).pc.sockaddr = &mut (*call).sockaddr as *mut _ as *mut sockaddr;
+        (*call).pc.socklen = socklen as socklen_t;
+        (*call).pc.name = &mut (*call).name;
+        (*call).pc.get = Some(ngx_event_get_peer);
+        (*call).pc.log = (*call).timer.log;
+        (*call).pc.set_log_error(1); // NGX_ERROR_ERR: connect errors at error level
+        // The peer connection points into the boxed call, alive until closed.
+        let rc = ngx_event_connect_peer(&mut (*call).pc);
+        if rc == NGX_ERROR as ngx_int_t || rc == NGX_BUSY as ngx_int_t || rc == NGX_DECLINED as ngx_int_t || (*call).pc.connection.is_null() {
+            let upstream = String::from_utf8_lossy(&(*call).name_bytes).into_owned();
+            finish(call, HttpCallResponse::failed(FAILURE_CONNECT, format!("cannot connect to {upstream}")));
+            return;
+        }
+        attach(call, (*call).pc.connection);
+        if rc == NGX_OK as ngx_int_t {
+            // Connected at once: send now (no VM is entered).
+            send_more(call);
+        }
+    }
+}
+
+/// Points a connection's events at a call.
+unsafe fn attach(call: *mut Call, c: *mut ngx_connection_t) {
+    // SAFETY: a live connection and call (caller).
+    unsafe {
+        (*c).data = call as *mut c_void;
+        (*(*c).read).handler = Some(on_read);
+        (*(*c).write).handler = Some(on_write);
+        (*c).log = (*call).pc.log;
+        if (*c).log.is_null() {
+            (*c).log = (*call).timer.log;
+        }
+        (*(*c).read).log = (*c).log;
+        (*(*c).write).log = (*c).log;
+    }
+}
+
+/// Puts the call's connection into the pool (the response ended cleanly and
+/// the upstream keeps it); closes it when the pool is full.
+unsafe fn release_to_pool(call: *mut Call) {
+    // SAFETY: a live call with an open connection (caller).
+    unsafe {
+        let c = (*call).pc.connection;
+        let Some(addr) = (*call).addr else { return };
+        if c.is_null() {
+            return;
+        }
+        (*call).pc.connection = std::ptr::null_mut();
+        let full = POOL.with(|p| p.borrow().get(&addr).is_some_and(|l| l.len() >= POOL_PER_ADDRESS));
+        // SAFETY: worker shutdown: ngx_close_idle_connections calls the read
+        // handler of idle connections with c->close set.
+        if full || ngx_exiting != 0 || ngx_terminate != 0 || ngx_quit != 0 {
+            ngx_close_connection(c);
+            return;
+        }
+        (*c).data = std::ptr::null_mut();
+        (*(*c).read).handler = Some(on_idle_event);
+        (*(*c).write).handler = Some(on_idle_event);
+        (*c).set_idle(1);
+        (*(*c).read).set_cancelable(1);
+        ngx_add_timer((*c).read, POOL_IDLE.as_millis() as ngx_msec_t);
+        if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
+            ngx_close_connection(c);
+            return;
+        }
+        POOL.with(|p| p.borrow_mut().entry(addr).or_default().push(PooledConn(c)));
+    }
+}
+
+/// An idle pooled connection became readable (the upstream closed it or sent
+/// something unasked), timed out, or the worker is shutting down: closed.
+unsafe extern "C" fn on_idle_event(ev: *mut ngx_event_t) {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: the event belongs to a pooled connection (its data).
+        unsafe {
+            let c = (*ev).data as *mut ngx_connection_t;
+            if (*ev).write() != 0 && (*ev).timedout() == 0 && (*c).close() == 0 {
+                return;
+            }
+            if (*ev).timedout() == 0 && (*c).close() == 0 {
+                let mut byte = 0u8;
+                let n = libc::recv((*c).fd, &mut byte as *mut u8 as *mut c_void, 1, libc::MSG_PEEK);
+                if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+                    return;
+                }
+            }
+            POOL.with(|p| {
+                for list in p.borrow_mut().values_mut() {
+                    list.retain(|x| x.0 != c);
+                }
+                p.borrow_mut().retain(|_, l| !l.is_empty());
+            });
+            ngx_close_connection(c);
+        }
+    });
 }
 
 /// Closes the connection and stops the timer; the call stays until delivered.
@@ -152,6 +384,10 @@ unsafe fn close(call: *mut Call) {
     unsafe {
         if (*call).timer.timer_set() != 0 {
             ngx_del_timer(&mut (*call).timer);
+        }
+        if !(*call).resolving.is_null() {
+            ngx_resolve_name_done((*call).resolving);
+            (*call).resolving = std::ptr::null_mut();
         }
         let c = (*call).pc.connection;
         if !c.is_null() {
@@ -233,7 +469,22 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
                         finish(call, HttpCallResponse::failed(FAILURE_PROTOCOL, "response too large"));
                         return;
                     }
+                    if let Some((len, reusable)) = http_client::framed_response_length(&(*call).input, (*call).head) {
+                        let input = std::mem::take(&mut (*call).input);
+                        let response = http_client::parse_response(&input[..len], (*call).head)
+                            .unwrap_or_else(|e| HttpCallResponse::failed(FAILURE_PROTOCOL, format!("bad response: {e}")));
+                        if reusable && len == input.len() && response.failure.is_none() {
+                            release_to_pool(call);
+                        }
+                        finish(call, response);
+                        return;
+                    }
                     continue;
+                }
+                if n == 0 && (*call).reused && (*call).input.is_empty() {
+                    // The upstream closed the kept connection meanwhile: once more on a new one.
+                    retry_fresh(call);
+                    return;
                 }
                 if n == 0 {
                     let input = std::mem::take(&mut (*call).input);
@@ -259,6 +510,39 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
             }
         }
     });
+}
+
+/// Sends the request again on a new connection (a kept one was closed).
+unsafe fn retry_fresh(call: *mut Call) {
+    // SAFETY: a live call (caller).
+    unsafe {
+        let c = (*call).pc.connection;
+        if !c.is_null() {
+            ngx_close_connection(c);
+            (*call).pc.connection = std::ptr::null_mut();
+        }
+        (*call).sent = 0;
+        (*call).reused = false;
+        match (*call).addr {
+            Some(addr) => {
+                // Never from the pool again for this call: a fresh connection.
+                (*call).pc = std::mem::zeroed();
+                connect_fresh(call, addr);
+            }
+            None => finish(call, HttpCallResponse::failed(FAILURE_CONNECT, "connection closed")),
+        }
+    }
+}
+
+/// As `connect`, without the pool.
+unsafe fn connect_fresh(call: *mut Call, addr: SocketAddr) {
+    // Empty the pool entry's view for this call: take nothing from it.
+    let saved = POOL.with(|p| p.borrow_mut().remove(&addr));
+    // SAFETY: a live call (caller).
+    unsafe { connect(call, addr) };
+    if let Some(saved) = saved {
+        POOL.with(|p| p.borrow_mut().entry(addr).or_default().extend(saved));
+    }
 }
 
 unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {

@@ -6,6 +6,7 @@
 //! http {
 //!     proxy_wasm_config /etc/nginx/plugins.yaml;   # loads and validates the plugins
 //!     proxy_wasm auth;                             # a chain: http, server or location
+//!     proxy_wasm_shm_size 4m;                      # shared data, queues, metrics (default 1m)
 //!     server {
 //!         location / { proxy_wasm headers; proxy_pass http://backend; }
 //!         location /plain { proxy_wasm off; }
@@ -18,7 +19,9 @@
 //! are compiled in a short-lived child process, so the master never holds a
 //! WebAssembly engine that a worker would inherit). Each worker compiles the
 //! modules and starts its own VMs in `init_process`; ticks, calls and queue
-//! wake-ups run per worker on its event loop.
+//! wake-ups run per worker on its event loop. Shared data, shared queues and
+//! metrics live in the `proxy_wasm` shared-memory zone (shm.rs), common to
+//! all workers.
 
 mod conf;
 mod headers;
@@ -26,6 +29,7 @@ mod http_call;
 mod metrics;
 mod request;
 mod server;
+mod shm;
 mod worker;
 
 use std::ffi::c_char;
@@ -36,7 +40,7 @@ use ngx::ffi::*;
 pub use conf::{LocConf, MainConf};
 
 /// Directives (see conf.rs for their handlers).
-static mut COMMANDS: [ngx_command_t; 4] = [
+static mut COMMANDS: [ngx_command_t; 5] = [
     ngx_command_t {
         name: ngx::ngx_string!("proxy_wasm_config"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE) as ngx_uint_t,
@@ -61,6 +65,14 @@ static mut COMMANDS: [ngx_command_t; 4] = [
         offset: 0,
         post: std::ptr::null_mut(),
     },
+    ngx_command_t {
+        name: ngx::ngx_string!("proxy_wasm_shm_size"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(shm::proxy_wasm_shm_size),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: std::ptr::null_mut(),
+    },
     ngx_command_t::empty(),
 ];
 
@@ -68,7 +80,7 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: None,
     postconfiguration: Some(conf::postconfiguration),
     create_main_conf: Some(conf::create_main_conf),
-    init_main_conf: None,
+    init_main_conf: Some(shm::init_main_conf),
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(conf::create_loc_conf),

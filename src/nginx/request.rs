@@ -80,6 +80,10 @@ struct State {
     body_ready: bool,
     request_body_done: bool,
     request_chunks: std::collections::VecDeque<(Vec<u8>, bool)>,
+    /// The first plugin of the chain that has not seen `request_chunks` yet:
+    /// a body read while `on_request_headers` was paused already went
+    /// through the plugins before the one that paused (as Envoy does).
+    body_from: usize,
     request_out: Vec<u8>,
     /// A request-phase callback paused: the phase handler is suspended.
     paused_request: bool,
@@ -340,9 +344,18 @@ unsafe fn property(r: *mut ngx_http_request_t, path: &[&[u8]], response: bool) -
             [b"request", b"size"] => ((*r).headers_in.content_length_n >= 0).then(|| (*r).headers_in.content_length_n as u64).and_then(int),
             [b"response", b"code"] if response => int((*r).headers_out.status as u64),
             [b"response", b"headers", name] if response => hdr::response_pairs(r).into_iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v),
-            [b"source", b"address"] => Some((*c).addr_text.as_bytes().to_vec()),
+            // Envoy's form: "<ip>:<port>" ("[<ip6>]:<port>").
+            [b"source", b"address"] => {
+                let ip = String::from_utf8_lossy((*c).addr_text.as_bytes()).into_owned();
+                let port = sockaddr_port((*c).sockaddr as *const libc::sockaddr).unwrap_or(0);
+                Some(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }.into_bytes())
+            }
             [b"source", b"port"] => sockaddr_port((*c).sockaddr as *const libc::sockaddr).and_then(|p| int(p as u64)),
-            [b"destination", b"address"] => variable(r, b"server_addr"),
+            [b"destination", b"address"] => {
+                let ip = String::from_utf8_lossy(&variable(r, b"server_addr")?).into_owned();
+                let port = String::from_utf8_lossy(&variable(r, b"server_port")?).into_owned();
+                Some(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }.into_bytes())
+            }
             [b"destination", b"port"] => variable(r, b"server_port").and_then(|p| std::str::from_utf8(&p).ok()?.parse::<u64>().ok()).and_then(int),
             [b"connection", b"id"] => int((*c).number as u64),
             [b"ngx", name] => variable(r, name),
@@ -567,7 +580,7 @@ fn drive_request(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
                     ctx.st().request_headers_done = true;
                     restore_framing(ctx, r);
                 }
-                Outcome::Pause => return suspend(ctx, r),
+                Outcome::Pause => return suspend_reading_body(ctx, r),
                 Outcome::Stop => continue,
             }
             continue;
@@ -603,6 +616,42 @@ fn drive_request(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
     }
 }
 
+/// `on_request_headers` paused: the phase engine stops, but when a plugin
+/// of the chain reads the body, nginx goes on reading it meanwhile and the
+/// plugins that already ran `on_request_headers` get it (so a plugin may
+/// continue from `on_request_body`, as on Envoy).
+fn suspend_reading_body(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
+    let rc = suspend(ctx, r);
+    let start = {
+        let mut st = ctx.st();
+        let start = st.wants_request_body && !st.body_read_started && st.local.is_none() && !st.failed;
+        if start {
+            st.body_read_started = true;
+        }
+        start
+    };
+    if start && has_body(ctx) {
+        restore_framing(ctx, r);
+        // SAFETY: live request; nginx takes a request reference while it reads
+        // (released at once, as the mirror module does; the pause holds its own).
+        unsafe {
+            let read = ngx_http_read_client_request_body(r, Some(request_body_ready));
+            if read >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+                // The pause's reference is released by the resume or the
+                // error path; nginx answers the error.
+                ctx.st().paused_request = false;
+                let main = (*r).main;
+                (*main).set_count((*main).count() - 1);
+                return read;
+            }
+            ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+        }
+    } else if start {
+        ctx.st().body_read_started = false;
+    }
+    rc
+}
+
 /// A request callback paused: hold a reference and stop the phase engine.
 fn suspend(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
     ctx.st().paused_request = true;
@@ -617,11 +666,16 @@ fn suspend(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
 unsafe extern "C" fn request_body_ready(r: *mut ngx_http_request_t) {
     let _ = std::panic::catch_unwind(|| {
         let Some(ctx) = get_ctx(r) else { return };
-        {
+        let paused_at = {
             let mut st = ctx.st();
             st.body_ready = true;
             // SAFETY: live request with its body read.
             st.request_chunks = unsafe { read_request_body(r) };
+            (st.paused_request && !st.request_headers_done).then_some(st.next)
+        };
+        if let Some(upto) = paused_at {
+            feed_paused_prefix(ctx, upto);
+            return;
         }
         // SAFETY: live request; continue the phases where they stopped (as the mirror module does).
         unsafe {
@@ -629,6 +683,33 @@ unsafe extern "C" fn request_body_ready(r: *mut ngx_http_request_t) {
             ngx_http_core_run_phases(r);
         }
     });
+}
+
+/// The body arrived while `on_request_headers` of `links[upto - 1]` is
+/// paused: it goes through `links[..upto]` now; what comes out waits for
+/// the rest of the chain.
+fn feed_paused_prefix(ctx: &ReqCtx, upto: usize) {
+    let links: Vec<Link> = ctx.st().chain[..upto].to_vec();
+    let chunks = std::mem::take(&mut ctx.st().request_chunks);
+    let mut out = std::collections::VecDeque::new();
+    for (chunk, eos) in chunks {
+        match feed(ctx, &links, 0, chunk, eos, StreamType::HttpRequest) {
+            Feed::Out(data) => out.push_back((data, eos)),
+            Feed::Held => {}
+            Feed::Wait(stage) => {
+                ctx.st().request_body_wait = Some(stage);
+                break;
+            }
+            Feed::Stop => {
+                ctx.st().failed = true;
+                ctx.post_resume();
+                break;
+            }
+        }
+    }
+    let mut st = ctx.st();
+    st.request_chunks = out;
+    st.body_from = upto;
 }
 
 /// The request body as nginx read it: one chunk per buffer (file buffers in
@@ -751,7 +832,22 @@ fn run_request_body(ctx: &ReqCtx, _r: *mut ngx_http_request_t) -> Outcome {
         }
         ctx.st().request_body_wait = None;
         let data = ctx.slot.vms.lock().unwrap_or_else(|p| p.into_inner()).vms[links[stage].vm].take_body(links[stage].ctx, StreamType::HttpRequest).unwrap_or_default();
-        match feed(ctx, &links, stage + 1, data, true, StreamType::HttpRequest) {
+        let from = ctx.st().body_from;
+        if stage + 1 < from {
+            // Paused at the end of a body read while the headers were paused:
+            // the rest of that prefix first, then the plugins after it.
+            match feed(ctx, &links[..from], stage + 1, data, true, StreamType::HttpRequest) {
+                Feed::Out(out) => ctx.st().request_chunks.push_back((out, true)),
+                Feed::Held => {}
+                Feed::Wait(stage) => {
+                    ctx.st().request_body_wait = Some(stage);
+                    return Outcome::Pause;
+                }
+                Feed::Stop => return Outcome::Stop,
+            }
+            return run_request_body(ctx, _r);
+        }
+        match feed(ctx, &links, stage.max(from.saturating_sub(1)) + 1, data, true, StreamType::HttpRequest) {
             Feed::Out(out) => ctx.st().request_out.extend_from_slice(&out),
             Feed::Held => {}
             Feed::Wait(stage) => {
@@ -762,9 +858,10 @@ fn run_request_body(ctx: &ReqCtx, _r: *mut ngx_http_request_t) -> Outcome {
         }
         return Outcome::Continue;
     }
+    let from = ctx.st().body_from;
     loop {
         let Some((chunk, eos)) = ctx.st().request_chunks.pop_front() else { return Outcome::Continue };
-        match feed(ctx, &links, 0, chunk, eos, StreamType::HttpRequest) {
+        match feed(ctx, &links, from, chunk, eos, StreamType::HttpRequest) {
             Feed::Out(out) => ctx.st().request_out.extend_from_slice(&out),
             Feed::Held => {}
             Feed::Wait(stage) => {
@@ -900,6 +997,10 @@ unsafe extern "C" fn on_resume_event(ev: *mut ngx_event_t) {
                 let go = st.local.is_some() || st.failed || st.resumes.contains(&StreamType::HttpRequest);
                 if go {
                     st.paused_request = false;
+                    if st.request_body_wait.is_none() {
+                        // This resume is used up here; a later pause must wait for a new one.
+                        st.resumes.retain(|s| *s != StreamType::HttpRequest);
+                    }
                 }
                 go
             };

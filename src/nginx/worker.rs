@@ -38,6 +38,8 @@ pub struct Slot {
     pub set: Arc<PluginSet>,
     pub vms: Mutex<PluginVms>,
     servers: Vec<Arc<NgxServer>>,
+    /// When a request last started on it (`kill_options.max_unused_duration`).
+    last_used: Mutex<std::time::Instant>,
 }
 
 impl Slot {
@@ -58,10 +60,89 @@ struct Worker {
     set: Option<Arc<PluginSet>>,
     slot: Option<Arc<Slot>>,
     backoff: ReloadBackoff,
+    /// Replaced generations (failure reload, recycling) that requests still
+    /// use; each is shut down (`proxy_on_done`) once the last one finished.
+    retired: Vec<Arc<Slot>>,
 }
 
 thread_local! {
-    static WORKER: RefCell<Worker> = RefCell::new(Worker { set: None, slot: None, backoff: ReloadBackoff::default() });
+    static WORKER: RefCell<Worker> = RefCell::new(Worker { set: None, slot: None, backoff: ReloadBackoff::default(), retired: Vec::new() });
+    /// The idle sweeper (`kill_options.max_unused_duration`): a cancelable timer.
+    static IDLE_TIMER: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
+}
+
+impl Worker {
+    /// Takes the current generation out of service: its ticks stop now, its
+    /// root contexts are shut down once no request uses it.
+    fn retire_current(&mut self) {
+        if let Some(old) = self.slot.take() {
+            for s in &old.servers {
+                s.stop_ticks();
+            }
+            self.retired.push(old);
+        }
+        self.sweep_retired();
+    }
+
+    fn sweep_retired(&mut self) {
+        self.retired.retain(|slot| {
+            if Arc::strong_count(slot) > 1 {
+                return true;
+            }
+            let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+            for (plugin, result) in vms.shutdown() {
+                match result {
+                    // A failed instance is dropped without calling it.
+                    Ok(_) | Err(VmError::Failed(_)) => {}
+                    Err(e) => log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down old instances: {e}", slot.set.plugins[plugin].config.name)),
+                }
+            }
+            false
+        });
+    }
+}
+
+/// Arms this worker's idle sweeper when a plugin has `kill_options.max_unused_duration`.
+fn arm_idle_sweeper(every: std::time::Duration) {
+    IDLE_TIMER.with(|t| {
+        let mut t = t.borrow_mut();
+        let ev = t.get_or_insert_with(|| {
+            let mut ev = Box::new(new_event(on_idle_sweep, std::ptr::null_mut()));
+            ev.set_cancelable(1);
+            ev
+        });
+        if ev.timer_set() == 0 {
+            // SAFETY: the event lives in the thread-local box until exit_process removes its timer.
+            unsafe { ngx_add_timer(&mut **ev, (every.as_millis() as ngx_msec_t / 2).max(10)) };
+        }
+    });
+}
+
+/// The idle sweeper: instances unused past `kill_options.max_unused_duration`
+/// are retired (and shut down when no request holds them), so an idle worker
+/// gives their memory back; the next request starts fresh ones.
+unsafe extern "C" fn on_idle_sweep(_ev: *mut ngx_event_t) {
+    let r = std::panic::catch_unwind(|| {
+        let every = WORKER.with(|w| {
+            let mut w = w.borrow_mut();
+            if let Some(slot) = w.slot.clone() {
+                let idle = slot.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+                let why = slot.vms.lock().unwrap_or_else(|p| p.into_inner()).recycle_reason(&slot.set.plugins, idle);
+                if let Some(why) = why.filter(|w| w.contains("unused for")) {
+                    log(LogLevel::Info, &format!("[proxy_wasm] shutting idle instances down in this worker: {why}"));
+                    w.retire_current();
+                }
+            }
+            w.sweep_retired();
+            w.set.as_ref().and_then(|s| PluginVms::shortest_unused_duration(&s.plugins))
+        });
+        if let Some(every) = every {
+            arm_idle_sweeper(every);
+        }
+    });
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in the idle sweeper");
+    }
 }
 
 /// The main configuration of a cycle, if it has an http block with this module's.
@@ -86,7 +167,7 @@ fn start_slot(set: &Arc<PluginSet>) -> Result<Arc<Slot>, String> {
         s as Arc<dyn ServerHost>
     })
     .map_err(|e| e.to_string())?;
-    let slot = Arc::new(Slot { set: set.clone(), vms: Mutex::new(vms), servers });
+    let slot = Arc::new(Slot { set: set.clone(), vms: Mutex::new(vms), servers, last_used: Mutex::new(std::time::Instant::now()) });
     for s in &slot.servers {
         s.attach(Arc::downgrade(&slot));
     }
@@ -101,6 +182,8 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         if main.plugins.is_empty() {
             return;
         }
+        // Before any VM starts: the zone's shared data, queues and metrics.
+        super::shm::install_in_worker(main);
         let plugins = match loader::load(&main.plugins) {
             Ok(p) => p,
             Err(e) => {
@@ -108,6 +191,15 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 return;
             }
         };
+        for p in &plugins {
+            let cache = match &p.compiled_cache {
+                Some(crate::module_cache::Outcome::Hit(path)) => format!("compiled code read from the compiled-module cache {}", path.display()),
+                Some(crate::module_cache::Outcome::Stored(path)) => format!("compiled, and stored in the compiled-module cache {}", path.display()),
+                Some(crate::module_cache::Outcome::NotStored(why)) => format!("compiled, not cached: {why}"),
+                None => continue,
+            };
+            log(LogLevel::Info, &format!("[proxy_wasm] {}: loaded in worker (pid {}): {cache}", p.config.name, std::process::id()));
+        }
         let set = Arc::new(PluginSet { plugins });
         let slot = match start_slot(&set) {
             Ok(s) => {
@@ -120,6 +212,9 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 None
             }
         };
+        if let Some(every) = PluginVms::shortest_unused_duration(&set.plugins) {
+            arm_idle_sweeper(every);
+        }
         WORKER.with(|w| {
             let mut w = w.borrow_mut();
             w.set = Some(set);
@@ -135,8 +230,20 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 /// `exit_process`: `on_done`/`on_delete` of every root context, timers stopped.
 pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     let _ = std::panic::catch_unwind(|| {
-        let slot = WORKER.with(|w| w.borrow_mut().slot.take());
-        if let Some(slot) = slot {
+        super::shm::stop_in_worker();
+        IDLE_TIMER.with(|t| {
+            if let Some(ev) = t.borrow_mut().as_mut() {
+                if ev.timer_set() != 0 {
+                    // SAFETY: our own timer event, still in the tree.
+                    unsafe { ngx_del_timer(&mut **ev) };
+                }
+            }
+        });
+        let (slot, retired) = WORKER.with(|w| {
+            let mut w = w.borrow_mut();
+            (w.slot.take(), std::mem::take(&mut w.retired))
+        });
+        for slot in retired.iter().chain(slot.iter()) {
             slot.shut_down();
         }
     });
@@ -149,17 +256,28 @@ pub fn current_slot() -> Option<Arc<Slot>> {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
         let set = w.set.clone()?;
+        if !w.retired.is_empty() {
+            w.sweep_retired();
+        }
         if let Some(slot) = w.slot.clone() {
-            let reload = slot.vms.lock().unwrap_or_else(|p| p.into_inner()).wants_reload(&set.plugins);
-            if !reload || !w.backoff.try_reload(std::time::Instant::now()) {
-                return Some(slot);
-            }
-            log(LogLevel::Info, "[proxy_wasm] reloading the plugins of this worker after a failure (failure_policy: reload)");
-            if let Some(old) = w.slot.take() {
-                for s in &old.servers {
-                    s.stop_ticks();
+            let why = {
+                let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+                if vms.wants_reload(&set.plugins) {
+                    w.backoff.try_reload(std::time::Instant::now()).then(|| "a failure (failure_policy: reload)".to_string())
+                } else if vms.any_failed() {
+                    None
+                } else {
+                    let idle = slot.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+                    vms.recycle_reason(&set.plugins, idle).map(|why| format!("recycling: {why}"))
                 }
-            }
+            };
+            let Some(why) = why else {
+                *slot.last_used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+                return Some(slot);
+            };
+            let names = set.plugins.iter().map(|p| p.config.name.as_str()).collect::<Vec<_>>().join(", ");
+            log(LogLevel::Info, &format!("[proxy_wasm] new instances of {names} in this worker after {why}"));
+            w.retire_current();
         }
         match start_slot(&set) {
             Ok(s) => {

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use crate::abi::{AbiVersion, StreamType};
 use crate::host::{HttpCallResponse, HttpStream, PluginRef, ServerHost};
-use crate::metrics::Metrics;
+use crate::metrics::MetricStore;
 use crate::plugin::PluginInfo;
-use crate::shared::{SharedDataStore, SharedQueues};
+use crate::shared::{QueueStore, SharedDataStore};
 
 /// A root context: one per plugin in this instance.
 pub struct RootContext {
@@ -93,8 +93,8 @@ pub struct VmEnv {
     pub environment: Vec<(String, String)>,
     pub server: Arc<dyn ServerHost>,
     pub shared_data: Arc<dyn SharedDataStore>,
-    pub queues: Arc<SharedQueues>,
-    pub metrics: Arc<Metrics>,
+    pub queues: Arc<dyn QueueStore>,
+    pub metrics: Arc<dyn MetricStore>,
     /// Identifies the VM in log lines written outside any plugin context.
     pub log_ref: PluginRef,
 }

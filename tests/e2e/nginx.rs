@@ -46,6 +46,8 @@ pub fn require_module_so() -> PathBuf {
 pub struct NginxOptions {
     pub name: String,
     pub workers: usize,
+    /// Lines in the main context (e.g. `env NAME=value;`).
+    pub main: String,
     /// Lines inside `http {}` before the server (e.g. `proxy_wasm_config ...;`).
     pub http: String,
     /// Lines inside `server {}` (locations).
@@ -67,6 +69,7 @@ impl NginxOptions {
         NginxOptions {
             name: name.into(),
             workers: 2,
+            main: String::new(),
             http: String::new(),
             server: String::new(),
             origin_port: None,
@@ -80,6 +83,11 @@ impl NginxOptions {
     pub fn http(mut self, text: impl Into<String>) -> Self {
         self.http.push_str(&text.into());
         self.http.push('\n');
+        self
+    }
+    pub fn main(mut self, text: impl Into<String>) -> Self {
+        self.main.push_str(&text.into());
+        self.main.push('\n');
         self
     }
     pub fn server(mut self, text: impl Into<String>) -> Self {
@@ -140,13 +148,14 @@ impl Nginx {
         let o = &self.opts;
         let temp: String = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].iter().map(|t| format!("    {t}_temp_path {}/tmp/{t};\n", d.display())).collect();
         let conf = format!(
-            "load_module {so};\nworker_processes {workers};\nmaster_process on;\ndaemon off;\npid {dir}/logs/nginx.pid;\nerror_log {dir}/logs/error.log {level};\n\
+            "load_module {so};\nworker_processes {workers};\nmaster_process on;\ndaemon off;\npid {dir}/logs/nginx.pid;\nerror_log {dir}/logs/error.log {level};\n{main}\
              events {{ worker_connections 1024; }}\n\
              http {{\n    access_log {dir}/logs/access.log;\n{temp}    client_body_buffer_size 64k;\n{http}\n    server {{\n        listen 127.0.0.1:{port};\n{server}\n    }}\n}}\n",
             so = so.display(),
             workers = o.workers,
             dir = d.display(),
             level = o.log_level,
+            main = self.subst(&o.main),
             temp = temp,
             http = self.subst(&o.http),
             port = self.port,

@@ -1,0 +1,255 @@
+//! The safety model on NGINX (issue 5), as tests/ats_policies.rs,
+//! tests/ats_recycling.rs, tests/ats_hostile.rs and tests/module_cache.rs do
+//! on Traffic Server: failure policies, authorizations, recycling
+//! (`vm_config.kill_options`), hostile pointers and the compiled-module cache.
+//! One worker per nginx, so that "the next request" meets the same instances.
+//!
+//! Run with `make nginx && cargo test --test nginx_policies`.
+
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::client::{Request, Response};
+use e2e::nginx::{Nginx, NginxOptions};
+use e2e::origin::Origin;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// The Rust-SDK test filter with extra plugin keys (`failure_policy`, ...) and `vm_config` keys.
+fn filter_yaml(extra: &str, configuration: &str, vm_extra: &str) -> String {
+    format!(
+        "config:\n  name: \"guarded\"\n  configuration: '{configuration}'\n{extra}\n  vm_config:\n    vm_id: \"guarded_vm\"\n{vm_extra}    code:\n      local:\n        filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\"\n"
+    )
+}
+
+fn start_with(test: &str, yaml: String, tune: impl FnOnce(NginxOptions) -> NginxOptions) -> (Origin, Nginx) {
+    let origin = Origin::start();
+    let opts = NginxOptions::new(test)
+        .workers(1)
+        .origin(origin.port())
+        .file("plugins.yaml", yaml)
+        .http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm guarded;")
+        .server("location / { proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }");
+    let n = Nginx::start(tune(opts));
+    (origin, n)
+}
+
+fn start(test: &str, yaml: String) -> (Origin, Nginx) {
+    start_with(test, yaml, |o| o)
+}
+
+fn send(n: &Nginx, req: Request) -> Response {
+    n.send(&req.timeout(Duration::from_secs(20))).unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()))
+}
+
+fn count(n: &Nginx, text: &str) -> usize {
+    n.error_log().matches(text).count()
+}
+
+fn shared_u64(n: &Nginx, key: &str) -> u64 {
+    let r = send(n, Request::get("/").header("x-pw-test", "shared-get").header("x-pw-key", key));
+    assert_eq!(r.status, 200, "{key}\n{}", n.log_report());
+    r.body_str().parse().unwrap_or_else(|_| panic!("{key} = {:?}", r.body_str()))
+}
+
+// ------------------------------------------------------------------ failure policies
+
+#[test]
+fn under_fail_closed_a_trap_answers_503_and_the_plugin_stays_failed() {
+    let (origin, n) = start("ngx-policy-closed", filter_yaml("  failure_policy: fail_closed", "", ""));
+    assert_eq!(send(&n, Request::get("/boom").header("x-pw-test", "panic")).status, 503);
+    n.expect_log("proxy_on_request_headers trapped", WAIT);
+    for _ in 0..3 {
+        assert_eq!(send(&n, Request::get("/after")).status, 503, "{}", n.log_report());
+    }
+    assert_eq!(origin.request_count(), 0);
+}
+
+#[test]
+fn fail_open_true_skips_a_trapping_plugin_and_the_request_reaches_the_origin() {
+    let (origin, n) = start("ngx-policy-open", filter_yaml("  fail_open: true", "", ""));
+    let r = send(&n, Request::get("/boom").header("x-pw-test", "panic"));
+    assert_eq!(r.status, 200, "{}", n.log_report());
+    assert_eq!(r.header("x-proxy-wasm"), None, "the failed plugin did not filter the response");
+    let r = send(&n, Request::get("/after"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, None));
+    assert_eq!(origin.request_count(), 2);
+}
+
+#[test]
+fn under_reload_a_trap_answers_503_and_the_next_request_gets_a_fresh_instance() {
+    let (_origin, n) = start("ngx-policy-reload", filter_yaml("  failure_policy: reload", "", ""));
+    let configured = count(&n, "root 1 configured");
+    assert_eq!(send(&n, Request::get("/boom").header("x-pw-test", "panic")).status, 503);
+    let r = send(&n, Request::get("/after"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")), "{}", n.log_report());
+    assert!(count(&n, "root 1 configured") > configured, "proxy_on_configure ran again\n{}", n.log_report());
+    assert!(n.error_log().contains("new instances of guarded in this worker after a failure"), "{}", n.log_report());
+}
+
+#[test]
+fn under_reload_a_plugin_that_fails_every_time_is_reloaded_with_back_off() {
+    let (_origin, n) = start("ngx-policy-backoff", filter_yaml("  failure_policy: reload", "", ""));
+    for _ in 0..30 {
+        assert_eq!(send(&n, Request::get("/boom").header("x-pw-test", "panic")).status, 503);
+    }
+    let reloads = count(&n, "new instances of guarded in this worker after a failure");
+    assert!((1..30).contains(&reloads), "{reloads} reloads for 30 failures\n{}", n.log_report());
+}
+
+// ------------------------------------------------------------------ authorizations
+
+#[test]
+fn an_http_call_to_an_upstream_not_in_allowed_hosts_is_refused_and_logged_once() {
+    let callout = Origin::start();
+    let config = format!(r#"{{"upstream":"127.0.0.1:{}","callout_timeout_ms":2000}}"#, callout.port());
+    let (origin, n) = start("ngx-authz-denied-call", filter_yaml("", &config, ""));
+    for _ in 0..2 {
+        let r = send(&n, Request::get("/c").header("x-pw-test", "http-call"));
+        assert_eq!((r.status, r.header("x-pw-callout-dispatch")), (200, Some("BAD_ARGUMENT")), "{}", n.log_report());
+    }
+    assert_eq!(callout.request_count(), 0);
+    assert_eq!(origin.request_count(), 2);
+    let line = format!("denied http_call to \"127.0.0.1:{}\"", callout.port());
+    n.expect_log(&line, WAIT);
+    assert_eq!(count(&n, &line), 1, "logged once");
+}
+
+#[test]
+fn an_http_call_to_a_listed_upstream_goes_through() {
+    let callout = Origin::start();
+    let config = format!(r#"{{"upstream":"127.0.0.1:{}","callout_timeout_ms":2000}}"#, callout.port());
+    let extra = format!("  authorizations:\n    allowed_hosts: [\"127.0.0.1:{}\"]", callout.port());
+    let (_origin, n) = start("ngx-authz-allowed-call", filter_yaml(&extra, &config, ""));
+    let r = send(&n, Request::get("/c").header("x-pw-test", "http-call"));
+    assert_eq!((r.header("x-pw-callout-dispatch"), r.header("x-pw-callout-status")), (Some("OK"), Some("200")), "{}", n.log_report());
+    assert_eq!(callout.request_count(), 1);
+}
+
+const CAPABILITIES: &str = r#"  capability_restriction_config:
+    allowed_capabilities: [proxy_log, proxy_get_log_level, proxy_set_tick_period_milliseconds, proxy_get_buffer_bytes,
+      proxy_set_buffer_bytes, proxy_get_buffer_status, proxy_get_header_map_pairs, proxy_get_header_map_value,
+      proxy_add_header_map_value, proxy_replace_header_map_value, proxy_get_header_map_size, proxy_get_property,
+      proxy_set_effective_context, proxy_continue_stream, proxy_send_local_response, proxy_define_metric,
+      proxy_increment_metric, proxy_record_metric, proxy_get_metric, proxy_get_shared_data, proxy_set_shared_data,
+      proxy_register_shared_queue, proxy_resolve_shared_queue, proxy_enqueue_shared_queue, proxy_dequeue_shared_queue,
+      proxy_http_call, proxy_done, proxy_on_tick, proxy_on_queue_ready, proxy_on_http_call_response,
+      proxy_on_context_create, proxy_on_vm_start, proxy_on_configure, proxy_on_request_headers, proxy_on_done,
+      proxy_on_log, proxy_on_delete, fd_write, environ_sizes_get, environ_get, proc_exit]"#;
+
+#[test]
+fn a_callback_outside_allowed_capabilities_is_never_called() {
+    let (_origin, n) = start("ngx-authz-callback", filter_yaml(CAPABILITIES, "", ""));
+    let r = send(&n, Request::get("/"));
+    assert_eq!(r.status, 200, "{}", n.log_report());
+    assert_eq!(r.header("x-proxy-wasm"), None, "{:?}", r.headers);
+    n.expect_log("denied callback proxy_on_response_headers", WAIT);
+}
+
+#[test]
+fn a_hostcall_outside_allowed_capabilities_answers_unimplemented_and_is_logged() {
+    let (_origin, n) = start("ngx-authz-hostcall", filter_yaml(&format!("  failure_policy: reload\n{CAPABILITIES}"), "", ""));
+    let r = send(&n, Request::get("/").header("x-pw-test", "time"));
+    assert_eq!(r.status, 503, "the Rust SDK traps on UNIMPLEMENTED\n{}", n.log_report());
+    n.expect_log("denied hostcall proxy_get_current_time_nanoseconds", WAIT);
+    assert!(n.error_log().contains("unexpected status: 12"), "{}", n.log_report());
+    assert_eq!(send(&n, Request::get("/next")).status, 200, "reloaded");
+}
+
+// ------------------------------------------------------------------ recycling
+
+#[test]
+fn an_instance_is_replaced_after_max_calls_and_starts_again() {
+    let (_origin, n) = start("ngx-recycle-calls", filter_yaml("", "", "    kill_options: { max_calls: 30 }\n"));
+    let before = shared_u64(&n, "vm.starts");
+    for _ in 0..12 {
+        let r = send(&n, Request::get("/"));
+        assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")));
+    }
+    n.expect_log("after recycling: guarded: ", WAIT);
+    assert!(n.error_log().contains("(kill_options.max_calls 30)"), "{}", n.log_report());
+    assert!(shared_u64(&n, "vm.starts") > before, "proxy_on_vm_start ran again in the new instance");
+}
+
+#[test]
+fn an_instance_whose_memory_passes_max_memory_usage_is_replaced() {
+    let (_origin, n) = start("ngx-recycle-memory", filter_yaml("", "", "    kill_options: { max_memory_usage: 0.01 }\n"));
+    let before = shared_u64(&n, "vm.starts");
+    let r = send(&n, Request::get("/").header("x-pw-test", "alloc").header("x-pw-alloc-mb", "64"));
+    assert_eq!(r.status, 200, "{}", n.log_report());
+    assert!(shared_u64(&n, "vm.starts") > before, "{}", n.log_report());
+    assert!(n.error_log().contains("kill_options.max_memory_usage 0.01"), "{}", n.log_report());
+}
+
+#[test]
+fn an_instance_unused_for_max_unused_duration_is_shut_down_and_a_fresh_one_serves_the_next_request() {
+    let (_origin, n) = start("ngx-recycle-idle", filter_yaml("", "", "    kill_options: { max_unused_duration: 1s }\n"));
+    let before = shared_u64(&n, "vm.starts");
+    n.expect_log("shutting idle instances down in this worker: guarded: unused for", Duration::from_secs(10));
+    let r = send(&n, Request::get("/"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")));
+    assert!(shared_u64(&n, "vm.starts") > before, "{}", n.log_report());
+}
+
+// ------------------------------------------------------------------ hostile module
+
+#[test]
+fn out_of_bounds_pointers_get_invalid_memory_access_and_the_worker_keeps_serving() {
+    let origin = Origin::start();
+    let yaml = "config:\n  name: hostile\n  configuration: hostile\n  vm_config:\n    vm_id: hostile\n    code: { local: { filename: \"@REPO@/build/plugins/hostile.wasm\" } }\n";
+    let n = Nginx::start(
+        NginxOptions::new("ngx-hostile")
+            .workers(1)
+            .origin(origin.port())
+            .file("plugins.yaml", yaml)
+            .http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm hostile;")
+            .server("location / { proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }"),
+    );
+    let r = send(&n, Request::post("/echo", "hello"));
+    assert_eq!(r.status, 200, "{}", n.log_report());
+    for line in ["hostile configure done", "hostile request_headers done", "hostile request_body done"] {
+        n.expect_log(line, WAIT);
+    }
+    let logs = n.error_log();
+    for (case, status) in [("cfg_get_ret_ptr_oob", 6), ("log_msg_oob", 6), ("log_ptr_len_wrap", 6), ("hdr_get_key_oob", 6), ("hdr_get_ret_straddle", 6), ("hdr_get_map_99", 2), ("hdr_add_probe", 0)] {
+        assert!(logs.contains(&format!("{case}={status}")), "{case}={status}\n{}", n.log_report());
+    }
+    assert!(!logs.contains("trapped"), "{}", n.log_report());
+    for _ in 0..3 {
+        assert_eq!(send(&n, Request::get("/again")).status, 200);
+    }
+}
+
+// ------------------------------------------------------------------ compiled-module cache
+
+fn cache_dir(test: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("pw-ngx-cache-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    // Workers may run as nobody.
+    let _ = std::process::Command::new("chmod").args(["0777", &d.display().to_string()]).status();
+    d
+}
+
+fn cached(test: &str, cache: &std::path::Path, workers: usize) -> (Origin, Nginx) {
+    let yaml = "# e2e: keep runtime (the compiled-module cache is Wasmtime's)\nconfig:\n  name: guarded\n  vm_config:\n    vm_id: cached\n    allow_precompiled: true\n    code: { local: { filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\" } }\n";
+    let cache = cache.display().to_string();
+    start_with(test, yaml.to_string(), move |o| o.workers(workers).main(format!("env PROXY_WASM_HOST_COMPILED_CACHE={cache};")))
+}
+
+#[test]
+fn every_worker_and_a_restart_reuse_the_compiled_module_cache() {
+    let dir = cache_dir("workers");
+    {
+        let (_origin, n) = cached("ngx-cache-first", &dir, 2);
+        assert_eq!(send(&n, Request::get("/")).header("x-proxy-wasm"), Some("rust-sdk"));
+        let logs = n.error_log();
+        // The workers start together: at least one stores, the others may read it back.
+        assert_eq!(logs.matches("guarded: loaded in worker").count(), 2, "{}", n.log_report());
+    }
+    let (_origin, n) = cached("ngx-cache-second", &dir, 2);
+    assert_eq!(send(&n, Request::get("/")).header("x-proxy-wasm"), Some("rust-sdk"));
+    assert_eq!(count(&n, "compiled code read from the compiled-module cache"), 2, "both workers of the restart reuse it\n{}", n.log_report());
+    let _ = std::fs::remove_dir_all(&dir);
+}

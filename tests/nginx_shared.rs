@@ -1,0 +1,256 @@
+//! Shared data, shared queues and metrics across nginx workers (the
+//! `proxy_wasm` shared-memory zone, `proxy_wasm_shm_size`): a real nginx with
+//! master + 2 workers, the Rust-SDK test filter (tests/plugins/README.md),
+//! requests on fresh connections from many client threads so that both
+//! workers serve them; every response names its worker (`$pid`).
+//!
+//! Run with `make nginx && cargo test --test nginx_shared`.
+
+mod e2e;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use e2e::client::{Request, Response};
+use e2e::nginx::{Nginx, NginxOptions};
+use e2e::origin::Origin;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn rust_yaml(configuration: &str, extra: &str) -> String {
+    format!(
+        r#"- config:
+    name: "rust"
+    configuration: '{configuration}'
+{extra}    vm_config:
+      vm_id: "rust_vm"
+      code:
+        local:
+          filename: "@REPO@/build/plugins/rust_sdk_filter.wasm"
+"#
+    )
+}
+
+/// nginx (2 workers) with the filter on `location /` (proxying to the origin,
+/// `x-worker-pid` on every response) and the metrics on `/metrics`.
+fn start(test: &str, yaml: &str, http_extra: &str, origin: &Origin) -> Nginx {
+    Nginx::start(
+        NginxOptions::new(test)
+            .workers(2)
+            .origin(origin.port())
+            .file("plugins.yaml", yaml)
+            .http(format!("proxy_wasm_config @CONF@/plugins.yaml;\n{http_extra}"))
+            .server(
+                "add_header x-worker-pid $pid always;\n\
+                 location = /metrics { proxy_wasm_metrics; }\n\
+                 location /plain { proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }\n\
+                 location / { proxy_wasm rust; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; proxy_set_header Host $host; }",
+            ),
+    )
+}
+
+/// Sends `count` requests made by `req`, from 20 client threads, each on a new connection.
+fn burst(n: &Nginx, count: usize, req: impl Fn(usize) -> Request + Send + Sync + Clone + 'static) -> Vec<Response> {
+    let port = n.port();
+    let per = count.div_ceil(20);
+    let threads: Vec<_> = (0..20)
+        .map(|t| {
+            let req = req.clone();
+            std::thread::spawn(move || {
+                (t * per..((t + 1) * per).min(count)).map(|i| req(i).timeout(Duration::from_secs(30)).send(port).unwrap_or_else(|e| panic!("request {i}: {e}"))).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    threads.into_iter().flat_map(|t| t.join().expect("client thread")).collect()
+}
+
+fn pids(responses: &[Response]) -> BTreeSet<String> {
+    responses.iter().filter_map(|r| r.header("x-worker-pid").map(str::to_string)).collect()
+}
+
+/// Sends rounds of `round` requests until both workers answered some (at most 10 rounds).
+fn spread_over_workers(n: &Nginx, round: usize, req: impl Fn(usize) -> Request + Send + Sync + Clone + 'static) -> Vec<Response> {
+    let workers: BTreeSet<String> = n.worker_pids().iter().map(|p| p.to_string()).collect();
+    assert_eq!(workers.len(), 2, "{}", n.log_report());
+    let mut all = Vec::new();
+    for _ in 0..10 {
+        let offset = all.len();
+        let r = req.clone();
+        all.extend(burst(n, round, move |i| r(offset + i)));
+        if pids(&all) == workers {
+            return all;
+        }
+    }
+    panic!("the requests never reached both workers {workers:?}: {:?}", pids(&all));
+}
+
+fn shared_get(n: &Nginx, key: &str) -> Option<String> {
+    let resp = n.send(&Request::get("/get").header("x-pw-test", "shared-get").header("x-pw-key", key)).unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()));
+    (resp.status == 200).then(|| resp.body_str())
+}
+
+fn wait_shared(n: &Nginx, key: &str, want: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got = shared_get(n, key);
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "shared {key} = {got:?}, want {want}\n{}", n.log_report());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shared_data_incremented_from_both_workers_has_exact_totals() {
+    let origin = Origin::start();
+    let n = start("ngx-shm-shared", &rust_yaml("", ""), "", &origin);
+    let responses = spread_over_workers(&n, 200, |_| Request::get("/inc").header("x-pw-test", "shared").header("x-pw-key", "hits"));
+    let total = responses.len();
+    assert!(total >= 200);
+    let mut values: Vec<u64> = responses
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", n.log_report());
+            r.header("x-pw-shared").and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no x-pw-shared: {r:?}"))
+        })
+        .collect();
+    values.sort_unstable();
+    // Every increment saw a distinct value: CAS held across the workers.
+    assert_eq!(values, (1..=total as u64).collect::<Vec<_>>());
+    // Read back through either worker: the same exact total.
+    for _ in 0..10 {
+        assert_eq!(shared_get(&n, "hits").as_deref(), Some(total.to_string().as_str()));
+    }
+}
+
+#[test]
+fn a_value_set_in_one_worker_is_read_with_its_cas_in_the_other() {
+    let origin = Origin::start();
+    let n = start("ngx-shm-cas", &rust_yaml("", ""), "", &origin);
+    let set = n.send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "k").header("x-pw-value", "v1")).unwrap();
+    assert_eq!(set.header("x-pw-shared-set"), Some("OK"));
+    // Reads from many connections (both workers) agree on the value and its CAS.
+    let reads = spread_over_workers(&n, 40, |_| Request::get("/g").header("x-pw-test", "shared-get").header("x-pw-key", "k"));
+    let seen: BTreeSet<(Option<String>, Option<String>)> = reads.iter().map(|r| (r.header("x-pw-shared-value").map(str::to_string), r.header("x-pw-shared-cas").map(str::to_string))).collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let cas = seen.iter().next().unwrap().1.clone().unwrap();
+    // A CAS write succeeds once, then the same (stale) token is refused, from any worker.
+    let first = n.send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "k").header("x-pw-value", "v2").header("x-pw-cas", cas.as_str())).unwrap();
+    assert_eq!(first.header("x-pw-shared-set"), Some("OK"));
+    let stale = burst(&n, 20, move |_| Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "k").header("x-pw-value", "v3").header("x-pw-cas", cas.as_str()));
+    assert!(stale.iter().all(|r| r.status == 409 && r.header("x-pw-shared-set") == Some("CAS_MISMATCH")));
+    assert_eq!(shared_get(&n, "k").as_deref(), Some("v2"));
+}
+
+#[test]
+fn queue_items_from_both_workers_reach_on_queue_ready_exactly_once() {
+    let origin = Origin::start();
+    let n = start("ngx-shm-queue", &rust_yaml("", ""), "", &origin);
+    let responses = spread_over_workers(&n, 100, |i| Request::get("/e").header("x-pw-test", "enqueue").header("x-pw-queue-value", format!("item-{i}")));
+    for r in &responses {
+        assert_eq!(r.header("x-pw-queue-resolve"), Some("OK"), "{}", n.log_report());
+        assert_eq!(r.header("x-pw-queue-resolve-same-id"), Some("true"));
+        assert_eq!(r.header("x-pw-enqueue"), Some("OK"));
+    }
+    // Every item is dequeued once, by the registering plugin's on_queue_ready.
+    wait_shared(&n, "queue.count", &responses.len().to_string());
+    assert!(!n.error_log().contains("queue.error"), "{}", n.log_report());
+}
+
+/// `queue-resume` items name a stream context of the worker that paused the
+/// request; the queue is shared, so a concurrent `on_queue_ready` in the other
+/// worker could take them. One at a time, each worker's own registration is
+/// notified at once and resumes its request.
+#[test]
+fn requests_paused_in_either_worker_resume_from_on_queue_ready() {
+    let origin = Origin::start();
+    let n = start("ngx-shm-queue-resume", &rust_yaml("", ""), "", &origin);
+    let workers: BTreeSet<String> = n.worker_pids().iter().map(|p| p.to_string()).collect();
+    let mut responses = Vec::new();
+    while pids(&responses) != workers || responses.len() < 10 {
+        assert!(responses.len() < 200, "never reached both workers: {:?}", pids(&responses));
+        let r = n.send(&Request::get("/q").header("x-pw-test", "queue-resume").timeout(WAIT)).unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()));
+        assert_eq!(r.status, 200, "{}", n.log_report());
+        assert_eq!(r.header("x-pw-enqueue"), Some("OK"));
+        assert_eq!(r.header("x-pw-resumed-by"), Some("queue"));
+        responses.push(r);
+    }
+    wait_shared(&n, "resume.queue.count", &responses.len().to_string());
+}
+
+fn metric_line(text: &str, name: &str) -> Option<i64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+#[test]
+fn metrics_are_summed_across_workers_on_the_metrics_location() {
+    let origin = Origin::start();
+    let n = start("ngx-shm-metrics", &rust_yaml("", ""), "", &origin);
+    let responses = spread_over_workers(&n, 100, |_| Request::get("/m").header("x-pw-test", "metrics").header("x-pw-metric-value", "7"));
+    let total = responses.len() as i64;
+    for r in &responses {
+        assert_eq!(r.header("x-pw-metric-ops"), Some("OK OK OK OK"), "{}", n.log_report());
+        assert_eq!(r.header("x-pw-metric-redefine-same-id"), Some("true"));
+    }
+    // The counter each request read back grows over both workers up to the total.
+    let max = responses.iter().filter_map(|r| r.header("x-pw-metric-counter")?.parse::<i64>().ok()).max();
+    assert_eq!(max, Some(total));
+    // Whichever worker answers /metrics shows the sums.
+    let scrapes = spread_over_workers(&n, 10, |_| Request::get("/metrics"));
+    for s in &scrapes {
+        assert_eq!(s.status, 200);
+        let text = s.body_str();
+        assert_eq!(metric_line(&text, "rust_sdk_filter_requests"), Some(total), "{text}");
+        assert!(text.contains("# TYPE rust_sdk_filter_requests counter"), "{text}");
+        assert_eq!(metric_line(&text, "rust_sdk_filter_histogram_count"), Some(total), "{text}");
+        assert_eq!(metric_line(&text, "rust_sdk_filter_histogram_sum"), Some(7 * total), "{text}");
+        assert_eq!(metric_line(&text, "rust_sdk_filter_histogram_bucket{le=\"10\"}"), Some(total), "{text}");
+    }
+}
+
+#[test]
+fn a_full_zone_is_reported_and_nginx_keeps_serving() {
+    let origin = Origin::start();
+    let n = start("ngx-shm-full", &rust_yaml("", "    failure_policy: reload\n"), "proxy_wasm_shm_size 32k;", &origin);
+    let workers = n.worker_pids();
+    let value = "x".repeat(3000);
+    let mut stored = 0;
+    let mut refused = None;
+    for i in 0..40 {
+        let r = n.send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", format!("big{i}")).header("x-pw-value", value.as_str())).unwrap();
+        if r.header("x-pw-shared-set") == Some("OK") {
+            stored += 1;
+        } else {
+            // The SDK treats INTERNAL_FAILURE from proxy_set_shared_data as a
+            // panic (a trap): the request gets 503, the worker lives on.
+            refused = Some(r.status);
+            break;
+        }
+    }
+    assert!(stored >= 2, "stored {stored}\n{}", n.log_report());
+    assert_eq!(refused, Some(503), "{}", n.log_report());
+    n.expect_log("the shared memory zone is full", WAIT);
+    // No worker died, the values stored are intact, plugins still serve.
+    assert_eq!(n.worker_pids(), workers);
+    assert!(!n.error_log().contains("exited on signal"), "{}", n.log_report());
+    assert_eq!(shared_get(&n, "big0").as_deref(), Some(value.as_str()));
+    let plain = n.get("/plain").unwrap();
+    assert_eq!(plain.status, 200);
+    let small = n.send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "big0").header("x-pw-value", "small")).unwrap();
+    assert_eq!(small.header("x-pw-shared-set"), Some("OK"), "{}", n.log_report());
+}
+
+#[test]
+fn nginx_t_rejects_a_bad_shm_size() {
+    for (size, why) in [("12k", "out of range"), ("lots", "invalid size")] {
+        let out = Nginx::test_only(
+            NginxOptions::new("ngx-shm-size")
+                .file("plugins.yaml", rust_yaml("", ""))
+                .http(format!("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm_shm_size {size};")),
+        );
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains("proxy_wasm_shm_size") && text.contains(why), "{text}");
+    }
+}
