@@ -10,6 +10,10 @@ CARGO ?= cargo
 
 all: build
 
+# Copies a built library into place by renaming a fresh copy over it: a server
+# that has the old file loaded keeps its mapping (cp over it would crash it).
+install_so = cp $(1) $(2).tmp && mv -f $(2).tmp $(2)
+
 deps:
 	@bash scripts/install-deps.sh
 
@@ -17,18 +21,18 @@ deps:
 build: deps plugins nginx-src
 	@mkdir -p build
 	$(CARGO) build --release --locked --features ats
-	cp target/release/libproxy_wasm_host.so build/proxy_wasm_ats.so
+	$(call install_so,target/release/libproxy_wasm_host.so,build/proxy_wasm_ats.so)
 	NGINX_SOURCE_DIR=$(NGINX_SRC) NGINX_BUILD_DIR=$(NGINX_SRC)/objs $(CARGO) build --release --locked --features nginx
-	cp target/release/libproxy_wasm_host.so build/ngx_http_proxy_wasm_module.so
+	$(call install_so,target/release/libproxy_wasm_host.so,build/ngx_http_proxy_wasm_module.so)
 	$(CARGO) build --release --locked
-	cp target/release/libproxy_wasm_host.so build/libproxy_wasm_host.so
+	$(call install_so,target/release/libproxy_wasm_host.so,build/libproxy_wasm_host.so)
 	@echo "built build/proxy_wasm_ats.so, build/ngx_http_proxy_wasm_module.so, build/libproxy_wasm_host.so (C header: include/proxy_wasm_host.h) and build/plugins/*.wasm"
 
 ## ats: the Traffic Server plugin (debug build, for the tests) at build/proxy_wasm_ats.so.
 ats: deps
 	@mkdir -p build
 	$(CARGO) build --locked --features ats
-	cp target/debug/libproxy_wasm_host.so build/proxy_wasm_ats.so
+	$(call install_so,target/debug/libproxy_wasm_host.so,build/proxy_wasm_ats.so)
 
 ## nginx-src: Debian's nginx 1.22.1 source kit (nginx-dev), configured with its own flags, in build/nginx-src.
 NGINX_SRC ?= $(CURDIR)/build/nginx-src
@@ -40,7 +44,7 @@ nginx-src: deps
 nginx: deps nginx-src
 	@mkdir -p build
 	NGINX_SOURCE_DIR=$(NGINX_SRC) NGINX_BUILD_DIR=$(NGINX_SRC)/objs $(CARGO) build --locked --features nginx
-	cp target/debug/libproxy_wasm_host.so build/ngx_http_proxy_wasm_module.so
+	$(call install_so,target/debug/libproxy_wasm_host.so,build/ngx_http_proxy_wasm_module.so)
 
 ## plugins: the Rust-SDK, AssemblyScript and WAT test plugins into build/plugins/.
 plugins: deps
@@ -68,7 +72,7 @@ bench: deps nginx-src
 	@bash scripts/build-plugins.sh bench rust
 	@mkdir -p build/bench
 	$(CARGO) build --release --locked --features ats
-	cp target/release/libproxy_wasm_host.so build/bench/proxy_wasm_ats.so
+	$(call install_so,target/release/libproxy_wasm_host.so,build/bench/proxy_wasm_ats.so)
 	@if NGINX_SOURCE_DIR=$(NGINX_SRC) NGINX_BUILD_DIR=$(NGINX_SRC)/objs $(CARGO) build --release --locked --features nginx; then \
 	    cp target/release/libproxy_wasm_host.so build/bench/ngx_http_proxy_wasm_module.so; \
 	else echo "bench: the NGINX module does not build; its rows will say so"; rm -f build/bench/ngx_http_proxy_wasm_module.so; fi
