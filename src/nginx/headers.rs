@@ -39,18 +39,57 @@ fn bytes(s: &ngx_str_t) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
-/// Every element of a list, in order.
-unsafe fn elements(list: *mut ngx_list_t) -> Vec<*mut ngx_table_elt_t> {
-    let mut out = Vec::new();
-    // SAFETY: a live ngx_list_t of ngx_table_elt_t.
-    unsafe {
-        let mut part: *mut ngx_list_part_t = &mut (*list).part;
-        while !part.is_null() {
-            let elts = (*part).elts as *mut ngx_table_elt_t;
-            for i in 0..(*part).nelts {
-                out.push(elts.add(i));
+/// The elements of an nginx list, in order, read as the walk goes (no copy).
+struct Elements {
+    part: *mut ngx_list_part_t,
+    index: usize,
+}
+
+impl Iterator for Elements {
+    type Item = *mut ngx_table_elt_t;
+
+    fn next(&mut self) -> Option<*mut ngx_table_elt_t> {
+        // SAFETY: `part` walks a live ngx_list_t of ngx_table_elt_t (see
+        // `elements`); `index` stays below the part's element count.
+        unsafe {
+            while !self.part.is_null() {
+                if self.index < (*self.part).nelts {
+                    let h = ((*self.part).elts as *mut ngx_table_elt_t).add(self.index);
+                    self.index += 1;
+                    return Some(h);
+                }
+                self.part = (*self.part).next;
+                self.index = 0;
             }
-            part = (*part).next;
+        }
+        None
+    }
+}
+
+/// Every element of a list, in order. The list must not gain or lose
+/// elements while the walk is under way (callers collect first when they do).
+unsafe fn elements(list: *mut ngx_list_t) -> Elements {
+    // SAFETY: a live ngx_list_t (see the module note).
+    Elements { part: unsafe { &mut (*list).part }, index: 0 }
+}
+
+/// The values of every element named `key` joined with ",", as a header map
+/// lookup answers; `skip_removed` leaves out response elements with hash 0.
+unsafe fn joined_value(list: *mut ngx_list_t, key: &[u8], skip_removed: bool) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    // SAFETY: a live list; nothing is added or removed during the walk.
+    for h in unsafe { elements(list) } {
+        // SAFETY: an element of that list.
+        let h = unsafe { &*h };
+        if (skip_removed && h.hash == 0) || !key_is(h, key) {
+            continue;
+        }
+        match &mut out {
+            Some(v) => {
+                v.push(b',');
+                v.extend_from_slice(h.value.as_bytes());
+            }
+            None => out = Some(h.value.as_bytes().to_vec()),
         }
     }
     out
@@ -122,7 +161,25 @@ pub unsafe fn request_pairs(r: *mut ngx_http_request_t) -> Vec<Pair> {
 
 pub unsafe fn request_pair_count(r: *mut ngx_http_request_t) -> usize {
     // SAFETY: see the module note.
-    unsafe { 4 + elements(&mut (*r).headers_in.headers).len() }
+    unsafe { 4 + elements(&mut (*r).headers_in.headers).count() }
+}
+
+/// One request header's value without building the whole map (hostcalls
+/// `get_header_map_value` on request headers).
+pub unsafe fn request_value(r: *mut ngx_http_request_t, key: &[u8]) -> Option<Vec<u8>> {
+    // SAFETY: see the module note.
+    unsafe {
+        if key.starts_with(b":") {
+            return match key.to_ascii_lowercase().as_slice() {
+                b":method" => Some(bytes(&(*r).method_name)),
+                b":path" => Some(bytes(&(*r).unparsed_uri)),
+                b":authority" => Some(request_authority(r)),
+                b":scheme" => Some(scheme(&*r).to_vec()),
+                _ => None,
+            };
+        }
+        joined_value(&mut (*r).headers_in.headers, key, false)
+    }
 }
 
 /// The `headers_in` fields that point into the list.
@@ -274,7 +331,7 @@ pub unsafe fn replace_request(r: *mut ngx_http_request_t, key: &[u8], value: &[u
     }
     // SAFETY: see the module note.
     unsafe {
-        let found = elements(&mut (*r).headers_in.headers).into_iter().find(|h| key_is(&**h, key));
+        let found = elements(&mut (*r).headers_in.headers).find(|h| key_is(&**h, key));
         match found {
             Some(h) => {
                 // Later duplicates go; the first keeps its place (and shortcuts).
@@ -313,7 +370,7 @@ pub unsafe fn remove_request_header(r: *mut ngx_http_request_t, key: &[u8]) -> R
 pub unsafe fn set_request_pairs(r: *mut ngx_http_request_t, pairs: &[Pair]) -> Result<(), Status> {
     // SAFETY: see the module note.
     unsafe {
-        let names: Vec<Vec<u8>> = elements(&mut (*r).headers_in.headers).iter().map(|h| bytes(&(**h).key)).collect();
+        let names: Vec<Vec<u8>> = elements(&mut (*r).headers_in.headers).map(|h| bytes(&(*h).key)).collect();
         for n in names {
             remove_request(r, &n);
         }
@@ -353,6 +410,19 @@ pub unsafe fn response_pairs(r: *mut ngx_http_request_t) -> Vec<Pair> {
         }
         pairs
     }
+}
+
+/// One response header's value without building the whole map. The headers
+/// nginx keeps outside the list take the map's path, so both agree.
+pub unsafe fn response_value(r: *mut ngx_http_request_t, key: &[u8]) -> Option<Vec<u8>> {
+    if key.starts_with(b":") || key.eq_ignore_ascii_case(b"content-type") || key.eq_ignore_ascii_case(b"content-length") {
+        // SAFETY: forwarded.
+        let pairs = unsafe { response_pairs(r) };
+        let values: Vec<&[u8]> = pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_slice()).collect();
+        return if values.is_empty() { None } else { Some(values.join(&b","[..])) };
+    }
+    // SAFETY: see the module note.
+    unsafe { joined_value(&mut (*r).headers_out.headers, key, true) }
 }
 
 macro_rules! out_shortcuts {

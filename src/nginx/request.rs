@@ -207,6 +207,20 @@ impl HttpStream for NgxStream {
         })
     }
 
+    fn header_value(&self, map: MapType, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+        let Some(r) = self.req() else { return Ok(None) };
+        let response_started = self.ctx.st().response_started;
+        // SAFETY: live request on this worker's thread.
+        Ok(unsafe {
+            match map {
+                MapType::HttpRequestHeaders => hdr::request_value(r, key),
+                MapType::HttpResponseHeaders if response_started => hdr::response_value(r, key),
+                MapType::HttpResponseHeaders | MapType::HttpRequestTrailers | MapType::HttpResponseTrailers => None,
+                _ => return Err(Status::BadArgument),
+            }
+        })
+    }
+
     fn set_header_map(&mut self, map: MapType, pairs: Vec<Pair>) -> Result<(), Status> {
         let r = self.writable(map)?;
         // SAFETY: live request.

@@ -69,10 +69,118 @@ fn ticks(limit: Duration) -> u64 {
     (limit.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).max(1) as u64
 }
 
-/// What a store holds: the host state, and the limits its memory grows under.
+/// What a store holds: the host state, the limits its memory grows under, and
+/// what hostcalls and callbacks would otherwise look up by name on every call.
 pub(crate) struct StoreData {
     host: HostState,
     limits: MemoryCap,
+    /// The guest's `memory` export, set once instantiated (before that, and in
+    /// a module without one, hostcalls look it up).
+    memory: Option<wt::Memory>,
+    /// Function exports by name, as found on first use (`None`: no such export).
+    exports: HashMap<Box<str>, Option<Export>>,
+}
+
+/// A function export ready to call. Proxy-Wasm callbacks and allocators take
+/// i32s and return nothing or an i32: those are called through `TypedFunc`s,
+/// which skip the per-call type checks and `Val` vectors of `Func::call`.
+#[derive(Clone)]
+enum Export {
+    Typed(Typed),
+    Untyped(wt::Func),
+}
+
+#[derive(Clone)]
+enum Typed {
+    Void0(wt::TypedFunc<(), ()>),
+    Ret0(wt::TypedFunc<(), i32>),
+    Void1(wt::TypedFunc<(i32,), ()>),
+    Ret1(wt::TypedFunc<(i32,), i32>),
+    Void2(wt::TypedFunc<(i32, i32), ()>),
+    Ret2(wt::TypedFunc<(i32, i32), i32>),
+    Void3(wt::TypedFunc<(i32, i32, i32), ()>),
+    Ret3(wt::TypedFunc<(i32, i32, i32), i32>),
+    Void4(wt::TypedFunc<(i32, i32, i32, i32), ()>),
+    Ret4(wt::TypedFunc<(i32, i32, i32, i32), i32>),
+    Void5(wt::TypedFunc<(i32, i32, i32, i32, i32), ()>),
+    Ret5(wt::TypedFunc<(i32, i32, i32, i32, i32), i32>),
+}
+
+impl Export {
+    fn new(func: wt::Func, store: impl wt::AsContext) -> Export {
+        Typed::new(&func, &store).map_or(Export::Untyped(func), Export::Typed)
+    }
+
+    fn call(&self, mut store: impl wt::AsContextMut, args: &[Val]) -> Result<Option<Val>, Trap> {
+        match self {
+            Export::Typed(t) => t.call(store, args).map_err(|e| to_trap(e, None)),
+            Export::Untyped(f) => call_func(f, &mut store, args),
+        }
+    }
+}
+
+impl Typed {
+    fn new(func: &wt::Func, store: &impl wt::AsContext) -> Option<Typed> {
+        let ty = func.ty(store);
+        if !ty.params().all(|t| matches!(t, wt::ValType::I32)) {
+            return None;
+        }
+        let ret = match ty.results().collect::<Vec<_>>().as_slice() {
+            [] => false,
+            [wt::ValType::I32] => true,
+            _ => return None,
+        };
+        let t = match (ty.params().len(), ret) {
+            (0, false) => Typed::Void0(func.typed(store).ok()?),
+            (0, true) => Typed::Ret0(func.typed(store).ok()?),
+            (1, false) => Typed::Void1(func.typed(store).ok()?),
+            (1, true) => Typed::Ret1(func.typed(store).ok()?),
+            (2, false) => Typed::Void2(func.typed(store).ok()?),
+            (2, true) => Typed::Ret2(func.typed(store).ok()?),
+            (3, false) => Typed::Void3(func.typed(store).ok()?),
+            (3, true) => Typed::Ret3(func.typed(store).ok()?),
+            (4, false) => Typed::Void4(func.typed(store).ok()?),
+            (4, true) => Typed::Ret4(func.typed(store).ok()?),
+            (5, false) => Typed::Void5(func.typed(store).ok()?),
+            (5, true) => Typed::Ret5(func.typed(store).ok()?),
+            _ => return None,
+        };
+        Some(t)
+    }
+
+    fn arity(&self) -> usize {
+        match self {
+            Typed::Void0(_) | Typed::Ret0(_) => 0,
+            Typed::Void1(_) | Typed::Ret1(_) => 1,
+            Typed::Void2(_) | Typed::Ret2(_) => 2,
+            Typed::Void3(_) | Typed::Ret3(_) => 3,
+            Typed::Void4(_) | Typed::Ret4(_) => 4,
+            Typed::Void5(_) | Typed::Ret5(_) => 5,
+        }
+    }
+
+    fn call(&self, mut store: impl wt::AsContextMut, args: &[Val]) -> wt::Result<Option<Val>> {
+        if args.len() != self.arity() {
+            return Err(wt::Error::new(Trap::new(format!("export expects {} arguments, the host passed {}", self.arity(), args.len()))));
+        }
+        let a = |i: usize| args[i].as_i32();
+        let ret = |r: i32| Some(Val::I32(r));
+        let s = &mut store;
+        Ok(match self {
+            Typed::Void0(f) => f.call(s, ()).map(|()| None)?,
+            Typed::Ret0(f) => f.call(s, ()).map(ret)?,
+            Typed::Void1(f) => f.call(s, (a(0),)).map(|()| None)?,
+            Typed::Ret1(f) => f.call(s, (a(0),)).map(ret)?,
+            Typed::Void2(f) => f.call(s, (a(0), a(1))).map(|()| None)?,
+            Typed::Ret2(f) => f.call(s, (a(0), a(1))).map(ret)?,
+            Typed::Void3(f) => f.call(s, (a(0), a(1), a(2))).map(|()| None)?,
+            Typed::Ret3(f) => f.call(s, (a(0), a(1), a(2))).map(ret)?,
+            Typed::Void4(f) => f.call(s, (a(0), a(1), a(2), a(3))).map(|()| None)?,
+            Typed::Ret4(f) => f.call(s, (a(0), a(1), a(2), a(3))).map(ret)?,
+            Typed::Void5(f) => f.call(s, (a(0), a(1), a(2), a(3), a(4))).map(|()| None)?,
+            Typed::Ret5(f) => f.call(s, (a(0), a(1), a(2), a(3), a(4))).map(ret)?,
+        })
+    }
 }
 
 /// Wasmtime's store limits, noting when a `memory.grow` was refused.
@@ -237,8 +345,12 @@ struct WasmtimeCaller<'a> {
 
 impl Caller for WasmtimeCaller<'_> {
     fn memory_and_state(&mut self) -> (&mut [u8], &mut HostState) {
-        match self.caller.get_export("memory") {
-            Some(wt::Extern::Memory(mem)) => {
+        let memory = match self.caller.data().memory {
+            Some(m) => Some(m),
+            None => self.caller.get_export("memory").and_then(|e| e.into_memory()),
+        };
+        match memory {
+            Some(mem) => {
                 let (bytes, data) = mem.data_and_store_mut(&mut self.caller);
                 (bytes, &mut data.host)
             }
@@ -247,10 +359,18 @@ impl Caller for WasmtimeCaller<'_> {
     }
 
     fn call_export(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
-        let Some(func) = self.caller.get_export(name).and_then(|e| e.into_func()) else {
+        let export = match self.caller.data().exports.get(name) {
+            Some(e) => e.clone(),
+            None => {
+                let e = self.caller.get_export(name).and_then(|e| e.into_func()).map(|f| Export::new(f, &self.caller));
+                self.caller.data_mut().exports.insert(name.into(), e.clone());
+                e
+            }
+        };
+        let Some(export) = export else {
             return Err(Trap::new(format!("the module has no function export {name:?}")));
         };
-        call_func(&func, &mut self.caller, args)
+        export.call(&mut self.caller, args)
     }
 }
 
@@ -318,7 +438,8 @@ impl Module for WasmtimeModule {
             let capped = (bytes / page).max(1).saturating_mul(page);
             builder = builder.memory_size(usize::try_from(capped).unwrap_or(usize::MAX));
         }
-        let mut store = wt::Store::new(&self.engine, StoreData { host: state, limits: MemoryCap { limits: builder.build(), refused: false } });
+        let data = StoreData { host: state, limits: MemoryCap { limits: builder.build(), refused: false }, memory: None, exports: HashMap::new() };
+        let mut store = wt::Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limits);
         store.set_epoch_deadline(NO_DEADLINE);
         if limits.callback_timeout.is_some() {
@@ -326,7 +447,8 @@ impl Module for WasmtimeModule {
         }
         let instance = pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate(format!("{e:#}")))?;
         let memory = instance.get_memory(&mut store, "memory");
-        Ok(Box::new(WasmtimeInstance { store, instance, memory, funcs: HashMap::new(), timeout: limits.callback_timeout }))
+        store.data_mut().memory = memory;
+        Ok(Box::new(WasmtimeInstance { store, instance, memory, timeout: limits.callback_timeout }))
     }
 }
 
@@ -334,19 +456,19 @@ struct WasmtimeInstance {
     store: wt::Store<StoreData>,
     instance: wt::Instance,
     memory: Option<wt::Memory>,
-    /// Export lookups by name are cached: callbacks are called by name on every request.
-    funcs: HashMap<String, Option<wt::Func>>,
     timeout: Option<Duration>,
 }
 
 impl WasmtimeInstance {
-    fn func(&mut self, name: &str) -> Option<wt::Func> {
-        if let Some(f) = self.funcs.get(name) {
-            return *f;
+    /// An export by name; lookups are cached in the store, as callbacks are
+    /// called by name on every request.
+    fn export(&mut self, name: &str) -> Option<Export> {
+        if let Some(e) = self.store.data().exports.get(name) {
+            return e.clone();
         }
-        let f = self.instance.get_func(&mut self.store, name);
-        self.funcs.insert(name.to_string(), f);
-        f
+        let e = self.instance.get_func(&mut self.store, name).map(|f| Export::new(f, &self.store));
+        self.store.data_mut().exports.insert(name.into(), e.clone());
+        e
     }
 }
 
@@ -356,13 +478,13 @@ impl Instance for WasmtimeInstance {
     }
 
     fn call(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
-        let Some(func) = self.func(name) else {
+        let Some(export) = self.export(name) else {
             return Err(Trap::new(format!("the module has no function export {name:?}")));
         };
         if let Some(limit) = self.timeout {
             self.store.set_epoch_deadline(ticks(limit));
         }
-        let r = call_func(&func, &mut self.store, args);
+        let r = export.call(&mut self.store, args);
         if self.timeout.is_some() {
             self.store.set_epoch_deadline(NO_DEADLINE);
         }
