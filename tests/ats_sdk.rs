@@ -346,6 +346,11 @@ mod on_one_server {
         let f = server();
         let (_origin, ats) = (&f.origin, &f.ats);
         let port = ats.port();
+        // The first increment creates the key with CAS 0, which (as on Envoy)
+        // overwrites unconditionally: two racing creators would both write 1.
+        // Created first, every later increment is a CAS on an existing key.
+        let first = send(&ats, case("/s/first", "shared").header("x-pw-key", "ctr"));
+        assert_eq!(first.header("x-pw-shared"), Some("1"));
         let handles: Vec<_> = (0..40)
             .map(|i| std::thread::spawn(move || case(&format!("/s/{i}"), "shared").header("x-pw-key", "ctr").send(port)))
             .collect();
@@ -358,8 +363,8 @@ mod on_one_server {
             })
             .collect();
         seen.sort_unstable();
-        assert_eq!(seen, (1..=40).collect::<Vec<u32>>());
-        assert_eq!(shared_value(&ats, "ctr"), "40");
+        assert_eq!(seen, (2..=41).collect::<Vec<u32>>());
+        assert_eq!(shared_value(&ats, "ctr"), "41");
     }
 
     #[test]

@@ -134,6 +134,15 @@ fn the_runtime_named_in_the_config_runs_the_plugin() {
 fn shared_data_increments_from_two_threads_are_exact() {
     let bytes = built_plugin("rust_sdk_filter.wasm");
     let vm_id = unique_vm_id("cas");
+    // The key is created before the race: a create is a CAS-0 write, which
+    // (as on Envoy) overwrites unconditionally, so two creators could both write 1.
+    {
+        let mut h = Harness::start_with_on(RUNTIME, &bytes, "", VmOptions::new(vm_id.clone()));
+        let (ctx, stream, _) = h.request(&[(":method", "GET"), (":path", "/"), ("x-pw-test", "shared"), ("x-pw-key", "two-threads")], true);
+        h.respond(ctx, &stream, &[(":status", "200")], true);
+        assert_eq!(stream.data().response_header("x-pw-shared").as_deref(), Some("1"));
+        h.vm.finish_stream(ctx).unwrap();
+    }
     let threads: Vec<_> = (0..2)
         .map(|_| {
             let bytes = bytes.clone();
@@ -154,7 +163,7 @@ fn shared_data_increments_from_two_threads_are_exact() {
         .collect();
     let mut all: Vec<u32> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     all.sort();
-    assert_eq!(all, (1..=400).collect::<Vec<_>>(), "every increment is seen exactly once");
+    assert_eq!(all, (2..=401).collect::<Vec<_>>(), "every increment is seen exactly once");
 }
 
 #[test]

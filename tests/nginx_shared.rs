@@ -105,6 +105,11 @@ fn wait_shared(n: &Nginx, key: &str, want: &str) {
 fn shared_data_incremented_from_both_workers_has_exact_totals() {
     let origin = Origin::start();
     let n = start("ngx-shm-shared", &rust_yaml("", ""), "", &origin);
+    // The first increment creates the key with CAS 0, which (as on Envoy)
+    // overwrites unconditionally, so racing creators could both write 1: the
+    // key is created first, and every counted increment is a CAS.
+    let first = n.send(&Request::get("/inc").header("x-pw-test", "shared").header("x-pw-key", "hits")).unwrap();
+    assert_eq!(first.header("x-pw-shared"), Some("1"), "{}", n.log_report());
     let responses = spread_over_workers(&n, 200, |_| Request::get("/inc").header("x-pw-test", "shared").header("x-pw-key", "hits"));
     let total = responses.len();
     assert!(total >= 200);
@@ -117,10 +122,10 @@ fn shared_data_incremented_from_both_workers_has_exact_totals() {
         .collect();
     values.sort_unstable();
     // Every increment saw a distinct value: CAS held across the workers.
-    assert_eq!(values, (1..=total as u64).collect::<Vec<_>>());
+    assert_eq!(values, (2..=total as u64 + 1).collect::<Vec<_>>());
     // Read back through either worker: the same exact total.
     for _ in 0..10 {
-        assert_eq!(shared_get(&n, "hits").as_deref(), Some(total.to_string().as_str()));
+        assert_eq!(shared_get(&n, "hits").as_deref(), Some((total + 1).to_string().as_str()));
     }
 }
 
