@@ -28,6 +28,7 @@ pub mod nginx;
 pub mod plugin;
 pub mod remote_code;
 pub mod runtime;
+pub mod hash;
 pub mod shared;
 pub mod shm_store;
 pub mod vm;

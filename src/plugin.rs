@@ -1,7 +1,7 @@
 //! Plugins and their code: a module is validated and compiled once per
 //! process ([`WasmCode`]), then instantiated as often as the server needs.
 
-use std::collections::HashSet;
+use crate::hash::FastSet;
 use std::sync::Arc;
 
 use crate::abi::{exports, wasi, AbiVersion};
@@ -101,7 +101,7 @@ pub struct WasmCode {
     pub(crate) module: Arc<dyn Module>,
     pub(crate) imports: Vec<LinkedImport>,
     pub(crate) allocator: Option<&'static str>,
-    exported: HashSet<String>,
+    exported: FastSet<String>,
 }
 
 impl WasmCode {
@@ -125,7 +125,7 @@ impl WasmCode {
         })?;
         let imports = resolve_imports(module.as_ref(), abi, origin)?;
         check_callbacks(module.as_ref(), abi, origin)?;
-        let exported: HashSet<String> = module.exports().iter().filter(|e| e.ty.is_some()).map(|e| e.name.clone()).collect();
+        let exported: FastSet<String> = module.exports().iter().filter(|e| e.ty.is_some()).map(|e| e.name.clone()).collect();
         let allocator = ["proxy_on_memory_allocate", "malloc"].into_iter().find(|n| exported.contains(*n));
         Ok(WasmCode { origin: origin_s, abi, engine: engine.name(), module, imports, allocator, exported })
     }

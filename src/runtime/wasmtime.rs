@@ -1,12 +1,12 @@
 //! The Wasmtime runtime adapter (Cranelift, ahead-of-instantiation compilation).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use wasmtime as wt;
 
 use super::{Caller, Engine, ExportDesc, FuncType, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError, Trap, TrapKind, Val, ValType};
+use crate::hash::FastMap;
 use crate::vm::state::HostState;
 
 /// The process-wide Wasmtime engine. One engine serves every plugin so that
@@ -78,19 +78,17 @@ pub(crate) struct StoreData {
     /// a module without one, hostcalls look it up).
     memory: Option<wt::Memory>,
     /// Function exports by name, as found on first use (`None`: no such export).
-    exports: HashMap<Box<str>, Option<Export>>,
+    exports: FastMap<Box<str>, Option<Arc<Export>>>,
 }
 
 /// A function export ready to call. Proxy-Wasm callbacks and allocators take
 /// i32s and return nothing or an i32: those are called through `TypedFunc`s,
 /// which skip the per-call type checks and `Val` vectors of `Func::call`.
-#[derive(Clone)]
 enum Export {
     Typed(Typed),
     Untyped(wt::Func),
 }
 
-#[derive(Clone)]
 enum Typed {
     Void0(wt::TypedFunc<(), ()>),
     Ret0(wt::TypedFunc<(), i32>),
@@ -362,7 +360,7 @@ impl Caller for WasmtimeCaller<'_> {
         let export = match self.caller.data().exports.get(name) {
             Some(e) => e.clone(),
             None => {
-                let e = self.caller.get_export(name).and_then(|e| e.into_func()).map(|f| Export::new(f, &self.caller));
+                let e = self.caller.get_export(name).and_then(|e| e.into_func()).map(|f| Arc::new(Export::new(f, &self.caller)));
                 self.caller.data_mut().exports.insert(name.into(), e.clone());
                 e
             }
@@ -438,7 +436,7 @@ impl Module for WasmtimeModule {
             let capped = (bytes / page).max(1).saturating_mul(page);
             builder = builder.memory_size(usize::try_from(capped).unwrap_or(usize::MAX));
         }
-        let data = StoreData { host: state, limits: MemoryCap { limits: builder.build(), refused: false }, memory: None, exports: HashMap::new() };
+        let data = StoreData { host: state, limits: MemoryCap { limits: builder.build(), refused: false }, memory: None, exports: FastMap::default() };
         let mut store = wt::Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limits);
         store.set_epoch_deadline(NO_DEADLINE);
@@ -462,11 +460,11 @@ struct WasmtimeInstance {
 impl WasmtimeInstance {
     /// An export by name; lookups are cached in the store, as callbacks are
     /// called by name on every request.
-    fn export(&mut self, name: &str) -> Option<Export> {
+    fn export(&mut self, name: &str) -> Option<Arc<Export>> {
         if let Some(e) = self.store.data().exports.get(name) {
             return e.clone();
         }
-        let e = self.instance.get_func(&mut self.store, name).map(|f| Export::new(f, &self.store));
+        let e = self.instance.get_func(&mut self.store, name).map(|f| Arc::new(Export::new(f, &self.store)));
         self.store.data_mut().exports.insert(name.into(), e.clone());
         e
     }

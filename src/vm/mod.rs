@@ -209,8 +209,16 @@ impl Vm {
             }
             return Ok(None);
         }
-        let args: Vec<Val> = args.iter().map(|a| Val::I32(*a as i32)).collect();
-        self.enter(context_id, callback, &args)
+        // Callbacks take at most five arguments: no allocation per call.
+        let mut buf = [Val::I32(0); 8];
+        if args.len() > buf.len() {
+            let args: Vec<Val> = args.iter().map(|a| Val::I32(*a as i32)).collect();
+            return self.enter(context_id, callback, &args);
+        }
+        for (slot, a) in buf.iter_mut().zip(args) {
+            *slot = Val::I32(*a as i32);
+        }
+        self.enter(context_id, callback, &buf[..args.len()])
     }
 
     /// A callback outside the plugin's `capability_restriction_config` is

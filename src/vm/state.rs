@@ -2,6 +2,8 @@
 //! callback may touch. It lives inside the runtime's store so hostcalls reach it.
 
 use std::collections::HashMap;
+
+use crate::hash::FastMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,7 +103,7 @@ pub struct VmEnv {
 
 pub struct HostState {
     pub env: Arc<VmEnv>,
-    pub contexts: HashMap<u32, Context>,
+    pub contexts: FastMap<u32, Context>,
     /// The context the current callback was called for.
     pub current_context: u32,
     /// The context hostcalls act on; `proxy_set_effective_context` changes it
@@ -137,7 +139,7 @@ impl HostState {
     pub fn new(env: Arc<VmEnv>) -> HostState {
         HostState {
             env,
-            contexts: HashMap::new(),
+            contexts: FastMap::default(),
             current_context: 0,
             effective_context: 0,
             phase: Phase::Startup,
