@@ -106,6 +106,12 @@ struct State {
     replaced_sent: bool,
     response_body_wait: Option<usize>,
     response_eos_sent: bool,
+    /// The response body length the upstream declared (Content-Length) when
+    /// the header arrived, and the bytes of it seen so far: the chunk that
+    /// completes it is delivered with `end_of_stream`, as Envoy's HTTP/1
+    /// codec does, instead of waiting for nginx's separate empty last buffer.
+    response_length: Option<u64>,
+    response_seen: u64,
     finished: bool,
     /// The client's framing as received: plugins may remove Content-Length
     /// or Transfer-Encoding, but nginx must still read the body it was sent.
@@ -1062,6 +1068,8 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
                 return next_header(r);
             }
             st.response_started = true;
+            // SAFETY: live request.
+            st.response_length = unsafe { ((*r).header_only() == 0).then_some((*r).headers_out.content_length_n).and_then(|n| u64::try_from(n).ok()) };
         }
         continue_response_headers(ctx, r, false)
     });
@@ -1216,6 +1224,11 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx_cha
         }
         // SAFETY: the chain given to this filter.
         let (data, eos) = unsafe { drain(r, input) };
+        let eos = {
+            let mut st = ctx.st();
+            st.response_seen += data.len() as u64;
+            eos || st.response_length.is_some_and(|n| st.response_seen >= n)
+        };
         if replace {
             let body = {
                 let mut st = ctx.st();
