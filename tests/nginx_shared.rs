@@ -152,6 +152,11 @@ fn a_value_set_in_one_worker_is_read_with_its_cas_in_the_other() {
 fn queue_items_from_both_workers_reach_on_queue_ready_exactly_once() {
     let origin = Origin::start();
     let n = start("ngx-shm-queue", &rust_yaml("", ""), "", &origin);
+    // The filter counts dequeued items in shared data. The counter exists
+    // before on_queue_ready runs in both workers: creating it is a CAS-0
+    // write, which overwrites unconditionally, so two first counts would race.
+    let init = n.send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "queue.count").header("x-pw-value", "0")).unwrap();
+    assert_eq!(init.header("x-pw-shared-set"), Some("OK"), "{}", n.log_report());
     let responses = spread_over_workers(&n, 100, |i| Request::get("/e").header("x-pw-test", "enqueue").header("x-pw-queue-value", format!("item-{i}")));
     for r in &responses {
         assert_eq!(r.header("x-pw-queue-resolve"), Some("OK"), "{}", n.log_report());
