@@ -143,6 +143,13 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 now_ns() { date +%s%N; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+# Anonymous memory (heap, stacks, linear memories): what a process holds for
+# itself. RSS also counts the pages of code it has run (the module's own and
+# Wasmtime's compiler), which are file-backed, shared by every process that
+# maps the library, and reclaimable.
+anon_kib() { awk '/^Anonymous:/ { print $2 }' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
+mib() { python3 -c "print('%.1f' % ($1 / 1024))"; }
+dmib() { python3 -c "print('%+.1f' % (($1 - $2) / 1024))"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # Bodies for the origin and the static-file local route.
@@ -645,12 +652,12 @@ memory_and_load_ats() {
     if [ -f "$ATS_SO" ] && ats_instance mem-prime 1 "@plugin=proxy_wasm_ats.so @pparam=$dir/mem-test-cc.yaml"; then
         stop_pid "$ATS_PID"
     fi
-    echo "### Traffic Server: resident memory (VmRSS after 1 s of load on every thread)" >>"$EXTRAS"
+    echo "### Traffic Server: resident memory (VmRSS, and its anonymous part, after 1 s of load on every thread)" >>"$EXTRAS"
     echo >>"$EXTRAS"
-    echo "| Exec threads | Configuration | RSS MiB | Extra over no module, MiB |" >>"$EXTRAS"
-    echo "|---|---|---|---|" >>"$EXTRAS"
+    echo "| Exec threads | Configuration | RSS MiB | Extra RSS over no module, MiB | Anonymous MiB | Extra anonymous, MiB |" >>"$EXTRAS"
+    echo "|---|---|---|---|---|---|" >>"$EXTRAS"
     for t in 1 2; do
-        local base_rss=""
+        local base_rss="" base_anon="" anon
         for variant in "no module:" "module, no filter on the route:@plugin=proxy_wasm_ats.so @pparam=$dir/mem-empty-marker" \
             "bench filter (noop, wasmtime):@plugin=proxy_wasm_ats.so @pparam=$dir/mem-noop.yaml" \
             "Rust test filter (wasmtime):@plugin=proxy_wasm_ats.so @pparam=$dir/mem-test.yaml" \
@@ -677,11 +684,12 @@ memory_and_load_ats() {
             fi
             warm "http://127.0.0.1:$ATS_PORT/l/x/nocache/$SMALL/x"
             rss=$(rss_kib "$ATS_PID")
+            anon=$(anon_kib "$ATS_PID")
             if [ -z "$base_rss" ]; then
-                base_rss=$rss
-                echo "| $t | $label | $(python3 -c "print('%.1f' % ($rss / 1024))") | - |" >>"$EXTRAS"
+                base_rss=$rss base_anon=$anon
+                echo "| $t | $label | $(mib "$rss") | - | $(mib "$anon") | - |" >>"$EXTRAS"
             else
-                echo "| $t | $label | $(python3 -c "print('%.1f' % ($rss / 1024))") | $(python3 -c "print('%+.1f' % (($rss - $base_rss) / 1024))") |" >>"$EXTRAS"
+                echo "| $t | $label | $(mib "$rss") | $(dmib "$rss" "$base_rss") | $(mib "$anon") | $(dmib "$anon" "$base_anon") |" >>"$EXTRAS"
             fi
             stop_pid "$ATS_PID"
         done
@@ -729,29 +737,33 @@ memory_and_load_ats() {
 
 memory_and_load_nginx() {
     [ -n "${NGX_WASM_PORT:-}" ] || { printf '### NGINX: memory and start-up\n\n%s\n\n' "${NGX_MODULE_NOTE:-nginx module not built}" >>"$EXTRAS"; return 0; }
-    local w variant rss base_rss label
-    echo "### NGINX: resident memory of a worker (VmRSS after 1 s of load)" >>"$EXTRAS"
+    local w variant rss base_rss anon base_anon label
+    wasm_yaml "$dir/mem-noop.yaml" mem-noop noop wasmtime 1
+    wasm_yaml "$dir/mem-wamr.yaml" mem-wamr noop wamr 1
+    test_yaml "$dir/mem-test.yaml"
+    echo "### NGINX: resident memory of a worker (VmRSS, and its anonymous part, after 1 s of load)" >>"$EXTRAS"
     echo >>"$EXTRAS"
-    echo "| Workers | Configuration | RSS MiB per worker | Extra over no module, MiB |" >>"$EXTRAS"
-    echo "|---|---|---|---|" >>"$EXTRAS"
+    echo "| Workers | Configuration | RSS MiB per worker | Extra RSS over no module, MiB | Anonymous MiB per worker | Extra anonymous, MiB |" >>"$EXTRAS"
+    echo "|---|---|---|---|---|---|" >>"$EXTRAS"
     for w in 1 2; do
-        base_rss=""
-        for variant in "no module" "bench filter (noop, wasmtime)" "Rust test filter (wasmtime)"; do
+        base_rss="" base_anon=""
+        for variant in "no module" "bench filter (noop, wasmtime)" "Rust test filter (wasmtime)" "bench filter (noop, wamr)"; do
             local name="ngxmem-$w-$(echo "$variant" | tr -c 'a-z0-9' '_' | head -c 12)"
             NGX_PORT=$(free_port)
             case "$variant" in
                 "no module") NGX_WORKERS=$w ngx_conf "$name" "$NGX_PORT" "" "" "$(ngx_locations x "")" ;;
+                *wamr*) NGX_WORKERS=$w ngx_conf "$name" "$NGX_PORT" "load_module $NGX_SO;" "proxy_wasm_config $dir/mem-wamr.yaml;" "$(ngx_locations x "proxy_wasm mem-wamr-1;")" ;;
                 "bench"*) NGX_WORKERS=$w ngx_conf "$name" "$NGX_PORT" "load_module $NGX_SO;" "proxy_wasm_config $dir/mem-noop.yaml;" "$(ngx_locations x "proxy_wasm mem-noop-1;")" ;;
                 *) NGX_WORKERS=$w ngx_conf "$name" "$NGX_PORT" "load_module $NGX_SO;" "proxy_wasm_config $dir/mem-test.yaml;" "$(ngx_locations x "proxy_wasm rust-test-filter;")" ;;
             esac
             ngx_start "$name" || { echo "| $w | $variant | - | refused |" >>"$EXTRAS"; continue; }
             SERVER_KIND=nginx
             warm "$(url "$NGX_PORT" l x $SMALL)"
-            rss=0
-            local p; for p in $(pgrep -P "$NGX_PID"); do rss=$((rss + $(rss_kib "$p"))); done
-            rss=$((rss / w))
-            if [ -z "$base_rss" ]; then base_rss=$rss; echo "| $w | $variant | $(python3 -c "print('%.1f' % ($rss / 1024))") | - |" >>"$EXTRAS"
-            else echo "| $w | $variant | $(python3 -c "print('%.1f' % ($rss / 1024))") | $(python3 -c "print('%+.1f' % (($rss - $base_rss) / 1024))") |" >>"$EXTRAS"; fi
+            rss=0 anon=0
+            local p; for p in $(pgrep -P "$NGX_PID"); do rss=$((rss + $(rss_kib "$p"))); anon=$((anon + $(anon_kib "$p"))); done
+            rss=$((rss / w)) anon=$((anon / w))
+            if [ -z "$base_rss" ]; then base_rss=$rss base_anon=$anon; echo "| $w | $variant | $(mib "$rss") | - | $(mib "$anon") | - |" >>"$EXTRAS"
+            else echo "| $w | $variant | $(mib "$rss") | $(dmib "$rss" "$base_rss") | $(mib "$anon") | $(dmib "$anon" "$base_anon") |" >>"$EXTRAS"; fi
             stop_pid "$NGX_PID"
         done
     done

@@ -77,7 +77,9 @@ pub fn load(configs: &[PluginConfig]) -> Result<Vec<LoadedPlugin>, PluginError> 
 /// file of remote code, a cache folder that cannot be written) to `warn`, with
 /// the plugin they are about, for the server's own log.
 pub fn load_with_warnings(configs: &[PluginConfig], warn: &mut dyn FnMut(&PluginConfig, &str)) -> Result<Vec<LoadedPlugin>, PluginError> {
-    configs.iter().map(|config| load_one(config, &mut |message: &str| warn(config, message))).collect()
+    let loaded = configs.iter().map(|config| load_one(config, &mut |message: &str| warn(config, message))).collect();
+    crate::runtime::release_compiler_memory();
+    loaded
 }
 
 /// The module bytes of `config`, and how to name them in messages.
