@@ -253,3 +253,39 @@ fn every_worker_and_a_restart_reuse_the_compiled_module_cache() {
     assert_eq!(count(&n, "compiled code read from the compiled-module cache"), 2, "both workers of the restart reuse it\n{}", n.log_report());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ------------------------------------------------------------------ remote code pinned by sha256
+
+/// Remote code (`vm_config.code.remote`) on NGINX: the right sha256 loads
+/// and serves; a wrong one fails the configuration (`nginx -t` and start-up)
+/// with the key and both hashes, as any plugin error does.
+#[test]
+fn remote_code_with_a_wrong_sha256_fails_the_configuration_and_the_right_one_loads() {
+    use sha2::Digest;
+    let wasm = std::fs::read(e2e::repo_root().join("build/plugins/rust_sdk_filter.wasm")).expect("build the plugins first");
+    let right: String = sha2::Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
+    let wrong = "0".repeat(64);
+    let code_server = Origin::with_handler(move |_| e2e::origin::Response::new(200).body(wasm.clone()));
+    let yaml = |sha: &str, cache: &std::path::Path| {
+        format!(
+            "config:\n  name: guarded\n  vm_config:\n    vm_id: remote\n    code:\n      remote:\n        http_uri: {{ uri: \"{}\" }}\n        sha256: \"{sha}\"\n        cache_dir: \"{}\"\n",
+            code_server.url("/filter.wasm"),
+            cache.display()
+        )
+    };
+
+    let cache = cache_dir("remote-right");
+    let (_origin, n) = start("ngx-remote-right", yaml(&right, &cache));
+    assert_eq!(send(&n, Request::get("/")).header("x-proxy-wasm"), Some("rust-sdk"), "{}", n.log_report());
+    drop(n);
+    let _ = std::fs::remove_dir_all(&cache);
+
+    let cache = cache_dir("remote-wrong");
+    let out = Nginx::test_only(
+        NginxOptions::new("ngx-remote-wrong").file("plugins.yaml", yaml(&wrong, &cache)).http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm guarded;"),
+    );
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("vm_config.code.remote.sha256") && text.contains(&format!("has sha256 {right}")) && text.contains(&format!("expected {wrong}")), "{text}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
