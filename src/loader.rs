@@ -63,6 +63,8 @@ pub struct LoadedPlugin {
     /// What the compiled-module cache did for this load (`allow_precompiled`
     /// plugins whose code was not already compiled in this process).
     pub compiled_cache: Option<crate::module_cache::Outcome>,
+    /// How long reading, compiling (or taking from a cache) and checking the code took.
+    pub load_time: std::time::Duration,
 }
 
 /// Compiles (or finds compiled) the code of every plugin. The first error stops the load.
@@ -107,6 +109,7 @@ fn remote_key(error: &FetchError) -> &'static str {
 }
 
 fn load_one(config: &PluginConfig, warn: &mut dyn FnMut(&str)) -> Result<LoadedPlugin, PluginError> {
+    let started = std::time::Instant::now();
     let origin = config.origin.to_string();
     let plugin = config.name.clone();
     let (bytes, code_origin) = read_code(config, &origin, warn)?;
@@ -134,7 +137,7 @@ fn load_one(config: &PluginConfig, warn: &mut dyn FnMut(&str)) -> Result<LoadedP
         }
     };
     let info = Arc::new(PluginInfo::new(&config.name, &config.root_id, &config.vm.vm_id, config.configuration.clone()).with_authorizations(config.authorizations.clone()));
-    Ok(LoadedPlugin { config: config.clone(), info, code, code_hash: hash, compiled_cache: cache_outcome })
+    Ok(LoadedPlugin { config: config.clone(), info, code, code_hash: hash, compiled_cache: cache_outcome, load_time: started.elapsed() })
 }
 
 /// What makes two plugins share an instance: same runtime, `vm_id`, code, VM configuration and limits.

@@ -219,17 +219,21 @@ impl Hdr {
         if key.starts_with(b":") {
             return Err(Status::BadArgument);
         }
-        loop {
-            let field = self.find(key);
-            if field.is_null() {
-                return Ok(());
-            }
-            // SAFETY: `field` is a live field of this header.
+        // One lookup by name, then along the duplicates: each lookup scans
+        // the header, and W4-style filters remove many names per request.
+        let mut field = self.find(key);
+        while !field.is_null() {
+            // SAFETY: `field` is a live field of this header; its next
+            // duplicate is taken before it is destroyed (destroying one field
+            // leaves the others, and their handles, in place).
             unsafe {
+                let next = TSMimeHdrFieldNextDup(self.buf, self.loc, field);
                 TSMimeHdrFieldDestroy(self.buf, self.loc, field);
+                self.release(field);
+                field = next;
             }
-            self.release(field);
         }
+        Ok(())
     }
 
     pub fn replace(&self, key: &[u8], value: &[u8]) -> Result<(), Status> {

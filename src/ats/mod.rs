@@ -226,7 +226,9 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
         log(LogLevel::Warn, &format!("[proxy_wasm] {}: {}: {message}", config.origin, config.name));
     })
     .map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
     let mut canary = PluginVms::start(&plugins, |_| Arc::new(AtsServer::canary()) as Arc<dyn ServerHost>).map_err(|e| e.to_string())?;
+    let start_time = started.elapsed();
     canary.shutdown();
     for p in &plugins {
         let cache = match &p.compiled_cache {
@@ -235,8 +237,9 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
             Some(crate::module_cache::Outcome::NotStored(why)) => format!("; compiled, not cached: {why}"),
             None => String::new(),
         };
-        log(LogLevel::Info, &format!("[proxy_wasm] loaded plugin {:?} (ABI {}, {}) from {}{cache}", p.config.name, p.code.abi, p.code.engine, p.code.origin));
+        log(LogLevel::Info, &format!("[proxy_wasm] loaded plugin {:?} (ABI {}, {}) from {} in {:.2} ms{cache}", p.config.name, p.code.abi, p.code.engine, p.code.origin, p.load_time.as_secs_f64() * 1e3));
     }
+    log(LogLevel::Info, &format!("[proxy_wasm] started the VMs of {} plugin(s) once as a check in {:.2} ms (instantiation, proxy_on_vm_start, proxy_on_configure)", plugins.len(), start_time.as_secs_f64() * 1e3));
     Ok(plugins)
 }
 

@@ -198,7 +198,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 Some(crate::module_cache::Outcome::NotStored(why)) => format!("compiled, not cached: {why}"),
                 None => continue,
             };
-            log(LogLevel::Info, &format!("[proxy_wasm] {}: loaded in worker (pid {}): {cache}", p.config.name, std::process::id()));
+            log(LogLevel::Info, &format!("[proxy_wasm] {}: loaded in worker (pid {}) in {:.2} ms: {cache}", p.config.name, std::process::id(), p.load_time.as_secs_f64() * 1e3));
         }
         let set = Arc::new(PluginSet { plugins });
         let slot = match start_slot(&set) {

@@ -513,7 +513,12 @@ unsafe fn call_export(inner: *mut Inner, name: &str, args: &[Val]) -> Result<Opt
     if export.n_params != args.len() {
         return Err(Trap::new(format!("export expects {} arguments, the host passed {}", export.n_params, args.len())));
     }
-    let mut wargs: Vec<sys::wasm_val_t> = args.iter().zip(&export.params).map(|(a, t)| to_wasm_val(*a, *t)).collect();
+    // At most 8 parameters (see `lookup`): on the stack, no allocation per call.
+    let mut wargs = [sys::wasm_val_t::default(); 8];
+    for ((slot, a), t) in wargs.iter_mut().zip(args).zip(&export.params) {
+        *slot = to_wasm_val(*a, *t);
+    }
+    let wargs = &mut wargs[..args.len()];
     let mut wres = [sys::wasm_val_t::default(); 1];
     let n_results = u32::from(export.result.is_some());
     // SAFETY: short accesses through the raw pointer; no reference is kept
@@ -719,23 +724,25 @@ unsafe extern "C" fn trampoline(exec_env: sys::wasm_exec_env_t, args: *mut u64) 
         raise(c"call to an import the host did not link");
         return;
     };
-    let vals: Vec<Val> = link
-        .params
-        .iter()
-        .enumerate()
-        .map(|(k, t)| {
-            // SAFETY: WAMR passes one u64 slot per parameter.
-            let raw = unsafe { *args.add(k) };
-            match t {
-                ValType::I64 => Val::I64(raw as i64),
-                ValType::I32 => Val::I32(raw as u32 as i32),
-                _ => Val::I32(0),
-            }
-        })
-        .collect();
+    // Hostcalls take at most a dozen arguments: converted on the stack.
+    let mut buf = [Val::I32(0); 16];
+    if link.params.len() > buf.len() {
+        raise(c"a hostcall with more than 16 parameters");
+        return;
+    }
+    for (k, (slot, t)) in buf.iter_mut().zip(&link.params).enumerate() {
+        // SAFETY: WAMR passes one u64 slot per parameter.
+        let raw = unsafe { *args.add(k) };
+        *slot = match t {
+            ValType::I64 => Val::I64(raw as i64),
+            ValType::I32 => Val::I32(raw as u32 as i32),
+            _ => Val::I32(0),
+        };
+    }
+    let vals = &buf[..link.params.len()];
     let mut caller = WamrCaller { inner };
     let func = link.func;
-    let outcome = catch_unwind(AssertUnwindSafe(|| func(&mut caller, &vals)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| func(&mut caller, vals)));
     let outcome = match outcome {
         Ok(r) => r,
         Err(panic) => {

@@ -308,16 +308,19 @@ impl WasmtimeModule {
 }
 
 fn call_host(func: super::HostFn, caller: wt::Caller<'_, StoreData>, params: &[wt::Val], results: &mut [wt::Val]) -> wt::Result<()> {
-    let args: smallvec_args::Args = params
-        .iter()
-        .map(|v| match v {
-            wt::Val::I32(x) => Val::I32(*x),
-            wt::Val::I64(x) => Val::I64(*x),
-            _ => Val::I32(0),
-        })
-        .collect();
+    // Hostcalls take at most a dozen arguments: converted on the stack, as
+    // this runs for every hostcall of every request.
+    let mut buf = [Val::I32(0); 16];
+    let args: &[Val] = if params.len() <= buf.len() {
+        for (slot, v) in buf.iter_mut().zip(params) {
+            *slot = to_val(v);
+        }
+        &buf[..params.len()]
+    } else {
+        return Err(wt::Error::new(Trap::new(format!("a hostcall was given {} arguments", params.len()))));
+    };
     let mut c = WasmtimeCaller { caller };
-    match func(&mut c, &args) {
+    match func(&mut c, args) {
         Ok(Some(v)) => {
             if let Some(slot) = results.first_mut() {
                 *slot = match v {
@@ -332,9 +335,12 @@ fn call_host(func: super::HostFn, caller: wt::Caller<'_, StoreData>, params: &[w
     }
 }
 
-/// Hostcalls have at most a dozen arguments; a Vec keeps this simple.
-mod smallvec_args {
-    pub type Args = Vec<super::Val>;
+fn to_val(v: &wt::Val) -> Val {
+    match v {
+        wt::Val::I32(x) => Val::I32(*x),
+        wt::Val::I64(x) => Val::I64(*x),
+        _ => Val::I32(0),
+    }
 }
 
 struct WasmtimeCaller<'a> {
