@@ -103,6 +103,13 @@ pub trait ServerHost: Send + Sync {
     }
 }
 
+/// The value of `key` in a header map (case-insensitive; several values
+/// joined with ","), as `get_header_map_value` answers it; `None` when absent.
+pub fn value_in_pairs(pairs: &[Pair], key: &[u8]) -> Option<Vec<u8>> {
+    let values: Vec<&[u8]> = pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_slice()).collect();
+    (!values.is_empty()).then(|| values.join(&b","[..]))
+}
+
 /// One HTTP transaction as one plugin sees it.
 ///
 /// Header maps include pseudo-headers: `:method`, `:path`, `:authority`,
@@ -114,10 +121,7 @@ pub trait HttpStream: Send {
 
     /// One header's value (multiple values joined with ","), `Ok(None)` when absent.
     fn header_value(&self, map: MapType, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
-        let pairs = self.header_map(map)?;
-        let values: Vec<&[u8]> =
-            pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_slice()).collect();
-        Ok(if values.is_empty() { None } else { Some(values.join(&b","[..])) })
+        Ok(value_in_pairs(&self.header_map(map)?, key))
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Vec<Pair>) -> Result<(), Status>;

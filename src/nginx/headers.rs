@@ -417,9 +417,7 @@ pub unsafe fn response_pairs(r: *mut ngx_http_request_t) -> Vec<Pair> {
 pub unsafe fn response_value(r: *mut ngx_http_request_t, key: &[u8]) -> Option<Vec<u8>> {
     if key.starts_with(b":") || key.eq_ignore_ascii_case(b"content-type") || key.eq_ignore_ascii_case(b"content-length") {
         // SAFETY: forwarded.
-        let pairs = unsafe { response_pairs(r) };
-        let values: Vec<&[u8]> = pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_slice()).collect();
-        return if values.is_empty() { None } else { Some(values.join(&b","[..])) };
+        return crate::host::value_in_pairs(&unsafe { response_pairs(r) }, key);
     }
     // SAFETY: see the module note.
     unsafe { joined_value(&mut (*r).headers_out.headers, key, true) }

@@ -452,14 +452,13 @@ impl Module for WasmtimeModule {
         let instance = pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate(format!("{e:#}")))?;
         let memory = instance.get_memory(&mut store, "memory");
         store.data_mut().memory = memory;
-        Ok(Box::new(WasmtimeInstance { store, instance, memory, timeout: limits.callback_timeout }))
+        Ok(Box::new(WasmtimeInstance { store, instance, timeout: limits.callback_timeout }))
     }
 }
 
 struct WasmtimeInstance {
     store: wt::Store<StoreData>,
     instance: wt::Instance,
-    memory: Option<wt::Memory>,
     timeout: Option<Duration>,
 }
 
@@ -503,6 +502,6 @@ impl Instance for WasmtimeInstance {
     }
 
     fn memory_size(&mut self) -> usize {
-        self.memory.map_or(0, |m| m.data_size(&self.store))
+        self.store.data().memory.map_or(0, |m| m.data_size(&self.store))
     }
 }
