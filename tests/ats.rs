@@ -174,6 +174,25 @@ fn a_request_paused_in_on_request_headers_is_resumed_from_on_tick() {
     assert_eq!(origin.wait_for_requests(1, WAIT)[0].header("x-pw-resumed-by"), Some("tick"));
 }
 
+/// As on Envoy (proxy-wasm-cpp-host turns a Pause from the headers into
+/// StopAllIterationAndWatermark): the body waits with the headers, and the
+/// first body callback comes after the resume, with the whole body following.
+#[test]
+fn the_body_of_a_request_paused_in_on_request_headers_reaches_the_plugin_after_the_resume() {
+    let (origin, ats) = start_with_filter("ats-tick-resume-body", r#"{"tick_ms":50}"#);
+    for (path, chunked) in [("/echo/wait-body", false), ("/echo/wait-body-chunked", true)] {
+        let mut req = Request::post(path, "held with the headers").header("x-pw-test", "tick-resume");
+        if chunked {
+            req = req.chunked(5);
+        }
+        let r = ats.send(&req).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+        assert_eq!(r.status, 200, "{}", ats.log_report());
+        assert_eq!(r.header("x-pw-first-body-call-resumed-by"), Some("tick"), "chunked={chunked}");
+        let seen = origin.requests().into_iter().find(|q| q.path == path).expect("the origin got the request");
+        assert_eq!((seen.header("x-pw-resumed-by"), seen.body_str().as_str()), (Some("tick"), "held with the headers"), "chunked={chunked}");
+    }
+}
+
 #[test]
 fn an_enqueued_item_reaches_on_queue_ready_of_the_registering_root() {
     let (_origin, ats) = start_with_filter("ats-queue", "");

@@ -1,6 +1,7 @@
 //! Pausing on Traffic Server beyond the request headers: in `on_response_headers`
 //! (resumed by an `http_call` answer or re-entrantly), local responses that
-//! replace the origin's response, closing the response, failures there.
+//! replace the origin's response, closing the response, failures there; a
+//! pause that outlasts the plugin's `pause_timeout`.
 
 mod e2e;
 
@@ -181,4 +182,84 @@ fn a_response_body_paused_at_its_end_waits_for_an_http_call_and_then_goes_on_edi
         let r = r.unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_eq!(r.body_str(), "hello from origin[callout:200]", "request {i}");
     }
+}
+
+/// The filter with `pause_timeout: 1s`; callouts go to the origin's
+/// `/callout`, which answers after 3 s (within the callout's own timeout).
+fn start_with_pause_timeout(test: &str) -> (Origin, TrafficServer) {
+    e2e::ats::require_plugin_so();
+    let origin = Origin::with_handler(|req| {
+        if req.path_only() == "/callout" {
+            return e2e::origin::Response::text(200, "late pong").delay(Duration::from_secs(3));
+        }
+        e2e::origin::default_handler(req)
+    });
+    let config = format!(r#"{{"upstream":"127.0.0.1:{}","callout_timeout_ms":10000}}"#, origin.port());
+    let yaml = rust_filter_yaml("rust-filter", &config, false).replace("  fail_open: false\n", "  fail_open: false\n  pause_timeout: 1s\n");
+    let ats = TrafficServer::start(AtsOptions::new(test).origin(origin.port()).exec_threads(1).file("filter.yaml", yaml).global_plugin(&["filter.yaml"]));
+    (origin, ats)
+}
+
+#[test]
+fn a_request_a_plugin_never_continues_gets_504_after_its_pause_timeout() {
+    let (origin, ats) = start_with_pause_timeout("ats-pause-timeout-request");
+    // Waits for a body callback that never comes while its headers are paused.
+    let t0 = std::time::Instant::now();
+    let r = send(&ats, Request::post("/never", "a body").header("x-pw-test", "resume-in-body"));
+    assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", ats.log_report());
+    assert!(t0.elapsed() < Duration::from_secs(4), "answered after {:?}", t0.elapsed());
+    assert!(ats.wait_for_log("rust-filter: kept the request paused for 1s (pause_timeout) without continuing it; answering 504", WAIT), "{}", ats.log_report());
+    // Paused on an http_call slower than the pause timeout: 504 too, and the
+    // late answer (which continues a finished stream) harms nothing.
+    let r = send(&ats, Request::get("/slow-call").header("x-pw-test", "http-call"));
+    assert_eq!(r.status, 504, "{}", ats.log_report());
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!origin.requests().iter().any(|q| q.path == "/never" || q.path == "/slow-call"), "the origin never got the timed-out requests");
+    let r = send(&ats, Request::get("/after"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")), "{}", ats.log_report());
+    ats.assert_running();
+}
+
+#[test]
+fn a_response_paused_past_the_pause_timeout_is_replaced_by_504() {
+    let (origin, ats) = start_with_pause_timeout("ats-pause-timeout-response");
+    let r = send(&ats, Request::get("/resp").header("x-pw-test", "http-call-response"));
+    assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", ats.log_report());
+    assert!(ats.wait_for_log("rust-filter: kept the response paused for 1s (pause_timeout)", WAIT), "{}", ats.log_report());
+    assert!(origin.requests().iter().any(|q| q.path == "/resp"), "the origin answered; its response was held");
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = send(&ats, Request::get("/after"));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    ats.assert_running();
+}
+
+#[test]
+fn bodies_paused_at_their_end_past_the_pause_timeout_end_the_stream() {
+    let (origin, ats) = start_with_pause_timeout("ats-pause-timeout-bodies");
+    // The request body: 504, and the request is not sent on.
+    let r = send(&ats, Request::post("/req-body", "request body").header("x-pw-test", "http-call-req-body"));
+    assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", ats.log_report());
+    assert!(ats.wait_for_log("rust-filter: kept the request body paused for 1s (pause_timeout) without continuing it; answering 504", WAIT), "{}", ats.log_report());
+    // The response body, after its header went out: the response is cut off.
+    let r = ats.send(&Request::get("/resp-body").header("x-pw-test", "http-call-resp-body").timeout(Duration::from_secs(10)));
+    let e = r.map(|r| (r.status, r.body_str())).expect_err("the client sees the response cut off");
+    assert!(e.to_string().contains("connection closed while reading the chunked body"), "{e}");
+    assert!(ats.wait_for_log("rust-filter: kept the response body paused for 1s (pause_timeout) without continuing it; aborting the response", WAIT), "{}", ats.log_report());
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!origin.requests().iter().any(|q| q.path == "/req-body"), "the origin never got the timed-out request");
+    let r = send(&ats, Request::post("/echo/after", "still fine").header("x-pw-test", "req-body-upper"));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "STILL FINE"), "{}", ats.log_report());
+    ats.assert_running();
+}
+
+#[test]
+fn a_local_response_from_an_http_call_answers_a_request_body_held_at_its_end() {
+    let (origin, callout, ats) = start("ats-body-callout-local");
+    let t0 = std::time::Instant::now();
+    let r = send(&ats, Request::post("/held", "request body").header("x-pw-test", "http-call-req-body").header("x-pw-body-callout-local", "1"));
+    let id = callout.wait_for_requests(1, WAIT)[0].header("x-pw-context-id").unwrap().to_string();
+    assert_eq!((r.status, r.body_str()), (200, format!("callout:pong {id}")), "{}", ats.log_report());
+    assert!(t0.elapsed() < Duration::from_secs(5), "answered at once, not at the pause timeout ({:?})", t0.elapsed());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(origin.request_count(), 0, "the origin never got the request");
 }

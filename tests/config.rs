@@ -525,7 +525,7 @@ fn malformed_unknown_top_level_key() {
 fn malformed_unknown_config_key() {
     assert_eq!(
         fixture_error("unknown_config_key.yaml"),
-        r#"unknown_config_key.yaml:3:3: config: unknown key "vm_confg"; expected one of name, root_id, configuration, fail_open, failure_policy, capability_restriction_config, authorizations, vm_config"#
+        r#"unknown_config_key.yaml:3:3: config: unknown key "vm_confg"; expected one of name, root_id, configuration, fail_open, failure_policy, pause_timeout, capability_restriction_config, authorizations, vm_config"#
     );
 }
 
@@ -1015,6 +1015,16 @@ fn failure_policy_errors_name_the_key_and_the_choices() {
     assert!(e.ends_with("c.yaml:3:19: config.failure_policy: unknown failure policy \"crash\"; expected one of fail_closed, fail_open, reload"), "{e}");
     let e = load_plugin_with("  fail_open: true\n  failure_policy: reload").unwrap_err();
     assert!(e.contains("config: both fail_open and failure_policy are given; expected only one of them"), "{e}");
+}
+
+#[test]
+fn pause_timeout_defaults_to_60_seconds_and_reads_a_duration() {
+    use std::time::Duration;
+    assert_eq!(load_plugin_with("").unwrap().pause_timeout, Duration::from_secs(60));
+    assert_eq!(load_plugin_with("  pause_timeout: 1.5s").unwrap().pause_timeout, Duration::from_millis(1500));
+    assert_eq!(load_plugin_with("  pauseTimeout: 300ms").unwrap().pause_timeout, Duration::from_millis(300));
+    let e = load_plugin_with("  pause_timeout: 5").unwrap_err();
+    assert!(e.contains("config.pause_timeout: expected a duration like \"10s\", \"1.5s\" or \"500ms\", found the number 5; write the unit, like \"5s\""), "{e}");
 }
 
 #[test]

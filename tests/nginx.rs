@@ -422,6 +422,64 @@ fn bodies_paused_at_their_end_resume_when_the_http_call_answers() {
     assert_eq!(resp.status, 200, "{}", n.log_report());
     let seen = origin.wait_for_requests(2, WAIT).into_iter().find(|r| r.path == "/echo").expect("origin reached");
     assert_eq!(seen.body_str(), "request body[callout:200]");
+    // Answered from the callout instead: the origin never gets the request.
+    let resp = must(&n, Request::post("/echo/held", "request body").header("x-pw-test", "http-call-req-body").header("x-pw-body-callout-local", "1"));
+    assert_eq!((resp.status, resp.body_str().as_str()), (200, "callout:pong"), "{}", n.log_report());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!origin.requests().iter().any(|r| r.path == "/echo/held"), "the origin never got the request");
     let resp = must(&n, Request::post("/echo", "response body").header("x-pw-test", "http-call-resp-body"));
     assert_eq!(resp.body_str(), "response body[callout:200]", "{}", n.log_report());
+}
+
+/// The filter with `pause_timeout: 1s`; callouts go to the origin's
+/// `/callout`, which answers after 3 s (within the callout's own timeout).
+fn pause_timeout_server(test: &str) -> (Origin, Nginx) {
+    let origin = Origin::with_handler(|req| {
+        if req.path_only() == "/callout" {
+            return Response::text(200, "late pong").delay(Duration::from_secs(3));
+        }
+        e2e::origin::default_handler(req)
+    });
+    let yaml = plugin_yaml("rust", "rust_sdk_filter.wasm", &format!(r#"{{"upstream":"127.0.0.1:{}","callout_timeout_ms":10000}}"#, origin.port()), "    pause_timeout: 1s\n");
+    let n = start(test, &yaml, &["rust"], &origin, "");
+    (origin, n)
+}
+
+#[test]
+fn a_request_a_plugin_never_continues_gets_504_after_its_pause_timeout() {
+    let (origin, n) = pause_timeout_server("ngx-pause-timeout-request");
+    // Waits for a body callback that never comes while its headers are paused.
+    let t0 = std::time::Instant::now();
+    let r = must(&n, Request::post("/never", "a body").header("x-pw-test", "resume-in-body").timeout(Duration::from_secs(10)));
+    assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", n.log_report());
+    assert!(t0.elapsed() < Duration::from_secs(4), "answered after {:?}", t0.elapsed());
+    assert!(n.error_log().contains("rust: kept the request paused for 1s (pause_timeout) without continuing it; answering 504"), "{}", n.log_report());
+    // Paused on an http_call slower than the pause timeout, then the late
+    // answer continues a finished stream: 504, and nothing breaks.
+    let r = must(&n, Request::get("/slow-call").header("x-pw-test", "http-call").timeout(Duration::from_secs(10)));
+    assert_eq!(r.status, 504, "{}", n.log_report());
+    // The request body paused at its end.
+    let r = must(&n, Request::post("/req-body", "request body").header("x-pw-test", "http-call-req-body").timeout(Duration::from_secs(10)));
+    assert_eq!(r.status, 504, "{}", n.log_report());
+    assert!(n.error_log().contains("rust: kept the request body paused for 1s (pause_timeout)"), "{}", n.log_report());
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!origin.requests().iter().any(|q| ["/never", "/slow-call", "/req-body"].contains(&q.path.as_str())), "the origin never got the timed-out requests");
+    let r = must(&n, Request::get("/after"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")), "{}", n.log_report());
+}
+
+#[test]
+fn a_response_paused_past_the_pause_timeout_is_replaced_by_504_or_cut_off() {
+    let (_origin, n) = pause_timeout_server("ngx-pause-timeout-response");
+    let r = must(&n, Request::get("/resp").header("x-pw-test", "http-call-response").timeout(Duration::from_secs(10)));
+    assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", n.log_report());
+    assert!(n.error_log().contains("rust: kept the response paused for 1s (pause_timeout)"), "{}", n.log_report());
+    // The response body, after its header went out: the response is cut off.
+    let r = n.send(&Request::get("/resp-body").header("x-pw-test", "http-call-resp-body").timeout(Duration::from_secs(10)));
+    let e = r.map(|r| (r.status, r.body_str())).expect_err("the client sees the response cut off");
+    assert!(e.to_string().contains("connection closed"), "{e}");
+    assert!(n.error_log().contains("rust: kept the response body paused for 1s (pause_timeout) without continuing it; aborting the response"), "{}", n.log_report());
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = must(&n, Request::get("/after"));
+    assert_eq!(r.status, 200, "{}", n.log_report());
 }

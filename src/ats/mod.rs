@@ -331,7 +331,7 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     let (wants_request_body, wants_response_body) = (wants("proxy_on_request_body"), wants("proxy_on_response_body"));
     let framing = txn::Framing::of_client_request(&shared);
     let request_chunked = framing.chunked();
-    let txn = Box::new(Txn { shared, slot, chain, next: 0, response_done: false, response_next: 0, response_paused: false, local_replaces_response: false, framing, response_framing: None });
+    let txn = Box::new(Txn { shared, slot, chain, next: 0, response_done: false, response_next: 0, response_paused: false, local_replaces_response: false, framing, response_framing: None, pause_timer: std::ptr::null_mut(), paused_by: None });
     // SAFETY: the continuation has its own mutex (it is also scheduled, to
     // wake a paused transaction); its data is freed at TXN_CLOSE.
     unsafe {
@@ -345,9 +345,9 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         // Bodies go through transforms only when some plugin wants them.
         if wants_request_body {
             transform::add(txnp, raw, crate::abi::StreamType::HttpRequest, request_chunked);
-            if request_chunked {
-                TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_REQUEST_HDR_HOOK, contp);
-            }
+            // Framing of a chunked body, and a local response sent while the
+            // transform held the body (see `Txn::on_send_request_header`).
+            TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_REQUEST_HDR_HOOK, contp);
         }
         if wants_response_body {
             transform::add(txnp, raw, crate::abi::StreamType::HttpResponse, false);
@@ -376,9 +376,15 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
     // SAFETY: the data was set to a Box<Txn> in `start_transaction` and is only
     // freed here at TXN_CLOSE; the continuation's mutex serialises its events.
     let txn = unsafe { &mut *(TSContDataGet(contp) as *mut Txn) };
-    if event == TS_EVENT_IMMEDIATE || event == TS_EVENT_TIMEOUT {
+    if event == TS_EVENT_IMMEDIATE {
         if catch_unwind(AssertUnwindSafe(|| txn.on_wakeup())).is_err() {
             log(LogLevel::Critical, "[proxy_wasm] internal error (panic) resuming a transaction");
+        }
+        return 0;
+    }
+    if event == TS_EVENT_TIMEOUT {
+        if catch_unwind(AssertUnwindSafe(|| txn.on_pause_timer())).is_err() {
+            log(LogLevel::Critical, "[proxy_wasm] internal error (panic) ending a paused transaction");
         }
         return 0;
     }

@@ -41,6 +41,9 @@ pub struct Transform {
     waiting: Option<usize>,
     /// A wake-up for `waiting` is scheduled (see `TxnShared::body_waiters`).
     wake_scheduled: Arc<AtomicBool>,
+    /// Ends a wait in `waiting` past the plugin's `pause_timeout`; null when
+    /// none is pending (cleared by its own event, cancelled otherwise).
+    pause_timer: TSAction,
     shared: Arc<TxnShared>,
 }
 
@@ -73,6 +76,7 @@ pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked
         input_done: false,
         waiting: None,
         wake_scheduled: Default::default(),
+        pause_timer: std::ptr::null_mut(),
         shared: (*txn).shared.clone(),
     });
     let connp = TSTransformCreate(Some(on_transform_event), txnp);
@@ -87,9 +91,13 @@ extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_v
         // it under its mutex, and its data is our Box<Transform>.
         unsafe {
             let t = TSContDataGet(contp) as *mut Transform;
-            let state: &Transform = &*t;
+            let state: &mut Transform = &mut *t;
             if event == TS_EVENT_IMMEDIATE {
                 state.wake_scheduled.store(false, Ordering::Release);
+            }
+            let pause_timer_fired = event == TS_EVENT_TIMEOUT && !state.pause_timer.is_null();
+            if pause_timer_fired {
+                state.pause_timer = std::ptr::null_mut();
             }
             if TSVConnClosedGet(contp) != 0 {
                 if event != TS_EVENT_IMMEDIATE {
@@ -101,7 +109,8 @@ extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_v
                         return;
                     }
                 }
-                let t = Box::from_raw(t);
+                let mut t = Box::from_raw(t);
+                cancel_pause_timer(&mut t);
                 if !t.output_buffer.is_null() {
                     TSIOBufferReaderFree(t.output_reader);
                     TSIOBufferDestroy(t.output_buffer);
@@ -116,6 +125,7 @@ extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_v
                     TSContCall(TSVIOContGet(input), TS_EVENT_ERROR, input as *mut c_void);
                 }
                 TS_EVENT_VCONN_WRITE_COMPLETE => TSVConnShutdown(TSTransformOutputVConnGet(contp), 0, 1),
+                TS_EVENT_TIMEOUT if pause_timer_fired => on_pause_timer(contp),
                 _ => step(contp),
             }
         }
@@ -136,11 +146,21 @@ unsafe fn step(contp: TSCont) {
         return;
     }
     if let Some(at) = t.waiting {
+        if t.direction == StreamType::HttpRequest && t.shared.local.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            // Answered instead of resumed: the request is not sent on (see
+            // `Txn::on_send_request_header`).
+            t.waiting = None;
+            t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.contp != contp);
+            cancel_pause_timer(t);
+            end_output(contp, t);
+            return;
+        }
         // Paused at the end of the body: go on once the plugin resumed.
         if !claim_resume(contp, t) {
             return;
         }
         t.waiting = None;
+        cancel_pause_timer(t);
         let txn = &mut *t.txn;
         let links = links(txn, t.direction);
         let body = {
@@ -229,9 +249,53 @@ unsafe fn emit(contp: TSCont, t: &mut Transform, r: Filtered, eos: bool) {
                 contp,
                 scheduled: t.wake_scheduled.clone(),
             });
+            let txn = &*t.txn;
+            let link = links(txn, t.direction)[at];
+            let timeout = txn.slot.plugins.plugins[link.plugin].config.pause_timeout;
+            cancel_pause_timer(t);
+            t.pause_timer = TSContScheduleOnPool(contp, timeout.as_millis().max(1) as TSHRTime, TS_THREAD_POOL_NET);
             // Resumed already (from inside the callback that paused)?
             step(contp);
         }
+    }
+}
+
+fn cancel_pause_timer(t: &mut Transform) {
+    if !t.pause_timer.is_null() {
+        // SAFETY: the timer has not fired (its event clears `pause_timer` first,
+        // under the transform's mutex, which every caller holds).
+        unsafe { TSActionCancel(t.pause_timer) };
+        t.pause_timer = std::ptr::null_mut();
+    }
+}
+
+/// A plugin kept the body paused at its end past its `pause_timeout`. A
+/// request body: the client gets 504 and the request is not sent on (see
+/// `Txn::on_send_request_header`). A response body, whose header already
+/// went to the client: the response is aborted, the way Envoy resets a
+/// stream past its idle timeout, rather than ended as if it were complete.
+///
+/// # Safety
+/// Called from the transform's own handler with a live transform.
+unsafe fn on_pause_timer(contp: TSCont) {
+    let t = &mut *(TSContDataGet(contp) as *mut Transform);
+    let Some(at) = t.waiting.take() else { return };
+    if t.finished {
+        return;
+    }
+    t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.contp != contp);
+    let txn = &*t.txn;
+    let link = links(txn, t.direction)[at];
+    let plugin = &txn.slot.plugins.plugins[link.plugin].config;
+    let phase = if t.direction == StreamType::HttpRequest { "request" } else { "response" };
+    if t.direction == StreamType::HttpRequest {
+        log(LogLevel::Warn, &format!("[proxy_wasm] {}: kept the {phase} body paused for {:?} (pause_timeout) without continuing it; answering 504", plugin.name, plugin.pause_timeout));
+        t.shared.local.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(crate::host::LocalResponse::pause_timeout);
+        end_output(contp, t);
+    } else {
+        log(LogLevel::Warn, &format!("[proxy_wasm] {}: kept the {phase} body paused for {:?} (pause_timeout) without continuing it; aborting the response", plugin.name, plugin.pause_timeout));
+        t.finished = true;
+        TSVConnAbort(TSTransformOutputVConnGet(contp), 1);
     }
 }
 

@@ -278,9 +278,14 @@ impl HttpStream for AtsStream {
                 Ok(())
             })?;
         }
+        let in_request = !self.shared.response_started();
         *local = Some(response);
         drop(local);
         self.shared.wake_if_paused();
+        if in_request {
+            // A request body held at its end answers now instead of at its pause_timeout.
+            self.shared.wake_body_waiter(StreamType::HttpRequest);
+        }
         Ok(())
     }
 
@@ -400,6 +405,14 @@ pub struct Txn {
     pub framing: Framing,
     /// The origin response's, as received (set at READ_RESPONSE_HDR).
     pub response_framing: Option<Framing>,
+    /// The timer that ends a pause past the pausing plugin's `pause_timeout`;
+    /// null when none is pending. Touched by the continuation's handlers
+    /// (under its mutex) and by the first run of the request chain from the
+    /// global hook, before any event of the continuation can be scheduled
+    /// (a resume comes from a callback on this same thread, after it).
+    pub pause_timer: TSAction,
+    /// The plugin that paused the request or response chain last.
+    pub paused_by: Option<Link>,
 }
 
 fn reenable(txnp: TSHttpTxn, error: bool) {
@@ -431,6 +444,55 @@ fn set_error_response(txnp: TSHttpTxn, status: u32, body: &[u8], content_type: O
 }
 
 impl Txn {
+    /// `link` holds the chain (a Traffic Server hook is not reenabled): it has
+    /// its `pause_timeout` to continue or answer before `on_pause_timer` ends
+    /// the transaction. Without this a plugin that never continues would keep
+    /// the transaction (and its connection) for ever: Traffic Server does not
+    /// end a transaction whose hook is held, even after the client left.
+    fn arm_pause_timer(&mut self, link: Link) {
+        self.cancel_pause_timer();
+        self.paused_by = Some(link);
+        let timeout = self.slot.plugins.plugins[link.plugin].config.pause_timeout;
+        let contp = self.shared.contp.load(Ordering::Acquire);
+        if !contp.is_null() {
+            // SAFETY: the continuation lives until TXN_CLOSE, which cannot come
+            // while a hook is held; `close` cancels a timer still pending.
+            self.pause_timer = unsafe { TSContScheduleOnPool(contp as TSCont, timeout.as_millis().max(1) as TSHRTime, TS_THREAD_POOL_NET) };
+        }
+    }
+
+    fn cancel_pause_timer(&mut self) {
+        if !self.pause_timer.is_null() {
+            // SAFETY: the timer has not fired (its event clears `pause_timer`
+            // first, under the same mutex as this call), so the action is live.
+            unsafe { TSActionCancel(self.pause_timer) };
+            self.pause_timer = std::ptr::null_mut();
+        }
+    }
+
+    /// The pause timer fired: if the chain still waits, the transaction gets
+    /// a 504 (as a local response: in the response phase it replaces an
+    /// origin response; a response Traffic Server is already sending keeps
+    /// its body).
+    pub fn on_pause_timer(&mut self) {
+        self.pause_timer = std::ptr::null_mut();
+        let expired = std::mem::replace(&mut self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).paused, false);
+        if !expired {
+            return;
+        }
+        if let Some(link) = self.paused_by {
+            let timeout = self.slot.plugins.plugins[link.plugin].config.pause_timeout;
+            let phase = if self.response_paused { "response" } else { "request" };
+            log(LogLevel::Warn, &format!("[proxy_wasm] {}: kept the {phase} paused for {timeout:?} (pause_timeout) without continuing it; answering 504", self.plugin_name(link)));
+        }
+        self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(LocalResponse::pause_timeout);
+        if std::mem::take(&mut self.response_paused) {
+            self.answer_in_response_phase();
+        } else {
+            self.stop_with_local_response();
+        }
+    }
+
     /// Takes a resume of `stream`; without one, marks the chain paused (so
     /// that a later resume wakes the transaction) and returns false.
     fn take_resume(&self, stream: StreamType) -> bool {
@@ -449,6 +511,7 @@ impl Txn {
         if answered {
             let was_paused = std::mem::replace(&mut self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).paused, false);
             if was_paused {
+                self.cancel_pause_timer();
                 if std::mem::take(&mut self.response_paused) {
                     self.answer_in_response_phase();
                 } else {
@@ -467,6 +530,7 @@ impl Txn {
             found
         };
         if resume {
+            self.cancel_pause_timer();
             if std::mem::take(&mut self.response_paused) {
                 self.continue_response_headers();
             } else {
@@ -519,6 +583,8 @@ impl Txn {
                 Ok(Verdict::Pause) => {
                     if !self.take_resume(StreamType::HttpRequest) {
                         // Resumed later by `proxy_continue_stream` from another event.
+                        drop(vms);
+                        self.arm_pause_timer(link);
                         return;
                     }
                 }
@@ -563,11 +629,21 @@ impl Txn {
         }
     }
 
-    /// SEND_REQUEST_HDR, for a chunked request body that went through the
-    /// request transform: the transform hands it on chunked again, but Traffic
-    /// Server also sets the transform's output length as Content-Length, which
-    /// must not go out next to `Transfer-Encoding: chunked` (RFC 9112 6.3).
+    /// SEND_REQUEST_HDR, when the request body goes through the request
+    /// transform. The transform holds the whole body before Traffic Server
+    /// sends the request on, so a local response sent from a body callback
+    /// (or a body pause that timed out) is known here: the request is not
+    /// sent and the client gets the local response instead.
+    ///
+    /// Otherwise, for a chunked body: the transform hands it on chunked again,
+    /// but Traffic Server also sets the transform's output length as
+    /// Content-Length, which must not go out next to
+    /// `Transfer-Encoding: chunked` (RFC 9112 6.3).
     pub fn on_send_request_header(&self) {
+        if self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            self.stop_with_local_response();
+            return;
+        }
         let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
         // SAFETY: live transaction, in its SEND_REQUEST_HDR hook.
         if unsafe { TSHttpTxnServerReqGet(self.shared.txnp, &mut buf, &mut loc) } == TS_SUCCESS {
@@ -673,6 +749,8 @@ impl Txn {
                         // Resumed later by `proxy_continue_stream` or answered
                         // by `proxy_send_local_response` from another event.
                         self.response_paused = true;
+                        drop(vms);
+                        self.arm_pause_timer(link);
                         return;
                     }
                 }
@@ -722,6 +800,7 @@ impl Txn {
 
     /// on_done, on_log, on_delete for every stream context, at TXN_CLOSE.
     pub fn close(&mut self) {
+        self.cancel_pause_timer();
         let slot = self.slot.clone();
         let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
         for link in &self.chain {

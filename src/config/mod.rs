@@ -14,6 +14,8 @@
 //!   fail_open: false                # optional (alias failOpen), default false
 //!   failure_policy: fail_closed     # our extension (alias failurePolicy): fail_closed (default),
 //!                                   # fail_open or reload; not together with fail_open
+//!   pause_timeout: 60s              # our extension (alias pauseTimeout): how long a request may
+//!                                   # wait for this plugin to continue it, default 60s
 //!   authorizations:                 # our extension; every key optional
 //!     allowed_hosts: []             # alias allowedHosts: http_call upstreams ("*" = any), default none
 //!     plugin_map_access: { read: true, write: true }   # alias pluginMapAccess: own shared data,
@@ -324,6 +326,13 @@ pub struct PluginConfig {
     pub configuration: Vec<u8>,
     /// From `failure_policy`, or Traffic Server's `fail_open`.
     pub failure_policy: FailurePolicy,
+    /// `pause_timeout` (our extension; default [`PluginConfig::DEFAULT_PAUSE_TIMEOUT`]): how long
+    /// a request or response may stay paused by this plugin (a Pause from `on_request_headers` or
+    /// `on_response_headers`, or at the end of a body) without `proxy_continue_stream` or a local
+    /// response. Past it the server ends the stream as Envoy's stream idle timeout does: a 504
+    /// if no response was sent yet, else the connection is closed. A plugin that never continues
+    /// then cannot hold a request (and its connection) for ever, even after the client left.
+    pub pause_timeout: std::time::Duration,
     /// What the plugin may touch (`authorizations`, and
     /// `capability_restriction_config` as its `capabilities`).
     pub authorizations: crate::authorizations::Authorizations,
@@ -335,6 +344,11 @@ pub struct PluginConfig {
     pub vm: VmConfig,
     /// Where the entry was written.
     pub origin: ConfigOrigin,
+}
+
+impl PluginConfig {
+    /// `pause_timeout` when not given (nginx's default `proxy_read_timeout`).
+    pub const DEFAULT_PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 }
 
 /// Where a plugin's entry starts: the line of its `config:` key.

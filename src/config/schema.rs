@@ -388,6 +388,7 @@ struct PluginSection {
     configuration: Option<Vec<u8>>,
     fail_open: Option<bool>,
     failure_policy: Option<FailurePolicy>,
+    pause_timeout: Option<std::time::Duration>,
     allowed_capabilities: Option<Vec<String>>,
     authorizations: Option<Authorizations>,
     vm: Option<VmConfig>,
@@ -402,6 +403,7 @@ impl Section for PluginSection {
         &["configuration"],
         &["fail_open", "failOpen"],
         &["failure_policy", "failurePolicy"],
+        &["pause_timeout", "pauseTimeout"],
         &[
             "capability_restriction_config",
             "capabilityRestrictionConfig",
@@ -422,6 +424,7 @@ impl Section for PluginSection {
             "configuration" => self.configuration = Some(map.next_value_seed(cx.at(Payload))?),
             "fail_open" => self.fail_open = map.next_value_seed(cx.at(Flag))?,
             "failure_policy" => self.failure_policy = map.next_value_seed(cx.at(Policy))?,
+            "pause_timeout" => self.pause_timeout = map.next_value_seed(cx.at(Timeout))?,
             "authorizations" => {
                 self.authorizations =
                     Some(map.next_value_seed(cx.at(Sec::<AuthorizationsSection>::new()))?);
@@ -458,6 +461,7 @@ impl Section for PluginSection {
             root_id: self.root_id.unwrap_or_default(),
             configuration: self.configuration.unwrap_or_default(),
             failure_policy,
+            pause_timeout: self.pause_timeout.unwrap_or(PluginConfig::DEFAULT_PAUSE_TIMEOUT),
             authorizations,
             allowed_capabilities: self.allowed_capabilities,
             // The line is filled in by `parse`, which can find it in the text.

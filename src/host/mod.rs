@@ -61,6 +61,20 @@ pub struct LocalResponse {
     pub grpc_status: i32,
 }
 
+impl LocalResponse {
+    /// What the client gets when a plugin kept its request paused past the
+    /// plugin's `pause_timeout` (see `PluginConfig::pause_timeout`).
+    pub fn pause_timeout() -> LocalResponse {
+        LocalResponse {
+            status: 504,
+            details: "pause_timeout".into(),
+            body: b"the request waited too long for a plugin\n".to_vec(),
+            headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
+            grpc_status: -1,
+        }
+    }
+}
+
 /// Server-wide services for one VM instance.
 ///
 /// Methods are called from inside guest callbacks on the instance's thread and

@@ -80,10 +80,6 @@ struct State {
     body_ready: bool,
     request_body_done: bool,
     request_chunks: std::collections::VecDeque<(Vec<u8>, bool)>,
-    /// The first plugin of the chain that has not seen `request_chunks` yet:
-    /// a body read while `on_request_headers` was paused already went
-    /// through the plugins before the one that paused (as Envoy does).
-    body_from: usize,
     request_out: Vec<u8>,
     /// A request-phase callback paused: the phase handler is suspended.
     paused_request: bool,
@@ -94,6 +90,8 @@ struct State {
     local_sent: bool,
     /// A failed plugin answers 503 (fail closed).
     failed: bool,
+    /// The plugin that paused last (for the `pause_timeout` message).
+    paused_by: Option<Link>,
     resume_posted: bool,
     // response
     response_started: bool,
@@ -126,6 +124,8 @@ pub struct ReqCtx {
     st: Mutex<State>,
     /// Posted to continue after a resume.
     ev: UnsafeCell<ngx_event_t>,
+    /// Ends a pause that outlasted the plugin's `pause_timeout`.
+    pause_timer: UnsafeCell<ngx_event_t>,
 }
 
 // SAFETY: nginx workers are single-threaded: the request pointer and the
@@ -161,6 +161,16 @@ impl ReqCtx {
         st.resume_posted = true;
         drop(st);
         post_event(self.ev.get());
+    }
+
+    /// `link` paused the request or the response: it has its `pause_timeout`
+    /// to continue (or answer) before `on_pause_timeout` ends the stream.
+    fn arm_pause_timer(&self, link: Link) {
+        self.st().paused_by = Some(link);
+        let timeout = self.slot.set.plugins[link.plugin].config.pause_timeout;
+        // SAFETY: the event lives in the context, whose pool cleanup deletes
+        // the timer before the context can go away; worker thread only.
+        unsafe { ngx_add_timer(self.pause_timer.get(), timeout.as_millis().max(1) as ngx_msec_t) };
     }
 
     fn take_resume(&self, stream: StreamType) -> bool {
@@ -435,6 +445,10 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
             if (*ev).posted() != 0 {
                 ngx_delete_posted_event(ev);
             }
+            let timer = ctx.pause_timer.get();
+            if (*timer).timer_set() != 0 {
+                ngx_del_timer(timer);
+            }
         }
     });
 }
@@ -482,9 +496,18 @@ unsafe fn create_ctx(r: *mut ngx_http_request_t, chain: &[usize]) -> Created {
             Admission::Refuse { .. } => vms.roots.iter().copied().filter(|r| vms.vms[r.vm].failure().is_none()).collect(),
         }
     };
-    let ctx = Arc::new(ReqCtx { r: AtomicPtr::new(r), slot: slot.clone(), st: Mutex::new(State::default()), ev: UnsafeCell::new(new_event(on_resume_event, std::ptr::null_mut())) });
-    // SAFETY: the event's data is the context itself (it lives as long as the event can fire).
-    unsafe { (*ctx.ev.get()).data = Arc::as_ptr(&ctx) as *mut c_void };
+    let ctx = Arc::new(ReqCtx {
+        r: AtomicPtr::new(r),
+        slot: slot.clone(),
+        st: Mutex::new(State::default()),
+        ev: UnsafeCell::new(new_event(on_resume_event, std::ptr::null_mut())),
+        pause_timer: UnsafeCell::new(new_event(on_pause_timeout, std::ptr::null_mut())),
+    });
+    // SAFETY: the events' data is the context itself (it lives as long as the events can fire).
+    unsafe {
+        (*ctx.ev.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
+        (*ctx.pause_timer.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
+    }
     let mut links = Vec::new();
     {
         let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
@@ -636,10 +659,11 @@ fn drive_request(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
     }
 }
 
-/// `on_request_headers` paused: the phase engine stops, but when a plugin
-/// of the chain reads the body, nginx goes on reading it meanwhile and the
-/// plugins that already ran `on_request_headers` get it (so a plugin may
-/// continue from `on_request_body`, as on Envoy).
+/// `on_request_headers` paused: the phase engine stops. When a plugin of
+/// the chain reads the body, nginx goes on reading (buffering) it meanwhile,
+/// but no `on_request_body` runs before the whole chain has continued its
+/// headers: Envoy (proxy-wasm-cpp-host) turns a Pause from the headers into
+/// StopAllIterationAndWatermark, which holds the body callbacks too.
 fn suspend_reading_body(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
     let rc = suspend(ctx, r);
     let start = {
@@ -686,15 +710,15 @@ fn suspend(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
 unsafe extern "C" fn request_body_ready(r: *mut ngx_http_request_t) {
     let _ = std::panic::catch_unwind(|| {
         let Some(ctx) = get_ctx(r) else { return };
-        let paused_at = {
+        let headers_paused = {
             let mut st = ctx.st();
             st.body_ready = true;
             // SAFETY: live request with its body read.
             st.request_chunks = unsafe { read_request_body(r) };
-            (st.paused_request && !st.request_headers_done).then_some(st.next)
+            st.paused_request && !st.request_headers_done
         };
-        if let Some(upto) = paused_at {
-            feed_paused_prefix(ctx, upto);
+        if headers_paused {
+            // Kept until the resume runs the phases again.
             return;
         }
         // SAFETY: live request; continue the phases where they stopped (as the mirror module does).
@@ -703,33 +727,6 @@ unsafe extern "C" fn request_body_ready(r: *mut ngx_http_request_t) {
             ngx_http_core_run_phases(r);
         }
     });
-}
-
-/// The body arrived while `on_request_headers` of `links[upto - 1]` is
-/// paused: it goes through `links[..upto]` now; what comes out waits for
-/// the rest of the chain.
-fn feed_paused_prefix(ctx: &ReqCtx, upto: usize) {
-    let links: Vec<Link> = ctx.st().chain[..upto].to_vec();
-    let chunks = std::mem::take(&mut ctx.st().request_chunks);
-    let mut out = std::collections::VecDeque::new();
-    for (chunk, eos) in chunks {
-        match feed(ctx, &links, 0, chunk, eos, StreamType::HttpRequest) {
-            Feed::Out(data) => out.push_back((data, eos)),
-            Feed::Held => {}
-            Feed::Wait(stage) => {
-                ctx.st().request_body_wait = Some(stage);
-                break;
-            }
-            Feed::Stop => {
-                ctx.st().failed = true;
-                ctx.post_resume();
-                break;
-            }
-        }
-    }
-    let mut st = ctx.st();
-    st.request_chunks = out;
-    st.body_from = upto;
 }
 
 /// The request body as nginx read it: one chunk per buffer (file buffers in
@@ -790,6 +787,7 @@ fn run_request_headers(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> Outcome {
             Ok(Verdict::Continue) => {}
             Ok(Verdict::Pause) => {
                 if !ctx.take_resume(StreamType::HttpRequest) {
+                    ctx.arm_pause_timer(link);
                     return Outcome::Pause;
                 }
             }
@@ -827,7 +825,11 @@ fn feed(ctx: &ReqCtx, links: &[Link], from: usize, mut data: Vec<u8>, eos: bool,
             Ok(Verdict::Continue) => {}
             Ok(Verdict::Pause) => {
                 if !ctx.take_resume(stream) {
-                    return if eos { Feed::Wait(i) } else { Feed::Held };
+                    if eos {
+                        ctx.arm_pause_timer(*link);
+                        return Feed::Wait(i);
+                    }
+                    return Feed::Held;
                 }
             }
             Ok(Verdict::Stop) => return Feed::Stop,
@@ -852,22 +854,7 @@ fn run_request_body(ctx: &ReqCtx, _r: *mut ngx_http_request_t) -> Outcome {
         }
         ctx.st().request_body_wait = None;
         let data = ctx.slot.vms.lock().unwrap_or_else(|p| p.into_inner()).vms[links[stage].vm].take_body(links[stage].ctx, StreamType::HttpRequest).unwrap_or_default();
-        let from = ctx.st().body_from;
-        if stage + 1 < from {
-            // Paused at the end of a body read while the headers were paused:
-            // the rest of that prefix first, then the plugins after it.
-            match feed(ctx, &links[..from], stage + 1, data, true, StreamType::HttpRequest) {
-                Feed::Out(out) => ctx.st().request_chunks.push_back((out, true)),
-                Feed::Held => {}
-                Feed::Wait(stage) => {
-                    ctx.st().request_body_wait = Some(stage);
-                    return Outcome::Pause;
-                }
-                Feed::Stop => return Outcome::Stop,
-            }
-            return run_request_body(ctx, _r);
-        }
-        match feed(ctx, &links, stage.max(from.saturating_sub(1)) + 1, data, true, StreamType::HttpRequest) {
+        match feed(ctx, &links, stage + 1, data, true, StreamType::HttpRequest) {
             Feed::Out(out) => ctx.st().request_out.extend_from_slice(&out),
             Feed::Held => {}
             Feed::Wait(stage) => {
@@ -878,10 +865,9 @@ fn run_request_body(ctx: &ReqCtx, _r: *mut ngx_http_request_t) -> Outcome {
         }
         return Outcome::Continue;
     }
-    let from = ctx.st().body_from;
     loop {
         let Some((chunk, eos)) = ctx.st().request_chunks.pop_front() else { return Outcome::Continue };
-        match feed(ctx, &links, from, chunk, eos, StreamType::HttpRequest) {
+        match feed(ctx, &links, 0, chunk, eos, StreamType::HttpRequest) {
             Feed::Out(out) => ctx.st().request_out.extend_from_slice(&out),
             Feed::Held => {}
             Feed::Wait(stage) => {
@@ -1046,6 +1032,58 @@ unsafe extern "C" fn on_resume_event(ev: *mut ngx_event_t) {
     }
 }
 
+/// A pause outlasted the plugin's `pause_timeout` (its timer is re-armed at
+/// every pause, so it only ends the pause it was armed for): a request, or a
+/// response whose header is not sent yet, gets a local 504; a response body
+/// held back after its header went out ends with the connection closed (as
+/// Envoy resets a stream past its idle timeout).
+unsafe extern "C" fn on_pause_timeout(ev: *mut ngx_event_t) {
+    let out = std::panic::catch_unwind(|| {
+        // SAFETY: the event's data is its ReqCtx, alive while the timer is set
+        // (the cleanup deletes it).
+        let ctx = unsafe { &*((*ev).data as *const ReqCtx) };
+        let Some(r) = ctx.r() else { return };
+        let (paused, phase, body_wait, link) = {
+            let st = ctx.st();
+            let phase = match (st.paused_request, st.request_body_wait.is_some()) {
+                (true, true) => "request body",
+                (true, false) => "request",
+                _ => "response",
+            };
+            (st.paused_request || st.response_headers_paused, phase, st.response_body_wait.is_some(), st.paused_by)
+        };
+        if !paused && !body_wait {
+            return;
+        }
+        let (name, timeout) = link.map_or((String::from("a plugin"), Default::default()), |l| (ctx.plugin_name(l), ctx.slot.set.plugins[l.plugin].config.pause_timeout));
+        // SAFETY: live request on this worker.
+        let c = unsafe { (*r).connection };
+        if paused {
+            log(LogLevel::Warn, &format!("[proxy_wasm] {name}: kept the {phase} paused for {timeout:?} (pause_timeout) without continuing it; answering 504"));
+            {
+                let mut st = ctx.st();
+                if st.local.is_none() {
+                    st.local = Some(LocalResponse::pause_timeout());
+                }
+            }
+            ctx.post_resume();
+        } else {
+            log(LogLevel::Warn, &format!("[proxy_wasm] {name}: kept the response body paused for {timeout:?} (pause_timeout) without continuing it; aborting the response"));
+            ctx.st().response_body_wait = None;
+            // SAFETY: live request; ends it as a failed response.
+            unsafe {
+                (*r).set_buffered((*r).buffered() & !BUFFERED);
+                ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t);
+            }
+        }
+        // SAFETY: the connection of the request (still valid: requests on it run now).
+        unsafe { ngx_http_run_posted_requests(c) };
+    });
+    if out.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) ending a paused request");
+    }
+}
+
 // ------------------------------------------------------------------ response
 
 /// The plugins that saw the request, in response order (last first).
@@ -1105,6 +1143,7 @@ fn continue_response_headers(ctx: &ReqCtx, r: *mut ngx_http_request_t, resumed: 
                 Ok(Verdict::Pause) => {
                     if !ctx.take_resume(StreamType::HttpResponse) {
                         ctx.st().response_headers_paused = true;
+                        ctx.arm_pause_timer(link);
                         // SAFETY: live request: held back until the plugin continues.
                         unsafe { (*r).set_buffered((*r).buffered() | BUFFERED) };
                         return NGX_OK as ngx_int_t;

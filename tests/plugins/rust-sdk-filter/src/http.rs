@@ -671,6 +671,12 @@ impl Filter {
                 };
                 self.local(status, &text, kv);
             }
+            Callout::RequestBody if self.param("x-pw-body-callout-local").is_some() => {
+                // Answers instead of continuing the held body.
+                let mut text = b"callout:".to_vec();
+                text.extend_from_slice(&body);
+                self.local(status_code.filter(|s| (200..=599).contains(s)).unwrap_or(503), &text, kv);
+            }
             Callout::RequestBody => {
                 let tail = format!("[callout:{}]", opt_text(status_code.map(|s| s.to_string()).as_deref().map(str::as_bytes), 16));
                 self.set_http_request_body(self.req_body.last_size, 0, tail.as_bytes());
@@ -906,6 +912,12 @@ impl HttpContext for Filter {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.req_body.calls += 1;
+        if self.req_body.calls == 1 && self.has("tick-resume") {
+            // Whether the tick had continued the paused headers before the
+            // first body callback (on Envoy it must have).
+            let by = self.live_req_header("x-pw-resumed-by").map(|v| String::from_utf8_lossy(&v).into_owned());
+            self.rep("x-pw-first-body-call-resumed-by", by.as_deref().unwrap_or("not-resumed"));
+        }
         if end_of_stream {
             self.req_body.eos_calls += 1;
         }
