@@ -116,8 +116,13 @@ unsafe fn push(r: *mut ngx_http_request_t, list: *mut ngx_list_t, key: &[u8], va
     }
 }
 
+/// Whether the element is named `key` (ASCII case-insensitive). Compared
+/// from the last byte: names in one list often share a prefix (`x-`,
+/// `content-`, `accept-`) and differ at the end, so most elements are told
+/// apart by their length or last byte.
 fn key_is(h: &ngx_table_elt_t, key: &[u8]) -> bool {
-    h.key.as_bytes().eq_ignore_ascii_case(key)
+    let name = h.key.as_bytes();
+    name.len() == key.len() && name.iter().rev().zip(key.iter().rev()).all(|(a, b)| a.eq_ignore_ascii_case(b))
 }
 
 // ------------------------------------------------------------------ request
@@ -255,10 +260,10 @@ unsafe fn remove_request(r: *mut ngx_http_request_t, key: &[u8]) {
             }
             part = (*part).next;
         }
-        match key.to_ascii_lowercase().as_slice() {
-            b"content-length" => hi.content_length_n = -1,
-            b"transfer-encoding" => hi.set_chunked(0),
-            _ => {}
+        if key.eq_ignore_ascii_case(b"content-length") {
+            hi.content_length_n = -1;
+        } else if key.eq_ignore_ascii_case(b"transfer-encoding") {
+            hi.set_chunked(0);
         }
     }
 }

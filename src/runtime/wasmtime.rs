@@ -343,7 +343,7 @@ unsafe fn call_host(
             _ => Val::I32(0),
         };
     }
-    let mut c = WasmtimeCaller { caller };
+    let mut c = WasmtimeCaller { caller, memory: None };
     let out = func(&mut c, &buf[..params.len()]).map_err(wt::Error::new)?;
     if let (Some(ty), Some(slot)) = (results.first(), values.first_mut()) {
         // The declared type decides how the value is written, so a result
@@ -363,10 +363,23 @@ unsafe fn call_host(
 
 struct WasmtimeCaller<'a> {
     caller: wt::Caller<'a, StoreData>,
+    /// The guest memory's base and length, looked up once per hostcall (a
+    /// hostcall reads and writes it several times; the lookup goes through
+    /// the instance). Only guest code can grow the memory, and so move it:
+    /// `call_export` forgets it.
+    memory: Option<(*mut u8, usize)>,
 }
 
 impl Caller for WasmtimeCaller<'_> {
     fn memory_and_state(&mut self) -> (&mut [u8], &mut HostState) {
+        if let Some((base, len)) = self.memory {
+            // SAFETY: `base`/`len` describe the guest memory as it was when
+            // this hostcall looked it up, and no guest code (the only thing
+            // that can grow it) has run since (see `call_export`). The memory
+            // is not part of the store data, so the two borrows are disjoint,
+            // and both are tied to `&mut self`.
+            return (unsafe { std::slice::from_raw_parts_mut(base, len) }, &mut self.caller.data_mut().host);
+        }
         let memory = match self.caller.data().memory {
             Some(m) => Some(m),
             None => self.caller.get_export("memory").and_then(|e| e.into_memory()),
@@ -374,6 +387,7 @@ impl Caller for WasmtimeCaller<'_> {
         match memory {
             Some(mem) => {
                 let (bytes, data) = mem.data_and_store_mut(&mut self.caller);
+                self.memory = Some((bytes.as_mut_ptr(), bytes.len()));
                 (bytes, &mut data.host)
             }
             _ => (&mut [], &mut self.caller.data_mut().host),
@@ -392,7 +406,13 @@ impl Caller for WasmtimeCaller<'_> {
         let Some(export) = export else {
             return Err(Trap::new(format!("the module has no function export {name:?}")));
         };
+        // The guest may grow (and so move) its memory.
+        self.memory = None;
         export.call(&mut self.caller, args)
+    }
+
+    fn state(&mut self) -> &mut HostState {
+        &mut self.caller.data_mut().host
     }
 }
 
