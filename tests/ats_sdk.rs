@@ -446,6 +446,11 @@ mod on_one_server {
         // A value set by one stream does not leak into the next.
         let r = send(&ats, case("/p", "properties"));
         assert_eq!(r.header("x-pw-prop-roundtrip"), Some("round-trip"));
+        // A repeated header reads as its values joined with "," (as its
+        // header map value does), on both servers.
+        let r = send(&ats, case("/p/dup", "properties").header("x-pw-prop", "one").header("x-pw-prop", "two").header("user-agent", "pw-agent/1").header("x-pw-prop-paths", "request.useragent"));
+        assert_eq!(r.header("x-pw-prop-header"), Some("one,two"));
+        assert_eq!(r.header("x-pw-prop-req"), Some("request.useragent=pw-agent/1"));
         // The root context (on_configure) has the plugin's identity but no request.
         assert_eq!(shared_value(&ats, "root.request.path"), "(none)");
         assert_eq!(shared_value(&ats, "root.plugin_name"), "rust-filter");

@@ -447,6 +447,11 @@ mod on_one_server {
         assert_eq!(r.header("x-pw-prop-response-code"), Some("200"));
         let r = send(&f.n, case("/p", "properties"));
         assert_eq!(r.header("x-pw-prop-roundtrip"), Some("round-trip"), "a value set by one stream does not leak into the next");
+        // A repeated header reads as its values joined with "," (as its
+        // header map value does), on both servers.
+        let r = send(&f.n, case("/p/dup", "properties").header("x-pw-prop", "one").header("x-pw-prop", "two").header("user-agent", "pw-agent/1").header("x-pw-prop-paths", "request.useragent"));
+        assert_eq!(r.header("x-pw-prop-header"), Some("one,two"));
+        assert_eq!(r.header("x-pw-prop-req"), Some("request.useragent=pw-agent/1"));
     }
 
     fn prop<'a>(r: &'a Response, name: &str, path: &str) -> &'a str {

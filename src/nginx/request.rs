@@ -347,7 +347,8 @@ unsafe fn property(r: *mut ngx_http_request_t, path: &[&[u8]], response: bool) -
     // SAFETY: live request; every pointer read is nginx's own.
     unsafe {
         let c = (*r).connection;
-        let header = |name: &[u8]| hdr::request_pairs(r).into_iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+        // Repeated headers joined with ",", as `get_header_map_value` answers.
+        let header = |name: &[u8]| hdr::request_value(r, name);
         let sockaddr_port = |sa: *const libc::sockaddr| -> Option<u16> {
             if sa.is_null() {
                 return None;
