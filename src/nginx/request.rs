@@ -374,7 +374,7 @@ unsafe fn property(r: *mut ngx_http_request_t, path: &[&[u8]], response: bool) -
             [b"request", b"time"] => int(((*r).start_sec as u64) * 1_000_000_000 + ((*r).start_msec as u64) * 1_000_000),
             [b"request", b"size"] => ((*r).headers_in.content_length_n >= 0).then(|| (*r).headers_in.content_length_n as u64).and_then(int),
             [b"response", b"code"] if response => int((*r).headers_out.status as u64),
-            [b"response", b"headers", name] if response => hdr::response_pairs(r).into_iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v),
+            [b"response", b"headers", name] if response => hdr::response_value(r, name),
             // Envoy's form: "<ip>:<port>" ("[<ip6>]:<port>").
             [b"source", b"address"] => {
                 let ip = String::from_utf8_lossy((*c).addr_text.as_bytes()).into_owned();
