@@ -227,6 +227,10 @@ fn a_response_paused_past_the_pause_timeout_is_replaced_by_504() {
     assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", ats.log_report());
     assert!(ats.wait_for_log("rust-filter: kept the response paused for 1s (pause_timeout)", WAIT), "{}", ats.log_report());
     assert!(origin.requests().iter().any(|q| q.path == "/resp"), "the origin answered; its response was held");
+    // A response Traffic Server makes itself (TRACE with Max-Forwards: 0)
+    // paused past the timeout: the 504 replaces its status.
+    let r = send(&ats, Request::new("TRACE", "/trace").header("max-forwards", "0").header("x-pw-test", "http-call-response"));
+    assert_eq!(r.status, 504, "{}", ats.log_report());
     std::thread::sleep(Duration::from_millis(2500));
     let r = send(&ats, Request::get("/after"));
     assert_eq!(r.status, 200, "{}", ats.log_report());

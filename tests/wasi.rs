@@ -142,6 +142,22 @@ fn unsupported_wasi_calls_answer_an_errno_instead_of_trapping() {
 }
 
 #[test]
+fn an_unknown_wasi_import_of_any_shape_answers_without_trapping() {
+    // Names we do not implement are answered generically whatever the type the
+    // module declares: several results, or floats, come back as zeros after
+    // the errno.
+    let imports = r#"(import "wasi_snapshot_preview1" "pw_no_such_call" (func $two (param i32) (result i32 i32)))
+        (import "wasi_snapshot_preview1" "pw_no_such_float" (func $fl (param f64) (result f64)))"#;
+    let body = r#"
+      (call $two (i32.const 7))
+      (call $report (i32.add (i32.const 1)))
+      (call $report)
+      (call $report (i32.trunc_f64_s (f64.add (f64.const 3) (call $fl (f64.const 1.5)))))"#;
+    let h = run(&wasi_module("", imports, body), VmOptions::new(unique_vm_id("shape")));
+    assert_eq!(reports(&h), vec!["r=01", "r=58", "r=03"]);
+}
+
+#[test]
 fn proc_exit_ends_the_call_and_is_logged() {
     let imports = r#"(import "wasi_unstable" "proc_exit" (func $exit (param i32)))"#;
     let body = r#"(call $exit (i32.const 3))"#;

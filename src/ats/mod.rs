@@ -336,6 +336,10 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     // wake a paused transaction); its data is freed at TXN_CLOSE.
     unsafe {
         let contp = TSContCreate(Some(on_txn_event), TSMutexCreate());
+        // Its wake-ups and timers run on this thread, which owns the VMs the
+        // transaction uses: never on another thread that would wait for them
+        // while a callback here waits to schedule the continuation.
+        TSContThreadAffinitySet(contp, TSEventThreadSelf());
         txn.shared.contp.store(contp as *mut c_void, Ordering::Release);
         let raw = Box::into_raw(txn);
         TSContDataSet(contp, raw as *mut c_void);
@@ -355,7 +359,12 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         if in_remap {
             TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, contp);
         } else {
+            // Under the continuation's mutex, as its own events run: a pause
+            // arms a timer whose event must not run before this returns.
+            let mutex = TSContMutexGet(contp);
+            TSMutexLock(mutex);
             (*raw).run_request_headers();
+            TSMutexUnlock(mutex);
         }
     }
 }

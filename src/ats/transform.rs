@@ -10,7 +10,7 @@
 
 use std::os::raw::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::server::log;
@@ -39,11 +39,19 @@ pub struct Transform {
     input_done: bool,
     /// A plugin (index into the phase's chain) paused at the end of the body.
     waiting: Option<usize>,
-    /// A wake-up for `waiting` is scheduled (see `TxnShared::body_waiters`).
-    wake_scheduled: Arc<AtomicBool>,
+    /// Wake-ups scheduled on `waker` and not delivered yet (see
+    /// `TxnShared::body_waiters`): the state is freed only when none is.
+    wakes_pending: Arc<AtomicUsize>,
     /// Ends a wait in `waiting` past the plugin's `pause_timeout`; null when
     /// none is pending (cleared by its own event, cancelled otherwise).
     pause_timer: TSAction,
+    /// The transform VConnection; null once Traffic Server closed it.
+    contp: TSCont,
+    /// Our own events for this transform (a resume's wake-up, the pause
+    /// timer) go to this continuation, which shares the transform's mutex:
+    /// Traffic Server also sends the transform EVENT_IMMEDIATE (its close),
+    /// so wake-ups sent to the transform itself could not be told apart.
+    waker: TSCont,
     shared: Arc<TxnShared>,
 }
 
@@ -75,12 +83,20 @@ pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked
         dechunk: (chunked && direction == StreamType::HttpRequest).then(Dechunker::default),
         input_done: false,
         waiting: None,
-        wake_scheduled: Default::default(),
+        wakes_pending: Default::default(),
         pause_timer: std::ptr::null_mut(),
+        contp: std::ptr::null_mut(),
+        waker: std::ptr::null_mut(),
         shared: (*txn).shared.clone(),
     });
     let connp = TSTransformCreate(Some(on_transform_event), txnp);
-    TSContDataSet(connp, Box::into_raw(state) as *mut c_void);
+    let state = Box::into_raw(state);
+    (*state).contp = connp;
+    (*state).waker = TSContCreate(Some(on_waker_event), TSContMutexGet(connp));
+    // On the transaction's thread, which owns its VMs (see `start_transaction`).
+    TSContThreadAffinitySet((*state).waker, TSEventThreadSelf());
+    TSContDataSet(connp, state as *mut c_void);
+    TSContDataSet((*state).waker, state as *mut c_void);
     let hook = if direction == StreamType::HttpRequest { TS_HTTP_REQUEST_TRANSFORM_HOOK } else { TS_HTTP_RESPONSE_TRANSFORM_HOOK };
     TSHttpTxnHookAdd(txnp, hook, connp);
 }
@@ -91,32 +107,8 @@ extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_v
         // it under its mutex, and its data is our Box<Transform>.
         unsafe {
             let t = TSContDataGet(contp) as *mut Transform;
-            let state: &mut Transform = &mut *t;
-            if event == TS_EVENT_IMMEDIATE {
-                state.wake_scheduled.store(false, Ordering::Release);
-            }
-            let pause_timer_fired = event == TS_EVENT_TIMEOUT && !state.pause_timer.is_null();
-            if pause_timer_fired {
-                state.pause_timer = std::ptr::null_mut();
-            }
             if TSVConnClosedGet(contp) != 0 {
-                if event != TS_EVENT_IMMEDIATE {
-                    // Out of the waiters first; a wake-up already scheduled
-                    // frees the transform when it arrives.
-                    let mut waiters = state.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner());
-                    waiters.retain(|w| w.contp != contp);
-                    if state.wake_scheduled.load(Ordering::Acquire) {
-                        return;
-                    }
-                }
-                let mut t = Box::from_raw(t);
-                cancel_pause_timer(&mut t);
-                if !t.output_buffer.is_null() {
-                    TSIOBufferReaderFree(t.output_reader);
-                    TSIOBufferDestroy(t.output_buffer);
-                }
-                drop(t);
-                TSContDestroy(contp);
+                close(t);
                 return;
             }
             match event {
@@ -125,8 +117,77 @@ extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_v
                     TSContCall(TSVIOContGet(input), TS_EVENT_ERROR, input as *mut c_void);
                 }
                 TS_EVENT_VCONN_WRITE_COMPLETE => TSVConnShutdown(TSTransformOutputVConnGet(contp), 0, 1),
-                TS_EVENT_TIMEOUT if pause_timer_fired => on_pause_timer(contp),
                 _ => step(contp),
+            }
+        }
+    }));
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in a body transform");
+    }
+    0
+}
+
+/// Traffic Server closed the transform: it leaves the waiters, its timer is
+/// cancelled and the VConnection destroyed; the state (and the waker) go
+/// now, or with the last wake-up still on its way.
+///
+/// # Safety
+/// Called under the transform's mutex, once, with its live state.
+unsafe fn close(t: *mut Transform) {
+    let state = &mut *t;
+    let pending = {
+        let mut waiters = state.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner());
+        waiters.retain(|w| w.contp != state.waker);
+        state.wakes_pending.load(Ordering::Acquire)
+    };
+    cancel_pause_timer(state);
+    if !state.output_buffer.is_null() {
+        TSIOBufferReaderFree(state.output_reader);
+        TSIOBufferDestroy(state.output_buffer);
+        state.output_buffer = std::ptr::null_mut();
+    }
+    TSContDestroy(state.contp);
+    state.contp = std::ptr::null_mut();
+    if pending == 0 {
+        free(t);
+    }
+}
+
+/// # Safety
+/// The transform is closed and no event can reach its waker any more.
+unsafe fn free(t: *mut Transform) {
+    let t = Box::from_raw(t);
+    TSContDestroy(t.waker);
+}
+
+/// The transform's own events: EVENT_IMMEDIATE is a wake-up scheduled by
+/// `TxnShared::wake_body_waiter`, EVENT_TIMEOUT the pause timer.
+extern "C" fn on_waker_event(waker: TSCont, event: TSEvent, _edata: *mut c_void) -> c_int {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the waker's data is the transform's state, freed only when
+        // the transform is closed and no wake-up is pending; the waker shares
+        // the transform's mutex, which Traffic Server holds for this call.
+        unsafe {
+            let t = TSContDataGet(waker) as *mut Transform;
+            let state = &mut *t;
+            match event {
+                TS_EVENT_IMMEDIATE => {
+                    let left = state.wakes_pending.fetch_sub(1, Ordering::AcqRel) - 1;
+                    if state.contp.is_null() {
+                        if left == 0 {
+                            free(t);
+                        }
+                        return;
+                    }
+                    step(state.contp);
+                }
+                TS_EVENT_TIMEOUT => {
+                    state.pause_timer = std::ptr::null_mut();
+                    if !state.contp.is_null() {
+                        on_pause_timer(state.contp);
+                    }
+                }
+                _ => {}
             }
         }
     }));
@@ -150,13 +211,13 @@ unsafe fn step(contp: TSCont) {
             // Answered instead of resumed: the request is not sent on (see
             // `Txn::on_send_request_header`).
             t.waiting = None;
-            t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.contp != contp);
+            t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.contp != t.waker);
             cancel_pause_timer(t);
             end_output(contp, t);
             return;
         }
         // Paused at the end of the body: go on once the plugin resumed.
-        if !claim_resume(contp, t) {
+        if !claim_resume(t) {
             return;
         }
         t.waiting = None;
@@ -246,14 +307,14 @@ unsafe fn emit(contp: TSCont, t: &mut Transform, r: Filtered, eos: bool) {
             t.waiting = Some(at);
             t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).push(BodyWaiter {
                 stream: t.direction,
-                contp,
-                scheduled: t.wake_scheduled.clone(),
+                contp: t.waker,
+                pending: t.wakes_pending.clone(),
             });
             let txn = &*t.txn;
             let link = links(txn, t.direction)[at];
             let timeout = txn.slot.plugins.plugins[link.plugin].config.pause_timeout;
             cancel_pause_timer(t);
-            t.pause_timer = TSContScheduleOnPool(contp, timeout.as_millis().max(1) as TSHRTime, TS_THREAD_POOL_NET);
+            t.pause_timer = TSContScheduleOnPool(t.waker, timeout.as_millis().max(1) as TSHRTime, TS_THREAD_POOL_NET);
             // Resumed already (from inside the callback that paused)?
             step(contp);
         }
@@ -279,11 +340,21 @@ fn cancel_pause_timer(t: &mut Transform) {
 /// Called from the transform's own handler with a live transform.
 unsafe fn on_pause_timer(contp: TSCont) {
     let t = &mut *(TSContDataGet(contp) as *mut Transform);
-    let Some(at) = t.waiting.take() else { return };
-    if t.finished {
+    if t.finished || t.waiting.is_none() {
         return;
     }
-    t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.contp != contp);
+    let woken = {
+        let mut waiters = t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let listed = waiters.iter().any(|w| w.contp == t.waker);
+        waiters.retain(|w| w.contp != t.waker);
+        !listed
+    };
+    if woken {
+        // A resume (or a local response) came just before the deadline: its
+        // wake-up is on its way and goes on from here.
+        return;
+    }
+    let Some(at) = t.waiting.take() else { return };
     let txn = &*t.txn;
     let link = links(txn, t.direction)[at];
     let plugin = &txn.slot.plugins.plugins[link.plugin].config;
@@ -302,11 +373,11 @@ unsafe fn on_pause_timer(contp: TSCont) {
 /// Takes the plugin's resume of this direction, if it came; also takes the
 /// transform out of the waiters (a wake-up may still be on its way: the
 /// handler ignores it).
-fn claim_resume(contp: TSCont, t: &Transform) -> bool {
+fn claim_resume(t: &Transform) -> bool {
     if !t.shared.take_resume(t.direction) {
         return false;
     }
-    t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.contp != contp);
+    t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.contp != t.waker);
     true
 }
 

@@ -37,13 +37,16 @@ pub struct TxnShared {
     pub body_waiters: Mutex<Vec<BodyWaiter>>,
 }
 
-/// A body transform (its continuation) waiting for `proxy_continue_stream`
-/// on `stream` after a plugin paused at the end of the body.
+/// A body transform waiting for `proxy_continue_stream` on `stream` after a
+/// plugin paused at the end of the body.
 pub struct BodyWaiter {
     pub stream: StreamType,
+    /// The transform's waker continuation.
     pub contp: TSCont,
-    /// Set, under the `body_waiters` lock, when the wake-up is scheduled.
-    pub scheduled: Arc<AtomicBool>,
+    /// The transform's count of wake-ups on their way, raised under the
+    /// `body_waiters` lock when one is scheduled (the transform's state lives
+    /// until they all arrived).
+    pub pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 // SAFETY: `txnp` is only passed to Traffic Server API functions, which may be
@@ -93,26 +96,32 @@ impl TxnShared {
     /// tick, a queue, a call's answer): wake the transaction's continuation to
     /// go on with the chain.
     fn wake_if_paused(&self) {
-        let pause = self.pause.lock().unwrap_or_else(|p| p.into_inner());
-        if pause.paused {
-            let contp = self.contp.load(Ordering::Acquire);
-            if !contp.is_null() {
-                // SAFETY: the continuation lives until TXN_CLOSE, which cannot
-                // come while the transaction waits in a hook.
-                unsafe { TSContScheduleOnPool(contp as TSCont, 0, TS_THREAD_POOL_NET) };
-            }
+        let paused = self.pause.lock().unwrap_or_else(|p| p.into_inner()).paused;
+        // Scheduled without holding the lock: scheduling takes the
+        // continuation's mutex, and its handler takes this lock.
+        let contp = self.contp.load(Ordering::Acquire);
+        if paused && !contp.is_null() {
+            // SAFETY: the continuation lives until TXN_CLOSE, which cannot
+            // come while the transaction waits in a hook (a wake-up that
+            // finds it resumed meanwhile does nothing).
+            unsafe { TSContScheduleOnPool(contp as TSCont, 0, TS_THREAD_POOL_NET) };
         }
     }
 
     /// Wakes the body transform of `stream` if it waits for a resume.
     fn wake_body_waiter(&self, stream: StreamType) {
-        let mut waiters = self.body_waiters.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = waiters.iter().position(|w| w.stream == stream) {
-            let w = waiters.remove(i);
-            w.scheduled.store(true, Ordering::Release);
-            // SAFETY: the transform frees its continuation only after taking
-            // itself out of `body_waiters`, or, once `scheduled` is set, in
-            // the handler of this very event.
+        let woken = {
+            let mut waiters = self.body_waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let i = waiters.iter().position(|w| w.stream == stream);
+            i.map(|i| waiters.remove(i)).inspect(|w| {
+                w.pending.fetch_add(1, Ordering::AcqRel);
+            })
+        };
+        if let Some(w) = woken {
+            // SAFETY: the transform frees its waker only when it is out of
+            // `body_waiters` and no wake-up is pending; this one was counted
+            // under the lock. Scheduled without the lock held (scheduling
+            // takes the transform's mutex, whose holder may take the lock).
             unsafe { TSContScheduleOnPool(w.contp, 0, TS_THREAD_POOL_NET) };
         }
     }
@@ -485,8 +494,19 @@ impl Txn {
             let phase = if self.response_paused { "response" } else { "request" };
             log(LogLevel::Warn, &format!("[proxy_wasm] {}: kept the {phase} paused for {timeout:?} (pause_timeout) without continuing it; answering 504", self.plugin_name(link)));
         }
-        self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(LocalResponse::pause_timeout);
+        let inserted = {
+            let mut local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner());
+            let inserted = local.is_none();
+            local.get_or_insert_with(LocalResponse::pause_timeout);
+            inserted
+        };
         if std::mem::take(&mut self.response_paused) {
+            if inserted && self.shared.response_source.load(Ordering::Acquire) == RESPONSE_TO_CLIENT {
+                // A response Traffic Server is already sending (cache hit, its
+                // own): the 504's status and headers go on it in place (a
+                // plugin's own local response did that when it was sent).
+                self.apply_local_headers();
+            }
             self.answer_in_response_phase();
         } else {
             self.stop_with_local_response();

@@ -345,17 +345,23 @@ unsafe fn call_host(
     }
     let mut c = WasmtimeCaller { caller, memory: None };
     let out = func(&mut c, &buf[..params.len()]).map_err(wt::Error::new)?;
-    if let (Some(ty), Some(slot)) = (results.first(), values.first_mut()) {
-        // The declared type decides how the value is written, so a result
-        // of the wrong width (or none) can never reach the guest mistyped.
-        let (i32v, i64v) = match out {
-            Some(Val::I32(x)) => (x, i64::from(x)),
-            Some(Val::I64(x)) => (x as i32, x),
-            None => (0, 0),
-        };
+    // Every declared result slot is written, each by its declared type, so a
+    // result of the wrong width, a missing one, or the extra results of an
+    // import typed `(result i32 i32)` (a WASI name we answer generically)
+    // never reach the guest uninitialised or mistyped. Only the first carries
+    // the hostcall's value.
+    let (i32v, i64v) = match out {
+        Some(Val::I32(x)) => (x, i64::from(x)),
+        Some(Val::I64(x)) => (x as i32, x),
+        None => (0, 0),
+    };
+    for (i, (ty, slot)) in results.iter().zip(values.iter_mut()).enumerate() {
+        let (a, b) = if i == 0 { (i32v, i64v) } else { (0, 0) };
         *slot = std::mem::MaybeUninit::new(match ty {
-            ValType::I64 => wt::ValRaw::i64(i64v),
-            _ => wt::ValRaw::i32(i32v),
+            ValType::I64 => wt::ValRaw::i64(b),
+            ValType::F32 => wt::ValRaw::f32(0),
+            ValType::F64 => wt::ValRaw::f64(0),
+            ValType::I32 | ValType::Other => wt::ValRaw::i32(a),
         });
     }
     Ok(())
