@@ -755,19 +755,29 @@ memory_and_load_nginx() {
     wasm_yaml "$dir/mem-noop.yaml" mem-noop noop wasmtime 1
     wasm_yaml "$dir/mem-wamr.yaml" mem-wamr noop wamr 1
     test_yaml "$dir/mem-test.yaml"
+    PRECOMPILED=true test_yaml "$dir/mem-test-cc.yaml"
+    # The workers (user nobody) write and read the compiled-module cache; it
+    # is primed by one untimed start, and named to them through `env`.
+    local ngx_cache=$dir/ngx-compiled-cache
+    mkdir -p "$ngx_cache" && chmod 777 "$ngx_cache"
+    local cache_env="env PROXY_WASM_HOST_COMPILED_CACHE=$ngx_cache;"
+    NGX_PORT=$(free_port)
+    NGX_WORKERS=1 ngx_conf ngxmem-prime "$NGX_PORT" "load_module $NGX_SO; $cache_env" "proxy_wasm_config $dir/mem-test-cc.yaml;" "$(ngx_locations x "proxy_wasm rust-test-filter;")"
+    if ngx_start ngxmem-prime; then SERVER_KIND=nginx; warm "$(url "$NGX_PORT" l x $SMALL)"; stop_pid "$NGX_PID"; fi
     echo "### NGINX: resident memory of a worker (VmRSS, and its anonymous part, after 1 s of load)" >>"$EXTRAS"
     echo >>"$EXTRAS"
     echo "| Workers | Configuration | RSS MiB per worker | Extra RSS over no module, MiB | Anonymous MiB per worker | Extra anonymous, MiB |" >>"$EXTRAS"
     echo "|---|---|---|---|---|---|" >>"$EXTRAS"
     for w in 1 2; do
         base_rss="" base_anon=""
-        for variant in "no module" "bench filter (noop, wasmtime)" "Rust test filter (wasmtime)" "bench filter (noop, wamr)"; do
-            local name="ngxmem-$w-$(echo "$variant" | tr -c 'a-z0-9' '_' | head -c 12)"
+        for variant in "no module" "bench filter (noop, wasmtime)" "Rust test filter (wasmtime)" "Rust test filter (wasmtime, code from the compiled-module cache)" "bench filter (noop, wamr)"; do
+            local name="ngxmem-$w-$(echo "$variant" | md5sum | head -c 8)"
             NGX_PORT=$(free_port)
             case "$variant" in
                 "no module") NGX_WORKERS=$w ngx_conf "$name" "$NGX_PORT" "" "" "$(ngx_locations x "")" ;;
                 *wamr*) NGX_WORKERS=$w ngx_conf "$name" "$NGX_PORT" "load_module $NGX_SO;" "proxy_wasm_config $dir/mem-wamr.yaml;" "$(ngx_locations x "proxy_wasm mem-wamr-1;")" ;;
                 "bench"*) NGX_WORKERS=$w ngx_conf "$name" "$NGX_PORT" "load_module $NGX_SO;" "proxy_wasm_config $dir/mem-noop.yaml;" "$(ngx_locations x "proxy_wasm mem-noop-1;")" ;;
+                *cache*) NGX_WORKERS=$w ngx_conf "$name" "$NGX_PORT" "load_module $NGX_SO; $cache_env" "proxy_wasm_config $dir/mem-test-cc.yaml;" "$(ngx_locations x "proxy_wasm rust-test-filter;")" ;;
                 *) NGX_WORKERS=$w ngx_conf "$name" "$NGX_PORT" "load_module $NGX_SO;" "proxy_wasm_config $dir/mem-test.yaml;" "$(ngx_locations x "proxy_wasm rust-test-filter;")" ;;
             esac
             ngx_start "$name" || { echo "| $w | $variant | - | refused |" >>"$EXTRAS"; continue; }
