@@ -361,10 +361,20 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         } else {
             // Under the continuation's mutex, as its own events run: a pause
             // arms a timer whose event must not run before this returns.
+            // Unlocked by the guard, also if this panics (the global hook
+            // catches the panic).
+            struct Locked(TSMutex);
+            impl Drop for Locked {
+                fn drop(&mut self) {
+                    // SAFETY: locked below by this thread; the continuation
+                    // (and so its mutex) outlives this call.
+                    unsafe { TSMutexUnlock(self.0) };
+                }
+            }
             let mutex = TSContMutexGet(contp);
             TSMutexLock(mutex);
+            let _locked = Locked(mutex);
             (*raw).run_request_headers();
-            TSMutexUnlock(mutex);
         }
     }
 }

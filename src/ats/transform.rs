@@ -170,6 +170,10 @@ extern "C" fn on_waker_event(waker: TSCont, event: TSEvent, _edata: *mut c_void)
         unsafe {
             let t = TSContDataGet(waker) as *mut Transform;
             let state = &mut *t;
+            // Traffic Server marks the transform closed (and drops its output)
+            // at once, but delivers the close event later, possibly after the
+            // transaction is gone: a closed transform is left to that event.
+            let closed = state.contp.is_null() || TSVConnClosedGet(state.contp) != 0;
             match event {
                 TS_EVENT_IMMEDIATE => {
                     let left = state.wakes_pending.fetch_sub(1, Ordering::AcqRel) - 1;
@@ -179,11 +183,13 @@ extern "C" fn on_waker_event(waker: TSCont, event: TSEvent, _edata: *mut c_void)
                         }
                         return;
                     }
-                    step(state.contp);
+                    if !closed {
+                        step(state.contp);
+                    }
                 }
                 TS_EVENT_TIMEOUT => {
                     state.pause_timer = std::ptr::null_mut();
-                    if !state.contp.is_null() {
+                    if !closed {
                         on_pause_timer(state.contp);
                     }
                 }
@@ -200,7 +206,8 @@ extern "C" fn on_waker_event(waker: TSCont, event: TSEvent, _edata: *mut c_void)
 /// Reads what is available, runs it through the plugins, writes what they let through.
 ///
 /// # Safety
-/// Called from the transform's own handler with a live transform.
+/// Called from the transform's own handler, or its waker's (same mutex), with
+/// a live transform that is not closed.
 unsafe fn step(contp: TSCont) {
     let t = &mut *(TSContDataGet(contp) as *mut Transform);
     if t.finished {
