@@ -70,7 +70,41 @@ pub struct VmSlot {
     last_used: Mutex<std::time::Instant>,
 }
 
+/// The VM mutex of a slot, held. When it is released, the wake-ups that
+/// plugins asked for meanwhile (`proxy_continue_stream`, a local response)
+/// are scheduled: scheduling takes the woken continuation's mutex, whose
+/// holder (a hook of a transaction Traffic Server moved to another thread)
+/// may be waiting for this VM mutex.
+pub struct VmsGuard<'a> {
+    guard: Option<std::sync::MutexGuard<'a, PluginVms>>,
+}
+
+impl std::ops::Deref for VmsGuard<'_> {
+    type Target = PluginVms;
+    fn deref(&self) -> &PluginVms {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for VmsGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PluginVms {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for VmsGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        txn::schedule_deferred_wakeups();
+    }
+}
+
 impl VmSlot {
+    /// Locks the slot's VMs (see [`VmsGuard`]).
+    pub fn lock_vms(&self) -> VmsGuard<'_> {
+        VmsGuard { guard: Some(self.vms.lock().unwrap_or_else(|p| p.into_inner())) }
+    }
+
     fn in_service(&self) -> bool {
         !self.retired.load(Ordering::Acquire) && !self.plugins.is_retired()
     }
@@ -78,7 +112,7 @@ impl VmSlot {
     /// Whether the slot should be replaced now, and why: a failed instance
     /// under `failure_policy: reload` (with back-off), or `kill_options`.
     fn replacement_reason(&self) -> Option<String> {
-        let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut vms = self.lock_vms();
         if vms.wants_reload(&self.plugins.plugins) {
             let now = std::time::Instant::now();
             let allowed = BACKOFF.with(|b| b.borrow_mut().entry(self.plugins.id).or_default().try_reload(now));
@@ -165,7 +199,7 @@ fn shut_down_retired(slots: &mut Vec<Arc<VmSlot>>) {
         if slot.in_service() || Arc::strong_count(slot) > 1 {
             return true;
         }
-        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut vms = slot.lock_vms();
         for (plugin, result) in vms.shutdown() {
             match result {
                 // A failed instance is dropped without calling it.
@@ -185,7 +219,7 @@ pub(crate) fn retire_idle_slots() {
         if let Ok(mut slots) = slots.try_borrow_mut() {
             for slot in slots.iter().filter(|s| s.in_service()) {
                 let idle = slot.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-                let why = slot.vms.lock().unwrap_or_else(|p| p.into_inner()).recycle_reason(&slot.plugins.plugins, idle);
+                let why = slot.lock_vms().recycle_reason(&slot.plugins.plugins, idle);
                 if let Some(why) = why.filter(|w| w.contains("unused for")) {
                     log(LogLevel::Info, &format!("[proxy_wasm] shutting idle instances down: {why}"));
                     slot.retired.store(true, Ordering::Release);
@@ -309,7 +343,7 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     });
     let mut chain = Vec::new();
     {
-        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut vms = slot.lock_vms();
         let roots = match vms.admit(&set.plugins) {
             loader::Admission::Run(roots) => roots,
             loader::Admission::Refuse { plugin } => {

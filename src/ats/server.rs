@@ -244,7 +244,7 @@ extern "C" fn on_call_done(contp: TSCont, _event: TSEvent, _edata: *mut c_void) 
 fn with_vm(slot: &Weak<VmSlot>, vm: usize, what: &str, f: impl FnOnce(&mut crate::vm::Vm) -> Result<(), crate::vm::VmError>) -> bool {
     let r = catch_unwind(AssertUnwindSafe(|| {
         let Some(slot) = slot.upgrade() else { return false };
-        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut vms = slot.lock_vms();
         if let Some(vm) = vms.vms.get_mut(vm).filter(|vm| vm.failure().is_none()) {
             if let Err(e) = f(vm) {
                 log(LogLevel::Error, &format!("[proxy_wasm] {what}: {e}"));

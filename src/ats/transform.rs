@@ -232,7 +232,7 @@ unsafe fn step(contp: TSCont) {
         let txn = &mut *t.txn;
         let links = links(txn, t.direction);
         let body = {
-            let mut vms = txn.slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+            let mut vms = txn.slot.lock_vms();
             vms.vms[links[at].vm].take_body(links[at].ctx, t.direction).unwrap_or_default()
         };
         let r = filter(txn, t.direction, &body, true, at + 1);
@@ -445,7 +445,7 @@ fn filter(txn: &mut Txn, direction: StreamType, chunk: &[u8], eos: bool, start: 
     }
     let links = links(txn, direction);
     let slot = txn.slot.clone();
-    let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+    let mut vms = slot.lock_vms();
     let mut data = chunk.to_vec();
     for (i, link) in links.into_iter().enumerate().skip(start) {
         let vm = &mut vms.vms[link.vm];

@@ -37,6 +37,31 @@ pub struct TxnShared {
     pub body_waiters: Mutex<Vec<BodyWaiter>>,
 }
 
+thread_local! {
+    /// Wake-ups asked for by plugin callbacks running on this thread, to be
+    /// scheduled once the VM mutex is released (see `VmsGuard`).
+    static DEFERRED_WAKEUPS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Schedules `contp` once this thread releases the VM mutex it holds (every
+/// plugin callback runs under one): scheduling takes `contp`'s mutex, which
+/// must never be waited for while holding a VM mutex.
+fn defer_wakeup(contp: TSCont) {
+    DEFERRED_WAKEUPS.with(|w| w.borrow_mut().push(contp as usize));
+}
+
+/// Schedules the wake-ups deferred by `defer_wakeup` (called when a VM mutex
+/// is released, with no lock of ours held).
+pub fn schedule_deferred_wakeups() {
+    let wakeups = DEFERRED_WAKEUPS.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    for contp in wakeups {
+        // SAFETY: each continuation was alive when its wake-up was asked for,
+        // and stays alive until it is delivered (see the callers of
+        // `defer_wakeup`): nothing on this thread could end it in between.
+        unsafe { TSContScheduleOnPool(contp as TSCont, 0, TS_THREAD_POOL_NET) };
+    }
+}
+
 /// A body transform waiting for `proxy_continue_stream` on `stream` after a
 /// plugin paused at the end of the body.
 pub struct BodyWaiter {
@@ -97,14 +122,13 @@ impl TxnShared {
     /// go on with the chain.
     fn wake_if_paused(&self) {
         let paused = self.pause.lock().unwrap_or_else(|p| p.into_inner()).paused;
-        // Scheduled without holding the lock: scheduling takes the
-        // continuation's mutex, and its handler takes this lock.
         let contp = self.contp.load(Ordering::Acquire);
         if paused && !contp.is_null() {
-            // SAFETY: the continuation lives until TXN_CLOSE, which cannot
-            // come while the transaction waits in a hook (a wake-up that
-            // finds it resumed meanwhile does nothing).
-            unsafe { TSContScheduleOnPool(contp as TSCont, 0, TS_THREAD_POOL_NET) };
+            // The continuation lives until TXN_CLOSE, which cannot come while
+            // the transaction waits in a hook (a wake-up that finds it resumed
+            // meanwhile does nothing), nor before this thread, which runs the
+            // plugin callback asking for it, schedules the wake-up.
+            defer_wakeup(contp as TSCont);
         }
     }
 
@@ -118,11 +142,10 @@ impl TxnShared {
             })
         };
         if let Some(w) = woken {
-            // SAFETY: the transform frees its waker only when it is out of
+            // The transform frees its waker only when it is out of
             // `body_waiters` and no wake-up is pending; this one was counted
-            // under the lock. Scheduled without the lock held (scheduling
-            // takes the transform's mutex, whose holder may take the lock).
-            unsafe { TSContScheduleOnPool(w.contp, 0, TS_THREAD_POOL_NET) };
+            // under the lock.
+            defer_wakeup(w.contp);
         }
     }
 
@@ -594,7 +617,7 @@ impl Txn {
             .unwrap_or(0);
         let eos = self.framing.no_body();
         let slot = self.slot.clone();
-        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut vms = slot.lock_vms();
         while self.next < self.chain.len() {
             let link = self.chain[self.next];
             self.next += 1;
@@ -758,7 +781,7 @@ impl Txn {
             .unwrap_or((0, true));
         let ran = self.next.min(self.chain.len());
         let slot = self.slot.clone();
-        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut vms = slot.lock_vms();
         while self.response_next < ran {
             let link = self.chain[ran - 1 - self.response_next];
             self.response_next += 1;
@@ -822,7 +845,7 @@ impl Txn {
     pub fn close(&mut self) {
         self.cancel_pause_timer();
         let slot = self.slot.clone();
-        let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut vms = slot.lock_vms();
         for link in &self.chain {
             if let Err(e) = vms.vms[link.vm].finish_stream(link.ctx) {
                 log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", self.plugin_name(*link)));
