@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::server::log;
 use super::sys::*;
-use super::txn::{BodyWaiter, Link, Txn, TxnShared};
+use super::txn::{cancel_timer, BodyWaiter, Link, Txn, TxnShared};
 use crate::abi::{LogLevel, StreamType};
 use crate::chunked::{encode_chunked, Dechunker};
 use crate::vm::Verdict;
@@ -218,7 +218,7 @@ unsafe fn step(contp: TSCont) {
             // Answered instead of resumed: the request is not sent on (see
             // `Txn::on_send_request_header`).
             t.waiting = None;
-            t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.contp != t.waker);
+            unlist(t);
             cancel_pause_timer(t);
             end_output(contp, t);
             return;
@@ -328,13 +328,19 @@ unsafe fn emit(contp: TSCont, t: &mut Transform, r: Filtered, eos: bool) {
     }
 }
 
+/// Every caller holds the transform's mutex, under which the timer's event
+/// clears `pause_timer` (see `cancel_timer`).
 fn cancel_pause_timer(t: &mut Transform) {
-    if !t.pause_timer.is_null() {
-        // SAFETY: the timer has not fired (its event clears `pause_timer` first,
-        // under the transform's mutex, which every caller holds).
-        unsafe { TSActionCancel(t.pause_timer) };
-        t.pause_timer = std::ptr::null_mut();
-    }
+    cancel_timer(&mut t.pause_timer);
+}
+
+/// Takes the transform out of the waiters; whether it was still listed (not
+/// listed: a wake-up for it is on its way, or it never waited).
+fn unlist(t: &Transform) -> bool {
+    let mut waiters = t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner());
+    let listed = waiters.iter().any(|w| w.contp == t.waker);
+    waiters.retain(|w| w.contp != t.waker);
+    listed
 }
 
 /// A plugin kept the body paused at its end past its `pause_timeout`. A
@@ -350,13 +356,7 @@ unsafe fn on_pause_timer(contp: TSCont) {
     if t.finished || t.waiting.is_none() {
         return;
     }
-    let woken = {
-        let mut waiters = t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner());
-        let listed = waiters.iter().any(|w| w.contp == t.waker);
-        waiters.retain(|w| w.contp != t.waker);
-        !listed
-    };
-    if woken {
+    if !unlist(t) {
         // A resume (or a local response) came just before the deadline: its
         // wake-up is on its way and goes on from here.
         return;
@@ -365,13 +365,12 @@ unsafe fn on_pause_timer(contp: TSCont) {
     let txn = &*t.txn;
     let link = links(txn, t.direction)[at];
     let plugin = &txn.slot.plugins.plugins[link.plugin].config;
-    let phase = if t.direction == StreamType::HttpRequest { "request" } else { "response" };
     if t.direction == StreamType::HttpRequest {
-        log(LogLevel::Warn, &format!("[proxy_wasm] {}: kept the {phase} body paused for {:?} (pause_timeout) without continuing it; answering 504", plugin.name, plugin.pause_timeout));
+        log(LogLevel::Warn, &format!("[proxy_wasm] {}: kept the request body paused for {:?} (pause_timeout) without continuing it; answering 504", plugin.name, plugin.pause_timeout));
         t.shared.local.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(crate::host::LocalResponse::pause_timeout);
         end_output(contp, t);
     } else {
-        log(LogLevel::Warn, &format!("[proxy_wasm] {}: kept the {phase} body paused for {:?} (pause_timeout) without continuing it; aborting the response", plugin.name, plugin.pause_timeout));
+        log(LogLevel::Warn, &format!("[proxy_wasm] {}: kept the response body paused for {:?} (pause_timeout) without continuing it; aborting the response", plugin.name, plugin.pause_timeout));
         t.finished = true;
         TSVConnAbort(TSTransformOutputVConnGet(contp), 1);
     }
@@ -384,7 +383,7 @@ fn claim_resume(t: &Transform) -> bool {
     if !t.shared.take_resume(t.direction) {
         return false;
     }
-    t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.contp != t.waker);
+    unlist(t);
     true
 }
 

@@ -438,13 +438,24 @@ pub struct Txn {
     /// The origin response's, as received (set at READ_RESPONSE_HDR).
     pub response_framing: Option<Framing>,
     /// The timer that ends a pause past the pausing plugin's `pause_timeout`;
-    /// null when none is pending. Touched by the continuation's handlers
-    /// (under its mutex) and by the first run of the request chain from the
-    /// global hook, before any event of the continuation can be scheduled
-    /// (a resume comes from a callback on this same thread, after it).
+    /// null when none is pending. Only touched under the continuation's mutex
+    /// (its handlers, and the first run of the request chain from the global
+    /// hook, which takes it).
     pub pause_timer: TSAction,
     /// The plugin that paused the request or response chain last.
     pub paused_by: Option<Link>,
+}
+
+/// Cancels a timer scheduled with `TSContScheduleOnPool`, if one is pending.
+/// The caller holds the timer continuation's mutex, and the timer's own
+/// event nulls its handle first (under that mutex): a handle that is not
+/// null is a timer that has not fired.
+pub(super) fn cancel_timer(timer: &mut TSAction) {
+    if !timer.is_null() {
+        // SAFETY: a pending action (see above).
+        unsafe { TSActionCancel(*timer) };
+        *timer = std::ptr::null_mut();
+    }
 }
 
 fn reenable(txnp: TSHttpTxn, error: bool) {
@@ -494,11 +505,16 @@ impl Txn {
     }
 
     fn cancel_pause_timer(&mut self) {
-        if !self.pause_timer.is_null() {
-            // SAFETY: the timer has not fired (its event clears `pause_timer`
-            // first, under the same mutex as this call), so the action is live.
-            unsafe { TSActionCancel(self.pause_timer) };
-            self.pause_timer = std::ptr::null_mut();
+        cancel_timer(&mut self.pause_timer);
+    }
+
+    /// The paused chain was answered (by a plugin's local response, or the
+    /// pause timed out): in the phase it paused in.
+    fn answer_paused_chain(&mut self) {
+        if std::mem::take(&mut self.response_paused) {
+            self.answer_in_response_phase();
+        } else {
+            self.stop_with_local_response();
         }
     }
 
@@ -523,17 +539,13 @@ impl Txn {
             local.get_or_insert_with(LocalResponse::pause_timeout);
             inserted
         };
-        if std::mem::take(&mut self.response_paused) {
-            if inserted && self.shared.response_source.load(Ordering::Acquire) == RESPONSE_TO_CLIENT {
-                // A response Traffic Server is already sending (cache hit, its
-                // own): the 504's status and headers go on it in place (a
-                // plugin's own local response did that when it was sent).
-                self.apply_local_headers();
-            }
-            self.answer_in_response_phase();
-        } else {
-            self.stop_with_local_response();
+        if inserted && self.response_paused && self.shared.response_source.load(Ordering::Acquire) == RESPONSE_TO_CLIENT {
+            // A response Traffic Server is already sending (cache hit, its
+            // own): the 504's status and headers go on it in place (a
+            // plugin's own local response did that when it was sent).
+            self.apply_local_headers();
         }
+        self.answer_paused_chain();
     }
 
     /// Takes a resume of `stream`; without one, marks the chain paused (so
@@ -555,11 +567,7 @@ impl Txn {
             let was_paused = std::mem::replace(&mut self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).paused, false);
             if was_paused {
                 self.cancel_pause_timer();
-                if std::mem::take(&mut self.response_paused) {
-                    self.answer_in_response_phase();
-                } else {
-                    self.stop_with_local_response();
-                }
+                self.answer_paused_chain();
             }
             return;
         }
