@@ -525,7 +525,7 @@ fn malformed_unknown_top_level_key() {
 fn malformed_unknown_config_key() {
     assert_eq!(
         fixture_error("unknown_config_key.yaml"),
-        r#"unknown_config_key.yaml:3:3: config: unknown key "vm_confg"; expected one of name, root_id, configuration, fail_open, failure_policy, pause_timeout, capability_restriction_config, authorizations, vm_config"#
+        r#"unknown_config_key.yaml:3:3: config: unknown key "vm_confg"; expected one of name, root_id, configuration, fail_open, failure_policy, pause_timeout, max_body_size, capability_restriction_config, authorizations, vm_config"#
     );
 }
 
@@ -1112,6 +1112,46 @@ fn limits_default_to_none_and_read_sizes_and_durations() {
     let e = load("    limits: { callback_timeout: 100 }\n").unwrap_err();
     assert!(e.contains("config.vm_config.limits.callback_timeout: expected a duration like \"10s\", \"1.5s\" or \"500ms\", found the number 100; write the unit, like \"100s\""), "{e}");
     let e = load("    limits: { memory: 1MiB }\n").unwrap_err();
-    assert!(e.contains("config.vm_config.limits: unknown key \"memory\"; expected one of max_memory, callback_timeout"), "{e}");
+    assert!(e.contains("config.vm_config.limits: unknown key \"memory\"; expected one of max_memory, callback_timeout, max_pending_http_calls"), "{e}");
 }
 
+
+#[test]
+fn max_body_size_defaults_to_16_mib_and_reads_a_size() {
+    assert_eq!(load_plugin_with("").unwrap().max_body_size, 16 << 20);
+    assert_eq!(load_plugin_with("  max_body_size: 1MiB").unwrap().max_body_size, 1 << 20);
+    assert_eq!(load_plugin_with("  maxBodySize: 100").unwrap().max_body_size, 100);
+    let e = load_plugin_with("  max_body_size: 0").unwrap_err();
+    assert!(e.contains("config.max_body_size: expected a size like \"16MiB\", \"512KiB\", \"1GiB\" or a number of bytes, from 1 byte to 1TiB, found the number 0"), "{e}");
+    let e = load_plugin_with("  max_body_size: 16MB").unwrap_err();
+    assert!(e.contains("config.max_body_size: expected a size like"), "{e}");
+}
+
+#[test]
+fn host_side_caps_are_on_by_default_and_read_from_limits() {
+    use proxy_wasm_host::config::Quotas;
+    use std::time::Duration;
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let quotas = |limits: &str| {
+        let yaml = format!("config:\n  name: n\n  vm_config:\n    limits: {{ {limits} }}\n    code: {{local: {{filename: p.wasm}}}}\n");
+        load_str(&yaml, &dir.path().join("c.yaml")).map(|mut v| v.remove(0).vm.quotas).map_err(|e| e.to_string())
+    };
+    let d = load_plugin_with("").unwrap().vm.quotas;
+    assert_eq!(d, Quotas::default());
+    assert_eq!(
+        (d.max_pending_http_calls, d.max_http_call_response_size, d.max_queue_length, d.max_shared_data_size, d.max_log_lines_per_second, d.min_tick_period),
+        (1024, 16 << 20, 10_000, 16 << 20, 1000, Duration::from_millis(1))
+    );
+    let q = quotas("max_pending_http_calls: 2, max_http_call_response_size: 1KiB, max_queue_length: 3, max_shared_data_size: 4MiB, max_log_lines_per_second: 5, min_tick_period: 50ms").unwrap();
+    assert_eq!(
+        (q.max_pending_http_calls, q.max_http_call_response_size, q.max_queue_length, q.max_shared_data_size, q.max_log_lines_per_second, q.min_tick_period),
+        (2, 1024, 3, 4 << 20, 5, Duration::from_millis(50))
+    );
+    let q = quotas("maxPendingHttpCalls: 7, maxLogLinesPerSecond: 9").unwrap();
+    assert_eq!((q.max_pending_http_calls, q.max_log_lines_per_second), (7, 9));
+    let e = quotas("max_pending_http_calls: 0").unwrap_err();
+    assert!(e.contains("config.vm_config.limits.max_pending_http_calls: expected a whole number from 1 to 4294967295, found 0"), "{e}");
+    let e = quotas("max_queue_length: 5000000000").unwrap_err();
+    assert!(e.contains("config.vm_config.limits.max_queue_length: expected a whole number"), "{e}");
+}

@@ -16,6 +16,8 @@
 //!                                   # fail_open or reload; not together with fail_open
 //!   pause_timeout: 60s              # our extension (alias pauseTimeout): how long a request may
 //!                                   # wait for this plugin to continue it, default 60s
+//!   max_body_size: 16MiB            # our extension (alias maxBodySize): the most body bytes the
+//!                                   # host holds for this plugin, default 16MiB (then 413 / cut)
 //!   authorizations:                 # our extension; every key optional
 //!     allowed_hosts: []             # alias allowedHosts: http_call upstreams ("*" = any), default none
 //!     plugin_map_access: { read: true, write: true }   # alias pluginMapAccess: own shared data,
@@ -38,12 +40,19 @@
 //!       max_calls: 100000           # alias maxCalls: a positive whole number
 //!       max_memory_usage: 0.8       # alias maxMemoryUsage: a fraction in (0, 1]
 //!       max_unused_duration: 300s   # alias maxUnusedDuration: "300s", "1.5s", "500ms"
-//!     limits:                       # our extension; each key optional, default no limit
+//!     limits:                       # our extension; each key optional
 //!       max_memory: 64MiB           # alias maxMemory: the instance's linear memory at most;
 //!                                   # bytes as a number, or "<n>KiB", "<n>MiB", "<n>GiB";
 //!                                   # 64KiB to 4GiB, whole 64 KiB pages (rounded down)
 //!       callback_timeout: 100ms     # alias callbackTimeout: one callback (or start-up
 //!                                   # function) runs at most this long: "100ms", "1.5s"
+//!       # Host-side caps, each on by default (see `Quotas` and docs/robustness.md):
+//!       max_pending_http_calls: 1024          # alias maxPendingHttpCalls
+//!       max_http_call_response_size: 16MiB    # alias maxHttpCallResponseSize
+//!       max_queue_length: 10000               # alias maxQueueLength: items per shared queue
+//!       max_shared_data_size: 16MiB           # alias maxSharedDataSize: per vm_id
+//!       max_log_lines_per_second: 1000        # alias maxLogLinesPerSecond
+//!       min_tick_period: 1ms                  # alias minTickPeriod
 //!     code:                         # required: exactly one of `local` and `remote`
 //!       local:                      # exactly one of filename, inline_bytes, inline_string
 //!         filename: "myrust.wasm"   # relative to the YAML file's folder
@@ -297,6 +306,59 @@ pub struct VmConfig {
     ///   the instance failed: its failure policy applies. Wasmtime stops it by epoch interruption,
     ///   WAMR with `wasm_runtime_terminate` from a watchdog thread.
     pub limits: crate::runtime::Limits,
+    /// Host-side caps of each plugin of this VM (the other keys of `limits`; see [`Quotas`]).
+    pub quotas: Quotas,
+}
+
+/// Host-side resource caps (`vm_config.limits`, our extension, beside `max_memory` and
+/// `callback_timeout`). Unlike those, every cap here is on by default: a plugin must not be able
+/// to exhaust the proxy, whatever it does. Each cap, when hit, answers the status the SDKs expect
+/// in that situation and is logged once per plugin; `docs/robustness.md` lists them.
+///
+/// Counted per plugin in each NGINX worker or Traffic Server thread unless said otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// `max_pending_http_calls` (alias `maxPendingHttpCalls`): `proxy_http_call`s of one plugin
+    /// waiting for their answer; a call past it is refused (`proxy_http_call` answers
+    /// INTERNAL_FAILURE, which the SDKs report as an error without trapping).
+    pub max_pending_http_calls: u32,
+    /// `max_http_call_response_size` (alias `maxHttpCallResponseSize`): the most bytes of an
+    /// `http_call` answer (headers and body) the host reads; a larger answer fails the call.
+    pub max_http_call_response_size: u64,
+    /// `max_queue_length` (alias `maxQueueLength`): items waiting in one shared queue of the VM;
+    /// an enqueue past it fails.
+    pub max_queue_length: u32,
+    /// `max_shared_data_size` (alias `maxSharedDataSize`): bytes of shared data (keys and values)
+    /// the VM's `vm_id` may hold (in NGINX's zone: for all workers together).
+    pub max_shared_data_size: u64,
+    /// `max_log_lines_per_second` (alias `maxLogLinesPerSecond`): log lines a plugin may write
+    /// per second; further lines that second are dropped and counted in one later line.
+    pub max_log_lines_per_second: u32,
+    /// `min_tick_period` (alias `minTickPeriod`): the shortest tick period a plugin gets; a
+    /// shorter one asked for is raised to it.
+    pub min_tick_period: std::time::Duration,
+}
+
+impl Quotas {
+    pub const DEFAULT_MAX_PENDING_HTTP_CALLS: u32 = 1024;
+    pub const DEFAULT_MAX_HTTP_CALL_RESPONSE_SIZE: u64 = 16 << 20;
+    pub const DEFAULT_MAX_QUEUE_LENGTH: u32 = 10_000;
+    pub const DEFAULT_MAX_SHARED_DATA_SIZE: u64 = 16 << 20;
+    pub const DEFAULT_MAX_LOG_LINES_PER_SECOND: u32 = 1000;
+    pub const DEFAULT_MIN_TICK_PERIOD: std::time::Duration = std::time::Duration::from_millis(1);
+}
+
+impl Default for Quotas {
+    fn default() -> Quotas {
+        Quotas {
+            max_pending_http_calls: Quotas::DEFAULT_MAX_PENDING_HTTP_CALLS,
+            max_http_call_response_size: Quotas::DEFAULT_MAX_HTTP_CALL_RESPONSE_SIZE,
+            max_queue_length: Quotas::DEFAULT_MAX_QUEUE_LENGTH,
+            max_shared_data_size: Quotas::DEFAULT_MAX_SHARED_DATA_SIZE,
+            max_log_lines_per_second: Quotas::DEFAULT_MAX_LOG_LINES_PER_SECOND,
+            min_tick_period: Quotas::DEFAULT_MIN_TICK_PERIOD,
+        }
+    }
 }
 
 /// Otoroshi-style recycling (`vm_config.kill_options`, our extension): an
@@ -333,6 +395,11 @@ pub struct PluginConfig {
     /// if no response was sent yet, else the connection is closed. A plugin that never continues
     /// then cannot hold a request (and its connection) for ever, even after the client left.
     pub pause_timeout: std::time::Duration,
+    /// `max_body_size` (our extension, alias `maxBodySize`; default
+    /// [`PluginConfig::DEFAULT_MAX_BODY_SIZE`]): the most bytes of a request or response body the
+    /// host holds for this plugin (a body callback that pauses, or a body read whole for it).
+    /// Past it a request is answered 413 and a response is cut, with a log line.
+    pub max_body_size: u64,
     /// What the plugin may touch (`authorizations`, and
     /// `capability_restriction_config` as its `capabilities`).
     pub authorizations: crate::authorizations::Authorizations,
@@ -349,6 +416,8 @@ pub struct PluginConfig {
 impl PluginConfig {
     /// `pause_timeout` when not given (nginx's default `proxy_read_timeout`).
     pub const DEFAULT_PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+    /// `max_body_size` when not given.
+    pub const DEFAULT_MAX_BODY_SIZE: u64 = 16 << 20;
 }
 
 /// Where a plugin's entry starts: the line of its `config:` key.

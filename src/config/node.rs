@@ -884,6 +884,69 @@ impl Node<'_> for Count {
     }
 }
 
+/// A size in bytes for a host-side cap (`max_body_size`, `limits.max_shared_data_size`, ...):
+/// a number of bytes, or text with a unit (`"16MiB"`, `"512KiB"`, `"1GiB"`, `"100B"`), from 1 byte
+/// to 1 TiB. `None` when empty, for the default.
+pub(super) struct ByteSize;
+
+impl ByteSize {
+    const MAX: u64 = 1 << 40;
+}
+
+impl Node<'_> for ByteSize {
+    type Out = Option<u64>;
+
+    fn expected(&self) -> &'static str {
+        "a size like \"16MiB\", \"512KiB\", \"1GiB\" or a number of bytes, from 1 byte to 1TiB"
+    }
+
+    fn value(self, _cx: &Cx<'_>, value: Value) -> Result<Option<u64>, String> {
+        let bytes = match &value {
+            Value::Null => return Ok(None),
+            Value::Number(n) => n.as_u64(),
+            Value::String(text) => {
+                let t = text.trim();
+                let (number, unit) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40), ("B", 1)]
+                    .into_iter()
+                    .find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n.trim_end(), unit)))
+                    .unwrap_or((t, 1));
+                number
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|_| !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|n| n.checked_mul(unit))
+            }
+            other => return Err(wrong_type(self.expected(), other)),
+        };
+        match bytes {
+            Some(b) if (1..=Self::MAX).contains(&b) => Ok(Some(b)),
+            _ => Err(format!("expected {}, found {}", self.expected(), describe(&value))),
+        }
+    }
+}
+
+/// A whole number from 1 to `u32::MAX` (counts of host-side caps); `None` when empty.
+pub(super) struct Count32;
+
+impl Node<'_> for Count32 {
+    type Out = Option<u32>;
+
+    fn expected(&self) -> &'static str {
+        "a whole number from 1 to 4294967295"
+    }
+
+    fn value(self, _cx: &Cx<'_>, value: Value) -> Result<Option<u32>, String> {
+        match value {
+            Value::Null => Ok(None),
+            Value::Number(n) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
+                Some(v) if v > 0 => Ok(Some(v)),
+                _ => Err(format!("expected {}, found {n}", self.expected())),
+            },
+            other => Err(wrong_type(self.expected(), &other)),
+        }
+    }
+}
+
 /// A fraction in (0, 1] (`kill_options.max_memory_usage`); `None` when empty.
 pub(super) struct Fraction;
 

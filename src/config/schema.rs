@@ -14,10 +14,10 @@ use super::node::{
     absolute, describe, wrong_type, Capabilities, CodeFile, Cx, Flag, HostEnvKeys, KeyValues, Node,
     Payload, Policy, Runtime, Text, TextList,
 };
-use super::node::{CacheDir, Count, Fraction, HttpUrl, InlineBytes, MemorySize, RemoteUri, Sha256Hex, Timeout};
+use super::node::{ByteSize, CacheDir, Count, Count32, Fraction, HttpUrl, InlineBytes, MemorySize, RemoteUri, Sha256Hex, Timeout};
 use super::probe::{locate, Step, Target};
 use super::{
-    CodeSource, ConfigOrigin, FailurePolicy, KillOptions, PluginConfig, RemoteCode, RuntimeKind, VmConfig,
+    CodeSource, ConfigOrigin, FailurePolicy, KillOptions, PluginConfig, Quotas, RemoteCode, RuntimeKind, VmConfig,
 };
 use crate::authorizations::{Access, Authorizations};
 
@@ -389,6 +389,7 @@ struct PluginSection {
     fail_open: Option<bool>,
     failure_policy: Option<FailurePolicy>,
     pause_timeout: Option<std::time::Duration>,
+    max_body_size: Option<u64>,
     allowed_capabilities: Option<Vec<String>>,
     authorizations: Option<Authorizations>,
     vm: Option<VmConfig>,
@@ -404,6 +405,7 @@ impl Section for PluginSection {
         &["fail_open", "failOpen"],
         &["failure_policy", "failurePolicy"],
         &["pause_timeout", "pauseTimeout"],
+        &["max_body_size", "maxBodySize"],
         &[
             "capability_restriction_config",
             "capabilityRestrictionConfig",
@@ -425,6 +427,7 @@ impl Section for PluginSection {
             "fail_open" => self.fail_open = map.next_value_seed(cx.at(Flag))?,
             "failure_policy" => self.failure_policy = map.next_value_seed(cx.at(Policy))?,
             "pause_timeout" => self.pause_timeout = map.next_value_seed(cx.at(Timeout))?,
+            "max_body_size" => self.max_body_size = map.next_value_seed(cx.at(ByteSize))?,
             "authorizations" => {
                 self.authorizations =
                     Some(map.next_value_seed(cx.at(Sec::<AuthorizationsSection>::new()))?);
@@ -462,6 +465,7 @@ impl Section for PluginSection {
             configuration: self.configuration.unwrap_or_default(),
             failure_policy,
             pause_timeout: self.pause_timeout.unwrap_or(PluginConfig::DEFAULT_PAUSE_TIMEOUT),
+            max_body_size: self.max_body_size.unwrap_or(PluginConfig::DEFAULT_MAX_BODY_SIZE),
             authorizations,
             allowed_capabilities: self.allowed_capabilities,
             // The line is filled in by `parse`, which can find it in the text.
@@ -640,7 +644,7 @@ struct VmSection {
     environment: Option<Vec<(String, String)>>,
     code: Option<CodeSource>,
     kill_options: Option<KillOptions>,
-    limits: Option<crate::runtime::Limits>,
+    limits: Option<(crate::runtime::Limits, Quotas)>,
 }
 
 impl Section for VmSection {
@@ -692,21 +696,29 @@ impl Section for VmSection {
             allow_precompiled: self.allow_precompiled.unwrap_or(false),
             environment: self.environment.unwrap_or_default(),
             kill_options: self.kill_options.unwrap_or_default(),
-            limits: self.limits.unwrap_or_default(),
+            limits: self.limits.map(|l| l.0).unwrap_or_default(),
+            quotas: self.limits.map(|l| l.1).unwrap_or_default(),
         })
     }
 }
 
-/// `vm_config.limits` (our extension): memory and time limits of each instance.
+/// `vm_config.limits` (our extension): memory and time limits of each instance, and the
+/// host-side caps ([`Quotas`]).
 #[derive(Default)]
-struct LimitsSection(crate::runtime::Limits);
+struct LimitsSection(crate::runtime::Limits, Quotas);
 
 impl Section for LimitsSection {
-    type Out = crate::runtime::Limits;
+    type Out = (crate::runtime::Limits, Quotas);
 
     const KEYS: &'static [&'static [&'static str]] = &[
         &["max_memory", "maxMemory"],
         &["callback_timeout", "callbackTimeout"],
+        &["max_pending_http_calls", "maxPendingHttpCalls"],
+        &["max_http_call_response_size", "maxHttpCallResponseSize"],
+        &["max_queue_length", "maxQueueLength"],
+        &["max_shared_data_size", "maxSharedDataSize"],
+        &["max_log_lines_per_second", "maxLogLinesPerSecond"],
+        &["min_tick_period", "minTickPeriod"],
     ];
 
     fn read<'de, A: MapAccess<'de>>(
@@ -715,16 +727,39 @@ impl Section for LimitsSection {
         cx: Cx<'_>,
         map: &mut A,
     ) -> Result<(), A::Error> {
+        let q = &mut self.1;
         match key {
             "max_memory" => self.0.max_memory_bytes = map.next_value_seed(cx.at(MemorySize))?,
             "callback_timeout" => self.0.callback_timeout = map.next_value_seed(cx.at(Timeout))?,
+            "max_pending_http_calls" => {
+                q.max_pending_http_calls =
+                    map.next_value_seed(cx.at(Count32))?.unwrap_or(Quotas::DEFAULT_MAX_PENDING_HTTP_CALLS);
+            }
+            "max_http_call_response_size" => {
+                q.max_http_call_response_size =
+                    map.next_value_seed(cx.at(ByteSize))?.unwrap_or(Quotas::DEFAULT_MAX_HTTP_CALL_RESPONSE_SIZE);
+            }
+            "max_queue_length" => {
+                q.max_queue_length = map.next_value_seed(cx.at(Count32))?.unwrap_or(Quotas::DEFAULT_MAX_QUEUE_LENGTH);
+            }
+            "max_shared_data_size" => {
+                q.max_shared_data_size =
+                    map.next_value_seed(cx.at(ByteSize))?.unwrap_or(Quotas::DEFAULT_MAX_SHARED_DATA_SIZE);
+            }
+            "max_log_lines_per_second" => {
+                q.max_log_lines_per_second =
+                    map.next_value_seed(cx.at(Count32))?.unwrap_or(Quotas::DEFAULT_MAX_LOG_LINES_PER_SECOND);
+            }
+            "min_tick_period" => {
+                q.min_tick_period = map.next_value_seed(cx.at(Timeout))?.unwrap_or(Quotas::DEFAULT_MIN_TICK_PERIOD);
+            }
             _ => unreachable!("key {key} is not in KEYS"),
         }
         Ok(())
     }
 
-    fn finish(self, _cx: &Cx<'_>) -> Result<crate::runtime::Limits, String> {
-        Ok(self.0)
+    fn finish(self, _cx: &Cx<'_>) -> Result<(crate::runtime::Limits, Quotas), String> {
+        Ok((self.0, self.1))
     }
 }
 
