@@ -136,7 +136,13 @@ fn load_one(config: &PluginConfig, warn: &mut dyn FnMut(&str)) -> Result<LoadedP
             code_cache().lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(code).clone()
         }
     };
-    let info = Arc::new(PluginInfo::new(&config.name, &config.root_id, &config.vm.vm_id, config.configuration.clone()).with_authorizations(config.authorizations.clone()));
+    let info = Arc::new(
+        PluginInfo::new(&config.name, &config.root_id, &config.vm.vm_id, config.configuration.clone())
+            .with_authorizations(config.authorizations.clone())
+            .with_quotas(config.vm.quotas)
+            .with_max_body_size(config.max_body_size)
+            .with_done_timeout(config.pause_timeout),
+    );
     Ok(LoadedPlugin { config: config.clone(), info, code, code_hash: hash, compiled_cache: cache_outcome, load_time: started.elapsed() })
 }
 
@@ -191,6 +197,9 @@ impl PluginVms {
                     options.vm_configuration = p.config.vm.configuration.clone();
                     options.environment = p.config.vm.environment.clone();
                     options.limits = p.config.vm.limits;
+                    // Every plugin that will share this instance: its start-up
+                    // code runs for all of them (see `VmOptions::plugins`).
+                    options.plugins = plugins.iter().filter(|q| q.vm_key() == key).map(|q| q.info.clone()).collect();
                     max_memory.push(options.limits.max_memory_bytes.unwrap_or(MAX_WASM32_MEMORY));
                     let vm = Vm::new(p.code.clone(), options, server(&key)).map_err(|source| PluginError::Start { origin: p.config.origin.to_string(), plugin: p.config.name.clone(), source })?;
                     vms.push(vm);
@@ -208,10 +217,34 @@ impl PluginVms {
 
     /// Shuts every plugin down (`proxy_on_done`, then `proxy_on_delete` unless
     /// the plugin defers with `proxy_done`). Returns, per plugin index, whether
-    /// it finished now, or the error of a plugin whose callbacks failed.
+    /// it finished now, or the error of a plugin whose callbacks failed. A
+    /// plugin already shut down (or waiting for its `proxy_done`) is not called
+    /// again.
     pub fn shutdown(&mut self) -> Vec<(usize, Result<bool, VmError>)> {
         let roots = self.roots.clone();
-        roots.iter().map(|r| (r.plugin, self.vms[r.vm].shutdown_plugin(r.root_context_id))).collect()
+        roots
+            .iter()
+            .map(|r| {
+                let vm = &mut self.vms[r.vm];
+                if !vm.has_context(r.root_context_id) {
+                    return (r.plugin, Ok(true));
+                }
+                (r.plugin, vm.shutdown_plugin(r.root_context_id))
+            })
+            .collect()
+    }
+
+    /// Whether some context of these VMs waits for the plugin's `proxy_done`
+    /// (its `on_done` returned false): the server keeps the VMs until it comes
+    /// or [`PluginVms::expire_awaiting_done`] ends the wait.
+    pub fn awaiting_done(&mut self) -> bool {
+        self.vms.iter_mut().any(|vm| vm.awaiting_done())
+    }
+
+    /// Deletes the contexts whose wait for `proxy_done` is over (see
+    /// [`Vm::expire_awaiting_done`]); how many.
+    pub fn expire_awaiting_done(&mut self, now: std::time::Instant) -> usize {
+        self.vms.iter_mut().map(|vm| vm.expire_awaiting_done(now)).sum()
     }
 }
 

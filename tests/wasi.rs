@@ -69,6 +69,128 @@ fn fd_write_to_stdout_and_stderr_becomes_info_and_error_log_lines() {
 }
 
 #[test]
+fn fd_write_takes_at_most_64_kib_per_call_and_answers_a_short_write() {
+    // A million iovecs all naming the same 1 MiB region ask for a terabyte:
+    // the host takes 64 KiB, logs it as one line and reports a short write.
+    let imports = r#"(import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))"#;
+    let body = r#"
+      (local $i i32)
+      (drop (memory.grow (i32.const 160)))
+      ;; the region: 1 MiB of 'a' from 0x100000
+      (local.set $i (i32.const 0))
+      (loop $fill
+        (i32.store8 (i32.add (i32.const 0x100000) (local.get $i)) (i32.const 97))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $fill (i32.lt_u (local.get $i) (i32.const 0x100000))))
+      ;; the table: 1M iovecs from 0x200000, each {0x100000, 1 MiB}
+      (local.set $i (i32.const 0))
+      (loop $table
+        (i32.store (i32.add (i32.const 0x200000) (i32.shl (local.get $i) (i32.const 3))) (i32.const 0x100000))
+        (i32.store (i32.add (i32.const 0x200004) (i32.shl (local.get $i) (i32.const 3))) (i32.const 0x100000))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $table (i32.lt_u (local.get $i) (i32.const 0x100000))))
+      (call $report (call $w (i32.const 1) (i32.const 0x200000) (i32.const 0x100000) (i32.const 120)))
+      ;; nwritten / 1024: 64 (KiB)
+      (call $report (i32.shr_u (i32.load (i32.const 120)) (i32.const 10)))
+      (call $report (i32.and (i32.load (i32.const 120)) (i32.const 1023)))"#;
+    let h = run(&wasi_module("", imports, body), VmOptions::new(unique_vm_id("fdw-bomb")));
+    assert_eq!(reports(&h), vec!["r=00", "r=64", "r=00"], "OK, 64 KiB written, no more");
+    let lines: Vec<String> = h.server.messages().into_iter().filter(|m| !m.starts_with("r=")).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].len(), 64 * 1024);
+    assert!(lines[0].bytes().all(|b| b == b'a'));
+}
+
+#[test]
+fn fd_write_still_checks_every_iovec_it_looks_at() {
+    let imports = r#"(import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))"#;
+    let body = r#"
+      ;; {200, 4} then {0xfffffff0, 32}: the second one is out of bounds
+      (i32.store (i32.const 100) (i32.const 200)) (i32.store (i32.const 104) (i32.const 4))
+      (i32.store (i32.const 108) (i32.const 0xfffffff0)) (i32.store (i32.const 112) (i32.const 32))
+      (call $report (call $w (i32.const 1) (i32.const 100) (i32.const 2) (i32.const 120)))"#;
+    let h = run(&wasi_module("", imports, body), VmOptions::new(unique_vm_id("fdw-oob")));
+    assert_eq!(reports(&h), vec!["r=21"], "EFAULT");
+    assert_eq!(h.server.messages().len(), 1, "nothing written: {:?}", h.server.messages());
+}
+
+/// A command module whose `_start` calls `random_get` and reports its errno
+/// as "r=NN" (then `on_configure` succeeds).
+fn start_calls_random_get() -> Vec<u8> {
+    let wat = r#"(module
+        (import "wasi_snapshot_preview1" "random_get" (func $r (param i32 i32) (result i32)))
+        (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "proxy_abi_version_0_2_1"))
+        (func $report (param $v i32)
+          (i32.store8 (i32.const 900) (i32.const 114)) (i32.store8 (i32.const 901) (i32.const 61))
+          (i32.store8 (i32.const 902) (i32.add (i32.const 48) (i32.div_u (local.get $v) (i32.const 10))))
+          (i32.store8 (i32.const 903) (i32.add (i32.const 48) (i32.rem_u (local.get $v) (i32.const 10))))
+          (drop (call $log (i32.const 2) (i32.const 900) (i32.const 4))))
+        (func (export "_start") (call $report (call $r (i32.const 100) (i32.const 8))))
+        (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1)))"#;
+    wat::parse_str(wat).unwrap()
+}
+
+fn restricted(name: &str, capabilities: Option<&[&str]>) -> std::sync::Arc<proxy_wasm_host::plugin::PluginInfo> {
+    let authorizations = proxy_wasm_host::authorizations::Authorizations { capabilities: capabilities.map(|c| c.iter().map(|s| s.to_string()).collect()), ..Default::default() };
+    std::sync::Arc::new(proxy_wasm_host::plugin::PluginInfo::new(name, "", "vm", Vec::new()).with_authorizations(authorizations))
+}
+
+/// The errno `_start` got from `random_get` when the instance is shared by `plugins`.
+fn start_up_random_get(plugins: Vec<std::sync::Arc<proxy_wasm_host::plugin::PluginInfo>>) -> (String, Vec<LogLine>) {
+    let server = TestServer::new();
+    let mut options = VmOptions::new(unique_vm_id("start-caps"));
+    options.plugins = plugins;
+    let code = load(&start_calls_random_get(), "start.wasm").unwrap();
+    let _vm = proxy_wasm_host::vm::Vm::new(code, options, server.clone()).unwrap();
+    let logs = server.logs();
+    let report = logs.iter().find(|l| l.message.starts_with("r=")).map(|l| l.message.clone()).unwrap_or_default();
+    (report, logs)
+}
+
+#[test]
+fn a_wasi_call_denied_to_the_plugin_answers_enotcapable_also_from_start() {
+    let (report, logs) = start_up_random_get(vec![restricted("only-logs", Some(&["proxy_log"]))]);
+    assert_eq!(report, "r=76", "ENOTCAPABLE: {logs:?}");
+    let denial = logs.iter().find(|l| l.message.starts_with("denied")).expect("the denial is logged");
+    assert_eq!(denial.plugin, "only-logs");
+    assert!(denial.message.starts_with("denied WASI call random_get: start-up code (_initialize, main, _start) runs for every plugin of the VM"), "{}", denial.message);
+    // Allowed, it works.
+    assert_eq!(start_up_random_get(vec![restricted("random", Some(&["proxy_log", "random_get"]))]).0, "r=00");
+    // No plugin known (an embedder's VM): no restriction.
+    assert_eq!(start_up_random_get(Vec::new()).0, "r=00");
+}
+
+#[test]
+fn start_up_code_of_a_shared_instance_may_use_only_what_every_plugin_allows() {
+    let both = start_up_random_get(vec![restricted("a", Some(&["proxy_log", "random_get"])), restricted("b", Some(&["proxy_log"]))]);
+    assert_eq!(both.0, "r=76", "{:?}", both.1);
+    assert!(both.1.iter().any(|l| l.plugin == "a,b" && l.message.starts_with("denied WASI call random_get")), "{:?}", both.1);
+    // A plugin without a restriction allows everything: the other one's applies.
+    assert_eq!(start_up_random_get(vec![restricted("free", None), restricted("b", Some(&["proxy_log"]))]).0, "r=76");
+    assert_eq!(start_up_random_get(vec![restricted("a", Some(&["proxy_log", "random_get"])), restricted("free", None)]).0, "r=00");
+}
+
+#[test]
+fn the_loader_starts_an_instance_under_the_restrictions_of_its_plugins() {
+    use proxy_wasm_host::host::ServerHost;
+    let dir = std::env::temp_dir().join(format!("pwh-start-caps-{RUNTIME}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("start.wasm"), start_calls_random_get()).unwrap();
+    let vm_id = unique_vm_id("loader-caps");
+    let yaml = format!(
+        "config:\n  name: restricted\n  capability_restriction_config:\n    allowed_capabilities: [proxy_log, proxy_on_configure]\n  vm_config:\n    runtime: {RUNTIME}\n    vm_id: {vm_id}\n    code: {{ local: {{ filename: start.wasm }} }}\n"
+    );
+    std::fs::write(dir.join("plugins.yaml"), yaml).unwrap();
+    let configs = proxy_wasm_host::config::load_file(&dir.join("plugins.yaml")).unwrap();
+    let plugins = proxy_wasm_host::loader::load(&configs).unwrap();
+    let server = TestServer::new();
+    let _vms = proxy_wasm_host::loader::PluginVms::start(&plugins, |_| server.clone() as std::sync::Arc<dyn ServerHost>).unwrap();
+    assert!(server.logged("r=76"), "{:?}", server.messages());
+}
+
+#[test]
 fn environment_holds_only_the_configured_variables_and_args_are_empty() {
     let imports = r#"(import "wasi_snapshot_preview1" "environ_sizes_get" (func $es (param i32 i32) (result i32)))
         (import "wasi_snapshot_preview1" "environ_get" (func $eg (param i32 i32) (result i32)))

@@ -70,12 +70,22 @@ fn write_u32_result(c: &mut dyn Caller, ptr: u32, v: u32) -> R {
 
 // ---------------------------------------------------------------- logging, time
 
+/// The longest log line a plugin writes (`proxy_log`, or one WASI `fd_write`
+/// call): longer messages are cut, so that a plugin cannot make the host copy
+/// its whole memory into one line.
+pub const MAX_LOG_LINE_BYTES: u32 = 64 * 1024;
+
 fn proxy_log(c: &mut dyn Caller, a: &[Val]) -> R {
     let level = tri!(LogLevel::try_from(u(a, 0) as i32));
-    let msg = read!(c, u(a, 1), u(a, 2));
-    let st = c.state();
-    let plugin = st.log_ref();
-    st.env.server.log(&plugin, level, &String::from_utf8_lossy(&msg));
+    let (ptr, len) = (u(a, 1), u(a, 2));
+    // The whole message must be valid memory; only its head is copied.
+    tri!(memory::check(c.memory_and_state().0, ptr, len));
+    let msg = read!(c, ptr, len.min(MAX_LOG_LINE_BYTES));
+    let mut text = String::from_utf8_lossy(&msg).into_owned();
+    if len > MAX_LOG_LINE_BYTES {
+        text.push_str(&format!(" [{} more bytes not logged]", len - MAX_LOG_LINE_BYTES));
+    }
+    c.state().plugin_log(level, &text);
     done(Status::Ok)
 }
 
@@ -94,9 +104,17 @@ fn proxy_set_tick_period_milliseconds(c: &mut dyn Caller, a: &[Val]) -> R {
     let ms = u(a, 0);
     let st = c.state();
     let Some(root_id) = st.effective_root_id() else { return done(Status::BadArgument) };
-    let period = (ms != 0).then(|| Duration::from_millis(ms as u64));
+    let mut period = (ms != 0).then(|| Duration::from_millis(ms as u64));
     if let Some(Context::Root(root)) = st.contexts.get_mut(&root_id) {
-        root.tick_period = period;
+        // vm_config.limits.min_tick_period of the plugin whose root ticks.
+        let min = root.plugin.quotas.min_tick_period;
+        if let Some(p) = period.filter(|p| *p < min) {
+            period = Some(min);
+            root.tick_period = period;
+            st.log_once("min_tick_period", LogLevel::Warn, &format!("tick period of {} ms raised to {min:?} (vm_config.limits.min_tick_period) (logged once)", p.as_millis()));
+        } else {
+            root.tick_period = period;
+        }
     }
     st.env.server.set_tick_period(root_id, period);
     done(Status::Ok)
@@ -432,7 +450,7 @@ fn proxy_http_call(c: &mut dyn Caller, a: &[Val]) -> R {
         return done(Status::BadArgument);
     }
     let st = c.state();
-    if let Some(plugin) = st.effective_plugin() {
+    if let Some(plugin) = st.calling_plugin() {
         if !plugin.authorizations.allows_upstream(&upstream) {
             st.log_denial(format!("http_call to {upstream:?}"), "not in authorizations.allowed_hosts");
             return done(Status::BadArgument);
@@ -464,7 +482,7 @@ fn unimplemented(c: &mut dyn Caller, _a: &[Val]) -> R {
 /// (or write) there: its own VM's keys, or `<vm_id>::<key>` of another VM with
 /// `global_map_access`. A denial is logged once.
 fn shared_data_target(st: &mut HostState, key: &[u8], write: bool) -> Option<(String, Vec<u8>)> {
-    let Some(plugin) = st.effective_plugin() else { return Some((st.env.vm_id.clone(), key.to_vec())) };
+    let Some(plugin) = st.calling_plugin() else { return Some((st.env.vm_id.clone(), key.to_vec())) };
     let (vm_id, key, access) = plugin.authorizations.shared_data_target(&st.env.vm_id, key);
     if if write { access.write } else { access.read } {
         return Some((vm_id.to_string(), key.to_vec()));
@@ -616,7 +634,7 @@ fn proxy_get_property(c: &mut dyn Caller, a: &[Val]) -> R {
         tri!(memory::check(mem, u(a, 3), 4));
     }
     let st = c.state();
-    if let Some(plugin) = st.effective_plugin() {
+    if let Some(plugin) = st.calling_plugin() {
         let segments = super::property_path::split(&path);
         if !plugin.authorizations.allows_property_read(&segments) {
             st.log_denial(format!("property read {}", property_name(&segments)), "not in authorizations.properties.read");
@@ -641,7 +659,7 @@ fn proxy_set_property(c: &mut dyn Caller, a: &[Val]) -> R {
         return done(Status::BadArgument);
     }
     let st = c.state();
-    if let Some(plugin) = st.effective_plugin() {
+    if let Some(plugin) = st.calling_plugin() {
         let segments = super::property_path::split(&path);
         if !plugin.authorizations.allows_property_write(&segments) {
             st.log_denial(format!("property write {}", property_name(&segments)), "not in authorizations.properties.write");
@@ -667,6 +685,12 @@ fn proxy_set_property(c: &mut dyn Caller, a: &[Val]) -> R {
 
 // ---------------------------------------------------------------- contexts
 
+/// Any context of the instance may be made effective, as in
+/// proxy-wasm-cpp-host (`set_effective_context` looks the id up among all the
+/// contexts of the `WasmBase`), also one of another plugin sharing the
+/// instance (same `vm_id` and code). The calling plugin keeps its own rights
+/// and caps ([`HostState::calling_plugin`]): the other plugin's
+/// authorizations never become the caller's.
 fn proxy_set_effective_context(c: &mut dyn Caller, a: &[Val]) -> R {
     tri!(running(c));
     let id = u(a, 0);
@@ -740,18 +764,23 @@ macro_rules! hostcall {
     };
 }
 
-/// Whether the effective plugin may not use `name` (logged once). As in
-/// proxy-wasm-cpp-host, a denied hostcall answers UNIMPLEMENTED.
+/// Whether the calling plugin may not use `name` (logged once). As in
+/// proxy-wasm-cpp-host, a denied hostcall answers UNIMPLEMENTED. Start-up
+/// code, which runs before any plugin context, may use what every plugin of
+/// the instance allows (`StartupPolicy`).
 pub(crate) fn capability_denied(c: &mut dyn Caller, name: &'static str) -> bool {
     let st = c.state();
     if !st.restricted {
         return false;
     }
-    let Some(plugin) = st.effective_plugin() else { return false };
-    if plugin.authorizations.allows_capability(name) {
-        return false;
-    }
-    st.log_denial(format!("hostcall {name}"), "not in capability_restriction_config.allowed_capabilities");
+    let why = match st.calling_plugin() {
+        Some(plugin) if plugin.authorizations.allows_capability(name) => return false,
+        Some(_) => "not in capability_restriction_config.allowed_capabilities",
+        None if st.env.startup.authorizations.allows_capability(name) => return false,
+        None => "start-up code (_initialize, main, _start) runs for every plugin of the VM and may only use what all of their capability_restriction_config.allowed_capabilities allow",
+    };
+    let kind = if crate::abi::wasi::FUNCTIONS.iter().any(|(n, _, _)| *n == name) && !name.starts_with("proxy_") { "WASI call" } else { "hostcall" };
+    st.log_denial(format!("{kind} {name}"), why);
     true
 }
 

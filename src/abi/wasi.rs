@@ -41,6 +41,16 @@ fn mem_result(r: Result<(), crate::abi::Status>) -> R {
     errno(if r.is_ok() { ESUCCESS } else { EFAULT })
 }
 
+/// The most iovecs one `fd_write` looks at (Linux's `IOV_MAX`).
+pub const MAX_IOVECS: u32 = 1024;
+
+/// Output to stdout (info) or stderr (error) becomes one log line per call.
+/// At most [`MAX_LOG_LINE_BYTES`](super::exports::MAX_LOG_LINE_BYTES) bytes
+/// from the first [`MAX_IOVECS`] iovecs are taken: a table of a million
+/// iovecs naming the same large region must not make the host copy it a
+/// million times. What is taken is reported in `nwritten`, a short write as
+/// POSIX and WASI allow (wasi-libc and Rust's std write the rest with the
+/// next call). Every iovec looked at must lie in memory (else EFAULT).
 fn fd_write(c: &mut dyn Caller, a: &[Val]) -> R {
     let (fd, iovs, iovs_len, nwritten) = (u(a, 0), u(a, 1), u(a, 2), u(a, 3));
     if fd != 1 && fd != 2 {
@@ -49,21 +59,30 @@ fn fd_write(c: &mut dyn Caller, a: &[Val]) -> R {
     let (mem, st) = c.memory_and_state();
     let Some(table_len) = iovs_len.checked_mul(8) else { return errno(EFAULT) };
     let Ok(table) = memory::slice(mem, iovs, table_len) else { return errno(EFAULT) };
+    let cap = super::exports::MAX_LOG_LINE_BYTES as usize;
     let mut out = Vec::new();
-    for iov in table.chunks_exact(8) {
+    for iov in table.chunks_exact(8).take(MAX_IOVECS as usize) {
         let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
         let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-        match memory::read(mem, ptr, len) {
-            Ok(bytes) => out.extend_from_slice(&bytes),
-            Err(_) => return errno(EFAULT),
+        if memory::check(mem, ptr, len).is_err() {
+            return errno(EFAULT);
+        }
+        let take = (len as usize).min(cap - out.len());
+        if take > 0 {
+            match memory::slice(mem, ptr, take as u32) {
+                Ok(bytes) => out.extend_from_slice(bytes),
+                Err(_) => return errno(EFAULT),
+            }
+        }
+        if out.len() == cap {
+            break;
         }
     }
     let text = String::from_utf8_lossy(&out);
     let line = text.strip_suffix('\n').unwrap_or(&text);
     if !line.is_empty() {
         let level = if fd == 1 { LogLevel::Info } else { LogLevel::Error };
-        let plugin = st.log_ref();
-        st.env.server.log(&plugin, level, line);
+        st.plugin_log(level, line);
     }
     mem_result(memory::write_u32(mem, nwritten, out.len() as u32))
 }

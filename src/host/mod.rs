@@ -73,6 +73,32 @@ impl LocalResponse {
             grpc_status: -1,
         }
     }
+
+    /// What the client gets when a request body held for a plugin grew past
+    /// its `max_body_size`: Envoy's answer when a filter buffers a request
+    /// body past its buffer limit (413, `request_payload_too_large`).
+    pub fn request_payload_too_large() -> LocalResponse {
+        LocalResponse {
+            status: 413,
+            details: "request_payload_too_large".into(),
+            body: b"Payload Too Large".to_vec(),
+            headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
+            grpc_status: -1,
+        }
+    }
+
+    /// The same for a response body, while the response header has not gone
+    /// to the client yet: Envoy answers 500 (`response_payload_too_large`);
+    /// once the header went out it resets the stream instead.
+    pub fn response_payload_too_large() -> LocalResponse {
+        LocalResponse {
+            status: 500,
+            details: "response_payload_too_large".into(),
+            body: b"Internal Server Error".to_vec(),
+            headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
+            grpc_status: -1,
+        }
+    }
 }
 
 /// Server-wide services for one VM instance.

@@ -15,7 +15,7 @@ use crate::metrics::{process_metrics, MetricStore};
 use crate::plugin::{PluginInfo, WasmCode};
 use crate::runtime::{Instance, Limits, Trap, Val};
 use crate::shared::{process_queues, process_shared_data, QueueStore, SharedDataStore};
-use state::{Context, Deferred, HostState, Phase, RootContext, StreamContext, VmEnv};
+use state::{Context, Deferred, HostState, Phase, RootContext, StartupPolicy, StreamContext, VmEnv};
 
 /// Settings of a VM (the `vm_config` of a plugin).
 #[derive(Clone)]
@@ -29,11 +29,17 @@ pub struct VmOptions {
     pub metrics: Option<Arc<dyn MetricStore>>,
     /// Memory and time limits of the instance (none by default).
     pub limits: Limits,
+    /// The plugins that will run in this instance, when known (the loader
+    /// knows them): its start-up code (`_initialize`, `main`, `_start`) runs
+    /// for all of them, under the capabilities every one of them allows and
+    /// the smallest log rate (see [`state::StartupPolicy`]). Empty: no
+    /// restriction.
+    pub plugins: Vec<Arc<PluginInfo>>,
 }
 
 impl VmOptions {
     pub fn new(vm_id: impl Into<String>) -> VmOptions {
-        VmOptions { vm_id: vm_id.into(), vm_configuration: Vec::new(), environment: Vec::new(), shared_data: None, queues: None, metrics: None, limits: Limits::default() }
+        VmOptions { vm_id: vm_id.into(), vm_configuration: Vec::new(), environment: Vec::new(), shared_data: None, queues: None, metrics: None, limits: Limits::default(), plugins: Vec::new() }
     }
 }
 
@@ -78,9 +84,13 @@ pub struct Vm {
 impl Vm {
     /// Instantiates `code` and runs its start-up functions.
     pub fn new(code: Arc<WasmCode>, options: VmOptions, server: Arc<dyn ServerHost>) -> Result<Vm, VmError> {
+        // Start-up code speaks for every plugin of the instance: its log lines
+        // name them all.
+        let names = options.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(",");
         let env = Arc::new(VmEnv {
             abi: code.abi,
-            log_ref: PluginRef { name: String::new(), root_id: String::new(), vm_id: options.vm_id.clone() },
+            log_ref: PluginRef { name: names, root_id: String::new(), vm_id: options.vm_id.clone() },
+            startup: StartupPolicy::for_plugins(&options.plugins),
             vm_id: options.vm_id,
             vm_configuration: options.vm_configuration,
             environment: options.environment,
@@ -181,6 +191,9 @@ impl Vm {
         st.callback = None;
         st.http_call_response = None;
         st.call_data = None;
+        if st.log_drops_pending {
+            st.report_dropped_logs(std::time::Instant::now());
+        }
         match r {
             Ok(v) => {
                 self.apply_deferred();
@@ -233,6 +246,7 @@ impl Vm {
             return true;
         }
         let (current, effective) = (st.current_context, st.effective_context);
+        st.current_context = context_id;
         st.effective_context = context_id;
         st.log_denial(format!("callback {callback}"), "not in capability_restriction_config.allowed_capabilities");
         st.current_context = current;
@@ -301,6 +315,7 @@ impl Vm {
     /// Removes a root context without calling the plugin, and stops what it started.
     fn forget_root(&mut self, id: u32) {
         let st = self.instance.state();
+        st.awaiting_done.remove(&id);
         if let Some(Context::Root(root)) = st.contexts.remove(&id) {
             if root.tick_period.is_some() {
                 st.env.server.set_tick_period(id, None);
@@ -326,15 +341,22 @@ impl Vm {
 
     /// Shuts a plugin down: `proxy_on_done`; when it returns true (or the
     /// module has no such callback), `proxy_on_delete` right away and `true`.
-    /// When it returns false the plugin finishes later with `proxy_done`.
+    /// When it returns false the plugin finishes later with `proxy_done`, or
+    /// when its wait is over (see [`Vm::expire_awaiting_done`]); a plugin
+    /// already waiting is not called again.
     pub fn shutdown_plugin(&mut self, root_context_id: u32) -> Result<bool, VmError> {
-        if !matches!(self.instance.state().contexts.get(&root_context_id), Some(Context::Root(_))) {
-            return Err(VmError::UnknownContext(root_context_id));
+        match self.instance.state().contexts.get(&root_context_id) {
+            Some(Context::Root(r)) if r.awaiting_done => return Ok(false),
+            Some(Context::Root(_)) => {}
+            _ => return Err(VmError::UnknownContext(root_context_id)),
         }
         match self.call_if_exported(root_context_id, "proxy_on_done", &[root_context_id as i64]) {
             Ok(Some(v)) if v.as_i32() == 0 => {
-                if let Some(Context::Root(r)) = self.instance.state().contexts.get_mut(&root_context_id) {
+                let st = self.instance.state();
+                if let Some(Context::Root(r)) = st.contexts.get_mut(&root_context_id) {
                     r.awaiting_done = true;
+                    let deadline = std::time::Instant::now() + r.plugin.done_timeout;
+                    st.awaiting_done.insert(root_context_id, deadline);
                 }
                 Ok(false)
             }
@@ -394,7 +416,11 @@ impl Vm {
     // ------------------------------------------------------------ stream contexts
 
     /// Creates a stream context under `root_context_id` for one transaction.
+    /// Contexts whose wait for `proxy_done` is over are deleted first.
     pub fn create_stream(&mut self, root_context_id: u32, stream: Box<dyn HttpStream>) -> Result<u32, VmError> {
+        if !self.instance.state().awaiting_done.is_empty() {
+            self.expire_awaiting_done(std::time::Instant::now());
+        }
         let st = self.instance.state();
         let plugin = match st.contexts.get(&root_context_id) {
             Some(Context::Root(r)) => r.plugin.clone(),
@@ -469,20 +495,86 @@ impl Vm {
     /// cumulative size. On `Continue` the server sends on [`Vm::take_body`];
     /// on `Pause` it keeps feeding chunks (or, at end of stream, waits for the
     /// plugin to resume) and nothing is sent on meanwhile.
+    ///
+    /// The bytes held for a plugin that paused are bounded by its
+    /// `max_body_size` (see [`Vm::body_too_large`]): a chunk that would make
+    /// them exceed it is not delivered, and neither is a Pause that leaves more
+    /// held; the stream then ends as Envoy ends one whose buffered body passed
+    /// its buffer limit, and the verdict is `Stop`.
     pub fn on_request_body(&mut self, context_id: u32, chunk: &[u8], end_of_stream: bool) -> Result<Verdict, VmError> {
-        let s = self.stream_mut(context_id)?;
-        s.request_body.extend_from_slice(chunk);
-        s.request_body_eos = end_of_stream;
-        let size = s.request_body.len() as i64;
-        self.stream_callback(context_id, "proxy_on_request_body", &[context_id as i64, size, end_of_stream as i64])
+        self.body_callback(context_id, StreamType::HttpRequest, chunk, end_of_stream)
     }
 
     pub fn on_response_body(&mut self, context_id: u32, chunk: &[u8], end_of_stream: bool) -> Result<Verdict, VmError> {
+        self.body_callback(context_id, StreamType::HttpResponse, chunk, end_of_stream)
+    }
+
+    fn body_callback(&mut self, context_id: u32, direction: StreamType, chunk: &[u8], end_of_stream: bool) -> Result<Verdict, VmError> {
         let s = self.stream_mut(context_id)?;
-        s.response_body.extend_from_slice(chunk);
-        s.response_body_eos = end_of_stream;
-        let size = s.response_body.len() as i64;
-        self.stream_callback(context_id, "proxy_on_response_body", &[context_id as i64, size, end_of_stream as i64])
+        let limit = s.plugin.max_body_size;
+        let (body, eos) = match direction {
+            StreamType::HttpResponse => (&mut s.response_body, &mut s.response_body_eos),
+            _ => (&mut s.request_body, &mut s.request_body_eos),
+        };
+        // Bytes still held are what the plugin paused on: with this chunk the
+        // host would hold more than it may.
+        let held = body.len() as u64;
+        if held > 0 && held.saturating_add(chunk.len() as u64) > limit {
+            return self.body_too_large(context_id, direction, held.saturating_add(chunk.len() as u64));
+        }
+        body.extend_from_slice(chunk);
+        *eos = end_of_stream;
+        let size = body.len() as i64;
+        let callback = if direction == StreamType::HttpResponse { "proxy_on_response_body" } else { "proxy_on_request_body" };
+        let verdict = self.stream_callback(context_id, callback, &[context_id as i64, size, end_of_stream as i64])?;
+        if verdict == Verdict::Pause {
+            let s = self.stream_mut(context_id)?;
+            let held = if direction == StreamType::HttpResponse { s.response_body.len() } else { s.request_body.len() } as u64;
+            if held > limit {
+                return self.body_too_large(context_id, direction, held);
+            }
+        }
+        Ok(verdict)
+    }
+
+    /// The body held for a plugin would pass its `max_body_size`: the held
+    /// bytes are dropped and the stream ends as Envoy's connection manager
+    /// ends it when a filter's buffered body passes the buffer limit
+    /// (`requestDataTooLarge` / `responseDataTooLarge`): a request gets a
+    /// local 413 and is not sent on; a response gets a local 500 while its
+    /// header has not gone out, else it is closed (reset). One line naming the
+    /// plugin is logged each time, as nginx logs each body over
+    /// `client_max_body_size`.
+    fn body_too_large(&mut self, context_id: u32, direction: StreamType, size: u64) -> Result<Verdict, VmError> {
+        let s = self.stream_mut(context_id)?;
+        let limit = s.plugin.max_body_size;
+        let plugin = s.plugin.log_ref();
+        s.request_body_eos = false;
+        s.response_body_eos = false;
+        let outcome = if direction == StreamType::HttpRequest {
+            s.request_body = Vec::new();
+            if s.stream.send_local_response(crate::host::LocalResponse::request_payload_too_large()).is_ok() {
+                s.local_response_sent = true;
+                "the request gets 413 and is not sent on"
+            } else {
+                let _ = s.stream.close(StreamType::HttpRequest);
+                s.closed = true;
+                "the request is closed"
+            }
+        } else {
+            s.response_body = Vec::new();
+            if s.stream.send_local_response(crate::host::LocalResponse::response_payload_too_large()).is_ok() {
+                s.local_response_sent = true;
+                "the response is replaced by a 500"
+            } else {
+                let _ = s.stream.close(StreamType::HttpResponse);
+                s.closed = true;
+                "the response is cut off (its header went out already)"
+            }
+        };
+        let what = if direction == StreamType::HttpRequest { "request" } else { "response" };
+        self.env.server.log(&plugin, crate::abi::LogLevel::Warn, &format!("the {what} body held for the plugin would reach {size} bytes, over its max_body_size ({limit} bytes): {outcome}"));
+        Ok(Verdict::Stop)
     }
 
     /// Takes the body bytes the plugin let through (possibly edited).
@@ -521,7 +613,9 @@ impl Vm {
                     let s = self.stream_mut(context_id)?;
                     s.awaiting_done = true;
                     s.stream.detach();
+                    let deadline = std::time::Instant::now() + s.plugin.done_timeout;
                     let st = self.instance.state();
+                    st.awaiting_done.insert(context_id, deadline);
                     Self::cancel_http_calls(st, |(_, d)| d == context_id);
                     return Ok(false);
                 }
@@ -554,7 +648,68 @@ impl Vm {
     fn drop_stream(&mut self, context_id: u32) {
         let st = self.instance.state();
         st.contexts.remove(&context_id);
+        st.awaiting_done.remove(&context_id);
         Self::cancel_http_calls(st, |(_, d)| d == context_id);
+    }
+
+    /// Whether a context waits for the plugin's `proxy_done`.
+    pub fn awaiting_done(&mut self) -> bool {
+        !self.instance.state().awaiting_done.is_empty()
+    }
+
+    /// When the first wait for `proxy_done` ends, if any context waits.
+    pub fn next_done_deadline(&mut self) -> Option<std::time::Instant> {
+        self.instance.state().awaiting_done.values().min().copied()
+    }
+
+    /// Ends the waits for `proxy_done` that are over at `now`: a context whose
+    /// `on_done` returned false gets `proxy_on_log` (a stream) and
+    /// `proxy_on_delete` as if the plugin had called `proxy_done`, and is
+    /// forgotten, so that a plugin that never calls it cannot keep its
+    /// contexts, nor the instance (a replaced generation waits for them), for
+    /// ever. The wait is the plugin's `pause_timeout`; logged once per plugin
+    /// and kind of context. Returns how many contexts were deleted.
+    ///
+    /// proxy-wasm-cpp-host has no such deadline (as read from its sources
+    /// from memory, not checked here): a root context whose `on_done` returned
+    /// false stays in `WasmBase::pending_done_` until `proxy_done`, and Envoy
+    /// deletes a stream's context when the stream ends without waiting for
+    /// its `proxy_done`. We wait, as for roots, but not for ever.
+    pub fn expire_awaiting_done(&mut self, now: std::time::Instant) -> usize {
+        let st = self.instance.state();
+        let mut expired: Vec<u32> = st.awaiting_done.iter().filter(|(_, deadline)| **deadline <= now).map(|(id, _)| *id).collect();
+        expired.sort_unstable();
+        for &id in &expired {
+            let st = self.instance.state();
+            st.awaiting_done.remove(&id);
+            let (plugin, kind) = match st.contexts.get_mut(&id) {
+                Some(Context::Stream(s)) => {
+                    s.awaiting_done = false;
+                    (s.plugin.clone(), "stream")
+                }
+                Some(Context::Root(r)) => {
+                    r.awaiting_done = false;
+                    (r.plugin.clone(), "root")
+                }
+                None => continue,
+            };
+            let message = format!(
+                "proxy_on_done of a {kind} context returned false and proxy_done did not come within {:?} (pause_timeout): the context is deleted (logged once)",
+                plugin.done_timeout
+            );
+            let (current, effective) = (st.current_context, st.effective_context);
+            st.current_context = id;
+            st.log_once(&format!("done timeout {kind}"), crate::abi::LogLevel::Warn, &message);
+            st.current_context = current;
+            st.effective_context = effective;
+            let r = if kind == "stream" { self.log_and_delete_stream(id) } else { self.delete_root(id) };
+            match r {
+                // A failed instance is not called; the context is dropped all the same.
+                Ok(()) | Err(VmError::Failed(_)) => {}
+                Err(e) => self.env.server.log(&plugin.log_ref(), crate::abi::LogLevel::Error, &format!("deleting a context whose proxy_done did not come: {e}")),
+            }
+        }
+        expired.len()
     }
 
     /// Number of live contexts (roots and streams), for diagnostics and tests.

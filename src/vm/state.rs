@@ -5,9 +5,10 @@ use std::collections::HashMap;
 
 use crate::hash::FastMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::abi::{AbiVersion, StreamType};
+use crate::abi::{AbiVersion, LogLevel, StreamType};
+use crate::authorizations::Authorizations;
 use crate::host::{HttpCallResponse, HttpStream, PluginRef, ServerHost};
 use crate::metrics::MetricStore;
 use crate::plugin::PluginInfo;
@@ -99,6 +100,47 @@ pub struct VmEnv {
     pub metrics: Arc<dyn MetricStore>,
     /// Identifies the VM in log lines written outside any plugin context.
     pub log_ref: PluginRef,
+    /// What the VM's start-up code may do (see [`StartupPolicy`]).
+    pub startup: StartupPolicy,
+}
+
+/// The rights of the code a VM runs before any plugin context exists
+/// (`_initialize`, `main`, `_start`, and hostcalls made without a context):
+/// that code runs on behalf of every plugin that shares the instance, so it
+/// gets only what all of them allow: the capabilities in every plugin's
+/// `allowed_capabilities` (a plugin without a restriction allows everything)
+/// and the smallest `max_log_lines_per_second`.
+pub struct StartupPolicy {
+    /// Only `capabilities` is used.
+    pub authorizations: Authorizations,
+    pub max_log_lines_per_second: u32,
+}
+
+impl StartupPolicy {
+    /// The policy for a VM shared by `plugins` (none known: no restriction
+    /// and the default log rate).
+    pub fn for_plugins(plugins: &[Arc<PluginInfo>]) -> StartupPolicy {
+        let mut capabilities: Option<std::collections::BTreeSet<String>> = None;
+        for p in plugins {
+            if let Some(set) = &p.authorizations.capabilities {
+                capabilities = Some(match capabilities {
+                    None => set.clone(),
+                    Some(c) => c.intersection(set).cloned().collect(),
+                });
+            }
+        }
+        let max_log_lines_per_second = plugins.iter().map(|p| p.quotas.max_log_lines_per_second).min().unwrap_or(crate::config::Quotas::DEFAULT_MAX_LOG_LINES_PER_SECOND);
+        StartupPolicy { authorizations: Authorizations { capabilities, ..Authorizations::unrestricted() }, max_log_lines_per_second }
+    }
+}
+
+/// Log lines of one plugin (or of the start-up code) in the current second.
+pub struct LogBudget {
+    /// When the current second started.
+    pub since: Instant,
+    pub lines: u32,
+    /// Lines dropped this second, reported when it is over.
+    pub dropped: u64,
 }
 
 pub struct HostState {
@@ -133,12 +175,18 @@ pub struct HostState {
     pub restricted: bool,
     /// Denials already logged, per plugin and what was denied (logged once).
     pub denials_logged: std::collections::HashSet<(String, String)>,
+    /// Log lines per second, per root context id (0: the start-up code).
+    pub log_budgets: FastMap<u32, LogBudget>,
+    /// Some budget dropped lines whose count is not reported yet.
+    pub log_drops_pending: bool,
+    /// Contexts whose `on_done` returned false, and until when the host
+    /// waits for their `proxy_done`.
+    pub awaiting_done: FastMap<u32, Instant>,
 }
 
 impl HostState {
     pub fn new(env: Arc<VmEnv>) -> HostState {
         HostState {
-            env,
             contexts: FastMap::default(),
             current_context: 0,
             effective_context: 0,
@@ -153,16 +201,88 @@ impl HostState {
             next_http_call_token: 1,
             http_calls: HashMap::new(),
             exited: None,
-            restricted: false,
+            restricted: env.startup.authorizations.capabilities.is_some(),
+            env,
             denials_logged: Default::default(),
+            log_budgets: FastMap::default(),
+            log_drops_pending: false,
+            awaiting_done: FastMap::default(),
         }
     }
 
     /// Logs a denial once per plugin and `what` (a hostcall, an upstream...).
     pub fn log_denial(&mut self, what: String, why: &str) {
+        self.log_once(&what.clone(), LogLevel::Warn, &format!("denied {what}: {why} (logged once)"));
+    }
+
+    /// Logs `message` for the calling plugin, once per plugin and `key`.
+    pub fn log_once(&mut self, key: &str, level: LogLevel, message: &str) {
         let plugin = self.log_ref();
-        if self.denials_logged.insert((plugin.name.clone(), what.clone())) {
-            self.env.server.log(&plugin, crate::abi::LogLevel::Warn, &format!("denied {what}: {why} (logged once)"));
+        if self.denials_logged.insert((plugin.name.clone(), key.to_string())) {
+            self.env.server.log(&plugin, level, message);
+        }
+    }
+
+    /// A line the plugin logs (`proxy_log`, WASI `fd_write`), within its
+    /// `max_log_lines_per_second`: lines over it that second are dropped, and
+    /// their number is logged when the next second starts (at the next line,
+    /// or when a callback returns, see [`HostState::report_dropped_logs`]).
+    /// Lines below the server's log level are not counted: the server drops them.
+    pub fn plugin_log(&mut self, level: LogLevel, message: &str) {
+        let plugin = self.log_ref();
+        let server = self.env.server.clone();
+        if (level as i32) < (server.log_level() as i32) {
+            server.log(&plugin, level, message);
+            return;
+        }
+        let (key, cap) = match self.contexts.get(&self.current_context) {
+            Some(Context::Root(r)) => (self.current_context, r.plugin.quotas.max_log_lines_per_second),
+            Some(Context::Stream(s)) => (s.root_context_id, s.plugin.quotas.max_log_lines_per_second),
+            None => (0, self.env.startup.max_log_lines_per_second),
+        };
+        let now = Instant::now();
+        let budget = self.log_budgets.entry(key).or_insert(LogBudget { since: now, lines: 0, dropped: 0 });
+        if now.saturating_duration_since(budget.since) >= Duration::from_secs(1) {
+            let dropped = std::mem::take(&mut budget.dropped);
+            budget.since = now;
+            budget.lines = 0;
+            if dropped > 0 {
+                server.log(&plugin, LogLevel::Warn, &dropped_message(dropped, cap));
+            }
+        }
+        if budget.lines < cap {
+            budget.lines += 1;
+            server.log(&plugin, level, message);
+        } else {
+            budget.dropped += 1;
+            self.log_drops_pending = true;
+        }
+    }
+
+    /// Reports the lines dropped in seconds that are over (called when a
+    /// callback returns, so a plugin that stops logging still gets its count).
+    pub fn report_dropped_logs(&mut self, now: Instant) {
+        if !self.log_drops_pending {
+            return;
+        }
+        let mut pending = false;
+        let mut reports = Vec::new();
+        for (key, budget) in self.log_budgets.iter_mut().filter(|(_, b)| b.dropped > 0) {
+            if now.saturating_duration_since(budget.since) < Duration::from_secs(1) {
+                pending = true;
+                continue;
+            }
+            reports.push((*key, std::mem::take(&mut budget.dropped)));
+            budget.since = now;
+            budget.lines = 0;
+        }
+        self.log_drops_pending = pending;
+        for (key, dropped) in reports {
+            let (plugin, cap) = match self.contexts.get(&key).filter(|_| key != 0) {
+                Some(c) => (c.plugin().log_ref(), c.plugin().quotas.max_log_lines_per_second),
+                None => (self.env.log_ref.clone(), self.env.startup.max_log_lines_per_second),
+            };
+            self.env.server.log(&plugin, LogLevel::Warn, &dropped_message(dropped, cap));
         }
     }
 
@@ -210,12 +330,29 @@ impl HostState {
         }
     }
 
-    /// The plugin whose context is effective, for logs and properties.
+    /// The plugin whose context is effective, for its configuration and its
+    /// identity properties (`plugin_name`...).
     pub fn effective_plugin(&self) -> Option<Arc<PluginInfo>> {
         self.effective().map(|c| c.plugin().clone())
     }
 
-    pub fn log_ref(&self) -> PluginRef {
-        self.effective_plugin().map(|p| p.log_ref()).unwrap_or_else(|| self.env.log_ref.clone())
+    /// The plugin whose callback is running: its rights and caps apply to
+    /// every hostcall, also after `proxy_set_effective_context` made a
+    /// context of another plugin of the instance effective (its rights do not
+    /// become the caller's). `None` in start-up code (see [`StartupPolicy`]).
+    pub fn calling_plugin(&self) -> Option<Arc<PluginInfo>> {
+        self.contexts.get(&self.current_context).map(|c| c.plugin().clone())
     }
+
+    /// Who a log line is from: the calling plugin, else the VM.
+    pub fn log_ref(&self) -> PluginRef {
+        match self.contexts.get(&self.current_context) {
+            Some(c) => c.plugin().log_ref(),
+            None => self.env.log_ref.clone(),
+        }
+    }
+}
+
+fn dropped_message(dropped: u64, cap: u32) -> String {
+    format!("{dropped} log lines dropped: over vm_config.limits.max_log_lines_per_second ({cap})")
 }
