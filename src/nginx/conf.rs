@@ -44,8 +44,11 @@ pub struct LocConf {
 /// Allocates `value` in an nginx pool; it is dropped when the pool is destroyed.
 unsafe fn pool_alloc<T>(pool: *mut ngx_pool_t, value: T) -> *mut T {
     unsafe extern "C" fn drop_value<T>(data: *mut c_void) {
-        // SAFETY: `data` is the pointer written by `pool_alloc`, dropped once by the pool.
-        unsafe { ptr::drop_in_place(data as *mut T) };
+        // A panicking destructor must not unwind into nginx.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: `data` is the pointer written by `pool_alloc`, dropped once by the pool.
+            unsafe { ptr::drop_in_place(data as *mut T) };
+        }));
     }
     // SAFETY: the caller passes a live pool; the memory is written before use
     // and aligned to NGX_ALIGNMENT (8), enough for these Rust structures.
@@ -66,13 +69,20 @@ unsafe fn pool_alloc<T>(pool: *mut ngx_pool_t, value: T) -> *mut T {
 }
 
 pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
-    // SAFETY: nginx passes a live configuration context.
-    unsafe { pool_alloc((*cf).pool, MainConf::default()) as *mut c_void }
+    // A panic becomes NULL, which nginx reports as a configuration error.
+    std::panic::catch_unwind(|| {
+        // SAFETY: nginx passes a live configuration context.
+        unsafe { pool_alloc((*cf).pool, MainConf::default()) as *mut c_void }
+    })
+    .unwrap_or(ptr::null_mut())
 }
 
 pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
-    // SAFETY: as above.
-    unsafe { pool_alloc((*cf).pool, LocConf::default()) as *mut c_void }
+    std::panic::catch_unwind(|| {
+        // SAFETY: as above.
+        unsafe { pool_alloc((*cf).pool, LocConf::default()) as *mut c_void }
+    })
+    .unwrap_or(ptr::null_mut())
 }
 
 /// The main configuration while the http block is being read.

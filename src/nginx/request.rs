@@ -79,7 +79,13 @@ struct State {
     body_read_started: bool,
     body_ready: bool,
     request_body_done: bool,
-    request_chunks: std::collections::VecDeque<(Vec<u8>, bool)>,
+    /// Where the plugins are in the body nginx read (read in 64 KiB pieces
+    /// as they go through the chain, not all at once).
+    request_cursor: Option<BodyCursor>,
+    /// The piece with `end_of_stream` went through the chain.
+    request_eos_fed: bool,
+    /// What the chain let through, held until the whole body went through:
+    /// it replaces nginx's request body at once (bounded by `max_body_size`).
     request_out: Vec<u8>,
     /// A request-phase callback paused: the phase handler is suspended.
     paused_request: bool,
@@ -464,10 +470,17 @@ fn finish(ctx: &ReqCtx) {
         std::mem::take(&mut st.chain)
     };
     let mut vms = ctx.slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+    let mut waiting = false;
     for link in chain {
-        if let Err(e) = vms.vms[link.vm].finish_stream(link.ctx) {
-            log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", ctx.plugin_name(link)));
+        match vms.vms[link.vm].finish_stream(link.ctx) {
+            Ok(done) => waiting |= !done,
+            Err(e) => log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", ctx.plugin_name(link))),
         }
+    }
+    drop(vms);
+    if waiting {
+        // The plugin's on_done returned false: its proxy_done is awaited, within its pause_timeout.
+        super::worker::watch_awaiting_done();
     }
 }
 
@@ -715,7 +728,7 @@ unsafe extern "C" fn request_body_ready(r: *mut ngx_http_request_t) {
             let mut st = ctx.st();
             st.body_ready = true;
             // SAFETY: live request with its body read.
-            st.request_chunks = unsafe { read_request_body(r) };
+            st.request_cursor = Some(BodyCursor { cl: unsafe { request_body_bufs(r) }, offset: 0 });
             st.paused_request && !st.request_headers_done
         };
         if headers_paused {
@@ -730,44 +743,132 @@ unsafe extern "C" fn request_body_ready(r: *mut ngx_http_request_t) {
     });
 }
 
-/// The request body as nginx read it: one chunk per buffer (file buffers in
-/// 64 KiB pieces); the last one carries end_of_stream.
-unsafe fn read_request_body(r: *mut ngx_http_request_t) -> std::collections::VecDeque<(Vec<u8>, bool)> {
-    let mut chunks: Vec<Vec<u8>> = Vec::new();
-    // SAFETY: live request whose body was read; file buffers refer to the temp file.
+/// The buffers of the request body nginx read (null when it has none).
+unsafe fn request_body_bufs(r: *mut ngx_http_request_t) -> *mut ngx_chain_t {
+    // SAFETY: live request whose body was read.
     unsafe {
         let rb = (*r).request_body;
-        if !rb.is_null() {
-            let mut cl = (*rb).bufs;
-            while !cl.is_null() {
-                let b = (*cl).buf;
-                if (*b).in_file() != 0 && !(*b).file.is_null() {
-                    let fd = (*(*b).file).fd;
-                    let mut pos = (*b).file_pos;
-                    while pos < (*b).file_last {
-                        let n = ((*b).file_last - pos).min(65536) as usize;
-                        let mut buf = vec![0u8; n];
-                        let got = libc::pread(fd, buf.as_mut_ptr() as *mut c_void, n, pos as libc::off_t);
-                        if got <= 0 {
-                            break;
-                        }
-                        buf.truncate(got as usize);
-                        pos += got as off_t;
-                        chunks.push(buf);
-                    }
-                } else if !(*b).pos.is_null() && (*b).last > (*b).pos {
-                    chunks.push(std::slice::from_raw_parts((*b).pos, (*b).last.offset_from((*b).pos) as usize).to_vec());
-                }
-                cl = (*cl).next;
+        if rb.is_null() {
+            std::ptr::null_mut()
+        } else {
+            (*rb).bufs
+        }
+    }
+}
+
+/// The most bytes read from nginx's body buffers at once: a request body
+/// nginx kept in a temporary file is read piece by piece as it goes through
+/// the plugins, never whole.
+const PIECE: usize = 64 * 1024;
+
+/// A position in a chain of nginx buffers (memory or file).
+pub struct BodyCursor {
+    cl: *mut ngx_chain_t,
+    /// Bytes of the current buffer already taken.
+    offset: off_t,
+}
+
+impl BodyCursor {
+    /// Bytes left in the buffer of `cl` after `offset`.
+    ///
+    /// # Safety
+    /// `cl` is a live chain link of the request's body.
+    unsafe fn left(cl: *mut ngx_chain_t, offset: off_t) -> off_t {
+        // SAFETY: see above.
+        unsafe {
+            let b = (*cl).buf;
+            if (*b).in_file() != 0 && !(*b).file.is_null() {
+                ((*b).file_last - (*b).file_pos - offset).max(0)
+            } else if !(*b).pos.is_null() && (*b).last > (*b).pos {
+                ((*b).last.offset_from((*b).pos) as off_t - offset).max(0)
+            } else {
+                0
             }
         }
     }
-    chunks.retain(|c| !c.is_empty());
-    if chunks.is_empty() {
-        chunks.push(Vec::new());
+
+    /// The next piece (at most [`PIECE`] bytes), `None` at the end.
+    ///
+    /// # Safety
+    /// The request is live and its body buffers unchanged since the cursor was made.
+    unsafe fn next(&mut self) -> Option<Vec<u8>> {
+        // SAFETY: see above; file buffers refer to the request's temporary file.
+        unsafe {
+            while !self.cl.is_null() {
+                let left = Self::left(self.cl, self.offset);
+                if left == 0 {
+                    self.cl = (*self.cl).next;
+                    self.offset = 0;
+                    continue;
+                }
+                let b = (*self.cl).buf;
+                let n = (left as usize).min(PIECE);
+                if (*b).in_file() != 0 && !(*b).file.is_null() {
+                    let mut buf = vec![0u8; n];
+                    let got = libc::pread((*(*b).file).fd, buf.as_mut_ptr() as *mut c_void, n, ((*b).file_pos + self.offset) as libc::off_t);
+                    if got <= 0 {
+                        log(LogLevel::Error, &format!("[proxy_wasm] cannot read the request body from nginx's temporary file: {}", std::io::Error::last_os_error()));
+                        self.cl = std::ptr::null_mut();
+                        return None;
+                    }
+                    buf.truncate(got as usize);
+                    self.offset += got as off_t;
+                    return Some(buf);
+                }
+                let piece = std::slice::from_raw_parts((*b).pos.add(self.offset as usize), n).to_vec();
+                self.offset += n as off_t;
+                return Some(piece);
+            }
+            None
+        }
     }
-    let n = chunks.len();
-    chunks.into_iter().enumerate().map(|(i, c)| (c, i + 1 == n)).collect()
+
+    /// Whether any byte is left.
+    ///
+    /// # Safety
+    /// As [`BodyCursor::next`].
+    unsafe fn has_more(&self) -> bool {
+        // SAFETY: see above.
+        unsafe {
+            let (mut cl, mut offset) = (self.cl, self.offset);
+            while !cl.is_null() {
+                if Self::left(cl, offset) > 0 {
+                    return true;
+                }
+                cl = (*cl).next;
+                offset = 0;
+            }
+            false
+        }
+    }
+}
+
+/// The next piece of the request body for the chain, with `end_of_stream`
+/// on the last one (an empty body is one empty piece); `None` once that one
+/// was taken.
+fn next_request_piece(ctx: &ReqCtx) -> Option<(Vec<u8>, bool)> {
+    let mut st = ctx.st();
+    if st.request_eos_fed {
+        return None;
+    }
+    let (piece, eos) = match st.request_cursor.as_mut() {
+        // SAFETY: the cursor walks the body nginx read for this live request;
+        // it is replaced (install_request_body) only after the last piece.
+        Some(cursor) => unsafe {
+            let piece = cursor.next().unwrap_or_default();
+            (piece, !cursor.has_more())
+        },
+        None => (Vec::new(), true),
+    };
+    st.request_eos_fed = eos;
+    Some((piece, eos))
+}
+
+/// The smallest `max_body_size` of the chain's plugins that read the body of
+/// `stream` (the host holds that body for them), and the plugin it is from.
+fn body_limit(ctx: &ReqCtx, links: &[Link], stream: StreamType) -> Option<(u64, Link)> {
+    let callback = if stream == StreamType::HttpRequest { "proxy_on_request_body" } else { "proxy_on_response_body" };
+    links.iter().filter(|l| ctx.slot.set.exports(l.plugin, callback)).map(|l| (ctx.slot.set.plugins[l.plugin].config.max_body_size, *l)).min_by_key(|(limit, _)| *limit)
 }
 
 fn run_request_headers(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> Outcome {
@@ -856,7 +957,11 @@ fn run_request_body(ctx: &ReqCtx, _r: *mut ngx_http_request_t) -> Outcome {
         ctx.st().request_body_wait = None;
         let data = ctx.slot.vms.lock().unwrap_or_else(|p| p.into_inner()).vms[links[stage].vm].take_body(links[stage].ctx, StreamType::HttpRequest).unwrap_or_default();
         match feed(ctx, &links, stage + 1, data, true, StreamType::HttpRequest) {
-            Feed::Out(out) => ctx.st().request_out.extend_from_slice(&out),
+            Feed::Out(out) => {
+                if !hold_request_out(ctx, &links, out) {
+                    return Outcome::Stop;
+                }
+            }
             Feed::Held => {}
             Feed::Wait(stage) => {
                 ctx.st().request_body_wait = Some(stage);
@@ -867,9 +972,13 @@ fn run_request_body(ctx: &ReqCtx, _r: *mut ngx_http_request_t) -> Outcome {
         return Outcome::Continue;
     }
     loop {
-        let Some((chunk, eos)) = ctx.st().request_chunks.pop_front() else { return Outcome::Continue };
+        let Some((chunk, eos)) = next_request_piece(ctx) else { return Outcome::Continue };
         match feed(ctx, &links, 0, chunk, eos, StreamType::HttpRequest) {
-            Feed::Out(out) => ctx.st().request_out.extend_from_slice(&out),
+            Feed::Out(out) => {
+                if !hold_request_out(ctx, &links, out) {
+                    return Outcome::Stop;
+                }
+            }
             Feed::Held => {}
             Feed::Wait(stage) => {
                 ctx.st().request_body_wait = Some(stage);
@@ -878,6 +987,22 @@ fn run_request_body(ctx: &ReqCtx, _r: *mut ngx_http_request_t) -> Outcome {
             Feed::Stop => return Outcome::Stop,
         }
     }
+}
+
+/// Keeps what the chain let through until the end of the body: nginx takes a
+/// new request body whole. Bounded by the smallest `max_body_size` of the
+/// plugins that read the body; past it the request gets 413 and is not sent
+/// on (false).
+fn hold_request_out(ctx: &ReqCtx, links: &[Link], out: Vec<u8>) -> bool {
+    let mut st = ctx.st();
+    st.request_out.extend_from_slice(&out);
+    let size = st.request_out.len() as u64;
+    let Some((limit, link)) = body_limit(ctx, links, StreamType::HttpRequest).filter(|(limit, _)| size > *limit) else { return true };
+    st.request_out = Vec::new();
+    st.local.get_or_insert_with(LocalResponse::request_payload_too_large);
+    drop(st);
+    log(LogLevel::Warn, &format!("[proxy_wasm] {}: the request body held for the plugins would reach {size} bytes, over its max_body_size ({limit} bytes): the request gets 413 and is not sent on", ctx.plugin_name(link)));
+    false
 }
 
 /// The body the plugins let through becomes the request body.
@@ -1214,9 +1339,11 @@ fn replace_response(ctx: &ReqCtx, r: *mut ngx_http_request_t) {
     ctx.st().replace_body = Some(response.body);
 }
 
-/// Bytes of a chain, marking every buffer consumed; and whether it ends the body.
-unsafe fn drain(r: *mut ngx_http_request_t, mut cl: *mut ngx_chain_t) -> (Vec<u8>, bool) {
-    let mut data = Vec::new();
+/// The bytes of a chain in pieces (a file buffer is read [`PIECE`] bytes at
+/// a time, never whole: a static file may be gigabytes), marking every buffer
+/// consumed; and whether it ends the body.
+unsafe fn drain(r: *mut ngx_http_request_t, mut cl: *mut ngx_chain_t) -> (Vec<Vec<u8>>, bool) {
+    let mut pieces = Vec::new();
     let mut eos = false;
     // SAFETY: a chain given to the body filter; file buffers refer to open files.
     unsafe {
@@ -1224,16 +1351,21 @@ unsafe fn drain(r: *mut ngx_http_request_t, mut cl: *mut ngx_chain_t) -> (Vec<u8
             let b = (*cl).buf;
             if (*b).in_file() != 0 && (*b).pos.is_null() || ((*b).in_file() != 0 && (*b).last == (*b).pos && (*b).file_last > (*b).file_pos) {
                 let fd = (*(*b).file).fd;
-                let n = ((*b).file_last - (*b).file_pos) as usize;
-                let mut buf = vec![0u8; n];
-                let got = libc::pread(fd, buf.as_mut_ptr() as *mut c_void, n, (*b).file_pos as libc::off_t);
-                if got > 0 {
+                while (*b).file_pos < (*b).file_last {
+                    let n = (((*b).file_last - (*b).file_pos) as usize).min(PIECE);
+                    let mut buf = vec![0u8; n];
+                    let got = libc::pread(fd, buf.as_mut_ptr() as *mut c_void, n, (*b).file_pos as libc::off_t);
+                    if got <= 0 {
+                        log(LogLevel::Error, &format!("[proxy_wasm] cannot read a response body buffer from its file: {}", std::io::Error::last_os_error()));
+                        (*b).file_pos = (*b).file_last;
+                        break;
+                    }
                     buf.truncate(got as usize);
-                    data.extend_from_slice(&buf);
+                    (*b).file_pos += got as off_t;
+                    pieces.push(buf);
                 }
-                (*b).file_pos = (*b).file_last;
             } else if !(*b).pos.is_null() && (*b).last > (*b).pos {
-                data.extend_from_slice(std::slice::from_raw_parts((*b).pos, (*b).last.offset_from((*b).pos) as usize));
+                pieces.push(std::slice::from_raw_parts((*b).pos, (*b).last.offset_from((*b).pos) as usize).to_vec());
                 (*b).pos = (*b).last;
                 if (*b).in_file() != 0 {
                     (*b).file_pos = (*b).file_last;
@@ -1245,7 +1377,7 @@ unsafe fn drain(r: *mut ngx_http_request_t, mut cl: *mut ngx_chain_t) -> (Vec<u8
             cl = (*cl).next;
         }
     }
-    (data, eos)
+    (pieces, eos)
 }
 
 unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx_chain_t) -> ngx_int_t {
@@ -1263,10 +1395,10 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx_cha
             return next_body(r, input);
         }
         // SAFETY: the chain given to this filter.
-        let (data, eos) = unsafe { drain(r, input) };
+        let (pieces, eos) = unsafe { drain(r, input) };
         let eos = {
             let mut st = ctx.st();
-            st.response_seen += data.len() as u64;
+            st.response_seen += pieces.iter().map(|p| p.len() as u64).sum::<u64>();
             eos || st.response_length.is_some_and(|n| st.response_seen >= n)
         };
         if replace {
@@ -1286,9 +1418,7 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx_cha
             };
         }
         if held {
-            let mut st = ctx.st();
-            st.held_raw.extend_from_slice(&data);
-            st.held_eos |= eos;
+            hold_response_body(ctx, pieces, eos);
             return NGX_OK as ngx_int_t;
         }
         if eos_sent {
@@ -1298,15 +1428,61 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx_cha
             // Waiting for a plugin at the end of the body; nothing more comes.
             return NGX_OK as ngx_int_t;
         }
-        if data.is_empty() && !eos {
+        if pieces.is_empty() && !eos {
             return next_body(r, input);
         }
-        response_body(ctx, r, data, eos)
+        // Piece by piece through the chain, the last with end_of_stream.
+        let n = pieces.len().max(1);
+        let mut pieces = pieces.into_iter();
+        let mut rc = NGX_OK as ngx_int_t;
+        for i in 0..n {
+            let last = i + 1 == n;
+            rc = response_body(ctx, r, pieces.next().unwrap_or_default(), eos && last);
+            let st = ctx.st();
+            if rc == NGX_ERROR as ngx_int_t || st.response_body_wait.is_some() || st.response_eos_sent {
+                break;
+            }
+        }
+        rc
     });
     out.unwrap_or_else(|_| {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in the body filter");
         NGX_ERROR as ngx_int_t
     })
+}
+
+/// The response body that arrives while `on_response_headers` is paused is
+/// held until the plugin continues, within the pausing plugin's
+/// `max_body_size`: past it the response (whose header is not sent yet) is
+/// replaced by a 500, as Envoy does when a response body buffered before
+/// its headers went out passes the buffer limit.
+fn hold_response_body(ctx: &ReqCtx, pieces: Vec<Vec<u8>>, eos: bool) {
+    let mut st = ctx.st();
+    if st.local.is_some() || st.failed {
+        // Answered already: the origin's body is not sent.
+        return;
+    }
+    for p in &pieces {
+        st.held_raw.extend_from_slice(p);
+    }
+    st.held_eos |= eos;
+    let size = st.held_raw.len() as u64;
+    let link = st.paused_by;
+    drop(st);
+    let (limit, name) = match link {
+        Some(l) => (ctx.slot.set.plugins[l.plugin].config.max_body_size, ctx.plugin_name(l)),
+        None => return,
+    };
+    if size <= limit {
+        return;
+    }
+    {
+        let mut st = ctx.st();
+        st.held_raw = Vec::new();
+        st.local = Some(LocalResponse::response_payload_too_large());
+    }
+    log(LogLevel::Warn, &format!("[proxy_wasm] {name}: the response body held while its on_response_headers is paused would reach {size} bytes, over its max_body_size ({limit} bytes): the response is replaced by a 500"));
+    ctx.post_resume();
 }
 
 /// Runs a response chunk through the plugins and sends what comes out.

@@ -40,6 +40,9 @@ pub struct Slot {
     servers: Vec<Arc<NgxServer>>,
     /// When a request last started on it (`kill_options.max_unused_duration`).
     last_used: Mutex<std::time::Instant>,
+    /// Retired and shut down (`proxy_on_done` called): kept only while a
+    /// plugin's `proxy_done` is awaited.
+    shut_down_started: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
@@ -69,6 +72,55 @@ thread_local! {
     static WORKER: RefCell<Worker> = RefCell::new(Worker { set: None, slot: None, backoff: ReloadBackoff::default(), retired: Vec::new() });
     /// The idle sweeper (`kill_options.max_unused_duration`): a cancelable timer.
     static IDLE_TIMER: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
+    /// Ends the waits for `proxy_done` that are over (armed while one runs).
+    static DONE_TIMER: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
+}
+
+/// How often a worker looks for waits for `proxy_done` that are over while
+/// some context waits (each wait is the plugin's `pause_timeout`).
+const DONE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Some context waits for its plugin's `proxy_done` (its `on_done` returned
+/// false): arms the worker's timer that ends such waits once they are over,
+/// so that a plugin that never calls it cannot keep its contexts, nor a
+/// replaced generation, for ever.
+pub fn watch_awaiting_done() {
+    DONE_TIMER.with(|t| {
+        let mut t = t.borrow_mut();
+        let ev = t.get_or_insert_with(|| {
+            let mut ev = Box::new(new_event(on_done_check, std::ptr::null_mut()));
+            ev.set_cancelable(1);
+            ev
+        });
+        if ev.timer_set() == 0 {
+            // SAFETY: the event lives in the thread-local box until exit_process removes its timer.
+            unsafe { ngx_add_timer(&mut **ev, DONE_CHECK.as_millis() as ngx_msec_t) };
+        }
+    });
+}
+
+unsafe extern "C" fn on_done_check(_ev: *mut ngx_event_t) {
+    let r = std::panic::catch_unwind(|| {
+        let now = std::time::Instant::now();
+        let slots: Vec<Arc<Slot>> = WORKER.with(|w| {
+            let w = w.borrow();
+            w.slot.iter().chain(w.retired.iter()).cloned().collect()
+        });
+        let mut waiting = false;
+        for slot in &slots {
+            let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
+            vms.expire_awaiting_done(now);
+            waiting |= vms.awaiting_done();
+        }
+        drop(slots);
+        WORKER.with(|w| w.borrow_mut().sweep_retired());
+        if waiting {
+            watch_awaiting_done();
+        }
+    });
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) ending waits for proxy_done");
+    }
 }
 
 impl Worker {
@@ -84,21 +136,34 @@ impl Worker {
         self.sweep_retired();
     }
 
+    /// Shuts down the retired generations no request uses any more, and
+    /// lets them go once no plugin's `proxy_done` is awaited (a stream context
+    /// waiting for it holds its request's context, and so the generation;
+    /// a root context whose `on_done` returned false keeps it here), each
+    /// wait bounded by the plugin's `pause_timeout`.
     fn sweep_retired(&mut self) {
+        let mut waiting = false;
         self.retired.retain(|slot| {
             if Arc::strong_count(slot) > 1 {
                 return true;
             }
             let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
-            for (plugin, result) in vms.shutdown() {
-                match result {
-                    // A failed instance is dropped without calling it.
-                    Ok(_) | Err(VmError::Failed(_)) => {}
-                    Err(e) => log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down old instances: {e}", slot.set.plugins[plugin].config.name)),
+            if !slot.shut_down_started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                for (plugin, result) in vms.shutdown() {
+                    match result {
+                        // A failed instance is dropped without calling it.
+                        Ok(_) | Err(VmError::Failed(_)) => {}
+                        Err(e) => log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down old instances: {e}", slot.set.plugins[plugin].config.name)),
+                    }
                 }
             }
-            false
+            let keep = vms.awaiting_done();
+            waiting |= keep;
+            keep
         });
+        if waiting {
+            watch_awaiting_done();
+        }
     }
 }
 
@@ -167,7 +232,7 @@ fn start_slot(set: &Arc<PluginSet>) -> Result<Arc<Slot>, String> {
         s as Arc<dyn ServerHost>
     })
     .map_err(|e| e.to_string())?;
-    let slot = Arc::new(Slot { set: set.clone(), vms: Mutex::new(vms), servers, last_used: Mutex::new(std::time::Instant::now()) });
+    let slot = Arc::new(Slot { set: set.clone(), vms: Mutex::new(vms), servers, last_used: Mutex::new(std::time::Instant::now()), shut_down_started: Default::default() });
     for s in &slot.servers {
         s.attach(Arc::downgrade(&slot));
     }
@@ -231,14 +296,16 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     let _ = std::panic::catch_unwind(|| {
         super::shm::stop_in_worker();
-        IDLE_TIMER.with(|t| {
-            if let Some(ev) = t.borrow_mut().as_mut() {
-                if ev.timer_set() != 0 {
-                    // SAFETY: our own timer event, still in the tree.
-                    unsafe { ngx_del_timer(&mut **ev) };
+        for timer in [&IDLE_TIMER, &DONE_TIMER] {
+            timer.with(|t| {
+                if let Some(ev) = t.borrow_mut().as_mut() {
+                    if ev.timer_set() != 0 {
+                        // SAFETY: our own timer event, still in the tree.
+                        unsafe { ngx_del_timer(&mut **ev) };
+                    }
                 }
-            }
-        });
+            });
+        }
         let (slot, retired) = WORKER.with(|w| {
             let mut w = w.borrow_mut();
             (w.slot.take(), std::mem::take(&mut w.retired))
