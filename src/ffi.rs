@@ -1798,7 +1798,8 @@ pub unsafe extern "C" fn pwh_on_http_call_response(
             bytes_arg(trailers, "trailers"),
         )
     };
-    let response = (|| {
+    // Decoded under catch_unwind too: the bytes come from the caller.
+    let response = catch_unwind(AssertUnwindSafe(|| {
         let headers =
             decode_pairs(parts.0?).map_err(|_| "headers: malformed pairs encoding".to_string())?;
         let trailers =
@@ -1809,7 +1810,8 @@ pub unsafe extern "C" fn pwh_on_http_call_response(
             trailers,
             failure: None,
         })
-    })();
+    }))
+    .unwrap_or_else(|_| Err("internal error (panic) decoding the response".to_string()));
     // SAFETY: forwarded contract.
     unsafe { deliver_http_call(vms, plugin_index, token, response, error) }
 }

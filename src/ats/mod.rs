@@ -68,6 +68,9 @@ pub struct VmSlot {
     pub retired: AtomicBool,
     /// When a transaction last started on it (for `kill_options.max_unused_duration`).
     last_used: Mutex<std::time::Instant>,
+    /// Retired and shut down (`proxy_on_done` called): kept only while a
+    /// plugin's `proxy_done` is awaited.
+    shut_down_started: AtomicBool,
 }
 
 /// The VM mutex of a slot, held. When it is released, the wake-ups that
@@ -173,7 +176,7 @@ fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
         });
         match started {
             Ok(vms) => {
-                let slot = Arc::new(VmSlot { plugins: set.clone(), vms: Mutex::new(vms), retired: AtomicBool::new(false), last_used: Mutex::new(std::time::Instant::now()) });
+                let slot = Arc::new(VmSlot { plugins: set.clone(), vms: Mutex::new(vms), retired: AtomicBool::new(false), last_used: Mutex::new(std::time::Instant::now()), shut_down_started: AtomicBool::new(false) });
                 if let Some(every) = PluginVms::shortest_unused_duration(&set.plugins) {
                     server::arm_idle_sweeper(every);
                 }
@@ -193,21 +196,58 @@ fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
 
 /// Shuts down this thread's VMs of retired sets that no transaction uses any
 /// more (a transaction holds its slot until it closes, so in-flight
-/// transactions finish on the plugins they started with).
+/// transactions finish on the plugins they started with), and lets them go
+/// once no plugin's `proxy_done` is awaited there (each wait bounded by the
+/// plugin's `pause_timeout`, see `watch_awaiting_done`).
 fn shut_down_retired(slots: &mut Vec<Arc<VmSlot>>) {
+    let mut waiting = false;
     slots.retain(|slot| {
         if slot.in_service() || Arc::strong_count(slot) > 1 {
             return true;
         }
         let mut vms = slot.lock_vms();
-        for (plugin, result) in vms.shutdown() {
-            match result {
-                // A failed instance is dropped without calling it.
-                Ok(_) | Err(crate::vm::VmError::Failed(_)) => {}
-                Err(e) => log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down old instances: {e}", slot.plugins.plugins[plugin].config.name)),
+        if !slot.shut_down_started.swap(true, Ordering::AcqRel) {
+            for (plugin, result) in vms.shutdown() {
+                match result {
+                    // A failed instance is dropped without calling it.
+                    Ok(_) | Err(crate::vm::VmError::Failed(_)) => {}
+                    Err(e) => log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down old instances: {e}", slot.plugins.plugins[plugin].config.name)),
+                }
             }
         }
-        false
+        let keep = vms.awaiting_done();
+        waiting |= keep;
+        keep
+    });
+    if waiting {
+        watch_awaiting_done();
+    }
+}
+
+/// Some context of this thread's VMs waits for its plugin's `proxy_done`
+/// (its `on_done` returned false): arms, once per thread, the timer that
+/// ends such waits when they are over (`Vm::expire_awaiting_done`), so that
+/// a plugin that never calls it cannot keep its contexts, nor a replaced
+/// generation, for ever.
+pub(crate) fn watch_awaiting_done() {
+    server::arm_done_sweeper(DONE_CHECK);
+}
+
+/// How often a thread looks for waits for `proxy_done` that are over.
+const DONE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Called on a thread by its done sweeper: ends the waits for `proxy_done`
+/// that are over in this thread's VMs, then lets go of retired VMs that no
+/// longer wait.
+pub(crate) fn expire_awaiting_done() {
+    let now = std::time::Instant::now();
+    let _ = SLOTS.try_with(|slots| {
+        if let Ok(mut slots) = slots.try_borrow_mut() {
+            for slot in slots.iter() {
+                slot.lock_vms().expire_awaiting_done(now);
+            }
+            shut_down_retired(&mut slots);
+        }
     });
 }
 
@@ -340,6 +380,8 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         local: Default::default(),
         detached: Default::default(),
         body_waiters: Default::default(),
+        response_body_started: Default::default(),
+        response_closed: Default::default(),
     });
     let mut chain = Vec::new();
     {
@@ -428,6 +470,8 @@ fn refuse(txnp: TSHttpTxn, in_remap: bool) {
 extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) -> c_int {
     // SAFETY: the data was set to a Box<Txn> in `start_transaction` and is only
     // freed here at TXN_CLOSE; the continuation's mutex serialises its events.
+    // (A pointer cast and a dereference: nothing here can panic; each use of
+    // the transaction below runs under `catch_unwind`.)
     let txn = unsafe { &mut *(TSContDataGet(contp) as *mut Txn) };
     if event == TS_EVENT_IMMEDIATE {
         if catch_unwind(AssertUnwindSafe(|| txn.on_wakeup())).is_err() {
@@ -462,11 +506,16 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
         unsafe { TSHttpTxnReenable(txnp, TS_EVENT_HTTP_CONTINUE) };
     }
     if event == TS_EVENT_HTTP_TXN_CLOSE {
-        // SAFETY: the Box was leaked in `start_transaction`; nothing uses it after close.
-        unsafe {
-            drop(Box::from_raw(TSContDataGet(contp) as *mut Txn));
-            TSContDestroy(contp);
+        // Dropping the transaction may drop the last user of replaced VMs.
+        let r = catch_unwind(|| {
+            // SAFETY: the Box was leaked in `start_transaction`; nothing uses it after close.
+            unsafe { drop(Box::from_raw(TSContDataGet(contp) as *mut Txn)) };
+        });
+        if r.is_err() {
+            log(LogLevel::Critical, "[proxy_wasm] internal error (panic) freeing a closed transaction");
         }
+        // SAFETY: the continuation is not used after TXN_CLOSE.
+        unsafe { TSContDestroy(contp) };
     }
     0
 }
@@ -574,11 +623,14 @@ fn write_errbuf(errbuf: *mut c_char, size: c_int, message: &str) {
 /// Remap plugin entry: checks the API version.
 #[no_mangle]
 pub extern "C" fn TSRemapInit(api_info: *mut TSRemapInterface, errbuf: *mut c_char, errbuf_size: c_int) -> TSReturnCode {
-    if api_info.is_null() {
-        write_errbuf(errbuf, errbuf_size, "proxy_wasm: missing remap API information");
-        return TS_ERROR;
-    }
-    TS_SUCCESS
+    catch_unwind(|| {
+        if api_info.is_null() {
+            write_errbuf(errbuf, errbuf_size, "proxy_wasm: missing remap API information");
+            return TS_ERROR;
+        }
+        TS_SUCCESS
+    })
+    .unwrap_or(TS_ERROR)
 }
 
 /// One remap rule: `argv` is from-URL, to-URL, then the `@pparam` values (YAML files).
@@ -638,12 +690,17 @@ pub extern "C" fn TSRemapDeleteInstance(ih: *mut c_void) {
     if ih.is_null() {
         return;
     }
-    // SAFETY: `ih` was made by TSRemapNewInstance and is deleted once.
-    let instance = unsafe { Box::from_raw(ih as *mut RemapInstance) };
-    if let Some(set) = &instance.set {
-        if set.rules.fetch_sub(1, Ordering::AcqRel) == 1 {
-            set.retire();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `ih` was made by TSRemapNewInstance and is deleted once.
+        let instance = unsafe { Box::from_raw(ih as *mut RemapInstance) };
+        if let Some(set) = &instance.set {
+            if set.rules.fetch_sub(1, Ordering::AcqRel) == 1 {
+                set.retire();
+            }
         }
+    }));
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) deleting a remap instance");
     }
 }
 
@@ -676,11 +733,18 @@ pub extern "C" fn TSRemapDoRemap(ih: *mut c_void, txnp: TSHttpTxn, _rri: *mut TS
 /// A rule whose plugins failed to load answers 503.
 extern "C" fn on_broken_rule(contp: TSCont, _event: TSEvent, edata: *mut c_void) -> c_int {
     let txnp = edata as TSHttpTxn;
-    // SAFETY: live transaction, reenabled once; the continuation is used once.
-    unsafe {
-        TSHttpTxnStatusSet(txnp, TS_HTTP_STATUS_SERVICE_UNAVAILABLE);
-        TSHttpTxnReenable(txnp, TS_EVENT_HTTP_ERROR);
-        TSContDestroy(contp);
+    // Only Traffic Server API calls, which do not unwind; under catch_unwind
+    // all the same, as every entry point.
+    let r = catch_unwind(|| {
+        // SAFETY: live transaction, reenabled once; the continuation is used once.
+        unsafe {
+            TSHttpTxnStatusSet(txnp, TS_HTTP_STATUS_SERVICE_UNAVAILABLE);
+            TSHttpTxnReenable(txnp, TS_EVENT_HTTP_ERROR);
+            TSContDestroy(contp);
+        }
+    });
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) answering for a broken remap rule");
     }
     0
 }

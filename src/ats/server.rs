@@ -132,34 +132,50 @@ impl AtsServer {
 }
 
 extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
-    // SAFETY: the data is the Box<Tick> set in `set_tick_period`, freed only
-    // on this thread by `cancel_tick` (not while the handler runs) or below.
-    let tick = unsafe { &*(TSContDataGet(contp) as *const Tick) };
-    tick.in_handler.store(true, Ordering::Release);
-    // A reload retired these plugins: they no longer tick, and this thread
-    // shuts them down once no transaction uses them (the shutdown may cancel
-    // this very timer, which `in_handler` makes safe).
-    let retired = tick.slot.upgrade().is_some_and(|slot| slot.plugins.is_retired());
-    let alive = if retired {
-        super::sweep_thread_slots();
-        tick.slot.strong_count() > 0
-    } else {
-        with_vm(&tick.slot, tick.vm, "on_tick", |vm| vm.on_tick(tick.root))
-    };
-    tick.in_handler.store(false, Ordering::Release);
-    super::stats::sync_soon();
-    if !alive || tick.cancelled.load(Ordering::Acquire) {
-        // The VMs are gone (replaced or reloaded), or the plugin stopped its timer.
-        // SAFETY: nothing else refers to this continuation any more.
-        unsafe {
-            if alive {
-                // Cancelled by `cancel_tick`, which already cancelled the action.
+    // Nothing may unwind into Traffic Server: the tick (sweeping retired
+    // VMs, copying stats) runs under `catch_unwind`, and `in_handler` is
+    // cleared even when a step panicked, so the timer is still freed.
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the data is the Box<Tick> set in `set_tick_period`, freed only
+        // on this thread by `cancel_tick` (not while the handler runs) or below.
+        let tick = unsafe { &*(TSContDataGet(contp) as *const Tick) };
+        tick.in_handler.store(true, Ordering::Release);
+        // A reload retired these plugins: they no longer tick, and this thread
+        // shuts them down once no transaction uses them (the shutdown may cancel
+        // this very timer, which `in_handler` makes safe).
+        let alive = catch_unwind(AssertUnwindSafe(|| {
+            let retired = tick.slot.upgrade().is_some_and(|slot| slot.plugins.is_retired());
+            if retired {
+                super::sweep_thread_slots();
+                tick.slot.strong_count() > 0
             } else {
-                TSActionCancel(tick.action);
+                with_vm(&tick.slot, tick.vm, "on_tick", |vm| vm.on_tick(tick.root))
             }
-            drop(Box::from_raw(TSContDataGet(contp) as *mut Tick));
-            TSContDestroy(contp);
+        }))
+        .unwrap_or_else(|_| {
+            log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in a tick");
+            true
+        });
+        tick.in_handler.store(false, Ordering::Release);
+        if catch_unwind(super::stats::sync_soon).is_err() {
+            log(LogLevel::Critical, "[proxy_wasm] internal error (panic) copying plugin metrics into stats");
         }
+        if !alive || tick.cancelled.load(Ordering::Acquire) {
+            // The VMs are gone (replaced or reloaded), or the plugin stopped its timer.
+            // SAFETY: nothing else refers to this continuation any more.
+            unsafe {
+                if alive {
+                    // Cancelled by `cancel_tick`, which already cancelled the action.
+                } else {
+                    TSActionCancel(tick.action);
+                }
+                drop(Box::from_raw(TSContDataGet(contp) as *mut Tick));
+                TSContDestroy(contp);
+            }
+        }
+    }));
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in a tick timer");
     }
     0
 }
@@ -167,6 +183,35 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
 thread_local! {
     /// This thread's idle sweeper is armed (at most one per thread).
     static IDLE_SWEEPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread's done sweeper is armed (at most one per thread).
+    static DONE_SWEEPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Arms, once per thread and for the life of the process, a timer every
+/// `every` that ends the waits for `proxy_done` that are over on this thread
+/// (`super::expire_awaiting_done`). Cheap when nothing waits.
+pub fn arm_done_sweeper(every: Duration) {
+    if DONE_SWEEPER.with(|armed| armed.replace(true)) {
+        return;
+    }
+    // SAFETY: a continuation with its own mutex and no data, scheduled on
+    // the current event thread for the life of the process.
+    unsafe {
+        let thread = TSEventThreadSelf();
+        if thread.is_null() {
+            DONE_SWEEPER.with(|armed| armed.set(false));
+            return;
+        }
+        let contp = TSContCreate(Some(on_done_sweep), TSMutexCreate());
+        TSContScheduleEveryOnThread(contp, every.as_millis() as TSHRTime, thread);
+    }
+}
+
+extern "C" fn on_done_sweep(_contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
+    if catch_unwind(super::expire_awaiting_done).is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) ending waits for proxy_done");
+    }
+    0
 }
 
 /// Arms, once per thread, a timer that retires instances that sat unused
@@ -213,27 +258,37 @@ struct CallDone {
 }
 
 extern "C" fn http_call_thread(data: *mut c_void) -> *mut c_void {
-    // SAFETY: `data` is the Box<CallJob> leaked by `dispatch_http_call`, used once.
-    let job = unsafe { Box::from_raw(data as *mut CallJob) };
-    let CallJob { request, mut done, thread } = *job;
-    done.response = catch_unwind(AssertUnwindSafe(|| http_client::call(&request)))
-        .unwrap_or_else(|_| HttpCallResponse::failed(http_client::FAILURE_PROTOCOL, "internal error"));
-    HTTP_CALLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-    // SAFETY: this thread was made by TSThreadCreate, so it may use the API;
-    // the one-shot continuation takes the Box back in its handler.
-    unsafe {
-        let contp = TSContCreate(Some(on_call_done), TSMutexCreate());
-        TSContDataSet(contp, Box::into_raw(Box::new(done)) as *mut c_void);
-        TSContScheduleOnThread(contp, 0, thread.0);
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `data` is the Box<CallJob> leaked by `dispatch_http_call`, used once.
+        let job = unsafe { Box::from_raw(data as *mut CallJob) };
+        let CallJob { request, mut done, thread } = *job;
+        done.response = catch_unwind(AssertUnwindSafe(|| http_client::call(&request)))
+            .unwrap_or_else(|_| HttpCallResponse::failed(http_client::FAILURE_PROTOCOL, "internal error"));
+        HTTP_CALLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: this thread was made by TSThreadCreate, so it may use the API;
+        // the one-shot continuation takes the Box back in its handler.
+        unsafe {
+            let contp = TSContCreate(Some(on_call_done), TSMutexCreate());
+            TSContDataSet(contp, Box::into_raw(Box::new(done)) as *mut c_void);
+            TSContScheduleOnThread(contp, 0, thread.0);
+        }
+    }));
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in an http_call thread; the call gets no answer");
     }
     std::ptr::null_mut()
 }
 
 extern "C" fn on_call_done(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
-    // SAFETY: the data is the Box<CallDone> set in `http_call_thread`, used once.
-    let done = unsafe { Box::from_raw(TSContDataGet(contp) as *mut CallDone) };
-    let CallDone { slot, vm, token, response } = *done;
-    with_vm(&slot, vm, "on_http_call_response", |vm| vm.on_http_call_response(token, response));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the data is the Box<CallDone> set in `http_call_thread`, used once.
+        let done = unsafe { Box::from_raw(TSContDataGet(contp) as *mut CallDone) };
+        let CallDone { slot, vm, token, response } = *done;
+        with_vm(&slot, vm, "on_http_call_response", |vm| vm.on_http_call_response(token, response));
+    }));
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) delivering an http_call answer");
+    }
     // SAFETY: the continuation fired once and is not referenced any more.
     unsafe { TSContDestroy(contp) };
     0
@@ -267,10 +322,15 @@ struct QueueWakeup {
 }
 
 extern "C" fn on_queue_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
-    // SAFETY: the data is the Box<QueueWakeup> set in `notify_queue_ready`,
-    // used once, here.
-    let wakeup = unsafe { Box::from_raw(TSContDataGet(contp) as *mut QueueWakeup) };
-    with_vm(&wakeup.slot, wakeup.vm, "on_queue_ready", |vm| vm.on_queue_ready(wakeup.root, wakeup.queue));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the data is the Box<QueueWakeup> set in `notify_queue_ready`,
+        // used once, here.
+        let wakeup = unsafe { Box::from_raw(TSContDataGet(contp) as *mut QueueWakeup) };
+        with_vm(&wakeup.slot, wakeup.vm, "on_queue_ready", |vm| vm.on_queue_ready(wakeup.root, wakeup.queue));
+    }));
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) delivering a queue notification");
+    }
     // SAFETY: the continuation fired once and is not referenced any more.
     unsafe { TSContDestroy(contp) };
     0

@@ -63,6 +63,9 @@ enum Filtered {
     Hold,
     /// A plugin paused at the end of the body: wait for its resume.
     Wait(usize),
+    /// A plugin closed the response (or its held body passed its
+    /// `max_body_size`) after the header went out: the response is cut off.
+    Abort,
 }
 
 /// Adds a transform for `direction` to the transaction.
@@ -275,6 +278,10 @@ unsafe fn step(contp: TSCont) {
     if let Some(d) = t.dechunk.as_mut() {
         chunk = d.feed(&chunk);
     }
+    if t.direction == StreamType::HttpResponse && (avail > 0 || eos) {
+        // The response header is committed: see `AtsStream::send_local_response`.
+        t.shared.response_body_started.store(true, Ordering::Release);
+    }
     if avail > 0 || eos {
         t.input_done = eos;
         let r = filter(&mut *t.txn, t.direction, &chunk, eos, 0);
@@ -300,6 +307,7 @@ unsafe fn emit(contp: TSCont, t: &mut Transform, r: Filtered, eos: bool) {
         Filtered::Pass(out) => {
             if t.direction == StreamType::HttpRequest {
                 t.held.extend_from_slice(&out);
+                check_held_request(t);
             } else if !out.is_empty() {
                 TSIOBufferWrite(t.output_buffer, out.as_ptr() as *const c_void, out.len() as i64);
                 t.written += out.len() as i64;
@@ -310,6 +318,11 @@ unsafe fn emit(contp: TSCont, t: &mut Transform, r: Filtered, eos: bool) {
             }
         }
         Filtered::Hold => {}
+        Filtered::Abort => {
+            log(LogLevel::Warn, "[proxy_wasm] a plugin closed the response while its body was being sent; the response is cut off");
+            t.finished = true;
+            TSVConnAbort(TSTransformOutputVConnGet(contp), 1);
+        }
         Filtered::Wait(at) => {
             t.waiting = Some(at);
             t.shared.body_waiters.lock().unwrap_or_else(|p| p.into_inner()).push(BodyWaiter {
@@ -326,6 +339,28 @@ unsafe fn emit(contp: TSCont, t: &mut Transform, r: Filtered, eos: bool) {
             step(contp);
         }
     }
+}
+
+/// Traffic Server needs the length of a transformed request body before it
+/// sends the request on, so the request transform holds what the plugins let
+/// through until the end of the body: within the smallest `max_body_size` of
+/// the chain's plugins that read the body. Past it the request gets 413 (at
+/// SEND_REQUEST_HDR, once the client's body is read) and is not sent on; the
+/// rest of the body is read and dropped.
+fn check_held_request(t: &mut Transform) {
+    // SAFETY: the transaction outlives its transforms (freed at TXN_CLOSE).
+    let txn = unsafe { &*t.txn };
+    let plugins = &txn.slot.plugins.plugins;
+    let limit = links(txn, StreamType::HttpRequest)
+        .into_iter()
+        .filter(|l| plugins[l.plugin].code.exports_function("proxy_on_request_body"))
+        .map(|l| (plugins[l.plugin].config.max_body_size, l.plugin))
+        .min_by_key(|(limit, _)| *limit);
+    let size = t.held.len() as u64;
+    let Some((limit, plugin)) = limit.filter(|(limit, _)| size > *limit) else { return };
+    t.held = Vec::new();
+    t.shared.local.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(crate::host::LocalResponse::request_payload_too_large);
+    log(LogLevel::Warn, &format!("[proxy_wasm] {}: the request body held for the plugins would reach {size} bytes, over its max_body_size ({limit} bytes): the request gets 413 and is not sent on", plugins[plugin].config.name));
 }
 
 /// Every caller holds the transform's mutex, under which the timer's event
@@ -463,6 +498,10 @@ fn filter(txn: &mut Txn, direction: StreamType, chunk: &[u8], eos: bool, start: 
             Ok(Verdict::Stop) if direction == StreamType::HttpRequest => {
                 let _ = vm.take_body(link.ctx, direction);
                 return Filtered::Pass(Vec::new());
+            }
+            Ok(Verdict::Stop) if txn.shared.response_closed.load(Ordering::Acquire) => {
+                let _ = vm.take_body(link.ctx, direction);
+                return Filtered::Abort;
             }
             Ok(Verdict::Continue) | Ok(Verdict::Stop) => data = vm.take_body(link.ctx, direction).unwrap_or_default(),
             Ok(Verdict::Pause) if eos => return Filtered::Wait(i),

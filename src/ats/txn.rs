@@ -35,6 +35,13 @@ pub struct TxnShared {
     pub detached: AtomicBool,
     /// Body transforms waiting, at the end of a body, for a plugin to resume.
     pub body_waiters: Mutex<Vec<BodyWaiter>>,
+    /// The response transform got body data: the response header is
+    /// committed, a local response can no longer replace it.
+    pub response_body_started: AtomicBool,
+    /// A plugin closed the response (`proxy_close_stream`, or its held body
+    /// passed `max_body_size` after the header went out): the response
+    /// transform aborts the response instead of ending it.
+    pub response_closed: AtomicBool,
 }
 
 thread_local! {
@@ -298,6 +305,10 @@ impl HttpStream for AtsStream {
     }
 
     fn send_local_response(&mut self, response: LocalResponse) -> Result<(), Status> {
+        if self.shared.response_body_started.load(Ordering::Acquire) || self.shared.detached.load(Ordering::Acquire) {
+            // The response header went (or is going) out with the body.
+            return Err(Status::BadArgument);
+        }
         let mut local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner());
         if self.shared.response_started() {
             self.shared.local_in_response.store(true, Ordering::Release);
@@ -328,8 +339,12 @@ impl HttpStream for AtsStream {
         Ok(())
     }
 
-    fn close(&mut self, _stream: StreamType) -> Result<(), Status> {
-        // Closing ends the transaction with an error; the driver sees Verdict::Stop.
+    fn close(&mut self, stream: StreamType) -> Result<(), Status> {
+        // Closing ends the transaction with an error; the driver sees
+        // Verdict::Stop. A response body being sent is aborted by its transform.
+        if stream == StreamType::HttpResponse {
+            self.shared.response_closed.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -854,12 +869,19 @@ impl Txn {
         self.cancel_pause_timer();
         let slot = self.slot.clone();
         let mut vms = slot.lock_vms();
+        let mut waiting = false;
         for link in &self.chain {
-            if let Err(e) = vms.vms[link.vm].finish_stream(link.ctx) {
-                log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", self.plugin_name(*link)));
+            match vms.vms[link.vm].finish_stream(link.ctx) {
+                Ok(done) => waiting |= !done,
+                Err(e) => log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", self.plugin_name(*link))),
             }
         }
+        drop(vms);
         self.chain.clear();
+        if waiting {
+            // A plugin's on_done returned false: its proxy_done is awaited, within its pause_timeout.
+            super::watch_awaiting_done();
+        }
     }
 }
 
