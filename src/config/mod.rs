@@ -15,9 +15,11 @@
 //!   failure_policy: fail_closed     # our extension (alias failurePolicy): fail_closed (default),
 //!                                   # fail_open or reload; not together with fail_open
 //!   pause_timeout: 60s              # our extension (alias pauseTimeout): how long a request may
-//!                                   # wait for this plugin to continue it, default 60s
+//!                                   # wait for this plugin to continue it, and the host for its
+//!                                   # proxy_done after on_done returned false; default 60s
 //!   max_body_size: 16MiB            # our extension (alias maxBodySize): the most body bytes the
-//!                                   # host holds for this plugin, default 16MiB (then 413 / cut)
+//!                                   # host holds for this plugin (paused on, or held whole for a
+//!                                   # chain that reads it), default 16MiB (then 413 / 500 / cut)
 //!   authorizations:                 # our extension; every key optional
 //!     allowed_hosts: []             # alias allowedHosts: http_call upstreams ("*" = any), default none
 //!     plugin_map_access: { read: true, write: true }   # alias pluginMapAccess: own shared data,
@@ -51,8 +53,9 @@
 //!       max_http_call_response_size: 16MiB    # alias maxHttpCallResponseSize
 //!       max_queue_length: 10000               # alias maxQueueLength: items per shared queue
 //!       max_shared_data_size: 16MiB           # alias maxSharedDataSize: per vm_id
-//!       max_log_lines_per_second: 1000        # alias maxLogLinesPerSecond
-//!       min_tick_period: 1ms                  # alias minTickPeriod
+//!       max_log_lines_per_second: 1000        # alias maxLogLinesPerSecond: proxy_log and fd_write
+//!                                             # lines of one plugin; more are dropped and counted
+//!       min_tick_period: 1ms                  # alias minTickPeriod: shorter periods are raised
 //!     code:                         # required: exactly one of `local` and `remote`
 //!       local:                      # exactly one of filename, inline_bytes, inline_string
 //!         filename: "myrust.wasm"   # relative to the YAML file's folder
@@ -394,11 +397,15 @@ pub struct PluginConfig {
     /// response. Past it the server ends the stream as Envoy's stream idle timeout does: a 504
     /// if no response was sent yet, else the connection is closed. A plugin that never continues
     /// then cannot hold a request (and its connection) for ever, even after the client left.
+    /// It also bounds how long the host waits for the plugin's `proxy_done` after its
+    /// `proxy_on_done` returned false (see `Vm::expire_awaiting_done`).
     pub pause_timeout: std::time::Duration,
     /// `max_body_size` (our extension, alias `maxBodySize`; default
     /// [`PluginConfig::DEFAULT_MAX_BODY_SIZE`]): the most bytes of a request or response body the
     /// host holds for this plugin (a body callback that pauses, or a body read whole for it).
-    /// Past it a request is answered 413 and a response is cut, with a log line.
+    /// Past it a request is answered 413 and a response is cut (or answered 500 while its header
+    /// is not sent), with a log line naming the plugin; see `Vm::on_request_body` and
+    /// docs/robustness.md ("Bodies").
     pub max_body_size: u64,
     /// What the plugin may touch (`authorizations`, and
     /// `capability_restriction_config` as its `capabilities`).
