@@ -1340,10 +1340,15 @@ fn replace_response(ctx: &ReqCtx, r: *mut ngx_http_request_t) {
 }
 
 /// The bytes of a chain in pieces (a file buffer is read [`PIECE`] bytes at
-/// a time, never whole: a static file may be gigabytes), marking every buffer
-/// consumed; and whether it ends the body.
+/// a time, never whole: a static file may be gigabytes; small buffers are
+/// joined up to that size), marking every buffer consumed; and whether it
+/// ends the body.
 unsafe fn drain(r: *mut ngx_http_request_t, mut cl: *mut ngx_chain_t) -> (Vec<Vec<u8>>, bool) {
-    let mut pieces = Vec::new();
+    let mut pieces: Vec<Vec<u8>> = Vec::new();
+    let push = |pieces: &mut Vec<Vec<u8>>, bytes: &[u8]| match pieces.last_mut() {
+        Some(last) if last.len() + bytes.len() <= PIECE => last.extend_from_slice(bytes),
+        _ => pieces.push(bytes.to_vec()),
+    };
     let mut eos = false;
     // SAFETY: a chain given to the body filter; file buffers refer to open files.
     unsafe {
@@ -1362,10 +1367,10 @@ unsafe fn drain(r: *mut ngx_http_request_t, mut cl: *mut ngx_chain_t) -> (Vec<Ve
                     }
                     buf.truncate(got as usize);
                     (*b).file_pos += got as off_t;
-                    pieces.push(buf);
+                    push(&mut pieces, &buf);
                 }
             } else if !(*b).pos.is_null() && (*b).last > (*b).pos {
-                pieces.push(std::slice::from_raw_parts((*b).pos, (*b).last.offset_from((*b).pos) as usize).to_vec());
+                push(&mut pieces, std::slice::from_raw_parts((*b).pos, (*b).last.offset_from((*b).pos) as usize));
                 (*b).pos = (*b).last;
                 if (*b).in_file() != 0 {
                     (*b).file_pos = (*b).file_last;
