@@ -13,6 +13,7 @@
 
 pub mod abi;
 pub mod authorizations;
+pub mod cache_file;
 pub mod chunked;
 #[cfg(feature = "ats")]
 pub mod ats;
