@@ -111,6 +111,17 @@ fn an_empty_plugin_configuration_reads_as_ok_with_null_pointer_and_zero_size_wri
     assert_eq!(take(&h), ["cfg status=0 s0=0 s1=0 data="]);
 }
 
+/// The call @solo-io/proxy-runtime 0.1.8's `RootContext.onConfigure` makes:
+/// it passes the configuration size as the size pointer, so with an empty
+/// configuration the host writes 0 at address 0, and the SDK's own size
+/// field keeps the size of its previous read (see docs/compatibility.md).
+#[test]
+fn the_assemblyscript_sdk_configure_call_with_an_empty_configuration_writes_zero_through_both_pointers() {
+    let p = probe().on("configure", vec![call("cfg", "proxy_get_buffer_bytes", vec![I(PLUGIN_CONFIG), I(0), I(0), Slot(0), I(0)], vec![Ptr(0), Mem(0)])]);
+    let h = start(&p, "");
+    assert_eq!(take(&h), ["cfg status=0 s0=0 m0=0"]);
+}
+
 #[test]
 fn the_plugin_configuration_reads_in_on_configure() {
     let h = start(&probe().on("configure", vec![get_bytes("cfg", PLUGIN_CONFIG, 0, u32::MAX)]), "abc");
@@ -476,6 +487,20 @@ fn registering_a_queue_twice_returns_the_same_id() {
 }
 
 #[test]
+fn a_queue_registered_from_a_stream_context_notifies_its_root_context() {
+    let p = probe().on(
+        "request_headers",
+        vec![register("register", "q"), call("enqueue", "proxy_enqueue_shared_queue", vec![Saved(0), s("x")], vec![])],
+    );
+    let mut h = start(&p, "");
+    request(&mut h, &[]);
+    let lines = take(&h);
+    let id: u32 = field(&lines[0], "s0").parse().unwrap();
+    assert_eq!(lines[1], "enqueue status=0");
+    assert_eq!(h.server.take_queue_ready(), vec![(h.root, id)]);
+}
+
+#[test]
 fn resolving_an_unknown_queue_is_not_found_and_nothing_is_written() {
     let p = probe().on("configure", vec![call("resolve", "proxy_resolve_shared_queue", vec![s(""), s("nope"), Slot(0)], vec![U32(0)])]);
     let h = start(&p, "");
@@ -660,6 +685,18 @@ fn a_local_response_status_outside_100_to_999_is_bad_argument() {
 }
 
 #[test]
+fn a_local_response_after_the_response_header_was_sent_is_bad_argument() {
+    let p = probe().on("response_body", vec![call("local", "proxy_send_local_response", vec![I(403), s(""), s(""), s(""), I(UNSET)], vec![])]);
+    let mut h = start(&p, "");
+    let (ctx, stream) = request(&mut h, &[]);
+    stream.set_response(&[(":status", "200")]);
+    h.vm.on_response_headers(ctx, 1, false).unwrap();
+    stream.0.lock().unwrap().response_started = true;
+    h.vm.on_response_body(ctx, b"x", true).unwrap();
+    assert_eq!(take(&h), ["local status=2"]);
+}
+
+#[test]
 fn abi_0_1_0_continue_and_clear_route_cache_are_ok_from_a_root_context() {
     let p = probe().abi("0_1_0").on(
         "tick",
@@ -805,6 +842,49 @@ fn during_start_up_only_logging_time_and_log_level_are_available() {
 }
 
 #[test]
+fn a_module_without_an_allocator_loads_and_cannot_be_handed_bytes() {
+    // cpp-host refuses such a module ("Wasm module is missing malloc function");
+    // we load it, and a hostcall that must return bytes answers INVALID_MEMORY_ACCESS.
+    let wat = r#"(module
+        (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+        (import "env" "proxy_get_property" (func $get (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 0) "plugin_name")
+        (data (i32.const 32) "@get status=")
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_configure") (param i32 i32) (result i32)
+          (i32.store8 (i32.const 44) (i32.add (i32.const 48) (call $get (i32.const 0) (i32.const 11) (i32.const 64) (i32.const 68))))
+          (drop (call $log (i32.const 2) (i32.const 32) (i32.const 13)))
+          (i32.const 1)))"#;
+    let h = Harness::start_with_on(RUNTIME, &wat::parse_str(wat).unwrap(), "", options());
+    assert_eq!(take(&h), ["get status=6"]);
+}
+
+#[test]
+fn inside_the_allocator_hostcalls_other_than_logging_are_internal_failure() {
+    // The allocator tries to set a tick period while the host hands it bytes;
+    // it keeps the status, which on_configure then logs as a digit ('0' + 10 = ':').
+    let wat = r#"(module
+        (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+        (import "env" "proxy_get_property" (func $get (param i32 i32 i32 i32) (result i32)))
+        (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+        (memory (export "memory") 2)
+        (data (i32.const 0) "plugin_name")
+        (data (i32.const 32) "@alloc status=")
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_memory_allocate") (param i32) (result i32)
+          (i32.store8 (i32.const 46) (i32.add (i32.const 48) (call $tick (i32.const 5))))
+          (i32.const 0x10000))
+        (func (export "proxy_on_configure") (param i32 i32) (result i32)
+          (drop (call $get (i32.const 0) (i32.const 11) (i32.const 64) (i32.const 68)))
+          (drop (call $log (i32.const 2) (i32.const 32) (i32.const 15)))
+          (i32.const 1)))"#;
+    let h = Harness::start_with_on(RUNTIME, &wat::parse_str(wat).unwrap(), "", options());
+    assert_eq!(take(&h), ["alloc status=:"]);
+    assert!(h.server.record.lock().unwrap().ticks.is_empty());
+}
+
+#[test]
 fn malloc_is_used_when_a_module_exports_it_and_proxy_on_memory_allocate() {
     let p = probe().with_malloc().on("configure", vec![get_bytes("cfg", PLUGIN_CONFIG, 0, 3)]);
     let h = start(&p, "abc");
@@ -920,6 +1000,27 @@ fn wasi_paths_and_sockets_are_refused_as_the_reference_host_does() {
             "sock_shutdown status=58",
         ]
     );
+}
+
+#[test]
+fn wasi_seek_on_stdio_is_espipe_and_elsewhere_ebadf() {
+    let p = probe().on(
+        "configure",
+        vec![
+            call("seek_1", "wasi:fd_seek", vec![I(1), L(0), I(0), Slot(0)], vec![U64(0)]),
+            call("seek_9", "wasi:fd_seek", vec![I(9), L(0), I(0), Slot(0)], vec![U64(0)]),
+        ],
+    );
+    let h = start(&p, "");
+    assert_eq!(take(&h), ["seek_1 status=70 s0=unset", "seek_9 status=8 s0=unset"]);
+}
+
+#[test]
+fn wasi_fdstat_of_stdio_is_a_character_device() {
+    // fdstat: u8 filetype (2 = character device), u16 flags, u64 rights base, u64 rights inheriting.
+    let stat = |label, fd| call(label, "wasi:fd_fdstat_get", vec![I(fd), Slot(0)], vec![U32(0), U64(1)]);
+    let h = start(&probe().on("configure", vec![stat("stdin", 0), stat("stdout", 1), stat("other", 3)]), "");
+    assert_eq!(take(&h), ["stdin status=0 s0=2 s1=2", "stdout status=0 s0=2 s1=64", "other status=8 s0=unset s1=unset"]);
 }
 
 #[test]
