@@ -148,12 +148,12 @@ fn a_callback_outside_allowed_capabilities_is_never_called() {
 }
 
 #[test]
-fn a_hostcall_outside_allowed_capabilities_answers_unimplemented_and_is_logged() {
+fn a_hostcall_outside_allowed_capabilities_answers_internal_failure_and_is_logged() {
     let (_origin, n) = start("ngx-authz-hostcall", filter_yaml(&format!("  failure_policy: reload\n{CAPABILITIES}"), "", ""));
     let r = send(&n, Request::get("/").header("x-pw-test", "time"));
-    assert_eq!(r.status, 503, "the Rust SDK traps on UNIMPLEMENTED\n{}", n.log_report());
+    assert_eq!(r.status, 503, "the Rust SDK traps on INTERNAL_FAILURE\n{}", n.log_report());
     n.expect_log("denied hostcall proxy_get_current_time_nanoseconds", WAIT);
-    assert!(n.error_log().contains("unexpected status: 12"), "{}", n.log_report());
+    assert!(n.error_log().contains("unexpected status: 10"), "{}", n.log_report());
     assert_eq!(send(&n, Request::get("/next")).status, 200, "reloaded");
 }
 
