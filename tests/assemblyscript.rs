@@ -122,6 +122,22 @@ fn as_filter_with_an_empty_configuration_starts_with_its_defaults_under_each_roo
     }
 }
 
+/// Issue 12: a filter on the SDK's own `onConfigure` (root id
+/// `sdk-configure`) starts with an empty configuration, as it did on Envoy
+/// before cpp-host's PR #303, and with a non-empty one.
+#[test]
+fn the_sdk_s_own_on_configure_starts_with_an_empty_and_a_non_empty_configuration() {
+    for configuration in ["", "tag=x"] {
+        let server = TestServer::new();
+        let opts = options();
+        let plugin = PluginInfo::new("as-plugin", "sdk-configure", opts.vm_id.clone(), configuration);
+        let mut h = Harness::try_start_plugin(built_code(PLUGIN), plugin, opts, server.clone())
+            .unwrap_or_else(|e| panic!("configuration {configuration:?}: {e}"));
+        let stream = proxied(&mut h, "/");
+        assert_eq!(stream.data().response_header("x-proxy-wasm").as_deref(), Some("sdk-configure"), "{configuration:?}");
+    }
+}
+
 #[test]
 fn as_filter_accepts_the_as_filter_root_id() {
     let mut h = start_plugin("as-filter", "").expect("starts");

@@ -999,3 +999,15 @@ fn bodies_go_through_a_chain_in_order_on_the_way_in_and_in_reverse_on_the_way_ou
     assert_eq!(r.body_str(), "<2><1>body</2></1>");
     assert_eq!(values(&r, "x-proxy-wasm"), vec!["second", "first"]);
 }
+
+/// Issue 12: a filter on the AssemblyScript SDK's own `onConfigure` (which
+/// passes the configuration size where the size pointer belongs) starts with
+/// an empty configuration.
+#[test]
+fn an_assemblyscript_filter_on_the_sdk_s_own_on_configure_starts_with_an_empty_configuration() {
+    let yaml = as_yaml("as-sdk-configure", "sdk-configure", "");
+    let (_origin, ats) = start_with("sdk-as-sdk-configure", Origin::start(), 1, &[("as.yaml", yaml)], |o| o);
+    let r = send(&ats, Request::get("/page"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("sdk-configure")), "{}", ats.log_report());
+    assert!(!ats.diags_log().contains("trapped"), "{}", ats.log_report());
+}

@@ -113,13 +113,14 @@ fn an_empty_plugin_configuration_reads_as_ok_with_null_pointer_and_zero_size_wri
 
 /// The call @solo-io/proxy-runtime 0.1.8's `RootContext.onConfigure` makes:
 /// it passes the configuration size as the size pointer, so with an empty
-/// configuration the host writes 0 at address 0, and the SDK's own size
-/// field keeps the size of its previous read (see docs/compatibility.md).
+/// configuration the size slot is null. Nothing is written then (cpp-host
+/// before its PR #303): writing a null pointer into the SDK's result slot,
+/// whose size field keeps its previous read, makes the SDK trap.
 #[test]
-fn the_assemblyscript_sdk_configure_call_with_an_empty_configuration_writes_zero_through_both_pointers() {
+fn a_zero_length_read_with_a_null_size_slot_writes_nothing() {
     let p = probe().on("configure", vec![call("cfg", "proxy_get_buffer_bytes", vec![I(PLUGIN_CONFIG), I(0), I(0), Slot(0), I(0)], vec![Ptr(0), Mem(0)])]);
     let h = start(&p, "");
-    assert_eq!(take(&h), ["cfg status=0 s0=0 m0=0"]);
+    assert_eq!(take(&h), ["cfg status=0 s0=unset m0=1"]);
 }
 
 #[test]

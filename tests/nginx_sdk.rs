@@ -942,3 +942,16 @@ fn the_assemblyscript_filter_with_an_empty_configuration_starts_with_its_default
     assert_eq!(origin.wait_for_requests(1, WAIT)[0].header("x-as-filter"), Some("assemblyscript"));
     assert!(!n.error_log().contains("trapped"), "{}", n.log_report());
 }
+
+/// Issue 12: a filter on the AssemblyScript SDK's own `onConfigure` (which
+/// passes the configuration size where the size pointer belongs) starts with
+/// an empty configuration.
+#[test]
+fn an_assemblyscript_filter_on_the_sdk_s_own_on_configure_starts_with_an_empty_configuration() {
+    let origin = Origin::start();
+    let yaml = rust_yaml("as-sdk-configure", "sdk-configure", "", "").replace("rust_sdk_filter.wasm", "as_filter.wasm");
+    let n = start("ngx-sdk-as-sdk-configure", &yaml, "as-sdk-configure", &origin, "", 1);
+    let r = send(&n, Request::get("/page"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("sdk-configure")), "{}", n.log_report());
+    assert!(!n.error_log().contains("trapped"), "{}", n.log_report());
+}

@@ -162,7 +162,18 @@ fn proxy_get_buffer_bytes(c: &mut dyn Caller, a: &[Val]) -> R {
     } else {
         data
     };
-    done(return_bytes(c, &data, u(a, 3), u(a, 4))?)
+    let (ptr_ptr, size_ptr) = (u(a, 3), u(a, 4));
+    if data.is_empty() && (ptr_ptr == 0 || size_ptr == 0) {
+        // A zero-length read with a null return slot: OK, nothing written, as
+        // cpp-host answered every zero-length read before its PR #303 (Envoy
+        // <= 1.23). The AssemblyScript SDK 0.1.x relies on it: its default
+        // `RootContext.onConfigure` passes the configuration size where the
+        // size slot belongs, so an empty configuration gives a null size slot,
+        // and writing a null pointer into its result slot makes it trap.
+        // Well-formed slots get 0/0 written, as cpp-host does now.
+        return done(Status::Ok);
+    }
+    done(return_bytes(c, &data, ptr_ptr, size_ptr)?)
 }
 
 fn proxy_set_buffer_bytes(c: &mut dyn Caller, a: &[Val]) -> R {
