@@ -16,6 +16,13 @@
 //! connections per address for [`POOL_IDLE`], and a call to that address
 //! takes one instead of connecting. A kept connection the upstream closed
 //! meanwhile is replaced by a new one (the request is sent again).
+//!
+//! Each VM numbers its calls itself (from 1, and again from 1 in a recycled
+//! or reloaded generation), so the worker keeps its calls by (VM, token):
+//! the VM is its [`NgxServer`](super::server::NgxServer)'s id, unique in
+//! the worker for its whole life. Keyed by the token alone, a second VM's
+//! call replaced (and freed) the first one's while nginx still held its
+//! timer and connection, and one VM's cancellation ended another's call.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -41,8 +48,11 @@ pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// `ngx_resolve_start`'s answer when no name server is configured.
 const NGX_NO_RESOLVER: *mut ngx_resolver_ctx_t = -1isize as *mut ngx_resolver_ctx_t;
 
+/// A call of this worker: (the id of the VM's server, the VM's token).
+pub type CallKey = (u64, u32);
+
 struct Call {
-    token: u32,
+    key: CallKey,
     slot: Weak<Slot>,
     vm: usize,
     pc: ngx_peer_connection_t,
@@ -69,8 +79,10 @@ struct Call {
 }
 
 thread_local! {
-    /// The calls of this worker, by token. Boxes: nginx holds pointers to their events.
-    static CALLS: RefCell<HashMap<u32, Box<Call>>> = RefCell::new(HashMap::new());
+    /// The calls of this worker, by VM and token. Boxes: nginx holds
+    /// pointers to their events, so an entry is only removed by the code
+    /// that takes its events off nginx's queues.
+    static CALLS: RefCell<HashMap<CallKey, Box<Call>>> = RefCell::new(HashMap::new());
     /// Idle kept-alive connections of this worker, by upstream address.
     static POOL: RefCell<HashMap<SocketAddr, Vec<PooledConn>>> = RefCell::new(HashMap::new());
 }
@@ -108,7 +120,8 @@ fn http_resolver() -> Option<(*mut ngx_resolver_t, ngx_msec_t)> {
     }
 }
 
-pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
+/// Starts call `key` of VM `vm` of `slot`.
+pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, key: CallKey, request: HttpCallRequest) -> Result<(), Status> {
     let (host, port) = http_client::parse_upstream(&request.upstream).ok_or(Status::BadArgument)?;
     let literal = literal_address(&host, port);
     let resolver = if literal.is_none() {
@@ -122,14 +135,24 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, r
     } else {
         None
     };
-    if CALLS.with(|c| c.borrow().len()) >= MAX_CALLS_IN_FLIGHT {
+    let (in_flight, taken) = CALLS.with(|c| {
+        let c = c.borrow();
+        (c.len(), c.contains_key(&key))
+    });
+    if in_flight >= MAX_CALLS_IN_FLIGHT {
+        return Err(Status::InternalFailure);
+    }
+    if taken {
+        // A VM never hands out the token of a call it still waits for; if it
+        // did, replacing the pending call would free what nginx points at.
+        log(LogLevel::Critical, &format!("[proxy_wasm] internal error: http_call token {} dispatched twice by one VM; refused", key.1));
         return Err(Status::InternalFailure);
     }
     let head = request.headers.iter().any(|(k, v)| k == b":method" && v.eq_ignore_ascii_case(b"HEAD"));
     let out = http_client::encode_request_keep_alive(&request);
     // SAFETY: zeroed C structures are their initial state; filled below.
     let mut call = Box::new(Call {
-        token,
+        key,
         slot,
         vm,
         pc: unsafe { std::mem::zeroed() },
@@ -156,7 +179,7 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, r
     let timeout = request.timeout.filter(|t| !t.is_zero()).unwrap_or(http_client::MAX_CALL_TIME);
     // SAFETY: the timer lives in the boxed call, removed in `close`.
     unsafe { ngx_add_timer(&mut call.timer, timeout.as_millis().max(1) as ngx_msec_t) };
-    CALLS.with(|c| c.borrow_mut().insert(token, call));
+    CALLS.with(|c| c.borrow_mut().insert(key, call));
     match (literal, resolver) {
         // SAFETY: the call is alive in CALLS.
         (Some(addr), _) => unsafe { connect(raw, addr) },
@@ -555,21 +578,21 @@ unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
 unsafe extern "C" fn on_deliver(ev: *mut ngx_event_t) {
     let r = std::panic::catch_unwind(|| {
         // SAFETY: the event's data is its live call; it is taken out of CALLS here.
-        let token = unsafe { (*((*ev).data as *mut Call)).token };
-        let Some(mut call) = CALLS.with(|c| c.borrow_mut().remove(&token)) else { return };
+        let key = unsafe { (*((*ev).data as *mut Call)).key };
+        let Some(mut call) = CALLS.with(|c| c.borrow_mut().remove(&key)) else { return };
         // SAFETY: closes what is left of the call before it is freed.
         unsafe { close(&mut *call) };
         let response = call.response.take().unwrap_or_else(|| HttpCallResponse::failed(FAILURE_PROTOCOL, "no response"));
-        with_vm(&call.slot, call.vm, "on_http_call_response", |vm| vm.on_http_call_response(token, response));
+        with_vm(&call.slot, call.vm, "on_http_call_response", |vm| vm.on_http_call_response(key.1, response));
     });
     if r.is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) delivering an http_call response");
     }
 }
 
-/// The root context went away: the call ends without an answer.
-pub fn cancel_http_call(token: u32) {
-    let call = CALLS.with(|c| c.borrow_mut().remove(&token));
+/// The context that made call `key` went away: the call ends without an answer.
+pub fn cancel_http_call(key: CallKey) {
+    let call = CALLS.with(|c| c.borrow_mut().remove(&key));
     if let Some(mut call) = call {
         // SAFETY: the call is ours now; its events are taken off nginx's queues.
         unsafe {
