@@ -37,9 +37,8 @@ use super::worker::{new_event, with_vm, Slot};
 use crate::abi::{LogLevel, Status};
 use crate::host::{HttpCallRequest, HttpCallResponse};
 use crate::http_client::{self, FAILURE_CONNECT, FAILURE_PROTOCOL, FAILURE_TIMEOUT};
+use crate::http_response::{Progress, ResponseParser};
 
-/// Most calls in flight per worker; more are refused (INTERNAL_FAILURE).
-pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
 /// Idle kept-alive connections per upstream address and worker.
 pub const POOL_PER_ADDRESS: usize = 8;
 /// How long an idle kept-alive connection is kept.
@@ -70,8 +69,12 @@ struct Call {
     reused: bool,
     out: Vec<u8>,
     sent: usize,
-    input: Vec<u8>,
+    /// The answer, read as it arrives (each byte looked at once).
+    parser: ResponseParser,
+    /// The request was HEAD (no body in the answer).
     head: bool,
+    /// `max_response_size` of the request.
+    limit: u64,
     timer: ngx_event_t,
     /// Posted to deliver the answer (also used for failures at dispatch).
     deliver: ngx_event_t,
@@ -120,6 +123,19 @@ fn http_resolver() -> Option<(*mut ngx_resolver_t, ngx_msec_t)> {
     }
 }
 
+/// Most calls in flight per worker (`PROXY_WASM_HOST_MAX_HTTP_CALLS_IN_FLIGHT`,
+/// default 4096); more are refused (INTERNAL_FAILURE).
+fn max_calls_in_flight() -> usize {
+    http_client::max_calls_in_flight(|w| log(LogLevel::Warn, &format!("[proxy_wasm] {w}")))
+}
+
+/// Why this worker takes no more calls now, if it does not.
+pub fn calls_full() -> Option<String> {
+    let in_flight = CALLS.with(|c| c.borrow().len());
+    let max = max_calls_in_flight();
+    (in_flight >= max).then(|| format!("{in_flight} calls are in flight in this worker (pid {}), the most a worker allows ({} {max})", std::process::id(), http_client::MAX_CALLS_IN_FLIGHT_ENV))
+}
+
 /// Starts call `key` of VM `vm` of `slot`.
 pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, key: CallKey, request: HttpCallRequest) -> Result<(), Status> {
     let (host, port) = http_client::parse_upstream(&request.upstream).ok_or(Status::BadArgument)?;
@@ -139,7 +155,7 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, key: CallKey, request: Ht
         let c = c.borrow();
         (c.len(), c.contains_key(&key))
     });
-    if in_flight >= MAX_CALLS_IN_FLIGHT {
+    if in_flight >= max_calls_in_flight() {
         return Err(Status::InternalFailure);
     }
     if taken {
@@ -166,8 +182,9 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, key: CallKey, request: Ht
         reused: false,
         out,
         sent: 0,
-        input: Vec::new(),
+        parser: ResponseParser::new(head, request.max_response_size),
         head,
+        limit: request.max_response_size,
         timer: new_event(on_timeout, std::ptr::null_mut()),
         deliver: new_event(on_deliver, std::ptr::null_mut()),
         response: None,
@@ -487,32 +504,33 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
             loop {
                 let n = libc::recv((*c).fd, buf.as_mut_ptr() as *mut c_void, buf.len(), 0);
                 if n > 0 {
-                    (*call).input.extend_from_slice(&buf[..n as usize]);
-                    if (*call).input.len() > http_client::MAX_RESPONSE_BYTES {
-                        finish(call, HttpCallResponse::failed(FAILURE_PROTOCOL, "response too large"));
-                        return;
-                    }
-                    if let Some((len, reusable)) = http_client::framed_response_length(&(*call).input, (*call).head) {
-                        let input = std::mem::take(&mut (*call).input);
-                        let response = http_client::parse_response(&input[..len], (*call).head)
-                            .unwrap_or_else(|e| HttpCallResponse::failed(FAILURE_PROTOCOL, format!("bad response: {e}")));
-                        if reusable && len == input.len() && response.failure.is_none() {
-                            release_to_pool(call);
+                    let n = n as usize;
+                    match (*call).parser.feed(&buf[..n]) {
+                        Ok(Progress::NeedMore) => continue,
+                        Ok(Progress::Complete { used }) => {
+                            // Bytes past the answer: the connection is not clean.
+                            let clean = used == n && (*call).parser.keep_alive();
+                            let parser = take_parser(call);
+                            if clean {
+                                release_to_pool(call);
+                            }
+                            finish(call, parser.into_response());
                         }
-                        finish(call, response);
-                        return;
+                        Err(e) => finish(call, http_client::parse_failure(&e)),
                     }
-                    continue;
+                    return;
                 }
-                if n == 0 && (*call).reused && (*call).input.is_empty() {
+                if n == 0 && (*call).reused && (*call).parser.seen() == 0 {
                     // The upstream closed the kept connection meanwhile: once more on a new one.
                     retry_fresh(call);
                     return;
                 }
                 if n == 0 {
-                    let input = std::mem::take(&mut (*call).input);
-                    let response = http_client::parse_response(&input, (*call).head)
-                        .unwrap_or_else(|e| HttpCallResponse::failed(FAILURE_PROTOCOL, format!("bad response: {e}")));
+                    let mut parser = take_parser(call);
+                    let response = match parser.finish() {
+                        Ok(()) => parser.into_response(),
+                        Err(e) => http_client::parse_failure(&e),
+                    };
                     finish(call, response);
                     return;
                 }
@@ -533,6 +551,12 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
             }
         }
     });
+}
+
+/// The call's parser, with its answer (a fresh one takes its place).
+unsafe fn take_parser(call: *mut Call) -> ResponseParser {
+    // SAFETY: a live call (caller).
+    unsafe { std::mem::replace(&mut (*call).parser, ResponseParser::new((*call).head, (*call).limit)) }
 }
 
 /// Sends the request again on a new connection (a kept one was closed).

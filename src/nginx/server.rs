@@ -224,6 +224,10 @@ impl ServerHost for NgxServer {
         super::worker::cancel_http_call((self.id, token));
     }
 
+    fn http_calls_full(&self) -> Option<String> {
+        super::http_call::calls_full()
+    }
+
     fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>) {
         if let Some(t) = self.ticks.lock().unwrap_or_else(|p| p.into_inner()).remove(&root_context_id) {
             cancel(t);
