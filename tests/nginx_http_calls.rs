@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::client::{Request, Response};
 use e2e::nginx::{Nginx, NginxOptions};
@@ -67,6 +67,11 @@ fn start(test: &str, yaml: String, origin: &Origin, workers: usize) -> Nginx {
 /// callout for `/<plugin>/<id>`.
 fn call_request(plugin: &str, id: usize) -> Request {
     Request::get(&format!("/{plugin}/r{id}")).header("x-pw-test", "http-call").header("x-pw-callout-path", format!("/{plugin}/{id}")).timeout(Duration::from_secs(20))
+}
+
+/// A request through plugin `plugin` whose call asks the callout for `path`.
+fn call_to(plugin: &str, path: &str) -> Request {
+    Request::get(&format!("/{plugin}/x")).header("x-pw-test", "http-call").header("x-pw-callout-path", path)
 }
 
 /// The request was answered through its own plugin with its own call's answer.
@@ -160,4 +165,178 @@ fn calls_of_recycled_generations_pending_together_get_their_own_answers() {
     }
     assert!(n.error_log().contains("recycling"), "the generations were recycled\n{}", n.log_report());
     assert_no_worker_died(&n);
+}
+
+// ------------------------------------------------------------------ hostile upstreams
+
+/// A raw TCP upstream on 127.0.0.1: for each connection, reads the request
+/// head and hands the socket to `answer` (on a thread of its own).
+fn raw_upstream(answer: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                answer(stream);
+            });
+        }
+    });
+    port
+}
+
+/// nginx (one worker) with plugin `a` calling `upstream`.
+fn start_one(test: &str, upstream: u16, origin: &Origin, extra_vm_config: &str) -> Nginx {
+    start(test, plugin("a", upstream, extra_vm_config) + &plugin("b", upstream, ""), origin, 1)
+}
+
+/// A request through plugin `a` whose call goes to its upstream.
+fn hostile_call(n: &Nginx) -> std::thread::JoinHandle<Result<Response, e2e::client::ClientError>> {
+    let port = n.port();
+    std::thread::spawn(move || call_request("a", 0).send(port))
+}
+
+/// While a call waits on a hostile upstream, the worker (the only one)
+/// answers other requests.
+fn assert_worker_serves(n: &Nginx) {
+    for i in 0..3 {
+        let r = n.send(&Request::get(&format!("/plain/{i}")).timeout(Duration::from_secs(5))).unwrap_or_else(|e| panic!("the worker stopped serving: {e}\n{}", n.log_report()));
+        assert_eq!(r.status, 200, "{}", n.log_report());
+    }
+}
+
+/// The call failed (the plugin got zero headers) with this status code, and
+/// the reason contains `reason`.
+fn assert_call_failed(r: Result<Response, e2e::client::ClientError>, code: &str, reason: &str, n: &Nginx) {
+    let r = r.unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()));
+    assert_eq!(r.status, 200, "{}", n.log_report());
+    assert_eq!(r.header("x-pw-callout-failed"), Some("1"), "{:?}\n{}", r.headers, n.log_report());
+    assert_eq!(r.header("x-pw-callout-get-status"), Some(code), "{:?}", r.headers);
+    let message = r.header("x-pw-callout-get-status-message").unwrap_or_default();
+    assert!(message.contains(reason), "{message:?} should contain {reason:?}");
+}
+
+#[test]
+fn an_upstream_sending_a_header_line_without_end_fails_the_call_and_the_worker_keeps_serving() {
+    let upstream = raw_upstream(|mut s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nx-endless: ");
+        let block = [b'a'; 16 << 10];
+        while s.write_all(&block).is_ok() {}
+    });
+    let origin = Origin::start();
+    let n = start_one("ngx-calls-endless-header", upstream, &origin, "");
+    let call = hostile_call(&n);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_worker_serves(&n);
+    assert_call_failed(call.join().unwrap(), "502", "longer than", &n);
+    assert_no_worker_died(&n);
+}
+
+#[test]
+fn an_upstream_sending_a_chunk_size_near_u64_max_fails_the_call_as_too_large() {
+    let upstream = raw_upstream(|mut s| {
+        // A first chunk, then a size that overflows any sum with it.
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nffffffffffffffff\r\nabc");
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let origin = Origin::start();
+    let n = start_one("ngx-calls-huge-chunk", upstream, &origin, "");
+    assert_call_failed(hostile_call(&n).join().unwrap(), "413", "max_http_call_response_size", &n);
+    assert_worker_serves(&n);
+    assert_no_worker_died(&n);
+}
+
+#[test]
+fn an_answer_with_non_utf8_header_values_completes_the_call() {
+    let upstream = raw_upstream(|mut s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nx-latin1: caf\xe9\r\ncontent-length: 4\r\n\r\npong");
+        // The connection stays open past the call's timeout (5 s): only the
+        // framing says the answer ended.
+        std::thread::sleep(Duration::from_secs(10));
+    });
+    let origin = Origin::start();
+    let n = start_one("ngx-calls-obs-text", upstream, &origin, "");
+    let r = hostile_call(&n).join().unwrap().unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()));
+    assert_eq!((r.header("x-pw-callout-status"), r.header("x-pw-callout-body")), (Some("200"), Some("pong")), "{:?}\n{}", r.headers, n.log_report());
+}
+
+// ------------------------------------------------------------------ caps
+
+#[test]
+fn calls_past_max_pending_http_calls_get_internal_failure_logged_once() {
+    let callout = callout(Duration::from_millis(1500));
+    let origin = Origin::start();
+    let n = start_one("ngx-calls-max-pending", callout.port(), &origin, "      limits: { max_pending_http_calls: 2 }\n");
+    let port = n.port();
+    let pending: Vec<_> = (1..=2).map(|id| std::thread::spawn(move || call_request("a", id).send(port))).collect();
+    assert!(e2e::wait_until(WAIT, || callout.request_count() == 2), "{}", n.log_report());
+    for id in 3..=5 {
+        let r = n.send(&call_request("a", id)).unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()));
+        assert_eq!((r.status, r.header("x-pw-callout-dispatch")), (200, Some("INTERNAL_FAILURE")), "{}", n.log_report());
+    }
+    // Plugin b has its own count.
+    assert_answered(&n.send(&call_request("b", 6)), "b", 6, &n);
+    for (i, t) in pending.into_iter().enumerate() {
+        assert_answered(&t.join().unwrap(), "a", i + 1, &n);
+    }
+    assert_answered(&n.send(&call_request("a", 7)), "a", 7, &n);
+    assert_eq!(n.error_log().matches("max_pending_http_calls allows").count(), 1, "{}", n.log_report());
+    assert_no_worker_died(&n);
+}
+
+#[test]
+fn calls_past_the_workers_cap_get_internal_failure_logged_once_per_plugin() {
+    let callout = callout(Duration::from_millis(1500));
+    let origin = Origin::start();
+    let n = Nginx::start(
+        NginxOptions::new("ngx-calls-worker-cap")
+            .workers(1)
+            .origin(origin.port())
+            .main("env PROXY_WASM_HOST_MAX_HTTP_CALLS_IN_FLIGHT=2;")
+            .file("plugins.yaml", plugin("a", callout.port(), "") + &plugin("b", callout.port(), ""))
+            .http("proxy_wasm_config @CONF@/plugins.yaml;")
+            .server("location /a/ { proxy_wasm a; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }\nlocation /b/ { proxy_wasm b; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }"),
+    );
+    let port = n.port();
+    let pending: Vec<_> = [("a", 1), ("b", 2)].into_iter().map(|(p, id)| std::thread::spawn(move || (p, id, call_request(p, id).send(port)))).collect();
+    assert!(e2e::wait_until(WAIT, || callout.request_count() == 2), "{}", n.log_report());
+    for (p, id) in [("a", 3), ("b", 4), ("a", 5)] {
+        let r = n.send(&call_request(p, id)).unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()));
+        assert_eq!(r.header("x-pw-callout-dispatch"), Some("INTERNAL_FAILURE"), "{}", n.log_report());
+    }
+    for t in pending {
+        let (p, id, r) = t.join().unwrap();
+        assert_answered(&r, p, id, &n);
+    }
+    assert_answered(&n.send(&call_request("a", 6)), "a", 6, &n);
+    let log = n.error_log();
+    for p in ["a", "b"] {
+        let lines = log.lines().filter(|l| l.contains(&format!("[proxy_wasm] {p}: ")) && l.contains("calls are in flight in this worker")).count();
+        assert_eq!(lines, 1, "plugin {p}\n{}", n.log_report());
+    }
+}
+
+#[test]
+fn an_answer_larger_than_max_http_call_response_size_fails_the_call_logged_once() {
+    let callout = Origin::with_handler(|req| origin::Response::text(200, if req.path.contains("big") { "x".repeat(4096) } else { "small".into() }));
+    let origin = Origin::start();
+    let n = start_one("ngx-calls-response-size", callout.port(), &origin, "      limits: { max_http_call_response_size: 2KiB }\n");
+    for id in 0..2 {
+        let r = n.send(&call_to("a", &format!("/big/{id}")));
+        assert_call_failed(r, "413", "max_http_call_response_size (2048 bytes)", &n);
+    }
+    let r = n.send(&call_to("a", "/small")).unwrap();
+    assert_eq!(r.header("x-pw-callout-body"), Some("small"), "{}", n.log_report());
+    assert_eq!(n.error_log().matches("http_call failed: the response is larger than").count(), 1, "{}", n.log_report());
 }
