@@ -145,6 +145,9 @@ pub fn fetch(
     Ok((bytes, Origin::Downloaded(None)))
 }
 
+/// The largest download answer accepted (headers and the module).
+const MAX_MODULE_RESPONSE_BYTES: u64 = 64 << 20;
+
 /// One GET, no redirects: the body of a 200 response.
 fn download(remote: &RemoteCode) -> Result<Vec<u8>, FetchError> {
     let fail = |message: String| FetchError::Download {
@@ -171,6 +174,7 @@ fn download(remote: &RemoteCode) -> Result<Vec<u8>, FetchError> {
         body: Vec::new(),
         trailers: Vec::new(),
         timeout: Some(remote.timeout),
+        max_response_size: MAX_MODULE_RESPONSE_BYTES,
     };
     let response = http_client::call(&request);
     if let Some((code, message)) = response.failure {

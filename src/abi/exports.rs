@@ -476,10 +476,23 @@ fn proxy_http_call(c: &mut dyn Caller, a: &[Val]) -> R {
         }
     }
     let Some(root_id) = st.effective_root_id() else { return done(Status::BadArgument) };
+    let quotas = st.effective_plugin().map(|p| p.quotas).unwrap_or_default();
+    // The caps answer INTERNAL_FAILURE, which the SDKs hand to the plugin as
+    // an error (the Rust SDK's dispatch_http_call returns Err) without trapping.
+    let pending = st.http_calls.values().filter(|(root, _)| *root == root_id).count();
+    if pending >= quotas.max_pending_http_calls as usize {
+        let message = format!("http_call to {upstream:?} refused (INTERNAL_FAILURE): {pending} calls of this plugin are waiting for their answer, the most vm_config.limits.max_pending_http_calls allows");
+        st.log_limit("max_pending_http_calls", &message);
+        return done(Status::InternalFailure);
+    }
+    if let Some(why) = st.env.server.http_calls_full() {
+        st.log_limit("calls in flight", &format!("http_call to {upstream:?} refused (INTERNAL_FAILURE): {why}"));
+        return done(Status::InternalFailure);
+    }
     let dispatcher = st.effective_context;
     let token = st.allocate_http_call_token();
     let timeout = (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u64));
-    let request = HttpCallRequest { upstream, headers, body, trailers, timeout };
+    let request = HttpCallRequest { upstream, headers, body, trailers, timeout, max_response_size: quotas.max_http_call_response_size };
     match st.env.server.dispatch_http_call(root_id, token, request) {
         Ok(()) => {
             st.http_calls.insert(token, (root_id, dispatcher));
