@@ -211,6 +211,16 @@ typedef int32_t (*pwh_log_level_fn)(void *user_data);
  * `pwh_on_http_call_response` or `pwh_on_http_call_failed` with `token`, later
  * (never from inside this callback). `PWH_STATUS_BAD_ARGUMENT` for an upstream
  * the server cannot parse, `PWH_STATUS_INTERNAL_FAILURE` when the call cannot start.
+ *
+ * Each VM numbers its calls itself (from 1; a new `pwh_vms` starts again
+ * from 1), so a call is identified by (`pwh_vms`, `vm_index`, `token`): a
+ * server that keeps the calls of several VMs or several `pwh_vms` (a reload,
+ * a replacement after a failure) in one table must key them by all three.
+ * The plugin's `vm_config.limits.max_pending_http_calls` is checked before
+ * this callback runs; an answer larger than its
+ * `max_http_call_response_size` reaches the plugin as a failure (status 413
+ * from `proxy_get_status`), so a server may stop reading a larger answer and
+ * report it with `pwh_on_http_call_failed` and code 413.
  */
 typedef int32_t (*pwh_dispatch_http_call_fn)(void *user_data,
                                              size_t vm_index,
@@ -223,7 +233,8 @@ typedef int32_t (*pwh_dispatch_http_call_fn)(void *user_data,
                                              uint32_t timeout_ms);
 
 /**
- * Drops interest in call `token` of VM `vm_index`: no answer is expected after this.
+ * Drops interest in call `token` of VM `vm_index` (of the `pwh_vms` whose
+ * vtable this is): no answer is expected after this.
  */
 typedef void (*pwh_cancel_http_call_fn)(void *user_data, size_t vm_index, uint32_t token);
 

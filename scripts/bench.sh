@@ -757,9 +757,12 @@ memory_and_load_nginx() {
     test_yaml "$dir/mem-test.yaml"
     PRECOMPILED=true test_yaml "$dir/mem-test-cc.yaml"
     # The workers (user nobody) write and read the compiled-module cache; it
-    # is primed by one untimed start, and named to them through `env`.
+    # is primed by one untimed start, and named to them through `env`. The
+    # host uses a cache folder only when no one but its user (or root) can
+    # write it: the workers' own, mode 0700.
     local ngx_cache=$dir/ngx-compiled-cache
-    mkdir -p "$ngx_cache" && chmod 777 "$ngx_cache"
+    mkdir -p "$ngx_cache" && chmod 700 "$ngx_cache"
+    if [ "$(id -u)" = 0 ]; then chown nobody "$ngx_cache"; fi
     local cache_env="env PROXY_WASM_HOST_COMPILED_CACHE=$ngx_cache;"
     NGX_PORT=$(free_port)
     NGX_WORKERS=1 ngx_conf ngxmem-prime "$NGX_PORT" "load_module $NGX_SO; $cache_env" "proxy_wasm_config $dir/mem-test-cc.yaml;" "$(ngx_locations x "proxy_wasm rust-test-filter;")"

@@ -543,6 +543,16 @@ pub type pwh_log_level_fn = Option<unsafe extern "C" fn(user_data: *mut c_void) 
 /// `pwh_on_http_call_response` or `pwh_on_http_call_failed` with `token`, later
 /// (never from inside this callback). `PWH_STATUS_BAD_ARGUMENT` for an upstream
 /// the server cannot parse, `PWH_STATUS_INTERNAL_FAILURE` when the call cannot start.
+///
+/// Each VM numbers its calls itself (from 1; a new `pwh_vms` starts again
+/// from 1), so a call is identified by (`pwh_vms`, `vm_index`, `token`): a
+/// server that keeps the calls of several VMs or several `pwh_vms` (a reload,
+/// a replacement after a failure) in one table must key them by all three.
+/// The plugin's `vm_config.limits.max_pending_http_calls` is checked before
+/// this callback runs; an answer larger than its
+/// `max_http_call_response_size` reaches the plugin as a failure (status 413
+/// from `proxy_get_status`), so a server may stop reading a larger answer and
+/// report it with `pwh_on_http_call_failed` and code 413.
 pub type pwh_dispatch_http_call_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -557,7 +567,8 @@ pub type pwh_dispatch_http_call_fn = Option<
     ) -> i32,
 >;
 
-/// Drops interest in call `token` of VM `vm_index`: no answer is expected after this.
+/// Drops interest in call `token` of VM `vm_index` (of the `pwh_vms` whose
+/// vtable this is): no answer is expected after this.
 pub type pwh_cancel_http_call_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, vm_index: usize, token: u32)>;
 

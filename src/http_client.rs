@@ -1,26 +1,59 @@
 //! A small blocking HTTP/1.1 client for `proxy_http_call`, for server
-//! bindings that run outgoing calls on threads of their own (Traffic Server).
-//! One connection per call (`Connection: close`); bodies by Content-Length,
-//! chunked (with trailers) or until close.
+//! bindings that run outgoing calls on threads of their own (Traffic Server),
+//! and for remote-code downloads. One connection per call (`Connection:
+//! close`); the answer is read with the incremental parser of
+//! [`crate::http_response`] (bodies by Content-Length, chunked with trailers,
+//! or until close), at most `HttpCallRequest::max_response_size` bytes.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::abi::pairs::Pair;
 use crate::host::{HttpCallRequest, HttpCallResponse};
+use crate::http_response::{ParseError, Progress, ResponseParser};
 
 /// Used when the plugin asked for no timeout, so that a silent upstream
 /// cannot hold a thread forever.
 pub const MAX_CALL_TIME: Duration = Duration::from_secs(300);
 
-/// Largest response accepted (headers and body).
-pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
-
 /// Failure codes reported through `proxy_get_status`.
 pub const FAILURE_CONNECT: u32 = 503;
 pub const FAILURE_TIMEOUT: u32 = 504;
 pub const FAILURE_PROTOCOL: u32 = 502;
+/// The answer was larger than the call's `max_response_size`.
+pub const FAILURE_TOO_LARGE: u32 = 413;
+
+/// The most outgoing calls in flight per NGINX worker or Traffic Server
+/// process (all plugins together), unless [`MAX_CALLS_IN_FLIGHT_ENV`] says otherwise.
+pub const DEFAULT_MAX_CALLS_IN_FLIGHT: usize = 4096;
+/// The environment variable that sets the cap on calls in flight (a positive
+/// whole number; NGINX passes it to workers only with `env NAME=value;`).
+pub const MAX_CALLS_IN_FLIGHT_ENV: &str = "PROXY_WASM_HOST_MAX_HTTP_CALLS_IN_FLIGHT";
+
+/// The cap on calls in flight of this process, read once; `warn` is told
+/// (that first time) about a value that is not a positive whole number.
+pub fn max_calls_in_flight(warn: impl FnOnce(String)) -> usize {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var(MAX_CALLS_IN_FLIGHT_ENV) {
+        Err(_) => DEFAULT_MAX_CALLS_IN_FLIGHT,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                warn(format!("{MAX_CALLS_IN_FLIGHT_ENV}={v:?}: expected a positive whole number; using {DEFAULT_MAX_CALLS_IN_FLIGHT}"));
+                DEFAULT_MAX_CALLS_IN_FLIGHT
+            }
+        },
+    })
+}
+
+/// The failed call a parse error makes: too large, or a protocol error.
+pub fn parse_failure(e: &ParseError) -> HttpCallResponse {
+    match e {
+        ParseError::TooLarge { .. } => HttpCallResponse::failed(FAILURE_TOO_LARGE, format!("response too large: {e}")),
+        _ => HttpCallResponse::failed(FAILURE_PROTOCOL, format!("bad response: {e}")),
+    }
+}
 
 /// Splits `host:port` (or `[v6]:port`, or a bare host meaning port 80).
 pub fn parse_upstream(upstream: &str) -> Option<(String, u16)> {
@@ -87,68 +120,6 @@ pub fn encode_request_keep_alive(request: &HttpCallRequest) -> Vec<u8> {
     encode_request_with(request, true)
 }
 
-/// Where a response ends when its framing says so: `Some((length, reusable))`
-/// once `bytes` hold a complete response framed by `Content-Length`,
-/// chunked encoding or a status without a body (`reusable`: the upstream
-/// keeps the connection, HTTP/1.1 without `Connection: close`). `None` while
-/// incomplete, and for a response delimited by the connection's close.
-pub fn framed_response_length(bytes: &[u8], head: bool) -> Option<(usize, bool)> {
-    fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-        hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
-    }
-    let mut start = 0;
-    loop {
-        let end = find(bytes, b"\r\n\r\n", start)? + 4;
-        let head_text = std::str::from_utf8(&bytes[start..end]).ok()?;
-        let mut lines = head_text.split("\r\n");
-        let status_line = lines.next()?;
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next()?;
-        let status: u16 = parts.next()?.parse().ok()?;
-        if (100..200).contains(&status) {
-            start = end;
-            continue;
-        }
-        let (mut length, mut chunked, mut close) = (None, false, version != "HTTP/1.1");
-        for line in lines {
-            let Some((k, v)) = line.split_once(':') else { continue };
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
-            match k.as_str() {
-                "content-length" => length = Some(v.parse::<usize>().ok()?),
-                "transfer-encoding" => chunked = v.contains("chunked"),
-                "connection" => close = v.contains("close") || (close && !v.contains("keep-alive")),
-                _ => {}
-            }
-        }
-        if head || status == 204 || status == 304 {
-            return Some((end, !close));
-        }
-        if chunked {
-            let mut pos = end;
-            loop {
-                let line_end = find(bytes, b"\r\n", pos)?;
-                let size_text = std::str::from_utf8(&bytes[pos..line_end]).ok()?;
-                let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-                pos = line_end + 2;
-                if size == 0 {
-                    // Trailers (possibly none), then an empty line.
-                    if bytes.get(pos..pos + 2)? == b"\r\n" {
-                        return Some((pos + 2, !close));
-                    }
-                    return Some((find(bytes, b"\r\n\r\n", pos)? + 4, !close));
-                }
-                pos = pos.checked_add(size)?;
-                if bytes.get(pos..pos + 2)? != b"\r\n" {
-                    return None;
-                }
-                pos += 2;
-            }
-        }
-        let length = length?;
-        return (bytes.len() >= end + length).then_some((end + length, !close));
-    }
-}
-
 fn encode_request_with(request: &HttpCallRequest, keep_alive: bool) -> Vec<u8> {
     let h = &request.headers;
     let method = header(h, b":method").unwrap_or(b"GET");
@@ -195,29 +166,6 @@ fn encode_request_with(request: &HttpCallRequest, keep_alive: bool) -> Vec<u8> {
     out
 }
 
-/// Reads with the time left before `deadline` as the socket timeout.
-struct Deadlined {
-    stream: TcpStream,
-    deadline: Instant,
-    read: usize,
-}
-
-impl Read for Deadlined {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        self.stream.set_read_timeout(Some(remaining))?;
-        let n = self.stream.read(buf)?;
-        self.read += n;
-        if self.read > MAX_RESPONSE_BYTES {
-            return Err(std::io::Error::other("response too large"));
-        }
-        Ok(n)
-    }
-}
-
 fn io_failure(e: std::io::Error) -> HttpCallResponse {
     if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
         failed(FAILURE_TIMEOUT, "timeout")
@@ -232,92 +180,29 @@ fn exchange(mut stream: TcpStream, request: &HttpCallRequest, deadline: Instant)
     if let Err(e) = stream.write_all(&encode_request(request)) {
         return io_failure(e);
     }
-    let mut reader = BufReader::new(Deadlined { stream, deadline, read: 0 });
-    match read_response(&mut reader, header(&request.headers, b":method") == Some(b"HEAD")) {
-        Ok(r) => r,
-        Err(e) => io_failure(e),
-    }
-}
-
-fn read_line(r: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
-    let mut line = Vec::new();
-    r.read_until(b'\n', &mut line)?;
-    if line.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
-    }
-    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        line.pop();
-    }
-    Ok(line)
-}
-
-fn read_fields(r: &mut impl BufRead, into: &mut Vec<Pair>) -> std::io::Result<()> {
+    let head = header(&request.headers, b":method").is_some_and(|m| m.eq_ignore_ascii_case(b"HEAD"));
+    let mut parser = ResponseParser::new(head, request.max_response_size);
+    let mut buf = [0u8; 16384];
     loop {
-        let line = read_line(r)?;
-        if line.is_empty() {
-            return Ok(());
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return failed(FAILURE_TIMEOUT, "timeout");
         }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            return Err(std::io::Error::other("malformed header line"));
+        if let Err(e) = stream.set_read_timeout(Some(remaining)) {
+            return io_failure(e);
+        }
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return io_failure(e),
         };
-        let name = line[..colon].trim_ascii().to_ascii_lowercase();
-        let value = line[colon + 1..].trim_ascii().to_vec();
-        into.push((name, value));
+        let outcome = if n == 0 { parser.finish().map(|()| Progress::Complete { used: 0 }) } else { parser.feed(&buf[..n]) };
+        match outcome {
+            Ok(Progress::NeedMore) => {}
+            Ok(Progress::Complete { .. }) => return parser.into_response(),
+            Err(e) => return parse_failure(&e),
+        }
     }
-}
-
-/// Parses a complete response read until the server closed the connection
-/// (servers on the event loop read without blocking, then parse here).
-pub fn parse_response(bytes: &[u8], head: bool) -> std::io::Result<HttpCallResponse> {
-    read_response(&mut std::io::Cursor::new(bytes), head)
-}
-
-fn read_response(r: &mut impl BufRead, head: bool) -> std::io::Result<HttpCallResponse> {
-    // Skip interim (1xx) responses.
-    let (status, mut headers) = loop {
-        let status_line = read_line(r)?;
-        let mut parts = status_line.splitn(3, |b| *b == b' ');
-        let _version = parts.next();
-        let code = parts.next().and_then(|c| std::str::from_utf8(c).ok()?.parse::<u16>().ok()).ok_or_else(|| std::io::Error::other("malformed status line"))?;
-        let mut headers = vec![(b":status".to_vec(), code.to_string().into_bytes())];
-        read_fields(r, &mut headers)?;
-        if !(100..200).contains(&code) {
-            break (code, headers);
-        }
-    };
-    let mut body = Vec::new();
-    let mut trailers = Vec::new();
-    let no_body = head || status == 204 || status == 304;
-    let chunked = header(&headers, b"transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().windows(7).any(|w| w == b"chunked"));
-    if no_body {
-    } else if chunked {
-        loop {
-            let line = read_line(r)?;
-            let size_hex = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
-            let size = usize::from_str_radix(std::str::from_utf8(size_hex).unwrap_or("x"), 16).map_err(|_| std::io::Error::other("malformed chunk size"))?;
-            if size == 0 {
-                read_fields(r, &mut trailers)?;
-                break;
-            }
-            if body.len() + size > MAX_RESPONSE_BYTES {
-                return Err(std::io::Error::other("response too large"));
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            r.read_exact(&mut body[start..])?;
-            read_line(r).ok();
-        }
-        headers.retain(|(k, _)| k != b"transfer-encoding");
-    } else if let Some(len) = header(&headers, b"content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok()) {
-        if len > MAX_RESPONSE_BYTES {
-            return Err(std::io::Error::other("response too large"));
-        }
-        body.resize(len, 0);
-        r.read_exact(&mut body)?;
-    } else {
-        r.read_to_end(&mut body)?;
-    }
-    Ok(HttpCallResponse { headers: std::mem::take(&mut headers), body, trailers, failure: None })
 }
 
 #[cfg(test)]
@@ -335,33 +220,8 @@ mod tests {
     }
 
     #[test]
-    fn a_chunked_response_with_trailers_is_read() {
-        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-t: 2\r\n\r\n";
-        let r = read_response(&mut &raw[..], false).unwrap();
-        assert_eq!(r.headers, vec![(b":status".to_vec(), b"200".to_vec()), (b"x-a".to_vec(), b"1".to_vec())]);
-        assert_eq!(r.body, b"abcde");
-        assert_eq!(r.trailers, vec![(b"x-t".to_vec(), b"2".to_vec())]);
-    }
-
-    #[test]
-    fn framed_responses_are_complete_only_with_all_their_bytes() {
-        let cl = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc";
-        assert_eq!(framed_response_length(cl, false), Some((cl.len(), true)));
-        assert_eq!(framed_response_length(&cl[..cl.len() - 1], false), None);
-        let ch = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n";
-        assert_eq!(framed_response_length(ch, false), Some((ch.len(), true)));
-        for cut in 1..ch.len() {
-            assert_eq!(framed_response_length(&ch[..cut], false), None, "cut {cut}");
-        }
-        let close = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
-        assert_eq!(framed_response_length(close, false), Some((close.len(), false)));
-        assert_eq!(framed_response_length(b"HTTP/1.1 200 OK\r\n\r\nuntil close", false), None);
-        assert_eq!(framed_response_length(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false), Some((38, false)));
-    }
-
-    #[test]
     fn a_refused_connection_is_a_failure_with_no_headers() {
-        let r = call(&HttpCallRequest { upstream: "127.0.0.1:1".into(), headers: vec![], body: vec![], trailers: vec![], timeout: Some(Duration::from_secs(2)) });
+        let r = call(&HttpCallRequest { upstream: "127.0.0.1:1".into(), headers: vec![], body: vec![], trailers: vec![], timeout: Some(Duration::from_secs(2)), max_response_size: 1 << 20 });
         assert!(r.headers.is_empty());
         assert_eq!(r.failure.map(|f| f.0), Some(FAILURE_CONNECT));
     }

@@ -13,6 +13,7 @@
 
 pub mod abi;
 pub mod authorizations;
+pub mod cache_file;
 pub mod chunked;
 #[cfg(feature = "ats")]
 pub mod ats;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod ffi;
 pub mod host;
 pub mod http_client;
+pub mod http_response;
 pub mod loader;
 pub mod metrics;
 pub mod module_cache;

@@ -5,16 +5,18 @@
 //!
 //! Nothing read from the network or the cache is trusted: every load hashes
 //! the bytes it is about to use. A cache file whose hash is wrong (truncated,
-//! corrupted, planted) is ignored with a warning and downloaded again; a
-//! download whose hash is wrong refuses the plugin.
+//! corrupted, planted) or that is a symbolic link (not followed) is ignored
+//! with a warning and downloaded again; a download whose hash is wrong
+//! refuses the plugin. Files are written through a fresh `O_EXCL` temporary
+//! file renamed into place ([`cache_file`]), never through a planted link.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
+use crate::cache_file::{self, OpenError};
 use crate::config::RemoteCode;
 use crate::host::HttpCallRequest;
 use crate::http_client;
@@ -95,7 +97,7 @@ pub fn fetch(
     let name = cache_file_name(remote);
     for dir in &dirs {
         let path = dir.join(&name);
-        match fs::read(&path) {
+        match read_cached(&path) {
             Ok(bytes) => {
                 let actual = sha256_hex(&bytes);
                 if actual == expected {
@@ -110,11 +112,13 @@ pub fn fetch(
                 // failed download from leaving the bad copy in place.
                 let _ = fs::remove_file(&path);
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => warn(format!(
-                "ignoring cache file {}: cannot read it: {e}",
-                path.display()
-            )),
+            Err(OpenError::NotFound { .. }) => {}
+            Err(e @ OpenError::Symlink { .. }) => {
+                warn(format!("ignoring cache file {} for {}: {e}; downloading it again", path.display(), remote.uri));
+                // Removes the link itself, never what it points at.
+                let _ = fs::remove_file(&path);
+            }
+            Err(e) => warn(format!("ignoring cache file {} for {}: {e}", path.display(), remote.uri)),
         }
     }
     let bytes = download(remote)?;
@@ -140,6 +144,9 @@ pub fn fetch(
     ));
     Ok((bytes, Origin::Downloaded(None)))
 }
+
+/// The largest download answer accepted (headers and the module).
+const MAX_MODULE_RESPONSE_BYTES: u64 = 64 << 20;
 
 /// One GET, no redirects: the body of a 200 response.
 fn download(remote: &RemoteCode) -> Result<Vec<u8>, FetchError> {
@@ -167,6 +174,7 @@ fn download(remote: &RemoteCode) -> Result<Vec<u8>, FetchError> {
         body: Vec::new(),
         trailers: Vec::new(),
         timeout: Some(remote.timeout),
+        max_response_size: MAX_MODULE_RESPONSE_BYTES,
     };
     let response = http_client::call(&request);
     if let Some((code, message)) = response.failure {
@@ -192,22 +200,23 @@ fn download(remote: &RemoteCode) -> Result<Vec<u8>, FetchError> {
     Ok(response.body)
 }
 
-/// Writes `bytes` to `dir/name` atomically (a temporary file renamed into
-/// place), so that a concurrent reader never sees half a file.
+/// The bytes of a cache file, opened without following a symbolic link and
+/// read only if it is a regular file (a FIFO or a device planted under the
+/// name would block or never end).
+fn read_cached(path: &Path) -> Result<Vec<u8>, OpenError> {
+    let (file, meta) = cache_file::open_regular(path)?;
+    cache_file::read_all(file, &meta, path)
+}
+
+/// Writes `bytes` to `dir/name` atomically (a fresh temporary file renamed
+/// into place), so that a concurrent reader never sees half a file and a
+/// symbolic link planted under either name is never written through. The
+/// file is readable by all (0644): the code is checked against its sha256 on
+/// every load, and NGINX workers running as another user than the process
+/// that downloaded it (the configuration check) read it too.
 fn store(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     fs::create_dir_all(dir)?;
-    let path = dir.join(name);
-    let temporary = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = fs::write(&temporary, bytes).and_then(|()| fs::rename(&temporary, &path));
-    if written.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    written.map(|()| path)
+    cache_file::write_atomically(dir, name, bytes, 0o644)
 }
 
 #[cfg(test)]

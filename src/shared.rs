@@ -38,10 +38,11 @@ impl SharedDataStore for InProcessSharedData {
     fn set(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let slot = (vm_id.to_string(), key.to_vec());
-        if cas != 0 {
-            match entries.get(&slot) {
-                Some((_, current)) if *current == cas => {}
-                _ => return Err(Status::CasMismatch),
+        // A CAS only guards an existing key: on an absent one the value is
+        // stored, as in cpp-host's SharedData::set.
+        if let Some((_, current)) = entries.get(&slot) {
+            if cas != 0 && *current != cas {
+                return Err(Status::CasMismatch);
             }
         }
         // Tokens start at 1: 0 means "no CAS" to the plugin.
@@ -208,9 +209,10 @@ mod tests {
     }
 
     #[test]
-    fn cas_on_absent_key_is_a_mismatch() {
+    fn cas_on_absent_key_stores_the_value() {
         let s = InProcessSharedData::default();
-        assert_eq!(s.set("vm", b"new", b"x", 7), Err(Status::CasMismatch));
+        assert_eq!(s.set("vm", b"new", b"x", 7), Ok(()));
+        assert_eq!(s.get("vm", b"new").unwrap().0, b"x");
     }
 
     #[test]

@@ -620,10 +620,10 @@ impl SharedDataStore for ShmStore {
         }
         let g = self.locked();
         let (h, old) = self.find_data(vm_id, key);
-        if cas != 0 {
-            match old {
-                Some(e) if r.read_u32(e + D_CAS) == cas => {}
-                _ => return Err(Status::CasMismatch),
+        // A CAS only guards an existing key (as in the in-process store).
+        if let Some(e) = old {
+            if cas != 0 && r.read_u32(e + D_CAS) != cas {
+                return Err(Status::CasMismatch);
             }
         }
         let Some(new) = r.alloc(size) else {
@@ -802,7 +802,8 @@ impl MetricStore for ShmStore {
     fn increment(&self, id: u32, delta: i64) -> Result<(), Status> {
         let (m, kind) = self.metric(id)?;
         match kind {
-            MetricType::Counter if delta < 0 => Err(Status::BadArgument),
+            // A counter only grows by a positive delta (as Envoy's incrementMetric).
+            MetricType::Counter if delta <= 0 => Err(Status::BadArgument),
             MetricType::Counter | MetricType::Gauge => {
                 let v = self.region.atomic_u64(m + M_VALUE)?;
                 // The i64 value lives in a u64 cell: wrapping addition is the same.
@@ -817,7 +818,11 @@ impl MetricStore for ShmStore {
         let (m, kind) = self.metric(id)?;
         let r = &self.region;
         match kind {
-            MetricType::Counter | MetricType::Gauge => r.atomic_u64(m + M_VALUE)?.store(value, Ordering::Relaxed),
+            // Recording a counter adds to it, a gauge is set (Envoy's recordMetric).
+            MetricType::Counter => {
+                r.atomic_u64(m + M_VALUE)?.fetch_add(value, Ordering::Relaxed);
+            }
+            MetricType::Gauge => r.atomic_u64(m + M_VALUE)?.store(value, Ordering::Relaxed),
             MetricType::Histogram => {
                 r.atomic_u64(m + M_COUNT)?.fetch_add(1, Ordering::Relaxed);
                 r.atomic_u64(m + M_SUM)?.fetch_add(value, Ordering::Relaxed);
@@ -901,7 +906,7 @@ mod tests {
         s.set("vm", b"k", b"4", 0).unwrap();
         assert_eq!(SharedDataStore::get(&s, "vm", b"k").unwrap().0, b"4");
         assert!(SharedDataStore::get(&s, "other", b"k").is_none());
-        assert_eq!(s.set("vm", b"new", b"x", 7), Err(Status::CasMismatch));
+        assert_eq!(s.set("vm", b"new", b"x", 7), Ok(()), "a CAS on an absent key stores it");
         s.set("vm", b"empty", b"", 0).unwrap();
         assert_eq!(SharedDataStore::get(&s, "vm", b"empty").unwrap().0, b"");
     }
@@ -1039,6 +1044,9 @@ mod tests {
         assert_eq!(s.increment(c, -1), Err(Status::BadArgument));
         s.record(h, 20000).unwrap();
         assert_eq!(MetricStore::get(&s, c), Ok(5));
+        assert_eq!(s.increment(c, 0), Err(Status::BadArgument), "a counter grows by a positive delta only");
+        s.record(c, 4).unwrap();
+        assert_eq!(MetricStore::get(&s, c), Ok(9), "recording a counter adds to it");
         assert_eq!(MetricStore::get(&s, g), Ok(-2));
         assert_eq!(MetricStore::get(&s, h), Err(Status::BadArgument));
         assert_eq!(MetricStore::get(&s, 99), Err(Status::NotFound));

@@ -106,6 +106,38 @@ fn as_filter_out_of_range_local_status_is_rejected() {
     assert_eq!(err, "plugin test-plugin: proxy_on_configure returned false; the plugin is rejected");
 }
 
+/// Issue 12: an empty `configuration` (the most common one) must start the
+/// filter with its defaults, whatever its root id.
+#[test]
+fn as_filter_with_an_empty_configuration_starts_with_its_defaults_under_each_root_id() {
+    for root_id in ["", "as-filter"] {
+        let server = TestServer::new();
+        let opts = options();
+        let plugin = PluginInfo::new("as-plugin", root_id, opts.vm_id.clone(), "");
+        let mut h = Harness::try_start_plugin(built_code(PLUGIN), plugin, opts, server.clone()).unwrap_or_else(|e| panic!("root id {root_id:?}: {e}"));
+        assert!(server.logged("as-filter: configured, tag=assemblyscript local_path=/as-local"), "{root_id:?}: {:#?}", server.messages());
+        let stream = proxied(&mut h, "/");
+        assert_eq!(stream.data().response_header("x-proxy-wasm").as_deref(), Some("assemblyscript"), "{root_id:?}");
+        assert_eq!(stream.data().response_header("x-as-config"), None, "{root_id:?}");
+    }
+}
+
+/// Issue 12: a filter on the SDK's own `onConfigure` (root id
+/// `sdk-configure`) starts with an empty configuration, as it did on Envoy
+/// before cpp-host's PR #303, and with a non-empty one.
+#[test]
+fn the_sdk_s_own_on_configure_starts_with_an_empty_and_a_non_empty_configuration() {
+    for configuration in ["", "tag=x"] {
+        let server = TestServer::new();
+        let opts = options();
+        let plugin = PluginInfo::new("as-plugin", "sdk-configure", opts.vm_id.clone(), configuration);
+        let mut h = Harness::try_start_plugin(built_code(PLUGIN), plugin, opts, server.clone())
+            .unwrap_or_else(|e| panic!("configuration {configuration:?}: {e}"));
+        let stream = proxied(&mut h, "/");
+        assert_eq!(stream.data().response_header("x-proxy-wasm").as_deref(), Some("sdk-configure"), "{configuration:?}");
+    }
+}
+
 #[test]
 fn as_filter_accepts_the_as_filter_root_id() {
     let mut h = start_plugin("as-filter", "").expect("starts");

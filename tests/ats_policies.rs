@@ -142,13 +142,13 @@ fn a_callback_outside_allowed_capabilities_is_never_called() {
 }
 
 #[test]
-fn a_hostcall_outside_allowed_capabilities_answers_unimplemented_and_is_logged() {
+fn a_hostcall_outside_allowed_capabilities_answers_internal_failure_and_is_logged() {
     let (_origin, ats) = start("ats-authz-hostcall", filter_yaml(&format!("  failure_policy: reload\n{CAPABILITIES}"), ""));
-    // The Rust SDK panics on the UNIMPLEMENTED answer: the plugin traps, 503.
+    // The Rust SDK panics on the INTERNAL_FAILURE answer (cpp-host's): the plugin traps, 503.
     let r = send(&ats, Request::get("/").header("x-pw-test", "time"));
     assert_eq!(r.status, 503, "{}", ats.log_report());
     assert!(ats.wait_for_log("denied hostcall proxy_get_current_time_nanoseconds", WAIT), "{}", ats.log_report());
-    assert!(ats.diags_log().contains("unexpected status: 12"), "{}", ats.log_report());
+    assert!(ats.diags_log().contains("unexpected status: 10"), "{}", ats.log_report());
     ats.assert_running();
 }
 

@@ -927,6 +927,18 @@ fn the_assemblyscript_filter_uses_its_configuration_and_the_as_filter_root_id() 
     assert_eq!(origin.request_count(), 1);
 }
 
+/// Issue 12: an empty `configuration` starts the filter with its defaults
+/// (also under a root id, which the SDK reads before `proxy_on_configure`).
+#[test]
+fn the_assemblyscript_filter_with_an_empty_configuration_starts_with_its_defaults() {
+    let yaml = as_yaml("as-empty", "as-filter", "");
+    let (origin, ats) = start_with("sdk-as-empty", Origin::start(), 1, &[("as.yaml", yaml)], |o| o);
+    let r = send(&ats, Request::get("/page"));
+    assert_eq!((r.status, r.header("x-proxy-wasm"), r.header("x-as-config")), (200, Some("assemblyscript"), None), "{}", ats.log_report());
+    assert_eq!(the_request(&origin, "/page").header("x-as-filter"), Some("assemblyscript"));
+    assert!(!ats.diags_log().contains("trapped"), "{}", ats.log_report());
+}
+
 #[test]
 fn an_abi_0_1_0_module_filters_requests_and_responses() {
     let yaml = plugin_yaml("abi010", "abi_0_1_0.wasm", "", "abi-0.1.0", "vm-0.1.0", "");
@@ -986,4 +998,16 @@ fn bodies_go_through_a_chain_in_order_on_the_way_in_and_in_reverse_on_the_way_ou
     // The response: second appends first, then first.
     assert_eq!(r.body_str(), "<2><1>body</2></1>");
     assert_eq!(values(&r, "x-proxy-wasm"), vec!["second", "first"]);
+}
+
+/// Issue 12: a filter on the AssemblyScript SDK's own `onConfigure` (which
+/// passes the configuration size where the size pointer belongs) starts with
+/// an empty configuration.
+#[test]
+fn an_assemblyscript_filter_on_the_sdk_s_own_on_configure_starts_with_an_empty_configuration() {
+    let yaml = as_yaml("as-sdk-configure", "sdk-configure", "");
+    let (_origin, ats) = start_with("sdk-as-sdk-configure", Origin::start(), 1, &[("as.yaml", yaml)], |o| o);
+    let r = send(&ats, Request::get("/page"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("sdk-configure")), "{}", ats.log_report());
+    assert!(!ats.diags_log().contains("trapped"), "{}", ats.log_report());
 }

@@ -320,3 +320,67 @@ fn an_unreachable_server_refuses_the_plugin() {
     let message = error.to_string();
     assert!(message.contains(&format!("plugin \"down\": vm_config.code.remote: cannot download {uri}: connect to 127.0.0.1:{port}:")), "{message}");
 }
+
+#[test]
+fn a_planted_cache_file_with_other_code_is_ignored_and_downloaded_again() {
+    let bytes = built_plugin(FILTER);
+    let server = CodeServer::start(bytes.clone());
+    let dir = temp_dir("remote-planted");
+    let cache = dir.join("cache");
+    let uri = server.url("/filter.wasm");
+    let hash = sha256_hex(&bytes);
+    let (_, configs) = configs(&dir, &remote_yaml("planted", &uri, &hash, &cache));
+    // Someone else's (valid) module under the name of the pinned one.
+    let planted = wat_bytes("lifecycle_0_2_1");
+    std::fs::create_dir_all(&cache).unwrap();
+    let cached = cache.join(format!("{hash}.wasm"));
+    std::fs::write(&cached, &planted).unwrap();
+
+    let (plugins, warnings) = load(&configs);
+    let plugins = plugins.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        warnings,
+        vec![format!(
+            "planted: ignoring cache file {} for {uri}: its sha256 is {}, expected {hash}; downloading it again",
+            cached.display(),
+            sha256_hex(&planted)
+        )]
+    );
+    assert_eq!(server.requests(), 1, "downloaded");
+    assert_eq!(std::fs::read(&cached).unwrap(), bytes, "the planted file is replaced");
+    assert_filters(&plugins, "planted");
+}
+
+#[test]
+fn a_symlink_in_the_cache_is_not_followed() {
+    let bytes = built_plugin(FILTER);
+    let server = CodeServer::start(bytes.clone());
+    let dir = temp_dir("remote-symlink");
+    let cache = dir.join("cache");
+    let uri = server.url("/filter.wasm");
+    let hash = sha256_hex(&bytes);
+    let (_, configs) = configs(&dir, &remote_yaml("linked", &uri, &hash, &cache));
+    // A link to a file with the right code: following it would "work", and
+    // would read whatever the link's owner points it at next.
+    std::fs::create_dir_all(&cache).unwrap();
+    let target = dir.join("elsewhere.wasm");
+    std::fs::write(&target, &bytes).unwrap();
+    let cached = cache.join(format!("{hash}.wasm"));
+    std::os::unix::fs::symlink(&target, &cached).unwrap();
+
+    let (plugins, warnings) = load(&configs);
+    let plugins = plugins.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        warnings,
+        vec![format!(
+            "linked: ignoring cache file {0} for {uri}: {0} is a symbolic link (not followed); downloading it again",
+            cached.display()
+        )]
+    );
+    assert_eq!(server.requests(), 1, "downloaded, not read through the link");
+    let meta = std::fs::symlink_metadata(&cached).unwrap();
+    assert!(meta.file_type().is_file(), "the link is replaced by the downloaded file");
+    assert_eq!(std::fs::read(&cached).unwrap(), bytes);
+    assert_eq!(std::fs::read(&target).unwrap(), bytes, "the link's target is left alone");
+    assert_filters(&plugins, "linked");
+}

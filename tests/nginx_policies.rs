@@ -148,12 +148,12 @@ fn a_callback_outside_allowed_capabilities_is_never_called() {
 }
 
 #[test]
-fn a_hostcall_outside_allowed_capabilities_answers_unimplemented_and_is_logged() {
+fn a_hostcall_outside_allowed_capabilities_answers_internal_failure_and_is_logged() {
     let (_origin, n) = start("ngx-authz-hostcall", filter_yaml(&format!("  failure_policy: reload\n{CAPABILITIES}"), "", ""));
     let r = send(&n, Request::get("/").header("x-pw-test", "time"));
-    assert_eq!(r.status, 503, "the Rust SDK traps on UNIMPLEMENTED\n{}", n.log_report());
+    assert_eq!(r.status, 503, "the Rust SDK traps on INTERNAL_FAILURE\n{}", n.log_report());
     n.expect_log("denied hostcall proxy_get_current_time_nanoseconds", WAIT);
-    assert!(n.error_log().contains("unexpected status: 12"), "{}", n.log_report());
+    assert!(n.error_log().contains("unexpected status: 10"), "{}", n.log_report());
     assert_eq!(send(&n, Request::get("/next")).status, 200, "reloaded");
 }
 
@@ -223,12 +223,16 @@ fn out_of_bounds_pointers_get_invalid_memory_access_and_the_worker_keeps_serving
 
 // ------------------------------------------------------------------ compiled-module cache
 
+/// A cache folder for the workers: owned by their user (`nobody` when the
+/// tests run as root) and private to it (0700), as the host requires.
 fn cache_dir(test: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("pw-ngx-cache-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    // Workers may run as nobody.
-    let _ = std::process::Command::new("chmod").args(["0777", &d.display().to_string()]).status();
+    let _ = std::process::Command::new("chmod").args(["0700", &d.display().to_string()]).status();
+    if proxy_wasm_host::cache_file::euid() == 0 {
+        let _ = std::process::Command::new("chown").args(["nobody", &d.display().to_string()]).status();
+    }
     d
 }
 
@@ -251,6 +255,22 @@ fn every_worker_and_a_restart_reuse_the_compiled_module_cache() {
     let (_origin, n) = cached("ngx-cache-second", &dir, 2);
     assert_eq!(send(&n, Request::get("/")).header("x-proxy-wasm"), Some("rust-sdk"));
     assert_eq!(count(&n, "compiled code read from the compiled-module cache"), 2, "both workers of the restart reuse it\n{}", n.log_report());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A cache folder others may write (as the tests used to make for the
+/// workers) is not used: each worker compiles, says why in the error log,
+/// and serves.
+#[test]
+fn a_world_writable_compiled_module_cache_folder_is_not_used() {
+    let dir = cache_dir("world-writable");
+    let _ = std::process::Command::new("chmod").args(["0777", &dir.display().to_string()]).status();
+    let (_origin, n) = cached("ngx-cache-world-writable", &dir, 1);
+    assert_eq!(send(&n, Request::get("/")).header("x-proxy-wasm"), Some("rust-sdk"));
+    let logs = n.error_log();
+    assert!(logs.contains(&format!("compiled-module cache: not using the folder {0}: {0} cannot be trusted: it is writable by others (mode 0777)", dir.display())), "{}", n.log_report());
+    assert_eq!(count(&n, "compiled, not cached: no usable compiled-module cache folder"), 1, "{}", n.log_report());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written there");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

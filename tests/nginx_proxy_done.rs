@@ -9,7 +9,6 @@ mod e2e;
 
 use std::time::Duration;
 
-use e2e::client::Request;
 use e2e::nginx::{Nginx, NginxOptions};
 use e2e::origin::Origin;
 

@@ -926,3 +926,32 @@ fn on_tick_may_dispatch_http_calls_whose_answers_reach_the_root_context() {
     }
     assert!(callout.requests().iter().any(|r| r.header("x-pw-tick") == Some("1")));
 }
+
+// ------------------------------------------------------------------ AssemblyScript SDK
+
+/// Issue 12: the AssemblyScript-SDK filter with an empty `configuration`
+/// starts with its defaults (also under a root id, which the SDK reads
+/// before `proxy_on_configure`).
+#[test]
+fn the_assemblyscript_filter_with_an_empty_configuration_starts_with_its_defaults() {
+    let origin = Origin::start();
+    let yaml = rust_yaml("as-empty", "as-filter", "", "").replace("rust_sdk_filter.wasm", "as_filter.wasm");
+    let n = start("ngx-sdk-as-empty", &yaml, "as-empty", &origin, "", 1);
+    let r = send(&n, Request::get("/page"));
+    assert_eq!((r.status, r.header("x-proxy-wasm"), r.header("x-as-config")), (200, Some("assemblyscript"), None), "{}", n.log_report());
+    assert_eq!(origin.wait_for_requests(1, WAIT)[0].header("x-as-filter"), Some("assemblyscript"));
+    assert!(!n.error_log().contains("trapped"), "{}", n.log_report());
+}
+
+/// Issue 12: a filter on the AssemblyScript SDK's own `onConfigure` (which
+/// passes the configuration size where the size pointer belongs) starts with
+/// an empty configuration.
+#[test]
+fn an_assemblyscript_filter_on_the_sdk_s_own_on_configure_starts_with_an_empty_configuration() {
+    let origin = Origin::start();
+    let yaml = rust_yaml("as-sdk-configure", "sdk-configure", "", "").replace("rust_sdk_filter.wasm", "as_filter.wasm");
+    let n = start("ngx-sdk-as-sdk-configure", &yaml, "as-sdk-configure", &origin, "", 1);
+    let r = send(&n, Request::get("/page"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("sdk-configure")), "{}", n.log_report());
+    assert!(!n.error_log().contains("trapped"), "{}", n.log_report());
+}

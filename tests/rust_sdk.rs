@@ -879,6 +879,7 @@ fn http_call_dispatches_the_documented_request() {
         body: b"ping from rust-sdk-filter".to_vec(),
         trailers: vec![],
         timeout: Some(Duration::from_millis(5000)),
+        max_response_size: proxy_wasm_host::config::Quotas::DEFAULT_MAX_HTTP_CALL_RESPONSE_SIZE,
     };
     assert_eq!(request, expected);
 }
@@ -1123,6 +1124,7 @@ fn tick_http_call_dispatches_a_get_from_the_root_context() {
         body: vec![],
         trailers: vec![],
         timeout: Some(Duration::from_millis(5000)),
+        max_response_size: proxy_wasm_host::config::Quotas::DEFAULT_MAX_HTTP_CALL_RESPONSE_SIZE,
     };
     assert_eq!(request, expected);
 }

@@ -135,13 +135,25 @@ fn buffer(st: &mut HostState, ty: BufferType) -> Option<&mut Vec<u8>> {
     }
 }
 
-/// Configuration buffers are read-only and only during the callbacks that receive them.
+/// Whether the host is configuring a root context: its `proxy_on_context_create`,
+/// `proxy_on_configure` or `proxy_validate_configuration`. The reference host
+/// offers the plugin configuration only then (cpp-host's `temp_plugin_`, set in
+/// `ContextBase::onStart` / `onConfigure`, read by Envoy's `Context::getBuffer`).
+fn configuring(st: &HostState) -> bool {
+    match st.callback {
+        Some("proxy_on_configure" | "proxy_validate_configuration") => true,
+        Some("proxy_on_context_create") => matches!(st.contexts.get(&st.current_context), Some(Context::Root(_))),
+        _ => false,
+    }
+}
+
+/// Configuration buffers, read-only: the VM configuration in every callback,
+/// the plugin configuration while its root context is configured (as Envoy's
+/// `Context::getBuffer`); `None` where the buffer does not exist.
 fn configuration(st: &HostState, ty: BufferType) -> Option<Vec<u8>> {
-    match (ty, st.callback) {
-        (BufferType::VmConfiguration, Some("proxy_on_vm_start")) => Some(st.env.vm_configuration.clone()),
-        (BufferType::PluginConfiguration, Some("proxy_on_configure" | "proxy_validate_configuration")) => {
-            st.effective_plugin().map(|p| p.configuration.clone())
-        }
+    match ty {
+        BufferType::VmConfiguration => Some(st.env.vm_configuration.clone()),
+        BufferType::PluginConfiguration if configuring(st) => st.effective_plugin().map(|p| p.configuration.clone()),
         _ => None,
     }
 }
@@ -168,7 +180,18 @@ fn proxy_get_buffer_bytes(c: &mut dyn Caller, a: &[Val]) -> R {
     } else {
         data
     };
-    done(return_bytes(c, &data, u(a, 3), u(a, 4))?)
+    let (ptr_ptr, size_ptr) = (u(a, 3), u(a, 4));
+    if data.is_empty() && (ptr_ptr == 0 || size_ptr == 0) {
+        // A zero-length read with a null return slot: OK, nothing written, as
+        // cpp-host answered every zero-length read before its PR #303 (Envoy
+        // <= 1.23). The AssemblyScript SDK 0.1.x relies on it: its default
+        // `RootContext.onConfigure` passes the configuration size where the
+        // size slot belongs, so an empty configuration gives a null size slot,
+        // and writing a null pointer into its result slot makes it trap.
+        // Well-formed slots get 0/0 written, as cpp-host does now.
+        return done(Status::Ok);
+    }
+    done(return_bytes(c, &data, ptr_ptr, size_ptr)?)
 }
 
 fn proxy_set_buffer_bytes(c: &mut dyn Caller, a: &[Val]) -> R {
@@ -176,10 +199,15 @@ fn proxy_set_buffer_bytes(c: &mut dyn Caller, a: &[Val]) -> R {
     let ty = tri!(BufferType::try_from(u(a, 0) as i32));
     let (start, size) = (u(a, 1) as usize, u(a, 2) as usize);
     let data = read!(c, u(a, 3), u(a, 4));
-    if !matches!(ty, BufferType::HttpRequestBody | BufferType::HttpResponseBody | BufferType::HttpCallResponseBody) {
-        return done(if buffer(c.state(), ty).is_some() { Status::BadArgument } else { Status::NotFound });
+    let st = c.state();
+    if !matches!(ty, BufferType::HttpRequestBody | BufferType::HttpResponseBody) {
+        // Only bodies can be edited; the others (configurations, the answer to an
+        // http_call, call data) are read-only: BAD_ARGUMENT where they exist, as
+        // cpp-host's BufferBase::copyFrom answers.
+        let exists = configuration(st, ty).is_some() || buffer(st, ty).is_some();
+        return done(if exists { Status::BadArgument } else { Status::NotFound });
     }
-    let Some(buf) = buffer(c.state(), ty) else { return done(Status::NotFound) };
+    let Some(buf) = buffer(st, ty) else { return done(Status::NotFound) };
     splice(buf, start, size, &data);
     done(Status::Ok)
 }
@@ -201,31 +229,24 @@ fn proxy_get_buffer_status(c: &mut dyn Caller, a: &[Val]) -> R {
     tri!(running(c));
     let ty = tri!(BufferType::try_from(u(a, 0) as i32));
     let st = c.state();
-    let (len, eos) = match ty {
-        BufferType::HttpRequestBody => match st.effective_stream() {
-            Some(s) => (s.request_body.len(), s.request_body_eos),
-            None => return done(Status::NotFound),
-        },
-        BufferType::HttpResponseBody => match st.effective_stream() {
-            Some(s) => (s.response_body.len(), s.response_body_eos),
-            None => return done(Status::NotFound),
-        },
-        _ => match configuration(st, ty).map(|v| v.len()).or_else(|| buffer(st, ty).map(|b| b.len())) {
-            Some(len) => (len, true),
-            None => return done(Status::NotFound),
-        },
+    let len = match configuration(st, ty).map(|v| v.len()).or_else(|| buffer(st, ty).map(|b| b.len())) {
+        Some(len) => len,
+        None => return done(Status::NotFound),
     };
+    // cpp-host's get_buffer_status always writes 0 flags (the ABI calls them unused).
     let mem = c.memory_and_state().0;
-    result(memory::write_u32(mem, u(a, 1), len as u32).and_then(|_| memory::write_u32(mem, u(a, 2), eos as u32)))
+    result(memory::write_u32(mem, u(a, 1), len as u32).and_then(|_| memory::write_u32(mem, u(a, 2), 0)))
 }
 
+/// ABI 0.1.0: the plugin configuration while configuring, else the VM
+/// configuration (Envoy's `Context::getConfiguration`).
 fn proxy_get_configuration(c: &mut dyn Caller, a: &[Val]) -> R {
     tri!(running(c));
     let st = c.state();
-    let data = if st.callback == Some("proxy_on_vm_start") {
-        st.env.vm_configuration.clone()
-    } else {
+    let data = if configuring(st) {
         st.effective_plugin().map(|p| p.configuration.clone()).unwrap_or_default()
+    } else {
+        st.env.vm_configuration.clone()
     };
     done(return_bytes(c, &data, u(a, 0), u(a, 1))?)
 }
@@ -346,15 +367,21 @@ fn proxy_remove_header_map_value(c: &mut dyn Caller, a: &[Val]) -> R {
 
 // ---------------------------------------------------------------- stream control
 
+/// Resumes a direction of the effective stream. As in Envoy's
+/// `Context::continueStream`: without a stream (a root context) there is
+/// nothing to resume and the answer is OK; there are no TCP streams here, so
+/// Downstream is OK with no effect and Upstream UNIMPLEMENTED.
 fn defer_resume(c: &mut dyn Caller, stream: StreamType) -> R {
     tri!(running(c));
+    match stream {
+        StreamType::HttpRequest | StreamType::HttpResponse => {}
+        StreamType::Downstream => return done(Status::Ok),
+        StreamType::Upstream => return done(Status::Unimplemented),
+    }
     let st = c.state();
     let context_id = st.effective_context;
     if st.effective_stream().is_none() {
-        return done(Status::NotFound);
-    }
-    if !matches!(stream, StreamType::HttpRequest | StreamType::HttpResponse) {
-        return done(Status::BadArgument);
+        return done(Status::Ok);
     }
     // Applied when the current callback returns: a stream must not resume
     // while the plugin is still running inside it.
@@ -385,13 +412,16 @@ fn proxy_clear_route_cache(c: &mut dyn Caller, _a: &[Val]) -> R {
     done(Status::Ok)
 }
 
+/// Closes a direction of the effective stream. As in Envoy's
+/// `Context::closeStream`: OK with no effect without a stream or for the TCP
+/// stream types.
 fn proxy_close_stream(c: &mut dyn Caller, a: &[Val]) -> R {
     tri!(running(c));
     let stream = tri!(StreamType::try_from(u(a, 0) as i32));
-    let Some(s) = c.state().effective_stream() else { return done(Status::NotFound) };
     if !matches!(stream, StreamType::HttpRequest | StreamType::HttpResponse) {
-        return done(Status::BadArgument);
+        return done(Status::Ok);
     }
+    let Some(s) = c.state().effective_stream() else { return done(Status::Ok) };
     let r = s.stream.close(stream);
     if r.is_ok() {
         s.closed = true;
@@ -410,7 +440,8 @@ fn proxy_send_local_response(c: &mut dyn Caller, a: &[Val]) -> R {
         return done(Status::BadArgument);
     }
     let response = LocalResponse { status, details: String::from_utf8_lossy(&details).into_owned(), body, headers, grpc_status: u(a, 7) as i32 };
-    let Some(s) = c.state().effective_stream() else { return done(Status::NotFound) };
+    // Envoy's Context::sendLocalResponse answers OK and does nothing without a stream.
+    let Some(s) = c.state().effective_stream() else { return done(Status::Ok) };
     let r = s.stream.send_local_response(response);
     if r.is_ok() {
         s.local_response_sent = true;
@@ -442,7 +473,13 @@ fn proxy_http_call(c: &mut dyn Caller, a: &[Val]) -> R {
     let raw_trailers = read!(c, u(a, 6), u(a, 7));
     let timeout_ms = u(a, 8);
     let token_ptr = u(a, 9);
-    tri!(memory::check(c.memory_and_state().0, token_ptr, 4));
+    // As cpp-host's http_call: the token slot is zeroed before anything else
+    // can fail, so it reads 0 after any refusal.
+    tri!(memory::write_u32(c.memory_and_state().0, token_ptr, 0));
+    // Envoy takes the timeout as a signed int and refuses a negative one.
+    if timeout_ms > i32::MAX as u32 {
+        return done(Status::BadArgument);
+    }
     let headers = tri!(pairs::decode(&raw_headers));
     let trailers = tri!(pairs::decode(&raw_trailers));
     let Ok(upstream) = String::from_utf8(upstream) else { return done(Status::BadArgument) };
@@ -457,10 +494,23 @@ fn proxy_http_call(c: &mut dyn Caller, a: &[Val]) -> R {
         }
     }
     let Some(root_id) = st.effective_root_id() else { return done(Status::BadArgument) };
+    let quotas = st.effective_plugin().map(|p| p.quotas).unwrap_or_default();
+    // The caps answer INTERNAL_FAILURE, which the SDKs hand to the plugin as
+    // an error (the Rust SDK's dispatch_http_call returns Err) without trapping.
+    let pending = st.http_calls.values().filter(|(root, _)| *root == root_id).count();
+    if pending >= quotas.max_pending_http_calls as usize {
+        let message = format!("http_call to {upstream:?} refused (INTERNAL_FAILURE): {pending} calls of this plugin are waiting for their answer, the most vm_config.limits.max_pending_http_calls allows");
+        st.log_limit("max_pending_http_calls", &message);
+        return done(Status::InternalFailure);
+    }
+    if let Some(why) = st.env.server.http_calls_full() {
+        st.log_limit("calls in flight", &format!("http_call to {upstream:?} refused (INTERNAL_FAILURE): {why}"));
+        return done(Status::InternalFailure);
+    }
     let dispatcher = st.effective_context;
     let token = st.allocate_http_call_token();
     let timeout = (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u64));
-    let request = HttpCallRequest { upstream, headers, body, trailers, timeout };
+    let request = HttpCallRequest { upstream, headers, body, trailers, timeout, max_response_size: quotas.max_http_call_response_size };
     match st.env.server.dispatch_http_call(root_id, token, request) {
         Ok(()) => {
             st.http_calls.insert(token, (root_id, dispatcher));
@@ -728,14 +778,39 @@ fn proxy_call_foreign_function(c: &mut dyn Caller, a: &[Val]) -> R {
     tri!(running(c));
     let name = read!(c, u(a, 0), u(a, 1));
     let arg = read!(c, u(a, 2), u(a, 3));
+    let (results, results_size) = (u(a, 4), u(a, 5));
     {
+        // A null result pointer means "not wanted" (cpp-host writes neither
+        // slot then), so only non-null ones must be writable.
         let mem = c.memory_and_state().0;
-        tri!(memory::check(mem, u(a, 4), 4));
-        tri!(memory::check(mem, u(a, 5), 4));
+        for ptr in [results, results_size] {
+            if ptr != 0 {
+                tri!(memory::check(mem, ptr, 4));
+            }
+        }
     }
     let name = String::from_utf8_lossy(&name).into_owned();
     let out = tri!(c.state().env.server.call_foreign_function(&name, &arg));
-    done(return_bytes(c, &out, u(a, 4), u(a, 5))?)
+    let Ok(len) = u32::try_from(out.len()) else { return done(Status::InvalidMemoryAccess) };
+    if results != 0 && results_size != 0 {
+        return done(return_bytes(c, &out, results, results_size)?);
+    }
+    if results != 0 {
+        let addr = if out.is_empty() {
+            0
+        } else {
+            match memory::allocate(c, len)? {
+                Some(addr) => addr,
+                None => return done(Status::InvalidMemoryAccess),
+            }
+        };
+        let mem = c.memory_and_state().0;
+        return result(memory::write(mem, addr, &out).and_then(|_| memory::write_u32(mem, results, addr)));
+    }
+    if results_size != 0 {
+        return write_u32_result(c, results_size, len);
+    }
+    done(Status::Ok)
 }
 
 // ---------------------------------------------------------------- the import tables
@@ -754,7 +829,7 @@ macro_rules! hostcall {
             func: {
                 fn checked(c: &mut dyn Caller, a: &[Val]) -> R {
                     if capability_denied(c, $name) {
-                        return done(Status::Unimplemented);
+                        return done(Status::InternalFailure);
                     }
                     $func(c, a)
                 }
@@ -765,9 +840,10 @@ macro_rules! hostcall {
 }
 
 /// Whether the calling plugin may not use `name` (logged once). As in
-/// proxy-wasm-cpp-host, a denied hostcall answers UNIMPLEMENTED. Start-up
-/// code, which runs before any plugin context, may use what every plugin of
-/// the instance allows (`StartupPolicy`).
+/// proxy-wasm-cpp-host (the stubs of `include/proxy-wasm/exports.h`), a denied
+/// hostcall answers INTERNAL_FAILURE. Start-up code, which runs before any
+/// plugin context, may use what every plugin of the instance allows
+/// (`StartupPolicy`).
 pub(crate) fn capability_denied(c: &mut dyn Caller, name: &'static str) -> bool {
     let st = c.state();
     if !st.restricted {
@@ -824,6 +900,23 @@ static COMMON: &[HostFunction] = &[
     hostcall!("proxy_call_foreign_function", &[I32, I32, I32, I32, I32, I32], proxy_call_foreign_function),
 ];
 
+/// `pthread_equal(a, b)`: whether two thread ids are equal (there is one thread).
+fn pthread_equal(_c: &mut dyn Caller, a: &[Val]) -> R {
+    Ok(Some(Val::I32((u(a, 0) == u(a, 1)) as i32)))
+}
+
+/// Emscripten's notification that memory grew: nothing to do.
+fn emscripten_notify_memory_growth(_c: &mut dyn Caller, _a: &[Val]) -> R {
+    Ok(None)
+}
+
+/// `env` functions cpp-host gives every module besides the ABI (Emscripten
+/// builds of the C++ SDK import them); outside capability restrictions, as there.
+static RUNTIME_SUPPORT: &[HostFunction] = &[
+    HostFunction { module: "env", name: "pthread_equal", params: &[I32, I32], results: &[I32], func: pthread_equal },
+    HostFunction { module: "env", name: "emscripten_notify_memory_growth", params: &[I32], results: &[], func: emscripten_notify_memory_growth },
+];
+
 /// Only in ABI 0.1.0 (replaced in 0.2.0).
 static V0_1_0_ONLY: &[HostFunction] = &[
     hostcall!("proxy_get_configuration", &[I32, I32], proxy_get_configuration),
@@ -848,7 +941,7 @@ pub fn hostcalls(abi: AbiVersion) -> impl Iterator<Item = &'static HostFunction>
         AbiVersion::V0_2_0 => (V0_2_0_ON, &[], &[]),
         AbiVersion::V0_2_1 => (V0_2_0_ON, V0_2_1_ON, &[]),
     };
-    COMMON.iter().chain(a).chain(b).chain(c)
+    COMMON.iter().chain(a).chain(b).chain(c).chain(RUNTIME_SUPPORT)
 }
 
 /// Names of hostcalls that answer UNIMPLEMENTED (listed in the docs).

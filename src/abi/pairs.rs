@@ -105,6 +105,14 @@ mod tests {
     }
 
     #[test]
+    fn more_than_1_mib_of_pairs_is_bad_argument() {
+        let big = encode(&[("k", vec![b'v'; MAX_PAIRS_SIZE])]);
+        assert_eq!(decode(&big), Err(Status::BadArgument));
+        let fits = encode(&[("k", vec![b'v'; MAX_PAIRS_SIZE - 16])]);
+        assert_eq!(decode(&fits).map(|p| p.len()), Ok(1));
+    }
+
+    #[test]
     fn malformed_input_is_bad_argument() {
         let good = encode(&[("k", "v")]);
         assert_eq!(decode(&good[..good.len() - 1]), Err(Status::BadArgument));

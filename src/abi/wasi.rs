@@ -3,8 +3,10 @@
 //!
 //! Output to stdout/stderr becomes log lines; clocks and randomness are real;
 //! the environment holds only what the plugin configuration lists; there are no
-//! arguments, files or sockets. Any other WASI function answers an errno
-//! (NOTSUP) instead of trapping, whatever its signature.
+//! arguments, files or sockets. Each function answers what proxy-wasm-cpp-host
+//! answers (`src/exports.cc`, `wasi_unstable_*`), except where
+//! docs/compatibility.md says otherwise. Any other WASI function answers an
+//! errno (NOTSUP) instead of trapping, whatever its signature.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +21,12 @@ pub const ESUCCESS: i32 = 0;
 pub const EBADF: i32 = 8;
 pub const EFAULT: i32 = 21;
 pub const EINVAL: i32 = 28;
+pub const ENOENT: i32 = 44;
+pub const ENOSYS: i32 = 52;
 pub const ENOTSUP: i32 = 58;
+/// What cpp-host's `fd_readdir` answers (its comment calls it ENOTDIR, which
+/// is 54 in WASI; 20 is what plugins see there, so 20 is what we answer).
+pub const READDIR_ERRNO: i32 = 20;
 /// WASI `notcapable`: a capability the plugin was not granted.
 pub const ENOTCAPABLE: i32 = 76;
 pub const ESPIPE: i32 = 70;
@@ -52,7 +59,16 @@ pub const MAX_IOVECS: u32 = 1024;
 /// POSIX and WASI allow (wasi-libc and Rust's std write the rest with the
 /// next call). Every iovec looked at must lie in memory (else EFAULT).
 fn fd_write(c: &mut dyn Caller, a: &[Val]) -> R {
-    let (fd, iovs, iovs_len, nwritten) = (u(a, 0), u(a, 1), u(a, 2), u(a, 3));
+    write_iovecs(c, u(a, 0), u(a, 1), u(a, 2), u(a, 3))
+}
+
+/// `fd_pwrite` on stdout/stderr: the offset means nothing for a log, so it is
+/// `fd_write` (as in cpp-host).
+fn fd_pwrite(c: &mut dyn Caller, a: &[Val]) -> R {
+    write_iovecs(c, u(a, 0), u(a, 1), u(a, 2), u(a, 4))
+}
+
+fn write_iovecs(c: &mut dyn Caller, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) -> R {
     if fd != 1 && fd != 2 {
         return errno(EBADF);
     }
@@ -87,12 +103,88 @@ fn fd_write(c: &mut dyn Caller, a: &[Val]) -> R {
     mem_result(memory::write_u32(mem, nwritten, out.len() as u32))
 }
 
-fn fd_read(_c: &mut dyn Caller, _a: &[Val]) -> R {
-    errno(EBADF)
+/// Reading files is not supported (fd_read, fd_pread, fd_prestat_dir_name,
+/// fd_fdstat_set_flags answer ENOSYS, as in cpp-host).
+fn enosys(_c: &mut dyn Caller, _a: &[Val]) -> R {
+    errno(ENOSYS)
 }
 
-fn fd_close(_c: &mut dyn Caller, a: &[Val]) -> R {
-    errno(if u(a, 0) <= 2 { ESUCCESS } else { EBADF })
+/// Closing is accepted for any descriptor (cpp-host answers success and logs).
+fn fd_close(_c: &mut dyn Caller, _a: &[Val]) -> R {
+    errno(ESUCCESS)
+}
+
+fn is_std_out_or_err(fd: u32) -> bool {
+    fd == 1 || fd == 2
+}
+
+/// fd_allocate, fd_datasync, fd_sync, fd_fdstat_set_rights,
+/// fd_filestat_set_size, fd_filestat_set_times: nothing to do for
+/// stdout/stderr, EBADF for anything else (cpp-host).
+fn std_fd_noop(_c: &mut dyn Caller, a: &[Val]) -> R {
+    errno(if is_std_out_or_err(u(a, 0)) { ESUCCESS } else { EBADF })
+}
+
+/// `fd_advise` is only a hint: success for any descriptor (cpp-host).
+fn fd_advise(_c: &mut dyn Caller, _a: &[Val]) -> R {
+    errno(ESUCCESS)
+}
+
+/// There are no directories: 0 bytes read, and the reference host's errno.
+fn fd_readdir(c: &mut dyn Caller, a: &[Val]) -> R {
+    match memory::write_u32(c.memory_and_state().0, u(a, 4), 0) {
+        Ok(()) => errno(READDIR_ERRNO),
+        Err(_) => errno(EFAULT),
+    }
+}
+
+/// stdout and stderr cannot be renumbered; other descriptors do not exist.
+fn fd_renumber(_c: &mut dyn Caller, a: &[Val]) -> R {
+    errno(if is_std_out_or_err(u(a, 0)) && is_std_out_or_err(u(a, 1)) { ENOTSUP } else { EBADF })
+}
+
+/// The offset of stdout/stderr is 0.
+fn fd_tell(c: &mut dyn Caller, a: &[Val]) -> R {
+    if !is_std_out_or_err(u(a, 0)) {
+        return errno(EBADF);
+    }
+    mem_result(memory::write_u64(c.memory_and_state().0, u(a, 1), 0))
+}
+
+/// There is no file system: nothing can be opened.
+fn path_open(_c: &mut dyn Caller, _a: &[Val]) -> R {
+    errno(ENOENT)
+}
+
+/// Writes 0 to the length result, then answers NOTSUP (cpp-host).
+fn path_readlink(c: &mut dyn Caller, a: &[Val]) -> R {
+    zero_then_notsup(c, &[(u(a, 5), 4)])
+}
+
+fn sock_accept(c: &mut dyn Caller, a: &[Val]) -> R {
+    zero_then_notsup(c, &[(u(a, 2), 4)])
+}
+
+fn sock_recv(c: &mut dyn Caller, a: &[Val]) -> R {
+    // The received size (u32) and the output flags (u16).
+    zero_then_notsup(c, &[(u(a, 4), 4), (u(a, 5), 2)])
+}
+
+fn sock_send(c: &mut dyn Caller, a: &[Val]) -> R {
+    zero_then_notsup(c, &[(u(a, 4), 4)])
+}
+
+/// There are no sockets or links: the result slots are zeroed (EFAULT if one
+/// is out of bounds) and the answer is NOTSUP, as in cpp-host.
+fn zero_then_notsup(c: &mut dyn Caller, slots: &[(u32, u32)]) -> R {
+    let mem = c.memory_and_state().0;
+    for &(ptr, len) in slots {
+        match memory::slice_mut(mem, ptr, len) {
+            Ok(s) => s.fill(0),
+            Err(_) => return errno(EFAULT),
+        }
+    }
+    errno(ENOTSUP)
 }
 
 fn fd_seek(_c: &mut dyn Caller, a: &[Val]) -> R {
@@ -154,19 +246,20 @@ fn monotonic_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// Realtime (0) and monotonic (1) clocks; the CPU-time clocks are NOTSUP, as
+/// in cpp-host and the ABI spec.
 fn clock_time_get(c: &mut dyn Caller, a: &[Val]) -> R {
     let now = match u(a, 0) {
         0 => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
-        // Monotonic, and the CPU-time clocks approximated by it.
-        1..=3 => monotonic_ns(),
-        _ => return errno(EINVAL),
+        1 => monotonic_ns(),
+        _ => return errno(ENOTSUP),
     };
     mem_result(memory::write_u64(c.memory_and_state().0, u(a, 2), now))
 }
 
 fn clock_res_get(c: &mut dyn Caller, a: &[Val]) -> R {
-    if u(a, 0) > 3 {
-        return errno(EINVAL);
+    if u(a, 0) > 1 {
+        return errno(ENOTSUP);
     }
     mem_result(memory::write_u64(c.memory_and_state().0, u(a, 1), 1))
 }
@@ -230,13 +323,31 @@ macro_rules! wasi_fn {
 /// except `proc_exit`, which returns nothing.
 pub static FUNCTIONS: &[(&str, &[ValType], HostFn)] = &[
     wasi_fn!("fd_write", &[I32, I32, I32, I32], fd_write),
-    wasi_fn!("fd_read", &[I32, I32, I32, I32], fd_read),
+    wasi_fn!("fd_pwrite", &[I32, I32, I32, I64, I32], fd_pwrite),
+    wasi_fn!("fd_read", &[I32, I32, I32, I32], enosys),
+    wasi_fn!("fd_pread", &[I32, I32, I32, I64, I32], enosys),
     wasi_fn!("fd_close", &[I32], fd_close),
     wasi_fn!("fd_seek", &[I32, I64, I32, I32], fd_seek),
+    wasi_fn!("fd_tell", &[I32, I32], fd_tell),
     wasi_fn!("fd_fdstat_get", &[I32, I32], fd_fdstat_get),
+    wasi_fn!("fd_fdstat_set_flags", &[I32, I32], enosys),
+    wasi_fn!("fd_fdstat_set_rights", &[I32, I64, I64], std_fd_noop),
+    wasi_fn!("fd_advise", &[I32, I64, I64, I32], fd_advise),
+    wasi_fn!("fd_allocate", &[I32, I64, I64], std_fd_noop),
+    wasi_fn!("fd_datasync", &[I32], std_fd_noop),
+    wasi_fn!("fd_sync", &[I32], std_fd_noop),
+    wasi_fn!("fd_filestat_set_size", &[I32, I64], std_fd_noop),
+    wasi_fn!("fd_filestat_set_times", &[I32, I64, I64, I32], std_fd_noop),
+    wasi_fn!("fd_readdir", &[I32, I32, I32, I64, I32], fd_readdir),
+    wasi_fn!("fd_renumber", &[I32, I32], fd_renumber),
     wasi_fn!("fd_prestat_get", &[I32, I32], bad_fd),
-    wasi_fn!("fd_prestat_dir_name", &[I32, I32, I32], bad_fd),
+    wasi_fn!("fd_prestat_dir_name", &[I32, I32, I32], enosys),
     wasi_fn!("fd_filestat_get", &[I32, I32], bad_fd),
+    wasi_fn!("path_open", &[I32, I32, I32, I32, I32, I64, I64, I32, I32], path_open),
+    wasi_fn!("path_readlink", &[I32, I32, I32, I32, I32, I32], path_readlink),
+    wasi_fn!("sock_accept", &[I32, I32, I32], sock_accept),
+    wasi_fn!("sock_recv", &[I32, I32, I32, I32, I32, I32], sock_recv),
+    wasi_fn!("sock_send", &[I32, I32, I32, I32, I32], sock_send),
     wasi_fn!("environ_sizes_get", &[I32, I32], environ_sizes_get),
     wasi_fn!("environ_get", &[I32, I32], environ_get),
     wasi_fn!("args_sizes_get", &[I32, I32], args_sizes_get),

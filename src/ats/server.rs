@@ -16,8 +16,8 @@ use crate::abi::{LogLevel, Status};
 use crate::host::{HttpCallRequest, HttpCallResponse, PluginRef, ServerHost};
 use crate::http_client;
 
-/// Most outgoing calls in flight per process; more are refused (INTERNAL_FAILURE).
-pub const MAX_HTTP_CALLS_IN_FLIGHT: usize = 4096;
+/// Outgoing calls in flight in this process (each on a thread of its own);
+/// past `http_client::max_calls_in_flight` (default 4096) more are refused.
 static HTTP_CALLS_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 pub const TAG: &[u8] = b"proxy_wasm\0";
@@ -241,6 +241,10 @@ extern "C" fn on_idle_sweep(_contp: TSCont, _event: TSEvent, _edata: *mut c_void
     0
 }
 
+fn max_calls_in_flight() -> usize {
+    http_client::max_calls_in_flight(|w| log(LogLevel::Warn, &format!("[proxy_wasm] {w}")))
+}
+
 /// An outgoing call, performed on a thread of its own (blocking I/O never
 /// runs on Traffic Server's event threads); its answer is delivered on the
 /// VM's thread.
@@ -351,9 +355,10 @@ impl ServerHost for AtsServer {
             return Err(Status::BadArgument);
         }
         let (Some(thread), Some(slot)) = (self.thread, self.slot.get()) else { return Err(Status::InternalFailure) };
-        if HTTP_CALLS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_HTTP_CALLS_IN_FLIGHT {
+        // The core asked `http_calls_full` first (and logged a refusal once
+        // per plugin); this catches calls other threads started meanwhile.
+        if HTTP_CALLS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= max_calls_in_flight() {
             HTTP_CALLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-            log(LogLevel::Warn, "[proxy_wasm] http_call refused: too many calls in flight");
             return Err(Status::InternalFailure);
         }
         let job = Box::new(CallJob { request, done: CallDone { slot: slot.clone(), vm: self.vm, token, response: HttpCallResponse::default() }, thread });
@@ -367,6 +372,12 @@ impl ServerHost for AtsServer {
             return Err(Status::InternalFailure);
         }
         Ok(())
+    }
+
+    fn http_calls_full(&self) -> Option<String> {
+        let in_flight = HTTP_CALLS_IN_FLIGHT.load(Ordering::Relaxed);
+        let max = max_calls_in_flight();
+        (in_flight >= max).then(|| format!("{in_flight} calls are in flight in this Traffic Server process, the most it allows ({} {max})", http_client::MAX_CALLS_IN_FLIGHT_ENV))
     }
 
     fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>) {

@@ -276,7 +276,17 @@ unsafe fn step(contp: TSCont) {
     }
     let eos = TSVIONTodoGet(input) == 0;
     if let Some(d) = t.dechunk.as_mut() {
-        chunk = d.feed(&chunk);
+        match d.feed(&chunk) {
+            Ok(body) => chunk = body,
+            Err(e) => {
+                // Never a silently shorter body: the request is aborted, as
+                // Traffic Server aborts one whose body it cannot read.
+                log(LogLevel::Error, &format!("[proxy_wasm] malformed chunked request body: {e}; the request is aborted"));
+                t.input_done = true;
+                TSContCall(TSVIOContGet(input), TS_EVENT_ERROR, input as *mut c_void);
+                return;
+            }
+        }
     }
     if t.direction == StreamType::HttpResponse && (avail > 0 || eos) {
         // The response header is committed: see `AtsStream::send_local_response`.

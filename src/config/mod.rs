@@ -34,7 +34,8 @@
 //!     runtime: "ats.wasm.runtime.wasmtime"  # optional, default wasmtime
 //!     vm_id: "vm1"                  # optional (alias vmId), default ""
 //!     configuration: ""             # optional VM configuration, default empty
-//!     allow_precompiled: true       # optional (alias allowPrecompiled), default false
+//!     allow_precompiled: true       # optional (alias allowPrecompiled), default false; the
+//!                                   # compiled-module cache (see `module_cache` for its rules)
 //!     environment_variables:        # optional (alias environmentVariables)
 //!       host_env_keys: ["HOME"]     # alias hostEnvKeys
 //!       key_values: { A: "b" }      # alias keyValues

@@ -30,6 +30,10 @@ pub struct HttpCallRequest {
     pub trailers: Vec<Pair>,
     /// `None` means no timeout.
     pub timeout: Option<Duration>,
+    /// The most bytes of the answer (status line, headers, body, trailers as
+    /// read from the upstream) the server takes; a larger answer fails the
+    /// call (`vm_config.limits.max_http_call_response_size` of the plugin).
+    pub max_response_size: u64,
 }
 
 /// The answer to an outgoing call. A failed call (connect error, reset,
@@ -119,8 +123,18 @@ pub trait ServerHost: Send + Sync {
     /// INTERNAL_FAILURE when the call cannot be started at all.
     fn dispatch_http_call(&self, root_context_id: u32, token: u32, request: HttpCallRequest) -> Result<(), Status>;
 
-    /// Drops interest in a call whose root context went away; no answer is expected after this.
+    /// Drops interest in a call whose context went away; no answer is
+    /// expected after this. Tokens are numbered by each VM (from 1, and from
+    /// 1 again in a new instance): a server that keeps calls of several VMs
+    /// together must key them by VM and token.
     fn cancel_http_call(&self, _token: u32) {}
+
+    /// Why the server takes no more outgoing calls now, if it does not: its
+    /// own cap on calls in flight (all VMs together). The core then answers
+    /// INTERNAL_FAILURE and logs the reason once per plugin.
+    fn http_calls_full(&self) -> Option<String> {
+        None
+    }
 
     /// Arms (`Some`) or disarms (`None`) the periodic `Vm::on_tick(root_context_id)`.
     fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>);

@@ -16,6 +16,13 @@
 //! connections per address for [`POOL_IDLE`], and a call to that address
 //! takes one instead of connecting. A kept connection the upstream closed
 //! meanwhile is replaced by a new one (the request is sent again).
+//!
+//! Each VM numbers its calls itself (from 1, and again from 1 in a recycled
+//! or reloaded generation), so the worker keeps its calls by (VM, token):
+//! the VM is its [`NgxServer`](super::server::NgxServer)'s id, unique in
+//! the worker for its whole life. Keyed by the token alone, a second VM's
+//! call replaced (and freed) the first one's while nginx still held its
+//! timer and connection, and one VM's cancellation ended another's call.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,9 +37,8 @@ use super::worker::{new_event, with_vm, Slot};
 use crate::abi::{LogLevel, Status};
 use crate::host::{HttpCallRequest, HttpCallResponse};
 use crate::http_client::{self, FAILURE_CONNECT, FAILURE_PROTOCOL, FAILURE_TIMEOUT};
+use crate::http_response::{Progress, ResponseParser};
 
-/// Most calls in flight per worker; more are refused (INTERNAL_FAILURE).
-pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
 /// Idle kept-alive connections per upstream address and worker.
 pub const POOL_PER_ADDRESS: usize = 8;
 /// How long an idle kept-alive connection is kept.
@@ -41,8 +47,11 @@ pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// `ngx_resolve_start`'s answer when no name server is configured.
 const NGX_NO_RESOLVER: *mut ngx_resolver_ctx_t = -1isize as *mut ngx_resolver_ctx_t;
 
+/// A call of this worker: (the id of the VM's server, the VM's token).
+pub type CallKey = (u64, u32);
+
 struct Call {
-    token: u32,
+    key: CallKey,
     slot: Weak<Slot>,
     vm: usize,
     pc: ngx_peer_connection_t,
@@ -60,8 +69,12 @@ struct Call {
     reused: bool,
     out: Vec<u8>,
     sent: usize,
-    input: Vec<u8>,
+    /// The answer, read as it arrives (each byte looked at once).
+    parser: ResponseParser,
+    /// The request was HEAD (no body in the answer).
     head: bool,
+    /// `max_response_size` of the request.
+    limit: u64,
     timer: ngx_event_t,
     /// Posted to deliver the answer (also used for failures at dispatch).
     deliver: ngx_event_t,
@@ -69,8 +82,10 @@ struct Call {
 }
 
 thread_local! {
-    /// The calls of this worker, by token. Boxes: nginx holds pointers to their events.
-    static CALLS: RefCell<HashMap<u32, Box<Call>>> = RefCell::new(HashMap::new());
+    /// The calls of this worker, by VM and token. Boxes: nginx holds
+    /// pointers to their events, so an entry is only removed by the code
+    /// that takes its events off nginx's queues.
+    static CALLS: RefCell<HashMap<CallKey, Box<Call>>> = RefCell::new(HashMap::new());
     /// Idle kept-alive connections of this worker, by upstream address.
     static POOL: RefCell<HashMap<SocketAddr, Vec<PooledConn>>> = RefCell::new(HashMap::new());
 }
@@ -108,7 +123,21 @@ fn http_resolver() -> Option<(*mut ngx_resolver_t, ngx_msec_t)> {
     }
 }
 
-pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
+/// Most calls in flight per worker (`PROXY_WASM_HOST_MAX_HTTP_CALLS_IN_FLIGHT`,
+/// default 4096); more are refused (INTERNAL_FAILURE).
+fn max_calls_in_flight() -> usize {
+    http_client::max_calls_in_flight(|w| log(LogLevel::Warn, &format!("[proxy_wasm] {w}")))
+}
+
+/// Why this worker takes no more calls now, if it does not.
+pub fn calls_full() -> Option<String> {
+    let in_flight = CALLS.with(|c| c.borrow().len());
+    let max = max_calls_in_flight();
+    (in_flight >= max).then(|| format!("{in_flight} calls are in flight in this worker (pid {}), the most a worker allows ({} {max})", std::process::id(), http_client::MAX_CALLS_IN_FLIGHT_ENV))
+}
+
+/// Starts call `key` of VM `vm` of `slot`.
+pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, key: CallKey, request: HttpCallRequest) -> Result<(), Status> {
     let (host, port) = http_client::parse_upstream(&request.upstream).ok_or(Status::BadArgument)?;
     let literal = literal_address(&host, port);
     let resolver = if literal.is_none() {
@@ -122,14 +151,24 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, r
     } else {
         None
     };
-    if CALLS.with(|c| c.borrow().len()) >= MAX_CALLS_IN_FLIGHT {
+    let (in_flight, taken) = CALLS.with(|c| {
+        let c = c.borrow();
+        (c.len(), c.contains_key(&key))
+    });
+    if in_flight >= max_calls_in_flight() {
+        return Err(Status::InternalFailure);
+    }
+    if taken {
+        // A VM never hands out the token of a call it still waits for; if it
+        // did, replacing the pending call would free what nginx points at.
+        log(LogLevel::Critical, &format!("[proxy_wasm] internal error: http_call token {} dispatched twice by one VM; refused", key.1));
         return Err(Status::InternalFailure);
     }
     let head = request.headers.iter().any(|(k, v)| k == b":method" && v.eq_ignore_ascii_case(b"HEAD"));
     let out = http_client::encode_request_keep_alive(&request);
     // SAFETY: zeroed C structures are their initial state; filled below.
     let mut call = Box::new(Call {
-        token,
+        key,
         slot,
         vm,
         pc: unsafe { std::mem::zeroed() },
@@ -143,8 +182,9 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, r
         reused: false,
         out,
         sent: 0,
-        input: Vec::new(),
+        parser: ResponseParser::new(head, request.max_response_size),
         head,
+        limit: request.max_response_size,
         timer: new_event(on_timeout, std::ptr::null_mut()),
         deliver: new_event(on_deliver, std::ptr::null_mut()),
         response: None,
@@ -156,7 +196,7 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, r
     let timeout = request.timeout.filter(|t| !t.is_zero()).unwrap_or(http_client::MAX_CALL_TIME);
     // SAFETY: the timer lives in the boxed call, removed in `close`.
     unsafe { ngx_add_timer(&mut call.timer, timeout.as_millis().max(1) as ngx_msec_t) };
-    CALLS.with(|c| c.borrow_mut().insert(token, call));
+    CALLS.with(|c| c.borrow_mut().insert(key, call));
     match (literal, resolver) {
         // SAFETY: the call is alive in CALLS.
         (Some(addr), _) => unsafe { connect(raw, addr) },
@@ -464,32 +504,33 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
             loop {
                 let n = libc::recv((*c).fd, buf.as_mut_ptr() as *mut c_void, buf.len(), 0);
                 if n > 0 {
-                    (*call).input.extend_from_slice(&buf[..n as usize]);
-                    if (*call).input.len() > http_client::MAX_RESPONSE_BYTES {
-                        finish(call, HttpCallResponse::failed(FAILURE_PROTOCOL, "response too large"));
-                        return;
-                    }
-                    if let Some((len, reusable)) = http_client::framed_response_length(&(*call).input, (*call).head) {
-                        let input = std::mem::take(&mut (*call).input);
-                        let response = http_client::parse_response(&input[..len], (*call).head)
-                            .unwrap_or_else(|e| HttpCallResponse::failed(FAILURE_PROTOCOL, format!("bad response: {e}")));
-                        if reusable && len == input.len() && response.failure.is_none() {
-                            release_to_pool(call);
+                    let n = n as usize;
+                    match (*call).parser.feed(&buf[..n]) {
+                        Ok(Progress::NeedMore) => continue,
+                        Ok(Progress::Complete { used }) => {
+                            // Bytes past the answer: the connection is not clean.
+                            let clean = used == n && (*call).parser.keep_alive();
+                            let parser = take_parser(call);
+                            if clean {
+                                release_to_pool(call);
+                            }
+                            finish(call, parser.into_response());
                         }
-                        finish(call, response);
-                        return;
+                        Err(e) => finish(call, http_client::parse_failure(&e)),
                     }
-                    continue;
+                    return;
                 }
-                if n == 0 && (*call).reused && (*call).input.is_empty() {
+                if n == 0 && (*call).reused && (*call).parser.seen() == 0 {
                     // The upstream closed the kept connection meanwhile: once more on a new one.
                     retry_fresh(call);
                     return;
                 }
                 if n == 0 {
-                    let input = std::mem::take(&mut (*call).input);
-                    let response = http_client::parse_response(&input, (*call).head)
-                        .unwrap_or_else(|e| HttpCallResponse::failed(FAILURE_PROTOCOL, format!("bad response: {e}")));
+                    let mut parser = take_parser(call);
+                    let response = match parser.finish() {
+                        Ok(()) => parser.into_response(),
+                        Err(e) => http_client::parse_failure(&e),
+                    };
                     finish(call, response);
                     return;
                 }
@@ -510,6 +551,12 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
             }
         }
     });
+}
+
+/// The call's parser, with its answer (a fresh one takes its place).
+unsafe fn take_parser(call: *mut Call) -> ResponseParser {
+    // SAFETY: a live call (caller).
+    unsafe { std::mem::replace(&mut (*call).parser, ResponseParser::new((*call).head, (*call).limit)) }
 }
 
 /// Sends the request again on a new connection (a kept one was closed).
@@ -555,21 +602,21 @@ unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
 unsafe extern "C" fn on_deliver(ev: *mut ngx_event_t) {
     let r = std::panic::catch_unwind(|| {
         // SAFETY: the event's data is its live call; it is taken out of CALLS here.
-        let token = unsafe { (*((*ev).data as *mut Call)).token };
-        let Some(mut call) = CALLS.with(|c| c.borrow_mut().remove(&token)) else { return };
+        let key = unsafe { (*((*ev).data as *mut Call)).key };
+        let Some(mut call) = CALLS.with(|c| c.borrow_mut().remove(&key)) else { return };
         // SAFETY: closes what is left of the call before it is freed.
         unsafe { close(&mut *call) };
         let response = call.response.take().unwrap_or_else(|| HttpCallResponse::failed(FAILURE_PROTOCOL, "no response"));
-        with_vm(&call.slot, call.vm, "on_http_call_response", |vm| vm.on_http_call_response(token, response));
+        with_vm(&call.slot, call.vm, "on_http_call_response", |vm| vm.on_http_call_response(key.1, response));
     });
     if r.is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) delivering an http_call response");
     }
 }
 
-/// The root context went away: the call ends without an answer.
-pub fn cancel_http_call(token: u32) {
-    let call = CALLS.with(|c| c.borrow_mut().remove(&token));
+/// The context that made call `key` went away: the call ends without an answer.
+pub fn cancel_http_call(key: CallKey) {
+    let call = CALLS.with(|c| c.borrow_mut().remove(&key));
     if let Some(mut call) = call {
         // SAFETY: the call is ours now; its events are taken off nginx's queues.
         unsafe {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -101,6 +102,10 @@ unsafe impl Send for TickBox {}
 
 /// The ServerHost of one VM in one worker.
 pub struct NgxServer {
+    /// Unique in the process for its whole life (never reused, unlike an
+    /// index or an address): what tells this VM's outgoing calls apart from
+    /// other VMs' and other generations', which number theirs from 1 too.
+    id: u64,
     vm: usize,
     /// `None` for the validation run in the master's child: no timers there.
     live: bool,
@@ -109,14 +114,19 @@ pub struct NgxServer {
     pending_ticks: Mutex<HashMap<u32, Duration>>,
 }
 
+fn next_server_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl NgxServer {
     pub fn for_worker(vm: usize) -> NgxServer {
-        NgxServer { vm, live: true, slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+        NgxServer { id: next_server_id(), vm, live: true, slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
     }
 
     /// For validating plugins outside any worker (nothing is scheduled).
     pub fn canary() -> NgxServer {
-        NgxServer { vm: 0, live: false, slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+        NgxServer { id: next_server_id(), vm: 0, live: false, slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
     }
 
     /// Ties the server to the slot that owns its VM; arms ticks asked for
@@ -202,16 +212,20 @@ impl ServerHost for NgxServer {
         log_level()
     }
 
-    fn dispatch_http_call(&self, root_context_id: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
+    fn dispatch_http_call(&self, _root_context_id: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
         if crate::http_client::parse_upstream(&request.upstream).is_none() {
             return Err(Status::BadArgument);
         }
         let Some(slot) = self.slot.get().filter(|_| self.live) else { return Err(Status::InternalFailure) };
-        super::worker::dispatch_http_call(slot.clone(), self.vm, root_context_id, token, request)
+        super::worker::dispatch_http_call(slot.clone(), self.vm, (self.id, token), request)
     }
 
     fn cancel_http_call(&self, token: u32) {
-        super::worker::cancel_http_call(token);
+        super::worker::cancel_http_call((self.id, token));
+    }
+
+    fn http_calls_full(&self) -> Option<String> {
+        super::http_call::calls_full()
     }
 
     fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>) {

@@ -218,10 +218,13 @@ impl Engine for WasmtimeEngine {
 
     fn deserialize(&self, compiled: &[u8]) -> Result<Arc<dyn Module>, RuntimeError> {
         // SAFETY: wasmtime runs these bytes as native code. The caller passes
-        // only bytes it stored itself from `serialize` with an engine of the
-        // same fingerprint and whose checksum it verified (the cache refuses
-        // anything else), for plugins whose operator set `allow_precompiled`.
-        // Wasmtime itself refuses bytes made by another version or settings.
+        // only bytes this host stored itself from `serialize` with an engine
+        // of the same fingerprint: the compiled-module cache reads them only
+        // from a folder and a file no one but this user or root can write,
+        // without following links, and checks their MAC under the folder's
+        // secret key (it refuses anything else), for plugins whose operator
+        // set `allow_precompiled`. Wasmtime itself refuses bytes made by
+        // another version or settings.
         let module = unsafe { wt::Module::deserialize(&self.engine, compiled) }.map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
         Ok(self.wrap(module))
     }

@@ -383,11 +383,26 @@ impl Vm {
 
     /// Delivers the answer to `proxy_http_call` to the root context that made
     /// it. Unknown tokens (cancelled calls) are ignored.
-    pub fn on_http_call_response(&mut self, token: u32, response: HttpCallResponse) -> Result<(), VmError> {
+    ///
+    /// An answer larger than the plugin's `max_http_call_response_size`
+    /// (servers stop reading there; this also holds for a C server that does
+    /// not) is delivered as a failure: no headers, and `proxy_get_status`
+    /// says why (code [`FAILURE_TOO_LARGE`](crate::http_client::FAILURE_TOO_LARGE)).
+    pub fn on_http_call_response(&mut self, token: u32, mut response: HttpCallResponse) -> Result<(), VmError> {
         let st = self.instance.state();
         let Some((root_id, _)) = st.http_calls.remove(&token) else { return Ok(()) };
-        if !st.contexts.contains_key(&root_id) {
-            return Ok(());
+        let Some(plugin) = st.contexts.get(&root_id).map(|c| c.plugin().clone()) else { return Ok(()) };
+        let cap = plugin.quotas.max_http_call_response_size;
+        let pairs_size = |pairs: &[crate::abi::pairs::Pair]| pairs.iter().map(|(k, v)| k.len() as u64 + v.len() as u64).sum::<u64>();
+        let size = pairs_size(&response.headers) + response.body.len() as u64 + pairs_size(&response.trailers);
+        let too_large = match &response.failure {
+            Some((code, _)) => *code == crate::http_client::FAILURE_TOO_LARGE,
+            None => size > cap,
+        };
+        if too_large {
+            let why = format!("the response is larger than vm_config.limits.max_http_call_response_size ({cap} bytes)");
+            HostState::log_limit_for(&mut st.denials_logged, &st.env, &plugin.log_ref(), "max_http_call_response_size", &format!("http_call failed: {why}; delivered as a failure"));
+            response = HttpCallResponse::failed(crate::http_client::FAILURE_TOO_LARGE, why);
         }
         st.last_status = response.failure.clone().unwrap_or((0, String::new()));
         let args = [root_id as i64, token as i64, response.headers.len() as i64, response.body.len() as i64, response.trailers.len() as i64];

@@ -130,6 +130,27 @@ class AsFilter extends Context {
   }
 }
 
+// The SDK's own onConfigure, untouched, as most AssemblyScript filters use it
+// (root id "sdk-configure"): it passes the configuration size where the size
+// pointer belongs, so with an empty configuration that pointer is null.
+class SdkConfigureRoot extends RootContext {
+  createContext(context_id: u32): Context {
+    return new SdkConfigureFilter(context_id, this);
+  }
+}
+
+class SdkConfigureFilter extends Context {
+  constructor(context_id: u32, root_context: SdkConfigureRoot) {
+    super(context_id, root_context);
+  }
+
+  onResponseHeaders(a: u32, end_of_stream: bool): FilterHeadersStatusValues {
+    stream_context.headers.response.add("x-proxy-wasm", "sdk-configure");
+    return FilterHeadersStatusValues.Continue;
+  }
+}
+
 // The SDK picks the root context factory by the `plugin_root_id` property.
 registerRootContext((context_id: u32) => { return new AsFilterRoot(context_id); }, "");
 registerRootContext((context_id: u32) => { return new AsFilterRoot(context_id); }, "as-filter");
+registerRootContext((context_id: u32) => { return new SdkConfigureRoot(context_id); }, "sdk-configure");
