@@ -165,7 +165,9 @@ impl WasmCode {
         let imports = resolve_imports(module.as_ref(), abi, origin)?;
         check_callbacks(module.as_ref(), abi, origin)?;
         let exported: FastSet<String> = module.exports().iter().filter(|e| e.ty.is_some()).map(|e| e.name.clone()).collect();
-        let allocator = ["proxy_on_memory_allocate", "malloc"].into_iter().find(|n| exported.contains(*n));
+        // `malloc` first, as cpp-host's WasmBase::getFunctions picks it (the spec
+        // prefers proxy_on_memory_allocate, but plugins are tuned to the host).
+        let allocator = ["malloc", "proxy_on_memory_allocate"].into_iter().find(|n| exported.contains(*n));
         Ok(WasmCode { origin: origin_s, abi, engine: engine.name(), module, imports, allocator, exported })
     }
 

@@ -113,7 +113,7 @@ fn a_context_of_another_plugin_made_effective_keeps_the_callers_rights() {
         reports,
         [
             "set_effective_context=0", // any context of the instance, as in cpp-host
-            "set_shared_data=12",      // a's capabilities, not b's: UNIMPLEMENTED
+            "set_shared_data=10",      // a's capabilities, not b's: INTERNAL_FAILURE
             "plugin_name=1",           // a's properties.read: NOT_FOUND
             "plugin_root_id=0",
             "b-root", // the effective context is b's
