@@ -136,7 +136,7 @@ fn load_one(config: &PluginConfig, warn: &mut dyn FnMut(&str)) -> Result<LoadedP
             code_cache().lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(code).clone()
         }
     };
-    let info = Arc::new(PluginInfo::new(&config.name, &config.root_id, &config.vm.vm_id, config.configuration.clone()).with_authorizations(config.authorizations.clone()));
+    let info = Arc::new(PluginInfo::new(&config.name, &config.root_id, &config.vm.vm_id, config.configuration.clone()).with_authorizations(config.authorizations.clone()).with_quotas(config.vm.quotas));
     Ok(LoadedPlugin { config: config.clone(), info, code, code_hash: hash, compiled_cache: cache_outcome, load_time: started.elapsed() })
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::abi::{exports, wasi, AbiVersion};
 use crate::authorizations::Authorizations;
+use crate::config::Quotas;
 use crate::host::PluginRef;
 use crate::runtime::{Engine, FuncType, LinkedImport, Module, ValType};
 
@@ -19,17 +20,26 @@ pub struct PluginInfo {
     pub configuration: Vec<u8>,
     /// What the plugin may touch.
     pub authorizations: Authorizations,
+    /// Host-side caps (`vm_config.limits`): shared data, queues, metrics...
+    pub quotas: Quotas,
 }
 
 impl PluginInfo {
     pub fn new(name: impl Into<String>, root_id: impl Into<String>, vm_id: impl Into<String>, configuration: impl Into<Vec<u8>>) -> PluginInfo {
-        PluginInfo { name: name.into(), root_id: root_id.into(), vm_id: vm_id.into(), configuration: configuration.into(), authorizations: Authorizations::unrestricted() }
+        PluginInfo { name: name.into(), root_id: root_id.into(), vm_id: vm_id.into(), configuration: configuration.into(), authorizations: Authorizations::unrestricted(), quotas: Quotas::default() }
     }
 
     /// The same plugin with the operator's authorizations (the YAML loader
     /// always sets them; [`PluginInfo::new`] allows everything).
     pub fn with_authorizations(mut self, authorizations: Authorizations) -> PluginInfo {
         self.authorizations = authorizations;
+        self
+    }
+
+    /// The same plugin with the operator's caps (the YAML loader always sets
+    /// them; [`PluginInfo::new`] has the defaults).
+    pub fn with_quotas(mut self, quotas: Quotas) -> PluginInfo {
+        self.quotas = quotas;
         self
     }
 

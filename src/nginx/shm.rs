@@ -197,8 +197,11 @@ pub fn install_in_worker(main: &MainConf) {
         };
         let pool = (*zone).shm.addr as *mut ngx_slab_pool_t;
         let lock = NgxShmtx(ptr::addr_of_mut!((*pool).mutex));
-        Arc::new(ShmStore::new(region, Box::new(lock), Box::new(|m| log(LogLevel::Error, &format!("[proxy_wasm] {m}")))))
+        Arc::new(ShmStore::new(region, Box::new(lock), Box::new(|level, m| log(level, &format!("[proxy_wasm] {m}")))))
     };
+    // A zone kept across a reload, or left by a worker that died: checked
+    // before this worker uses it (rebuilt empty, with a critical line, if damaged).
+    store.check();
     crate::shared::set_process_stores(store.clone(), store.clone());
     crate::metrics::set_process_metrics(store.clone());
     let mut ev = Box::new(super::worker::new_event(on_poll, ptr::null_mut()));

@@ -166,6 +166,14 @@ impl HostState {
         }
     }
 
+    /// Logs once per plugin and `what` that a cap refused something.
+    pub fn log_refusal(&mut self, what: String, why: &str) {
+        let plugin = self.log_ref();
+        if self.denials_logged.insert((plugin.name.clone(), format!("refused {what}"))) {
+            self.env.server.log(&plugin, crate::abi::LogLevel::Warn, &format!("refused {what}: {why} (logged once)"));
+        }
+    }
+
     /// A fresh context id: never 0, never one in use.
     pub fn allocate_context_id(&mut self) -> u32 {
         loop {
