@@ -47,7 +47,7 @@ fn start(test: &str, plugins: &[(&str, String)]) -> (Origin, TrafficServer) {
 }
 
 fn send(ats: &TrafficServer, host: &str, req: Request) -> Response {
-    ats.send(&req.host(&format!("{host}.test"))).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()))
+    ats.send(&req.host(format!("{host}.test"))).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()))
 }
 
 fn case(cases: &str) -> Request {
@@ -94,10 +94,10 @@ fn another_vms_queue_is_not_found_without_global_map_access() {
 fn shared_data_and_queue_caps_answer_statuses_the_sdk_accepts() {
     let (_origin, ats) = start("ats-shared-caps", &[("capped", yaml("capped", "", "max_shared_data_size: 8KiB, max_queue_length: 3")), ("other", yaml("other", "", "max_shared_data_size: 8KiB"))]);
     let big = "x".repeat(9000);
-    let r = send(&ats, "capped", case("shared-set").header("x-pw-key", "big").header("x-pw-value", &big));
+    let r = send(&ats, "capped", case("shared-set").header("x-pw-key", "big").header("x-pw-value", big.as_str()));
     assert_eq!((r.status, r.body_str()), (409, "CAS_MISMATCH".to_string()), "{}", ats.log_report());
     assert_eq!(send(&ats, "capped", case("shared-set").header("x-pw-key", "small").header("x-pw-value", "ok")).status, 200);
-    assert_eq!(send(&ats, "other", case("shared-set").header("x-pw-key", "big").header("x-pw-value", &"y".repeat(6000))).status, 200);
+    assert_eq!(send(&ats, "other", case("shared-set").header("x-pw-key", "big").header("x-pw-value", "y".repeat(6000))).status, 200);
     // One callback: on_queue_ready runs only after it.
     let r = send(&ats, "capped", case("enqueue").header("x-pw-queue-count", "5"));
     assert_eq!(r.header("x-pw-enqueue"), Some("OK OK OK NOT_FOUND NOT_FOUND"), "{}", ats.log_report());

@@ -262,6 +262,19 @@ fn a_full_zone_is_reported_and_nginx_keeps_serving() {
 }
 
 #[test]
+fn nginx_t_warns_when_the_vms_caps_do_not_fit_the_zone_together() {
+    let yaml = vm_yaml("a", "a_vm", "", "") + &vm_yaml("b", "b_vm", "", "max_shared_data_size: 8KiB");
+    let out = Nginx::test_only(NginxOptions::new("ngx-shm-overcommit").file("plugins.yaml", yaml.clone()).http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm_shm_size 1m;"));
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("[warn]") && text.contains(r#"less than the vm_ids may hold together ("a_vm": 16777216, "b_vm": 8192)"#), "{text}");
+    // Caps that fit: no warning.
+    let fits = vm_yaml("a", "a_vm", "", "max_shared_data_size: 256KiB") + &vm_yaml("b", "b_vm", "", "max_shared_data_size: 256KiB");
+    let out = Nginx::test_only(NginxOptions::new("ngx-shm-overcommit").file("plugins.yaml", fits).http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm_shm_size 1m;"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("may hold together"));
+}
+
+#[test]
 fn nginx_t_rejects_a_bad_shm_size() {
     for (size, why) in [("12k", "out of range"), ("lots", "invalid size")] {
         let out = Nginx::test_only(

@@ -104,6 +104,12 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
             }
             (*zone).init = Some(init_zone);
             main.shm.zone = zone;
+            let caps: Vec<(String, u64)> = main.plugins.iter().map(|p| (p.vm.vm_id.clone(), p.vm.quotas.max_shared_data_size)).collect();
+            if let Some(warning) = crate::shm_store::overcommit_warning(size.saturating_sub(region_offset()), &caps) {
+                if let Ok(text) = std::ffi::CString::new(format!("proxy_wasm_shm_size: {warning}")) {
+                    ngx_conf_log_error(NGX_LOG_WARN as ngx_uint_t, cf, 0, super::cstr(b"%s\0"), text.as_ptr());
+                }
+            }
         }
         ptr::null_mut()
     })
