@@ -124,11 +124,12 @@ impl Metrics {
         id.checked_sub(1).and_then(|i| metrics.get(i as usize)).cloned().ok_or(Status::NotFound)
     }
 
-    /// Adds to a counter (non-negative only) or a gauge; BAD_ARGUMENT for a histogram.
+    /// Adds to a counter (a positive delta only, as Envoy's
+    /// `Context::incrementMetric`) or a gauge; BAD_ARGUMENT for a histogram.
     pub fn increment(&self, id: u32, delta: i64) -> Result<(), Status> {
         let m = self.get_metric(id)?;
         match m.kind {
-            MetricType::Counter if delta < 0 => Err(Status::BadArgument),
+            MetricType::Counter if delta <= 0 => Err(Status::BadArgument),
             MetricType::Counter | MetricType::Gauge => {
                 m.value.fetch_add(delta, Ordering::Relaxed);
                 Ok(())
@@ -137,11 +138,15 @@ impl Metrics {
         }
     }
 
-    /// Sets a counter or gauge to `value`, or records a histogram sample.
+    /// Adds `value` to a counter, sets a gauge to it, or records a histogram
+    /// sample (Envoy's `Context::recordMetric`).
     pub fn record(&self, id: u32, value: u64) -> Result<(), Status> {
         let m = self.get_metric(id)?;
         match m.kind {
-            MetricType::Counter | MetricType::Gauge => m.value.store(value as i64, Ordering::Relaxed),
+            MetricType::Counter => {
+                m.value.fetch_add(value as i64, Ordering::Relaxed);
+            }
+            MetricType::Gauge => m.value.store(value as i64, Ordering::Relaxed),
             MetricType::Histogram => {
                 m.count.fetch_add(1, Ordering::Relaxed);
                 m.sum.fetch_add(value, Ordering::Relaxed);
@@ -244,10 +249,13 @@ mod tests {
         let h = m.define(MetricType::Histogram, "h").unwrap();
         m.increment(c, 2).unwrap();
         assert_eq!(m.increment(c, -1), Err(Status::BadArgument));
+        assert_eq!(m.increment(c, 0), Err(Status::BadArgument));
         m.increment(g, -5).unwrap();
         m.record(h, 7).unwrap();
         m.record(h, 20000).unwrap();
         assert_eq!(m.get(c), Ok(2));
+        m.record(c, 4).unwrap();
+        assert_eq!(m.get(c), Ok(6), "recording a counter adds to it");
         assert_eq!(m.get(g), Ok(-5));
         assert_eq!(m.get(h), Err(Status::BadArgument));
         assert_eq!(m.get(99), Err(Status::NotFound));

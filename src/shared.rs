@@ -4,11 +4,13 @@
 //! through the same traits (`shm_store`).
 //!
 //! Caps (`vm_config.limits`, [`crate::config::Quotas`]): the bytes a `vm_id`
-//! holds (keys and values of its shared data plus the items waiting in its
-//! queues) are counted by the store and capped by `max_shared_data_size`; a
-//! queue holds at most its registrant's `max_queue_length` items; a `vm_id`
-//! registers at most [`MAX_QUEUES_PER_VM`] queues. A refusal is a
-//! [`SharedError`], which the hostcalls turn into a status the SDKs accept.
+//! holds are counted by the store and capped by `max_shared_data_size`: the
+//! keys and values its plugins wrote (in its own data or, with
+//! `global_map_access.write`, another VM's: the writer pays, so writing under
+//! ever new vm_ids gains no room) plus the items waiting in the queues it
+//! registered. A queue holds at most its registrant's `max_queue_length`
+//! items; a `vm_id` registers at most [`MAX_QUEUES_PER_VM`] queues. A refusal
+//! is a [`SharedError`], which the hostcalls turn into a status the SDKs accept.
 //!
 //! Queue ids are `tag << 16 | slot + 1` with a random 16-bit tag per queue:
 //! the same (`vm_id`, name) always gets the same id, but ids are not a
@@ -38,7 +40,7 @@ pub enum SharedError {
     NotFound,
     #[error("the queue is empty")]
     Empty,
-    #[error("vm_id {vm_id:?} would hold {would_hold} bytes of shared data and queued items, over its max_shared_data_size of {limit}")]
+    #[error("vm_id {vm_id:?} would hold {would_hold} bytes of shared data it wrote and of items queued for it, over its max_shared_data_size of {limit}")]
     OverQuota { vm_id: String, would_hold: u64, limit: u64 },
     #[error("{waiting} items already wait in the queue, its max_queue_length")]
     QueueFull { waiting: u32 },
@@ -71,16 +73,25 @@ impl SharedError {
 pub trait SharedDataStore: Send + Sync {
     /// The value and its CAS token, `None` when the key is absent.
     fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Vec<u8>, u32)>;
-    /// Stores `value`. `cas == 0` overwrites unconditionally; otherwise the
-    /// write happens only if `cas` is the key's current token. A write that
-    /// would take the bytes `vm_id` holds (its keys and values plus its queued
-    /// items) above `max_bytes` is refused ([`SharedError::OverQuota`]); one
-    /// that does not grow them always passes.
-    fn set_within(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, max_bytes: u64) -> Result<(), SharedError>;
-    /// [`SharedDataStore::set_within`] without a cap.
+    /// Stores `value` under `key` of `vm_id`. `cas == 0` overwrites
+    /// unconditionally; otherwise the write happens only if `cas` is the key's
+    /// current token or the key is absent (as cpp-host's `SharedData::set`).
+    /// The key and value count for `writer.vm_id` from then on; a write that
+    /// would take its bytes above `writer.max_bytes` is refused
+    /// ([`SharedError::OverQuota`]); one that does not grow them always passes.
+    fn set_within(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, writer: Writer<'_>) -> Result<(), SharedError>;
+    /// [`SharedDataStore::set_within`] by `vm_id` itself, without a cap.
     fn set(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
-        self.set_within(vm_id, key, value, cas, u64::MAX).map_err(|e| e.status())
+        self.set_within(vm_id, key, value, cas, Writer { vm_id, max_bytes: u64::MAX }).map_err(|e| e.status())
     }
+}
+
+/// Who writes shared data: the writing plugin's `vm_id`, which pays for what
+/// it stores, and its `max_shared_data_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Writer<'a> {
+    pub vm_id: &'a str,
+    pub max_bytes: u64,
 }
 
 /// Who is told when a queue gets data: the root context that registered it.
@@ -160,10 +171,17 @@ struct Queue {
     owner: Option<QueueOwner>,
 }
 
+/// A stored value: its bytes, CAS token and the vm_id that pays for it.
+struct Entry {
+    value: Vec<u8>,
+    cas: u32,
+    payer: String,
+}
+
 #[derive(Default)]
 struct Inner {
-    data: HashMap<(String, Vec<u8>), (Vec<u8>, u32)>,
-    /// Bytes each vm_id holds: keys and values, plus items waiting in its queues.
+    data: HashMap<(String, Vec<u8>), Entry>,
+    /// Bytes each vm_id holds: keys and values it wrote, plus items waiting in its queues.
     held: HashMap<String, u64>,
     queues: Vec<Queue>,
     /// One counter for all keys, as in the reference host: a token is never
@@ -224,25 +242,35 @@ impl InProcessStore {
 
 impl SharedDataStore for InProcessStore {
     fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Vec<u8>, u32)> {
-        self.lock().data.get(&(vm_id.to_string(), key.to_vec())).cloned()
+        self.lock().data.get(&(vm_id.to_string(), key.to_vec())).map(|e| (e.value.clone(), e.cas))
     }
 
-    fn set_within(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, max_bytes: u64) -> Result<(), SharedError> {
+    fn set_within(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, writer: Writer<'_>) -> Result<(), SharedError> {
         let mut inner = self.lock();
         let slot = (vm_id.to_string(), key.to_vec());
+        // A CAS only guards an existing key: on an absent one the value is
+        // stored, as in cpp-host's SharedData::set.
         let old = match inner.data.get(&slot) {
-            Some((v, current)) if cas == 0 || *current == cas => Some(v.len() as u64),
-            None if cas == 0 => None,
-            _ => return Err(SharedError::CasMismatch),
+            Some(e) if cas != 0 && e.cas != cas => return Err(SharedError::CasMismatch),
+            Some(e) => Some(((key.len() + e.value.len()) as u64, e.payer.clone())),
+            None => None,
         };
         let new = (key.len() + value.len()) as u64;
-        let old = old.map_or(0, |v| v + key.len() as u64);
-        inner.charge(vm_id, new.saturating_sub(old), max_bytes)?;
-        inner.release(vm_id, old.saturating_sub(new));
+        // The writer pays for the new value; whoever paid for the old one gets its bytes back.
+        let grow = match &old {
+            Some((bytes, payer)) if payer == writer.vm_id => new.saturating_sub(*bytes),
+            _ => new,
+        };
+        inner.charge(writer.vm_id, grow, writer.max_bytes)?;
+        match &old {
+            Some((bytes, payer)) if payer == writer.vm_id => inner.release(payer, bytes.saturating_sub(new)),
+            Some((bytes, payer)) => inner.release(payer, *bytes),
+            None => {}
+        }
         // Tokens start at 1: 0 means "no CAS" to the plugin.
         let token = inner.next_cas.wrapping_add(1).max(1);
         inner.next_cas = token;
-        inner.data.insert(slot, (value.to_vec(), token));
+        inner.data.insert(slot, Entry { value: value.to_vec(), cas: token, payer: writer.vm_id.to_string() });
         Ok(())
     }
 }
@@ -383,9 +411,10 @@ mod tests {
     }
 
     #[test]
-    fn cas_on_absent_key_is_a_mismatch() {
+    fn cas_on_absent_key_stores_the_value() {
         let s = InProcessStore::default();
-        assert_eq!(s.set("vm", b"new", b"x", 7), Err(Status::CasMismatch));
+        assert_eq!(s.set("vm", b"new", b"x", 7), Ok(()));
+        assert_eq!(s.get("vm", b"new").unwrap().0, b"x");
     }
 
     #[test]
@@ -413,22 +442,40 @@ mod tests {
         assert_eq!(s.get("vm", b"n").unwrap().0, b"10000");
     }
 
+    fn w(vm_id: &str, max_bytes: u64) -> Writer<'_> {
+        Writer { vm_id, max_bytes }
+    }
+
     #[test]
     fn shared_data_past_max_bytes_is_refused_and_shrinking_writes_pass() {
         let s = InProcessStore::default();
-        s.set_within("vm", b"a", &[1; 60], 0, 100).unwrap();
+        s.set_within("vm", b"a", &[1; 60], 0, w("vm", 100)).unwrap();
         assert_eq!(s.held_bytes("vm"), 61);
-        let e = s.set_within("vm", b"b", &[1; 40], 0, 100).unwrap_err();
+        let e = s.set_within("vm", b"b", &[1; 40], 0, w("vm", 100)).unwrap_err();
         assert_eq!(e, SharedError::OverQuota { vm_id: "vm".into(), would_hold: 102, limit: 100 });
         assert!(s.get("vm", b"b").is_none(), "nothing stored");
         // Another vm_id has its own count.
-        s.set_within("other", b"b", &[1; 90], 0, 100).unwrap();
+        s.set_within("other", b"b", &[1; 90], 0, w("other", 100)).unwrap();
         // Replacing with a smaller value frees room; an equal one always passes.
-        s.set_within("vm", b"a", &[2; 10], 0, 100).unwrap();
+        s.set_within("vm", b"a", &[2; 10], 0, w("vm", 100)).unwrap();
         assert_eq!(s.held_bytes("vm"), 11);
-        s.set_within("vm", b"b", &[1; 40], 0, 100).unwrap();
-        s.set_within("vm", b"b", &[3; 40], 0, 50).unwrap();
+        s.set_within("vm", b"b", &[1; 40], 0, w("vm", 100)).unwrap();
+        s.set_within("vm", b"b", &[3; 40], 0, w("vm", 50)).unwrap();
         assert_eq!(s.held_bytes("vm"), 52);
+    }
+
+    #[test]
+    fn the_writer_pays_also_in_another_vm_ids_data() {
+        let s = InProcessStore::default();
+        // Writing under ever new vm_ids gains no room: each write counts for the writer.
+        for i in 0..3 {
+            s.set_within(&format!("elsewhere{i}"), b"k", &[0; 39], 0, w("sprayer", 130)).unwrap();
+        }
+        assert!(matches!(s.set_within("elsewhere3", b"k", &[0; 39], 0, w("sprayer", 130)), Err(SharedError::OverQuota { .. })));
+        assert_eq!((s.held_bytes("sprayer"), s.held_bytes("elsewhere0")), (120, 0));
+        // The owner overwriting it takes the bytes over; the sprayer gets them back.
+        s.set_within("elsewhere0", b"k", b"mine", 0, w("elsewhere0", 100)).unwrap();
+        assert_eq!((s.held_bytes("sprayer"), s.held_bytes("elsewhere0")), (80, 5));
     }
 
     #[test]
@@ -441,7 +488,7 @@ mod tests {
         assert_eq!(s.dequeue(id).unwrap(), b"1");
         assert_eq!(s.held_bytes("vm"), 1);
         // Queued bytes and shared data share the vm_id's count.
-        s.set_within("vm", b"k", &[0; 90], 0, 100).unwrap();
+        s.set_within("vm", b"k", &[0; 90], 0, w("vm", 100)).unwrap();
         assert!(matches!(s.enqueue(id, &[0; 20]), Err(SharedError::OverQuota { .. })));
         assert_eq!(s.queue_len(id), Ok(1));
     }

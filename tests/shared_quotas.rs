@@ -121,3 +121,19 @@ fn define_metric_past_max_metrics_is_refused_and_logged() {
     h.respond(ctx, &stream, &[(":status", "200")], true);
     assert_eq!(stream.data().response_header("x-pw-metric-redefine-same-id").as_deref(), Some("true"));
 }
+
+#[test]
+fn writes_into_other_vms_data_count_for_the_writer() {
+    // With global_map_access.write, writing under ever new vm_ids gains no room.
+    use proxy_wasm_host::authorizations::{Access, Authorizations};
+    let options = VmOptions::new(unique_vm_id("quota-global"));
+    let plugin = PluginInfo::new("global-writer", "", options.vm_id.clone(), Vec::new())
+        .with_authorizations(Authorizations { global_map_access: Access::ALL, ..Default::default() })
+        .with_quotas(Quotas { max_shared_data_size: 8192, ..Default::default() });
+    let server = TestServer::new();
+    let mut h = Harness::try_start_plugin(built_code(PLUGIN), plugin, options, server.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let value = "g".repeat(3000);
+    let statuses: Vec<u32> = (0..4).map(|i| shared_set(&mut h, &format!("{}::k", unique_vm_id("elsewhere")), &value).0).collect();
+    assert_eq!(statuses, [200, 200, 409, 409], "{:?}", server.messages());
+    assert!(held(&h) <= 8192);
+}

@@ -13,7 +13,7 @@ use super::{AbiVersion, BufferType, LogLevel, MapType, MetricType, Status, Strea
 use crate::host::{HttpCallRequest, LocalResponse};
 use crate::runtime::{Caller, HostFunction, Trap, Val, ValType};
 use crate::config::Quotas;
-use crate::shared::{QueueLimits, QueueOwner, SharedError};
+use crate::shared::{QueueLimits, QueueOwner, SharedError, Writer};
 use crate::vm::state::{Context, Deferred, HostState, Phase};
 
 type R = Result<Option<Val>, Trap>;
@@ -497,8 +497,9 @@ fn proxy_set_shared_data(c: &mut dyn Caller, a: &[Val]) -> R {
     let value = read!(c, u(a, 2), u(a, 3));
     let st = c.state();
     let Some((vm_id, key)) = shared_data_target(st, &key, true) else { return done(Status::BadArgument) };
-    let limit = quotas(st).max_shared_data_size;
-    match st.env.shared_data.set_within(&vm_id, &key, &value, u(a, 4), limit) {
+    // The writing plugin's VM pays for what it stores, in whichever VM's data.
+    let writer = Writer { vm_id: &st.env.vm_id, max_bytes: quotas(st).max_shared_data_size };
+    match st.env.shared_data.set_within(&vm_id, &key, &value, u(a, 4), writer) {
         Ok(()) => done(Status::Ok),
         Err(SharedError::CasMismatch) => done(Status::CasMismatch),
         // Over the cap or out of room: nothing is stored. The Rust SDK accepts

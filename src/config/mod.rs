@@ -20,10 +20,13 @@
 //!                                   # host holds for this plugin, default 16MiB (then 413 / cut)
 //!   authorizations:                 # our extension; every key optional
 //!     allowed_hosts: []             # alias allowedHosts: http_call upstreams ("*" = any), default none
-//!     plugin_map_access: { read: true, write: true }   # alias pluginMapAccess: own shared data,
-//!                                   # default both true; in a given map a missing right is false
+//!     plugin_map_access: { read: true, write: true }   # alias pluginMapAccess: own shared data
+//!                                   # and queues, default both true; in a given map a missing
+//!                                   # right is false
 //!     global_map_access: { read: false, write: false } # alias globalMapAccess: other VMs' shared
-//!                                   # data as "<vm_id>::<key>", default both false
+//!                                   # data as "<vm_id>::<key>" and their queues, default both
+//!                                   # false (queues: dequeue reads, enqueue writes, resolve and
+//!                                   # register need either right)
 //!     properties: { read: ["*"], write: ["*"] }         # dotted path prefixes, default ["*"] each
 //!   capability_restriction_config:  # optional (alias capabilityRestrictionConfig)
 //!     allowed_capabilities:         # alias allowedCapabilities

@@ -29,6 +29,8 @@ use crate::shm_store::{ShmRegion, ShmStore, ZoneLock, MIN_SIZE, POLL_INTERVAL};
 
 /// Default `proxy_wasm_shm_size`.
 pub const DEFAULT_SIZE: usize = 1 << 20;
+/// Zones up to this size are checked whole when a worker starts.
+const CHECK_AT_START_MAX: usize = 64 << 20;
 /// The smallest size accepted (the store's header plus room for entries).
 pub const MIN_ZONE_SIZE: usize = 32 * 1024;
 const _: () = assert!(MIN_ZONE_SIZE > MIN_SIZE + 1024);
@@ -205,9 +207,13 @@ pub fn install_in_worker(main: &MainConf) {
         let lock = NgxShmtx(ptr::addr_of_mut!((*pool).mutex));
         Arc::new(ShmStore::new(region, Box::new(lock), Box::new(|level, m| log(level, &format!("[proxy_wasm] {m}")))))
     };
-    // A zone kept across a reload, or left by a worker that died: checked
-    // before this worker uses it (rebuilt empty, with a critical line, if damaged).
-    store.check();
+    // A zone kept across a reload: checked before this worker uses it
+    // (rebuilt empty, with a critical line, if damaged). The check walks the
+    // whole zone under its lock, so larger zones are left to the checks every
+    // operation makes (an update a dead worker left is undone either way).
+    if store.region().size() <= CHECK_AT_START_MAX {
+        store.check();
+    }
     crate::shared::set_process_stores(store.clone(), store.clone());
     crate::metrics::set_process_metrics(store.clone());
     let mut ev = Box::new(super::worker::new_event(on_poll, ptr::null_mut()));

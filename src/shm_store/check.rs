@@ -77,11 +77,9 @@ impl ShmStore {
                 if r.load(e + D_HASH)? as usize % DATA_BUCKETS != bucket {
                     return corrupt(format!("shared data entry {e} is in the wrong bucket"));
                 }
-                let vm = r.bytes(e + D_BYTES, vl as usize)?;
-                let u = by_vm.get(&vm).ok_or_else(|| Corrupt(format!("shared data entry {e} has no usage record")))?;
-                if let Some(x) = usage.get_mut(u) {
-                    x.1 += kl as u64 + val as u64;
-                }
+                let payer = r.load(e + D_PAYER)?;
+                let x = usage.get_mut(&payer).ok_or_else(|| Corrupt(format!("shared data entry {e} has no usage record")))?;
+                x.1 += kl as u64 + val as u64;
                 e = r.load(e + D_NEXT)?;
             }
         }

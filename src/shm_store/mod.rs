@@ -13,17 +13,19 @@
 //!          list (first fit, split from the end, coalesced on free)
 //! ```
 //!
-//! - shared data: entries `[next hash cas vm_len key_len val_len | vm_id key value]`
-//!   chained per bucket; a `set` writes a new entry and frees the old one.
+//! - shared data: entries `[next hash cas vm_len key_len val_len payer | vm_id key value]`
+//!   chained per bucket; a `set` writes a new entry and frees the old one. `payer` is
+//!   the usage record of the vm_id whose plugin wrote it.
 //! - queues: `[vm_len name_len owner_pid owner_root pending head tail items tag max_len
 //!   max_bytes usage | vm_id name]` and items `[next len | data]`; the queue id is
 //!   `tag << 16 | slot + 1` with a random tag (see `shared`).
 //! - metrics: `[kind name_len tag owner value count sum buckets[13] | name]`, updated
 //!   with atomic instructions without the lock; the id is `tag << 16 | slot + 1`, so a
 //!   name defined in one process has the same id in all.
-//! - usage: `[held metrics queues vm_len | vm_id]` per vm_id: the bytes it holds
-//!   (keys, values, queued items), the metrics it defined and the queues it registered,
-//!   counted here so that caps hold for all processes together.
+//! - usage: `[held metrics queues vm_len | vm_id]` per vm_id: the bytes it holds (keys
+//!   and values its plugins wrote, items waiting in its queues), the metrics it defined
+//!   and the queues it registered, counted here so that caps hold for all processes
+//!   together. Only vm_ids of plugins that write, register or define get one.
 //!
 //! Locking: one lock for the whole block ([`ZoneLock`]): the NGINX zone's
 //! `ngx_shmtx_t` (which the master force-unlocks when a worker dies holding it),
@@ -53,6 +55,10 @@
 //! notification sequence; the registering process sees it in [`ShmStore::poll`]
 //! (NGINX: a timer every `POLL_INTERVAL`) and notifies its own root context.
 //!
+//! Metric values are updated without the lock, through offsets read before;
+//! an update racing with a rebuild may land in the rebuilt heap (a rebuild
+//! only follows damage; the checks find what such a write breaks).
+//!
 //! A full block answers [`SharedError::Full`] (the hostcalls turn it into the
 //! status the SDKs accept, as for a cap) and is logged (at most once a second
 //! per process).
@@ -69,7 +75,7 @@ use std::time::{Duration, Instant};
 
 use crate::abi::{LogLevel, MetricType};
 use crate::metrics::{MetricSnapshot, MetricStore, HISTOGRAM_BOUNDS};
-use crate::shared::{make_id, random_tag, split_id, QueueLimits, QueueOwner, QueueStore, SharedDataStore, SharedError, MAX_QUEUES_PER_VM};
+use crate::shared::{make_id, random_tag, split_id, QueueLimits, QueueOwner, QueueStore, SharedDataStore, SharedError, Writer, MAX_QUEUES_PER_VM};
 use region::*;
 pub use region::{RegionError, ShmRegion, SpinLock, ZoneLock, DATA_BUCKETS, MAX_METRICS, MAX_QUEUES, MAX_VMS, MIN_SIZE};
 
@@ -105,7 +111,9 @@ const D_CAS: u32 = 8;
 const D_VM: u32 = 12;
 const D_KEY: u32 = 16;
 const D_VAL: u32 = 20;
-const D_BYTES: u32 = 24;
+/// The usage record of the vm_id that wrote the entry (it pays for its bytes).
+const D_PAYER: u32 = 24;
+const D_BYTES: u32 = 28;
 
 const Q_VM: u32 = 0;
 const Q_NAME: u32 = 4;
@@ -471,28 +479,34 @@ impl ShmStore {
         Ok((vl, kl, val))
     }
 
-    fn set_tx(&self, tx: &Tx, vm_id: &str, key: &[u8], value: &[u8], cas: u32, max_bytes: u64) -> Result<(), Fail> {
+    fn set_tx(&self, tx: &Tx, vm_id: &str, key: &[u8], value: &[u8], cas: u32, writer: Writer<'_>) -> Result<(), Fail> {
         let r = &self.region;
         let (h, link, old) = self.find_data(vm_id, key)?;
-        if cas != 0 {
-            match old {
-                Some(e) if r.load(e + D_CAS)? == cas => {}
-                _ => return Err(Fail::Refused(SharedError::CasMismatch)),
+        // A CAS only guards an existing key (as in the in-process store).
+        if let Some(e) = old {
+            if cas != 0 && r.load(e + D_CAS)? != cas {
+                return Err(Fail::Refused(SharedError::CasMismatch));
             }
         }
+        // The writer pays for the new value; whoever paid for the old one gets its bytes back.
+        let u = self.usage(tx, writer.vm_id)?;
         let new_bytes = (key.len() + value.len()) as u64;
-        let old_bytes = match old {
+        let old = match old {
             Some(e) => {
                 let (_, kl, val) = self.data_lengths(e)?;
-                kl as u64 + val as u64
+                let payer = r.load(e + D_PAYER)?;
+                r.record(payer, U_BYTES as u64)?;
+                Some((e, kl as u64 + val as u64, payer))
             }
-            None => 0,
+            None => None,
         };
-        let u = self.usage(tx, vm_id)?;
         let held = r.load(u + U_HELD)? as u64;
-        let would_hold = (held + new_bytes).saturating_sub(old_bytes);
-        if new_bytes > old_bytes && would_hold > max_bytes {
-            return Err(Fail::Refused(SharedError::OverQuota { vm_id: vm_id.to_string(), would_hold, limit: max_bytes }));
+        let (would_hold, grows) = match old {
+            Some((_, bytes, payer)) if payer == u => ((held + new_bytes).saturating_sub(bytes), new_bytes > bytes),
+            _ => (held + new_bytes, new_bytes > 0),
+        };
+        if grows && would_hold > writer.max_bytes {
+            return Err(Fail::Refused(SharedError::OverQuota { vm_id: writer.vm_id.to_string(), would_hold, limit: writer.max_bytes }));
         }
         let size = D_BYTES as usize + vm_id.len() + key.len() + value.len();
         if size > r.len {
@@ -501,7 +515,7 @@ impl ShmStore {
         let Some(new) = tx.alloc(size)? else { return Err(self.full("a shared data value", size)) };
         let token = r.header().next_cas.load(Ordering::Relaxed).wrapping_add(1).max(1);
         tx.set(OFF_NEXT_CAS, token)?;
-        for (field, v) in [(D_HASH, h), (D_CAS, token), (D_VM, u32_len(vm_id.len())?), (D_KEY, u32_len(key.len())?), (D_VAL, u32_len(value.len())?)] {
+        for (field, v) in [(D_HASH, h), (D_CAS, token), (D_VM, u32_len(vm_id.len())?), (D_KEY, u32_len(key.len())?), (D_VAL, u32_len(value.len())?), (D_PAYER, u)] {
             r.store(new + field, v)?;
         }
         r.put_bytes(new + D_BYTES, vm_id.as_bytes())?;
@@ -509,13 +523,17 @@ impl ShmStore {
         r.put_bytes(new + D_BYTES + (vm_id.len() + key.len()) as u32, value)?;
         // The new entry takes the old one's place in the chain (or heads it).
         let next = match old {
-            Some(e) => r.load(e + D_NEXT)?,
+            Some((e, _, _)) => r.load(e + D_NEXT)?,
             None => r.load(link)?,
         };
         r.store(new + D_NEXT, next)?;
         tx.set(link, new)?;
-        if let Some(e) = old {
+        if let Some((e, bytes, payer)) = old {
             tx.free(e)?;
+            if payer != u {
+                let left = r.load(payer + U_HELD)?.checked_sub(bytes as u32).ok_or_else(|| Corrupt(format!("usage record {payer} counts fewer bytes than an entry it paid for")))?;
+                tx.set(payer + U_HELD, left)?;
+            }
         }
         tx.set(u + U_HELD, u32::try_from(would_hold).map_err(|_| Fail::Corrupt("a usage count overflowed".into()))?)?;
         Ok(())
@@ -820,8 +838,8 @@ impl SharedDataStore for ShmStore {
         .flatten()
     }
 
-    fn set_within(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, max_bytes: u64) -> Result<(), SharedError> {
-        self.update(|tx| self.set_tx(tx, vm_id, key, value, cas, max_bytes))
+    fn set_within(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, writer: Writer<'_>) -> Result<(), SharedError> {
+        self.update(|tx| self.set_tx(tx, vm_id, key, value, cas, writer))
     }
 }
 
@@ -891,7 +909,8 @@ impl MetricStore for ShmStore {
         use crate::abi::Status;
         let (m, kind) = self.metric(id).map_err(|e| e.status())?;
         match kind {
-            MetricType::Counter if delta < 0 => Err(Status::BadArgument),
+            // A counter only grows by a positive delta (as Envoy's incrementMetric).
+            MetricType::Counter if delta <= 0 => Err(Status::BadArgument),
             MetricType::Counter | MetricType::Gauge => {
                 let v = self.region.atomic_u64(m + M_VALUE).map_err(|_| Status::NotFound)?;
                 // The i64 value lives in a u64 cell: wrapping addition is the same.
@@ -908,7 +927,11 @@ impl MetricStore for ShmStore {
         let r = &self.region;
         let cell = |off: u32| r.atomic_u64(off).map_err(|_| Status::NotFound);
         match kind {
-            MetricType::Counter | MetricType::Gauge => cell(m + M_VALUE)?.store(value, Ordering::Relaxed),
+            // Recording a counter adds to it, a gauge is set (Envoy's recordMetric).
+            MetricType::Counter => {
+                cell(m + M_VALUE)?.fetch_add(value, Ordering::Relaxed);
+            }
+            MetricType::Gauge => cell(m + M_VALUE)?.store(value, Ordering::Relaxed),
             MetricType::Histogram => {
                 cell(m + M_COUNT)?.fetch_add(1, Ordering::Relaxed);
                 cell(m + M_SUM)?.fetch_add(value, Ordering::Relaxed);

@@ -337,6 +337,11 @@ impl ShmRegion {
         complete
     }
 
+    /// The block's size in bytes.
+    pub fn size(&self) -> usize {
+        self.len
+    }
+
     /// Bytes in free blocks (for tests and diagnostics; takes no lock).
     pub fn free_bytes(&self) -> usize {
         let mut total = 0usize;

@@ -19,6 +19,10 @@ fn shared_mapping(len: usize) -> *mut u8 {
 
 type Reports = Arc<Mutex<Vec<String>>>;
 
+fn w(vm_id: &str, max_bytes: u64) -> Writer<'_> {
+    Writer { vm_id, max_bytes }
+}
+
 fn store(len: usize) -> (ShmStore, Reports) {
     let base = shared_mapping(len);
     // SAFETY: our fresh mapping.
@@ -105,7 +109,7 @@ fn cas_semantics_match_the_in_process_store() {
     s.set("vm", b"k", b"4", 0).unwrap();
     assert_eq!(SharedDataStore::get(&s, "vm", b"k").unwrap().0, b"4");
     assert!(SharedDataStore::get(&s, "other", b"k").is_none());
-    assert_eq!(s.set("vm", b"new", b"x", 7), Err(Status::CasMismatch));
+    assert_eq!(s.set("vm", b"new", b"x", 7), Ok(()), "a CAS on an absent key stores it");
     s.set("vm", b"empty", b"", 0).unwrap();
     assert_eq!(SharedDataStore::get(&s, "vm", b"empty").unwrap().0, b"");
     s.verify().unwrap();
@@ -117,7 +121,7 @@ fn a_full_zone_is_refused_and_freed_space_is_reused() {
     let big = vec![7u8; 1000];
     let mut stored = 0;
     let err = loop {
-        match s.set_within("vm", format!("k{stored}").as_bytes(), &big, 0, u64::MAX) {
+        match s.set_within("vm", format!("k{stored}").as_bytes(), &big, 0, w("vm", u64::MAX)) {
             Ok(()) => stored += 1,
             Err(e) => break e,
         }
@@ -213,6 +217,9 @@ fn metrics_have_the_same_id_everywhere_and_sum() {
     assert_eq!(s.increment(c, -1), Err(Status::BadArgument));
     s.record(h, 20000).unwrap();
     assert_eq!(MetricStore::get(&s, c), Ok(5));
+    assert_eq!(s.increment(c, 0), Err(Status::BadArgument), "a counter grows by a positive delta only");
+    s.record(c, 4).unwrap();
+    assert_eq!(MetricStore::get(&s, c), Ok(9), "recording a counter adds to it");
     assert_eq!(MetricStore::get(&s, g), Ok(-2));
     assert_eq!(MetricStore::get(&s, h), Err(Status::BadArgument));
     assert_eq!(MetricStore::get(&s, 99), Err(Status::NotFound));
@@ -232,19 +239,32 @@ fn shared_data_quota_counts_every_process_and_each_vm_id_apart() {
     // Another process fills vm "a" up to 100 bytes (key + value).
     let code = in_child(CHILD, || {
         let (o, _) = reattach(region);
-        o.set_within("a", b"k1", &[1; 58], 0, 100).is_ok() && o.set_within("a", b"k2", &[1; 38], 0, 100).is_ok()
+        o.set_within("a", b"k1", &[1; 58], 0, w("a", 100)).is_ok() && o.set_within("a", b"k2", &[1; 38], 0, w("a", 100)).is_ok()
     });
     assert_eq!(code, Some(0));
     assert_eq!(s.held_bytes("a"), 100);
-    assert_eq!(s.set_within("a", b"k3", b"x", 0, 100), Err(SharedError::OverQuota { vm_id: "a".into(), would_hold: 103, limit: 100 }));
+    assert_eq!(s.set_within("a", b"k3", b"x", 0, w("a", 100)), Err(SharedError::OverQuota { vm_id: "a".into(), would_hold: 103, limit: 100 }));
     assert!(SharedDataStore::get(&s, "a", b"k3").is_none());
     // vm "b" is not held back by "a" being at its cap.
-    s.set_within("b", b"k1", &[2; 90], 0, 100).unwrap();
+    s.set_within("b", b"k1", &[2; 90], 0, w("b", 100)).unwrap();
     // Writes that do not grow pass; shrinking frees.
-    s.set_within("a", b"k1", &[3; 58], 0, 100).unwrap();
-    s.set_within("a", b"k1", b"", 0, 100).unwrap();
+    s.set_within("a", b"k1", &[3; 58], 0, w("a", 100)).unwrap();
+    s.set_within("a", b"k1", b"", 0, w("a", 100)).unwrap();
     assert_eq!(s.held_bytes("a"), 2 + 40);
-    s.set_within("a", b"k3", b"x", 0, 100).unwrap();
+    s.set_within("a", b"k3", b"x", 0, w("a", 100)).unwrap();
+    s.verify().unwrap();
+}
+
+#[test]
+fn the_writer_pays_for_what_it_stores_in_another_vm_ids_data() {
+    let (s, _) = store(1 << 16);
+    for i in 0..3 {
+        s.set_within(&format!("elsewhere{i}"), b"k", &[0; 39], 0, w("sprayer", 130)).unwrap();
+    }
+    assert!(matches!(s.set_within("elsewhere3", b"k", &[0; 39], 0, w("sprayer", 130)), Err(SharedError::OverQuota { .. })));
+    assert_eq!((s.held_bytes("sprayer"), s.held_bytes("elsewhere0")), (120, 0));
+    s.set_within("elsewhere0", b"k", b"mine", 0, w("elsewhere0", 100)).unwrap();
+    assert_eq!((s.held_bytes("sprayer"), s.held_bytes("elsewhere0")), (80, 5));
     s.verify().unwrap();
 }
 
@@ -257,7 +277,7 @@ fn a_queue_keeps_its_registrants_length_and_byte_caps() {
     assert_eq!(s.enqueue(id, b"3"), Err(SharedError::QueueFull { waiting: 2 }));
     assert_eq!(s.dequeue(id).unwrap(), b"1");
     assert_eq!(s.held_bytes("vm"), 1);
-    s.set_within("vm", b"k", &[0; 40], 0, 50).unwrap();
+    s.set_within("vm", b"k", &[0; 40], 0, w("vm", 50)).unwrap();
     assert!(matches!(s.enqueue(id, &[0; 20]), Err(SharedError::OverQuota { .. })));
     // Re-registering changes the caps.
     assert_eq!(s.register("vm", "q", nobody(), QueueLimits { max_length: 5, max_bytes: 1000 }), Ok(id));
@@ -283,7 +303,7 @@ fn queues_metrics_and_vm_ids_are_capped() {
     for i in 2..MAX_VMS {
         s.set(&format!("vm{i}"), b"k", b"v", 0).unwrap();
     }
-    assert!(matches!(s.set_within("one too many", b"k", b"v", 0, u64::MAX), Err(SharedError::Full(_))));
+    assert!(matches!(s.set_within("one too many", b"k", b"v", 0, w("one too many", u64::MAX)), Err(SharedError::Full(_))));
     s.verify().unwrap();
 }
 
@@ -377,6 +397,8 @@ fn a_crash_while_replacing_a_value_is_undone() {
         },
         |s| s.set("vm", b"k", &[b'n'; 300], 0).unwrap(),
     );
+    // Another VM's plugin overwrites it: the bytes change payer too.
+    survives_a_crash_at_every_point(|s| s.set("vm", b"k", b"old", 0).unwrap(), |s| s.set_within("vm", b"k", b"theirs", 0, w("other", 1000)).unwrap());
 }
 
 #[test]
