@@ -55,7 +55,8 @@
 //!       max_queue_length: 10000               # alias maxQueueLength: items waiting in one
 //!                                             # shared queue the VM registered
 //!       max_shared_data_size: 16MiB           # alias maxSharedDataSize: bytes of shared data
-//!                                             # (keys, values) and queued items per vm_id
+//!                                             # (keys, values) its plugins wrote and items
+//!                                             # queued for it, per vm_id
 //!       max_metrics: 256                      # alias maxMetrics: metrics per vm_id
 //!       max_log_lines_per_second: 1000        # alias maxLogLinesPerSecond
 //!       min_tick_period: 1ms                  # alias minTickPeriod
@@ -336,10 +337,10 @@ pub struct Quotas {
     /// past it answers NOT_FOUND (the only refusal the Rust SDK accepts) and is logged once.
     pub max_queue_length: u32,
     /// `max_shared_data_size` (alias `maxSharedDataSize`): bytes the VM's `vm_id` may hold in
-    /// shared state: keys and values of its shared data plus the items waiting in its queues
-    /// (in NGINX's zone: for all workers together, counted in the zone). A `set_shared_data`
-    /// that would pass it answers CAS_MISMATCH, an enqueue NOT_FOUND; both logged once. The cap
-    /// checked for shared data is the writing plugin's; for a queue, its registrant's.
+    /// shared state: keys and values its plugins wrote (in its own data or another VM's) plus
+    /// the items waiting in the queues it registered (in NGINX's zone: for all workers
+    /// together, counted in the zone). A `set_shared_data` that would pass it answers
+    /// CAS_MISMATCH, an enqueue NOT_FOUND; both logged once. A queue keeps its registrant's cap.
     pub max_shared_data_size: u64,
     /// `max_metrics` (alias `maxMetrics`): distinct metrics the plugins of the VM's `vm_id` may
     /// define (a name another VM defined first does not count); past it `proxy_define_metric`
