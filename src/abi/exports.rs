@@ -508,10 +508,15 @@ fn proxy_set_shared_data(c: &mut dyn Caller, a: &[Val]) -> R {
         // refusal a plugin survives; it is what a lost race looks like.
         Err(e) => {
             let cap = if matches!(e, SharedError::OverQuota { .. }) { "vm_config.limits.max_shared_data_size" } else { "the room in the store" };
-            st.log_refusal(format!("set_shared_data over {cap}"), &format!("{e}; the write answered CAS_MISMATCH and stored nothing"));
+            refusal(st, format!("set_shared_data over {cap}"), &format!("{e}; the write answered CAS_MISMATCH and stored nothing"));
             done(Status::CasMismatch)
         }
     }
+}
+
+/// Logs once per plugin and `what` that a cap refused something.
+fn refusal(st: &mut HostState, what: String, why: &str) {
+    st.log_limit(&what, &format!("refused {what}: {why}"));
 }
 
 /// The effective plugin's caps (the defaults when no plugin context is effective).
@@ -566,7 +571,7 @@ fn proxy_register_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
     let id = match st.env.queues.register(&vm_id, &String::from_utf8_lossy(&name), owner, limits) {
         Ok(id) => id,
         Err(e) => {
-            st.log_refusal("register_shared_queue".into(), &format!("{e}; answered INTERNAL_FAILURE"));
+            refusal(st, "register_shared_queue".into(), &format!("{e}; answered INTERNAL_FAILURE"));
             return done(Status::InternalFailure);
         }
     };
@@ -610,7 +615,7 @@ fn proxy_enqueue_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
                 SharedError::OverQuota { .. } => "max_shared_data_size",
                 _ => "the room in the store",
             };
-            st.log_refusal(format!("enqueue to a queue of vm_id {vm_id:?} over {cap}"), &format!("{e}; the item was dropped and the call answered NOT_FOUND"));
+            refusal(st, format!("enqueue to a queue of vm_id {vm_id:?} over {cap}"), &format!("{e}; the item was dropped and the call answered NOT_FOUND"));
             done(Status::NotFound)
         }
     }
@@ -655,7 +660,7 @@ fn proxy_define_metric(c: &mut dyn Caller, a: &[Val]) -> R {
         // plugin survives, so it gets the one that says what happened.
         Err(e) => {
             let cap = if matches!(e, SharedError::TooManyMetrics { .. }) { "vm_config.limits.max_metrics" } else { "the room in the store" };
-            st.log_refusal(format!("define_metric over {cap}"), &format!("metric {name:?}: {e}; answered INTERNAL_FAILURE"));
+            refusal(st, format!("define_metric over {cap}"), &format!("metric {name:?}: {e}; answered INTERNAL_FAILURE"));
             return done(Status::InternalFailure);
         }
     };

@@ -166,11 +166,17 @@ impl HostState {
         }
     }
 
-    /// Logs once per plugin and `what` that a cap refused something.
-    pub fn log_refusal(&mut self, what: String, why: &str) {
+    /// Logs, once per plugin of the effective context and `limit`, that a
+    /// cap (`vm_config.limits`, or a server's own) refused something.
+    pub fn log_limit(&mut self, limit: &str, message: &str) {
         let plugin = self.log_ref();
-        if self.denials_logged.insert((plugin.name.clone(), format!("refused {what}"))) {
-            self.env.server.log(&plugin, crate::abi::LogLevel::Warn, &format!("refused {what}: {why} (logged once)"));
+        Self::log_limit_for(&mut self.denials_logged, &self.env, &plugin, limit, message);
+    }
+
+    /// As [`HostState::log_limit`], for `plugin` (outside any hostcall).
+    pub fn log_limit_for(logged: &mut std::collections::HashSet<(String, String)>, env: &VmEnv, plugin: &PluginRef, limit: &str, message: &str) {
+        if logged.insert((plugin.name.clone(), format!("limit {limit}"))) {
+            env.server.log(plugin, crate::abi::LogLevel::Warn, &format!("{message} (logged once)"));
         }
     }
 
