@@ -33,9 +33,10 @@ pub struct Authorizations {
     /// Upstreams `proxy_http_call` may reach, as the plugin names them
     /// (`host:port`); `*` allows any. Empty: no outgoing calls.
     pub allowed_hosts: Vec<String>,
-    /// Its own shared data (the keys of its `vm_id`).
+    /// Its own shared data (the keys of its `vm_id`) and shared queues.
     pub plugin_map_access: Access,
-    /// Shared data of other VMs, addressed as `<vm_id>::<key>`.
+    /// Shared data of other VMs, addressed as `<vm_id>::<key>`, and their
+    /// queues (through `proxy_resolve_shared_queue` or a queue id).
     pub global_map_access: Access,
     /// Property paths (dotted prefixes such as `request.headers`, or `*`) it may read.
     pub property_read: Vec<String>,
@@ -99,6 +100,18 @@ impl Authorizations {
         (own_vm_id, key, self.plugin_map_access)
     }
 
+    /// The rights the plugin has on the shared data and queues of `vm_id`:
+    /// `plugin_map_access` for its own VM's, `global_map_access` for another's.
+    /// Queues follow shared data: dequeuing reads, enqueuing writes, and
+    /// registering (in its own VM) or resolving a queue needs either right.
+    pub fn access_to(&self, own_vm_id: &str, vm_id: &str) -> Access {
+        if vm_id == own_vm_id {
+            self.plugin_map_access
+        } else {
+            self.global_map_access
+        }
+    }
+
     /// Whether the plugin may read the property at `path` (segments).
     pub fn allows_property_read(&self, path: &[&[u8]]) -> bool {
         matches_any(&self.property_read, path)
@@ -149,6 +162,14 @@ mod tests {
         assert_eq!(a.shared_data_target("me", b"them::count"), ("them", &b"count"[..], Access { read: true, write: false }));
         assert_eq!(a.shared_data_target("me", b"me::count"), ("me", &b"count"[..], Access::ALL));
         assert_eq!(a.shared_data_target("me", b"count"), ("me", &b"count"[..], Access::ALL));
+    }
+
+    #[test]
+    fn queues_of_a_vm_id_have_the_rights_of_its_shared_data() {
+        let a = Authorizations { plugin_map_access: Access { read: true, write: false }, global_map_access: Access { read: false, write: true }, ..Default::default() };
+        assert_eq!(a.access_to("me", "me"), Access { read: true, write: false });
+        assert_eq!(a.access_to("me", "them"), Access { read: false, write: true });
+        assert_eq!(Authorizations::default().access_to("me", "them"), Access::NONE);
     }
 
     #[test]

@@ -4,15 +4,21 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 /// Metrics as the hostcalls and exporters see them. [`Metrics`] is the
 /// in-process registry; the NGINX module keeps them in a shared-memory zone
 /// (`shm_store`), so that every worker adds to the same series.
 pub trait MetricStore: Send + Sync {
-    /// Defines a metric, or returns the id of the one already defined with
-    /// that name. Redefining a name with another type is BAD_ARGUMENT.
-    fn define(&self, kind: MetricType, name: &str) -> Result<u32, Status>;
+    /// Defines a metric for the plugins of `vm_id`, or returns the id of the
+    /// one already defined with that name (by any VM). Redefining a name with
+    /// another type is BadArgument; a new name past `max_metrics` metrics
+    /// first defined by `vm_id` is TooManyMetrics.
+    fn define_within(&self, kind: MetricType, name: &str, vm_id: &str, max_metrics: u32) -> Result<u32, SharedError>;
+    /// [`MetricStore::define_within`] without a cap.
+    fn define(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
+        self.define_within(kind, name, "", u32::MAX).map_err(|e| e.status())
+    }
     /// Adds to a counter (non-negative only) or a gauge; BAD_ARGUMENT for a histogram.
     fn increment(&self, id: u32, delta: i64) -> Result<(), Status>;
     /// Sets a counter or gauge to `value`, or records a histogram sample.
@@ -23,8 +29,8 @@ pub trait MetricStore: Send + Sync {
 }
 
 impl MetricStore for Metrics {
-    fn define(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
-        Metrics::define(self, kind, name)
+    fn define_within(&self, kind: MetricType, name: &str, vm_id: &str, max_metrics: u32) -> Result<u32, SharedError> {
+        Metrics::define_within(self, kind, name, vm_id, max_metrics)
     }
     fn increment(&self, id: u32, delta: i64) -> Result<(), Status> {
         Metrics::increment(self, id, delta)
@@ -41,6 +47,7 @@ impl MetricStore for Metrics {
 }
 
 use crate::abi::{MetricType, Status};
+use crate::shared::SharedError;
 
 /// Histogram bucket upper bounds (inclusive), Prometheus-style; the last bucket is +Inf.
 pub const HISTOGRAM_BOUNDS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
@@ -72,20 +79,33 @@ pub struct MetricSnapshot {
 pub struct Metrics {
     metrics: RwLock<Vec<Arc<Metric>>>,
     by_name: RwLock<HashMap<String, u32>>,
+    /// Metrics each vm_id defined first (for `max_metrics`).
+    per_vm: Mutex<HashMap<String, u32>>,
 }
 
 impl Metrics {
     /// Defines a metric, or returns the id of the one already defined with that
     /// name. Redefining a name with another type is BAD_ARGUMENT.
     pub fn define(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
+        self.define_within(kind, name, "", u32::MAX).map_err(|e| e.status())
+    }
+
+    /// [`MetricStore::define_within`]: `vm_id` defines at most `max_metrics` names.
+    pub fn define_within(&self, kind: MetricType, name: &str, vm_id: &str, max_metrics: u32) -> Result<u32, SharedError> {
         if name.is_empty() {
-            return Err(Status::BadArgument);
+            return Err(SharedError::BadArgument);
         }
         let mut by_name = self.by_name.write().unwrap_or_else(|p| p.into_inner());
         let mut metrics = self.metrics.write().unwrap_or_else(|p| p.into_inner());
         if let Some(&id) = by_name.get(name) {
-            return if metrics[index(id)].kind == kind { Ok(id) } else { Err(Status::BadArgument) };
+            return if metrics[index(id)].kind == kind { Ok(id) } else { Err(SharedError::BadArgument) };
         }
+        let mut per_vm = self.per_vm.lock().unwrap_or_else(|p| p.into_inner());
+        let defined = per_vm.entry(vm_id.to_string()).or_insert(0);
+        if *defined >= max_metrics {
+            return Err(SharedError::TooManyMetrics { vm_id: vm_id.to_string(), limit: max_metrics });
+        }
+        *defined += 1;
         metrics.push(Arc::new(Metric {
             name: name.to_string(),
             kind,
@@ -206,6 +226,19 @@ mod tests {
         let a = m.define(MetricType::Counter, "a").unwrap();
         assert_eq!(m.define(MetricType::Counter, "a"), Ok(a));
         assert_eq!(m.define(MetricType::Gauge, "a"), Err(Status::BadArgument));
+    }
+
+    #[test]
+    fn a_vm_id_defines_at_most_max_metrics_names() {
+        let m = Metrics::default();
+        m.define_within(MetricType::Counter, "a", "vm", 2).unwrap();
+        m.define_within(MetricType::Counter, "b", "vm", 2).unwrap();
+        assert_eq!(m.define_within(MetricType::Counter, "c", "vm", 2), Err(SharedError::TooManyMetrics { vm_id: "vm".into(), limit: 2 }));
+        // Names already defined (by anyone) do not count; other vm_ids have their own count.
+        assert!(m.define_within(MetricType::Counter, "a", "vm", 2).is_ok());
+        assert!(m.define_within(MetricType::Counter, "c", "other", 2).is_ok());
+        assert!(m.define_within(MetricType::Counter, "c", "vm", 2).is_ok());
+        assert_eq!(m.snapshot().len(), 3);
     }
 
     #[test]

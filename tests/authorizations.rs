@@ -95,3 +95,74 @@ fn an_http_call_outside_allowed_hosts_answers_bad_argument_and_reaches_no_server
     assert!(server.take_http_calls().is_empty());
     assert!(server.logged("denied http_call to \"127.0.0.1:8081\""), "{:?}", server.messages());
 }
+
+// ------------------------------------------------------------ shared queues
+
+/// A plugin (all rights on its own VM) whose queue `q1` another plugin will try to use.
+fn queue_owner() -> (Harness, u32) {
+    let options = VmOptions::new(unique_vm_id("queue-owner"));
+    let plugin = PluginInfo::new("owner", "", options.vm_id.clone(), Vec::new()).with_authorizations(Authorizations::default());
+    let h = Harness::try_start_plugin(built_code(PLUGIN), plugin, options, TestServer::new()).unwrap_or_else(|e| panic!("{e}"));
+    let id = proxy_wasm_host::shared::process_queues().resolve(&h.plugin.vm_id, "q1").expect("q1 registered in on_configure");
+    (h, id)
+}
+
+fn report(h: &mut Harness, case: &str, extra: &[(&str, &str)], header: &str) -> Option<String> {
+    let (ctx, stream, _) = h.request(&req(case, extra), true);
+    h.respond(ctx, &stream, &[(":status", "200")], true);
+    stream.data().response_header(header)
+}
+
+fn waiting(id: u32) -> usize {
+    proxy_wasm_host::shared::process_store().queue_len(id).unwrap()
+}
+
+#[test]
+fn another_vms_queue_is_not_found_for_resolve_dequeue_and_enqueue_without_global_map_access() {
+    let (owner, id) = queue_owner();
+    proxy_wasm_host::shared::process_queues().enqueue(id, b"private").unwrap();
+    let (mut h, server) = start(Authorizations::default());
+    let id_text = id.to_string();
+    assert_eq!(report(&mut h, "enqueue", &[("x-pw-queue-vm", &owner.plugin.vm_id)], "x-pw-queue-resolve").as_deref(), Some("NOT_FOUND"));
+    // Its id, however learnt, does not help.
+    assert_eq!(report(&mut h, "dequeue", &[("x-pw-queue-id", &id_text)], "x-pw-dequeue").as_deref(), Some("NOT_FOUND"));
+    assert_eq!(report(&mut h, "dequeue", &[("x-pw-queue-id", &id_text)], "x-pw-dequeue").as_deref(), Some("NOT_FOUND"));
+    assert_eq!(report(&mut h, "enqueue", &[("x-pw-queue-id", &id_text), ("x-pw-queue-value", "forged")], "x-pw-enqueue").as_deref(), Some("NOT_FOUND"));
+    assert_eq!(waiting(id), 1, "the item is still there, nothing was added");
+    assert_eq!(proxy_wasm_host::shared::process_queues().dequeue(id).unwrap(), b"private");
+    let denials = |what: &str| server.messages().iter().filter(|m| m.contains(what)).count();
+    assert_eq!(denials("denied shared queue dequeue from a queue of vm_id"), 1, "logged once: {:?}", server.messages());
+    assert_eq!(denials("denied shared queue enqueue to a queue of vm_id"), 1, "{:?}", server.messages());
+    assert!(server.logged("authorizations.global_map_access.read is false"), "{:?}", server.messages());
+}
+
+#[test]
+fn global_map_access_read_allows_resolving_and_dequeuing_another_vms_queue_but_not_enqueuing() {
+    let (owner, id) = queue_owner();
+    proxy_wasm_host::shared::process_queues().enqueue(id, b"readable").unwrap();
+    let (mut h, server) = start(Authorizations { global_map_access: Access { read: true, write: false }, ..Default::default() });
+    assert_eq!(report(&mut h, "enqueue", &[("x-pw-queue-vm", &owner.plugin.vm_id), ("x-pw-queue-count", "0")], "x-pw-queue-resolved-id"), Some(id.to_string()));
+    assert_eq!(report(&mut h, "dequeue", &[("x-pw-queue-id", &id.to_string())], "x-pw-dequeue").as_deref(), Some("OK readable"));
+    assert_eq!(report(&mut h, "enqueue", &[("x-pw-queue-id", &id.to_string())], "x-pw-enqueue").as_deref(), Some("NOT_FOUND"));
+    assert_eq!(waiting(id), 0);
+    assert!(server.logged("authorizations.global_map_access.write is false"), "{:?}", server.messages());
+}
+
+#[test]
+fn global_map_access_write_allows_enqueuing_to_another_vms_queue_but_not_dequeuing() {
+    let (_owner, id) = queue_owner();
+    let (mut h, _) = start(Authorizations { global_map_access: Access { read: false, write: true }, ..Default::default() });
+    assert_eq!(report(&mut h, "enqueue", &[("x-pw-queue-id", &id.to_string()), ("x-pw-queue-value", "sent")], "x-pw-enqueue").as_deref(), Some("OK"));
+    assert_eq!(report(&mut h, "dequeue", &[("x-pw-queue-id", &id.to_string())], "x-pw-dequeue").as_deref(), Some("NOT_FOUND"));
+    assert_eq!(waiting(id), 1);
+    assert_eq!(proxy_wasm_host::shared::process_queues().dequeue(id).unwrap(), b"sent");
+}
+
+#[test]
+fn its_own_queues_follow_plugin_map_access() {
+    let (mut h, server) = start(Authorizations { plugin_map_access: Access { read: false, write: true }, ..Default::default() });
+    // Registered in on_configure (either right will do), enqueue writes, dequeue reads.
+    assert_eq!(report(&mut h, "enqueue", &[], "x-pw-enqueue").as_deref(), Some("OK"));
+    assert_eq!(report(&mut h, "dequeue", &[], "x-pw-dequeue").as_deref(), Some("NOT_FOUND"));
+    assert!(server.logged("authorizations.plugin_map_access.read is false for its own shared data and queues"), "{:?}", server.messages());
+}

@@ -1155,3 +1155,18 @@ fn host_side_caps_are_on_by_default_and_read_from_limits() {
     let e = quotas("max_queue_length: 5000000000").unwrap_err();
     assert!(e.contains("config.vm_config.limits.max_queue_length: expected a whole number"), "{e}");
 }
+
+#[test]
+fn max_metrics_defaults_to_256_and_is_read_from_limits() {
+    let dir = TempDir::new();
+    dir.wasm("p.wasm");
+    let quotas = |limits: &str| {
+        let yaml = format!("config:\n  name: n\n  vm_config:\n    limits: {{ {limits} }}\n    code: {{local: {{filename: p.wasm}}}}\n");
+        load_str(&yaml, &dir.path().join("c.yaml")).map(|mut v| v.remove(0).vm.quotas).map_err(|e| e.to_string())
+    };
+    assert_eq!(load_plugin_with("").unwrap().vm.quotas.max_metrics, 256);
+    assert_eq!(quotas("max_metrics: 3").unwrap().max_metrics, 3);
+    assert_eq!(quotas("maxMetrics: 4").unwrap().max_metrics, 4);
+    let e = quotas("max_metrics: 0").unwrap_err();
+    assert!(e.contains("config.vm_config.limits.max_metrics: expected a whole number from 1 to 4294967295, found 0"), "{e}");
+}

@@ -12,7 +12,8 @@ use super::pairs::{self, Pair};
 use super::{AbiVersion, BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 use crate::host::{HttpCallRequest, LocalResponse};
 use crate::runtime::{Caller, HostFunction, Trap, Val, ValType};
-use crate::shared::QueueOwner;
+use crate::config::Quotas;
+use crate::shared::{QueueLimits, QueueOwner, SharedError, Writer};
 use crate::vm::state::{Context, Deferred, HostState, Phase};
 
 type R = Result<Option<Val>, Trap>;
@@ -564,7 +565,62 @@ fn proxy_set_shared_data(c: &mut dyn Caller, a: &[Val]) -> R {
     let value = read!(c, u(a, 2), u(a, 3));
     let st = c.state();
     let Some((vm_id, key)) = shared_data_target(st, &key, true) else { return done(Status::BadArgument) };
-    result(st.env.shared_data.set(&vm_id, &key, &value, u(a, 4)))
+    // The writing plugin's VM pays for what it stores, in whichever VM's data.
+    let writer = Writer { vm_id: &st.env.vm_id, max_bytes: quotas(st).max_shared_data_size };
+    match st.env.shared_data.set_within(&vm_id, &key, &value, u(a, 4), writer) {
+        Ok(()) => done(Status::Ok),
+        Err(SharedError::CasMismatch) => done(Status::CasMismatch),
+        // Over the cap or out of room: nothing is stored. The Rust SDK accepts
+        // only OK and CAS_MISMATCH from this call (it panics on anything
+        // else), and Envoy never refuses a set, so CAS_MISMATCH is the one
+        // refusal a plugin survives; it is what a lost race looks like.
+        Err(e) => {
+            let cap = if matches!(e, SharedError::OverQuota { .. }) { "vm_config.limits.max_shared_data_size" } else { "the room in the store" };
+            refusal(st, format!("set_shared_data over {cap}"), &format!("{e}; the write answered CAS_MISMATCH and stored nothing"));
+            done(Status::CasMismatch)
+        }
+    }
+}
+
+/// Logs once per plugin and `what` that a cap refused something.
+fn refusal(st: &mut HostState, what: String, why: &str) {
+    st.log_limit(&what, &format!("refused {what}: {why}"));
+}
+
+/// The effective plugin's caps (the defaults when no plugin context is effective).
+fn quotas(st: &HostState) -> Quotas {
+    st.effective_plugin().map_or_else(Quotas::default, |p| p.quotas)
+}
+
+/// What a queue hostcall does, for its authorization.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QueueUse {
+    Register,
+    Resolve,
+    Enqueue,
+    Dequeue,
+}
+
+/// Whether the effective plugin may use the queues of `vm_id` that way: its
+/// own VM's with `plugin_map_access`, another VM's with `global_map_access`
+/// (dequeue reads, enqueue writes, register and resolve need either right). A
+/// denial is logged once.
+fn queue_allowed(st: &mut HostState, vm_id: &str, what: QueueUse) -> bool {
+    let Some(plugin) = st.effective_plugin() else { return true };
+    let access = plugin.authorizations.access_to(&st.env.vm_id, vm_id);
+    let (allowed, verb, right) = match what {
+        // Registering only names a queue of its own VM: any right there will do
+        // (a write-only plugin may still register; its dequeues are denied).
+        QueueUse::Register => (access.read || access.write, "register", "read and write are"),
+        QueueUse::Resolve => (access.read || access.write, "resolve", "read and write are"),
+        QueueUse::Enqueue => (access.write, "enqueue to", "write is"),
+        QueueUse::Dequeue => (access.read, "dequeue from", "read is"),
+    };
+    if !allowed {
+        let (whose, setting) = if vm_id == st.env.vm_id { ("its own", "plugin_map_access") } else { ("another VM's", "global_map_access") };
+        st.log_denial(format!("shared queue {verb} a queue of vm_id {vm_id:?}"), &format!("authorizations.{setting}.{right} false for {whose} shared data and queues"));
+    }
+    allowed
 }
 
 fn proxy_register_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
@@ -573,8 +629,20 @@ fn proxy_register_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
     tri!(memory::check(c.memory_and_state().0, u(a, 2), 4));
     let st = c.state();
     let Some(root_context_id) = st.effective_root_id() else { return done(Status::BadArgument) };
+    let vm_id = st.env.vm_id.clone();
+    // The SDKs accept only OK here: a denial answers BAD_ARGUMENT, as a denied shared-data write.
+    if !queue_allowed(st, &vm_id, QueueUse::Register) {
+        return done(Status::BadArgument);
+    }
     let owner = QueueOwner { server: std::sync::Arc::downgrade(&st.env.server), root_context_id };
-    let id = tri!(st.env.queues.register(&st.env.vm_id, &String::from_utf8_lossy(&name), owner));
+    let limits = QueueLimits::from_quotas(&quotas(st));
+    let id = match st.env.queues.register(&vm_id, &String::from_utf8_lossy(&name), owner, limits) {
+        Ok(id) => id,
+        Err(e) => {
+            refusal(st, "register_shared_queue".into(), &format!("{e}; answered INTERNAL_FAILURE"));
+            return done(Status::InternalFailure);
+        }
+    };
     write_u32_result(c, u(a, 2), id)
 }
 
@@ -585,6 +653,10 @@ fn proxy_resolve_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
     tri!(memory::check(c.memory_and_state().0, u(a, 4), 4));
     let st = c.state();
     let vm_id = if vm_id.is_empty() { st.env.vm_id.clone() } else { String::from_utf8_lossy(&vm_id).into_owned() };
+    // A queue the plugin may not use looks absent (NOT_FOUND, which SDKs handle).
+    if !queue_allowed(st, &vm_id, QueueUse::Resolve) {
+        return done(Status::NotFound);
+    }
     match st.env.queues.resolve(&vm_id, &String::from_utf8_lossy(&name)) {
         Some(id) => write_u32_result(c, u(a, 4), id),
         None => done(Status::NotFound),
@@ -594,7 +666,27 @@ fn proxy_resolve_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
 fn proxy_enqueue_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
     tri!(running(c));
     let data = read!(c, u(a, 1), u(a, 2));
-    result(c.state().env.queues.enqueue(u(a, 0), &data))
+    let st = c.state();
+    let id = u(a, 0);
+    // Rights follow the queue's VM, whoever found out its id; a denied or
+    // refused enqueue answers NOT_FOUND, the one refusal the Rust SDK accepts.
+    let Some(vm_id) = st.env.queues.queue_vm_id(id) else { return done(Status::NotFound) };
+    if !queue_allowed(st, &vm_id, QueueUse::Enqueue) {
+        return done(Status::NotFound);
+    }
+    match st.env.queues.enqueue(id, &data) {
+        Ok(()) => done(Status::Ok),
+        Err(SharedError::NotFound) => done(Status::NotFound),
+        Err(e) => {
+            let cap = match e {
+                SharedError::QueueFull { .. } => "max_queue_length",
+                SharedError::OverQuota { .. } => "max_shared_data_size",
+                _ => "the room in the store",
+            };
+            refusal(st, format!("enqueue to a queue of vm_id {vm_id:?} over {cap}"), &format!("{e}; the item was dropped and the call answered NOT_FOUND"));
+            done(Status::NotFound)
+        }
+    }
 }
 
 fn proxy_dequeue_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
@@ -604,7 +696,17 @@ fn proxy_dequeue_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
         tri!(memory::check(mem, u(a, 1), 4));
         tri!(memory::check(mem, u(a, 2), 4));
     }
-    let data = tri!(c.state().env.queues.dequeue(u(a, 0)));
+    let st = c.state();
+    let id = u(a, 0);
+    let Some(vm_id) = st.env.queues.queue_vm_id(id) else { return done(Status::NotFound) };
+    if !queue_allowed(st, &vm_id, QueueUse::Dequeue) {
+        return done(Status::NotFound);
+    }
+    let data = match st.env.queues.dequeue(id) {
+        Ok(data) => data,
+        Err(SharedError::Empty) => return done(Status::Empty),
+        Err(_) => return done(Status::NotFound),
+    };
     done(return_bytes(c, &data, u(a, 1), u(a, 2))?)
 }
 
@@ -616,7 +718,20 @@ fn proxy_define_metric(c: &mut dyn Caller, a: &[Val]) -> R {
     let name = read!(c, u(a, 1), u(a, 2));
     tri!(memory::check(c.memory_and_state().0, u(a, 3), 4));
     let Ok(name) = String::from_utf8(name) else { return done(Status::BadArgument) };
-    let id = tri!(c.state().env.metrics.define(kind, &name));
+    let st = c.state();
+    let max_metrics = quotas(st).max_metrics;
+    let vm_id = st.env.vm_id.clone();
+    let id = match st.env.metrics.define_within(kind, &name, &vm_id, max_metrics) {
+        Ok(id) => id,
+        Err(SharedError::BadArgument) => return done(Status::BadArgument),
+        // The SDKs accept only OK from define_metric: there is no refusal a
+        // plugin survives, so it gets the one that says what happened.
+        Err(e) => {
+            let cap = if matches!(e, SharedError::TooManyMetrics { .. }) { "vm_config.limits.max_metrics" } else { "the room in the store" };
+            refusal(st, format!("define_metric over {cap}"), &format!("metric {name:?}: {e}; answered INTERNAL_FAILURE"));
+            return done(Status::InternalFailure);
+        }
+    };
     write_u32_result(c, u(a, 3), id)
 }
 

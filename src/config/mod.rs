@@ -22,10 +22,13 @@
 //!                                   # chain that reads it), default 16MiB (then 413 / 500 / cut)
 //!   authorizations:                 # our extension; every key optional
 //!     allowed_hosts: []             # alias allowedHosts: http_call upstreams ("*" = any), default none
-//!     plugin_map_access: { read: true, write: true }   # alias pluginMapAccess: own shared data,
-//!                                   # default both true; in a given map a missing right is false
+//!     plugin_map_access: { read: true, write: true }   # alias pluginMapAccess: own shared data
+//!                                   # and queues, default both true; in a given map a missing
+//!                                   # right is false
 //!     global_map_access: { read: false, write: false } # alias globalMapAccess: other VMs' shared
-//!                                   # data as "<vm_id>::<key>", default both false
+//!                                   # data as "<vm_id>::<key>" and their queues, default both
+//!                                   # false (queues: dequeue reads, enqueue writes, resolve and
+//!                                   # register need either right)
 //!     properties: { read: ["*"], write: ["*"] }         # dotted path prefixes, default ["*"] each
 //!   capability_restriction_config:  # optional (alias capabilityRestrictionConfig)
 //!     allowed_capabilities:         # alias allowedCapabilities
@@ -52,8 +55,12 @@
 //!       # Host-side caps, each on by default (see `Quotas` and docs/robustness.md):
 //!       max_pending_http_calls: 1024          # alias maxPendingHttpCalls
 //!       max_http_call_response_size: 16MiB    # alias maxHttpCallResponseSize
-//!       max_queue_length: 10000               # alias maxQueueLength: items per shared queue
-//!       max_shared_data_size: 16MiB           # alias maxSharedDataSize: per vm_id
+//!       max_queue_length: 10000               # alias maxQueueLength: items waiting in one
+//!                                             # shared queue the VM registered
+//!       max_shared_data_size: 16MiB           # alias maxSharedDataSize: bytes of shared data
+//!                                             # (keys, values) its plugins wrote and items
+//!                                             # queued for it, per vm_id
+//!       max_metrics: 256                      # alias maxMetrics: metrics per vm_id
 //!       max_log_lines_per_second: 1000        # alias maxLogLinesPerSecond: proxy_log and fd_write
 //!                                             # lines of one plugin; more are dropped and counted
 //!       min_tick_period: 1ms                  # alias minTickPeriod: shorter periods are raised
@@ -329,12 +336,21 @@ pub struct Quotas {
     /// `max_http_call_response_size` (alias `maxHttpCallResponseSize`): the most bytes of an
     /// `http_call` answer (headers and body) the host reads; a larger answer fails the call.
     pub max_http_call_response_size: u64,
-    /// `max_queue_length` (alias `maxQueueLength`): items waiting in one shared queue of the VM;
-    /// an enqueue past it fails.
+    /// `max_queue_length` (alias `maxQueueLength`): items waiting in one shared queue the VM
+    /// registered (the registrant's value is kept with the queue, whoever enqueues); an enqueue
+    /// past it answers NOT_FOUND (the only refusal the Rust SDK accepts) and is logged once.
     pub max_queue_length: u32,
-    /// `max_shared_data_size` (alias `maxSharedDataSize`): bytes of shared data (keys and values)
-    /// the VM's `vm_id` may hold (in NGINX's zone: for all workers together).
+    /// `max_shared_data_size` (alias `maxSharedDataSize`): bytes the VM's `vm_id` may hold in
+    /// shared state: keys and values its plugins wrote (in its own data or another VM's) plus
+    /// the items waiting in the queues it registered (in NGINX's zone: for all workers
+    /// together, counted in the zone). A `set_shared_data` that would pass it answers
+    /// CAS_MISMATCH, an enqueue NOT_FOUND; both logged once. A queue keeps its registrant's cap.
     pub max_shared_data_size: u64,
+    /// `max_metrics` (alias `maxMetrics`): distinct metrics the plugins of the VM's `vm_id` may
+    /// define (a name another VM defined first does not count); past it `proxy_define_metric`
+    /// answers INTERNAL_FAILURE (the SDKs accept no refusal there: the plugin traps) and is
+    /// logged once.
+    pub max_metrics: u32,
     /// `max_log_lines_per_second` (alias `maxLogLinesPerSecond`): log lines a plugin may write
     /// per second; further lines that second are dropped and counted in one later line.
     pub max_log_lines_per_second: u32,
@@ -348,6 +364,7 @@ impl Quotas {
     pub const DEFAULT_MAX_HTTP_CALL_RESPONSE_SIZE: u64 = 16 << 20;
     pub const DEFAULT_MAX_QUEUE_LENGTH: u32 = 10_000;
     pub const DEFAULT_MAX_SHARED_DATA_SIZE: u64 = 16 << 20;
+    pub const DEFAULT_MAX_METRICS: u32 = 256;
     pub const DEFAULT_MAX_LOG_LINES_PER_SECOND: u32 = 1000;
     pub const DEFAULT_MIN_TICK_PERIOD: std::time::Duration = std::time::Duration::from_millis(1);
 }
@@ -359,6 +376,7 @@ impl Default for Quotas {
             max_http_call_response_size: Quotas::DEFAULT_MAX_HTTP_CALL_RESPONSE_SIZE,
             max_queue_length: Quotas::DEFAULT_MAX_QUEUE_LENGTH,
             max_shared_data_size: Quotas::DEFAULT_MAX_SHARED_DATA_SIZE,
+            max_metrics: Quotas::DEFAULT_MAX_METRICS,
             max_log_lines_per_second: Quotas::DEFAULT_MAX_LOG_LINES_PER_SECOND,
             min_tick_period: Quotas::DEFAULT_MIN_TICK_PERIOD,
         }

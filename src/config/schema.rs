@@ -717,6 +717,7 @@ impl Section for LimitsSection {
         &["max_http_call_response_size", "maxHttpCallResponseSize"],
         &["max_queue_length", "maxQueueLength"],
         &["max_shared_data_size", "maxSharedDataSize"],
+        &["max_metrics", "maxMetrics"],
         &["max_log_lines_per_second", "maxLogLinesPerSecond"],
         &["min_tick_period", "minTickPeriod"],
     ];
@@ -745,6 +746,9 @@ impl Section for LimitsSection {
             "max_shared_data_size" => {
                 q.max_shared_data_size =
                     map.next_value_seed(cx.at(ByteSize))?.unwrap_or(Quotas::DEFAULT_MAX_SHARED_DATA_SIZE);
+            }
+            "max_metrics" => {
+                q.max_metrics = map.next_value_seed(cx.at(Count32))?.unwrap_or(Quotas::DEFAULT_MAX_METRICS);
             }
             "max_log_lines_per_second" => {
                 q.max_log_lines_per_second =

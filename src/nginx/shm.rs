@@ -29,6 +29,8 @@ use crate::shm_store::{ShmRegion, ShmStore, ZoneLock, MIN_SIZE, POLL_INTERVAL};
 
 /// Default `proxy_wasm_shm_size`.
 pub const DEFAULT_SIZE: usize = 1 << 20;
+/// Zones up to this size are checked whole when a worker starts.
+const CHECK_AT_START_MAX: usize = 64 << 20;
 /// The smallest size accepted (the store's header plus room for entries).
 pub const MIN_ZONE_SIZE: usize = 32 * 1024;
 const _: () = assert!(MIN_ZONE_SIZE > MIN_SIZE + 1024);
@@ -104,6 +106,12 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
             }
             (*zone).init = Some(init_zone);
             main.shm.zone = zone;
+            let caps: Vec<(String, u64)> = main.plugins.iter().map(|p| (p.vm.vm_id.clone(), p.vm.quotas.max_shared_data_size)).collect();
+            if let Some(warning) = crate::shm_store::overcommit_warning(size.saturating_sub(region_offset()), &caps) {
+                if let Ok(text) = std::ffi::CString::new(format!("proxy_wasm_shm_size: {warning}")) {
+                    ngx_conf_log_error(NGX_LOG_WARN as ngx_uint_t, cf, 0, super::cstr(b"%s\0"), text.as_ptr());
+                }
+            }
         }
         ptr::null_mut()
     })
@@ -197,8 +205,15 @@ pub fn install_in_worker(main: &MainConf) {
         };
         let pool = (*zone).shm.addr as *mut ngx_slab_pool_t;
         let lock = NgxShmtx(ptr::addr_of_mut!((*pool).mutex));
-        Arc::new(ShmStore::new(region, Box::new(lock), Box::new(|m| log(LogLevel::Error, &format!("[proxy_wasm] {m}")))))
+        Arc::new(ShmStore::new(region, Box::new(lock), Box::new(|level, m| log(level, &format!("[proxy_wasm] {m}")))))
     };
+    // A zone kept across a reload: checked before this worker uses it
+    // (rebuilt empty, with a critical line, if damaged). The check walks the
+    // whole zone under its lock, so larger zones are left to the checks every
+    // operation makes (an update a dead worker left is undone either way).
+    if store.region().size() <= CHECK_AT_START_MAX {
+        store.check();
+    }
     crate::shared::set_process_stores(store.clone(), store.clone());
     crate::metrics::set_process_metrics(store.clone());
     let mut ev = Box::new(super::worker::new_event(on_poll, ptr::null_mut()));

@@ -46,6 +46,7 @@ const KNOWN_CASES: &[&str] = &[
     "shared-get",
     "shared-set",
     "enqueue",
+    "dequeue",
     "queue-resume",
     "tick-resume",
     "metrics",
@@ -430,25 +431,51 @@ impl Filter {
         self.rep("x-pw-cas-final", opt_text(value.as_deref(), 64));
     }
 
+    /// Parameters: `x-pw-queue-vm` / `x-pw-queue-name` (the queue to resolve,
+    /// default this plugin's VM and configured queue), `x-pw-queue-id` (a raw
+    /// id to use instead of resolving), `x-pw-queue-count` (items to enqueue
+    /// in this one callback, default 1; statuses reported space-separated).
     fn case_enqueue(&mut self) {
-        let queue = self.shared.config.queue.clone();
-        let vm_id = self.get_property(vec!["plugin_vm_id"]).unwrap_or_default();
-        let vm_id = String::from_utf8_lossy(&vm_id).into_owned();
-        let resolved = self.resolve_shared_queue(&vm_id, &queue);
-        self.rep("x-pw-queue-resolve", if resolved.is_some() { "OK" } else { "NOT_FOUND" });
-        self.rep(
-            "x-pw-queue-resolve-same-id",
-            bool_str(resolved.is_some() && resolved == self.shared.queue_id),
-        );
-        let target = resolved.or(self.shared.queue_id);
+        let own_vm = self.get_property(vec!["plugin_vm_id"]).unwrap_or_default();
+        let own_vm = String::from_utf8_lossy(&own_vm).into_owned();
+        let target = match self.param_u64("x-pw-queue-id") {
+            Some(id) => Some(id as u32),
+            None => {
+                let vm_id = self.param_text("x-pw-queue-vm").unwrap_or(own_vm);
+                let queue = self.param_text("x-pw-queue-name").unwrap_or_else(|| self.shared.config.queue.clone());
+                let resolved = self.resolve_shared_queue(&vm_id, &queue);
+                self.rep("x-pw-queue-resolve", if resolved.is_some() { "OK" } else { "NOT_FOUND" });
+                self.rep(
+                    "x-pw-queue-resolve-same-id",
+                    bool_str(resolved.is_some() && resolved == self.shared.queue_id),
+                );
+                self.rep("x-pw-queue-resolved-id", resolved.map(|q| q.to_string()).unwrap_or_else(|| NONE.to_string()));
+                resolved.or(self.shared.queue_id)
+            }
+        };
         let value = self.param("x-pw-queue-value").unwrap_or_else(|| b"hello".to_vec());
         match target {
             Some(q) => {
-                let st = self.enqueue_shared_queue(q, Some(&value));
-                self.rep("x-pw-enqueue", sdk_status_name(st.err().unwrap_or(Status::Ok)));
+                let count = self.param_u64("x-pw-queue-count").unwrap_or(1).max(1);
+                let statuses: Vec<String> = (0..count)
+                    .map(|_| sdk_status_name(self.enqueue_shared_queue(q, Some(&value)).err().unwrap_or(Status::Ok)))
+                    .collect();
+                self.rep("x-pw-enqueue", statuses.join(" "));
             }
             None => self.rep("x-pw-enqueue", "no-queue"),
         }
+    }
+
+    /// `x-pw-queue-id` (default the queue registered in on_configure): one
+    /// dequeue, reported as `OK <item>`, `EMPTY` or the refusal.
+    fn case_dequeue(&mut self) {
+        let id = self.param_u64("x-pw-queue-id").map(|id| id as u32).or(self.shared.queue_id).unwrap_or(0);
+        let report = match hostcalls::dequeue_shared_queue(id) {
+            Ok(Some(item)) => format!("OK {}", header_safe(&item, 128)),
+            Ok(None) => "EMPTY".to_string(),
+            Err(st) => sdk_status_name(st),
+        };
+        self.rep("x-pw-dequeue", report);
     }
 
     fn case_metrics(&mut self) {
@@ -803,6 +830,9 @@ impl HttpContext for Filter {
         }
         if self.has("enqueue") {
             self.case_enqueue();
+        }
+        if self.has("dequeue") {
+            self.case_dequeue();
         }
         if self.has("metrics") {
             self.case_metrics();
