@@ -588,9 +588,57 @@ pub fn fuzz_hostcalls(runtime: RuntimeKind) {
     });
 }
 
+/// `proxy_http_call` with a CR or LF in a header name or value, in `:method`
+/// or in `:path`: found by the request-encoding target. The request must be
+/// refused (BAD_ARGUMENT, which the SDKs accept) or sent without the line
+/// break: sent as it is, it adds headers (or a whole request) the plugin was
+/// not given, and on a kept-alive upstream connection (NGINX) a smuggled
+/// request desynchronizes the answers of later calls, other plugins' too.
+pub fn http_call_header_with_line_break(runtime: RuntimeKind) {
+    let cases: [&[(&str, &str)]; 4] = [
+        &[(":method", "GET"), (":path", "/"), (":authority", "fuzz"), ("x-a", "1\r\nInjected: 1")],
+        &[(":method", "GET"), (":path", "/"), (":authority", "fuzz"), ("x-a\r\nInjected", "1")],
+        &[(":method", "GET"), (":path", "/ HTTP/1.1\r\nInjected: 1\r\nx:"), (":authority", "fuzz")],
+        &[(":method", "GET /other HTTP/1.1\r\nHost: x\r\n\r\nGET"), (":path", "/"), (":authority", "fuzz")],
+    ];
+    for headers in cases {
+        let mut rig = Rig::new(runtime);
+        let encoded = pairs::encode(headers);
+        let mut payload = b"fuzz-upstream".to_vec();
+        payload.resize(64, 0);
+        payload.extend_from_slice(&encoded);
+        let mut args = [0u64; 12];
+        (args[0], args[1], args[2], args[3]) = (ARENA as u64, 13, ARENA as u64 + 64, encoded.len() as u64);
+        (args[8], args[9]) = (1000, (ARENA + 0x3000) as u64);
+        let cmd = Command { k: 15, args, payload };
+        rig.h.server.clear_logs();
+        rig.h.vm.on_foreign_function(rig.h.root, 0, cmd.bytes()).expect("the callback runs");
+        let line = rig.h.server.messages().into_iter().find(|m| m.starts_with("FUZZ r=")).expect("a report");
+        let status = parse_outcome(&line).expect("a report").status;
+        let calls = rig.h.server.take_http_calls();
+        if status == Status::BadArgument as u32 {
+            assert!(calls.is_empty(), "{headers:?}: refused, yet dispatched");
+            continue;
+        }
+        assert_eq!(status, 0, "{headers:?}");
+        let (_, _, request) = &calls[0];
+        let bytes = proxy_wasm_host::http_client::encode_request(request);
+        let head = &bytes[..bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap()];
+        let lines = head.split(|b| *b == b'\n').count();
+        // The request line, host, one line per plain header, connection, content-length.
+        let plain = headers.iter().filter(|(k, _)| !k.starts_with(':')).count();
+        assert_eq!(lines, 4 + plain, "{headers:?} was sent as:\n{}", String::from_utf8_lossy(&bytes));
+    }
+}
+
 crate::common::for_each_runtime! {
     #[test]
     fn fuzz_hostcall_arguments() {
         crate::hostcalls::fuzz_hostcalls(common::RUNTIME);
+    }
+
+    #[test]
+    fn an_http_call_header_with_a_line_break_is_refused() {
+        crate::hostcalls::http_call_header_with_line_break(common::RUNTIME);
     }
 }
