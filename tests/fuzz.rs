@@ -23,3 +23,6 @@ mod config;
 /// Counts allocations for [`engine::peak_allocation`].
 #[global_allocator]
 static ALLOCATOR: engine::CountingAlloc = engine::CountingAlloc;
+
+#[path = "fuzz/http.rs"]
+mod http;

@@ -241,14 +241,9 @@ fn mutate_lines(rng: &mut Rng, text: &str) -> String {
 }
 
 /// `levels` levels of `fanout` aliases each (`fanout^levels` strings once
-/// expanded), defined where the schema reads them: inside a plugin
-/// configuration, which the loader turns into JSON text.
-pub fn alias_bomb(levels: usize, fanout: usize, place: usize) -> String {
-    alias_bomb_padded(levels, fanout, place, 0)
-}
-
-/// [`alias_bomb`] with `padding` more nodes in the document: `serde_yaml_ng`
-/// allows 100 alias expansions per node of the document.
+/// expanded), defined where the schema reads them (inside a plugin
+/// configuration, which the loader turns into JSON text), and `padding` more
+/// nodes: `serde_yaml_ng` allows 100 alias expansions per node of the document.
 pub fn alias_bomb_padded(levels: usize, fanout: usize, place: usize, padding: usize) -> String {
     let mut anchors = String::from("      x0: &x0 [\"lol\"]\n");
     if padding > 0 {
