@@ -412,38 +412,35 @@ fn check(case: &mut Case) -> Result<(), String> {
     }
 }
 
-#[test]
-fn fuzz_yaml_loader() {
-    engine::run("yaml_loader", check);
+/// Bytes that are not UTF-8 reach `load_file` from disk: a read error naming the file.
+fn check_file(case: &mut Case, dir: &Path) -> Result<(), String> {
+    let (name, mut bytes) = input(&mut case.rng);
+    if case.rng.bool() {
+        let at = case.rng.below(bytes.len() + 1);
+        bytes.insert(at, *case.rng.pick(&[0xff, 0xc3, 0x80, 0xfe]));
+    }
+    case.note(format!("mutated from {name}, loaded from a file"));
+    case.input(&bytes);
+    let file = dir.join("fuzz.yaml");
+    std::fs::write(&file, &bytes).map_err(|e| e.to_string())?;
+    let lines = yaml_lines(&String::from_utf8_lossy(&bytes));
+    let (result, peak) = engine::peak_allocation(|| load_file(&file));
+    if peak > MAX_PEAK_BYTES {
+        return Err(format!("loading allocated {} MiB at its peak", peak >> 20));
+    }
+    match result {
+        Ok(_) => Ok(()),
+        Err(ConfigError::Read { file: f, .. }) if std::str::from_utf8(&bytes).is_err() && f == file => Ok(()),
+        Err(e) => check_error(&e, &file, lines),
+    }
 }
 
-/// Bytes that are not UTF-8 reach `load_file` from disk: a read error naming the file.
 #[test]
-fn fuzz_yaml_loader_files() {
+fn fuzz_yaml_loader() {
     let dir = std::env::temp_dir().join(format!("pwh-fuzz-yaml-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("placeholder.code"), b"").unwrap();
-    engine::run("yaml_loader_files", |case| {
-        let (name, mut bytes) = input(&mut case.rng);
-        if case.rng.bool() {
-            let at = case.rng.below(bytes.len() + 1);
-            bytes.insert(at, *case.rng.pick(&[0xff, 0xc3, 0x80, 0xfe]));
-        }
-        case.note(format!("mutated from {name}"));
-        case.input(&bytes);
-        let file = dir.join("fuzz.yaml");
-        std::fs::write(&file, &bytes).map_err(|e| e.to_string())?;
-        let lines = yaml_lines(&String::from_utf8_lossy(&bytes));
-        let (result, peak) = engine::peak_allocation(|| load_file(&file));
-        if peak > MAX_PEAK_BYTES {
-            return Err(format!("loading allocated {} MiB at its peak", peak >> 20));
-        }
-        match result {
-            Ok(_) => Ok(()),
-            Err(ConfigError::Read { file: f, .. }) if std::str::from_utf8(&bytes).is_err() && f == file => Ok(()),
-            Err(e) => check_error(&e, &file, lines),
-        }
-    });
+    engine::run("yaml_loader", |case| if case.rng.chance(1, 5) { check_file(case, &dir) } else { check(case) });
     let _ = std::fs::remove_dir_all(&dir);
 }
 

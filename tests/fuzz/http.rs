@@ -478,19 +478,22 @@ fn check_request_encoding(case: &mut Case) -> Result<(), String> {
     Ok(())
 }
 
+/// Responses as an upstream sends them: valid ones (whole and in pieces),
+/// cut, mutated and hostile ones.
 #[test]
-fn fuzz_http_response_valid() {
-    engine::run("http_response_valid", check_valid);
+fn fuzz_http_response_parser() {
+    engine::run("http_response", |case| if case.rng.bool() { check_valid(case) } else { check_malformed(case) });
 }
 
+/// The client as a plugin's `http_call` and remote code use it: against a
+/// loopback upstream, the request it writes, and the upstream names it takes.
 #[test]
-fn fuzz_http_response_malformed() {
-    engine::run("http_response_malformed", check_malformed);
-}
-
-#[test]
-fn fuzz_http_call_over_loopback() {
-    engine::run("http_call_loopback", check_call);
+fn fuzz_http_client() {
+    engine::run("http_client", |case| match case.rng.below(8) {
+        0 => check_call(case),
+        1..=3 => check_request_encoding(case),
+        _ => check_upstream_name(case),
+    });
 }
 
 #[test]
@@ -498,29 +501,21 @@ fn fuzz_chunked_request_body() {
     engine::run("chunked_decoder", check_dechunker);
 }
 
-#[test]
-fn fuzz_http_call_request_encoding() {
-    engine::run("http_request_encoding", check_request_encoding);
-}
-
-#[test]
-fn fuzz_http_call_upstream_names() {
-    engine::run("http_upstream_names", |case| {
-        let n = case.rng.len(40);
-        let raw = case.rng.bytes_from(n, b"[]:0123456789abc.-/ \t\xc3\xa9");
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        case.input(text.as_bytes());
-        if let Some((host, _port)) = parse_upstream(&text) {
-            case.note(format!("{text:?} parsed to host {host:?}"));
-            if host.trim().is_empty() {
-                return Err("an upstream without a host was accepted".into());
-            }
-            if host.contains('/') {
-                return Err("an upstream host with a '/' was accepted".into());
-            }
+fn check_upstream_name(case: &mut Case) -> Result<(), String> {
+    let n = case.rng.len(40);
+    let raw = case.rng.bytes_from(n, b"[]:0123456789abc.-/ \t\xc3\xa9");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    case.input(text.as_bytes());
+    if let Some((host, _port)) = parse_upstream(&text) {
+        case.note(format!("{text:?} parsed to host {host:?}"));
+        if host.trim().is_empty() {
+            return Err("an upstream without a host was accepted".into());
         }
-        Ok(())
-    });
+        if host.contains('/') {
+            return Err("an upstream host with a '/' was accepted".into());
+        }
+    }
+    Ok(())
 }
 
 // Found by these targets, in src/http_client.rs (being rewritten in another branch):
