@@ -23,6 +23,8 @@ cargo test --locked --test fuzz --no-run >"$out/build.log" 2>&1 || { cat "$out/b
 bin=$(cargo test --locked --test fuzz --no-run --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
 [ -x "$bin" ] || { echo "fuzz: cannot find the test binary" >&2; exit 1; }
+# A copy: a rebuild during the run does not change what the later targets run.
+cp "$bin" "$out/fuzz-bin" && bin="$out/fuzz-bin"
 
 targets=$("$bin" --list 2>/dev/null | sed -n 's/^\(.*::fuzz_[a-z_0-9]*\): test$/\1/p')
 if [ -n "${FUZZ_TARGETS:-}" ]; then
