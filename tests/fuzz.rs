@@ -26,3 +26,6 @@ static ALLOCATOR: engine::CountingAlloc = engine::CountingAlloc;
 
 #[path = "fuzz/http.rs"]
 mod http;
+
+#[path = "fuzz/shm.rs"]
+mod shm;

@@ -252,8 +252,18 @@ fn signature(message: &str) -> String {
     if let Some(rest) = first.strip_prefix("panic at ") {
         return format!("panic at {}", rest.split(": ").next().unwrap_or(rest));
     }
-    let s: String = first.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
-    s.chars().take(120).collect()
+    // Numbers vary from case to case, except a source line ("file.rs:123").
+    let mut s = String::new();
+    let mut keep = false;
+    for c in first.chars() {
+        if c.is_ascii_digit() {
+            s.push(if keep { c } else { '#' });
+        } else {
+            keep = c == ':' && s.ends_with(".rs");
+            s.push(c);
+        }
+    }
+    s.chars().take(160).collect()
 }
 
 struct Failure {
