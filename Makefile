@@ -6,7 +6,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all build deps plugins ats nginx nginx-src test demo clean bench
+.PHONY: all build deps plugins ats nginx nginx-src test demo clean bench fuzz
 
 all: build
 
@@ -64,6 +64,12 @@ demo: deps plugins ats nginx
 	bash scripts/demo-ats.sh
 	bash scripts/demo-nginx.sh
 	$(CARGO) run --locked --example demo -- examples/demo/demo.yaml examples/demo/request.txt
+
+## fuzz: every fuzz target of tests/fuzz.rs for FUZZ_SECONDS each (default 600), one after the
+## other, then a table (target, time, cases, result); `make test` runs the same targets for a few
+## seconds each. FUZZ_SEED, FUZZ_TARGETS, FUZZ_JOBS: see scripts/fuzz.sh; results in docs/robustness.md.
+fuzz: deps
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-600} bash scripts/fuzz.sh
 
 ## bench: throughput, CPU, memory and start-up benchmarks (issue 6; see docs/benchmarks.md).
 ## Release builds of the Traffic Server plugin and (if it builds) the NGINX module into build/bench/,

@@ -629,7 +629,29 @@ fn syntax_errors_are_reported_before_schema_errors() {
 fn malformed_several_yaml_documents() {
     assert_eq!(
         fixture_error("multiple_documents.yaml"),
-        "multiple_documents.yaml: invalid YAML: deserializing from YAML containing more than one document is not supported"
+        "multiple_documents.yaml:4:1: invalid YAML: a second YAML document starts here (after `---`, or where a line is indented less than the first one); a configuration file holds one document"
+    );
+}
+
+#[test]
+fn a_line_indented_less_than_the_first_is_reported_at_its_line() {
+    // The first line is indented: the unindented one starts a second document (found by fuzzing:
+    // the error had no line).
+    let error = load_str("  config:\n    name: x\nfail_open: true\n", Path::new("t.yaml")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "t.yaml:3:1: invalid YAML: a second YAML document starts here (after `---`, or where a line is indented less than the first one); a configuration file holds one document"
+    );
+}
+
+#[test]
+fn flow_collections_nested_a_thousand_deep_are_refused_before_parsing() {
+    // libyaml scans them in quadratic time: 20 000 levels took seconds.
+    let text = format!("config:\n  name: deep\n  configuration: {}x{}\n", "{a: ".repeat(50_000), "}".repeat(50_000));
+    let error = load_str(&text, Path::new("t.yaml")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "t.yaml:3:4018: invalid YAML: more than 1000 nested `[` and `{` (counted in strings too); a configuration nests at most 128 levels"
     );
 }
 
@@ -1169,4 +1191,14 @@ fn max_metrics_defaults_to_256_and_is_read_from_limits() {
     assert_eq!(quotas("maxMetrics: 4").unwrap().max_metrics, 4);
     let e = quotas("max_metrics: 0").unwrap_err();
     assert!(e.contains("config.vm_config.limits.max_metrics: expected a whole number from 1 to 4294967295, found 0"), "{e}");
+}
+
+#[test]
+fn an_error_at_the_end_of_a_file_without_a_final_line_break_is_on_its_last_line() {
+    // libyaml puts the end of such a file on the line after the last (found by fuzzing).
+    let error = load_str("config:\n  name: x\n  vm_config: [", Path::new("t.yaml")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "t.yaml:3:15: invalid YAML: did not find expected node content, while parsing a flow node"
+    );
 }

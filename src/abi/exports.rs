@@ -483,6 +483,10 @@ fn proxy_http_call(c: &mut dyn Caller, a: &[Val]) -> R {
     }
     let headers = tri!(pairs::decode(&raw_headers));
     let trailers = tri!(pairs::decode(&raw_trailers));
+    // The servers write these into the request as they are: a line break would add headers.
+    if !pairs::fit_for_http1(&headers) || !pairs::fit_for_http1(&trailers) {
+        return done(Status::BadArgument);
+    }
     let Ok(upstream) = String::from_utf8(upstream) else { return done(Status::BadArgument) };
     if upstream.is_empty() || ![&b":method"[..], b":path", b":authority"].iter().all(|p| has_pseudo(&headers, p)) {
         return done(Status::BadArgument);

@@ -62,6 +62,14 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Pair>, Status> {
     Ok(out)
 }
 
+/// Whether every name and value can be written into an HTTP/1.1 message head as it is: names not
+/// empty, and no CR, LF or NUL anywhere. A line break in a value would end its line early and let
+/// the rest add headers, or a whole request of its own, that nobody asked for.
+pub fn fit_for_http1(pairs: &[Pair]) -> bool {
+    let clean = |b: &[u8]| !b.iter().any(|c| matches!(c, b'\r' | b'\n' | 0));
+    pairs.iter().all(|(k, v)| !k.is_empty() && clean(k) && clean(v))
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Result<u32, Status> {
     let b = bytes.get(at..at + 4).ok_or(Status::BadArgument)?;
     Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -110,6 +118,19 @@ mod tests {
         assert_eq!(decode(&big), Err(Status::BadArgument));
         let fits = encode(&[("k", vec![b'v'; MAX_PAIRS_SIZE - 16])]);
         assert_eq!(decode(&fits).map(|p| p.len()), Ok(1));
+    }
+
+    #[test]
+    fn line_breaks_and_empty_names_do_not_fit_an_http1_head() {
+        let ok = |k: &str, v: &str| fit_for_http1(&[(k.as_bytes().to_vec(), v.as_bytes().to_vec())]);
+        assert!(ok(":path", "/a?b=c d"));
+        assert!(ok("x-a", ""));
+        assert!(!ok("x-a", "1\r\nInjected: 1"));
+        assert!(!ok("x-a", "1\n"));
+        assert!(!ok("x-a\r", "1"));
+        assert!(!ok("x-a", "\0"));
+        assert!(!ok("", "1"));
+        assert!(fit_for_http1(&[]));
     }
 
     #[test]

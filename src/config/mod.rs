@@ -141,6 +141,10 @@
 //!   contents are not looked at here (`inline_bytes` is only decoded from base64).
 //! * `allowed_capabilities` that is absent or empty means no restriction, as in proxy-wasm-cpp-host
 //!   (Envoy, ATS); see [`PluginConfig::allowed_capabilities`].
+//! * YAML anchors and aliases (`&name`, `*name`) work, within bounds that stop an alias bomb
+//!   ("billion laughs"): one file may expand to at most 200 000 nodes and 64 MiB of text with every
+//!   alias expanded where it is used. Brackets (`[`, `{`) nested more than 1000 deep are refused
+//!   before parsing (the schema reads at most 128 levels anyway). One file holds one YAML document.
 //!
 //! # Errors
 //!

@@ -4,13 +4,13 @@
 //! Every node is read with `deserialize_any`, so a value of the wrong type reaches our code (as a
 //! [`Value`]) instead of `serde`'s generic "invalid type" message, and we can say which key it was.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::value::{EnumAccessDeserializer, MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{
-    self, Deserialize, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, Visitor,
+    self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
 };
 use serde_yaml_ng::Value;
 
@@ -25,6 +25,48 @@ pub(super) struct Cx<'c> {
     pub base_dir: &'c Path,
     /// Dotted key path with canonical names; empty at the document root.
     pub path: String,
+    /// What the whole file may still make the loader build.
+    pub budget: &'c Budget,
+}
+
+/// What one file may make the loader build, counting every alias (`*name`) each time it is
+/// expanded: far more than any configuration holds, far less than a YAML alias bomb ("billion
+/// laughs") expands to. `serde_yaml_ng` caps expansions at 100 per node of the document, which a
+/// padded bomb of 250 KB still turns into gigabytes.
+pub(super) struct Budget {
+    nodes: Cell<usize>,
+    bytes: Cell<usize>,
+}
+
+impl Budget {
+    pub const NODES: usize = 200_000;
+    pub const BYTES: usize = 64 << 20;
+
+    pub fn new() -> Budget {
+        Budget {
+            nodes: Cell::new(Self::NODES),
+            bytes: Cell::new(Self::BYTES),
+        }
+    }
+
+    /// Takes one node of `bytes` text from the budget, or says why not.
+    fn spend(&self, bytes: usize) -> Result<(), String> {
+        let nodes = self.nodes.get().checked_sub(1);
+        let left = self.bytes.get().checked_sub(bytes);
+        match (nodes, left) {
+            (Some(n), Some(b)) => {
+                self.nodes.set(n);
+                self.bytes.set(b);
+                Ok(())
+            }
+            _ => Err(format!(
+                "the file expands to more than {} YAML nodes or {} MiB of text once its aliases (`*name`) are \
+                 expanded: refused as a YAML alias bomb",
+                Self::NODES,
+                Self::BYTES >> 20
+            )),
+        }
+    }
 }
 
 impl<'c> Cx<'c> {
@@ -100,6 +142,11 @@ impl<'de, N: Node<'de>> DeserializeSeed<'de> for At<'_, N> {
 impl<'de, N: Node<'de>> At<'_, N> {
     fn scalar<E: de::Error>(self, value: Value) -> Result<N::Out, E> {
         let At { cx, node } = self;
+        let bytes = match &value {
+            Value::String(s) => s.len(),
+            _ => 0,
+        };
+        cx.budget.spend(bytes).map_err(|message| cx.fail::<E>(message))?;
         node.value(&cx, value).map_err(|message| cx.fail(message))
     }
 }
@@ -140,17 +187,132 @@ impl<'de, N: Node<'de>> Visitor<'de> for At<'_, N> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<N::Out, A::Error> {
+        self.cx.budget.spend(0).map_err(|message| self.cx.fail::<A::Error>(message))?;
         self.node.map(&self.cx, map)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<N::Out, A::Error> {
+        self.cx.budget.spend(0).map_err(|message| self.cx.fail::<A::Error>(message))?;
         self.node.seq(&self.cx, seq)
     }
 
     /// `serde_yaml_ng` presents a tagged node (`!foo bar`) as an enum.
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<N::Out, A::Error> {
-        let value = Value::deserialize(EnumAccessDeserializer::new(data))?;
+        let value = self.cx.value_seed().visit_enum(data)?;
         self.scalar(value)
+    }
+}
+
+impl Cx<'_> {
+    /// Reads any value as a [`Value`] within this file's [`Budget`].
+    pub fn value_seed(&self) -> Bounded<'_> {
+        Bounded { cx: self }
+    }
+}
+
+/// Reads any YAML value as `Value::deserialize` does, taking every node it builds from the file's
+/// [`Budget`], so that aliases cannot make it build an unbounded tree.
+pub(super) struct Bounded<'b> {
+    cx: &'b Cx<'b>,
+}
+
+impl Bounded<'_> {
+    fn spend<E: de::Error>(&self, bytes: usize) -> Result<(), E> {
+        self.cx.budget.spend(bytes).map_err(|message| self.cx.fail(message))
+    }
+
+    fn again(&self) -> Bounded<'_> {
+        Bounded { cx: self.cx }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Bounded<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Bounded<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        self.spend(0)?;
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        self.spend(0)?;
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        self.spend(0)?;
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.spend(0)?;
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        self.spend(0)?;
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.spend(v.len())?;
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.spend(0)?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self.again())? {
+            items.push(item);
+        }
+        Ok(Value::Sequence(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.spend(0)?;
+        let mut mapping = serde_yaml_ng::Mapping::new();
+        while let Some(key) = map.next_key_seed(self.again())? {
+            if mapping.contains_key(&key) {
+                let key = match &key {
+                    Value::String(s) => format!("{s:?}"),
+                    other => describe(other),
+                };
+                return Err(self.cx.fail(format!("duplicate entry with key {key}")));
+            }
+            let value = map.next_value_seed(self.again())?;
+            mapping.insert(key, value);
+        }
+        Ok(Value::Mapping(mapping))
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        self.spend(0)?;
+        let (tag, contents) = data.variant::<String>()?;
+        let value = contents.newtype_variant_seed(self.again())?;
+        Ok(Value::Tagged(Box::new(serde_yaml_ng::value::TaggedValue {
+            tag: serde_yaml_ng::value::Tag::new(tag),
+            value,
+        })))
     }
 }
 
@@ -312,14 +474,14 @@ impl<'de> Node<'de> for Payload {
     }
 
     fn map<A: MapAccess<'de>>(self, cx: &Cx<'_>, map: A) -> Result<Vec<u8>, A::Error> {
-        let value = Value::deserialize(MapAccessDeserializer::new(map))?;
+        let value = cx.value_seed().visit_map(map)?;
         to_json(&value)
             .map(String::into_bytes)
             .map_err(|m| cx.fail(m))
     }
 
     fn seq<A: SeqAccess<'de>>(self, cx: &Cx<'_>, seq: A) -> Result<Vec<u8>, A::Error> {
-        let value = Value::deserialize(SeqAccessDeserializer::new(seq))?;
+        let value = cx.value_seed().visit_seq(seq)?;
         to_json(&value)
             .map(String::into_bytes)
             .map_err(|m| cx.fail(m))

@@ -40,6 +40,21 @@ pub(super) fn locate(text: &str, steps: &[Step], target: Target) -> Option<(usiz
     error.location().map(|l| (l.line(), l.column()))
 }
 
+/// The 1-based (line, column) of the first node of the second document in `text`, if it holds
+/// more than one: `serde_yaml_ng` gives its error about several documents no position.
+pub(super) fn second_document(text: &str) -> Option<(usize, usize)> {
+    let mut documents = serde_yaml_ng::Deserializer::from_str(text);
+    documents.next()?;
+    let second = documents.next()?;
+    let error = Probe {
+        steps: &[],
+        target: Target::Value,
+    }
+    .deserialize(second)
+    .err()?;
+    error.location().map(|l| (l.line(), l.column()))
+}
+
 struct Probe<'s> {
     steps: &'s [Step],
     target: Target,

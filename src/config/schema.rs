@@ -11,11 +11,11 @@ use serde_yaml_ng::Value;
 
 use super::error::{decode, invalid, ConfigError, Position};
 use super::node::{
-    absolute, describe, wrong_type, Capabilities, CodeFile, Cx, Flag, HostEnvKeys, KeyValues, Node,
+    absolute, describe, wrong_type, Budget, Capabilities, CodeFile, Cx, Flag, HostEnvKeys, KeyValues, Node,
     Payload, Policy, Runtime, Text, TextList,
 };
 use super::node::{ByteSize, CacheDir, Count, Count32, Fraction, HttpUrl, InlineBytes, MemorySize, RemoteUri, Sha256Hex, Timeout};
-use super::probe::{locate, Step, Target};
+use super::probe::{locate, second_document, Step, Target};
 use super::{
     CodeSource, ConfigOrigin, FailurePolicy, KillOptions, PluginConfig, Quotas, RemoteCode, RuntimeKind, VmConfig,
 };
@@ -30,25 +30,137 @@ pub(super) struct Document {
 /// Parses one file's text. Positions that deserialization does not give (where each entry starts,
 /// where a duplicate name is) are found afterwards with [`locate`].
 pub(super) fn parse(text: &str, file: &Path) -> Result<Document, ConfigError> {
+    check_flow_depth(text, file)?;
     // Syntax first: on malformed YAML, serde_yaml_ng deserializes the events read before the error,
     // and a complaint about the truncated document could hide the real one.
-    serde_yaml_ng::from_str::<IgnoredAny>(text).map_err(|e| decode(&e, file))?;
+    serde_yaml_ng::from_str::<IgnoredAny>(text).map_err(|e| placed(decode(&e, file), text))?;
 
     let base_dir = base_dir(file);
+    let budget = Budget::new();
     let cx = Cx {
         file,
         base_dir: &base_dir,
         path: String::new(),
+        budget: &budget,
     };
     let (layout, mut plugins) = cx
         .at(Root)
         .deserialize(serde_yaml_ng::Deserializer::from_str(text))
-        .map_err(|e| decode(&e, file))?;
+        .map_err(|e| placed(decode(&e, file), text))?;
     for (index, plugin) in plugins.iter_mut().enumerate() {
         let (line, _) = locate(text, &layout.entry_steps(index), Target::Key).unwrap_or((0, 0));
         plugin.origin.line = line;
     }
     Ok(Document { layout, plugins })
+}
+
+/// Flow collections (`[`, `{`) nested deeper than this are refused before the YAML is parsed:
+/// libyaml's scanner takes time quadratic in their depth (a 100 KB file of `{a: {a: ...` took
+/// seconds), and the schema could not use them anyway, since `serde_yaml_ng` stops at 128 levels.
+const MAX_FLOW_DEPTH: usize = 1000;
+
+/// Refuses text whose brackets nest deeper than [`MAX_FLOW_DEPTH`]. Brackets are counted
+/// everywhere, in strings and comments too: no configuration comes close to the limit.
+fn check_flow_depth(text: &str, file: &Path) -> Result<(), ConfigError> {
+    let mut depth = 0usize;
+    for (index, line) in text.lines().enumerate() {
+        for (column, c) in line.chars().enumerate() {
+            match c {
+                '[' | '{' => depth += 1,
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => continue,
+            }
+            if depth > MAX_FLOW_DEPTH {
+                let at = Position {
+                    file: file.to_path_buf(),
+                    line: Some(index + 1),
+                    column: Some(column + 1),
+                };
+                let message = format!(
+                    "more than {MAX_FLOW_DEPTH} nested `[` and `{{` (counted in strings too); a configuration nests at most 128 levels"
+                );
+                return Err(ConfigError::Syntax { at, message });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives the errors `serde_yaml_ng` reports without a position one: a file holding more than one
+/// document (where the second starts), and aliases expanding past its repetition limit (where the
+/// first alias is); and keeps every position inside the text ([`within_text`]).
+fn placed(mut error: ConfigError, text: &str) -> ConfigError {
+    if let ConfigError::Syntax { at, message } = &mut error {
+        let found = match at.line {
+            Some(_) => None,
+            None if message.contains("more than one document") => second_document(text).map(|p| {
+                (p, "a second YAML document starts here (after `---`, or where a line is indented less \
+                     than the first one); a configuration file holds one document")
+            }),
+            None if message.contains("repetition limit") => first_alias(text).map(|p| {
+                (p, "the aliases (`*name`) expand to too many nodes, as in a YAML \"billion laughs\"; \
+                     the first alias is here")
+            }),
+            None => None,
+        };
+        if let Some(((line, column), text)) = found {
+            at.line = Some(line);
+            at.column = Some(column);
+            *message = text.to_owned();
+        }
+    }
+    within_text(error, text)
+}
+
+/// The 1-based (line, column) of the first alias (`*name`) in `text`, skipping comments and quoted
+/// strings within a line (a multi-line quoted string can still fool it: it only picks the place
+/// an error message points at).
+fn first_alias(text: &str) -> Option<(usize, usize)> {
+    for (index, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut previous = ' ';
+        for (column, c) in line.chars().enumerate() {
+            match quote {
+                Some(q) if c == q && previous != '\\' => quote = None,
+                Some(_) => {}
+                None if c == '#' && previous.is_whitespace() => break,
+                None if (c == '"' || c == '\'') && (previous.is_whitespace() || "[{,:".contains(previous)) => quote = Some(c),
+                None if c == '*' && (previous.is_whitespace() || "[{,".contains(previous)) => {
+                    return Some((index + 1, column + 1));
+                }
+                None => {}
+            }
+            previous = c;
+        }
+    }
+    None
+}
+
+/// libyaml places the end of a file that does not end with a line break on the line after the
+/// last one: such a position becomes the end of the last line, where an editor can show it.
+fn within_text(mut error: ConfigError, text: &str) -> ConfigError {
+    let (ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. }) = &mut error else { return error };
+    // Line breaks as YAML 1.1 counts them: CR LF, CR, LF, NEL, LS and PS.
+    let mut lines = 1;
+    let mut last_line_start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let end = match c {
+            '\r' => match chars.next_if(|(_, c)| *c == '\n') {
+                Some((j, _)) => j + 1,
+                None => i + 1,
+            },
+            '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => i + c.len_utf8(),
+            _ => continue,
+        };
+        lines += 1;
+        last_line_start = end;
+    }
+    if at.line.is_some_and(|l| l > lines) {
+        at.line = Some(lines);
+        at.column = Some(text[last_line_start..].chars().count() + 1);
+    }
+    error
 }
 
 /// The absolute folder of `file`, where relative code file names point.
