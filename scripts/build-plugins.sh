@@ -40,11 +40,12 @@ WAT2WASM="${WAT2WASM:-wat2wasm}"
 WAT2WASM_FLAGS="${WAT2WASM_FLAGS:-}"
 
 force="${FORCE:-0}"
-want_rust=0 want_as=0 want_wat=0 want_bench=0
+want_rust=0 want_as=0 want_wat=0 want_bench=0 want_rust_sdks=0
 for arg in "$@"; do
     case "$arg" in
         --force|-f) force=1 ;;
         rust) want_rust=1 ;;
+        rust-sdks) want_rust_sdks=1 ;;
         as) want_as=1 ;;
         wat) want_wat=1 ;;
         bench) want_bench=1 ;;
@@ -52,8 +53,9 @@ for arg in "$@"; do
         *) echo "build-plugins: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
-if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ] && [ $want_bench = 0 ]; then
-    want_rust=1 want_as=1 want_wat=1 want_bench=1
+if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ] && [ $want_bench = 0 ] \
+    && [ $want_rust_sdks = 0 ]; then
+    want_rust=1 want_as=1 want_wat=1 want_bench=1 want_rust_sdks=1
 fi
 
 mkdir -p "$out_dir"
@@ -124,6 +126,56 @@ build_rust_crate() {
 }
 
 build_rust() { build_rust_crate "$rust_dir" rust_sdk_filter rust-sdk-filter; }
+
+# build_rust_sdks: rust-sdk-filter with every other Rust SDK release, one
+# manifest (and lock file) per release in $rust_dir/versions/<release>/, into
+# $out_dir/rust_sdk_filter_<release>.wasm. A manifest's line
+# "# build-plugins: <cargo flags>" gives its target (the 0.1.0-0.1.2 SDKs
+# export their own malloc, which clashes with wasi-libc's: they build for
+# wasm32-unknown-unknown) and e.g. --ignore-rust-version (0.2.3 declares
+# Rust 1.65 and builds with 1.63).
+build_rust_sdks() {
+    local manifest dir version lib flags out built target t0
+    [ -x "$PLUGIN_RUSTC" ] || die "$PLUGIN_RUSTC not found (apt-get install -y rustc cargo libstd-rust-dev-wasm32)"
+    [ -x "$PLUGIN_CARGO" ] || die "$PLUGIN_CARGO not found (apt-get install -y cargo)"
+    for manifest in "$rust_dir"/versions/*/Cargo.toml; do
+        dir="$(dirname "$manifest")"
+        version="$(basename "$dir")"
+        lib="rust_sdk_filter_${version//./_}"
+        out="$out_dir/$lib.wasm"
+        if up_to_date "$out" "$manifest" "$dir/Cargo.lock" "$rust_dir/src" "$0"; then
+            log "rust-sdk-filter (SDK $version): up to date"
+            continue
+        fi
+        [ -f "$dir/Cargo.lock" ] \
+            || die "$dir/Cargo.lock missing; regenerate with: (cd $dir && CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback cargo generate-lockfile)"
+        flags="$(sed -n 's/^# build-plugins:[[:space:]]*//p' "$manifest" | head -n 1)"
+        target="$(printf '%s\n' $flags | sed -n '/^--target$/{n;p}')"
+        [ -n "$target" ] || die "$manifest: its '# build-plugins:' line names no --target"
+        [ -d "$("$PLUGIN_RUSTC" --print sysroot)/lib/rustlib/$target" ] \
+            || die "$PLUGIN_RUSTC has no $target std (apt-get install -y libstd-rust-dev-wasm32)"
+        t0="$(now_ms)"
+        log "rust-sdk-filter (SDK $version): building for $target"
+        (
+            cd "$dir"
+            # shellcheck disable=SC2086
+            env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
+                RUSTC_WRAPPER= CARGO_BUILD_RUSTC_WRAPPER= CARGO_BUILD_RUSTFLAGS= \
+                RUSTC="$PLUGIN_RUSTC" \
+                CARGO_TARGET_DIR="$target_dir/sdk-$version" \
+                __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly \
+                CARGO_UNSTABLE_SPARSE_REGISTRY=true \
+                CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
+                "$PLUGIN_CARGO" build --release --locked $flags
+        )
+        built="$target_dir/sdk-$version/$target/release/$lib.wasm"
+        [ -f "$built" ] || die "cargo did not produce $built"
+        cp -f "$built" "$out.tmp"
+        chmod 0644 "$out.tmp"
+        publish "$out.tmp" "$out"
+        log "rust-sdk-filter (SDK $version): done in $(elapsed "$t0")"
+    done
+}
 build_bench() { build_rust_crate "$bench_dir" bench_filter bench-filter; }
 
 build_as() {
@@ -182,6 +234,7 @@ build_wat() {
 }
 
 [ $want_rust = 1 ] && build_rust
+[ $want_rust_sdks = 1 ] && build_rust_sdks
 [ $want_as = 1 ] && build_as
 [ $want_wat = 1 ] && build_wat
 [ $want_bench = 1 ] && build_bench

@@ -28,19 +28,10 @@ pub fn status_name(st: u32) -> String {
     s.to_string()
 }
 
-/// Spec name of an SDK `Status`.
+/// Spec name of an SDK `Status` (by its code: the enum's variants differ
+/// between SDK releases).
 pub fn sdk_status_name(st: Status) -> String {
-    let s = match st {
-        Status::Ok => "OK",
-        Status::NotFound => "NOT_FOUND",
-        Status::BadArgument => "BAD_ARGUMENT",
-        Status::ParseFailure => "PARSE_FAILURE",
-        Status::Empty => "EMPTY",
-        Status::CasMismatch => "CAS_MISMATCH",
-        Status::InternalFailure => "INTERNAL_FAILURE",
-        _ => return format!("STATUS_{}", st as u32),
-    };
-    s.to_string()
+    status_name(st as u32)
 }
 
 /// Makes arbitrary bytes safe for an HTTP header value: lossy UTF-8, every
@@ -143,6 +134,35 @@ pub fn serialize_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         out.push(0);
         out.extend_from_slice(v);
         out.push(0);
+    }
+    out
+}
+
+/// The pairs of a serialised header map (names as lossy UTF-8); a short or
+/// malformed map gives the pairs read so far.
+#[allow(dead_code)]
+pub fn deserialize_pairs(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let word = |at: usize| -> Option<usize> {
+        let b = data.get(at..at + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let mut out = Vec::new();
+    let n = match word(0) {
+        Some(n) => n,
+        None => return out,
+    };
+    let mut at = 4 + 8 * n;
+    for i in 0..n {
+        let (k, v) = match (word(4 + 8 * i), word(8 + 8 * i)) {
+            (Some(k), Some(v)) => (k, v),
+            _ => break,
+        };
+        let (key, value) = match (data.get(at..at + k), data.get(at + k + 1..at + k + 1 + v)) {
+            (Some(key), Some(value)) => (key, value),
+            _ => break,
+        };
+        out.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+        at += k + 1 + v + 1;
     }
     out
 }
