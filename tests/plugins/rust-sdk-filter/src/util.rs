@@ -180,3 +180,25 @@ pub fn bool_str(b: bool) -> &'static str {
         "false"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{deserialize_pairs, serialize_pairs};
+
+    #[test]
+    fn deserialize_pairs_reads_what_serialize_pairs_writes() {
+        let data = serialize_pairs(&[(b":status", b"200"), (b"x-empty", b""), (b"x-bin", b"\x00\xff")]);
+        assert_eq!(
+            deserialize_pairs(&data),
+            vec![(":status".to_string(), b"200".to_vec()), ("x-empty".to_string(), vec![]), ("x-bin".to_string(), vec![0, 0xff])]
+        );
+    }
+
+    #[test]
+    fn deserialize_pairs_stops_at_a_truncated_map() {
+        let data = serialize_pairs(&[(b"a", b"1"), (b"b", b"2")]);
+        assert_eq!(deserialize_pairs(&data[..data.len() - 2]), vec![("a".to_string(), b"1".to_vec())]);
+        assert!(deserialize_pairs(&[]).is_empty());
+        assert!(deserialize_pairs(&[5, 0, 0]).is_empty());
+    }
+}
