@@ -219,6 +219,7 @@ pub fn grpc_close(token: u32) -> u32 {
 
 #[allow(dead_code)]
 pub fn set_buffer_bytes(buffer_type: u32, start: usize, size: usize, data: &[u8]) -> u32 {
+    // SAFETY: the host only reads data.len() bytes at data.as_ptr(), a live slice.
     unsafe { ffi::proxy_set_buffer_bytes(buffer_type, start, size, data.as_ptr(), data.len()) }
 }
 
@@ -228,6 +229,8 @@ pub fn get_status() -> (u32, u32, Option<Vec<u8>>) {
     let mut code: u32 = 0;
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
+    // SAFETY: the three pointers are to live locals; on OK the host gave the
+    // message buffer from proxy_on_memory_allocate, which `take` owns.
     unsafe {
         let st = ffi::proxy_get_status(&mut code, &mut data, &mut size);
         if st == 0 {
@@ -241,6 +244,7 @@ pub fn get_status() -> (u32, u32, Option<Vec<u8>>) {
 #[allow(dead_code)]
 pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, u32> {
     let mut id: u32 = 0;
+    // SAFETY: the host reads name.len() bytes of a live str and writes one u32 into a local.
     match unsafe { ffi::proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) } {
         0 => Ok(id),
         st => Err(st),
@@ -249,6 +253,7 @@ pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, u32> {
 
 #[allow(dead_code)]
 pub fn increment_metric(id: u32, offset: i64) -> Result<(), u32> {
+    // SAFETY: no pointers.
     match unsafe { ffi::proxy_increment_metric(id, offset) } {
         0 => Ok(()),
         st => Err(st),
@@ -257,6 +262,7 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), u32> {
 
 #[allow(dead_code)]
 pub fn record_metric(id: u32, value: u64) -> Result<(), u32> {
+    // SAFETY: no pointers.
     match unsafe { ffi::proxy_record_metric(id, value) } {
         0 => Ok(()),
         st => Err(st),
@@ -266,6 +272,7 @@ pub fn record_metric(id: u32, value: u64) -> Result<(), u32> {
 #[allow(dead_code)]
 pub fn get_metric(id: u32) -> Result<u64, u32> {
     let mut value: u64 = 0;
+    // SAFETY: the host writes one u64 into a local.
     match unsafe { ffi::proxy_get_metric(id, &mut value) } {
         0 => Ok(value),
         st => Err(st),
@@ -276,6 +283,8 @@ pub fn get_metric(id: u32) -> Result<u64, u32> {
 pub fn get_header_map_pairs(map_type: u32) -> (u32, Option<Vec<u8>>) {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
+    // SAFETY: the pointers are to live locals; on OK the host gave the map
+    // buffer from proxy_on_memory_allocate, which `take` owns.
     unsafe {
         let st = ffi::proxy_get_header_map_pairs(map_type, &mut data, &mut size);
         if st == 0 {
