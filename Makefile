@@ -46,7 +46,9 @@ nginx: deps nginx-src
 	NGINX_SOURCE_DIR=$(NGINX_SRC) NGINX_BUILD_DIR=$(NGINX_SRC)/objs $(CARGO) build --locked --features nginx
 	$(call install_so,target/debug/libproxy_wasm_host.so,build/ngx_http_proxy_wasm_module.so)
 
-## plugins: the Rust-SDK, AssemblyScript and WAT test plugins into build/plugins/.
+## plugins: the test plugins into build/plugins/: the Rust-SDK filter with every Rust SDK release
+## that builds here, the AssemblyScript filter with each AssemblyScript SDK release, the C filter
+## (Zig's cc from PyPI, in a venv under build/), the WAT modules and the benchmark filter.
 plugins: deps
 	@bash scripts/build-plugins.sh
 

@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
-# Builds the Proxy-Wasm test plugins into build/plugins/:
-#   rust_sdk_filter.wasm  tests/plugins/rust-sdk-filter (Rust SDK 0.2.1, Debian rustc + wasm32-wasi std)
-#   as_filter.wasm        tests/plugins/as-filter       (AssemblyScript SDK 0.1.8)
-#   <name>.wasm           every tests/wat/<name>.wat    (wat2wasm)
-#   bench_filter.wasm     examples/bench-filter         (benchmark filter, Rust SDK 0.2.1; scripts/bench.sh)
+# Builds the Proxy-Wasm test plugins into build/plugins/, from source:
+#   rust_sdk_filter.wasm        tests/plugins/rust-sdk-filter (Rust SDK 0.2.1, Debian rustc + wasm32-wasi std)
+#   rust_sdk_filter_<v>.wasm    the same filter with every other Rust SDK release that
+#                               builds with rustc 1.63 (tests/plugins/rust-sdk-filter/versions/<v>)
+#   as_filter.wasm              tests/plugins/as-filter       (AssemblyScript SDK 0.1.8)
+#   as_filter_<v>.wasm          the same filter with another AssemblyScript SDK release
+#                               (tests/plugins/as-filter/sdk-<v>, with its own compiler)
+#   c_filter.wasm               tests/plugins/c-filter (C against ABI 0.2.1, Zig's C compiler
+#   c_filter_0_1_0.wasm         from PyPI in the venv build/zig-venv; and against ABI 0.1.0)
+#   <name>.wasm                 every tests/wat/<name>.wat    (wat2wasm)
+#   bench_filter.wasm           examples/bench-filter         (benchmark filter, Rust SDK 0.2.1; scripts/bench.sh)
 #
-# Usage: scripts/build-plugins.sh [--force] [rust] [as] [wat] [bench]
-#   With no target names, builds all four kinds. --force (or FORCE=1) rebuilds
+# Usage: scripts/build-plugins.sh [--force] [rust] [rust-sdks] [as] [as-sdks] [c] [wat] [bench]
+#   With no target names, builds all seven kinds. --force (or FORCE=1) rebuilds
 #   even when the outputs are newer than their sources.
 #
 # Installs nothing system-wide. Needs (see docs / BUILDING notes):
 #   apt: rustc cargo libstd-rust-dev-wasm32 (for /usr/bin/rustc 1.63 with the
-#        wasm32-wasi std), wabt, nodejs/npm.
+#        wasm32-wasi and wasm32-unknown-unknown std), wabt, nodejs/npm,
+#        python3 python3-venv (the venv for ziglang).
 # Runs `npm ci` (or `npm install` without a lock file) in tests/plugins/as-filter
-# when its node_modules is missing.
+# (and `npm ci` in each of its sdk-<v> folders) when its node_modules is missing;
+# creates build/zig-venv with `pip install ziglang==$ZIGLANG_VERSION` when missing.
 #
 # Environment overrides:
 #   PLUGIN_RUSTC  (default /usr/bin/rustc)   rustc that has the wasm32-wasi std
 #   PLUGIN_CARGO  (default /usr/bin/cargo)   cargo to drive it
+#   PLUGIN_PYTHON (default /usr/bin/python3) python3 that makes the ziglang venv
+#   ZIGLANG_VERSION (default 0.17.0)
 #   WAT2WASM      (default wat2wasm)
 #   WAT2WASM_FLAGS extra flags for every .wat (a file may add its own with a
 #                 first-lines comment ";; wat2wasm-flags: --no-check ...")
@@ -32,28 +42,36 @@ target_dir="$root/build/plugins-target"
 rust_dir="tests/plugins/rust-sdk-filter"
 bench_dir="examples/bench-filter"
 as_dir="tests/plugins/as-filter"
+c_dir="tests/plugins/c-filter"
+zig_venv="$root/build/zig-venv"
 wat_dir="tests/wat"
 
 PLUGIN_RUSTC="${PLUGIN_RUSTC:-/usr/bin/rustc}"
 PLUGIN_CARGO="${PLUGIN_CARGO:-/usr/bin/cargo}"
 WAT2WASM="${WAT2WASM:-wat2wasm}"
 WAT2WASM_FLAGS="${WAT2WASM_FLAGS:-}"
+PLUGIN_PYTHON="${PLUGIN_PYTHON:-/usr/bin/python3}"
+ZIGLANG_VERSION="${ZIGLANG_VERSION:-0.17.0}"
 
 force="${FORCE:-0}"
-want_rust=0 want_as=0 want_wat=0 want_bench=0
+want_rust=0 want_as=0 want_wat=0 want_bench=0 want_rust_sdks=0 want_as_sdks=0 want_c=0
 for arg in "$@"; do
     case "$arg" in
         --force|-f) force=1 ;;
         rust) want_rust=1 ;;
+        rust-sdks) want_rust_sdks=1 ;;
+        as-sdks) want_as_sdks=1 ;;
+        c) want_c=1 ;;
         as) want_as=1 ;;
         wat) want_wat=1 ;;
         bench) want_bench=1 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "build-plugins: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
-if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ] && [ $want_bench = 0 ]; then
-    want_rust=1 want_as=1 want_wat=1 want_bench=1
+if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ] && [ $want_bench = 0 ] \
+    && [ $want_rust_sdks = 0 ] && [ $want_as_sdks = 0 ] && [ $want_c = 0 ]; then
+    want_rust=1 want_as=1 want_wat=1 want_bench=1 want_rust_sdks=1 want_as_sdks=1 want_c=1
 fi
 
 mkdir -p "$out_dir"
@@ -124,6 +142,56 @@ build_rust_crate() {
 }
 
 build_rust() { build_rust_crate "$rust_dir" rust_sdk_filter rust-sdk-filter; }
+
+# build_rust_sdks: rust-sdk-filter with every other Rust SDK release, one
+# manifest (and lock file) per release in $rust_dir/versions/<release>/, into
+# $out_dir/rust_sdk_filter_<release>.wasm. A manifest's line
+# "# build-plugins: <cargo flags>" gives its target (the 0.1.0-0.1.2 SDKs
+# export their own malloc, which clashes with wasi-libc's: they build for
+# wasm32-unknown-unknown) and e.g. --ignore-rust-version (0.2.3 declares
+# Rust 1.65 and builds with 1.63).
+build_rust_sdks() {
+    local manifest dir version lib flags out built target t0
+    [ -x "$PLUGIN_RUSTC" ] || die "$PLUGIN_RUSTC not found (apt-get install -y rustc cargo libstd-rust-dev-wasm32)"
+    [ -x "$PLUGIN_CARGO" ] || die "$PLUGIN_CARGO not found (apt-get install -y cargo)"
+    for manifest in "$rust_dir"/versions/*/Cargo.toml; do
+        dir="$(dirname "$manifest")"
+        version="$(basename "$dir")"
+        lib="rust_sdk_filter_${version//./_}"
+        out="$out_dir/$lib.wasm"
+        if up_to_date "$out" "$manifest" "$dir/Cargo.lock" "$rust_dir/src" "$0"; then
+            log "rust-sdk-filter (SDK $version): up to date"
+            continue
+        fi
+        [ -f "$dir/Cargo.lock" ] \
+            || die "$dir/Cargo.lock missing; regenerate with: (cd $dir && CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback cargo generate-lockfile)"
+        flags="$(sed -n 's/^# build-plugins:[[:space:]]*//p' "$manifest" | head -n 1)"
+        target="$(printf '%s\n' $flags | sed -n '/^--target$/{n;p}')"
+        [ -n "$target" ] || die "$manifest: its '# build-plugins:' line names no --target"
+        [ -d "$("$PLUGIN_RUSTC" --print sysroot)/lib/rustlib/$target" ] \
+            || die "$PLUGIN_RUSTC has no $target std (apt-get install -y libstd-rust-dev-wasm32)"
+        t0="$(now_ms)"
+        log "rust-sdk-filter (SDK $version): building for $target"
+        (
+            cd "$dir"
+            # shellcheck disable=SC2086
+            env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
+                RUSTC_WRAPPER= CARGO_BUILD_RUSTC_WRAPPER= CARGO_BUILD_RUSTFLAGS= \
+                RUSTC="$PLUGIN_RUSTC" \
+                CARGO_TARGET_DIR="$target_dir/sdk-$version" \
+                __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly \
+                CARGO_UNSTABLE_SPARSE_REGISTRY=true \
+                CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
+                "$PLUGIN_CARGO" build --release --locked $flags
+        )
+        built="$target_dir/sdk-$version/$target/release/$lib.wasm"
+        [ -f "$built" ] || die "cargo did not produce $built"
+        cp -f "$built" "$out.tmp"
+        chmod 0644 "$out.tmp"
+        publish "$out.tmp" "$out"
+        log "rust-sdk-filter (SDK $version): done in $(elapsed "$t0")"
+    done
+}
 build_bench() { build_rust_crate "$bench_dir" bench_filter bench-filter; }
 
 build_as() {
@@ -151,6 +219,86 @@ build_as() {
     )
     publish "$out.tmp" "$out"
     log "as-filter: done in $(elapsed "$t0")"
+}
+
+# build_as_sdks: the as-filter protocol (tests/plugins/as-filter/assembly/
+# filter.ts) glued to each other AssemblyScript SDK release,
+# $as_dir/sdk-<release>/ (its own package.json/lock with the SDK and the
+# AssemblyScript compiler it was made for), into $out_dir/as_filter_<release>.wasm.
+build_as_sdks() {
+    local dir version out t0
+    command -v node >/dev/null || die "node not found (apt-get install -y nodejs npm)"
+    command -v npm >/dev/null || die "npm not found (apt-get install -y npm)"
+    for dir in "$as_dir"/sdk-*/; do
+        dir="${dir%/}"
+        version="${dir##*/sdk-}"
+        out="$out_dir/as_filter_${version//./_}.wasm"
+        t0="$(now_ms)"
+        if [ ! -x "$dir/node_modules/.bin/asc" ]; then
+            [ -f "$dir/package-lock.json" ] || die "$dir/package-lock.json missing (npm install there once and commit it)"
+            log "as-filter (SDK $version): npm ci"
+            (cd "$dir" && npm ci --no-audit --no-fund)
+        fi
+        if up_to_date "$out" "$dir/assembly" "$dir/package.json" "$dir/package-lock.json" "$as_dir/assembly/filter.ts" "$0"; then
+            log "as-filter (SDK $version): up to date"
+            continue
+        fi
+        log "as-filter (SDK $version): building"
+        # A path relative to the SDK's folder: asc 0.9 takes even an absolute
+        # -b path as relative to its base directory.
+        (
+            cd "$dir"
+            ./node_modules/.bin/asc assembly/index.ts -b "../../../../$out.tmp" --use abort=abort_proc_exit -O3
+        )
+        publish "$out.tmp" "$out"
+        log "as-filter (SDK $version): done in $(elapsed "$t0")"
+    done
+}
+
+# build_c: tests/plugins/c-filter/filter.c (the as-filter protocol in C,
+# written against the ABI as the C++ SDK's intrinsics are) with Zig's C
+# compiler from PyPI (ziglang $ZIGLANG_VERSION, installed into the venv
+# $zig_venv), as a WASI reactor: c_filter.wasm (ABI 0.2.1) and
+# c_filter_0_1_0.wasm (ABI 0.1.0).
+zig_cc() { "$zig_venv/bin/python" -m ziglang cc "$@"; }
+
+ensure_zig() {
+    if [ -x "$zig_venv/bin/python" ] \
+        && [ "$("$zig_venv/bin/python" -m ziglang version 2>/dev/null)" = "$ZIGLANG_VERSION" ]; then
+        return
+    fi
+    local python="$PLUGIN_PYTHON"
+    [ -x "$python" ] || python="$(command -v python3 || true)"
+    [ -n "$python" ] || die "python3 not found (apt-get install -y python3 python3-venv)"
+    log "c-filter: installing ziglang $ZIGLANG_VERSION into $zig_venv"
+    rm -rf "$zig_venv"
+    "$python" -m venv "$zig_venv" || die "$python -m venv failed (apt-get install -y python3-venv)"
+    "$zig_venv/bin/python" -m pip install --quiet --disable-pip-version-check "ziglang==$ZIGLANG_VERSION" \
+        || die "pip could not install ziglang==$ZIGLANG_VERSION"
+}
+
+build_c() {
+    local src="$c_dir/filter.c" name defines out t0
+    for name in c_filter c_filter_0_1_0; do
+        out="$out_dir/$name.wasm"
+        if up_to_date "$out" "$src" "$0"; then
+            log "c-filter ($name): up to date"
+            continue
+        fi
+        ensure_zig
+        defines=""
+        [ "$name" = c_filter_0_1_0 ] && defines="-DPROXY_ABI_0_1_0"
+        t0="$(now_ms)"
+        log "c-filter ($name): building with zig $("$zig_venv/bin/python" -m ziglang version)"
+        # -mexec-model=reactor: _initialize, no _start; malloc exported as the
+        # C++ SDK's builds export it; debug sections stripped (wasi-libc's).
+        # shellcheck disable=SC2086
+        zig_cc --target=wasm32-wasi -mexec-model=reactor -O2 -g0 -Wall -Wextra -Werror $defines \
+            -Wl,--export=malloc -Wl,--strip-debug -o "$out.tmp" "$src" \
+            || { rm -f "$out.tmp"; die "zig cc failed on $src"; }
+        publish "$out.tmp" "$out"
+        log "c-filter ($name): done in $(elapsed "$t0")"
+    done
 }
 
 build_wat() {
@@ -182,7 +330,10 @@ build_wat() {
 }
 
 [ $want_rust = 1 ] && build_rust
+[ $want_rust_sdks = 1 ] && build_rust_sdks
 [ $want_as = 1 ] && build_as
+[ $want_as_sdks = 1 ] && build_as_sdks
+[ $want_c = 1 ] && build_c
 [ $want_wat = 1 ] && build_wat
 [ $want_bench = 1 ] && build_bench
 exit 0

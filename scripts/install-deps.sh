@@ -9,7 +9,9 @@
 #   lld-14                              the wasm32 linker: Debian's /usr/bin/rust-lld
 #                                       is a link to lld-14, only recommended by rustc
 #   wabt                                wat2wasm, for the WAT test modules
-#   nodejs npm                          the AssemblyScript test plugin
+#   nodejs npm                          the AssemblyScript test plugins
+#   python3 python3-venv                a venv for Zig's C compiler from PyPI (ziglang),
+#                                       which builds the C test plugin
 #   build-essential pkg-config          C toolchain for -sys crates
 #   cmake                               builds WAMR (wamrx-sys) from its vendored sources
 #   trafficserver trafficserver-dev     Traffic Server 9.2 and its plugin headers
@@ -20,7 +22,7 @@
 # The host itself builds with the rustup toolchain (cargo); it must be on PATH.
 set -euo pipefail
 
-packages=(rustc cargo libstd-rust-dev-wasm32 lld-14 wabt build-essential pkg-config cmake curl trafficserver trafficserver-dev nginx nginx-dev clang libclang-dev)
+packages=(rustc cargo libstd-rust-dev-wasm32 lld-14 wabt python3 python3-venv build-essential pkg-config cmake curl trafficserver trafficserver-dev nginx nginx-dev clang libclang-dev)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 

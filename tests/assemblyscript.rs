@@ -1,19 +1,23 @@
-//! The AssemblyScript SDK filter (ABI 0.2.0) of tests/plugins/as-filter,
-//! driven through the core with the in-memory server (see
-//! tests/plugins/README.md, "as-filter").
+//! The as-filter protocol (tests/plugins/README.md, "as-filter") driven
+//! through the core with the in-memory server, once per runtime and build
+//! (tests/sdk_builds): tests/plugins/as-filter with the AssemblyScript SDK
+//! 0.1.8 (ABI 0.2.0) and 0.1.1 (ABI 0.1.0), and tests/plugins/c-filter, the
+//! same protocol in C for ABI 0.2.1 and 0.1.0. Section `as_0_1_8`: what that
+//! SDK itself logs and how it finds its root context.
 
 mod common;
+mod sdk_builds;
 common::for_each_runtime! {
 use common::*;
 
 use proxy_wasm_host::abi::pairs::Pair;
-use proxy_wasm_host::abi::{AbiVersion, LogLevel};
+use proxy_wasm_host::abi::LogLevel;
 use proxy_wasm_host::host::LocalResponse;
 use proxy_wasm_host::plugin::PluginInfo;
 use proxy_wasm_host::vm::{Verdict, VmError, VmOptions};
 
-const PLUGIN: &str = "as_filter.wasm";
-
+crate::sdk_builds::for_each_as_protocol_build! {
+all {
 fn options() -> VmOptions {
     VmOptions::new(unique_vm_id("as"))
 }
@@ -65,16 +69,8 @@ fn local_response(status: u32, tag: &str) -> LocalResponse {
 // ------------------------------------------------------------------ loading and configuration
 
 #[test]
-fn as_filter_declares_abi_0_2_0() {
-    assert_eq!(built_code(PLUGIN).abi, AbiVersion::V0_2_0);
-}
-
-#[test]
-fn as_filter_starts_without_initialize_and_receives_the_vm_configuration_size() {
-    let mut opts = options();
-    opts.vm_configuration = b"abc".to_vec();
-    let h = Harness::try_start_code(built_code(PLUGIN), "", opts).unwrap();
-    assert!(h.server.logged(&format!("context id: {}: onStart(vm_configuration_size:3)", h.root)), "{:#?}", h.server.messages());
+fn the_build_declares_its_abi_version() {
+    assert_eq!(built_code(PLUGIN).abi.to_string(), BUILD.abi);
 }
 
 #[test]
@@ -142,24 +138,7 @@ fn the_sdk_s_own_on_configure_starts_with_an_empty_and_a_non_empty_configuration
 fn as_filter_accepts_the_as_filter_root_id() {
     let mut h = start_plugin("as-filter", "").expect("starts");
     let stream = proxied(&mut h, "/");
-    assert_eq!(stream.data().response_header("x-proxy-wasm").as_deref(), Some("assemblyscript"));
-}
-
-#[test]
-fn as_filter_unknown_root_id_exits_the_vm_during_context_create() {
-    let opts = options();
-    let server = TestServer::new();
-    let mut vm = proxy_wasm_host::vm::Vm::new(built_code(PLUGIN), opts.clone(), server.clone()).unwrap();
-    let err = vm.start_plugin(std::sync::Arc::new(PluginInfo::new("as-plugin", "other", opts.vm_id, ""))).expect_err("the SDK aborts");
-    match &err {
-        VmError::Trap { plugin, callback, trap } => {
-            assert_eq!(plugin, "as-plugin");
-            assert_eq!(*callback, "proxy_on_context_create");
-            assert_eq!(trap.message, "proc_exit(255)");
-        }
-        other => panic!("expected a trap, got {other:?}"),
-    }
-    assert!(vm.failure().is_some(), "an exited instance is not reused");
+    assert_eq!(stream.data().response_header("x-proxy-wasm").as_deref(), Some(BUILD.tag));
 }
 
 // ------------------------------------------------------------------ headers
@@ -170,7 +149,7 @@ fn as_filter_adds_x_as_filter_to_the_request() {
     let (_ctx, stream, v) = h.request(&get("/hello"), true);
     assert_eq!(v, Verdict::Continue);
     let mut expected = get("/hello");
-    expected.push(("x-as-filter", "assemblyscript"));
+    expected.push(("x-as-filter", BUILD.tag));
     assert_eq!(show(&stream.data().request_headers), owned(&expected));
 }
 
@@ -178,7 +157,7 @@ fn as_filter_adds_x_as_filter_to_the_request() {
 fn as_filter_adds_x_proxy_wasm_to_the_response() {
     let mut h = start("");
     let stream = proxied(&mut h, "/hello");
-    assert_eq!(show(&stream.data().response_headers), owned(&[(":status", "200"), ("x-proxy-wasm", "assemblyscript")]));
+    assert_eq!(show(&stream.data().response_headers), owned(&[(":status", "200"), ("x-proxy-wasm", BUILD.tag)]));
 }
 
 #[test]
@@ -220,7 +199,7 @@ fn as_filter_local_path_is_answered_locally_with_403() {
     let mut h = start("");
     let (_ctx, stream, v) = h.request(&get("/as-local"), true);
     assert_eq!(v, Verdict::Stop);
-    assert_eq!(stream.data().local_response, Some(local_response(403, "assemblyscript")));
+    assert_eq!(stream.data().local_response, Some(local_response(403, BUILD.tag)));
 }
 
 #[test]
@@ -228,7 +207,7 @@ fn as_filter_local_path_ignores_the_query() {
     let mut h = start("");
     let (_ctx, stream, v) = h.request(&get("/as-local?x=1"), true);
     assert_eq!(v, Verdict::Stop);
-    assert_eq!(stream.data().local_response, Some(local_response(403, "assemblyscript")));
+    assert_eq!(stream.data().local_response, Some(local_response(403, BUILD.tag)));
 }
 
 #[test]
@@ -246,7 +225,7 @@ fn as_filter_x_as_local_request_header_forces_a_local_response() {
     headers.push(("x-as-local", "yes"));
     let (_ctx, stream, v) = h.request(&headers, true);
     assert_eq!(v, Verdict::Stop);
-    assert_eq!(stream.data().local_response, Some(local_response(403, "assemblyscript")));
+    assert_eq!(stream.data().local_response, Some(local_response(403, BUILD.tag)));
 }
 
 #[test]
@@ -272,8 +251,34 @@ fn as_filter_default_local_path_is_not_answered_once_reconfigured() {
     let (_ctx, _stream, v) = h.request(&get("/as-local"), true);
     assert_eq!(v, Verdict::Continue);
 }
+}
+as_0_1_8 {
+// ------------------------------------------------------------------ the SDK's own log lines and root-context lookup
 
-// ------------------------------------------------------------------ stream lifecycle
+#[test]
+fn as_filter_starts_without_initialize_and_receives_the_vm_configuration_size() {
+    let mut opts = options();
+    opts.vm_configuration = b"abc".to_vec();
+    let h = Harness::try_start_code(built_code(PLUGIN), "", opts).unwrap();
+    assert!(h.server.logged(&format!("context id: {}: onStart(vm_configuration_size:3)", h.root)), "{:#?}", h.server.messages());
+}
+
+#[test]
+fn as_filter_unknown_root_id_exits_the_vm_during_context_create() {
+    let opts = options();
+    let server = TestServer::new();
+    let mut vm = proxy_wasm_host::vm::Vm::new(built_code(PLUGIN), opts.clone(), server.clone()).unwrap();
+    let err = vm.start_plugin(std::sync::Arc::new(PluginInfo::new("as-plugin", "other", opts.vm_id, ""))).expect_err("the SDK aborts");
+    match &err {
+        VmError::Trap { plugin, callback, trap } => {
+            assert_eq!(plugin, "as-plugin");
+            assert_eq!(*callback, "proxy_on_context_create");
+            assert_eq!(trap.message, "proc_exit(255)");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert!(vm.failure().is_some(), "an exited instance is not reused");
+}
 
 #[test]
 fn as_filter_stream_finishes_with_on_done_on_log_on_delete_in_order() {
@@ -283,5 +288,7 @@ fn as_filter_stream_finishes_with_on_done_on_log_on_delete_in_order() {
     h.vm.finish_stream(ctx).unwrap();
     let expected: Vec<String> = ["onDone()", "onLog()", "onDelete()"].iter().map(|c| format!("context id: {ctx}: {c}")).collect();
     assert_eq!(h.server.messages(), expected);
+}
+}
 }
 }

@@ -15,6 +15,7 @@
 //! callback never runs while its headers are paused (see tests/ats.rs).
 
 mod e2e;
+mod sdk_builds;
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1010,4 +1011,206 @@ fn an_assemblyscript_filter_on_the_sdk_s_own_on_configure_starts_with_an_empty_c
     let r = send(&ats, Request::get("/page"));
     assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("sdk-configure")), "{}", ats.log_report());
     assert!(!ats.diags_log().contains("trapped"), "{}", ats.log_report());
+}
+
+// ------------------------------------------------------------------ the SDK matrix
+
+/// Every build of the test filters (tests/sdk_builds: each Rust SDK release,
+/// each AssemblyScript SDK release, the C filter) on Traffic Server: a
+/// representative subset of the cases above, each build with an empty and a
+/// non-empty configuration. One Traffic Server per build, with the build on
+/// two remap rules: host `empty.test` (configuration empty), host `conf.test`
+/// (configuration non-empty, callouts to a second origin).
+///
+/// Rust-SDK protocol: headers on both sides, a local response, request and
+/// response body edits, an `http_call`, shared data, the configuration read.
+/// as-filter protocol: tags and the configuration echo, local responses by
+/// path and header, the configured path and status. The empty rule's
+/// as-filter plugin has root_id `as-filter` (with the SDK 0.1.8 build this is
+/// issue 12's empty-configuration trap).
+mod sdk_matrix {
+    use super::*;
+
+    /// The filter build `wasm` on both rules, in front of [`shared_origin`];
+    /// callouts of the `conf.test` plugin go to the returned second origin.
+    pub struct Matrix {
+        pub origin: Origin,
+        pub callout: Origin,
+        pub ats: TrafficServer,
+    }
+
+    pub fn start(test: &str, wasm: &str, empty: (&str, &str), conf: impl FnOnce(u16) -> (String, String)) -> Matrix {
+        e2e::ats::require_plugin_so();
+        let origin = shared_origin();
+        let callout = Origin::with_handler(|req| origin::Response::text(200, format!("pong {}", req.path)).header("x-callout", "yes"));
+        let port = origin.port();
+        let (conf_root_id, conf_configuration) = conf(callout.port());
+        let remap = format!(
+            "map http://empty.test/ http://127.0.0.1:{port}/ @plugin=proxy_wasm_ats.so @pparam=empty.yaml\n\
+             map http://conf.test/ http://127.0.0.1:{port}/ @plugin=proxy_wasm_ats.so @pparam=conf.yaml\n"
+        );
+        let ats = TrafficServer::start(
+            AtsOptions::new(test)
+                .origin(port)
+                .exec_threads(2)
+                .remap_config(remap)
+                .file("empty.yaml", plugin_yaml("empty", wasm, empty.0, empty.1, "", ""))
+                .file("conf.yaml", plugin_yaml("conf", wasm, &conf_root_id, &conf_configuration, "", "")),
+        );
+        Matrix { origin, callout, ats }
+    }
+
+    /// A request to the rule with the empty configuration.
+    pub fn empty(path: &str) -> Request {
+        Request::get(path).host("empty.test")
+    }
+
+    /// A request to the rule with the non-empty configuration.
+    pub fn conf(path: &str) -> Request {
+        Request::get(path).host("conf.test")
+    }
+
+    crate::sdk_builds::for_each_rust_build! {
+    all {
+    fn matrix() -> Arc<Matrix> {
+        static SERVER: Mutex<Weak<Matrix>> = Mutex::new(Weak::new());
+        let mut slot = SERVER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = slot.upgrade() {
+            return m;
+        }
+        let m = Arc::new(start(&format!("matrix-{}", BUILD.name), PLUGIN, ("", ""), |callout| {
+            (String::new(), format!(r#"{{"tag":"matrix","upstream":"127.0.0.1:{callout}","authority":"callout.test","prefix":"<<"}}"#))
+        }));
+        *slot = Arc::downgrade(&m);
+        m
+    }
+
+    #[test]
+    fn with_an_empty_configuration_the_filter_starts_with_its_defaults() {
+        let m = matrix();
+        let r = send(&m.ats, empty("/defaults").header("x-pw-test", "config"));
+        assert_eq!(r.status, 200, "{}", m.ats.log_report());
+        assert_eq!(r.header("x-proxy-wasm"), Some(BUILD.tag));
+        assert_eq!(r.header("x-pw-config-size"), Some("0"));
+        assert_eq!(r.header("x-pw-config-tag"), Some(BUILD.tag));
+        assert_eq!(r.body_str(), "hello from origin");
+    }
+
+    #[test]
+    fn a_non_empty_configuration_is_read() {
+        let m = matrix();
+        let r = send(&m.ats, conf("/configured").header("x-pw-test", "config"));
+        assert_eq!(r.status, 200, "{}", m.ats.log_report());
+        assert_eq!(r.header("x-proxy-wasm"), Some("matrix"));
+        assert_eq!(r.header("x-pw-config-tag"), Some("matrix"));
+        assert_eq!(r.header("x-pw-config-authority"), Some("callout.test"));
+    }
+
+    #[test]
+    fn headers_are_added_replaced_and_removed_on_both_sides() {
+        let m = matrix();
+        let r = send(&m.ats, empty("/h").header("x-pw-test", "headers").header("x-pw-echo", "echo me").header("x-pw-remove", "x"));
+        assert_eq!(r.status, 200, "{}", m.ats.log_report());
+        let seen = the_request(&m.origin, "/h");
+        assert_eq!(seen.header("x-pw-added"), Some("1"));
+        assert_eq!(seen.header_all("x-pw-multi"), vec!["a", "b"]);
+        assert_eq!(seen.header_all("x-pw-replace"), vec!["replaced"]);
+        assert!(!seen.has_header("x-pw-remove"));
+        assert_eq!(r.header("x-pw-echo"), Some("echo me"));
+        assert_eq!(r.header("x-pw-resp-added"), Some("1"));
+        assert_eq!(r.header_all("x-pw-resp-replace"), vec!["replaced"]);
+        assert!(!r.has_header("x-pw-resp-remove"), "{:?}", r.headers);
+    }
+
+    #[test]
+    fn a_local_response_stops_the_request() {
+        let m = matrix();
+        let r = send(&m.ats, empty("/local").header("x-pw-test", "local"));
+        assert_eq!(r.status, 403, "{}", m.ats.log_report());
+        assert_eq!(r.body_str(), "denied by rust-sdk-filter");
+        assert_eq!(r.header("x-pw-local"), Some("request-headers"));
+        assert!(m.origin.requests().iter().all(|q| q.path != "/local"));
+    }
+
+    #[test]
+    fn request_and_response_bodies_are_edited() {
+        let m = matrix();
+        let req = Request::post("/echo/body", "hello world").host("conf.test").header("x-pw-test", "req-body-upper req-body-prefix resp-body-append");
+        let r = send(&m.ats, req);
+        assert_eq!(r.status, 200, "{}", m.ats.log_report());
+        assert_eq!(the_request(&m.origin, "/echo/body").body_str(), "<<HELLO WORLD");
+        assert_eq!(r.body_str(), "<<HELLO WORLD[/pw]");
+    }
+
+    #[test]
+    fn an_http_call_answer_resumes_the_request() {
+        let m = matrix();
+        let r = send(&m.ats, conf("/call").header("x-pw-test", "http-call"));
+        assert_eq!(r.status, 200, "{}", m.ats.log_report());
+        assert_eq!(r.header("x-pw-callout-status"), Some("200"));
+        assert_eq!(r.header("x-pw-callout-body"), Some("pong /callout"));
+        assert_eq!(the_request(&m.origin, "/call").header("x-pw-callout-body"), Some("pong /callout"));
+        assert!(m.callout.requests().iter().any(|q| q.method == "POST" && q.header("x-pw-callout") == Some("1")));
+    }
+
+    #[test]
+    fn shared_data_counts_across_requests() {
+        let m = matrix();
+        let key = format!("matrix.{}", BUILD.name);
+        let first = send(&m.ats, empty("/s1").header("x-pw-test", "shared").header("x-pw-key", key.as_str()));
+        let second = send(&m.ats, empty("/s2").header("x-pw-test", "shared").header("x-pw-key", key.as_str()));
+        assert_eq!((first.header("x-pw-shared"), second.header("x-pw-shared")), (Some("1"), Some("2")), "{}", m.ats.log_report());
+    }
+    }
+    }
+
+    crate::sdk_builds::for_each_as_protocol_build! {
+    all {
+    fn matrix() -> Arc<Matrix> {
+        static SERVER: Mutex<Weak<Matrix>> = Mutex::new(Weak::new());
+        let mut slot = SERVER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = slot.upgrade() {
+            return m;
+        }
+        let m = Arc::new(start(&format!("matrix-{}", BUILD.name), PLUGIN, ("as-filter", ""), |_| {
+            (String::new(), "tag=matrix;local_path=/deny;local_status=451".to_string())
+        }));
+        *slot = Arc::downgrade(&m);
+        m
+    }
+
+    #[test]
+    fn with_an_empty_configuration_the_filter_tags_request_and_response() {
+        let m = matrix();
+        let r = send(&m.ats, empty("/page"));
+        assert_eq!(r.status, 200, "{}", m.ats.log_report());
+        assert_eq!(r.header("x-proxy-wasm"), Some(BUILD.tag));
+        assert_eq!(r.header("x-as-config"), None);
+        assert_eq!(the_request(&m.origin, "/page").header("x-as-filter"), Some(BUILD.tag));
+    }
+
+    #[test]
+    fn with_an_empty_configuration_its_local_path_and_header_are_answered_locally() {
+        let m = matrix();
+        for req in [empty("/as-local?x=1"), empty("/other-local").header("x-as-local", "yes")] {
+            let r = send(&m.ats, req);
+            assert_eq!(r.status, 403, "{}", m.ats.log_report());
+            assert_eq!(r.body_str(), "local response from as-filter\n");
+            assert_eq!((r.header("x-as-local"), r.header("x-proxy-wasm"), r.header("content-type")), (Some("1"), Some(BUILD.tag), Some("text/plain")));
+        }
+        assert!(m.origin.requests().iter().all(|q| q.path != "/as-local?x=1" && q.path != "/other-local"));
+    }
+
+    #[test]
+    fn a_non_empty_configuration_sets_tag_local_path_and_status() {
+        let m = matrix();
+        let r = send(&m.ats, conf("/as-local"));
+        assert_eq!(r.status, 200, "the default local path is proxied once reconfigured\n{}", m.ats.log_report());
+        assert_eq!(r.header("x-proxy-wasm"), Some("matrix"));
+        assert_eq!(r.header("x-as-config"), Some("tag=matrix;local_path=/deny;local_status=451"));
+        let r = send(&m.ats, conf("/deny"));
+        assert_eq!((r.status, r.header("x-proxy-wasm")), (451, Some("matrix")));
+    }
+    }
+    }
 }

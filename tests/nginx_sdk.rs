@@ -14,6 +14,7 @@
 //! Run with `make nginx && cargo test --test nginx_sdk`.
 
 mod e2e;
+mod sdk_builds;
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
@@ -954,4 +955,219 @@ fn an_assemblyscript_filter_on_the_sdk_s_own_on_configure_starts_with_an_empty_c
     let r = send(&n, Request::get("/page"));
     assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("sdk-configure")), "{}", n.log_report());
     assert!(!n.error_log().contains("trapped"), "{}", n.log_report());
+}
+
+// ------------------------------------------------------------------ the SDK matrix
+
+/// Every build of the test filters (tests/sdk_builds: each Rust SDK release,
+/// each AssemblyScript SDK release, the C filter) on nginx: the subset of
+/// tests/ats_sdk.rs's `sdk_matrix` (see there), each build with an empty and
+/// a non-empty configuration. One nginx (one worker) per build, with the
+/// build as two plugins: `empty` (configuration empty) for the server
+/// `empty.test`, `conf` (configuration non-empty, callouts to a second
+/// origin) for the server `conf.test`. A plugin that fails to start makes
+/// nginx refuse the whole configuration, so such a build fails all its tests
+/// here (AssemblyScript SDK 0.1.8 until issue 12's empty-configuration trap
+/// is fixed).
+mod sdk_matrix {
+    use super::*;
+
+    pub struct Matrix {
+        pub origin: Origin,
+        pub callout: Origin,
+        pub n: Nginx,
+    }
+
+    fn plugin(name: &str, wasm: &str, root_id: &str, configuration: &str) -> String {
+        format!(
+            r#"- config:
+    name: "{name}"
+    root_id: "{root_id}"
+    configuration: '{configuration}'
+    authorizations:
+      allowed_hosts: ["*"]
+    vm_config:
+      vm_id: "{name}_vm"
+      code:
+        local:
+          filename: "@REPO@/build/plugins/{wasm}"
+"#
+        )
+    }
+
+    pub fn start(test: &str, wasm: &str, empty: (&str, &str), conf: impl FnOnce(u16) -> (String, String)) -> Matrix {
+        let origin = shared_origin();
+        let callout = Origin::with_handler(|req| origin::Response::text(200, format!("pong {}", req.path)).header("x-callout", "yes"));
+        let (conf_root_id, conf_configuration) = conf(callout.port());
+        let yaml = format!("{}{}", plugin("empty", wasm, empty.0, empty.1), plugin("conf", wasm, &conf_root_id, &conf_configuration));
+        let location = |plugin: &str| {
+            format!("location / {{ proxy_wasm {plugin}; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; proxy_set_header Host $host; }}")
+        };
+        let n = Nginx::start(
+            NginxOptions::new(test)
+                .workers(1)
+                .origin(origin.port())
+                .file("plugins.yaml", yaml)
+                .http(format!(
+                    "proxy_wasm_config @CONF@/plugins.yaml;\nserver {{ listen 127.0.0.1:@PORT@; server_name conf.test; {} }}",
+                    location("conf")
+                ))
+                .server(format!("server_name empty.test; {}", location("empty"))),
+        );
+        Matrix { origin, callout, n }
+    }
+
+    /// A request to the server whose plugin has the empty configuration.
+    pub fn empty(path: &str) -> Request {
+        Request::get(path).host("empty.test")
+    }
+
+    /// A request to the server whose plugin has the non-empty configuration.
+    pub fn conf(path: &str) -> Request {
+        Request::get(path).host("conf.test")
+    }
+
+    crate::sdk_builds::for_each_rust_build! {
+    all {
+    fn matrix() -> Arc<Matrix> {
+        static SERVER: Mutex<Weak<Matrix>> = Mutex::new(Weak::new());
+        let mut slot = SERVER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = slot.upgrade() {
+            return m;
+        }
+        let m = Arc::new(start(&format!("matrix-{}", BUILD.name), PLUGIN, ("", ""), |callout| {
+            (String::new(), format!(r#"{{"tag":"matrix","upstream":"127.0.0.1:{callout}","authority":"callout.test","prefix":"<<"}}"#))
+        }));
+        *slot = Arc::downgrade(&m);
+        m
+    }
+
+    #[test]
+    fn with_an_empty_configuration_the_filter_starts_with_its_defaults() {
+        let m = matrix();
+        let r = send(&m.n, empty("/defaults").header("x-pw-test", "config"));
+        assert_eq!(r.status, 200, "{}", m.n.log_report());
+        assert_eq!(r.header("x-proxy-wasm"), Some(BUILD.tag));
+        assert_eq!(r.header("x-pw-config-size"), Some("0"));
+        assert_eq!(r.header("x-pw-config-tag"), Some(BUILD.tag));
+        assert_eq!(r.body_str(), "hello from origin");
+    }
+
+    #[test]
+    fn a_non_empty_configuration_is_read() {
+        let m = matrix();
+        let r = send(&m.n, conf("/configured").header("x-pw-test", "config"));
+        assert_eq!(r.status, 200, "{}", m.n.log_report());
+        assert_eq!(r.header("x-proxy-wasm"), Some("matrix"));
+        assert_eq!(r.header("x-pw-config-tag"), Some("matrix"));
+        assert_eq!(r.header("x-pw-config-authority"), Some("callout.test"));
+    }
+
+    #[test]
+    fn headers_are_added_replaced_and_removed_on_both_sides() {
+        let m = matrix();
+        let r = send(&m.n, empty("/h").header("x-pw-test", "headers").header("x-pw-echo", "echo me").header("x-pw-remove", "x"));
+        assert_eq!(r.status, 200, "{}", m.n.log_report());
+        let seen = the_request(&m.origin, "/h");
+        assert_eq!(seen.header("x-pw-added"), Some("1"));
+        assert_eq!(seen.header_all("x-pw-multi"), vec!["a", "b"]);
+        assert_eq!(seen.header_all("x-pw-replace"), vec!["replaced"]);
+        assert!(!seen.has_header("x-pw-remove"));
+        assert_eq!(r.header("x-pw-echo"), Some("echo me"));
+        assert_eq!(r.header("x-pw-resp-added"), Some("1"));
+        assert_eq!(r.header_all("x-pw-resp-replace"), vec!["replaced"]);
+        assert!(!r.has_header("x-pw-resp-remove"), "{:?}", r.headers);
+    }
+
+    #[test]
+    fn a_local_response_stops_the_request() {
+        let m = matrix();
+        let r = send(&m.n, empty("/local").header("x-pw-test", "local"));
+        assert_eq!(r.status, 403, "{}", m.n.log_report());
+        assert_eq!(r.body_str(), "denied by rust-sdk-filter");
+        assert_eq!(r.header("x-pw-local"), Some("request-headers"));
+        assert!(m.origin.requests().iter().all(|q| q.path != "/local"));
+    }
+
+    #[test]
+    fn request_and_response_bodies_are_edited() {
+        let m = matrix();
+        let req = Request::post("/echo/body", "hello world").host("conf.test").header("x-pw-test", "req-body-upper req-body-prefix resp-body-append");
+        let r = send(&m.n, req);
+        assert_eq!(r.status, 200, "{}", m.n.log_report());
+        assert_eq!(the_request(&m.origin, "/echo/body").body_str(), "<<HELLO WORLD");
+        assert_eq!(r.body_str(), "<<HELLO WORLD[/pw]");
+    }
+
+    #[test]
+    fn an_http_call_answer_resumes_the_request() {
+        let m = matrix();
+        let r = send(&m.n, conf("/call").header("x-pw-test", "http-call"));
+        assert_eq!(r.status, 200, "{}", m.n.log_report());
+        assert_eq!(r.header("x-pw-callout-status"), Some("200"));
+        assert_eq!(r.header("x-pw-callout-body"), Some("pong /callout"));
+        assert_eq!(the_request(&m.origin, "/call").header("x-pw-callout-body"), Some("pong /callout"));
+        assert!(m.callout.requests().iter().any(|q| q.method == "POST" && q.header("x-pw-callout") == Some("1")));
+    }
+
+    #[test]
+    fn shared_data_counts_across_requests() {
+        let m = matrix();
+        let key = format!("matrix.{}", BUILD.name);
+        let first = send(&m.n, empty("/s1").header("x-pw-test", "shared").header("x-pw-key", key.as_str()));
+        let second = send(&m.n, empty("/s2").header("x-pw-test", "shared").header("x-pw-key", key.as_str()));
+        assert_eq!((first.header("x-pw-shared"), second.header("x-pw-shared")), (Some("1"), Some("2")), "{}", m.n.log_report());
+    }
+    }
+    }
+
+    crate::sdk_builds::for_each_as_protocol_build! {
+    all {
+    fn matrix() -> Arc<Matrix> {
+        static SERVER: Mutex<Weak<Matrix>> = Mutex::new(Weak::new());
+        let mut slot = SERVER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = slot.upgrade() {
+            return m;
+        }
+        let m = Arc::new(start(&format!("matrix-{}", BUILD.name), PLUGIN, ("as-filter", ""), |_| {
+            (String::new(), "tag=matrix;local_path=/deny;local_status=451".to_string())
+        }));
+        *slot = Arc::downgrade(&m);
+        m
+    }
+
+    #[test]
+    fn with_an_empty_configuration_the_filter_tags_request_and_response() {
+        let m = matrix();
+        let r = send(&m.n, empty("/page"));
+        assert_eq!(r.status, 200, "{}", m.n.log_report());
+        assert_eq!(r.header("x-proxy-wasm"), Some(BUILD.tag));
+        assert_eq!(r.header("x-as-config"), None);
+        assert_eq!(the_request(&m.origin, "/page").header("x-as-filter"), Some(BUILD.tag));
+    }
+
+    #[test]
+    fn with_an_empty_configuration_its_local_path_and_header_are_answered_locally() {
+        let m = matrix();
+        for req in [empty("/as-local?x=1"), empty("/other-local").header("x-as-local", "yes")] {
+            let r = send(&m.n, req);
+            assert_eq!(r.status, 403, "{}", m.n.log_report());
+            assert_eq!(r.body_str(), "local response from as-filter\n");
+            assert_eq!((r.header("x-as-local"), r.header("x-proxy-wasm"), r.header("content-type")), (Some("1"), Some(BUILD.tag), Some("text/plain")));
+        }
+        assert!(m.origin.requests().iter().all(|q| q.path != "/as-local?x=1" && q.path != "/other-local"));
+    }
+
+    #[test]
+    fn a_non_empty_configuration_sets_tag_local_path_and_status() {
+        let m = matrix();
+        let r = send(&m.n, conf("/as-local"));
+        assert_eq!(r.status, 200, "the default local path is proxied once reconfigured\n{}", m.n.log_report());
+        assert_eq!(r.header("x-proxy-wasm"), Some("matrix"));
+        assert_eq!(r.header("x-as-config"), Some("tag=matrix;local_path=/deny;local_status=451"));
+        let r = send(&m.n, conf("/deny"));
+        assert_eq!((r.status, r.header("x-proxy-wasm")), (451, Some("matrix")));
+    }
+    }
+    }
 }

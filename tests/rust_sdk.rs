@@ -1,8 +1,13 @@
-//! The real proxy-wasm Rust SDK (0.2.1) filter of tests/plugins/rust-sdk-filter,
-//! driven through the core with the in-memory server. Each test checks one
-//! behaviour of the protocol documented in tests/plugins/README.md.
+//! The real proxy-wasm Rust SDK filter of tests/plugins/rust-sdk-filter, built
+//! with every Rust SDK release that builds here (0.1.0 ... 0.2.3, see
+//! tests/sdk_builds), driven through the core with the in-memory server. Each
+//! test checks one behaviour of the protocol documented in
+//! tests/plugins/README.md; it runs once per runtime and build
+//! (`wasmtime::rust_0_2_1::...`). Section `abi_0_2`: what ABI 0.1.0 (SDK 0.1.x)
+//! cannot do.
 
 mod common;
+mod sdk_builds;
 common::for_each_runtime! {
 use common::*;
 
@@ -15,8 +20,8 @@ use proxy_wasm_host::host::{HttpCallRequest, HttpCallResponse};
 use proxy_wasm_host::plugin::PluginInfo;
 use proxy_wasm_host::vm::{Verdict, Vm, VmError, VmOptions};
 
-const PLUGIN: &str = "rust_sdk_filter.wasm";
-
+crate::sdk_builds::for_each_rust_build! {
+all {
 // ------------------------------------------------------------------ helpers
 
 fn options() -> VmOptions {
@@ -789,29 +794,6 @@ fn response_body_edit_records_calls_eos_and_cumulative_size() {
     assert_eq!(h.shared("resp.body.info").as_deref(), Some("calls=3 eos=1 size=11"));
 }
 
-#[test]
-fn body_info_reports_end_of_stream_flags_and_body_calls() {
-    let mut h = start("");
-    let (ctx, stream, _) = h.request(&req("body-info", &[]), false);
-    let (verdicts, body) = pass_request_body(&mut h, ctx, &["ab", "cde"]);
-    assert_eq!(verdicts, [Verdict::Continue, Verdict::Continue]);
-    assert_eq!(body, "abcde");
-    h.respond(ctx, &stream, ORIGIN, true);
-    assert_eq!(report(&stream, "x-pw-req-headers-eos"), "false");
-    assert_eq!(report(&stream, "x-pw-resp-headers-eos"), "true");
-    assert_eq!(report(&stream, "x-pw-req-body-calls"), "2");
-    assert_eq!(report(&stream, "x-pw-req-body-eos-calls"), "1");
-    assert_eq!(report(&stream, "x-pw-req-body-last-size"), "3");
-}
-
-#[test]
-fn headers_end_of_stream_is_true_without_a_body() {
-    let mut h = start("");
-    let (_ctx, stream) = exchange(&mut h, "body-info", &[]);
-    assert_eq!(report(&stream, "x-pw-req-headers-eos"), "true");
-    assert_eq!(report(&stream, "x-pw-req-body-calls"), "0");
-}
-
 // ------------------------------------------------------------------ trailers
 
 #[test]
@@ -1396,26 +1378,6 @@ fn continue_inside_response_headers_is_applied_after_the_callback_returns() {
     assert_eq!(report(&stream, "x-pw-resume-response-reentrant"), "1");
 }
 
-#[test]
-fn resume_from_the_body_callback_releases_the_paused_headers() {
-    let mut h = start("");
-    let (ctx, stream, v) = h.request(&req("resume-in-body", &[]), false);
-    assert_eq!(v, Verdict::Pause);
-    let (verdicts, body) = pass_request_body(&mut h, ctx, &["hello ", "world"]);
-    assert_eq!(verdicts, PAUSE_THEN_CONTINUE);
-    assert_eq!(body, "hello world");
-    assert_eq!(stream.data().resumed, [StreamType::HttpRequest]);
-    h.respond(ctx, &stream, ORIGIN, true);
-    assert_eq!(report(&stream, "x-pw-resume-in-body"), "11");
-}
-
-#[test]
-fn resume_in_body_without_a_body_does_not_pause() {
-    let mut h = start("");
-    let (_, stream) = exchange(&mut h, "resume-in-body", &[]);
-    assert_eq!(report(&stream, "x-pw-resume-in-body"), "no-body");
-}
-
 // ------------------------------------------------------------------ metrics
 
 #[test]
@@ -1560,24 +1522,6 @@ fn log_case_writes_one_line_per_level() {
 }
 
 #[test]
-fn get_log_level_reports_the_server_threshold() {
-    let server = TestServer::new();
-    *server.log_level.lock().unwrap() = LogLevel::Warn;
-    let mut h = start_with_server("", server);
-    let (_, stream) = exchange(&mut h, "log", &[]);
-    assert_eq!(report(&stream, "x-pw-log-level"), "3");
-    assert_eq!(report(&stream, "x-pw-log-level-name"), "warn");
-}
-
-#[test]
-fn get_log_level_follows_a_threshold_change_at_run_time() {
-    let mut h = start("");
-    *h.server.log_level.lock().unwrap() = LogLevel::Critical;
-    let (_, stream) = exchange(&mut h, "log", &[]);
-    assert_eq!(report(&stream, "x-pw-log-level-name"), "critical");
-}
-
-#[test]
 fn set_effective_context_accepts_live_ids_and_refuses_unknown_ones() {
     let mut h = start("");
     let (_, stream) = exchange(&mut h, "effective-context", &[]);
@@ -1587,32 +1531,6 @@ fn set_effective_context_accepts_live_ids_and_refuses_unknown_ones() {
 }
 
 // ------------------------------------------------------------------ close
-
-#[test]
-fn close_stream_in_request_headers_stops_the_chain() {
-    let mut h = start("");
-    let (_ctx, stream, v) = h.request(&req("close", &[]), true);
-    assert_eq!(v, Verdict::Stop);
-    assert_eq!(stream.data().closed, [StreamType::HttpRequest]);
-    assert!(stream.data().local_response.is_none());
-}
-
-#[test]
-fn closed_stream_still_runs_on_done_and_on_log() {
-    let mut h = start("");
-    let (ctx, _stream, _) = h.request(&req("close", &[]), true);
-    h.vm.finish_stream(ctx).unwrap();
-    assert_eq!(h.shared("done.count").as_deref(), Some("1"));
-    assert_eq!(h.shared("log.last").as_deref(), Some("GET /test?q=1 (none)"));
-}
-
-#[test]
-fn close_stream_in_response_headers_resets_the_response() {
-    let mut h = start("");
-    let (ctx, stream, _) = h.request(&req("close-response", &[]), true);
-    assert_eq!(h.respond(ctx, &stream, ORIGIN, true), Verdict::Stop);
-    assert_eq!(stream.data().closed, [StreamType::HttpResponse]);
-}
 
 // ------------------------------------------------------------------ foreign functions
 
@@ -1736,7 +1654,11 @@ fn trap_is_logged_at_critical_with_a_wasm_backtrace() {
     assert!(line.message.contains("proxy_on_request_headers"), "{}", line.message);
     if RUNTIME == proxy_wasm_host::config::RuntimeKind::Wasmtime {
         assert!(line.message.contains("wasm backtrace:"), "{}", line.message);
-        assert!(line.message.lines().last().unwrap().ends_with("!proxy_on_request_headers"), "{}", line.message);
+        // The outermost frame is the export itself, or the wrapper wasm-ld
+        // puts around each export of a WASI command module (SDK 0.1.3-0.1.4
+        // filters export `_start`).
+        let last = line.message.lines().last().unwrap();
+        assert!(last.ends_with("!proxy_on_request_headers") || last.ends_with("!proxy_on_request_headers.command_export"), "{}", line.message);
     }
 }
 
@@ -1773,5 +1695,115 @@ fn allocation_below_the_memory_limit_succeeds() {
     let (_, stream) = exchange(&mut h, "alloc", &[("x-pw-alloc-mb", "2")]);
     assert_eq!(report(&stream, "x-pw-alloc"), "2 MiB 512 pages");
     assert!(h.vm.memory_size() >= before + 2 * 1024 * 1024 - 65536, "{} -> {}", before, h.vm.memory_size());
+}
+
+#[test]
+fn the_build_declares_its_abi_version() {
+    assert_eq!(built_code(PLUGIN).abi.to_string(), BUILD.abi);
+}
+
+#[test]
+fn body_callbacks_are_counted_and_see_end_of_stream_once() {
+    let mut h = start("");
+    let (ctx, stream, _) = h.request(&req("body-info", &[]), false);
+    let (verdicts, body) = pass_request_body(&mut h, ctx, &["ab", "cde"]);
+    assert_eq!(verdicts, [Verdict::Continue, Verdict::Continue]);
+    assert_eq!(body, "abcde");
+    h.respond(ctx, &stream, ORIGIN, true);
+    assert_eq!(report(&stream, "x-pw-req-body-calls"), "2");
+    assert_eq!(report(&stream, "x-pw-req-body-eos-calls"), "1");
+    assert_eq!(report(&stream, "x-pw-req-body-last-size"), "3");
+}
+}
+abi_0_2 {
+// ------------------------------------------------------------------ end_of_stream of the header callbacks, proxy_get_log_level, proxy_close_stream (ABI 0.2)
+
+#[test]
+fn body_info_reports_end_of_stream_flags_and_body_calls() {
+    let mut h = start("");
+    let (ctx, stream, _) = h.request(&req("body-info", &[]), false);
+    let (verdicts, body) = pass_request_body(&mut h, ctx, &["ab", "cde"]);
+    assert_eq!(verdicts, [Verdict::Continue, Verdict::Continue]);
+    assert_eq!(body, "abcde");
+    h.respond(ctx, &stream, ORIGIN, true);
+    assert_eq!(report(&stream, "x-pw-req-headers-eos"), "false");
+    assert_eq!(report(&stream, "x-pw-resp-headers-eos"), "true");
+    assert_eq!(report(&stream, "x-pw-req-body-calls"), "2");
+    assert_eq!(report(&stream, "x-pw-req-body-eos-calls"), "1");
+    assert_eq!(report(&stream, "x-pw-req-body-last-size"), "3");
+}
+
+#[test]
+fn headers_end_of_stream_is_true_without_a_body() {
+    let mut h = start("");
+    let (_ctx, stream) = exchange(&mut h, "body-info", &[]);
+    assert_eq!(report(&stream, "x-pw-req-headers-eos"), "true");
+    assert_eq!(report(&stream, "x-pw-req-body-calls"), "0");
+}
+
+#[test]
+fn resume_from_the_body_callback_releases_the_paused_headers() {
+    let mut h = start("");
+    let (ctx, stream, v) = h.request(&req("resume-in-body", &[]), false);
+    assert_eq!(v, Verdict::Pause);
+    let (verdicts, body) = pass_request_body(&mut h, ctx, &["hello ", "world"]);
+    assert_eq!(verdicts, PAUSE_THEN_CONTINUE);
+    assert_eq!(body, "hello world");
+    assert_eq!(stream.data().resumed, [StreamType::HttpRequest]);
+    h.respond(ctx, &stream, ORIGIN, true);
+    assert_eq!(report(&stream, "x-pw-resume-in-body"), "11");
+}
+
+#[test]
+fn resume_in_body_without_a_body_does_not_pause() {
+    let mut h = start("");
+    let (_, stream) = exchange(&mut h, "resume-in-body", &[]);
+    assert_eq!(report(&stream, "x-pw-resume-in-body"), "no-body");
+}
+
+#[test]
+fn get_log_level_reports_the_server_threshold() {
+    let server = TestServer::new();
+    *server.log_level.lock().unwrap() = LogLevel::Warn;
+    let mut h = start_with_server("", server);
+    let (_, stream) = exchange(&mut h, "log", &[]);
+    assert_eq!(report(&stream, "x-pw-log-level"), "3");
+    assert_eq!(report(&stream, "x-pw-log-level-name"), "warn");
+}
+
+#[test]
+fn get_log_level_follows_a_threshold_change_at_run_time() {
+    let mut h = start("");
+    *h.server.log_level.lock().unwrap() = LogLevel::Critical;
+    let (_, stream) = exchange(&mut h, "log", &[]);
+    assert_eq!(report(&stream, "x-pw-log-level-name"), "critical");
+}
+
+#[test]
+fn close_stream_in_request_headers_stops_the_chain() {
+    let mut h = start("");
+    let (_ctx, stream, v) = h.request(&req("close", &[]), true);
+    assert_eq!(v, Verdict::Stop);
+    assert_eq!(stream.data().closed, [StreamType::HttpRequest]);
+    assert!(stream.data().local_response.is_none());
+}
+
+#[test]
+fn closed_stream_still_runs_on_done_and_on_log() {
+    let mut h = start("");
+    let (ctx, _stream, _) = h.request(&req("close", &[]), true);
+    h.vm.finish_stream(ctx).unwrap();
+    assert_eq!(h.shared("done.count").as_deref(), Some("1"));
+    assert_eq!(h.shared("log.last").as_deref(), Some("GET /test?q=1 (none)"));
+}
+
+#[test]
+fn close_stream_in_response_headers_resets_the_response() {
+    let mut h = start("");
+    let (ctx, stream, _) = h.request(&req("close-response", &[]), true);
+    assert_eq!(h.respond(ctx, &stream, ORIGIN, true), Verdict::Stop);
+    assert_eq!(stream.data().closed, [StreamType::HttpResponse]);
+}
+}
 }
 }

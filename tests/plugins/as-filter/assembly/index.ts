@@ -1,6 +1,7 @@
 // as-filter: a small proxy-wasm-host test filter written with the
 // AssemblyScript SDK (@solo-io/proxy-runtime 0.1.8, ABI 0.2.0).
-// Protocol: see tests/plugins/README.md ("as-filter").
+// Protocol: see tests/plugins/README.md ("as-filter"); the protocol itself is
+// in filter.ts, shared with the build for SDK 0.1.1 (../sdk-0.1.1).
 
 // The ABI entry points (proxy_on_*, malloc, proxy_abi_version_0_2_0).
 export * from "@solo-io/proxy-runtime/proxy";
@@ -11,59 +12,9 @@ import {
   send_local_response,
 } from "@solo-io/proxy-runtime";
 import { get_buffer_bytes, BufferTypeValues } from "@solo-io/proxy-runtime/runtime";
-
-class Settings {
-  raw: string = "";
-  tag: string = "assemblyscript";
-  localPath: string = "/as-local";
-  localStatus: u32 = 403;
-  reject: bool = false;
-}
-
-// Header-safe copy: printable ASCII only, at most 256 characters.
-function headerSafe(s: string): string {
-  let out = "";
-  let n = s.length < 256 ? s.length : 256;
-  for (let i = 0; i < n; i++) {
-    let c = s.charCodeAt(i);
-    // Map the code, not the string: AssemblyScript 0.14's reference counting
-    // mishandles `out += cond ? String.fromCharCode(c) : "_"` (a fresh string in
-    // one branch, a static one in the other) and aborts in ~lib/rt/pure.ts.
-    if (c < 0x20 || c > 0x7e) c = 0x5f; // '_'
-    out += String.fromCharCode(c);
-  }
-  return out;
-}
-
-// Configuration text: "key=value" items separated by ';' or newlines.
-// Keys: tag, local_path, local_status, reject. Unknown keys are ignored.
-function parseSettings(raw: string): Settings {
-  let s = new Settings();
-  s.raw = raw;
-  let items = raw.replaceAll("\n", ";").split(";");
-  for (let i = 0; i < items.length; i++) {
-    let item = items[i].trim();
-    if (item.length == 0) continue;
-    let eq = item.indexOf("=");
-    let key = eq < 0 ? item : item.substring(0, eq).trim();
-    let value = eq < 0 ? "" : item.substring(eq + 1).trim();
-    if (key == "tag") {
-      s.tag = value;
-    } else if (key == "local_path") {
-      s.localPath = value;
-    } else if (key == "local_status") {
-      let st = I32.parseInt(value);
-      if (st >= 200 && st <= 599) {
-        s.localStatus = <u32>st;
-      } else {
-        s.reject = true;
-      }
-    } else if (key == "reject") {
-      s.reject = true;
-    }
-  }
-  return s;
-}
+import {
+  Settings, parseSettings, headerSafe, wantsLocal, LOCAL_BODY, configuredMessage, rejectedMessage,
+} from "./filter";
 
 function pair(k: string, v: string): HeaderPair {
   return new HeaderPair(String.UTF8.encode(k), String.UTF8.encode(v));
@@ -72,20 +23,28 @@ function pair(k: string, v: string): HeaderPair {
 class AsFilterRoot extends RootContext {
   settings: Settings = new Settings();
 
-  // Reads the plugin configuration itself: the SDK's default onConfigure
-  // passes the configuration size as the return-size pointer.
+  // Every 0.1.8 filter runs the SDK's own onConfigure (its README's filters
+  // do not override it, and then call getConfiguration()). That one passes
+  // the configuration size where proxy_get_buffer_bytes' return-size pointer
+  // belongs: the host writes the size into memory at that address, and the
+  // SDK takes the size left over from its previous read (the plugin_root_id
+  // property's, when it created this root context). So it relies on a host
+  // that, for a zero-length read, writes neither the pointer nor the size, as
+  // Envoy does; and it loses a non-empty configuration, which this filter
+  // therefore reads again itself.
   onConfigure(configuration_size: u32): bool {
+    super.onConfigure(configuration_size);
     let raw = "";
     if (configuration_size > 0) {
       raw = String.UTF8.decode(get_buffer_bytes(BufferTypeValues.PluginConfiguration, 0, configuration_size));
     }
     let s = parseSettings(raw);
     if (s.reject) {
-      log(LogLevelValues.error, "as-filter: configuration rejected: " + raw);
+      log(LogLevelValues.error, rejectedMessage(raw));
       return false;
     }
     this.settings = s;
-    log(LogLevelValues.info, "as-filter: configured, tag=" + s.tag + " local_path=" + s.localPath);
+    log(LogLevelValues.info, configuredMessage(s));
     return true;
   }
 
@@ -104,17 +63,14 @@ class AsFilter extends Context {
 
   onRequestHeaders(a: u32, end_of_stream: bool): FilterHeadersStatusValues {
     stream_context.headers.request.add("x-as-filter", this.settings.tag);
-
     let path = stream_context.headers.request.get(":path");
-    let q = path.indexOf("?");
-    if (q >= 0) path = path.substring(0, q);
-    let wantLocal = stream_context.headers.request.get("x-as-local");
-    if (path == this.settings.localPath || wantLocal.length > 0) {
+    let xAsLocal = stream_context.headers.request.get("x-as-local");
+    if (wantsLocal(this.settings, path, xAsLocal)) {
       let headers: Headers = [];
       headers.push(pair("x-proxy-wasm", this.settings.tag));
       headers.push(pair("x-as-local", "1"));
       headers.push(pair("content-type", "text/plain"));
-      send_local_response(this.settings.localStatus, "as-filter", String.UTF8.encode("local response from as-filter\n"),
+      send_local_response(this.settings.localStatus, "as-filter", String.UTF8.encode(LOCAL_BODY),
         headers, GrpcStatusValues.InvalidCode);
       return FilterHeadersStatusValues.StopIteration;
     }

@@ -6,9 +6,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel, MetricType, Status};
+use proxy_wasm::types::{Action, LogLevel, Status};
 
 use crate::raw;
+use crate::sdk;
+#[cfg(feature = "sdk-no-body-set")]
+use crate::sdk::BodySet;
+#[cfg(feature = "sdk-no-bytes")]
+use crate::sdk::{CallBytes, HttpBytes};
 use crate::util::{self, bool_str, header_safe, incr_shared, opt_text, put, sdk_status_name, status_name, NONE};
 use crate::{push_pending_done, push_tick_resume, take_resumed, RootShared};
 
@@ -372,26 +377,29 @@ impl Filter {
     }
 
     fn case_log(&mut self) {
-        let levels = [
-            (LogLevel::Trace, "trace"),
-            (LogLevel::Debug, "debug"),
-            (LogLevel::Info, "info"),
-            (LogLevel::Warn, "warn"),
-            (LogLevel::Error, "error"),
-            (LogLevel::Critical, "critical"),
-        ];
-        for (level, name) in levels.iter() {
+        // By value, not in an array: LogLevel is neither Copy nor PartialEq
+        // before SDK 0.1.4.
+        let level = |i: usize| match i {
+            0 => LogLevel::Trace,
+            1 => LogLevel::Debug,
+            2 => LogLevel::Info,
+            3 => LogLevel::Warn,
+            4 => LogLevel::Error,
+            _ => LogLevel::Critical,
+        };
+        let names = ["trace", "debug", "info", "warn", "error", "critical"];
+        for (i, name) in names.iter().enumerate() {
             let msg = format!("rust-sdk-filter log-test level={} context={}", name, self.id);
-            let _ = hostcalls::log(*level, &msg);
+            let _ = hostcalls::log(level(i), &msg);
         }
-        self.rep("x-pw-logged", levels.len());
-        match hostcalls::get_log_level() {
+        self.rep("x-pw-logged", names.len());
+        match sdk::get_log_level() {
             Ok(level) => {
-                let name = levels.iter().find(|(l, _)| *l == level).map(|(_, n)| *n).unwrap_or("?");
-                self.rep("x-pw-log-level", level as u32);
-                self.rep("x-pw-log-level-name", name);
+                let n = level as u32;
+                self.rep("x-pw-log-level", n);
+                self.rep("x-pw-log-level-name", names.get(n as usize).copied().unwrap_or("?"));
             }
-            Err(st) => self.rep("x-pw-log-level", sdk_status_name(st)),
+            Err(why) => self.rep("x-pw-log-level", why),
         }
     }
 
@@ -487,23 +495,23 @@ impl Filter {
             }
         };
         let value = self.param_u64("x-pw-metric-value").unwrap_or(42);
-        let name = |r: Result<(), Status>| sdk_status_name(r.err().unwrap_or(Status::Ok));
-        let inc = name(hostcalls::increment_metric(counter, 1));
-        let neg = name(hostcalls::increment_metric(counter, -1));
-        let rec_g = name(hostcalls::record_metric(gauge, value));
-        let dec_g = name(hostcalls::increment_metric(gauge, -1));
-        let rec_h = name(hostcalls::record_metric(histogram, value));
+        let name = |r: Result<(), u32>| status_name(r.err().unwrap_or(0));
+        let inc = name(sdk::increment_metric(counter, 1));
+        let neg = name(sdk::increment_metric(counter, -1));
+        let rec_g = name(sdk::record_metric(gauge, value));
+        let dec_g = name(sdk::increment_metric(gauge, -1));
+        let rec_h = name(sdk::record_metric(histogram, value));
         self.rep("x-pw-metric-ops", format!("{} {} {} {}", inc, rec_g, dec_g, rec_h));
         self.rep("x-pw-metric-counter-negative", neg);
-        let get = |id: u32| match hostcalls::get_metric(id) {
+        let get = |id: u32| match sdk::get_metric(id) {
             Ok(v) => v.to_string(),
-            Err(st) => sdk_status_name(st),
+            Err(st) => status_name(st),
         };
         self.rep("x-pw-metric-counter", get(counter));
         self.rep("x-pw-metric-gauge", get(gauge));
         self.rep("x-pw-metric-histogram", get(histogram));
         self.rep("x-pw-metric-unknown", get(BOGUS_METRIC));
-        let again = hostcalls::define_metric(MetricType::Counter, &format!("{}.requests", self.shared.config.metric_prefix));
+        let again = sdk::define_metric(sdk::Metric::Counter, &format!("{}.requests", self.shared.config.metric_prefix));
         self.rep("x-pw-metric-redefine-same-id", bool_str(again.ok() == Some(counter)));
     }
 
@@ -645,7 +653,7 @@ impl Filter {
     }
 
     fn on_callout_done(&mut self, kind: Callout, num_headers: usize, body_size: usize, num_trailers: usize) {
-        let (code, msg) = hostcalls::get_grpc_status().unwrap_or((0, None));
+        let (code, msg) = sdk::get_status();
         let mut kv: Vec<(String, String)> = vec![("x-pw-callout-get-status".to_string(), code.to_string())];
         let mut status_code: Option<u32> = None;
         let mut body = Vec::new();
@@ -754,9 +762,64 @@ impl Context for Filter {
     }
 }
 
-impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        self.req_headers_eos = Some(end_of_stream);
+/// The header callbacks of SDK 0.2 (ABI 0.2.x) tell whether the headers end
+/// the stream; those of 0.1 (ABI 0.1.0) do not.
+#[cfg(not(feature = "api-0-1"))]
+macro_rules! header_callbacks {
+    () => {
+        fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+            self.request_headers(num_headers, Some(end_of_stream))
+        }
+
+        fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+            self.response_headers(num_headers, Some(end_of_stream))
+        }
+    };
+}
+
+#[cfg(feature = "api-0-1")]
+macro_rules! header_callbacks {
+    () => {
+        fn on_http_request_headers(&mut self, num_headers: usize) -> Action {
+            self.request_headers(num_headers, None)
+        }
+
+        fn on_http_response_headers(&mut self, num_headers: usize) -> Action {
+            self.response_headers(num_headers, None)
+        }
+    };
+}
+
+/// `end_of_stream` of a header callback for the reports (`(none)` where the
+/// ABI does not say).
+fn eos_text(end_of_stream: Option<bool>) -> &'static str {
+    match end_of_stream {
+        Some(eos) => bool_str(eos),
+        None => NONE,
+    }
+}
+
+impl Filter {
+    /// `proxy_close_stream`, where the ABI has it: false when it has not
+    /// (ABI 0.1.0), and the case is then reported as unsupported.
+    #[cfg(not(feature = "api-0-1"))]
+    fn close(&mut self, response: bool) -> bool {
+        if response {
+            self.reset_http_response();
+        } else {
+            self.reset_http_request();
+        }
+        true
+    }
+
+    #[cfg(feature = "api-0-1")]
+    fn close(&mut self, response: bool) -> bool {
+        self.rep(if response { "x-pw-close-response" } else { "x-pw-close" }, "unsupported");
+        false
+    }
+
+    fn request_headers(&mut self, num_headers: usize, end_of_stream: Option<bool>) -> Action {
+        self.req_headers_eos = end_of_stream;
         let selector = self.live_req_header("x-pw-test").unwrap_or_default();
         self.cases = String::from_utf8_lossy(&selector)
             .split(|c: char| c == ',' || c.is_whitespace())
@@ -850,15 +913,14 @@ impl HttpContext for Filter {
             self.case_http_call_bad();
         }
         if self.has("body-info") {
-            self.rep("x-pw-req-headers-eos", bool_str(end_of_stream));
+            self.rep("x-pw-req-headers-eos", eos_text(end_of_stream));
         }
         if self.has_any(REQ_BODY_LEN_CHANGING) && !self.keep_content_length() {
             self.set_http_request_header("content-length", None);
         }
 
         // Cases that end or pause the request here (first one wins).
-        if self.has("close") {
-            self.reset_http_request();
+        if self.has("close") && self.close(false) {
             return Action::Pause;
         }
         if self.has("shared-get") {
@@ -923,11 +985,14 @@ impl HttpContext for Filter {
             self.rep("x-pw-tick-resume", "no-ticks");
         }
         if self.has("resume-in-body") {
-            if end_of_stream {
-                self.rep("x-pw-resume-in-body", "no-body");
-            } else {
-                self.headers_paused_for_body = true;
-                return Action::Pause;
+            match end_of_stream {
+                Some(true) => self.rep("x-pw-resume-in-body", "no-body"),
+                Some(false) => {
+                    self.headers_paused_for_body = true;
+                    return Action::Pause;
+                }
+                // Without end_of_stream a request without a body would never continue.
+                None => self.rep("x-pw-resume-in-body", "unsupported"),
             }
         }
         if self.has("resume-reentrant") {
@@ -939,6 +1004,97 @@ impl HttpContext for Filter {
         }
         Action::Continue
     }
+
+    fn response_headers(&mut self, num_headers: usize, end_of_stream: Option<bool>) -> Action {
+        if self.local_sent {
+            return Action::Continue;
+        }
+        let origin_pairs = self.get_http_response_headers_bytes();
+        if self.has("sizes") {
+            let (st, size) = raw::get_header_map_size(MAP_RESPONSE_HEADERS);
+            self.rep("x-pw-resp-header-map-size", format!("{} {}", status_name(st), size));
+            self.rep("x-pw-resp-header-map-size-expected", util::serialized_size(&origin_pairs));
+        }
+        if self.has("set-headers") {
+            let mut kept: Vec<(String, Vec<u8>)> = origin_pairs
+                .iter()
+                .filter(|(k, _)| !k.to_ascii_lowercase().starts_with("x-pw-drop-"))
+                .cloned()
+                .collect();
+            kept.push(("x-pw-set-all-resp".to_string(), b"1".to_vec()));
+            self.set_http_response_headers_bytes(kept.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect());
+        }
+
+        let tag = self.shared.config.tag.clone();
+        self.add_http_response_header("x-proxy-wasm", &tag);
+        if let Some(how) = take_resumed(self.id) {
+            self.add_http_response_header("x-pw-resumed-by", how.name());
+        }
+        if self.has("headers") {
+            self.rep("x-pw-resp-header-count", origin_pairs.len());
+            self.rep("x-pw-resp-header-count-param", num_headers);
+            let ct = opt_text(self.get_http_response_header_bytes("content-type").as_deref(), 256);
+            self.rep("x-pw-resp-content-type", ct);
+            self.add_http_response_header("x-pw-resp-added", "1");
+            self.set_http_response_header("x-pw-resp-replace", Some("replaced"));
+            self.set_http_response_header("x-pw-resp-remove", None);
+        }
+        if self.has("pseudo") {
+            let v = opt_text(self.get_http_response_header_bytes(":status").as_deref(), 16);
+            self.rep("x-pw-status", v);
+        }
+        if self.has("properties") {
+            let v = self.property_int(vec!["response", "code"]);
+            self.rep("x-pw-prop-response-code", v);
+            for v in self.prop_path_values() {
+                self.rep("x-pw-prop-resp", v);
+            }
+        }
+        if self.has("body-info") {
+            self.rep("x-pw-resp-headers-eos", eos_text(end_of_stream));
+            self.rep("x-pw-req-body-calls", self.req_body.calls);
+            self.rep("x-pw-req-body-eos-calls", self.req_body.eos_calls);
+            self.rep("x-pw-req-body-last-size", self.req_body.last_size);
+        }
+        let report = std::mem::take(&mut self.report);
+        for (k, v) in report.iter() {
+            self.add_http_response_header(k, v);
+        }
+        if self.has_any(RESP_BODY_LEN_CHANGING) && !self.keep_content_length() {
+            self.set_http_response_header("content-length", None);
+        }
+
+        if self.has("local-resp-headers") {
+            let status = self.param_u64("x-pw-local-status").unwrap_or(403) as u32;
+            let body = self
+                .param("x-pw-local-body")
+                .unwrap_or_else(|| b"replaced response by rust-sdk-filter".to_vec());
+            self.local(status, &body, vec![("x-pw-local".to_string(), "response-headers".to_string())]);
+            return Action::Pause;
+        }
+        if self.has("close-response") && self.close(true) {
+            return Action::Pause;
+        }
+        if self.has("http-call-response") {
+            if self.dispatch(Callout::Response, false) {
+                return Action::Pause;
+            }
+            let report = std::mem::take(&mut self.report);
+            for (k, v) in report.iter() {
+                self.add_http_response_header(k, v);
+            }
+        }
+        if self.has("resume-response-reentrant") {
+            self.add_http_response_header("x-pw-resume-response-reentrant", "1");
+            self.resume_http_response();
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+}
+
+impl HttpContext for Filter {
+    header_callbacks!();
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.req_body.calls += 1;
@@ -1010,94 +1166,6 @@ impl HttpContext for Filter {
             let status = self.param_u64("x-pw-local-status").unwrap_or(403) as u32;
             let body = format!("request trailers: {}", num_trailers);
             self.local(status, body.as_bytes(), vec![("x-pw-local".to_string(), "request-trailers".to_string())]);
-            return Action::Pause;
-        }
-        Action::Continue
-    }
-
-    fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        if self.local_sent {
-            return Action::Continue;
-        }
-        let origin_pairs = self.get_http_response_headers_bytes();
-        if self.has("sizes") {
-            let (st, size) = raw::get_header_map_size(MAP_RESPONSE_HEADERS);
-            self.rep("x-pw-resp-header-map-size", format!("{} {}", status_name(st), size));
-            self.rep("x-pw-resp-header-map-size-expected", util::serialized_size(&origin_pairs));
-        }
-        if self.has("set-headers") {
-            let mut kept: Vec<(String, Vec<u8>)> = origin_pairs
-                .iter()
-                .filter(|(k, _)| !k.to_ascii_lowercase().starts_with("x-pw-drop-"))
-                .cloned()
-                .collect();
-            kept.push(("x-pw-set-all-resp".to_string(), b"1".to_vec()));
-            self.set_http_response_headers_bytes(kept.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect());
-        }
-
-        let tag = self.shared.config.tag.clone();
-        self.add_http_response_header("x-proxy-wasm", &tag);
-        if let Some(how) = take_resumed(self.id) {
-            self.add_http_response_header("x-pw-resumed-by", how.name());
-        }
-        if self.has("headers") {
-            self.rep("x-pw-resp-header-count", origin_pairs.len());
-            self.rep("x-pw-resp-header-count-param", num_headers);
-            let ct = opt_text(self.get_http_response_header_bytes("content-type").as_deref(), 256);
-            self.rep("x-pw-resp-content-type", ct);
-            self.add_http_response_header("x-pw-resp-added", "1");
-            self.set_http_response_header("x-pw-resp-replace", Some("replaced"));
-            self.set_http_response_header("x-pw-resp-remove", None);
-        }
-        if self.has("pseudo") {
-            let v = opt_text(self.get_http_response_header_bytes(":status").as_deref(), 16);
-            self.rep("x-pw-status", v);
-        }
-        if self.has("properties") {
-            let v = self.property_int(vec!["response", "code"]);
-            self.rep("x-pw-prop-response-code", v);
-            for v in self.prop_path_values() {
-                self.rep("x-pw-prop-resp", v);
-            }
-        }
-        if self.has("body-info") {
-            self.rep("x-pw-resp-headers-eos", bool_str(end_of_stream));
-            self.rep("x-pw-req-body-calls", self.req_body.calls);
-            self.rep("x-pw-req-body-eos-calls", self.req_body.eos_calls);
-            self.rep("x-pw-req-body-last-size", self.req_body.last_size);
-        }
-        let report = std::mem::take(&mut self.report);
-        for (k, v) in report.iter() {
-            self.add_http_response_header(k, v);
-        }
-        if self.has_any(RESP_BODY_LEN_CHANGING) && !self.keep_content_length() {
-            self.set_http_response_header("content-length", None);
-        }
-
-        if self.has("local-resp-headers") {
-            let status = self.param_u64("x-pw-local-status").unwrap_or(403) as u32;
-            let body = self
-                .param("x-pw-local-body")
-                .unwrap_or_else(|| b"replaced response by rust-sdk-filter".to_vec());
-            self.local(status, &body, vec![("x-pw-local".to_string(), "response-headers".to_string())]);
-            return Action::Pause;
-        }
-        if self.has("close-response") {
-            self.reset_http_response();
-            return Action::Pause;
-        }
-        if self.has("http-call-response") {
-            if self.dispatch(Callout::Response, false) {
-                return Action::Pause;
-            }
-            let report = std::mem::take(&mut self.report);
-            for (k, v) in report.iter() {
-                self.add_http_response_header(k, v);
-            }
-        }
-        if self.has("resume-response-reentrant") {
-            self.add_http_response_header("x-pw-resume-response-reentrant", "1");
-            self.resume_http_response();
             return Action::Pause;
         }
         Action::Continue

@@ -1,5 +1,6 @@
 //! rust-sdk-filter: a Proxy-Wasm (ABI 0.2.1) test filter for proxy-wasm-host,
-//! written with the real Rust SDK (proxy-wasm 0.2.1).
+//! written with the real Rust SDK (proxy-wasm 0.2.1; also built with every
+//! other release from 0.1.0 to 0.2.3, see `sdk` and versions/).
 //!
 //! It exercises every host function of ABI 0.2.1. Behaviours are selected by
 //! the plugin configuration (JSON) and, per request, by the `x-pw-test`
@@ -10,6 +11,7 @@ mod config;
 mod http;
 mod json;
 mod raw;
+mod sdk;
 mod util;
 
 use std::cell::RefCell;
@@ -18,7 +20,11 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel, MapType, MetricType};
+#[cfg(not(feature = "sdk-no-http-context-factory"))]
+use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{LogLevel, MapType};
+#[cfg(feature = "sdk-no-bytes")]
+use sdk::CallBytes;
 
 use config::Config;
 use util::{bump, header_safe, put, sdk_status_name, status_name, NONE};
@@ -29,10 +35,26 @@ const BUFFER_FOREIGN_ARGS: u32 = 8;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const BUFFER_VM_CONFIGURATION: u32 = 6;
 
+#[cfg(not(feature = "api-0-1"))]
 proxy_wasm::main! {{
+    init();
+}}
+
+/// The 0.1.x SDKs have no `main!`: their filters export `_start`.
+#[cfg(feature = "api-0-1")]
+#[no_mangle]
+pub fn _start() {
+    init();
+}
+
+fn init() {
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root::new(context_id)) });
-}}
+    #[cfg(feature = "sdk-no-http-context-factory")]
+    proxy_wasm::set_http_context(|context_id, root_context_id| -> Box<dyn HttpContext> {
+        Box::new(http::Filter::new(context_id, root_shared(root_context_id)))
+    });
+}
 
 /// What a root context hands to the HTTP contexts it creates (a snapshot:
 /// a later on_configure affects only new requests).
@@ -69,6 +91,29 @@ thread_local! {
     static RESUMED: RefCell<Vec<(u32, Resumer)>> = RefCell::new(Vec::new());
     /// The VM configuration read in on_vm_start.
     static VM_CONFIG: RefCell<Vec<u8>> = RefCell::new(Vec::new());
+    /// What each root context hands to its HTTP contexts, for SDKs that
+    /// create HTTP contexts without asking the root (`set_http_context`).
+    #[cfg(feature = "sdk-no-http-context-factory")]
+    static ROOTS: RefCell<Vec<Rc<RootShared>>> = RefCell::new(Vec::new());
+}
+
+#[cfg(feature = "sdk-no-http-context-factory")]
+fn publish_root_shared(shared: &Rc<RootShared>) {
+    ROOTS.with(|r| {
+        let mut r = r.borrow_mut();
+        r.retain(|s| s.root_id != shared.root_id);
+        r.push(shared.clone());
+    });
+}
+
+#[cfg(not(feature = "sdk-no-http-context-factory"))]
+fn publish_root_shared(_shared: &Rc<RootShared>) {}
+
+#[cfg(feature = "sdk-no-http-context-factory")]
+fn root_shared(root_id: u32) -> Rc<RootShared> {
+    ROOTS.with(|r| r.borrow().iter().find(|s| s.root_id == root_id).cloned()).unwrap_or_else(|| {
+        Rc::new(RootShared { root_id, config: Config::default(), queue_id: None, metrics: None })
+    })
 }
 
 pub fn push_tick_resume(root_id: u32, ctx: u32) {
@@ -124,17 +169,41 @@ pub struct Root {
 
 impl Root {
     fn new(id: u32) -> Root {
+        let shared = Rc::new(RootShared {
+            root_id: id,
+            config: Config::default(),
+            queue_id: None,
+            metrics: None,
+        });
+        publish_root_shared(&shared);
         Root {
             id,
-            shared: Rc::new(RootShared {
-                root_id: id,
-                config: Config::default(),
-                queue_id: None,
-                metrics: None,
-            }),
+            shared,
             tick_callout: None,
             done_requested: false,
         }
+    }
+
+    #[cfg(not(feature = "api-0-1"))]
+    fn vm_configuration(&self) -> Option<Vec<u8>> {
+        self.get_vm_configuration()
+    }
+
+    #[cfg(not(feature = "api-0-1"))]
+    fn plugin_configuration(&self) -> Option<Vec<u8>> {
+        self.get_plugin_configuration()
+    }
+
+    /// ABI 0.1.0 has one call for both: `proxy_get_configuration` answers
+    /// the VM configuration in `on_vm_start`, the plugin's in `on_configure`.
+    #[cfg(feature = "api-0-1")]
+    fn vm_configuration(&self) -> Option<Vec<u8>> {
+        self.get_configuration()
+    }
+
+    #[cfg(feature = "api-0-1")]
+    fn plugin_configuration(&self) -> Option<Vec<u8>> {
+        self.get_configuration()
     }
 
     fn property_text(&self, path: Vec<&str>) -> String {
@@ -148,7 +217,7 @@ impl Context for Root {
             self.tick_callout = None;
         }
         let result = if num_headers == 0 {
-            let (code, msg) = hostcalls::get_grpc_status().unwrap_or((0, None));
+            let (code, msg) = sdk::get_status();
             format!("failed {} {}", code, msg.unwrap_or_default())
         } else {
             match self.get_http_call_response_header_bytes(":status") {
@@ -169,11 +238,16 @@ impl Context for Root {
         }
         true
     }
+
+    #[cfg(feature = "sdk-foreign-callback")]
+    fn on_foreign_function(&mut self, function_id: u32, arguments_size: usize) {
+        record_foreign_callback(function_id, arguments_size);
+    }
 }
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, vm_configuration_size: usize) -> bool {
-        let cfg = self.get_vm_configuration().unwrap_or_default();
+        let cfg = self.vm_configuration().unwrap_or_default();
         let (st, size, _) = raw::get_buffer_status(BUFFER_VM_CONFIGURATION);
         put("vm.config", &cfg);
         put(
@@ -196,7 +270,7 @@ impl RootContext for Root {
             "config.size",
             format!("{} {} {}", plugin_configuration_size, status_name(st), size).as_bytes(),
         );
-        let raw_cfg = self.get_plugin_configuration();
+        let raw_cfg = self.plugin_configuration();
         let config = match Config::parse(raw_cfg.as_deref()) {
             Ok(c) => c,
             Err(e) => {
@@ -214,9 +288,9 @@ impl RootContext for Root {
         let queue_id = Some(self.register_shared_queue(&config.queue));
         let p = &config.metric_prefix;
         let metrics = (
-            hostcalls::define_metric(MetricType::Counter, &format!("{}.requests", p)),
-            hostcalls::define_metric(MetricType::Gauge, &format!("{}.gauge", p)),
-            hostcalls::define_metric(MetricType::Histogram, &format!("{}.histogram", p)),
+            sdk::define_metric(sdk::Metric::Counter, &format!("{}.requests", p)),
+            sdk::define_metric(sdk::Metric::Gauge, &format!("{}.gauge", p)),
+            sdk::define_metric(sdk::Metric::Histogram, &format!("{}.histogram", p)),
         );
         let metrics = match metrics {
             (Ok(c), Ok(g), Ok(h)) => Some((c, g, h)),
@@ -246,6 +320,7 @@ impl RootContext for Root {
             queue_id,
             metrics,
         });
+        publish_root_shared(&self.shared);
         true
     }
 
@@ -306,10 +381,12 @@ impl RootContext for Root {
         self.finish_deferred();
     }
 
+    #[cfg(not(feature = "sdk-no-http-context-factory"))]
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(http::Filter::new(context_id, self.shared.clone())))
     }
 
+    #[cfg(not(feature = "sdk-no-http-context-factory"))]
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
@@ -363,11 +440,17 @@ impl TrimAscii for [u8] {
     }
 }
 
-/// ABI callback the 0.2.1 SDK does not export: the host calls it for foreign
-/// callbacks it registered. Records `foreign.callback` =
-/// "<function_id> <size> <get_buffer_bytes(8) status> <arguments>".
+/// ABI callback the SDKs before 0.2.3 do not export: the host calls it for
+/// foreign callbacks it registered.
+#[cfg(not(feature = "sdk-foreign-callback"))]
 #[no_mangle]
 pub extern "C" fn proxy_on_foreign_function(_root_context_id: u32, function_id: u32, arguments_size: usize) {
+    record_foreign_callback(function_id, arguments_size);
+}
+
+/// Records `foreign.callback` =
+/// "<function_id> <size> <get_buffer_bytes(8) status> <arguments>".
+fn record_foreign_callback(function_id: u32, arguments_size: usize) {
     let (st, data) = raw::get_buffer_bytes(BUFFER_FOREIGN_ARGS, 0, arguments_size);
     let text = format!(
         "{} {} {} {}",

@@ -2,7 +2,9 @@
 //! (`proxy_get_buffer_status`, `proxy_get_header_map_size`) or wraps in a way
 //! that panics on statuses this filter wants to observe and report (gRPC,
 //! `proxy_set_effective_context` on bogus ids, `proxy_done`, foreign functions,
-//! property paths with a trailing NUL, buffer type 8).
+//! property paths with a trailing NUL, buffer type 8); and those older SDK
+//! releases do not wrap (metrics, `proxy_get_status`, `proxy_set_buffer_bytes`;
+//! see `sdk`). Each is a hostcall of every ABI version (0.1.0 included).
 //!
 //! Every function returns the raw `proxy_status_t` as a `u32`, so no host
 //! answer can make the filter panic here.
@@ -24,6 +26,7 @@ mod ffi {
             return_flags: *mut u32,
         ) -> u32;
         pub fn proxy_get_header_map_size(map_type: u32, return_size: *mut usize) -> u32;
+        pub fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
         pub fn proxy_get_buffer_bytes(
             buffer_type: u32,
             start: usize,
@@ -75,6 +78,12 @@ mod ffi {
         pub fn proxy_grpc_send(token: u32, message_data: *const u8, message_size: usize, end_stream: u32) -> u32;
         pub fn proxy_grpc_cancel(token: u32) -> u32;
         pub fn proxy_grpc_close(token: u32) -> u32;
+        pub fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
+        pub fn proxy_get_status(return_code: *mut u32, return_message_data: *mut *mut u8, return_message_size: *mut usize) -> u32;
+        pub fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+        pub fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+        pub fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+        pub fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
     }
 }
 
@@ -206,4 +215,82 @@ pub fn grpc_cancel(token: u32) -> u32 {
 
 pub fn grpc_close(token: u32) -> u32 {
     unsafe { ffi::proxy_grpc_close(token) }
+}
+
+#[allow(dead_code)]
+pub fn set_buffer_bytes(buffer_type: u32, start: usize, size: usize, data: &[u8]) -> u32 {
+    // SAFETY: the host only reads data.len() bytes at data.as_ptr(), a live slice.
+    unsafe { ffi::proxy_set_buffer_bytes(buffer_type, start, size, data.as_ptr(), data.len()) }
+}
+
+/// (status, code, message)
+#[allow(dead_code)]
+pub fn get_status() -> (u32, u32, Option<Vec<u8>>) {
+    let mut code: u32 = 0;
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the three pointers are to live locals; on OK the host gave the
+    // message buffer from proxy_on_memory_allocate, which `take` owns.
+    unsafe {
+        let st = ffi::proxy_get_status(&mut code, &mut data, &mut size);
+        if st == 0 {
+            (st, code, take(data, size))
+        } else {
+            (st, code, None)
+        }
+    }
+}
+
+#[allow(dead_code)]
+pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, u32> {
+    let mut id: u32 = 0;
+    // SAFETY: the host reads name.len() bytes of a live str and writes one u32 into a local.
+    match unsafe { ffi::proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) } {
+        0 => Ok(id),
+        st => Err(st),
+    }
+}
+
+#[allow(dead_code)]
+pub fn increment_metric(id: u32, offset: i64) -> Result<(), u32> {
+    // SAFETY: no pointers.
+    match unsafe { ffi::proxy_increment_metric(id, offset) } {
+        0 => Ok(()),
+        st => Err(st),
+    }
+}
+
+#[allow(dead_code)]
+pub fn record_metric(id: u32, value: u64) -> Result<(), u32> {
+    // SAFETY: no pointers.
+    match unsafe { ffi::proxy_record_metric(id, value) } {
+        0 => Ok(()),
+        st => Err(st),
+    }
+}
+
+#[allow(dead_code)]
+pub fn get_metric(id: u32) -> Result<u64, u32> {
+    let mut value: u64 = 0;
+    // SAFETY: the host writes one u64 into a local.
+    match unsafe { ffi::proxy_get_metric(id, &mut value) } {
+        0 => Ok(value),
+        st => Err(st),
+    }
+}
+
+#[allow(dead_code)]
+pub fn get_header_map_pairs(map_type: u32) -> (u32, Option<Vec<u8>>) {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the pointers are to live locals; on OK the host gave the map
+    // buffer from proxy_on_memory_allocate, which `take` owns.
+    unsafe {
+        let st = ffi::proxy_get_header_map_pairs(map_type, &mut data, &mut size);
+        if st == 0 {
+            (st, take(data, size))
+        } else {
+            (st, None)
+        }
+    }
 }

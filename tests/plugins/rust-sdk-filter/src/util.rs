@@ -28,19 +28,10 @@ pub fn status_name(st: u32) -> String {
     s.to_string()
 }
 
-/// Spec name of an SDK `Status`.
+/// Spec name of an SDK `Status` (by its code: the enum's variants differ
+/// between SDK releases).
 pub fn sdk_status_name(st: Status) -> String {
-    let s = match st {
-        Status::Ok => "OK",
-        Status::NotFound => "NOT_FOUND",
-        Status::BadArgument => "BAD_ARGUMENT",
-        Status::ParseFailure => "PARSE_FAILURE",
-        Status::Empty => "EMPTY",
-        Status::CasMismatch => "CAS_MISMATCH",
-        Status::InternalFailure => "INTERNAL_FAILURE",
-        _ => return format!("STATUS_{}", st as u32),
-    };
-    s.to_string()
+    status_name(st as u32)
 }
 
 /// Makes arbitrary bytes safe for an HTTP header value: lossy UTF-8, every
@@ -147,6 +138,35 @@ pub fn serialize_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
+/// The pairs of a serialised header map (names as lossy UTF-8); a short or
+/// malformed map gives the pairs read so far.
+#[allow(dead_code)]
+pub fn deserialize_pairs(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let word = |at: usize| -> Option<usize> {
+        let b = data.get(at..at + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let mut out = Vec::new();
+    let n = match word(0) {
+        Some(n) => n,
+        None => return out,
+    };
+    let mut at = 4 + 8 * n;
+    for i in 0..n {
+        let (k, v) = match (word(4 + 8 * i), word(8 + 8 * i)) {
+            (Some(k), Some(v)) => (k, v),
+            _ => break,
+        };
+        let (key, value) = match (data.get(at..at + k), data.get(at + k + 1..at + k + 1 + v)) {
+            (Some(key), Some(value)) => (key, value),
+            _ => break,
+        };
+        out.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+        at += k + 1 + v + 1;
+    }
+    out
+}
+
 /// Size of the serialised form of `pairs` (what `proxy_get_header_map_size`
 /// must return for a non-empty map).
 pub fn serialized_size(pairs: &[(String, Vec<u8>)]) -> usize {
@@ -158,5 +178,27 @@ pub fn bool_str(b: bool) -> &'static str {
         "true"
     } else {
         "false"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{deserialize_pairs, serialize_pairs};
+
+    #[test]
+    fn deserialize_pairs_reads_what_serialize_pairs_writes() {
+        let data = serialize_pairs(&[(b":status", b"200"), (b"x-empty", b""), (b"x-bin", b"\x00\xff")]);
+        assert_eq!(
+            deserialize_pairs(&data),
+            vec![(":status".to_string(), b"200".to_vec()), ("x-empty".to_string(), vec![]), ("x-bin".to_string(), vec![0, 0xff])]
+        );
+    }
+
+    #[test]
+    fn deserialize_pairs_stops_at_a_truncated_map() {
+        let data = serialize_pairs(&[(b"a", b"1"), (b"b", b"2")]);
+        assert_eq!(deserialize_pairs(&data[..data.len() - 2]), vec![("a".to_string(), b"1".to_vec())]);
+        assert!(deserialize_pairs(&[]).is_empty());
+        assert!(deserialize_pairs(&[5, 0, 0]).is_empty());
     }
 }
