@@ -46,7 +46,8 @@ nginx: deps nginx-src
 	NGINX_SOURCE_DIR=$(NGINX_SRC) NGINX_BUILD_DIR=$(NGINX_SRC)/objs $(CARGO) build --locked --features nginx
 	$(call install_so,target/debug/libproxy_wasm_host.so,build/ngx_http_proxy_wasm_module.so)
 
-## plugins: the Rust-SDK, AssemblyScript and WAT test plugins into build/plugins/.
+## plugins: the Rust-SDK, AssemblyScript and WAT test plugins, the benchmark filter and the
+## APISIX examples (examples/fault-injection, forward-auth, response-rewrite) into build/plugins/.
 plugins: deps
 	@bash scripts/build-plugins.sh
 

@@ -4,9 +4,11 @@
 #   as_filter.wasm        tests/plugins/as-filter       (AssemblyScript SDK 0.1.8)
 #   <name>.wasm           every tests/wat/<name>.wat    (wat2wasm)
 #   bench_filter.wasm     examples/bench-filter         (benchmark filter, Rust SDK 0.2.1; scripts/bench.sh)
+#   fault_injection.wasm, forward_auth.wasm, response_rewrite.wasm
+#                         examples/<name>               (APISIX's example plugins, Rust SDK 0.2.1; README "Examples")
 #
-# Usage: scripts/build-plugins.sh [--force] [rust] [as] [wat] [bench]
-#   With no target names, builds all four kinds. --force (or FORCE=1) rebuilds
+# Usage: scripts/build-plugins.sh [--force] [rust] [as] [wat] [bench] [examples]
+#   With no target names, builds all five kinds. --force (or FORCE=1) rebuilds
 #   even when the outputs are newer than their sources.
 #
 # Installs nothing system-wide. Needs (see docs / BUILDING notes):
@@ -31,6 +33,8 @@ out_dir="build/plugins"
 target_dir="$root/build/plugins-target"
 rust_dir="tests/plugins/rust-sdk-filter"
 bench_dir="examples/bench-filter"
+# The worked examples (APISIX's example plugins): crate directory = lib name with '-'.
+example_crates=(fault-injection forward-auth response-rewrite)
 as_dir="tests/plugins/as-filter"
 wat_dir="tests/wat"
 
@@ -40,7 +44,7 @@ WAT2WASM="${WAT2WASM:-wat2wasm}"
 WAT2WASM_FLAGS="${WAT2WASM_FLAGS:-}"
 
 force="${FORCE:-0}"
-want_rust=0 want_as=0 want_wat=0 want_bench=0
+want_rust=0 want_as=0 want_wat=0 want_bench=0 want_examples=0
 for arg in "$@"; do
     case "$arg" in
         --force|-f) force=1 ;;
@@ -48,12 +52,13 @@ for arg in "$@"; do
         as) want_as=1 ;;
         wat) want_wat=1 ;;
         bench) want_bench=1 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        examples) want_examples=1 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "build-plugins: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
-if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ] && [ $want_bench = 0 ]; then
-    want_rust=1 want_as=1 want_wat=1 want_bench=1
+if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ] && [ $want_bench = 0 ] && [ $want_examples = 0 ]; then
+    want_rust=1 want_as=1 want_wat=1 want_bench=1 want_examples=1
 fi
 
 mkdir -p "$out_dir"
@@ -125,6 +130,12 @@ build_rust_crate() {
 
 build_rust() { build_rust_crate "$rust_dir" rust_sdk_filter rust-sdk-filter; }
 build_bench() { build_rust_crate "$bench_dir" bench_filter bench-filter; }
+build_examples() {
+    local name
+    for name in "${example_crates[@]}"; do
+        build_rust_crate "examples/$name" "${name//-/_}" "$name"
+    done
+}
 
 build_as() {
     local out="$out_dir/as_filter.wasm"
@@ -185,4 +196,5 @@ build_wat() {
 [ $want_as = 1 ] && build_as
 [ $want_wat = 1 ] && build_wat
 [ $want_bench = 1 ] && build_bench
+[ $want_examples = 1 ] && build_examples
 exit 0
