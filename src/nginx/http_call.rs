@@ -68,9 +68,20 @@ struct Call {
     response: Option<HttpCallResponse>,
 }
 
+/// A call's identity in its worker: the VM's generation (the address of its
+/// `Slot`, kept allocated by the call's own `Weak`, so never reused while the
+/// call lives), the VM's index in it, and the token. Tokens alone are not
+/// enough: each VM numbers its calls from 1, and a worker runs one VM per
+/// `vm_id`.
+type CallKey = (usize, usize, u32);
+
+fn call_key(slot: &Weak<Slot>, vm: usize, token: u32) -> CallKey {
+    (Weak::as_ptr(slot) as usize, vm, token)
+}
+
 thread_local! {
-    /// The calls of this worker, by token. Boxes: nginx holds pointers to their events.
-    static CALLS: RefCell<HashMap<u32, Box<Call>>> = RefCell::new(HashMap::new());
+    /// The calls of this worker. Boxes: nginx holds pointers to their events.
+    static CALLS: RefCell<HashMap<CallKey, Box<Call>>> = RefCell::new(HashMap::new());
     /// Idle kept-alive connections of this worker, by upstream address.
     static POOL: RefCell<HashMap<SocketAddr, Vec<PooledConn>>> = RefCell::new(HashMap::new());
 }
@@ -156,7 +167,9 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, _root: u32, token: u32, r
     let timeout = request.timeout.filter(|t| !t.is_zero()).unwrap_or(http_client::MAX_CALL_TIME);
     // SAFETY: the timer lives in the boxed call, removed in `close`.
     unsafe { ngx_add_timer(&mut call.timer, timeout.as_millis().max(1) as ngx_msec_t) };
-    CALLS.with(|c| c.borrow_mut().insert(token, call));
+    let key = call_key(&call.slot, vm, token);
+    // A VM never reuses a token of a call it still has, so nothing is replaced.
+    CALLS.with(|c| c.borrow_mut().insert(key, call));
     match (literal, resolver) {
         // SAFETY: the call is alive in CALLS.
         (Some(addr), _) => unsafe { connect(raw, addr) },
@@ -555,8 +568,11 @@ unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
 unsafe extern "C" fn on_deliver(ev: *mut ngx_event_t) {
     let r = std::panic::catch_unwind(|| {
         // SAFETY: the event's data is its live call; it is taken out of CALLS here.
-        let token = unsafe { (*((*ev).data as *mut Call)).token };
-        let Some(mut call) = CALLS.with(|c| c.borrow_mut().remove(&token)) else { return };
+        let (key, token) = unsafe {
+            let call = &*((*ev).data as *mut Call);
+            (call_key(&call.slot, call.vm, call.token), call.token)
+        };
+        let Some(mut call) = CALLS.with(|c| c.borrow_mut().remove(&key)) else { return };
         // SAFETY: closes what is left of the call before it is freed.
         unsafe { close(&mut *call) };
         let response = call.response.take().unwrap_or_else(|| HttpCallResponse::failed(FAILURE_PROTOCOL, "no response"));
@@ -567,9 +583,10 @@ unsafe extern "C" fn on_deliver(ev: *mut ngx_event_t) {
     }
 }
 
-/// The root context went away: the call ends without an answer.
-pub fn cancel_http_call(token: u32) {
-    let call = CALLS.with(|c| c.borrow_mut().remove(&token));
+/// The root context went away: the call `token` of VM `vm` of generation
+/// `slot` ends without an answer.
+pub fn cancel_http_call(slot: &Weak<Slot>, vm: usize, token: u32) {
+    let call = CALLS.with(|c| c.borrow_mut().remove(&call_key(slot, vm, token)));
     if let Some(mut call) = call {
         // SAFETY: the call is ours now; its events are taken off nginx's queues.
         unsafe {

@@ -211,7 +211,9 @@ impl ServerHost for NgxServer {
     }
 
     fn cancel_http_call(&self, token: u32) {
-        super::worker::cancel_http_call(token);
+        if let Some(slot) = self.slot.get() {
+            super::worker::cancel_http_call(slot, self.vm, token);
+        }
     }
 
     fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>) {
