@@ -48,7 +48,8 @@ nginx: deps nginx-src
 
 ## plugins: the test plugins into build/plugins/: the Rust-SDK filter with every Rust SDK release
 ## that builds here, the AssemblyScript filter with each AssemblyScript SDK release, the C filter
-## (Zig's cc from PyPI, in a venv under build/), the WAT modules and the benchmark filter.
+## (Zig's cc from PyPI, in a venv under build/), the WAT modules, the benchmark filter and the
+## APISIX examples (examples/fault-injection, forward-auth, response-rewrite).
 plugins: deps
 	@bash scripts/build-plugins.sh
 

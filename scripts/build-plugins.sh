@@ -10,9 +10,11 @@
 #   c_filter_0_1_0.wasm         from PyPI in the venv build/zig-venv; and against ABI 0.1.0)
 #   <name>.wasm                 every tests/wat/<name>.wat    (wat2wasm)
 #   bench_filter.wasm           examples/bench-filter         (benchmark filter, Rust SDK 0.2.1; scripts/bench.sh)
+#   fault_injection.wasm, forward_auth.wasm, response_rewrite.wasm
+#                               examples/<name>               (APISIX's example plugins, Rust SDK 0.2.1; README "Examples")
 #
-# Usage: scripts/build-plugins.sh [--force] [rust] [rust-sdks] [as] [as-sdks] [c] [wat] [bench]
-#   With no target names, builds all seven kinds. --force (or FORCE=1) rebuilds
+# Usage: scripts/build-plugins.sh [--force] [rust] [rust-sdks] [as] [as-sdks] [c] [wat] [bench] [examples]
+#   With no target names, builds all eight kinds. --force (or FORCE=1) rebuilds
 #   even when the outputs are newer than their sources.
 #
 # Installs nothing system-wide. Needs (see docs / BUILDING notes):
@@ -41,6 +43,8 @@ out_dir="build/plugins"
 target_dir="$root/build/plugins-target"
 rust_dir="tests/plugins/rust-sdk-filter"
 bench_dir="examples/bench-filter"
+# The worked examples (APISIX's example plugins): crate directory = lib name with '-'.
+example_crates=(fault-injection forward-auth response-rewrite)
 as_dir="tests/plugins/as-filter"
 c_dir="tests/plugins/c-filter"
 zig_venv="$root/build/zig-venv"
@@ -54,7 +58,7 @@ PLUGIN_PYTHON="${PLUGIN_PYTHON:-/usr/bin/python3}"
 ZIGLANG_VERSION="${ZIGLANG_VERSION:-0.17.0}"
 
 force="${FORCE:-0}"
-want_rust=0 want_as=0 want_wat=0 want_bench=0 want_rust_sdks=0 want_as_sdks=0 want_c=0
+want_rust=0 want_as=0 want_wat=0 want_bench=0 want_rust_sdks=0 want_as_sdks=0 want_c=0 want_examples=0
 for arg in "$@"; do
     case "$arg" in
         --force|-f) force=1 ;;
@@ -65,13 +69,14 @@ for arg in "$@"; do
         as) want_as=1 ;;
         wat) want_wat=1 ;;
         bench) want_bench=1 ;;
-        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        examples) want_examples=1 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "build-plugins: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
 if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ] && [ $want_bench = 0 ] \
-    && [ $want_rust_sdks = 0 ] && [ $want_as_sdks = 0 ] && [ $want_c = 0 ]; then
-    want_rust=1 want_as=1 want_wat=1 want_bench=1 want_rust_sdks=1 want_as_sdks=1 want_c=1
+    && [ $want_rust_sdks = 0 ] && [ $want_as_sdks = 0 ] && [ $want_c = 0 ] && [ $want_examples = 0 ]; then
+    want_rust=1 want_as=1 want_wat=1 want_bench=1 want_rust_sdks=1 want_as_sdks=1 want_c=1 want_examples=1
 fi
 
 mkdir -p "$out_dir"
@@ -193,6 +198,12 @@ build_rust_sdks() {
     done
 }
 build_bench() { build_rust_crate "$bench_dir" bench_filter bench-filter; }
+build_examples() {
+    local name
+    for name in "${example_crates[@]}"; do
+        build_rust_crate "examples/$name" "${name//-/_}" "$name"
+    done
+}
 
 build_as() {
     local out="$out_dir/as_filter.wasm"
@@ -336,4 +347,5 @@ build_wat() {
 [ $want_c = 1 ] && build_c
 [ $want_wat = 1 ] && build_wat
 [ $want_bench = 1 ] && build_bench
+[ $want_examples = 1 ] && build_examples
 exit 0

@@ -467,6 +467,11 @@ unsafe fn remove_response(r: *mut ngx_http_request_t, key: &[u8]) {
                 clear_content_length(r);
                 return;
             }
+            // nginx's header filter writes a Last-Modified of its own from
+            // `last_modified_time` once the header's element is gone (the
+            // proxy module sets both from the upstream's header), so removing
+            // it clears the time too, as ngx_http_clear_last_modified does.
+            b"last-modified" => (*r).headers_out.last_modified_time = -1,
             _ => {}
         }
         let ho = &mut (*r).headers_out;
