@@ -818,6 +818,16 @@ fn the_idle_sweep_retires_an_unused_generation_and_shuts_it_down() {
 }
 
 #[test]
+fn events_outside_transactions_run_on_a_vm_until_it_fails() {
+    let mut s = setup(&[trap("t", "tick")]);
+    let generation = s.generation();
+    let root = generation.lock().unwrap().roots[0].root_context_id;
+    assert!(matches!(generation.with_vm(0, |vm| vm.on_tick(root)), Some(Err(_))), "the tick traps");
+    assert!(generation.with_vm(0, |vm| vm.on_tick(root)).is_none(), "a failed VM is not entered again");
+    assert!(generation.with_vm(7, |vm| vm.on_tick(root)).is_none(), "no such VM");
+}
+
+#[test]
 fn a_configuration_reload_retires_the_generation() {
     let mut s = setup(&[trap("a", "none")]);
     let t = s.tx(&[(":path", "/")]);

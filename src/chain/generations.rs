@@ -19,7 +19,7 @@ use crate::abi::LogLevel;
 use crate::config::FailurePolicy;
 use crate::host::ServerHost;
 use crate::loader::{LoadedPlugin, PluginError, PluginVms, ReloadBackoff, VmKey};
-use crate::vm::VmError;
+use crate::vm::{Vm, VmError};
 
 use super::link::Callbacks;
 use super::server::ChainVms;
@@ -137,6 +137,17 @@ impl<C: VmsCell> Generation<C> {
 
     pub fn lock(&self) -> Option<C::Guard<'_>> {
         self.vms.lock()
+    }
+
+    /// Runs an event outside any transaction (a tick, a queue notification,
+    /// an `http_call` answer) on VM `vm`, unless that VM failed (a failed
+    /// instance is never entered again) or the VMs are in use on this
+    /// thread. `None` when it did not run; otherwise the callback's result,
+    /// whose error the server logs.
+    pub fn with_vm<R>(&self, vm: usize, f: impl FnOnce(&mut Vm) -> Result<R, VmError>) -> Option<Result<R, VmError>> {
+        let mut vms = self.vms.lock()?;
+        let vm = vms.vms.get_mut(vm).filter(|vm| vm.failure().is_none())?;
+        Some(f(vm))
     }
 }
 
