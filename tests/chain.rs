@@ -121,7 +121,8 @@ impl Host {
 /// configuration, and more `config:` keys as YAML flow-map entries.
 struct P {
     name: &'static str,
-    wasm: &'static str,
+    /// A file of `build/plugins/`, or an absolute path.
+    wasm: String,
     configuration: String,
     extra: String,
     /// More `vm_config:` keys.
@@ -129,7 +130,7 @@ struct P {
 }
 
 fn rust(name: &'static str, configuration: &str) -> P {
-    P { name, wasm: "rust_sdk_filter.wasm", configuration: configuration.to_string(), extra: String::new(), vm_extra: String::new() }
+    P { name, wasm: "rust_sdk_filter.wasm".into(), configuration: configuration.to_string(), extra: String::new(), vm_extra: String::new() }
 }
 
 /// The Rust-SDK filter, allowed to make `http_call`s (the test answers them).
@@ -138,7 +139,7 @@ fn caller(name: &'static str) -> P {
 }
 
 fn trap(name: &'static str, selector: &str) -> P {
-    P { name, wasm: "trap.wasm", configuration: selector.to_string(), extra: String::new(), vm_extra: String::new() }
+    P { name, wasm: "trap.wasm".into(), configuration: selector.to_string(), extra: String::new(), vm_extra: String::new() }
 }
 
 impl P {
@@ -158,8 +159,12 @@ fn plugin_set(plugins: &[P]) -> Arc<PluginSet> {
     std::fs::create_dir_all(&dir).unwrap();
     let mut yaml = String::new();
     for p in plugins {
-        let _ = built_plugin(p.wasm);
-        let wasm = repo_root().join("build/plugins").join(p.wasm);
+        let wasm = if p.wasm.starts_with('/') {
+            std::path::PathBuf::from(&p.wasm)
+        } else {
+            let _ = built_plugin(&p.wasm);
+            repo_root().join("build/plugins").join(&p.wasm)
+        };
         let vm_id = unique_vm_id(p.name);
         let extra = if p.extra.is_empty() { String::new() } else { format!("\n    {}", p.extra) };
         let vm_extra = if p.vm_extra.is_empty() { String::new() } else { format!("\n      {}", p.vm_extra) };
@@ -298,6 +303,12 @@ fn bodies_go_through_the_chain_in_order_on_the_way_in_and_in_reverse_on_the_way_
     assert_eq!(t.chain.on_request_body(b"dy", true), forward("<2><1>body", true));
     assert_eq!(t.response_headers(OK, false), Flow::Continue);
     assert_eq!(t.chain.on_response_body(b"body", true), forward("body</2></1>", true));
+}
+
+#[test]
+fn a_chain_can_move_between_threads() {
+    fn send<T: Send>() {}
+    send::<TestChain>();
 }
 
 #[test]
@@ -539,6 +550,61 @@ fn resumes_are_idempotent() {
     assert_eq!(t.chain.resume(), None);
     assert_eq!(t.fake.record().wakes, 1);
     assert_eq!(t.chain.on_request_body(b"x", true), forward("x", true));
+}
+
+/// A module that keeps the id of its last stream context and, on each tick
+/// (armed every second by `proxy_on_configure`), resumes its request;
+/// `proxy_on_request_headers` returns HEADERS (0 Continue, 1 Pause),
+/// `proxy_on_request_body` always pauses.
+fn ticking_resumer(name: &'static str, headers_verdict: u32) -> P {
+    let wat = format!(
+        r#"(module
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $ctx (mut i32) (i32.const 0))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (drop (call $tick (i32.const 1000))) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (global.set $ctx (local.get 0)) (i32.const {headers_verdict}))
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_tick") (param i32)
+    (if (global.get $ctx) (then (drop (call $effective (global.get $ctx))) (drop (call $continue (i32.const 0)))))))"#
+    );
+    let dir = std::env::temp_dir().join(format!("pwh-chain-wat-{RUNTIME}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}-{headers_verdict}.wasm"));
+    std::fs::write(&path, wat::parse_str(&wat).unwrap()).unwrap();
+    P { name, wasm: path.display().to_string(), configuration: String::new(), extra: String::new(), vm_extra: String::new() }
+}
+
+#[test]
+fn only_the_pause_owner_resumes_a_waiting_chain() {
+    let mut s = setup(&[ticking_resumer("other", 0), ticking_resumer("owner", 1)]);
+    let mut t = s.tx(&[(":path", "/")]);
+    assert_eq!(t.request_headers(true), Flow::Wait);
+    assert_eq!(t.chain.pause_owner().map(|l| l.plugin), Some(1));
+    // The plugin that went on resumes its own (not paused) stream.
+    s.tick(0);
+    assert_eq!(t.chain.resume(), None, "not the owner: the chain still waits");
+    assert_eq!(t.chain.waiting(), Some(Phase::RequestHeaders));
+    assert!(t.fake.record().timer.is_some());
+    s.tick(1);
+    assert_eq!(t.chain.resume(), Some((Phase::RequestHeaders, Flow::Continue)));
+}
+
+#[test]
+fn a_resume_while_nothing_waits_does_not_resume_a_later_pause() {
+    let mut s = setup(&[ticking_resumer("early", 0)]);
+    let mut t = s.tx(&[(":path", "/")]);
+    assert_eq!(t.request_headers(false), Flow::Continue);
+    s.tick(0);
+    assert_eq!(t.fake.record().wakes, 0, "nothing waits: no wake-up");
+    assert_eq!(t.chain.on_request_body(b"x", true), Flow::Wait, "the later pause waits");
+    s.tick(0);
+    assert_eq!(t.chain.resume(), Some((Phase::RequestBody, forward("x", true))));
 }
 
 #[test]

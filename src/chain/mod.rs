@@ -284,11 +284,16 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
             }
             return flow;
         };
+        // Resumes asked for from other events before this call are for
+        // `resume` (a wake-up is on its way): the callbacks run now only
+        // take the ones asked for during them.
+        let earlier = server.signals().take_pending();
         server.signals().set_driving(true);
         let mut driver = Driver { links, st, vms: &mut guard, set, server: &*server, timer: Timer::Keep };
         let flow = run(&mut driver);
         let timer = driver.timer;
         server.signals().set_driving(false);
+        server.signals().restore_pending(earlier);
         drop(guard);
         match timer {
             Timer::Keep => {}

@@ -79,6 +79,11 @@ impl Signals {
     /// `proxy_continue_stream(direction)` from link `link`. Returns whether
     /// the server must schedule `Chain::resume`.
     pub(crate) fn request_resume(&self, link: u32, direction: StreamType) -> bool {
+        if self.bits.load(Ordering::Acquire) & (DRIVING | WAITING | HOLDING) == 0 {
+            // Nothing waits or holds a body: a no-op, which must not resume
+            // a later pause.
+            return false;
+        }
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             if !pending.contains(&(link, direction)) {
@@ -167,6 +172,21 @@ impl Signals {
         found
     }
 
+    /// Puts back resumes taken with `take_pending` (before those asked since).
+    pub(crate) fn restore_pending(&self, mut earlier: Vec<(u32, StreamType)>) {
+        if earlier.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in std::mem::take(&mut *pending) {
+            if !earlier.contains(&entry) {
+                earlier.push(entry);
+            }
+        }
+        *pending = earlier;
+        self.set(PENDING, true);
+    }
+
     /// Takes every resume not looked at yet.
     pub(crate) fn take_pending(&self) -> Vec<(u32, StreamType)> {
         if !self.has(PENDING) {
@@ -207,6 +227,7 @@ mod tests {
     fn resumes_from_outside_ask_for_one_wake_up_while_the_chain_waits() {
         let s = Signals::new();
         assert!(!s.request_resume(1, StreamType::HttpRequest), "not waiting: a resume is a no-op");
+        assert!(!s.has_pending(), "and is forgotten");
         s.set_waiting(true);
         assert!(s.request_resume(1, StreamType::HttpRequest));
         assert!(!s.request_resume(1, StreamType::HttpRequest), "one wake-up is on its way");
