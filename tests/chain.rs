@@ -717,6 +717,31 @@ fn a_pause_at_the_end_of_the_response_body_goes_on_after_the_owner_resumes() {
 }
 
 #[test]
+fn a_local_response_from_the_response_body_is_refused() {
+    // on_response_body sends a local response; BAD_ARGUMENT makes it return
+    // Continue, OK would make it return Pause.
+    let wat = r#"(module
+  (import "env" "proxy_send_local_response" (func $send (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "late")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
+    (if (result i32) (call $send (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 16) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const -1))
+      (then (i32.const 0)) (else (i32.const 1)))))"#;
+    let dir = std::env::temp_dir().join(format!("pwh-chain-wat-{RUNTIME}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("late_local.wasm");
+    std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
+    let mut s = setup(&[P { name: "late", wasm: path.display().to_string(), configuration: String::new(), extra: String::new(), vm_extra: String::new() }]);
+    let mut t = s.tx(&[(":path", "/")]);
+    assert_eq!(t.request_headers(true), Flow::Continue);
+    assert_eq!(t.response_headers(OK, false), Flow::Continue);
+    assert_eq!(t.chain.on_response_body(b"body", true), forward("body", true), "refused: the response goes on");
+}
+
+#[test]
 fn close_stream_resets_the_transaction() {
     let mut s = setup(&[rust("a", "")]);
     let h = get("close");

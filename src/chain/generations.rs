@@ -204,7 +204,7 @@ pub enum GenerationError {
     /// The VMs could not start: transactions fail closed unless every plugin
     /// of their chain fails open.
     #[error("cannot start the plugins: {0}")]
-    Start(#[from] PluginError),
+    Start(Box<PluginError>),
     /// The VMs are in use further up this thread's stack.
     #[error("the plugins' VMs are in use (a server callback called back into them)")]
     Busy,
@@ -322,7 +322,8 @@ impl<C: VmsCell> Generations<C> {
             let server = host.server_host(vm, key);
             vm += 1;
             server
-        })?;
+        })
+        .map_err(|e| GenerationError::Start(Box::new(e)))?;
         self.started += 1;
         let generation = Arc::new(Generation { set: self.set.clone(), vms: C::new(vms), number: self.started, retired: AtomicBool::new(false) });
         host.started(&generation);
