@@ -9,6 +9,12 @@
  *   pwh_finish_stream(v, i, ctx, err);
  *   pwh_vms_free(v); pwh_plugins_free(p);
  *
+ * Or let the host run the filter chain (the rules of its Traffic Server and NGINX modules):
+ *   pwh_chain *c = pwh_chain_new(v, indexes, n, &chain_vtable, &stream_vtable, err);
+ *   pwh_chain_on_request_headers(c, n_headers, eos, &step, err); ...  // step.flow: a pwh_flow
+ *   pwh_chain_resume(c, out, &step, err);            // after chain_vtable.schedule_resume
+ *   pwh_chain_free(c);
+ *
  * Conventions:
  * - No function lets a Rust panic unwind into C; failures are return values.
  * - Fallible functions take a nullable `pwh_buffer *error` last; on failure the
@@ -163,11 +169,93 @@ typedef int32_t pwh_stream_type;
 #endif // __cplusplus
 
 /**
+ * What a `pwh_chain_*` call tells the server to do next (`pwh_chain_step.flow`).
+ */
+enum pwh_flow
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Headers: every plugin is through, pass the headers on. Body: pass on
+     * the bytes written to `out` (`end_of_stream`: they end the body).
+     */
+    PWH_FLOW_CONTINUE = 0,
+    /**
+     * Body: a plugin keeps what it got; nothing to pass on yet, keep feeding.
+     */
+    PWH_FLOW_BUFFERED = 1,
+    /**
+     * A plugin paused: hold this direction (read no more of its body) until
+     * `pwh_chain_resume` or `pwh_chain_on_pause_timeout`; the pause timer was
+     * armed through `pwh_chain_vtable.arm_pause_timer`.
+     */
+    PWH_FLOW_WAIT = 2,
+    /**
+     * Answer with the response `pwh_chain_response` gives instead (a local
+     * response, or 503 / 413 / 504 made by the chain): from a request phase
+     * the request is not sent on; from the response headers it replaces the
+     * response (status, headers and body).
+     */
+    PWH_FLOW_RESPOND = 3,
+    /**
+     * The response headers are out: end the response abnormally (close the
+     * connection).
+     */
+    PWH_FLOW_ABORT = 4,
+    /**
+     * A plugin closed the stream: reset it.
+     */
+    PWH_FLOW_RESET = 5,
+    /**
+     * `pwh_chain_resume` / `pwh_chain_on_pause_timeout`: nothing to do.
+     */
+    PWH_FLOW_NOTHING = 6,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum pwh_flow pwh_flow;
+#else
+typedef int32_t pwh_flow;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * The phase a `pwh_chain_step` is about (`pwh_chain_step.phase`).
+ */
+enum pwh_phase
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    PWH_PHASE_REQUEST_HEADERS = 0,
+    PWH_PHASE_REQUEST_BODY = 1,
+    PWH_PHASE_RESPONSE_HEADERS = 2,
+    PWH_PHASE_RESPONSE_BODY = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum pwh_phase pwh_phase;
+#else
+typedef int32_t pwh_phase;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An owned, growable byte buffer (a Rust `Vec<u8>`). Create with
  * `pwh_buffer_new`, free with `pwh_buffer_free`. Used for output parameters
  * (error messages, header maps, bodies, property values).
  */
 typedef struct pwh_buffer pwh_buffer;
+
+/**
+ * One transaction through the plugins of a `pwh_vms` by the host's chain
+ * rules (order, pauses, resumes, failure policies, body limits; see
+ * `docs/adr/0001-one-filter-chain.md`). From `pwh_chain_new`, freed with
+ * `pwh_chain_free`. Used by one thread at a time (the one driving its
+ * `pwh_vms`); a call while another is in progress fails ("busy").
+ */
+typedef struct pwh_chain pwh_chain;
 
 /**
  * Loaded, compiled plugins (from `pwh_plugins_load`). Immutable: may be used
@@ -439,6 +527,63 @@ typedef struct pwh_stream_vtable {
      */
     pwh_destroy_fn destroy;
 } pwh_stream_vtable;
+
+/**
+ * Arms the transaction's pause timer: call `pwh_chain_on_pause_timeout` after
+ * `timeout_ms` unless `cancel_pause_timer` comes first. Replaces an armed timer.
+ */
+typedef void (*pwh_arm_pause_timer_fn)(void *user_data, uint32_t timeout_ms);
+
+/**
+ * Cancels the pause timer (also called when it already fired: ignore it then),
+ * or asks for a wake-up (`schedule_resume`).
+ */
+typedef void (*pwh_chain_event_fn)(void *user_data);
+
+/**
+ * The server side of one transaction's chain. Copied by `pwh_chain_new`;
+ * `user_data` must stay valid until `pwh_chain_free` returns. NULL callbacks
+ * do nothing (without `schedule_resume` a pause only ends by its timer).
+ *
+ * `schedule_resume` is called when a plugin resumes, answers or closes the
+ * stream from outside the chain's own calls (`pwh_on_tick`,
+ * `pwh_on_http_call_response`, ...) while the chain waits: arrange for
+ * `pwh_chain_resume` to run soon on the thread that drives the chain, after
+ * the current call returned. It runs inside a `pwh_*` call whose VMs are in
+ * use: calling `pwh_chain_resume` from it fails ("busy").
+ */
+typedef struct pwh_chain_vtable {
+    /**
+     * Passed as the first argument of every callback.
+     */
+    void *user_data;
+    pwh_arm_pause_timer_fn arm_pause_timer;
+    pwh_chain_event_fn cancel_pause_timer;
+    pwh_chain_event_fn schedule_resume;
+    /**
+     * The chain's own log lines (a failure, a pause timeout, a body limit). NULL: dropped.
+     */
+    pwh_log_fn log;
+} pwh_chain_vtable;
+
+/**
+ * The outcome of a `pwh_chain_*` call.
+ */
+typedef struct pwh_chain_step {
+    /**
+     * A `pwh_flow`.
+     */
+    int32_t flow;
+    /**
+     * A `pwh_phase`: the phase called, or for `pwh_chain_resume` and
+     * `pwh_chain_on_pause_timeout` the phase that went on.
+     */
+    int32_t phase;
+    /**
+     * `PWH_FLOW_CONTINUE` in a body phase: the bytes in `out` end the body.
+     */
+    bool end_of_stream;
+} pwh_chain_step;
 
 #ifdef __cplusplus
 extern "C" {
@@ -817,6 +962,154 @@ int32_t pwh_on_foreign_function(struct pwh_vms *vms,
                                 uint32_t function_id,
                                 struct pwh_bytes data,
                                 struct pwh_buffer *error);
+
+/**
+ * Starts a transaction through the plugins `plugin_indexes[0..n]` (in request
+ * order) of `vms`: one stream context each, all reading and writing the
+ * transaction through `stream_vtable` (copied; its `destroy` runs once, when
+ * `pwh_chain_free` returns or when this call fails). In a chain the stream
+ * vtable's `resume`, `close` and `send_local_response` are not called: the
+ * chain answers through `pwh_chain_step` and `chain_vtable` instead.
+ *
+ * Returns NULL when the transaction cannot start, with the reason in `error`:
+ * a plugin that failed earlier and does not fail open, or a stream context that
+ * could not be created. The server then answers 503.
+ *
+ * # Safety
+ * `vms` must be live and outlive the chain (free every chain before
+ * `pwh_vms_free`); `plugin_indexes` must point to `n` values; the vtables must
+ * be NULL or live; `error` NULL or a live buffer.
+ */
+struct pwh_chain *pwh_chain_new(struct pwh_vms *vms,
+                                const size_t *plugin_indexes,
+                                size_t n,
+                                const struct pwh_chain_vtable *chain_vtable,
+                                const struct pwh_stream_vtable *stream_vtable,
+                                struct pwh_buffer *error);
+
+/**
+ * The request headers (`num_headers` pairs, pseudo-headers included, readable
+ * through the stream vtable) through the chain. `end_of_stream`: no body
+ * follows. Fills `step`; returns 0, or -1 with `error`.
+ *
+ * # Safety
+ * `chain` NULL or live; `step` NULL or writable; `error` NULL or a live buffer.
+ */
+int32_t pwh_chain_on_request_headers(struct pwh_chain *chain,
+                                     size_t num_headers,
+                                     bool end_of_stream,
+                                     struct pwh_chain_step *step,
+                                     struct pwh_buffer *error);
+
+/**
+ * The response headers through the chain, last plugin first.
+ *
+ * # Safety
+ * As `pwh_chain_on_request_headers`.
+ */
+int32_t pwh_chain_on_response_headers(struct pwh_chain *chain,
+                                      size_t num_headers,
+                                      bool end_of_stream,
+                                      struct pwh_chain_step *step,
+                                      struct pwh_buffer *error);
+
+/**
+ * One more request body chunk (`end_of_stream` on the last, which may be
+ * empty). On `PWH_FLOW_CONTINUE`, `out` holds the bytes to send on (replaced;
+ * possibly empty) and `step->end_of_stream` says whether they end the body.
+ * A chunk that arrives while the headers wait is kept by the chain: call
+ * again with an empty chunk after they went on.
+ *
+ * # Safety
+ * `chain` NULL or live; `chunk` readable; `out` a live buffer; `step`
+ * writable; `error` NULL or a live buffer.
+ */
+int32_t pwh_chain_on_request_body(struct pwh_chain *chain,
+                                  struct pwh_bytes chunk,
+                                  bool end_of_stream,
+                                  struct pwh_buffer *out,
+                                  struct pwh_chain_step *step,
+                                  struct pwh_buffer *error);
+
+/**
+ * One more response body chunk, last plugin first (see `pwh_chain_on_request_body`).
+ *
+ * # Safety
+ * As `pwh_chain_on_request_body`.
+ */
+int32_t pwh_chain_on_response_body(struct pwh_chain *chain,
+                                   struct pwh_bytes chunk,
+                                   bool end_of_stream,
+                                   struct pwh_buffer *out,
+                                   struct pwh_chain_step *step,
+                                   struct pwh_buffer *error);
+
+/**
+ * The server's wake-up after `schedule_resume`: the chain goes on where it
+ * waited (`step->phase` says which phase; body bytes in `out`), answers, or
+ * resets; `PWH_FLOW_NOTHING` when there was nothing to do.
+ *
+ * # Safety
+ * As `pwh_chain_on_request_body` (without `chunk`).
+ */
+int32_t pwh_chain_resume(struct pwh_chain *chain,
+                         struct pwh_buffer *out,
+                         struct pwh_chain_step *step,
+                         struct pwh_buffer *error);
+
+/**
+ * The pause timer fired: a 504 (`PWH_FLOW_RESPOND`) or an aborted response,
+ * unless a resume was on its way; `PWH_FLOW_NOTHING` when nothing waits.
+ *
+ * # Safety
+ * As `pwh_chain_resume`.
+ */
+int32_t pwh_chain_on_pause_timeout(struct pwh_chain *chain,
+                                   struct pwh_buffer *out,
+                                   struct pwh_chain_step *step,
+                                   struct pwh_buffer *error);
+
+/**
+ * The response of the last `PWH_FLOW_RESPOND`: its status into `*status`, its
+ * headers (pairs encoding, `pwh_pairs_get`) into `headers`, its body into
+ * `body` (each may be NULL). Returns 0, 1 when there was none, -1 on error.
+ *
+ * # Safety
+ * `chain` NULL or live; `status` NULL or writable; the buffers NULL or live.
+ */
+int32_t pwh_chain_response(struct pwh_chain *chain,
+                           uint32_t *status,
+                           struct pwh_buffer *headers,
+                           struct pwh_buffer *body,
+                           struct pwh_buffer *error);
+
+/**
+ * 1 when a plugin of the chain takes the callbacks of `phase` (a `pwh_phase`),
+ * 0 when none does (the server may skip that phase: no body to feed), -1 on error.
+ *
+ * # Safety
+ * `chain` NULL or live.
+ */
+int32_t pwh_chain_filters(struct pwh_chain *chain, int32_t phase);
+
+/**
+ * Ends the transaction for the plugins: `proxy_on_done`, `proxy_on_log` and
+ * `proxy_on_delete` of each, once (also done by `pwh_chain_free`). Returns 0,
+ * or -1 on error.
+ *
+ * # Safety
+ * `chain` NULL or live; `error` NULL or a live buffer.
+ */
+int32_t pwh_chain_finish(struct pwh_chain *chain, struct pwh_buffer *error);
+
+/**
+ * Finishes the chain if needed (see `pwh_chain_finish`), then runs the stream
+ * vtable's `destroy` and frees the chain. NULL is ignored.
+ *
+ * # Safety
+ * `chain` NULL or from `pwh_chain_new`, not freed yet, not in use; its `pwh_vms` still live.
+ */
+void pwh_chain_free(struct pwh_chain *chain);
 
 /**
  * The library version (`"0.1.0"`), a static NUL-terminated string.

@@ -7,6 +7,8 @@
 //! - [`runtime`]: WebAssembly runtimes behind the `Engine`/`Module`/`Instance` traits.
 //! - [`vm`]: an instance with its contexts and the callback lifecycle.
 //! - [`host`]: what a server binding implements (`ServerHost`, `HttpStream`).
+//! - [`chain`]: one transaction through the plugins of a configuration (the
+//!   filter chain every server drives), and the VM generations it runs on.
 //! - [`config`]: the YAML plugin configuration.
 //! - [`authorizations`]: what each plugin may touch.
 //! - [`ffi`]: the C API for servers written in C.
@@ -14,6 +16,7 @@
 pub mod abi;
 pub mod authorizations;
 pub mod cache_file;
+pub mod chain;
 pub mod chunked;
 #[cfg(feature = "ats")]
 pub mod ats;

@@ -285,6 +285,12 @@ impl PluginVms {
     pub fn any_failed(&self) -> bool {
         self.vms.iter().any(|vm| vm.failure().is_some())
     }
+
+    /// The most linear memory VM `vm` may have: its `vm_config.limits.max_memory`, else 4 GiB
+    /// (the base of `kill_options.max_memory_usage`).
+    pub fn max_memory(&self, vm: usize) -> u64 {
+        self.max_memory.get(vm).copied().unwrap_or(MAX_WASM32_MEMORY)
+    }
 }
 
 /// A wasm32 linear memory holds at most 4 GiB.

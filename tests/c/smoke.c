@@ -445,6 +445,158 @@ static void bad_stream_create(pwh_vms *vms, pwh_buffer *err) {
     CHECK(ctx == 0 && destroyed == 1, "a failed create destroys the stream once");
 }
 
+/* ------------------------------------------------------------ the chain */
+
+/* The server side of one transaction's chain: what the chain asked of it. */
+typedef struct {
+    int armed;
+    uint32_t timeout_ms;
+    int cancelled;
+    int wakes;
+} chain_server;
+
+static void ch_arm_pause_timer(void *user, uint32_t timeout_ms) {
+    chain_server *c = user;
+    c->armed++;
+    c->timeout_ms = timeout_ms;
+}
+
+static void ch_cancel_pause_timer(void *user) {
+    chain_server *c = user;
+    c->cancelled++;
+}
+
+static void ch_schedule_resume(void *user) {
+    /* A real server posts an event that calls pwh_chain_resume later. */
+    chain_server *c = user;
+    c->wakes++;
+}
+
+static void ch_log(void *user, pwh_bytes plugin, int32_t level, pwh_bytes message) {
+    (void)user;
+    printf("[chain %.*s %s] %.*s\n", (int)plugin.len, (const char *)plugin.ptr, level_name(level), (int)message.len,
+           (const char *)message.ptr);
+}
+
+static const char *flow_name(int32_t f) {
+    switch (f) {
+    case PWH_FLOW_CONTINUE: return "CONTINUE";
+    case PWH_FLOW_BUFFERED: return "BUFFERED";
+    case PWH_FLOW_WAIT: return "WAIT";
+    case PWH_FLOW_RESPOND: return "RESPOND";
+    case PWH_FLOW_ABORT: return "ABORT";
+    case PWH_FLOW_RESET: return "RESET";
+    case PWH_FLOW_NOTHING: return "NOTHING";
+    default: return "?";
+    }
+}
+
+/* A chain through plugin 0 for a request carrying `x-pw-test: <test>`. */
+static pwh_chain *chain_start(pwh_vms *vms, pwh_buffer *err, const char *test, int *destroyed, stream **out,
+                              chain_server *cs) {
+    stream *s = stream_new(destroyed);
+    map_add_str(&s->request, "x-pw-test", test);
+    pwh_chain_vtable cvt = {
+        .user_data = cs,
+        .arm_pause_timer = ch_arm_pause_timer,
+        .cancel_pause_timer = ch_cancel_pause_timer,
+        .schedule_resume = ch_schedule_resume,
+        .log = ch_log,
+    };
+    pwh_stream_vtable vt = stream_vtable(s);
+    size_t plugins[] = {0};
+    pwh_chain *chain = pwh_chain_new(vms, plugins, 1, &cvt, &vt, err);
+    CHECK(chain != NULL, pwh_buffer_cstr(err));
+    *out = s;
+    return chain;
+}
+
+/* Headers and a body edited by the plugin, which buffers the body (Pause) until its end. */
+static void chain_request(pwh_vms *vms, pwh_buffer *err) {
+    int destroyed = 0;
+    stream *s;
+    chain_server cs = {0};
+    pwh_chain *chain = chain_start(vms, err, "req-body-upper", &destroyed, &s, &cs);
+    if (!chain) return;
+    pwh_chain_step step;
+    int32_t rc = pwh_chain_on_request_headers(chain, s->request.n, false, &step, err);
+    CHECK(rc == 0, pwh_buffer_cstr(err));
+    printf("chain request headers: %s\n", flow_name(step.flow));
+    CHECK(step.flow == PWH_FLOW_CONTINUE, "the headers go on");
+
+    pwh_buffer *out = pwh_buffer_new();
+    rc = pwh_chain_on_request_body(chain, bytes_of("hello "), false, out, &step, err);
+    CHECK(rc == 0, pwh_buffer_cstr(err));
+    printf("chain request body, first chunk: %s\n", flow_name(step.flow));
+    CHECK(step.flow == PWH_FLOW_BUFFERED, "the plugin buffers until the end");
+    rc = pwh_chain_on_request_body(chain, bytes_of("world"), true, out, &step, err);
+    CHECK(rc == 0, pwh_buffer_cstr(err));
+    printf("chain request body, last chunk: %s %.*s (end of stream: %d)\n", flow_name(step.flow),
+           (int)pwh_buffer_len(out), (const char *)pwh_buffer_data(out), step.end_of_stream);
+    CHECK(step.flow == PWH_FLOW_CONTINUE && step.end_of_stream, "the edited body goes on, whole");
+    pwh_buffer_free(out);
+
+    map_add_str(&s->response, ":status", "200");
+    rc = pwh_chain_on_response_headers(chain, s->response.n, true, &step, err);
+    CHECK(rc == 0, pwh_buffer_cstr(err));
+    const char *tag = map_get(&s->response, "x-proxy-wasm");
+    printf("chain response headers: %s (x-proxy-wasm: %s)\n", flow_name(step.flow), tag ? tag : "(none)");
+    pwh_chain_free(chain);
+    printf("chain freed: destroy called %d time(s)\n", destroyed);
+    CHECK(destroyed == 1, "destroy runs exactly once");
+}
+
+/* The plugin pauses the request until its next tick: the tick asks the server for a
+ * wake-up, and pwh_chain_resume goes on. */
+static void chain_paused_request(pwh_vms *vms, pwh_buffer *err) {
+    int destroyed = 0;
+    stream *s;
+    chain_server cs = {0};
+    pwh_chain *chain = chain_start(vms, err, "tick-resume", &destroyed, &s, &cs);
+    if (!chain) return;
+    pwh_chain_step step;
+    int32_t rc = pwh_chain_on_request_headers(chain, s->request.n, true, &step, err);
+    CHECK(rc == 0 && step.flow == PWH_FLOW_WAIT, pwh_buffer_cstr(err));
+    printf("chain paused: %s, pause timer %u ms\n", flow_name(step.flow), cs.timeout_ms);
+    rc = pwh_on_tick(vms, 0, err);
+    CHECK(rc == 0, pwh_buffer_cstr(err));
+    printf("tick: %d wake-up(s) asked for\n", cs.wakes);
+    pwh_buffer *out = pwh_buffer_new();
+    rc = pwh_chain_resume(chain, out, &step, err);
+    CHECK(rc == 0, pwh_buffer_cstr(err));
+    const char *by = map_get(&s->request, "x-pw-resumed-by");
+    printf("chain resumed: %s in phase %d (x-pw-resumed-by: %s), timer cancelled %d time(s)\n", flow_name(step.flow),
+           step.phase, by ? by : "(none)", cs.cancelled);
+    CHECK(step.flow == PWH_FLOW_CONTINUE && step.phase == PWH_PHASE_REQUEST_HEADERS, "the request goes on");
+    rc = pwh_chain_resume(chain, out, &step, err);
+    printf("spurious wake-up: %s\n", flow_name(step.flow));
+    CHECK(rc == 0 && step.flow == PWH_FLOW_NOTHING, "a wake-up with nothing to do is harmless");
+    pwh_buffer_free(out);
+    pwh_chain_free(chain);
+}
+
+/* A local response from the request headers. */
+static void chain_local_request(pwh_vms *vms, pwh_buffer *err) {
+    int destroyed = 0;
+    stream *s;
+    chain_server cs = {0};
+    pwh_chain *chain = chain_start(vms, err, "local", &destroyed, &s, &cs);
+    if (!chain) return;
+    pwh_chain_step step;
+    int32_t rc = pwh_chain_on_request_headers(chain, s->request.n, true, &step, err);
+    CHECK(rc == 0 && step.flow == PWH_FLOW_RESPOND, pwh_buffer_cstr(err));
+    uint32_t status = 0;
+    pwh_buffer *headers = pwh_buffer_new(), *body = pwh_buffer_new();
+    rc = pwh_chain_response(chain, &status, headers, body, err);
+    CHECK(rc == 0, pwh_buffer_cstr(err));
+    printf("chain local response: %s %u %s (%lld header(s))\n", flow_name(step.flow), status, pwh_buffer_cstr(body),
+           (long long)pwh_pairs_count((pwh_bytes){pwh_buffer_data(headers), pwh_buffer_len(headers)}));
+    pwh_buffer_free(headers);
+    pwh_buffer_free(body);
+    pwh_chain_free(chain);
+    CHECK(destroyed == 1, "destroy runs exactly once");
+}
+
 /* ------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
@@ -548,6 +700,9 @@ int main(int argc, char **argv) {
     deferred_done_request(vms, err);
     shared_get(vms, err, "done.deferred");
     bad_stream_create(vms, err);
+    chain_request(vms, err);
+    chain_paused_request(vms, err);
+    chain_local_request(vms, err);
 
     /* NULL handles are errors, not crashes. */
     rc = pwh_on_tick(NULL, 0, err);

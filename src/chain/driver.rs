@@ -1,0 +1,255 @@
+//! The chain's work while it holds its VMs: calling the links of a phase in
+//! order, and what each outcome does (continue, pause, answer, fail).
+
+use crate::abi::{LogLevel, StreamType};
+use crate::host::LocalResponse;
+use crate::loader::PluginVms;
+use crate::vm::{Verdict, Vm, VmError};
+
+use super::flow::{body_too_large_response, failure_response, Flow, Phase};
+use super::generations::PluginSet;
+use super::link::{dir_index, Link};
+use super::policy::{on_failure, OnFailure};
+use super::server::ChainServer;
+use super::State;
+
+/// What the pause timer must do once the VMs are released.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Timer {
+    Keep,
+    Arm(std::time::Duration),
+    Cancel,
+}
+
+/// What one callback came to, the plugin's requests (local response,
+/// close, resume) taken into account: they override its verdict.
+pub(super) enum Outcome {
+    Continue,
+    Pause,
+    Local(LocalResponse),
+    Closed,
+    Failed(VmError),
+}
+
+/// Body bytes going down a chain: the server's chunk as given, or a buffer a
+/// link let through (possibly edited).
+pub(super) enum Data<'c> {
+    Borrowed(&'c [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Data<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Borrowed(b) => b,
+            Data::Owned(v) => v,
+        }
+    }
+
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Data::Borrowed(b) => b.to_vec(),
+            Data::Owned(v) => v,
+        }
+    }
+}
+
+/// The chain's parts, borrowed for one batch of callbacks with its VMs held.
+pub(super) struct Driver<'a, S: ChainServer> {
+    pub links: &'a mut [Link],
+    pub st: &'a mut State,
+    pub vms: &'a mut PluginVms,
+    pub set: &'a PluginSet,
+    pub server: &'a S,
+    pub timer: Timer,
+}
+
+impl<S: ChainServer> Driver<'_, S> {
+    fn name(&self, li: usize) -> &str {
+        self.set.name(self.links[li].plugin)
+    }
+
+    fn log(&self, li: usize, level: LogLevel, message: &str) {
+        self.server.log(self.name(li), level, message);
+    }
+
+    /// Calls one link's callback; the plugin's requests during it decide
+    /// before its verdict (a local response or a close ignores it, a resume
+    /// it asked for turns its Pause into Continue).
+    fn call(&mut self, li: usize, phase: Phase, f: impl FnOnce(&mut Vm, u32) -> Result<Verdict, VmError>) -> Outcome {
+        let link = self.links[li];
+        let result = f(&mut self.vms.vms[link.vm], link.ctx);
+        let signals = self.server.signals();
+        let resumed = signals.take_resumes_of(li as u32, phase.direction());
+        match result {
+            Err(e) => {
+                signals.drop_local();
+                Outcome::Failed(e)
+            }
+            Ok(_) if signals.closed() => Outcome::Closed,
+            Ok(_) if signals.has_local() => Outcome::Local(signals.take_local().unwrap_or_else(failure_response)),
+            Ok(Verdict::Pause) if !resumed => Outcome::Pause,
+            Ok(_) => Outcome::Continue,
+        }
+    }
+
+    /// A link failed: logged, and its plugin's failure policy applied.
+    /// `None`: the transaction goes on without it.
+    fn fail(&mut self, li: usize, phase: Phase, e: VmError) -> Option<Flow> {
+        let policy = self.set.plugins[self.links[li].plugin].config.failure_policy;
+        self.log(li, LogLevel::Error, &format!("{}: {e}", phase.name()));
+        self.links[li].failed = true;
+        match on_failure(policy, phase, self.server.signals().response_released()) {
+            OnFailure::Skip => None,
+            OnFailure::Stop(flow) => Some(self.stop(phase, flow)),
+        }
+    }
+
+    /// The chain answers, aborts or resets: see [`State::stop`].
+    pub fn stop(&mut self, phase: Phase, flow: Flow) -> Flow {
+        if self.st.stop(phase, &flow, self.server.signals()) {
+            self.timer = Timer::Cancel;
+        }
+        flow
+    }
+
+    /// Link `li` (at `pos` in the phase's order) paused: the chain waits for
+    /// it, at most its `pause_timeout`.
+    fn wait(&mut self, phase: Phase, li: usize, pos: usize) -> Flow {
+        let timeout = self.set.plugins[self.links[li].plugin].config.pause_timeout;
+        self.st.wait = Some(super::Wait { phase, link: li, pos });
+        self.server.signals().set_waiting(true);
+        self.timer = Timer::Arm(timeout);
+        Flow::Wait
+    }
+
+    fn leave_wait(&mut self) {
+        if self.st.wait.take().is_some() {
+            self.server.signals().set_waiting(false);
+            self.timer = Timer::Cancel;
+        }
+    }
+
+    /// Runs the headers callbacks of `phase` from the phase's cursor on.
+    pub fn headers(&mut self, phase: Phase) -> Flow {
+        let dir = phase.direction();
+        let d = dir_index(dir);
+        let (count, eos) = self.st.headers[d];
+        loop {
+            let pos = self.st.next[d];
+            let Some(li) = self.st.link_at(dir, pos, self.links.len()) else {
+                self.st.headers_done[d] = true;
+                if dir == StreamType::HttpResponse {
+                    self.server.signals().release_response();
+                }
+                return Flow::Continue;
+            };
+            self.st.next[d] += 1;
+            let link = self.links[li];
+            if link.failed || !link.callbacks.has(phase) {
+                continue;
+            }
+            let outcome = self.call(li, phase, |vm, ctx| match dir {
+                StreamType::HttpResponse => vm.on_response_headers(ctx, count, eos),
+                _ => vm.on_request_headers(ctx, count, eos),
+            });
+            match outcome {
+                Outcome::Continue => {}
+                Outcome::Pause => return self.wait(phase, li, pos),
+                Outcome::Local(response) => return self.stop(phase, Flow::Respond(response)),
+                Outcome::Closed => return self.stop(phase, Flow::Reset),
+                Outcome::Failed(e) => {
+                    if let Some(flow) = self.fail(li, phase, e) {
+                        return flow;
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_body(&mut self, li: usize, dir: StreamType) -> Vec<u8> {
+        let link = self.links[li];
+        self.links[li].held[dir_index(dir)] = 0;
+        self.vms.vms[link.vm].take_body(link.ctx, dir).unwrap_or_default()
+    }
+
+    /// Runs body bytes through the links of `phase` from position `from` on.
+    pub fn feed(&mut self, phase: Phase, from: usize, mut data: Data<'_>, eos: bool) -> Flow {
+        let dir = phase.direction();
+        let d = dir_index(dir);
+        let n = self.st.order_len(dir, self.links.len());
+        for pos in from..n {
+            let Some(li) = self.st.link_at(dir, pos, self.links.len()) else { break };
+            let link = self.links[li];
+            if link.failed || !link.callbacks.has(phase) {
+                continue;
+            }
+            let limit = self.set.plugins[link.plugin].config.max_body_size;
+            let len = data.bytes().len() as u64;
+            if link.held[d].saturating_add(len) > limit {
+                return self.too_large(phase, li, limit);
+            }
+            let outcome = self.call(li, phase, |vm, ctx| match dir {
+                StreamType::HttpResponse => vm.on_response_body(ctx, data.bytes(), eos),
+                _ => vm.on_request_body(ctx, data.bytes(), eos),
+            });
+            match outcome {
+                Outcome::Continue => data = Data::Owned(self.take_body(li, dir)),
+                Outcome::Pause => {
+                    self.links[li].held[d] += len;
+                    if eos {
+                        return self.wait(phase, li, pos);
+                    }
+                    self.server.signals().set_holding(true);
+                    return Flow::Buffered;
+                }
+                Outcome::Local(response) => return self.stop(phase, Flow::Respond(response)),
+                Outcome::Closed => return self.stop(phase, Flow::Reset),
+                Outcome::Failed(e) => match self.fail(li, phase, e) {
+                    Some(flow) => return flow,
+                    // What the failed plugin held goes on as it was given.
+                    None => data = Data::Owned(self.take_body(li, dir)),
+                },
+            }
+        }
+        if eos {
+            self.st.ended[d] = true;
+        }
+        let holding = self.links.iter().any(|l| l.held != [0, 0]);
+        self.server.signals().set_holding(holding);
+        Flow::Forward { data: data.into_vec(), end_of_stream: eos }
+    }
+
+    /// A link would hold more than its plugin's `max_body_size`: a request
+    /// gets 413, a response (its headers are out) is cut.
+    fn too_large(&mut self, phase: Phase, li: usize, limit: u64) -> Flow {
+        if phase.direction() == StreamType::HttpRequest {
+            self.log(li, LogLevel::Warn, &format!("the request body passed max_body_size ({limit} bytes) held for the plugin; answering 413"));
+            self.stop(phase, Flow::Respond(body_too_large_response()))
+        } else {
+            self.log(li, LogLevel::Warn, &format!("the response body passed max_body_size ({limit} bytes) held for the plugin; the response is cut (connection closed)"));
+            self.stop(phase, Flow::Abort)
+        }
+    }
+
+    /// The link the chain waits for resumed: the chain goes on after it.
+    pub fn continue_wait(&mut self, wait: super::Wait) -> Flow {
+        self.leave_wait();
+        if wait.phase.is_body() {
+            let data = self.take_body(wait.link, wait.phase.direction());
+            self.feed(wait.phase, wait.pos + 1, Data::Owned(data), true)
+        } else {
+            self.headers(wait.phase)
+        }
+    }
+
+    /// Link `li`, which paused before the end of the body, resumed from
+    /// another event: what it held goes on (as Envoy's continueDecoding after
+    /// StopIterationAndBuffer).
+    pub fn flush_held(&mut self, phase: Phase, li: usize) -> Flow {
+        let dir = phase.direction();
+        let data = self.take_body(li, dir);
+        let pos = self.st.position_of(dir, li);
+        self.feed(phase, pos + 1, Data::Owned(data), false)
+    }
+}

@@ -1,0 +1,90 @@
+//! One plugin's place in a chain, and the callbacks it takes.
+
+use crate::abi::StreamType;
+use crate::loader::LoadedPlugin;
+
+use super::flow::Phase;
+
+/// The stream callbacks a plugin exports and its `capability_restriction_config`
+/// allows, one bit each, computed once per plugin set: the chain skips a link
+/// for a callback it lacks without entering (or locking) its VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Callbacks(u8);
+
+impl Callbacks {
+    const REQUEST_HEADERS: u8 = 1;
+    const REQUEST_BODY: u8 = 2;
+    const RESPONSE_HEADERS: u8 = 4;
+    const RESPONSE_BODY: u8 = 8;
+    /// `proxy_on_done`, `proxy_on_log` or `proxy_on_delete`.
+    const END: u8 = 16;
+
+    fn bit(phase: Phase) -> u8 {
+        match phase {
+            Phase::RequestHeaders => Self::REQUEST_HEADERS,
+            Phase::RequestBody => Self::REQUEST_BODY,
+            Phase::ResponseHeaders => Self::RESPONSE_HEADERS,
+            Phase::ResponseBody => Self::RESPONSE_BODY,
+        }
+    }
+
+    /// What `plugin`'s module exports and its configuration lets run.
+    pub fn of(plugin: &LoadedPlugin) -> Callbacks {
+        let takes = |name: &str| plugin.code.exports_function(name) && plugin.info.authorizations.allows_capability(name);
+        let mut bits = 0;
+        for (name, bit) in [
+            ("proxy_on_request_headers", Self::REQUEST_HEADERS),
+            ("proxy_on_request_body", Self::REQUEST_BODY),
+            ("proxy_on_response_headers", Self::RESPONSE_HEADERS),
+            ("proxy_on_response_body", Self::RESPONSE_BODY),
+            ("proxy_on_done", Self::END),
+            ("proxy_on_log", Self::END),
+            ("proxy_on_delete", Self::END),
+        ] {
+            if takes(name) {
+                bits |= bit;
+            }
+        }
+        Callbacks(bits)
+    }
+
+    /// Whether the plugin's callback for `phase` runs.
+    pub fn has(self, phase: Phase) -> bool {
+        self.0 & Self::bit(phase) != 0
+    }
+
+    /// Whether any of `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` runs.
+    pub fn has_end(self) -> bool {
+        self.0 & Self::END != 0
+    }
+}
+
+/// Index of a direction in per-direction arrays.
+pub(crate) fn dir_index(direction: StreamType) -> usize {
+    usize::from(direction == StreamType::HttpResponse)
+}
+
+/// One plugin's stream context in a chain.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    /// Index into the plugin set.
+    pub plugin: usize,
+    /// Index into the generation's VMs.
+    pub vm: usize,
+    /// The stream context in that VM.
+    pub ctx: u32,
+    pub(crate) callbacks: Callbacks,
+    /// The plugin failed in this transaction (under `fail_open`): it is
+    /// skipped from then on, without a log line per phase.
+    pub(crate) failed: bool,
+    /// Body bytes the plugin holds (it paused before they could go on), per
+    /// direction: what `max_body_size` bounds.
+    pub(crate) held: [u64; 2],
+}
+
+impl Link {
+    /// Whether the link's plugin failed during this transaction.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+}
