@@ -9,6 +9,8 @@
 //! - [`host`]: what a server binding implements (`ServerHost`, `HttpStream`).
 //! - [`config`]: the YAML plugin configuration.
 //! - [`authorizations`]: what each plugin may touch.
+//! - [`extism`]: Otoroshi / Wasmo plugins (the Extism ABI, Otoroshi's host functions, entities
+//!   and step contracts), independent of runtimes and servers.
 //! - [`ffi`]: the C API for servers written in C.
 
 pub mod abi;
@@ -18,6 +20,7 @@ pub mod chunked;
 #[cfg(feature = "ats")]
 pub mod ats;
 pub mod config;
+pub mod extism;
 pub mod ffi;
 pub mod host;
 pub mod http_client;
