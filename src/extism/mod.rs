@@ -26,6 +26,7 @@
 pub mod authorizations;
 pub mod body;
 pub mod call;
+pub mod entity;
 pub mod http;
 pub mod imports;
 pub mod kernel;
