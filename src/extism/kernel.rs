@@ -185,7 +185,7 @@ impl Kernel {
     /// bounds checks require (the root's own bytes are not addressable).
     fn span(&self, addr: u64, width: u64) -> Option<std::ops::Range<usize>> {
         let end = addr.checked_add(width)?;
-        (addr >= ROOT_SIZE && end <= self.mem.len() as u64).then(|| addr as usize..end as usize)
+        (addr >= ROOT_SIZE && end <= self.mem.len() as u64).then_some(addr as usize..end as usize)
     }
 
     /// `load_u8(addr)`: 0 outside the arena.

@@ -8,7 +8,7 @@ use super::imports::{HostImport, ImportModule};
 use super::opa::OpaImport;
 use super::otoroshi::host::OTOROSHI_FUNCTIONS;
 use super::pdk::{EXTISM_FUNCTIONS, LEGACY_FUNCTIONS};
-use crate::runtime::{FuncType, ImportDesc};
+use crate::runtime::ImportDesc;
 
 /// The entity settings that decide what is linked.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,7 +41,7 @@ pub enum LinkError {
     #[error("the plugin imports {module}.{name}, which needs {setting}; the entity does not grant it")]
     Unauthorized { module: String, name: String, setting: &'static str },
     #[error("the plugin imports {module}.{name} with type {found}, but the host function has type {expected}")]
-    Signature { module: String, name: String, expected: FuncType, found: FuncType },
+    Signature { module: String, name: String, expected: String, found: String },
     #[error("the plugin imports {module}.{name}, which is not a function this host offers{hint}")]
     Unknown { module: String, name: String, hint: &'static str },
     #[error("the plugin imports {module}.{name} from WASI, which needs config.wasi: true")]
@@ -58,7 +58,7 @@ fn check(import: &ImportDesc, f: &'static HostImport, options: &LinkOptions) -> 
     let expected = f.ty();
     match &import.ty {
         Some(found) if *found == expected => {}
-        Some(found) => return Err(LinkError::Signature { module: import.module.clone(), name: import.name.clone(), expected, found: found.clone() }),
+        Some(found) => return Err(LinkError::Signature { module: import.module.clone(), name: import.name.clone(), expected: expected.to_string(), found: found.to_string() }),
         None => return Err(unknown(import, " (it is imported as a non-function)")),
     }
     if f.requires != Requirement::Always && !options.authorizations.grants(f.requires) {
@@ -100,7 +100,7 @@ pub fn resolve(import: &ImportDesc, options: &LinkOptions) -> Result<Resolved, L
             let expected = opa.ty();
             return match &import.ty {
                 Some(found) if *found == expected => Ok(Resolved::Opa(opa)),
-                Some(found) => Err(LinkError::Signature { module: module.to_owned(), name: name.to_owned(), expected, found: found.clone() }),
+                Some(found) => Err(LinkError::Signature { module: module.to_owned(), name: name.to_owned(), expected: expected.to_string(), found: found.to_string() }),
                 None => Err(unknown(import, "")),
             };
         }
@@ -133,6 +133,7 @@ pub fn makes_http_calls(resolved: &[Resolved]) -> bool {
 mod tests {
     use super::*;
     use crate::extism::authorizations::DataRights;
+    use crate::runtime::FuncType;
     use crate::runtime::ValType::{I32, I64};
 
     fn import(module: &str, name: &str, params: &[crate::runtime::ValType], results: &[crate::runtime::ValType]) -> ImportDesc {

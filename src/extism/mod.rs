@@ -35,6 +35,7 @@ pub mod opa;
 pub mod otoroshi;
 pub mod pdk;
 pub mod state;
+pub mod steps;
 pub mod vars;
 
 #[cfg(test)]
