@@ -40,3 +40,5 @@ pub mod vars;
 
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod wasmtime_tests;
