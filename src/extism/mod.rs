@@ -15,7 +15,7 @@
 //! - [`call`]: the call protocol (reset, input, call, output or error);
 //! - [`http`]: outgoing calls (`http_request`, `proxy_http_call`) behind a trait;
 //! - [`body`]: bodies in Otoroshi's JSON;
-//! - [`opa`]: Open Policy Agent policies;
+//! - [`opa`], [`opa_memory`]: Open Policy Agent policies;
 //! - [`entity`]: the Otoroshi WASM plugin entity, parsed from JSON or YAML;
 //! - [`steps`]: the JSON contracts of every step (inputs built from a server-neutral request view,
 //!   outputs parsed into server-neutral verdicts).
@@ -32,6 +32,7 @@ pub mod imports;
 pub mod kernel;
 pub mod link;
 pub mod opa;
+pub mod opa_memory;
 pub mod otoroshi;
 pub mod pdk;
 pub mod state;

@@ -326,3 +326,64 @@ fn a_pre_1_0_plugin_runs() {
     let mut p = load(LEGACY_PLUGIN, state_with(|_| {}), &LinkOptions::default()).unwrap();
     assert_eq!(run(&mut p, "echo", b"legacy").unwrap(), b"legacy");
 }
+
+/// An OPA-shaped policy: imports `env.memory` and `env.opa_abort`, allows when the input has more
+/// than two bytes.
+const POLICY: &str = r#"
+(module
+  (import "env" "opa_abort" (func $abort (param i32)))
+  (import "env" "memory" (memory 2))
+  (global $heap (mut i32) (i32.const 1024))
+  (data (i32.const 100) "[{\"result\":true}]\00[{\"result\":false}]\00")
+  (func (export "opa_malloc") (param $n i32) (result i32)
+    (global.get $heap)
+    (global.set $heap (i32.add (global.get $heap) (local.get $n))))
+  (func (export "opa_json_parse") (param i32 i32) (result i32) (i32.const 4000))
+  (func (export "opa_heap_ptr_get") (result i32) (global.get $heap))
+  (func (export "opa_eval") (param $r i32) (param $e i32) (param $data i32) (param $in i32) (param $len i32) (param $heap i32) (param $fmt i32) (result i32)
+    (if (i32.gt_u (local.get $len) (i32.const 2))
+      (then (memory.copy (local.get $heap) (i32.const 100) (i32.const 18)))
+      (else (memory.copy (local.get $heap) (i32.const 118) (i32.const 19))))
+    (local.get $heap)))
+"#;
+
+struct Policy {
+    store: Store<()>,
+    instance: wasmtime::Instance,
+}
+
+impl super::opa::OpaGuest for Policy {
+    fn call(&mut self, export: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
+        let f = self.instance.get_func(&mut self.store, export).ok_or_else(|| Trap::new(format!("no export {export}")))?;
+        let args: Vec<wasmtime::Val> = args.iter().map(|v| to_theirs(*v)).collect();
+        let mut results = vec![wasmtime::Val::I32(0); f.ty(&self.store).results().len()];
+        f.call(&mut self.store, &args, &mut results).map_err(|e| Trap::new(format!("{e:#}")))?;
+        Ok(results.first().map(to_ours))
+    }
+    fn memory(&mut self) -> &mut [u8] {
+        let memory = self.instance.get_memory(&mut self.store, "memory").expect("the rewrite exports it");
+        memory.data_mut(&mut self.store)
+    }
+}
+
+#[test]
+fn an_opa_policy_runs_with_its_memory_defined_by_the_rewrite() {
+    use super::opa::{decide, evaluate, initialize, OpaImport, OpaVerdict};
+    let wasm = super::opa_memory::define_imported_memory(&wat::parse_str(POLICY).unwrap(), 4).unwrap();
+    let engine = Engine::default();
+    let module = Module::new(&engine, &wasm).unwrap();
+    let mut linker: Linker<()> = Linker::new(&engine);
+    let abort = OpaImport::from_name("opa_abort").unwrap();
+    linker
+        .func_new("env", "opa_abort", wasmtime::FuncType::new(&engine, [wasmtime::ValType::I32], []), move |mut caller, args, _| {
+            let memory = caller.get_export("memory").and_then(wasmtime::Extern::into_memory).map(|m| m.data(&caller).to_vec()).unwrap_or_default();
+            abort.invoke(&memory, &[to_ours(&args[0])]).map(|_| ()).map_err(|t| wasmtime::Error::msg(t.message))
+        })
+        .unwrap();
+    let mut store = Store::new(&engine, ());
+    let instance = linker.instantiate(&mut store, &module).unwrap();
+    let mut policy = Policy { store, instance };
+    let init = initialize(&mut policy).unwrap();
+    assert_eq!(decide(&evaluate(&mut policy, init, br#"{"request":{}}"#).unwrap()), OpaVerdict::Allowed);
+    assert_eq!(decide(&evaluate(&mut policy, init, b"{}").unwrap()), OpaVerdict::Denied { status: 403, message: "Forbidden access".into() });
+}
