@@ -43,11 +43,18 @@ pub struct Settings {
     pub storage_root: String,
     /// Where `wasmo` sources come from.
     pub wasmo: Option<WasmoSettings>,
+    /// `callback_timeout`: the longest one call into a plugin may run (entities have no such
+    /// setting; Otoroshi waits 10 s for a route matcher or a sink). Default 10 s.
+    pub callback_timeout: std::time::Duration,
+}
+
+impl Settings {
+    pub const DEFAULT_CALLBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { storage_root: "otoroshi".into(), wasmo: None }
+        Settings { storage_root: "otoroshi".into(), wasmo: None, callback_timeout: Self::DEFAULT_CALLBACK_TIMEOUT }
     }
 }
 
@@ -276,7 +283,7 @@ impl<'de> Node<'de> for Kubernetes<'_> {
     }
 }
 
-const SETTINGS_KEYS: &[&[&str]] = &[&["storage_root", "storageRoot"], &["wasmo"]];
+const SETTINGS_KEYS: &[&[&str]] = &[&["storage_root", "storageRoot"], &["wasmo"], &["callback_timeout", "callbackTimeout"]];
 
 struct SettingsNode;
 
@@ -284,7 +291,7 @@ impl<'de> Node<'de> for SettingsNode {
     type Out = Settings;
 
     fn expected(&self) -> &'static str {
-        "a map of settings (storage_root, wasmo)"
+        "a map of settings (storage_root, wasmo, callback_timeout)"
     }
 
     fn scalar(self, _cx: &Cx, value: Value) -> Result<Settings, String> {
@@ -299,11 +306,42 @@ impl<'de> Node<'de> for SettingsNode {
         read_map(cx, &mut map, SETTINGS_KEYS, |key, vcx, map| {
             match key {
                 "storage_root" => s.storage_root = map.next_value_seed(vcx.at(NonEmpty))?,
+                "callback_timeout" => s.callback_timeout = map.next_value_seed(vcx.at(DurationNode))?,
                 _ => s.wasmo = Some(map.next_value_seed(vcx.at(WasmoNode))?),
             }
             Ok(())
         })?;
         Ok(s)
+    }
+}
+
+/// A duration: `"100ms"`, `"1.5s"`, or a number of milliseconds; more than 0, at most a day.
+struct DurationNode;
+
+impl Node<'_> for DurationNode {
+    type Out = std::time::Duration;
+
+    fn expected(&self) -> &'static str {
+        "a duration like \"100ms\" or \"1.5s\" (or a number of milliseconds), more than 0 and at most a day"
+    }
+
+    fn scalar(self, _cx: &Cx, value: Value) -> Result<std::time::Duration, String> {
+        let ms = match &value {
+            Value::Number(n) => n.as_f64(),
+            Value::String(t) => {
+                let t = t.trim();
+                let (number, scale) = match t.strip_suffix("ms") {
+                    Some(n) => (n, 1.0),
+                    None => (t.strip_suffix('s').unwrap_or("x"), 1000.0),
+                };
+                number.trim().parse::<f64>().ok().filter(|_| number.trim().bytes().all(|b| b.is_ascii_digit() || b == b'.')).map(|n| n * scale)
+            }
+            _ => None,
+        };
+        match ms {
+            Some(ms) if ms > 0.0 && ms <= 86_400_000.0 => Ok(std::time::Duration::from_secs_f64(ms / 1000.0)),
+            _ => Err(wrong_type(self.expected(), &value)),
+        }
     }
 }
 

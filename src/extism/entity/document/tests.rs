@@ -134,6 +134,7 @@ fn our_yaml_holds_entities_settings_and_proxy_wasm_plugins_together() {
     let yaml = r#"
 otoroshi:
   storage_root: oto
+  callback_timeout: 250ms
   wasmo:
     url: http://wasmo.internal:5001/
     client_id: id
@@ -152,9 +153,10 @@ wasm_plugins:
     assert_eq!(doc.layout, Layout::WasmPluginsKey);
     let settings = doc.settings.unwrap();
     assert_eq!(settings.storage_root, "oto");
+    assert_eq!(settings.callback_timeout, std::time::Duration::from_millis(250));
     assert_eq!(settings.wasmo.as_ref().unwrap().url, "http://wasmo.internal:5001");
     assert_eq!(doc.entities.len(), 2);
-    assert_eq!(doc.entities[0].line, 11);
+    assert_eq!(doc.entities[0].line, 12);
     assert_eq!(doc.entities[1].path, "wasm_plugins[1]");
     assert!(matches!(&doc.entities[0].config.source, Source::Wasmo { path, .. } if path == "a-1.0.0.wasm"));
     let resolved = resolve(&doc.entities).unwrap();
@@ -291,4 +293,14 @@ fn hmac_sha512_matches_rfc_4231() {
     let mac = hmac_sha512(b"Jefe", b"what do ya want for nothing?");
     let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737");
+}
+
+#[test]
+fn settings_errors_name_their_key() {
+    let e = parse("otoroshi:\n  callback_timeout: soon\nwasm_plugins: []\n", Path::new("s.yaml"), &[]).unwrap_err().to_string();
+    assert!(e.starts_with("s.yaml:2:") && e.contains("otoroshi.callback_timeout: expected a duration"), "{e}");
+    let e = parse("otoroshi:\n  wasmo: { url: https://w }\nwasm_plugins: []\n", Path::new("s.yaml"), &[]).unwrap_err().to_string();
+    assert!(e.contains("otoroshi.wasmo.url: expected an http:// URL"), "{e}");
+    let e = parse("wasm_plugins: []\nextra: 1\n", Path::new("s.yaml"), &["plugins"]).unwrap_err().to_string();
+    assert!(e.contains("extra: unknown top-level key \"extra\"; expected one of wasm_plugins, otoroshi, plugins"), "{e}");
 }
