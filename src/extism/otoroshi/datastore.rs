@@ -169,6 +169,10 @@ pub struct InProcessDataStore {
 }
 
 impl InProcessDataStore {
+    /// The cap servers use unless configured otherwise: `vm_config.limits.max_shared_data_size`'s
+    /// default.
+    pub const DEFAULT_MAX_BYTES: u64 = crate::config::Quotas::DEFAULT_MAX_SHARED_DATA_SIZE;
+
     #[must_use]
     pub fn new(max_bytes: u64) -> InProcessDataStore {
         let start = Instant::now();

@@ -24,6 +24,10 @@ pub struct Maps {
 pub struct MapsFull(pub u64);
 
 impl Maps {
+    /// The cap servers use unless configured otherwise: `vm_config.limits.max_shared_data_size`'s
+    /// default.
+    pub const DEFAULT_MAX_BYTES: u64 = crate::config::Quotas::DEFAULT_MAX_SHARED_DATA_SIZE;
+
     #[must_use]
     pub fn new(max_bytes: u64) -> Maps {
         Maps { maps: Mutex::new(HashMap::new()), bytes: Mutex::new(0), max_bytes }
