@@ -11,6 +11,8 @@
 //!   filter chain every server drives), and the VM generations it runs on.
 //! - [`config`]: the YAML plugin configuration.
 //! - [`authorizations`]: what each plugin may touch.
+//! - [`extism`]: Otoroshi / Wasmo plugins (the Extism ABI, Otoroshi's host functions, entities
+//!   and step contracts), independent of runtimes and servers.
 //! - [`ffi`]: the C API for servers written in C.
 
 pub mod abi;
@@ -21,6 +23,7 @@ pub mod chunked;
 #[cfg(feature = "ats")]
 pub mod ats;
 pub mod config;
+pub mod extism;
 pub mod ffi;
 pub mod host;
 pub mod http_client;
