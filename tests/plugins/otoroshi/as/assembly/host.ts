@@ -14,7 +14,7 @@ import { Arg } from "./lib/otoroshi";
 const TAG = "assemblyscript-host";
 
 function strOrNull(s: string | null): JValue {
-  return s === null ? JValue.nul() : JValue.str(s!);
+  return s === null ? JValue.nul() : JValue.str(s);
 }
 
 function raw(v: u64): JValue {
@@ -88,8 +88,8 @@ function dsOp(ctx: Ctx, scope: string, op: string, key: string): JValue {
     else h = p ? oto.proxy_plugin_datastore_all_matching(a.ptr, a.len) : oto.proxy_datastore_all_matching(a.ptr, a.len);
     const s = handleString(h);
     if (s === null) return JValue.nul();
-    const j = parse(s!);
-    return j === null ? JValue.str(s!) : j!;
+    const j = parse(s);
+    return j === null ? JValue.str(s) : j;
   }
   // incrby (default)
   const a = new Arg(JValue.obj().setStr("key", key).setNum("incr", <f64>parseI64Or(ctx.header("x-incr"), 1)).stringify());
@@ -104,7 +104,7 @@ function httpCall(ctx: Ctx, report: JValue): void {
   }
   const method = ctx.headerOr("x-http-method", "GET");
   const req = JValue.obj()
-    .setStr("url", url!)
+    .setStr("url", url)
     .setStr("method", method)
     .set("headers", JValue.obj().setStr("x-otoroshi-wasm", ctx.tag));
   if (method != "GET") req.setStr("body_str", "ping from " + ctx.tag);
@@ -116,13 +116,13 @@ function httpCall(ctx: Ctx, report: JValue): void {
     report.set("call", JValue.nul());
     return;
   }
-  const j = parse(s!);
+  const j = parse(s);
   if (j === null) {
-    report.setStr("call", s!);
+    report.setStr("call", s);
     return;
   }
-  report.set("call", j!);
-  const b = j!.get("body_base64");
+  report.set("call", j);
+  const b = j.get("body_base64");
   if (b !== null && b.isStr()) report.set("body", strOrNull(unb64(b.s)));
 }
 
@@ -132,24 +132,24 @@ function hostReport(ctx: Ctx): JValue | null {
   if (mode === null) return null;
   const op = ctx.headerOr("x-op", "");
   const key = ctx.headerOr("x-key", "counter");
-  const report = JValue.obj().setStr("host", mode!).setStr("op", op).setStr("key", key);
-  if (mode! == "log") {
+  const report = JValue.obj().setStr("host", mode).setStr("op", op).setStr("key", key);
+  if (mode == "log") {
     const text = ctx.headerOr("x-log-message", "hello from " + ctx.tag);
     const m = new Arg(text);
     report.setNum("proxy_log", proxy_log_rc(parseIntOr(ctx.header("x-log-level"), 2), m));
     const ev = new Arg(JValue.obj().setStr("function", ctx.step).setStr("message", text).setNum("level", 2).stringify());
     report.set("proxy_log_event", raw(oto.proxy_log_event(ev.ptr, ev.len)));
-  } else if (mode! == "http") {
+  } else if (mode == "http") {
     httpCall(ctx, report);
-  } else if (mode! == "plugin-map") {
+  } else if (mode == "plugin-map") {
     report.set("result", mapOp(ctx, "plugin", op, key));
-  } else if (mode! == "global-map") {
+  } else if (mode == "global-map") {
     report.set("result", mapOp(ctx, "global", op, key));
-  } else if (mode! == "plugin-datastore") {
+  } else if (mode == "plugin-datastore") {
     report.set("result", dsOp(ctx, "plugin", op, key));
-  } else if (mode! == "datastore") {
+  } else if (mode == "datastore") {
     report.set("result", dsOp(ctx, "global", op, key));
-  } else if (mode! == "state") {
+  } else if (mode == "state") {
     const sv = new Arg(JValue.obj().setStr("entity", "routes").setStr("id", key).stringify());
     const cv = new Arg(ctx.headerOr("x-path", "/"));
     report.set("proxy_state", strOrNull(handleString(oto.proxy_state(0))));
@@ -158,7 +158,7 @@ function hostReport(ctx: Ctx): JValue | null {
     report.set("proxy_config", strOrNull(handleString(oto.proxy_config(0))));
     report.set("proxy_cluster_state", strOrNull(handleString(oto.proxy_cluster_state(0))));
     report.set("proxy_cluster_state_value", strOrNull(handleString(oto.proxy_cluster_state_value(cv.ptr, cv.len))));
-  } else if (mode! == "attrs") {
+  } else if (mode == "attrs") {
     const set = new Arg(JValue.obj().setStr("key", key).setStr("value", ctx.headerOr("x-value", "v")).stringify());
     const k1 = new Arg(key);
     const k2 = new Arg(key);
@@ -168,7 +168,7 @@ function hostReport(ctx: Ctx): JValue | null {
     report.set("proxy_del_attr", strOrNull(handleString(oto.proxy_del_attr(k2.ptr, k2.len))));
     report.set("proxy_clear_attrs", strOrNull(handleString(oto.proxy_clear_attrs(0))));
   } else {
-    report.setStr("error", "unknown x-host " + mode!);
+    report.setStr("error", "unknown x-host " + mode);
   }
   return report;
 }
@@ -180,16 +180,16 @@ function proxy_log_rc(level: i32, m: Arg): f64 {
 function run(step: string, answer: (ctx: Ctx, report: JValue) => void, fallback: (ctx: Ctx) => void): i32 {
   const ctx = Ctx.read(step, TAG);
   if (ctx === null) return 1;
-  const forced = ctx!.forcedFailure();
+  const forced = ctx.forcedFailure();
   if (forced >= 0) return forced;
-  const missing = ctx!.missingFields();
-  if (missing !== null && missing!.length > 0) {
-    setError(step + ": context lacks " + missing!);
+  const missing = ctx.missingFields();
+  if (missing !== null && missing.length > 0) {
+    setError(step + ": context lacks " + missing);
     return 1;
   }
-  const report = hostReport(ctx!);
-  if (report === null) fallback(ctx!);
-  else answer(ctx!, report!);
+  const report = hostReport(ctx);
+  if (report === null) fallback(ctx);
+  else answer(ctx, report);
   return 0;
 }
 

@@ -12,14 +12,14 @@ const TAG = "assemblyscript";
 function run(step: string, body: (ctx: Ctx) => void): i32 {
   const ctx = Ctx.read(step, TAG);
   if (ctx === null) return 1;
-  const forced = ctx!.forcedFailure();
+  const forced = ctx.forcedFailure();
   if (forced >= 0) return forced;
-  const missing = ctx!.missingFields();
-  if (missing !== null && missing!.length > 0) {
-    setError(step + ": context lacks " + missing!);
+  const missing = ctx.missingFields();
+  if (missing !== null && missing.length > 0) {
+    setError(step + ": context lacks " + missing);
     return 1;
   }
-  body(ctx!);
+  body(ctx);
   return 0;
 }
 

@@ -51,8 +51,8 @@ export function handleBytes(h: u64): Uint8Array | null {
 // Abort handler (asc --use abort=...): records the message as the Extism error,
 // then traps, so the host sees a failed call with a reason.
 export function otoAbort(message: string | null, fileName: string | null, line: u32, column: u32): void {
-  const m = message === null ? "abort" : message!;
-  const f = fileName === null ? "?" : fileName!;
+  const m = message === null ? "abort" : message;
+  const f = fileName === null ? "?" : fileName;
   setError("abort: " + m + " at " + f + ":" + line.toString() + ":" + column.toString());
   unreachable();
 }
@@ -100,25 +100,25 @@ export class Ctx {
     this.step = step;
     this.tag = defaultTag;
     const t = this.config("tag");
-    if (t !== null) this.tag = t!;
+    if (t !== null) this.tag = t;
   }
 
   // Parses the input; on invalid JSON sets the error and returns null.
   static read(step: string, defaultTag: string): Ctx | null {
     const raw = Host.inputString();
     const v = parse(raw);
-    if (v === null || !v!.isObj()) {
+    if (v === null || !v.isObj()) {
       setError(step + ": input is not a JSON object (" + raw.length.toString() + " chars)");
       return null;
     }
-    return new Ctx(v!, step, defaultTag);
+    return new Ctx(v, step, defaultTag);
   }
 
   // Jobs get little input (Otoroshi sends {snowflake, attrs, global_config}):
   // anything that is not a JSON object is read as {}.
   static readLenient(step: string, defaultTag: string): Ctx {
     const v = parse(Host.inputString());
-    return new Ctx(v === null || !v!.isObj() ? JValue.obj() : v!, step, defaultTag);
+    return new Ctx(v === null || !v.isObj() ? JValue.obj() : v, step, defaultTag);
   }
 
   get(key: string): JValue | null {
@@ -161,7 +161,7 @@ export class Ctx {
 
   headerOr(name: string, fallback: string): string {
     const v = this.header(name);
-    return v === null ? fallback : v!;
+    return v === null ? fallback : v;
   }
 
   path(): string {
@@ -203,7 +203,7 @@ export class Ctx {
 
   configOr(key: string, fallback: string): string {
     const v = this.config(key);
-    return v === null ? fallback : v!;
+    return v === null ? fallback : v;
   }
 
   // Headers every answer of the test plugins carries.
@@ -250,7 +250,7 @@ export class Ctx {
   forcedFailure(): i32 {
     const which = this.header("x-fail");
     if (which === null) return -1;
-    const names = which!.split(",");
+    const names = which.split(",");
     let hit = false;
     for (let i = 0; i < names.length; i++) {
       const n = names[i].trim();
@@ -359,12 +359,12 @@ export function b64(s: string): string {
 export function unb64(s: string): string | null {
   const b = base64.decode(s);
   if (b === null) return null;
-  return fromUtf8(b!);
+  return fromUtf8(b);
 }
 
 export function parseIntOr(s: string | null, fallback: i32): i32 {
   if (s === null) return fallback;
-  const t = s!.trim();
+  const t = s.trim();
   if (t.length == 0) return fallback;
   for (let i = 0; i < t.length; i++) {
     const c = t.charCodeAt(i);
@@ -375,7 +375,7 @@ export function parseIntOr(s: string | null, fallback: i32): i32 {
 
 export function parseI64Or(s: string | null, fallback: i64): i64 {
   if (s === null) return fallback;
-  const t = s!.trim();
+  const t = s.trim();
   if (t.length == 0) return fallback;
   for (let i = 0; i < t.length; i++) {
     const c = t.charCodeAt(i);

@@ -26,7 +26,7 @@ declare function http_status_code(): i32;
 function bodyText(v: JValue | null): string | null {
   const b = bytesFromJson(v);
   if (b === null) return null;
-  return fromUtf8(b!);
+  return fromUtf8(b);
 }
 
 function requestBody(ctx: Ctx): string | null {
@@ -63,10 +63,10 @@ function cookiesWith(ctx: Ctx, existing: JValue | null): JValue | null {
   if (existing !== null && existing.isArr()) {
     for (let i = 0; i < existing.items.length; i++) out.push(existing.items[i]);
   }
-  const eq = spec!.indexOf("=");
+  const eq = spec.indexOf("=");
   const c = JValue.obj();
-  c.setStr("name", eq < 0 ? spec! : spec!.substring(0, eq));
-  c.setStr("value", eq < 0 ? "" : spec!.substring(eq + 1));
+  c.setStr("name", eq < 0 ? spec : spec.substring(0, eq));
+  c.setStr("value", eq < 0 ? "" : spec.substring(eq + 1));
   c.setStr("path", "/");
   c.setBool("secure", false);
   c.setBool("httpOnly", false);
@@ -97,7 +97,7 @@ function replaceUrlPath(url: string, path: string): string {
 
 export function preRoute(ctx: Ctx): void {
   const mode = ctx.header("x-pre-route");
-  if (mode !== null && mode! == "error") {
+  if (mode !== null && mode == "error") {
     outputJson(errorForm(ctx, "pre_route", "x-body-form"));
     return;
   }
@@ -113,9 +113,9 @@ export function access(ctx: Ctx): void {
     out.setBool("result", true);
   } else {
     out.setBool("result", false);
-    if (deny! != "bare") {
+    if (deny != "bare") {
       const e = JValue.obj();
-      e.setStr("message", deny!.length > 0 ? "denied by " + ctx.tag + ": " + deny! : "denied by " + ctx.tag);
+      e.setStr("message", deny.length > 0 ? "denied by " + ctx.tag + ": " + deny : "denied by " + ctx.tag);
       const st = ctx.header("x-deny-status");
       if (st !== null) e.setNum("status", parseIntOr(st, 403));
       out.set("error", e);
@@ -126,7 +126,7 @@ export function access(ctx: Ctx): void {
 
 export function transformRequest(ctx: Ctx): void {
   const mode = ctx.header("x-transform-request");
-  if (mode !== null && mode! == "error") {
+  if (mode !== null && mode == "error") {
     outputJson(errorForm(ctx, "transform_request", "x-request-body-form"));
     return;
   }
@@ -136,26 +136,26 @@ export function transformRequest(ctx: Ctx): void {
   headers.setStr("x-otoroshi-wasm", ctx.tag);
   headers.setStr("x-transformed-by", ctx.tag + " transform_request");
   const rm = ctx.header("x-remove-header");
-  if (rm !== null) removeHeaderCi(headers, rm!);
+  if (rm !== null) removeHeaderCi(headers, rm);
   out.set("headers", headers);
   const m = ctx.header("x-set-method");
-  if (m !== null) out.setStr("method", m!);
+  if (m !== null) out.setStr("method", m);
   const p = ctx.header("x-set-path");
   if (p !== null) {
     const url: JValue | null = oreq === null ? null : oreq.get("url");
-    out.setStr("url", replaceUrlPath(url === null ? "" : url.asString(""), p!));
+    out.setStr("url", replaceUrlPath(url === null ? "" : url.asString(""), p));
   }
   const cookies = cookiesWith(ctx, oreq === null ? null : oreq.get("cookies"));
   if (cookies !== null) out.set("cookies", cookies);
   const original = requestBody(ctx);
   const forms = ctx.headerOr("x-request-body-form", original === null ? "none" : "str");
-  putBody(out, forms, "transformed by " + ctx.tag + ": " + (original === null ? "" : original!), ctx.tag);
+  putBody(out, forms, "transformed by " + ctx.tag + ": " + (original === null ? "" : original), ctx.tag);
   outputJson(out);
 }
 
 export function transformResponse(ctx: Ctx): void {
   const mode = ctx.header("x-transform-response");
-  if (mode !== null && mode! == "error") {
+  if (mode !== null && mode == "error") {
     outputJson(errorForm(ctx, "transform_response", "x-response-body-form"));
     return;
   }
@@ -170,20 +170,20 @@ export function transformResponse(ctx: Ctx): void {
   headers.setStr("x-response-transformed-by", ctx.tag + " transform_response");
   headers.setStr("x-origin-status", origStatus === null ? "" : origStatus.stringify());
   const rm = ctx.header("x-remove-response-header");
-  if (rm !== null) removeHeaderCi(headers, rm!);
+  if (rm !== null) removeHeaderCi(headers, rm);
   out.set("headers", headers);
   const cookies = cookiesWith(ctx, ores === null ? null : ores.get("cookies"));
   if (cookies !== null) out.set("cookies", cookies);
   const original = bodyText(ctx.get("response_body_bytes"));
   const forms = ctx.headerOr("x-response-body-form", original === null ? "none" : "str");
-  putBody(out, forms, "transformed by " + ctx.tag + ": " + (original === null ? "" : original!), ctx.tag);
+  putBody(out, forms, "transformed by " + ctx.tag + ": " + (original === null ? "" : original), ctx.tag);
   outputJson(out);
 }
 
 export function matchesRoute(ctx: Ctx): void {
   const out = JValue.obj();
   const forced = ctx.header("x-match");
-  if (forced !== null) out.setBool("result", forced! == "true");
+  if (forced !== null) out.setBool("result", forced == "true");
   else out.setBool("result", ctx.path().startsWith(ctx.configOr("match_prefix", "/match")));
   outputJson(out);
 }
@@ -263,7 +263,7 @@ export function findRoute(ctx: Ctx): void {
 export function sinkMatches(ctx: Ctx): void {
   const out = JValue.obj();
   const v = ctx.header("x-sink");
-  out.setBool("result", v === null || v! != "no");
+  out.setBool("result", v === null || v != "no");
   outputJson(out);
 }
 
@@ -278,10 +278,10 @@ export function sinkHandle(ctx: Ctx): void {
     .set("origin", ctx.get("origin") === null ? JValue.nul() : ctx.get("origin")!)
     .set("status", ctx.get("status") === null ? JValue.nul() : ctx.get("status")!)
     .set("message", ctx.get("message") === null ? JValue.nul() : ctx.get("message")!)
-    .setNum("body_length", body === null ? 0 : <f64>String.UTF8.byteLength(body!));
+    .setNum("body_length", body === null ? 0 : <f64>String.UTF8.byteLength(body));
   const forms = ctx.header("x-body-form");
   if (forms === null) out.set("body_json", report);
-  else putBody(out, forms!, report.stringify(), ctx.tag);
+  else putBody(out, forms, report.stringify(), ctx.tag);
   outputJson(out);
 }
 
@@ -307,7 +307,7 @@ export function extismHttp(url: string, method: string, headers: JValue, body: s
   const req = JValue.obj().setStr("url", url).setStr("method", method).set("headers", headers);
   const reqMem = Memory.allocateString(req.stringify());
   let bodyOffset: u64 = 0;
-  if (body !== null) bodyOffset = Memory.allocateString(body!).offset;
+  if (body !== null) bodyOffset = Memory.allocateString(body).offset;
   const h = http_request(reqMem.offset, bodyOffset);
   const r = new HttpResult();
   r.status = http_status_code();
@@ -342,7 +342,7 @@ function utility(ctx: Ctx, mode: string): Reply | null {
     const after = Var.getString(key);
     r.content = JValue.obj()
       .setStr("var", key)
-      .set("after_delete", after === null ? JValue.nul() : JValue.str(after!))
+      .set("after_delete", after === null ? JValue.nul() : JValue.str(after))
       .stringify();
     return r;
   }
@@ -352,8 +352,8 @@ function utility(ctx: Ctx, mode: string): Reply | null {
     const fromCtx = ctx.contextConfig(key);
     r.content = JValue.obj()
       .setStr("key", key)
-      .set("config_get", fromGet === null ? JValue.nul() : JValue.str(fromGet!))
-      .set("context", fromCtx === null ? JValue.nul() : JValue.str(fromCtx!))
+      .set("config_get", fromGet === null ? JValue.nul() : JValue.str(fromGet))
+      .set("context", fromCtx === null ? JValue.nul() : JValue.str(fromCtx))
       .stringify();
     return r;
   }
@@ -367,10 +367,10 @@ function utility(ctx: Ctx, mode: string): Reply | null {
     const hh = JValue.obj().setStr("x-otoroshi-wasm", ctx.tag).setStr("content-type", "text/plain");
     const method = ctx.headerOr("x-http-method", "GET");
     const body: string | null = method == "GET" ? null : "ping from " + ctx.tag;
-    const res = extismHttp(url!, method, hh, body);
+    const res = extismHttp(url, method, hh, body);
     r.headers.setStr("x-http-status", res.status.toString());
     r.content = JValue.obj()
-      .setStr("url", url!)
+      .setStr("url", url)
       .setNum("status", res.status)
       .set("body", res.body === null ? JValue.nul() : JValue.str(res.body!))
       .stringify();
@@ -393,7 +393,7 @@ function defaultReply(ctx: Ctx, what: string): Reply {
   r.status = parseIntOr(ctx.header("x-backend-status"), 200);
   r.headers.setStr("x-backend-method", ctx.method());
   const body = requestBody(ctx);
-  r.content = ctx.tag + " " + what + ": " + ctx.method() + " " + ctx.path() + " body=" + (body === null ? "" : body!);
+  r.content = ctx.tag + " " + what + ": " + ctx.method() + " " + ctx.path() + " body=" + (body === null ? "" : body);
   return r;
 }
 
@@ -406,9 +406,9 @@ export function callBackend(ctx: Ctx): void {
   let r = utility(ctx, mode);
   if (r === null) r = defaultReply(ctx, "call_backend");
   const out = JValue.obj();
-  out.setNum("status", r!.status);
-  out.set("headers", r!.headers);
-  putBody(out, ctx.headerOr("x-body-form", r!.defaultForm), r!.content, ctx.tag);
+  out.setNum("status", r.status);
+  out.set("headers", r.headers);
+  putBody(out, ctx.headerOr("x-body-form", r.defaultForm), r.content, ctx.tag);
   outputJson(out);
 }
 
@@ -419,11 +419,11 @@ export function handleRequest(ctx: Ctx): void {
   let r = utility(ctx, mode);
   if (r === null) r = defaultReply(ctx, "handle_request");
   const out = JValue.obj();
-  out.setNum("status", r!.status);
-  out.set("headers", r!.headers);
+  out.setNum("status", r.status);
+  out.set("headers", r.headers);
   const cookies = cookiesWith(ctx, null);
   if (cookies !== null) out.set("cookies", cookies);
-  out.setStr("body", r!.content);
+  out.setStr("body", r.content);
   outputJson(out);
 }
 
@@ -437,7 +437,7 @@ export function job(ctx: Ctx): i32 {
   varSetCount(key, n);
   log(LogLevel.Info, ctx.tag + " " + ctx.step + " #" + n.toString());
   const fail = ctx.config("job_fail");
-  if (fail !== null && (fail! == ctx.step || fail! == "*")) {
+  if (fail !== null && (fail == ctx.step || fail == "*")) {
     setError("forced failure in " + ctx.step);
     return 1;
   }
@@ -448,9 +448,9 @@ export function job(ctx: Ctx): i32 {
       .setStr("event", ctx.step)
       .setNum("count", n)
       .setStr("tag", ctx.tag)
-      .set("snowflake", snow === null ? JValue.nul() : snow!);
+      .set("snowflake", snow === null ? JValue.nul() : snow);
     const hh = JValue.obj().setStr("content-type", "application/json").setStr("x-otoroshi-wasm", ctx.tag);
-    extismHttp(url!, "POST", hh, ev.stringify());
+    extismHttp(url, "POST", hh, ev.stringify());
   }
   outputJson(JValue.obj());
   return 0;

@@ -12,7 +12,7 @@ export function execute(): i32 {
     setError("input is not JSON");
     return 1;
   }
-  const foo = context!.path2("request", "headers");
+  const foo = context.path2("request", "headers");
   const value: JValue | null = foo === null ? null : foo.get("foo");
   if (value !== null && value.asString() == "bar") {
     outputJson(JValue.obj().setBool("result", true));

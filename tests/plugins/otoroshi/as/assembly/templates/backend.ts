@@ -24,7 +24,7 @@ export function execute(): i32 {
     return 1;
   }
   const headers = JValue.obj().setStr("foo", "bar");
-  const incoming = context!.path2("request", "headers");
+  const incoming = context.path2("request", "headers");
   if (incoming !== null && incoming.isObj()) {
     for (let i = 0; i < incoming.keys.length; i++) headers.set(incoming.keys[i], incoming.values[i]);
   }

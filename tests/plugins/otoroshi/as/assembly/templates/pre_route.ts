@@ -12,7 +12,7 @@ export function execute(): i32 {
     setError("input is not JSON");
     return 1;
   }
-  const headers = context!.path2("request", "headers");
+  const headers = context.path2("request", "headers");
   const bar: JValue | null = headers === null ? null : headers.get("bar");
   if (bar !== null && bar.asString() == "foo") {
     outputJson(JValue.obj().setBool("error", false));

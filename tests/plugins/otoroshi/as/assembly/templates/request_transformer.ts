@@ -9,14 +9,14 @@ import { JValue, outputJson, parse, setError } from "../lib/kit";
 
 export function execute(): i32 {
   const context = parse(Host.inputString());
-  if (context === null || !context!.isObj()) {
+  if (context === null || !context.isObj()) {
     setError("input is not a JSON object");
     return 1;
   }
-  const out = context!.shallowCopy();
+  const out = context.shallowCopy();
   out.setStr("method", "POST");
   const headers = JValue.obj();
-  const incoming = context!.path2("otoroshi_request", "headers");
+  const incoming = context.path2("otoroshi_request", "headers");
   if (incoming !== null && incoming.isObj()) {
     for (let i = 0; i < incoming.keys.length; i++) headers.set(incoming.keys[i], incoming.values[i]);
   }

@@ -11,7 +11,7 @@ export function execute(): i32 {
     setError("input is not JSON");
     return 1;
   }
-  const headers = context!.path2("request", "headers");
+  const headers = context.path2("request", "headers");
   const foo: JValue | null = headers === null ? null : headers.get("foo");
   outputJson(JValue.obj().setBool("result", foo !== null && foo.asString() == "bar"));
   return 0;

@@ -17,7 +17,7 @@ export function sink_handle(): i32 {
     setError("input is not JSON");
     return 1;
   }
-  const path = context!.path2("request", "path");
+  const path = context.path2("request", "path");
   const p = path === null ? "" : path.asString();
   outputJson(
     JValue.obj()
