@@ -12,9 +12,12 @@
 #   bench_filter.wasm           examples/bench-filter         (benchmark filter, Rust SDK 0.2.1; scripts/bench.sh)
 #   fault_injection.wasm, forward_auth.wasm, response_rewrite.wasm
 #                               examples/<name>               (APISIX's example plugins, Rust SDK 0.2.1; README "Examples")
+#   otoroshi_*.wasm, extism_*.wasm, opa_policy.wasm
+#                               tests/plugins/otoroshi/       (Otoroshi/Wasmo Extism plugins: AssemblyScript
+#                                                              PDK, Rust PDK 1.0.1, WAT; see its README.md)
 #
-# Usage: scripts/build-plugins.sh [--force] [rust] [rust-sdks] [as] [as-sdks] [c] [wat] [bench] [examples]
-#   With no target names, builds all eight kinds. --force (or FORCE=1) rebuilds
+# Usage: scripts/build-plugins.sh [--force] [rust] [rust-sdks] [as] [as-sdks] [c] [wat] [bench] [examples] [otoroshi]
+#   With no target names, builds all nine kinds. --force (or FORCE=1) rebuilds
 #   even when the outputs are newer than their sources.
 #
 # Installs nothing system-wide. Needs (see docs / BUILDING notes):
@@ -22,8 +25,9 @@
 #        wasm32-wasi and wasm32-unknown-unknown std), wabt, nodejs/npm,
 #        python3 python3-venv (the venv for ziglang).
 # Runs `npm ci` (or `npm install` without a lock file) in tests/plugins/as-filter
-# (and `npm ci` in each of its sdk-<v> folders) when its node_modules is missing;
-# creates build/zig-venv with `pip install ziglang==$ZIGLANG_VERSION` when missing.
+# (and `npm ci` in each of its sdk-<v> folders) and tests/plugins/otoroshi/as when
+# their node_modules is missing; creates build/zig-venv with
+# `pip install ziglang==$ZIGLANG_VERSION` when missing.
 #
 # Environment overrides:
 #   PLUGIN_RUSTC  (default /usr/bin/rustc)   rustc that has the wasm32-wasi std
@@ -49,6 +53,7 @@ as_dir="tests/plugins/as-filter"
 c_dir="tests/plugins/c-filter"
 zig_venv="$root/build/zig-venv"
 wat_dir="tests/wat"
+oto_dir="tests/plugins/otoroshi"
 
 PLUGIN_RUSTC="${PLUGIN_RUSTC:-/usr/bin/rustc}"
 PLUGIN_CARGO="${PLUGIN_CARGO:-/usr/bin/cargo}"
@@ -58,7 +63,7 @@ PLUGIN_PYTHON="${PLUGIN_PYTHON:-/usr/bin/python3}"
 ZIGLANG_VERSION="${ZIGLANG_VERSION:-0.17.0}"
 
 force="${FORCE:-0}"
-want_rust=0 want_as=0 want_wat=0 want_bench=0 want_rust_sdks=0 want_as_sdks=0 want_c=0 want_examples=0
+want_rust=0 want_as=0 want_wat=0 want_bench=0 want_rust_sdks=0 want_as_sdks=0 want_c=0 want_examples=0 want_oto=0
 for arg in "$@"; do
     case "$arg" in
         --force|-f) force=1 ;;
@@ -70,13 +75,15 @@ for arg in "$@"; do
         wat) want_wat=1 ;;
         bench) want_bench=1 ;;
         examples) want_examples=1 ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        otoroshi) want_oto=1 ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) echo "build-plugins: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
 if [ $want_rust = 0 ] && [ $want_as = 0 ] && [ $want_wat = 0 ] && [ $want_bench = 0 ] \
-    && [ $want_rust_sdks = 0 ] && [ $want_as_sdks = 0 ] && [ $want_c = 0 ] && [ $want_examples = 0 ]; then
-    want_rust=1 want_as=1 want_wat=1 want_bench=1 want_rust_sdks=1 want_as_sdks=1 want_c=1 want_examples=1
+    && [ $want_rust_sdks = 0 ] && [ $want_as_sdks = 0 ] && [ $want_c = 0 ] && [ $want_examples = 0 ] \
+    && [ $want_oto = 0 ]; then
+    want_rust=1 want_as=1 want_wat=1 want_bench=1 want_rust_sdks=1 want_as_sdks=1 want_c=1 want_examples=1 want_oto=1
 fi
 
 mkdir -p "$out_dir"
@@ -340,6 +347,111 @@ build_wat() {
     log "wat: $built built, $skipped up to date ($(elapsed "$t0"))"
 }
 
+# ---- Otoroshi/Wasmo Extism plugins (issue 14) -------------------------------
+
+# The Wasmo templates, built by both PDKs (AssemblyScript file / Rust example name).
+oto_templates=(access_control backend pre_route request_transformer response_transformer route_matcher sink)
+
+# otoroshi_as.wasm (every step), otoroshi_as_host.wasm (Otoroshi host functions)
+# and otoroshi_as_template_<t>.wasm, from tests/plugins/otoroshi/as.
+build_oto_as() {
+    local dir="$oto_dir/as"
+    command -v node >/dev/null || die "node not found (apt-get install -y nodejs npm)"
+    command -v npm >/dev/null || die "npm not found (apt-get install -y npm)"
+    local t0; t0="$(now_ms)"
+    if [ ! -x "$dir/node_modules/.bin/asc" ]; then
+        log "otoroshi-as: npm ci"
+        (cd "$dir" && npm ci --no-audit --no-fund)
+    fi
+    # entry file (relative to $dir) -> output name
+    local entries=("assembly/index.ts:otoroshi_as" "assembly/host.ts:otoroshi_as_host")
+    local t
+    for t in "${oto_templates[@]}"; do entries+=("assembly/templates/$t.ts:otoroshi_as_template_$t"); done
+    local e src name out built=0 skipped=0
+    for e in "${entries[@]}"; do
+        src="${e%%:*}" name="${e##*:}" out="$out_dir/$name.wasm"
+        # Entries share assembly/lib: any change there rebuilds them all.
+        if up_to_date "$out" "$dir/$src" "$dir/assembly/lib" "$dir/package.json" "$dir/package-lock.json" "$0"; then
+            skipped=$((skipped + 1))
+            continue
+        fi
+        (cd "$dir" && ./node_modules/.bin/asc "$src" -o "$root/$out.tmp" --use abort=assembly/lib/kit/otoAbort -O3) \
+            || { rm -f "$out.tmp"; die "asc failed on $dir/$src"; }
+        publish "$out.tmp" "$out"
+        built=$((built + 1))
+    done
+    log "otoroshi-as: $built built, $skipped up to date ($(elapsed "$t0"))"
+}
+
+# otoroshi_rust.wasm (every step, the crate's library), otoroshi_rust_host.wasm
+# and otoroshi_rust_template_<t>.wasm (its examples), wasm32-unknown-unknown.
+build_oto_rust() {
+    local dir="$oto_dir/rust"
+    local outs=("$out_dir/otoroshi_rust.wasm" "$out_dir/otoroshi_rust_host.wasm") t o stale=0
+    for t in "${oto_templates[@]}"; do outs+=("$out_dir/otoroshi_rust_template_$t.wasm"); done
+    for o in "${outs[@]}"; do
+        up_to_date "$o" "$dir/Cargo.toml" "$dir/Cargo.lock" "$dir/src" "$dir/examples" "$0" || stale=1
+    done
+    if [ $stale = 0 ]; then
+        log "otoroshi-rust: up to date"
+        return
+    fi
+    [ -x "$PLUGIN_RUSTC" ] || die "$PLUGIN_RUSTC not found (apt-get install -y rustc cargo libstd-rust-dev-wasm32)"
+    [ -x "$PLUGIN_CARGO" ] || die "$PLUGIN_CARGO not found (apt-get install -y cargo)"
+    [ -d "$("$PLUGIN_RUSTC" --print sysroot)/lib/rustlib/wasm32-unknown-unknown" ] \
+        || die "$PLUGIN_RUSTC has no wasm32-unknown-unknown std (apt-get install -y libstd-rust-dev-wasm32)"
+    local t0; t0="$(now_ms)"
+    log "otoroshi-rust: building with $("$PLUGIN_RUSTC" --version)"
+    (
+        cd "$dir"
+        env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
+            RUSTC_WRAPPER= CARGO_BUILD_RUSTC_WRAPPER= CARGO_BUILD_RUSTFLAGS= \
+            RUSTC="$PLUGIN_RUSTC" \
+            CARGO_TARGET_DIR="$target_dir" \
+            __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly \
+            CARGO_UNSTABLE_SPARSE_REGISTRY=true \
+            CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
+            "$PLUGIN_CARGO" build --release --locked --target wasm32-unknown-unknown --lib --examples
+    )
+    local rel="$target_dir/wasm32-unknown-unknown/release"
+    local pairs=("$rel/otoroshi_rust.wasm:otoroshi_rust" "$rel/examples/host.wasm:otoroshi_rust_host")
+    for t in "${oto_templates[@]}"; do pairs+=("$rel/examples/template_$t.wasm:otoroshi_rust_template_$t"); done
+    local p built name
+    for p in "${pairs[@]}"; do
+        built="${p%%:*}" name="${p##*:}"
+        [ -f "$built" ] || die "cargo did not produce $built"
+        cp -f "$built" "$out_dir/$name.wasm.tmp"
+        chmod 0644 "$out_dir/$name.wasm.tmp"
+        publish "$out_dir/$name.wasm.tmp" "$out_dir/$name.wasm"
+    done
+    log "otoroshi-rust: done in $(elapsed "$t0")"
+}
+
+# Every tests/plugins/otoroshi/wat/<name>.wat to <name>.wasm.
+build_oto_wat() {
+    command -v "$WAT2WASM" >/dev/null || die "$WAT2WASM not found (apt-get install -y wabt)"
+    local t0; t0="$(now_ms)"
+    local f name out built=0 skipped=0
+    for f in "$oto_dir"/wat/*.wat; do
+        [ -f "$f" ] || continue
+        name="$(basename "$f" .wat)" out="$out_dir/$name.wasm"
+        if up_to_date "$out" "$f"; then
+            skipped=$((skipped + 1))
+            continue
+        fi
+        "$WAT2WASM" "$f" -o "$out.tmp" || { rm -f "$out.tmp"; die "wat2wasm failed on $f"; }
+        mv -f "$out.tmp" "$out"
+        built=$((built + 1))
+    done
+    log "otoroshi-wat: $built built, $skipped up to date ($(elapsed "$t0"))"
+}
+
+build_otoroshi() {
+    build_oto_as
+    build_oto_rust
+    build_oto_wat
+}
+
 [ $want_rust = 1 ] && build_rust
 [ $want_rust_sdks = 1 ] && build_rust_sdks
 [ $want_as = 1 ] && build_as
@@ -348,4 +460,5 @@ build_wat() {
 [ $want_wat = 1 ] && build_wat
 [ $want_bench = 1 ] && build_bench
 [ $want_examples = 1 ] && build_examples
+[ $want_oto = 1 ] && build_otoroshi
 exit 0
