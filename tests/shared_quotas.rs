@@ -133,7 +133,7 @@ fn writes_into_other_vms_data_count_for_the_writer() {
     let server = TestServer::new();
     let mut h = Harness::try_start_plugin(built_code(PLUGIN), plugin, options, server.clone()).unwrap_or_else(|e| panic!("{e}"));
     let value = "g".repeat(3000);
-    let statuses: Vec<u32> = (0..4).map(|i| shared_set(&mut h, &format!("{}::k", unique_vm_id("elsewhere")), &value).0).collect();
+    let statuses: Vec<u32> = (0..4).map(|_| shared_set(&mut h, &format!("{}::k", unique_vm_id("elsewhere")), &value).0).collect();
     assert_eq!(statuses, [200, 200, 409, 409], "{:?}", server.messages());
     assert!(held(&h) <= 8192);
 }

@@ -300,20 +300,6 @@ impl HostState {
         }
     }
 
-    /// Logs, once per plugin of the effective context and `limit`, that a
-    /// cap (`vm_config.limits`, or a server's own) refused something.
-    pub fn log_limit(&mut self, limit: &str, message: &str) {
-        let plugin = self.log_ref();
-        Self::log_limit_for(&mut self.denials_logged, &self.env, &plugin, limit, message);
-    }
-
-    /// As [`HostState::log_limit`], for `plugin` (outside any hostcall).
-    pub fn log_limit_for(logged: &mut std::collections::HashSet<(String, String)>, env: &VmEnv, plugin: &PluginRef, limit: &str, message: &str) {
-        if logged.insert((plugin.name.clone(), format!("limit {limit}"))) {
-            env.server.log(plugin, crate::abi::LogLevel::Warn, &format!("{message} (logged once)"));
-        }
-    }
-
     /// A fresh context id: never 0, never one in use.
     pub fn allocate_context_id(&mut self) -> u32 {
         loop {
