@@ -68,10 +68,10 @@ pub fn parse_upstream(upstream: &str) -> Option<(String, u16)> {
             None if tail.is_empty() => 80,
             None => return None,
         };
-        return Some((host.to_string(), port));
+        return (!host.trim().is_empty()).then(|| (host.to_string(), port));
     }
     match upstream.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => Some((host.to_string(), port.parse().ok()?)),
+        Some((host, port)) if !host.contains(':') && !host.trim().is_empty() => Some((host.to_string(), port.parse().ok()?)),
         Some(_) => None,
         None => Some((upstream.to_string(), 80)),
     }

@@ -963,10 +963,11 @@ impl MetricStore for ShmStore {
                 let id = make_id(slot, r.load(m + M_TAG).ok()?);
                 let (m, kind) = self.metric(id).ok()?;
                 let name = String::from_utf8_lossy(&self.metric_name(m).ok()?).into_owned();
-                let mut running = 0;
+                let mut running = 0u64;
                 let buckets = (0..=HISTOGRAM_BOUNDS.len() as u32)
                     .map(|b| {
-                        running += load(m + M_BUCKETS + 8 * b);
+                        // Saturating: the counts are read from the zone, which anything may have written.
+                        running = running.saturating_add(load(m + M_BUCKETS + 8 * b));
                         running
                     })
                     .collect();
