@@ -23,6 +23,7 @@ use proxy_wasm_host::host::{HttpCallRequest, HttpCallResponse};
 use proxy_wasm_host::http_client::{self, parse_upstream, FAILURE_TOO_LARGE};
 use proxy_wasm_host::http_response::{ParseError, Progress, ResponseParser};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -537,8 +538,19 @@ fn check_call(case: &mut Case) -> Result<(), String> {
     let limit = limit_for(&mut case.rng, m.bytes.len());
     case.note(format!("valid {valid}, {} bytes, limit {limit}", bytes.len()));
     case.input(&bytes);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    // Hundreds of calls a second, each leaving a TIME_WAIT for 60 s on
+    // 127.0.0.1, took every ephemeral port within a minute (in a 180 s run),
+    // and the next bind failed, here and in any test running meanwhile. So a
+    // connection the client closes first ends with a reset, which leaves
+    // none, and each case has an address of its own (all of 127/8 is local),
+    // where the server keeps the TIME_WAIT when it closes first.
+    let ip = std::net::Ipv4Addr::new(127, case.rng.below(256) as u8, case.rng.below(256) as u8, case.rng.range(2, 254) as u8);
+    let listener = std::net::TcpListener::bind((ip, 0)).map_err(|e| e.to_string())?;
+    let upstream = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+    // Whether the client closes first: its parser ends (complete or failed)
+    // before the bytes do; otherwise it waits for the close.
+    let head = m.head;
+    let client_closes = !matches!(ResponseParser::new(head, limit).feed(&bytes), Ok(Progress::NeedMore));
     let pieces: Vec<usize> = (0..8).map(|_| case.rng.range(1, 64)).collect();
     let to_send = bytes.clone();
     let server = std::thread::spawn(move || {
@@ -558,10 +570,23 @@ fn check_call(case: &mut Case) -> Result<(), String> {
             at = end;
             i += 1;
         }
+        if client_closes {
+            // A reset answers the client's close: neither side keeps a TIME_WAIT.
+            while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+            let reset = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: our socket, and an option value of the size given.
+            unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&reset as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t) };
+        } else {
+            // The close ends the response: the server closes first and keeps
+            // the TIME_WAIT, on the case's own address. Reading the client's
+            // close first, so that nothing unread turns the close into a reset.
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+        }
     });
-    let method: &[u8] = if m.head { b"HEAD" } else { b"GET" };
+    let method: &[u8] = if head { b"HEAD" } else { b"GET" };
     let request = HttpCallRequest {
-        upstream: format!("127.0.0.1:{port}"),
+        upstream,
         headers: vec![(b":method".to_vec(), method.to_vec()), (b":path".to_vec(), b"/".to_vec()), (b":authority".to_vec(), b"fuzz".to_vec())],
         body: Vec::new(),
         trailers: Vec::new(),
