@@ -453,7 +453,7 @@ fn a_request_a_plugin_never_continues_gets_504_after_its_pause_timeout() {
     let r = must(&n, Request::post("/never", "a body").header("x-pw-test", "resume-in-body").timeout(Duration::from_secs(10)));
     assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", n.log_report());
     assert!(t0.elapsed() < Duration::from_secs(4), "answered after {:?}", t0.elapsed());
-    assert!(n.error_log().contains("rust: kept the request paused for 1s (pause_timeout) without continuing it; answering 504"), "{}", n.log_report());
+    assert!(n.error_log().contains("rust: kept the request headers paused for 1s (pause_timeout) without continuing it; answering 504"), "{}", n.log_report());
     // Paused on an http_call slower than the pause timeout, then the late
     // answer continues a finished stream: 504, and nothing breaks.
     let r = must(&n, Request::get("/slow-call").header("x-pw-test", "http-call").timeout(Duration::from_secs(10)));
@@ -473,7 +473,7 @@ fn a_response_paused_past_the_pause_timeout_is_replaced_by_504_or_cut_off() {
     let (_origin, n) = pause_timeout_server("ngx-pause-timeout-response");
     let r = must(&n, Request::get("/resp").header("x-pw-test", "http-call-response").timeout(Duration::from_secs(10)));
     assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", n.log_report());
-    assert!(n.error_log().contains("rust: kept the response paused for 1s (pause_timeout)"), "{}", n.log_report());
+    assert!(n.error_log().contains("rust: kept the response headers paused for 1s (pause_timeout)"), "{}", n.log_report());
     // The response body, after its header went out: the response is cut off.
     let r = n.send(&Request::get("/resp-body").header("x-pw-test", "http-call-resp-body").timeout(Duration::from_secs(10)));
     let e = r.map(|r| (r.status, r.body_str())).expect_err("the client sees the response cut off");

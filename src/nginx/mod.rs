@@ -23,13 +23,21 @@
 //! metrics live in the `proxy_wasm` shared-memory zone (shm.rs), common to
 //! all workers.
 
+mod body_filter;
 mod conf;
+mod context;
+mod filters;
+mod header_filter;
 mod headers;
 mod http_call;
+mod local;
 mod metrics;
-mod request;
+mod phase;
+mod request_body;
+mod resume;
 mod server;
 mod shm;
+mod stream;
 mod worker;
 
 use std::ffi::c_char;
