@@ -118,6 +118,29 @@ fn a_local_response_from_response_headers_replaces_the_origin_response() {
     assert_eq!(origin.wait_for_requests(1, WAIT).len(), 1);
 }
 
+/// Response callbacks run for a local response sent from a request phase,
+/// as Envoy runs its encoder filters on a local reply: for the plugins that
+/// saw the request (the one that answered included: the Rust filter guards
+/// with `local_sent`), not for those after it, which never saw it.
+#[test]
+fn a_local_response_from_the_request_phase_goes_through_the_response_callbacks_of_the_plugins_that_saw_the_request() {
+    let origin = Origin::start();
+    let yaml = plugin_yaml("observer", "trap.wasm", "none", "") + &rust_filter("rust", "");
+    let locations = "location /observed { proxy_wasm observer; proxy_wasm rust; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }\n\
+                     location /unseen { proxy_wasm rust; proxy_wasm observer; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }";
+    let n = start("ngx-local-response-callbacks", &yaml, &[], &origin, locations);
+    let count = |text: &str| n.error_log().matches(text).count();
+    let r = must(&n, Request::get("/observed").header("x-pw-test", "local").header("x-pw-local-status", "418").header("x-pw-local-body", "no tea"));
+    assert_eq!((r.status, r.body_str().as_str()), (418, "no tea"), "{}", n.log_report());
+    assert!(e2e::wait_until(WAIT, || count("observer: on_response_body ctx=") == 1), "{}", n.log_report());
+    assert_eq!((count("observer: on_request_headers ctx="), count("observer: on_response_headers ctx=")), (1, 1), "{}", n.log_report());
+    let r = must(&n, Request::get("/unseen").header("x-pw-test", "local").header("x-pw-local-status", "418").header("x-pw-local-body", "no tea"));
+    assert_eq!((r.status, r.body_str().as_str()), (418, "no tea"), "{}", n.log_report());
+    assert!(e2e::wait_until(WAIT, || count("observer: on_log ctx=") == 2), "{}", n.log_report());
+    assert_eq!((count("observer: on_request_headers ctx="), count("observer: on_response_headers ctx=")), (1, 1), "the observer never saw the second request\n{}", n.log_report());
+    origin.assert_no_new_requests(Duration::from_millis(300));
+}
+
 fn two_filters() -> String {
     rust_filter("a", r#"{"tag":"tag-a"}"#) + &rust_filter("b", r#"{"tag":"tag-b"}"#)
 }

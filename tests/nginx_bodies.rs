@@ -1,6 +1,7 @@
 //! `max_body_size` on NGINX: the body bytes the module holds for a plugin
 //! are bounded. A request body a plugin pauses on past the bound gets 413 and
-//! never reaches the origin; a response body past it is cut off; bodies under
+//! never reaches the origin (declared by Content-Length: before it is read);
+//! a response body past it is cut off; bodies under
 //! it are unaffected; an upload through a plugin that reads only headers is
 //! not held, so not limited. Request bodies nginx kept in a temporary file
 //! are read in 64 KiB pieces.
