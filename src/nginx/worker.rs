@@ -88,15 +88,30 @@ thread_local! {
 /// Runs `f` on the worker's generations, if the plugins are loaded. `None`
 /// also when called back from inside `f` (nothing here does: a re-entry is
 /// an internal error, logged).
+///
+/// While replaced generations remain, the worker's `proxy_done` check runs:
+/// it lets go of them once no request uses them and no `proxy_done` of
+/// theirs is awaited (a root context whose `on_done` returned false), even
+/// when no request comes to do it.
 fn with_generations<R>(f: impl FnOnce(&mut Generations<Exclusive>, &mut Host) -> R) -> Option<R> {
-    WORKER.with(|w| {
+    let (out, retired) = WORKER.with(|w| {
         let Ok(mut w) = w.try_borrow_mut() else {
             log(LogLevel::Critical, "[proxy_wasm] internal error: the worker's plugins were used from inside their own use");
-            return None;
+            return (None, false);
         };
         let Worker { generations, host } = &mut *w;
-        generations.as_mut().map(|g| f(g, host))
-    })
+        match generations.as_mut() {
+            Some(g) => {
+                let out = f(g, host);
+                (Some(out), g.retired_count() > 0)
+            }
+            None => (None, false),
+        }
+    });
+    if retired {
+        watch_awaiting_done();
+    }
+    out
 }
 
 /// How often a worker looks for waits for `proxy_done` that are over while
@@ -128,6 +143,7 @@ pub fn watch_awaiting_done() {
 
 unsafe extern "C" fn on_done_check(_ev: *mut ngx_event_t) {
     let r = std::panic::catch_unwind(|| {
+        // Re-armed by `with_generations` while replaced generations remain.
         if with_generations(|g, host| g.expire_awaiting_done(Instant::now(), host)).unwrap_or(false) {
             watch_awaiting_done();
         }
