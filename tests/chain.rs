@@ -801,6 +801,22 @@ fn a_response_body_past_max_body_size_held_for_a_plugin_is_cut() {
 }
 
 #[test]
+fn a_response_body_queued_past_the_pause_owners_max_body_size_while_its_headers_wait_answers_500() {
+    let mut s = setup(&[caller("small").with("max_body_size: 8\n    authorizations: { allowed_hosts: [\"*\"] }")]);
+    let h = get("http-call-response");
+    let mut t = s.tx(&headers(&h));
+    assert_eq!(t.request_headers(true), Flow::Continue);
+    assert_eq!(t.response_headers(OK, false), Flow::Wait);
+    assert_eq!(t.chain.on_response_body(b"held ", false), Flow::Buffered);
+    assert_eq!(status(&t.chain.on_response_body(b"body", true)), Some(500));
+    assert_eq!(t.chain.waiting(), None, "the wait ended");
+    assert!(t.fake.logged("the response body that came while its response headers waited passed max_body_size (8 bytes); answering 500"));
+    // The call's answer comes later: nothing left to resume.
+    assert_eq!(s.answer_http_calls(0, "pong"), 1);
+    assert_eq!(t.chain.resume(), None);
+}
+
+#[test]
 fn max_body_size_bounds_what_a_plugin_holds_not_what_streams_through_it() {
     let mut s = setup(&[trap("streaming", "none").with("max_body_size: 4")]);
     let mut t = s.tx(&[(":path", "/")]);

@@ -118,6 +118,29 @@ fn a_local_response_from_response_headers_replaces_the_origin_response() {
     assert_eq!(origin.wait_for_requests(1, WAIT).len(), 1);
 }
 
+/// Response callbacks run for a local response sent from a request phase,
+/// as Envoy runs its encoder filters on a local reply: for the plugins that
+/// saw the request (the one that answered included: the Rust filter guards
+/// with `local_sent`), not for those after it, which never saw it.
+#[test]
+fn a_local_response_from_the_request_phase_goes_through_the_response_callbacks_of_the_plugins_that_saw_the_request() {
+    let origin = Origin::start();
+    let yaml = plugin_yaml("observer", "trap.wasm", "none", "") + &rust_filter("rust", "");
+    let locations = "location /observed { proxy_wasm observer; proxy_wasm rust; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }\n\
+                     location /unseen { proxy_wasm rust; proxy_wasm observer; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }";
+    let n = start("ngx-local-response-callbacks", &yaml, &[], &origin, locations);
+    let count = |text: &str| n.error_log().matches(text).count();
+    let r = must(&n, Request::get("/observed").header("x-pw-test", "local").header("x-pw-local-status", "418").header("x-pw-local-body", "no tea"));
+    assert_eq!((r.status, r.body_str().as_str()), (418, "no tea"), "{}", n.log_report());
+    assert!(e2e::wait_until(WAIT, || count("observer: on_response_body ctx=") == 1), "{}", n.log_report());
+    assert_eq!((count("observer: on_request_headers ctx="), count("observer: on_response_headers ctx=")), (1, 1), "{}", n.log_report());
+    let r = must(&n, Request::get("/unseen").header("x-pw-test", "local").header("x-pw-local-status", "418").header("x-pw-local-body", "no tea"));
+    assert_eq!((r.status, r.body_str().as_str()), (418, "no tea"), "{}", n.log_report());
+    assert!(e2e::wait_until(WAIT, || count("observer: on_log ctx=") == 2), "{}", n.log_report());
+    assert_eq!((count("observer: on_request_headers ctx="), count("observer: on_response_headers ctx=")), (1, 1), "the observer never saw the second request\n{}", n.log_report());
+    origin.assert_no_new_requests(Duration::from_millis(300));
+}
+
 fn two_filters() -> String {
     rust_filter("a", r#"{"tag":"tag-a"}"#) + &rust_filter("b", r#"{"tag":"tag-b"}"#)
 }
@@ -453,7 +476,7 @@ fn a_request_a_plugin_never_continues_gets_504_after_its_pause_timeout() {
     let r = must(&n, Request::post("/never", "a body").header("x-pw-test", "resume-in-body").timeout(Duration::from_secs(10)));
     assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", n.log_report());
     assert!(t0.elapsed() < Duration::from_secs(4), "answered after {:?}", t0.elapsed());
-    assert!(n.error_log().contains("rust: kept the request paused for 1s (pause_timeout) without continuing it; answering 504"), "{}", n.log_report());
+    assert!(n.error_log().contains("rust: kept the request headers paused for 1s (pause_timeout) without continuing it; answering 504"), "{}", n.log_report());
     // Paused on an http_call slower than the pause timeout, then the late
     // answer continues a finished stream: 504, and nothing breaks.
     let r = must(&n, Request::get("/slow-call").header("x-pw-test", "http-call").timeout(Duration::from_secs(10)));
@@ -473,7 +496,7 @@ fn a_response_paused_past_the_pause_timeout_is_replaced_by_504_or_cut_off() {
     let (_origin, n) = pause_timeout_server("ngx-pause-timeout-response");
     let r = must(&n, Request::get("/resp").header("x-pw-test", "http-call-response").timeout(Duration::from_secs(10)));
     assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", n.log_report());
-    assert!(n.error_log().contains("rust: kept the response paused for 1s (pause_timeout)"), "{}", n.log_report());
+    assert!(n.error_log().contains("rust: kept the response headers paused for 1s (pause_timeout)"), "{}", n.log_report());
     // The response body, after its header went out: the response is cut off.
     let r = n.send(&Request::get("/resp-body").header("x-pw-test", "http-call-resp-body").timeout(Duration::from_secs(10)));
     let e = r.map(|r| (r.status, r.body_str())).expect_err("the client sees the response cut off");

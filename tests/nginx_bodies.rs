@@ -1,6 +1,7 @@
 //! `max_body_size` on NGINX: the body bytes the module holds for a plugin
 //! are bounded. A request body a plugin pauses on past the bound gets 413 and
-//! never reaches the origin; a response body past it is cut off; bodies under
+//! never reaches the origin (declared by Content-Length: before it is read);
+//! a response body past it is cut off; bodies under
 //! it are unaffected; an upload through a plugin that reads only headers is
 //! not held, so not limited. Request bodies nginx kept in a temporary file
 //! are read in 64 KiB pieces.
@@ -69,13 +70,27 @@ fn wait_for_log(n: &Nginx, text: &str) -> bool {
 }
 
 #[test]
-fn a_paused_request_body_over_max_body_size_gets_413_and_never_reaches_the_origin() {
+fn a_request_body_declared_over_max_body_size_gets_413_before_it_is_read_and_never_reaches_the_origin() {
+    // nginx would hold the body whole for the plugin (it takes a new request
+    // body whole): a Content-Length past the limit is answered at once.
     let origin = origin();
     let n = start("ngx-body-req-limit", &origin);
     let r = send(&n, Request::post("/paused/echo", e2e::pattern_body(LIMIT + 100 * 1024)).header("x-pw-test", "req-body-upper"));
-    assert_eq!((r.status, r.body_str().as_str()), (413, "Payload Too Large"), "{}", n.log_report());
-    assert!(wait_for_log(&n, "rust-filter: the request body held for the plugin would reach"), "{}", n.log_report());
-    assert!(n.error_log().contains("over its max_body_size (262144 bytes): the request gets 413 and is not sent on"), "{}", n.log_report());
+    assert_eq!((r.status, r.body_str().as_str()), (413, "request body too large\n"), "{}", n.log_report());
+    assert!(wait_for_log(&n, "rust-filter: the request body (364544 bytes, Content-Length) would pass max_body_size (262144 bytes) held for the plugins: the request gets 413 and is not sent on"), "{}", n.log_report());
+    origin.assert_no_new_requests(Duration::from_millis(300));
+    assert_eq!(origin.request_count(), 0);
+}
+
+#[test]
+fn a_paused_chunked_request_body_over_max_body_size_gets_413_from_the_chain_and_never_reaches_the_origin() {
+    // No length up front: the plugin pauses on every piece until the end, and
+    // the chain answers 413 once what the plugin holds would pass its limit.
+    let origin = origin();
+    let n = start("ngx-body-req-limit-chunked", &origin);
+    let r = send(&n, Request::post("/paused/echo", e2e::pattern_body(LIMIT + 100 * 1024)).chunked(16 * 1024).header("x-pw-test", "req-body-upper"));
+    assert_eq!((r.status, r.body_str().as_str()), (413, "request body too large\n"), "{}", n.log_report());
+    assert!(wait_for_log(&n, "rust-filter: the request body passed max_body_size (262144 bytes) held for the plugin; answering 413"), "{}", n.log_report());
     origin.assert_no_new_requests(Duration::from_millis(300));
     assert_eq!(origin.request_count(), 0);
 }
@@ -87,8 +102,7 @@ fn a_paused_response_body_over_max_body_size_is_cut_off() {
     let r = n.send(&Request::get("/paused/big").header("x-pw-test", "resp-body-upper").timeout(Duration::from_secs(20)));
     let e = r.map(|r| (r.status, r.body.len())).expect_err("the client sees the response cut off");
     assert!(e.is_closed(), "{e}");
-    assert!(wait_for_log(&n, "rust-filter: the response body held for the plugin would reach"), "{}", n.log_report());
-    assert!(n.error_log().contains("the response is cut off (its header went out already)"), "{}", n.log_report());
+    assert!(wait_for_log(&n, "rust-filter: the response body passed max_body_size (262144 bytes) held for the plugin; the response is cut (connection closed)"), "{}", n.log_report());
     // The worker is fine.
     assert_eq!(send(&n, Request::get("/paused/after")).status, 200);
 }
@@ -129,7 +143,7 @@ fn an_upload_over_max_body_size_through_a_plugin_that_reads_bodies_gets_413_as_n
     // body whole: the module holds what the chain let through until the end.
     let origin = origin();
     let n = start("ngx-body-held-whole", &origin);
-    let r = send(&n, Request::post("/paused/echo", e2e::pattern_body(LIMIT + 1)));
+    let r = send(&n, Request::post("/paused/echo", e2e::pattern_body(LIMIT + 1)).chunked(16 * 1024));
     assert_eq!(r.status, 413, "{}", n.log_report());
     assert!(wait_for_log(&n, "rust-filter: the request body held for the plugins would reach"), "{}", n.log_report());
     assert_eq!(origin.request_count(), 0);

@@ -594,11 +594,12 @@ mod on_one_server {
     #[test]
     fn close_in_on_request_headers_resets_the_request_without_contacting_the_origin() {
         let f = server();
+        // Reset, as Envoy resets the stream: the connection is closed
+        // without a response (it got 503 before the filter chain moved into
+        // the core).
         let r = f.n.send(&case("/closed", "close"));
-        match r {
-            Err(e) => assert!(e.is_closed(), "{e}"),
-            Ok(r) => assert!(r.status >= 500, "a host-defined error status: {}", r.status),
-        }
+        let e = r.map(|r| r.status).expect_err("the connection is closed without a response");
+        assert!(e.is_closed(), "{e}");
         std::thread::sleep(Duration::from_millis(200));
         assert!(!f.origin.requests().iter().any(|r| r.path == "/closed"));
         assert_eq!(send(&f.n, Request::get("/after-close")).status, 200);
@@ -608,10 +609,8 @@ mod on_one_server {
     fn close_in_on_response_headers_resets_the_response() {
         let f = server();
         let r = f.n.send(&case("/closed-resp", "close-response"));
-        match r {
-            Err(e) => assert!(e.is_closed(), "{e}"),
-            Ok(r) => assert!(r.status >= 500 || r.body_str() != "hello from origin", "{} {:?}", r.status, r.body_str()),
-        }
+        let e = r.map(|r| r.status).expect_err("the connection is closed without a response");
+        assert!(e.is_closed(), "{e}");
         assert_eq!(send(&f.n, Request::get("/after-close-resp")).status, 200);
     }
 

@@ -119,6 +119,9 @@ pub struct Generation<C: VmsCell = Mutex<PluginVms>> {
     /// 1 for the first generation of a [`Generations`], then 2, 3...
     number: u64,
     retired: AtomicBool,
+    /// Its plugins were shut down (`proxy_on_done`): it is only kept while
+    /// a plugin's `proxy_done` is awaited.
+    shut_down: AtomicBool,
 }
 
 impl<C: VmsCell> Generation<C> {
@@ -325,7 +328,7 @@ impl<C: VmsCell> Generations<C> {
         })
         .map_err(|e| GenerationError::Start(Box::new(e)))?;
         self.started += 1;
-        let generation = Arc::new(Generation { set: self.set.clone(), vms: C::new(vms), number: self.started, retired: AtomicBool::new(false) });
+        let generation = Arc::new(Generation { set: self.set.clone(), vms: C::new(vms), number: self.started, retired: AtomicBool::new(false), shut_down: AtomicBool::new(false) });
         host.started(&generation);
         self.current = Some(generation.clone());
         if self.set.shortest_unused.is_some() {
@@ -346,7 +349,11 @@ impl<C: VmsCell> Generations<C> {
         self.sweep(host);
     }
 
-    /// Shuts down retired generations no transaction uses any more.
+    /// Shuts down retired generations no transaction uses any more. One
+    /// whose plugin's `proxy_on_done` returned false (or a stream context
+    /// of which still waits for `proxy_done`) is kept until that wait ends
+    /// (`proxy_done`, or [`Generations::expire_awaiting_done`] past the
+    /// plugin's `pause_timeout`).
     pub fn sweep(&mut self, host: &mut impl GenerationHost<C>) {
         let set = self.set.clone();
         self.retired.retain(|generation| {
@@ -355,12 +362,30 @@ impl<C: VmsCell> Generations<C> {
             }
             match generation.lock() {
                 Some(mut vms) => {
-                    shut_down(&set, &mut vms, host);
-                    false
+                    if !generation.shut_down.swap(true, Ordering::AcqRel) {
+                        shut_down(&set, &mut vms, host);
+                    }
+                    vms.awaiting_done()
                 }
                 None => true,
             }
         });
+    }
+
+    /// Ends the waits for `proxy_done` that are over in every generation
+    /// (`PluginVms::expire_awaiting_done`), then lets go of the retired
+    /// generations that waited only for that. Returns whether some context
+    /// still waits (the server looks again later: a timer while this is true).
+    pub fn expire_awaiting_done(&mut self, now: Instant, host: &mut impl GenerationHost<C>) -> bool {
+        let mut waiting = false;
+        for generation in self.current.iter().chain(self.retired.iter()) {
+            if let Some(mut vms) = generation.lock() {
+                vms.expire_awaiting_done(now);
+                waiting |= vms.awaiting_done();
+            }
+        }
+        self.sweep(host);
+        waiting
     }
 
     /// The idle check (a server timer every half of

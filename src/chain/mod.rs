@@ -406,6 +406,9 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
             return flow;
         }
         if !self.st.headers_done[d] || self.st.wait.is_some_and(|w| w.phase.direction() == phase.direction()) {
+            if let Some(flow) = self.queue_over_limit(phase, chunk.len()) {
+                return flow;
+            }
             let q = &mut self.st.queued[d];
             q.data.extend_from_slice(chunk);
             q.eos |= end_of_stream;
@@ -428,6 +431,34 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
             }, end_of_stream: eos };
         }
         self.drive(phase, |driver| driver.feed(phase, 0, data, eos))
+    }
+
+    /// Body bytes queued while the chain waits (its headers, or the end of
+    /// the body) are bounded by the pause owner's `max_body_size`, as what a
+    /// link holds is (Envoy's buffer limit while a filter stops iteration):
+    /// past it a request gets 413, a response whose headers have not left the
+    /// chain 500 (`LocalResponse::response_payload_too_large`), else it is
+    /// cut (`Abort`). `None`: the chunk fits.
+    fn queue_over_limit(&mut self, phase: Phase, chunk: usize) -> Option<Flow> {
+        let wait = self.st.wait.filter(|w| w.phase.direction() == phase.direction())?;
+        let plugin = self.links[wait.link].plugin;
+        let config = &self.vms.plugins().plugins[plugin].config;
+        let limit = config.max_body_size;
+        let size = (self.st.queued[dir_index(phase.direction())].data.len() as u64).saturating_add(chunk as u64);
+        if size <= limit {
+            return None;
+        }
+        let (flow, what) = if phase.direction() == StreamType::HttpRequest {
+            (Flow::Respond(flow::body_too_large_response()), "answering 413")
+        } else if !self.server.signals().response_released() {
+            (Flow::Respond(crate::host::LocalResponse::response_payload_too_large()), "answering 500")
+        } else {
+            (Flow::Abort, "the response is cut (connection closed)")
+        };
+        let message = format!("the {} that came while its {} waited passed max_body_size ({limit} bytes); {what}", phase.name(), wait.phase.name());
+        self.server.log(&config.name, LogLevel::Warn, &message);
+        self.st.queued[dir_index(phase.direction())] = Queue::default();
+        Some(self.stop_now(phase, flow))
     }
 
     /// The server's wake-up (after `ChainServer::schedule_resume`): goes on
@@ -502,9 +533,13 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
     /// (also for a transaction that never got far; a link whose VM failed is
     /// dropped without calling it). A plugin whose `on_done` returns false
     /// keeps its context until `proxy_done`; its stream is detached.
-    pub fn finish(&mut self) {
+    ///
+    /// Returns whether such a context now waits for its `proxy_done` (the
+    /// server bounds the wait: `Generations::expire_awaiting_done`); false
+    /// when called again.
+    pub fn finish(&mut self) -> bool {
         if std::mem::replace(&mut self.st.finished, true) {
-            return;
+            return false;
         }
         let signals = self.server.signals();
         let _ = signals.take_pending();
@@ -516,14 +551,17 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         let set = vms.plugins();
         let Some(mut guard) = vms.lock() else {
             server.log("", LogLevel::Error, "cannot end the plugins' stream contexts: their VMs are in use (a server callback called back into the chain)");
-            return;
+            return false;
         };
+        let mut awaiting_done = false;
         for link in links.iter() {
             match guard.vms[link.vm].finish_stream(link.ctx) {
-                Ok(_) | Err(VmError::Failed(_)) => {}
+                Ok(done) => awaiting_done |= !done,
+                Err(VmError::Failed(_)) => {}
                 Err(e) => server.log(set.name(link.plugin), LogLevel::Error, &e.to_string()),
             }
         }
+        awaiting_done
     }
 }
 

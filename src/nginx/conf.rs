@@ -195,7 +195,7 @@ pub unsafe extern "C" fn proxy_wasm_metrics(cf: *mut ngx_conf_t, _cmd: *mut ngx_
             loc.metrics = true;
             let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
             let clcf = *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
-            (*clcf).handler = Some(super::request::metrics_handler);
+            (*clcf).handler = Some(super::metrics::metrics_handler);
         }
         ptr::null_mut()
     })
@@ -245,13 +245,13 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             if rewrite.is_null() {
                 return NGX_ERROR as ngx_int_t;
             }
-            *rewrite = Some(super::request::rewrite_handler);
+            *rewrite = Some(super::phase::rewrite_handler);
             let log = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_LOG_PHASE as usize].handlers) as *mut ngx_http_handler_pt;
             if log.is_null() {
                 return NGX_ERROR as ngx_int_t;
             }
-            *log = Some(super::request::log_handler);
-            super::request::install_filters();
+            *log = Some(super::context::log_handler);
+            super::filters::install_filters();
         }
         NGX_OK as ngx_int_t
     });

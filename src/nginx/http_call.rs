@@ -33,7 +33,7 @@ use std::sync::Weak;
 use ngx::ffi::*;
 
 use super::server::{log, post_event};
-use super::worker::{new_event, with_vm, Slot};
+use super::worker::{new_event, with_vm, WorkerVms};
 use crate::abi::{LogLevel, Status};
 use crate::host::{HttpCallRequest, HttpCallResponse};
 use crate::http_client::{self, FAILURE_CONNECT, FAILURE_PROTOCOL, FAILURE_TIMEOUT};
@@ -52,7 +52,7 @@ pub type CallKey = (u64, u32);
 
 struct Call {
     key: CallKey,
-    slot: Weak<Slot>,
+    generation: Weak<WorkerVms>,
     vm: usize,
     pc: ngx_peer_connection_t,
     sockaddr: libc::sockaddr_storage,
@@ -136,8 +136,8 @@ pub fn calls_full() -> Option<String> {
     (in_flight >= max).then(|| format!("{in_flight} calls are in flight in this worker (pid {}), the most a worker allows ({} {max})", std::process::id(), http_client::MAX_CALLS_IN_FLIGHT_ENV))
 }
 
-/// Starts call `key` of VM `vm` of `slot`.
-pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, key: CallKey, request: HttpCallRequest) -> Result<(), Status> {
+/// Starts call `key` of VM `vm` of `generation`.
+pub fn dispatch_http_call(generation: Weak<WorkerVms>, vm: usize, key: CallKey, request: HttpCallRequest) -> Result<(), Status> {
     let (host, port) = http_client::parse_upstream(&request.upstream).ok_or(Status::BadArgument)?;
     let literal = literal_address(&host, port);
     let resolver = if literal.is_none() {
@@ -169,7 +169,7 @@ pub fn dispatch_http_call(slot: Weak<Slot>, vm: usize, key: CallKey, request: Ht
     // SAFETY: zeroed C structures are their initial state; filled below.
     let mut call = Box::new(Call {
         key,
-        slot,
+        generation,
         vm,
         pc: unsafe { std::mem::zeroed() },
         sockaddr: unsafe { std::mem::zeroed() },
@@ -607,7 +607,7 @@ unsafe extern "C" fn on_deliver(ev: *mut ngx_event_t) {
         // SAFETY: closes what is left of the call before it is freed.
         unsafe { close(&mut *call) };
         let response = call.response.take().unwrap_or_else(|| HttpCallResponse::failed(FAILURE_PROTOCOL, "no response"));
-        with_vm(&call.slot, call.vm, "on_http_call_response", |vm| vm.on_http_call_response(key.1, response));
+        with_vm(&call.generation, call.vm, "on_http_call_response", |vm| vm.on_http_call_response(key.1, response));
     });
     if r.is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) delivering an http_call response");

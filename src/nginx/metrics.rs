@@ -37,3 +37,23 @@ pub fn render(metrics: &[MetricSnapshot]) -> String {
 pub fn prometheus_text() -> String {
     render(&crate::metrics::process_metrics().snapshot())
 }
+
+/// `proxy_wasm_metrics`: the content handler that answers with [`prometheus_text`].
+pub unsafe extern "C" fn metrics_handler(r: *mut ngx::ffi::ngx_http_request_t) -> ngx::ffi::ngx_int_t {
+    use ngx::ffi::*;
+    let out = std::panic::catch_unwind(|| {
+        let text = prometheus_text();
+        // SAFETY: live request in the content phase.
+        unsafe {
+            let rc = ngx_http_discard_request_body(r);
+            if rc != NGX_OK as ngx_int_t {
+                return rc;
+            }
+            (*r).headers_out.status = 200;
+            let _ = super::headers::add_response(r, b"content-type", b"text/plain; version=0.0.4");
+            (*r).headers_out.content_length_n = text.len() as off_t;
+            super::local::send_response(r, text.as_bytes())
+        }
+    });
+    out.unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+}

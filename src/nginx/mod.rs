@@ -22,14 +22,38 @@
 //! wake-ups run per worker on its event loop. Shared data, shared queues and
 //! metrics live in the `proxy_wasm` shared-memory zone (shm.rs), common to
 //! all workers.
+//!
+//! Requests go through the core's filter chain (`crate::chain`): the module
+//! calls its phase methods from nginx's hooks and acts on the `Flow` each
+//! returns. One file per job:
+//!
+//! - `worker.rs`: the worker's VM generations (`chain::Generations`), ticks'
+//!   and calls' way back into a VM, the configuration check in the master;
+//! - `context.rs`: the request context (the chain, its `Signals`, the pause
+//!   timer and resume event: `ChainServer`), its creation and end;
+//! - `stream.rs`: what a plugin sees of the request (header maps, properties);
+//! - `phase.rs`: the rewrite-phase handler (request headers, suspending);
+//! - `request_body.rs`: reading the request body for the chain, in pieces;
+//! - `filters.rs`, `header_filter.rs`, `body_filter.rs`: the response;
+//! - `local.rs`: local responses and replaced responses;
+//! - `resume.rs`: the chain's resume event and pause timer;
+//! - `headers.rs`, `http_call.rs`, `server.rs`, `shm.rs`, `metrics.rs`, `conf.rs`.
 
+mod body_filter;
 mod conf;
+mod context;
+mod filters;
+mod header_filter;
 mod headers;
 mod http_call;
+mod local;
 mod metrics;
-mod request;
+mod phase;
+mod request_body;
+mod resume;
 mod server;
 mod shm;
+mod stream;
 mod worker;
 
 use std::ffi::c_char;

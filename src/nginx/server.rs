@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ngx::ffi::*;
 
-use super::worker::{with_vm, Slot};
+use super::worker::{with_vm, WorkerVms};
 use crate::abi::{LogLevel, Status};
 use crate::host::{HttpCallRequest, PluginRef, ServerHost};
 
@@ -80,7 +80,7 @@ pub fn log_level() -> LogLevel {
 /// event loop, cancelable (a worker shutting down does not wait for it).
 struct Tick {
     ev: ngx_event_t,
-    slot: Weak<Slot>,
+    generation: Weak<WorkerVms>,
     vm: usize,
     root: u32,
     period: Duration,
@@ -89,7 +89,7 @@ struct Tick {
 /// A one-shot event on the worker's loop (queue wake-up).
 struct Posted {
     ev: ngx_event_t,
-    slot: Weak<Slot>,
+    generation: Weak<WorkerVms>,
     vm: usize,
     root: u32,
     queue: u32,
@@ -109,7 +109,7 @@ pub struct NgxServer {
     vm: usize,
     /// `None` for the validation run in the master's child: no timers there.
     live: bool,
-    slot: OnceLock<Weak<Slot>>,
+    generation: OnceLock<Weak<WorkerVms>>,
     ticks: Mutex<HashMap<u32, TickBox>>,
     pending_ticks: Mutex<HashMap<u32, Duration>>,
 }
@@ -121,18 +121,18 @@ fn next_server_id() -> u64 {
 
 impl NgxServer {
     pub fn for_worker(vm: usize) -> NgxServer {
-        NgxServer { id: next_server_id(), vm, live: true, slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+        NgxServer { id: next_server_id(), vm, live: true, generation: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
     }
 
     /// For validating plugins outside any worker (nothing is scheduled).
     pub fn canary() -> NgxServer {
-        NgxServer { id: next_server_id(), vm: 0, live: false, slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+        NgxServer { id: next_server_id(), vm: 0, live: false, generation: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
     }
 
-    /// Ties the server to the slot that owns its VM; arms ticks asked for
-    /// during start-up.
-    pub fn attach(&self, slot: Weak<Slot>) {
-        let _ = self.slot.set(slot);
+    /// Ties the server to the generation that owns its VM; arms ticks asked
+    /// for during start-up.
+    pub fn attach(&self, generation: Weak<WorkerVms>) {
+        let _ = self.generation.set(generation);
         let pending: Vec<(u32, Duration)> = self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for (root, period) in pending {
             self.set_tick_period(root, Some(period));
@@ -167,12 +167,12 @@ unsafe extern "C" fn on_tick_event(ev: *mut ngx_event_t) {
         // SAFETY: `data` is the Tick that owns this event; it is alive while
         // the timer is armed (cancel removes the timer before freeing it).
         let tick = unsafe { &mut *((*ev).data as *mut Tick) };
-        let (slot, vm, root, period) = (tick.slot.clone(), tick.vm, tick.root, tick.period);
+        let (generation, vm, root, period) = (tick.generation.clone(), tick.vm, tick.root, tick.period);
         // Re-arm first: the callback may change or stop the period, which
         // replaces or removes this timer.
         // SAFETY: the event is live (see above).
         unsafe { ngx_add_timer(ev, period.as_millis().max(1) as ngx_msec_t) };
-        with_vm(&slot, vm, "on_tick", |vm| vm.on_tick(root));
+        with_vm(&generation, vm, "on_tick", |vm| vm.on_tick(root));
     });
     if r.is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in on_tick");
@@ -183,7 +183,7 @@ unsafe extern "C" fn on_queue_event(ev: *mut ngx_event_t) {
     let r = std::panic::catch_unwind(|| {
         // SAFETY: `data` is the Box<Posted> leaked in notify_queue_ready, used once here.
         let posted = unsafe { Box::from_raw((*ev).data as *mut Posted) };
-        with_vm(&posted.slot, posted.vm, "on_queue_ready", |vm| vm.on_queue_ready(posted.root, posted.queue));
+        with_vm(&posted.generation, posted.vm, "on_queue_ready", |vm| vm.on_queue_ready(posted.root, posted.queue));
     });
     if r.is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in on_queue_ready");
@@ -216,8 +216,8 @@ impl ServerHost for NgxServer {
         if crate::http_client::parse_upstream(&request.upstream).is_none() {
             return Err(Status::BadArgument);
         }
-        let Some(slot) = self.slot.get().filter(|_| self.live) else { return Err(Status::InternalFailure) };
-        super::worker::dispatch_http_call(slot.clone(), self.vm, (self.id, token), request)
+        let Some(generation) = self.generation.get().filter(|_| self.live) else { return Err(Status::InternalFailure) };
+        super::worker::dispatch_http_call(generation.clone(), self.vm, (self.id, token), request)
     }
 
     fn cancel_http_call(&self, token: u32) {
@@ -236,12 +236,12 @@ impl ServerHost for NgxServer {
             self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).remove(&root_context_id);
             return;
         };
-        let Some(slot) = self.slot.get() else {
+        let Some(generation) = self.generation.get() else {
             self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).insert(root_context_id, period);
             return;
         };
         // SAFETY: a zeroed ngx_event_t is nginx's initial state (ngx_pcalloc'd events).
-        let mut tick = Box::new(Tick { ev: unsafe { std::mem::zeroed() }, slot: slot.clone(), vm: self.vm, root: root_context_id, period });
+        let mut tick = Box::new(Tick { ev: unsafe { std::mem::zeroed() }, generation: generation.clone(), vm: self.vm, root: root_context_id, period });
         let data = &mut *tick as *mut Tick as *mut c_void;
         tick.ev.data = data;
         tick.ev.handler = Some(on_tick_event);
@@ -253,9 +253,9 @@ impl ServerHost for NgxServer {
     }
 
     fn notify_queue_ready(&self, root_context_id: u32, queue_id: u32) {
-        let Some(slot) = self.slot.get().filter(|_| self.live) else { return };
+        let Some(generation) = self.generation.get().filter(|_| self.live) else { return };
         // SAFETY: zeroed event, filled below.
-        let mut posted = Box::new(Posted { ev: unsafe { std::mem::zeroed() }, slot: slot.clone(), vm: self.vm, root: root_context_id, queue: queue_id });
+        let mut posted = Box::new(Posted { ev: unsafe { std::mem::zeroed() }, generation: generation.clone(), vm: self.vm, root: root_context_id, queue: queue_id });
         posted.ev.handler = Some(on_queue_event);
         posted.ev.log = cycle_log();
         let raw = Box::into_raw(posted);

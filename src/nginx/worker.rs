@@ -1,120 +1,150 @@
-//! The plugins of one worker process: compiled and started in
-//! `init_process` (after fork), replaced after a failure when the failure
-//! policy says so, shut down in `exit_process`.
+//! The plugins of one worker process: compiled in `init_process` (after
+//! fork), run as a series of VM generations (`chain::Generations`): replaced
+//! after a failure when the failure policy says so, or when an instance
+//! passes its `kill_options`; shut down in `exit_process`.
 //!
 //! Also the validation of a configuration in the master: the modules are
 //! compiled and started once in a child process, so that the master never
 //! creates a WebAssembly engine that workers would inherit.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use ngx::ffi::*;
 
 use super::conf::MainConf;
 use super::server::{log, NgxServer};
 use crate::abi::LogLevel;
-use crate::config::PluginConfig;
+use crate::chain::{Exclusive, Generation, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason};
+use crate::config::{FailurePolicy, PluginConfig};
 use crate::host::ServerHost;
-use crate::loader::{self, LoadedPlugin, PluginVms, ReloadBackoff};
+use crate::loader::{self, PluginVms, VmKey};
 use crate::vm::{Vm, VmError};
 
-/// The plugins of the configuration, compiled in this worker.
-pub struct PluginSet {
-    pub plugins: Vec<LoadedPlugin>,
+/// One generation of this worker's VMs. `Exclusive`: an nginx worker is one
+/// thread, so a use of the VMs while they are in use is a re-entry (an
+/// internal error), never a wait.
+pub type WorkerVms = Generation<Exclusive>;
+
+/// The worker's side of its generations: a `NgxServer` per VM, attached to
+/// its generation once started; their ticks stop when it is retired.
+#[derive(Default)]
+struct Host {
+    /// The servers of the generation being started.
+    starting: Vec<Arc<NgxServer>>,
+    /// The servers of each generation in service, by generation number.
+    servers: HashMap<u64, Vec<Arc<NgxServer>>>,
 }
 
-impl PluginSet {
-    pub fn exports(&self, plugin: usize, callback: &str) -> bool {
-        self.plugins[plugin].code.exports_function(callback)
-    }
-}
-
-/// One generation of this worker's VMs (replaced after a failure).
-pub struct Slot {
-    pub set: Arc<PluginSet>,
-    pub vms: Mutex<PluginVms>,
-    servers: Vec<Arc<NgxServer>>,
-    /// When a request last started on it (`kill_options.max_unused_duration`).
-    last_used: Mutex<std::time::Instant>,
-    /// Retired and shut down (`proxy_on_done` called): kept only while a
-    /// plugin's `proxy_done` is awaited.
-    shut_down_started: std::sync::atomic::AtomicBool,
-}
-
-impl Slot {
-    fn shut_down(&self) {
-        let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
-        for (plugin, result) in vms.shutdown() {
-            if let Err(e) = result {
-                log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down: {e}", self.set.plugins[plugin].config.name));
-            }
+impl GenerationHost<Exclusive> for Host {
+    fn server_host(&mut self, vm: usize, _key: &VmKey) -> Arc<dyn ServerHost> {
+        if vm == 0 {
+            // What a start that failed left behind.
+            self.starting.clear();
         }
-        for s in &self.servers {
+        let server = Arc::new(NgxServer::for_worker(vm));
+        self.starting.push(server.clone());
+        server
+    }
+
+    fn started(&mut self, generation: &Arc<WorkerVms>) {
+        let servers = std::mem::take(&mut self.starting);
+        for s in &servers {
+            s.attach(Arc::downgrade(generation));
+        }
+        self.servers.insert(generation.number(), servers);
+    }
+
+    fn retired(&mut self, generation: &Arc<WorkerVms>, _reason: &RecycleReason) {
+        for s in self.servers.remove(&generation.number()).into_iter().flatten() {
             s.stop_ticks();
         }
+    }
+
+    fn log(&mut self, level: LogLevel, message: &str) {
+        log(level, &format!("[proxy_wasm] {message} (worker pid {})", std::process::id()));
     }
 }
 
 struct Worker {
-    set: Option<Arc<PluginSet>>,
-    slot: Option<Arc<Slot>>,
-    backoff: ReloadBackoff,
-    /// Replaced generations (failure reload, recycling) that requests still
-    /// use; each is shut down (`proxy_on_done`) once the last one finished.
-    retired: Vec<Arc<Slot>>,
+    /// `None`: no plugins configured, or they could not be loaded.
+    generations: Option<Generations<Exclusive>>,
+    host: Host,
 }
 
 thread_local! {
-    static WORKER: RefCell<Worker> = RefCell::new(Worker { set: None, slot: None, backoff: ReloadBackoff::default(), retired: Vec::new() });
+    static WORKER: RefCell<Worker> = RefCell::new(Worker { generations: None, host: Host::default() });
     /// The idle sweeper (`kill_options.max_unused_duration`): a cancelable timer.
     static IDLE_TIMER: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
     /// Ends the waits for `proxy_done` that are over (armed while one runs).
     static DONE_TIMER: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
 }
 
+/// Runs `f` on the worker's generations, if the plugins are loaded. `None`
+/// also when called back from inside `f` (nothing here does: a re-entry is
+/// an internal error, logged).
+///
+/// While replaced generations remain, the worker's `proxy_done` check runs:
+/// it lets go of them once no request uses them and no `proxy_done` of
+/// theirs is awaited (a root context whose `on_done` returned false), even
+/// when no request comes to do it.
+fn with_generations<R>(f: impl FnOnce(&mut Generations<Exclusive>, &mut Host) -> R) -> Option<R> {
+    let (out, retired) = WORKER.with(|w| {
+        let Ok(mut w) = w.try_borrow_mut() else {
+            log(LogLevel::Critical, "[proxy_wasm] internal error: the worker's plugins were used from inside their own use");
+            return (None, false);
+        };
+        let Worker { generations, host } = &mut *w;
+        match generations.as_mut() {
+            Some(g) => {
+                let out = f(g, host);
+                (Some(out), g.retired_count() > 0)
+            }
+            None => (None, false),
+        }
+    });
+    if retired {
+        watch_awaiting_done();
+    }
+    out
+}
+
 /// How often a worker looks for waits for `proxy_done` that are over while
 /// some context waits (each wait is the plugin's `pause_timeout`).
-const DONE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+const DONE_CHECK: Duration = Duration::from_millis(250);
+
+fn timer_event(cell: &'static std::thread::LocalKey<RefCell<Option<Box<ngx_event_t>>>>, handler: unsafe extern "C" fn(*mut ngx_event_t), after: Duration) {
+    cell.with(|t| {
+        let mut t = t.borrow_mut();
+        let ev = t.get_or_insert_with(|| {
+            let mut ev = Box::new(new_event(handler, std::ptr::null_mut()));
+            ev.set_cancelable(1);
+            ev
+        });
+        if ev.timer_set() == 0 {
+            // SAFETY: the event lives in the thread-local box until exit_process removes its timer.
+            unsafe { ngx_add_timer(&mut **ev, after.as_millis().max(10) as ngx_msec_t) };
+        }
+    });
+}
 
 /// Some context waits for its plugin's `proxy_done` (its `on_done` returned
 /// false): arms the worker's timer that ends such waits once they are over,
 /// so that a plugin that never calls it cannot keep its contexts, nor a
 /// replaced generation, for ever.
 pub fn watch_awaiting_done() {
-    DONE_TIMER.with(|t| {
-        let mut t = t.borrow_mut();
-        let ev = t.get_or_insert_with(|| {
-            let mut ev = Box::new(new_event(on_done_check, std::ptr::null_mut()));
-            ev.set_cancelable(1);
-            ev
-        });
-        if ev.timer_set() == 0 {
-            // SAFETY: the event lives in the thread-local box until exit_process removes its timer.
-            unsafe { ngx_add_timer(&mut **ev, DONE_CHECK.as_millis() as ngx_msec_t) };
-        }
-    });
+    timer_event(&DONE_TIMER, on_done_check, DONE_CHECK);
 }
 
 unsafe extern "C" fn on_done_check(_ev: *mut ngx_event_t) {
     let r = std::panic::catch_unwind(|| {
-        let now = std::time::Instant::now();
-        let slots: Vec<Arc<Slot>> = WORKER.with(|w| {
-            let w = w.borrow();
-            w.slot.iter().chain(w.retired.iter()).cloned().collect()
-        });
-        let mut waiting = false;
-        for slot in &slots {
-            let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
-            vms.expire_awaiting_done(now);
-            waiting |= vms.awaiting_done();
-        }
-        drop(slots);
-        WORKER.with(|w| w.borrow_mut().sweep_retired());
-        if waiting {
+        // Re-armed by `with_generations` while replaced generations remain.
+        if with_generations(|g, host| g.expire_awaiting_done(Instant::now(), host)).unwrap_or(false) {
             watch_awaiting_done();
         }
     });
@@ -123,64 +153,10 @@ unsafe extern "C" fn on_done_check(_ev: *mut ngx_event_t) {
     }
 }
 
-impl Worker {
-    /// Takes the current generation out of service: its ticks stop now, its
-    /// root contexts are shut down once no request uses it.
-    fn retire_current(&mut self) {
-        if let Some(old) = self.slot.take() {
-            for s in &old.servers {
-                s.stop_ticks();
-            }
-            self.retired.push(old);
-        }
-        self.sweep_retired();
-    }
-
-    /// Shuts down the retired generations no request uses any more, and
-    /// lets them go once no plugin's `proxy_done` is awaited (a stream context
-    /// waiting for it holds its request's context, and so the generation;
-    /// a root context whose `on_done` returned false keeps it here), each
-    /// wait bounded by the plugin's `pause_timeout`.
-    fn sweep_retired(&mut self) {
-        let mut waiting = false;
-        self.retired.retain(|slot| {
-            if Arc::strong_count(slot) > 1 {
-                return true;
-            }
-            let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
-            if !slot.shut_down_started.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                for (plugin, result) in vms.shutdown() {
-                    match result {
-                        // A failed instance is dropped without calling it.
-                        Ok(_) | Err(VmError::Failed(_)) => {}
-                        Err(e) => log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down old instances: {e}", slot.set.plugins[plugin].config.name)),
-                    }
-                }
-            }
-            let keep = vms.awaiting_done();
-            waiting |= keep;
-            keep
-        });
-        if waiting {
-            watch_awaiting_done();
-        }
-    }
-}
-
-/// Arms this worker's idle sweeper when a plugin has `kill_options.max_unused_duration`.
-fn arm_idle_sweeper(every: std::time::Duration) {
-    IDLE_TIMER.with(|t| {
-        let mut t = t.borrow_mut();
-        let ev = t.get_or_insert_with(|| {
-            let mut ev = Box::new(new_event(on_idle_sweep, std::ptr::null_mut()));
-            ev.set_cancelable(1);
-            ev
-        });
-        if ev.timer_set() == 0 {
-            // SAFETY: the event lives in the thread-local box until exit_process removes its timer.
-            unsafe { ngx_add_timer(&mut **ev, (every.as_millis() as ngx_msec_t / 2).max(10)) };
-        }
-    });
+/// Arms this worker's idle sweeper (every half of the shortest
+/// `kill_options.max_unused_duration`).
+fn arm_idle_sweeper(every: Duration) {
+    timer_event(&IDLE_TIMER, on_idle_sweep, every / 2);
 }
 
 /// The idle sweeper: instances unused past `kill_options.max_unused_duration`
@@ -188,20 +164,11 @@ fn arm_idle_sweeper(every: std::time::Duration) {
 /// gives their memory back; the next request starts fresh ones.
 unsafe extern "C" fn on_idle_sweep(_ev: *mut ngx_event_t) {
     let r = std::panic::catch_unwind(|| {
-        let every = WORKER.with(|w| {
-            let mut w = w.borrow_mut();
-            if let Some(slot) = w.slot.clone() {
-                let idle = slot.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-                let why = slot.vms.lock().unwrap_or_else(|p| p.into_inner()).recycle_reason(&slot.set.plugins, idle);
-                if let Some(why) = why.filter(|w| w.contains("unused for")) {
-                    log(LogLevel::Info, &format!("[proxy_wasm] shutting idle instances down in this worker: {why}"));
-                    w.retire_current();
-                }
-            }
-            w.sweep_retired();
-            w.set.as_ref().and_then(|s| PluginVms::shortest_unused_duration(&s.plugins))
+        let every = with_generations(|g, host| {
+            g.sweep_idle(Instant::now(), host);
+            g.set().shortest_unused_duration()
         });
-        if let Some(every) = every {
+        if let Some(every) = every.flatten() {
             arm_idle_sweeper(every);
         }
     });
@@ -224,20 +191,6 @@ unsafe fn main_conf(cycle: *mut ngx_cycle_t) -> Option<&'static MainConf> {
     }
 }
 
-fn start_slot(set: &Arc<PluginSet>) -> Result<Arc<Slot>, String> {
-    let mut servers: Vec<Arc<NgxServer>> = Vec::new();
-    let vms = PluginVms::start(&set.plugins, |_| {
-        let s = Arc::new(NgxServer::for_worker(servers.len()));
-        servers.push(s.clone());
-        s as Arc<dyn ServerHost>
-    })
-    .map_err(|e| e.to_string())?;
-    let slot = Arc::new(Slot { set: set.clone(), vms: Mutex::new(vms), servers, last_used: Mutex::new(std::time::Instant::now()), shut_down_started: Default::default() });
-    for s in &slot.servers {
-        s.attach(Arc::downgrade(&slot));
-    }
-    Ok(slot)
-}
 
 /// `init_process`: compile the plugins and start this worker's VMs.
 pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
@@ -265,26 +218,17 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             };
             log(LogLevel::Info, &format!("[proxy_wasm] {}: loaded in worker (pid {}) in {:.2} ms: {cache}", p.config.name, std::process::id(), p.load_time.as_secs_f64() * 1e3));
         }
-        let set = Arc::new(PluginSet { plugins });
-        let slot = match start_slot(&set) {
-            Ok(s) => {
-                let names: Vec<&str> = set.plugins.iter().map(|p| p.config.name.as_str()).collect();
-                log(LogLevel::Info, &format!("[proxy_wasm] plugins started in worker (pid {}): {}", std::process::id(), names.join(", ")));
-                Some(s)
-            }
-            Err(e) => {
-                log(LogLevel::Critical, &format!("[proxy_wasm] cannot start the plugins in this worker: {e}"));
-                None
-            }
-        };
-        if let Some(every) = PluginVms::shortest_unused_duration(&set.plugins) {
+        let set = Arc::new(PluginSet::new(plugins));
+        let every = set.shortest_unused_duration();
+        WORKER.with(|w| w.borrow_mut().generations = Some(Generations::new(set.clone())));
+        match with_generations(|g, host| g.current(host).map(|_| ())) {
+            Some(Ok(())) => log(LogLevel::Info, &format!("[proxy_wasm] plugins started in worker (pid {}): {}", std::process::id(), set.names())),
+            Some(Err(e)) => log(LogLevel::Critical, &format!("[proxy_wasm] cannot start the plugins in this worker: {e}")),
+            None => {}
+        }
+        if let Some(every) = every {
             arm_idle_sweeper(every);
         }
-        WORKER.with(|w| {
-            let mut w = w.borrow_mut();
-            w.set = Some(set);
-            w.slot = slot;
-        });
     });
     if r.is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) starting the plugins in this worker");
@@ -306,73 +250,57 @@ pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
                 }
             });
         }
-        let (slot, retired) = WORKER.with(|w| {
-            let mut w = w.borrow_mut();
-            (w.slot.take(), std::mem::take(&mut w.retired))
-        });
-        for slot in retired.iter().chain(slot.iter()) {
-            slot.shut_down();
-        }
+        with_generations(|g, host| g.shutdown(host));
     });
 }
 
-/// The VMs requests start on now. After a failure of a plugin with the
-/// `reload` policy the VMs are replaced (with back-off); requests already
+/// Where a new request of a chain starts.
+pub enum Start {
+    /// On this generation.
+    On(Arc<WorkerVms>),
+    /// Without the plugins: they could not start, and every plugin of the
+    /// chain fails open.
+    Skip,
+    /// 503: the plugins are not loaded or could not start.
+    Refuse,
+}
+
+/// The generation requests of `chain` (plugin indexes) start on now: the
+/// current one, replaced first when it must be (`RecycleReason`: a failure
+/// under `reload`, with back-off, or `kill_options`); requests already
 /// running keep the generation they started on.
-pub fn current_slot() -> Option<Arc<Slot>> {
-    WORKER.with(|w| {
-        let mut w = w.borrow_mut();
-        let set = w.set.clone()?;
-        if !w.retired.is_empty() {
-            w.sweep_retired();
+pub fn start_request(chain: &[usize]) -> Start {
+    let outcome = with_generations(|g, host| {
+        let set = g.set().clone();
+        (g.current(host), set)
+    });
+    match outcome {
+        None => {
+            log(LogLevel::Error, "[proxy_wasm] the plugins are not loaded in this worker; the request gets 503");
+            Start::Refuse
         }
-        if let Some(slot) = w.slot.clone() {
-            let why = {
-                let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
-                if vms.wants_reload(&set.plugins) {
-                    w.backoff.try_reload(std::time::Instant::now()).then(|| "a failure (failure_policy: reload)".to_string())
-                } else if vms.any_failed() {
-                    None
-                } else {
-                    let idle = slot.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-                    vms.recycle_reason(&set.plugins, idle).map(|why| format!("recycling: {why}"))
-                }
-            };
-            let Some(why) = why else {
-                *slot.last_used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
-                return Some(slot);
-            };
-            let names = set.plugins.iter().map(|p| p.config.name.as_str()).collect::<Vec<_>>().join(", ");
-            log(LogLevel::Info, &format!("[proxy_wasm] new instances of {names} in this worker after {why}"));
-            w.retire_current();
-        }
-        match start_slot(&set) {
-            Ok(s) => {
-                w.slot = Some(s.clone());
-                Some(s)
+        Some((Ok(generation), _)) => Start::On(generation),
+        Some((Err(e), set)) => {
+            if !matches!(e, GenerationError::Busy) {
+                log(LogLevel::Error, &format!("[proxy_wasm] {e} (worker pid {})", std::process::id()));
             }
-            Err(e) => {
-                log(LogLevel::Error, &format!("[proxy_wasm] cannot start the plugins in this worker: {e}"));
-                None
+            let open = chain.iter().all(|p| set.plugins.get(*p).is_some_and(|p| p.config.failure_policy == FailurePolicy::FailOpen));
+            if open && !matches!(e, GenerationError::Busy) {
+                Start::Skip
+            } else {
+                Start::Refuse
             }
         }
-    })
+    }
 }
 
-/// The plugin set of this worker (even when its VMs could not start).
-pub fn current_set() -> Option<Arc<PluginSet>> {
-    WORKER.with(|w| w.borrow().set.clone())
-}
-
-/// Runs an event on a VM of a slot if both still exist and the VM has not
-/// failed; errors are logged.
-pub fn with_vm(slot: &Weak<Slot>, vm: usize, what: &str, f: impl FnOnce(&mut Vm) -> Result<(), VmError>) {
-    let Some(slot) = slot.upgrade() else { return };
-    let mut vms = slot.vms.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(vm) = vms.vms.get_mut(vm).filter(|vm| vm.failure().is_none()) {
-        if let Err(e) = f(vm) {
-            log(LogLevel::Error, &format!("[proxy_wasm] {what}: {e}"));
-        }
+/// Runs an event outside any request (a tick, a queue notification, an
+/// `http_call` answer) on VM `vm` of a generation, if both still exist and
+/// the VM has not failed; errors are logged.
+pub fn with_vm(generation: &Weak<WorkerVms>, vm: usize, what: &str, f: impl FnOnce(&mut Vm) -> Result<(), VmError>) {
+    let Some(generation) = generation.upgrade() else { return };
+    if let Some(Err(e)) = generation.with_vm(vm, f) {
+        log(LogLevel::Error, &format!("[proxy_wasm] {what}: {e}"));
     }
 }
 

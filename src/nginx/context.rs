@@ -1,0 +1,277 @@
+//! The request context: one nginx request's state for the module, its
+//! filter chain (`crate::chain::Chain`) and the chain's server handle
+//! (`NgxChain`: the pause timer, the posted resume event, the log).
+//!
+//! The context is an `Arc` shared by the request (its `r->ctx` slot, released
+//! by the pool cleanup), the chain's server handle and the plugins' streams.
+//! The chain lives in the context and holds handles to it: the pool cleanup
+//! takes the chain out (ending the plugins' stream contexts), which breaks
+//! that cycle.
+
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ngx::ffi::*;
+
+use super::server::{log, post_event};
+use super::stream::NgxStream;
+use super::worker::{new_event, start_request, watch_awaiting_done, Start, WorkerVms};
+use crate::abi::LogLevel;
+use crate::chain::{Chain, ChainError, ChainServer, Flow, Signals};
+
+/// The chain of one request.
+pub type NgxChainOf = Chain<NgxChain, Arc<WorkerVms>>;
+
+/// The request context, shared by the module (request ctx slot, pool
+/// cleanup), the chain and the plugins' stream contexts.
+pub struct ReqCtx {
+    r: AtomicPtr<ngx_http_request_t>,
+    /// What the plugins asked of the chain (resumes, local response, close).
+    signals: Signals,
+    /// Posted to run `Chain::resume` (`ChainServer::schedule_resume`).
+    pub(super) ev: UnsafeCell<ngx_event_t>,
+    /// The chain's pause timer (`Chain::on_pause_timeout`).
+    pub(super) pause_timer: UnsafeCell<ngx_event_t>,
+    chain: RefCell<Option<NgxChainOf>>,
+    /// The client's framing as received: plugins may remove Content-Length
+    /// or Transfer-Encoding, but nginx must still read the body it was sent.
+    pub(super) framing: (off_t, bool),
+    /// A pause of a request phase holds a request reference and stopped the
+    /// phase engine (`phase::suspend`); the resume releases it.
+    pub(super) suspended: Cell<bool>,
+    /// What the request phase handler does when it runs again: a local
+    /// response, a reset or an abort the chain returned from a resume.
+    pub(super) pending: RefCell<Option<Flow>>,
+    /// The module answered the request (a local response from a request phase).
+    pub(super) answered: Cell<bool>,
+    /// The request body as the module reads it for the chain.
+    pub(super) body: RefCell<super::request_body::RequestBody>,
+    /// The header filter ran (response headers are readable).
+    pub(super) response_started: Cell<bool>,
+    /// The response headers are held (`r->buffered`) while the chain waits.
+    pub(super) headers_held: Cell<bool>,
+    /// The end of the response body is held while the chain waits.
+    pub(super) body_held: Cell<bool>,
+    /// The body that replaces the response's (a local response from the
+    /// response headers), sent once.
+    pub(super) replace_body: RefCell<Option<Vec<u8>>>,
+    pub(super) replaced_sent: Cell<bool>,
+    /// The end of the response body went to the next filter.
+    pub(super) response_eos_sent: Cell<bool>,
+    /// The response body length the upstream declared (Content-Length) when
+    /// the header arrived, and the bytes of it seen so far: the chunk that
+    /// completes it is delivered with `end_of_stream`, as Envoy's HTTP/1
+    /// codec does, instead of waiting for nginx's separate empty last buffer.
+    pub(super) response_length: Cell<Option<u64>>,
+    pub(super) response_seen: Cell<u64>,
+}
+
+// SAFETY: nginx workers are single-threaded: the context (its request
+// pointer, events, cells) is only used on the worker's thread.
+unsafe impl Send for ReqCtx {}
+// SAFETY: as above.
+unsafe impl Sync for ReqCtx {}
+
+impl ReqCtx {
+    /// The request, while it lives (null once its pool is destroyed).
+    pub fn r(&self) -> Option<*mut ngx_http_request_t> {
+        let r = self.r.load(Ordering::Acquire);
+        (!r.is_null()).then_some(r)
+    }
+
+    /// Runs `f` on the chain. `None` when there is none (finished) or it is
+    /// in use further up the stack (a re-entry: the caller treats it as an
+    /// internal error).
+    pub fn with_chain<R>(&self, f: impl FnOnce(&mut NgxChainOf) -> R) -> Option<R> {
+        let mut guard = self.chain.try_borrow_mut().ok()?;
+        guard.as_mut().map(f)
+    }
+
+    /// `on_done`, `on_log`, `on_delete` of every stream context, once.
+    pub fn finish(&self) {
+        if self.with_chain(|c| c.finish()).unwrap_or(false) {
+            // A plugin's on_done returned false: its proxy_done is awaited,
+            // within its pause_timeout.
+            watch_awaiting_done();
+        }
+    }
+
+    /// Has a request body (by the client's framing).
+    pub fn has_body(&self) -> bool {
+        let (length, chunked) = self.framing;
+        length > 0 || chunked
+    }
+}
+
+/// The chain's server handle: the request context.
+#[derive(Clone)]
+pub struct NgxChain(pub Arc<ReqCtx>);
+
+impl ChainServer for NgxChain {
+    fn signals(&self) -> &Signals {
+        &self.0.signals
+    }
+
+    fn arm_pause_timer(&mut self, timeout: Duration) {
+        // SAFETY: the event lives in the context, whose pool cleanup deletes
+        // the timer before the context can go away; worker thread only.
+        // ngx_add_timer replaces a timer still armed.
+        unsafe { ngx_add_timer(self.0.pause_timer.get(), timeout.as_millis().max(1) as ngx_msec_t) };
+    }
+
+    fn cancel_pause_timer(&mut self) {
+        let timer = self.0.pause_timer.get();
+        // SAFETY: as above.
+        unsafe {
+            if (*timer).timer_set() != 0 {
+                ngx_del_timer(timer);
+            }
+        }
+    }
+
+    fn schedule_resume(&self) {
+        let ev = self.0.ev.get();
+        // SAFETY: the event lives in the context (see above); posting only.
+        if self.0.r().is_some() && unsafe { (*ev).posted() } == 0 {
+            post_event(ev);
+        }
+    }
+
+    fn log(&self, plugin: &str, level: LogLevel, message: &str) {
+        if plugin.is_empty() {
+            log(level, &format!("[proxy_wasm] {message}"));
+        } else {
+            log(level, &format!("[proxy_wasm] {plugin}: {message}"));
+        }
+    }
+}
+
+pub fn get_ctx(r: *mut ngx_http_request_t) -> Option<&'static ReqCtx> {
+    // SAFETY: r->ctx has a slot per HTTP module; ours holds a pointer from
+    // Arc::into_raw, alive until the pool cleanup releases it.
+    unsafe {
+        let p = *(*r).ctx.add(super::ctx_index()) as *const ReqCtx;
+        p.as_ref()
+    }
+}
+
+/// A strong reference to the context behind an event's data (so that it
+/// outlives what the event handler does, the request's end included).
+///
+/// # Safety
+/// `data` is a live context's address (as set in `create_ctx`).
+pub unsafe fn ctx_of_event(data: *mut c_void) -> Arc<ReqCtx> {
+    let p = data as *const ReqCtx;
+    // SAFETY: the pointer came from an Arc that is alive (see above).
+    unsafe {
+        Arc::increment_strong_count(p);
+        Arc::from_raw(p)
+    }
+}
+
+unsafe extern "C" fn cleanup(data: *mut c_void) {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: `data` is the Arc::into_raw pointer set in `create_ctx`; the pool runs this once.
+        let ctx = unsafe { Arc::from_raw(data as *const ReqCtx) };
+        ctx.finish();
+        ctx.r.store(std::ptr::null_mut(), Ordering::Release);
+        // Breaks the cycle context -> chain -> server handle -> context.
+        let chain = ctx.chain.try_borrow_mut().ok().and_then(|mut c| c.take());
+        drop(chain);
+        // SAFETY: the events live in ctx; taking them off nginx's queues
+        // before the context may go away.
+        unsafe {
+            let ev = ctx.ev.get();
+            if (*ev).posted() != 0 {
+                ngx_delete_posted_event(ev);
+            }
+            let timer = ctx.pause_timer.get();
+            if (*timer).timer_set() != 0 {
+                ngx_del_timer(timer);
+            }
+        }
+    });
+}
+
+pub enum Created {
+    Ctx(&'static ReqCtx),
+    Refuse,
+    Skip,
+}
+
+/// The context and chain of a request through the plugins `chain` (indexes
+/// into the plugin set, in order).
+///
+/// # Safety
+/// `r` is a live main request without a context of ours.
+pub unsafe fn create_ctx(r: *mut ngx_http_request_t, chain: &[usize]) -> Created {
+    let generation = match start_request(chain) {
+        Start::On(g) => g,
+        Start::Skip => return Created::Skip,
+        Start::Refuse => return Created::Refuse,
+    };
+    let ctx = Arc::new(ReqCtx {
+        r: AtomicPtr::new(r),
+        signals: Signals::new(),
+        ev: UnsafeCell::new(new_event(super::resume::on_resume_event, std::ptr::null_mut())),
+        pause_timer: UnsafeCell::new(new_event(super::resume::on_pause_timeout, std::ptr::null_mut())),
+        chain: RefCell::new(None),
+        // SAFETY: live request.
+        framing: unsafe { ((*r).headers_in.content_length_n, (*r).headers_in.chunked() != 0) },
+        suspended: Cell::new(false),
+        pending: RefCell::new(None),
+        answered: Cell::new(false),
+        body: RefCell::new(Default::default()),
+        response_started: Cell::new(false),
+        headers_held: Cell::new(false),
+        body_held: Cell::new(false),
+        replace_body: RefCell::new(None),
+        replaced_sent: Cell::new(false),
+        response_eos_sent: Cell::new(false),
+        response_length: Cell::new(None),
+        response_seen: Cell::new(0),
+    });
+    // SAFETY: the events' data is the context itself (it lives as long as the events can fire).
+    unsafe {
+        (*ctx.ev.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
+        (*ctx.pause_timer.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
+    }
+    match Chain::new(generation, chain.iter().copied(), NgxChain(ctx.clone()), |_| NgxStream::new(ctx.clone())) {
+        Ok(c) => *ctx.chain.borrow_mut() = Some(c),
+        Err(e) => {
+            // A stream context kept for its proxy_done must not reach this request.
+            ctx.r.store(std::ptr::null_mut(), Ordering::Release);
+            let level = if matches!(e, ChainError::Refused { .. }) { LogLevel::Debug } else { LogLevel::Error };
+            log(level, &format!("[proxy_wasm] {e}"));
+            return Created::Refuse;
+        }
+    }
+    // SAFETY: live request; the cleanup releases the reference taken here.
+    unsafe {
+        let cln = ngx_pool_cleanup_add((*r).pool, 0);
+        if cln.is_null() {
+            ctx.finish();
+            ctx.r.store(std::ptr::null_mut(), Ordering::Release);
+            drop(ctx.chain.borrow_mut().take());
+            return Created::Refuse;
+        }
+        let raw = Arc::into_raw(ctx);
+        (*cln).handler = Some(cleanup);
+        (*cln).data = raw as *mut c_void;
+        *(*r).ctx.add(super::ctx_index()) = raw as *mut c_void;
+        Created::Ctx(&*raw)
+    }
+}
+
+/// The log phase: the plugins' `on_done`, `on_log`, `on_delete`.
+pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(ctx) = get_ctx(r) {
+            ctx.finish();
+        }
+    });
+    NGX_OK as ngx_int_t
+}

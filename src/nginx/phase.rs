@@ -1,0 +1,177 @@
+//! The request phases: the rewrite-phase handler runs the request headers
+//! through the chain, then the request body (`request_body`), and acts on
+//! what the chain returns. A pause suspends the handler (holding a request
+//! reference: nginx's phase engine stops); the chain's resume (or its pause
+//! timeout) runs the phases again, and the handler goes on where it stopped.
+
+use ngx::ffi::*;
+
+use super::context::{create_ctx, get_ctx, Created, ReqCtx};
+use super::headers as hdr;
+use super::local::answer_locally;
+use super::request_body::{self as body, BodyStep};
+use super::server::log;
+use crate::abi::{LogLevel, StreamType};
+use crate::chain::{flow::failure_response, Flow, Phase};
+
+fn loc_conf(r: *mut ngx_http_request_t) -> &'static super::LocConf {
+    // SAFETY: loc_conf has a slot per HTTP module, ours a LocConf.
+    unsafe { &*(*(*r).loc_conf.add(super::ctx_index()) as *const super::LocConf) }
+}
+
+/// The rewrite-phase handler (also re-entered by `ngx_http_core_run_phases`
+/// after a resume, and after nginx read the request body).
+pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    let out = std::panic::catch_unwind(|| {
+        // SAFETY: live request.
+        if unsafe { (*r).main } != r {
+            return NGX_DECLINED as ngx_int_t;
+        }
+        let ctx = match get_ctx(r) {
+            Some(c) => c,
+            None => {
+                let lc = loc_conf(r);
+                if lc.chain.is_empty() {
+                    return NGX_DECLINED as ngx_int_t;
+                }
+                // SAFETY: live main request without our context.
+                match unsafe { create_ctx(r, &lc.chain) } {
+                    Created::Ctx(c) => c,
+                    Created::Skip => return NGX_DECLINED as ngx_int_t,
+                    Created::Refuse => return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t,
+                }
+            }
+        };
+        run_request(ctx, r)
+    });
+    out.unwrap_or_else(|_| {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in the rewrite phase");
+        NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+    })
+}
+
+/// Runs the request side as far as it goes; the phase handler's answer.
+fn run_request(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
+    if ctx.suspended.get() {
+        // Run by nginx while a plugin holds the request: it goes on waiting.
+        return NGX_DONE as ngx_int_t;
+    }
+    let pending = ctx.pending.borrow_mut().take();
+    if let Some(flow) = pending {
+        return act(ctx, r, flow);
+    }
+    if ctx.answered.get() {
+        return NGX_DECLINED as ngx_int_t;
+    }
+    let Some(headers_done) = ctx.with_chain(|c| c.headers_done(StreamType::HttpRequest)) else {
+        log(LogLevel::Critical, "[proxy_wasm] internal error: the request's chain is in use or gone in the rewrite phase");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
+    if !headers_done {
+        // SAFETY: live request.
+        let count = unsafe { hdr::request_pair_count(r) };
+        let eos = !ctx.has_body();
+        let flow = ctx.with_chain(|c| c.on_request_headers(count, eos)).unwrap_or_else(|| Flow::Respond(failure_response()));
+        match flow {
+            Flow::Continue => body::restore_framing(ctx, r),
+            Flow::Wait => return suspend_reading_body(ctx, r),
+            flow => return act(ctx, r, flow),
+        }
+    }
+    match body::run(ctx, r) {
+        BodyStep::Next => NGX_DECLINED as ngx_int_t,
+        BodyStep::Return(rc) => rc,
+        BodyStep::Wait => suspend(ctx, r),
+        BodyStep::Stop(flow) => act(ctx, r, flow),
+    }
+}
+
+/// What the handler does for a flow that stops the request: answer, close
+/// the connection (`proxy_close_stream`), or end it as an error.
+fn act(ctx: &ReqCtx, r: *mut ngx_http_request_t, flow: Flow) -> ngx_int_t {
+    match flow {
+        Flow::Respond(response) => answer_locally(ctx, r, response),
+        Flow::Reset => {
+            ctx.answered.set(true);
+            NGX_HTTP_CLOSE as ngx_int_t
+        }
+        Flow::Abort => {
+            ctx.answered.set(true);
+            NGX_ERROR as ngx_int_t
+        }
+        Flow::Wait => suspend(ctx, r),
+        Flow::Continue | Flow::Forward { .. } | Flow::Buffered => NGX_DECLINED as ngx_int_t,
+    }
+}
+
+/// `on_request_headers` paused: the phase engine stops. When a plugin of
+/// the chain reads the body, nginx goes on reading (buffering) it meanwhile,
+/// but no `on_request_body` runs before the whole chain has continued its
+/// headers: Envoy (proxy-wasm-cpp-host) turns a Pause from the headers into
+/// StopAllIterationAndWatermark, which holds the body callbacks too.
+fn suspend_reading_body(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
+    let rc = suspend(ctx, r);
+    if ctx.body.borrow().read_started || !body::wants_body(ctx) {
+        return rc;
+    }
+    // A declared length past the plugins' limit is answered (413) after
+    // the headers resume, without reading the body.
+    if body::declared_too_large_quiet(ctx) {
+        return rc;
+    }
+    body::restore_framing(ctx, r);
+    let read = body::start_reading(ctx, r);
+    if read >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+        // nginx answers the error; the pause's reference is given back (its
+        // resume or timeout finds the request no longer suspended).
+        ctx.suspended.set(false);
+        // SAFETY: live request; undoes `suspend`'s reference.
+        unsafe {
+            let main = (*r).main;
+            (*main).set_count((*main).count() - 1);
+        }
+        return read;
+    }
+    rc
+}
+
+/// A request callback paused: hold a reference and stop the phase engine.
+pub fn suspend(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
+    ctx.suspended.set(true);
+    // SAFETY: live request; the reference is released in `resumed`.
+    unsafe {
+        let main = (*r).main;
+        (*main).set_count((*main).count() + 1);
+    }
+    NGX_DONE as ngx_int_t
+}
+
+/// The chain's resume or pause timeout for a request phase: keeps what it
+/// says for the handler, then runs the phases again (if a pause holds the
+/// request) and releases the pause's reference.
+pub fn resumed(ctx: &ReqCtx, r: *mut ngx_http_request_t, phase: Phase, flow: Flow) {
+    match flow {
+        Flow::Wait | Flow::Buffered => return,
+        Flow::Continue => {
+            if phase == Phase::RequestHeaders {
+                body::restore_framing(ctx, r);
+            }
+        }
+        Flow::Forward { data, end_of_stream } => {
+            if let Some(flow) = body::hold(ctx, data, end_of_stream) {
+                *ctx.pending.borrow_mut() = Some(flow);
+            }
+        }
+        flow => *ctx.pending.borrow_mut() = Some(flow),
+    }
+    if !ctx.suspended.replace(false) {
+        return;
+    }
+    // SAFETY: live request; run the phases again (our handler goes on where
+    // it stopped), then release the pause's reference.
+    unsafe {
+        (*r).write_event_handler = Some(ngx_http_core_run_phases);
+        ngx_http_core_run_phases(r);
+        ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+    }
+}
