@@ -23,17 +23,18 @@ function pair(k: string, v: string): HeaderPair {
 class AsFilterRoot extends RootContext {
   settings: Settings = new Settings();
 
-  // Every 0.1.8 filter runs the SDK's own onConfigure (its README's filters
-  // do not override it, and then call getConfiguration()). That one passes
-  // the configuration size where proxy_get_buffer_bytes' return-size pointer
-  // belongs: the host writes the size into memory at that address, and the
-  // SDK takes the size left over from its previous read (the plugin_root_id
-  // property's, when it created this root context). So it relies on a host
-  // that, for a zero-length read, writes neither the pointer nor the size, as
-  // Envoy does; and it loses a non-empty configuration, which this filter
-  // therefore reads again itself.
+  // The SDK's own onConfigure (which most 0.1.8 filters keep, see
+  // SdkConfigureRoot below) passes the configuration size where
+  // proxy_get_buffer_bytes' return-size pointer belongs, and then takes the
+  // buffer left over from its previous read (the plugin_root_id property's,
+  // read when it created this root context) and frees it a second time. With
+  // a non-empty root id and an empty configuration that corrupts the
+  // AssemblyScript heap, on Envoy as here (a host that writes nothing for a
+  // zero-length read, as proxy-wasm-cpp-host did before its PR #303): a later
+  // callback may abort in ~lib/rt/pure.ts. It also loses a non-empty
+  // configuration. So this root reads its configuration itself, through the
+  // SDK's get_buffer_bytes, which passes the right pointers.
   onConfigure(configuration_size: u32): bool {
-    super.onConfigure(configuration_size);
     let raw = "";
     if (configuration_size > 0) {
       raw = String.UTF8.decode(get_buffer_bytes(BufferTypeValues.PluginConfiguration, 0, configuration_size));
