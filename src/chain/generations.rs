@@ -354,13 +354,32 @@ impl<C: VmsCell> Generations<C> {
                 return true;
             }
             match generation.lock() {
+                // Kept, shut down, while a context waits for its plugin's
+                // `proxy_done` (see `expire_awaiting_done`); shutting down
+                // again does not call a plugin twice.
                 Some(mut vms) => {
                     shut_down(&set, &mut vms, host);
-                    false
+                    vms.awaiting_done()
                 }
                 None => true,
             }
         });
+    }
+
+    /// Ends the waits for `proxy_done` that are over (each bounded by its
+    /// plugin's `pause_timeout`) in every generation, current and retired;
+    /// then shuts down what can be. Returns whether some context still waits
+    /// (the server keeps checking).
+    pub fn expire_awaiting_done(&mut self, now: Instant, host: &mut impl GenerationHost<C>) -> bool {
+        let mut waiting = false;
+        for generation in self.current.iter().chain(self.retired.iter()) {
+            if let Some(mut vms) = generation.lock() {
+                vms.expire_awaiting_done(now);
+                waiting |= vms.awaiting_done();
+            }
+        }
+        self.sweep(host);
+        waiting
     }
 
     /// The idle check (a server timer every half of

@@ -502,9 +502,11 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
     /// (also for a transaction that never got far; a link whose VM failed is
     /// dropped without calling it). A plugin whose `on_done` returns false
     /// keeps its context until `proxy_done`; its stream is detached.
-    pub fn finish(&mut self) {
+    /// Returns whether such a plugin keeps a context (the server bounds the
+    /// wait, `PluginVms::expire_awaiting_done`); false when called again.
+    pub fn finish(&mut self) -> bool {
         if std::mem::replace(&mut self.st.finished, true) {
-            return;
+            return false;
         }
         let signals = self.server.signals();
         let _ = signals.take_pending();
@@ -516,14 +518,17 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         let set = vms.plugins();
         let Some(mut guard) = vms.lock() else {
             server.log("", LogLevel::Error, "cannot end the plugins' stream contexts: their VMs are in use (a server callback called back into the chain)");
-            return;
+            return false;
         };
+        let mut awaiting_done = false;
         for link in links.iter() {
             match guard.vms[link.vm].finish_stream(link.ctx) {
-                Ok(_) | Err(VmError::Failed(_)) => {}
+                Ok(done) => awaiting_done |= !done,
+                Err(VmError::Failed(_)) => {}
                 Err(e) => server.log(set.name(link.plugin), LogLevel::Error, &e.to_string()),
             }
         }
+        awaiting_done
     }
 }
 
