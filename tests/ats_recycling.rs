@@ -59,7 +59,7 @@ fn an_instance_whose_memory_passes_max_memory_usage_is_replaced() {
 fn an_instance_unused_for_max_unused_duration_is_shut_down_and_a_fresh_one_serves_the_next_request() {
     let (_origin, ats) = start("ats-recycle-idle", "{ max_unused_duration: 1s }");
     let before = vm_starts(&ats);
-    assert!(ats.wait_for_log("shutting idle instances down: recycled: unused for", Duration::from_secs(10)), "{}", ats.log_report());
+    assert!(ats.wait_for_log("replaced after recycling: recycled: unused for", Duration::from_secs(10)), "{}", ats.log_report());
     let r = ats.get("/").unwrap();
     assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")));
     assert!(vm_starts(&ats) > before, "{}", ats.log_report());

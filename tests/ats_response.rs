@@ -208,7 +208,7 @@ fn a_request_a_plugin_never_continues_gets_504_after_its_pause_timeout() {
     let r = send(&ats, Request::post("/never", "a body").header("x-pw-test", "resume-in-body"));
     assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", ats.log_report());
     assert!(t0.elapsed() < Duration::from_secs(4), "answered after {:?}", t0.elapsed());
-    assert!(ats.wait_for_log("rust-filter: kept the request paused for 1s (pause_timeout) without continuing it; answering 504", WAIT), "{}", ats.log_report());
+    assert!(ats.wait_for_log("rust-filter: kept the request headers paused for 1s (pause_timeout) without continuing it; answering 504", WAIT), "{}", ats.log_report());
     // Paused on an http_call slower than the pause timeout: 504 too, and the
     // late answer (which continues a finished stream) harms nothing.
     let r = send(&ats, Request::get("/slow-call").header("x-pw-test", "http-call"));
@@ -225,7 +225,7 @@ fn a_response_paused_past_the_pause_timeout_is_replaced_by_504() {
     let (origin, ats) = start_with_pause_timeout("ats-pause-timeout-response");
     let r = send(&ats, Request::get("/resp").header("x-pw-test", "http-call-response"));
     assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", ats.log_report());
-    assert!(ats.wait_for_log("rust-filter: kept the response paused for 1s (pause_timeout)", WAIT), "{}", ats.log_report());
+    assert!(ats.wait_for_log("rust-filter: kept the response headers paused for 1s (pause_timeout)", WAIT), "{}", ats.log_report());
     assert!(origin.requests().iter().any(|q| q.path == "/resp"), "the origin answered; its response was held");
     // A response Traffic Server makes itself (TRACE with Max-Forwards: 0)
     // paused past the timeout: the 504 replaces its status.

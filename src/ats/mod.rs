@@ -3,8 +3,10 @@
 //! `@plugin=proxy_wasm_ats.so @pparam=a.yaml` on a remap.config rule runs
 //! those plugins on that rule's transactions (after the global ones).
 //!
-//! Each Traffic Server thread gets its own VM instances (created on its first
-//! transaction); a transaction keeps the instances it started on, behind a
+//! Each transaction runs through the core's filter chain (`crate::chain`).
+//! Each Traffic Server thread gets its own VM instances per plugin set, as a
+//! series of generations (`chain::Generations`, created on its first
+//! transaction); a transaction keeps the generation it started on, behind a
 //! mutex that is only contended if Traffic Server moves it to another thread.
 
 mod hdr;
@@ -15,25 +17,27 @@ mod transform;
 mod txn;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 
-use crate::abi::LogLevel;
+use crate::abi::{LogLevel, StreamType};
+use crate::chain::{self, Chain, ChainError, Generation, GenerationError, GenerationHost, Generations, Phase, RecycleReason, VmsCell};
 use crate::host::ServerHost;
-use crate::loader::{self, LoadedPlugin, PluginVms};
+use crate::loader::{self, LoadedPlugin, PluginVms, VmKey};
 use server::{log, AtsServer};
 use sys::*;
-use txn::{AtsStream, Link, Txn, TxnShared};
+use txn::{AtsChain, AtsStream, Next, Txn, TxnShared};
 
 /// The plugins loaded from one configuration (plugin.config, or one remap
 /// rule), shared by every thread.
 pub struct PluginSet {
-    pub plugins: Vec<LoadedPlugin>,
+    /// The plugins, with what the chain needs to know of them.
+    pub chain: Arc<chain::PluginSet>,
     /// Unique per set: threads keep their VMs per set.
     pub id: u64,
     /// Replaced by a reload, or its last remap rule was deleted: threads
@@ -47,7 +51,7 @@ pub struct PluginSet {
 impl PluginSet {
     fn new(plugins: Vec<LoadedPlugin>) -> Arc<PluginSet> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Arc::new(PluginSet { plugins, id: NEXT.fetch_add(1, Ordering::Relaxed), retired: Default::default(), rules: Default::default() })
+        Arc::new(PluginSet { chain: Arc::new(chain::PluginSet::new(plugins)), id: NEXT.fetch_add(1, Ordering::Relaxed), retired: Default::default(), rules: Default::default() })
     }
 
     fn retire(&self) {
@@ -59,27 +63,20 @@ impl PluginSet {
     }
 }
 
-/// The VMs of one thread for one generation of the plugin set.
-pub struct VmSlot {
-    pub plugins: Arc<PluginSet>,
-    pub vms: Mutex<PluginVms>,
-    /// Replaced (failure reload or recycling): no new transaction uses it,
-    /// and the thread shuts it down once the last one finished.
-    pub retired: AtomicBool,
-    /// When a transaction last started on it (for `kill_options.max_unused_duration`).
-    last_used: Mutex<std::time::Instant>,
-    /// Retired and shut down (`proxy_on_done` called): kept only while a
-    /// plugin's `proxy_done` is awaited.
-    shut_down_started: AtomicBool,
-}
+/// The VMs of one generation, behind a mutex that waits (a transaction
+/// Traffic Server moved to another thread waits for them).
+pub struct AtsVms(Mutex<PluginVms>);
 
-/// The VM mutex of a slot, held. When it is released, the wake-ups that
-/// plugins asked for meanwhile (`proxy_continue_stream`, a local response)
-/// are scheduled: scheduling takes the woken continuation's mutex, whose
-/// holder (a hook of a transaction Traffic Server moved to another thread)
-/// may be waiting for this VM mutex.
+/// One generation of a plugin set's VMs on one thread.
+pub type AtsGeneration = Generation<AtsVms>;
+
+/// The VM mutex of a generation, held. When this thread lets go of its last
+/// one, the wake-ups that plugins asked for meanwhile (`proxy_continue_stream`,
+/// a local response) are scheduled: scheduling takes the woken continuation's
+/// mutex, whose holder (a hook of a transaction Traffic Server moved to
+/// another thread) may be waiting for this VM mutex.
 pub struct VmsGuard<'a> {
-    guard: Option<std::sync::MutexGuard<'a, PluginVms>>,
+    guard: Option<MutexGuard<'a, PluginVms>>,
 }
 
 impl std::ops::Deref for VmsGuard<'_> {
@@ -98,34 +95,23 @@ impl std::ops::DerefMut for VmsGuard<'_> {
 impl Drop for VmsGuard<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
-        txn::schedule_deferred_wakeups();
+        txn::vms_released();
     }
 }
 
-impl VmSlot {
-    /// Locks the slot's VMs (see [`VmsGuard`]).
-    pub fn lock_vms(&self) -> VmsGuard<'_> {
-        VmsGuard { guard: Some(self.vms.lock().unwrap_or_else(|p| p.into_inner())) }
+impl VmsCell for AtsVms {
+    type Guard<'a> = VmsGuard<'a>;
+
+    fn new(vms: PluginVms) -> AtsVms {
+        AtsVms(Mutex::new(vms))
     }
 
-    fn in_service(&self) -> bool {
-        !self.retired.load(Ordering::Acquire) && !self.plugins.is_retired()
-    }
-
-    /// Whether the slot should be replaced now, and why: a failed instance
-    /// under `failure_policy: reload` (with back-off), or `kill_options`.
-    fn replacement_reason(&self) -> Option<String> {
-        let mut vms = self.lock_vms();
-        if vms.wants_reload(&self.plugins.plugins) {
-            let now = std::time::Instant::now();
-            let allowed = BACKOFF.with(|b| b.borrow_mut().entry(self.plugins.id).or_default().try_reload(now));
-            return allowed.then(|| "a failure (failure_policy: reload)".to_string());
-        }
-        if vms.any_failed() {
-            return None;
-        }
-        let idle = self.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-        vms.recycle_reason(&self.plugins.plugins, idle).map(|why| format!("recycling: {why}"))
+    /// Waits for the VMs (a poisoned lock is taken over: a panic in a server
+    /// callback must not make the VMs unusable for every later transaction).
+    fn lock(&self) -> Option<VmsGuard<'_>> {
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        txn::vms_locked();
+        Some(VmsGuard { guard: Some(guard) })
     }
 }
 
@@ -139,89 +125,82 @@ static GLOBAL_PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
 /// reload of remap.config finds a file broken, the rule keeps these plugins.
 static REMAP_SETS: LazyLock<Mutex<HashMap<Vec<PathBuf>, Weak<PluginSet>>>> = LazyLock::new(Default::default);
 
+/// One plugin set's generations on this thread.
+struct ThreadSet {
+    set: Arc<PluginSet>,
+    generations: Generations<AtsVms>,
+}
+
 thread_local! {
-    /// This thread's VMs, per plugin set.
-    static SLOTS: RefCell<Vec<Arc<VmSlot>>> = const { RefCell::new(Vec::new()) };
-    /// This thread's reload back-off, per plugin set.
-    static BACKOFF: RefCell<HashMap<u64, loader::ReloadBackoff>> = RefCell::new(HashMap::new());
+    /// This thread's VMs, per plugin set (by id).
+    static SETS: RefCell<HashMap<u64, ThreadSet>> = RefCell::new(HashMap::new());
 }
 
-/// This thread's VMs for a plugin set, created on first use. When one of
-/// them failed, a plugin with the `reload` failure policy gets all of them
-/// replaced (with back-off); otherwise they stay as they are and each
-/// transaction is admitted by the plugins' policies (see `loader::Admission`).
-fn thread_slot(set: &Arc<PluginSet>) -> Option<Arc<VmSlot>> {
-    SLOTS.with(|slots| {
-        let mut slots = slots.borrow_mut();
-        shut_down_retired(&mut slots);
-        if let Some(i) = slots.iter().position(|s| s.plugins.id == set.id && s.in_service()) {
-            match slots[i].replacement_reason() {
-                None => {
-                    *slots[i].last_used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
-                    return Some(slots[i].clone());
-                }
-                Some(why) => {
-                    let names = set.plugins.iter().map(|p| p.config.name.as_str()).collect::<Vec<_>>().join(", ");
-                    log(LogLevel::Info, &format!("[proxy_wasm] new instances of {names} on this thread after {why}"));
-                    slots[i].retired.store(true, Ordering::Release);
-                    shut_down_retired(&mut slots);
-                }
-            }
-        }
-        let mut servers: Vec<Arc<AtsServer>> = Vec::new();
-        let started = PluginVms::start(&set.plugins, |_| {
-            let server = Arc::new(AtsServer::for_current_thread(servers.len()));
-            servers.push(server.clone());
-            server as Arc<dyn ServerHost>
-        });
-        match started {
-            Ok(vms) => {
-                let slot = Arc::new(VmSlot { plugins: set.clone(), vms: Mutex::new(vms), retired: AtomicBool::new(false), last_used: Mutex::new(std::time::Instant::now()), shut_down_started: AtomicBool::new(false) });
-                if let Some(every) = PluginVms::shortest_unused_duration(&set.plugins) {
-                    server::arm_idle_sweeper(every);
-                }
-                for server in &servers {
-                    server.attach(Arc::downgrade(&slot));
-                }
-                slots.push(slot.clone());
-                Some(slot)
-            }
-            Err(e) => {
-                log(LogLevel::Error, &format!("[proxy_wasm] cannot start the plugins on this thread: {e}"));
-                None
-            }
-        }
-    })
+/// How a thread's generations reach Traffic Server: a `ServerHost` per VM
+/// (ticks, queues and `http_call` answers on this thread), tied to its
+/// generation once it started.
+struct Host {
+    set: Arc<PluginSet>,
+    servers: Vec<Arc<AtsServer>>,
 }
 
-/// Shuts down this thread's VMs of retired sets that no transaction uses any
-/// more (a transaction holds its slot until it closes, so in-flight
-/// transactions finish on the plugins they started with), and lets them go
-/// once no plugin's `proxy_done` is awaited there (each wait bounded by the
-/// plugin's `pause_timeout`, see `watch_awaiting_done`).
-fn shut_down_retired(slots: &mut Vec<Arc<VmSlot>>) {
+impl Host {
+    fn new(set: &Arc<PluginSet>) -> Host {
+        Host { set: set.clone(), servers: Vec::new() }
+    }
+}
+
+impl GenerationHost<AtsVms> for Host {
+    fn server_host(&mut self, vm: usize, _key: &VmKey) -> Arc<dyn ServerHost> {
+        let server = Arc::new(AtsServer::for_current_thread(vm, self.set.clone()));
+        self.servers.push(server.clone());
+        server
+    }
+
+    fn started(&mut self, generation: &Arc<AtsGeneration>) {
+        for server in self.servers.drain(..) {
+            server.attach(Arc::downgrade(generation));
+        }
+        if let Some(every) = generation.set().shortest_unused_duration() {
+            server::arm_idle_sweeper(every);
+        }
+    }
+
+    fn log(&mut self, level: LogLevel, message: &str) {
+        log(level, &format!("[proxy_wasm] {message} (on this thread)"));
+    }
+}
+
+/// Retires this thread's generations of sets a reload replaced (their VMs are
+/// shut down once no transaction uses them), and forgets a set once none is
+/// left. Generations still retired are kept and swept.
+fn sweep_sets(sets: &mut HashMap<u64, ThreadSet>) {
     let mut waiting = false;
-    slots.retain(|slot| {
-        if slot.in_service() || Arc::strong_count(slot) > 1 {
-            return true;
+    sets.retain(|_, ts| {
+        if ts.set.is_retired() {
+            ts.generations.retire(RecycleReason::ConfigurationReload, &mut Host::new(&ts.set));
+        } else if ts.generations.retired_count() > 0 {
+            ts.generations.sweep(&mut Host::new(&ts.set));
         }
-        let mut vms = slot.lock_vms();
-        if !slot.shut_down_started.swap(true, Ordering::AcqRel) {
-            for (plugin, result) in vms.shutdown() {
-                match result {
-                    // A failed instance is dropped without calling it.
-                    Ok(_) | Err(crate::vm::VmError::Failed(_)) => {}
-                    Err(e) => log(LogLevel::Warn, &format!("[proxy_wasm] {}: shutting down old instances: {e}", slot.plugins.plugins[plugin].config.name)),
-                }
-            }
-        }
-        let keep = vms.awaiting_done();
-        waiting |= keep;
-        keep
+        waiting |= ts.generations.retired_count() > 0;
+        !ts.generations.is_empty() || !ts.set.is_retired()
     });
     if waiting {
+        // A retired generation may be kept for a plugin's proxy_done.
         watch_awaiting_done();
     }
+}
+
+/// This thread's current generation of VMs for a plugin set, started on
+/// first use and replaced when it must be (`chain::RecycleReason`): a failed
+/// plugin under `failure_policy: reload` (with back-off), `kill_options`.
+fn current_generation(set: &Arc<PluginSet>) -> Result<Arc<AtsGeneration>, GenerationError> {
+    SETS.with(|sets| {
+        let mut sets = sets.borrow_mut();
+        sweep_sets(&mut sets);
+        let ts = sets.entry(set.id).or_insert_with(|| ThreadSet { set: set.clone(), generations: Generations::new(set.chain.clone()) });
+        ts.generations.current(&mut Host::new(set))
+    })
 }
 
 /// Some context of this thread's VMs waits for its plugin's `proxy_done`
@@ -241,42 +220,39 @@ const DONE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 /// longer wait.
 pub(crate) fn expire_awaiting_done() {
     let now = std::time::Instant::now();
-    let _ = SLOTS.try_with(|slots| {
-        if let Ok(mut slots) = slots.try_borrow_mut() {
-            for slot in slots.iter() {
-                slot.lock_vms().expire_awaiting_done(now);
+    let _ = SETS.try_with(|sets| {
+        if let Ok(mut sets) = sets.try_borrow_mut() {
+            for ts in sets.values_mut() {
+                let mut host = Host::new(&ts.set);
+                ts.generations.expire_awaiting_done(now, &mut host);
             }
-            shut_down_retired(&mut slots);
+            sweep_sets(&mut sets);
         }
     });
 }
 
-/// Called on a thread by its idle timer: retires the instances that sat
-/// unused past their `kill_options.max_unused_duration` (and shuts them down
-/// when no transaction holds them), so an idle thread gives their memory back.
-pub(crate) fn retire_idle_slots() {
-    let _ = SLOTS.try_with(|slots| {
-        if let Ok(mut slots) = slots.try_borrow_mut() {
-            for slot in slots.iter().filter(|s| s.in_service()) {
-                let idle = slot.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-                let why = slot.lock_vms().recycle_reason(&slot.plugins.plugins, idle);
-                if let Some(why) = why.filter(|w| w.contains("unused for")) {
-                    log(LogLevel::Info, &format!("[proxy_wasm] shutting idle instances down: {why}"));
-                    slot.retired.store(true, Ordering::Release);
-                }
+/// Called on a thread by its idle timer: retires the generations that sat
+/// unused past a plugin's `kill_options.max_unused_duration` (and shuts them
+/// down when no transaction holds them), so an idle thread gives their memory back.
+pub(crate) fn retire_idle_generations() {
+    let now = std::time::Instant::now();
+    let _ = SETS.try_with(|sets| {
+        if let Ok(mut sets) = sets.try_borrow_mut() {
+            for ts in sets.values_mut() {
+                ts.generations.sweep_idle(now, &mut Host::new(&ts.set));
             }
-            shut_down_retired(&mut slots);
+            sweep_sets(&mut sets);
         }
     });
 }
 
 /// Called on a VM's own thread (ticks): lets go of retired VMs there too,
 /// so that a thread without traffic does not keep ticking old plugins.
-pub(crate) fn sweep_thread_slots() {
-    // Not re-entrant: a tick runs outside any other use of SLOTS.
-    let _ = SLOTS.try_with(|slots| {
-        if let Ok(mut slots) = slots.try_borrow_mut() {
-            shut_down_retired(&mut slots);
+pub(crate) fn sweep_thread_generations() {
+    // Not re-entrant: a tick runs outside any other use of SETS.
+    let _ = SETS.try_with(|sets| {
+        if let Ok(mut sets) = sets.try_borrow_mut() {
+            sweep_sets(&mut sets);
         }
     });
 }
@@ -312,6 +288,9 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
             None => String::new(),
         };
         log(LogLevel::Info, &format!("[proxy_wasm] loaded plugin {:?} (ABI {}, {}) from {} in {:.2} ms{cache}", p.config.name, p.code.abi, p.code.engine, p.code.origin, p.load_time.as_secs_f64() * 1e3));
+        for callback in chain::Callbacks::denied(p) {
+            log(LogLevel::Warn, &format!("[proxy_wasm] {}: denied callback {callback}: not in capability_restriction_config.allowed_capabilities; it is never called", p.config.name));
+        }
     }
     log(LogLevel::Info, &format!("[proxy_wasm] started the VMs of {} plugin(s) once as a check in {:.2} ms (instantiation, proxy_on_vm_start, proxy_on_configure)", plugins.len(), start_time.as_secs_f64() * 1e3));
     Ok(plugins)
@@ -348,111 +327,114 @@ extern "C" fn on_global_event(_contp: TSCont, event: TSEvent, edata: *mut c_void
 }
 
 /// Sets up a transaction for the plugins of `set`. From the global hook
-/// (`in_remap == false`) the request chain runs at once and the transaction
-/// is reenabled; from a remap rule it runs at POST_REMAP, and nothing is
-/// reenabled here (remap is not a hook).
+/// (`in_remap == false`) the request headers go through the chain at once and
+/// the transaction is reenabled (unless a plugin paused it); from a remap
+/// rule they go at POST_REMAP, and nothing is reenabled here (remap is not a
+/// hook).
 fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: bool) {
     let reenable = |error: bool| {
         if !in_remap {
-            // SAFETY: live transaction, reenabled once.
-            unsafe { TSHttpTxnReenable(txnp, if error { TS_EVENT_HTTP_ERROR } else { TS_EVENT_HTTP_CONTINUE }) };
+            txn::reenable(txnp, error);
         }
     };
-    let Some(set) = set.filter(|s| !s.plugins.is_empty()) else {
+    let Some(set) = set.filter(|s| !s.chain.plugins.is_empty()) else {
         reenable(false);
         return;
     };
-    let Some(slot) = thread_slot(&set) else {
-        // The plugins cannot run on this thread: fail closed unless all fail open.
-        let closed = set.plugins.iter().any(|p| p.config.failure_policy != crate::config::FailurePolicy::FailOpen);
-        if closed {
-            refuse(txnp, in_remap);
-        }
-        reenable(closed);
-        return;
-    };
-    let shared = Arc::new(TxnShared {
-        txnp,
-        response_source: Default::default(),
-        local_in_response: Default::default(),
-        pause: Default::default(),
-        contp: Default::default(),
-        local: Default::default(),
-        detached: Default::default(),
-        body_waiters: Default::default(),
-        response_body_started: Default::default(),
-        response_closed: Default::default(),
-    });
-    let mut chain = Vec::new();
-    {
-        let mut vms = slot.lock_vms();
-        let roots = match vms.admit(&set.plugins) {
-            loader::Admission::Run(roots) => roots,
-            loader::Admission::Refuse { plugin } => {
-                drop(vms);
-                log(LogLevel::Debug, &format!("[proxy_wasm] {}: failed earlier; the transaction gets 503 (failure policy)", set.plugins[plugin].config.name));
+    let generation = match current_generation(&set) {
+        Ok(generation) => generation,
+        Err(e) => {
+            // The plugins cannot run on this thread: fail closed unless all fail open.
+            log(LogLevel::Error, &format!("[proxy_wasm] {e}"));
+            let closed = matches!(e, GenerationError::Busy) || set.chain.plugins.iter().any(|p| p.config.failure_policy != crate::config::FailurePolicy::FailOpen);
+            if closed {
                 refuse(txnp, in_remap);
-                reenable(true);
-                return;
             }
-        };
-        for root in roots {
-            match vms.vms[root.vm].create_stream(root.root_context_id, Box::new(AtsStream { shared: shared.clone() })) {
-                Ok(ctx) => chain.push(Link { plugin: root.plugin, vm: root.vm, ctx }),
-                Err(e) => log(LogLevel::Error, &format!("[proxy_wasm] {}: cannot create a stream context: {e}", set.plugins[root.plugin].config.name)),
-            }
+            reenable(closed);
+            return;
         }
+    };
+    let shared = Arc::new(TxnShared::new(txnp));
+    let plugins = 0..set.chain.plugins.len();
+    let chain = match Chain::new(generation, plugins, AtsChain(shared.clone()), |_| AtsStream { shared: shared.clone() }) {
+        Ok(chain) => chain,
+        Err(e) => {
+            let level = if matches!(e, ChainError::Refused { .. }) { LogLevel::Debug } else { LogLevel::Error };
+            log(level, &format!("[proxy_wasm] {e}"));
+            refuse(txnp, in_remap);
+            reenable(true);
+            return;
+        }
+    };
+    if chain.links().is_empty() {
+        // Every plugin failed earlier and fails open: nothing to filter.
+        drop(chain);
+        reenable(false);
+        return;
     }
-    let wants = |callback: &str| chain.iter().any(|l| set.plugins[l.plugin].code.exports_function(callback));
-    let (wants_request_body, wants_response_body) = (wants("proxy_on_request_body"), wants("proxy_on_response_body"));
+    let (wants_request_body, wants_response_body) = (chain.filters(Phase::RequestBody), chain.filters(Phase::ResponseBody));
     let framing = txn::Framing::of_client_request(&shared);
     let request_chunked = framing.chunked();
-    let txn = Box::new(Txn { shared, slot, chain, next: 0, response_done: false, response_next: 0, response_paused: false, local_replaces_response: false, framing, response_framing: None, pause_timer: std::ptr::null_mut(), paused_by: None });
-    // SAFETY: the continuation has its own mutex (it is also scheduled, to
-    // wake a paused transaction); its data is freed at TXN_CLOSE.
-    unsafe {
-        let contp = TSContCreate(Some(on_txn_event), TSMutexCreate());
+    let txn = Box::new(Txn::new(shared, chain, framing));
+    let shared = txn.shared.clone();
+    let raw = Box::into_raw(txn);
+    // SAFETY: live transaction. The continuation takes the transaction's own
+    // mutex (the one its body transforms get), so that its hooks, its
+    // transforms and its own events (wake-ups, the pause timer) never run at
+    // once; its data is the leaked Box<Txn>, freed once TXN_CLOSE came and no
+    // wake-up is on its way (see `on_txn_event`).
+    let contp = unsafe {
+        let contp = TSContCreate(Some(on_txn_event), TSContMutexGet(txnp as TSCont));
         // Its wake-ups and timers run on this thread, which owns the VMs the
         // transaction uses: never on another thread that would wait for them
         // while a callback here waits to schedule the continuation.
         TSContThreadAffinitySet(contp, TSEventThreadSelf());
-        txn.shared.contp.store(contp as *mut c_void, Ordering::Release);
-        let raw = Box::into_raw(txn);
+        shared.contp.store(contp as *mut c_void, Ordering::Release);
         TSContDataSet(contp, raw as *mut c_void);
         TSHttpTxnHookAdd(txnp, TS_HTTP_READ_RESPONSE_HDR_HOOK, contp);
         TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_RESPONSE_HDR_HOOK, contp);
         TSHttpTxnHookAdd(txnp, TS_HTTP_TXN_CLOSE_HOOK, contp);
-        // Bodies go through transforms only when some plugin wants them.
+        // Bodies go through transforms only when some plugin takes them.
         if wants_request_body {
-            transform::add(txnp, raw, crate::abi::StreamType::HttpRequest, request_chunked);
-            // Framing of a chunked body, and a local response sent while the
-            // transform held the body (see `Txn::on_send_request_header`).
+            transform::add(txnp, raw, StreamType::HttpRequest, request_chunked);
+            // Framing of a chunked body, and an answer from the request body
+            // (see `Txn::on_send_request_header`).
             TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_REQUEST_HDR_HOOK, contp);
         }
         if wants_response_body {
-            transform::add(txnp, raw, crate::abi::StreamType::HttpResponse, false);
+            transform::add(txnp, raw, StreamType::HttpResponse, false);
         }
-        if in_remap {
-            TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, contp);
-        } else {
-            // Under the continuation's mutex, as its own events run: a pause
-            // arms a timer whose event must not run before this returns.
-            // Unlocked by the guard, also if this panics (the global hook
-            // catches the panic).
-            struct Locked(TSMutex);
-            impl Drop for Locked {
-                fn drop(&mut self) {
-                    // SAFETY: locked below by this thread; the continuation
-                    // (and so its mutex) outlives this call.
-                    unsafe { TSMutexUnlock(self.0) };
-                }
-            }
-            let mutex = TSContMutexGet(contp);
-            TSMutexLock(mutex);
-            let _locked = Locked(mutex);
-            (*raw).run_request_headers();
+        contp
+    };
+    if in_remap {
+        // SAFETY: live transaction and continuation; the chain runs at POST_REMAP.
+        unsafe { TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, contp) };
+        return;
+    }
+    // The global hook runs under the transaction's mutex, the continuation's:
+    // taken again all the same (it nests), as every chain call holds it.
+    // Unlocked by the guard, also if this panics (the global hook catches it).
+    struct Locked(TSMutex);
+    impl Drop for Locked {
+        fn drop(&mut self) {
+            // SAFETY: locked below by this thread; the continuation (and so
+            // its mutex) outlives this call.
+            unsafe { TSMutexUnlock(self.0) };
         }
     }
+    // SAFETY: the continuation made above is alive (TXN_CLOSE cannot come
+    // before this hook is reenabled).
+    let mutex = unsafe { TSContMutexGet(contp) };
+    // SAFETY: as above.
+    unsafe { TSMutexLock(mutex) };
+    let locked = Locked(mutex);
+    // SAFETY: the Txn leaked above, alive until TXN_CLOSE (not before this
+    // hook is reenabled); nothing else uses it while the mutex is held, and
+    // the borrow ends before `apply` may run the next hook.
+    let next = unsafe { (*raw).run_request_headers() };
+    drop(locked);
+    // SAFETY: in the transaction's READ_REQUEST_HDR hook; the Txn is not used here.
+    unsafe { txn::apply(&shared, next) };
 }
 
 /// Makes the transaction answer 503 without reaching the origin (from the
@@ -466,58 +448,101 @@ fn refuse(txnp: TSHttpTxn, in_remap: bool) {
     }
 }
 
-/// Transaction hooks: response header about to be sent; transaction closed.
+/// The transaction's continuation: its hooks (POST_REMAP, SEND_REQUEST_HDR,
+/// READ_RESPONSE_HDR, SEND_RESPONSE_HDR, TXN_CLOSE), and the chain's own
+/// events: EVENT_IMMEDIATE (a wake-up: a plugin resumed, answered or closed
+/// the stream from another event) and EVENT_TIMEOUT (the pause timer).
 extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) -> c_int {
-    // SAFETY: the data was set to a Box<Txn> in `start_transaction` and is only
-    // freed here at TXN_CLOSE; the continuation's mutex serialises its events.
-    // (A pointer cast and a dereference: nothing here can panic; each use of
-    // the transaction below runs under `catch_unwind`.)
-    let txn = unsafe { &mut *(TSContDataGet(contp) as *mut Txn) };
-    if event == TS_EVENT_IMMEDIATE {
-        if catch_unwind(AssertUnwindSafe(|| txn.on_wakeup())).is_err() {
-            log(LogLevel::Critical, "[proxy_wasm] internal error (panic) resuming a transaction");
-        }
-        return 0;
-    }
-    if event == TS_EVENT_TIMEOUT {
-        if catch_unwind(AssertUnwindSafe(|| txn.on_pause_timer())).is_err() {
-            log(LogLevel::Critical, "[proxy_wasm] internal error (panic) ending a paused transaction");
+    // SAFETY: the data was set to a Box<Txn> in `start_transaction` and is
+    // freed only below, once TXN_CLOSE came and no wake-up is on its way; the
+    // continuation's mutex (the transaction's) serialises its events and the
+    // transforms' chain calls. (A pointer cast: nothing here can panic; each
+    // use of the transaction below runs under `catch_unwind`.)
+    let raw = unsafe { TSContDataGet(contp) } as *mut Txn;
+    // SAFETY: as above; a shared borrow for the Arc only.
+    let shared = unsafe { (*raw).shared.clone() };
+    if event == TS_EVENT_IMMEDIATE || event == TS_EVENT_TIMEOUT {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: as above; the borrow ends before `apply`.
+            let txn = unsafe { &mut *raw };
+            if event == TS_EVENT_TIMEOUT {
+                return txn.on_pause_timer();
+            }
+            let (closed, last) = txn.take_wake();
+            if closed {
+                if last {
+                    free_transaction(contp, raw);
+                }
+                return Next::Hold;
+            }
+            txn.on_wakeup()
+        }));
+        match r {
+            // SAFETY: one of the continuation's events, under its mutex.
+            Ok(next) => unsafe { txn::apply(&shared, next) },
+            Err(_) => log(LogLevel::Critical, "[proxy_wasm] internal error (panic) resuming a transaction"),
         }
         return 0;
     }
     let txnp = edata as TSHttpTxn;
-    let r = catch_unwind(AssertUnwindSafe(|| match event {
-        TS_EVENT_HTTP_POST_REMAP => txn.run_request_headers(),
-        TS_EVENT_HTTP_SEND_REQUEST_HDR => txn.on_send_request_header(),
-        TS_EVENT_HTTP_READ_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_FROM_ORIGIN),
-        TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_TO_CLIENT),
-        TS_EVENT_HTTP_TXN_CLOSE => {
-            txn.close();
-            stats::sync_soon();
-            // SAFETY: live transaction.
-            unsafe { TSHttpTxnReenable(txnp, TS_EVENT_HTTP_CONTINUE) };
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as above; the borrow ends before `apply`.
+        let txn = unsafe { &mut *raw };
+        match event {
+            TS_EVENT_HTTP_POST_REMAP => txn.run_request_headers(),
+            TS_EVENT_HTTP_SEND_REQUEST_HDR => txn.on_send_request_header(),
+            TS_EVENT_HTTP_READ_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_FROM_ORIGIN),
+            TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_TO_CLIENT),
+            TS_EVENT_HTTP_TXN_CLOSE => {
+                txn.close();
+                stats::sync_soon();
+                Next::Reenable { error: false }
+            }
+            _ => Next::Reenable { error: false },
         }
-        // SAFETY: live transaction.
-        _ => unsafe { TSHttpTxnReenable(txnp, TS_EVENT_HTTP_CONTINUE) },
     }));
-    if r.is_err() {
-        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in a transaction hook");
-        // SAFETY: live transaction; the panic happened before it was reenabled.
-        unsafe { TSHttpTxnReenable(txnp, TS_EVENT_HTTP_CONTINUE) };
+    match r {
+        // SAFETY: in one of the transaction's hooks, under its mutex.
+        Ok(next) => unsafe { txn::apply(&shared, next) },
+        Err(_) => {
+            log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in a transaction hook");
+            // The panic happened before the transaction was reenabled.
+            txn::reenable(txnp, false);
+        }
+    }
+    if event == TS_EVENT_HTTP_SEND_RESPONSE_HDR && shared.abort_response.swap(false, Ordering::AcqRel) {
+        // The chain cut the response before its header went: the transaction
+        // (reenabled above, under its mutex, so at once) now delivers the
+        // response from the transform, whose output the abort ends.
+        let t = shared.transforms[1].load(Ordering::Acquire);
+        // SAFETY: under the transaction's mutex (still held by this hook);
+        // a listed transform is open and not freed.
+        unsafe { transform::abort_output(t) };
     }
     if event == TS_EVENT_HTTP_TXN_CLOSE {
-        // Dropping the transaction may drop the last user of replaced VMs.
-        let r = catch_unwind(|| {
-            // SAFETY: the Box was leaked in `start_transaction`; nothing uses it after close.
-            unsafe { drop(Box::from_raw(TSContDataGet(contp) as *mut Txn)) };
-        });
-        if r.is_err() {
-            log(LogLevel::Critical, "[proxy_wasm] internal error (panic) freeing a closed transaction");
+        // SAFETY: TXN_CLOSE came; the Box is freed now unless a wake-up is on
+        // its way, whose event frees it.
+        let pending = unsafe { (*raw).wakes_pending() };
+        if !pending {
+            free_transaction(contp, raw);
         }
-        // SAFETY: the continuation is not used after TXN_CLOSE.
-        unsafe { TSContDestroy(contp) };
     }
     0
+}
+
+/// Frees a closed transaction's state and continuation.
+fn free_transaction(contp: TSCont, raw: *mut Txn) {
+    // Dropping the transaction may drop the last user of a replaced generation.
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the Box was leaked in `start_transaction`; the transaction
+        // closed and no event of its continuation is on its way.
+        unsafe { drop(Box::from_raw(raw)) };
+    }));
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) freeing a closed transaction");
+    }
+    // SAFETY: the continuation is not used after this (see above).
+    unsafe { TSContDestroy(contp) };
 }
 
 /// Entry point for plugin.config: `proxy_wasm_ats.so a.yaml [b.yaml ...]`.

@@ -7,11 +7,11 @@ use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use super::sys::*;
-use super::VmSlot;
+use super::{AtsGeneration, PluginSet};
 use crate::abi::{LogLevel, Status};
 use crate::host::{HttpCallRequest, HttpCallResponse, PluginRef, ServerHost};
 use crate::http_client;
@@ -66,7 +66,9 @@ unsafe impl Sync for Thread {}
 
 /// A periodic `on_tick` for one root context.
 struct Tick {
-    slot: Weak<VmSlot>,
+    generation: Weak<AtsGeneration>,
+    /// The plugin set, whose retirement (a reload) stops the tick too.
+    set: Option<Arc<PluginSet>>,
     vm: usize,
     root: u32,
     action: TSAction,
@@ -85,28 +87,30 @@ pub struct AtsServer {
     vm: usize,
     /// `None` for the start-up check, which must not arm timers.
     thread: Option<Thread>,
-    slot: OnceLock<Weak<VmSlot>>,
+    /// The plugin set the VM runs (`None` for the start-up check).
+    set: Option<Arc<PluginSet>>,
+    generation: OnceLock<Weak<AtsGeneration>>,
     ticks: Mutex<HashMap<u32, TickHandle>>,
-    /// Periods asked for before the slot existed (in `proxy_on_configure`).
+    /// Periods asked for before the generation existed (in `proxy_on_configure`).
     pending_ticks: Mutex<HashMap<u32, Duration>>,
 }
 
 impl AtsServer {
     /// For a VM of the current event thread.
-    pub fn for_current_thread(vm: usize) -> AtsServer {
+    pub fn for_current_thread(vm: usize, set: Arc<PluginSet>) -> AtsServer {
         // SAFETY: called on a Traffic Server event thread (a hook handler).
         let thread = unsafe { TSEventThreadSelf() };
-        AtsServer { vm, thread: (!thread.is_null()).then_some(Thread(thread)), slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+        AtsServer { vm, thread: (!thread.is_null()).then_some(Thread(thread)), set: Some(set), generation: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
     }
 
     /// For the start-up check of the plugins in TSPluginInit.
     pub fn canary() -> AtsServer {
-        AtsServer { vm: 0, thread: None, slot: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+        AtsServer { vm: 0, thread: None, set: None, generation: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
     }
 
-    /// Ties the server to the slot that owns its VM (set once the slot exists).
-    pub fn attach(&self, slot: Weak<VmSlot>) {
-        let _ = self.slot.set(slot);
+    /// Ties the server to the generation that owns its VM (set once it started).
+    pub fn attach(&self, generation: Weak<AtsGeneration>) {
+        let _ = self.generation.set(generation);
         let pending: Vec<(u32, Duration)> = self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for (root, period) in pending {
             self.set_tick_period(root, Some(period));
@@ -140,16 +144,16 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
         // on this thread by `cancel_tick` (not while the handler runs) or below.
         let tick = unsafe { &*(TSContDataGet(contp) as *const Tick) };
         tick.in_handler.store(true, Ordering::Release);
-        // A reload retired these plugins: they no longer tick, and this thread
-        // shuts them down once no transaction uses them (the shutdown may cancel
+        // A reload or a replacement retired these instances: they no longer
+        // tick, and this thread shuts them down once no transaction uses them (the shutdown may cancel
         // this very timer, which `in_handler` makes safe).
         let alive = catch_unwind(AssertUnwindSafe(|| {
-            let retired = tick.slot.upgrade().is_some_and(|slot| slot.plugins.is_retired());
+            let retired = tick.generation.upgrade().is_some_and(|g| g.is_retired() || tick.set.as_ref().is_some_and(|s| s.is_retired()));
             if retired {
-                super::sweep_thread_slots();
-                tick.slot.strong_count() > 0
+                super::sweep_thread_generations();
+                tick.generation.strong_count() > 0
             } else {
-                with_vm(&tick.slot, tick.vm, "on_tick", |vm| vm.on_tick(tick.root))
+                with_vm(&tick.generation, tick.vm, "on_tick", |vm| vm.on_tick(tick.root))
             }
         }))
         .unwrap_or_else(|_| {
@@ -235,7 +239,7 @@ pub fn arm_idle_sweeper(every: Duration) {
 }
 
 extern "C" fn on_idle_sweep(_contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
-    if catch_unwind(super::retire_idle_slots).is_err() {
+    if catch_unwind(super::retire_idle_generations).is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in the idle sweeper");
     }
     0
@@ -255,7 +259,7 @@ struct CallJob {
 }
 
 struct CallDone {
-    slot: Weak<VmSlot>,
+    generation: Weak<AtsGeneration>,
     vm: usize,
     token: u32,
     response: HttpCallResponse,
@@ -287,8 +291,8 @@ extern "C" fn on_call_done(contp: TSCont, _event: TSEvent, _edata: *mut c_void) 
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the data is the Box<CallDone> set in `http_call_thread`, used once.
         let done = unsafe { Box::from_raw(TSContDataGet(contp) as *mut CallDone) };
-        let CallDone { slot, vm, token, response } = *done;
-        with_vm(&slot, vm, "on_http_call_response", |vm| vm.on_http_call_response(token, response));
+        let CallDone { generation, vm, token, response } = *done;
+        with_vm(&generation, vm, "on_http_call_response", |vm| vm.on_http_call_response(token, response));
     }));
     if r.is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) delivering an http_call answer");
@@ -298,16 +302,14 @@ extern "C" fn on_call_done(contp: TSCont, _event: TSEvent, _edata: *mut c_void) 
     0
 }
 
-/// Runs an event on a VM of a slot, if both still exist and the VM has not
-/// failed; errors are logged. Returns false when the slot is gone.
-fn with_vm(slot: &Weak<VmSlot>, vm: usize, what: &str, f: impl FnOnce(&mut crate::vm::Vm) -> Result<(), crate::vm::VmError>) -> bool {
+/// Runs an event on a VM of a generation, if it still exists and the VM
+/// has not failed (`Generation::with_vm`); errors are logged. Returns false
+/// when the generation is gone.
+fn with_vm(generation: &Weak<AtsGeneration>, vm: usize, what: &str, f: impl FnOnce(&mut crate::vm::Vm) -> Result<(), crate::vm::VmError>) -> bool {
     let r = catch_unwind(AssertUnwindSafe(|| {
-        let Some(slot) = slot.upgrade() else { return false };
-        let mut vms = slot.lock_vms();
-        if let Some(vm) = vms.vms.get_mut(vm).filter(|vm| vm.failure().is_none()) {
-            if let Err(e) = f(vm) {
-                log(LogLevel::Error, &format!("[proxy_wasm] {what}: {e}"));
-            }
+        let Some(generation) = generation.upgrade() else { return false };
+        if let Some(Err(e)) = generation.with_vm(vm, f) {
+            log(LogLevel::Error, &format!("[proxy_wasm] {what}: {e}"));
         }
         true
     }));
@@ -319,7 +321,7 @@ fn with_vm(slot: &Weak<VmSlot>, vm: usize, what: &str, f: impl FnOnce(&mut crate
 
 /// A one-shot `on_queue_ready` on the VM's thread.
 struct QueueWakeup {
-    slot: Weak<VmSlot>,
+    generation: Weak<AtsGeneration>,
     vm: usize,
     root: u32,
     queue: u32,
@@ -330,7 +332,7 @@ extern "C" fn on_queue_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void
         // SAFETY: the data is the Box<QueueWakeup> set in `notify_queue_ready`,
         // used once, here.
         let wakeup = unsafe { Box::from_raw(TSContDataGet(contp) as *mut QueueWakeup) };
-        with_vm(&wakeup.slot, wakeup.vm, "on_queue_ready", |vm| vm.on_queue_ready(wakeup.root, wakeup.queue));
+        with_vm(&wakeup.generation, wakeup.vm, "on_queue_ready", |vm| vm.on_queue_ready(wakeup.root, wakeup.queue));
     }));
     if r.is_err() {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) delivering a queue notification");
@@ -354,14 +356,14 @@ impl ServerHost for AtsServer {
         if http_client::parse_upstream(&request.upstream).is_none() {
             return Err(Status::BadArgument);
         }
-        let (Some(thread), Some(slot)) = (self.thread, self.slot.get()) else { return Err(Status::InternalFailure) };
+        let (Some(thread), Some(generation)) = (self.thread, self.generation.get()) else { return Err(Status::InternalFailure) };
         // The core asked `http_calls_full` first (and logged a refusal once
         // per plugin); this catches calls other threads started meanwhile.
         if HTTP_CALLS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= max_calls_in_flight() {
             HTTP_CALLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
             return Err(Status::InternalFailure);
         }
-        let job = Box::new(CallJob { request, done: CallDone { slot: slot.clone(), vm: self.vm, token, response: HttpCallResponse::default() }, thread });
+        let job = Box::new(CallJob { request, done: CallDone { generation: generation.clone(), vm: self.vm, token, response: HttpCallResponse::default() }, thread });
         let raw = Box::into_raw(job);
         // SAFETY: the thread takes ownership of the job; on failure we take it back.
         let t = unsafe { TSThreadCreate(Some(http_call_thread), raw as *mut c_void) };
@@ -386,11 +388,11 @@ impl ServerHost for AtsServer {
             self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).remove(&root_context_id);
             return;
         };
-        let Some(slot) = self.slot.get() else {
+        let Some(generation) = self.generation.get() else {
             self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).insert(root_context_id, period);
             return;
         };
-        let tick = Box::new(Tick { slot: slot.clone(), vm: self.vm, root: root_context_id, action: std::ptr::null_mut(), cancelled: AtomicBool::new(false), in_handler: AtomicBool::new(false) });
+        let tick = Box::new(Tick { generation: generation.clone(), set: self.set.clone(), vm: self.vm, root: root_context_id, action: std::ptr::null_mut(), cancelled: AtomicBool::new(false), in_handler: AtomicBool::new(false) });
         // SAFETY: a continuation with its own mutex, scheduled on the VM's
         // thread; its data is a leaked Box<Tick> freed by cancel_tick or its handler.
         unsafe {
@@ -403,8 +405,8 @@ impl ServerHost for AtsServer {
     }
 
     fn notify_queue_ready(&self, root_context_id: u32, queue_id: u32) {
-        let (Some(Thread(thread)), Some(slot)) = (self.thread, self.slot.get()) else { return };
-        let wakeup = Box::new(QueueWakeup { slot: slot.clone(), vm: self.vm, root: root_context_id, queue: queue_id });
+        let (Some(Thread(thread)), Some(generation)) = (self.thread, self.generation.get()) else { return };
+        let wakeup = Box::new(QueueWakeup { generation: generation.clone(), vm: self.vm, root: root_context_id, queue: queue_id });
         // SAFETY: a one-shot continuation with its own mutex on the VM's thread;
         // its handler takes the Box back and destroys the continuation.
         unsafe {

@@ -1,94 +1,197 @@
-//! One Traffic Server transaction as the plugins see it: a stream context per
-//! plugin, the request chain run at READ_REQUEST_HDR, the response chain at
-//! SEND_RESPONSE_HDR, and on_done/on_log/on_delete at TXN_CLOSE.
+//! One Traffic Server transaction as the plugins see it: its filter chain
+//! (`crate::chain`), driven from the transaction's hooks (request headers at
+//! READ_REQUEST_HDR or POST_REMAP, response headers at READ_RESPONSE_HDR or
+//! SEND_RESPONSE_HDR), from the body transforms (`super::transform`), and
+//! from its continuation's own events (a plugin's resume from another event,
+//! the pause timer); on_done/on_log/on_delete at TXN_CLOSE.
+//!
+//! Every chain call runs under the transaction continuation's mutex, which
+//! is the transaction's own (`start_transaction` creates the continuation
+//! with it): the hooks, the transforms and the wake-ups never drive the
+//! chain at once, and a wake-up can hand body bytes to a transform directly.
 
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::raw::c_char;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::raw::{c_char, c_void};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::hdr::Hdr;
 use super::server::log;
 use super::sys::*;
-use super::VmSlot;
+use super::transform::Transform;
+use super::AtsGeneration;
 use crate::abi::pairs::Pair;
 use crate::abi::{LogLevel, MapType, Status, StreamType};
-use crate::config::FailurePolicy;
+use crate::chain::{Chain, ChainServer, Flow, Phase, Signals};
 use crate::host::{HttpStream, LocalResponse};
-use crate::vm::{Verdict, VmError};
 
-/// What the stream contexts of one transaction share with the driver.
+/// What the stream contexts, the transforms and the chain's server side of
+/// one transaction share.
 pub struct TxnShared {
     pub txnp: TSHttpTxn,
     /// Which response header plugins see: none yet, the origin's (from
     /// READ_RESPONSE_HDR) or the one sent to the client (from SEND_RESPONSE_HDR).
-    pub response_source: std::sync::atomic::AtomicU8,
-    /// A local response was sent during the response phase (applied in place).
-    pub local_in_response: AtomicBool,
-    /// Whether the request chain waits for a plugin, and the resumes asked for.
-    pub pause: Mutex<PauseState>,
-    /// The transaction's continuation, woken when a paused plugin resumes.
-    pub contp: std::sync::atomic::AtomicPtr<std::os::raw::c_void>,
-    /// The local response a plugin sent, applied at SEND_RESPONSE_HDR.
+    pub response_source: AtomicU8,
+    /// The transaction's continuation: its hooks, the chain's wake-ups and
+    /// pause timer. Set once, before any plugin runs.
+    pub contp: AtomicPtr<c_void>,
+    /// What the plugins ask of the chain (resumes, local response, close).
+    pub signals: Signals,
+    /// The chain's pause timer (a `TSAction`), null when none is pending.
+    /// Only touched under the continuation's mutex (its event nulls it first).
+    pause_timer: AtomicPtr<c_void>,
+    /// Wake-ups scheduled on the continuation and not delivered yet: the
+    /// continuation outlives TXN_CLOSE until they all arrived.
+    wakes: AtomicUsize,
+    /// The response the chain answered with (a plugin's, or the chain's own
+    /// 503/413/504): `response.code_details`, and its headers at SEND_RESPONSE_HDR.
     pub local: Mutex<Option<LocalResponse>>,
     /// The transaction closed while a plugin still holds its context.
     pub detached: AtomicBool,
-    /// Body transforms waiting, at the end of a body, for a plugin to resume.
-    pub body_waiters: Mutex<Vec<BodyWaiter>>,
-    /// The response transform got body data: the response header is
-    /// committed, a local response can no longer replace it.
-    pub response_body_started: AtomicBool,
-    /// A plugin closed the response (`proxy_close_stream`, or its held body
-    /// passed `max_body_size` after the header went out): the response
-    /// transform aborts the response instead of ending it.
-    pub response_closed: AtomicBool,
+    /// The chain cut the response before Traffic Server sent its header (the
+    /// response transform's output is aborted once SEND_RESPONSE_HDR went on:
+    /// Traffic Server crashes on a transform output aborted before it set up
+    /// the response's delivery).
+    pub abort_response: AtomicBool,
+    /// The body transforms (request, response), null until added and once
+    /// Traffic Server closed them. Only touched under the transaction's mutex.
+    pub transforms: [AtomicPtr<Transform>; 2],
 }
+
+// SAFETY: `txnp` and the continuation are only passed to Traffic Server API
+// functions, which may be called from any thread while the transaction is
+// alive; every holder that may outlive it (a stream context waiting for
+// `proxy_done`) is detached at TXN_CLOSE and no longer uses them. The
+// transform pointers are only dereferenced under the transaction's mutex.
+unsafe impl Send for TxnShared {}
+// SAFETY: as above; the mutable parts are atomics, mutexes and `Signals`.
+unsafe impl Sync for TxnShared {}
 
 thread_local! {
     /// Wake-ups asked for by plugin callbacks running on this thread, to be
-    /// scheduled once the VM mutex is released (see `VmsGuard`).
-    static DEFERRED_WAKEUPS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// scheduled once the VM mutex is released (see `super::VmsGuard`).
+    static DEFERRED_WAKEUPS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// How many VM mutexes this thread holds (nested: 0 or 1 in practice).
+    static VMS_HELD: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Schedules `contp` once this thread releases the VM mutex it holds (every
-/// plugin callback runs under one): scheduling takes `contp`'s mutex, which
-/// must never be waited for while holding a VM mutex.
+/// This thread took a VM mutex (`super::AtsVms::lock`).
+pub(super) fn vms_locked() {
+    VMS_HELD.with(|n| n.set(n.get() + 1));
+}
+
+/// This thread released a VM mutex: the wake-ups deferred meanwhile are
+/// scheduled once it holds none.
+pub(super) fn vms_released() {
+    let left = VMS_HELD.with(|n| {
+        let left = n.get().saturating_sub(1);
+        n.set(left);
+        left
+    });
+    if left == 0 {
+        schedule_deferred_wakeups();
+    }
+}
+
+/// Schedules `contp` once this thread holds no VM mutex (every plugin
+/// callback runs under one): scheduling takes `contp`'s mutex, which must
+/// never be waited for while holding a VM mutex.
 fn defer_wakeup(contp: TSCont) {
     DEFERRED_WAKEUPS.with(|w| w.borrow_mut().push(contp as usize));
+    if VMS_HELD.with(Cell::get) == 0 {
+        schedule_deferred_wakeups();
+    }
 }
 
-/// Schedules the wake-ups deferred by `defer_wakeup` (called when a VM mutex
-/// is released, with no lock of ours held).
-pub fn schedule_deferred_wakeups() {
+/// Schedules the wake-ups deferred by `defer_wakeup` (with no VM mutex held).
+fn schedule_deferred_wakeups() {
     let wakeups = DEFERRED_WAKEUPS.with(|w| std::mem::take(&mut *w.borrow_mut()));
     for contp in wakeups {
-        // SAFETY: each continuation was alive when its wake-up was asked for,
-        // and stays alive until it is delivered (see the callers of
-        // `defer_wakeup`): nothing on this thread could end it in between.
+        // SAFETY: each continuation was alive when its wake-up was asked for
+        // and counted in its `TxnShared::wakes`, which keeps it alive until
+        // the wake-up is delivered (see `super::free_transaction`).
         unsafe { TSContScheduleOnPool(contp as TSCont, 0, TS_THREAD_POOL_NET) };
     }
 }
 
-/// A body transform waiting for `proxy_continue_stream` on `stream` after a
-/// plugin paused at the end of the body.
-pub struct BodyWaiter {
-    pub stream: StreamType,
-    /// The transform's waker continuation.
-    pub contp: TSCont,
-    /// The transform's count of wake-ups on their way, raised under the
-    /// `body_waiters` lock when one is scheduled (the transform's state lives
-    /// until they all arrived).
-    pub pending: Arc<std::sync::atomic::AtomicUsize>,
+/// The chain's server side: the transaction's shared state.
+#[derive(Clone)]
+pub struct AtsChain(pub Arc<TxnShared>);
+
+impl ChainServer for AtsChain {
+    fn signals(&self) -> &Signals {
+        &self.0.signals
+    }
+
+    /// Scheduled on the transaction's continuation (its EVENT_TIMEOUT runs
+    /// `Chain::on_pause_timeout`). Without it a plugin that never continues
+    /// would keep the transaction (and its connection) for ever: Traffic
+    /// Server does not end a transaction whose hook is held.
+    fn arm_pause_timer(&mut self, timeout: Duration) {
+        self.cancel_pause_timer();
+        let contp = self.0.contp.load(Ordering::Acquire);
+        if contp.is_null() {
+            return;
+        }
+        // SAFETY: the continuation lives until TXN_CLOSE, which cancels a
+        // timer still pending; called under its mutex (every chain call is).
+        let action = unsafe { TSContScheduleOnPool(contp as TSCont, timeout.as_millis().max(1) as TSHRTime, TS_THREAD_POOL_NET) };
+        self.0.pause_timer.store(action as *mut c_void, Ordering::Release);
+    }
+
+    fn cancel_pause_timer(&mut self) {
+        self.0.cancel_pause_timer();
+    }
+
+    /// Called from inside a VM call: the wake-up is scheduled once this
+    /// thread released the VMs (`defer_wakeup`).
+    fn schedule_resume(&self) {
+        let contp = self.0.contp.load(Ordering::Acquire);
+        if contp.is_null() || self.0.detached.load(Ordering::Acquire) {
+            return;
+        }
+        self.0.wakes.fetch_add(1, Ordering::AcqRel);
+        defer_wakeup(contp as TSCont);
+    }
+
+    fn log(&self, plugin: &str, level: LogLevel, message: &str) {
+        if plugin.is_empty() {
+            log(level, &format!("[proxy_wasm] {message}"));
+        } else {
+            log(level, &format!("[proxy_wasm] {plugin}: {message}"));
+        }
+    }
 }
 
-// SAFETY: `txnp` is only passed to Traffic Server API functions, which may be
-// called from any thread while the transaction is alive; every holder (the
-// stream contexts) is dropped at TXN_CLOSE, before Traffic Server frees it.
-unsafe impl Send for TxnShared {}
-// SAFETY: as above; the mutable parts are atomics and mutexes.
-unsafe impl Sync for TxnShared {}
-
 impl TxnShared {
+    pub fn new(txnp: TSHttpTxn) -> TxnShared {
+        TxnShared {
+            txnp,
+            response_source: AtomicU8::new(RESPONSE_NONE),
+            contp: AtomicPtr::new(std::ptr::null_mut()),
+            signals: Signals::new(),
+            pause_timer: AtomicPtr::new(std::ptr::null_mut()),
+            wakes: AtomicUsize::new(0),
+            local: Mutex::new(None),
+            detached: AtomicBool::new(false),
+            abort_response: AtomicBool::new(false),
+            transforms: [AtomicPtr::new(std::ptr::null_mut()), AtomicPtr::new(std::ptr::null_mut())],
+        }
+    }
+
+    /// Cancels the pause timer if one is pending. Called under the
+    /// continuation's mutex, under which the timer's own event nulls the
+    /// handle first: a handle that is not null is a timer that has not fired.
+    fn cancel_pause_timer(&self) {
+        let action = self.pause_timer.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !action.is_null() {
+            // SAFETY: a pending action (see above).
+            unsafe { TSActionCancel(action as TSAction) };
+        }
+    }
+
     fn client_request(&self) -> Option<Hdr> {
         let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
         // SAFETY: live transaction (see the Send impl).
@@ -98,9 +201,10 @@ impl TxnShared {
 
     fn client_response(&self) -> Option<Hdr> {
         let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
-        // SAFETY: live transaction.
         let r = match self.response_source.load(Ordering::Acquire) {
+            // SAFETY: live transaction, past READ_RESPONSE_HDR.
             RESPONSE_FROM_ORIGIN => unsafe { TSHttpTxnServerRespGet(self.txnp, &mut buf, &mut loc) },
+            // SAFETY: live transaction, at SEND_RESPONSE_HDR or later.
             RESPONSE_TO_CLIENT => unsafe { TSHttpTxnClientRespGet(self.txnp, &mut buf, &mut loc) },
             _ => return None,
         };
@@ -118,50 +222,6 @@ impl TxnShared {
         let status = h.status();
         Self::release(&h);
         status != 0
-    }
-
-    fn response_started(&self) -> bool {
-        self.response_source.load(Ordering::Acquire) != RESPONSE_NONE
-    }
-
-    /// Resumed (or answered) from another event than the paused callback (a
-    /// tick, a queue, a call's answer): wake the transaction's continuation to
-    /// go on with the chain.
-    fn wake_if_paused(&self) {
-        let paused = self.pause.lock().unwrap_or_else(|p| p.into_inner()).paused;
-        let contp = self.contp.load(Ordering::Acquire);
-        if paused && !contp.is_null() {
-            // The continuation lives until TXN_CLOSE, which cannot come while
-            // the transaction waits in a hook (a wake-up that finds it resumed
-            // meanwhile does nothing), nor before this thread, which runs the
-            // plugin callback asking for it, schedules the wake-up.
-            defer_wakeup(contp as TSCont);
-        }
-    }
-
-    /// Wakes the body transform of `stream` if it waits for a resume.
-    fn wake_body_waiter(&self, stream: StreamType) {
-        let woken = {
-            let mut waiters = self.body_waiters.lock().unwrap_or_else(|p| p.into_inner());
-            let i = waiters.iter().position(|w| w.stream == stream);
-            i.map(|i| waiters.remove(i)).inspect(|w| {
-                w.pending.fetch_add(1, Ordering::AcqRel);
-            })
-        };
-        if let Some(w) = woken {
-            // The transform frees its waker only when it is out of
-            // `body_waiters` and no wake-up is pending; this one was counted
-            // under the lock.
-            defer_wakeup(w.contp);
-        }
-    }
-
-    /// Takes a resume of `stream` if a plugin asked for one.
-    pub fn take_resume(&self, stream: StreamType) -> bool {
-        let mut p = self.pause.lock().unwrap_or_else(|p| p.into_inner());
-        let found = p.resumes.contains(&stream);
-        p.resumes.retain(|s| *s != stream);
-        found
     }
 
     fn hdr(&self, map: MapType) -> Result<Option<Hdr>, Status> {
@@ -213,12 +273,6 @@ impl TxnShared {
             }
         }
     }
-}
-
-#[derive(Default)]
-pub struct PauseState {
-    pub paused: bool,
-    pub resumes: Vec<StreamType>,
 }
 
 pub const RESPONSE_NONE: u8 = 0;
@@ -273,7 +327,9 @@ impl Framing {
     }
 }
 
-/// The stream context's view of the transaction.
+/// The stream context's view of the transaction: header maps and
+/// properties. Resumes, local responses and closes go to the chain (its
+/// `ChainStream` wraps this one and never passes them on).
 pub struct AtsStream {
     pub shared: Arc<TxnShared>,
 }
@@ -304,48 +360,19 @@ impl HttpStream for AtsStream {
         self.shared.with_hdr(map, |h| h.remove(key))?.ok_or(Status::BadArgument)
     }
 
-    fn send_local_response(&mut self, response: LocalResponse) -> Result<(), Status> {
-        if self.shared.response_body_started.load(Ordering::Acquire) || self.shared.detached.load(Ordering::Acquire) {
-            // The response header went (or is going) out with the body.
-            return Err(Status::BadArgument);
-        }
-        let mut local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner());
-        if self.shared.response_started() {
-            self.shared.local_in_response.store(true, Ordering::Release);
-            // In the response phase the status and headers are rewritten in place.
-            self.shared.with_hdr(MapType::HttpResponseHeaders, |h| {
-                h.add(b":status", response.status.to_string().as_bytes())?;
-                for (k, v) in &response.headers {
-                    h.replace(k, v)?;
-                }
-                Ok(())
-            })?;
-        }
-        let in_request = !self.shared.response_started();
-        *local = Some(response);
-        drop(local);
-        self.shared.wake_if_paused();
-        if in_request {
-            // A request body held at its end answers now instead of at its pause_timeout.
-            self.shared.wake_body_waiter(StreamType::HttpRequest);
-        }
-        Ok(())
+    /// Taken by the chain (`crate::chain::stream::ChainStream`).
+    fn send_local_response(&mut self, _response: LocalResponse) -> Result<(), Status> {
+        Err(Status::InternalFailure)
     }
 
-    fn resume(&mut self, stream: StreamType) -> Result<(), Status> {
-        self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).resumes.push(stream);
-        self.shared.wake_if_paused();
-        self.shared.wake_body_waiter(stream);
-        Ok(())
+    /// Taken by the chain.
+    fn resume(&mut self, _stream: StreamType) -> Result<(), Status> {
+        Err(Status::InternalFailure)
     }
 
-    fn close(&mut self, stream: StreamType) -> Result<(), Status> {
-        // Closing ends the transaction with an error; the driver sees
-        // Verdict::Stop. A response body being sent is aborted by its transform.
-        if stream == StreamType::HttpResponse {
-            self.shared.response_closed.store(true, Ordering::Release);
-        }
-        Ok(())
+    /// Taken by the chain.
+    fn close(&mut self, _stream: StreamType) -> Result<(), Status> {
+        Err(Status::InternalFailure)
     }
 
     fn detach(&mut self) {
@@ -423,68 +450,63 @@ impl HttpStream for AtsStream {
     }
 }
 
-/// One plugin's stream context in this transaction.
-#[derive(Clone, Copy, Debug)]
-pub struct Link {
-    pub plugin: usize,
-    pub vm: usize,
-    pub ctx: u32,
+/// The chain of one transaction, on the generation of VMs it started on.
+pub type AtsTxnChain = Chain<AtsChain, Arc<AtsGeneration>>;
+
+/// What a hook or an event of the transaction does once it let go of the
+/// transaction's state: reenabling may run the next hook at once (even ours),
+/// and a transform's work may drive the chain again.
+pub enum Next {
+    /// Nothing: the chain waits (the hook stays held), or there was nothing to do.
+    Hold,
+    /// Reenable the transaction; `error`: Traffic Server's error response
+    /// (the one `set_error_response` prepared, or its own).
+    Reenable { error: bool },
+    /// Body bytes (or an answer) for the transform of this direction.
+    Body(StreamType, Flow),
 }
 
 /// The transaction, owned by its continuation.
 pub struct Txn {
     pub shared: Arc<TxnShared>,
-    pub slot: Arc<VmSlot>,
-    pub chain: Vec<Link>,
-    /// How many plugins have run in the current phase.
-    pub next: usize,
-    /// `on_response_headers` has started (at READ_RESPONSE_HDR or SEND_RESPONSE_HDR).
-    pub response_done: bool,
-    /// How many plugins, counted from the last, have run `on_response_headers`.
-    pub response_next: usize,
-    /// The response chain waits for a plugin (`Pause` from `on_response_headers`).
-    pub response_paused: bool,
-    /// A local response from the response phase replaced the origin's through
-    /// Traffic Server's error response: its status and headers are set again
-    /// at SEND_RESPONSE_HDR.
-    pub local_replaces_response: bool,
+    /// `None` once the transaction closed.
+    pub chain: Option<AtsTxnChain>,
     /// The client request's Content-Length and Transfer-Encoding as received.
     pub framing: Framing,
     /// The origin response's, as received (set at READ_RESPONSE_HDR).
-    pub response_framing: Option<Framing>,
-    /// The timer that ends a pause past the pausing plugin's `pause_timeout`;
-    /// null when none is pending. Only touched under the continuation's mutex
-    /// (its handlers, and the first run of the request chain from the global
-    /// hook, which takes it).
-    pub pause_timer: TSAction,
-    /// The plugin that paused the request or response chain last.
-    pub paused_by: Option<Link>,
+    response_framing: Option<Framing>,
+    /// The response headers went to the chain (at READ_RESPONSE_HDR or SEND_RESPONSE_HDR).
+    response_started: bool,
+    /// The chain answered during the request (headers or body): Traffic
+    /// Server makes that response; its status and headers are set on it at
+    /// SEND_RESPONSE_HDR (Traffic Server turns a 2xx error response into 500).
+    answered_request: bool,
+    /// The chain answered from the request body: the request is not sent
+    /// on; SEND_REQUEST_HDR answers instead.
+    answered_request_body: bool,
+    /// The chain answered from the response headers of an origin response,
+    /// replaced through Traffic Server's error response: its status and
+    /// headers are set again at SEND_RESPONSE_HDR.
+    local_replaces_response: bool,
+    /// TXN_CLOSE came; the continuation waits for its last wake-up.
+    closed: bool,
 }
 
-/// Cancels a timer scheduled with `TSContScheduleOnPool`, if one is pending.
-/// The caller holds the timer continuation's mutex, and the timer's own
-/// event nulls its handle first (under that mutex): a handle that is not
-/// null is a timer that has not fired.
-pub(super) fn cancel_timer(timer: &mut TSAction) {
-    if !timer.is_null() {
-        // SAFETY: a pending action (see above).
-        unsafe { TSActionCancel(*timer) };
-        *timer = std::ptr::null_mut();
-    }
-}
-
-fn reenable(txnp: TSHttpTxn, error: bool) {
+pub(super) fn reenable(txnp: TSHttpTxn, error: bool) {
     let event = if error { TS_EVENT_HTTP_ERROR } else { TS_EVENT_HTTP_CONTINUE };
     // SAFETY: live transaction, reenabled exactly once per hook.
     unsafe { TSHttpTxnReenable(txnp, event) };
 }
 
 /// Makes Traffic Server answer with `status` and `body` instead of going on.
-fn set_error_response(txnp: TSHttpTxn, status: u32, body: &[u8], content_type: Option<&[u8]>) {
-    // SAFETY: buffers given to TSHttpTxnErrorBodySet must come from TSmalloc;
-    // each is filled completely before Traffic Server takes ownership.
+fn set_error_response(txnp: TSHttpTxn, response: &LocalResponse) {
+    let content_type = response.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.as_slice());
+    let body = &response.body;
+    // SAFETY: live transaction; buffers given to TSHttpTxnErrorBodySet must
+    // come from TSmalloc, and each is filled completely (the content type
+    // NUL-terminated) before Traffic Server takes ownership of it.
     unsafe {
-        TSHttpTxnStatusSet(txnp, status as TSHttpStatus);
+        TSHttpTxnStatusSet(txnp, response.status as TSHttpStatus);
         let path = b"memory/proxy_wasm\0".as_ptr() as *const c_char;
         let buf = _TSmalloc(body.len().max(1), path) as *mut u8;
         if buf.is_null() {
@@ -501,136 +523,62 @@ fn set_error_response(txnp: TSHttpTxn, status: u32, body: &[u8], content_type: O
     }
 }
 
+/// Does what `next` says (with no borrow of the transaction left: see [`Next`]).
+///
+/// # Safety
+/// Called under the transaction's mutex, from one of its hooks or events,
+/// while the transaction is live.
+pub unsafe fn apply(shared: &TxnShared, next: Next) {
+    match next {
+        Next::Hold => {}
+        Next::Reenable { error } => reenable(shared.txnp, error),
+        Next::Body(direction, flow) => {
+            let t = shared.transforms[usize::from(direction == StreamType::HttpResponse)].load(Ordering::Acquire);
+            if !t.is_null() {
+                // SAFETY: a transform listed here is open (it unlists itself
+                // when Traffic Server closes it, under the same mutex).
+                unsafe { super::transform::deliver(t, flow) };
+            }
+        }
+    }
+}
+
 impl Txn {
-    /// `link` holds the chain (a Traffic Server hook is not reenabled): it has
-    /// its `pause_timeout` to continue or answer before `on_pause_timer` ends
-    /// the transaction. Without this a plugin that never continues would keep
-    /// the transaction (and its connection) for ever: Traffic Server does not
-    /// end a transaction whose hook is held, even after the client left.
-    fn arm_pause_timer(&mut self, link: Link) {
-        self.cancel_pause_timer();
-        self.paused_by = Some(link);
-        let timeout = self.slot.plugins.plugins[link.plugin].config.pause_timeout;
-        let contp = self.shared.contp.load(Ordering::Acquire);
-        if !contp.is_null() {
-            // SAFETY: the continuation lives until TXN_CLOSE, which cannot come
-            // while a hook is held; `close` cancels a timer still pending.
-            self.pause_timer = unsafe { TSContScheduleOnPool(contp as TSCont, timeout.as_millis().max(1) as TSHRTime, TS_THREAD_POOL_NET) };
+    pub fn new(shared: Arc<TxnShared>, chain: AtsTxnChain, framing: Framing) -> Txn {
+        Txn {
+            shared,
+            chain: Some(chain),
+            framing,
+            response_framing: None,
+            response_started: false,
+            answered_request: false,
+            answered_request_body: false,
+            local_replaces_response: false,
+            closed: false,
         }
     }
 
-    fn cancel_pause_timer(&mut self) {
-        cancel_timer(&mut self.pause_timer);
+    /// Counts a wake-up in. Returns whether the transaction closed (the
+    /// wake-up has nothing to do) and whether it was the last one on its way
+    /// (the continuation can go).
+    pub fn take_wake(&mut self) -> (bool, bool) {
+        let before = self.shared.wakes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1))).unwrap_or(0);
+        (self.closed, before <= 1)
     }
 
-    /// The paused chain was answered (by a plugin's local response, or the
-    /// pause timed out): in the phase it paused in.
-    fn answer_paused_chain(&mut self) {
-        if std::mem::take(&mut self.response_paused) {
-            self.answer_in_response_phase();
-        } else {
-            self.stop_with_local_response();
-        }
+    /// Whether a wake-up is still on its way to the continuation.
+    pub fn wakes_pending(&self) -> bool {
+        self.shared.wakes.load(Ordering::Acquire) > 0
     }
 
-    /// The pause timer fired: if the chain still waits, the transaction gets
-    /// a 504 (as a local response: in the response phase it replaces an
-    /// origin response; a response Traffic Server is already sending keeps
-    /// its body).
-    pub fn on_pause_timer(&mut self) {
-        self.pause_timer = std::ptr::null_mut();
-        let expired = std::mem::replace(&mut self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).paused, false);
-        if !expired {
-            return;
-        }
-        if let Some(link) = self.paused_by {
-            let timeout = self.slot.plugins.plugins[link.plugin].config.pause_timeout;
-            let phase = if self.response_paused { "response" } else { "request" };
-            log(LogLevel::Warn, &format!("[proxy_wasm] {}: kept the {phase} paused for {timeout:?} (pause_timeout) without continuing it; answering 504", self.plugin_name(link)));
-        }
-        let inserted = {
-            let mut local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner());
-            let inserted = local.is_none();
-            local.get_or_insert_with(LocalResponse::pause_timeout);
-            inserted
-        };
-        if inserted && self.response_paused && self.shared.response_source.load(Ordering::Acquire) == RESPONSE_TO_CLIENT {
-            // A response Traffic Server is already sending (cache hit, its
-            // own): the 504's status and headers go on it in place (a
-            // plugin's own local response did that when it was sent).
-            self.apply_local_headers();
-        }
-        self.answer_paused_chain();
+    fn remember(&self, response: &LocalResponse) {
+        *self.shared.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(response.clone());
     }
 
-    /// Takes a resume of `stream`; without one, marks the chain paused (so
-    /// that a later resume wakes the transaction) and returns false.
-    fn take_resume(&self, stream: StreamType) -> bool {
-        let mut p = self.shared.pause.lock().unwrap_or_else(|p| p.into_inner());
-        let found = p.resumes.contains(&stream);
-        p.resumes.retain(|s| *s != stream);
-        p.paused = !found;
-        found
-    }
-
-    /// The transaction's continuation was woken: continue a paused request or
-    /// response chain, or answer with the local response a plugin sent.
-    pub fn on_wakeup(&mut self) {
-        let stream = if self.response_paused { StreamType::HttpResponse } else { StreamType::HttpRequest };
-        let answered = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-        if answered {
-            let was_paused = std::mem::replace(&mut self.shared.pause.lock().unwrap_or_else(|p| p.into_inner()).paused, false);
-            if was_paused {
-                self.cancel_pause_timer();
-                self.answer_paused_chain();
-            }
-            return;
-        }
-        let resume = {
-            let mut p = self.shared.pause.lock().unwrap_or_else(|p| p.into_inner());
-            let found = p.paused && p.resumes.contains(&stream);
-            if found {
-                p.paused = false;
-                p.resumes.retain(|s| *s != stream);
-            }
-            found
-        };
-        if resume {
-            self.cancel_pause_timer();
-            if std::mem::take(&mut self.response_paused) {
-                self.continue_response_headers();
-            } else {
-                self.run_request_headers();
-            }
-        }
-    }
-
-    fn policy(&self, link: Link) -> FailurePolicy {
-        self.slot.plugins.plugins[link.plugin].config.failure_policy
-    }
-
-    fn plugin_name(&self, link: Link) -> &str {
-        &self.slot.plugins.plugins[link.plugin].config.name
-    }
-
-    /// A plugin failed: fail closed answers 503; fail open skips the plugin.
-    fn on_failure(&self, link: Link, e: &VmError) -> bool {
-        log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", self.plugin_name(link)));
-        match self.policy(link) {
-            FailurePolicy::FailOpen => false,
-            FailurePolicy::FailClosed | FailurePolicy::Reload => {
-                *self.shared.local.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                set_error_response(self.shared.txnp, 503, b"plugin failure\n", None);
-                true
-            }
-        }
-    }
-
-    /// Runs `on_request_headers` from the next plugin on; reenables the
-    /// transaction unless a plugin paused it.
-    pub fn run_request_headers(&mut self) {
-        let shared = self.shared.clone();
-        let count = shared
+    /// The request headers through the chain (READ_REQUEST_HDR or POST_REMAP).
+    pub fn run_request_headers(&mut self) -> Next {
+        let count = self
+            .shared
             .client_request()
             .map(|h| {
                 let n = h.pair_count();
@@ -639,38 +587,43 @@ impl Txn {
             })
             .unwrap_or(0);
         let eos = self.framing.no_body();
-        let slot = self.slot.clone();
-        let mut vms = slot.lock_vms();
-        while self.next < self.chain.len() {
-            let link = self.chain[self.next];
-            self.next += 1;
-            match vms.vms[link.vm].on_request_headers(link.ctx, count, eos) {
-                Ok(Verdict::Continue) => {}
-                Ok(Verdict::Pause) => {
-                    if !self.take_resume(StreamType::HttpRequest) {
-                        // Resumed later by `proxy_continue_stream` from another event.
-                        drop(vms);
-                        self.arm_pause_timer(link);
-                        return;
-                    }
-                }
-                Ok(Verdict::Stop) => {
-                    drop(vms);
-                    self.stop_with_local_response();
-                    return;
-                }
-                Err(e) => {
-                    if self.on_failure(link, &e) {
-                        drop(vms);
-                        reenable(shared.txnp, true);
-                        return;
-                    }
-                }
+        let Some(chain) = self.chain.as_mut() else { return Next::Reenable { error: false } };
+        let flow = chain.on_request_headers(count, eos);
+        self.request_headers_flow(flow)
+    }
+
+    fn request_headers_flow(&mut self, flow: Flow) -> Next {
+        match flow {
+            Flow::Continue | Flow::Forward { .. } | Flow::Buffered => {
+                self.restore_framing();
+                Next::Reenable { error: false }
             }
+            Flow::Wait => Next::Hold,
+            Flow::Respond(response) => {
+                self.remember(&response);
+                self.answered_request = true;
+                set_error_response(self.shared.txnp, &response);
+                Next::Reenable { error: true }
+            }
+            // A closed stream: Traffic Server answers with its own error.
+            Flow::Abort | Flow::Reset => Next::Reenable { error: true },
         }
-        drop(vms);
-        self.restore_framing();
-        reenable(shared.txnp, false);
+    }
+
+    /// The bookkeeping of a request body flow, from the request transform or
+    /// a wake-up: an answer is given at SEND_REQUEST_HDR (the transform holds
+    /// the body until its end, so the request has not been sent).
+    pub fn request_body_flow(&mut self, flow: &Flow) {
+        if let Flow::Respond(response) = flow {
+            self.answer_request_body(response);
+        }
+    }
+
+    /// The request body ends in an answer (a plugin's, or 413, 503, 504).
+    pub fn answer_request_body(&mut self, response: &LocalResponse) {
+        self.remember(response);
+        self.answered_request = true;
+        self.answered_request_body = true;
     }
 
     /// Traffic Server reads the client's body by the client request's
@@ -697,18 +650,20 @@ impl Txn {
 
     /// SEND_REQUEST_HDR, when the request body goes through the request
     /// transform. The transform holds the whole body before Traffic Server
-    /// sends the request on, so a local response sent from a body callback
-    /// (or a body pause that timed out) is known here: the request is not
-    /// sent and the client gets the local response instead.
+    /// sends the request on, so an answer from the request body (a plugin's
+    /// local response, a failure's 503, 413, a pause past its timeout) is
+    /// known here: the request is not sent and the client gets it instead.
     ///
     /// Otherwise, for a chunked body: the transform hands it on chunked again,
     /// but Traffic Server also sets the transform's output length as
     /// Content-Length, which must not go out next to
     /// `Transfer-Encoding: chunked` (RFC 9112 6.3).
-    pub fn on_send_request_header(&self) {
-        if self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-            self.stop_with_local_response();
-            return;
+    pub fn on_send_request_header(&self) -> Next {
+        if self.answered_request_body {
+            if let Some(response) = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                set_error_response(self.shared.txnp, response);
+            }
+            return Next::Reenable { error: true };
         }
         let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
         // SAFETY: live transaction, in its SEND_REQUEST_HDR hook.
@@ -720,61 +675,86 @@ impl Txn {
             }
             TxnShared::release(&h);
         }
-        reenable(self.shared.txnp, false);
+        Next::Reenable { error: false }
     }
 
-    fn stop_with_local_response(&self) {
-        let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match local {
-            Some(r) => {
-                let ct = r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.as_slice());
-                set_error_response(self.shared.txnp, r.status, &r.body, ct);
-            }
-            // A closed stream: Traffic Server answers with its own error.
-            None => {}
-        }
-        reenable(self.shared.txnp, true);
-    }
-
-    /// Runs `on_response_headers` for every plugin that saw the request, last
-    /// first (the order Envoy runs encoder filters): at READ_RESPONSE_HDR for
-    /// origin responses (before any body reaches a plugin), else at
-    /// SEND_RESPONSE_HDR (cache hits, responses Traffic Server or a plugin made).
-    pub fn run_response_headers(&mut self, source: u8) {
+    /// The response headers through the chain, last plugin first (the order
+    /// Envoy runs encoder filters), over the plugins that saw the request: at
+    /// READ_RESPONSE_HDR for origin responses (before any body reaches a
+    /// plugin), else at SEND_RESPONSE_HDR (cache hits, responses Traffic
+    /// Server or the chain made).
+    pub fn run_response_headers(&mut self, source: u8) -> Next {
         self.shared.response_source.store(source, Ordering::Release);
-        if source == RESPONSE_FROM_ORIGIN && !self.response_done && !self.shared.local_in_response.load(Ordering::Acquire) {
-            // A local response sent from the request body, after the request
-            // had gone on: it replaces the origin's response as a whole; the
-            // plugins see it at SEND_RESPONSE_HDR.
-            let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let Some(r) = local {
-                let ct = r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.as_slice());
-                set_error_response(self.shared.txnp, r.status, &r.body, ct);
-                reenable(self.shared.txnp, true);
-                return;
-            }
-        }
-        if std::mem::replace(&mut self.response_done, true) {
+        if std::mem::replace(&mut self.response_started, true) {
+            // SEND_RESPONSE_HDR after the chain saw the origin's response.
             if source == RESPONSE_TO_CLIENT && self.local_replaces_response {
                 self.apply_local_headers();
             }
-            reenable(self.shared.txnp, false);
-            return;
+            return Next::Reenable { error: false };
         }
         if source == RESPONSE_FROM_ORIGIN {
             self.response_framing = Some(Framing::of(self.shared.client_response()));
         }
-        // A local response sent during the request phase: its headers.
-        if !self.shared.local_in_response.load(Ordering::Acquire) {
+        if self.answered_request {
+            // The response Traffic Server made from the chain's answer: its
+            // status and headers, before the plugins see it.
             self.apply_local_headers();
         }
-        self.response_next = 0;
-        self.continue_response_headers();
+        let (count, eos) = self
+            .shared
+            .client_response()
+            .map(|h| {
+                let n = h.pair_count();
+                let status = h.status();
+                let empty = h.value(b"content-length").is_some_and(|v| v.trim_ascii() == b"0");
+                TxnShared::release(&h);
+                (n, empty || status == 204 || status == 304 || (100..200).contains(&status))
+            })
+            .unwrap_or((0, true));
+        let Some(chain) = self.chain.as_mut() else { return Next::Reenable { error: false } };
+        let flow = chain.on_response_headers(count, eos);
+        self.response_headers_flow(flow)
     }
 
-    /// Sets the status and headers of the local response on the response
-    /// Traffic Server is about to send (it made that response from the
-    /// status and body the plugin gave, but turns a 2xx into 500).
+    fn response_headers_flow(&mut self, flow: Flow) -> Next {
+        match flow {
+            Flow::Continue | Flow::Forward { .. } | Flow::Buffered => {
+                self.restore_response_framing();
+                Next::Reenable { error: false }
+            }
+            Flow::Wait => Next::Hold,
+            Flow::Respond(response) => {
+                self.remember(&response);
+                if self.shared.response_source.load(Ordering::Acquire) == RESPONSE_FROM_ORIGIN {
+                    // The origin's response is replaced as a whole: Traffic
+                    // Server sends this status and body instead (headers set
+                    // again at SEND_RESPONSE_HDR).
+                    set_error_response(self.shared.txnp, &response);
+                    self.local_replaces_response = true;
+                    Next::Reenable { error: true }
+                } else {
+                    // A response Traffic Server is already sending (cache
+                    // hit, its own): status and headers in place.
+                    log(LogLevel::Warn, "[proxy_wasm] a local response sent while Traffic Server was sending its own response replaces its status and headers, not its body");
+                    let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| {
+                        h.add(b":status", response.status.to_string().as_bytes())?;
+                        for (k, v) in &response.headers {
+                            h.replace(k, v)?;
+                        }
+                        Ok(())
+                    });
+                    Next::Reenable { error: false }
+                }
+            }
+            // A closed stream (or a response the chain had to give up): Traffic
+            // Server ends the transaction with an error.
+            Flow::Abort | Flow::Reset => Next::Reenable { error: true },
+        }
+    }
+
+    /// Sets the status and headers of the chain's answer on the response
+    /// Traffic Server is about to send (it made that response from the status
+    /// and body given, but turns a 2xx into 500).
     fn apply_local_headers(&self) {
         let Some(r) = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone() else { return };
         let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| {
@@ -788,99 +768,54 @@ impl Txn {
         });
     }
 
-    /// Runs `on_response_headers` from the next plugin (counted from the
-    /// last) on; reenables the transaction unless a plugin paused it.
-    fn continue_response_headers(&mut self) {
-        let (count, eos) = self
-            .shared
-            .client_response()
-            .map(|h| {
-                let n = h.pair_count();
-                let status = h.status();
-                let empty = h.value(b"content-length").is_some_and(|v| v.trim_ascii() == b"0");
-                TxnShared::release(&h);
-                (n, empty || status == 204 || status == 304 || (100..200).contains(&status))
-            })
-            .unwrap_or((0, true));
-        let ran = self.next.min(self.chain.len());
-        let slot = self.slot.clone();
-        let mut vms = slot.lock_vms();
-        while self.response_next < ran {
-            let link = self.chain[ran - 1 - self.response_next];
-            self.response_next += 1;
-            match vms.vms[link.vm].on_response_headers(link.ctx, count, eos) {
-                Ok(Verdict::Continue) => {}
-                Ok(Verdict::Pause) => {
-                    if !self.take_resume(StreamType::HttpResponse) {
-                        // Resumed later by `proxy_continue_stream` or answered
-                        // by `proxy_send_local_response` from another event.
-                        self.response_paused = true;
-                        drop(vms);
-                        self.arm_pause_timer(link);
-                        return;
-                    }
-                }
-                Ok(Verdict::Stop) => {
-                    drop(vms);
-                    self.answer_in_response_phase();
-                    return;
-                }
-                Err(e) => {
-                    if self.on_failure(link, &e) {
-                        drop(vms);
-                        self.answer_in_response_phase();
-                        return;
-                    }
-                }
+    /// What the chain does next in `phase`, after a wake-up or its pause timer.
+    fn dispatch(&mut self, phase: Phase, flow: Flow) -> Next {
+        match phase {
+            Phase::RequestHeaders => self.request_headers_flow(flow),
+            // Traffic Server reads no response body while the response
+            // headers hook is held: nothing is queued in the chain meanwhile.
+            Phase::ResponseHeaders => self.response_headers_flow(flow),
+            Phase::RequestBody => {
+                self.request_body_flow(&flow);
+                Next::Body(StreamType::HttpRequest, flow)
             }
-        }
-        drop(vms);
-        self.restore_response_framing();
-        reenable(self.shared.txnp, false);
-    }
-
-    /// A plugin answered (or failed closed, or closed the stream) in the
-    /// response phase. An origin response is replaced as a whole: Traffic
-    /// Server sends the local response's status and body instead (headers set
-    /// again at SEND_RESPONSE_HDR). A response already on its way to the
-    /// client (cache hit, Traffic Server's own) only gets status and headers.
-    fn answer_in_response_phase(&mut self) {
-        let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let from_origin = self.shared.response_source.load(Ordering::Acquire) == RESPONSE_FROM_ORIGIN;
-        match local {
-            Some(r) if from_origin => {
-                let ct = r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.as_slice());
-                set_error_response(self.shared.txnp, r.status, &r.body, ct);
-                self.local_replaces_response = true;
-                reenable(self.shared.txnp, true);
-            }
-            Some(_) => {
-                log(LogLevel::Warn, "[proxy_wasm] a local response sent while Traffic Server was sending its own response replaces its status and headers, not its body");
-                reenable(self.shared.txnp, false);
-            }
-            // A closed stream or a failed plugin: Traffic Server ends the
-            // transaction with an error.
-            None => reenable(self.shared.txnp, true),
+            Phase::ResponseBody => Next::Body(StreamType::HttpResponse, flow),
         }
     }
 
-    /// on_done, on_log, on_delete for every stream context, at TXN_CLOSE.
+    /// EVENT_IMMEDIATE on the continuation: a plugin resumed, answered or
+    /// closed the stream from another event (a tick, a queue, an `http_call`
+    /// answer) while the chain waited or held a body.
+    pub fn on_wakeup(&mut self) -> Next {
+        let Some(chain) = self.chain.as_mut() else { return Next::Hold };
+        match chain.resume() {
+            Some((phase, flow)) => self.dispatch(phase, flow),
+            None => Next::Hold,
+        }
+    }
+
+    /// EVENT_TIMEOUT on the continuation: the pause timer fired (504, or the
+    /// response aborted once its headers are out).
+    pub fn on_pause_timer(&mut self) -> Next {
+        self.shared.pause_timer.store(std::ptr::null_mut(), Ordering::Release);
+        let Some(chain) = self.chain.as_mut() else { return Next::Hold };
+        match chain.on_pause_timeout() {
+            Some((phase, flow)) => self.dispatch(phase, flow),
+            None => Next::Hold,
+        }
+    }
+
+    /// on_done, on_log, on_delete for every stream context, at TXN_CLOSE;
+    /// the chain (and with it the generation of VMs it held) goes.
     pub fn close(&mut self) {
-        self.cancel_pause_timer();
-        let slot = self.slot.clone();
-        let mut vms = slot.lock_vms();
-        let mut waiting = false;
-        for link in &self.chain {
-            match vms.vms[link.vm].finish_stream(link.ctx) {
-                Ok(done) => waiting |= !done,
-                Err(e) => log(LogLevel::Error, &format!("[proxy_wasm] {}: {e}", self.plugin_name(*link))),
+        self.closed = true;
+        self.shared.cancel_pause_timer();
+        if let Some(mut chain) = self.chain.take() {
+            if chain.finish() {
+                // A plugin's on_done returned false: its proxy_done is awaited,
+                // within its pause_timeout.
+                super::watch_awaiting_done();
             }
-        }
-        drop(vms);
-        self.chain.clear();
-        if waiting {
-            // A plugin's on_done returned false: its proxy_done is awaited, within its pause_timeout.
-            super::watch_awaiting_done();
         }
     }
 }

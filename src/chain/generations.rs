@@ -361,6 +361,9 @@ impl<C: VmsCell> Generations<C> {
                 return true;
             }
             match generation.lock() {
+                // Kept, shut down, while a context waits for its plugin's
+                // `proxy_done` (see `expire_awaiting_done`); shutting down
+                // again does not call a plugin twice.
                 Some(mut vms) => {
                     if !generation.shut_down.swap(true, Ordering::AcqRel) {
                         shut_down(&set, &mut vms, host);

@@ -48,6 +48,16 @@ impl Callbacks {
         Callbacks(bits)
     }
 
+    /// The stream callbacks `plugin`'s module exports but its
+    /// `capability_restriction_config` does not allow: the chain never calls
+    /// them (not even to refuse), so a server logs them once, at load time.
+    pub fn denied(plugin: &LoadedPlugin) -> Vec<&'static str> {
+        ["proxy_on_request_headers", "proxy_on_request_body", "proxy_on_response_headers", "proxy_on_response_body", "proxy_on_done", "proxy_on_log", "proxy_on_delete"]
+            .into_iter()
+            .filter(|name| plugin.code.exports_function(name) && !plugin.info.authorizations.allows_capability(name))
+            .collect()
+    }
+
     /// Whether the plugin's callback for `phase` runs.
     pub fn has(self, phase: Phase) -> bool {
         self.0 & Self::bit(phase) != 0
