@@ -47,8 +47,6 @@
 //!   error instead of corrupting state).
 
 #![allow(non_camel_case_types)]
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
 
 // In the order of the header: cbindgen reads this file's items, then these
 // modules in turn, and `cbindgen.toml` keeps the functions in that order.
