@@ -15,6 +15,11 @@
 //!   and step contracts), independent of runtimes and servers.
 //! - [`ffi`]: the C API for servers written in C.
 
+// Every unsafe operation sits in an `unsafe` block of its own, with a
+// `// SAFETY:` comment saying why it is sound (the project's rule).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod abi;
 pub mod authorizations;
 pub mod cache_file;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use crate::config::{CodeSource, FailurePolicy, PluginConfig, RuntimeKind};
+use crate::config::{CodeSource, PluginConfig, RuntimeKind};
 use crate::host::ServerHost;
 use crate::plugin::{LoadError, PluginInfo, WasmCode};
 use crate::remote_code::{self, FetchError};
@@ -246,45 +246,6 @@ impl PluginVms {
     pub fn expire_awaiting_done(&mut self, now: std::time::Instant) -> usize {
         self.vms.iter_mut().map(|vm| vm.expire_awaiting_done(now)).sum()
     }
-}
-
-/// Which plugins filter a new transaction, given instances that failed and
-/// each plugin's failure policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// These plugins run, in order; failed fail-open plugins are left out.
-    Run(Vec<PluginRoot>),
-    /// A failed plugin fails closed (or waits to be reloaded): the
-    /// transaction gets 503 without running any plugin.
-    Refuse { plugin: usize },
-}
-
-impl PluginVms {
-    /// Decides who runs a new transaction (see [`Admission`]).
-    pub fn admit(&self, plugins: &[LoadedPlugin]) -> Admission {
-        let mut run = Vec::with_capacity(self.roots.len());
-        for root in &self.roots {
-            if self.vms[root.vm].failure().is_none() {
-                run.push(*root);
-                continue;
-            }
-            match plugins[root.plugin].config.failure_policy {
-                FailurePolicy::FailOpen => {}
-                FailurePolicy::FailClosed | FailurePolicy::Reload => return Admission::Refuse { plugin: root.plugin },
-            }
-        }
-        Admission::Run(run)
-    }
-
-    /// Whether an instance failed that hosts a plugin with the `reload` policy.
-    pub fn wants_reload(&self, plugins: &[LoadedPlugin]) -> bool {
-        self.roots.iter().any(|r| self.vms[r.vm].failure().is_some() && plugins[r.plugin].config.failure_policy == FailurePolicy::Reload)
-    }
-
-    /// Whether any instance failed.
-    pub fn any_failed(&self) -> bool {
-        self.vms.iter().any(|vm| vm.failure().is_some())
-    }
 
     /// The most linear memory VM `vm` may have: its `vm_config.limits.max_memory`, else 4 GiB
     /// (the base of `kill_options.max_memory_usage`).
@@ -295,44 +256,6 @@ impl PluginVms {
 
 /// A wasm32 linear memory holds at most 4 GiB.
 const MAX_WASM32_MEMORY: u64 = 4 << 30;
-
-impl PluginVms {
-    /// Why these instances should be replaced by fresh ones now, if one of
-    /// them passed its plugins' `kill_options`: `idle` is how long they have
-    /// sat unused. The server starts a new set and lets the old one finish
-    /// the transactions it has.
-    pub fn recycle_reason(&mut self, plugins: &[LoadedPlugin], idle: std::time::Duration) -> Option<String> {
-        for root in &self.roots {
-            let kill = plugins[root.plugin].config.vm.kill_options;
-            let name = &plugins[root.plugin].config.name;
-            let vm = &mut self.vms[root.vm];
-            if let Some(max) = kill.max_calls {
-                if vm.calls() >= max {
-                    return Some(format!("{name}: {} calls (kill_options.max_calls {max})", vm.calls()));
-                }
-            }
-            if let Some(fraction) = kill.max_memory_usage {
-                let limit = (self.max_memory[root.vm] as f64 * fraction) as u64;
-                let size = vm.memory_size() as u64;
-                if size >= limit {
-                    return Some(format!("{name}: {size} bytes of linear memory (kill_options.max_memory_usage {fraction} of {})", self.max_memory[root.vm]));
-                }
-            }
-            if let Some(max) = kill.max_unused_duration {
-                if idle >= max {
-                    return Some(format!("{name}: unused for {:.1} s (kill_options.max_unused_duration {:.1} s)", idle.as_secs_f64(), max.as_secs_f64()));
-                }
-            }
-        }
-        None
-    }
-
-    /// Whether any plugin has `kill_options.max_unused_duration` (the server
-    /// then checks idle instances with a timer).
-    pub fn shortest_unused_duration(plugins: &[LoadedPlugin]) -> Option<std::time::Duration> {
-        plugins.iter().filter_map(|p| p.config.vm.kill_options.max_unused_duration).min()
-    }
-}
 
 /// The first reload after a failure is immediate; each further one in a row
 /// waits twice as long as the last, from this ...

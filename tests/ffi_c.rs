@@ -1,7 +1,7 @@
 //! The C API from C: compiles `tests/c/smoke.c` against `include/proxy_wasm_host.h`,
 //! links it with the cdylib cargo built for this test run, runs it on the Rust-SDK
 //! test filter and checks what it printed. Also checks that the committed header
-//! compiles on its own (build.rs regenerates it from `src/ffi.rs` on every build,
+//! compiles on its own (build.rs regenerates it from `src/ffi/` on every build,
 //! and CI checks that the regenerated header is the committed one).
 
 use std::path::{Path, PathBuf};

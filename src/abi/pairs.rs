@@ -36,30 +36,82 @@ pub fn encode<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
 
 /// Decodes pairs sent by a plugin. Malformed or oversized input is BAD_ARGUMENT.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Pair>, Status> {
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    if bytes.len() > MAX_PAIRS_SIZE || bytes.len() < 4 {
+    if bytes.len() > MAX_PAIRS_SIZE {
         return Err(Status::BadArgument);
     }
-    let count = read_u32(bytes, 0)? as usize;
-    if count > MAX_PAIRS_COUNT {
-        return Err(Status::BadArgument);
-    }
-    let header_end = count.checked_mul(8).and_then(|n| n.checked_add(4)).ok_or(Status::BadArgument)?;
-    if header_end > bytes.len() {
-        return Err(Status::BadArgument);
-    }
-    let mut pos = header_end;
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let klen = read_u32(bytes, 4 + i * 8)? as usize;
-        let vlen = read_u32(bytes, 8 + i * 8)? as usize;
-        let key = take_nul_terminated(bytes, &mut pos, klen)?;
-        let value = take_nul_terminated(bytes, &mut pos, vlen)?;
-        out.push((key.to_vec(), value.to_vec()));
+    decode_within(bytes, MAX_PAIRS_COUNT)
+}
+
+/// Decodes pairs a server built (the C API's header maps and call answers):
+/// as [`decode`], without its size limits, which exist against hostile
+/// modules; a server's own maps may be large. Malformed input is BAD_ARGUMENT.
+pub fn decode_unlimited(bytes: &[u8]) -> Result<Vec<Pair>, Status> {
+    decode_within(bytes, usize::MAX)
+}
+
+/// Where each key and value of an encoding lies in it (byte ranges, without
+/// their NUL bytes), validating it as [`decode_unlimited`] does: for a reader
+/// that borrows instead of copying (the C API's `pwh_pairs_get`).
+pub fn spans(bytes: &[u8]) -> Result<Vec<(Span, Span)>, Status> {
+    let mut walk = Walk::new(bytes, usize::MAX)?;
+    let mut out = Vec::with_capacity(walk.count);
+    while let Some(pair) = walk.next_pair()? {
+        out.push(pair);
     }
     Ok(out)
+}
+
+/// A byte range of an encoding.
+pub type Span = std::ops::Range<usize>;
+
+fn decode_within(bytes: &[u8], max_count: usize) -> Result<Vec<Pair>, Status> {
+    let mut walk = Walk::new(bytes, max_count)?;
+    let mut out = Vec::with_capacity(walk.count);
+    while let Some((key, value)) = walk.next_pair()? {
+        out.push((bytes[key].to_vec(), bytes[value].to_vec()));
+    }
+    Ok(out)
+}
+
+/// Validates an encoding pair by pair: one reader for every decoder, so that
+/// they accept exactly the same inputs.
+struct Walk<'a> {
+    bytes: &'a [u8],
+    count: usize,
+    next: usize,
+    /// Where the next key starts.
+    pos: usize,
+}
+
+impl<'a> Walk<'a> {
+    /// Checks the count (at most `max_count`) and that the length table fits.
+    fn new(bytes: &'a [u8], max_count: usize) -> Result<Walk<'a>, Status> {
+        if bytes.is_empty() {
+            return Ok(Walk { bytes, count: 0, next: 0, pos: 0 });
+        }
+        let count = read_u32(bytes, 0)? as usize;
+        if count > max_count {
+            return Err(Status::BadArgument);
+        }
+        let header_end = count.checked_mul(8).and_then(|n| n.checked_add(4)).ok_or(Status::BadArgument)?;
+        if header_end > bytes.len() {
+            return Err(Status::BadArgument);
+        }
+        Ok(Walk { bytes, count, next: 0, pos: header_end })
+    }
+
+    /// The key and value of the next pair, `None` after the last.
+    fn next_pair(&mut self) -> Result<Option<(Span, Span)>, Status> {
+        if self.next == self.count {
+            return Ok(None);
+        }
+        let klen = read_u32(self.bytes, 4 + self.next * 8)? as usize;
+        let vlen = read_u32(self.bytes, 8 + self.next * 8)? as usize;
+        let key = take_nul_terminated(self.bytes, &mut self.pos, klen)?;
+        let value = take_nul_terminated(self.bytes, &mut self.pos, vlen)?;
+        self.next += 1;
+        Ok(Some((key, value)))
+    }
 }
 
 /// Whether every name and value can be written into an HTTP/1.1 message head as it is: names not
@@ -75,14 +127,15 @@ fn read_u32(bytes: &[u8], at: usize) -> Result<u32, Status> {
     Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-fn take_nul_terminated<'a>(bytes: &'a [u8], pos: &mut usize, len: usize) -> Result<&'a [u8], Status> {
+/// The `len` bytes at `*pos`, which must be followed by a NUL byte; moves `*pos` past it.
+fn take_nul_terminated(bytes: &[u8], pos: &mut usize, len: usize) -> Result<Span, Status> {
     let end = pos.checked_add(len).ok_or(Status::BadArgument)?;
-    let s = bytes.get(*pos..end).ok_or(Status::BadArgument)?;
     if bytes.get(end) != Some(&0) {
         return Err(Status::BadArgument);
     }
+    let span = *pos..end;
     *pos = end + 1;
-    Ok(s)
+    Ok(span)
 }
 
 #[cfg(test)]
@@ -118,6 +171,21 @@ mod tests {
         assert_eq!(decode(&big), Err(Status::BadArgument));
         let fits = encode(&[("k", vec![b'v'; MAX_PAIRS_SIZE - 16])]);
         assert_eq!(decode(&fits).map(|p| p.len()), Ok(1));
+    }
+
+    #[test]
+    fn server_maps_have_no_size_limit_but_the_same_format() {
+        let many: Vec<Pair> = (0..MAX_PAIRS_COUNT + 1).map(|i| (format!("k{i}").into_bytes(), Vec::new())).collect();
+        let enc = encode(&many);
+        assert_eq!(decode(&enc), Err(Status::BadArgument));
+        assert_eq!(decode_unlimited(&enc).unwrap(), many);
+        let big = encode(&[("k", vec![b'v'; MAX_PAIRS_SIZE])]);
+        assert_eq!(decode_unlimited(&big).map(|p| p.len()), Ok(1));
+        let spans = spans(&big).unwrap();
+        assert_eq!((&big[spans[0].0.clone()], big[spans[0].1.clone()].len()), (&b"k"[..], MAX_PAIRS_SIZE));
+        let good = encode(&[("k", "v")]);
+        assert_eq!(decode_unlimited(&good[..good.len() - 1]), Err(Status::BadArgument));
+        assert_eq!(super::spans(&[1]), Err(Status::BadArgument));
     }
 
     #[test]

@@ -16,13 +16,17 @@ pub struct Hdr {
     pub is_request: bool,
 }
 
+/// The `len` bytes at `ptr` (empty for NULL or a length <= 0).
+///
+/// # Safety
+/// Unless NULL, `ptr` is valid for reads of `len` bytes while the slice is used.
 unsafe fn bytes<'a>(ptr: *const c_char, len: c_int) -> &'a [u8] {
     if ptr.is_null() || len <= 0 {
         &[]
     } else {
         // SAFETY: Traffic Server returned `ptr` valid for `len` bytes; the
         // caller copies before calling Traffic Server again.
-        std::slice::from_raw_parts(ptr as *const u8, len as usize)
+        unsafe { std::slice::from_raw_parts(ptr as *const u8, len as usize) }
     }
 }
 

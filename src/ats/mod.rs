@@ -299,9 +299,11 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
 unsafe fn args(argc: c_int, argv: *const *const c_char) -> Vec<String> {
     (0..argc.max(0) as usize)
         .filter_map(|i| {
-            // SAFETY: Traffic Server passes `argc` valid C strings.
-            let p = *argv.add(i);
-            (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+            // SAFETY: Traffic Server passes `argv` with `argc` entries (i < argc).
+            let p = unsafe { *argv.add(i) };
+            // SAFETY: a non-null entry is a NUL-terminated C string that
+            // outlives the call (Traffic Server's plugin arguments).
+            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
         })
         .collect()
 }
@@ -546,8 +548,11 @@ fn free_transaction(contp: TSCont, raw: *mut Txn) {
 }
 
 /// Entry point for plugin.config: `proxy_wasm_ats.so a.yaml [b.yaml ...]`.
+///
+/// # Safety
+/// Called by Traffic Server only, once, with `argv` holding `argc` C strings.
 #[no_mangle]
-pub extern "C" fn TSPluginInit(argc: c_int, argv: *const *const c_char) {
+pub unsafe extern "C" fn TSPluginInit(argc: c_int, argv: *const *const c_char) {
     let r = catch_unwind(|| {
         let info = TSPluginRegistrationInfo {
             plugin_name: b"proxy_wasm\0".as_ptr() as *const c_char,
@@ -662,8 +667,12 @@ pub extern "C" fn TSRemapInit(api_info: *mut TSRemapInterface, errbuf: *mut c_ch
 ///
 /// A configuration error is logged with file and key; the rule then answers
 /// 503 rather than serving without its filters.
+///
+/// # Safety
+/// Called by Traffic Server only: `argv` holds `argc` C strings, `ih` is NULL
+/// or writable, `errbuf` NULL or writable for `errbuf_size` bytes.
 #[no_mangle]
-pub extern "C" fn TSRemapNewInstance(argc: c_int, argv: *mut *mut c_char, ih: *mut *mut c_void, errbuf: *mut c_char, errbuf_size: c_int) -> TSReturnCode {
+pub unsafe extern "C" fn TSRemapNewInstance(argc: c_int, argv: *mut *mut c_char, ih: *mut *mut c_void, errbuf: *mut c_char, errbuf_size: c_int) -> TSReturnCode {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: Traffic Server passes argc valid C strings.
         let args = unsafe { args(argc, argv as *const *const c_char) };
@@ -710,8 +719,13 @@ pub extern "C" fn TSRemapNewInstance(argc: c_int, argv: *mut *mut c_char, ih: *m
     }
 }
 
+/// Frees a remap rule's instance.
+///
+/// # Safety
+/// Called by Traffic Server only, once per instance, with NULL or an `ih`
+/// from [`TSRemapNewInstance`] that no transaction uses any more.
 #[no_mangle]
-pub extern "C" fn TSRemapDeleteInstance(ih: *mut c_void) {
+pub unsafe extern "C" fn TSRemapDeleteInstance(ih: *mut c_void) {
     if ih.is_null() {
         return;
     }
@@ -731,8 +745,12 @@ pub extern "C" fn TSRemapDeleteInstance(ih: *mut c_void) {
 
 /// Called for every transaction of the rule: sets up the rule's plugins,
 /// which run at POST_REMAP. The URL is left for Traffic Server to map.
+///
+/// # Safety
+/// Called by Traffic Server only, with NULL or a live `ih` from
+/// [`TSRemapNewInstance`] and a live transaction.
 #[no_mangle]
-pub extern "C" fn TSRemapDoRemap(ih: *mut c_void, txnp: TSHttpTxn, _rri: *mut TSRemapRequestInfo) -> TSRemapStatus {
+pub unsafe extern "C" fn TSRemapDoRemap(ih: *mut c_void, txnp: TSHttpTxn, _rri: *mut TSRemapRequestInfo) -> TSRemapStatus {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         if ih.is_null() {
             return;

@@ -63,7 +63,8 @@ fn index(direction: StreamType) -> usize {
 /// `txnp` is live and `txn` is the transaction's state, which is freed only at
 /// TXN_CLOSE, after the transform is closed.
 pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked: bool) {
-    let shared = (*txn).shared.clone();
+    // SAFETY: `txn` is the live transaction state (contract), only read here.
+    let shared = unsafe { (*txn).shared.clone() };
     let state = Box::new(Transform {
         txn,
         direction,
@@ -80,13 +81,20 @@ pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked
         contp: std::ptr::null_mut(),
         shared: shared.clone(),
     });
-    let connp = TSTransformCreate(Some(on_transform_event), txnp);
+    // SAFETY: `txnp` is live (contract); the transform gets the transaction's mutex.
+    let connp = unsafe { TSTransformCreate(Some(on_transform_event), txnp) };
     let state = Box::into_raw(state);
-    (*state).contp = connp;
-    TSContDataSet(connp, state as *mut c_void);
+    // SAFETY: `state` comes from `Box::into_raw` just above and nothing else
+    // refers to it yet; `connp` is the transform just made. The Box is freed
+    // only by `close`, when Traffic Server closes the transform.
+    unsafe {
+        (*state).contp = connp;
+        TSContDataSet(connp, state as *mut c_void);
+    }
     shared.transforms[index(direction)].store(state, Ordering::Release);
     let hook = if direction == StreamType::HttpRequest { TS_HTTP_REQUEST_TRANSFORM_HOOK } else { TS_HTTP_RESPONSE_TRANSFORM_HOOK };
-    TSHttpTxnHookAdd(txnp, hook, connp);
+    // SAFETY: `txnp` is live (contract) and `connp` a transform of it.
+    unsafe { TSHttpTxnHookAdd(txnp, hook, connp) };
 }
 
 extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_void) -> c_int {
@@ -123,14 +131,24 @@ extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_v
 /// Called under the transform's mutex, once, with its live state; the
 /// transaction may be gone already (only the shared part is used).
 unsafe fn close(t: *mut Transform) {
-    let state = &mut *t;
+    // SAFETY: the live state (contract), used by no one else under this mutex.
+    let state = unsafe { &mut *t };
     let _ = state.shared.transforms[index(state.direction)].compare_exchange(t, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire);
     if !state.output_buffer.is_null() {
-        TSIOBufferReaderFree(state.output_reader);
-        TSIOBufferDestroy(state.output_buffer);
+        // SAFETY: the buffer and its reader were made together by
+        // `open_output` and are freed only here, once.
+        unsafe {
+            TSIOBufferReaderFree(state.output_reader);
+            TSIOBufferDestroy(state.output_buffer);
+        }
     }
-    TSContDestroy(state.contp);
-    drop(Box::from_raw(t));
+    // SAFETY: Traffic Server closed the transform, so it calls it no more;
+    // the state came from `Box::into_raw` in `add` and, unlisted from
+    // `transforms` above, is reachable from nothing else: freed once.
+    unsafe {
+        TSContDestroy(state.contp);
+        drop(Box::from_raw(t));
+    }
 }
 
 /// Runs `f` on the transaction under its continuation's mutex, which every
@@ -150,10 +168,17 @@ unsafe fn with_txn<R>(t: &Transform, f: impl FnOnce(&mut Txn) -> R) -> R {
         }
     }
     let contp = t.shared.contp.load(Ordering::Acquire) as TSCont;
-    let mutex = TSContMutexGet(contp);
-    TSMutexLock(mutex);
+    // SAFETY: the transaction's continuation lives until TXN_CLOSE, after its
+    // transforms closed (this one is open: contract); its mutex is
+    // recursive, so taking it again on this thread only nests.
+    let mutex = unsafe { TSContMutexGet(contp) };
+    // SAFETY: as above; unlocked by `_unlock` on every path.
+    unsafe { TSMutexLock(mutex) };
     let _unlock = Unlock(mutex);
-    f(&mut *t.txn)
+    // SAFETY: the transaction is alive while the transform is open, and under
+    // its mutex no other chain call uses it; no other reference to it is in
+    // use on this thread (contract).
+    f(unsafe { &mut *t.txn })
 }
 
 /// Reads what is available, runs it through the chain, does what it says.
@@ -162,40 +187,58 @@ unsafe fn with_txn<R>(t: &Transform, f: impl FnOnce(&mut Txn) -> R) -> R {
 /// Called from the transform's own handler (or [`deliver`], under the same
 /// mutex) with a live transform that is not closed.
 unsafe fn step(contp: TSCont) {
-    let t = &mut *(TSContDataGet(contp) as *mut Transform);
+    // SAFETY: the transform's data is its live Box<Transform> (contract), and
+    // under the transform's mutex this is the only reference to it.
+    let t = unsafe { &mut *(TSContDataGet(contp) as *mut Transform) };
     if t.finished || t.input_done {
         return;
     }
-    let input = TSVConnWriteVIOGet(contp);
+    // SAFETY: `contp` is an open transform (contract).
+    let input = unsafe { TSVConnWriteVIOGet(contp) };
     let holds = t.direction == StreamType::HttpRequest;
     if t.output_vio.is_null() && !holds {
-        open_output(contp, t, i64::MAX);
+        // SAFETY: as this function's own contract.
+        unsafe { open_output(contp, t, i64::MAX) };
     }
-    if TSVIOBufferGet(input).is_null() {
+    // SAFETY: `input` is the open transform's write VIO.
+    if unsafe { TSVIOBufferGet(input) }.is_null() {
         // The writer is gone: end the output with what was written.
         t.input_done = true;
-        end_output(contp, t);
+        // SAFETY: as this function's own contract.
+        unsafe { end_output(contp, t) };
         return;
     }
-    let reader = TSVIOReaderGet(input);
-    let todo = TSVIONTodoGet(input);
-    let avail = TSIOBufferReaderAvail(reader).min(todo);
+    // SAFETY: the VIO has a buffer (checked above), hence a reader.
+    let (reader, todo) = unsafe { (TSVIOReaderGet(input), TSVIONTodoGet(input)) };
+    // SAFETY: `reader` is the input VIO's live reader.
+    let avail = unsafe { TSIOBufferReaderAvail(reader) }.min(todo);
     let mut chunk = Vec::with_capacity(avail.max(0) as usize);
     if avail > 0 {
-        let mut block = TSIOBufferReaderStart(reader);
+        // SAFETY: as above; the blocks belong to `reader`'s buffer, which
+        // nobody else consumes while the transform's handler runs.
+        let mut block = unsafe { TSIOBufferReaderStart(reader) };
         while !block.is_null() && (chunk.len() as i64) < avail {
             let mut n: i64 = 0;
-            let p = TSIOBufferBlockReadStart(block, reader, &mut n);
+            // SAFETY: `block` is a live block of `reader`'s buffer; `n` is writable.
+            let p = unsafe { TSIOBufferBlockReadStart(block, reader, &mut n) };
             let take = n.min(avail - chunk.len() as i64);
             if !p.is_null() && take > 0 {
-                chunk.extend_from_slice(std::slice::from_raw_parts(p as *const u8, take as usize));
+                // SAFETY: Traffic Server says `n` bytes are readable at `p`,
+                // until the reader is consumed below; `take` <= `n`.
+                chunk.extend_from_slice(unsafe { std::slice::from_raw_parts(p as *const u8, take as usize) });
             }
-            block = TSIOBufferBlockNext(block);
+            // SAFETY: `block` is live (checked non-null above).
+            block = unsafe { TSIOBufferBlockNext(block) };
         }
-        TSIOBufferReaderConsume(reader, avail);
-        TSVIONDoneSet(input, TSVIONDoneGet(input) + avail);
+        // SAFETY: `avail` bytes were available to `reader` and have been
+        // copied; the VIO is the open transform's input.
+        unsafe {
+            TSIOBufferReaderConsume(reader, avail);
+            TSVIONDoneSet(input, TSVIONDoneGet(input) + avail);
+        }
     }
-    let eos = TSVIONTodoGet(input) == 0;
+    // SAFETY: as above.
+    let eos = unsafe { TSVIONTodoGet(input) } == 0;
     if let Some(d) = t.dechunk.as_mut() {
         match d.feed(&chunk) {
             Ok(body) => chunk = body,
@@ -204,7 +247,9 @@ unsafe fn step(contp: TSCont) {
                 // Traffic Server aborts one whose body it cannot read.
                 log(LogLevel::Error, &format!("[proxy_wasm] malformed chunked request body: {e}; the request is aborted"));
                 t.input_done = true;
-                TSContCall(TSVIOContGet(input), TS_EVENT_ERROR, input as *mut c_void);
+                // SAFETY: the input VIO's continuation is its writer, live
+                // while the VIO is; it expects this event with its VIO.
+                unsafe { TSContCall(TSVIOContGet(input), TS_EVENT_ERROR, input as *mut c_void) };
                 return;
             }
         }
@@ -214,19 +259,25 @@ unsafe fn step(contp: TSCont) {
         if t.answered {
             // Read and dropped: the request is answered, not sent on.
             if eos {
-                end_output(contp, t);
+                // SAFETY: as this function's own contract.
+                unsafe { end_output(contp, t) };
             }
         } else {
             let direction = t.direction;
-            let flow = with_txn(t, |txn| {
-                let Some(chain) = txn.chain.as_mut() else { return Flow::Forward { data: chunk, end_of_stream: eos } };
-                let flow = if direction == StreamType::HttpRequest { chain.on_request_body(&chunk, eos) } else { chain.on_response_body(&chunk, eos) };
-                if direction == StreamType::HttpRequest {
-                    txn.request_body_flow(&flow);
-                }
-                flow
-            });
-            apply(contp, t, flow);
+            // SAFETY: the transform is open (contract) and no reference to
+            // the transaction is in use here.
+            let flow = unsafe {
+                with_txn(t, |txn| {
+                    let Some(chain) = txn.chain.as_mut() else { return Flow::Forward { data: chunk, end_of_stream: eos } };
+                    let flow = if direction == StreamType::HttpRequest { chain.on_request_body(&chunk, eos) } else { chain.on_response_body(&chunk, eos) };
+                    if direction == StreamType::HttpRequest {
+                        txn.request_body_flow(&flow);
+                    }
+                    flow
+                })
+            };
+            // SAFETY: as this function's own contract.
+            unsafe { apply(contp, t, flow) };
         }
     }
     if t.aborted {
@@ -237,13 +288,17 @@ unsafe fn step(contp: TSCont) {
     if !eos {
         if avail > 0 {
             if !t.output_vio.is_null() {
-                TSVIOReenable(t.output_vio);
+                // SAFETY: the output VIO `open_output` made, live until `close`.
+                unsafe { TSVIOReenable(t.output_vio) };
             }
-            TSContCall(TSVIOContGet(input), TS_EVENT_VCONN_WRITE_READY, input as *mut c_void);
+            // SAFETY: the input VIO's writer, live while the VIO is, asked
+            // for these events.
+            unsafe { TSContCall(TSVIOContGet(input), TS_EVENT_VCONN_WRITE_READY, input as *mut c_void) };
         }
     } else {
         // The input is consumed, even if a plugin still holds the output.
-        TSContCall(TSVIOContGet(input), TS_EVENT_VCONN_WRITE_COMPLETE, input as *mut c_void);
+        // SAFETY: as above.
+        unsafe { TSContCall(TSVIOContGet(input), TS_EVENT_VCONN_WRITE_COMPLETE, input as *mut c_void) };
     }
 }
 
@@ -256,11 +311,16 @@ unsafe fn step(contp: TSCont) {
 /// listed in `TxnShared::transforms` (open, not freed), and no reference to
 /// the transaction in use.
 pub unsafe fn deliver(t: *mut Transform, flow: Flow) {
-    let contp = (*t).contp;
-    if TSVConnClosedGet(contp) != 0 || (*t).finished {
+    // SAFETY: a listed transform is open and not freed, and under the
+    // transaction's mutex (the transform's) nothing else uses its state (contract).
+    let t = unsafe { &mut *t };
+    let contp = t.contp;
+    // SAFETY: `contp` is that open transform.
+    if unsafe { TSVConnClosedGet(contp) } != 0 || t.finished {
         return;
     }
-    apply(contp, &mut *t, flow);
+    // SAFETY: as `step`'s contract, which this function's gives.
+    unsafe { apply(contp, t, flow) };
 }
 
 /// Aborts the response transform's output, cut by the chain before
@@ -271,10 +331,19 @@ pub unsafe fn deliver(t: *mut Transform, flow: Flow) {
 /// Called under the transaction's mutex with a transform listed in
 /// `TxnShared::transforms` (open, not freed), or null.
 pub unsafe fn abort_output(t: *mut Transform) {
-    if t.is_null() || TSVConnClosedGet((*t).contp) != 0 {
+    if t.is_null() {
         return;
     }
-    TSVConnAbort(TSTransformOutputVConnGet((*t).contp), 1);
+    // SAFETY: non-null, so a listed transform: open, not freed (contract);
+    // only its VConnection is read.
+    let contp = unsafe { (*t).contp };
+    // SAFETY: `contp` is that live transform, used under its mutex (contract).
+    unsafe {
+        if TSVConnClosedGet(contp) != 0 {
+            return;
+        }
+        TSVConnAbort(TSTransformOutputVConnGet(contp), 1);
+    }
 }
 
 /// Does what the chain said.
@@ -286,21 +355,29 @@ unsafe fn apply(contp: TSCont, t: &mut Transform, flow: Flow) {
         Flow::Forward { data, end_of_stream } => {
             if t.direction == StreamType::HttpRequest {
                 t.held.extend_from_slice(&data);
-                check_held_request(t);
+                // SAFETY: as this function's own contract.
+                unsafe { check_held_request(t) };
                 if end_of_stream || (t.answered && t.input_done) {
-                    end_output(contp, t);
+                    // SAFETY: as this function's own contract.
+                    unsafe { end_output(contp, t) };
                 }
             } else {
                 if t.output_vio.is_null() {
-                    open_output(contp, t, i64::MAX);
+                    // SAFETY: as this function's own contract.
+                    unsafe { open_output(contp, t, i64::MAX) };
                 }
                 if !data.is_empty() {
-                    TSIOBufferWrite(t.output_buffer, data.as_ptr() as *const c_void, data.len() as i64);
+                    // SAFETY: the output buffer and VIO `open_output` made,
+                    // live until `close`; the buffer copies `data`.
+                    unsafe {
+                        TSIOBufferWrite(t.output_buffer, data.as_ptr() as *const c_void, data.len() as i64);
+                        TSVIOReenable(t.output_vio);
+                    }
                     t.written += data.len() as i64;
-                    TSVIOReenable(t.output_vio);
                 }
                 if end_of_stream {
-                    end_output(contp, t);
+                    // SAFETY: as this function's own contract.
+                    unsafe { end_output(contp, t) };
                 }
             }
         }
@@ -314,7 +391,8 @@ unsafe fn apply(contp: TSCont, t: &mut Transform, flow: Flow) {
             t.answered = true;
             t.held = Vec::new();
             if t.input_done {
-                end_output(contp, t);
+                // SAFETY: as this function's own contract.
+                unsafe { end_output(contp, t) };
             }
         }
         // Response: its header went out (or goes out: the chain let it
@@ -326,7 +404,8 @@ unsafe fn apply(contp: TSCont, t: &mut Transform, flow: Flow) {
             t.finished = true;
             t.aborted = true;
             if t.shared.response_source.load(Ordering::Acquire) == super::txn::RESPONSE_TO_CLIENT {
-                TSVConnAbort(TSTransformOutputVConnGet(contp), 1);
+                // SAFETY: `contp` is the open transform (contract).
+                unsafe { TSVConnAbort(TSTransformOutputVConnGet(contp), 1) };
             } else {
                 t.shared.abort_response.store(true, Ordering::Release);
             }
@@ -345,7 +424,8 @@ unsafe fn apply(contp: TSCont, t: &mut Transform, flow: Flow) {
 /// As [`step`].
 unsafe fn check_held_request(t: &mut Transform) {
     let size = t.held.len() as u64;
-    let over = with_txn(t, |txn| {
+    // SAFETY: as `step`'s contract, which this function's gives.
+    let over = unsafe { with_txn(t, |txn| {
         let chain = txn.chain.as_ref()?;
         let set = chain.vms().set();
         let (limit, plugin) = chain
@@ -360,7 +440,7 @@ unsafe fn check_held_request(t: &mut Transform) {
         let name = set.name(plugin).to_string();
         txn.answer_request_body(&crate::chain::flow::body_too_large_response());
         Some((limit, name))
-    });
+    }) };
     let Some((limit, name)) = over else { return };
     t.held = Vec::new();
     t.answered = true;
@@ -370,9 +450,13 @@ unsafe fn check_held_request(t: &mut Transform) {
 /// # Safety
 /// As [`step`].
 unsafe fn open_output(contp: TSCont, t: &mut Transform, nbytes: i64) {
-    t.output_buffer = TSIOBufferCreate();
-    t.output_reader = TSIOBufferReaderAlloc(t.output_buffer);
-    t.output_vio = TSVConnWrite(TSTransformOutputVConnGet(contp), contp, t.output_reader, nbytes);
+    // SAFETY: a new buffer and its reader (freed by `close`), written to the
+    // output VConnection of `contp`, the open transform (contract).
+    unsafe {
+        t.output_buffer = TSIOBufferCreate();
+        t.output_reader = TSIOBufferReaderAlloc(t.output_buffer);
+        t.output_vio = TSVConnWrite(TSTransformOutputVConnGet(contp), contp, t.output_reader, nbytes);
+    }
 }
 
 /// Ends the output: a held (request) body is written now, with its length
@@ -391,14 +475,19 @@ unsafe fn end_output(contp: TSCont, t: &mut Transform) {
         if t.dechunk.take().is_some() {
             t.held = encode_chunked(&std::mem::take(&mut t.held));
         }
-        open_output(contp, t, t.held.len() as i64);
+        // SAFETY: as this function's own contract.
+        unsafe { open_output(contp, t, t.held.len() as i64) };
         let held = std::mem::take(&mut t.held);
         if !held.is_empty() {
-            TSIOBufferWrite(t.output_buffer, held.as_ptr() as *const c_void, held.len() as i64);
+            // SAFETY: the buffer just made; it copies `held`.
+            unsafe { TSIOBufferWrite(t.output_buffer, held.as_ptr() as *const c_void, held.len() as i64) };
             t.written += held.len() as i64;
         }
     }
     t.finished = true;
-    TSVIONBytesSet(t.output_vio, t.written);
-    TSVIOReenable(t.output_vio);
+    // SAFETY: the output VIO, made above or earlier by `open_output`, live until `close`.
+    unsafe {
+        TSVIONBytesSet(t.output_vio, t.written);
+        TSVIOReenable(t.output_vio);
+    }
 }

@@ -146,15 +146,19 @@ pub unsafe extern "C" fn proxy_wasm_config(cf: *mut ngx_conf_t, _cmd: *mut ngx_c
         // SAFETY: `conf` is this module's MainConf (NGX_HTTP_MAIN_CONF_OFFSET).
         let main = unsafe { &mut *(conf as *mut MainConf) };
         if !main.paths.is_empty() {
+            // SAFETY: `cf` is live during the directive handler (so is its pool).
             return unsafe { conf_error(cf, "is duplicate") };
         }
-        // SAFETY: `cf` is live during the directive handler.
+        // SAFETY: `cf` is live during the directive handler, its arguments
+        // and cycle too; the paths are copied before it returns.
         let paths: Vec<PathBuf> = unsafe { args(cf) }.iter().map(|a| unsafe { full_path(cf, a) }).collect();
         let plugins = match crate::config::load_files(&paths) {
             Ok(p) => p,
+            // SAFETY: as above.
             Err(e) => return unsafe { conf_error(cf, &format!("failed: {e}")) },
         };
         if let Err(e) = super::worker::validate_in_child(&plugins) {
+            // SAFETY: as above.
             return unsafe { conf_error(cf, &format!("failed: {e}")) };
         }
         main.paths = paths;
@@ -168,16 +172,20 @@ pub unsafe extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_
     catch(|| {
         // SAFETY: `conf` is this module's LocConf (NGX_HTTP_LOC_CONF_OFFSET).
         let loc = unsafe { &mut *(conf as *mut LocConf) };
+        // SAFETY: `cf` is live during the directive handler; NGX_CONF_TAKE1
+        // makes nginx check there is exactly one argument, so [0] exists.
         let name = String::from_utf8_lossy(unsafe { args(cf) }[0]).into_owned();
         let names = loc.names.get_or_insert_with(Vec::new);
         if name == "off" {
             if !names.is_empty() {
+                // SAFETY: `cf` is live during the directive handler (so is its pool).
                 return unsafe { conf_error(cf, "\"off\" cannot be combined with plugin names in the same block") };
             }
             names.push(name);
             return ptr::null_mut();
         }
         if names.iter().any(|n| n == "off") {
+            // SAFETY: as above.
             return unsafe { conf_error(cf, "\"off\" cannot be combined with plugin names in the same block") };
         }
         names.push(name);

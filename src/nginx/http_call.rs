@@ -166,13 +166,16 @@ pub fn dispatch_http_call(generation: Weak<WorkerVms>, vm: usize, key: CallKey, 
     }
     let head = request.headers.iter().any(|(k, v)| k == b":method" && v.eq_ignore_ascii_case(b"HEAD"));
     let out = http_client::encode_request_keep_alive(&request);
-    // SAFETY: zeroed C structures are their initial state; filled below.
+    // SAFETY: plain C structures (integers, pointers, function pointers that
+    // may be NULL) for which all-zero is the initial state nginx expects
+    // (it callocs its own peer connections); filled below.
+    let (pc, sockaddr) = unsafe { (std::mem::zeroed::<ngx_peer_connection_t>(), std::mem::zeroed::<libc::sockaddr_storage>()) };
     let mut call = Box::new(Call {
         key,
         generation,
         vm,
-        pc: unsafe { std::mem::zeroed() },
-        sockaddr: unsafe { std::mem::zeroed() },
+        pc,
+        sockaddr,
         name: ngx_str_t { len: 0, data: std::ptr::null_mut() },
         name_bytes: request.upstream.clone().into_bytes(),
         host: host.clone().into_bytes(),
