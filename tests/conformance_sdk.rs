@@ -728,6 +728,7 @@ fn a_deferred_on_done_is_completed_by_proxy_done_from_on_tick() {
     // tests/rust_sdk.rs, defer_done_delays_on_log_and_on_delete_until_proxy_done.)
     assert!(!f.s.logs().contains("trapped"), "{}", f.s.log_report());
     assert_eq!(send(&f.s, Request::get("/after")).status, 200, "the server keeps serving");
+    f.s.assert_running();
 }
 
 #[test]
@@ -756,6 +757,7 @@ fn a_trap_answers_503_and_under_failure_policy_reload_the_next_request_is_served
     let r = send(&f.s, Request::get("/after"));
     assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")), "{}", f.s.log_report());
     assert_eq!(f.origin.requests().iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), vec!["/after"]);
+    f.s.assert_running();
 }
 
 // ------------------------------------------------------------------ AssemblyScript SDK, chains

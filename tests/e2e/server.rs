@@ -113,6 +113,14 @@ pub trait ServerUnderTest: Sized + Send + Sync + 'static {
     fn logs(&self) -> String;
     /// Tails of its logs, for failure messages.
     fn log_report(&self) -> String;
+    /// Whether it is still running (NGINX: the master; Traffic Server: traffic_server).
+    fn is_running(&self) -> bool;
+    /// Panics (with its logs) if it is no longer running.
+    fn assert_running(&self) {
+        if !self.is_running() {
+            panic!("{} is not running any more\n{}", Self::NAME, self.log_report());
+        }
+    }
     /// Waits until its logs contain `text`; panics with the logs otherwise.
     fn expect_log(&self, text: &str, timeout: Duration) {
         if !super::wait_until(timeout, || self.logs().contains(text)) {
@@ -157,6 +165,9 @@ impl ServerUnderTest for Nginx {
     fn logs(&self) -> String {
         self.error_log()
     }
+    fn is_running(&self) -> bool {
+        Nginx::is_running(self)
+    }
     fn log_report(&self) -> String {
         Nginx::log_report(self)
     }
@@ -198,6 +209,9 @@ impl ServerUnderTest for TrafficServer {
     }
     fn logs(&self) -> String {
         format!("{}\n{}", self.diags_log(), self.traffic_out())
+    }
+    fn is_running(&self) -> bool {
+        TrafficServer::is_running(self)
     }
     fn log_report(&self) -> String {
         TrafficServer::log_report(self)
