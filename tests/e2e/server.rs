@@ -12,6 +12,8 @@
 //! | a plugin | `conf/<name>.yaml`, all of them in `proxy_wasm_config` | `etc/<name>.yaml` |
 //! | the route without a host | `proxy_wasm <name>;` per plugin (http level) and `location /` in the default server | one plugin.config line (global plugin) with the chain's files |
 //! | a route for a host | a `server` with that `server_name` | a remap rule for `http://<host>/` with the chain's files as `@pparam` |
+//! | the route without a host, among routes for hosts | the `default_server` (an empty chain: unfiltered) | a global plugin, or with an empty chain the last remap rule `map /` |
+//! | an environment variable | `env NAME=value;` | the server's environment |
 //! | workers | `worker_processes` | `proxy.config.exec_thread.limit` |
 //!
 //! [`for_each_server!`] instantiates a file's cases once per server: its
@@ -63,11 +65,13 @@ pub struct Setup {
     pub routes: Vec<Route>,
     /// NGINX worker processes, or Traffic Server exec threads (default 2).
     pub workers: usize,
+    /// Environment variables of the server (NGINX: `env NAME=value;`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
     pub fn new(name: &str, origin_port: u16) -> Setup {
-        Setup { name: name.into(), origin_port, plugins: Vec::new(), routes: Vec::new(), workers: 2 }
+        Setup { name: name.into(), origin_port, plugins: Vec::new(), routes: Vec::new(), workers: 2, env: Vec::new() }
     }
     /// Adds a plugin named `name` with this YAML text.
     pub fn plugin(mut self, name: &str, yaml: impl Into<String>) -> Self {
@@ -79,8 +83,18 @@ impl Setup {
         self.routes.push(Route { host: Some(host.into()), chain: chain.iter().map(|s| s.to_string()).collect() });
         self
     }
+    /// Requests for any other host go through `chain` (empty: unfiltered).
+    pub fn default_route(mut self, chain: &[&str]) -> Self {
+        self.routes.push(Route { host: None, chain: chain.iter().map(|s| s.to_string()).collect() });
+        self
+    }
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+    /// Sets an environment variable of the server process(es).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
         self
     }
     fn file_of(name: &str) -> String {
@@ -143,18 +157,28 @@ impl ServerUnderTest for Nginx {
         for p in &setup.plugins {
             opts = opts.file(Setup::file_of(&p.name), p.yaml.clone());
         }
+        for (name, value) in &setup.env {
+            opts = opts.main(format!("env {name}={value};"));
+        }
         if !files.is_empty() {
             opts = opts.http(format!("proxy_wasm_config {};", files.join(" ")));
         }
-        let routes = setup.routes();
-        // The first route is the default server (the one `NginxOptions`
-        // writes), the others are servers of their own on the same port.
-        for (i, route) in routes.iter().enumerate() {
-            let name = route.host.as_ref().map(|h| format!("server_name {h}; ")).unwrap_or_default();
-            if i == 0 {
-                opts = opts.server(format!("{name}{}", location(&route.chain)));
-            } else {
-                opts = opts.http(format!("server {{ listen 127.0.0.1:@PORT@; {name}{} }}", location(&route.chain)));
+        match setup.routes().as_slice() {
+            // Every request: the server `NginxOptions` writes.
+            [Route { host: None, chain }] => opts = opts.server(location(chain)),
+            // A server per route on the same port, the route without a host
+            // the default one; the server `NginxOptions` writes gets a name
+            // no request uses.
+            routes => {
+                for route in routes {
+                    let name = match &route.host {
+                        Some(h) => format!("server_name {h};"),
+                        None => "server_name _;".to_string(),
+                    };
+                    let default = if route.host.is_none() { " default_server" } else { "" };
+                    opts = opts.http(format!("server {{ listen 127.0.0.1:@PORT@{default}; {name} {} }}", location(&route.chain)));
+                }
+                opts = opts.server("server_name unused.invalid; location / { return 404; }");
             }
         }
         Nginx::start(opts)
@@ -183,22 +207,29 @@ impl ServerUnderTest for TrafficServer {
         for p in &setup.plugins {
             opts = opts.file(Setup::file_of(&p.name), p.yaml.clone());
         }
+        for (name, value) in &setup.env {
+            opts = opts.env(name.clone(), value.clone());
+        }
         let files = |chain: &[String]| chain.iter().map(|p| Setup::file_of(p)).collect::<Vec<_>>();
         let mut remap = String::new();
+        let mut fallback = String::new();
         for route in setup.routes() {
             let files = files(&route.chain);
             match &route.host {
                 // Every request: a global plugin, as the README's first example.
-                None => {
+                None if !files.is_empty() => {
                     let names: Vec<&str> = files.iter().map(String::as_str).collect();
                     opts = opts.global_plugin(&names);
                 }
+                // Every other request, unfiltered: the last remap rule.
+                None => fallback = format!("map / http://127.0.0.1:{}/\n", setup.origin_port),
                 Some(host) => {
                     let params: String = files.iter().map(|f| format!(" @pparam={f}")).collect();
                     remap.push_str(&format!("map http://{host}/ http://127.0.0.1:{}/ @plugin={PLUGIN_SO}{params}\n", setup.origin_port));
                 }
             }
         }
+        remap.push_str(&fallback);
         if !remap.is_empty() {
             opts = opts.remap_config(remap);
         }
