@@ -91,13 +91,6 @@ fn assert_call_failed<S: ServerUnderTest>(r: Result<Response, ClientError>, code
     assert!(message.contains(reason), "{message:?} should contain {reason:?}");
 }
 
-/// The server runs, and no process of it died on a signal (an NGINX worker
-/// the master replaced would otherwise go unnoticed).
-fn assert_nothing_died<S: ServerUnderTest>(s: &S) {
-    s.assert_running();
-    assert!(!s.logs().contains("exited on signal"), "a worker died\n{}", s.log_report());
-}
-
 /// `total` requests from `clients` threads at once, alternating between the
 /// plugins; returns each (plugin, id, outcome).
 fn run_concurrently<S: ServerUnderTest>(s: &S, clients: usize, total: usize, plugins: &'static [&'static str]) -> Vec<(&'static str, usize, Result<Response, ClientError>)> {
@@ -179,7 +172,7 @@ fn two_plugins_with_http_calls_in_flight_at_once_get_their_own_answers() {
     for (plugin, id, r) in &results {
         assert_answered(r, plugin, *id, &s);
     }
-    assert_nothing_died(&s);
+    s.assert_nothing_died();
 }
 
 #[test]
@@ -201,7 +194,7 @@ fn a_call_cancelled_by_one_plugin_leaves_another_plugins_pending_call_with_the_s
     assert_answered(&b.join().unwrap(), "b", 1, &s);
     let r = s.send(&call_request("a", 2)).unwrap_or_else(|e| panic!("{e}\n{}", s.log_report()));
     assert_eq!(r.header("x-pw-callout-body"), Some("/a/2"), "{}", s.log_report());
-    assert_nothing_died(&s);
+    s.assert_nothing_died();
 }
 
 #[test]
@@ -217,7 +210,7 @@ fn calls_of_recycled_generations_pending_together_get_their_own_answers() {
         assert_answered(r, plugin, *id, &s);
     }
     assert!(s.logs().contains("recycling"), "the generations were recycled\n{}", s.log_report());
-    assert_nothing_died(&s);
+    s.assert_nothing_died();
 }
 
 // ------------------------------------------------------------------ hostile upstreams
@@ -235,7 +228,7 @@ fn an_upstream_sending_a_header_line_without_end_fails_the_call_and_the_server_k
     std::thread::sleep(Duration::from_millis(300));
     assert_server_serves(&s);
     assert_call_failed(call.join().unwrap(), "502", "longer than", &s);
-    assert_nothing_died(&s);
+    s.assert_nothing_died();
 }
 
 #[test]
@@ -249,7 +242,7 @@ fn an_upstream_sending_a_chunk_size_near_u64_max_fails_the_call_as_too_large() {
     let s: Server = start_one("calls-huge-chunk", upstream, &origin, "");
     assert_call_failed(hostile_call(&s).join().unwrap(), "413", "max_http_call_response_size", &s);
     assert_server_serves(&s);
-    assert_nothing_died(&s);
+    s.assert_nothing_died();
 }
 
 #[test]
@@ -287,7 +280,7 @@ fn calls_past_max_pending_http_calls_get_internal_failure_logged_once() {
     }
     assert_answered(&s.send(&call_request("a", 7)), "a", 7, &s);
     assert_eq!(s.logs().matches("max_pending_http_calls allows").count(), 1, "{}", s.log_report());
-    assert_nothing_died(&s);
+    s.assert_nothing_died();
 }
 
 /// The cap of `PROXY_WASM_HOST_MAX_HTTP_CALLS_IN_FLIGHT` is per process: an

@@ -268,6 +268,10 @@ impl Nginx {
             Err(_) => false,
         }
     }
+    /// How many worker processes the configuration asks for.
+    pub fn workers(&self) -> usize {
+        self.opts.workers
+    }
     /// The pids of the worker processes (children of the master).
     pub fn worker_pids(&self) -> Vec<u32> {
         let Some(master) = self.child.as_ref().map(|c| c.id()) else { return Vec::new() };

@@ -135,6 +135,13 @@ pub trait ServerUnderTest: Sized + Send + Sync + 'static {
             panic!("{} is not running any more\n{}", Self::NAME, self.log_report());
         }
     }
+    /// Panics (with its logs) if it stopped, or if one of its processes died
+    /// on a signal and was replaced (NGINX: a worker; the master starts
+    /// another, so only its log and the number of workers tell).
+    fn assert_nothing_died(&self) {
+        self.assert_running();
+        assert!(!self.logs().contains("exited on signal"), "a process of {} died\n{}", Self::NAME, self.log_report());
+    }
     /// Waits until its logs contain `text`; panics with the logs otherwise.
     fn expect_log(&self, text: &str, timeout: Duration) {
         if !super::wait_until(timeout, || self.logs().contains(text)) {
@@ -163,6 +170,9 @@ impl ServerUnderTest for Nginx {
         if !files.is_empty() {
             opts = opts.http(format!("proxy_wasm_config {};", files.join(" ")));
         }
+        // Traffic Server takes request bodies of any size by default; NGINX's
+        // default (1m) would answer 413 before any plugin ran.
+        opts = opts.http("client_max_body_size 16m;");
         match setup.routes().as_slice() {
             // Every request: the server `NginxOptions` writes.
             [Route { host: None, chain }] => opts = opts.server(location(chain)),
@@ -191,6 +201,11 @@ impl ServerUnderTest for Nginx {
     }
     fn is_running(&self) -> bool {
         Nginx::is_running(self)
+    }
+    fn assert_nothing_died(&self) {
+        self.assert_running();
+        assert!(!self.error_log().contains("exited on signal"), "a worker died\n{}", self.log_report());
+        assert_eq!(self.worker_pids().len(), self.workers(), "no worker died\n{}", self.log_report());
     }
     fn log_report(&self) -> String {
         Nginx::log_report(self)
