@@ -170,9 +170,10 @@ impl ServerUnderTest for Nginx {
         if !files.is_empty() {
             opts = opts.http(format!("proxy_wasm_config {};", files.join(" ")));
         }
-        // Traffic Server takes request bodies of any size by default; NGINX's
-        // default (1m) would answer 413 before any plugin ran.
-        opts = opts.http("client_max_body_size 16m;");
+        // Traffic Server takes request bodies of any size and request headers
+        // up to 128 KiB by default; NGINX's defaults (1m, header lines of 8k)
+        // would answer 413 or 400 before any plugin ran.
+        opts = opts.http("client_max_body_size 16m;\nlarge_client_header_buffers 4 32k;");
         match setup.routes().as_slice() {
             // Every request: the server `NginxOptions` writes.
             [Route { host: None, chain }] => opts = opts.server(location(chain)),
