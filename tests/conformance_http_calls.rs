@@ -50,7 +50,13 @@ fn plugin(name: &str, upstream: u16, extra_vm_config: &str) -> String {
 /// The setup of every case: plugins `a` and `b` (YAML given) on their hosts,
 /// the rest unfiltered.
 fn setup(test: &str, a: String, b: String, origin: &Origin, workers: usize) -> Setup {
-    Setup::new(test, origin.port()).workers(workers).plugin("a", a).plugin("b", b).route("a.test", &["a"]).route("b.test", &["b"]).default_route(&[])
+    Setup::new(test, origin.port())
+        .workers(workers)
+        .plugin("a", a)
+        .plugin("b", b)
+        .route("a.test", &["a"])
+        .route("b.test", &["b"])
+        .default_route(&[])
 }
 
 /// The callout upstream: answers after `delay` with the path it was asked for
@@ -67,33 +73,87 @@ fn call_request(plugin: &str, id: usize) -> Request {
 
 /// A request through plugin `plugin` whose call asks the callout for `path`.
 fn call_to(plugin: &str, path: &str) -> Request {
-    Request::get(&format!("/r{path}")).host(format!("{plugin}.test")).header("x-pw-test", "http-call").header("x-pw-callout-path", path).timeout(Duration::from_secs(20))
+    Request::get(&format!("/r{path}"))
+        .host(format!("{plugin}.test"))
+        .header("x-pw-test", "http-call")
+        .header("x-pw-callout-path", path)
+        .timeout(Duration::from_secs(20))
 }
 
 /// The request was answered through its own plugin with its own call's answer.
-fn assert_answered<S: ServerUnderTest>(r: &Result<Response, ClientError>, plugin: &str, id: usize, s: &S) {
-    let r = r.as_ref().unwrap_or_else(|e| panic!("request {plugin}/{id}: {e}\n{}", s.log_report()));
+fn assert_answered<S: ServerUnderTest>(
+    r: &Result<Response, ClientError>,
+    plugin: &str,
+    id: usize,
+    s: &S,
+) {
+    let r = r
+        .as_ref()
+        .unwrap_or_else(|e| panic!("request {plugin}/{id}: {e}\n{}", s.log_report()));
     assert_eq!(r.status, 200, "request {plugin}/{id}\n{}", s.log_report());
-    assert_eq!(r.header("x-proxy-wasm"), Some(plugin), "request {plugin}/{id}");
-    assert_eq!(r.header("x-pw-callout-dispatch"), Some("OK"), "request {plugin}/{id}");
-    assert_eq!(r.header("x-pw-callout-status"), Some("200"), "request {plugin}/{id}: {:?}", r.headers);
-    assert_eq!(r.header("x-pw-callout-body"), Some(format!("/{plugin}/{id}").as_str()), "request {plugin}/{id} got another call's answer");
+    assert_eq!(
+        r.header("x-proxy-wasm"),
+        Some(plugin),
+        "request {plugin}/{id}"
+    );
+    assert_eq!(
+        r.header("x-pw-callout-dispatch"),
+        Some("OK"),
+        "request {plugin}/{id}"
+    );
+    assert_eq!(
+        r.header("x-pw-callout-status"),
+        Some("200"),
+        "request {plugin}/{id}: {:?}",
+        r.headers
+    );
+    assert_eq!(
+        r.header("x-pw-callout-body"),
+        Some(format!("/{plugin}/{id}").as_str()),
+        "request {plugin}/{id} got another call's answer"
+    );
 }
 
 /// The call failed (the plugin got zero headers) with this status code, and
 /// the reason contains `reason`.
-fn assert_call_failed<S: ServerUnderTest>(r: Result<Response, ClientError>, code: &str, reason: &str, s: &S) {
+fn assert_call_failed<S: ServerUnderTest>(
+    r: Result<Response, ClientError>,
+    code: &str,
+    reason: &str,
+    s: &S,
+) {
     let r = r.unwrap_or_else(|e| panic!("{e}\n{}", s.log_report()));
     assert_eq!(r.status, 200, "{}", s.log_report());
-    assert_eq!(r.header("x-pw-callout-failed"), Some("1"), "{:?}\n{}", r.headers, s.log_report());
-    assert_eq!(r.header("x-pw-callout-get-status"), Some(code), "{:?}", r.headers);
-    let message = r.header("x-pw-callout-get-status-message").unwrap_or_default();
-    assert!(message.contains(reason), "{message:?} should contain {reason:?}");
+    assert_eq!(
+        r.header("x-pw-callout-failed"),
+        Some("1"),
+        "{:?}\n{}",
+        r.headers,
+        s.log_report()
+    );
+    assert_eq!(
+        r.header("x-pw-callout-get-status"),
+        Some(code),
+        "{:?}",
+        r.headers
+    );
+    let message = r
+        .header("x-pw-callout-get-status-message")
+        .unwrap_or_default();
+    assert!(
+        message.contains(reason),
+        "{message:?} should contain {reason:?}"
+    );
 }
 
 /// `total` requests from `clients` threads at once, alternating between the
 /// plugins; returns each (plugin, id, outcome).
-fn run_concurrently<S: ServerUnderTest>(s: &S, clients: usize, total: usize, plugins: &'static [&'static str]) -> Vec<(&'static str, usize, Result<Response, ClientError>)> {
+fn run_concurrently<S: ServerUnderTest>(
+    s: &S,
+    clients: usize,
+    total: usize,
+    plugins: &'static [&'static str],
+) -> Vec<(&'static str, usize, Result<Response, ClientError>)> {
     let next = Arc::new(AtomicUsize::new(0));
     let port = s.port();
     let threads: Vec<_> = (0..clients)
@@ -112,7 +172,10 @@ fn run_concurrently<S: ServerUnderTest>(s: &S, clients: usize, total: usize, plu
             })
         })
         .collect();
-    threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
 }
 
 /// A raw TCP upstream on 127.0.0.1: for each connection, reads the request
@@ -141,12 +204,25 @@ fn raw_upstream(answer: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
 }
 
 /// One worker (one exec thread) with plugins `a` and `b` calling `upstream`.
-fn start_one<S: ServerUnderTest>(test: &str, upstream: u16, origin: &Origin, extra_vm_config: &str) -> S {
-    S::start(setup(test, plugin("a", upstream, extra_vm_config), plugin("b", upstream, ""), origin, 1))
+fn start_one<S: ServerUnderTest>(
+    test: &str,
+    upstream: u16,
+    origin: &Origin,
+    extra_vm_config: &str,
+) -> S {
+    S::start(setup(
+        test,
+        plugin("a", upstream, extra_vm_config),
+        plugin("b", upstream, ""),
+        origin,
+        1,
+    ))
 }
 
 /// A request through plugin `a` whose call goes to its upstream.
-fn hostile_call<S: ServerUnderTest>(s: &S) -> std::thread::JoinHandle<Result<Response, ClientError>> {
+fn hostile_call<S: ServerUnderTest>(
+    s: &S,
+) -> std::thread::JoinHandle<Result<Response, ClientError>> {
     let port = s.port();
     std::thread::spawn(move || call_request("a", 0).send(port))
 }
@@ -155,7 +231,9 @@ fn hostile_call<S: ServerUnderTest>(s: &S) -> std::thread::JoinHandle<Result<Res
 /// exec thread) answers other requests.
 fn assert_server_serves<S: ServerUnderTest>(s: &S) {
     for i in 0..3 {
-        let r = s.send(&Request::get(&format!("/plain/{i}")).timeout(Duration::from_secs(5))).unwrap_or_else(|e| panic!("the server stopped serving: {e}\n{}", s.log_report()));
+        let r = s
+            .send(&Request::get(&format!("/plain/{i}")).timeout(Duration::from_secs(5)))
+            .unwrap_or_else(|e| panic!("the server stopped serving: {e}\n{}", s.log_report()));
         assert_eq!(r.status, 200, "{}", s.log_report());
     }
 }
