@@ -56,7 +56,7 @@ plugins: deps
 ## test: every test (unit and integration), with the plugins built from source.
 # The end-to-end suites (real Traffic Server and NGINX), run a second time with
 # every plugin moved onto WAMR (tests/e2e/mod.rs: E2E_RUNTIME).
-E2E_TESTS := $(patsubst tests/%.rs,--test %,$(wildcard tests/ats*.rs tests/nginx*.rs))
+E2E_TESTS := $(patsubst tests/%.rs,--test %,$(wildcard tests/ats*.rs tests/nginx*.rs tests/conformance*.rs))
 
 test: deps plugins ats nginx
 	$(CARGO) test --locked --no-fail-fast

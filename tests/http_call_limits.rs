@@ -4,7 +4,7 @@
 //! in flight answer INTERNAL_FAILURE (the SDK returns it as an error, the
 //! plugin goes on), `max_http_call_response_size` turns a larger answer into
 //! a failure; each is logged once per plugin. The servers' end-to-end tests
-//! are tests/nginx_http_calls.rs and tests/ats_http_calls.rs.
+//! are in tests/conformance_http_calls.rs.
 
 mod common;
 common::for_each_runtime! {

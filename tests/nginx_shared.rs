@@ -2,7 +2,8 @@
 //! `proxy_wasm` shared-memory zone, `proxy_wasm_shm_size`): a real nginx with
 //! master + 2 workers, the Rust-SDK test filter (tests/plugins/README.md),
 //! requests on fresh connections from many client threads so that both
-//! workers serve them; every response names its worker (`$pid`).
+//! workers serve them; every response names its worker (`$pid`). The rights
+//! and caps both servers share are in tests/conformance_shared.rs.
 //!
 //! Run with `make nginx && cargo test --test nginx_shared`.
 
@@ -373,18 +374,6 @@ fn a_vm_at_its_shared_data_quota_does_not_stop_another_vm_in_a_small_zone() {
     }
     assert_eq!(shared_get_at(&n, "/other/g", "k7").as_deref(), Some(value.as_str()));
     assert!(!n.error_log().contains("shared memory zone is full"), "{}", n.log_report());
-}
-
-#[test]
-fn an_enqueue_past_max_queue_length_answers_not_found() {
-    let origin = Origin::start();
-    let yaml = vm_yaml("capped", "capped_vm", "", "max_queue_length: 3");
-    let n = start_vms("ngx-shm-queue-cap", &yaml, &["capped"], "", &origin);
-    // In one callback: on_queue_ready cannot drain meanwhile.
-    let r = n.send(&Request::get("/capped/e").header("x-pw-test", "enqueue").header("x-pw-queue-count", "5")).unwrap();
-    assert_eq!(r.header("x-pw-enqueue"), Some("OK OK OK NOT_FOUND NOT_FOUND"), "{}", n.log_report());
-    n.expect_log(r#"refused enqueue to a queue of vm_id "capped_vm" over max_queue_length"#, WAIT);
-    wait_shared_at(&n, "/capped/g", "queue.count", "3");
 }
 
 /// Workers killed (SIGKILL, SIGSEGV) while other workers write shared data

@@ -29,6 +29,7 @@ pub mod client;
 pub mod http;
 pub mod nginx;
 pub mod origin;
+pub mod server;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};

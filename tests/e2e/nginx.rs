@@ -259,6 +259,19 @@ impl Nginx {
             panic!("error.log never said {text:?}\n{}", self.log_report());
         }
     }
+    /// Whether the master is still running (not exited, not a zombie).
+    pub fn is_running(&self) -> bool {
+        let Some(master) = self.child.as_ref().map(|c| c.id()) else { return false };
+        match fs::read_to_string(format!("/proc/{master}/stat")) {
+            // The state is the first field after the command's `)`.
+            Ok(stat) => !matches!(stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()), Some("Z" | "X")),
+            Err(_) => false,
+        }
+    }
+    /// How many worker processes the configuration asks for.
+    pub fn workers(&self) -> usize {
+        self.opts.workers
+    }
     /// The pids of the worker processes (children of the master).
     pub fn worker_pids(&self) -> Vec<u32> {
         let Some(master) = self.child.as_ref().map(|c| c.id()) else { return Vec::new() };
