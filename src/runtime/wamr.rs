@@ -745,12 +745,15 @@ impl<T> Caller<T> for WamrCaller<T> {
     }
 }
 
-/// The one native function behind every import: finds the hostcall by the
+/// The native function behind every import of a module compiled for host
+/// state `T`: finds the hostcall by the
 /// attachment id in the calling instance's link table and runs it.
 unsafe extern "C" fn trampoline<T>(exec_env: sys::wasm_exec_env_t, args: *mut u64) {
     // SAFETY: WAMR calls this with a live exec env; its module instance is the
-    // caller's; user data is our Inner (or null outside our calls, e.g. a
-    // start function during instantiation).
+    // caller's; user data is our Inner<T> (or null outside our calls, e.g. a
+    // start function during instantiation): `trampoline::<T>` is only bound
+    // into modules resolved for `T` (see `Registry::id`), whose instances
+    // all hold an `Inner<T>`.
     let (inst, inner, id) = unsafe {
         (
             sys::wasm_runtime_get_module_inst(exec_env),
