@@ -73,7 +73,10 @@ pub fn log(level: LogLevel, message: &str) {
     // SAFETY: `log` is the live cycle log; "%*s" takes a length and a pointer,
     // and the message outlives the call.
     unsafe {
-        if (*log).log_level < lvl && !(lvl == NGX_LOG_DEBUG as ngx_uint_t && (*log).log_level & NGX_LOG_DEBUG_HTTP as ngx_uint_t != 0) {
+        if (*log).log_level < lvl
+            && !(lvl == NGX_LOG_DEBUG as ngx_uint_t
+                && (*log).log_level & NGX_LOG_DEBUG_HTTP as ngx_uint_t != 0)
+        {
             return;
         }
         ngx_log_error_core(lvl, log, 0, cstr(b"%*s\0"), message.len(), message.as_ptr());
@@ -109,7 +112,10 @@ pub fn post_event(ev: *mut ngx_event_t) {
 }
 
 /// A zeroed nginx event with a handler and data.
-pub fn new_event(handler: unsafe extern "C" fn(*mut ngx_event_t), data: *mut c_void) -> ngx_event_t {
+pub fn new_event(
+    handler: unsafe extern "C" fn(*mut ngx_event_t),
+    data: *mut c_void,
+) -> ngx_event_t {
     // SAFETY: an all-zero ngx_event_t is nginx's initial state (ngx_pcalloc'd events).
     let mut ev: ngx_event_t = unsafe { std::mem::zeroed() };
     ev.handler = Some(handler);
@@ -127,8 +133,15 @@ pub type WorkerVms = Generation<Exclusive>;
 /// Runs an event outside any request (a tick, a queue notification, an
 /// `http_call` answer) on VM `vm` of a generation, if both still exist and
 /// the VM has not failed; errors are logged.
-pub fn with_vm(generation: &Weak<WorkerVms>, vm: usize, what: &str, f: impl FnOnce(&mut Vm) -> Result<(), VmError>) {
-    let Some(generation) = generation.upgrade() else { return };
+pub fn with_vm(
+    generation: &Weak<WorkerVms>,
+    vm: usize,
+    what: &str,
+    f: impl FnOnce(&mut Vm) -> Result<(), VmError>,
+) {
+    let Some(generation) = generation.upgrade() else {
+        return;
+    };
     if let Some(Err(e)) = generation.with_vm(vm, f) {
         log(LogLevel::Error, &format!("[proxy_wasm] {what}: {e}"));
     }

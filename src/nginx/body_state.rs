@@ -78,7 +78,12 @@ impl BodyCursor {
                 let n = (left as usize).min(PIECE);
                 if (*b).in_file() != 0 && !(*b).file.is_null() {
                     let mut buf = vec![0u8; n];
-                    let got = libc::pread((*(*b).file).fd, buf.as_mut_ptr() as *mut c_void, n, ((*b).file_pos + self.offset) as libc::off_t);
+                    let got = libc::pread(
+                        (*(*b).file).fd,
+                        buf.as_mut_ptr() as *mut c_void,
+                        n,
+                        ((*b).file_pos + self.offset) as libc::off_t,
+                    );
                     if got <= 0 {
                         log(LogLevel::Error, &format!("[proxy_wasm] cannot read the request body from nginx's temporary file: {}", std::io::Error::last_os_error()));
                         self.cl = std::ptr::null_mut();
@@ -88,7 +93,8 @@ impl BodyCursor {
                     self.offset += got as off_t;
                     return Some(buf);
                 }
-                let piece = std::slice::from_raw_parts((*b).pos.add(self.offset as usize), n).to_vec();
+                let piece =
+                    std::slice::from_raw_parts((*b).pos.add(self.offset as usize), n).to_vec();
                 self.offset += n as off_t;
                 return Some(piece);
             }
