@@ -3,7 +3,7 @@
 //!
 //! Layers, each behind a small interface:
 //! - [`abi`]: the Proxy-Wasm ABI itself: versions, encodings, every hostcall
-//!   (`abi::exports`) and WASI (`abi::wasi`).
+//!   (`hostcalls::exports`) and WASI (`hostcalls::wasi`).
 //! - [`runtime`]: WebAssembly runtimes behind the `Engine`/`Module`/`Instance` traits.
 //! - [`vm`]: an instance with its contexts and the callback lifecycle.
 //! - [`host`]: what a server binding implements (`ServerHost`, `HttpStream`).
@@ -31,6 +31,7 @@ pub mod config;
 pub mod extism;
 pub mod ffi;
 pub mod host;
+pub mod hostcalls;
 pub mod http_client;
 pub mod http_response;
 pub mod loader;

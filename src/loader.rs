@@ -9,10 +9,12 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use crate::config::{CodeSource, PluginConfig, RuntimeKind};
 use crate::host::ServerHost;
-use crate::plugin::{LoadError, PluginInfo, WasmCode};
+use crate::hostcalls::code::{LoadError, WasmCode};
+use crate::plugin::PluginInfo;
 use crate::remote_code::{self, FetchError};
 use crate::runtime::wamr::WamrEngine;
 use crate::runtime::wasmtime::WasmtimeEngine;
+use crate::hostcalls::state::HostState;
 use crate::runtime::Engine;
 use crate::vm::{Vm, VmError, VmOptions};
 
@@ -33,10 +35,10 @@ pub enum PluginError {
 }
 
 /// The engine for a runtime named in a config.
-pub fn engine(runtime: RuntimeKind) -> Option<Arc<dyn Engine>> {
+pub fn engine(runtime: RuntimeKind) -> Option<Arc<dyn Engine<HostState>>> {
     match runtime {
-        RuntimeKind::Wasmtime => WasmtimeEngine::shared().ok().map(|e| e as Arc<dyn Engine>),
-        RuntimeKind::Wamr => WamrEngine::shared().ok().map(|e| e as Arc<dyn Engine>),
+        RuntimeKind::Wasmtime => WasmtimeEngine::shared().ok().map(|e| e as Arc<dyn Engine<HostState>>),
+        RuntimeKind::Wamr => WamrEngine::shared().ok().map(|e| e as Arc<dyn Engine<HostState>>),
     }
 }
 

@@ -229,7 +229,7 @@ fn warn_once(warn: &mut dyn FnMut(&str), message: &str) {
 ///
 /// # Errors
 /// When the module does not compile.
-pub fn load_or_compile(engine: &dyn Engine, wasm: &[u8], warn: &mut dyn FnMut(&str)) -> Result<(Arc<dyn Module>, Outcome), RuntimeError> {
+pub fn load_or_compile<T>(engine: &dyn Engine<T>, wasm: &[u8], warn: &mut dyn FnMut(&str)) -> Result<(Arc<dyn Module<T>>, Outcome), RuntimeError> {
     load_or_compile_in(engine, wasm, &folders(), warn)
 }
 
@@ -237,7 +237,7 @@ pub fn load_or_compile(engine: &dyn Engine, wasm: &[u8], warn: &mut dyn FnMut(&s
 ///
 /// # Errors
 /// When the module does not compile.
-pub fn load_or_compile_in(engine: &dyn Engine, wasm: &[u8], dirs: &[PathBuf], warn: &mut dyn FnMut(&str)) -> Result<(Arc<dyn Module>, Outcome), RuntimeError> {
+pub fn load_or_compile_in<T>(engine: &dyn Engine<T>, wasm: &[u8], dirs: &[PathBuf], warn: &mut dyn FnMut(&str)) -> Result<(Arc<dyn Module<T>>, Outcome), RuntimeError> {
     let Some(fingerprint) = engine.compiled_code_fingerprint() else {
         return Ok((engine.compile(wasm)?, Outcome::NotStored(format!("{} does not compile to native code", engine.name()))));
     };

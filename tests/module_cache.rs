@@ -101,7 +101,7 @@ fn unique_module(tag: &str) -> Vec<u8> {
     wasm
 }
 
-fn wasmtime() -> std::sync::Arc<dyn proxy_wasm_host::runtime::Engine> {
+fn wasmtime() -> std::sync::Arc<dyn proxy_wasm_host::runtime::Engine<proxy_wasm_host::hostcalls::state::HostState>> {
     proxy_wasm_host::loader::engine(proxy_wasm_host::config::RuntimeKind::Wasmtime).unwrap()
 }
 

@@ -1,10 +1,7 @@
 //! The Proxy-Wasm application binary interface: versions, enumerations and
 //! wire encodings, independent of any runtime or server.
 
-pub mod exports;
-pub mod memory;
 pub mod pairs;
-pub mod wasi;
 pub mod property_path;
 
 use std::fmt;

@@ -12,8 +12,8 @@ use ngx::ffi::*;
 use super::context::{get_ctx, ReqCtx};
 use super::filters::{fail, kick_writer, next_body, next_header, set_buffered};
 use super::local::{chain_of, replace_response};
-use super::request_body::PIECE;
-use super::server::log;
+use super::body_state::PIECE;
+use super::base::log;
 use crate::abi::{LogLevel, StreamType};
 use crate::chain::{Flow, Phase};
 

@@ -91,7 +91,7 @@ unsafe fn main_conf_of(cf: *mut ngx_conf_t) -> *mut MainConf {
     // main_conf array has a slot for every HTTP module.
     unsafe {
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-        *(*ctx).main_conf.add(super::ctx_index()) as *mut MainConf
+        *(*ctx).main_conf.add(super::base::ctx_index()) as *mut MainConf
     }
 }
 
@@ -136,7 +136,7 @@ unsafe fn full_path(cf: *mut ngx_conf_t, arg: &[u8]) -> PathBuf {
     PathBuf::from(std::ffi::OsStr::from_bytes(prefix)).join(p)
 }
 
-fn catch(f: impl FnOnce() -> *mut c_char) -> *mut c_char {
+pub(super) fn catch(f: impl FnOnce() -> *mut c_char) -> *mut c_char {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(NGX_CONF_ERROR_PTR)
 }
 
@@ -157,7 +157,7 @@ pub unsafe extern "C" fn proxy_wasm_config(cf: *mut ngx_conf_t, _cmd: *mut ngx_c
             // SAFETY: as above.
             Err(e) => return unsafe { conf_error(cf, &format!("failed: {e}")) },
         };
-        if let Err(e) = super::worker::validate_in_child(&plugins) {
+        if let Err(e) = super::validate::validate_in_child(&plugins) {
             // SAFETY: as above.
             return unsafe { conf_error(cf, &format!("failed: {e}")) };
         }
@@ -193,21 +193,6 @@ pub unsafe extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_
     })
 }
 
-/// `proxy_wasm_metrics`: this location answers with the metrics.
-pub unsafe extern "C" fn proxy_wasm_metrics(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
-    catch(|| {
-        // SAFETY: `conf` is this module's LocConf; `cf->ctx` is the location's
-        // ngx_http_conf_ctx_t, whose loc_conf has the core module's slot.
-        unsafe {
-            let loc = &mut *(conf as *mut LocConf);
-            loc.metrics = true;
-            let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-            let clcf = *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
-            (*clcf).handler = Some(super::metrics::metrics_handler);
-        }
-        ptr::null_mut()
-    })
-}
 
 pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut c_void, conf: *mut c_void) -> *mut c_char {
     catch(|| {
@@ -231,7 +216,7 @@ pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut c_void, 
                         format!("proxy_wasm: no plugin named \"{name}\" in {} (plugins: {known})", main.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
                     };
                     // SAFETY: `cf` is live; nginx logs this at emerg level.
-                    unsafe { ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, super::cstr(b"%s\0"), conf_error(cf, &msg)) };
+                    unsafe { ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, super::base::cstr(b"%s\0"), conf_error(cf, &msg)) };
                     return NGX_CONF_ERROR_PTR;
                 }
             }
@@ -240,28 +225,22 @@ pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut c_void, 
     })
 }
 
-/// Registers the phase handlers and the response filters.
-pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-    let r = std::panic::catch_unwind(|| {
-        // SAFETY: the http block's core main configuration has the phase
-        // handler arrays; the filter chain heads are nginx globals set up
-        // during configuration (single-threaded).
+
+/// `proxy_wasm_shm_size <size>;` (http): e.g. `512k`, `4m`.
+pub unsafe extern "C" fn proxy_wasm_shm_size(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    catch(|| {
+        // SAFETY: `conf` is this module's MainConf (NGX_HTTP_MAIN_CONF_OFFSET); `cf` is live.
+        unsafe { super::shm::set_size(cf, &mut (*(conf as *mut MainConf)).shm) }
+    })
+}
+
+/// `init_main_conf`: declares the shared memory zone when the configuration has plugins.
+pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
+    catch(|| {
+        // SAFETY: `conf` is this module's MainConf; `cf` is live.
         unsafe {
-            let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-            let cmcf = *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
-            let rewrite = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize].handlers) as *mut ngx_http_handler_pt;
-            if rewrite.is_null() {
-                return NGX_ERROR as ngx_int_t;
-            }
-            *rewrite = Some(super::phase::rewrite_handler);
-            let log = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_LOG_PHASE as usize].handlers) as *mut ngx_http_handler_pt;
-            if log.is_null() {
-                return NGX_ERROR as ngx_int_t;
-            }
-            *log = Some(super::context::log_handler);
-            super::filters::install_filters();
+            let main = &mut *(conf as *mut MainConf);
+            super::shm::declare_zone(cf, &mut main.shm, &main.plugins)
         }
-        NGX_OK as ngx_int_t
-    });
-    r.unwrap_or(NGX_ERROR as ngx_int_t)
+    })
 }

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use ngx::ffi::*;
 
-use super::server::{log, post_event};
-use super::stream::NgxStream;
-use super::worker::{new_event, start_request, watch_awaiting_done, Start, WorkerVms};
+use super::base::{log, post_event, WorkerVms};
+use super::body_state::RequestBody;
+use super::worker::watch_awaiting_done;
 use crate::abi::LogLevel;
-use crate::chain::{Chain, ChainError, ChainServer, Flow, Signals};
+use crate::chain::{Chain, ChainServer, Flow, Signals};
 
 /// The chain of one request.
 pub type NgxChainOf = Chain<NgxChain, Arc<WorkerVms>>;
@@ -28,14 +28,14 @@ pub type NgxChainOf = Chain<NgxChain, Arc<WorkerVms>>;
 /// The request context, shared by the module (request ctx slot, pool
 /// cleanup), the chain and the plugins' stream contexts.
 pub struct ReqCtx {
-    r: AtomicPtr<ngx_http_request_t>,
+    pub(super) r: AtomicPtr<ngx_http_request_t>,
     /// What the plugins asked of the chain (resumes, local response, close).
-    signals: Signals,
+    pub(super) signals: Signals,
     /// Posted to run `Chain::resume` (`ChainServer::schedule_resume`).
     pub(super) ev: UnsafeCell<ngx_event_t>,
     /// The chain's pause timer (`Chain::on_pause_timeout`).
     pub(super) pause_timer: UnsafeCell<ngx_event_t>,
-    chain: RefCell<Option<NgxChainOf>>,
+    pub(super) chain: RefCell<Option<NgxChainOf>>,
     /// The client's framing as received: plugins may remove Content-Length
     /// or Transfer-Encoding, but nginx must still read the body it was sent.
     pub(super) framing: (off_t, bool),
@@ -48,7 +48,7 @@ pub struct ReqCtx {
     /// The module answered the request (a local response from a request phase).
     pub(super) answered: Cell<bool>,
     /// The request body as the module reads it for the chain.
-    pub(super) body: RefCell<super::request_body::RequestBody>,
+    pub(super) body: RefCell<RequestBody>,
     /// The header filter ran (response headers are readable).
     pub(super) response_started: Cell<bool>,
     /// The response headers are held (`r->buffered`) while the chain waits.
@@ -153,7 +153,7 @@ pub fn get_ctx(r: *mut ngx_http_request_t) -> Option<&'static ReqCtx> {
     // SAFETY: r->ctx has a slot per HTTP module; ours holds a pointer from
     // Arc::into_raw, alive until the pool cleanup releases it.
     unsafe {
-        let p = *(*r).ctx.add(super::ctx_index()) as *const ReqCtx;
+        let p = *(*r).ctx.add(super::base::ctx_index()) as *const ReqCtx;
         p.as_ref()
     }
 }
@@ -172,7 +172,7 @@ pub unsafe fn ctx_of_event(data: *mut c_void) -> Arc<ReqCtx> {
     }
 }
 
-unsafe extern "C" fn cleanup(data: *mut c_void) {
+pub(super) unsafe extern "C" fn cleanup(data: *mut c_void) {
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: `data` is the Arc::into_raw pointer set in `create_ctx`; the pool runs this once.
         let ctx = unsafe { Arc::from_raw(data as *const ReqCtx) };
@@ -196,82 +196,5 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
     });
 }
 
-pub enum Created {
-    Ctx(&'static ReqCtx),
-    Refuse,
-    Skip,
-}
 
-/// The context and chain of a request through the plugins `chain` (indexes
-/// into the plugin set, in order).
-///
-/// # Safety
-/// `r` is a live main request without a context of ours.
-pub unsafe fn create_ctx(r: *mut ngx_http_request_t, chain: &[usize]) -> Created {
-    let generation = match start_request(chain) {
-        Start::On(g) => g,
-        Start::Skip => return Created::Skip,
-        Start::Refuse => return Created::Refuse,
-    };
-    let ctx = Arc::new(ReqCtx {
-        r: AtomicPtr::new(r),
-        signals: Signals::new(),
-        ev: UnsafeCell::new(new_event(super::resume::on_resume_event, std::ptr::null_mut())),
-        pause_timer: UnsafeCell::new(new_event(super::resume::on_pause_timeout, std::ptr::null_mut())),
-        chain: RefCell::new(None),
-        // SAFETY: live request.
-        framing: unsafe { ((*r).headers_in.content_length_n, (*r).headers_in.chunked() != 0) },
-        suspended: Cell::new(false),
-        pending: RefCell::new(None),
-        answered: Cell::new(false),
-        body: RefCell::new(Default::default()),
-        response_started: Cell::new(false),
-        headers_held: Cell::new(false),
-        body_held: Cell::new(false),
-        replace_body: RefCell::new(None),
-        replaced_sent: Cell::new(false),
-        response_eos_sent: Cell::new(false),
-        response_length: Cell::new(None),
-        response_seen: Cell::new(0),
-    });
-    // SAFETY: the events' data is the context itself (it lives as long as the events can fire).
-    unsafe {
-        (*ctx.ev.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
-        (*ctx.pause_timer.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
-    }
-    match Chain::new(generation, chain.iter().copied(), NgxChain(ctx.clone()), |_| NgxStream::new(ctx.clone())) {
-        Ok(c) => *ctx.chain.borrow_mut() = Some(c),
-        Err(e) => {
-            // A stream context kept for its proxy_done must not reach this request.
-            ctx.r.store(std::ptr::null_mut(), Ordering::Release);
-            let level = if matches!(e, ChainError::Refused { .. }) { LogLevel::Debug } else { LogLevel::Error };
-            log(level, &format!("[proxy_wasm] {e}"));
-            return Created::Refuse;
-        }
-    }
-    // SAFETY: live request; the cleanup releases the reference taken here.
-    unsafe {
-        let cln = ngx_pool_cleanup_add((*r).pool, 0);
-        if cln.is_null() {
-            ctx.finish();
-            ctx.r.store(std::ptr::null_mut(), Ordering::Release);
-            drop(ctx.chain.borrow_mut().take());
-            return Created::Refuse;
-        }
-        let raw = Arc::into_raw(ctx);
-        (*cln).handler = Some(cleanup);
-        (*cln).data = raw as *mut c_void;
-        *(*r).ctx.add(super::ctx_index()) = raw as *mut c_void;
-        Created::Ctx(&*raw)
-    }
-}
 
-/// The log phase: the plugins' `on_done`, `on_log`, `on_delete`.
-pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    let _ = std::panic::catch_unwind(|| {
-        if let Some(ctx) = get_ctx(r) {
-            ctx.finish();
-        }
-    });
-    NGX_OK as ngx_int_t
-}

@@ -1,27 +1,17 @@
-//! The module's place in nginx's output filter chains, and what both of its
-//! filters need: the next filters, holding a response back (`r->buffered`)
+//! What both of the module's output filters need: the next filters (which
+//! `mod.rs` saves when it puts the filters at the top of nginx's chains), holding a response back (`r->buffered`)
 //! while the plugins' chain waits, and waking nginx's writer after a resume.
 
 use ngx::ffi::*;
 
-use super::server::post_event;
+use super::base::post_event;
 
 /// `r->buffered` bit while a plugin holds the response back.
 const BUFFERED: u32 = 0x08;
 
-static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
-static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
+pub(super) static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+pub(super) static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 
-/// Puts the module's filters at the top of the chains.
-pub unsafe fn install_filters() {
-    // SAFETY: called from postconfiguration (single-threaded configuration).
-    unsafe {
-        NEXT_HEADER_FILTER = ngx_http_top_header_filter;
-        ngx_http_top_header_filter = Some(super::header_filter::header_filter);
-        NEXT_BODY_FILTER = ngx_http_top_body_filter;
-        ngx_http_top_body_filter = Some(super::body_filter::body_filter);
-    }
-}
 
 pub fn next_header(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: the saved next filter is set before any request.

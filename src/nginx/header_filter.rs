@@ -10,7 +10,7 @@ use super::context::{get_ctx, ReqCtx};
 use super::filters::{fail, kick_writer, next_header, set_buffered};
 use super::headers as hdr;
 use super::local::replace_response;
-use super::server::log;
+use super::base::log;
 use crate::abi::{LogLevel, StreamType};
 use crate::chain::{Flow, Phase};
 

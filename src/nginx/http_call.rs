@@ -32,8 +32,8 @@ use std::sync::Weak;
 
 use ngx::ffi::*;
 
-use super::server::{log, post_event};
-use super::worker::{new_event, with_vm, WorkerVms};
+use super::base::{log, post_event};
+use super::base::{new_event, with_vm, WorkerVms};
 use crate::abi::{LogLevel, Status};
 use crate::host::{HttpCallRequest, HttpCallResponse};
 use crate::http_client::{self, FAILURE_CONNECT, FAILURE_PROTOCOL, FAILURE_TIMEOUT};

@@ -1,5 +1,10 @@
 //! The plugins' metrics in Prometheus text format (`proxy_wasm_metrics`).
 
+use std::ffi::{c_char, c_void};
+use std::ptr;
+
+use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t, ngx_http_core_module};
+
 use crate::abi::MetricType;
 use crate::metrics::{MetricSnapshot, HISTOGRAM_BOUNDS};
 
@@ -56,4 +61,20 @@ pub unsafe extern "C" fn metrics_handler(r: *mut ngx::ffi::ngx_http_request_t) -
         }
     });
     out.unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+}
+
+/// `proxy_wasm_metrics`: this location answers with the metrics.
+pub unsafe extern "C" fn proxy_wasm_metrics(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    super::conf::catch(|| {
+        // SAFETY: `conf` is this module's LocConf; `cf->ctx` is the location's
+        // ngx_http_conf_ctx_t, whose loc_conf has the core module's slot.
+        unsafe {
+            let loc = &mut *(conf as *mut super::conf::LocConf);
+            loc.metrics = true;
+            let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
+            let clcf = *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
+            (*clcf).handler = Some(metrics_handler);
+        }
+        ptr::null_mut()
+    })
 }

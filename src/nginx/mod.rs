@@ -39,7 +39,9 @@
 //! - `resume.rs`: the chain's resume event and pause timer;
 //! - `headers.rs`, `http_call.rs`, `server.rs`, `shm.rs`, `metrics.rs`, `conf.rs`.
 
+mod base;
 mod body_filter;
+mod body_state;
 mod conf;
 mod context;
 mod filters;
@@ -50,13 +52,12 @@ mod local;
 mod metrics;
 mod phase;
 mod request_body;
-mod resume;
 mod server;
 mod shm;
 mod stream;
+mod validate;
 mod worker;
 
-use std::ffi::c_char;
 use std::ptr::{addr_of, addr_of_mut};
 
 use ngx::ffi::*;
@@ -84,7 +85,7 @@ static mut COMMANDS: [ngx_command_t; 5] = [
     ngx_command_t {
         name: ngx::ngx_string!("proxy_wasm_metrics"),
         type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
-        set: Some(conf::proxy_wasm_metrics),
+        set: Some(metrics::proxy_wasm_metrics),
         conf: NGX_HTTP_LOC_CONF_OFFSET,
         offset: 0,
         post: std::ptr::null_mut(),
@@ -92,7 +93,7 @@ static mut COMMANDS: [ngx_command_t; 5] = [
     ngx_command_t {
         name: ngx::ngx_string!("proxy_wasm_shm_size"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(shm::proxy_wasm_shm_size),
+        set: Some(conf::proxy_wasm_shm_size),
         conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: std::ptr::null_mut(),
@@ -102,9 +103,9 @@ static mut COMMANDS: [ngx_command_t; 5] = [
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: None,
-    postconfiguration: Some(conf::postconfiguration),
+    postconfiguration: Some(postconfiguration),
     create_main_conf: Some(conf::create_main_conf),
-    init_main_conf: Some(shm::init_main_conf),
+    init_main_conf: Some(conf::init_main_conf),
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(conf::create_loc_conf),
@@ -125,18 +126,39 @@ pub static mut ngx_http_proxy_wasm_module: ngx_module_t = ngx_module_t {
 
 ngx::ngx_modules!(ngx_http_proxy_wasm_module);
 
-/// The module, for the configuration helpers.
-pub(crate) fn module() -> *const ngx_module_t {
-    addr_of!(ngx_http_proxy_wasm_module)
+/// Registers the phase handlers and the response filters.
+pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    let r = std::panic::catch_unwind(|| {
+        // SAFETY: the http block's core main configuration has the phase
+        // handler arrays; the filter chain heads are nginx globals set up
+        // during configuration (single-threaded).
+        unsafe {
+            let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
+            let cmcf = *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
+            let rewrite = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize].handlers) as *mut ngx_http_handler_pt;
+            if rewrite.is_null() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            *rewrite = Some(phase::rewrite_handler);
+            let log = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_LOG_PHASE as usize].handlers) as *mut ngx_http_handler_pt;
+            if log.is_null() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            *log = Some(phase::log_handler);
+            install_filters();
+        }
+        NGX_OK as ngx_int_t
+    });
+    r.unwrap_or(NGX_ERROR as ngx_int_t)
 }
 
-/// The module's index among the HTTP modules (its `ctx_index`).
-pub(crate) fn ctx_index() -> usize {
-    // SAFETY: nginx sets ctx_index once while reading the configuration, before any request.
-    unsafe { (*module()).ctx_index }
-}
-
-/// A C string literal for nginx's format functions.
-pub(crate) const fn cstr(s: &'static [u8]) -> *const c_char {
-    s.as_ptr() as *const c_char
+/// Puts the module's filters at the top of the chains.
+pub unsafe fn install_filters() {
+    // SAFETY: called from postconfiguration (single-threaded configuration).
+    unsafe {
+        filters::NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+        ngx_http_top_header_filter = Some(header_filter::header_filter);
+        filters::NEXT_BODY_FILTER = ngx_http_top_body_filter;
+        ngx_http_top_body_filter = Some(body_filter::body_filter);
+    }
 }

@@ -3,20 +3,31 @@
 //! what the chain returns. A pause suspends the handler (holding a request
 //! reference: nginx's phase engine stops); the chain's resume (or its pause
 //! timeout) runs the phases again, and the handler goes on where it stopped.
+//!
+//! The request's context is created here (its events lead back here), and the
+//! chain's two events re-enter the phase they name: the request phases here,
+//! the response filters in `header_filter`/`body_filter`, which never call back.
 
 use ngx::ffi::*;
 
-use super::context::{create_ctx, get_ctx, Created, ReqCtx};
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Arc;
+
+use super::base::{log, new_event};
+use super::context::{cleanup, ctx_of_event, get_ctx, NgxChain, NgxChainOf, ReqCtx};
+use super::stream::NgxStream;
+use super::worker::{start_request, Start};
 use super::headers as hdr;
 use super::local::answer_locally;
 use super::request_body::{self as body, BodyStep};
-use super::server::log;
 use crate::abi::{LogLevel, StreamType};
-use crate::chain::{flow::failure_response, Flow, Phase};
+use crate::chain::{flow::failure_response, Chain, ChainError, Flow, Phase, Signals};
 
-fn loc_conf(r: *mut ngx_http_request_t) -> &'static super::LocConf {
+fn loc_conf(r: *mut ngx_http_request_t) -> &'static super::conf::LocConf {
     // SAFETY: loc_conf has a slot per HTTP module, ours a LocConf.
-    unsafe { &*(*(*r).loc_conf.add(super::ctx_index()) as *const super::LocConf) }
+    unsafe { &*(*(*r).loc_conf.add(super::base::ctx_index()) as *const super::conf::LocConf) }
 }
 
 /// The rewrite-phase handler (also re-entered by `ngx_http_core_run_phases`
@@ -173,5 +184,132 @@ pub fn resumed(ctx: &ReqCtx, r: *mut ngx_http_request_t, phase: Phase, flow: Flo
         (*r).write_event_handler = Some(ngx_http_core_run_phases);
         ngx_http_core_run_phases(r);
         ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+    }
+}
+
+// ---------------------------------------------------------------- the context
+
+pub enum Created {
+    Ctx(&'static ReqCtx),
+    Refuse,
+    Skip,
+}
+
+/// The context and chain of a request through the plugins `chain` (indexes
+/// into the plugin set, in order).
+///
+/// # Safety
+/// `r` is a live main request without a context of ours.
+pub unsafe fn create_ctx(r: *mut ngx_http_request_t, chain: &[usize]) -> Created {
+    let generation = match start_request(chain) {
+        Start::On(g) => g,
+        Start::Skip => return Created::Skip,
+        Start::Refuse => return Created::Refuse,
+    };
+    let ctx = Arc::new(ReqCtx {
+        r: AtomicPtr::new(r),
+        signals: Signals::new(),
+        ev: UnsafeCell::new(new_event(on_resume_event, std::ptr::null_mut())),
+        pause_timer: UnsafeCell::new(new_event(on_pause_timeout, std::ptr::null_mut())),
+        chain: RefCell::new(None),
+        // SAFETY: live request.
+        framing: unsafe { ((*r).headers_in.content_length_n, (*r).headers_in.chunked() != 0) },
+        suspended: Cell::new(false),
+        pending: RefCell::new(None),
+        answered: Cell::new(false),
+        body: RefCell::new(Default::default()),
+        response_started: Cell::new(false),
+        headers_held: Cell::new(false),
+        body_held: Cell::new(false),
+        replace_body: RefCell::new(None),
+        replaced_sent: Cell::new(false),
+        response_eos_sent: Cell::new(false),
+        response_length: Cell::new(None),
+        response_seen: Cell::new(0),
+    });
+    // SAFETY: the events' data is the context itself (it lives as long as the events can fire).
+    unsafe {
+        (*ctx.ev.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
+        (*ctx.pause_timer.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
+    }
+    match Chain::new(generation, chain.iter().copied(), NgxChain(ctx.clone()), |_| NgxStream::new(ctx.clone())) {
+        Ok(c) => *ctx.chain.borrow_mut() = Some(c),
+        Err(e) => {
+            // A stream context kept for its proxy_done must not reach this request.
+            ctx.r.store(std::ptr::null_mut(), Ordering::Release);
+            let level = if matches!(e, ChainError::Refused { .. }) { LogLevel::Debug } else { LogLevel::Error };
+            log(level, &format!("[proxy_wasm] {e}"));
+            return Created::Refuse;
+        }
+    }
+    // SAFETY: live request; the cleanup releases the reference taken here.
+    unsafe {
+        let cln = ngx_pool_cleanup_add((*r).pool, 0);
+        if cln.is_null() {
+            ctx.finish();
+            ctx.r.store(std::ptr::null_mut(), Ordering::Release);
+            drop(ctx.chain.borrow_mut().take());
+            return Created::Refuse;
+        }
+        let raw = Arc::into_raw(ctx);
+        (*cln).handler = Some(cleanup);
+        (*cln).data = raw as *mut c_void;
+        *(*r).ctx.add(super::base::ctx_index()) = raw as *mut c_void;
+        Created::Ctx(&*raw)
+    }
+}
+
+/// The log phase: the plugins' `on_done`, `on_log`, `on_delete`.
+pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(ctx) = get_ctx(r) {
+            ctx.finish();
+        }
+    });
+    NGX_OK as ngx_int_t
+}
+
+// ------------------------------------------------------------- re-entry points
+
+/// The posted resume event (`ChainServer::schedule_resume`: a plugin
+/// continued, answered or closed the stream from a tick, a queue or an
+/// `http_call` answer).
+pub unsafe extern "C" fn on_resume_event(ev: *mut ngx_event_t) {
+    // SAFETY: the event's data is its context, alive while the event is
+    // posted (the pool cleanup takes it off the queue).
+    unsafe { run(ev, "resuming a request", |c| c.resume()) }
+}
+
+/// A pause outlasted its plugin's `pause_timeout` (the chain re-arms the
+/// timer at every pause and cancels it when the wait ends).
+pub unsafe extern "C" fn on_pause_timeout(ev: *mut ngx_event_t) {
+    // SAFETY: the timer's data is its context, alive while the timer is set
+    // (the pool cleanup deletes it).
+    unsafe { run(ev, "ending a paused request", |c| c.on_pause_timeout()) }
+}
+
+/// # Safety
+/// `ev` is one of a live context's events.
+unsafe fn run(ev: *mut ngx_event_t, what: &str, step: impl FnOnce(&mut NgxChainOf) -> Option<(Phase, Flow)>) {
+    // SAFETY: see above.
+    let data: *mut c_void = unsafe { (*ev).data };
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: see above; the reference keeps the context while the
+        // request may end below.
+        let ctx = unsafe { ctx_of_event(data) };
+        let Some(r) = ctx.r() else { return };
+        let Some((phase, flow)) = ctx.with_chain(step).flatten() else { return };
+        // SAFETY: live request on this worker.
+        let c = unsafe { (*r).connection };
+        match phase {
+            Phase::RequestHeaders | Phase::RequestBody => resumed(&ctx, r, phase, flow),
+            Phase::ResponseHeaders => super::header_filter::resumed(&ctx, r, flow),
+            Phase::ResponseBody => super::body_filter::resumed(&ctx, r, flow),
+        }
+        // SAFETY: the connection of the request (nginx checks whether it was destroyed).
+        unsafe { ngx_http_run_posted_requests(c) };
+    }));
+    if out.is_err() {
+        log(LogLevel::Critical, &format!("[proxy_wasm] internal error (panic) {what}"));
     }
 }

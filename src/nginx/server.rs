@@ -10,71 +10,14 @@ use std::time::Duration;
 
 use ngx::ffi::*;
 
-use super::worker::{with_vm, WorkerVms};
+use super::base::{cycle_log, log, log_level, with_vm, WorkerVms};
+pub use super::base::post_event;
 use crate::abi::{LogLevel, Status};
 use crate::host::{HttpCallRequest, PluginRef, ServerHost};
 
-fn ngx_level(level: LogLevel) -> ngx_uint_t {
-    (match level {
-        LogLevel::Trace | LogLevel::Debug => NGX_LOG_DEBUG,
-        LogLevel::Info => NGX_LOG_INFO,
-        LogLevel::Warn => NGX_LOG_WARN,
-        LogLevel::Error => NGX_LOG_ERR,
-        LogLevel::Critical => NGX_LOG_CRIT,
-    }) as ngx_uint_t
-}
 
-/// The cycle's log (the `error_log` of the main configuration).
-fn cycle_log() -> *mut ngx_log_t {
-    // SAFETY: ngx_cycle is set before any module code runs and only changes on
-    // the worker's own thread.
-    unsafe {
-        let cycle = ngx_cycle;
-        if cycle.is_null() {
-            return std::ptr::null_mut();
-        }
-        (*cycle).log
-    }
-}
 
-/// Writes one line to nginx's error log at `level`.
-pub fn log(level: LogLevel, message: &str) {
-    let log = cycle_log();
-    if log.is_null() {
-        eprintln!("{message}");
-        return;
-    }
-    let lvl = ngx_level(level);
-    // SAFETY: `log` is the live cycle log; "%*s" takes a length and a pointer,
-    // and the message outlives the call.
-    unsafe {
-        if (*log).log_level < lvl && !(lvl == NGX_LOG_DEBUG as ngx_uint_t && (*log).log_level & NGX_LOG_DEBUG_HTTP as ngx_uint_t != 0) {
-            return;
-        }
-        ngx_log_error_core(lvl, log, 0, super::cstr(b"%*s\0"), message.len(), message.as_ptr());
-    }
-}
 
-/// The plugin log threshold, from the error_log level.
-pub fn log_level() -> LogLevel {
-    let log = cycle_log();
-    if log.is_null() {
-        return LogLevel::Info;
-    }
-    // SAFETY: live cycle log.
-    let l = unsafe { (*log).log_level };
-    if l & NGX_LOG_DEBUG_ALL as ngx_uint_t != 0 || l >= NGX_LOG_DEBUG as ngx_uint_t {
-        LogLevel::Debug
-    } else if l >= NGX_LOG_INFO as ngx_uint_t {
-        LogLevel::Info
-    } else if l >= NGX_LOG_WARN as ngx_uint_t {
-        LogLevel::Warn
-    } else if l >= NGX_LOG_ERR as ngx_uint_t {
-        LogLevel::Error
-    } else {
-        LogLevel::Critical
-    }
-}
 
 /// A periodic `on_tick` of one root context: an nginx timer on the worker's
 /// event loop, cancelable (a worker shutting down does not wait for it).
@@ -190,12 +133,6 @@ unsafe extern "C" fn on_queue_event(ev: *mut ngx_event_t) {
     }
 }
 
-/// Posts a one-shot event: it runs on this worker's loop after the current handler.
-pub fn post_event(ev: *mut ngx_event_t) {
-    // SAFETY: the event lives until its handler ran (owned by its Box or by a
-    // request context that removes it from the queue when it goes away).
-    unsafe { ngx_post_event(ev, std::ptr::addr_of_mut!(ngx_posted_events)) };
-}
 
 impl ServerHost for NgxServer {
     fn log(&self, plugin: &PluginRef, level: LogLevel, message: &str) {
@@ -217,11 +154,11 @@ impl ServerHost for NgxServer {
             return Err(Status::BadArgument);
         }
         let Some(generation) = self.generation.get().filter(|_| self.live) else { return Err(Status::InternalFailure) };
-        super::worker::dispatch_http_call(generation.clone(), self.vm, (self.id, token), request)
+        super::http_call::dispatch_http_call(generation.clone(), self.vm, (self.id, token), request)
     }
 
     fn cancel_http_call(&self, token: u32) {
-        super::worker::cancel_http_call((self.id, token));
+        super::http_call::cancel_http_call((self.id, token));
     }
 
     fn http_calls_full(&self) -> Option<String> {

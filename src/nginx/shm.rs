@@ -22,8 +22,7 @@ use std::sync::Arc;
 
 use ngx::ffi::*;
 
-use super::conf::MainConf;
-use super::server::log;
+use super::base::log;
 use crate::abi::LogLevel;
 use crate::shm_store::{ShmRegion, ShmStore, ZoneLock, MIN_SIZE, POLL_INTERVAL};
 
@@ -58,63 +57,63 @@ fn region_offset() -> usize {
 
 const NGX_CONF_ERROR_PTR: *mut c_char = usize::MAX as *mut c_char;
 
-fn conf_catch(f: impl FnOnce() -> *mut c_char) -> *mut c_char {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(NGX_CONF_ERROR_PTR)
-}
 
-/// `proxy_wasm_shm_size <size>;` (http): e.g. `512k`, `4m`.
-pub unsafe extern "C" fn proxy_wasm_shm_size(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
-    conf_catch(|| {
-        // SAFETY: `conf` is this module's MainConf (NGX_HTTP_MAIN_CONF_OFFSET);
-        // `cf->args` holds the directive and its one argument.
+/// `proxy_wasm_shm_size <size>;`, for the main configuration's `shm`.
+///
+/// # Safety
+/// `cf` is live and `cf->args` holds the directive and its one argument.
+pub unsafe fn set_size(cf: *mut ngx_conf_t, shm: &mut ShmConf) -> *mut c_char {
+    {
+        // SAFETY: per the contract.
         unsafe {
-            let main = &mut *(conf as *mut MainConf);
-            if main.shm.size.is_some() {
-                return super::cstr(b"is duplicate\0") as *mut c_char;
+            if shm.size.is_some() {
+                return super::base::cstr(b"is duplicate\0") as *mut c_char;
             }
             let arg = ((*(*cf).args).elts as *mut ngx_str_t).add(1);
             let size = ngx_parse_size(arg);
             if size < 0 {
-                ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, super::cstr(b"proxy_wasm_shm_size: invalid size \"%V\"\0"), arg);
+                ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, super::base::cstr(b"proxy_wasm_shm_size: invalid size \"%V\"\0"), arg);
                 return NGX_CONF_ERROR_PTR;
             }
             let size = size as usize;
             if !(MIN_ZONE_SIZE..=u32::MAX as usize).contains(&size) {
-                ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, super::cstr(b"proxy_wasm_shm_size: \"%V\" is out of range (32k to 4095m)\0"), arg);
+                ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, super::base::cstr(b"proxy_wasm_shm_size: \"%V\" is out of range (32k to 4095m)\0"), arg);
                 return NGX_CONF_ERROR_PTR;
             }
-            main.shm.size = Some(size);
+            shm.size = Some(size);
         }
         ptr::null_mut()
-    })
+    }
 }
 
-/// `init_main_conf`: declares the zone when the configuration has plugins.
-pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
-    conf_catch(|| {
-        // SAFETY: `conf` is this module's MainConf; `cf` is live.
+/// Declares the zone when the configuration has plugins (`init_main_conf`).
+///
+/// # Safety
+/// `cf` is live (configuration time).
+pub unsafe fn declare_zone(cf: *mut ngx_conf_t, shm: &mut ShmConf, plugins: &[crate::config::PluginConfig]) -> *mut c_char {
+    {
+        // SAFETY: per the contract.
         unsafe {
-            let main = &mut *(conf as *mut MainConf);
-            if main.plugins.is_empty() {
+            if plugins.is_empty() {
                 return ptr::null_mut();
             }
             let mut name = ngx_str_t { len: 10, data: b"proxy_wasm".as_ptr() as *mut u8 };
-            let size = main.shm.size.unwrap_or(DEFAULT_SIZE);
-            let zone = ngx_shared_memory_add(cf, &mut name, size, super::module() as *mut c_void);
+            let size = shm.size.unwrap_or(DEFAULT_SIZE);
+            let zone = ngx_shared_memory_add(cf, &mut name, size, super::base::module() as *mut c_void);
             if zone.is_null() {
                 return NGX_CONF_ERROR_PTR;
             }
             (*zone).init = Some(init_zone);
-            main.shm.zone = zone;
-            let caps: Vec<(String, u64)> = main.plugins.iter().map(|p| (p.vm.vm_id.clone(), p.vm.quotas.max_shared_data_size)).collect();
+            shm.zone = zone;
+            let caps: Vec<(String, u64)> = plugins.iter().map(|p| (p.vm.vm_id.clone(), p.vm.quotas.max_shared_data_size)).collect();
             if let Some(warning) = crate::shm_store::overcommit_warning(size.saturating_sub(region_offset()), &caps) {
                 if let Ok(text) = std::ffi::CString::new(format!("proxy_wasm_shm_size: {warning}")) {
-                    ngx_conf_log_error(NGX_LOG_WARN as ngx_uint_t, cf, 0, super::cstr(b"%s\0"), text.as_ptr());
+                    ngx_conf_log_error(NGX_LOG_WARN as ngx_uint_t, cf, 0, super::base::cstr(b"%s\0"), text.as_ptr());
                 }
             }
         }
         ptr::null_mut()
-    })
+    }
 }
 
 /// The zone's memory after nginx's slab header.
@@ -188,8 +187,8 @@ thread_local! {
 }
 
 /// `init_process`: this worker's shared data, queues and metrics are the zone's.
-pub fn install_in_worker(main: &MainConf) {
-    let zone = main.shm.zone;
+pub fn install_in_worker(shm: &ShmConf) {
+    let zone = shm.zone;
     if zone.is_null() {
         return;
     }
@@ -216,7 +215,7 @@ pub fn install_in_worker(main: &MainConf) {
     }
     crate::shared::set_process_stores(store.clone(), store.clone());
     crate::metrics::set_process_metrics(store.clone());
-    let mut ev = Box::new(super::worker::new_event(on_poll, ptr::null_mut()));
+    let mut ev = Box::new(super::base::new_event(on_poll, ptr::null_mut()));
     ev.set_cancelable(1);
     // SAFETY: the event lives in the thread-local box until stop_in_worker removes its timer.
     unsafe { ngx_add_timer(&mut *ev, POLL_INTERVAL.as_millis() as ngx_msec_t) };

@@ -9,27 +9,20 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::c_void;
-use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ngx::ffi::*;
 
 use super::conf::MainConf;
-use super::server::{log, NgxServer};
+use super::base::{log, new_event, WorkerVms};
+use super::server::NgxServer;
 use crate::abi::LogLevel;
-use crate::chain::{Exclusive, Generation, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason};
-use crate::config::{FailurePolicy, PluginConfig};
+use crate::chain::{Exclusive, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason};
+use crate::config::FailurePolicy;
 use crate::host::ServerHost;
-use crate::loader::{self, PluginVms, VmKey};
-use crate::vm::{Vm, VmError};
+use crate::loader::{self, VmKey};
 
-/// One generation of this worker's VMs. `Exclusive`: an nginx worker is one
-/// thread, so a use of the VMs while they are in use is a re-entry (an
-/// internal error), never a wait.
-pub type WorkerVms = Generation<Exclusive>;
 
 /// The worker's side of its generations: a `NgxServer` per VM, attached to
 /// its generation once started; their ticks stop when it is retired.
@@ -186,7 +179,7 @@ unsafe fn main_conf(cycle: *mut ngx_cycle_t) -> Option<&'static MainConf> {
         if ctx.is_null() {
             return None;
         }
-        let conf = *(*ctx).main_conf.add(super::ctx_index()) as *const MainConf;
+        let conf = *(*ctx).main_conf.add(super::base::ctx_index()) as *const MainConf;
         conf.as_ref()
     }
 }
@@ -201,7 +194,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             return;
         }
         // Before any VM starts: the zone's shared data, queues and metrics.
-        super::shm::install_in_worker(main);
+        super::shm::install_in_worker(&main.shm);
         let plugins = match loader::load(&main.plugins) {
             Ok(p) => p,
             Err(e) => {
@@ -294,89 +287,6 @@ pub fn start_request(chain: &[usize]) -> Start {
     }
 }
 
-/// Runs an event outside any request (a tick, a queue notification, an
-/// `http_call` answer) on VM `vm` of a generation, if both still exist and
-/// the VM has not failed; errors are logged.
-pub fn with_vm(generation: &Weak<WorkerVms>, vm: usize, what: &str, f: impl FnOnce(&mut Vm) -> Result<(), VmError>) {
-    let Some(generation) = generation.upgrade() else { return };
-    if let Some(Err(e)) = generation.with_vm(vm, f) {
-        log(LogLevel::Error, &format!("[proxy_wasm] {what}: {e}"));
-    }
-}
 
-pub use super::http_call::{cancel_http_call, dispatch_http_call};
 
-/// Compiles and starts the plugins once, in a child process, and reports the
-/// first error (with file and key). The master itself never creates an engine.
-pub fn validate_in_child(plugins: &[PluginConfig]) -> Result<(), String> {
-    if plugins.is_empty() {
-        return Ok(());
-    }
-    let mut fds = [0; 2];
-    // SAFETY: pipe() fills two descriptors we own.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(format!("cannot validate the plugins: pipe: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: nginx reads its configuration in a single thread, so the child
-    // starts in a consistent state; it only compiles and exits with _exit.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        // SAFETY: closing the descriptors we own.
-        unsafe {
-            libc::close(fds[0]);
-            libc::close(fds[1]);
-        }
-        return Err(format!("cannot validate the plugins: fork: {}", std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: the child owns fds[1] (fds[0] is the parent's).
-        unsafe { libc::close(fds[0]) };
-        let outcome = std::panic::catch_unwind(|| check_plugins(plugins)).unwrap_or_else(|_| Err("internal error (panic) validating the plugins".into()));
-        // SAFETY: fds[1] is ours; File takes it over.
-        let mut out = unsafe { std::fs::File::from_raw_fd(fds[1]) };
-        let code = match outcome {
-            Ok(()) => 0,
-            Err(e) => {
-                let _ = out.write_all(e.as_bytes());
-                1
-            }
-        };
-        drop(out);
-        // SAFETY: leave without running the master's exit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    // SAFETY: the parent owns fds[0].
-    unsafe { libc::close(fds[1]) };
-    // SAFETY: as above.
-    let mut input = unsafe { std::fs::File::from_raw_fd(fds[0]) };
-    let mut message = String::new();
-    let _ = input.read_to_string(&mut message);
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {}
-    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-        Ok(())
-    } else if !message.is_empty() {
-        Err(message)
-    } else {
-        Err(format!("the plugin validation process ended abnormally (status {status})"))
-    }
-}
 
-fn check_plugins(plugins: &[PluginConfig]) -> Result<(), String> {
-    let loaded = loader::load(plugins).map_err(|e| e.to_string())?;
-    let mut canary = PluginVms::start(&loaded, |_| Arc::new(NgxServer::canary()) as Arc<dyn ServerHost>).map_err(|e| e.to_string())?;
-    canary.shutdown();
-    Ok(())
-}
-
-/// A zeroed nginx event with a handler and data.
-pub fn new_event(handler: unsafe extern "C" fn(*mut ngx_event_t), data: *mut c_void) -> ngx_event_t {
-    // SAFETY: an all-zero ngx_event_t is nginx's initial state (ngx_pcalloc'd events).
-    let mut ev: ngx_event_t = unsafe { std::mem::zeroed() };
-    ev.handler = Some(handler);
-    ev.data = data;
-    // SAFETY: the cycle log outlives the worker's events.
-    ev.log = unsafe { (*ngx_cycle).log };
-    ev
-}

@@ -1,9 +1,14 @@
 //! The interface between the host core and a WebAssembly runtime.
 //!
-//! A runtime compiles bytes into a [`Module`], instantiates it with the host's
-//! import table, and calls exports. Hostcalls are plain functions over a
-//! [`Caller`], so every runtime links the same table from `abi::exports` and
-//! `abi::wasi`; adding a runtime is one new file implementing these traits.
+//! A runtime compiles bytes into a [`Module`], instantiates it with a table of
+//! host functions, and calls exports. The layer knows nothing of the host
+//! above it: every trait is generic over the instance's host state `T`, as
+//! Wasmtime's `Linker<T>`/`Caller<'_, T>` are (and as proxy-wasm-cpp-host's
+//! runtime layer only forward-declares its context). The Proxy-Wasm host links
+//! `hostcalls` with its `HostState`; the Extism host links its own table with
+//! its own state on the same engines. Host functions are plain `fn` pointers
+//! ([`HostFn`]), so a hostcall costs one indirect call, whatever `T` is.
+//! Adding a runtime is one new file implementing these traits for every `T`.
 
 pub mod wamr;
 pub mod wasmtime;
@@ -11,8 +16,6 @@ pub mod wasmtime;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-
-use crate::vm::state::HostState;
 
 /// Hands the memory a compiler freed back to the operating system. Cranelift
 /// allocates tens of MiB while it compiles a module and frees them when done,
@@ -135,46 +138,89 @@ pub struct Limits {
     pub callback_timeout: Option<Duration>,
 }
 
-/// What a hostcall sees of the guest that called it.
-pub trait Caller {
+/// What a host function sees of the guest that called it; `T` is the
+/// instance's host state.
+pub trait Caller<T> {
     /// The guest's linear memory (empty if it exports none) and the instance's
     /// host state, borrowed together so a hostcall can copy between them.
-    fn memory_and_state(&mut self) -> (&mut [u8], &mut HostState);
+    fn memory_and_state(&mut self) -> (&mut [u8], &mut T);
 
     /// Calls a guest export from inside a hostcall (the allocator).
     fn call_export(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap>;
 
-    fn state(&mut self) -> &mut HostState {
+    fn state(&mut self) -> &mut T {
         self.memory_and_state().1
     }
 }
 
-/// A hostcall: decodes its arguments and returns its result, or traps the guest.
-pub type HostFn = fn(&mut dyn Caller, &[Val]) -> Result<Option<Val>, Trap>;
+/// What a host function returns: its result (if it has one), or a trap.
+pub type HostResult = Result<Option<Val>, Trap>;
+
+/// A host function: decodes its arguments and returns its result, or traps the guest.
+pub enum HostFn<T> {
+    /// Needs the guest (its memory, or its exports): Proxy-Wasm hostcalls, WASI.
+    Caller(fn(&mut dyn Caller<T>, &[Val]) -> HostResult),
+    /// Needs only the host state (Extism's kernel and Otoroshi's functions,
+    /// whose memory is the host's): the adapters skip looking up the memory.
+    State(fn(&mut T, &[Val]) -> HostResult),
+}
+
+// Not derived: a derive would require `T: Clone`; function pointers are always `Copy`.
+impl<T> Clone for HostFn<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for HostFn<T> {}
+
+impl<T> HostFn<T> {
+    /// Runs the function for `caller`. Generic over the adapter's concrete
+    /// caller type, so the `State` case reads the state without a virtual call.
+    #[inline]
+    pub fn call<C: Caller<T>>(self, caller: &mut C, args: &[Val]) -> HostResult {
+        match self {
+            HostFn::Caller(f) => f(caller, args),
+            HostFn::State(f) => f(caller.state(), args),
+        }
+    }
+}
 
 /// An entry of the import table offered to modules.
-#[derive(Clone, Copy)]
-pub struct HostFunction {
+pub struct HostFunction<T> {
     pub module: &'static str,
     pub name: &'static str,
     pub params: &'static [ValType],
     pub results: &'static [ValType],
-    pub func: HostFn,
+    pub func: HostFn<T>,
 }
 
-impl HostFunction {
+impl<T> Clone for HostFunction<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for HostFunction<T> {}
+
+impl<T> HostFunction<T> {
     pub fn ty(&self) -> FuncType {
         FuncType { params: self.params.to_vec(), results: self.results.to_vec() }
     }
 }
 
-/// A module's function import resolved to a hostcall.
-#[derive(Clone)]
-pub struct LinkedImport {
+/// A module's function import resolved to a host function.
+pub struct LinkedImport<T> {
     pub module: String,
     pub name: String,
     pub ty: FuncType,
-    pub func: HostFn,
+    pub func: HostFn<T>,
+}
+
+impl<T> Clone for LinkedImport<T> {
+    fn clone(&self) -> Self {
+        LinkedImport { module: self.module.clone(), name: self.name.clone(), ty: self.ty.clone(), func: self.func }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,11 +231,15 @@ pub enum RuntimeError {
     Instantiate(String),
 }
 
-/// A WebAssembly engine (one per runtime per process).
-pub trait Engine: Send + Sync {
+/// A WebAssembly engine (one per runtime per process), compiling modules whose
+/// instances hold a host state of type `T`. The concrete engines implement it
+/// for every `T`, so one engine serves the Proxy-Wasm host and the Extism host
+/// (`Arc<WasmtimeEngine>` coerces to `Arc<dyn Engine<HostState>>` and to
+/// `Arc<dyn Engine<ExtismState>>`).
+pub trait Engine<T>: Send + Sync {
     /// The runtime's name as written in configs (`wasmtime`, `wamr`).
     fn name(&self) -> &'static str;
-    fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn Module>, RuntimeError>;
+    fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn Module<T>>, RuntimeError>;
 
     /// What compiled code of this engine depends on (runtime version and
     /// settings), for the compiled-module cache; `None` when the runtime
@@ -201,13 +251,13 @@ pub trait Engine: Send + Sync {
     /// Loads a module from bytes `Module::serialize` made with an engine of
     /// the same fingerprint. Only called on bytes whose integrity the cache
     /// has checked; an error (another runtime version) makes the caller compile.
-    fn deserialize(&self, _compiled: &[u8]) -> Result<Arc<dyn Module>, RuntimeError> {
+    fn deserialize(&self, _compiled: &[u8]) -> Result<Arc<dyn Module<T>>, RuntimeError> {
         Err(RuntimeError::Compile(format!("{} cannot load compiled code", self.name())))
     }
 }
 
 /// A compiled module, shared by all instances in the process.
-pub trait Module: Send + Sync {
+pub trait Module<T>: Send + Sync {
     fn imports(&self) -> &[ImportDesc];
     fn exports(&self) -> &[ExportDesc];
     /// The compiled code, for the compiled-module cache (`None`: not supported).
@@ -219,19 +269,120 @@ pub trait Module: Send + Sync {
     /// has refused modules it could not resolve). The runtime may link once and
     /// reuse the result: a module is always given the same resolution.
     /// `limits` bound this instance's memory and the duration of each call.
-    fn instantiate(&self, state: HostState, imports: &[LinkedImport], limits: &Limits) -> Result<Box<dyn Instance>, RuntimeError>;
+    fn instantiate(&self, state: T, imports: &[LinkedImport<T>], limits: &Limits) -> Result<Box<dyn Instance<T>>, RuntimeError>;
 }
 
 /// A live instance: one linear memory, the host state, and callable exports.
-pub trait Instance: Send {
+pub trait Instance<T>: Send {
     /// Calls an export by name. The core checks existence against `Module::exports`.
     fn call(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap>;
-    fn state(&mut self) -> &mut HostState;
+    fn state(&mut self) -> &mut T;
     /// Current linear memory size in bytes.
     fn memory_size(&mut self) -> usize;
     /// Whether a `memory.grow` was refused by the memory limit since the last
     /// time this was asked (the core logs it once per instance).
     fn take_memory_refusal(&mut self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The runtime layer carries any host state: a tiny table linked with two
+    //! states that are not the Proxy-Wasm host's, on both runtimes (as the
+    //! Extism host links its own table with its own state).
+
+    use super::wamr::WamrEngine;
+    use super::wasmtime::WasmtimeEngine;
+    use super::*;
+
+    /// A state that only counts calls.
+    #[derive(Default)]
+    struct Counter {
+        calls: u32,
+        last: i64,
+    }
+
+    /// Another one, linked to the same import names on the same engines.
+    #[derive(Default)]
+    struct Doubler {
+        calls: u32,
+    }
+
+    /// Imports `test.add` (state only) and `test.peek` (memory and state);
+    /// `run(p)` calls `add(41)` then returns `peek(p)`.
+    const WAT: &str = r#"(module
+        (import "test" "add" (func $add (param i64) (result i64)))
+        (import "test" "peek" (func $peek (param i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 8) "\2a")
+        (func (export "run") (param i32) (result i32)
+            (drop (call $add (i64.const 41)))
+            (call $peek (local.get 0))))"#;
+
+    fn table<T: 'static>(add: HostFn<T>, peek: HostFn<T>) -> Vec<LinkedImport<T>> {
+        let import = |name: &str, params: Vec<ValType>, results: Vec<ValType>, func| LinkedImport { module: "test".into(), name: name.into(), ty: FuncType { params, results }, func };
+        vec![import("add", vec![ValType::I64], vec![ValType::I64], add), import("peek", vec![ValType::I32], vec![ValType::I32], peek)]
+    }
+
+    fn counter_add(s: &mut Counter, a: &[Val]) -> HostResult {
+        s.calls += 1;
+        s.last = a[0].as_i64();
+        Ok(Some(Val::I64(s.last + 1)))
+    }
+
+    /// The byte at the guest pointer plus the calls counted so far.
+    fn counter_peek(c: &mut dyn Caller<Counter>, a: &[Val]) -> HostResult {
+        let (memory, state) = c.memory_and_state();
+        let byte = memory.get(a[0].as_i32() as usize).copied().ok_or_else(|| Trap::new("out of bounds"))?;
+        state.calls += 1;
+        Ok(Some(Val::I32(i32::from(byte) + state.calls as i32)))
+    }
+
+    fn doubler_add(s: &mut Doubler, a: &[Val]) -> HostResult {
+        s.calls += 1;
+        Ok(Some(Val::I64(a[0].as_i64() * 2)))
+    }
+
+    fn doubler_peek(c: &mut dyn Caller<Doubler>, a: &[Val]) -> HostResult {
+        let (memory, state) = c.memory_and_state();
+        state.calls += 1;
+        Ok(Some(Val::I32(i32::from(memory[a[0].as_i32() as usize]) * 2)))
+    }
+
+    fn run_both(counter: Arc<dyn Engine<Counter>>, doubler: Arc<dyn Engine<Doubler>>) {
+        let wasm = wat::parse_str(WAT).unwrap();
+        // Both modules are compiled before either is instantiated, so that on
+        // WAMR the second registration of the same names must not rebind the first.
+        let m1 = counter.compile(&wasm).unwrap();
+        let m2 = doubler.compile(&wasm).unwrap();
+        let mut i1 = m1.instantiate(Counter::default(), &table(HostFn::State(counter_add), HostFn::Caller(counter_peek)), &Limits::default()).unwrap();
+        let mut i2 = m2.instantiate(Doubler::default(), &table(HostFn::State(doubler_add), HostFn::Caller(doubler_peek)), &Limits::default()).unwrap();
+        for _ in 0..2 {
+            assert_eq!(i2.call("run", &[Val::I32(8)]).unwrap(), Some(Val::I32(84)), "{}", doubler.name());
+        }
+        assert_eq!(i1.call("run", &[Val::I32(8)]).unwrap(), Some(Val::I32(42 + 2)), "{}", counter.name());
+        assert_eq!((i1.state().calls, i1.state().last), (2, 41));
+        assert_eq!(i2.state().calls, 4);
+        // A trap from a state-only function reaches the caller as such.
+        fn failing(_: &mut Counter, _: &[Val]) -> HostResult {
+            Err(Trap::new("refused by the host"))
+        }
+        let m3 = counter.compile(&wasm).unwrap();
+        let mut i3 = m3.instantiate(Counter::default(), &table(HostFn::State(failing), HostFn::Caller(counter_peek)), &Limits::default()).unwrap();
+        let trap = i3.call("run", &[Val::I32(8)]).unwrap_err();
+        assert!(trap.message.contains("refused by the host"), "{}: {}", counter.name(), trap.message);
+    }
+
+    #[test]
+    fn wasmtime_links_any_host_state() {
+        let engine = WasmtimeEngine::shared().unwrap();
+        run_both(engine.clone(), engine);
+    }
+
+    #[test]
+    fn wamr_links_any_host_state() {
+        let engine = WamrEngine::shared().unwrap();
+        run_both(engine.clone(), engine);
     }
 }

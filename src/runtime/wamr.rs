@@ -9,12 +9,17 @@
 //!   another, one thread at a time.
 //! - WAMR resolves imports against a process-wide registry of native symbols,
 //!   by module and field name. Every (module, name) any loaded module imports is
-//!   registered once, as a *raw* native whose attachment is a small id and
-//!   whose signature is left empty (the core checks signatures itself, and
-//!   WASI's catch-all answers any signature). Each module keeps a table from id
-//!   to the hostcall it was linked to, so two modules may bind the same name
+//!   registered as a *raw* native whose attachment is a small id and whose
+//!   signature is left empty (the core checks signatures itself, and WASI's
+//!   catch-all answers any signature). Each module keeps a table from id to
+//!   the host function it was linked to, so two modules may bind the same name
 //!   differently; the trampoline finds that table through the exec env's user
 //!   data, which points at the calling instance.
+//! - The trampoline is generic over the host state (`trampoline::<T>`), so a
+//!   hostcall is as direct for the Extism host's state as for Proxy-Wasm's.
+//!   WAMR binds a module's imports to the natives registered when it is
+//!   resolved (`wasm_runtime_resolve_symbols`); before resolving a module for
+//!   `T`, the registry puts `T`'s natives in front for its import names.
 //! - A hostcall's trap is kept whole on the instance and WAMR is told to raise
 //!   an exception; a Rust panic in a hostcall is caught and becomes a trap.
 //! - Limits: linear memory is capped at instantiation (`max_memory_pages`;
@@ -22,6 +27,7 @@
 //!   time limit is stopped by a watchdog thread with `wasm_runtime_terminate`
 //!   (which needs WAMR's thread manager, the `thread-mgr` feature).
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,7 +37,6 @@ use std::time::{Duration, Instant};
 use wamrx_sys as sys;
 
 use super::{Caller, Engine, ExportDesc, FuncType, HostFn, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError, Trap, TrapKind, Val, ValType};
-use crate::vm::state::HostState;
 
 /// The WAMR operand/frame stack of one instance (not the native stack).
 const WASM_STACK_SIZE: u32 = 512 * 1024;
@@ -50,40 +55,83 @@ static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| Mutex::new(Registr
 
 #[derive(Default)]
 struct Registry {
-    /// (module, name) -> attachment id.
-    ids: HashMap<(String, String), u32>,
+    /// (module, name) -> its attachment id and natives.
+    names: HashMap<(String, String), Name>,
 }
 
+/// One imported (module, name) as registered with WAMR.
+struct Name {
+    id: u32,
+    module: &'static CStr,
+    /// The one-element symbol array of each host-state type, leaked (WAMR
+    /// keeps the pointer while it is registered; one per type, so bounded).
+    natives: HashMap<TypeId, NativePtr>,
+    /// The state type whose native WAMR finds first.
+    front: TypeId,
+}
+
+#[derive(Clone, Copy)]
+struct NativePtr(*mut sys::NativeSymbol);
+// SAFETY: the pointer is to a leaked array only used under the registry lock.
+unsafe impl Send for NativePtr {}
+
 impl Registry {
-    /// The id of `(module, name)`, registering a raw native for it first if needed.
-    /// Callers hold the registry lock.
-    fn id(&mut self, module: &str, name: &str) -> Result<u32, String> {
-        if let Some(id) = self.ids.get(&(module.to_string(), name.to_string())) {
-            return Ok(*id);
+    /// The id of `(module, name)`, making `trampoline::<T>` the native WAMR
+    /// resolves it to (registering it first if needed). Callers hold the
+    /// registry lock and resolve the module before releasing it.
+    fn id<T: 'static>(&mut self, module: &str, name: &str) -> Result<u32, String> {
+        let ty = TypeId::of::<T>();
+        let key = (module.to_string(), name.to_string());
+        if let Some(n) = self.names.get(&key) {
+            if n.front == ty {
+                return Ok(n.id);
+            }
         }
-        let id = u32::try_from(self.ids.len()).map_err(|_| "too many distinct imports".to_string())?;
-        let c_module = CString::new(module).map_err(|_| format!("import module name {module:?} contains NUL"))?;
-        let c_name = CString::new(name).map_err(|_| format!("import name {name:?} contains NUL"))?;
-        // WAMR keeps these pointers for the life of the process (the registry
-        // is never unregistered from), and sorts the symbol array in place.
-        let module_ptr: &'static CStr = Box::leak(c_module.into_boxed_c_str());
-        let name_ptr: &'static CStr = Box::leak(c_name.into_boxed_c_str());
-        let symbols: &'static mut [sys::NativeSymbol] = Box::leak(Box::new([sys::NativeSymbol {
-            symbol: name_ptr.as_ptr(),
-            func_ptr: trampoline as *mut c_void,
-            signature: c"".as_ptr(),
-            attachment: id as usize as *mut c_void,
-        }]));
+        let next_id = u32::try_from(self.names.len()).map_err(|_| "too many distinct imports".to_string())?;
+        let entry = match self.names.get_mut(&key) {
+            Some(n) => n,
+            None => {
+                let c_module = CString::new(module).map_err(|_| format!("import module name {module:?} contains NUL"))?;
+                // WAMR keeps the module name for the life of the process.
+                let module_ptr: &'static CStr = Box::leak(c_module.into_boxed_c_str());
+                self.names.entry(key).or_insert(Name { id: next_id, module: module_ptr, natives: HashMap::new(), front: ty })
+            }
+        };
+        let id = entry.id;
+        let native = match entry.natives.get(&ty) {
+            Some(p) => {
+                // Registered before, behind another type's: unregister it so
+                // that registering it again puts it in front.
+                // SAFETY: the runtime is initialised; `p` is the array this
+                // registry registered under `entry.module`; the lock is held.
+                unsafe { sys::wasm_runtime_unregister_natives(entry.module.as_ptr(), p.0) };
+                *p
+            }
+            None => {
+                let c_name = CString::new(name).map_err(|_| format!("import name {name:?} contains NUL"))?;
+                let name_ptr: &'static CStr = Box::leak(c_name.into_boxed_c_str());
+                let symbols: &'static mut [sys::NativeSymbol] = Box::leak(Box::new([sys::NativeSymbol {
+                    symbol: name_ptr.as_ptr(),
+                    func_ptr: trampoline::<T> as *mut c_void,
+                    signature: c"".as_ptr(),
+                    attachment: id as usize as *mut c_void,
+                }]));
+                let p = NativePtr(symbols.as_mut_ptr());
+                entry.natives.insert(ty, p);
+                p
+            }
+        };
         // SAFETY: the runtime is initialised (callers go through WamrEngine);
         // the module name and the one-element symbol array are leaked, so they
-        // outlive WAMR's registry as required; `trampoline` has the raw
+        // outlive WAMR's registry as required; `trampoline::<T>` has the raw
         // calling convention `void(wasm_exec_env_t, uint64_t *)`; the registry
-        // lock is held, so no load reads the list while it changes.
-        let ok = unsafe { sys::wasm_runtime_register_natives_raw(module_ptr.as_ptr(), symbols.as_mut_ptr(), 1) };
+        // lock is held, so no load reads the list while it changes. WAMR puts
+        // the new registration first, so modules resolved from now on bind to it.
+        let ok = unsafe { sys::wasm_runtime_register_natives_raw(entry.module.as_ptr(), native.0, 1) };
         if !ok {
             return Err(format!("WAMR could not register the native {module}.{name}"));
         }
-        self.ids.insert((module.to_string(), name.to_string()), id);
+        entry.front = ty;
         Ok(id)
     }
 }
@@ -192,12 +240,12 @@ fn error_text(buf: &[c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-impl Engine for WamrEngine {
+impl<T: Send + 'static> Engine<T> for WamrEngine {
     fn name(&self) -> &'static str {
         "wamr"
     }
 
-    fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn Module>, RuntimeError> {
+    fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn Module<T>>, RuntimeError> {
         let mut bytes = wasm.to_vec().into_boxed_slice();
         let size = u32::try_from(bytes.len()).map_err(|_| RuntimeError::Compile("module larger than 4 GiB".into()))?;
         let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
@@ -224,7 +272,7 @@ impl Engine for WamrEngine {
                 let name = c_str(imp.name);
                 let ty = (imp.kind == sys::WASM_IMPORT_EXPORT_KIND_FUNC).then(|| func_type(imp.u.func_type));
                 if ty.is_some() {
-                    let id = registry.id(&module, &name).map_err(RuntimeError::Compile)?;
+                    let id = registry.id::<T>(&module, &name).map_err(RuntimeError::Compile)?;
                     import_ids.push((module.clone(), name.clone(), id));
                 }
                 imports.push(ImportDesc { module, name, ty });
@@ -272,28 +320,28 @@ impl Drop for ModuleShared {
 }
 
 /// A hostcall bound to one import of one module.
-struct Link {
-    func: HostFn,
+struct Link<T> {
+    func: HostFn<T>,
     params: Vec<ValType>,
     result: Option<ValType>,
 }
 
 /// Attachment id -> hostcall, for one module.
-type LinkTable = Arc<[Option<Link>]>;
+type LinkTable<T> = Arc<[Option<Link<T>>]>;
 
-struct WamrModule {
+struct WamrModule<T> {
     shared: Arc<ModuleShared>,
     imports: Vec<ImportDesc>,
     exports: Vec<ExportDesc>,
     /// (module, name, attachment id) of each function import.
     import_ids: Vec<(String, String, u32)>,
-    links: OnceLock<Result<LinkTable, String>>,
+    links: OnceLock<Result<LinkTable<T>, String>>,
 }
 
-impl WamrModule {
-    fn link(&self, imports: &[LinkedImport]) -> Result<LinkTable, String> {
+impl<T> WamrModule<T> {
+    fn link(&self, imports: &[LinkedImport<T>]) -> Result<LinkTable<T>, String> {
         let size = self.import_ids.iter().map(|(_, _, id)| *id as usize + 1).max().unwrap_or(0);
-        let mut table: Vec<Option<Link>> = (0..size).map(|_| None).collect();
+        let mut table: Vec<Option<Link<T>>> = (0..size).map(|_| None).collect();
         for (module, name, id) in &self.import_ids {
             let Some(host) = imports.iter().find(|i| &i.module == module && &i.name == name) else {
                 return Err(format!("no host function for the import {module}.{name}"));
@@ -304,7 +352,7 @@ impl WamrModule {
     }
 }
 
-impl Module for WamrModule {
+impl<T: Send + 'static> Module<T> for WamrModule<T> {
     fn imports(&self) -> &[ImportDesc] {
         &self.imports
     }
@@ -313,7 +361,7 @@ impl Module for WamrModule {
         &self.exports
     }
 
-    fn instantiate(&self, state: HostState, imports: &[LinkedImport], limits: &Limits) -> Result<Box<dyn Instance>, RuntimeError> {
+    fn instantiate(&self, state: T, imports: &[LinkedImport<T>], limits: &Limits) -> Result<Box<dyn Instance<T>>, RuntimeError> {
         let links = self.links.get_or_init(|| self.link(imports)).clone().map_err(RuntimeError::Instantiate)?;
         if !thread_env_ready() {
             return Err(RuntimeError::Instantiate("cannot initialise this thread for WAMR".into()));
@@ -395,11 +443,11 @@ fn memory_bytes(inst: sys::wasm_module_inst_t) -> Option<usize> {
 }
 
 /// Everything of one instance, behind a stable heap address the trampoline reaches.
-struct Inner {
+struct Inner<T> {
     inst: sys::wasm_module_inst_t,
     exec_env: sys::wasm_exec_env_t,
-    state: HostState,
-    links: LinkTable,
+    state: T,
+    links: LinkTable<T>,
     funcs: HashMap<String, Option<Export>>,
     /// The trap a hostcall raised, kept whole (WAMR's exception text is short).
     pending_trap: Option<Trap>,
@@ -417,7 +465,7 @@ struct Export {
     result: Option<ValType>,
 }
 
-impl Drop for Inner {
+impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
         if let Some(w) = &self.watch {
             w.forget();
@@ -438,7 +486,7 @@ impl Drop for Inner {
 ///
 /// # Safety
 /// `inner` points to a live `Inner` and no reference into it is held.
-unsafe fn lookup(inner: *mut Inner, name: &str) -> Option<Export> {
+unsafe fn lookup<T>(inner: *mut Inner<T>, name: &str) -> Option<Export> {
     // SAFETY: per the contract; the map borrow ends before returning.
     unsafe {
         if let Some(e) = (*inner).funcs.get(name) {
@@ -502,7 +550,7 @@ fn to_wasm_val(v: Val, ty: ValType) -> sys::wasm_val_t {
 /// # Safety
 /// `inner` points to a live `Inner`, used by this thread only, and no Rust
 /// reference into it is live across this call.
-unsafe fn call_export(inner: *mut Inner, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
+unsafe fn call_export<T>(inner: *mut Inner<T>, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
     if !thread_env_ready() {
         return Err(Trap::new("cannot initialise this thread for WAMR"));
     }
@@ -616,8 +664,8 @@ fn trap_text(exception: &str) -> &str {
     }
 }
 
-struct WamrInstance {
-    inner: *mut Inner,
+struct WamrInstance<T> {
+    inner: *mut Inner<T>,
     /// The memory limit in whole pages' bytes, and whether reaching it was reported.
     memory_cap: Option<u64>,
     cap_reported: bool,
@@ -626,22 +674,22 @@ struct WamrInstance {
 // SAFETY: WAMR instances are not tied to a thread: every call sets the exec
 // env's thread info, and this thread's WAMR environment is initialised before
 // each call. `&mut self` gives one thread at a time.
-unsafe impl Send for WamrInstance {}
+unsafe impl<T: Send> Send for WamrInstance<T> {}
 
-impl Drop for WamrInstance {
+impl<T> Drop for WamrInstance<T> {
     fn drop(&mut self) {
         // SAFETY: `inner` came from Box::into_raw and is freed once, here.
         drop(unsafe { Box::from_raw(self.inner) });
     }
 }
 
-impl Instance for WamrInstance {
+impl<T: Send + 'static> Instance<T> for WamrInstance<T> {
     fn call(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
         // SAFETY: `inner` is live while self is; `&mut self` excludes other users.
         unsafe { call_export(self.inner, name, args) }
     }
 
-    fn state(&mut self) -> &mut HostState {
+    fn state(&mut self) -> &mut T {
         // SAFETY: live while self is; the borrow is tied to `&mut self`.
         unsafe { &mut (*self.inner).state }
     }
@@ -661,12 +709,12 @@ impl Instance for WamrInstance {
 }
 
 /// What a hostcall sees: the calling instance, through the exec env's user data.
-struct WamrCaller {
-    inner: *mut Inner,
+struct WamrCaller<T> {
+    inner: *mut Inner<T>,
 }
 
-impl Caller for WamrCaller {
-    fn memory_and_state(&mut self) -> (&mut [u8], &mut HostState) {
+impl<T> Caller<T> for WamrCaller<T> {
+    fn memory_and_state(&mut self) -> (&mut [u8], &mut T) {
         // SAFETY: `inner` is the live instance whose call is running on this
         // thread. The memory slice covers exactly the current pages; it and
         // the state are disjoint, and both borrows end before anything can
@@ -697,16 +745,19 @@ impl Caller for WamrCaller {
     }
 }
 
-/// The one native function behind every import: finds the hostcall by the
+/// The native function behind every import of a module compiled for host
+/// state `T`: finds the hostcall by the
 /// attachment id in the calling instance's link table and runs it.
-unsafe extern "C" fn trampoline(exec_env: sys::wasm_exec_env_t, args: *mut u64) {
+unsafe extern "C" fn trampoline<T>(exec_env: sys::wasm_exec_env_t, args: *mut u64) {
     // SAFETY: WAMR calls this with a live exec env; its module instance is the
-    // caller's; user data is our Inner (or null outside our calls, e.g. a
-    // start function during instantiation).
+    // caller's; user data is our Inner<T> (or null outside our calls, e.g. a
+    // start function during instantiation): `trampoline::<T>` is only bound
+    // into modules resolved for `T` (see `Registry::id`), whose instances
+    // all hold an `Inner<T>`.
     let (inst, inner, id) = unsafe {
         (
             sys::wasm_runtime_get_module_inst(exec_env),
-            sys::wasm_runtime_get_user_data(exec_env).cast::<Inner>(),
+            sys::wasm_runtime_get_user_data(exec_env).cast::<Inner<T>>(),
             sys::wasm_runtime_get_function_attachment(exec_env) as usize,
         )
     };
@@ -742,7 +793,7 @@ unsafe extern "C" fn trampoline(exec_env: sys::wasm_exec_env_t, args: *mut u64) 
     let vals = &buf[..link.params.len()];
     let mut caller = WamrCaller { inner };
     let func = link.func;
-    let outcome = catch_unwind(AssertUnwindSafe(|| func(&mut caller, vals)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| func.call(&mut caller, vals)));
     let outcome = match outcome {
         Ok(r) => r,
         Err(panic) => {

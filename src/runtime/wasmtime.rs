@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use wasmtime as wt;
 
-use super::{Caller, Engine, ExportDesc, FuncType, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError, Trap, TrapKind, Val, ValType};
+use super::{Caller, Engine, HostFn, ExportDesc, FuncType, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError, Trap, TrapKind, Val, ValType};
 use crate::hash::FastMap;
-use crate::vm::state::HostState;
 
 /// The process-wide Wasmtime engine. One engine serves every plugin so that
 /// compiled code is shared; it is created lazily, in the process that uses it
@@ -71,8 +70,8 @@ fn ticks(limit: Duration) -> u64 {
 
 /// What a store holds: the host state, the limits its memory grows under, and
 /// what hostcalls and callbacks would otherwise look up by name on every call.
-pub(crate) struct StoreData {
-    host: HostState,
+pub(crate) struct StoreData<T> {
+    host: T,
     limits: MemoryCap,
     /// The guest's `memory` export, set once instantiated (before that, and in
     /// a module without one, hostcalls look it up).
@@ -199,12 +198,12 @@ impl wt::ResourceLimiter for MemoryCap {
     }
 }
 
-impl Engine for WasmtimeEngine {
+impl<T: Send + 'static> Engine<T> for WasmtimeEngine {
     fn name(&self) -> &'static str {
         "wasmtime"
     }
 
-    fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn Module>, RuntimeError> {
+    fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn Module<T>>, RuntimeError> {
         let module = wt::Module::new(&self.engine, wasm).map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
         Ok(self.wrap(module))
     }
@@ -216,7 +215,7 @@ impl Engine for WasmtimeEngine {
         Some(format!("wasmtime-{:016x}", h.finish()))
     }
 
-    fn deserialize(&self, compiled: &[u8]) -> Result<Arc<dyn Module>, RuntimeError> {
+    fn deserialize(&self, compiled: &[u8]) -> Result<Arc<dyn Module<T>>, RuntimeError> {
         // SAFETY: wasmtime runs these bytes as native code. The caller passes
         // only bytes this host stored itself from `serialize` with an engine
         // of the same fingerprint: the compiled-module cache reads them only
@@ -231,7 +230,7 @@ impl Engine for WasmtimeEngine {
 }
 
 impl WasmtimeEngine {
-    fn wrap(&self, module: wt::Module) -> Arc<dyn Module> {
+    fn wrap<T: Send + 'static>(&self, module: wt::Module) -> Arc<dyn Module<T>> {
         let imports = module
             .imports()
             .map(|i| ImportDesc {
@@ -282,19 +281,19 @@ fn wt_val_type(t: ValType) -> wt::ValType {
     }
 }
 
-struct WasmtimeModule {
+struct WasmtimeModule<T: 'static> {
     engine: wt::Engine,
     module: wt::Module,
     imports: Vec<ImportDesc>,
     exports: Vec<ExportDesc>,
     /// The linked module, built on first instantiation and reused by every
     /// later instance (on every thread) so linking costs nothing per instance.
-    pre: OnceLock<Result<wt::InstancePre<StoreData>, String>>,
+    pre: OnceLock<Result<wt::InstancePre<StoreData<T>>, String>>,
 }
 
-impl WasmtimeModule {
-    fn link(&self, imports: &[LinkedImport]) -> Result<wt::InstancePre<StoreData>, String> {
-        let mut linker: wt::Linker<StoreData> = wt::Linker::new(&self.engine);
+impl<T: Send + 'static> WasmtimeModule<T> {
+    fn link(&self, imports: &[LinkedImport<T>]) -> Result<wt::InstancePre<StoreData<T>>, String> {
+        let mut linker: wt::Linker<StoreData<T>> = wt::Linker::new(&self.engine);
         for host in imports {
             let ty = wt::FuncType::new(
                 &self.engine,
@@ -324,11 +323,11 @@ impl WasmtimeModule {
 /// `values` holds the parameters described by `params`, and has room for
 /// the results described by `results` (Wasmtime's guarantee for a function
 /// linked with those types).
-unsafe fn call_host(
-    func: super::HostFn,
+unsafe fn call_host<T: 'static>(
+    func: HostFn<T>,
     params: &[ValType],
     results: &[ValType],
-    caller: wt::Caller<'_, StoreData>,
+    caller: wt::Caller<'_, StoreData<T>>,
     values: &mut [std::mem::MaybeUninit<wt::ValRaw>],
 ) -> wt::Result<()> {
     // Hostcalls take at most a dozen arguments: converted on the stack.
@@ -347,7 +346,7 @@ unsafe fn call_host(
         };
     }
     let mut c = WasmtimeCaller { caller, memory: None };
-    let out = func(&mut c, &buf[..params.len()]).map_err(wt::Error::new)?;
+    let out = func.call(&mut c, &buf[..params.len()]).map_err(wt::Error::new)?;
     // Every declared result slot is written, each by its declared type, so a
     // result of the wrong width, a missing one, or the extra results of an
     // import typed `(result i32 i32)` (a WASI name we answer generically)
@@ -370,8 +369,8 @@ unsafe fn call_host(
     Ok(())
 }
 
-struct WasmtimeCaller<'a> {
-    caller: wt::Caller<'a, StoreData>,
+struct WasmtimeCaller<'a, T: 'static> {
+    caller: wt::Caller<'a, StoreData<T>>,
     /// The guest memory's base and length, looked up once per hostcall (a
     /// hostcall reads and writes it several times; the lookup goes through
     /// the instance). Only guest code can grow the memory, and so move it:
@@ -379,8 +378,8 @@ struct WasmtimeCaller<'a> {
     memory: Option<(*mut u8, usize)>,
 }
 
-impl Caller for WasmtimeCaller<'_> {
-    fn memory_and_state(&mut self) -> (&mut [u8], &mut HostState) {
+impl<T: 'static> Caller<T> for WasmtimeCaller<'_, T> {
+    fn memory_and_state(&mut self) -> (&mut [u8], &mut T) {
         if let Some((base, len)) = self.memory {
             // SAFETY: `base`/`len` describe the guest memory as it was when
             // this hostcall looked it up, and no guest code (the only thing
@@ -420,7 +419,7 @@ impl Caller for WasmtimeCaller<'_> {
         export.call(&mut self.caller, args)
     }
 
-    fn state(&mut self) -> &mut HostState {
+    fn state(&mut self) -> &mut T {
         &mut self.caller.data_mut().host
     }
 }
@@ -467,7 +466,7 @@ fn to_trap(e: wt::Error, timeout: Option<Duration>) -> Trap {
     }
 }
 
-impl Module for WasmtimeModule {
+impl<T: Send + 'static> Module<T> for WasmtimeModule<T> {
     fn imports(&self) -> &[ImportDesc] {
         &self.imports
     }
@@ -480,7 +479,7 @@ impl Module for WasmtimeModule {
         &self.exports
     }
 
-    fn instantiate(&self, state: HostState, imports: &[LinkedImport], limits: &Limits) -> Result<Box<dyn Instance>, RuntimeError> {
+    fn instantiate(&self, state: T, imports: &[LinkedImport<T>], limits: &Limits) -> Result<Box<dyn Instance<T>>, RuntimeError> {
         let pre = self.pre.get_or_init(|| self.link(imports)).as_ref().map_err(|e| RuntimeError::Instantiate(e.clone()))?;
         let mut builder = wt::StoreLimitsBuilder::new();
         if let Some(bytes) = limits.max_memory_bytes {
@@ -503,13 +502,13 @@ impl Module for WasmtimeModule {
     }
 }
 
-struct WasmtimeInstance {
-    store: wt::Store<StoreData>,
+struct WasmtimeInstance<T: 'static> {
+    store: wt::Store<StoreData<T>>,
     instance: wt::Instance,
     timeout: Option<Duration>,
 }
 
-impl WasmtimeInstance {
+impl<T: 'static> WasmtimeInstance<T> {
     /// An export by name; lookups are cached in the store, as callbacks are
     /// called by name on every request.
     fn export(&mut self, name: &str) -> Option<Arc<Export>> {
@@ -522,7 +521,7 @@ impl WasmtimeInstance {
     }
 }
 
-impl Instance for WasmtimeInstance {
+impl<T: Send + 'static> Instance<T> for WasmtimeInstance<T> {
     fn take_memory_refusal(&mut self) -> bool {
         std::mem::take(&mut self.store.data_mut().limits.refused)
     }
@@ -544,7 +543,7 @@ impl Instance for WasmtimeInstance {
         })
     }
 
-    fn state(&mut self) -> &mut HostState {
+    fn state(&mut self) -> &mut T {
         &mut self.store.data_mut().host
     }
 

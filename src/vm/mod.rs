@@ -5,17 +5,18 @@
 //! its own); the server binding drives it with the `on_*` methods and receives
 //! requests from it through [`ServerHost`] and [`HttpStream`].
 
-pub mod state;
+
 
 use std::sync::Arc;
 
 use crate::abi::{Action, StreamType};
 use crate::host::{HttpCallResponse, HttpStream, PluginRef, ServerHost};
 use crate::metrics::{process_metrics, MetricStore};
-use crate::plugin::{PluginInfo, WasmCode};
+use crate::hostcalls::code::WasmCode;
+use crate::plugin::PluginInfo;
 use crate::runtime::{Instance, Limits, Trap, Val};
 use crate::shared::{process_queues, process_shared_data, QueueStore, SharedDataStore};
-use state::{Context, Deferred, HostState, Phase, RootContext, StartupPolicy, StreamContext, VmEnv};
+use crate::hostcalls::state::{Context, Deferred, HostState, Phase, RootContext, StartupPolicy, StreamContext, VmEnv};
 
 /// Settings of a VM (the `vm_config` of a plugin).
 #[derive(Clone)]
@@ -32,7 +33,7 @@ pub struct VmOptions {
     /// The plugins that will run in this instance, when known (the loader
     /// knows them): its start-up code (`_initialize`, `main`, `_start`) runs
     /// for all of them, under the capabilities every one of them allows and
-    /// the smallest log rate (see [`state::StartupPolicy`]). Empty: no
+    /// the smallest log rate (see [`StartupPolicy`]). Empty: no
     /// restriction.
     pub plugins: Vec<Arc<PluginInfo>>,
 }
@@ -71,7 +72,7 @@ pub enum Verdict {
 }
 
 pub struct Vm {
-    instance: Box<dyn Instance>,
+    instance: Box<dyn Instance<HostState>>,
     code: Arc<WasmCode>,
     env: Arc<VmEnv>,
     failure: Option<String>,

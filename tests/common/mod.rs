@@ -10,7 +10,8 @@ use std::time::Duration;
 use proxy_wasm_host::abi::pairs::Pair;
 use proxy_wasm_host::abi::{LogLevel, MapType, Status, StreamType};
 use proxy_wasm_host::host::{HttpCallRequest, HttpStream, LocalResponse, PluginRef, ServerHost};
-use proxy_wasm_host::plugin::{PluginInfo, WasmCode};
+use proxy_wasm_host::hostcalls::code::WasmCode;
+use proxy_wasm_host::plugin::PluginInfo;
 use proxy_wasm_host::config::RuntimeKind;
 use proxy_wasm_host::loader;
 use proxy_wasm_host::vm::{Verdict, Vm, VmOptions};
@@ -57,7 +58,7 @@ pub fn built_code_on(runtime: RuntimeKind, file: &str) -> Arc<WasmCode> {
 pub fn load(
     bytes: &[u8],
     origin: &str,
-) -> Result<Arc<WasmCode>, proxy_wasm_host::plugin::LoadError> {
+) -> Result<Arc<WasmCode>, proxy_wasm_host::hostcalls::code::LoadError> {
     load_on(RuntimeKind::Wasmtime, bytes, origin)
 }
 
@@ -66,7 +67,7 @@ pub fn load_on(
     runtime: RuntimeKind,
     bytes: &[u8],
     origin: &str,
-) -> Result<Arc<WasmCode>, proxy_wasm_host::plugin::LoadError> {
+) -> Result<Arc<WasmCode>, proxy_wasm_host::hostcalls::code::LoadError> {
     let engine = loader::engine(runtime).unwrap_or_else(|| panic!("runtime {runtime} is not in this build"));
     WasmCode::load(engine.as_ref(), bytes, origin).map(Arc::new)
 }
@@ -86,7 +87,7 @@ macro_rules! runtime_facade {
             pub fn load(
                 bytes: &[u8],
                 origin: &str,
-            ) -> Result<Arc<WasmCode>, proxy_wasm_host::plugin::LoadError> {
+            ) -> Result<Arc<WasmCode>, proxy_wasm_host::hostcalls::code::LoadError> {
                 super::load_on(RUNTIME, bytes, origin)
             }
 

@@ -439,7 +439,7 @@ struct Rig {
 
 impl Rig {
     fn new(runtime: RuntimeKind) -> Rig {
-        static CODE: std::sync::Mutex<Vec<(RuntimeKind, Arc<proxy_wasm_host::plugin::WasmCode>)>> = std::sync::Mutex::new(Vec::new());
+        static CODE: std::sync::Mutex<Vec<(RuntimeKind, Arc<proxy_wasm_host::hostcalls::code::WasmCode>)>> = std::sync::Mutex::new(Vec::new());
         let code = {
             let mut cache = CODE.lock().unwrap_or_else(|p| p.into_inner());
             match cache.iter().find(|(r, _)| *r == runtime) {

@@ -11,7 +11,8 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::memory;
-use super::LogLevel;
+use crate::abi::LogLevel;
+use super::state::HostState;
 use crate::runtime::{Caller, FuncType, HostFn, Trap, Val, ValType};
 
 pub const MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
@@ -58,17 +59,17 @@ pub const MAX_IOVECS: u32 = 1024;
 /// million times. What is taken is reported in `nwritten`, a short write as
 /// POSIX and WASI allow (wasi-libc and Rust's std write the rest with the
 /// next call). Every iovec looked at must lie in memory (else EFAULT).
-fn fd_write(c: &mut dyn Caller, a: &[Val]) -> R {
+fn fd_write(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     write_iovecs(c, u(a, 0), u(a, 1), u(a, 2), u(a, 3))
 }
 
 /// `fd_pwrite` on stdout/stderr: the offset means nothing for a log, so it is
 /// `fd_write` (as in cpp-host).
-fn fd_pwrite(c: &mut dyn Caller, a: &[Val]) -> R {
+fn fd_pwrite(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     write_iovecs(c, u(a, 0), u(a, 1), u(a, 2), u(a, 4))
 }
 
-fn write_iovecs(c: &mut dyn Caller, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) -> R {
+fn write_iovecs(c: &mut dyn Caller<HostState>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) -> R {
     if fd != 1 && fd != 2 {
         return errno(EBADF);
     }
@@ -105,12 +106,12 @@ fn write_iovecs(c: &mut dyn Caller, fd: u32, iovs: u32, iovs_len: u32, nwritten:
 
 /// Reading files is not supported (fd_read, fd_pread, fd_prestat_dir_name,
 /// fd_fdstat_set_flags answer ENOSYS, as in cpp-host).
-fn enosys(_c: &mut dyn Caller, _a: &[Val]) -> R {
+fn enosys(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     errno(ENOSYS)
 }
 
 /// Closing is accepted for any descriptor (cpp-host answers success and logs).
-fn fd_close(_c: &mut dyn Caller, _a: &[Val]) -> R {
+fn fd_close(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     errno(ESUCCESS)
 }
 
@@ -121,17 +122,17 @@ fn is_std_out_or_err(fd: u32) -> bool {
 /// fd_allocate, fd_datasync, fd_sync, fd_fdstat_set_rights,
 /// fd_filestat_set_size, fd_filestat_set_times: nothing to do for
 /// stdout/stderr, EBADF for anything else (cpp-host).
-fn std_fd_noop(_c: &mut dyn Caller, a: &[Val]) -> R {
+fn std_fd_noop(_c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     errno(if is_std_out_or_err(u(a, 0)) { ESUCCESS } else { EBADF })
 }
 
 /// `fd_advise` is only a hint: success for any descriptor (cpp-host).
-fn fd_advise(_c: &mut dyn Caller, _a: &[Val]) -> R {
+fn fd_advise(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     errno(ESUCCESS)
 }
 
 /// There are no directories: 0 bytes read, and the reference host's errno.
-fn fd_readdir(c: &mut dyn Caller, a: &[Val]) -> R {
+fn fd_readdir(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     match memory::write_u32(c.memory_and_state().0, u(a, 4), 0) {
         Ok(()) => errno(READDIR_ERRNO),
         Err(_) => errno(EFAULT),
@@ -139,12 +140,12 @@ fn fd_readdir(c: &mut dyn Caller, a: &[Val]) -> R {
 }
 
 /// stdout and stderr cannot be renumbered; other descriptors do not exist.
-fn fd_renumber(_c: &mut dyn Caller, a: &[Val]) -> R {
+fn fd_renumber(_c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     errno(if is_std_out_or_err(u(a, 0)) && is_std_out_or_err(u(a, 1)) { ENOTSUP } else { EBADF })
 }
 
 /// The offset of stdout/stderr is 0.
-fn fd_tell(c: &mut dyn Caller, a: &[Val]) -> R {
+fn fd_tell(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     if !is_std_out_or_err(u(a, 0)) {
         return errno(EBADF);
     }
@@ -152,31 +153,31 @@ fn fd_tell(c: &mut dyn Caller, a: &[Val]) -> R {
 }
 
 /// There is no file system: nothing can be opened.
-fn path_open(_c: &mut dyn Caller, _a: &[Val]) -> R {
+fn path_open(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     errno(ENOENT)
 }
 
 /// Writes 0 to the length result, then answers NOTSUP (cpp-host).
-fn path_readlink(c: &mut dyn Caller, a: &[Val]) -> R {
+fn path_readlink(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     zero_then_notsup(c, &[(u(a, 5), 4)])
 }
 
-fn sock_accept(c: &mut dyn Caller, a: &[Val]) -> R {
+fn sock_accept(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     zero_then_notsup(c, &[(u(a, 2), 4)])
 }
 
-fn sock_recv(c: &mut dyn Caller, a: &[Val]) -> R {
+fn sock_recv(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     // The received size (u32) and the output flags (u16).
     zero_then_notsup(c, &[(u(a, 4), 4), (u(a, 5), 2)])
 }
 
-fn sock_send(c: &mut dyn Caller, a: &[Val]) -> R {
+fn sock_send(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     zero_then_notsup(c, &[(u(a, 4), 4)])
 }
 
 /// There are no sockets or links: the result slots are zeroed (EFAULT if one
 /// is out of bounds) and the answer is NOTSUP, as in cpp-host.
-fn zero_then_notsup(c: &mut dyn Caller, slots: &[(u32, u32)]) -> R {
+fn zero_then_notsup(c: &mut dyn Caller<HostState>, slots: &[(u32, u32)]) -> R {
     let mem = c.memory_and_state().0;
     for &(ptr, len) in slots {
         match memory::slice_mut(mem, ptr, len) {
@@ -187,12 +188,12 @@ fn zero_then_notsup(c: &mut dyn Caller, slots: &[(u32, u32)]) -> R {
     errno(ENOTSUP)
 }
 
-fn fd_seek(_c: &mut dyn Caller, a: &[Val]) -> R {
+fn fd_seek(_c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     errno(if u(a, 0) <= 2 { ESPIPE } else { EBADF })
 }
 
 /// stdin/stdout/stderr are character devices; nothing else is open.
-fn fd_fdstat_get(c: &mut dyn Caller, a: &[Val]) -> R {
+fn fd_fdstat_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let fd = u(a, 0);
     if fd > 2 {
         return errno(EBADF);
@@ -206,18 +207,18 @@ fn fd_fdstat_get(c: &mut dyn Caller, a: &[Val]) -> R {
 }
 
 /// Ends wasi-libc's scan for preopened directories: there are none.
-fn bad_fd(_c: &mut dyn Caller, _a: &[Val]) -> R {
+fn bad_fd(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     errno(EBADF)
 }
 
-fn environ_sizes_get(c: &mut dyn Caller, a: &[Val]) -> R {
+fn environ_sizes_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let (mem, st) = c.memory_and_state();
     let count = st.env.environment.len() as u32;
     let size: usize = st.env.environment.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     mem_result(memory::write_u32(mem, u(a, 0), count).and_then(|_| memory::write_u32(mem, u(a, 1), size as u32)))
 }
 
-fn environ_get(c: &mut dyn Caller, a: &[Val]) -> R {
+fn environ_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let (mem, st) = c.memory_and_state();
     let (mut ptrs, mut buf) = (u(a, 0), u(a, 1));
     for (k, v) in st.env.environment.clone() {
@@ -232,12 +233,12 @@ fn environ_get(c: &mut dyn Caller, a: &[Val]) -> R {
     errno(ESUCCESS)
 }
 
-fn args_sizes_get(c: &mut dyn Caller, a: &[Val]) -> R {
+fn args_sizes_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let mem = c.memory_and_state().0;
     mem_result(memory::write_u32(mem, u(a, 0), 0).and_then(|_| memory::write_u32(mem, u(a, 1), 0)))
 }
 
-fn args_get(_c: &mut dyn Caller, _a: &[Val]) -> R {
+fn args_get(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     errno(ESUCCESS)
 }
 
@@ -248,7 +249,7 @@ fn monotonic_ns() -> u64 {
 
 /// Realtime (0) and monotonic (1) clocks; the CPU-time clocks are NOTSUP, as
 /// in cpp-host and the ABI spec.
-fn clock_time_get(c: &mut dyn Caller, a: &[Val]) -> R {
+fn clock_time_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let now = match u(a, 0) {
         0 => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
         1 => monotonic_ns(),
@@ -257,14 +258,14 @@ fn clock_time_get(c: &mut dyn Caller, a: &[Val]) -> R {
     mem_result(memory::write_u64(c.memory_and_state().0, u(a, 2), now))
 }
 
-fn clock_res_get(c: &mut dyn Caller, a: &[Val]) -> R {
+fn clock_res_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     if u(a, 0) > 1 {
         return errno(ENOTSUP);
     }
     mem_result(memory::write_u64(c.memory_and_state().0, u(a, 1), 1))
 }
 
-fn random_get(c: &mut dyn Caller, a: &[Val]) -> R {
+fn random_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let (ptr, len) = (u(a, 0), u(a, 1));
     if len > MAX_RANDOM_BYTES {
         return errno(EINVAL);
@@ -277,7 +278,7 @@ fn random_get(c: &mut dyn Caller, a: &[Val]) -> R {
     }
 }
 
-fn proc_exit(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proc_exit(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let code = u(a, 0) as i32;
     let st = c.state();
     st.exited = Some(code);
@@ -286,17 +287,17 @@ fn proc_exit(c: &mut dyn Caller, a: &[Val]) -> R {
     Err(Trap::new(format!("proc_exit({code})")))
 }
 
-fn sched_yield(_c: &mut dyn Caller, _a: &[Val]) -> R {
+fn sched_yield(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     errno(ESUCCESS)
 }
 
 /// No event ever fires: a filter must not block. Go's runtime calls this.
-fn poll_oneoff(c: &mut dyn Caller, a: &[Val]) -> R {
+fn poll_oneoff(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     mem_result(memory::write_u32(c.memory_and_state().0, u(a, 3), 0))
 }
 
 /// Any WASI function we do not provide: answers NOTSUP.
-pub fn unsupported(_c: &mut dyn Caller, _a: &[Val]) -> R {
+pub fn unsupported(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     errno(ENOTSUP)
 }
 
@@ -308,20 +309,20 @@ use ValType::{I32, I64};
 macro_rules! wasi_fn {
     ($name:literal, $params:expr, $func:path) => {
         ($name, $params, {
-            fn checked(c: &mut dyn Caller, a: &[Val]) -> R {
-                if crate::abi::exports::capability_denied(c, $name) {
+            fn checked(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+                if crate::hostcalls::exports::capability_denied(c, $name) {
                     return if $name == "proc_exit" { Ok(None) } else { errno(ENOTCAPABLE) };
                 }
                 $func(c, a)
             }
-            checked as HostFn
+            HostFn::Caller(checked)
         })
     };
 }
 
 /// The WASI functions we implement: name, parameters, function. All return an errno (i32),
 /// except `proc_exit`, which returns nothing.
-pub static FUNCTIONS: &[(&str, &[ValType], HostFn)] = &[
+pub static FUNCTIONS: &[(&str, &[ValType], HostFn<HostState>)] = &[
     wasi_fn!("fd_write", &[I32, I32, I32, I32], fd_write),
     wasi_fn!("fd_pwrite", &[I32, I32, I32, I64, I32], fd_pwrite),
     wasi_fn!("fd_read", &[I32, I32, I32, I32], enosys),
@@ -363,7 +364,7 @@ pub static FUNCTIONS: &[(&str, &[ValType], HostFn)] = &[
 /// Resolves a WASI import: our implementation when the signature matches,
 /// `Err` with the expected signature when it does not, and the errno answer
 /// for functions we do not implement.
-pub fn resolve(name: &str, ty: &FuncType) -> Result<HostFn, FuncType> {
+pub fn resolve(name: &str, ty: &FuncType) -> Result<HostFn<HostState>, FuncType> {
     match FUNCTIONS.iter().find(|(n, _, _)| *n == name) {
         Some((n, params, f)) => {
             let results = if *n == "proc_exit" { vec![] } else { vec![I32] };
@@ -374,6 +375,6 @@ pub fn resolve(name: &str, ty: &FuncType) -> Result<HostFn, FuncType> {
                 Err(expected)
             }
         }
-        None => Ok(unsupported),
+        None => Ok(HostFn::Caller(unsupported)),
     }
 }

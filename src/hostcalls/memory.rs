@@ -3,9 +3,9 @@
 //! Every pointer and length a guest passes is a u32; `ptr + len` is computed
 //! without overflow and must lie inside memory, else INVALID_MEMORY_ACCESS.
 
-use super::Status;
+use crate::abi::Status;
 use crate::runtime::{Caller, Trap, Val};
-use crate::vm::state::Phase;
+use super::state::{HostState, Phase};
 
 pub fn slice(mem: &[u8], ptr: u32, len: u32) -> Result<&[u8], Status> {
     let start = ptr as usize;
@@ -49,7 +49,7 @@ pub fn check(mem: &[u8], ptr: u32, len: u32) -> Result<(), Status> {
 
 /// Allocates `size` bytes in the guest with its allocator. `Ok(None)` when the
 /// module has no allocator or the allocator returned 0 (out of memory).
-pub fn allocate(c: &mut dyn Caller, size: u32) -> Result<Option<u32>, Trap> {
+pub fn allocate(c: &mut dyn Caller<HostState>, size: u32) -> Result<Option<u32>, Trap> {
     let Some(allocator) = c.state().allocator else {
         return Ok(None);
     };
@@ -63,7 +63,7 @@ pub fn allocate(c: &mut dyn Caller, size: u32) -> Result<Option<u32>, Trap> {
 
 /// Hands bytes to the guest: allocates, copies, and writes the address and
 /// size to the two return pointers. Empty data is a null pointer and size 0.
-pub fn return_bytes(c: &mut dyn Caller, data: &[u8], ptr_ptr: u32, size_ptr: u32) -> Result<Status, Trap> {
+pub fn return_bytes(c: &mut dyn Caller<HostState>, data: &[u8], ptr_ptr: u32, size_ptr: u32) -> Result<Status, Trap> {
     {
         let (mem, _) = c.memory_and_state();
         if check(mem, ptr_ptr, 4).is_err() || check(mem, size_ptr, 4).is_err() {

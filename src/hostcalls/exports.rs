@@ -8,13 +8,17 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::memory::{self, return_bytes};
-use super::pairs::{self, Pair};
-use super::{AbiVersion, BufferType, LogLevel, MapType, MetricType, Status, StreamType};
+use crate::abi::property_path;
+use crate::abi::pairs::{self, Pair};
+use crate::abi::{AbiVersion, BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 use crate::host::{HttpCallRequest, LocalResponse};
-use crate::runtime::{Caller, HostFunction, Trap, Val, ValType};
+use crate::runtime::{Caller, HostFn, Trap, Val, ValType};
+
+/// An entry of the Proxy-Wasm hostcall table.
+pub type HostFunction = crate::runtime::HostFunction<HostState>;
 use crate::config::Quotas;
 use crate::shared::{QueueLimits, QueueOwner, SharedError, Writer};
-use crate::vm::state::{Context, Deferred, HostState, Phase};
+use super::state::{Context, Deferred, HostState, Phase};
 
 type R = Result<Option<Val>, Trap>;
 
@@ -58,14 +62,14 @@ macro_rules! tri {
 /// Only logging, time and WASI are allowed while the module starts up or its
 /// allocator runs: there is no context yet, and re-entering the host from the
 /// allocator would observe half-done state.
-fn running(c: &mut dyn Caller) -> Result<(), Status> {
+fn running(c: &mut dyn Caller<HostState>) -> Result<(), Status> {
     match c.state().phase {
         Phase::Running => Ok(()),
         Phase::Startup => Err(Status::InternalFailure),
     }
 }
 
-fn write_u32_result(c: &mut dyn Caller, ptr: u32, v: u32) -> R {
+fn write_u32_result(c: &mut dyn Caller<HostState>, ptr: u32, v: u32) -> R {
     result(memory::write_u32(c.memory_and_state().0, ptr, v))
 }
 
@@ -76,7 +80,7 @@ fn write_u32_result(c: &mut dyn Caller, ptr: u32, v: u32) -> R {
 /// its whole memory into one line.
 pub const MAX_LOG_LINE_BYTES: u32 = 64 * 1024;
 
-fn proxy_log(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_log(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let level = tri!(LogLevel::try_from(u(a, 0) as i32));
     let (ptr, len) = (u(a, 1), u(a, 2));
     // The whole message must be valid memory; only its head is copied.
@@ -90,17 +94,17 @@ fn proxy_log(c: &mut dyn Caller, a: &[Val]) -> R {
     done(Status::Ok)
 }
 
-fn proxy_get_log_level(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_log_level(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let level = c.state().env.server.log_level() as u32;
     write_u32_result(c, u(a, 0), level)
 }
 
-fn proxy_get_current_time_nanoseconds(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_current_time_nanoseconds(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     result(memory::write_u64(c.memory_and_state().0, u(a, 0), now))
 }
 
-fn proxy_set_tick_period_milliseconds(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_set_tick_period_milliseconds(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let ms = u(a, 0);
     let st = c.state();
@@ -159,7 +163,7 @@ fn configuration(st: &HostState, ty: BufferType) -> Option<Vec<u8>> {
     }
 }
 
-fn proxy_get_buffer_bytes(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_buffer_bytes(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let ty = tri!(BufferType::try_from(u(a, 0) as i32));
     let (start, max) = (u(a, 1) as usize, u(a, 2) as usize);
@@ -195,7 +199,7 @@ fn proxy_get_buffer_bytes(c: &mut dyn Caller, a: &[Val]) -> R {
     done(return_bytes(c, &data, ptr_ptr, size_ptr)?)
 }
 
-fn proxy_set_buffer_bytes(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_set_buffer_bytes(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let ty = tri!(BufferType::try_from(u(a, 0) as i32));
     let (start, size) = (u(a, 1) as usize, u(a, 2) as usize);
@@ -226,7 +230,7 @@ pub fn splice(buf: &mut Vec<u8>, start: usize, size: usize, data: &[u8]) {
     }
 }
 
-fn proxy_get_buffer_status(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_buffer_status(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let ty = tri!(BufferType::try_from(u(a, 0) as i32));
     let st = c.state();
@@ -241,7 +245,7 @@ fn proxy_get_buffer_status(c: &mut dyn Caller, a: &[Val]) -> R {
 
 /// ABI 0.1.0: the plugin configuration while configuring, else the VM
 /// configuration (Envoy's `Context::getConfiguration`).
-fn proxy_get_configuration(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_configuration(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let st = c.state();
     let data = if configuring(st) {
@@ -287,21 +291,21 @@ fn read_map(st: &mut HostState, map: MapType) -> Result<Vec<Pair>, Status> {
     }
 }
 
-fn proxy_get_header_map_pairs(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_header_map_pairs(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
     let pairs = tri!(read_map(c.state(), map));
     done(return_bytes(c, &pairs::encode(&pairs), u(a, 1), u(a, 2))?)
 }
 
-fn proxy_get_header_map_size(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_header_map_size(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
     let pairs = tri!(read_map(c.state(), map));
     write_u32_result(c, u(a, 1), pairs::encode(&pairs).len() as u32)
 }
 
-fn proxy_get_header_map_value(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
     let key = read!(c, u(a, 1), u(a, 2));
@@ -324,7 +328,7 @@ fn proxy_get_header_map_value(c: &mut dyn Caller, a: &[Val]) -> R {
 
 /// Runs a write on the effective stream's map; maps that cannot be written
 /// here are BAD_ARGUMENT.
-fn write_map(c: &mut dyn Caller, map: MapType, f: impl FnOnce(&mut dyn crate::host::HttpStream) -> Result<(), Status>) -> R {
+fn write_map(c: &mut dyn Caller<HostState>, map: MapType, f: impl FnOnce(&mut dyn crate::host::HttpStream) -> Result<(), Status>) -> R {
     let st = c.state();
     match map_source(st, map) {
         MapSource::Stream => match st.effective_stream() {
@@ -335,7 +339,7 @@ fn write_map(c: &mut dyn Caller, map: MapType, f: impl FnOnce(&mut dyn crate::ho
     }
 }
 
-fn proxy_set_header_map_pairs(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_set_header_map_pairs(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
     let raw = read!(c, u(a, 1), u(a, 2));
@@ -343,7 +347,7 @@ fn proxy_set_header_map_pairs(c: &mut dyn Caller, a: &[Val]) -> R {
     write_map(c, map, |s| s.set_header_map(map, pairs))
 }
 
-fn proxy_add_header_map_value(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_add_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
     let key = read!(c, u(a, 1), u(a, 2));
@@ -351,7 +355,7 @@ fn proxy_add_header_map_value(c: &mut dyn Caller, a: &[Val]) -> R {
     write_map(c, map, |s| s.add_header(map, &key, &value))
 }
 
-fn proxy_replace_header_map_value(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_replace_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
     let key = read!(c, u(a, 1), u(a, 2));
@@ -359,7 +363,7 @@ fn proxy_replace_header_map_value(c: &mut dyn Caller, a: &[Val]) -> R {
     write_map(c, map, |s| s.replace_header(map, &key, &value))
 }
 
-fn proxy_remove_header_map_value(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_remove_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
     let key = read!(c, u(a, 1), u(a, 2));
@@ -372,7 +376,7 @@ fn proxy_remove_header_map_value(c: &mut dyn Caller, a: &[Val]) -> R {
 /// `Context::continueStream`: without a stream (a root context) there is
 /// nothing to resume and the answer is OK; there are no TCP streams here, so
 /// Downstream is OK with no effect and Upstream UNIMPLEMENTED.
-fn defer_resume(c: &mut dyn Caller, stream: StreamType) -> R {
+fn defer_resume(c: &mut dyn Caller<HostState>, stream: StreamType) -> R {
     tri!(running(c));
     match stream {
         StreamType::HttpRequest | StreamType::HttpResponse => {}
@@ -393,20 +397,20 @@ fn defer_resume(c: &mut dyn Caller, stream: StreamType) -> R {
     done(Status::Ok)
 }
 
-fn proxy_continue_stream(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_continue_stream(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let stream = tri!(StreamType::try_from(u(a, 0) as i32));
     defer_resume(c, stream)
 }
 
-fn proxy_continue_request(c: &mut dyn Caller, _a: &[Val]) -> R {
+fn proxy_continue_request(c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     defer_resume(c, StreamType::HttpRequest)
 }
 
-fn proxy_continue_response(c: &mut dyn Caller, _a: &[Val]) -> R {
+fn proxy_continue_response(c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     defer_resume(c, StreamType::HttpResponse)
 }
 
-fn proxy_clear_route_cache(c: &mut dyn Caller, _a: &[Val]) -> R {
+fn proxy_clear_route_cache(c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     tri!(running(c));
     // Our servers pick the route after the request-header filters have run, so
     // there is no cached route to clear.
@@ -416,7 +420,7 @@ fn proxy_clear_route_cache(c: &mut dyn Caller, _a: &[Val]) -> R {
 /// Closes a direction of the effective stream. As in Envoy's
 /// `Context::closeStream`: OK with no effect without a stream or for the TCP
 /// stream types.
-fn proxy_close_stream(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_close_stream(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let stream = tri!(StreamType::try_from(u(a, 0) as i32));
     if !matches!(stream, StreamType::HttpRequest | StreamType::HttpResponse) {
@@ -430,7 +434,7 @@ fn proxy_close_stream(c: &mut dyn Caller, a: &[Val]) -> R {
     result(r)
 }
 
-fn proxy_send_local_response(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_send_local_response(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let details = read!(c, u(a, 1), u(a, 2));
     let body = read!(c, u(a, 3), u(a, 4));
@@ -450,7 +454,7 @@ fn proxy_send_local_response(c: &mut dyn Caller, a: &[Val]) -> R {
     result(r)
 }
 
-fn proxy_get_status(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_status(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let (code, message) = c.state().last_status.clone();
     {
@@ -466,7 +470,7 @@ fn has_pseudo(headers: &[Pair], name: &[u8]) -> bool {
     headers.iter().any(|(k, v)| k.as_slice() == name && !v.is_empty())
 }
 
-fn proxy_http_call(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_http_call(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let upstream = read!(c, u(a, 0), u(a, 1));
     let raw_headers = read!(c, u(a, 2), u(a, 3));
@@ -526,7 +530,7 @@ fn proxy_http_call(c: &mut dyn Caller, a: &[Val]) -> R {
     }
 }
 
-fn unimplemented(c: &mut dyn Caller, _a: &[Val]) -> R {
+fn unimplemented(c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     tri!(running(c));
     done(Status::Unimplemented)
 }
@@ -548,7 +552,7 @@ fn shared_data_target(st: &mut HostState, key: &[u8], write: bool) -> Option<(St
     None
 }
 
-fn proxy_get_shared_data(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_shared_data(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let key = read!(c, u(a, 0), u(a, 1));
     tri!(memory::check(c.memory_and_state().0, u(a, 4), 4));
@@ -563,7 +567,7 @@ fn proxy_get_shared_data(c: &mut dyn Caller, a: &[Val]) -> R {
     write_u32_result(c, u(a, 4), cas)
 }
 
-fn proxy_set_shared_data(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_set_shared_data(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let key = read!(c, u(a, 0), u(a, 1));
     let value = read!(c, u(a, 2), u(a, 3));
@@ -627,7 +631,7 @@ fn queue_allowed(st: &mut HostState, vm_id: &str, what: QueueUse) -> bool {
     allowed
 }
 
-fn proxy_register_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_register_shared_queue(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let name = read!(c, u(a, 0), u(a, 1));
     tri!(memory::check(c.memory_and_state().0, u(a, 2), 4));
@@ -650,7 +654,7 @@ fn proxy_register_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
     write_u32_result(c, u(a, 2), id)
 }
 
-fn proxy_resolve_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_resolve_shared_queue(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let vm_id = read!(c, u(a, 0), u(a, 1));
     let name = read!(c, u(a, 2), u(a, 3));
@@ -667,7 +671,7 @@ fn proxy_resolve_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
     }
 }
 
-fn proxy_enqueue_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_enqueue_shared_queue(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let data = read!(c, u(a, 1), u(a, 2));
     let st = c.state();
@@ -693,7 +697,7 @@ fn proxy_enqueue_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
     }
 }
 
-fn proxy_dequeue_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_dequeue_shared_queue(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     {
         let mem = c.memory_and_state().0;
@@ -716,7 +720,7 @@ fn proxy_dequeue_shared_queue(c: &mut dyn Caller, a: &[Val]) -> R {
 
 // ---------------------------------------------------------------- metrics
 
-fn proxy_define_metric(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_define_metric(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let kind = tri!(MetricType::try_from(u(a, 0) as i32));
     let name = read!(c, u(a, 1), u(a, 2));
@@ -739,17 +743,17 @@ fn proxy_define_metric(c: &mut dyn Caller, a: &[Val]) -> R {
     write_u32_result(c, u(a, 3), id)
 }
 
-fn proxy_increment_metric(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_increment_metric(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     result(c.state().env.metrics.increment(u(a, 0), i64_arg(a, 1)))
 }
 
-fn proxy_record_metric(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_record_metric(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     result(c.state().env.metrics.record(u(a, 0), i64_arg(a, 1) as u64))
 }
 
-fn proxy_get_metric(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_metric(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     tri!(memory::check(c.memory_and_state().0, u(a, 1), 8));
     let v = tri!(c.state().env.metrics.get(u(a, 0)));
@@ -769,7 +773,7 @@ fn get_property(st: &mut HostState, raw: &[u8]) -> Result<Option<Vec<u8>>, Statu
     if let Some(v) = st.effective().and_then(|c| c.properties().get(&key)) {
         return Ok(Some(v.clone()));
     }
-    let segments = super::property_path::split(raw);
+    let segments = property_path::split(raw);
     if segments.is_empty() {
         return Ok(None);
     }
@@ -794,7 +798,7 @@ fn property_name(segments: &[&[u8]]) -> String {
     segments.iter().map(|s| String::from_utf8_lossy(s)).collect::<Vec<_>>().join(".")
 }
 
-fn proxy_get_property(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_get_property(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let path = read!(c, u(a, 0), u(a, 1));
     {
@@ -804,7 +808,7 @@ fn proxy_get_property(c: &mut dyn Caller, a: &[Val]) -> R {
     }
     let st = c.state();
     if let Some(plugin) = st.calling_plugin() {
-        let segments = super::property_path::split(&path);
+        let segments = property_path::split(&path);
         if !plugin.authorizations.allows_property_read(&segments) {
             st.log_denial(format!("property read {}", property_name(&segments)), "not in authorizations.properties.read");
             return done(Status::NotFound);
@@ -819,7 +823,7 @@ fn proxy_get_property(c: &mut dyn Caller, a: &[Val]) -> R {
     }
 }
 
-fn proxy_set_property(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_set_property(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let path = read!(c, u(a, 0), u(a, 1));
     let value = read!(c, u(a, 2), u(a, 3));
@@ -829,14 +833,14 @@ fn proxy_set_property(c: &mut dyn Caller, a: &[Val]) -> R {
     }
     let st = c.state();
     if let Some(plugin) = st.calling_plugin() {
-        let segments = super::property_path::split(&path);
+        let segments = property_path::split(&path);
         if !plugin.authorizations.allows_property_write(&segments) {
             st.log_denial(format!("property write {}", property_name(&segments)), "not in authorizations.properties.write");
             return done(Status::BadArgument);
         }
     }
     if let Some(s) = st.effective_stream() {
-        let segments = super::property_path::split(&path);
+        let segments = property_path::split(&path);
         match s.stream.set_property(&segments, &value) {
             Ok(()) => return done(Status::Ok),
             Err(Status::NotFound) => {}
@@ -860,7 +864,7 @@ fn proxy_set_property(c: &mut dyn Caller, a: &[Val]) -> R {
 /// instance (same `vm_id` and code). The calling plugin keeps its own rights
 /// and caps ([`HostState::calling_plugin`]): the other plugin's
 /// authorizations never become the caller's.
-fn proxy_set_effective_context(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_set_effective_context(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let id = u(a, 0);
     let st = c.state();
@@ -871,7 +875,7 @@ fn proxy_set_effective_context(c: &mut dyn Caller, a: &[Val]) -> R {
     done(Status::Ok)
 }
 
-fn proxy_done(c: &mut dyn Caller, _a: &[Val]) -> R {
+fn proxy_done(c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     tri!(running(c));
     let st = c.state();
     // A stream context whose on_done returned false finishes now.
@@ -893,7 +897,7 @@ fn proxy_done(c: &mut dyn Caller, _a: &[Val]) -> R {
     }
 }
 
-fn proxy_call_foreign_function(c: &mut dyn Caller, a: &[Val]) -> R {
+fn proxy_call_foreign_function(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let name = read!(c, u(a, 0), u(a, 1));
     let arg = read!(c, u(a, 2), u(a, 3));
@@ -946,13 +950,13 @@ macro_rules! hostcall {
             params: $params,
             results: &[I32],
             func: {
-                fn checked(c: &mut dyn Caller, a: &[Val]) -> R {
+                fn checked(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
                     if capability_denied(c, $name) {
                         return done(Status::InternalFailure);
                     }
                     $func(c, a)
                 }
-                checked
+                HostFn::Caller(checked)
             },
         }
     };
@@ -963,7 +967,7 @@ macro_rules! hostcall {
 /// hostcall answers INTERNAL_FAILURE. Start-up code, which runs before any
 /// plugin context, may use what every plugin of the instance allows
 /// (`StartupPolicy`).
-pub(crate) fn capability_denied(c: &mut dyn Caller, name: &'static str) -> bool {
+pub(crate) fn capability_denied(c: &mut dyn Caller<HostState>, name: &'static str) -> bool {
     let st = c.state();
     if !st.restricted {
         return false;
@@ -974,7 +978,7 @@ pub(crate) fn capability_denied(c: &mut dyn Caller, name: &'static str) -> bool 
         None if st.env.startup.authorizations.allows_capability(name) => return false,
         None => "start-up code (_initialize, main, _start) runs for every plugin of the VM and may only use what all of their capability_restriction_config.allowed_capabilities allow",
     };
-    let kind = if crate::abi::wasi::FUNCTIONS.iter().any(|(n, _, _)| *n == name) && !name.starts_with("proxy_") { "WASI call" } else { "hostcall" };
+    let kind = if crate::hostcalls::wasi::FUNCTIONS.iter().any(|(n, _, _)| *n == name) && !name.starts_with("proxy_") { "WASI call" } else { "hostcall" };
     st.log_denial(format!("{kind} {name}"), why);
     true
 }
@@ -1020,20 +1024,20 @@ static COMMON: &[HostFunction] = &[
 ];
 
 /// `pthread_equal(a, b)`: whether two thread ids are equal (there is one thread).
-fn pthread_equal(_c: &mut dyn Caller, a: &[Val]) -> R {
+fn pthread_equal(_c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     Ok(Some(Val::I32((u(a, 0) == u(a, 1)) as i32)))
 }
 
 /// Emscripten's notification that memory grew: nothing to do.
-fn emscripten_notify_memory_growth(_c: &mut dyn Caller, _a: &[Val]) -> R {
+fn emscripten_notify_memory_growth(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
     Ok(None)
 }
 
 /// `env` functions cpp-host gives every module besides the ABI (Emscripten
 /// builds of the C++ SDK import them); outside capability restrictions, as there.
 static RUNTIME_SUPPORT: &[HostFunction] = &[
-    HostFunction { module: "env", name: "pthread_equal", params: &[I32, I32], results: &[I32], func: pthread_equal },
-    HostFunction { module: "env", name: "emscripten_notify_memory_growth", params: &[I32], results: &[], func: emscripten_notify_memory_growth },
+    HostFunction { module: "env", name: "pthread_equal", params: &[I32, I32], results: &[I32], func: HostFn::Caller(pthread_equal) },
+    HostFunction { module: "env", name: "emscripten_notify_memory_growth", params: &[I32], results: &[], func: HostFn::Caller(emscripten_notify_memory_growth) },
 ];
 
 /// Only in ABI 0.1.0 (replaced in 0.2.0).
