@@ -175,15 +175,20 @@ impl Vm {
             return Err(VmError::Failed(f.clone()));
         }
         let st = self.instance.state();
-        let plugin = st.contexts.get(&context_id).map(|c| c.plugin().clone());
         st.current_context = context_id;
         st.effective_context = context_id;
         st.callback = Some(callback);
         st.phase = Phase::Running;
         self.calls += 1;
         let r = self.instance.call(callback, args);
+        // The context's plugin names the log lines below; looked up only for
+        // them (a callback does not remove its own context: that is deferred).
+        let plugin_ref = |vm: &mut Vm| match vm.instance.state().contexts.get(&context_id) {
+            Some(c) => c.plugin().log_ref(),
+            None => vm.env.log_ref.clone(),
+        };
         if self.instance.take_memory_refusal() && !std::mem::replace(&mut self.memory_limit_logged, true) {
-            let plugin_ref = plugin.as_ref().map(|p| p.log_ref()).unwrap_or_else(|| self.env.log_ref.clone());
+            let plugin_ref = plugin_ref(self);
             let size = self.instance.memory_size();
             self.env.server.log(&plugin_ref, crate::abi::LogLevel::Error, &format!("{callback}: linear memory reached its limit (vm_config.limits.max_memory, {size} bytes now): memory.grow fails from here on (logged once)"));
         }
@@ -200,7 +205,7 @@ impl Vm {
                 Ok(v)
             }
             Err(trap) => {
-                let plugin_ref = plugin.as_ref().map(|p| p.log_ref()).unwrap_or_else(|| self.env.log_ref.clone());
+                let plugin_ref = plugin_ref(self);
                 let mut msg = format!("{callback} trapped: {}", trap.message);
                 if let Some(bt) = &trap.backtrace {
                     msg.push('\n');
@@ -487,23 +492,21 @@ impl Vm {
         })
     }
 
-    fn headers_args(&self, context_id: u32, count: usize, end_of_stream: bool) -> Vec<i64> {
-        let mut args = vec![context_id as i64, count as i64];
-        if self.code.abi.header_callbacks_have_eos() {
-            args.push(end_of_stream as i64);
-        }
-        args
+    /// The arguments of a headers callback (on the stack: no allocation per call).
+    fn headers_args(&self, context_id: u32, count: usize, end_of_stream: bool) -> ([i64; 3], usize) {
+        let n = if self.code.abi.header_callbacks_have_eos() { 3 } else { 2 };
+        ([context_id as i64, count as i64, end_of_stream as i64], n)
     }
 
     /// `end_of_stream` is true only when no body follows the headers.
     pub fn on_request_headers(&mut self, context_id: u32, num_headers: usize, end_of_stream: bool) -> Result<Verdict, VmError> {
-        let args = self.headers_args(context_id, num_headers, end_of_stream);
-        self.stream_callback(context_id, "proxy_on_request_headers", &args)
+        let (args, n) = self.headers_args(context_id, num_headers, end_of_stream);
+        self.stream_callback(context_id, "proxy_on_request_headers", &args[..n])
     }
 
     pub fn on_response_headers(&mut self, context_id: u32, num_headers: usize, end_of_stream: bool) -> Result<Verdict, VmError> {
-        let args = self.headers_args(context_id, num_headers, end_of_stream);
-        self.stream_callback(context_id, "proxy_on_response_headers", &args)
+        let (args, n) = self.headers_args(context_id, num_headers, end_of_stream);
+        self.stream_callback(context_id, "proxy_on_response_headers", &args[..n])
     }
 
     /// Adds a body chunk to what the plugin holds and calls it with the
