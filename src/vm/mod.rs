@@ -79,7 +79,13 @@ pub struct Vm {
     calls: u64,
     /// The memory limit was reached and logged (once per instance).
     memory_limit_logged: bool,
+    /// Whether the module exports a callback, by the address and length of
+    /// the name literal the host calls it by (see [`Vm::exports`]).
+    export_cache: [((usize, usize), bool); EXPORT_CACHE],
 }
+
+/// Slots of [`Vm::export_cache`]: more than the callbacks of a request.
+const EXPORT_CACHE: usize = 16;
 
 impl Vm {
     /// Instantiates `code` and runs its start-up functions.
@@ -105,7 +111,7 @@ impl Vm {
             .module
             .instantiate(state, &code.imports, &options.limits)
             .map_err(|e| VmError::Instantiate { origin: code.origin.clone(), message: e.to_string() })?;
-        let mut vm = Vm { instance, code, env, failure: None, calls: 0, memory_limit_logged: false };
+        let mut vm = Vm { instance, code, env, failure: None, calls: 0, memory_limit_logged: false, export_cache: [((0, 0), false); EXPORT_CACHE] };
         vm.start()?;
         Ok(vm)
     }
@@ -219,9 +225,23 @@ impl Vm {
         }
     }
 
+    /// Whether the module exports `callback`. Remembered per name literal:
+    /// the same `&'static str` (address and length) is the same name, so a
+    /// callback costs a comparison of two words instead of hashing its name.
+    fn exports(&mut self, callback: &'static str) -> bool {
+        let key = (callback.as_ptr() as usize, callback.len());
+        let slot = &mut self.export_cache[(key.0 ^ key.1) % EXPORT_CACHE];
+        if slot.0 == key {
+            return slot.1;
+        }
+        let exported = self.code.exports_function(callback);
+        *slot = (key, exported);
+        exported
+    }
+
     /// Calls `callback` if the module exports it; `Ok(None)` otherwise.
     fn call_if_exported(&mut self, context_id: u32, callback: &'static str, args: &[i64]) -> Result<Option<Val>, VmError> {
-        if !self.code.exports_function(callback) || !self.callback_allowed(context_id, callback) {
+        if !self.exports(callback) || !self.callback_allowed(context_id, callback) {
             if let Some(f) = &self.failure {
                 return Err(VmError::Failed(f.clone()));
             }
