@@ -96,7 +96,7 @@ die() { log "error: $*"; exit 1; }
 # wrk, the Lua module for NGINX and NGINX itself (the origin) are not in
 # scripts/install-deps.sh: only the benchmarks need them.
 need=()
-for p in wrk nginx libnginx-mod-http-lua curl; do
+for p in wrk nginx libnginx-mod-http-lua curl wabt; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -105,7 +105,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 \
         || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
 fi
-for cmd in wrk taskset curl python3 "$TRAFFIC_SERVER" "$NGINX"; do
+for cmd in wrk taskset curl python3 wat2wasm "$TRAFFIC_SERVER" "$NGINX"; do
     command -v "$cmd" >/dev/null 2>&1 || die "$cmd not found (make bench installs it)"
 done
 [ -f "$WASM" ] || die "$WASM missing (bash scripts/build-plugins.sh bench)"
@@ -164,6 +164,13 @@ for n in (small, 1024, 65536):
 PY
 body_text() { cat "$dir/www/s$1"; } # for NGINX `return 200 "..."`
 
+# The hand-written modules of W2-min and W2-all (scripts/bench/*.wat).
+W2_MIN_WASM=$dir/w2_min.wasm
+W2_ALL_WASM=$dir/w2_all.wasm
+wat2wasm "$benchdir/w2_min.wat" -o "$W2_MIN_WASM" || die "scripts/bench/w2_min.wat does not compile"
+wat2wasm "$benchdir/w2_all.wat" -o "$W2_ALL_WASM" || die "scripts/bench/w2_all.wat does not compile"
+chmod 644 "$W2_MIN_WASM" "$W2_ALL_WASM"
+
 # ------------------------------------------------------------------ the origin
 start_origin() {
     local d=$dir/origin
@@ -191,9 +198,10 @@ EOF
 }
 
 # ---------------------------------------------------------------- plugin YAML
-# wasm_yaml FILE NAME WORKLOAD RUNTIME [COUNT]: a YAML with COUNT (1) plugins of the bench filter.
+# wasm_yaml FILE NAME WORKLOAD RUNTIME [COUNT] [WASM]: a YAML with COUNT (1) plugins of the bench
+# filter (or of the module WASM).
 wasm_yaml() {
-    local file=$1 name=$2 workload=$3 runtime=$4 count=${5:-1} i
+    local file=$1 name=$2 workload=$3 runtime=$4 count=${5:-1} code=${6:-$WASM} i
     {
         echo "plugins:"
         for ((i = 1; i <= count; i++)); do
@@ -208,7 +216,7 @@ wasm_yaml() {
         allow_precompiled: ${PRECOMPILED:-false}
         code:
           local:
-            filename: "$WASM"
+            filename: "$code"
 EOF
         done
     } >"$file"
@@ -231,8 +239,9 @@ config:
 EOF
 }
 
-# Workloads with a wasm route: route name -> workload, plugin count.
-WASM_ROUTES="w2:noop:1 w3:w3:1 w4:w4:1 w5:w5:1 w6:w3:8 w7:w7:1"
+# Workloads with a wasm route: route name -> workload, plugin count, and the
+# module when it is not the bench filter (W2-min, W2-all: hand-written WAT).
+WASM_ROUTES="w2:noop:1 w2min:-:1:$W2_MIN_WASM w2all:-:1:$W2_ALL_WASM w3:w3:1 w4:w4:1 w5:w5:1 w6:w3:8 w7:w7:1"
 
 # ------------------------------------------------------------- Traffic Server
 # ats_layout NAME: a private runroot in $dir/NAME (as tests/e2e/ats.rs and scripts/demo-ats.sh).
@@ -342,8 +351,8 @@ ats_setup() {
         ats_rule $m w1
         for rt in $RUNTIMES; do
             for r in $WASM_ROUTES; do
-                IFS=: read -r name wl count <<<"$r"
-                wasm_yaml "$dir/ats-wasm/etc/$m-$name-$rt.yaml" "$m-$name-$rt" "$wl" "$rt" "$count"
+                IFS=: read -r name wl count code <<<"$r"
+                wasm_yaml "$dir/ats-wasm/etc/$m-$name-$rt.yaml" "$m-$name-$rt" "$wl" "$rt" "$count" "${code:-$WASM}"
                 ats_rule $m "$name-$rt" "@plugin=proxy_wasm_ats.so @pparam=$dir/ats-wasm/etc/$m-$name-$rt.yaml"
             done
         done
@@ -451,8 +460,8 @@ ngx_setup() {
     mkdir -p "$dir/ngx-wasm"
     for rt in $RUNTIMES; do
         for r in $WASM_ROUTES; do
-            IFS=: read -r name wl count <<<"$r"
-            wasm_yaml "$dir/ngx-wasm/$name-$rt.yaml" "$name-$rt" "$wl" "$rt" "$count"
+            IFS=: read -r name wl count code <<<"$r"
+            wasm_yaml "$dir/ngx-wasm/$name-$rt.yaml" "$name-$rt" "$wl" "$rt" "$count" "${code:-$WASM}"
             yamls+=" $dir/ngx-wasm/$name-$rt.yaml"
             local chain="" i
             for ((i = 1; i <= count; i++)); do chain+="proxy_wasm $name-$rt-$i; "; done
@@ -469,7 +478,7 @@ ngx_setup() {
             NGX_NO_WAMR=1
             yamls="" locs=$(ngx_locations w1 "")
             for r in $WASM_ROUTES; do
-                IFS=: read -r name wl count <<<"$r"
+                IFS=: read -r name wl count code <<<"$r"
                 yamls+=" $dir/ngx-wasm/$name-wasmtime.yaml"
                 local chain="" i
                 for ((i = 1; i <= count; i++)); do chain+="proxy_wasm $name-wasmtime-$i; "; done
@@ -593,7 +602,7 @@ bench_server() {
         else
             want_row W1 && measure "$server" "$m" W1 - "$(url "$wasm_port" "$m" w1 $SMALL)" "$wasm_pid" "$bs" "$base_pid" $SMALL ""
         fi
-        for r in W2:w2:$SMALL W3:w3:$SMALL W4:w4:$SMALL W5-1KiB:w5:1024 W5-64KiB:w5:65536 W6:w6:$SMALL W7:w7:$SMALL; do
+        for r in W2:w2:$SMALL W2-min:w2min:$SMALL W2-all:w2all:$SMALL W3:w3:$SMALL W4:w4:$SMALL W5-1KiB:w5:1024 W5-64KiB:w5:65536 W6:w6:$SMALL W7:w7:$SMALL; do
             IFS=: read -r row name size <<<"$r"
             want_row "${row%%-*}" || want_row "$row" || continue
             marker=""

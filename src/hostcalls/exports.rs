@@ -85,6 +85,10 @@ fn proxy_log(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let (ptr, len) = (u(a, 1), u(a, 2));
     // The whole message must be valid memory; only its head is copied.
     tri!(memory::check(c.memory_and_state().0, ptr, len));
+    if !c.state().log_enabled(level) {
+        // The server drops it: nothing to copy, decode or count.
+        return done(Status::Ok);
+    }
     let msg = read!(c, ptr, len.min(MAX_LOG_LINE_BYTES));
     let mut text = String::from_utf8_lossy(&msg).into_owned();
     if len > MAX_LOG_LINE_BYTES {

@@ -229,12 +229,12 @@ impl HostState {
     /// or when a callback returns, see [`HostState::report_dropped_logs`]).
     /// Lines below the server's log level are not counted: the server drops them.
     pub fn plugin_log(&mut self, level: LogLevel, message: &str) {
-        let plugin = self.log_ref();
-        let server = self.env.server.clone();
-        if (level as i32) < (server.log_level() as i32) {
-            server.log(&plugin, level, message);
+        if !self.log_enabled(level) {
+            // The server would drop it: no line, no count.
             return;
         }
+        let plugin = self.log_ref();
+        let server = self.env.server.clone();
         let (key, cap) = match self.contexts.get(&self.current_context) {
             Some(Context::Root(r)) => (self.current_context, r.plugin.quotas.max_log_lines_per_second),
             Some(Context::Stream(s)) => (s.root_context_id, s.plugin.quotas.max_log_lines_per_second),
@@ -359,6 +359,11 @@ impl HostState {
     }
 
     /// Who a log line is from: the calling plugin, else the VM.
+    /// Whether the server keeps lines of `level` (at or above its log level).
+    pub fn log_enabled(&self, level: LogLevel) -> bool {
+        (level as i32) >= (self.env.server.log_level() as i32)
+    }
+
     pub fn log_ref(&self) -> PluginRef {
         match self.contexts.get(&self.current_context) {
             Some(c) => c.plugin().log_ref(),

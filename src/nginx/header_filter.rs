@@ -29,7 +29,7 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
             let s = (*r).headers_out.status;
             let header_only = (*r).header_only() != 0;
             let length = (!header_only).then_some((*r).headers_out.content_length_n).and_then(|n| u64::try_from(n).ok());
-            (hdr::response_pairs(r).len(), header_only || (*r).headers_out.content_length_n == 0 || s == 204 || s == 304 || (100..200).contains(&s), length)
+            (hdr::response_pair_count(r), header_only || (*r).headers_out.content_length_n == 0 || s == 204 || s == 304 || (100..200).contains(&s), length)
         };
         ctx.response_length.set(length);
         match ctx.with_chain(|c| c.on_response_headers(count, eos)) {

@@ -417,6 +417,17 @@ pub unsafe fn response_pairs(r: *mut ngx_http_request_t) -> Vec<Pair> {
     }
 }
 
+/// How many pairs [`response_pairs`] would give, without building them (no
+/// allocation, no number formatting): `num_headers` of `on_response_headers`.
+pub unsafe fn response_pair_count(r: *mut ngx_http_request_t) -> usize {
+    // SAFETY: see the module note.
+    unsafe {
+        let ho = &mut (*r).headers_out;
+        let listed = elements(&mut ho.headers).filter(|h| (**h).hash != 0).count();
+        1 + usize::from(ho.content_type.len > 0) + usize::from(ho.content_length.is_null() && ho.content_length_n >= 0) + listed
+    }
+}
+
 /// One response header's value without building the whole map. The headers
 /// nginx keeps outside the list take the map's path, so both agree.
 pub unsafe fn response_value(r: *mut ngx_http_request_t, key: &[u8]) -> Option<Vec<u8>> {

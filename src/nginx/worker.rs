@@ -263,17 +263,15 @@ pub enum Start {
 /// under `reload`, with back-off, or `kill_options`); requests already
 /// running keep the generation they started on.
 pub fn start_request(chain: &[usize]) -> Start {
-    let outcome = with_generations(|g, host| {
-        let set = g.set().clone();
-        (g.current(host), set)
-    });
+    // The plugin set is only needed (an Arc clone) when the generation cannot start.
+    let outcome = with_generations(|g, host| g.current(host).map_err(|e| (e, g.set().clone())));
     match outcome {
         None => {
             log(LogLevel::Error, "[proxy_wasm] the plugins are not loaded in this worker; the request gets 503");
             Start::Refuse
         }
-        Some((Ok(generation), _)) => Start::On(generation),
-        Some((Err(e), set)) => {
+        Some(Ok(generation)) => Start::On(generation),
+        Some(Err((e, set))) => {
             if !matches!(e, GenerationError::Busy) {
                 log(LogLevel::Error, &format!("[proxy_wasm] {e} (worker pid {})", std::process::id()));
             }

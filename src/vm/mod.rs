@@ -80,7 +80,13 @@ pub struct Vm {
     calls: u64,
     /// The memory limit was reached and logged (once per instance).
     memory_limit_logged: bool,
+    /// Whether the module exports a callback, by the address and length of
+    /// the name literal the host calls it by (see [`Vm::exports`]).
+    export_cache: [((usize, usize), bool); EXPORT_CACHE],
 }
+
+/// Slots of [`Vm::export_cache`]: more than the callbacks of a request.
+const EXPORT_CACHE: usize = 16;
 
 impl Vm {
     /// Instantiates `code` and runs its start-up functions.
@@ -106,7 +112,7 @@ impl Vm {
             .module
             .instantiate(state, &code.imports, &options.limits)
             .map_err(|e| VmError::Instantiate { origin: code.origin.clone(), message: e.to_string() })?;
-        let mut vm = Vm { instance, code, env, failure: None, calls: 0, memory_limit_logged: false };
+        let mut vm = Vm { instance, code, env, failure: None, calls: 0, memory_limit_logged: false, export_cache: [((0, 0), false); EXPORT_CACHE] };
         vm.start()?;
         Ok(vm)
     }
@@ -176,15 +182,20 @@ impl Vm {
             return Err(VmError::Failed(f.clone()));
         }
         let st = self.instance.state();
-        let plugin = st.contexts.get(&context_id).map(|c| c.plugin().clone());
         st.current_context = context_id;
         st.effective_context = context_id;
         st.callback = Some(callback);
         st.phase = Phase::Running;
         self.calls += 1;
         let r = self.instance.call(callback, args);
+        // The context's plugin names the log lines below; looked up only for
+        // them (a callback does not remove its own context: that is deferred).
+        let plugin_ref = |vm: &mut Vm| match vm.instance.state().contexts.get(&context_id) {
+            Some(c) => c.plugin().log_ref(),
+            None => vm.env.log_ref.clone(),
+        };
         if self.instance.take_memory_refusal() && !std::mem::replace(&mut self.memory_limit_logged, true) {
-            let plugin_ref = plugin.as_ref().map(|p| p.log_ref()).unwrap_or_else(|| self.env.log_ref.clone());
+            let plugin_ref = plugin_ref(self);
             let size = self.instance.memory_size();
             self.env.server.log(&plugin_ref, crate::abi::LogLevel::Error, &format!("{callback}: linear memory reached its limit (vm_config.limits.max_memory, {size} bytes now): memory.grow fails from here on (logged once)"));
         }
@@ -201,7 +212,7 @@ impl Vm {
                 Ok(v)
             }
             Err(trap) => {
-                let plugin_ref = plugin.as_ref().map(|p| p.log_ref()).unwrap_or_else(|| self.env.log_ref.clone());
+                let plugin_ref = plugin_ref(self);
                 let mut msg = format!("{callback} trapped: {}", trap.message);
                 if let Some(bt) = &trap.backtrace {
                     msg.push('\n');
@@ -215,9 +226,23 @@ impl Vm {
         }
     }
 
+    /// Whether the module exports `callback`. Remembered per name literal:
+    /// the same `&'static str` (address and length) is the same name, so a
+    /// callback costs a comparison of two words instead of hashing its name.
+    fn exports(&mut self, callback: &'static str) -> bool {
+        let key = (callback.as_ptr() as usize, callback.len());
+        let slot = &mut self.export_cache[(key.0 ^ key.1) % EXPORT_CACHE];
+        if slot.0 == key {
+            return slot.1;
+        }
+        let exported = self.code.exports_function(callback);
+        *slot = (key, exported);
+        exported
+    }
+
     /// Calls `callback` if the module exports it; `Ok(None)` otherwise.
     fn call_if_exported(&mut self, context_id: u32, callback: &'static str, args: &[i64]) -> Result<Option<Val>, VmError> {
-        if !self.code.exports_function(callback) || !self.callback_allowed(context_id, callback) {
+        if !self.exports(callback) || !self.callback_allowed(context_id, callback) {
             if let Some(f) = &self.failure {
                 return Err(VmError::Failed(f.clone()));
             }
@@ -488,23 +513,21 @@ impl Vm {
         })
     }
 
-    fn headers_args(&self, context_id: u32, count: usize, end_of_stream: bool) -> Vec<i64> {
-        let mut args = vec![context_id as i64, count as i64];
-        if self.code.abi.header_callbacks_have_eos() {
-            args.push(end_of_stream as i64);
-        }
-        args
+    /// The arguments of a headers callback (on the stack: no allocation per call).
+    fn headers_args(&self, context_id: u32, count: usize, end_of_stream: bool) -> ([i64; 3], usize) {
+        let n = if self.code.abi.header_callbacks_have_eos() { 3 } else { 2 };
+        ([context_id as i64, count as i64, end_of_stream as i64], n)
     }
 
     /// `end_of_stream` is true only when no body follows the headers.
     pub fn on_request_headers(&mut self, context_id: u32, num_headers: usize, end_of_stream: bool) -> Result<Verdict, VmError> {
-        let args = self.headers_args(context_id, num_headers, end_of_stream);
-        self.stream_callback(context_id, "proxy_on_request_headers", &args)
+        let (args, n) = self.headers_args(context_id, num_headers, end_of_stream);
+        self.stream_callback(context_id, "proxy_on_request_headers", &args[..n])
     }
 
     pub fn on_response_headers(&mut self, context_id: u32, num_headers: usize, end_of_stream: bool) -> Result<Verdict, VmError> {
-        let args = self.headers_args(context_id, num_headers, end_of_stream);
-        self.stream_callback(context_id, "proxy_on_response_headers", &args)
+        let (args, n) = self.headers_args(context_id, num_headers, end_of_stream);
+        self.stream_callback(context_id, "proxy_on_response_headers", &args[..n])
     }
 
     /// Adds a body chunk to what the plugin holds and calls it with the
