@@ -517,7 +517,7 @@ fn fixture_error(name: &str) -> String {
 fn malformed_unknown_top_level_key() {
     assert_eq!(
         fixture_error("unknown_top_key.yaml"),
-        r#"unknown_top_key.yaml:2:1: top level: unknown key "confg"; expected one of config, plugins"#
+        r#"unknown_top_key.yaml:2:1: top level: unknown key "confg"; expected one of config, plugins, wasm_plugins, otoroshi"#
     );
 }
 
@@ -1200,5 +1200,160 @@ fn an_error_at_the_end_of_a_file_without_a_final_line_break_is_on_its_last_line(
     assert_eq!(
         error.to_string(),
         "t.yaml:3:15: invalid YAML: did not find expected node content, while parsing a flow node"
+    );
+}
+
+// Otoroshi WASM plugin entities (issue 14): read from the same files, beside Proxy-Wasm plugins.
+
+/// An entity as Otoroshi's admin API exports it (`GET .../wasm-plugins/<id>`), pretty JSON.
+const OTOROSHI_EXPORT: &str = r#"{
+  "_loc" : { "tenant" : "default", "teams" : [ "default" ] },
+  "id" : "wasm-plugin_dev_access",
+  "name" : "access control",
+  "description" : "",
+  "config" : {
+    "source" : { "kind" : "File", "path" : "access.wasm", "opts" : { } },
+    "memoryPages" : 50,
+    "functionName" : null,
+    "config" : { "header" : "foo" },
+    "allowedHosts" : [ ],
+    "allowedPaths" : { },
+    "wasi" : false,
+    "opa" : false,
+    "httpWasm" : false,
+    "authorizations" : {
+      "httpAccess" : false,
+      "proxyHttpCallTimeout" : 5000,
+      "globalDataStoreAccess" : { "read" : false, "write" : false },
+      "pluginDataStoreAccess" : { "read" : false, "write" : false },
+      "globalMapAccess" : { "read" : false, "write" : false },
+      "pluginMapAccess" : { "read" : false, "write" : false },
+      "proxyStateAccess" : false,
+      "configurationAccess" : false
+    },
+    "instances" : 1,
+    "killOptions" : { "immortal" : false, "max_calls" : 2147483647, "max_memory_usage" : 0.0, "max_avg_call_duration" : 0, "max_unused_duration" : 300000 },
+    "isJS" : false
+  },
+  "steps" : [ "ValidateAccess" ],
+  "metadata" : { },
+  "tags" : [ ],
+  "kind" : "plugins.otoroshi.io/WasmPlugin"
+}"#;
+
+#[test]
+fn otoroshi_export_loads_beside_a_proxy_wasm_file() {
+    let dir = TempDir::new();
+    dir.wasm("access.wasm");
+    dir.wasm("f.wasm");
+    let entity = dir.write("access.json", OTOROSHI_EXPORT);
+    let yaml = dir.write("f.yaml", "config:\n  name: f\n  vm_config:\n    code:\n      local:\n        filename: f.wasm\n");
+
+    let loaded = proxy_wasm_host::config::load_all(&[yaml, entity.clone()]).unwrap();
+    assert_eq!(loaded.plugins.len(), 1);
+    assert_eq!(loaded.plugins[0].name, "f");
+    assert_eq!(loaded.entities.len(), 1);
+    let e = &loaded.entities[0];
+    assert_eq!(e.id, "wasm-plugin_dev_access");
+    assert_eq!(e.file, entity);
+    assert_eq!(e.line, 1);
+    assert_eq!(e.config.memory_pages, 50);
+    assert!(loaded.otoroshi.is_none());
+}
+
+#[test]
+fn one_yaml_file_holds_plugins_entities_and_settings() {
+    let dir = TempDir::new();
+    dir.wasm("access.wasm");
+    dir.wasm("f.wasm");
+    // The exported JSON pasted as it is under wasm_plugins:, in flow style.
+    let yaml = format!(
+        "otoroshi:\n  storage_root: edge\n  callback_timeout: 250ms\nplugins:\n  - config:\n      name: f\n      vm_config:\n        code:\n          local:\n            filename: f.wasm\nwasm_plugins:\n  - {}\n",
+        OTOROSHI_EXPORT.replace('\n', "\n    ")
+    );
+    let file = dir.write("mixed.yaml", &yaml);
+
+    let loaded = proxy_wasm_host::config::load_all(&[file.clone()]).unwrap();
+    assert_eq!(loaded.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["f"]);
+    assert_eq!(loaded.plugins[0].origin, ConfigOrigin { file: file.clone(), line: 5 });
+    assert_eq!(loaded.entities.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["wasm-plugin_dev_access"]);
+    assert_eq!(loaded.entities[0].line, 12);
+    let settings = loaded.otoroshi.unwrap();
+    assert_eq!(settings.storage_root, "edge");
+    assert_eq!(settings.callback_timeout, std::time::Duration::from_millis(250));
+}
+
+#[test]
+fn otoroshi_only_yaml_file_needs_no_proxy_wasm_plugin() {
+    let dir = TempDir::new();
+    dir.wasm("access.wasm");
+    let file = dir.write(
+        "o.yaml",
+        "wasm_plugins:\n  - id: a\n    config:\n      source: { kind: File, path: access.wasm }\n    steps: [ValidateAccess]\n",
+    );
+    let loaded = proxy_wasm_host::config::load_all(&[file]).unwrap();
+    assert!(loaded.plugins.is_empty());
+    assert_eq!(loaded.entities[0].id, "a");
+}
+
+#[test]
+fn otoroshi_yaml_file_that_configures_nothing_is_refused() {
+    let dir = TempDir::new();
+    let file = dir.write("o.yaml", "otoroshi:\n  storage_root: x\nwasm_plugins: []\n");
+    let err = proxy_wasm_host::config::load_all(&[file.clone()]).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}: top level: no plugin configured; expected a non-empty \"wasm_plugins\" or \"plugins\" list",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn entity_with_an_unknown_key_names_file_line_and_key() {
+    let dir = TempDir::new();
+    dir.wasm("access.wasm");
+    let file = dir.write("bad.json", &OTOROSHI_EXPORT.replace("\"memoryPages\"", "\"memoryPage\""));
+    let err = proxy_wasm_host::config::load_all(&[file.clone()]).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}:8:17: config.memoryPage: unknown key; expected one of source, memoryPages, functionName, config, allowedHosts, allowedPaths, wasi, opa, httpWasm, authorizations, instances, killOptions, isJS, compiler_source, raw_source, lifetime, preserve",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn entity_id_may_not_name_a_proxy_wasm_plugin() {
+    let dir = TempDir::new();
+    dir.wasm("access.wasm");
+    dir.wasm("f.wasm");
+    let yaml = dir.write("f.yaml", "config:\n  name: wasm-plugin_dev_access\n  vm_config:\n    code:\n      local:\n        filename: f.wasm\n");
+    let entity = dir.write("access.json", OTOROSHI_EXPORT);
+    let err = proxy_wasm_host::config::load_all(&[yaml.clone(), entity.clone()]).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}:1: id: entity id \"wasm-plugin_dev_access\" is also the name of the Proxy-Wasm plugin at {}:1; expected a name unique across plugins and entities (chains name both)",
+            entity.display(),
+            yaml.display()
+        )
+    );
+}
+
+#[test]
+fn servers_loader_refuses_entities_it_cannot_run_yet() {
+    let dir = TempDir::new();
+    dir.wasm("access.wasm");
+    let entity = dir.write("access.json", OTOROSHI_EXPORT);
+    let err = load_files(&[entity.clone()]).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}:1: id: Otoroshi WASM plugin entity \"wasm-plugin_dev_access\" is valid, but this build does not run Extism plugins on the servers yet (docs/otoroshi.md); only Proxy-Wasm plugins can be configured here",
+            entity.display()
+        )
     );
 }

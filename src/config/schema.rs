@@ -61,7 +61,7 @@ const MAX_FLOW_DEPTH: usize = 1000;
 
 /// Refuses text whose brackets nest deeper than [`MAX_FLOW_DEPTH`]. Brackets are counted
 /// everywhere, in strings and comments too: no configuration comes close to the limit.
-fn check_flow_depth(text: &str, file: &Path) -> Result<(), ConfigError> {
+pub(super) fn check_flow_depth(text: &str, file: &Path) -> Result<(), ConfigError> {
     let mut depth = 0usize;
     for (index, line) in text.lines().enumerate() {
         for (column, c) in line.chars().enumerate() {
@@ -389,12 +389,16 @@ impl<'de> Node<'de> for Root {
 struct RootMap {
     config: Option<PluginConfig>,
     plugins: Option<Vec<PluginConfig>>,
+    /// Whether the file has `wasm_plugins:` or `otoroshi:` (Otoroshi entities and settings,
+    /// read by `extism::entity::document`): such a file may configure no Proxy-Wasm plugin.
+    otoroshi: bool,
 }
 
 impl Section for RootMap {
     type Out = (Layout, Vec<PluginConfig>);
 
-    const KEYS: &'static [&'static [&'static str]] = &[&["config"], &["plugins"]];
+    const KEYS: &'static [&'static [&'static str]] =
+        &[&["config"], &["plugins"], &["wasm_plugins"], &["otoroshi"]];
 
     fn read<'de, A: MapAccess<'de>>(
         &mut self,
@@ -407,6 +411,12 @@ impl Section for RootMap {
                 self.config = Some(map.next_value_seed(cx.at(Sec::<PluginSection>::new()))?);
             }
             "plugins" => self.plugins = Some(map.next_value_seed(cx.at(PluginList))?),
+            // Read by the entity parser (`crate::extism::entity::document::parse`), which
+            // skips `config` and `plugins` in turn.
+            "wasm_plugins" | "otoroshi" => {
+                map.next_value::<IgnoredAny>()?;
+                self.otoroshi = true;
+            }
             _ => unreachable!("key {key} is not in KEYS"),
         }
         Ok(())
@@ -417,6 +427,7 @@ impl Section for RootMap {
             (Some(config), None) => Ok((Layout::Single, vec![config])),
             (None, Some(plugins)) => Ok((Layout::PluginsKey, plugins)),
             (Some(_), Some(_)) => Err("use either \"config\" or \"plugins\", not both".to_owned()),
+            (None, None) if self.otoroshi => Ok((Layout::PluginsKey, Vec::new())),
             (None, None) => Err(
                 "no plugin configured; expected a \"config\" map or a \"plugins\" list".to_owned(),
             ),

@@ -7,6 +7,7 @@
 pub mod input;
 pub mod output;
 pub mod route;
+pub mod stream;
 pub mod view;
 
 use super::entity::Step;
