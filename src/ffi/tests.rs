@@ -5,7 +5,6 @@ use crate::abi::pairs;
 use crate::abi::{LogLevel, MapType, Status, StreamType};
 
 use super::*;
-use super::*;
 
 #[test]
 fn enums_match_the_abi() {
