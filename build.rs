@@ -12,11 +12,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cbindgen.toml");
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is valid");
-    match cbindgen::Builder::new()
-        .with_config(config)
-        .with_src(crate_dir.join("src/ffi/mod.rs"))
-        .generate()
-    {
+    match cbindgen::Builder::new().with_config(config).with_src(crate_dir.join("src/ffi/mod.rs")).generate() {
         Ok(bindings) => {
             bindings.write_to_file(crate_dir.join("include/proxy_wasm_host.h"));
         }

@@ -36,7 +36,10 @@ const BODIES: &[(&str, &str)] = &[
         "proxy_add_header_map_value (7-byte name, 2-byte value)",
         "(drop (call $add (i32.const 0) (i32.const 0x120) (i32.const 7) (i32.const 0x130) (i32.const 2)))",
     ),
-    ("proxy_log at a disabled level (debug, server at error)", "(drop (call $log (i32.const 1) (i32.const 0x140) (i32.const 24)))"),
+    (
+        "proxy_log at a disabled level (debug, server at error)",
+        "(drop (call $log (i32.const 1) (i32.const 0x140) (i32.const 24)))",
+    ),
 ];
 
 fn module(body: &str) -> String {
@@ -124,13 +127,27 @@ fn main() {
             let (ctx, stream) = h.stream(&[(":method", "GET"), (":path", "/"), ("user-agent", "bench/1.0!")]);
             let keep = stream.0.lock().unwrap().request_headers.len();
             let reset = || stream.0.lock().unwrap().request_headers.truncate(keep);
-            let zero = median_ns(samples, batch, || { black_box(h.vm.on_request_headers(ctx, 0, false).unwrap()); }, reset);
+            let zero = median_ns(
+                samples,
+                batch,
+                || {
+                    black_box(h.vm.on_request_headers(ctx, 0, false).unwrap());
+                },
+                reset,
+            );
             if i == 0 {
                 round_trip = zero;
                 println!("| {runtime} | {what} | {zero:.0} |");
                 continue;
             }
-            let with_k = median_ns(samples, (batch / K).max(1), || { black_box(h.vm.on_request_headers(ctx, K, false).unwrap()); }, reset);
+            let with_k = median_ns(
+                samples,
+                (batch / K).max(1),
+                || {
+                    black_box(h.vm.on_request_headers(ctx, K, false).unwrap());
+                },
+                reset,
+            );
             println!("| {runtime} | {what} | {:.0} |", (with_k - zero) / K as f64);
         }
         let _ = round_trip;

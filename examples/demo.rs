@@ -110,7 +110,11 @@ fn parse(text: &str) -> Vec<Recorded> {
             let mut req = req.into_iter().skip_while(|l| l.trim().is_empty());
             let mut first = req.next()?.split_whitespace();
             let (method, path) = (first.next()?, first.next()?);
-            let mut request = vec![(b":method".to_vec(), method.as_bytes().to_vec()), (b":path".to_vec(), path.as_bytes().to_vec()), (b":scheme".to_vec(), b"http".to_vec())];
+            let mut request = vec![
+                (b":method".to_vec(), method.as_bytes().to_vec()),
+                (b":path".to_vec(), path.as_bytes().to_vec()),
+                (b":scheme".to_vec(), b"http".to_vec()),
+            ];
             let mut body = Vec::new();
             let mut in_body = false;
             for l in req {
@@ -124,7 +128,8 @@ fn parse(text: &str) -> Vec<Recorded> {
                     request.push((k.into_bytes(), v.trim().as_bytes().to_vec()));
                 }
             }
-            let resp: Vec<&str> = resp.iter().map(|l| l.trim_start_matches('<').strip_prefix(' ').unwrap_or("")).collect();
+            let resp: Vec<&str> =
+                resp.iter().map(|l| l.trim_start_matches('<').strip_prefix(' ').unwrap_or("")).collect();
             let status = resp.first().and_then(|s| s.split_whitespace().nth(1)).unwrap_or("200");
             let mut response = vec![(b":status".to_vec(), status.as_bytes().to_vec())];
             let mut response_body = Vec::new();

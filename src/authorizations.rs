@@ -159,14 +159,21 @@ mod tests {
     #[test]
     fn other_vms_are_addressed_with_a_prefix_when_granted() {
         let a = Authorizations { global_map_access: Access { read: true, write: false }, ..Default::default() };
-        assert_eq!(a.shared_data_target("me", b"them::count"), ("them", &b"count"[..], Access { read: true, write: false }));
+        assert_eq!(
+            a.shared_data_target("me", b"them::count"),
+            ("them", &b"count"[..], Access { read: true, write: false })
+        );
         assert_eq!(a.shared_data_target("me", b"me::count"), ("me", &b"count"[..], Access::ALL));
         assert_eq!(a.shared_data_target("me", b"count"), ("me", &b"count"[..], Access::ALL));
     }
 
     #[test]
     fn queues_of_a_vm_id_have_the_rights_of_its_shared_data() {
-        let a = Authorizations { plugin_map_access: Access { read: true, write: false }, global_map_access: Access { read: false, write: true }, ..Default::default() };
+        let a = Authorizations {
+            plugin_map_access: Access { read: true, write: false },
+            global_map_access: Access { read: false, write: true },
+            ..Default::default()
+        };
         assert_eq!(a.access_to("me", "me"), Access { read: true, write: false });
         assert_eq!(a.access_to("me", "them"), Access { read: false, write: true });
         assert_eq!(Authorizations::default().access_to("me", "them"), Access::NONE);
@@ -174,7 +181,10 @@ mod tests {
 
     #[test]
     fn property_patterns_are_dotted_prefixes() {
-        let a = Authorizations { property_read: vec!["request.headers".into(), "plugin_name".into()], ..Default::default() };
+        let a = Authorizations {
+            property_read: vec!["request.headers".into(), "plugin_name".into()],
+            ..Default::default()
+        };
         assert!(a.allows_property_read(&[b"request", b"headers", b"x-a"]));
         assert!(!a.allows_property_read(&[b"request", b"path"]));
         assert!(a.allows_property_read(&[b"plugin_name"]));

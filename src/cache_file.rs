@@ -63,11 +63,13 @@ pub fn euid() -> u32 {
 /// # Errors
 /// As [`OpenError`] says.
 pub fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
-    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(|source| match source.raw_os_error() {
-        Some(libc::ELOOP) => OpenError::Symlink { path: path.to_path_buf() },
-        Some(libc::ENOENT) => OpenError::NotFound { path: path.to_path_buf() },
-        _ => OpenError::Io { path: path.to_path_buf(), source },
-    })?;
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(
+        |source| match source.raw_os_error() {
+            Some(libc::ELOOP) => OpenError::Symlink { path: path.to_path_buf() },
+            Some(libc::ENOENT) => OpenError::NotFound { path: path.to_path_buf() },
+            _ => OpenError::Io { path: path.to_path_buf(), source },
+        },
+    )?;
     let meta = file.metadata().map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
     if !meta.file_type().is_file() {
         return Err(OpenError::NotRegular { path: path.to_path_buf() });
@@ -96,7 +98,10 @@ pub fn distrust(meta: &Metadata, euid: u32, sticky_ok: bool) -> Option<String> {
         return Some(format!("it is owned by user {uid}, not by this process's user ({euid}) or root"));
     }
     if mode & 0o022 != 0 && !(sticky_ok && mode & 0o1000 != 0) {
-        return Some(format!("it is writable by {} (mode {mode:04o})", if mode & 0o002 != 0 { "others" } else { "its group" }));
+        return Some(format!(
+            "it is writable by {} (mode {mode:04o})",
+            if mode & 0o002 != 0 { "others" } else { "its group" }
+        ));
     }
     None
 }
@@ -113,11 +118,18 @@ pub fn distrust(meta: &Metadata, euid: u32, sticky_ok: bool) -> Option<String> {
 /// # Errors
 /// Why the folder is not trusted, or cannot be created, naming the folder.
 pub fn trusted_folder(dir: &Path, euid: u32) -> Result<PathBuf, FolderError> {
-    let absolute = if dir.is_absolute() { dir.to_path_buf() } else { std::env::current_dir().map_err(|e| FolderError::Unavailable(format!("cannot resolve {}: {e}", dir.display())))?.join(dir) };
+    let absolute = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| FolderError::Unavailable(format!("cannot resolve {}: {e}", dir.display())))?
+            .join(dir)
+    };
     let mut pending: VecDeque<OsString> = VecDeque::new();
     push_components(&mut pending, &absolute);
     let mut resolved = PathBuf::from("/");
-    let root = fs::symlink_metadata(&resolved).map_err(|e| FolderError::Unavailable(format!("cannot inspect /: {e}")))?;
+    let root =
+        fs::symlink_metadata(&resolved).map_err(|e| FolderError::Unavailable(format!("cannot inspect /: {e}")))?;
     if let Some(why) = distrust(&root, euid, true) {
         return Err(FolderError::Untrusted(format!("/ cannot be trusted: {why}")));
     }
@@ -140,19 +152,26 @@ pub fn trusted_folder(dir: &Path, euid: u32) -> Result<PathBuf, FolderError> {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(FolderError::Unavailable(format!("cannot create {}: {e}", next.display()))),
                 }
-                fs::symlink_metadata(&next).map_err(|e| FolderError::Unavailable(format!("cannot inspect {}: {e}", next.display())))?
+                fs::symlink_metadata(&next)
+                    .map_err(|e| FolderError::Unavailable(format!("cannot inspect {}: {e}", next.display())))?
             }
             Err(e) => return Err(FolderError::Unavailable(format!("cannot inspect {}: {e}", next.display()))),
         };
         if meta.file_type().is_symlink() {
             if meta.uid() != euid && meta.uid() != 0 {
-                return Err(FolderError::Untrusted(format!("{} is a symbolic link owned by user {}, not by this process's user ({euid}) or root", next.display(), meta.uid())));
+                return Err(FolderError::Untrusted(format!(
+                    "{} is a symbolic link owned by user {}, not by this process's user ({euid}) or root",
+                    next.display(),
+                    meta.uid()
+                )));
             }
             links += 1;
             if links > 40 {
                 return Err(FolderError::Unavailable(format!("{}: too many levels of symbolic links", dir.display())));
             }
-            let target = fs::read_link(&next).map_err(|e| FolderError::Unavailable(format!("cannot read the symbolic link {}: {e}", next.display())))?;
+            let target = fs::read_link(&next).map_err(|e| {
+                FolderError::Unavailable(format!("cannot read the symbolic link {}: {e}", next.display()))
+            })?;
             if target.is_absolute() {
                 resolved = PathBuf::from("/");
             }
@@ -199,8 +218,19 @@ pub fn write_temporary(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::R
     for _ in 0..8 {
         let mut random = [0u8; 8];
         getrandom::fill(&mut random).map_err(|e| io::Error::other(format!("no random numbers: {e}")))?;
-        let temporary = dir.join(format!(".{name}.{}.{}.{:016x}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), u64::from_ne_bytes(random)));
-        let mut file = match OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(libc::O_NOFOLLOW).open(&temporary) {
+        let temporary = dir.join(format!(
+            ".{name}.{}.{}.{:016x}.tmp",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            u64::from_ne_bytes(random)
+        ));
+        let mut file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temporary)
+        {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 last = Some(e);

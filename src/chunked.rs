@@ -45,7 +45,9 @@ enum ChunkState {
     Size,
     Data(u64),
     /// After the data: a CR (optional) then LF.
-    DataEnd { cr: bool },
+    DataEnd {
+        cr: bool,
+    },
     Trailers,
     Done,
 }
@@ -218,7 +220,12 @@ mod tests {
 
     #[test]
     fn malformed_chunked_bodies_are_errors() {
-        for (raw, what) in [(&b"zz\r\n"[..], "invalid chunk size"), (b"\r\n", "invalid chunk size"), (b"-1\r\n", "invalid chunk size"), (b"3\r\nabcX", "no line end")] {
+        for (raw, what) in [
+            (&b"zz\r\n"[..], "invalid chunk size"),
+            (b"\r\n", "invalid chunk size"),
+            (b"-1\r\n", "invalid chunk size"),
+            (b"3\r\nabcX", "no line end"),
+        ] {
             let e = Dechunker::default().feed(raw).unwrap_err();
             assert!(e.to_string().contains(what), "{e}");
         }

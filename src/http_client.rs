@@ -71,7 +71,9 @@ pub fn parse_upstream(upstream: &str) -> Option<(String, u16)> {
         return (!host.trim().is_empty()).then(|| (host.to_string(), port));
     }
     match upstream.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && !host.trim().is_empty() => Some((host.to_string(), port.parse().ok()?)),
+        Some((host, port)) if !host.contains(':') && !host.trim().is_empty() => {
+            Some((host.to_string(), port.parse().ok()?))
+        }
         Some(_) => None,
         None => Some((upstream.to_string(), 80)),
     }
@@ -133,7 +135,10 @@ fn encode_request_with(request: &HttpCallRequest, keep_alive: bool) -> Vec<u8> {
     out.extend_from_slice(authority);
     out.extend_from_slice(b"\r\n");
     for (k, v) in h {
-        let skip = k.starts_with(b":") || [&b"host"[..], b"content-length", b"transfer-encoding", b"connection"].iter().any(|n| k.eq_ignore_ascii_case(n));
+        let skip = k.starts_with(b":")
+            || [&b"host"[..], b"content-length", b"transfer-encoding", b"connection"]
+                .iter()
+                .any(|n| k.eq_ignore_ascii_case(n));
         if !skip {
             out.extend_from_slice(k);
             out.extend_from_slice(b": ");
@@ -176,7 +181,8 @@ fn io_failure(e: std::io::Error) -> HttpCallResponse {
 
 fn exchange(mut stream: TcpStream, request: &HttpCallRequest, deadline: Instant) -> HttpCallResponse {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
+    let _ = stream
+        .set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
     if let Err(e) = stream.write_all(&encode_request(request)) {
         return io_failure(e);
     }
@@ -196,7 +202,8 @@ fn exchange(mut stream: TcpStream, request: &HttpCallRequest, deadline: Instant)
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return io_failure(e),
         };
-        let outcome = if n == 0 { parser.finish().map(|()| Progress::Complete { used: 0 }) } else { parser.feed(&buf[..n]) };
+        let outcome =
+            if n == 0 { parser.finish().map(|()| Progress::Complete { used: 0 }) } else { parser.feed(&buf[..n]) };
         match outcome {
             Ok(Progress::NeedMore) => {}
             Ok(Progress::Complete { .. }) => return parser.into_response(),
@@ -221,7 +228,14 @@ mod tests {
 
     #[test]
     fn a_refused_connection_is_a_failure_with_no_headers() {
-        let r = call(&HttpCallRequest { upstream: "127.0.0.1:1".into(), headers: vec![], body: vec![], trailers: vec![], timeout: Some(Duration::from_secs(2)), max_response_size: 1 << 20 });
+        let r = call(&HttpCallRequest {
+            upstream: "127.0.0.1:1".into(),
+            headers: vec![],
+            body: vec![],
+            trailers: vec![],
+            timeout: Some(Duration::from_secs(2)),
+            max_response_size: 1 << 20,
+        });
         assert!(r.headers.is_empty());
         assert_eq!(r.failure.map(|f| f.0), Some(FAILURE_CONNECT));
     }

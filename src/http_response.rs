@@ -44,7 +44,9 @@ pub enum Progress {
     NeedMore,
     /// The response ended after `used` bytes of the last piece; any bytes
     /// after them are not part of it.
-    Complete { used: usize },
+    Complete {
+        used: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +121,13 @@ fn decimal(text: &[u8]) -> Option<u64> {
     if text.is_empty() {
         return None;
     }
-    text.iter().try_fold(0u64, |n, b| if b.is_ascii_digit() { n.checked_mul(10)?.checked_add(u64::from(b - b'0')) } else { None })
+    text.iter().try_fold(0u64, |n, b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 impl ResponseParser {
@@ -167,7 +175,9 @@ impl ResponseParser {
             }
             let rest = &data[pos..];
             let used = match self.state {
-                State::StatusLine | State::Fields | State::ChunkSize | State::ChunkEnd | State::Trailers => self.take_line(rest)?,
+                State::StatusLine | State::Fields | State::ChunkSize | State::ChunkEnd | State::Trailers => {
+                    self.take_line(rest)?
+                }
                 State::Body { left } | State::ChunkData { left } => {
                     let n = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     self.body.extend_from_slice(&rest[..n]);
@@ -222,7 +232,9 @@ impl ResponseParser {
         self.section_bytes += used;
         if self.section_bytes > MAX_HEAD_BYTES {
             return Err(match self.state {
-                State::ChunkSize | State::ChunkEnd => malformed(format!("a chunk-size line longer than {MAX_HEAD_BYTES} bytes")),
+                State::ChunkSize | State::ChunkEnd => {
+                    malformed(format!("a chunk-size line longer than {MAX_HEAD_BYTES} bytes"))
+                }
                 State::Trailers => malformed(format!("trailer fields longer than {MAX_HEAD_BYTES} bytes")),
                 _ => malformed(format!("a status line and header fields longer than {MAX_HEAD_BYTES} bytes")),
             });
@@ -313,14 +325,25 @@ impl ResponseParser {
             }
             return Ok(());
         }
-        let colon = line.iter().position(|b| *b == b':').ok_or_else(|| malformed(format!("a {what} line without a colon: {:?}", String::from_utf8_lossy(&line[..line.len().min(64)]))))?;
+        let colon = line.iter().position(|b| *b == b':').ok_or_else(|| {
+            malformed(format!(
+                "a {what} line without a colon: {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(64)])
+            ))
+        })?;
         let name = trim_ows(&line[..colon]);
         if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) || matches!(line.first(), Some(b' ' | b'\t')) {
-            return Err(malformed(format!("invalid {what} field name {:?}", String::from_utf8_lossy(&line[..colon.min(64)]))));
+            return Err(malformed(format!(
+                "invalid {what} field name {:?}",
+                String::from_utf8_lossy(&line[..colon.min(64)])
+            )));
         }
         let value = trim_ows(&line[colon + 1..]);
         if let Some(bad) = value.iter().find(|b| !is_value_byte(**b)) {
-            return Err(malformed(format!("control character 0x{bad:02x} in the value of {what} field {:?}", String::from_utf8_lossy(name))));
+            return Err(malformed(format!(
+                "control character 0x{bad:02x} in the value of {what} field {:?}",
+                String::from_utf8_lossy(name)
+            )));
         }
         if fields.len() >= MAX_FIELDS {
             return Err(malformed(format!("more than {MAX_FIELDS} {what} fields")));
@@ -340,12 +363,21 @@ impl ResponseParser {
         }
         let field = |name: &'static [u8]| field_values(&self.headers, name);
         let connection: Vec<Vec<u8>> = field(b"connection").flat_map(tokens).collect();
-        let mut keep_alive = if self.http_1_1 { !connection.iter().any(|t| t == b"close") } else { connection.iter().any(|t| t == b"keep-alive") && !connection.iter().any(|t| t == b"close") };
+        let mut keep_alive = if self.http_1_1 {
+            !connection.iter().any(|t| t == b"close")
+        } else {
+            connection.iter().any(|t| t == b"keep-alive") && !connection.iter().any(|t| t == b"close")
+        };
         let codings: Vec<Vec<u8>> = field(b"transfer-encoding").flat_map(tokens).collect();
         let mut length = None;
         for value in field(b"content-length") {
             for item in value.split(|b| *b == b',') {
-                let n = decimal(trim_ows(item)).ok_or_else(|| malformed(format!("invalid Content-Length {:?}", String::from_utf8_lossy(&value[..value.len().min(64)]))))?;
+                let n = decimal(trim_ows(item)).ok_or_else(|| {
+                    malformed(format!(
+                        "invalid Content-Length {:?}",
+                        String::from_utf8_lossy(&value[..value.len().min(64)])
+                    ))
+                })?;
                 if length.is_some_and(|l| l != n) {
                     return Err(malformed("several different Content-Length values"));
                 }
@@ -388,12 +420,20 @@ impl ResponseParser {
     fn on_chunk_size(&mut self, line: &[u8]) -> Result<(), ParseError> {
         let size_text = trim_ows(line.split(|b| *b == b';').next().unwrap_or_default());
         if size_text.is_empty() || !size_text.iter().all(u8::is_ascii_hexdigit) {
-            return Err(malformed(format!("invalid chunk size {:?}", String::from_utf8_lossy(&line[..line.len().min(64)]))));
+            return Err(malformed(format!(
+                "invalid chunk size {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(64)])
+            )));
         }
         let size = size_text
             .iter()
             .try_fold(0u64, |n, b| n.checked_mul(16)?.checked_add(u64::from((*b as char).to_digit(16)?)))
-            .ok_or_else(|| malformed(format!("chunk size {} does not fit in 64 bits", String::from_utf8_lossy(&size_text[..size_text.len().min(64)]))))?;
+            .ok_or_else(|| {
+                malformed(format!(
+                    "chunk size {} does not fit in 64 bits",
+                    String::from_utf8_lossy(&size_text[..size_text.len().min(64)])
+                ))
+            })?;
         if size == 0 {
             self.state = State::Trailers;
             self.section_bytes = 0;
@@ -415,7 +455,11 @@ mod tests {
     const LIMIT: u64 = 1 << 20;
 
     /// Feeds `raw` in pieces of `piece` bytes, then the close.
-    fn parse_in_pieces(raw: &[u8], piece: usize, head: bool) -> Result<(crate::host::HttpCallResponse, bool, usize), ParseError> {
+    fn parse_in_pieces(
+        raw: &[u8],
+        piece: usize,
+        head: bool,
+    ) -> Result<(crate::host::HttpCallResponse, bool, usize), ParseError> {
         let mut p = ResponseParser::new(head, LIMIT);
         let mut offset = 0;
         for part in raw.chunks(piece.max(1)) {
@@ -504,9 +548,19 @@ mod tests {
 
     #[test]
     fn obs_text_in_values_obs_fold_bare_lf_and_space_before_colon_are_accepted() {
-        let raw = b"HTTP/1.1 200 \xc9t\xe9\nx-latin1: caf\xe9 cr\xe8me\nx-fold: a\r\n  b\nx-space : v\ncontent-length: 0\n\n";
+        let raw =
+            b"HTTP/1.1 200 \xc9t\xe9\nx-latin1: caf\xe9 cr\xe8me\nx-fold: a\r\n  b\nx-space : v\ncontent-length: 0\n\n";
         let (r, _, _) = parse(raw).unwrap();
-        assert_eq!(r.headers, pairs(&[(":status", b"200"), ("x-latin1", b"caf\xe9 cr\xe8me"), ("x-fold", b"a b"), ("x-space", b"v"), ("content-length", b"0")]));
+        assert_eq!(
+            r.headers,
+            pairs(&[
+                (":status", b"200"),
+                ("x-latin1", b"caf\xe9 cr\xe8me"),
+                ("x-fold", b"a b"),
+                ("x-space", b"v"),
+                ("content-length", b"0")
+            ])
+        );
     }
 
     #[test]
@@ -533,8 +587,14 @@ mod tests {
 
     #[test]
     fn a_content_length_past_the_limit_fails_at_once() {
-        assert_eq!(error_of(b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\n"), ParseError::TooLarge { limit: LIMIT });
-        assert!(matches!(error_of(b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n"), ParseError::Malformed(_)));
+        assert_eq!(
+            error_of(b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\n"),
+            ParseError::TooLarge { limit: LIMIT }
+        );
+        assert!(matches!(
+            error_of(b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
     }
 
     #[test]
@@ -544,7 +604,11 @@ mod tests {
         assert_eq!(p.feed(&[b'x'; 81]), Ok(Progress::NeedMore));
         assert_eq!(p.feed(b"x"), Err(ParseError::TooLarge { limit: 100 }));
         let mut p = ResponseParser::new(false, 100);
-        let chunks = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".iter().chain(b"10\r\n0123456789abcdef\r\n".repeat(10).iter()).copied().collect::<Vec<u8>>();
+        let chunks = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            .iter()
+            .chain(b"10\r\n0123456789abcdef\r\n".repeat(10).iter())
+            .copied()
+            .collect::<Vec<u8>>();
         assert_eq!(p.feed(&chunks), Err(ParseError::TooLarge { limit: 100 }));
     }
 
@@ -569,7 +633,13 @@ mod tests {
 
     #[test]
     fn truncated_responses_are_truncated_errors() {
-        for raw in [&b""[..], b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nabc", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n"] {
+        for raw in [
+            &b""[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n",
+        ] {
             assert_eq!(error_of(raw), ParseError::Truncated, "{:?}", String::from_utf8_lossy(raw));
         }
     }
@@ -603,7 +673,9 @@ mod tests {
     fn equal_repeated_content_lengths_and_transfer_encoding_over_content_length_are_accepted() {
         let (r, keep, _) = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok").unwrap();
         assert_eq!((r.body.as_slice(), keep), (&b"ok"[..], true));
-        let (r, keep, _) = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n").unwrap();
+        let (r, keep, _) =
+            parse(b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+                .unwrap();
         assert_eq!((r.body.as_slice(), keep), (&b"ok"[..], false));
         // A coding other than chunked last: the body runs until the close.
         let (r, keep, _) = parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nzz").unwrap();

@@ -21,15 +21,16 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod abi;
+#[cfg(feature = "ats")]
+pub mod ats;
 pub mod authorizations;
 pub mod cache_file;
 pub mod chain;
 pub mod chunked;
-#[cfg(feature = "ats")]
-pub mod ats;
 pub mod config;
 pub mod extism;
 pub mod ffi;
+pub mod hash;
 pub mod host;
 pub mod hostcalls;
 pub mod http_client;
@@ -42,7 +43,6 @@ pub mod nginx;
 pub mod plugin;
 pub mod remote_code;
 pub mod runtime;
-pub mod hash;
 pub mod shared;
 pub mod shm_store;
 pub mod vm;

@@ -10,11 +10,11 @@ use std::sync::{Arc, LazyLock, Mutex};
 use crate::config::{CodeSource, PluginConfig, RuntimeKind};
 use crate::host::ServerHost;
 use crate::hostcalls::code::{LoadError, WasmCode};
+use crate::hostcalls::state::HostState;
 use crate::plugin::PluginInfo;
 use crate::remote_code::{self, FetchError};
 use crate::runtime::wamr::WamrEngine;
 use crate::runtime::wasmtime::WasmtimeEngine;
-use crate::hostcalls::state::HostState;
 use crate::runtime::Engine;
 use crate::vm::{Vm, VmError, VmOptions};
 
@@ -80,23 +80,37 @@ pub fn load(configs: &[PluginConfig]) -> Result<Vec<LoadedPlugin>, PluginError> 
 /// Like [`load`], giving problems that do not stop the load (a corrupt cache
 /// file of remote code, a cache folder that cannot be written) to `warn`, with
 /// the plugin they are about, for the server's own log.
-pub fn load_with_warnings(configs: &[PluginConfig], warn: &mut dyn FnMut(&PluginConfig, &str)) -> Result<Vec<LoadedPlugin>, PluginError> {
+pub fn load_with_warnings(
+    configs: &[PluginConfig],
+    warn: &mut dyn FnMut(&PluginConfig, &str),
+) -> Result<Vec<LoadedPlugin>, PluginError> {
     let loaded = configs.iter().map(|config| load_one(config, &mut |message: &str| warn(config, message))).collect();
     crate::runtime::release_compiler_memory();
     loaded
 }
 
 /// The module bytes of `config`, and how to name them in messages.
-fn read_code(config: &PluginConfig, origin: &str, warn: &mut dyn FnMut(&str)) -> Result<(Vec<u8>, String), PluginError> {
+fn read_code(
+    config: &PluginConfig,
+    origin: &str,
+    warn: &mut dyn FnMut(&str),
+) -> Result<(Vec<u8>, String), PluginError> {
     let plugin = || config.name.clone();
     match &config.vm.code {
         CodeSource::LocalFile(path) => {
-            let bytes = std::fs::read(path).map_err(|e| PluginError::Read { origin: origin.to_string(), plugin: plugin(), path: path.display().to_string(), message: e.to_string() })?;
+            let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
+                origin: origin.to_string(),
+                plugin: plugin(),
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
             Ok((bytes, path.display().to_string()))
         }
         CodeSource::Inline(bytes) => Ok((bytes.clone(), format!("{origin} (inline code)"))),
         CodeSource::Remote(remote) => {
-            let (bytes, _) = remote_code::fetch(remote, &mut |message| warn(&message)).map_err(|source| PluginError::Remote { origin: origin.to_string(), plugin: plugin(), key: remote_key(&source), source })?;
+            let (bytes, _) = remote_code::fetch(remote, &mut |message| warn(&message)).map_err(|source| {
+                PluginError::Remote { origin: origin.to_string(), plugin: plugin(), key: remote_key(&source), source }
+            })?;
             Ok((bytes, remote.uri.clone()))
         }
     }
@@ -116,7 +130,11 @@ fn load_one(config: &PluginConfig, warn: &mut dyn FnMut(&str)) -> Result<LoadedP
     let plugin = config.name.clone();
     let (bytes, code_origin) = read_code(config, &origin, warn)?;
     let runtime = config.vm.runtime;
-    let engine = engine(runtime).ok_or_else(|| PluginError::Runtime { origin: origin.clone(), plugin: plugin.clone(), runtime })?;
+    let engine = engine(runtime).ok_or_else(|| PluginError::Runtime {
+        origin: origin.clone(),
+        plugin: plugin.clone(),
+        runtime,
+    })?;
     let hash = content_hash(&bytes);
     let key = (runtime, hash, bytes.len());
     let cached = code_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
@@ -126,8 +144,10 @@ fn load_one(config: &PluginConfig, warn: &mut dyn FnMut(&str)) -> Result<LoadedP
         None => {
             let load_error = |source| PluginError::Load { origin: origin.clone(), plugin: plugin.clone(), source };
             let code = if config.vm.allow_precompiled {
-                let (module, outcome) = crate::module_cache::load_or_compile(engine.as_ref(), &bytes, warn)
-                    .map_err(|e| load_error(LoadError::Compile { origin: code_origin.clone(), message: e.to_string() }))?;
+                let (module, outcome) =
+                    crate::module_cache::load_or_compile(engine.as_ref(), &bytes, warn).map_err(|e| {
+                        load_error(LoadError::Compile { origin: code_origin.clone(), message: e.to_string() })
+                    })?;
                 cache_outcome = Some(outcome);
                 WasmCode::from_module(engine.as_ref(), module, &code_origin).map_err(load_error)?
             } else {
@@ -145,7 +165,14 @@ fn load_one(config: &PluginConfig, warn: &mut dyn FnMut(&str)) -> Result<LoadedP
             .with_max_body_size(config.max_body_size)
             .with_done_timeout(config.pause_timeout),
     );
-    Ok(LoadedPlugin { config: config.clone(), info, code, code_hash: hash, compiled_cache: cache_outcome, load_time: started.elapsed() })
+    Ok(LoadedPlugin {
+        config: config.clone(),
+        info,
+        code,
+        code_hash: hash,
+        compiled_cache: cache_outcome,
+        load_time: started.elapsed(),
+    })
 }
 
 /// What makes two plugins share an instance: same runtime, `vm_id`, code, VM configuration and limits.
@@ -161,7 +188,13 @@ pub struct VmKey {
 
 impl LoadedPlugin {
     pub fn vm_key(&self) -> VmKey {
-        VmKey { runtime: self.config.vm.runtime, vm_id: self.config.vm.vm_id.clone(), code_hash: self.code_hash, vm_configuration: self.config.vm.configuration.clone(), limits: self.config.vm.limits }
+        VmKey {
+            runtime: self.config.vm.runtime,
+            vm_id: self.config.vm.vm_id.clone(),
+            code_hash: self.code_hash,
+            vm_configuration: self.config.vm.configuration.clone(),
+            limits: self.config.vm.limits,
+        }
     }
 }
 
@@ -185,7 +218,10 @@ pub struct PluginVms {
 
 impl PluginVms {
     /// Instantiates the plugins. `server` makes the `ServerHost` of each new VM.
-    pub fn start(plugins: &[LoadedPlugin], mut server: impl FnMut(&VmKey) -> Arc<dyn ServerHost>) -> Result<PluginVms, PluginError> {
+    pub fn start(
+        plugins: &[LoadedPlugin],
+        mut server: impl FnMut(&VmKey) -> Arc<dyn ServerHost>,
+    ) -> Result<PluginVms, PluginError> {
         let mut vms: Vec<Vm> = Vec::new();
         let mut keys: Vec<VmKey> = Vec::new();
         let mut roots = Vec::new();
@@ -203,15 +239,21 @@ impl PluginVms {
                     // code runs for all of them (see `VmOptions::plugins`).
                     options.plugins = plugins.iter().filter(|q| q.vm_key() == key).map(|q| q.info.clone()).collect();
                     max_memory.push(options.limits.max_memory_bytes.unwrap_or(MAX_WASM32_MEMORY));
-                    let vm = Vm::new(p.code.clone(), options, server(&key)).map_err(|source| PluginError::Start { origin: p.config.origin.to_string(), plugin: p.config.name.clone(), source })?;
+                    let vm = Vm::new(p.code.clone(), options, server(&key)).map_err(|source| PluginError::Start {
+                        origin: p.config.origin.to_string(),
+                        plugin: p.config.name.clone(),
+                        source,
+                    })?;
                     vms.push(vm);
                     keys.push(key);
                     vms.len() - 1
                 }
             };
-            let root_context_id = vms[vm_index]
-                .start_plugin(p.info.clone())
-                .map_err(|source| PluginError::Start { origin: p.config.origin.to_string(), plugin: p.config.name.clone(), source })?;
+            let root_context_id = vms[vm_index].start_plugin(p.info.clone()).map_err(|source| PluginError::Start {
+                origin: p.config.origin.to_string(),
+                plugin: p.config.name.clone(),
+                source,
+            })?;
             roots.push(PluginRoot { plugin: i, vm: vm_index, root_context_id });
         }
         Ok(PluginVms { vms, roots, max_memory })

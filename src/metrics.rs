@@ -91,7 +91,13 @@ impl Metrics {
     }
 
     /// [`MetricStore::define_within`]: `vm_id` defines at most `max_metrics` names.
-    pub fn define_within(&self, kind: MetricType, name: &str, vm_id: &str, max_metrics: u32) -> Result<u32, SharedError> {
+    pub fn define_within(
+        &self,
+        kind: MetricType,
+        name: &str,
+        vm_id: &str,
+        max_metrics: u32,
+    ) -> Result<u32, SharedError> {
         if name.is_empty() {
             return Err(SharedError::BadArgument);
         }
@@ -233,7 +239,10 @@ mod tests {
         let m = Metrics::default();
         m.define_within(MetricType::Counter, "a", "vm", 2).unwrap();
         m.define_within(MetricType::Counter, "b", "vm", 2).unwrap();
-        assert_eq!(m.define_within(MetricType::Counter, "c", "vm", 2), Err(SharedError::TooManyMetrics { vm_id: "vm".into(), limit: 2 }));
+        assert_eq!(
+            m.define_within(MetricType::Counter, "c", "vm", 2),
+            Err(SharedError::TooManyMetrics { vm_id: "vm".into(), limit: 2 })
+        );
         // Names already defined (by anyone) do not count; other vm_ids have their own count.
         assert!(m.define_within(MetricType::Counter, "a", "vm", 2).is_ok());
         assert!(m.define_within(MetricType::Counter, "c", "other", 2).is_ok());

@@ -136,19 +136,34 @@ fn folder_key(dir: &Path, euid: u32) -> Result<[u8; KEY_LEN], FolderError> {
             Ok((file, meta)) => {
                 let mode = std::os::unix::fs::MetadataExt::mode(&meta) & 0o777;
                 if let Some(why) = cache_file::distrust(&meta, euid, false) {
-                    return Err(FolderError::Untrusted(format!("its key file {} cannot be trusted: {why}", path.display())));
+                    return Err(FolderError::Untrusted(format!(
+                        "its key file {} cannot be trusted: {why}",
+                        path.display()
+                    )));
                 }
                 if mode & 0o077 != 0 {
-                    return Err(FolderError::Untrusted(format!("its key file {} is readable by others (mode {mode:04o}; expected 0600)", path.display())));
+                    return Err(FolderError::Untrusted(format!(
+                        "its key file {} is readable by others (mode {mode:04o}; expected 0600)",
+                        path.display()
+                    )));
                 }
-                let data = cache_file::read_all(file, &meta, &path).map_err(|e| FolderError::Unavailable(e.to_string()))?;
-                return <[u8; KEY_LEN]>::try_from(data.as_slice())
-                    .map_err(|_| FolderError::Untrusted(format!("its key file {} holds {} bytes, expected {KEY_LEN} (remove it to make a new key)", path.display(), data.len())));
+                let data =
+                    cache_file::read_all(file, &meta, &path).map_err(|e| FolderError::Unavailable(e.to_string()))?;
+                return <[u8; KEY_LEN]>::try_from(data.as_slice()).map_err(|_| {
+                    FolderError::Untrusted(format!(
+                        "its key file {} holds {} bytes, expected {KEY_LEN} (remove it to make a new key)",
+                        path.display(),
+                        data.len()
+                    ))
+                });
             }
             Err(OpenError::NotFound { .. }) => {
                 let mut key = [0u8; KEY_LEN];
-                getrandom::fill(&mut key).map_err(|e| FolderError::Unavailable(format!("no random numbers for a key: {e}")))?;
-                let temporary = cache_file::write_temporary(dir, KEY_FILE, &key, 0o600).map_err(|e| FolderError::Unavailable(format!("cannot create its key file {}: {e}", path.display())))?;
+                getrandom::fill(&mut key)
+                    .map_err(|e| FolderError::Unavailable(format!("no random numbers for a key: {e}")))?;
+                let temporary = cache_file::write_temporary(dir, KEY_FILE, &key, 0o600).map_err(|e| {
+                    FolderError::Unavailable(format!("cannot create its key file {}: {e}", path.display()))
+                })?;
                 // link(2) never replaces an existing name: of two processes
                 // making a key at once, one wins and the other reads it.
                 let linked = std::fs::hard_link(&temporary, &path);
@@ -156,10 +171,17 @@ fn folder_key(dir: &Path, euid: u32) -> Result<[u8; KEY_LEN], FolderError> {
                 match linked {
                     Ok(()) => return Ok(key),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(FolderError::Unavailable(format!("cannot create its key file {}: {e}", path.display()))),
+                    Err(e) => {
+                        return Err(FolderError::Unavailable(format!(
+                            "cannot create its key file {}: {e}",
+                            path.display()
+                        )))
+                    }
                 }
             }
-            Err(e @ (OpenError::Symlink { .. } | OpenError::NotRegular { .. })) => return Err(FolderError::Untrusted(format!("its key file {e}"))),
+            Err(e @ (OpenError::Symlink { .. } | OpenError::NotRegular { .. })) => {
+                return Err(FolderError::Untrusted(format!("its key file {e}")))
+            }
             Err(e) => return Err(FolderError::Unavailable(e.to_string())),
         }
     }
@@ -229,7 +251,11 @@ fn warn_once(warn: &mut dyn FnMut(&str), message: &str) {
 ///
 /// # Errors
 /// When the module does not compile.
-pub fn load_or_compile<T>(engine: &dyn Engine<T>, wasm: &[u8], warn: &mut dyn FnMut(&str)) -> Result<(Arc<dyn Module<T>>, Outcome), RuntimeError> {
+pub fn load_or_compile<T>(
+    engine: &dyn Engine<T>,
+    wasm: &[u8],
+    warn: &mut dyn FnMut(&str),
+) -> Result<(Arc<dyn Module<T>>, Outcome), RuntimeError> {
     load_or_compile_in(engine, wasm, &folders(), warn)
 }
 
@@ -237,9 +263,17 @@ pub fn load_or_compile<T>(engine: &dyn Engine<T>, wasm: &[u8], warn: &mut dyn Fn
 ///
 /// # Errors
 /// When the module does not compile.
-pub fn load_or_compile_in<T>(engine: &dyn Engine<T>, wasm: &[u8], dirs: &[PathBuf], warn: &mut dyn FnMut(&str)) -> Result<(Arc<dyn Module<T>>, Outcome), RuntimeError> {
+pub fn load_or_compile_in<T>(
+    engine: &dyn Engine<T>,
+    wasm: &[u8],
+    dirs: &[PathBuf],
+    warn: &mut dyn FnMut(&str),
+) -> Result<(Arc<dyn Module<T>>, Outcome), RuntimeError> {
     let Some(fingerprint) = engine.compiled_code_fingerprint() else {
-        return Ok((engine.compile(wasm)?, Outcome::NotStored(format!("{} does not compile to native code", engine.name()))));
+        return Ok((
+            engine.compile(wasm)?,
+            Outcome::NotStored(format!("{} does not compile to native code", engine.name())),
+        ));
     };
     let name = format!("{}-{fingerprint}.cwasm", hex(&sha256(wasm)));
     let euid = cache_file::euid();
@@ -260,7 +294,10 @@ pub fn load_or_compile_in<T>(engine: &dyn Engine<T>, wasm: &[u8], dirs: &[PathBu
     }
     if usable.is_empty() {
         let why = refused.iter().map(|(dir, e)| format!("{}: {e}", dir.display())).collect::<Vec<_>>().join("; ");
-        return Ok((engine.compile(wasm)?, Outcome::NotStored(format!("no usable compiled-module cache folder ({why})"))));
+        return Ok((
+            engine.compile(wasm)?,
+            Outcome::NotStored(format!("no usable compiled-module cache folder ({why})")),
+        ));
     }
     for folder in &usable {
         let path = folder.path.join(&name);
@@ -302,8 +339,14 @@ mod tests {
 
     #[test]
     fn hmac_sha256_matches_rfc_4231() {
-        assert_eq!(hex(&hmac_sha256(&[0x0b; 20], &[b"Hi ", b"There"])), "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
-        assert_eq!(hex(&hmac_sha256(b"Jefe", &[b"what do ya want for nothing?"])), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            hex(&hmac_sha256(&[0x0b; 20], &[b"Hi ", b"There"])),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        assert_eq!(
+            hex(&hmac_sha256(b"Jefe", &[b"what do ya want for nothing?"])),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

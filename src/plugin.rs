@@ -31,7 +31,12 @@ pub struct PluginInfo {
 }
 
 impl PluginInfo {
-    pub fn new(name: impl Into<String>, root_id: impl Into<String>, vm_id: impl Into<String>, configuration: impl Into<Vec<u8>>) -> PluginInfo {
+    pub fn new(
+        name: impl Into<String>,
+        root_id: impl Into<String>,
+        vm_id: impl Into<String>,
+        configuration: impl Into<Vec<u8>>,
+    ) -> PluginInfo {
         PluginInfo {
             name: name.into(),
             root_id: root_id.into(),

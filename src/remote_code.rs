@@ -47,10 +47,7 @@ pub enum FetchError {
 /// Lowercase hex SHA-256 of `bytes`.
 #[must_use]
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where the module was found.
@@ -68,10 +65,7 @@ pub enum Origin {
 pub fn cache_dirs(remote: &RemoteCode) -> Vec<PathBuf> {
     match &remote.cache_dir {
         Some(dir) => vec![dir.clone()],
-        None => vec![
-            PathBuf::from(RemoteCode::DEFAULT_CACHE_DIR),
-            std::env::temp_dir().join("proxy-wasm-host"),
-        ],
+        None => vec![PathBuf::from(RemoteCode::DEFAULT_CACHE_DIR), std::env::temp_dir().join("proxy-wasm-host")],
     }
 }
 
@@ -88,10 +82,7 @@ pub fn cache_file_name(remote: &RemoteCode) -> String {
 ///
 /// # Errors
 /// When the download fails or its hash is not the configured one.
-pub fn fetch(
-    remote: &RemoteCode,
-    warn: &mut dyn FnMut(String),
-) -> Result<(Vec<u8>, Origin), FetchError> {
+pub fn fetch(remote: &RemoteCode, warn: &mut dyn FnMut(String)) -> Result<(Vec<u8>, Origin), FetchError> {
     let expected = remote.sha256_hex();
     let dirs = cache_dirs(remote);
     let name = cache_file_name(remote);
@@ -124,11 +115,7 @@ pub fn fetch(
     let bytes = download(remote)?;
     let actual = sha256_hex(&bytes);
     if actual != expected {
-        return Err(FetchError::Mismatch {
-            uri: remote.uri.clone(),
-            expected,
-            actual,
-        });
+        return Err(FetchError::Mismatch { uri: remote.uri.clone(), expected, actual });
     }
     let mut failures = Vec::new();
     for dir in &dirs {
@@ -150,26 +137,15 @@ const MAX_MODULE_RESPONSE_BYTES: u64 = 64 << 20;
 
 /// One GET, no redirects: the body of a 200 response.
 fn download(remote: &RemoteCode) -> Result<Vec<u8>, FetchError> {
-    let fail = |message: String| FetchError::Download {
-        uri: remote.uri.clone(),
-        message,
-    };
+    let fail = |message: String| FetchError::Download { uri: remote.uri.clone(), message };
     let request = HttpCallRequest {
         upstream: remote.upstream.clone(),
         headers: vec![
             (b":method".to_vec(), b"GET".to_vec()),
             (b":path".to_vec(), remote.path.clone().into_bytes()),
-            (
-                b":authority".to_vec(),
-                remote.authority.clone().into_bytes(),
-            ),
+            (b":authority".to_vec(), remote.authority.clone().into_bytes()),
             (b"accept".to_vec(), b"application/wasm, */*".to_vec()),
-            (
-                b"user-agent".to_vec(),
-                concat!("proxy-wasm-host/", env!("CARGO_PKG_VERSION"))
-                    .as_bytes()
-                    .to_vec(),
-            ),
+            (b"user-agent".to_vec(), concat!("proxy-wasm-host/", env!("CARGO_PKG_VERSION")).as_bytes().to_vec()),
         ],
         body: Vec::new(),
         trailers: Vec::new(),
@@ -225,13 +201,7 @@ mod tests {
 
     #[test]
     fn sha256_of_known_inputs() {
-        assert_eq!(
-            sha256_hex(b""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

@@ -79,7 +79,14 @@ pub trait SharedDataStore: Send + Sync {
     /// The key and value count for `writer.vm_id` from then on; a write that
     /// would take its bytes above `writer.max_bytes` is refused
     /// ([`SharedError::OverQuota`]); one that does not grow them always passes.
-    fn set_within(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, writer: Writer<'_>) -> Result<(), SharedError>;
+    fn set_within(
+        &self,
+        vm_id: &str,
+        key: &[u8],
+        value: &[u8],
+        cas: u32,
+        writer: Writer<'_>,
+    ) -> Result<(), SharedError>;
     /// [`SharedDataStore::set_within`] by `vm_id` itself, without a cap.
     fn set(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
         self.set_within(vm_id, key, value, cas, Writer { vm_id, max_bytes: u64::MAX }).map_err(|e| e.status())
@@ -245,7 +252,14 @@ impl SharedDataStore for InProcessStore {
         self.lock().data.get(&(vm_id.to_string(), key.to_vec())).map(|e| (e.value.clone(), e.cas))
     }
 
-    fn set_within(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, writer: Writer<'_>) -> Result<(), SharedError> {
+    fn set_within(
+        &self,
+        vm_id: &str,
+        key: &[u8],
+        value: &[u8],
+        cas: u32,
+        writer: Writer<'_>,
+    ) -> Result<(), SharedError> {
         let mut inner = self.lock();
         let slot = (vm_id.to_string(), key.to_vec());
         // A CAS only guards an existing key: on an absent one the value is
@@ -288,10 +302,19 @@ impl QueueStore for InProcessStore {
             return Err(SharedError::TooManyQueues { vm_id: vm_id.to_string() });
         }
         if inner.queues.len() >= MAX_PROCESS_QUEUES {
-            return Err(SharedError::Full(format!("the process holds {MAX_PROCESS_QUEUES} shared queues, the most it may")));
+            return Err(SharedError::Full(format!(
+                "the process holds {MAX_PROCESS_QUEUES} shared queues, the most it may"
+            )));
         }
         let tag = random_tag();
-        inner.queues.push(Queue { vm_id: vm_id.into(), name: name.into(), tag, items: VecDeque::new(), limits, owner: Some(owner) });
+        inner.queues.push(Queue {
+            vm_id: vm_id.into(),
+            name: name.into(),
+            tag,
+            items: VecDeque::new(),
+            limits,
+            owner: Some(owner),
+        });
         Ok(make_id(inner.queues.len() - 1, tag))
     }
 
@@ -427,7 +450,10 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..5000 {
                         loop {
-                            let (v, cas) = s.get("vm", b"n").map(|(v, c)| (String::from_utf8(v).unwrap().parse::<u64>().unwrap(), c)).unwrap();
+                            let (v, cas) = s
+                                .get("vm", b"n")
+                                .map(|(v, c)| (String::from_utf8(v).unwrap().parse::<u64>().unwrap(), c))
+                                .unwrap();
                             if s.set("vm", b"n", (v + 1).to_string().as_bytes(), cas).is_ok() {
                                 break;
                             }
@@ -471,7 +497,10 @@ mod tests {
         for i in 0..3 {
             s.set_within(&format!("elsewhere{i}"), b"k", &[0; 39], 0, w("sprayer", 130)).unwrap();
         }
-        assert!(matches!(s.set_within("elsewhere3", b"k", &[0; 39], 0, w("sprayer", 130)), Err(SharedError::OverQuota { .. })));
+        assert!(matches!(
+            s.set_within("elsewhere3", b"k", &[0; 39], 0, w("sprayer", 130)),
+            Err(SharedError::OverQuota { .. })
+        ));
         assert_eq!((s.held_bytes("sprayer"), s.held_bytes("elsewhere0")), (120, 0));
         // The owner overwriting it takes the bytes over; the sprayer gets them back.
         s.set_within("elsewhere0", b"k", b"mine", 0, w("elsewhere0", 100)).unwrap();
@@ -516,7 +545,10 @@ mod tests {
         for i in 0..MAX_QUEUES_PER_VM {
             s.register("vm", &format!("q{i}"), owner(), QueueLimits::UNLIMITED).unwrap();
         }
-        assert_eq!(s.register("vm", "one more", owner(), QueueLimits::UNLIMITED), Err(SharedError::TooManyQueues { vm_id: "vm".into() }));
+        assert_eq!(
+            s.register("vm", "one more", owner(), QueueLimits::UNLIMITED),
+            Err(SharedError::TooManyQueues { vm_id: "vm".into() })
+        );
         assert!(s.register("vm", "q0", owner(), QueueLimits::UNLIMITED).is_ok(), "re-registering is not a new queue");
         assert!(s.register("other", "q", owner(), QueueLimits::UNLIMITED).is_ok());
     }

@@ -35,7 +35,10 @@ fn start_with_filter(test: &str, configuration: &str) -> (Origin, TrafficServer)
     e2e::ats::require_plugin_so();
     let origin = Origin::start();
     let ats = TrafficServer::start(
-        AtsOptions::new(test).origin(origin.port()).file("filter.yaml", rust_filter_yaml("rust-filter", configuration)).global_plugin(&["filter.yaml"]),
+        AtsOptions::new(test)
+            .origin(origin.port())
+            .file("filter.yaml", rust_filter_yaml("rust-filter", configuration))
+            .global_plugin(&["filter.yaml"]),
     );
     (origin, ats)
 }
@@ -49,14 +52,23 @@ fn every_response_passes_the_filter_and_gets_its_header() {
     assert_eq!(resp.header("x-proxy-wasm"), Some("rust-sdk"), "{}", ats.log_report());
     assert_eq!(origin.wait_for_requests(1, WAIT)[0].path, "/hello");
     let runtime = e2e::runtime_override().unwrap_or_else(|| "wasmtime".into());
-    assert!(ats.diags_log().contains(&format!("loaded plugin \"rust-filter\" (ABI 0.2.1, {runtime})")), "{}", ats.log_report());
+    assert!(
+        ats.diags_log().contains(&format!("loaded plugin \"rust-filter\" (ABI 0.2.1, {runtime})")),
+        "{}",
+        ats.log_report()
+    );
 }
 
 #[test]
 fn request_and_response_headers_are_read_and_rewritten() {
     let (origin, ats) = start_with_filter("ats-headers", r#"{"tag":"ats"}"#);
     let resp = ats
-        .send(&Request::get("/h?q=1").header("x-pw-test", "headers, pseudo").header("x-pw-echo", "echo me").header("x-pw-remove", "gone"))
+        .send(
+            &Request::get("/h?q=1")
+                .header("x-pw-test", "headers, pseudo")
+                .header("x-pw-echo", "echo me")
+                .header("x-pw-remove", "gone"),
+        )
         .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(resp.status, 200, "{}", ats.log_report());
     let seen = &origin.wait_for_requests(1, WAIT)[0];
@@ -83,7 +95,12 @@ fn request_and_response_headers_are_read_and_rewritten() {
 fn a_local_response_from_request_headers_never_reaches_the_origin() {
     let (origin, ats) = start_with_filter("ats-local", "");
     let resp = ats
-        .send(&Request::get("/admin").header("x-pw-test", "local").header("x-pw-local-status", "418").header("x-pw-local-body", "no tea"))
+        .send(
+            &Request::get("/admin")
+                .header("x-pw-test", "local")
+                .header("x-pw-local-status", "418")
+                .header("x-pw-local-body", "no tea"),
+        )
         .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(resp.status, 418, "{}", ats.log_report());
     assert_eq!(resp.body_str(), "no tea");
@@ -99,7 +116,11 @@ fn properties_have_envoy_names_and_encodings() {
     assert_eq!(resp.header("x-pw-prop-request-path"), Some("/p/x?y=2"));
     assert_eq!(resp.header("x-pw-prop-request-method"), Some("GET"));
     assert_eq!(resp.header("x-pw-prop-header"), Some("v"));
-    assert!(resp.header("x-pw-prop-source-address").is_some_and(|a| a.starts_with("127.0.0.1:")), "{:?}", resp.header("x-pw-prop-source-address"));
+    assert!(
+        resp.header("x-pw-prop-source-address").is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{:?}",
+        resp.header("x-pw-prop-source-address")
+    );
     assert!(resp.header("x-pw-prop-source-port").is_some_and(|p| p.parse::<u16>().is_ok()));
     assert_eq!(resp.header("x-pw-prop-plugin-name"), Some("rust-filter"));
     assert_eq!(resp.header("x-pw-prop-plugin-vm-id"), Some("rust-filter_vm"));
@@ -116,7 +137,8 @@ fn on_log_runs_once_per_transaction_after_the_response() {
     }
     // on_log of a request runs after its response: read the counter with a fourth request.
     std::thread::sleep(Duration::from_millis(200));
-    let r = ats.send(&Request::get("/count").header("x-pw-test", "shared-get").header("x-pw-key", "log.count")).unwrap();
+    let r =
+        ats.send(&Request::get("/count").header("x-pw-test", "shared-get").header("x-pw-key", "log.count")).unwrap();
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert_eq!(r.body_str(), "3");
     let r = ats.send(&Request::get("/last").header("x-pw-test", "shared-get").header("x-pw-key", "log.last")).unwrap();
@@ -168,7 +190,9 @@ fn ticks_run_at_the_period_the_plugin_asked_for() {
 #[test]
 fn a_request_paused_in_on_request_headers_is_resumed_from_on_tick() {
     let (origin, ats) = start_with_filter("ats-tick-resume", r#"{"tick_ms":50}"#);
-    let r = ats.send(&Request::get("/wait").header("x-pw-test", "tick-resume")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    let r = ats
+        .send(&Request::get("/wait").header("x-pw-test", "tick-resume"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert_eq!(r.header("x-pw-resumed-by"), Some("tick"));
     assert_eq!(origin.wait_for_requests(1, WAIT)[0].header("x-pw-resumed-by"), Some("tick"));
@@ -189,14 +213,19 @@ fn the_body_of_a_request_paused_in_on_request_headers_reaches_the_plugin_after_t
         assert_eq!(r.status, 200, "{}", ats.log_report());
         assert_eq!(r.header("x-pw-first-body-call-resumed-by"), Some("tick"), "chunked={chunked}");
         let seen = origin.requests().into_iter().find(|q| q.path == path).expect("the origin got the request");
-        assert_eq!((seen.header("x-pw-resumed-by"), seen.body_str().as_str()), (Some("tick"), "held with the headers"), "chunked={chunked}");
+        assert_eq!(
+            (seen.header("x-pw-resumed-by"), seen.body_str().as_str()),
+            (Some("tick"), "held with the headers"),
+            "chunked={chunked}"
+        );
     }
 }
 
 #[test]
 fn an_enqueued_item_reaches_on_queue_ready_of_the_registering_root() {
     let (_origin, ats) = start_with_filter("ats-queue", "");
-    let r = ats.send(&Request::get("/q").header("x-pw-test", "enqueue").header("x-pw-queue-value", "hello-ats")).unwrap();
+    let r =
+        ats.send(&Request::get("/q").header("x-pw-test", "enqueue").header("x-pw-queue-value", "hello-ats")).unwrap();
     assert_eq!(r.header("x-pw-enqueue"), Some("OK"), "{}", ats.log_report());
     assert_eq!(r.header("x-pw-queue-resolve"), Some("OK"));
     assert_eq!(wait_shared(&ats, "queue.last", |v| v == "hello-ats"), "hello-ats", "{}", ats.log_report());
@@ -208,9 +237,15 @@ fn a_request_paused_in_on_request_headers_is_resumed_from_on_queue_ready() {
     let origin = Origin::start();
     // One thread: on_queue_ready runs in the instance that holds the paused request.
     let ats = TrafficServer::start(
-        AtsOptions::new("ats-queue-resume").origin(origin.port()).exec_threads(1).file("filter.yaml", rust_filter_yaml("rust-filter", "")).global_plugin(&["filter.yaml"]),
+        AtsOptions::new("ats-queue-resume")
+            .origin(origin.port())
+            .exec_threads(1)
+            .file("filter.yaml", rust_filter_yaml("rust-filter", ""))
+            .global_plugin(&["filter.yaml"]),
     );
-    let r = ats.send(&Request::get("/qr").header("x-pw-test", "queue-resume")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    let r = ats
+        .send(&Request::get("/qr").header("x-pw-test", "queue-resume"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert_eq!(r.header("x-pw-resumed-by"), Some("queue"));
     assert_eq!(origin.wait_for_requests(1, WAIT)[0].header("x-pw-resumed-by"), Some("queue"));
@@ -221,7 +256,10 @@ fn a_plugin_that_rejects_its_configuration_is_reported_at_start_up() {
     e2e::ats::require_plugin_so();
     let origin = Origin::start();
     let ats = TrafficServer::start(
-        AtsOptions::new("ats-reject").origin(origin.port()).file("filter.yaml", rust_filter_yaml("picky", r#"{"reject":true}"#)).global_plugin(&["filter.yaml"]),
+        AtsOptions::new("ats-reject")
+            .origin(origin.port())
+            .file("filter.yaml", rust_filter_yaml("picky", r#"{"reject":true}"#))
+            .global_plugin(&["filter.yaml"]),
     );
     assert!(ats.wait_for_log("plugin picky: proxy_on_configure returned false", WAIT), "{}", ats.log_report());
     assert_eq!(ats.get("/").unwrap().status, 200);
@@ -231,10 +269,20 @@ fn a_plugin_that_rejects_its_configuration_is_reported_at_start_up() {
 fn start_with_callout(test: &str, threads: usize) -> (Origin, Origin, TrafficServer) {
     e2e::ats::require_plugin_so();
     let origin = Origin::start();
-    let callout = Origin::with_handler(|req| e2e::origin::Response::text(200, format!("pong {}", req.header("x-pw-context-id").unwrap_or("?"))).header("x-callout", "yes"));
-    let config = format!(r#"{{"upstream":"127.0.0.1:{}","authority":"callout.test","callout_timeout_ms":3000,"fail_timeout_ms":500}}"#, callout.port());
+    let callout = Origin::with_handler(|req| {
+        e2e::origin::Response::text(200, format!("pong {}", req.header("x-pw-context-id").unwrap_or("?")))
+            .header("x-callout", "yes")
+    });
+    let config = format!(
+        r#"{{"upstream":"127.0.0.1:{}","authority":"callout.test","callout_timeout_ms":3000,"fail_timeout_ms":500}}"#,
+        callout.port()
+    );
     let ats = TrafficServer::start(
-        AtsOptions::new(test).origin(origin.port()).exec_threads(threads).file("filter.yaml", rust_filter_yaml("rust-filter", &config)).global_plugin(&["filter.yaml"]),
+        AtsOptions::new(test)
+            .origin(origin.port())
+            .exec_threads(threads)
+            .file("filter.yaml", rust_filter_yaml("rust-filter", &config))
+            .global_plugin(&["filter.yaml"]),
     );
     (origin, callout, ats)
 }
@@ -242,7 +290,9 @@ fn start_with_callout(test: &str, threads: usize) -> (Origin, Origin, TrafficSer
 #[test]
 fn http_call_pauses_the_request_and_its_answer_resumes_it() {
     let (origin, callout, ats) = start_with_callout("ats-callout", 2);
-    let r = ats.send(&Request::get("/c").header("x-pw-test", "http-call")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    let r = ats
+        .send(&Request::get("/c").header("x-pw-test", "http-call"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert_eq!(r.header("x-pw-callout-dispatch"), Some("OK"));
     assert_eq!(r.header("x-pw-callout-status"), Some("200"));
@@ -262,7 +312,9 @@ fn http_call_pauses_the_request_and_its_answer_resumes_it() {
 #[test]
 fn a_failed_http_call_still_calls_back_with_zero_headers() {
     let (origin, _callout, ats) = start_with_callout("ats-callout-fail", 2);
-    let r = ats.send(&Request::get("/f").header("x-pw-test", "http-call-fail")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    let r = ats
+        .send(&Request::get("/f").header("x-pw-test", "http-call-fail"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert_eq!(r.header("x-pw-callout-dispatch"), Some("OK"));
     assert_eq!(r.header("x-pw-callout-failed"), Some("1"));
@@ -273,7 +325,9 @@ fn a_failed_http_call_still_calls_back_with_zero_headers() {
 #[test]
 fn a_local_response_can_answer_from_the_http_call_callback() {
     let (origin, _callout, ats) = start_with_callout("ats-callout-local", 2);
-    let r = ats.send(&Request::get("/l").header("x-pw-test", "http-call-local")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    let r = ats
+        .send(&Request::get("/l").header("x-pw-test", "http-call-local"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert!(r.body_str().starts_with("callout:pong "), "{}", r.body_str());
     origin.assert_no_new_requests(Duration::from_millis(300));
@@ -286,7 +340,10 @@ fn two_hundred_concurrent_requests_paused_on_http_call_are_all_answered_correctl
     let handles: Vec<_> = (0..200)
         .map(|i| {
             std::thread::spawn(move || {
-                let r = Request::get(&format!("/c/{i}")).header("x-pw-test", "http-call").timeout(Duration::from_secs(20)).send(port);
+                let r = Request::get(&format!("/c/{i}"))
+                    .header("x-pw-test", "http-call")
+                    .timeout(Duration::from_secs(20))
+                    .send(port);
                 (i, r)
             })
         })
@@ -323,9 +380,11 @@ fn remap_plugins_filter_only_their_rule_and_run_after_global_ones() {
             .file("global.yaml", rust_filter_yaml("global-filter", r#"{"tag":"global"}"#))
             .global_plugin(&["global.yaml"]),
     );
-    let filtered = ats.send(&Request::get("/a").host("filtered.test")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    let filtered =
+        ats.send(&Request::get("/a").host("filtered.test")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(filtered.status, 200, "{}", ats.log_report());
-    let tags: Vec<&str> = filtered.headers.iter().filter(|(k, _)| k == "x-proxy-wasm").map(|(_, v)| v.as_str()).collect();
+    let tags: Vec<&str> =
+        filtered.headers.iter().filter(|(k, _)| k == "x-proxy-wasm").map(|(_, v)| v.as_str()).collect();
     // Within one configuration response callbacks run in reverse order; across the
     // global set and a rule's set, Traffic Server runs the hooks in the order they
     // were added, global first.
@@ -348,7 +407,11 @@ fn a_remap_rule_whose_yaml_is_broken_answers_503_and_names_the_key() {
     let ats = TrafficServer::start(
         AtsOptions::new("ats-remap-broken").origin(port).remap_config(remap).file("broken.yaml", "config:\n  name: b\n  vm_config:\n    vm_idd: x\n    code: { local: { filename: nope.wasm } }\n# e2e: keep runtime (positions in the error)\n"),
     );
-    assert!(ats.wait_for_log("broken.yaml:4:5: config.vm_config: unknown key \"vm_idd\"", WAIT), "{}", ats.log_report());
+    assert!(
+        ats.wait_for_log("broken.yaml:4:5: config.vm_config: unknown key \"vm_idd\"", WAIT),
+        "{}",
+        ats.log_report()
+    );
     assert_eq!(ats.send(&Request::get("/").host("broken.test")).unwrap().status, 503);
     assert_eq!(ats.send(&Request::get("/").host("fine.test")).unwrap().status, 200);
 }
@@ -358,7 +421,10 @@ fn request_and_response_bodies_are_rewritten_small_and_1_mib_and_chunked() {
     let (origin, ats) = start_with_filter("ats-bodies", "");
     // Small, request: upper-case, with prefix and suffix; the origin echoes.
     let r = ats
-        .send(&Request::post("/echo", "hello world").header("x-pw-test", "req-body-upper, req-body-prefix, req-body-append"))
+        .send(
+            &Request::post("/echo", "hello world")
+                .header("x-pw-test", "req-body-upper, req-body-prefix, req-body-append"),
+        )
         .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert_eq!(origin.wait_for_requests(1, WAIT)[0].body_str(), "[pw]HELLO WORLD[/pw]");
@@ -372,7 +438,12 @@ fn request_and_response_bodies_are_rewritten_small_and_1_mib_and_chunked() {
     origin.clear();
     let big: Vec<u8> = (0..(1 << 20)).map(|i| b"abcdefghijklmnopqrstuvwxyz\n"[i % 27]).collect();
     let r = ats
-        .send(&Request::post("/echo/big", big.clone()).chunked(64 * 1024).header("x-pw-test", "req-body-upper, resp-body-splice").timeout(Duration::from_secs(20)))
+        .send(
+            &Request::post("/echo/big", big.clone())
+                .chunked(64 * 1024)
+                .header("x-pw-test", "req-body-upper, resp-body-splice")
+                .timeout(Duration::from_secs(20)),
+        )
         .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(r.status, 200);
     let upper = big.to_ascii_uppercase();
@@ -390,7 +461,9 @@ fn request_and_response_bodies_are_rewritten_small_and_1_mib_and_chunked() {
 fn body_callbacks_see_the_cumulative_size_and_end_of_stream_once() {
     let (_origin, ats) = start_with_filter("ats-body-info", "");
     let body: Vec<u8> = vec![b'x'; 200_000];
-    let r = ats.send(&Request::post("/echo", body).chunked(10_000).header("x-pw-test", "body-info")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    let r = ats
+        .send(&Request::post("/echo", body).chunked(10_000).header("x-pw-test", "body-info"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-pw-req-headers-eos"), Some("false"));
     assert_eq!(r.header("x-pw-req-body-eos-calls"), Some("1"));
@@ -408,7 +481,6 @@ fn body_callbacks_see_the_cumulative_size_and_end_of_stream_once() {
     let no_body = ats.send(&Request::get("/g").header("x-pw-test", "body-info")).unwrap();
     assert_eq!(no_body.header("x-pw-req-headers-eos"), Some("true"));
 }
-
 
 #[test]
 fn plugin_metrics_are_traffic_server_stats() {
@@ -436,8 +508,16 @@ fn plugin_metrics_are_traffic_server_stats() {
             break;
         }
     }
-    assert!(stats.contains(counter), "{}", stats.lines().filter(|l| l.contains("proxy_wasm")).collect::<Vec<_>>().join("\n"));
-    assert!(stats.contains(r#""proxy_wasm.pwtest.gauge": "6""#), "{}", stats.lines().filter(|l| l.contains("proxy_wasm")).collect::<Vec<_>>().join("\n"));
+    assert!(
+        stats.contains(counter),
+        "{}",
+        stats.lines().filter(|l| l.contains("proxy_wasm")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        stats.contains(r#""proxy_wasm.pwtest.gauge": "6""#),
+        "{}",
+        stats.lines().filter(|l| l.contains("proxy_wasm")).collect::<Vec<_>>().join("\n")
+    );
     assert!(stats.contains(r#""proxy_wasm.pwtest.histogram.count": "3""#));
     assert!(stats.contains(r#""proxy_wasm.pwtest.histogram.sum": "21""#));
 }

@@ -36,7 +36,10 @@ fn options(test: &str, origin_port: u16, routes: &[Route]) -> AtsOptions {
     let mut opts = AtsOptions::new(test).origin(origin_port);
     for r in routes {
         let file = format!("{}.yaml", r.host);
-        remap.push_str(&format!("map http://{}/ http://127.0.0.1:{origin_port}/ @plugin={PLUGIN_SO} @pparam=@ETC@/{file}\n", r.host));
+        remap.push_str(&format!(
+            "map http://{}/ http://127.0.0.1:{origin_port}/ @plugin={PLUGIN_SO} @pparam=@ETC@/{file}\n",
+            r.host
+        ));
         opts = opts.file(file, r.yaml.clone());
     }
     opts.remap_config(remap)
@@ -55,8 +58,13 @@ fn a_configuration_an_example_rejects_is_logged_with_its_key_and_the_rule_answer
     let origin = e2e::origin::Origin::start();
     let routes = [apisix_examples::route("rr-bad", "response_rewrite", r#"{"status_code": 99}"#, "")];
     let ats = TrafficServer::start(options("apisix-rejected", origin.port(), &routes));
-    ats.expect_log("response-rewrite: status_code: 99 is not an HTTP status from 200 to 598", std::time::Duration::from_secs(10));
-    let r = ats.send(&Request::get("/rejected").host("rr-bad.test")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    ats.expect_log(
+        "response-rewrite: status_code: 99 is not an HTTP status from 200 to 598",
+        std::time::Duration::from_secs(10),
+    );
+    let r = ats
+        .send(&Request::get("/rejected").host("rr-bad.test"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(r.status, 503, "{}", ats.log_report());
     origin.assert_no_new_requests(std::time::Duration::from_millis(300));
 }

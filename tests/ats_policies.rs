@@ -21,10 +21,17 @@ fn global_and_per_route_plugins_with_one_vm_id_share_their_shared_data() {
     e2e::ats::require_plugin_so();
     let origin = Origin::start();
     let port = origin.port();
-    let yaml = |name: &str| format!("config:\n  name: {name}\n  vm_config:\n    vm_id: common\n    code: {{ local: {{ filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\" }} }}\n");
+    let yaml = |name: &str| {
+        format!("config:\n  name: {name}\n  vm_config:\n    vm_id: common\n    code: {{ local: {{ filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\" }} }}\n")
+    };
     let remap = format!("map http://route.test/ http://127.0.0.1:{port}/ @plugin=proxy_wasm_ats.so @pparam=route.yaml\nmap / http://127.0.0.1:{port}/\n");
     let ats = TrafficServer::start(
-        AtsOptions::new("ats-shared-global-remap").origin(port).remap_config(remap).file("global.yaml", yaml("global")).file("route.yaml", yaml("route")).global_plugin(&["global.yaml"]),
+        AtsOptions::new("ats-shared-global-remap")
+            .origin(port)
+            .remap_config(remap)
+            .file("global.yaml", yaml("global"))
+            .file("route.yaml", yaml("route"))
+            .global_plugin(&["global.yaml"]),
     );
     // On route.test both plugins count (2 per request); elsewhere only the global one.
     let r = send(&ats, Request::get("/").host("other.test").header("x-pw-test", "shared").header("x-pw-key", "hits"));

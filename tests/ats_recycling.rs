@@ -20,13 +20,21 @@ fn start(test: &str, kill_options: &str) -> (Origin, TrafficServer) {
     let yaml = format!(
         "config:\n  name: recycled\n  vm_config:\n    vm_id: {test}\n    kill_options: {kill_options}\n    code: {{ local: {{ filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\" }} }}\n"
     );
-    let ats = TrafficServer::start(AtsOptions::new(test).origin(origin.port()).exec_threads(1).file("filter.yaml", yaml).global_plugin(&["filter.yaml"]));
+    let ats = TrafficServer::start(
+        AtsOptions::new(test)
+            .origin(origin.port())
+            .exec_threads(1)
+            .file("filter.yaml", yaml)
+            .global_plugin(&["filter.yaml"]),
+    );
     (origin, ats)
 }
 
 /// How many times the plugin's VM started (start-up check included), read through the plugin.
 fn vm_starts(ats: &TrafficServer) -> u64 {
-    let r = ats.send(&Request::get("/").header("x-pw-test", "shared-get").header("x-pw-key", "vm.starts")).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    let r = ats
+        .send(&Request::get("/").header("x-pw-test", "shared-get").header("x-pw-key", "vm.starts"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!(r.status, 200, "{}", ats.log_report());
     r.body_str().parse().unwrap_or_else(|_| panic!("vm.starts = {:?}", r.body_str()))
 }
@@ -49,7 +57,14 @@ fn an_instance_whose_memory_passes_max_memory_usage_is_replaced() {
     // 1% of 4 GiB (no memory limit set) is about 41 MiB; the request allocates 64 MiB.
     let (_origin, ats) = start("ats-recycle-memory", "{ max_memory_usage: 0.01 }");
     let before = vm_starts(&ats);
-    let r = ats.send(&Request::get("/").header("x-pw-test", "alloc").header("x-pw-alloc-mb", "64").timeout(Duration::from_secs(20))).unwrap();
+    let r = ats
+        .send(
+            &Request::get("/")
+                .header("x-pw-test", "alloc")
+                .header("x-pw-alloc-mb", "64")
+                .timeout(Duration::from_secs(20)),
+        )
+        .unwrap();
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert!(vm_starts(&ats) > before, "{}", ats.log_report());
     assert!(ats.diags_log().contains("kill_options.max_memory_usage 0.01"), "{}", ats.log_report());
@@ -59,7 +74,11 @@ fn an_instance_whose_memory_passes_max_memory_usage_is_replaced() {
 fn an_instance_unused_for_max_unused_duration_is_shut_down_and_a_fresh_one_serves_the_next_request() {
     let (_origin, ats) = start("ats-recycle-idle", "{ max_unused_duration: 1s }");
     let before = vm_starts(&ats);
-    assert!(ats.wait_for_log("replaced after recycling: recycled: unused for", Duration::from_secs(10)), "{}", ats.log_report());
+    assert!(
+        ats.wait_for_log("replaced after recycling: recycled: unused for", Duration::from_secs(10)),
+        "{}",
+        ats.log_report()
+    );
     let r = ats.get("/").unwrap();
     assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")));
     assert!(vm_starts(&ats) > before, "{}", ats.log_report());

@@ -59,7 +59,9 @@ impl Traffic {
                     while !stop.load(Ordering::Relaxed) {
                         sent += 1;
                         match Request::get("/flow").host(host).timeout(Duration::from_secs(10)).send(port) {
-                            Ok(r) if r.status == 200 && r.header("x-proxy-wasm").is_some_and(|t| allowed_tags.contains(&t)) => {}
+                            Ok(r)
+                                if r.status == 200
+                                    && r.header("x-proxy-wasm").is_some_and(|t| allowed_tags.contains(&t)) => {}
                             Ok(r) => failures.push(format!("status {} tag {:?}", r.status, r.header("x-proxy-wasm"))),
                             Err(e) => failures.push(e.to_string()),
                         }
@@ -73,10 +75,13 @@ impl Traffic {
 
     fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        self.workers.into_iter().map(|w| w.join().expect("client thread")).fold((0, Vec::new()), |(n, mut f), (sent, failures)| {
-            f.extend(failures);
-            (n + sent, f)
-        })
+        self.workers.into_iter().map(|w| w.join().expect("client thread")).fold(
+            (0, Vec::new()),
+            |(n, mut f), (sent, failures)| {
+                f.extend(failures);
+                (n + sent, f)
+            },
+        )
     }
 }
 
@@ -101,14 +106,24 @@ fn a_reload_rereads_the_global_yaml_while_requests_flow_and_a_broken_yaml_keeps_
     ats.reload_and_wait("[proxy_wasm] reloaded 1 global plugin(s)", RELOAD_WAIT);
     std::thread::sleep(Duration::from_millis(500));
     let (sent, failures) = traffic.finish();
-    assert!(failures.is_empty(), "{} of {sent} requests failed during the reload: {:?}\n{}", failures.len(), &failures[..failures.len().min(10)], ats.log_report());
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed during the reload: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(10)],
+        ats.log_report()
+    );
     assert!(sent > 20, "only {sent} requests were sent during the reload");
     assert_eq!(tag(&ats, "a.test"), "v2");
 
     // A broken file: the error names file, line and key; the v2 plugins stay.
     ats.write_config("filter.yaml", &broken_yaml("reloading"));
     ats.reload_and_wait("reload failed, keeping the plugins in use", RELOAD_WAIT);
-    assert!(ats.diags_log().contains("filter.yaml:4:5: config.vm_config: unknown key \"vm_idd\""), "{}", ats.log_report());
+    assert!(
+        ats.diags_log().contains("filter.yaml:4:5: config.vm_config: unknown key \"vm_idd\""),
+        "{}",
+        ats.log_report()
+    );
     assert_eq!(tag(&ats, "a.test"), "v2");
 
     // Fixed again: the next reload takes it.
@@ -125,7 +140,11 @@ fn a_reload_rereads_a_remap_rules_yaml_and_a_broken_one_keeps_the_rules_plugins(
     let port = origin.port();
     let remap = format!("map http://route.test/ http://127.0.0.1:{port}/ @plugin=proxy_wasm_ats.so @pparam=route.yaml\nmap / http://127.0.0.1:{port}/\n");
     let ats = TrafficServer::start(
-        AtsOptions::new("ats-reload-remap").manager(true).origin(port).remap_config(remap.clone()).file("route.yaml", tagging_yaml("route", "r1")),
+        AtsOptions::new("ats-reload-remap")
+            .manager(true)
+            .origin(port)
+            .remap_config(remap.clone())
+            .file("route.yaml", tagging_yaml("route", "r1")),
     );
     assert_eq!(tag(&ats, "route.test"), "r1");
     assert_eq!(tag(&ats, "other.test"), "<none>");
@@ -138,7 +157,13 @@ fn a_reload_rereads_a_remap_rules_yaml_and_a_broken_one_keeps_the_rules_plugins(
     ats.reload_and_wait("remap.config finished loading", RELOAD_WAIT);
     std::thread::sleep(Duration::from_millis(300));
     let (sent, failures) = traffic.finish();
-    assert!(failures.is_empty(), "{} of {sent} requests failed during the reload: {:?}\n{}", failures.len(), &failures[..failures.len().min(10)], ats.log_report());
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed during the reload: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(10)],
+        ats.log_report()
+    );
     assert_eq!(tag(&ats, "route.test"), "r2");
 
     ats.write_config("route.yaml", &broken_yaml("route"));
@@ -146,7 +171,11 @@ fn a_reload_rereads_a_remap_rules_yaml_and_a_broken_one_keeps_the_rules_plugins(
     ats.write_config("remap.config", &remap);
     ats.reload_and_wait("remap.config finished loading", RELOAD_WAIT);
     assert!(ats.diags_log().contains("reload failed, keeping the plugins in use"), "{}", ats.log_report());
-    assert!(ats.diags_log().contains("route.yaml:4:5: config.vm_config: unknown key \"vm_idd\""), "{}", ats.log_report());
+    assert!(
+        ats.diags_log().contains("route.yaml:4:5: config.vm_config: unknown key \"vm_idd\""),
+        "{}",
+        ats.log_report()
+    );
     // The new remap table is in use (its rule kept the r2 plugins).
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(tag(&ats, "route.test"), "r2");

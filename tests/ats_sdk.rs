@@ -32,7 +32,14 @@ const RUST: &str = "rust_sdk_filter.wasm";
 
 /// A plugin YAML (snake_case schema). `extra` is inserted at the plugin level
 /// (e.g. `  fail_open: true`); outgoing calls are allowed everywhere.
-fn plugin_yaml(name: &str, wasm: &str, root_id: &str, configuration: &str, vm_configuration: &str, extra: &str) -> String {
+fn plugin_yaml(
+    name: &str,
+    wasm: &str,
+    root_id: &str,
+    configuration: &str,
+    vm_configuration: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"config:
   name: "{name}"
@@ -56,7 +63,13 @@ fn rust_yaml(name: &str, configuration: &str) -> String {
 }
 
 /// The origin, and Traffic Server with the given plugin YAMLs as global plugins, in order.
-fn start_with(test: &str, origin: Origin, threads: usize, yamls: &[(&str, String)], tune: impl FnOnce(AtsOptions) -> AtsOptions) -> (Origin, TrafficServer) {
+fn start_with(
+    test: &str,
+    origin: Origin,
+    threads: usize,
+    yamls: &[(&str, String)],
+    tune: impl FnOnce(AtsOptions) -> AtsOptions,
+) -> (Origin, TrafficServer) {
     e2e::ats::require_plugin_so();
     let mut opts = AtsOptions::new(test).origin(origin.port()).exec_threads(threads);
     for (file, text) in yamls {
@@ -105,7 +118,11 @@ fn the_request<'a>(origin: &'a Origin, path: &str) -> origin::Request {
         if let Some(r) = origin.requests().into_iter().find(|r| r.path == path) {
             return r;
         }
-        assert!(Instant::now() < deadline, "the origin never got {path}: {:?}", origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "the origin never got {path}: {:?}",
+            origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -166,7 +183,10 @@ mod on_one_server {
     /// `name` (`x-pw-prop-req` / `x-pw-prop-resp`: `<path>=<rendered value>`).
     fn prop<'a>(r: &'a Response, name: &str, path: &str) -> &'a str {
         let prefix = format!("{path}=");
-        values(r, name).into_iter().find_map(|v| v.strip_prefix(prefix.as_str())).unwrap_or_else(|| panic!("{name} has no {path}: {:?}", values(r, name)))
+        values(r, name)
+            .into_iter()
+            .find_map(|v| v.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("{name} has no {path}: {:?}", values(r, name)))
     }
 
     /// An 8-byte integer property (Envoy's integers, timestamps, durations).
@@ -245,7 +265,8 @@ mod on_one_server {
         assert!(int(&logged("request.total_size")) > 5 + 20);
         assert_eq!(int(&logged("response.code")), 200);
         // request.protocol is the client's.
-        let r = send(&ats, case("/pp/old", "properties").header("x-pw-prop-paths", "request.protocol").version("HTTP/1.0"));
+        let r =
+            send(&ats, case("/pp/old", "properties").header("x-pw-prop-paths", "request.protocol").version("HTTP/1.0"));
         assert_eq!(prop(&r, "x-pw-prop-req", "request.protocol").split(" int=").next(), Some("HTTP/1.0"));
     }
 
@@ -255,24 +276,44 @@ mod on_one_server {
         let (_origin, ats) = (&f.origin, &f.ats);
         let r = send(&ats, case("/log", "log"));
         assert_eq!(r.header("x-pw-logged"), Some("6"));
-        assert_eq!((r.header("x-pw-log-level"), r.header("x-pw-log-level-name")), (Some("0"), Some("trace")), "the debug tag is on");
+        assert_eq!(
+            (r.header("x-pw-log-level"), r.header("x-pw-log-level-name")),
+            (Some("0"), Some("trace")),
+            "the debug tag is on"
+        );
         assert!(ats.wait_for_log("log-test level=critical", WAIT), "{}", ats.log_report());
         let logs = ats.diags_log();
         // Traffic Server 9.2 writes TSDebug output as `DIAG: (<tag>) ...`.
-        for (level, marker) in [("trace", "DIAG: (proxy_wasm)"), ("debug", "DIAG: (proxy_wasm)"), ("info", "NOTE:"), ("warn", "WARNING:"), ("error", "ERROR:"), ("critical", "ERROR:")] {
+        for (level, marker) in [
+            ("trace", "DIAG: (proxy_wasm)"),
+            ("debug", "DIAG: (proxy_wasm)"),
+            ("info", "NOTE:"),
+            ("warn", "WARNING:"),
+            ("error", "ERROR:"),
+            ("critical", "ERROR:"),
+        ] {
             let line = log_test_line(&logs, level).unwrap_or_else(|| panic!("no {level} line\n{}", ats.log_report()));
-            assert!(line.contains(&format!("{marker} [proxy_wasm] rust-filter: rust-sdk-filter log-test level={level} context=")), "{level}: {line}");
+            assert!(
+                line.contains(&format!(
+                    "{marker} [proxy_wasm] rust-filter: rust-sdk-filter log-test level={level} context="
+                )),
+                "{level}: {line}"
+            );
         }
     }
-
 }
 
 // ------------------------------------------------------------------ http_call
 
 /// The filter with its callouts sent to a second origin.
 fn start_with_callout(test: &str, config_extra: &str) -> (Origin, Origin, TrafficServer) {
-    let callout = Origin::with_handler(|req| origin::Response::text(200, format!("pong {}", req.path)).header("x-callout", "yes"));
-    let config = format!(r#"{{"upstream":"127.0.0.1:{}","authority":"callout.test","callout_timeout_ms":3000{config_extra}}}"#, callout.port());
+    let callout = Origin::with_handler(|req| {
+        origin::Response::text(200, format!("pong {}", req.path)).header("x-callout", "yes")
+    });
+    let config = format!(
+        r#"{{"upstream":"127.0.0.1:{}","authority":"callout.test","callout_timeout_ms":3000{config_extra}}}"#,
+        callout.port()
+    );
     let (origin, ats) = start_with(test, Origin::start(), 2, &[("f.yaml", rust_yaml("rust-filter", &config))], |o| o);
     (origin, callout, ats)
 }
@@ -328,7 +369,10 @@ fn log_test_line(logs: &str, level: &str) -> Option<String> {
 
 #[test]
 fn without_the_debug_tag_plugins_log_from_info_up_and_errors_are_still_visible() {
-    let (_origin, ats) = start_with("sdk-log-quiet", Origin::start(), 2, &[("f.yaml", rust_yaml("rust-filter", ""))], |o| o.debug_tags(""));
+    let (_origin, ats) =
+        start_with("sdk-log-quiet", Origin::start(), 2, &[("f.yaml", rust_yaml("rust-filter", ""))], |o| {
+            o.debug_tags("")
+        });
     let r = send(&ats, case("/log", "log"));
     assert_eq!((r.header("x-pw-log-level"), r.header("x-pw-log-level-name")), (Some("2"), Some("info")));
     assert!(ats.wait_for_log("log-test level=critical", WAIT), "{}", ats.log_report());
@@ -350,7 +394,12 @@ fn on_log_on_done_and_on_delete_run_once_per_transaction_even_for_a_closed_strea
     match &closed {
         Err(e) => assert!(e.is_closed(), "{e}"),
         // Traffic Server ends the transaction with its own error (500) and closes the connection.
-        Ok(r) => assert!(r.status >= 500 && r.closes_connection() && r.body.is_empty(), "a closed stream gets no regular response: {} {:?}", r.status, r.headers),
+        Ok(r) => assert!(
+            r.status >= 500 && r.closes_connection() && r.body.is_empty(),
+            "a closed stream gets no regular response: {} {:?}",
+            r.status,
+            r.headers
+        ),
     }
     assert_eq!(origin.request_count(), 0, "the origin is not contacted");
     for i in 0..2 {
@@ -397,7 +446,8 @@ fn by_default_a_trapping_plugin_fails_closed_with_503_and_traffic_server_keeps_r
 
 #[test]
 fn with_fail_open_true_a_trapping_plugin_is_skipped_and_the_request_reaches_the_origin() {
-    let (origin, ats) = start_with("sdk-fail-open", Origin::start(), 1, &[("t.yaml", trap_yaml("  fail_open: true"))], |o| o);
+    let (origin, ats) =
+        start_with("sdk-fail-open", Origin::start(), 1, &[("t.yaml", trap_yaml("  fail_open: true"))], |o| o);
     let r = send(&ats, case("/boom", "panic"));
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert_eq!(r.body_str(), "hello from origin");
@@ -420,11 +470,27 @@ fn an_abi_0_1_0_module_filters_requests_and_responses() {
     assert!(ats.diags_log().contains("loaded plugin \"abi010\" (ABI 0.1.0"), "{}", ats.log_report());
     // The module's own log, in order.
     // The start-up check at load time already logged one root context's lines.
-    assert!(ats.wait_for_logs_matching(WAIT, |l| l.matches("abi010: on_delete ctx=").count() >= 2), "{}", ats.log_report());
+    assert!(
+        ats.wait_for_logs_matching(WAIT, |l| l.matches("abi010: on_delete ctx=").count() >= 2),
+        "{}",
+        ats.log_report()
+    );
     let logs = ats.diags_log();
     // After the start-up check: the thread's instance, then the transaction.
     let mut at = logs.find("loaded plugin \"abi010\"").unwrap();
-    for line in ["on_context_create ctx=", "vm_config=vm-0.1.0", "config=abi-0.1.0", "on_request_headers ctx=", "missing status=0 len=0", "add_request_header status=0", "on_response_headers ctx=", "add_response_header status=0", "on_done ctx=", "on_log ctx=", "on_delete ctx="] {
+    for line in [
+        "on_context_create ctx=",
+        "vm_config=vm-0.1.0",
+        "config=abi-0.1.0",
+        "on_request_headers ctx=",
+        "missing status=0 len=0",
+        "add_request_header status=0",
+        "on_response_headers ctx=",
+        "add_response_header status=0",
+        "on_done ctx=",
+        "on_log ctx=",
+        "on_delete ctx=",
+    ] {
         match logs[at..].find(line) {
             Some(i) => at += i + line.len(),
             None => panic!("{line:?} missing or out of order\n{}", ats.log_report()),

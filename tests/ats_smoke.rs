@@ -54,10 +54,15 @@ fn get_and_post_pass_through_the_proxy() {
     assert_eq!(reqs[0].path, "/echo/big");
     assert_eq!(reqs[0].body.len(), big.len(), "origin got the whole body");
     assert!(reqs[0].body == big, "origin got a different body");
-    eprintln!("1 MiB request body reached the origin {}", if reqs[0].chunked { "chunked" } else { "with a Content-Length" });
+    eprintln!(
+        "1 MiB request body reached the origin {}",
+        if reqs[0].chunked { "chunked" } else { "with a Content-Length" }
+    );
 
     // A chunked response with trailers, and keep-alive on the client side.
-    origin.set_handler(|req| Response::text(200, format!("chunked answer to {}", req.path)).chunked(5).trailer("x-t", "1"));
+    origin.set_handler(|req| {
+        Response::text(200, format!("chunked answer to {}", req.path)).chunked(5).trailer("x-t", "1")
+    });
     let mut conn = Connection::open(ats.port()).expect("connect to proxy");
     let a = conn.send(&Request::get("/a")).expect("first request on the connection");
     let b = conn.send(&Request::get("/b")).expect("second request on the same connection");
@@ -126,7 +131,11 @@ fn reload_under_traffic_manager_switches_origin() {
 fn harness_client_and_origin_directly() {
     // Chunked request with trailers; the origin sees the de-chunked body.
     let origin = Origin::start();
-    let resp = Request::post("/echo", "abcdefghij").chunked(3).trailer("x-sum", "55").send(origin.port()).expect("chunked POST");
+    let resp = Request::post("/echo", "abcdefghij")
+        .chunked(3)
+        .trailer("x-sum", "55")
+        .send(origin.port())
+        .expect("chunked POST");
     assert_eq!(resp.body_str(), "abcdefghij");
     let r = origin.last_request().unwrap();
     assert!(r.chunked);

@@ -50,28 +50,15 @@ impl CodeServer {
                     }
                 }
                 count.fetch_add(1, Ordering::SeqCst);
-                let path = request_line
-                    .split(' ')
-                    .nth(1)
-                    .unwrap_or_default()
-                    .to_string();
+                let path = request_line.split(' ').nth(1).unwrap_or_default().to_string();
                 seen.lock().unwrap().push(path.clone());
-                let (status, content): (&str, &[u8]) = if path == "/filter.wasm" {
-                    ("200 OK", &body)
-                } else {
-                    ("404 Not Found", b"no such module")
-                };
+                let (status, content): (&str, &[u8]) =
+                    if path == "/filter.wasm" { ("200 OK", &body) } else { ("404 Not Found", b"no such module") };
                 let head = format!("HTTP/1.1 {status}\r\ncontent-type: application/wasm\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", content.len());
-                let _ = stream
-                    .write_all(head.as_bytes())
-                    .and_then(|()| stream.write_all(content));
+                let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(content));
             }
         });
-        CodeServer {
-            port,
-            requests,
-            paths,
-        }
+        CodeServer { port, requests, paths }
     }
 
     fn url(&self, path: &str) -> String {
@@ -117,18 +104,10 @@ fn assert_filters(plugins: &[LoadedPlugin], tag: &str) {
     let vm = &mut vms.vms[root.vm];
     let stream = TestStream::with_request(&[(":method", "GET"), (":path", "/")]);
     stream.set_response(&[(":status", "200")]);
-    let ctx = vm
-        .create_stream(root.root_context_id, Box::new(stream.clone()))
-        .unwrap();
-    assert_eq!(
-        vm.on_request_headers(ctx, 2, true).unwrap(),
-        Verdict::Continue
-    );
+    let ctx = vm.create_stream(root.root_context_id, Box::new(stream.clone())).unwrap();
+    assert_eq!(vm.on_request_headers(ctx, 2, true).unwrap(), Verdict::Continue);
     vm.on_response_headers(ctx, 1, true).unwrap();
-    assert_eq!(
-        stream.data().response_header("x-proxy-wasm").as_deref(),
-        Some(tag)
-    );
+    assert_eq!(stream.data().response_header("x-proxy-wasm").as_deref(), Some(tag));
 }
 
 fn remote_yaml(name: &str, uri: &str, sha256: &str, cache_dir: &Path) -> String {
@@ -144,11 +123,8 @@ fn inline_base64_code_loads_and_runs() {
     let bytes = built_plugin(FILTER);
     let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
     // Folded over lines as an operator would paste it, in a block scalar.
-    let folded: String = encoded
-        .as_bytes()
-        .chunks(76)
-        .map(|l| format!("          {}\n", std::str::from_utf8(l).unwrap()))
-        .collect();
+    let folded: String =
+        encoded.as_bytes().chunks(76).map(|l| format!("          {}\n", std::str::from_utf8(l).unwrap())).collect();
     let dir = temp_dir("inline");
     let yaml = format!(
         "config:\n  name: inline\n  configuration: '{{\"tag\":\"inline\"}}'\n  vm_config:\n    vm_id: {}\n    code:\n      local:\n        inline_bytes: |\n{folded}",
@@ -168,37 +144,23 @@ fn remote_code_with_the_right_sha256_is_downloaded_once_then_cached() {
     let dir = temp_dir("remote-ok");
     let cache = dir.join("cache");
     let uri = server.url("/filter.wasm");
-    let (_, configs) = configs(
-        &dir,
-        &remote_yaml("remote", &uri, &sha256_hex(&bytes), &cache),
-    );
+    let (_, configs) = configs(&dir, &remote_yaml("remote", &uri, &sha256_hex(&bytes), &cache));
 
     let (plugins, warnings) = load(&configs);
     let plugins = plugins.unwrap_or_else(|e| panic!("{e}"));
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(server.requests(), 1);
     let cached = cache.join(format!("{}.wasm", sha256_hex(&bytes)));
-    assert_eq!(
-        std::fs::read(&cached).unwrap(),
-        bytes,
-        "cached under its sha256"
-    );
+    assert_eq!(std::fs::read(&cached).unwrap(), bytes, "cached under its sha256");
     assert_filters(&plugins, "remote");
 
     // A second load (a restart, a reload, another worker) uses the cache.
     let (again, warnings) = load(&configs);
     let again = again.unwrap_or_else(|e| panic!("{e}"));
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(
-        server.requests(),
-        1,
-        "the second load does not hit the server"
-    );
+    assert_eq!(server.requests(), 1, "the second load does not hit the server");
     assert_filters(&again, "remote");
-    assert_eq!(
-        *server.paths.lock().unwrap(),
-        vec!["/filter.wasm".to_string()]
-    );
+    assert_eq!(*server.paths.lock().unwrap(), vec!["/filter.wasm".to_string()]);
 }
 
 #[test]
@@ -213,16 +175,7 @@ fn a_wrong_sha256_refuses_the_plugin() {
 
     let (result, _) = load(&configs);
     let error = result.err().expect("the plugin is refused");
-    assert!(
-        matches!(
-            &error,
-            PluginError::Remote {
-                source: FetchError::Mismatch { .. },
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(matches!(&error, PluginError::Remote { source: FetchError::Mismatch { .. }, .. }), "{error:?}");
     assert_eq!(
         error.to_string(),
         format!(
@@ -232,14 +185,8 @@ fn a_wrong_sha256_refuses_the_plugin() {
         )
     );
     assert_eq!(server.requests(), 1);
-    assert!(
-        !cache.join(format!("{wrong}.wasm")).exists(),
-        "nothing is cached"
-    );
-    assert!(
-        std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) == 0,
-        "no file left in the cache"
-    );
+    assert!(!cache.join(format!("{wrong}.wasm")).exists(), "nothing is cached");
+    assert!(std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) == 0, "no file left in the cache");
 }
 
 #[test]
@@ -268,11 +215,7 @@ fn a_corrupt_cache_file_is_ignored_with_a_warning_and_downloaded_again() {
         )]
     );
     assert_eq!(server.requests(), 2, "downloaded again");
-    assert_eq!(
-        std::fs::read(&cached).unwrap(),
-        bytes,
-        "the cache file is repaired"
-    );
+    assert_eq!(std::fs::read(&cached).unwrap(), bytes, "the cache file is repaired");
     assert_filters(&plugins, "corrupt");
 }
 
@@ -281,10 +224,7 @@ fn a_failed_download_refuses_the_plugin_with_the_status() {
     let server = CodeServer::start(Vec::new());
     let dir = temp_dir("remote-404");
     let uri = server.url("/missing.wasm");
-    let (path, configs) = configs(
-        &dir,
-        &remote_yaml("gone", &uri, &sha256_hex(b"x"), &dir.join("cache")),
-    );
+    let (path, configs) = configs(&dir, &remote_yaml("gone", &uri, &sha256_hex(b"x"), &dir.join("cache")));
     let error = load(&configs).0.err().expect("refused");
     assert_eq!(
         error.to_string(),
@@ -295,30 +235,19 @@ fn a_failed_download_refuses_the_plugin_with_the_status() {
 #[test]
 fn an_unreachable_server_refuses_the_plugin() {
     // Bind then drop a listener: nothing accepts on that port any more.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = temp_dir("remote-down");
     let uri = format!("http://127.0.0.1:{port}/filter.wasm");
-    let (_, configs) = configs(
-        &dir,
-        &remote_yaml("down", &uri, &sha256_hex(b"x"), &dir.join("cache")),
-    );
+    let (_, configs) = configs(&dir, &remote_yaml("down", &uri, &sha256_hex(b"x"), &dir.join("cache")));
     let error = load(&configs).0.err().expect("refused");
-    assert!(
-        matches!(
-            &error,
-            PluginError::Remote {
-                source: FetchError::Download { .. },
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(matches!(&error, PluginError::Remote { source: FetchError::Download { .. }, .. }), "{error:?}");
     let message = error.to_string();
-    assert!(message.contains(&format!("plugin \"down\": vm_config.code.remote: cannot download {uri}: connect to 127.0.0.1:{port}:")), "{message}");
+    assert!(
+        message.contains(&format!(
+            "plugin \"down\": vm_config.code.remote: cannot download {uri}: connect to 127.0.0.1:{port}:"
+        )),
+        "{message}"
+    );
 }
 
 #[test]

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proxy_wasm_host::config::{
-    load_file, load_files, load_str, CodeSource, ConfigError, ConfigOrigin, FailurePolicy,
-    RuntimeKind,
+    load_file, load_files, load_str, CodeSource, ConfigError, ConfigOrigin, FailurePolicy, RuntimeKind,
 };
 
 /// A temporary folder, removed when dropped.
@@ -90,10 +89,7 @@ config:
     let p = &plugins[0];
     assert_eq!(p.name, "headers-filter");
     assert_eq!(p.root_id, "headers_root");
-    assert_eq!(
-        text(&p.configuration),
-        "{\n  \"add\": [\"x-filtered: 1\"]\n}\n"
-    );
+    assert_eq!(text(&p.configuration), "{\n  \"add\": [\"x-filtered: 1\"]\n}\n");
     assert_eq!(p.failure_policy, FailurePolicy::FailClosed);
     assert_eq!(p.allowed_capabilities, None);
     assert_eq!(p.vm.runtime, RuntimeKind::Wamr);
@@ -102,13 +98,7 @@ config:
     assert!(p.vm.allow_precompiled);
     assert!(p.vm.environment.is_empty());
     assert_eq!(p.vm.code, CodeSource::LocalFile(wasm));
-    assert_eq!(
-        p.origin,
-        ConfigOrigin {
-            file: file.clone(),
-            line: 5
-        }
-    );
+    assert_eq!(p.origin, ConfigOrigin { file: file.clone(), line: 5 });
 }
 
 #[test]
@@ -145,28 +135,13 @@ fn every_key_in_snake_case() {
     assert_eq!(p.root_id, "root1");
     assert_eq!(p.configuration, b"plugin text");
     assert_eq!(p.failure_policy, FailurePolicy::FailOpen);
-    assert_eq!(
-        p.allowed_capabilities,
-        Some(vec![
-            "proxy_log".to_owned(),
-            "proxy_get_property".to_owned()
-        ])
-    );
+    assert_eq!(p.allowed_capabilities, Some(vec!["proxy_log".to_owned(), "proxy_get_property".to_owned()]));
     assert_eq!(p.vm.runtime, RuntimeKind::Wasmtime);
     assert_eq!(p.vm.vm_id, "vm1");
     assert_eq!(p.vm.configuration, b"vm text");
     assert!(!p.vm.allow_precompiled);
-    assert_eq!(
-        p.vm.environment,
-        vec![
-            ("A".to_owned(), "b".to_owned()),
-            ("EMPTY".to_owned(), String::new())
-        ]
-    );
-    assert_eq!(
-        p.vm.code,
-        CodeSource::LocalFile(dir.path().join("myrust.wasm"))
-    );
+    assert_eq!(p.vm.environment, vec![("A".to_owned(), "b".to_owned()), ("EMPTY".to_owned(), String::new())]);
+    assert_eq!(p.vm.code, CodeSource::LocalFile(dir.path().join("myrust.wasm")));
     assert_eq!(p.origin.line, 1);
 }
 
@@ -197,13 +172,7 @@ fn camel_case_aliases() {
     let p = load_file(&file).unwrap().remove(0);
     assert_eq!(p.root_id, "r");
     assert_eq!(p.failure_policy, FailurePolicy::FailOpen);
-    assert_eq!(
-        p.allowed_capabilities,
-        Some(vec![
-            "proxy_log".to_owned(),
-            "proxy_set_buffer_bytes".to_owned()
-        ])
-    );
+    assert_eq!(p.allowed_capabilities, Some(vec!["proxy_log".to_owned(), "proxy_set_buffer_bytes".to_owned()]));
     assert_eq!(p.vm.vm_id, "v");
     assert!(p.vm.allow_precompiled);
     assert_eq!(p.vm.environment, vec![("K".to_owned(), "V".to_owned())]);
@@ -213,10 +182,8 @@ fn camel_case_aliases() {
 fn defaults_when_optional_keys_are_absent() {
     let dir = TempDir::new();
     dir.wasm("p.wasm");
-    let file = dir.write(
-        "min.yaml",
-        "config:\n  name: min\n  root_id:\n  vm_config:\n    code: {local: {filename: p.wasm}}\n",
-    );
+    let file = dir
+        .write("min.yaml", "config:\n  name: min\n  root_id:\n  vm_config:\n    code: {local: {filename: p.wasm}}\n");
 
     let p = load_file(&file).unwrap().remove(0);
     assert_eq!(p.root_id, "");
@@ -240,10 +207,10 @@ fn runtime_names() {
         ("wasmtime", RuntimeKind::Wasmtime),
         ("wamr", RuntimeKind::Wamr),
     ] {
-        let yaml = format!("config:\n  name: n\n  vm_config:\n    runtime: {name}\n    code: {{local: {{filename: p.wasm}}}}\n");
-        let p = load_str(&yaml, &dir.path().join("r.yaml"))
-            .unwrap()
-            .remove(0);
+        let yaml = format!(
+            "config:\n  name: n\n  vm_config:\n    runtime: {name}\n    code: {{local: {{filename: p.wasm}}}}\n"
+        );
+        let p = load_str(&yaml, &dir.path().join("r.yaml")).unwrap().remove(0);
         assert_eq!(p.vm.runtime, kind, "{name}");
     }
     assert_eq!(RuntimeKind::Wasmtime.to_string(), "wasmtime");
@@ -258,9 +225,7 @@ fn empty_capability_list_means_no_restriction() {
         let yaml = format!(
             "config:\n  name: n\n  capability_restriction_config:\n    allowed_capabilities: {caps}\n  vm_config:\n    code: {{local: {{filename: p.wasm}}}}\n"
         );
-        let p = load_str(&yaml, &dir.path().join("c.yaml"))
-            .unwrap()
-            .remove(0);
+        let p = load_str(&yaml, &dir.path().join("c.yaml")).unwrap().remove(0);
         assert_eq!(p.allowed_capabilities, None, "{caps:?}");
     }
 }
@@ -289,25 +254,10 @@ fn top_level_list_of_plugins() {
     let plugins = load_file(&file).unwrap();
     let names: Vec<_> = plugins.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["first", "second"]);
-    assert_eq!(
-        plugins[0].origin,
-        ConfigOrigin {
-            file: file.clone(),
-            line: 2
-        }
-    );
-    assert_eq!(
-        plugins[1].origin,
-        ConfigOrigin {
-            file: file.clone(),
-            line: 7
-        }
-    );
+    assert_eq!(plugins[0].origin, ConfigOrigin { file: file.clone(), line: 2 });
+    assert_eq!(plugins[1].origin, ConfigOrigin { file: file.clone(), line: 7 });
     assert_eq!(plugins[1].vm.runtime, RuntimeKind::Wamr);
-    assert_eq!(
-        plugins[1].vm.code,
-        CodeSource::LocalFile(dir.path().join("b.wasm"))
-    );
+    assert_eq!(plugins[1].vm.code, CodeSource::LocalFile(dir.path().join("b.wasm")));
 }
 
 #[test]
@@ -384,10 +334,7 @@ fn relative_code_paths_resolve_against_the_yaml_folder() {
     assert!(code(2).is_absolute());
     // `..` is kept as written (no symlink resolution); it names the same file.
     assert_eq!(code(2), dir.path().join("conf/../shared/above.wasm"));
-    assert_eq!(
-        fs::canonicalize(code(2)).unwrap(),
-        fs::canonicalize(above).unwrap()
-    );
+    assert_eq!(fs::canonicalize(code(2)).unwrap(), fs::canonicalize(above).unwrap());
 }
 
 #[test]
@@ -413,13 +360,7 @@ fn host_env_keys_are_copied_from_the_environment() {
     let p = load_file(&file).unwrap().remove(0);
     assert_eq!(
         p.vm.environment,
-        vec![
-            (
-                "PWH_CONFIG_TEST_FROM_HOST".to_owned(),
-                "host value".to_owned()
-            ),
-            ("FIXED".to_owned(), "1".to_owned()),
-        ]
+        vec![("PWH_CONFIG_TEST_FROM_HOST".to_owned(), "host value".to_owned()), ("FIXED".to_owned(), "1".to_owned()),]
     );
 }
 
@@ -443,13 +384,7 @@ fn key_values_override_host_values_in_place() {
     let p = load_file(&file).unwrap().remove(0);
     assert_eq!(
         p.vm.environment,
-        vec![
-            (
-                "PWH_CONFIG_TEST_OVERRIDDEN".to_owned(),
-                "from file".to_owned()
-            ),
-            ("A".to_owned(), "a".to_owned()),
-        ]
+        vec![("PWH_CONFIG_TEST_OVERRIDDEN".to_owned(), "from file".to_owned()), ("A".to_owned(), "a".to_owned()),]
     );
 }
 
@@ -457,10 +392,7 @@ fn key_values_override_host_values_in_place() {
 fn load_files_keeps_order_across_files() {
     let dir = TempDir::new();
     dir.wasm("p.wasm");
-    let one = dir.write(
-        "1.yaml",
-        "config: { name: one, vm_config: { code: { local: { filename: p.wasm } } } }\n",
-    );
+    let one = dir.write("1.yaml", "config: { name: one, vm_config: { code: { local: { filename: p.wasm } } } }\n");
     let two = dir.write(
         "2.yaml",
         "- config: { name: two, vm_config: { code: { local: { filename: p.wasm } } } }\n\
@@ -507,9 +439,7 @@ fn fixture_error(name: &str) -> String {
     };
     let message = error.to_string();
     let prefix = path.display().to_string();
-    let rest = message
-        .strip_prefix(&prefix)
-        .unwrap_or_else(|| panic!("{message:?} does not start with {prefix:?}"));
+    let rest = message.strip_prefix(&prefix).unwrap_or_else(|| panic!("{message:?} does not start with {prefix:?}"));
     format!("{name}{rest}")
 }
 
@@ -564,10 +494,7 @@ fn malformed_fail_open_not_a_boolean() {
 #[test]
 fn malformed_missing_name() {
     // Reported at the start of the `config` map.
-    assert_eq!(
-        fixture_error("missing_name.yaml"),
-        r#"missing_name.yaml:3:3: config: missing required key "name""#
-    );
+    assert_eq!(fixture_error("missing_name.yaml"), r#"missing_name.yaml:3:3: config: missing required key "name""#);
 }
 
 #[test]
@@ -761,24 +688,16 @@ fn missing_config_file() {
     let path = malformed_dir().join("no-such-file.yaml");
     let error = load_file(&path).unwrap_err();
     assert!(matches!(error, ConfigError::Read { .. }));
-    assert_eq!(
-        error.to_string(),
-        format!("{}: cannot read: No such file or directory", path.display())
-    );
+    assert_eq!(error.to_string(), format!("{}: cannot read: No such file or directory", path.display()));
 }
 
 #[test]
 fn duplicate_names_across_files() {
     let dir = TempDir::new();
     dir.wasm("p.wasm");
-    let first = dir.write(
-        "a.yaml",
-        "config:\n  name: same\n  vm_config: {code: {local: {filename: p.wasm}}}\n",
-    );
-    let second = dir.write(
-        "b.yaml",
-        "# second file\nconfig:\n  vm_config: {code: {local: {filename: p.wasm}}}\n  name: same\n",
-    );
+    let first = dir.write("a.yaml", "config:\n  name: same\n  vm_config: {code: {local: {filename: p.wasm}}}\n");
+    let second =
+        dir.write("b.yaml", "# second file\nconfig:\n  vm_config: {code: {local: {filename: p.wasm}}}\n  name: same\n");
 
     let error = load_files(&[first.clone(), second.clone()]).unwrap_err();
     assert_eq!(
@@ -790,19 +709,14 @@ fn duplicate_names_across_files() {
         )
     );
     let at = error.position().unwrap();
-    assert_eq!(
-        (at.file.as_path(), at.line, at.column),
-        (second.as_path(), Some(4), Some(9))
-    );
+    assert_eq!((at.file.as_path(), at.line, at.column), (second.as_path(), Some(4), Some(9)));
 }
 
 #[test]
 fn errors_in_a_top_level_list_name_the_item() {
     let dir = TempDir::new();
-    let file = dir.write(
-        "list.yaml",
-        "- config:\n    name: ok\n    vm_config: {code: {local: {filename: missing.wasm}}}\n",
-    );
+    let file =
+        dir.write("list.yaml", "- config:\n    name: ok\n    vm_config: {code: {local: {filename: missing.wasm}}}\n");
     let error = load_file(&file).unwrap_err();
     assert_eq!(
         error.to_string(),
@@ -880,7 +794,9 @@ fn remote_code_with_a_plain_uri_gets_the_defaults() {
     assert_eq!(remote.timeout, RemoteCode::DEFAULT_TIMEOUT);
     assert_eq!(remote.cache_dir, None);
     let with_ms = yaml.replace("uri: \"http://[::1]\"", "http_uri: { uri: \"http://h/x\", timeout: 250ms }");
-    let CodeSource::Remote(remote) = load_str(&with_ms, Path::new("r.yaml")).unwrap().remove(0).vm.code else { panic!() };
+    let CodeSource::Remote(remote) = load_str(&with_ms, Path::new("r.yaml")).unwrap().remove(0).vm.code else {
+        panic!()
+    };
     assert_eq!(remote.timeout, std::time::Duration::from_millis(250));
 }
 
@@ -1002,7 +918,10 @@ fn remote_timeouts_out_of_range_or_misspelt_are_refused() {
     for (timeout, found) in [("0s", "\"0s\""), ("10m", "\"10m\""), ("-1s", "\"-1s\""), ("2d", "\"2d\"")] {
         let yaml = format!("config: {{ name: t, vm_config: {{ code: {{ remote: {{ http_uri: {{ uri: \"http://h/\", timeout: \"{timeout}\" }}, sha256: {SOME_SHA256} }} }} }} }}");
         let message = load_str(&yaml, Path::new("t.yaml")).unwrap_err().to_string();
-        assert!(message.contains("config.vm_config.code.remote.http_uri.timeout: expected a duration like"), "{message}");
+        assert!(
+            message.contains("config.vm_config.code.remote.http_uri.timeout: expected a duration like"),
+            "{message}"
+        );
         assert!(message.ends_with(&format!("found {found}")), "{message}");
     }
 }
@@ -1098,11 +1017,17 @@ fn kill_options_use_otoroshis_names_and_default_to_off() {
     assert_eq!(k.max_memory_usage, Some(0.8));
     assert_eq!(k.max_unused_duration, Some(std::time::Duration::from_secs(300)));
     let e = load("    kill_options: { max_calls: 0 }\n").unwrap_err();
-    assert!(e.contains("config.vm_config.kill_options.max_calls: expected a whole number greater than 0, found 0"), "{e}");
+    assert!(
+        e.contains("config.vm_config.kill_options.max_calls: expected a whole number greater than 0, found 0"),
+        "{e}"
+    );
     let e = load("    kill_options: { max_memory_usage: 1.5 }\n").unwrap_err();
     assert!(e.contains("config.vm_config.kill_options.max_memory_usage: expected a fraction greater than 0 and at most 1, like 0.8, found 1.5"), "{e}");
     let e = load("    kill_options: { max_unused: 3s }\n").unwrap_err();
-    assert!(e.contains("unknown key \"max_unused\"; expected one of max_calls, max_memory_usage, max_unused_duration"), "{e}");
+    assert!(
+        e.contains("unknown key \"max_unused\"; expected one of max_calls, max_memory_usage, max_unused_duration"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1124,7 +1049,8 @@ fn limits_default_to_none_and_read_sizes_and_durations() {
     assert_eq!(l.callback_timeout, Some(std::time::Duration::from_millis(1500)));
     assert_eq!(load("    limits: { max_memory: 512KiB }\n").unwrap().max_memory_bytes, Some(512 * 1024));
     assert_eq!(load("    limits: { max_memory: 4GiB }\n").unwrap().max_memory_bytes, Some(4 << 30));
-    let expected = "expected a memory size like \"64MiB\", \"512KiB\", \"1GiB\" or a number of bytes, from 64KiB to 4GiB";
+    let expected =
+        "expected a memory size like \"64MiB\", \"512KiB\", \"1GiB\" or a number of bytes, from 64KiB to 4GiB";
     let e = load("    limits: { max_memory: 5GiB }\n").unwrap_err();
     assert!(e.contains(&format!("config.vm_config.limits.max_memory: {expected}, found the string \"5GiB\"")), "{e}");
     let e = load("    limits: { max_memory: 1000 }\n").unwrap_err();
@@ -1136,7 +1062,6 @@ fn limits_default_to_none_and_read_sizes_and_durations() {
     let e = load("    limits: { memory: 1MiB }\n").unwrap_err();
     assert!(e.contains("config.vm_config.limits: unknown key \"memory\"; expected one of max_memory, callback_timeout, max_pending_http_calls"), "{e}");
 }
-
 
 #[test]
 fn max_body_size_defaults_to_16_mib_and_reads_a_size() {
@@ -1156,24 +1081,45 @@ fn host_side_caps_are_on_by_default_and_read_from_limits() {
     let dir = TempDir::new();
     dir.wasm("p.wasm");
     let quotas = |limits: &str| {
-        let yaml = format!("config:\n  name: n\n  vm_config:\n    limits: {{ {limits} }}\n    code: {{local: {{filename: p.wasm}}}}\n");
+        let yaml = format!(
+            "config:\n  name: n\n  vm_config:\n    limits: {{ {limits} }}\n    code: {{local: {{filename: p.wasm}}}}\n"
+        );
         load_str(&yaml, &dir.path().join("c.yaml")).map(|mut v| v.remove(0).vm.quotas).map_err(|e| e.to_string())
     };
     let d = load_plugin_with("").unwrap().vm.quotas;
     assert_eq!(d, Quotas::default());
     assert_eq!(
-        (d.max_pending_http_calls, d.max_http_call_response_size, d.max_queue_length, d.max_shared_data_size, d.max_log_lines_per_second, d.min_tick_period),
+        (
+            d.max_pending_http_calls,
+            d.max_http_call_response_size,
+            d.max_queue_length,
+            d.max_shared_data_size,
+            d.max_log_lines_per_second,
+            d.min_tick_period
+        ),
         (1024, 16 << 20, 10_000, 16 << 20, 1000, Duration::from_millis(1))
     );
     let q = quotas("max_pending_http_calls: 2, max_http_call_response_size: 1KiB, max_queue_length: 3, max_shared_data_size: 4MiB, max_log_lines_per_second: 5, min_tick_period: 50ms").unwrap();
     assert_eq!(
-        (q.max_pending_http_calls, q.max_http_call_response_size, q.max_queue_length, q.max_shared_data_size, q.max_log_lines_per_second, q.min_tick_period),
+        (
+            q.max_pending_http_calls,
+            q.max_http_call_response_size,
+            q.max_queue_length,
+            q.max_shared_data_size,
+            q.max_log_lines_per_second,
+            q.min_tick_period
+        ),
         (2, 1024, 3, 4 << 20, 5, Duration::from_millis(50))
     );
     let q = quotas("maxPendingHttpCalls: 7, maxLogLinesPerSecond: 9").unwrap();
     assert_eq!((q.max_pending_http_calls, q.max_log_lines_per_second), (7, 9));
     let e = quotas("max_pending_http_calls: 0").unwrap_err();
-    assert!(e.contains("config.vm_config.limits.max_pending_http_calls: expected a whole number from 1 to 4294967295, found 0"), "{e}");
+    assert!(
+        e.contains(
+            "config.vm_config.limits.max_pending_http_calls: expected a whole number from 1 to 4294967295, found 0"
+        ),
+        "{e}"
+    );
     let e = quotas("max_queue_length: 5000000000").unwrap_err();
     assert!(e.contains("config.vm_config.limits.max_queue_length: expected a whole number"), "{e}");
 }
@@ -1183,14 +1129,19 @@ fn max_metrics_defaults_to_256_and_is_read_from_limits() {
     let dir = TempDir::new();
     dir.wasm("p.wasm");
     let quotas = |limits: &str| {
-        let yaml = format!("config:\n  name: n\n  vm_config:\n    limits: {{ {limits} }}\n    code: {{local: {{filename: p.wasm}}}}\n");
+        let yaml = format!(
+            "config:\n  name: n\n  vm_config:\n    limits: {{ {limits} }}\n    code: {{local: {{filename: p.wasm}}}}\n"
+        );
         load_str(&yaml, &dir.path().join("c.yaml")).map(|mut v| v.remove(0).vm.quotas).map_err(|e| e.to_string())
     };
     assert_eq!(load_plugin_with("").unwrap().vm.quotas.max_metrics, 256);
     assert_eq!(quotas("max_metrics: 3").unwrap().max_metrics, 3);
     assert_eq!(quotas("maxMetrics: 4").unwrap().max_metrics, 4);
     let e = quotas("max_metrics: 0").unwrap_err();
-    assert!(e.contains("config.vm_config.limits.max_metrics: expected a whole number from 1 to 4294967295, found 0"), "{e}");
+    assert!(
+        e.contains("config.vm_config.limits.max_metrics: expected a whole number from 1 to 4294967295, found 0"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1247,7 +1198,8 @@ fn otoroshi_export_loads_beside_a_proxy_wasm_file() {
     dir.wasm("access.wasm");
     dir.wasm("f.wasm");
     let entity = dir.write("access.json", OTOROSHI_EXPORT);
-    let yaml = dir.write("f.yaml", "config:\n  name: f\n  vm_config:\n    code:\n      local:\n        filename: f.wasm\n");
+    let yaml =
+        dir.write("f.yaml", "config:\n  name: f\n  vm_config:\n    code:\n      local:\n        filename: f.wasm\n");
 
     let loaded = proxy_wasm_host::config::load_all(&[yaml, entity.clone()]).unwrap();
     assert_eq!(loaded.plugins.len(), 1);
@@ -1330,7 +1282,10 @@ fn entity_id_may_not_name_a_proxy_wasm_plugin() {
     let dir = TempDir::new();
     dir.wasm("access.wasm");
     dir.wasm("f.wasm");
-    let yaml = dir.write("f.yaml", "config:\n  name: wasm-plugin_dev_access\n  vm_config:\n    code:\n      local:\n        filename: f.wasm\n");
+    let yaml = dir.write(
+        "f.yaml",
+        "config:\n  name: wasm-plugin_dev_access\n  vm_config:\n    code:\n      local:\n        filename: f.wasm\n",
+    );
     let entity = dir.write("access.json", OTOROSHI_EXPORT);
     let err = proxy_wasm_host::config::load_all(&[yaml.clone(), entity.clone()]).unwrap_err().to_string();
     assert_eq!(

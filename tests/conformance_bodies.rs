@@ -53,8 +53,7 @@ fn start<S: ServerUnderTest>(test: &str, origin: &Origin) -> S {
 }
 
 fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
-    s.send(&req.timeout(Duration::from_secs(20)))
-        .unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
+    s.send(&req.timeout(Duration::from_secs(20))).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
 }
 
 fn paused(req: Request) -> Request {

@@ -81,32 +81,12 @@ fn call_to(plugin: &str, path: &str) -> Request {
 }
 
 /// The request was answered through its own plugin with its own call's answer.
-fn assert_answered<S: ServerUnderTest>(
-    r: &Result<Response, ClientError>,
-    plugin: &str,
-    id: usize,
-    s: &S,
-) {
-    let r = r
-        .as_ref()
-        .unwrap_or_else(|e| panic!("request {plugin}/{id}: {e}\n{}", s.log_report()));
+fn assert_answered<S: ServerUnderTest>(r: &Result<Response, ClientError>, plugin: &str, id: usize, s: &S) {
+    let r = r.as_ref().unwrap_or_else(|e| panic!("request {plugin}/{id}: {e}\n{}", s.log_report()));
     assert_eq!(r.status, 200, "request {plugin}/{id}\n{}", s.log_report());
-    assert_eq!(
-        r.header("x-proxy-wasm"),
-        Some(plugin),
-        "request {plugin}/{id}"
-    );
-    assert_eq!(
-        r.header("x-pw-callout-dispatch"),
-        Some("OK"),
-        "request {plugin}/{id}"
-    );
-    assert_eq!(
-        r.header("x-pw-callout-status"),
-        Some("200"),
-        "request {plugin}/{id}: {:?}",
-        r.headers
-    );
+    assert_eq!(r.header("x-proxy-wasm"), Some(plugin), "request {plugin}/{id}");
+    assert_eq!(r.header("x-pw-callout-dispatch"), Some("OK"), "request {plugin}/{id}");
+    assert_eq!(r.header("x-pw-callout-status"), Some("200"), "request {plugin}/{id}: {:?}", r.headers);
     assert_eq!(
         r.header("x-pw-callout-body"),
         Some(format!("/{plugin}/{id}").as_str()),
@@ -116,34 +96,13 @@ fn assert_answered<S: ServerUnderTest>(
 
 /// The call failed (the plugin got zero headers) with this status code, and
 /// the reason contains `reason`.
-fn assert_call_failed<S: ServerUnderTest>(
-    r: Result<Response, ClientError>,
-    code: &str,
-    reason: &str,
-    s: &S,
-) {
+fn assert_call_failed<S: ServerUnderTest>(r: Result<Response, ClientError>, code: &str, reason: &str, s: &S) {
     let r = r.unwrap_or_else(|e| panic!("{e}\n{}", s.log_report()));
     assert_eq!(r.status, 200, "{}", s.log_report());
-    assert_eq!(
-        r.header("x-pw-callout-failed"),
-        Some("1"),
-        "{:?}\n{}",
-        r.headers,
-        s.log_report()
-    );
-    assert_eq!(
-        r.header("x-pw-callout-get-status"),
-        Some(code),
-        "{:?}",
-        r.headers
-    );
-    let message = r
-        .header("x-pw-callout-get-status-message")
-        .unwrap_or_default();
-    assert!(
-        message.contains(reason),
-        "{message:?} should contain {reason:?}"
-    );
+    assert_eq!(r.header("x-pw-callout-failed"), Some("1"), "{:?}\n{}", r.headers, s.log_report());
+    assert_eq!(r.header("x-pw-callout-get-status"), Some(code), "{:?}", r.headers);
+    let message = r.header("x-pw-callout-get-status-message").unwrap_or_default();
+    assert!(message.contains(reason), "{message:?} should contain {reason:?}");
 }
 
 /// `total` requests from `clients` threads at once, alternating between the
@@ -172,10 +131,7 @@ fn run_concurrently<S: ServerUnderTest>(
             })
         })
         .collect();
-    threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect()
+    threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
 }
 
 /// A raw TCP upstream on 127.0.0.1: for each connection, reads the request
@@ -204,25 +160,12 @@ fn raw_upstream(answer: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
 }
 
 /// One worker (one exec thread) with plugins `a` and `b` calling `upstream`.
-fn start_one<S: ServerUnderTest>(
-    test: &str,
-    upstream: u16,
-    origin: &Origin,
-    extra_vm_config: &str,
-) -> S {
-    S::start(setup(
-        test,
-        plugin("a", upstream, extra_vm_config),
-        plugin("b", upstream, ""),
-        origin,
-        1,
-    ))
+fn start_one<S: ServerUnderTest>(test: &str, upstream: u16, origin: &Origin, extra_vm_config: &str) -> S {
+    S::start(setup(test, plugin("a", upstream, extra_vm_config), plugin("b", upstream, ""), origin, 1))
 }
 
 /// A request through plugin `a` whose call goes to its upstream.
-fn hostile_call<S: ServerUnderTest>(
-    s: &S,
-) -> std::thread::JoinHandle<Result<Response, ClientError>> {
+fn hostile_call<S: ServerUnderTest>(s: &S) -> std::thread::JoinHandle<Result<Response, ClientError>> {
     let port = s.port();
     std::thread::spawn(move || call_request("a", 0).send(port))
 }

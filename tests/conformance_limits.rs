@@ -22,26 +22,15 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// The WAT module `name` (tests/wat/README.md) under `failure_policy:
 /// reload`, with `vm_config` keys `vm_extra` (indented by 6).
-fn start<S: ServerUnderTest>(
-    test: &str,
-    name: &str,
-    vm_extra: &str,
-    configuration: &str,
-    origin: &Origin,
-) -> S {
+fn start<S: ServerUnderTest>(test: &str, name: &str, vm_extra: &str, configuration: &str, origin: &Origin) -> S {
     let yaml = format!(
         "- config:\n    name: {name}\n    configuration: '{configuration}'\n    failure_policy: reload\n    vm_config:\n      vm_id: {name}\n{vm_extra}      code: {{ local: {{ filename: \"@REPO@/build/plugins/{name}.wasm\" }} }}\n"
     );
-    S::start(
-        Setup::new(test, origin.port())
-            .workers(2)
-            .plugin(name, yaml),
-    )
+    S::start(Setup::new(test, origin.port()).workers(2).plugin(name, yaml))
 }
 
 fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
-    s.send(&req.timeout(Duration::from_secs(10)))
-        .unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
+    s.send(&req.timeout(Duration::from_secs(10))).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
 }
 
 fn wait_for_logs<S: ServerUnderTest>(s: &S, pred: impl Fn(&str) -> bool) -> bool {

@@ -34,11 +34,7 @@ fn filter_yaml(extra: &str, configuration: &str) -> String {
 
 /// `name` with `yaml`, one worker, in front of `origin`.
 fn start_plugin<S: ServerUnderTest>(test: &str, origin: &Origin, name: &str, yaml: String) -> S {
-    S::start(
-        Setup::new(test, origin.port())
-            .workers(1)
-            .plugin(name, yaml),
-    )
+    S::start(Setup::new(test, origin.port()).workers(1).plugin(name, yaml))
 }
 
 /// The filter `guarded` with `yaml` in front of the default origin.
@@ -49,8 +45,7 @@ fn start<S: ServerUnderTest>(test: &str, yaml: String) -> (Origin, S) {
 }
 
 fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
-    s.send(&req.timeout(Duration::from_secs(20)))
-        .unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
+    s.send(&req.timeout(Duration::from_secs(20))).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
 }
 
 /// How often `text` occurs in the server's logs.
@@ -105,18 +100,10 @@ fn trap_request(selector: &str) -> Request {
 /// the connection is closed before its end.
 fn assert_failed_closed<S: ServerUnderTest>(s: &S, selector: &str) {
     match s.send(&trap_request(selector).timeout(Duration::from_secs(20))) {
-        Ok(r) if selector != "response_body" => assert_eq!(
-            (r.status, r.body_str().as_str()),
-            (503, "plugin failure\n"),
-            "{}",
-            s.log_report()
-        ),
-        Ok(r) => panic!(
-            "the response is cut, not {} {:?}\n{}",
-            r.status,
-            r.body_str(),
-            s.log_report()
-        ),
+        Ok(r) if selector != "response_body" => {
+            assert_eq!((r.status, r.body_str().as_str()), (503, "plugin failure\n"), "{}", s.log_report())
+        }
+        Ok(r) => panic!("the response is cut, not {} {:?}\n{}", r.status, r.body_str(), s.log_report()),
         Err(e) if selector == "response_body" => assert!(e.is_closed(), "{e}\n{}", s.log_report()),
         Err(e) => panic!("{e}\n{}", s.log_report()),
     }
@@ -139,40 +126,15 @@ fn trap_fail_closed<S: ServerUnderTest>(test: &str, selector: &str) {
     let (origin, s) = start_trap::<S>(test, selector, "fail_closed");
     assert_failed_closed(&s, selector);
     assert_trap_logged(&s, selector);
-    assert_eq!(
-        origin.request_count(),
-        reached_origin(selector),
-        "{}",
-        s.log_report()
-    );
+    assert_eq!(origin.request_count(), reached_origin(selector), "{}", s.log_report());
     // Refused at the start of the transaction: a plugin of its chain failed
     // earlier and does not fail open.
-    assert_eq!(
-        send(&s, trap_request(selector)).status,
-        503,
-        "{}",
-        s.log_report()
-    );
+    assert_eq!(send(&s, trap_request(selector)).status, 503, "{}", s.log_report());
     for _ in 0..2 {
-        assert_eq!(
-            send(&s, Request::get("/after")).status,
-            503,
-            "{}",
-            s.log_report()
-        );
+        assert_eq!(send(&s, Request::get("/after")).status, 503, "{}", s.log_report());
     }
-    assert_eq!(
-        origin.request_count(),
-        reached_origin(selector),
-        "refused before the origin\n{}",
-        s.log_report()
-    );
-    assert_eq!(
-        count(&s, "trapping in"),
-        1,
-        "the failed instance is never entered again\n{}",
-        s.log_report()
-    );
+    assert_eq!(origin.request_count(), reached_origin(selector), "refused before the origin\n{}", s.log_report());
+    assert_eq!(count(&s, "trapping in"), 1, "the failed instance is never entered again\n{}", s.log_report());
     s.assert_running();
 }
 
@@ -180,11 +142,7 @@ fn trap_fail_closed<S: ServerUnderTest>(test: &str, selector: &str) {
 /// later transactions run without it (no VM entered, no trap logged again).
 fn trap_fail_open<S: ServerUnderTest>(test: &str, selector: &str) {
     let (origin, s) = start_trap::<S>(test, selector, "fail_open");
-    let body = if selector == "request_body" {
-        "a request body"
-    } else {
-        "hello from origin"
-    };
+    let body = if selector == "request_body" { "a request body" } else { "hello from origin" };
     let r = send(&s, trap_request(selector));
     assert_eq!(
         (r.status, r.body_str().as_str()),
@@ -194,19 +152,10 @@ fn trap_fail_open<S: ServerUnderTest>(test: &str, selector: &str) {
     );
     assert_trap_logged(&s, selector);
     let r = send(&s, trap_request(selector));
-    assert_eq!(
-        (r.status, r.body_str().as_str()),
-        (200, body),
-        "{}",
-        s.log_report()
-    );
+    assert_eq!((r.status, r.body_str().as_str()), (200, body), "{}", s.log_report());
     assert_eq!(origin.request_count(), 2);
     if selector == "request_body" {
-        assert_eq!(
-            origin.requests()[0].body_str(),
-            "a request body",
-            "the body the plugin held went on as it was"
-        );
+        assert_eq!(origin.requests()[0].body_str(), "a request body", "the body the plugin held went on as it was");
     }
     assert_eq!(
         count(&s, &format!("trapping in {selector}")),
@@ -228,7 +177,10 @@ fn trap_reload<S: ServerUnderTest>(test: &str, selector: &str) {
     assert_trap_logged(&s, selector);
     let configured = count(&s, &format!("selector={selector}"));
     assert_failed_closed(&s, selector);
-    s.expect_log("instances of trapper (generation 1) replaced after a failure of trapper (failure_policy: reload)", WAIT);
+    s.expect_log(
+        "instances of trapper (generation 1) replaced after a failure of trapper (failure_policy: reload)",
+        WAIT,
+    );
     assert!(
         wait_count_above(&s, &format!("selector={selector}"), configured),
         "a fresh instance ran proxy_on_configure\n{}",
@@ -249,12 +201,7 @@ fn trap_reload<S: ServerUnderTest>(test: &str, selector: &str) {
             last.0 != 503
         });
         assert!(through, "{last:?}\n{}", s.log_report());
-        assert_eq!(
-            (last.0, last.1.as_str()),
-            (200, "hello from origin"),
-            "{}",
-            s.log_report()
-        );
+        assert_eq!((last.0, last.1.as_str()), (200, "hello from origin"), "{}", s.log_report());
     }
     s.assert_running();
 }

@@ -69,8 +69,7 @@ fn as_yaml(name: &str, root_id: &str, configuration: &str) -> String {
 }
 
 fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
-    s.send(&req)
-        .unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
+    s.send(&req).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
 }
 
 /// A request with `x-pw-test: <cases>`.
@@ -103,24 +102,17 @@ struct Conn<'a, S: ServerUnderTest> {
 
 impl<'a, S: ServerUnderTest> Conn<'a, S> {
     fn open(s: &'a S) -> Conn<'a, S> {
-        Conn {
-            s,
-            c: Connection::open(s.port()).unwrap_or_else(|e| panic!("connect to {}: {e}", S::NAME)),
-        }
+        Conn { s, c: Connection::open(s.port()).unwrap_or_else(|e| panic!("connect to {}: {e}", S::NAME)) }
     }
     fn send(&mut self, req: Request) -> Response {
-        let r = self
-            .c
-            .send(&req)
-            .unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, self.s.log_report()));
+        let r = self.c.send(&req).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, self.s.log_report()));
         if self.c.is_closed() && S::KIND == Kind::TrafficServer {
             // Traffic Server sends a plugin's local response the way it
             // sends its own error responses (TSHttpTxnErrorBodySet), and
             // closes the client connection after those. It has one VM per
             // exec thread and its shared data is process-wide, so a new
             // connection reads the same values.
-            self.c = Connection::open(self.s.port())
-                .unwrap_or_else(|e| panic!("reconnect to {}: {e}", S::NAME));
+            self.c = Connection::open(self.s.port()).unwrap_or_else(|e| panic!("reconnect to {}: {e}", S::NAME));
         }
         assert!(
             !self.c.is_closed(),
@@ -133,8 +125,7 @@ impl<'a, S: ServerUnderTest> Conn<'a, S> {
         r
     }
     fn shared(&mut self, key: &str) -> String {
-        self.send(case("/shared", "shared-get").header("x-pw-key", key))
-            .body_str()
+        self.send(case("/shared", "shared-get").header("x-pw-key", key)).body_str()
     }
     /// Polls a shared-data key until `pred` holds; returns the last value.
     fn wait_shared(&mut self, key: &str, pred: impl Fn(&str) -> bool) -> String {
@@ -158,11 +149,7 @@ fn the_request(origin: &Origin, path: &str) -> origin::Request {
         assert!(
             Instant::now() < deadline,
             "the origin never got {path}: {:?}",
-            origin
-                .requests()
-                .iter()
-                .map(|r| r.path.clone())
-                .collect::<Vec<_>>()
+            origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -176,11 +163,7 @@ fn shared_origin() -> Origin {
         if req.path_only().starts_with("/echo") {
             return origin::Response::echo(req);
         }
-        let status = if req.path_only() == "/accepted" {
-            202
-        } else {
-            200
-        };
+        let status = if req.path_only() == "/accepted" { 202 } else { 200 };
         origin::Response::text(status, "hello from origin")
             .header("x-pw-resp-remove", "should go")
             .header("x-pw-resp-replace", "original")
@@ -196,20 +179,12 @@ struct Fixture<S> {
 }
 
 /// A server with `plugins` (name, YAML) chained in order in front of `origin`.
-fn start<S: ServerUnderTest>(
-    test: &str,
-    origin: Origin,
-    workers: usize,
-    plugins: &[(&str, String)],
-) -> Fixture<S> {
+fn start<S: ServerUnderTest>(test: &str, origin: Origin, workers: usize, plugins: &[(&str, String)]) -> Fixture<S> {
     let mut setup = Setup::new(test, origin.port()).workers(workers);
     for (name, yaml) in plugins {
         setup = setup.plugin(name, yaml.clone());
     }
-    Fixture {
-        s: S::start(setup),
-        origin,
-    }
+    Fixture { s: S::start(setup), origin }
 }
 
 /// The filter (`rust-filter`, root id `sdk-root`, default configuration) in
@@ -225,10 +200,7 @@ fn shared_fixture<S: ServerUnderTest>(slot: &Mutex<Weak<Fixture<S>>>) -> Arc<Fix
         "sdk-shared",
         shared_origin(),
         2,
-        &[(
-            "rust-filter",
-            plugin_yaml("rust-filter", RUST, "sdk-root", "", "", ""),
-        )],
+        &[("rust-filter", plugin_yaml("rust-filter", RUST, "sdk-root", "", "", ""))],
     ));
     *slot = Arc::downgrade(&f);
     f

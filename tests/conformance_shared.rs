@@ -23,11 +23,7 @@ const WAIT: Duration = Duration::from_secs(5);
 /// The Rust-SDK filter named `name` in VM `<name>_vm`; `extra` goes at the
 /// plugin level (indented by 4), `limits` into `vm_config.limits`.
 fn yaml(name: &str, extra: &str, limits: &str) -> String {
-    let limits = if limits.is_empty() {
-        String::new()
-    } else {
-        format!("      limits: {{ {limits} }}\n")
-    };
+    let limits = if limits.is_empty() { String::new() } else { format!("      limits: {{ {limits} }}\n") };
     format!(
         r#"- config:
     name: "{name}"
@@ -45,17 +41,14 @@ fn start<S: ServerUnderTest>(test: &str, plugins: &[(&str, String)]) -> (Origin,
     let origin = Origin::start();
     let mut setup = Setup::new(test, origin.port()).workers(2);
     for (name, text) in plugins {
-        setup = setup
-            .plugin(name, text.clone())
-            .route(&format!("{name}.test"), &[name]);
+        setup = setup.plugin(name, text.clone()).route(&format!("{name}.test"), &[name]);
     }
     let s = S::start(setup.default_route(&[]));
     (origin, s)
 }
 
 fn send<S: ServerUnderTest>(s: &S, host: &str, req: Request) -> Response {
-    s.send(&req.host(format!("{host}.test")))
-        .unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
+    s.send(&req.host(format!("{host}.test"))).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
 }
 
 fn case(cases: &str) -> Request {
@@ -69,11 +62,7 @@ fn wait_shared<S: ServerUnderTest>(s: &S, host: &str, key: &str, want: &str) {
         if got == want {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{host}: shared {key} = {got:?}, want {want:?}\n{}",
-            s.log_report()
-        );
+        assert!(Instant::now() < deadline, "{host}: shared {key} = {got:?}, want {want:?}\n{}", s.log_report());
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -25,11 +25,7 @@ fn cdylib() -> PathBuf {
         exe.display()
     );
     let lib = deps.join("libproxy_wasm_host.so");
-    assert!(
-        lib.is_file(),
-        "{} is missing: cargo should have built the cdylib with the tests",
-        lib.display()
-    );
+    assert!(lib.is_file(), "{} is missing: cargo should have built the cdylib with the tests", lib.display());
     lib
 }
 
@@ -41,27 +37,20 @@ fn snapshot_cdylib(dir: &Path) -> PathBuf {
     let dest = lib_dir.join("libproxy_wasm_host.so");
     let src = cdylib();
     if std::fs::hard_link(&src, &dest).is_err() {
-        std::fs::copy(&src, &dest)
-            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), dest.display()));
+        std::fs::copy(&src, &dest).unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), dest.display()));
     }
     lib_dir
 }
 
 fn plugin() -> PathBuf {
     let wasm = repo().join("build/plugins/rust_sdk_filter.wasm");
-    assert!(
-        wasm.is_file(),
-        "{} is missing; build the test plugins first with `make plugins`",
-        wasm.display()
-    );
+    assert!(wasm.is_file(), "{} is missing; build the test plugins first with `make plugins`", wasm.display());
     wasm
 }
 
 /// A fresh scratch folder under cargo's per-test-target tmp dir.
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("ffi_c")
-        .join(name);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ffi_c").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
@@ -72,36 +61,25 @@ fn cc() -> String {
 }
 
 fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         let (stdout, stderr) = text(&out);
         let mut hint = "";
         if stderr.contains("undefined reference to `TS") {
             hint = "\nhint: the library was built with --features ats (Traffic Server symbols); the C API test needs the default build";
         }
-        panic!(
-            "{cmd:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}{hint}",
-            out.status
-        );
+        panic!("{cmd:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}{hint}", out.status);
     }
     out
 }
 
 /// Runs the smoke program and checks its report.
 fn check_smoke(exe: &Path, lib_dir: &Path) {
-    let out = run(Command::new(exe)
-        .arg(plugin())
-        .env("LD_LIBRARY_PATH", lib_dir)
-        .env("TMPDIR", exe.parent().unwrap()));
+    let out = run(Command::new(exe).arg(plugin()).env("LD_LIBRARY_PATH", lib_dir).env("TMPDIR", exe.parent().unwrap()));
     let (stdout, stderr) = text(&out);
     eprintln!("--- smoke stdout\n{stdout}--- smoke stderr\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
@@ -142,24 +120,13 @@ fn check_smoke(exe: &Path, lib_dir: &Path) {
         assert!(has(wanted), "smoke output lacks the line {wanted:?}");
     }
     assert!(
-        has_prefix(
-            "[log c-smoke info] rust-sdk-filter: root 1 configured (tag=c-smoke, tick_ms=1000"
-        ),
+        has_prefix("[log c-smoke info] rust-sdk-filter: root 1 configured (tag=c-smoke, tick_ms=1000"),
         "the C log callback got the configure line"
     );
-    assert!(
-        has_prefix("finished context: ERROR: no stream context "),
-        "a finished context is an error"
-    );
+    assert!(has_prefix("finished context: ERROR: no stream context "), "a finished context is an error");
     // The malformed file's error names the file, line and column.
-    let malformed = lines
-        .iter()
-        .find(|l| l.starts_with("malformed config: "))
-        .expect("malformed config line");
-    assert!(
-        malformed.contains("/malformed.yaml:") && malformed.contains("invalid YAML"),
-        "{malformed}"
-    );
+    let malformed = lines.iter().find(|l| l.starts_with("malformed config: ")).expect("malformed config line");
+    assert!(malformed.contains("/malformed.yaml:") && malformed.contains("invalid YAML"), "{malformed}");
 }
 
 #[test]
@@ -168,14 +135,7 @@ fn smoke_c_program_drives_the_rust_sdk_filter() {
     let lib_dir = snapshot_cdylib(&dir);
     let exe = dir.join("smoke");
     run(Command::new(cc())
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Wpedantic",
-            "-Werror",
-            "-g",
-        ])
+        .args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-g"])
         .arg("-I")
         .arg(repo().join("include"))
         .arg(repo().join("tests/c/smoke.c"))
@@ -202,14 +162,8 @@ fn cmake_package_builds_the_smoke_program() {
         .arg(repo().join("tests/c"))
         .arg("-B")
         .arg(&build)
-        .arg(format!(
-            "-DProxyWasmHost_DIR={}",
-            repo().join("cmake").display()
-        ))
-        .arg(format!(
-            "-DPROXY_WASM_HOST_LIBRARY={}",
-            lib_dir.join("libproxy_wasm_host.so").display()
-        ))
+        .arg(format!("-DProxyWasmHost_DIR={}", repo().join("cmake").display()))
+        .arg(format!("-DPROXY_WASM_HOST_LIBRARY={}", lib_dir.join("libproxy_wasm_host.so").display()))
         .env("CC", cc()));
     run(Command::new("cmake").arg("--build").arg(&build));
     let exe = build.join("smoke");
@@ -229,29 +183,12 @@ fn cmake_package_builds_the_smoke_program() {
 fn header_compiles_on_its_own() {
     let header = repo().join("include/proxy_wasm_host.h");
     run(Command::new(cc())
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Wpedantic",
-            "-Werror",
-            "-fsyntax-only",
-            "-x",
-            "c",
-        ])
+        .args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fsyntax-only", "-x", "c"])
         .arg(&header));
     // cpp_compat: the same header from C++.
     if Command::new("c++").arg("--version").output().is_ok() {
         run(Command::new("c++")
-            .args([
-                "-std=c++17",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-                "-fsyntax-only",
-                "-x",
-                "c++",
-            ])
+            .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c++"])
             .arg(&header));
     }
 }

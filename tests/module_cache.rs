@@ -39,7 +39,9 @@ fn cache_dir(test: &str) -> std::path::PathBuf {
 }
 
 fn served(ats: &TrafficServer) {
-    let r = ats.send(&Request::get("/").timeout(Duration::from_secs(10))).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+    let r = ats
+        .send(&Request::get("/").timeout(Duration::from_secs(10)))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
     assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")), "{}", ats.log_report());
 }
 
@@ -52,7 +54,11 @@ fn a_restart_reuses_the_compiled_module_cache() {
     drop(first);
     let (_o, second) = start("ats-module-cache-2", &dir, true);
     served(&second);
-    assert!(second.diags_log().contains("compiled code read from the compiled-module cache"), "{}", second.log_report());
+    assert!(
+        second.diags_log().contains("compiled code read from the compiled-module cache"),
+        "{}",
+        second.log_report()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -71,7 +77,11 @@ fn a_corrupt_cache_file_is_ignored_with_a_warning_and_replaced() {
     let (_o, first) = start("ats-module-cache-c1", &dir, true);
     served(&first);
     drop(first);
-    let file = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "cwasm")).expect("a cache file");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .expect("a cache file");
     let mut data = std::fs::read(&file).unwrap();
     let middle = data.len() / 2;
     data[middle] ^= 0xff;
@@ -79,7 +89,11 @@ fn a_corrupt_cache_file_is_ignored_with_a_warning_and_replaced() {
     let (_o, second) = start("ats-module-cache-c2", &dir, true);
     served(&second);
     let logs = second.diags_log();
-    assert!(logs.contains("compiled-module cache: ignoring") && logs.contains("checksum mismatch"), "{}", second.log_report());
+    assert!(
+        logs.contains("compiled-module cache: ignoring") && logs.contains("checksum mismatch"),
+        "{}",
+        second.log_report()
+    );
     assert!(logs.contains("compiled, and stored in the compiled-module cache"), "{}", second.log_report());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -126,12 +140,17 @@ fn planted_entry(wasm: &[u8]) -> Vec<u8> {
 
 fn load_in(dir: &Path, wasm: &[u8]) -> (Outcome, Vec<String>) {
     let mut warnings = Vec::new();
-    let (_, outcome) = load_or_compile_in(wasmtime().as_ref(), wasm, &[dir.to_path_buf()], &mut |w| warnings.push(w.to_string())).unwrap();
+    let (_, outcome) =
+        load_or_compile_in(wasmtime().as_ref(), wasm, &[dir.to_path_buf()], &mut |w| warnings.push(w.to_string()))
+            .unwrap();
     (outcome, warnings)
 }
 
 fn chown_nobody(path: &Path) {
-    let ok = std::process::Command::new("chown").args(["-h", "nobody", &path.display().to_string()]).status().is_ok_and(|s| s.success());
+    let ok = std::process::Command::new("chown")
+        .args(["-h", "nobody", &path.display().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
     assert!(ok, "chown nobody {} (these tests run as root)", path.display());
 }
 
@@ -223,7 +242,14 @@ fn an_entry_copied_from_another_cache_folder_is_not_loaded() {
     let (outcome, warnings) = load_in(&b, &wasm);
     assert_eq!(outcome, Outcome::Stored(b.join(&name)));
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains(&format!("{} was not written by this host for this module (its MAC does not match the key {}", b.join(&name).display(), b.join(KEY_FILE).display())), "{warnings:?}");
+    assert!(
+        warnings[0].contains(&format!(
+            "{} was not written by this host for this module (its MAC does not match the key {}",
+            b.join(&name).display(),
+            b.join(KEY_FILE).display()
+        )),
+        "{warnings:?}"
+    );
     let _ = (std::fs::remove_dir_all(&a), std::fs::remove_dir_all(&b));
 }
 
@@ -249,7 +275,10 @@ fn a_symlinked_entry_is_not_followed() {
     std::os::unix::fs::symlink(dir.join("elsewhere.cwasm"), &entry).unwrap();
     let (outcome, warnings) = load_in(&dir, &wasm);
     assert_eq!(outcome, Outcome::Stored(entry.clone()));
-    assert_eq!(warnings, vec![format!("compiled-module cache: ignoring {} is a symbolic link (not followed)", entry.display())]);
+    assert_eq!(
+        warnings,
+        vec![format!("compiled-module cache: ignoring {} is a symbolic link (not followed)", entry.display())]
+    );
     assert!(std::fs::symlink_metadata(&entry).unwrap().file_type().is_file(), "the link is replaced by a file");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -263,7 +292,13 @@ fn an_entry_writable_by_others_or_owned_by_another_user_is_not_loaded() {
     std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
     let (outcome, warnings) = load_in(&dir, &wasm);
     assert_eq!(outcome, Outcome::Stored(entry.clone()));
-    assert_eq!(warnings, vec![format!("compiled-module cache: ignoring {} cannot be trusted: it is writable by others (mode 0666)", entry.display())]);
+    assert_eq!(
+        warnings,
+        vec![format!(
+            "compiled-module cache: ignoring {} cannot be trusted: it is writable by others (mode 0666)",
+            entry.display()
+        )]
+    );
     chown_nobody(&entry);
     let uid = std::fs::metadata(&entry).unwrap().uid();
     let (outcome, warnings) = load_in(&dir, &wasm);
@@ -289,8 +324,13 @@ fn the_loader_refuses_a_planted_entry_with_a_valid_checksum_and_no_mac() {
     std::env::set_var(proxy_wasm_host::module_cache::DIR_ENV, &dir);
     let configs = proxy_wasm_host::config::load_file(&yaml).unwrap_or_else(|e| panic!("{e}"));
     let mut warnings = Vec::new();
-    let loaded = proxy_wasm_host::loader::load_with_warnings(&configs, &mut |_, w| warnings.push(w.to_string())).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(loaded[0].compiled_cache, Some(Outcome::Stored(entry.clone())), "compiled, not read from the planted file");
+    let loaded = proxy_wasm_host::loader::load_with_warnings(&configs, &mut |_, w| warnings.push(w.to_string()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        loaded[0].compiled_cache,
+        Some(Outcome::Stored(entry.clone())),
+        "compiled, not read from the planted file"
+    );
     assert_eq!(warnings, vec![format!("compiled-module cache: ignoring {} has no MAC (written by an older version of the host, or not by the host); not loaded", entry.display())]);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -303,14 +343,23 @@ fn traffic_server_does_not_load_a_planted_cache_file() {
     let dir = cache_dir("module-cache-planted-ats");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let wasm = std::fs::read(e2e::repo_root().join("build/plugins/rust_sdk_filter.wasm")).expect("build the plugins first");
+    let wasm =
+        std::fs::read(e2e::repo_root().join("build/plugins/rust_sdk_filter.wasm")).expect("build the plugins first");
     let entry = dir.join(entry_name(&wasm));
     std::fs::write(&entry, planted_entry(&wasm)).unwrap();
     let (_o, ats) = start("ats-module-cache-planted", &dir, true);
     served(&ats);
     let logs = ats.diags_log();
-    assert!(logs.contains(&format!("compiled-module cache: ignoring {} has no MAC", entry.display())), "{}", ats.log_report());
-    assert!(logs.contains(&format!("compiled, and stored in the compiled-module cache {}", entry.display())), "{}", ats.log_report());
+    assert!(
+        logs.contains(&format!("compiled-module cache: ignoring {} has no MAC", entry.display())),
+        "{}",
+        ats.log_report()
+    );
+    assert!(
+        logs.contains(&format!("compiled, and stored in the compiled-module cache {}", entry.display())),
+        "{}",
+        ats.log_report()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -336,12 +385,14 @@ fn traffic_server_does_not_use_a_world_writable_cache_folder() {
 #[test]
 fn remote_code_with_a_wrong_sha256_refuses_the_plugin_and_the_right_one_loads() {
     use sha2::Digest;
-    let wasm = std::fs::read(e2e::repo_root().join("build/plugins/rust_sdk_filter.wasm")).expect("build the plugins first");
+    let wasm =
+        std::fs::read(e2e::repo_root().join("build/plugins/rust_sdk_filter.wasm")).expect("build the plugins first");
     let right: String = sha2::Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
     let wrong = "0".repeat(64);
     let served = wasm.clone();
     let code_server = Origin::with_handler(move |_| e2e::origin::Response::new(200).body(served.clone()));
-    for (test, sha, loads) in [("ats-remote-right", right.as_str(), true), ("ats-remote-wrong", wrong.as_str(), false)] {
+    for (test, sha, loads) in [("ats-remote-right", right.as_str(), true), ("ats-remote-wrong", wrong.as_str(), false)]
+    {
         let cache = cache_dir(test);
         let yaml = format!(
             "config:\n  name: remote\n  vm_config:\n    vm_id: remote\n    code:\n      remote:\n        http_uri: {{ uri: \"{}\" }}\n        sha256: \"{sha}\"\n        cache_dir: \"{}\"\n",
@@ -350,15 +401,25 @@ fn remote_code_with_a_wrong_sha256_refuses_the_plugin_and_the_right_one_loads() 
         );
         e2e::ats::require_plugin_so();
         let origin = Origin::start();
-        let ats = TrafficServer::start(AtsOptions::new(test).origin(origin.port()).file("remote.yaml", yaml).global_plugin(&["remote.yaml"]));
-        let r = ats.send(&Request::get("/").timeout(Duration::from_secs(10))).unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
+        let ats = TrafficServer::start(
+            AtsOptions::new(test).origin(origin.port()).file("remote.yaml", yaml).global_plugin(&["remote.yaml"]),
+        );
+        let r = ats
+            .send(&Request::get("/").timeout(Duration::from_secs(10)))
+            .unwrap_or_else(|e| panic!("{e}\n{}", ats.log_report()));
         assert_eq!(r.status, 200, "{}", ats.log_report());
         if loads {
             assert_eq!(r.header("x-proxy-wasm"), Some("rust-sdk"), "{}", ats.log_report());
         } else {
             assert_eq!(r.header("x-proxy-wasm"), None);
             let logs = ats.diags_log();
-            assert!(logs.contains("vm_config.code.remote.sha256") && logs.contains(&format!("has sha256 {right}")) && logs.contains(&format!("expected {wrong}")), "{}", ats.log_report());
+            assert!(
+                logs.contains("vm_config.code.remote.sha256")
+                    && logs.contains(&format!("has sha256 {right}"))
+                    && logs.contains(&format!("expected {wrong}")),
+                "{}",
+                ats.log_report()
+            );
         }
         let _ = std::fs::remove_dir_all(&cache);
     }

@@ -40,13 +40,9 @@ fn start(test: &str, yaml: &str, http_chain: &[&str], origin: &Origin, locations
     for p in http_chain {
         http.push_str(&format!("proxy_wasm {p};\n"));
     }
-    Nginx::start(
-        NginxOptions::new(test)
-            .origin(origin.port())
-            .file("plugins.yaml", yaml)
-            .http(http)
-            .server(format!("{locations}\nlocation / {{ proxy_pass http://127.0.0.1:@ORIGIN_PORT@; proxy_set_header Host $host; }}")),
-    )
+    Nginx::start(NginxOptions::new(test).origin(origin.port()).file("plugins.yaml", yaml).http(http).server(format!(
+        "{locations}\nlocation / {{ proxy_pass http://127.0.0.1:@ORIGIN_PORT@; proxy_set_header Host $host; }}"
+    )))
 }
 
 fn must(n: &Nginx, req: Request) -> e2e::client::Response {
@@ -68,9 +64,18 @@ fn the_module_loads_and_every_response_passes_the_filter() {
 
 #[test]
 fn request_and_response_headers_are_read_and_rewritten_with_pseudo_headers() {
-    let origin = Origin::with_handler(|_| Response::text(200, "ok").header("x-pw-resp-remove", "x").header("content-type", "text/x-origin"));
+    let origin = Origin::with_handler(|_| {
+        Response::text(200, "ok").header("x-pw-resp-remove", "x").header("content-type", "text/x-origin")
+    });
     let n = start("ngx-headers", &rust_filter("rust", r#"{"tag":"ngx"}"#), &["rust"], &origin, "");
-    let resp = must(&n, Request::get("/h?q=1").host("example.test").header("x-pw-test", "headers, pseudo").header("x-pw-echo", "echo me").header("x-pw-remove", "gone"));
+    let resp = must(
+        &n,
+        Request::get("/h?q=1")
+            .host("example.test")
+            .header("x-pw-test", "headers, pseudo")
+            .header("x-pw-echo", "echo me")
+            .header("x-pw-remove", "gone"),
+    );
     assert_eq!(resp.status, 200, "{}", n.log_report());
     let seen = &origin.wait_for_requests(1, WAIT)[0];
     assert_eq!(seen.header("x-pw-added"), Some("1"));
@@ -99,7 +104,13 @@ fn request_and_response_headers_are_read_and_rewritten_with_pseudo_headers() {
 fn a_local_response_from_request_headers_never_reaches_the_origin() {
     let origin = Origin::start();
     let n = start("ngx-local", &rust_filter("rust", ""), &["rust"], &origin, "");
-    let resp = must(&n, Request::get("/deny").header("x-pw-test", "local").header("x-pw-local-status", "418").header("x-pw-local-body", "no tea"));
+    let resp = must(
+        &n,
+        Request::get("/deny")
+            .header("x-pw-test", "local")
+            .header("x-pw-local-status", "418")
+            .header("x-pw-local-body", "no tea"),
+    );
     assert_eq!(resp.status, 418, "{}", n.log_report());
     assert_eq!(resp.body_str(), "no tea");
     assert_eq!(resp.header("x-pw-local"), Some("request-headers"));
@@ -111,7 +122,8 @@ fn a_local_response_from_request_headers_never_reaches_the_origin() {
 fn a_local_response_from_response_headers_replaces_the_origin_response() {
     let origin = Origin::start();
     let n = start("ngx-local-resp", &rust_filter("rust", ""), &["rust"], &origin, "");
-    let resp = must(&n, Request::get("/r").header("x-pw-test", "local-resp-headers").header("x-pw-local-status", "451"));
+    let resp =
+        must(&n, Request::get("/r").header("x-pw-test", "local-resp-headers").header("x-pw-local-status", "451"));
     assert_eq!(resp.status, 451, "{}", n.log_report());
     assert_eq!(resp.body_str(), "replaced response by rust-sdk-filter");
     assert_eq!(resp.header("x-pw-local"), Some("response-headers"));
@@ -130,14 +142,36 @@ fn a_local_response_from_the_request_phase_goes_through_the_response_callbacks_o
                      location /unseen { proxy_wasm rust; proxy_wasm observer; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }";
     let n = start("ngx-local-response-callbacks", &yaml, &[], &origin, locations);
     let count = |text: &str| n.error_log().matches(text).count();
-    let r = must(&n, Request::get("/observed").header("x-pw-test", "local").header("x-pw-local-status", "418").header("x-pw-local-body", "no tea"));
+    let r = must(
+        &n,
+        Request::get("/observed")
+            .header("x-pw-test", "local")
+            .header("x-pw-local-status", "418")
+            .header("x-pw-local-body", "no tea"),
+    );
     assert_eq!((r.status, r.body_str().as_str()), (418, "no tea"), "{}", n.log_report());
     assert!(e2e::wait_until(WAIT, || count("observer: on_response_body ctx=") == 1), "{}", n.log_report());
-    assert_eq!((count("observer: on_request_headers ctx="), count("observer: on_response_headers ctx=")), (1, 1), "{}", n.log_report());
-    let r = must(&n, Request::get("/unseen").header("x-pw-test", "local").header("x-pw-local-status", "418").header("x-pw-local-body", "no tea"));
+    assert_eq!(
+        (count("observer: on_request_headers ctx="), count("observer: on_response_headers ctx=")),
+        (1, 1),
+        "{}",
+        n.log_report()
+    );
+    let r = must(
+        &n,
+        Request::get("/unseen")
+            .header("x-pw-test", "local")
+            .header("x-pw-local-status", "418")
+            .header("x-pw-local-body", "no tea"),
+    );
     assert_eq!((r.status, r.body_str().as_str()), (418, "no tea"), "{}", n.log_report());
     assert!(e2e::wait_until(WAIT, || count("observer: on_log ctx=") == 2), "{}", n.log_report());
-    assert_eq!((count("observer: on_request_headers ctx="), count("observer: on_response_headers ctx=")), (1, 1), "the observer never saw the second request\n{}", n.log_report());
+    assert_eq!(
+        (count("observer: on_request_headers ctx="), count("observer: on_response_headers ctx=")),
+        (1, 1),
+        "the observer never saw the second request\n{}",
+        n.log_report()
+    );
     origin.assert_no_new_requests(Duration::from_millis(300));
 }
 
@@ -185,13 +219,18 @@ fn a_trap_answers_503_and_the_worker_keeps_serving() {
     }
     // A fresh instance runs (and traps again) for the next /trap request.
     assert_eq!(must(&n, Request::get("/trap")).status, 503);
-    assert!(origin.requests().iter().all(|r| !r.path.starts_with("/trap")), "a trapped request never reaches the origin");
+    assert!(
+        origin.requests().iter().all(|r| !r.path.starts_with("/trap")),
+        "a trapped request never reaches the origin"
+    );
 }
 
 #[test]
 fn nginx_t_reports_yaml_errors_with_file_and_key() {
     let broken = "- config:\n    name: \"x\"\n    vm_config:\n      code:\n        local:\n          filename: 42\n          bogus_key: 1\n";
-    let out = Nginx::test_only(NginxOptions::new("ngx-t-yaml").file("plugins.yaml", broken).http("proxy_wasm_config @CONF@/plugins.yaml;"));
+    let out = Nginx::test_only(
+        NginxOptions::new("ngx-t-yaml").file("plugins.yaml", broken).http("proxy_wasm_config @CONF@/plugins.yaml;"),
+    );
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("plugins.yaml"), "the error names the file: {text}");
@@ -202,17 +241,30 @@ fn nginx_t_reports_yaml_errors_with_file_and_key() {
 #[test]
 fn nginx_t_reports_module_errors_and_unknown_plugin_names() {
     let yaml = plugin_yaml("nomark", "no_marker.wasm", "", "");
-    let out = Nginx::test_only(NginxOptions::new("ngx-t-wasm").file("plugins.yaml", yaml).http("proxy_wasm_config @CONF@/plugins.yaml;"));
+    let out = Nginx::test_only(
+        NginxOptions::new("ngx-t-wasm").file("plugins.yaml", yaml).http("proxy_wasm_config @CONF@/plugins.yaml;"),
+    );
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("nomark") && text.contains("no_marker.wasm"), "the error names the plugin and module: {text}");
+    assert!(
+        text.contains("nomark") && text.contains("no_marker.wasm"),
+        "the error names the plugin and module: {text}"
+    );
 
-    let out = Nginx::test_only(NginxOptions::new("ngx-t-name").file("plugins.yaml", rust_filter("rust", "")).http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm nosuch;"));
+    let out = Nginx::test_only(
+        NginxOptions::new("ngx-t-name")
+            .file("plugins.yaml", rust_filter("rust", ""))
+            .http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm nosuch;"),
+    );
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("no plugin named \"nosuch\""), "{text}");
 
-    let out = Nginx::test_only(NginxOptions::new("ngx-t-ok").file("plugins.yaml", rust_filter("rust", "")).http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm rust;"));
+    let out = Nginx::test_only(
+        NginxOptions::new("ngx-t-ok")
+            .file("plugins.yaml", rust_filter("rust", ""))
+            .http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm rust;"),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -225,7 +277,10 @@ fn body_server(test: &str) -> (Origin, Nginx) {
 #[test]
 fn a_small_request_body_is_rewritten_before_the_origin_sees_it() {
     let (origin, n) = body_server("ngx-req-body");
-    let resp = must(&n, Request::post("/echo", "hello world").header("x-pw-test", "req-body-upper, req-body-prefix, req-body-append"));
+    let resp = must(
+        &n,
+        Request::post("/echo", "hello world").header("x-pw-test", "req-body-upper, req-body-prefix, req-body-append"),
+    );
     assert_eq!(resp.status, 200, "{}", n.log_report());
     let seen = &origin.wait_for_requests(1, WAIT)[0];
     assert_eq!(seen.body_str(), "[pw]HELLO WORLD[/pw]");
@@ -237,7 +292,10 @@ fn a_small_request_body_is_rewritten_before_the_origin_sees_it() {
 fn a_1_mib_request_body_is_rewritten_whole() {
     let (origin, n) = body_server("ngx-req-1m");
     let body = e2e::pattern_body(1 << 20);
-    let resp = must(&n, Request::post("/echo", body.clone()).header("x-pw-test", "req-body-upper").timeout(Duration::from_secs(30)));
+    let resp = must(
+        &n,
+        Request::post("/echo", body.clone()).header("x-pw-test", "req-body-upper").timeout(Duration::from_secs(30)),
+    );
     assert_eq!(resp.status, 200, "{}", n.log_report());
     let seen = &origin.wait_for_requests(1, WAIT)[0];
     assert_eq!(seen.body, body.to_ascii_uppercase());
@@ -246,7 +304,10 @@ fn a_1_mib_request_body_is_rewritten_whole() {
 #[test]
 fn a_chunked_request_body_is_rewritten_and_sent_with_a_length() {
     let (origin, n) = body_server("ngx-req-chunked");
-    let resp = must(&n, Request::post("/echo", "hello chunked world").chunked(4).header("x-pw-test", "req-body-prefix, body-info"));
+    let resp = must(
+        &n,
+        Request::post("/echo", "hello chunked world").chunked(4).header("x-pw-test", "req-body-prefix, body-info"),
+    );
     assert_eq!(resp.status, 200, "{}", n.log_report());
     assert_eq!(resp.header("x-pw-req-headers-eos"), Some("false"));
     assert_eq!(resp.header("x-pw-req-body-eos-calls"), Some("1"), "exactly one body callback carries end_of_stream");
@@ -271,9 +332,11 @@ fn response_bodies_are_rewritten_small_1_mib_and_chunked() {
         _ => Response::new(200).body("chunky response body").chunked(3),
     });
     let n = start("ngx-resp-body", &rust_filter("rust", ""), &["rust"], &origin, "");
-    let small = must(&n, Request::get("/small").header("x-pw-test", "resp-body-upper, resp-body-prefix, resp-body-append"));
+    let small =
+        must(&n, Request::get("/small").header("x-pw-test", "resp-body-upper, resp-body-prefix, resp-body-append"));
     assert_eq!(small.body_str(), "[pw]HELLO WORLD[/pw]", "{}", n.log_report());
-    let big_resp = must(&n, Request::get("/big").header("x-pw-test", "resp-body-upper").timeout(Duration::from_secs(30)));
+    let big_resp =
+        must(&n, Request::get("/big").header("x-pw-test", "resp-body-upper").timeout(Duration::from_secs(30)));
     assert_eq!(big_resp.body.len(), big.len());
     assert!(big_resp.body == big.to_ascii_uppercase(), "1 MiB response body upper-cased");
     let chunked = must(&n, Request::get("/chunked").header("x-pw-test", "resp-body-append"));
@@ -321,8 +384,17 @@ fn a_local_response_after_the_request_body_is_read() {
 }
 
 fn callout_server(test: &str) -> (Origin, Nginx) {
-    let origin = Origin::with_handler(|req| if req.path_only() == "/callout" { Response::text(200, "pong") } else { Response::hello() });
-    let yaml = rust_filter("rust", &format!(r#"{{"upstream":"127.0.0.1:{}","fail_upstream":"127.0.0.1:1","fail_timeout_ms":500}}"#, origin.port()));
+    let origin = Origin::with_handler(|req| {
+        if req.path_only() == "/callout" {
+            Response::text(200, "pong")
+        } else {
+            Response::hello()
+        }
+    });
+    let yaml = rust_filter(
+        "rust",
+        &format!(r#"{{"upstream":"127.0.0.1:{}","fail_upstream":"127.0.0.1:1","fail_timeout_ms":500}}"#, origin.port()),
+    );
     let n = start(test, &yaml, &["rust"], &origin, "");
     (origin, n)
 }
@@ -357,7 +429,14 @@ fn two_hundred_concurrent_requests_each_make_an_http_call() {
     let (origin, n) = callout_server("ngx-http-call-200");
     let port = n.port();
     let threads: Vec<_> = (0..200)
-        .map(|i| std::thread::spawn(move || Request::get(&format!("/p{i}")).header("x-pw-test", "http-call").timeout(Duration::from_secs(60)).send(port)))
+        .map(|i| {
+            std::thread::spawn(move || {
+                Request::get(&format!("/p{i}"))
+                    .header("x-pw-test", "http-call")
+                    .timeout(Duration::from_secs(60))
+                    .send(port)
+            })
+        })
         .collect();
     let mut ok = 0;
     for t in threads {
@@ -419,7 +498,16 @@ fn a_reload_with_broken_yaml_keeps_the_old_workers_serving_while_requests_flow()
     n.rewrite_file("plugins.yaml", &rust_filter("rust", r#"{"tag":"v2"}"#));
     let out = n.signal("reload");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(e2e::wait_until(Duration::from_secs(20), || Request::get("/new").send(port).ok().and_then(|r| r.header("x-proxy-wasm").map(str::to_string)).as_deref() == Some("v2")), "{}", n.log_report());
+    assert!(
+        e2e::wait_until(Duration::from_secs(20), || Request::get("/new")
+            .send(port)
+            .ok()
+            .and_then(|r| r.header("x-proxy-wasm").map(str::to_string))
+            .as_deref()
+            == Some("v2")),
+        "{}",
+        n.log_report()
+    );
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.join().expect("load thread");
@@ -438,7 +526,13 @@ fn a_response_paused_in_on_response_headers_resumes_when_the_http_call_answers()
 
 #[test]
 fn bodies_paused_at_their_end_resume_when_the_http_call_answers() {
-    let origin = Origin::with_handler(|req| if req.path_only() == "/callout" { Response::text(200, "pong") } else { Response::echo(req) });
+    let origin = Origin::with_handler(|req| {
+        if req.path_only() == "/callout" {
+            Response::text(200, "pong")
+        } else {
+            Response::echo(req)
+        }
+    });
     let yaml = rust_filter("rust", &format!(r#"{{"upstream":"127.0.0.1:{}"}}"#, origin.port()));
     let n = start("ngx-pause-bodies", &yaml, &["rust"], &origin, "");
     let resp = must(&n, Request::post("/echo", "request body").header("x-pw-test", "http-call-req-body"));
@@ -446,7 +540,12 @@ fn bodies_paused_at_their_end_resume_when_the_http_call_answers() {
     let seen = origin.wait_for_requests(2, WAIT).into_iter().find(|r| r.path == "/echo").expect("origin reached");
     assert_eq!(seen.body_str(), "request body[callout:200]");
     // Answered from the callout instead: the origin never gets the request.
-    let resp = must(&n, Request::post("/echo/held", "request body").header("x-pw-test", "http-call-req-body").header("x-pw-body-callout-local", "1"));
+    let resp = must(
+        &n,
+        Request::post("/echo/held", "request body")
+            .header("x-pw-test", "http-call-req-body")
+            .header("x-pw-body-callout-local", "1"),
+    );
     assert_eq!((resp.status, resp.body_str().as_str()), (200, "callout:pong"), "{}", n.log_report());
     std::thread::sleep(Duration::from_millis(200));
     assert!(!origin.requests().iter().any(|r| r.path == "/echo/held"), "the origin never got the request");
@@ -463,7 +562,12 @@ fn pause_timeout_server(test: &str) -> (Origin, Nginx) {
         }
         e2e::origin::default_handler(req)
     });
-    let yaml = plugin_yaml("rust", "rust_sdk_filter.wasm", &format!(r#"{{"upstream":"127.0.0.1:{}","callout_timeout_ms":10000}}"#, origin.port()), "    pause_timeout: 1s\n");
+    let yaml = plugin_yaml(
+        "rust",
+        "rust_sdk_filter.wasm",
+        &format!(r#"{{"upstream":"127.0.0.1:{}","callout_timeout_ms":10000}}"#, origin.port()),
+        "    pause_timeout: 1s\n",
+    );
     let n = start(test, &yaml, &["rust"], &origin, "");
     (origin, n)
 }
@@ -473,20 +577,42 @@ fn a_request_a_plugin_never_continues_gets_504_after_its_pause_timeout() {
     let (origin, n) = pause_timeout_server("ngx-pause-timeout-request");
     // Waits for a body callback that never comes while its headers are paused.
     let t0 = std::time::Instant::now();
-    let r = must(&n, Request::post("/never", "a body").header("x-pw-test", "resume-in-body").timeout(Duration::from_secs(10)));
-    assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", n.log_report());
+    let r = must(
+        &n,
+        Request::post("/never", "a body").header("x-pw-test", "resume-in-body").timeout(Duration::from_secs(10)),
+    );
+    assert_eq!(
+        (r.status, r.body_str().as_str()),
+        (504, "the request waited too long for a plugin\n"),
+        "{}",
+        n.log_report()
+    );
     assert!(t0.elapsed() < Duration::from_secs(4), "answered after {:?}", t0.elapsed());
-    assert!(n.error_log().contains("rust: kept the request headers paused for 1s (pause_timeout) without continuing it; answering 504"), "{}", n.log_report());
+    assert!(
+        n.error_log().contains(
+            "rust: kept the request headers paused for 1s (pause_timeout) without continuing it; answering 504"
+        ),
+        "{}",
+        n.log_report()
+    );
     // Paused on an http_call slower than the pause timeout, then the late
     // answer continues a finished stream: 504, and nothing breaks.
     let r = must(&n, Request::get("/slow-call").header("x-pw-test", "http-call").timeout(Duration::from_secs(10)));
     assert_eq!(r.status, 504, "{}", n.log_report());
     // The request body paused at its end.
-    let r = must(&n, Request::post("/req-body", "request body").header("x-pw-test", "http-call-req-body").timeout(Duration::from_secs(10)));
+    let r = must(
+        &n,
+        Request::post("/req-body", "request body")
+            .header("x-pw-test", "http-call-req-body")
+            .timeout(Duration::from_secs(10)),
+    );
     assert_eq!(r.status, 504, "{}", n.log_report());
     assert!(n.error_log().contains("rust: kept the request body paused for 1s (pause_timeout)"), "{}", n.log_report());
     std::thread::sleep(Duration::from_millis(2500));
-    assert!(!origin.requests().iter().any(|q| ["/never", "/slow-call", "/req-body"].contains(&q.path.as_str())), "the origin never got the timed-out requests");
+    assert!(
+        !origin.requests().iter().any(|q| ["/never", "/slow-call", "/req-body"].contains(&q.path.as_str())),
+        "the origin never got the timed-out requests"
+    );
     let r = must(&n, Request::get("/after"));
     assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")), "{}", n.log_report());
 }
@@ -495,13 +621,29 @@ fn a_request_a_plugin_never_continues_gets_504_after_its_pause_timeout() {
 fn a_response_paused_past_the_pause_timeout_is_replaced_by_504_or_cut_off() {
     let (_origin, n) = pause_timeout_server("ngx-pause-timeout-response");
     let r = must(&n, Request::get("/resp").header("x-pw-test", "http-call-response").timeout(Duration::from_secs(10)));
-    assert_eq!((r.status, r.body_str().as_str()), (504, "the request waited too long for a plugin\n"), "{}", n.log_report());
-    assert!(n.error_log().contains("rust: kept the response headers paused for 1s (pause_timeout)"), "{}", n.log_report());
+    assert_eq!(
+        (r.status, r.body_str().as_str()),
+        (504, "the request waited too long for a plugin\n"),
+        "{}",
+        n.log_report()
+    );
+    assert!(
+        n.error_log().contains("rust: kept the response headers paused for 1s (pause_timeout)"),
+        "{}",
+        n.log_report()
+    );
     // The response body, after its header went out: the response is cut off.
-    let r = n.send(&Request::get("/resp-body").header("x-pw-test", "http-call-resp-body").timeout(Duration::from_secs(10)));
+    let r =
+        n.send(&Request::get("/resp-body").header("x-pw-test", "http-call-resp-body").timeout(Duration::from_secs(10)));
     let e = r.map(|r| (r.status, r.body_str())).expect_err("the client sees the response cut off");
     assert!(e.to_string().contains("connection closed"), "{e}");
-    assert!(n.error_log().contains("rust: kept the response body paused for 1s (pause_timeout) without continuing it; aborting the response"), "{}", n.log_report());
+    assert!(
+        n.error_log().contains(
+            "rust: kept the response body paused for 1s (pause_timeout) without continuing it; aborting the response"
+        ),
+        "{}",
+        n.log_report()
+    );
     std::thread::sleep(Duration::from_millis(2500));
     let r = must(&n, Request::get("/after"));
     assert_eq!(r.status, 200, "{}", n.log_report());

@@ -83,7 +83,8 @@ fn http_calls_of_two_vms_in_one_worker_each_get_their_own_answer() {
     use std::time::Duration;
     let origin = e2e::origin::Origin::start();
     let auth = e2e::origin::Origin::with_handler(|req| {
-        let r = e2e::origin::Response::text(200, "ok").header("x-user-id", req.path_only().trim_start_matches("/auth/").to_string());
+        let r = e2e::origin::Response::text(200, "ok")
+            .header("x-user-id", req.path_only().trim_start_matches("/auth/").to_string());
         if req.path_only() == "/auth/slow" {
             r.delay(Duration::from_millis(1500))
         } else {
@@ -91,23 +92,33 @@ fn http_calls_of_two_vms_in_one_worker_each_get_their_own_answer() {
         }
     });
     let allowed = format!("  authorizations:\n    allowed_hosts: [\"127.0.0.1:{}\"]\n", auth.port());
-    let config = |who: &str| format!(r#"{{"uri": "http://127.0.0.1:{}/auth/{who}", "upstream_headers": ["X-User-ID"]}}"#, auth.port());
+    let config = |who: &str| {
+        format!(r#"{{"uri": "http://127.0.0.1:{}/auth/{who}", "upstream_headers": ["X-User-ID"]}}"#, auth.port())
+    };
     let routes = [
         apisix_examples::route("fa-slow", "forward_auth", &config("slow"), &allowed),
         apisix_examples::route("fa-quick", "forward_auth", &config("quick"), &allowed),
     ];
     let n = Nginx::start(options("apisix-two-vms", origin.port(), &routes).workers(1));
     let port = n.port();
-    let slow = std::thread::spawn(move || Request::get("/two/slow").host("fa-slow.test").timeout(Duration::from_secs(10)).send(port));
+    let slow = std::thread::spawn(move || {
+        Request::get("/two/slow").host("fa-slow.test").timeout(Duration::from_secs(10)).send(port)
+    });
     // The slow call is in flight (its answer takes 1.5 s) when the quick one starts.
-    assert!(e2e::wait_until(Duration::from_secs(5), || auth.requests().iter().any(|r| r.path == "/auth/slow")), "{}", n.log_report());
+    assert!(
+        e2e::wait_until(Duration::from_secs(5), || auth.requests().iter().any(|r| r.path == "/auth/slow")),
+        "{}",
+        n.log_report()
+    );
     let quick = Request::get("/two/quick").host("fa-quick.test").timeout(Duration::from_secs(10)).send(port);
     let slow = slow.join().expect("client thread");
     for (what, r) in [("quick", quick), ("slow", slow)] {
         let r = r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", n.log_report()));
         assert_eq!(r.status, 200, "{what}\n{}", n.log_report());
     }
-    let seen = |path: &str| origin.requests().into_iter().find(|r| r.path == path).and_then(|r| r.header("x-user-id").map(str::to_string));
+    let seen = |path: &str| {
+        origin.requests().into_iter().find(|r| r.path == path).and_then(|r| r.header("x-user-id").map(str::to_string))
+    };
     assert_eq!(seen("/two/slow").as_deref(), Some("slow"), "each request gets its own auth answer");
     assert_eq!(seen("/two/quick").as_deref(), Some("quick"));
     assert!(!n.error_log().contains("exited on signal"), "{}", n.log_report());

@@ -73,7 +73,8 @@ fn an_instance_is_replaced_after_max_calls_and_starts_again() {
 
 #[test]
 fn an_instance_whose_memory_passes_max_memory_usage_is_replaced() {
-    let (_origin, n) = start("ngx-recycle-memory", filter_yaml("", "", "    kill_options: { max_memory_usage: 0.01 }\n"));
+    let (_origin, n) =
+        start("ngx-recycle-memory", filter_yaml("", "", "    kill_options: { max_memory_usage: 0.01 }\n"));
     let before = shared_u64(&n, "vm.starts");
     let r = send(&n, Request::get("/").header("x-pw-test", "alloc").header("x-pw-alloc-mb", "64"));
     assert_eq!(r.status, 200, "{}", n.log_report());
@@ -83,7 +84,8 @@ fn an_instance_whose_memory_passes_max_memory_usage_is_replaced() {
 
 #[test]
 fn an_instance_unused_for_max_unused_duration_is_shut_down_and_a_fresh_one_serves_the_next_request() {
-    let (_origin, n) = start("ngx-recycle-idle", filter_yaml("", "", "    kill_options: { max_unused_duration: 1s }\n"));
+    let (_origin, n) =
+        start("ngx-recycle-idle", filter_yaml("", "", "    kill_options: { max_unused_duration: 1s }\n"));
     let before = shared_u64(&n, "vm.starts");
     n.expect_log("replaced after recycling: guarded: unused for", Duration::from_secs(10));
     let r = send(&n, Request::get("/"));
@@ -111,7 +113,15 @@ fn out_of_bounds_pointers_get_invalid_memory_access_and_the_worker_keeps_serving
         n.expect_log(line, WAIT);
     }
     let logs = n.error_log();
-    for (case, status) in [("cfg_get_ret_ptr_oob", 6), ("log_msg_oob", 6), ("log_ptr_len_wrap", 6), ("hdr_get_key_oob", 6), ("hdr_get_ret_straddle", 6), ("hdr_get_map_99", 2), ("hdr_add_probe", 0)] {
+    for (case, status) in [
+        ("cfg_get_ret_ptr_oob", 6),
+        ("log_msg_oob", 6),
+        ("log_ptr_len_wrap", 6),
+        ("hdr_get_key_oob", 6),
+        ("hdr_get_ret_straddle", 6),
+        ("hdr_get_map_99", 2),
+        ("hdr_add_probe", 0),
+    ] {
         assert!(logs.contains(&format!("{case}={status}")), "{case}={status}\n{}", n.log_report());
     }
     assert!(!logs.contains("trapped"), "{}", n.log_report());
@@ -138,7 +148,9 @@ fn cache_dir(test: &str) -> std::path::PathBuf {
 fn cached(test: &str, cache: &std::path::Path, workers: usize) -> (Origin, Nginx) {
     let yaml = "# e2e: keep runtime (the compiled-module cache is Wasmtime's)\nconfig:\n  name: guarded\n  vm_config:\n    vm_id: cached\n    allow_precompiled: true\n    code: { local: { filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\" } }\n";
     let cache = cache.display().to_string();
-    start_with(test, yaml.to_string(), move |o| o.workers(workers).main(format!("env PROXY_WASM_HOST_COMPILED_CACHE={cache};")))
+    start_with(test, yaml.to_string(), move |o| {
+        o.workers(workers).main(format!("env PROXY_WASM_HOST_COMPILED_CACHE={cache};"))
+    })
 }
 
 #[test]
@@ -153,7 +165,12 @@ fn every_worker_and_a_restart_reuse_the_compiled_module_cache() {
     }
     let (_origin, n) = cached("ngx-cache-second", &dir, 2);
     assert_eq!(send(&n, Request::get("/")).header("x-proxy-wasm"), Some("rust-sdk"));
-    assert_eq!(count(&n, "compiled code read from the compiled-module cache"), 2, "both workers of the restart reuse it\n{}", n.log_report());
+    assert_eq!(
+        count(&n, "compiled code read from the compiled-module cache"),
+        2,
+        "both workers of the restart reuse it\n{}",
+        n.log_report()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -181,7 +198,8 @@ fn a_world_writable_compiled_module_cache_folder_is_not_used() {
 #[test]
 fn remote_code_with_a_wrong_sha256_fails_the_configuration_and_the_right_one_loads() {
     use sha2::Digest;
-    let wasm = std::fs::read(e2e::repo_root().join("build/plugins/rust_sdk_filter.wasm")).expect("build the plugins first");
+    let wasm =
+        std::fs::read(e2e::repo_root().join("build/plugins/rust_sdk_filter.wasm")).expect("build the plugins first");
     let right: String = sha2::Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
     let wrong = "0".repeat(64);
     let code_server = Origin::with_handler(move |_| e2e::origin::Response::new(200).body(wasm.clone()));
@@ -201,10 +219,17 @@ fn remote_code_with_a_wrong_sha256_fails_the_configuration_and_the_right_one_loa
 
     let cache = cache_dir("remote-wrong");
     let out = Nginx::test_only(
-        NginxOptions::new("ngx-remote-wrong").file("plugins.yaml", yaml(&wrong, &cache)).http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm guarded;"),
+        NginxOptions::new("ngx-remote-wrong")
+            .file("plugins.yaml", yaml(&wrong, &cache))
+            .http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm guarded;"),
     );
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("vm_config.code.remote.sha256") && text.contains(&format!("has sha256 {right}")) && text.contains(&format!("expected {wrong}")), "{text}");
+    assert!(
+        text.contains("vm_config.code.remote.sha256")
+            && text.contains(&format!("has sha256 {right}"))
+            && text.contains(&format!("expected {wrong}")),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&cache);
 }

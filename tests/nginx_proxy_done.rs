@@ -29,7 +29,11 @@ fn a_recycled_generation_whose_plugin_never_calls_proxy_done_is_released_after_i
     assert_eq!(n.get("/first").unwrap().status, 200, "{}", n.log_report());
     assert_eq!(n.get("/second").unwrap().status, 200, "{}", n.log_report());
     let count = |text: &str| n.error_log().matches(text).count();
-    assert!(e2e::wait_until(Duration::from_secs(10), || count("never-done: on_delete ctx=1") == 1), "the old generation's root is deleted\n{}", n.log_report());
+    assert!(
+        e2e::wait_until(Duration::from_secs(10), || count("never-done: on_delete ctx=1") == 1),
+        "the old generation's root is deleted\n{}",
+        n.log_report()
+    );
     // The old generation was shut down (its root's on_done ran once) ...
     assert_eq!(count("never-done: on_done ctx=1"), 1, "{}", n.log_report());
     // ... after its waiting stream (ctx 2 of both generations) was deleted.

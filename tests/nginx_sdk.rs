@@ -72,7 +72,11 @@ fn the_request(origin: &Origin, path: &str) -> origin::Request {
         if let Some(r) = origin.requests().into_iter().find(|r| r.path == path) {
             return r;
         }
-        assert!(Instant::now() < deadline, "the origin never got {path}: {:?}", origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "the origin never got {path}: {:?}",
+            origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -119,7 +123,10 @@ mod on_one_server {
 
     fn prop<'a>(r: &'a Response, name: &str, path: &str) -> &'a str {
         let prefix = format!("{path}=");
-        r.header_all(name).into_iter().find_map(|v| v.strip_prefix(prefix.as_str())).unwrap_or_else(|| panic!("{name} has no {path}: {:?}", r.header_all(name)))
+        r.header_all(name)
+            .into_iter()
+            .find_map(|v| v.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("{name} has no {path}: {:?}", r.header_all(name)))
     }
 
     fn int(rendered: &str) -> i64 {
@@ -192,10 +199,17 @@ mod on_one_server {
         assert_eq!((r.header("x-pw-log-level"), r.header("x-pw-log-level-name")), (Some("2"), Some("info")));
         f.n.expect_log("log-test level=critical", WAIT);
         let logs = f.n.error_log();
-        let line = |level: &str| logs.lines().find(|l| l.contains(&format!("log-test level={level} "))).map(str::to_string);
+        let line =
+            |level: &str| logs.lines().find(|l| l.contains(&format!("log-test level={level} "))).map(str::to_string);
         for (level, marker) in [("info", "[info]"), ("warn", "[warn]"), ("error", "[error]"), ("critical", "[crit]")] {
             let l = line(level).unwrap_or_else(|| panic!("no {level} line\n{}", f.n.log_report()));
-            assert!(l.contains(marker) && l.contains(&format!("[proxy_wasm] rust-filter: rust-sdk-filter log-test level={level} context=")), "{level}: {l}");
+            assert!(
+                l.contains(marker)
+                    && l.contains(&format!(
+                        "[proxy_wasm] rust-filter: rust-sdk-filter log-test level={level} context="
+                    )),
+                "{level}: {l}"
+            );
         }
         assert!(line("trace").is_none() && line("debug").is_none(), "below the error_log level");
     }
@@ -227,7 +241,14 @@ mod on_one_server {
     fn a_trap_answers_503_and_the_worker_keeps_serving() {
         // A plugin of its own: the shared one must not fail.
         let origin = Origin::start();
-        let n = start("ngx-sdk-panic", &rust_yaml("trapper", "", "", "    failure_policy: reload\n"), "trapper", &origin, "", 1);
+        let n = start(
+            "ngx-sdk-panic",
+            &rust_yaml("trapper", "", "", "    failure_policy: reload\n"),
+            "trapper",
+            &origin,
+            "",
+            1,
+        );
         let r = send(&n, case("/boom", "panic"));
         assert_eq!(r.status, 503, "{}", n.log_report());
         n.expect_log("trapper", WAIT);
@@ -235,7 +256,6 @@ mod on_one_server {
         let r = send(&n, Request::get("/after"));
         assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")), "{}", n.log_report());
     }
-
 }
 
 // ------------------------------------------------------------------ ticks, deferred done, aborted requests (one worker)
@@ -302,7 +322,12 @@ mod with_ticks {
             ("/trb-big", Request::post("/trb-big", body.clone())),
         ] {
             let r = send(&f.n, req.header("x-pw-test", "tick-resume").timeout(Duration::from_secs(10)));
-            assert_eq!((r.status, r.header("x-pw-first-body-call-resumed-by")), (200, Some("tick")), "{path}\n{}", f.n.log_report());
+            assert_eq!(
+                (r.status, r.header("x-pw-first-body-call-resumed-by")),
+                (200, Some("tick")),
+                "{path}\n{}",
+                f.n.log_report()
+            );
             let seen = the_request(&f.origin, path);
             assert_eq!(seen.header("x-pw-resumed-by"), Some("tick"));
             assert_eq!(seen.body.len(), if path == "/trb" { 21 } else { body.len() }, "{path}");
@@ -312,7 +337,8 @@ mod with_ticks {
     #[test]
     fn on_log_and_on_done_run_for_a_request_the_client_aborts_while_it_is_paused() {
         let f = ticking();
-        let (log0, done0, delete0) = (num(&shared(&f.n, "log.count")), num(&shared(&f.n, "done.count")), num(&shared(&f.n, "delete.count")));
+        let (log0, done0, delete0) =
+            (num(&shared(&f.n, "log.count")), num(&shared(&f.n, "done.count")), num(&shared(&f.n, "delete.count")));
         // The request waits for the slow origin; the client goes away meanwhile.
         let mut s = TcpStream::connect(("127.0.0.1", f.n.port())).unwrap();
         s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -320,13 +346,20 @@ mod with_ticks {
         drop(s);
         // And one that sends half of its body and goes away.
         let mut s = TcpStream::connect(("127.0.0.1", f.n.port())).unwrap();
-        s.write_all(b"POST /half HTTP/1.1\r\nHost: x\r\nx-pw-test: req-body-upper\r\nContent-Length: 100\r\n\r\nonly part").unwrap();
+        s.write_all(
+            b"POST /half HTTP/1.1\r\nHost: x\r\nx-pw-test: req-body-upper\r\nContent-Length: 100\r\n\r\nonly part",
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         drop(s);
         let log = wait_shared(&f.n, "log.count", |v| num(v) >= log0 + 2 + 2);
         assert!(num(&log) >= log0 + 2, "on_log ran for both aborted requests: {log0} -> {log}\n{}", f.n.log_report());
         assert!(num(&wait_shared(&f.n, "done.count", |v| num(v) >= done0 + 2)) >= done0 + 2, "{}", f.n.log_report());
-        assert!(num(&wait_shared(&f.n, "delete.count", |v| num(v) >= delete0 + 2)) >= delete0 + 2, "{}", f.n.log_report());
+        assert!(
+            num(&wait_shared(&f.n, "delete.count", |v| num(v) >= delete0 + 2)) >= delete0 + 2,
+            "{}",
+            f.n.log_report()
+        );
     }
 
     #[test]
@@ -403,7 +436,8 @@ fn callout_origin() -> Origin {
 
 #[test]
 fn http_calls_answer_with_status_headers_body_and_trailers_and_reuse_one_connection() {
-    let callout = Origin::with_handler(|req| origin::Response::text(200, "pong").header("x-callout-method", req.method.clone()));
+    let callout =
+        Origin::with_handler(|req| origin::Response::text(200, "pong").header("x-callout-method", req.method.clone()));
     let origin = Origin::start();
     let config = format!(r#"{{"upstream":"127.0.0.1:{}","callout_timeout_ms":3000}}"#, callout.port());
     let n = start("ngx-sdk-callout", &rust_yaml("caller", "", &config, ""), "caller", &origin, "", 1);
@@ -413,7 +447,10 @@ fn http_calls_answer_with_status_headers_body_and_trailers_and_reuse_one_connect
     assert_eq!(r.header("x-pw-callout-status"), Some("200"));
     assert_eq!(r.header("x-pw-callout-body"), Some("pong"));
     let seen = &callout.wait_for_requests(1, WAIT)[0];
-    assert_eq!((seen.method.as_str(), seen.path.as_str(), seen.body_str().as_str()), ("POST", "/callout", "ping from rust-sdk-filter"));
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str(), seen.body_str().as_str()),
+        ("POST", "/callout", "ping from rust-sdk-filter")
+    );
     assert_eq!(seen.header("x-pw-callout"), Some("1"));
     // Several calls in a row to one upstream: one TCP connection (kept alive).
     for i in 0..5 {
@@ -439,19 +476,29 @@ fn http_call_variants_local_fail_bad_and_body_pauses() {
         }
         origin::Response::text(200, "hello from origin")
     });
-    let config = format!(r#"{{"upstream":"127.0.0.1:{}","callout_timeout_ms":3000,"fail_timeout_ms":500}}"#, callout.port());
+    let config =
+        format!(r#"{{"upstream":"127.0.0.1:{}","callout_timeout_ms":3000,"fail_timeout_ms":500}}"#, callout.port());
     let n = start("ngx-sdk-callout-variants", &rust_yaml("caller", "", &config, ""), "caller", &origin, "", 2);
     // The callout's trailers and chunked body are reported.
     let r = send(&n, case("/c", "http-call"));
     assert_eq!(r.header("x-pw-callout-body"), Some("pong"), "{}", n.log_report());
-    assert!(r.header("x-pw-callout-trailers").is_some_and(|t| t.starts_with("1 ")), "{:?}", r.header("x-pw-callout-trailers"));
+    assert!(
+        r.header("x-pw-callout-trailers").is_some_and(|t| t.starts_with("1 ")),
+        "{:?}",
+        r.header("x-pw-callout-trailers")
+    );
     // http-call-local: the callout's answer becomes the local response.
     let r = send(&n, case("/cl", "http-call-local"));
     assert_eq!((r.status, r.body_str().as_str()), (200, "callout:pong"), "{}", n.log_report());
     assert!(!origin.requests().iter().any(|r| r.path == "/cl"));
     // http-call-fail: the host calls back with zero headers.
     let r = send(&n, case("/cf", "http-call-fail"));
-    assert_eq!((r.header("x-pw-callout-dispatch"), r.header("x-pw-callout-failed")), (Some("OK"), Some("1")), "{}", n.log_report());
+    assert_eq!(
+        (r.header("x-pw-callout-dispatch"), r.header("x-pw-callout-failed")),
+        (Some("OK"), Some("1")),
+        "{}",
+        n.log_report()
+    );
     // http-call-bad: no :path.
     let r = send(&n, case("/cb", "http-call-bad"));
     assert_eq!((r.status, r.header("x-pw-callout-bad")), (200, Some("BAD_ARGUMENT")));
@@ -463,7 +510,12 @@ fn http_call_variants_local_fail_bad_and_body_pauses() {
     assert_eq!(r.body_str(), "response body[callout:200]", "{}", n.log_report());
     // From on_response_headers.
     let r = send(&n, case("/cr", "http-call-response"));
-    assert_eq!((r.status, r.header("x-pw-callout-status"), r.body_str().as_str()), (200, Some("200"), "hello from origin"), "{}", n.log_report());
+    assert_eq!(
+        (r.status, r.header("x-pw-callout-status"), r.body_str().as_str()),
+        (200, Some("200"), "hello from origin"),
+        "{}",
+        n.log_report()
+    );
 }
 
 #[test]
@@ -472,9 +524,21 @@ fn http_call_upstream_names_are_resolved_by_the_nginx_resolver() {
     let callout = Origin::start();
     let origin = Origin::start();
     let config = format!(r#"{{"upstream":"callout.test:{}","callout_timeout_ms":3000}}"#, callout.port());
-    let n = start("ngx-sdk-resolver", &rust_yaml("caller", "", &config, ""), "caller", &origin, &format!("resolver 127.0.0.1:{dns} ipv6=off;\nresolver_timeout 2s;\n"), 1);
+    let n = start(
+        "ngx-sdk-resolver",
+        &rust_yaml("caller", "", &config, ""),
+        "caller",
+        &origin,
+        &format!("resolver 127.0.0.1:{dns} ipv6=off;\nresolver_timeout 2s;\n"),
+        1,
+    );
     let r = send(&n, case("/c", "http-call"));
-    assert_eq!((r.header("x-pw-callout-dispatch"), r.header("x-pw-callout-status")), (Some("OK"), Some("200")), "{}", n.log_report());
+    assert_eq!(
+        (r.header("x-pw-callout-dispatch"), r.header("x-pw-callout-status")),
+        (Some("OK"), Some("200")),
+        "{}",
+        n.log_report()
+    );
     assert!(queries.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     let seen = &callout.wait_for_requests(1, WAIT)[0];
     assert_eq!(seen.header("host"), Some(format!("callout.test:{}", callout.port()).as_str()));

@@ -58,7 +58,14 @@ fn burst(n: &Nginx, count: usize, req: impl Fn(usize) -> Request + Send + Sync +
         .map(|t| {
             let req = req.clone();
             std::thread::spawn(move || {
-                (t * per..((t + 1) * per).min(count)).map(|i| req(i).timeout(Duration::from_secs(30)).send(port).unwrap_or_else(|e| panic!("request {i}: {e}"))).collect::<Vec<_>>()
+                (t * per..((t + 1) * per).min(count))
+                    .map(|i| {
+                        req(i)
+                            .timeout(Duration::from_secs(30))
+                            .send(port)
+                            .unwrap_or_else(|e| panic!("request {i}: {e}"))
+                    })
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
@@ -70,7 +77,11 @@ fn pids(responses: &[Response]) -> BTreeSet<String> {
 }
 
 /// Sends rounds of `round` requests until both workers answered some (at most 10 rounds).
-fn spread_over_workers(n: &Nginx, round: usize, req: impl Fn(usize) -> Request + Send + Sync + Clone + 'static) -> Vec<Response> {
+fn spread_over_workers(
+    n: &Nginx,
+    round: usize,
+    req: impl Fn(usize) -> Request + Send + Sync + Clone + 'static,
+) -> Vec<Response> {
     let workers: BTreeSet<String> = n.worker_pids().iter().map(|p| p.to_string()).collect();
     assert_eq!(workers.len(), 2, "{}", n.log_report());
     let mut all = Vec::new();
@@ -91,7 +102,9 @@ fn shared_get(n: &Nginx, key: &str) -> Option<String> {
 
 /// `shared-get` through the plugin of the location `path` is in.
 fn shared_get_at(n: &Nginx, path: &str, key: &str) -> Option<String> {
-    let resp = n.send(&Request::get(path).header("x-pw-test", "shared-get").header("x-pw-key", key)).unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()));
+    let resp = n
+        .send(&Request::get(path).header("x-pw-test", "shared-get").header("x-pw-key", key))
+        .unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()));
     (resp.status == 200).then(|| resp.body_str())
 }
 
@@ -120,7 +133,8 @@ fn shared_data_incremented_from_both_workers_has_exact_totals() {
     // key is created first, and every counted increment is a CAS.
     let first = n.send(&Request::get("/inc").header("x-pw-test", "shared").header("x-pw-key", "hits")).unwrap();
     assert_eq!(first.header("x-pw-shared"), Some("1"), "{}", n.log_report());
-    let responses = spread_over_workers(&n, 200, |_| Request::get("/inc").header("x-pw-test", "shared").header("x-pw-key", "hits"));
+    let responses =
+        spread_over_workers(&n, 200, |_| Request::get("/inc").header("x-pw-test", "shared").header("x-pw-key", "hits"));
     let total = responses.len();
     assert!(total >= 200);
     let mut values: Vec<u64> = responses
@@ -143,17 +157,37 @@ fn shared_data_incremented_from_both_workers_has_exact_totals() {
 fn a_value_set_in_one_worker_is_read_with_its_cas_in_the_other() {
     let origin = Origin::start();
     let n = start("ngx-shm-cas", &rust_yaml("", ""), "", &origin);
-    let set = n.send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "k").header("x-pw-value", "v1")).unwrap();
+    let set = n
+        .send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "k").header("x-pw-value", "v1"))
+        .unwrap();
     assert_eq!(set.header("x-pw-shared-set"), Some("OK"));
     // Reads from many connections (both workers) agree on the value and its CAS.
-    let reads = spread_over_workers(&n, 40, |_| Request::get("/g").header("x-pw-test", "shared-get").header("x-pw-key", "k"));
-    let seen: BTreeSet<(Option<String>, Option<String>)> = reads.iter().map(|r| (r.header("x-pw-shared-value").map(str::to_string), r.header("x-pw-shared-cas").map(str::to_string))).collect();
+    let reads =
+        spread_over_workers(&n, 40, |_| Request::get("/g").header("x-pw-test", "shared-get").header("x-pw-key", "k"));
+    let seen: BTreeSet<(Option<String>, Option<String>)> = reads
+        .iter()
+        .map(|r| (r.header("x-pw-shared-value").map(str::to_string), r.header("x-pw-shared-cas").map(str::to_string)))
+        .collect();
     assert_eq!(seen.len(), 1, "{seen:?}");
     let cas = seen.iter().next().unwrap().1.clone().unwrap();
     // A CAS write succeeds once, then the same (stale) token is refused, from any worker.
-    let first = n.send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "k").header("x-pw-value", "v2").header("x-pw-cas", cas.as_str())).unwrap();
+    let first = n
+        .send(
+            &Request::get("/s")
+                .header("x-pw-test", "shared-set")
+                .header("x-pw-key", "k")
+                .header("x-pw-value", "v2")
+                .header("x-pw-cas", cas.as_str()),
+        )
+        .unwrap();
     assert_eq!(first.header("x-pw-shared-set"), Some("OK"));
-    let stale = burst(&n, 20, move |_| Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "k").header("x-pw-value", "v3").header("x-pw-cas", cas.as_str()));
+    let stale = burst(&n, 20, move |_| {
+        Request::get("/s")
+            .header("x-pw-test", "shared-set")
+            .header("x-pw-key", "k")
+            .header("x-pw-value", "v3")
+            .header("x-pw-cas", cas.as_str())
+    });
     assert!(stale.iter().all(|r| r.status == 409 && r.header("x-pw-shared-set") == Some("CAS_MISMATCH")));
     assert_eq!(shared_get(&n, "k").as_deref(), Some("v2"));
 }
@@ -165,9 +199,18 @@ fn queue_items_from_both_workers_reach_on_queue_ready_exactly_once() {
     // The filter counts dequeued items in shared data. The counter exists
     // before on_queue_ready runs in both workers: creating it is a CAS-0
     // write, which overwrites unconditionally, so two first counts would race.
-    let init = n.send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "queue.count").header("x-pw-value", "0")).unwrap();
+    let init = n
+        .send(
+            &Request::get("/s")
+                .header("x-pw-test", "shared-set")
+                .header("x-pw-key", "queue.count")
+                .header("x-pw-value", "0"),
+        )
+        .unwrap();
     assert_eq!(init.header("x-pw-shared-set"), Some("OK"), "{}", n.log_report());
-    let responses = spread_over_workers(&n, 100, |i| Request::get("/e").header("x-pw-test", "enqueue").header("x-pw-queue-value", format!("item-{i}")));
+    let responses = spread_over_workers(&n, 100, |i| {
+        Request::get("/e").header("x-pw-test", "enqueue").header("x-pw-queue-value", format!("item-{i}"))
+    });
     for r in &responses {
         assert_eq!(r.header("x-pw-queue-resolve"), Some("OK"), "{}", n.log_report());
         assert_eq!(r.header("x-pw-queue-resolve-same-id"), Some("true"));
@@ -190,7 +233,9 @@ fn requests_paused_in_either_worker_resume_from_on_queue_ready() {
     let mut responses = Vec::new();
     while pids(&responses) != workers || responses.len() < 10 {
         assert!(responses.len() < 200, "never reached both workers: {:?}", pids(&responses));
-        let r = n.send(&Request::get("/q").header("x-pw-test", "queue-resume").timeout(WAIT)).unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()));
+        let r = n
+            .send(&Request::get("/q").header("x-pw-test", "queue-resume").timeout(WAIT))
+            .unwrap_or_else(|e| panic!("{e}\n{}", n.log_report()));
         assert_eq!(r.status, 200, "{}", n.log_report());
         assert_eq!(r.header("x-pw-enqueue"), Some("OK"));
         assert_eq!(r.header("x-pw-resumed-by"), Some("queue"));
@@ -200,14 +245,17 @@ fn requests_paused_in_either_worker_resume_from_on_queue_ready() {
 }
 
 fn metric_line(text: &str, name: &str) -> Option<i64> {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
 #[test]
 fn metrics_are_summed_across_workers_on_the_metrics_location() {
     let origin = Origin::start();
     let n = start("ngx-shm-metrics", &rust_yaml("", ""), "", &origin);
-    let responses = spread_over_workers(&n, 100, |_| Request::get("/m").header("x-pw-test", "metrics").header("x-pw-metric-value", "7"));
+    let responses = spread_over_workers(&n, 100, |_| {
+        Request::get("/m").header("x-pw-test", "metrics").header("x-pw-metric-value", "7")
+    });
     let total = responses.len() as i64;
     for r in &responses {
         assert_eq!(r.header("x-pw-metric-ops"), Some("OK OK OK OK"), "{}", n.log_report());
@@ -238,7 +286,14 @@ fn a_full_zone_is_reported_and_nginx_keeps_serving() {
     let mut stored = 0;
     let mut refused = None;
     for i in 0..40 {
-        let r = n.send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", format!("big{i}")).header("x-pw-value", value.as_str())).unwrap();
+        let r = n
+            .send(
+                &Request::get("/s")
+                    .header("x-pw-test", "shared-set")
+                    .header("x-pw-key", format!("big{i}"))
+                    .header("x-pw-value", value.as_str()),
+            )
+            .unwrap();
         if r.header("x-pw-shared-set") == Some("OK") {
             stored += 1;
         } else {
@@ -258,20 +313,40 @@ fn a_full_zone_is_reported_and_nginx_keeps_serving() {
     assert_eq!(shared_get(&n, "big0").as_deref(), Some(value.as_str()));
     let plain = n.get("/plain").unwrap();
     assert_eq!(plain.status, 200);
-    let small = n.send(&Request::get("/s").header("x-pw-test", "shared-set").header("x-pw-key", "big0").header("x-pw-value", "small")).unwrap();
+    let small = n
+        .send(
+            &Request::get("/s")
+                .header("x-pw-test", "shared-set")
+                .header("x-pw-key", "big0")
+                .header("x-pw-value", "small"),
+        )
+        .unwrap();
     assert_eq!(small.header("x-pw-shared-set"), Some("OK"), "{}", n.log_report());
 }
 
 #[test]
 fn nginx_t_warns_when_the_vms_caps_do_not_fit_the_zone_together() {
     let yaml = vm_yaml("a", "a_vm", "", "") + &vm_yaml("b", "b_vm", "", "max_shared_data_size: 8KiB");
-    let out = Nginx::test_only(NginxOptions::new("ngx-shm-overcommit").file("plugins.yaml", yaml.clone()).http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm_shm_size 1m;"));
+    let out = Nginx::test_only(
+        NginxOptions::new("ngx-shm-overcommit")
+            .file("plugins.yaml", yaml.clone())
+            .http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm_shm_size 1m;"),
+    );
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("[warn]") && text.contains(r#"less than the vm_ids may hold together ("a_vm": 16777216, "b_vm": 8192)"#), "{text}");
+    assert!(
+        text.contains("[warn]")
+            && text.contains(r#"less than the vm_ids may hold together ("a_vm": 16777216, "b_vm": 8192)"#),
+        "{text}"
+    );
     // Caps that fit: no warning.
-    let fits = vm_yaml("a", "a_vm", "", "max_shared_data_size: 256KiB") + &vm_yaml("b", "b_vm", "", "max_shared_data_size: 256KiB");
-    let out = Nginx::test_only(NginxOptions::new("ngx-shm-overcommit").file("plugins.yaml", fits).http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm_shm_size 1m;"));
+    let fits = vm_yaml("a", "a_vm", "", "max_shared_data_size: 256KiB")
+        + &vm_yaml("b", "b_vm", "", "max_shared_data_size: 256KiB");
+    let out = Nginx::test_only(
+        NginxOptions::new("ngx-shm-overcommit")
+            .file("plugins.yaml", fits)
+            .http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm_shm_size 1m;"),
+    );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("may hold together"));
 }
 
@@ -307,7 +382,10 @@ fn vm_yaml(name: &str, vm_id: &str, extra: &str, limits: &str) -> String {
 
 /// nginx (2 workers) with one location `/<name>/` per plugin, proxying to the origin.
 fn start_vms(test: &str, yaml: &str, names: &[&str], http_extra: &str, origin: &Origin) -> Nginx {
-    let locations: String = names.iter().map(|n| format!("location /{n}/ {{ proxy_wasm {n}; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }}\n")).collect();
+    let locations: String = names
+        .iter()
+        .map(|n| format!("location /{n}/ {{ proxy_wasm {n}; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }}\n"))
+        .collect();
     Nginx::start(
         NginxOptions::new(test)
             .workers(2)
@@ -322,32 +400,68 @@ fn start_vms(test: &str, yaml: &str, names: &[&str], http_extra: &str, origin: &
 fn another_vms_queue_is_not_found_without_global_map_access_in_either_worker() {
     let origin = Origin::start();
     let granted = "    authorizations:\n      global_map_access: { read: true, write: true }\n";
-    let yaml = vm_yaml("owner", "owner_vm", "", "") + &vm_yaml("intruder", "intruder_vm", "", "") + &vm_yaml("granted", "granted_vm", granted, "");
+    let yaml = vm_yaml("owner", "owner_vm", "", "")
+        + &vm_yaml("intruder", "intruder_vm", "", "")
+        + &vm_yaml("granted", "granted_vm", granted, "");
     let n = start_vms("ngx-shm-queue-rights", &yaml, &["owner", "intruder", "granted"], "", &origin);
-    let id = n.send(&Request::get("/owner/c").header("x-pw-test", "config")).unwrap().header("x-pw-queue-id").unwrap().to_string();
+    let id = n
+        .send(&Request::get("/owner/c").header("x-pw-test", "config"))
+        .unwrap()
+        .header("x-pw-queue-id")
+        .unwrap()
+        .to_string();
     let id2 = id.clone();
     // Without global_map_access: resolving finds nothing, and the id itself, from either worker, neither reads nor writes.
     let denied = spread_over_workers(&n, 20, move |i| {
-        let r = Request::get("/intruder/q").header("x-pw-test", "enqueue, dequeue").header("x-pw-queue-id", id2.as_str());
-        if i % 2 == 0 { r } else { Request::get("/intruder/r").header("x-pw-test", "enqueue").header("x-pw-queue-vm", "owner_vm").header("x-pw-queue-count", "1") }
+        let r =
+            Request::get("/intruder/q").header("x-pw-test", "enqueue, dequeue").header("x-pw-queue-id", id2.as_str());
+        if i % 2 == 0 {
+            r
+        } else {
+            Request::get("/intruder/r")
+                .header("x-pw-test", "enqueue")
+                .header("x-pw-queue-vm", "owner_vm")
+                .header("x-pw-queue-count", "1")
+        }
     });
     for r in &denied {
         if r.header("x-pw-queue-resolve").is_some() {
             assert_eq!(r.header("x-pw-queue-resolve"), Some("NOT_FOUND"), "{}", n.log_report());
         } else {
-            assert_eq!((r.header("x-pw-enqueue"), r.header("x-pw-dequeue")), (Some("NOT_FOUND"), Some("NOT_FOUND")), "{}", n.log_report());
+            assert_eq!(
+                (r.header("x-pw-enqueue"), r.header("x-pw-dequeue")),
+                (Some("NOT_FOUND"), Some("NOT_FOUND")),
+                "{}",
+                n.log_report()
+            );
         }
     }
     n.expect_log(r#"denied shared queue dequeue from a queue of vm_id "owner_vm": authorizations.global_map_access.read is false"#, WAIT);
     n.expect_log(r#"denied shared queue enqueue to a queue of vm_id "owner_vm""#, WAIT);
     assert_eq!(shared_get_at(&n, "/owner/g", "queue.count"), None, "nothing reached the owner");
     // With it: the same id works (the owner's on_queue_ready drains the queue: EMPTY, not NOT_FOUND).
-    let r = n.send(&Request::get("/granted/q").header("x-pw-test", "dequeue").header("x-pw-queue-id", id.as_str())).unwrap();
+    let r = n
+        .send(&Request::get("/granted/q").header("x-pw-test", "dequeue").header("x-pw-queue-id", id.as_str()))
+        .unwrap();
     assert_eq!(r.header("x-pw-dequeue"), Some("EMPTY"), "{}", n.log_report());
-    let r = n.send(&Request::get("/granted/q").header("x-pw-test", "enqueue").header("x-pw-queue-id", id.as_str()).header("x-pw-queue-value", "granted-item")).unwrap();
+    let r = n
+        .send(
+            &Request::get("/granted/q")
+                .header("x-pw-test", "enqueue")
+                .header("x-pw-queue-id", id.as_str())
+                .header("x-pw-queue-value", "granted-item"),
+        )
+        .unwrap();
     assert_eq!(r.header("x-pw-enqueue"), Some("OK"), "{}", n.log_report());
     wait_shared_at(&n, "/owner/g", "queue.last", "granted-item");
-    let r = n.send(&Request::get("/granted/r").header("x-pw-test", "enqueue").header("x-pw-queue-vm", "owner_vm").header("x-pw-queue-value", "by-name")).unwrap();
+    let r = n
+        .send(
+            &Request::get("/granted/r")
+                .header("x-pw-test", "enqueue")
+                .header("x-pw-queue-vm", "owner_vm")
+                .header("x-pw-queue-value", "by-name"),
+        )
+        .unwrap();
     assert_eq!(r.header("x-pw-queue-resolved-id"), Some(id.as_str()));
     wait_shared_at(&n, "/owner/g", "queue.last", "by-name");
 }
@@ -361,7 +475,12 @@ fn a_vm_at_its_shared_data_quota_does_not_stop_another_vm_in_a_small_zone() {
     let value = "v".repeat(1000);
     let v2 = value.clone();
     // Both workers write into the filler's VM: the cap holds for both together.
-    let responses = spread_over_workers(&n, 40, move |i| Request::get("/filler/s").header("x-pw-test", "shared-set").header("x-pw-key", format!("k{i:03}")).header("x-pw-value", v2.as_str()));
+    let responses = spread_over_workers(&n, 40, move |i| {
+        Request::get("/filler/s")
+            .header("x-pw-test", "shared-set")
+            .header("x-pw-key", format!("k{i:03}"))
+            .header("x-pw-value", v2.as_str())
+    });
     let stored = responses.iter().filter(|r| r.status == 200).count();
     let refused = responses.iter().filter(|r| r.status == 409 && r.body_str() == "CAS_MISMATCH").count();
     assert_eq!(stored + refused, responses.len(), "{}", n.log_report());
@@ -369,7 +488,14 @@ fn a_vm_at_its_shared_data_quota_does_not_stop_another_vm_in_a_small_zone() {
     n.expect_log("refused set_shared_data over vm_config.limits.max_shared_data_size", WAIT);
     // The other VM still has room in the zone.
     for i in 0..8 {
-        let r = n.send(&Request::get("/other/s").header("x-pw-test", "shared-set").header("x-pw-key", format!("k{i}")).header("x-pw-value", value.as_str())).unwrap();
+        let r = n
+            .send(
+                &Request::get("/other/s")
+                    .header("x-pw-test", "shared-set")
+                    .header("x-pw-key", format!("k{i}"))
+                    .header("x-pw-value", value.as_str()),
+            )
+            .unwrap();
         assert_eq!(r.status, 200, "{}", n.log_report());
     }
     assert_eq!(shared_get_at(&n, "/other/g", "k7").as_deref(), Some(value.as_str()));
@@ -403,9 +529,15 @@ fn killing_workers_in_the_middle_of_writes_leaves_the_others_serving() {
                     i += 1;
                     let req = match i % 3 {
                         0 => Request::get("/w").header("x-pw-test", "shared").header("x-pw-key", format!("load{t}")),
-                        1 => Request::get("/w").header("x-pw-test", "shared-set").header("x-pw-key", format!("big{t}-{}", i % 50)).header("x-pw-value", "z".repeat(200 + i % 700)),
+                        1 => Request::get("/w")
+                            .header("x-pw-test", "shared-set")
+                            .header("x-pw-key", format!("big{t}-{}", i % 50))
+                            .header("x-pw-value", "z".repeat(200 + i % 700)),
                         // Many updates in one callback (each takes the zone lock), drained by on_queue_ready.
-                        _ => Request::get("/w").header("x-pw-test", "enqueue").header("x-pw-queue-count", "300").header("x-pw-queue-value", format!("item-{t}-{i}-{}", "q".repeat(1000))),
+                        _ => Request::get("/w")
+                            .header("x-pw-test", "enqueue")
+                            .header("x-pw-queue-count", "300")
+                            .header("x-pw-queue-value", format!("item-{t}-{i}-{}", "q".repeat(1000))),
                     };
                     // A request on a worker being killed fails: that is expected.
                     if req.timeout(Duration::from_secs(10)).send(port).is_ok() {
@@ -436,7 +568,11 @@ fn killing_workers_in_the_middle_of_writes_leaves_the_others_serving() {
     let answered: usize = load.into_iter().map(|t| t.join().unwrap()).sum();
     let died = n.error_log().matches(" exited on signal ").count();
     // Served all along (workers restart often: each compiles its modules first).
-    assert!(killed >= 30 && died >= 15 && answered >= 20, "signalled {killed}, died {died}, answered {answered}\n{}", n.log_report());
+    assert!(
+        killed >= 30 && died >= 15 && answered >= 20,
+        "signalled {killed}, died {died}, answered {answered}\n{}",
+        n.log_report()
+    );
     // nginx replaced the workers; every worker answers promptly (none hangs on the zone lock).
     // (Two workers, the same for half a second: the last replacements have settled.)
     let deadline = std::time::Instant::now() + WAIT;
@@ -454,7 +590,9 @@ fn killing_workers_in_the_middle_of_writes_leaves_the_others_serving() {
     // (Created first: a CAS-0 creation overwrites, so racing creators could both write 1.)
     let first = n.send(&Request::get("/after").header("x-pw-test", "shared").header("x-pw-key", "after")).unwrap();
     assert_eq!(first.header("x-pw-shared"), Some("1"), "{}", n.log_report());
-    let after = spread_over_workers(&n, 30, |_| Request::get("/after").header("x-pw-test", "shared").header("x-pw-key", "after"));
+    let after = spread_over_workers(&n, 30, |_| {
+        Request::get("/after").header("x-pw-test", "shared").header("x-pw-key", "after")
+    });
     assert!(after.iter().all(|r| r.status == 200), "{}", n.log_report());
     let mut values: Vec<u64> = after.iter().map(|r| r.header("x-pw-shared").unwrap().parse().unwrap()).collect();
     values.sort_unstable();

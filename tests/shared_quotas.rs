@@ -16,12 +16,19 @@ fn start(quotas: Quotas) -> (Harness, std::sync::Arc<TestServer>) {
     let options = VmOptions::new(unique_vm_id("quota"));
     let plugin = PluginInfo::new("capped", "", options.vm_id.clone(), Vec::new()).with_quotas(quotas);
     let server = TestServer::new();
-    let h = Harness::try_start_plugin(built_code(PLUGIN), plugin, options, server.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let h = Harness::try_start_plugin(built_code(PLUGIN), plugin, options, server.clone())
+        .unwrap_or_else(|e| panic!("{e}"));
     (h, server)
 }
 
 fn req<'a>(case: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut v = vec![(":method", "GET"), (":path", "/p"), (":authority", "example.com"), (":scheme", "http"), ("x-pw-test", case)];
+    let mut v = vec![
+        (":method", "GET"),
+        (":path", "/p"),
+        (":authority", "example.com"),
+        (":scheme", "http"),
+        ("x-pw-test", case),
+    ];
     v.extend_from_slice(extra);
     v
 }
@@ -35,7 +42,8 @@ fn shared_set(h: &mut Harness, key: &str, value: &str) -> (u32, String) {
 }
 
 fn enqueue(h: &mut Harness, value: &str, count: &str) -> String {
-    let (ctx, stream, _) = h.request(&req("enqueue", &[("x-pw-queue-value", value), ("x-pw-queue-count", count)]), true);
+    let (ctx, stream, _) =
+        h.request(&req("enqueue", &[("x-pw-queue-value", value), ("x-pw-queue-count", count)]), true);
     h.respond(ctx, &stream, &[(":status", "200")], true);
     stream.data().response_header("x-pw-enqueue").unwrap_or_default()
 }
@@ -56,7 +64,11 @@ fn a_set_past_max_shared_data_size_answers_cas_mismatch_stores_nothing_and_is_lo
     assert_eq!(held(&h), before);
     // Smaller values still fit, and the plugin keeps serving.
     assert_eq!(shared_set(&mut h, "small", "ok").0, 200);
-    let refusals = server.messages().iter().filter(|m| m.contains("refused set_shared_data over vm_config.limits.max_shared_data_size")).count();
+    let refusals = server
+        .messages()
+        .iter()
+        .filter(|m| m.contains("refused set_shared_data over vm_config.limits.max_shared_data_size"))
+        .count();
     assert_eq!(refusals, 1, "{:?}", server.messages());
     assert!(server.logged("over its max_shared_data_size of 4096"), "{:?}", server.messages());
 }
@@ -107,7 +119,9 @@ fn define_metric_past_max_metrics_is_refused_and_logged() {
     // The filter defines three metrics in on_configure; the SDKs accept no
     // refusal from define_metric, so with room for two it traps there.
     let options = VmOptions::new(unique_vm_id("quota-metrics"));
-    let plugin = PluginInfo::new("metrics", "", options.vm_id.clone(), br#"{"metric_prefix":"quota_metrics_a"}"#.to_vec()).with_quotas(Quotas { max_metrics: 2, ..Default::default() });
+    let plugin =
+        PluginInfo::new("metrics", "", options.vm_id.clone(), br#"{"metric_prefix":"quota_metrics_a"}"#.to_vec())
+            .with_quotas(Quotas { max_metrics: 2, ..Default::default() });
     let server = TestServer::new();
     let e = Harness::try_start_plugin(built_code(PLUGIN), plugin, options, server.clone()).err().expect("start fails");
     assert!(e.contains("proxy_on_configure trapped"), "{e}");
@@ -115,8 +129,11 @@ fn define_metric_past_max_metrics_is_refused_and_logged() {
     assert!(server.logged("already defined 2 metrics, its max_metrics"), "{:?}", server.messages());
     // With room for three it runs, and defining the same name again is not a new metric.
     let options = VmOptions::new(unique_vm_id("quota-metrics"));
-    let plugin = PluginInfo::new("metrics", "", options.vm_id.clone(), br#"{"metric_prefix":"quota_metrics_b"}"#.to_vec()).with_quotas(Quotas { max_metrics: 3, ..Default::default() });
-    let mut h = Harness::try_start_plugin(built_code(PLUGIN), plugin, options, TestServer::new()).unwrap_or_else(|e| panic!("{e}"));
+    let plugin =
+        PluginInfo::new("metrics", "", options.vm_id.clone(), br#"{"metric_prefix":"quota_metrics_b"}"#.to_vec())
+            .with_quotas(Quotas { max_metrics: 3, ..Default::default() });
+    let mut h = Harness::try_start_plugin(built_code(PLUGIN), plugin, options, TestServer::new())
+        .unwrap_or_else(|e| panic!("{e}"));
     let (ctx, stream, _) = h.request(&req("metrics", &[]), true);
     h.respond(ctx, &stream, &[(":status", "200")], true);
     assert_eq!(stream.data().response_header("x-pw-metric-redefine-same-id").as_deref(), Some("true"));
@@ -131,9 +148,11 @@ fn writes_into_other_vms_data_count_for_the_writer() {
         .with_authorizations(Authorizations { global_map_access: Access::ALL, ..Default::default() })
         .with_quotas(Quotas { max_shared_data_size: 8192, ..Default::default() });
     let server = TestServer::new();
-    let mut h = Harness::try_start_plugin(built_code(PLUGIN), plugin, options, server.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let mut h = Harness::try_start_plugin(built_code(PLUGIN), plugin, options, server.clone())
+        .unwrap_or_else(|e| panic!("{e}"));
     let value = "g".repeat(3000);
-    let statuses: Vec<u32> = (0..4).map(|_| shared_set(&mut h, &format!("{}::k", unique_vm_id("elsewhere")), &value).0).collect();
+    let statuses: Vec<u32> =
+        (0..4).map(|_| shared_set(&mut h, &format!("{}::k", unique_vm_id("elsewhere")), &value).0).collect();
     assert_eq!(statuses, [200, 200, 409, 409], "{:?}", server.messages());
     assert!(held(&h) <= 8192);
 }

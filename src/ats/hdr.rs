@@ -128,8 +128,10 @@ impl Hdr {
                     continue;
                 }
                 let (mut nlen, mut vlen) = (0, 0);
-                let name = bytes(TSMimeHdrFieldNameGet(self.buf, self.loc, field, &mut nlen), nlen).to_ascii_lowercase();
-                let value = bytes(TSMimeHdrFieldValueStringGet(self.buf, self.loc, field, -1, &mut vlen), vlen).to_vec();
+                let name =
+                    bytes(TSMimeHdrFieldNameGet(self.buf, self.loc, field, &mut nlen), nlen).to_ascii_lowercase();
+                let value =
+                    bytes(TSMimeHdrFieldValueStringGet(self.buf, self.loc, field, -1, &mut vlen), vlen).to_vec();
                 self.release(field);
                 out.push((name, value));
             }
@@ -168,7 +170,9 @@ impl Hdr {
         // SAFETY: live header and URL handles; `value` outlives each call.
         unsafe {
             match (key, self.is_request) {
-                (b":method", true) => (TSHttpHdrMethodSet(self.buf, self.loc, ptr, len) == TS_SUCCESS).then_some(()).ok_or(Status::BadArgument),
+                (b":method", true) => (TSHttpHdrMethodSet(self.buf, self.loc, ptr, len) == TS_SUCCESS)
+                    .then_some(())
+                    .ok_or(Status::BadArgument),
                 (b":path", true) => {
                     let url = self.url().ok_or(Status::BadArgument)?;
                     let v = value.strip_prefix(b"/").unwrap_or(value);
@@ -189,7 +193,8 @@ impl Hdr {
                     Ok(())
                 }
                 (b":status", false) => {
-                    let code: i32 = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).ok_or(Status::BadArgument)?;
+                    let code: i32 =
+                        std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).ok_or(Status::BadArgument)?;
                     TSHttpHdrStatusSet(self.buf, self.loc, code as TSHttpStatus);
                     let reason = TSHttpHdrReasonLookup(code as TSHttpStatus);
                     if !reason.is_null() {
@@ -209,10 +214,24 @@ impl Hdr {
         let mut field: TSMLoc = TS_NULL_MLOC;
         // SAFETY: live header; the new field is appended then released.
         unsafe {
-            if TSMimeHdrFieldCreateNamed(self.buf, self.loc, key.as_ptr() as *const c_char, key.len() as c_int, &mut field) != TS_SUCCESS {
+            if TSMimeHdrFieldCreateNamed(
+                self.buf,
+                self.loc,
+                key.as_ptr() as *const c_char,
+                key.len() as c_int,
+                &mut field,
+            ) != TS_SUCCESS
+            {
                 return Err(Status::BadArgument);
             }
-            TSMimeHdrFieldValueStringInsert(self.buf, self.loc, field, -1, value.as_ptr() as *const c_char, value.len() as c_int);
+            TSMimeHdrFieldValueStringInsert(
+                self.buf,
+                self.loc,
+                field,
+                -1,
+                value.as_ptr() as *const c_char,
+                value.len() as c_int,
+            );
             TSMimeHdrFieldAppend(self.buf, self.loc, field);
             self.release(field);
         }

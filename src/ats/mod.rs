@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 
 use crate::abi::{LogLevel, StreamType};
-use crate::chain::{self, Chain, ChainError, Generation, GenerationError, GenerationHost, Generations, Phase, RecycleReason, VmsCell};
+use crate::chain::{
+    self, Chain, ChainError, Generation, GenerationError, GenerationHost, Generations, Phase, RecycleReason, VmsCell,
+};
 use crate::host::ServerHost;
 use crate::loader::{self, LoadedPlugin, PluginVms, VmKey};
 use server::{log, AtsServer};
@@ -51,7 +53,12 @@ pub struct PluginSet {
 impl PluginSet {
     fn new(plugins: Vec<LoadedPlugin>) -> Arc<PluginSet> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Arc::new(PluginSet { chain: Arc::new(chain::PluginSet::new(plugins)), id: NEXT.fetch_add(1, Ordering::Relaxed), retired: Default::default(), rules: Default::default() })
+        Arc::new(PluginSet {
+            chain: Arc::new(chain::PluginSet::new(plugins)),
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            retired: Default::default(),
+            rules: Default::default(),
+        })
     }
 
     fn retire(&self) {
@@ -198,7 +205,9 @@ fn current_generation(set: &Arc<PluginSet>) -> Result<Arc<AtsGeneration>, Genera
     SETS.with(|sets| {
         let mut sets = sets.borrow_mut();
         sweep_sets(&mut sets);
-        let ts = sets.entry(set.id).or_insert_with(|| ThreadSet { set: set.clone(), generations: Generations::new(set.chain.clone()) });
+        let ts = sets
+            .entry(set.id)
+            .or_insert_with(|| ThreadSet { set: set.clone(), generations: Generations::new(set.chain.clone()) });
         ts.generations.current(&mut Host::new(set))
     })
 }
@@ -277,17 +286,32 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
     })
     .map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
-    let mut canary = PluginVms::start(&plugins, |_| Arc::new(AtsServer::canary()) as Arc<dyn ServerHost>).map_err(|e| e.to_string())?;
+    let mut canary = PluginVms::start(&plugins, |_| Arc::new(AtsServer::canary()) as Arc<dyn ServerHost>)
+        .map_err(|e| e.to_string())?;
     let start_time = started.elapsed();
     canary.shutdown();
     for p in &plugins {
         let cache = match &p.compiled_cache {
-            Some(crate::module_cache::Outcome::Hit(path)) => format!("; compiled code read from the compiled-module cache {}", path.display()),
-            Some(crate::module_cache::Outcome::Stored(path)) => format!("; compiled, and stored in the compiled-module cache {}", path.display()),
+            Some(crate::module_cache::Outcome::Hit(path)) => {
+                format!("; compiled code read from the compiled-module cache {}", path.display())
+            }
+            Some(crate::module_cache::Outcome::Stored(path)) => {
+                format!("; compiled, and stored in the compiled-module cache {}", path.display())
+            }
             Some(crate::module_cache::Outcome::NotStored(why)) => format!("; compiled, not cached: {why}"),
             None => String::new(),
         };
-        log(LogLevel::Info, &format!("[proxy_wasm] loaded plugin {:?} (ABI {}, {}) from {} in {:.2} ms{cache}", p.config.name, p.code.abi, p.code.engine, p.code.origin, p.load_time.as_secs_f64() * 1e3));
+        log(
+            LogLevel::Info,
+            &format!(
+                "[proxy_wasm] loaded plugin {:?} (ABI {}, {}) from {} in {:.2} ms{cache}",
+                p.config.name,
+                p.code.abi,
+                p.code.engine,
+                p.code.origin,
+                p.load_time.as_secs_f64() * 1e3
+            ),
+        );
         for callback in chain::Callbacks::denied(p) {
             log(LogLevel::Warn, &format!("[proxy_wasm] {}: denied callback {callback}: not in capability_restriction_config.allowed_capabilities; it is never called", p.config.name));
         }
@@ -321,7 +345,10 @@ extern "C" fn on_global_event(_contp: TSCont, event: TSEvent, edata: *mut c_void
         }
     }));
     if r.is_err() {
-        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in the global hook; the transaction continues unfiltered");
+        log(
+            LogLevel::Critical,
+            "[proxy_wasm] internal error (panic) in the global hook; the transaction continues unfiltered",
+        );
         // SAFETY: the transaction has not been reenabled if we panicked before doing so.
         unsafe { TSHttpTxnReenable(txnp, TS_EVENT_HTTP_CONTINUE) };
     }
@@ -348,7 +375,8 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         Err(e) => {
             // The plugins cannot run on this thread: fail closed unless all fail open.
             log(LogLevel::Error, &format!("[proxy_wasm] {e}"));
-            let closed = matches!(e, GenerationError::Busy) || set.chain.plugins.iter().any(|p| p.config.failure_policy != crate::config::FailurePolicy::FailOpen);
+            let closed = matches!(e, GenerationError::Busy)
+                || set.chain.plugins.iter().any(|p| p.config.failure_policy != crate::config::FailurePolicy::FailOpen);
             if closed {
                 refuse(txnp, in_remap);
             }
@@ -358,23 +386,25 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     };
     let shared = Arc::new(TxnShared::new(txnp));
     let plugins = 0..set.chain.plugins.len();
-    let chain = match Chain::new(generation, plugins, AtsChain(shared.clone()), |_| AtsStream { shared: shared.clone() }) {
-        Ok(chain) => chain,
-        Err(e) => {
-            let level = if matches!(e, ChainError::Refused { .. }) { LogLevel::Debug } else { LogLevel::Error };
-            log(level, &format!("[proxy_wasm] {e}"));
-            refuse(txnp, in_remap);
-            reenable(true);
-            return;
-        }
-    };
+    let chain =
+        match Chain::new(generation, plugins, AtsChain(shared.clone()), |_| AtsStream { shared: shared.clone() }) {
+            Ok(chain) => chain,
+            Err(e) => {
+                let level = if matches!(e, ChainError::Refused { .. }) { LogLevel::Debug } else { LogLevel::Error };
+                log(level, &format!("[proxy_wasm] {e}"));
+                refuse(txnp, in_remap);
+                reenable(true);
+                return;
+            }
+        };
     if chain.links().is_empty() {
         // Every plugin failed earlier and fails open: nothing to filter.
         drop(chain);
         reenable(false);
         return;
     }
-    let (wants_request_body, wants_response_body) = (chain.filters(Phase::RequestBody), chain.filters(Phase::ResponseBody));
+    let (wants_request_body, wants_response_body) =
+        (chain.filters(Phase::RequestBody), chain.filters(Phase::ResponseBody));
     let framing = txn::Framing::of_client_request(&shared);
     let request_chunked = framing.chunked();
     let txn = Box::new(Txn::new(shared, chain, framing));
@@ -446,7 +476,9 @@ fn refuse(txnp: TSHttpTxn, in_remap: bool) {
     unsafe { TSHttpTxnStatusSet(txnp, TS_HTTP_STATUS_SERVICE_UNAVAILABLE) };
     if in_remap {
         // SAFETY: live transaction; the hook answers 503 at POST_REMAP.
-        unsafe { TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, TSContCreate(Some(on_broken_rule), std::ptr::null_mut())) };
+        unsafe {
+            TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, TSContCreate(Some(on_broken_rule), std::ptr::null_mut()))
+        };
     }
 }
 
@@ -575,7 +607,10 @@ pub unsafe extern "C" fn TSPluginInit(argc: c_int, argv: *const *const c_char) {
         let args = unsafe { args(argc, argv) };
         let paths: Vec<PathBuf> = args.iter().skip(1).map(|a| config_path(a)).collect();
         if paths.is_empty() {
-            log(LogLevel::Error, "[proxy_wasm] no configuration: use proxy_wasm_ats.so <plugins.yaml> [...] in plugin.config");
+            log(
+                LogLevel::Error,
+                "[proxy_wasm] no configuration: use proxy_wasm_ats.so <plugins.yaml> [...] in plugin.config",
+            );
             return;
         }
         let _ = GLOBAL_PATHS.set(paths.clone());
@@ -615,7 +650,10 @@ extern "C" fn on_config_reload(_contp: TSCont, _event: TSEvent, _edata: *mut c_v
                 if let Some(old) = old {
                     old.retire();
                 }
-                log(LogLevel::Info, &format!("[proxy_wasm] reloaded {count} global plugin(s) from {}", display_paths(paths)));
+                log(
+                    LogLevel::Info,
+                    &format!("[proxy_wasm] reloaded {count} global plugin(s) from {}", display_paths(paths)),
+                );
             }
             Err(e) => log(LogLevel::Error, &format!("[proxy_wasm] reload failed, keeping the plugins in use: {e}")),
         }
@@ -652,7 +690,11 @@ fn write_errbuf(errbuf: *mut c_char, size: c_int, message: &str) {
 
 /// Remap plugin entry: checks the API version.
 #[no_mangle]
-pub extern "C" fn TSRemapInit(api_info: *mut TSRemapInterface, errbuf: *mut c_char, errbuf_size: c_int) -> TSReturnCode {
+pub extern "C" fn TSRemapInit(
+    api_info: *mut TSRemapInterface,
+    errbuf: *mut c_char,
+    errbuf_size: c_int,
+) -> TSReturnCode {
     catch_unwind(|| {
         if api_info.is_null() {
             write_errbuf(errbuf, errbuf_size, "proxy_wasm: missing remap API information");
@@ -672,7 +714,13 @@ pub extern "C" fn TSRemapInit(api_info: *mut TSRemapInterface, errbuf: *mut c_ch
 /// Called by Traffic Server only: `argv` holds `argc` C strings, `ih` is NULL
 /// or writable, `errbuf` NULL or writable for `errbuf_size` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn TSRemapNewInstance(argc: c_int, argv: *mut *mut c_char, ih: *mut *mut c_void, errbuf: *mut c_char, errbuf_size: c_int) -> TSReturnCode {
+pub unsafe extern "C" fn TSRemapNewInstance(
+    argc: c_int,
+    argv: *mut *mut c_char,
+    ih: *mut *mut c_void,
+    errbuf: *mut c_char,
+    errbuf_size: c_int,
+) -> TSReturnCode {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: Traffic Server passes argc valid C strings.
         let args = unsafe { args(argc, argv as *const *const c_char) };
@@ -691,7 +739,10 @@ pub unsafe extern "C" fn TSRemapNewInstance(argc: c_int, argv: *mut *mut c_char,
                 Err(e) => match sets.get(&paths).and_then(Weak::upgrade).filter(|s| !s.is_retired()) {
                     // A reload of remap.config: the rule keeps the plugins it had.
                     Some(previous) => {
-                        log(LogLevel::Error, &format!("[proxy_wasm] remap rule {rule}: reload failed, keeping the plugins in use: {e}"));
+                        log(
+                            LogLevel::Error,
+                            &format!("[proxy_wasm] remap rule {rule}: reload failed, keeping the plugins in use: {e}"),
+                        );
                         RemapInstance { set: Some(previous), error: None }
                     }
                     None => RemapInstance { set: None, error: Some(e) },
@@ -702,7 +753,10 @@ pub unsafe extern "C" fn TSRemapNewInstance(argc: c_int, argv: *mut *mut c_char,
             set.rules.fetch_add(1, Ordering::AcqRel);
         }
         if let Some(e) = &instance.error {
-            log(LogLevel::Error, &format!("[proxy_wasm] remap rule {rule}: configuration error: {e}; the rule answers 503"));
+            log(
+                LogLevel::Error,
+                &format!("[proxy_wasm] remap rule {rule}: configuration error: {e}; the rule answers 503"),
+            );
         }
         Box::into_raw(Box::new(instance)) as *mut c_void
     }));
@@ -750,7 +804,11 @@ pub unsafe extern "C" fn TSRemapDeleteInstance(ih: *mut c_void) {
 /// Called by Traffic Server only, with NULL or a live `ih` from
 /// [`TSRemapNewInstance`] and a live transaction.
 #[no_mangle]
-pub unsafe extern "C" fn TSRemapDoRemap(ih: *mut c_void, txnp: TSHttpTxn, _rri: *mut TSRemapRequestInfo) -> TSRemapStatus {
+pub unsafe extern "C" fn TSRemapDoRemap(
+    ih: *mut c_void,
+    txnp: TSHttpTxn,
+    _rri: *mut TSRemapRequestInfo,
+) -> TSRemapStatus {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         if ih.is_null() {
             return;

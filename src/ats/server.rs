@@ -100,25 +100,42 @@ impl AtsServer {
     pub fn for_current_thread(vm: usize, set: Arc<PluginSet>) -> AtsServer {
         // SAFETY: called on a Traffic Server event thread (a hook handler).
         let thread = unsafe { TSEventThreadSelf() };
-        AtsServer { vm, thread: (!thread.is_null()).then_some(Thread(thread)), set: Some(set), generation: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+        AtsServer {
+            vm,
+            thread: (!thread.is_null()).then_some(Thread(thread)),
+            set: Some(set),
+            generation: OnceLock::new(),
+            ticks: Default::default(),
+            pending_ticks: Default::default(),
+        }
     }
 
     /// For the start-up check of the plugins in TSPluginInit.
     pub fn canary() -> AtsServer {
-        AtsServer { vm: 0, thread: None, set: None, generation: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+        AtsServer {
+            vm: 0,
+            thread: None,
+            set: None,
+            generation: OnceLock::new(),
+            ticks: Default::default(),
+            pending_ticks: Default::default(),
+        }
     }
 
     /// Ties the server to the generation that owns its VM (set once it started).
     pub fn attach(&self, generation: Weak<AtsGeneration>) {
         let _ = self.generation.set(generation);
-        let pending: Vec<(u32, Duration)> = self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let pending: Vec<(u32, Duration)> =
+            self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for (root, period) in pending {
             self.set_tick_period(root, Some(period));
         }
     }
 
     fn cancel_tick(&self, root: u32) {
-        let Some(TickHandle(contp)) = self.ticks.lock().unwrap_or_else(|p| p.into_inner()).remove(&root) else { return };
+        let Some(TickHandle(contp)) = self.ticks.lock().unwrap_or_else(|p| p.into_inner()).remove(&root) else {
+            return;
+        };
         // SAFETY: the continuation and its Tick were created in `set_tick_period`
         // on this (the VM's) thread, so its handler is not running concurrently;
         // if we are inside that handler, it frees them when it returns.
@@ -148,7 +165,10 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
         // tick, and this thread shuts them down once no transaction uses them (the shutdown may cancel
         // this very timer, which `in_handler` makes safe).
         let alive = catch_unwind(AssertUnwindSafe(|| {
-            let retired = tick.generation.upgrade().is_some_and(|g| g.is_retired() || tick.set.as_ref().is_some_and(|s| s.is_retired()));
+            let retired = tick
+                .generation
+                .upgrade()
+                .is_some_and(|g| g.is_retired() || tick.set.as_ref().is_some_and(|s| s.is_retired()));
             if retired {
                 super::sweep_thread_generations();
                 tick.generation.strong_count() > 0
@@ -305,7 +325,12 @@ extern "C" fn on_call_done(contp: TSCont, _event: TSEvent, _edata: *mut c_void) 
 /// Runs an event on a VM of a generation, if it still exists and the VM
 /// has not failed (`Generation::with_vm`); errors are logged. Returns false
 /// when the generation is gone.
-fn with_vm(generation: &Weak<AtsGeneration>, vm: usize, what: &str, f: impl FnOnce(&mut crate::vm::Vm) -> Result<(), crate::vm::VmError>) -> bool {
+fn with_vm(
+    generation: &Weak<AtsGeneration>,
+    vm: usize,
+    what: &str,
+    f: impl FnOnce(&mut crate::vm::Vm) -> Result<(), crate::vm::VmError>,
+) -> bool {
     let r = catch_unwind(AssertUnwindSafe(|| {
         let Some(generation) = generation.upgrade() else { return false };
         if let Some(Err(e)) = generation.with_vm(vm, f) {
@@ -356,14 +381,25 @@ impl ServerHost for AtsServer {
         if http_client::parse_upstream(&request.upstream).is_none() {
             return Err(Status::BadArgument);
         }
-        let (Some(thread), Some(generation)) = (self.thread, self.generation.get()) else { return Err(Status::InternalFailure) };
+        let (Some(thread), Some(generation)) = (self.thread, self.generation.get()) else {
+            return Err(Status::InternalFailure);
+        };
         // The core asked `http_calls_full` first (and logged a refusal once
         // per plugin); this catches calls other threads started meanwhile.
         if HTTP_CALLS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= max_calls_in_flight() {
             HTTP_CALLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
             return Err(Status::InternalFailure);
         }
-        let job = Box::new(CallJob { request, done: CallDone { generation: generation.clone(), vm: self.vm, token, response: HttpCallResponse::default() }, thread });
+        let job = Box::new(CallJob {
+            request,
+            done: CallDone {
+                generation: generation.clone(),
+                vm: self.vm,
+                token,
+                response: HttpCallResponse::default(),
+            },
+            thread,
+        });
         let raw = Box::into_raw(job);
         // SAFETY: the thread takes ownership of the job; on failure we take it back.
         let t = unsafe { TSThreadCreate(Some(http_call_thread), raw as *mut c_void) };
@@ -379,7 +415,12 @@ impl ServerHost for AtsServer {
     fn http_calls_full(&self) -> Option<String> {
         let in_flight = HTTP_CALLS_IN_FLIGHT.load(Ordering::Relaxed);
         let max = max_calls_in_flight();
-        (in_flight >= max).then(|| format!("{in_flight} calls are in flight in this Traffic Server process, the most it allows ({} {max})", http_client::MAX_CALLS_IN_FLIGHT_ENV))
+        (in_flight >= max).then(|| {
+            format!(
+                "{in_flight} calls are in flight in this Traffic Server process, the most it allows ({} {max})",
+                http_client::MAX_CALLS_IN_FLIGHT_ENV
+            )
+        })
     }
 
     fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>) {
@@ -392,7 +433,15 @@ impl ServerHost for AtsServer {
             self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).insert(root_context_id, period);
             return;
         };
-        let tick = Box::new(Tick { generation: generation.clone(), set: self.set.clone(), vm: self.vm, root: root_context_id, action: std::ptr::null_mut(), cancelled: AtomicBool::new(false), in_handler: AtomicBool::new(false) });
+        let tick = Box::new(Tick {
+            generation: generation.clone(),
+            set: self.set.clone(),
+            vm: self.vm,
+            root: root_context_id,
+            action: std::ptr::null_mut(),
+            cancelled: AtomicBool::new(false),
+            in_handler: AtomicBool::new(false),
+        });
         // SAFETY: a continuation with its own mutex, scheduled on the VM's
         // thread; its data is a leaked Box<Tick> freed by cancel_tick or its handler.
         unsafe {
@@ -406,7 +455,12 @@ impl ServerHost for AtsServer {
 
     fn notify_queue_ready(&self, root_context_id: u32, queue_id: u32) {
         let (Some(Thread(thread)), Some(generation)) = (self.thread, self.generation.get()) else { return };
-        let wakeup = Box::new(QueueWakeup { generation: generation.clone(), vm: self.vm, root: root_context_id, queue: queue_id });
+        let wakeup = Box::new(QueueWakeup {
+            generation: generation.clone(),
+            vm: self.vm,
+            root: root_context_id,
+            queue: queue_id,
+        });
         // SAFETY: a one-shot continuation with its own mutex on the VM's thread;
         // its handler takes the Box back and destroys the continuation.
         unsafe {

@@ -23,7 +23,8 @@ static LAST_SYNC_MS: AtomicU64 = AtomicU64::new(0);
 
 /// Stat names keep letters, digits, `_`, `-` and `.`; anything else becomes `_`.
 pub fn stat_name(metric: &str) -> String {
-    let clean: String = metric.chars().map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect();
+    let clean: String =
+        metric.chars().map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect();
     format!("proxy_wasm.{clean}")
 }
 
@@ -54,7 +55,9 @@ fn set(ids: &mut HashMap<String, std::os::raw::c_int>, name: String, value: i64)
 pub fn sync_soon() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let last = LAST_SYNC_MS.load(Ordering::Relaxed);
-    if now.saturating_sub(last) < SYNC_INTERVAL_MS || LAST_SYNC_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+    if now.saturating_sub(last) < SYNC_INTERVAL_MS
+        || LAST_SYNC_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
         return;
     }
     sync();

@@ -92,7 +92,11 @@ pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked
         TSContDataSet(connp, state as *mut c_void);
     }
     shared.transforms[index(direction)].store(state, Ordering::Release);
-    let hook = if direction == StreamType::HttpRequest { TS_HTTP_REQUEST_TRANSFORM_HOOK } else { TS_HTTP_RESPONSE_TRANSFORM_HOOK };
+    let hook = if direction == StreamType::HttpRequest {
+        TS_HTTP_REQUEST_TRANSFORM_HOOK
+    } else {
+        TS_HTTP_RESPONSE_TRANSFORM_HOOK
+    };
     // SAFETY: `txnp` is live (contract) and `connp` a transform of it.
     unsafe { TSHttpTxnHookAdd(txnp, hook, connp) };
 }
@@ -133,7 +137,12 @@ extern "C" fn on_transform_event(contp: TSCont, event: TSEvent, _edata: *mut c_v
 unsafe fn close(t: *mut Transform) {
     // SAFETY: the live state (contract), used by no one else under this mutex.
     let state = unsafe { &mut *t };
-    let _ = state.shared.transforms[index(state.direction)].compare_exchange(t, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire);
+    let _ = state.shared.transforms[index(state.direction)].compare_exchange(
+        t,
+        std::ptr::null_mut(),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
     if !state.output_buffer.is_null() {
         // SAFETY: the buffer and its reader were made together by
         // `open_output` and are freed only here, once.
@@ -245,7 +254,10 @@ unsafe fn step(contp: TSCont) {
             Err(e) => {
                 // Never a silently shorter body: the request is aborted, as
                 // Traffic Server aborts one whose body it cannot read.
-                log(LogLevel::Error, &format!("[proxy_wasm] malformed chunked request body: {e}; the request is aborted"));
+                log(
+                    LogLevel::Error,
+                    &format!("[proxy_wasm] malformed chunked request body: {e}; the request is aborted"),
+                );
                 t.input_done = true;
                 // SAFETY: the input VIO's continuation is its writer, live
                 // while the VIO is; it expects this event with its VIO.
@@ -268,8 +280,14 @@ unsafe fn step(contp: TSCont) {
             // the transaction is in use here.
             let flow = unsafe {
                 with_txn(t, |txn| {
-                    let Some(chain) = txn.chain.as_mut() else { return Flow::Forward { data: chunk, end_of_stream: eos } };
-                    let flow = if direction == StreamType::HttpRequest { chain.on_request_body(&chunk, eos) } else { chain.on_response_body(&chunk, eos) };
+                    let Some(chain) = txn.chain.as_mut() else {
+                        return Flow::Forward { data: chunk, end_of_stream: eos };
+                    };
+                    let flow = if direction == StreamType::HttpRequest {
+                        chain.on_request_body(&chunk, eos)
+                    } else {
+                        chain.on_response_body(&chunk, eos)
+                    };
                     if direction == StreamType::HttpRequest {
                         txn.request_body_flow(&flow);
                     }
@@ -425,22 +443,24 @@ unsafe fn apply(contp: TSCont, t: &mut Transform, flow: Flow) {
 unsafe fn check_held_request(t: &mut Transform) {
     let size = t.held.len() as u64;
     // SAFETY: as `step`'s contract, which this function's gives.
-    let over = unsafe { with_txn(t, |txn| {
-        let chain = txn.chain.as_ref()?;
-        let set = chain.vms().set();
-        let (limit, plugin) = chain
-            .links()
-            .iter()
-            .filter(|l| !l.failed() && l.callbacks.has(Phase::RequestBody))
-            .map(|l| (set.plugins[l.plugin].config.max_body_size, l.plugin))
-            .min_by_key(|(limit, _)| *limit)?;
-        if size <= limit {
-            return None;
-        }
-        let name = set.name(plugin).to_string();
-        txn.answer_request_body(&crate::chain::flow::body_too_large_response());
-        Some((limit, name))
-    }) };
+    let over = unsafe {
+        with_txn(t, |txn| {
+            let chain = txn.chain.as_ref()?;
+            let set = chain.vms().set();
+            let (limit, plugin) = chain
+                .links()
+                .iter()
+                .filter(|l| !l.failed() && l.callbacks.has(Phase::RequestBody))
+                .map(|l| (set.plugins[l.plugin].config.max_body_size, l.plugin))
+                .min_by_key(|(limit, _)| *limit)?;
+            if size <= limit {
+                return None;
+            }
+            let name = set.name(plugin).to_string();
+            txn.answer_request_body(&crate::chain::flow::body_too_large_response());
+            Some((limit, name))
+        })
+    };
     let Some((limit, name)) = over else { return };
     t.held = Vec::new();
     t.answered = true;

@@ -137,7 +137,9 @@ impl ChainServer for AtsChain {
         }
         // SAFETY: the continuation lives until TXN_CLOSE, which cancels a
         // timer still pending; called under its mutex (every chain call is).
-        let action = unsafe { TSContScheduleOnPool(contp as TSCont, timeout.as_millis().max(1) as TSHRTime, TS_THREAD_POOL_NET) };
+        let action = unsafe {
+            TSContScheduleOnPool(contp as TSCont, timeout.as_millis().max(1) as TSHRTime, TS_THREAD_POOL_NET)
+        };
         self.0.pause_timer.store(action as *mut c_void, Ordering::Release);
     }
 
@@ -294,7 +296,10 @@ impl Framing {
 
     fn of(hdr: Option<Hdr>) -> Framing {
         hdr.map(|h| {
-            let f = Framing { content_length: h.value(b"content-length"), transfer_encoding: h.value(b"transfer-encoding") };
+            let f = Framing {
+                content_length: h.value(b"content-length"),
+                transfer_encoding: h.value(b"transfer-encoding"),
+            };
             TxnShared::release(&h);
             f
         })
@@ -322,7 +327,11 @@ impl Framing {
 
     /// No body follows the request headers.
     pub fn no_body(&self) -> bool {
-        let length = self.content_length.as_ref().and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok()).unwrap_or(0);
+        let length = self
+            .content_length
+            .as_ref()
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
+            .unwrap_or(0);
         !self.chunked() && length == 0
     }
 }
@@ -384,14 +393,19 @@ impl HttpStream for AtsStream {
         if s.detached.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let req = |f: &dyn Fn(&Hdr) -> Option<Vec<u8>>| s.with_hdr(MapType::HttpRequestHeaders, |h| Ok(f(h))).map(Option::flatten);
+        let req = |f: &dyn Fn(&Hdr) -> Option<Vec<u8>>| {
+            s.with_hdr(MapType::HttpRequestHeaders, |h| Ok(f(h))).map(Option::flatten)
+        };
         let int = |v: u64| Some(v.to_le_bytes().to_vec());
         // SAFETY: live transaction.
         let client = || TxnShared::addr(unsafe { TSHttpTxnClientAddrGet(s.txnp) } as *const libc::sockaddr);
         // SAFETY: live transaction.
         let incoming = || TxnShared::addr(unsafe { TSHttpTxnIncomingAddrGet(s.txnp) } as *const libc::sockaddr);
         // SAFETY: live transaction; null before Traffic Server picked a server.
-        let upstream = || TxnShared::addr(unsafe { TSHttpTxnServerAddrGet(s.txnp) } as *const libc::sockaddr).filter(|a| a.port() != 0);
+        let upstream = || {
+            TxnShared::addr(unsafe { TSHttpTxnServerAddrGet(s.txnp) } as *const libc::sockaddr)
+                .filter(|a| a.port() != 0)
+        };
         let milestone = |m: TSMilestonesType| {
             let mut t: TSHRTime = 0;
             // SAFETY: live transaction; `t` is written on success.
@@ -399,8 +413,12 @@ impl HttpStream for AtsStream {
         };
         Ok(match path {
             [b"request", b"path"] => req(&|h| h.value(b":path"))?,
-            [b"request", b"url_path"] => req(&|h| h.value(b":path").map(|p| p.split(|b| *b == b'?').next().unwrap_or(&[]).to_vec()))?,
-            [b"request", b"query"] => req(&|h| h.value(b":path").map(|p| p.splitn(2, |b| *b == b'?').nth(1).unwrap_or(&[]).to_vec()))?,
+            [b"request", b"url_path"] => {
+                req(&|h| h.value(b":path").map(|p| p.split(|b| *b == b'?').next().unwrap_or(&[]).to_vec()))?
+            }
+            [b"request", b"query"] => {
+                req(&|h| h.value(b":path").map(|p| p.splitn(2, |b| *b == b'?').nth(1).unwrap_or(&[]).to_vec()))?
+            }
             [b"request", b"host"] => req(&|h| h.value(b":authority"))?,
             [b"request", b"scheme"] => req(&|h| h.value(b":scheme"))?,
             [b"request", b"method"] => req(&|h| h.value(b":method"))?,
@@ -415,19 +433,29 @@ impl HttpStream for AtsStream {
             }),
             // Envoy: timestamps and durations are 8-byte nanoseconds.
             [b"request", b"time"] => milestone(TS_MILESTONE_UA_BEGIN).and_then(|t| int(t as u64)),
-            [b"request", b"duration"] => milestone(TS_MILESTONE_UA_BEGIN).and_then(|t| int(now_ns().saturating_sub(t) as u64)),
+            [b"request", b"duration"] => {
+                milestone(TS_MILESTONE_UA_BEGIN).and_then(|t| int(now_ns().saturating_sub(t) as u64))
+            }
             // Envoy: the Content-Length if the request has one, else the body bytes received.
-            [b"request", b"size"] => match req(&|h| h.value(b"content-length"))?.and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok()) {
+            [b"request", b"size"] => match req(&|h| h.value(b"content-length"))?
+                .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok())
+            {
                 Some(n) => int(n),
                 // SAFETY: live transaction.
                 None => int(unsafe { TSHttpTxnClientReqBodyBytesGet(s.txnp) }.max(0) as u64),
             },
             // SAFETY: live transaction.
-            [b"request", b"total_size"] => int(unsafe { TSHttpTxnClientReqHdrBytesGet(s.txnp) as i64 + TSHttpTxnClientReqBodyBytesGet(s.txnp) }.max(0) as u64),
+            [b"request", b"total_size"] => {
+                int(unsafe { TSHttpTxnClientReqHdrBytesGet(s.txnp) as i64 + TSHttpTxnClientReqBodyBytesGet(s.txnp) }
+                    .max(0) as u64)
+            }
             // SAFETY: live transaction.
             [b"response", b"size"] => int(unsafe { TSHttpTxnClientRespBodyBytesGet(s.txnp) }.max(0) as u64),
             // SAFETY: live transaction.
-            [b"response", b"total_size"] => int(unsafe { TSHttpTxnClientRespHdrBytesGet(s.txnp) as i64 + TSHttpTxnClientRespBodyBytesGet(s.txnp) }.max(0) as u64),
+            [b"response", b"total_size"] => {
+                int(unsafe { TSHttpTxnClientRespHdrBytesGet(s.txnp) as i64 + TSHttpTxnClientRespBodyBytesGet(s.txnp) }
+                    .max(0) as u64)
+            }
             [b"response", b"code_details"] => match s.local.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                 Some(r) => Some(r.details.clone().into_bytes()),
                 None => s.server_response_received().then(|| b"via_upstream".to_vec()),
@@ -437,8 +465,12 @@ impl HttpStream for AtsStream {
             // Plain HTTP only: no TLS on the client connection.
             [b"connection", b"mtls"] => Some(vec![0]),
             [b"request", b"headers", name] => req(&|h| h.value(&name.to_ascii_lowercase()))?,
-            [b"response", b"code"] => s.with_hdr(MapType::HttpResponseHeaders, |h| Ok(int(h.status() as u64)))?.flatten(),
-            [b"response", b"headers", name] => s.with_hdr(MapType::HttpResponseHeaders, |h| Ok(h.value(&name.to_ascii_lowercase())))?.flatten(),
+            [b"response", b"code"] => {
+                s.with_hdr(MapType::HttpResponseHeaders, |h| Ok(int(h.status() as u64)))?.flatten()
+            }
+            [b"response", b"headers", name] => {
+                s.with_hdr(MapType::HttpResponseHeaders, |h| Ok(h.value(&name.to_ascii_lowercase())))?.flatten()
+            }
             [b"source", b"address"] => client().map(|a| a.to_string().into_bytes()),
             [b"source", b"port"] => client().and_then(|a| int(a.port() as u64)),
             [b"destination", b"address"] => incoming().map(|a| a.to_string().into_bytes()),
@@ -500,7 +532,8 @@ pub(super) fn reenable(txnp: TSHttpTxn, error: bool) {
 
 /// Makes Traffic Server answer with `status` and `body` instead of going on.
 fn set_error_response(txnp: TSHttpTxn, response: &LocalResponse) {
-    let content_type = response.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.as_slice());
+    let content_type =
+        response.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.as_slice());
     let body = &response.body;
     // SAFETY: live transaction; buffers given to TSHttpTxnErrorBodySet must
     // come from TSmalloc, and each is filled completely (the content type
@@ -562,7 +595,11 @@ impl Txn {
     /// wake-up has nothing to do) and whether it was the last one on its way
     /// (the continuation can go).
     pub fn take_wake(&mut self) -> (bool, bool) {
-        let before = self.shared.wakes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1))).unwrap_or(0);
+        let before = self
+            .shared
+            .wakes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)))
+            .unwrap_or(0);
         (self.closed, before <= 1)
     }
 

@@ -224,7 +224,11 @@ impl<S: ChainServer> Driver<'_, S> {
     /// gets 413, a response (its headers are out) is cut.
     fn too_large(&mut self, phase: Phase, li: usize, limit: u64) -> Flow {
         if phase.direction() == StreamType::HttpRequest {
-            self.log(li, LogLevel::Warn, &format!("the request body passed max_body_size ({limit} bytes) held for the plugin; answering 413"));
+            self.log(
+                li,
+                LogLevel::Warn,
+                &format!("the request body passed max_body_size ({limit} bytes) held for the plugin; answering 413"),
+            );
             self.stop(phase, Flow::Respond(body_too_large_response()))
         } else {
             self.log(li, LogLevel::Warn, &format!("the response body passed max_body_size ({limit} bytes) held for the plugin; the response is cut (connection closed)"));

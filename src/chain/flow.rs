@@ -93,10 +93,22 @@ pub enum Flow {
 
 /// What a transaction whose plugin failed gets (policies `fail_closed` and `reload`).
 pub fn failure_response() -> LocalResponse {
-    LocalResponse { status: 503, details: "wasm_fail_stream".into(), body: b"plugin failure\n".to_vec(), headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())], grpc_status: -1 }
+    LocalResponse {
+        status: 503,
+        details: "wasm_fail_stream".into(),
+        body: b"plugin failure\n".to_vec(),
+        headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
+        grpc_status: -1,
+    }
 }
 
 /// What a request gets whose body passed a plugin's `max_body_size`.
 pub fn body_too_large_response() -> LocalResponse {
-    LocalResponse { status: 413, details: "request_payload_too_large".into(), body: b"request body too large\n".to_vec(), headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())], grpc_status: -1 }
+    LocalResponse {
+        status: 413,
+        details: "request_payload_too_large".into(),
+        body: b"request body too large\n".to_vec(),
+        headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
+        grpc_status: -1,
+    }
 }

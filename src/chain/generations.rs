@@ -39,7 +39,9 @@ impl PluginSet {
     pub fn new(plugins: Vec<LoadedPlugin>) -> PluginSet {
         let callbacks = plugins.iter().map(Callbacks::of).collect();
         let shortest_unused = plugins.iter().filter_map(|p| p.config.vm.kill_options.max_unused_duration).min();
-        let checks_usage = plugins.iter().any(|p| p.config.vm.kill_options.max_calls.is_some() || p.config.vm.kill_options.max_memory_usage.is_some());
+        let checks_usage = plugins.iter().any(|p| {
+            p.config.vm.kill_options.max_calls.is_some() || p.config.vm.kill_options.max_memory_usage.is_some()
+        });
         PluginSet { plugins, callbacks, shortest_unused, checks_usage }
     }
 
@@ -189,12 +191,19 @@ impl fmt::Display for RecycleReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RecycleReason::Failure { plugin } => write!(f, "a failure of {plugin} (failure_policy: reload)"),
-            RecycleReason::MaxCalls { plugin, calls, max } => write!(f, "recycling: {plugin}: {calls} calls (kill_options.max_calls {max})"),
+            RecycleReason::MaxCalls { plugin, calls, max } => {
+                write!(f, "recycling: {plugin}: {calls} calls (kill_options.max_calls {max})")
+            }
             RecycleReason::MaxMemoryUsage { plugin, bytes, fraction, maximum } => {
                 write!(f, "recycling: {plugin}: {bytes} bytes of linear memory (kill_options.max_memory_usage {fraction} of {maximum})")
             }
             RecycleReason::MaxUnusedDuration { plugin, idle, max } => {
-                write!(f, "recycling: {plugin}: unused for {:.1} s (kill_options.max_unused_duration {:.1} s)", idle.as_secs_f64(), max.as_secs_f64())
+                write!(
+                    f,
+                    "recycling: {plugin}: unused for {:.1} s (kill_options.max_unused_duration {:.1} s)",
+                    idle.as_secs_f64(),
+                    max.as_secs_f64()
+                )
             }
             RecycleReason::ConfigurationReload => f.write_str("a configuration reload"),
             RecycleReason::Shutdown => f.write_str("shutdown"),
@@ -240,7 +249,14 @@ pub struct Generations<C: VmsCell = Mutex<PluginVms>> {
 
 impl<C: VmsCell> Generations<C> {
     pub fn new(set: Arc<PluginSet>) -> Generations<C> {
-        Generations { set, current: None, retired: Vec::new(), backoff: ReloadBackoff::default(), last_used: None, started: 0 }
+        Generations {
+            set,
+            current: None,
+            retired: Vec::new(),
+            backoff: ReloadBackoff::default(),
+            last_used: None,
+            started: 0,
+        }
     }
 
     pub fn set(&self) -> &Arc<PluginSet> {
@@ -273,7 +289,11 @@ impl<C: VmsCell> Generations<C> {
 
     /// [`Generations::current`] with the time taken from `clock`, read only
     /// when needed (a failure's back-off, `max_unused_duration`).
-    pub fn current_at(&mut self, host: &mut impl GenerationHost<C>, clock: impl Fn() -> Instant) -> Result<Arc<Generation<C>>, GenerationError> {
+    pub fn current_at(
+        &mut self,
+        host: &mut impl GenerationHost<C>,
+        clock: impl Fn() -> Instant,
+    ) -> Result<Arc<Generation<C>>, GenerationError> {
         if !self.retired.is_empty() {
             self.sweep(host);
         }
@@ -292,7 +312,11 @@ impl<C: VmsCell> Generations<C> {
     }
 
     /// Why the current generation must be replaced now, if it must.
-    fn replacement(&mut self, generation: &Generation<C>, clock: &impl Fn() -> Instant) -> Result<Option<RecycleReason>, GenerationError> {
+    fn replacement(
+        &mut self,
+        generation: &Generation<C>,
+        clock: &impl Fn() -> Instant,
+    ) -> Result<Option<RecycleReason>, GenerationError> {
         let set = &self.set;
         let mut vms = generation.lock().ok_or(GenerationError::Busy)?;
         let mut any_failed = false;
@@ -307,7 +331,10 @@ impl<C: VmsCell> Generations<C> {
         }
         if let Some(plugin) = reload {
             drop(vms);
-            return Ok(self.backoff.try_reload(clock()).then(|| RecycleReason::Failure { plugin: set.name(plugin).to_string() }));
+            return Ok(self
+                .backoff
+                .try_reload(clock())
+                .then(|| RecycleReason::Failure { plugin: set.name(plugin).to_string() }));
         }
         if any_failed || (!set.checks_usage && set.shortest_unused.is_none()) {
             return Ok(None);
@@ -319,7 +346,11 @@ impl<C: VmsCell> Generations<C> {
         Ok(usage_reason(set, &mut vms, idle))
     }
 
-    fn start(&mut self, host: &mut impl GenerationHost<C>, clock: &impl Fn() -> Instant) -> Result<Arc<Generation<C>>, GenerationError> {
+    fn start(
+        &mut self,
+        host: &mut impl GenerationHost<C>,
+        clock: &impl Fn() -> Instant,
+    ) -> Result<Arc<Generation<C>>, GenerationError> {
         let mut vm = 0;
         let vms = PluginVms::start(&self.set.plugins, |key| {
             let server = host.server_host(vm, key);
@@ -328,7 +359,13 @@ impl<C: VmsCell> Generations<C> {
         })
         .map_err(|e| GenerationError::Start(Box::new(e)))?;
         self.started += 1;
-        let generation = Arc::new(Generation { set: self.set.clone(), vms: C::new(vms), number: self.started, retired: AtomicBool::new(false), shut_down: AtomicBool::new(false) });
+        let generation = Arc::new(Generation {
+            set: self.set.clone(),
+            vms: C::new(vms),
+            number: self.started,
+            retired: AtomicBool::new(false),
+            shut_down: AtomicBool::new(false),
+        });
         host.started(&generation);
         self.current = Some(generation.clone());
         if self.set.shortest_unused.is_some() {
@@ -342,7 +379,14 @@ impl<C: VmsCell> Generations<C> {
     pub fn retire(&mut self, reason: RecycleReason, host: &mut impl GenerationHost<C>) {
         if let Some(generation) = self.current.take() {
             generation.retired.store(true, Ordering::Release);
-            host.log(LogLevel::Info, &format!("instances of {} (generation {}) replaced after {reason}", self.set.names(), generation.number));
+            host.log(
+                LogLevel::Info,
+                &format!(
+                    "instances of {} (generation {}) replaced after {reason}",
+                    self.set.names(),
+                    generation.number
+                ),
+            );
             host.retired(&generation, &reason);
             self.retired.push(generation);
         }

@@ -30,7 +30,8 @@ impl Callbacks {
 
     /// What `plugin`'s module exports and its configuration lets run.
     pub fn of(plugin: &LoadedPlugin) -> Callbacks {
-        let takes = |name: &str| plugin.code.exports_function(name) && plugin.info.authorizations.allows_capability(name);
+        let takes =
+            |name: &str| plugin.code.exports_function(name) && plugin.info.authorizations.allows_capability(name);
         let mut bits = 0;
         for (name, bit) in [
             ("proxy_on_request_headers", Self::REQUEST_HEADERS),
@@ -52,10 +53,18 @@ impl Callbacks {
     /// `capability_restriction_config` does not allow: the chain never calls
     /// them (not even to refuse), so a server logs them once, at load time.
     pub fn denied(plugin: &LoadedPlugin) -> Vec<&'static str> {
-        ["proxy_on_request_headers", "proxy_on_request_body", "proxy_on_response_headers", "proxy_on_response_body", "proxy_on_done", "proxy_on_log", "proxy_on_delete"]
-            .into_iter()
-            .filter(|name| plugin.code.exports_function(name) && !plugin.info.authorizations.allows_capability(name))
-            .collect()
+        [
+            "proxy_on_request_headers",
+            "proxy_on_request_body",
+            "proxy_on_response_headers",
+            "proxy_on_response_body",
+            "proxy_on_done",
+            "proxy_on_log",
+            "proxy_on_delete",
+        ]
+        .into_iter()
+        .filter(|name| plugin.code.exports_function(name) && !plugin.info.authorizations.allows_capability(name))
+        .collect()
     }
 
     /// Whether the plugin's callback for `phase` runs.

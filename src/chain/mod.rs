@@ -40,7 +40,9 @@ pub mod signals;
 pub mod stream;
 
 pub use flow::{Flow, Phase};
-pub use generations::{Exclusive, Generation, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason, VmsCell};
+pub use generations::{
+    Exclusive, Generation, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason, VmsCell,
+};
 pub use link::{Callbacks, Link};
 pub use server::{ChainServer, ChainVms};
 pub use signals::Signals;
@@ -166,7 +168,12 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
     /// open and refuses the transaction otherwise; so does a stream context
     /// that cannot be created. A refused transaction gets 503; the contexts
     /// already created are finished first.
-    pub fn new<H: HttpStream + 'static>(vms: G, plugins: impl IntoIterator<Item = usize>, server: S, mut stream: impl FnMut(usize) -> H) -> Result<Chain<S, G>, ChainError> {
+    pub fn new<H: HttpStream + 'static>(
+        vms: G,
+        plugins: impl IntoIterator<Item = usize>,
+        server: S,
+        mut stream: impl FnMut(usize) -> H,
+    ) -> Result<Chain<S, G>, ChainError> {
         let plugins = plugins.into_iter();
         let mut links: Vec<Link> = Vec::with_capacity(plugins.size_hint().0);
         {
@@ -180,7 +187,13 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
                 Err(error)
             };
             for plugin in plugins {
-                let Some(root) = vms_now.roots.get(plugin).copied().filter(|r| r.plugin == plugin).or_else(|| vms_now.roots.iter().find(|r| r.plugin == plugin).copied()) else {
+                let Some(root) = vms_now
+                    .roots
+                    .get(plugin)
+                    .copied()
+                    .filter(|r| r.plugin == plugin)
+                    .or_else(|| vms_now.roots.iter().find(|r| r.plugin == plugin).copied())
+                else {
                     return refuse(vms_now, &links, ChainError::UnknownPlugin(plugin));
                 };
                 let config = &set.plugins[plugin].config;
@@ -189,15 +202,34 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
                     if fails_open {
                         continue;
                     }
-                    return refuse(vms_now, &links, ChainError::Refused { plugin, name: config.name.clone(), why: "failed earlier".into() });
+                    return refuse(
+                        vms_now,
+                        &links,
+                        ChainError::Refused { plugin, name: config.name.clone(), why: "failed earlier".into() },
+                    );
                 }
                 let link_stream = ChainStream::new(stream(plugin), server.clone(), links.len() as u32);
                 match vms_now.vms[root.vm].create_stream(root.root_context_id, Box::new(link_stream)) {
-                    Ok(ctx) => links.push(Link { plugin, vm: root.vm, ctx, callbacks: set.callbacks(plugin), failed: false, held: [0, 0] }),
+                    Ok(ctx) => links.push(Link {
+                        plugin,
+                        vm: root.vm,
+                        ctx,
+                        callbacks: set.callbacks(plugin),
+                        failed: false,
+                        held: [0, 0],
+                    }),
                     Err(e) => {
                         server.log(&config.name, LogLevel::Error, &format!("cannot create a stream context: {e}"));
                         if !fails_open {
-                            return refuse(vms_now, &links, ChainError::Refused { plugin, name: config.name.clone(), why: format!("cannot create a stream context: {e}") });
+                            return refuse(
+                                vms_now,
+                                &links,
+                                ChainError::Refused {
+                                    plugin,
+                                    name: config.name.clone(),
+                                    why: format!("cannot create a stream context: {e}"),
+                                },
+                            );
                         }
                     }
                 }
@@ -235,7 +267,11 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
     pub fn body_limit(&self, direction: StreamType) -> Option<u64> {
         let phase = Phase::body(direction);
         let set = self.vms.plugins();
-        self.links.iter().filter(|l| !l.failed && l.callbacks.has(phase)).map(|l| set.plugins[l.plugin].config.max_body_size).min()
+        self.links
+            .iter()
+            .filter(|l| !l.failed && l.callbacks.has(phase))
+            .map(|l| set.plugins[l.plugin].config.max_body_size)
+            .min()
     }
 
     /// The phase the chain waits in, if it waits.
@@ -277,8 +313,19 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         let Chain { vms, server, links, st } = self;
         let set = vms.plugins();
         let Some(mut guard) = vms.lock() else {
-            server.log("", LogLevel::Error, &format!("{}: the plugins' VMs are in use (a server callback called back into the chain); internal error", phase.name()));
-            let flow = if phase == Phase::ResponseBody || server.signals().response_released() { Flow::Abort } else { Flow::Respond(flow::failure_response()) };
+            server.log(
+                "",
+                LogLevel::Error,
+                &format!(
+                    "{}: the plugins' VMs are in use (a server callback called back into the chain); internal error",
+                    phase.name()
+                ),
+            );
+            let flow = if phase == Phase::ResponseBody || server.signals().response_released() {
+                Flow::Abort
+            } else {
+                Flow::Respond(flow::failure_response())
+            };
             if st.stop(phase, &flow, server.signals()) {
                 server.cancel_pause_timer();
             }
@@ -335,7 +382,9 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
     /// Whether a link in the order of `phase` takes its callback.
     fn takes(&self, phase: Phase) -> bool {
         let dir = phase.direction();
-        (0..self.st.order_len(dir, self.links.len())).filter_map(|pos| self.st.link_at(dir, pos, self.links.len())).any(|li| !self.links[li].failed && self.links[li].callbacks.has(phase))
+        (0..self.st.order_len(dir, self.links.len()))
+            .filter_map(|pos| self.st.link_at(dir, pos, self.links.len()))
+            .any(|li| !self.links[li].failed && self.links[li].callbacks.has(phase))
     }
 
     /// `on_request_headers` in chain order. `end_of_stream`: no body follows.
@@ -425,10 +474,13 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         };
         if !self.takes(phase) {
             self.st.ended[d] |= eos;
-            return Flow::Forward { data: match data {
-                Data::Borrowed(b) => b.to_vec(),
-                Data::Owned(v) => v,
-            }, end_of_stream: eos };
+            return Flow::Forward {
+                data: match data {
+                    Data::Borrowed(b) => b.to_vec(),
+                    Data::Owned(v) => v,
+                },
+                end_of_stream: eos,
+            };
         }
         self.drive(phase, |driver| driver.feed(phase, 0, data, eos))
     }
@@ -455,7 +507,11 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         } else {
             (Flow::Abort, "the response is cut (connection closed)")
         };
-        let message = format!("the {} that came while its {} waited passed max_body_size ({limit} bytes); {what}", phase.name(), wait.phase.name());
+        let message = format!(
+            "the {} that came while its {} waited passed max_body_size ({limit} bytes); {what}",
+            phase.name(),
+            wait.phase.name()
+        );
         self.server.log(&config.name, LogLevel::Warn, &message);
         self.st.queued[dir_index(phase.direction())] = Queue::default();
         Some(self.stop_now(phase, flow))
@@ -476,7 +532,11 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         }
         let phase_now = self.st.wait.map(|w| w.phase);
         if signals.closed() && self.st.stopped != [true, true] {
-            let phase = phase_now.unwrap_or(if self.st.headers_done[0] { Phase::ResponseHeaders } else { Phase::RequestHeaders });
+            let phase = phase_now.unwrap_or(if self.st.headers_done[0] {
+                Phase::ResponseHeaders
+            } else {
+                Phase::RequestHeaders
+            });
             return Some((phase, self.stop_now(phase, Flow::Reset)));
         }
         if let Some(w) = self.st.wait {
@@ -524,7 +584,15 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         let config = &self.vms.plugins().plugins[link.plugin].config;
         let abort = wait.phase == Phase::ResponseBody || self.server.signals().response_released();
         let what = if abort { "aborting the response" } else { "answering 504" };
-        self.server.log(&config.name, LogLevel::Warn, &format!("kept the {} paused for {:?} (pause_timeout) without continuing it; {what}", wait.phase.name(), config.pause_timeout));
+        self.server.log(
+            &config.name,
+            LogLevel::Warn,
+            &format!(
+                "kept the {} paused for {:?} (pause_timeout) without continuing it; {what}",
+                wait.phase.name(),
+                config.pause_timeout
+            ),
+        );
         let flow = if abort { Flow::Abort } else { Flow::Respond(crate::host::LocalResponse::pause_timeout()) };
         Some((wait.phase, self.stop_now(wait.phase, flow)))
     }

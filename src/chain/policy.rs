@@ -24,7 +24,13 @@ pub enum OnFailure {
 pub fn on_failure(policy: FailurePolicy, phase: Phase, response_released: bool) -> OnFailure {
     match policy {
         FailurePolicy::FailOpen => OnFailure::Skip,
-        FailurePolicy::FailClosed | FailurePolicy::Reload => OnFailure::Stop(if phase == Phase::ResponseBody || response_released { Flow::Abort } else { Flow::Respond(failure_response()) }),
+        FailurePolicy::FailClosed | FailurePolicy::Reload => {
+            OnFailure::Stop(if phase == Phase::ResponseBody || response_released {
+                Flow::Abort
+            } else {
+                Flow::Respond(failure_response())
+            })
+        }
     }
 }
 

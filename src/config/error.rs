@@ -113,22 +113,14 @@ pub(super) fn decode(error: &serde_yaml_ng::Error, file: &Path) -> ConfigError {
     let mut text = error.to_string();
     // serde_yaml_ng appends "at line L column C"; we print the position in front instead.
     if let Some(l) = &location {
-        text = text.replacen(
-            &format!(" at line {} column {}", l.line(), l.column()),
-            "",
-            1,
-        );
+        text = text.replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1);
     }
     let at = Position::new(file, location.as_ref());
     // Before the first separator is serde_yaml_ng's own path, spelled as in the file: drop it.
     match text.split_once(SEPARATOR) {
         Some((_, ours)) => {
             let (key, message) = ours.split_once(SEPARATOR).unwrap_or(("", ours));
-            ConfigError::Invalid {
-                at,
-                key: display_key(key),
-                message: message.to_owned(),
-            }
+            ConfigError::Invalid { at, key: display_key(key), message: message.to_owned() }
         }
         None => ConfigError::Syntax { at, message: text },
     }
@@ -136,11 +128,7 @@ pub(super) fn decode(error: &serde_yaml_ng::Error, file: &Path) -> ConfigError {
 
 /// A problem found outside deserialization, at a position found some other way.
 pub(super) fn invalid(at: Position, key: &str, message: impl fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        at,
-        key: display_key(key),
-        message: message.to_string(),
-    }
+    ConfigError::Invalid { at, key: display_key(key), message: message.to_string() }
 }
 
 /// The key path as printed: the document root has no key, so it gets a name.

@@ -176,12 +176,8 @@ pub enum RuntimeKind {
 
 impl RuntimeKind {
     /// The spellings accepted for `vm_config.runtime`, in the order error messages list them.
-    pub const ACCEPTED_NAMES: &'static [&'static str] = &[
-        "ats.wasm.runtime.wasmtime",
-        "ats.wasm.runtime.wamr",
-        "wasmtime",
-        "wamr",
-    ];
+    pub const ACCEPTED_NAMES: &'static [&'static str] =
+        &["ats.wasm.runtime.wasmtime", "ats.wasm.runtime.wamr", "wasmtime", "wamr"];
 
     /// Parses one of [`Self::ACCEPTED_NAMES`].
     #[must_use]
@@ -525,10 +521,7 @@ pub fn load_files(paths: &[PathBuf]) -> Result<Vec<PluginConfig>, ConfigError> {
 pub fn load_all(paths: &[PathBuf]) -> Result<Loaded, ConfigError> {
     let mut loaded = Loaded::default();
     for path in paths {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.clone(),
-            source,
-        })?;
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.clone(), source })?;
         append_file(&mut loaded, &text, path)?;
     }
     finish(&loaded)?;
@@ -579,7 +572,10 @@ fn append_file(loaded: &mut Loaded, text: &str, file: &Path) -> Result<(), Confi
             return Err(ConfigError::Invalid {
                 at: Position { file: file.to_path_buf(), line: None, column: None },
                 key: "otoroshi".to_owned(),
-                message: format!("Otoroshi settings given twice; already given in {}; expected them in one file", first.display()),
+                message: format!(
+                    "Otoroshi settings given twice; already given in {}; expected them in one file",
+                    first.display()
+                ),
             });
         }
         loaded.otoroshi = Some(settings);
@@ -596,7 +592,11 @@ fn finish(loaded: &Loaded) -> Result<(), ConfigError> {
     for entity in &loaded.entities {
         if let Some(plugin) = loaded.plugins.iter().find(|p| p.name == entity.id) {
             return Err(ConfigError::Invalid {
-                at: Position { file: entity.file.clone(), line: (entity.line > 0).then_some(entity.line), column: None },
+                at: Position {
+                    file: entity.file.clone(),
+                    line: (entity.line > 0).then_some(entity.line),
+                    column: None,
+                },
                 key: if entity.path.is_empty() { "id".to_owned() } else { format!("{}.id", entity.path) },
                 message: format!(
                     "entity id {:?} is also the name of the Proxy-Wasm plugin at {}; expected a name \
@@ -610,21 +610,11 @@ fn finish(loaded: &Loaded) -> Result<(), ConfigError> {
 }
 
 /// Parses one file and appends its plugins to `plugins`, refusing names already taken.
-fn append_plugins(
-    plugins: &mut Vec<PluginConfig>,
-    text: &str,
-    file: &Path,
-) -> Result<(), ConfigError> {
+fn append_plugins(plugins: &mut Vec<PluginConfig>, text: &str, file: &Path) -> Result<(), ConfigError> {
     let document = schema::parse(text, file)?;
     for (index, plugin) in document.plugins.into_iter().enumerate() {
         if let Some(first) = plugins.iter().find(|p| p.name == plugin.name) {
-            return Err(document.layout.duplicate_name(
-                text,
-                file,
-                index,
-                &plugin.name,
-                &first.origin,
-            ));
+            return Err(document.layout.duplicate_name(text, file, index, &plugin.name, &first.origin));
         }
         plugins.push(plugin);
     }

@@ -9,9 +9,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::{
-    self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
-};
+use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 use serde_yaml_ng::Value;
 
 use super::error::{encode, os_reason};
@@ -43,10 +41,7 @@ impl Budget {
     pub const BYTES: usize = 64 << 20;
 
     pub fn new() -> Budget {
-        Budget {
-            nodes: Cell::new(Self::NODES),
-            bytes: Cell::new(Self::BYTES),
-        }
+        Budget { nodes: Cell::new(Self::NODES), bytes: Cell::new(Self::BYTES) }
     }
 
     /// Takes one node of `bytes` text from the budget, or says why not.
@@ -72,23 +67,13 @@ impl Budget {
 impl<'c> Cx<'c> {
     /// The context of the value under `key`.
     pub fn key(&self, key: &str) -> Self {
-        let path = if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        };
-        Cx {
-            path,
-            ..self.clone()
-        }
+        let path = if self.path.is_empty() { key.to_owned() } else { format!("{}.{key}", self.path) };
+        Cx { path, ..self.clone() }
     }
 
     /// The context of the list item number `index`.
     pub fn index(&self, index: usize) -> Self {
-        Cx {
-            path: format!("{}[{index}]", self.path),
-            ..self.clone()
-        }
+        Cx { path: format!("{}[{index}]", self.path), ..self.clone() }
     }
 
     /// A seed that reads the next node with `node`.
@@ -362,10 +347,7 @@ impl Node<'_> for Text {
             Value::String(s) => s,
             Value::Null => String::new(),
             number_or_bool @ (Value::Bool(_) | Value::Number(_)) => {
-                return Err(format!(
-                    "{}; quote it to use it as text",
-                    wrong_type(self.expected(), &number_or_bool)
-                ));
+                return Err(format!("{}; quote it to use it as text", wrong_type(self.expected(), &number_or_bool)));
             }
             other => return Err(wrong_type(self.expected(), &other)),
         };
@@ -410,9 +392,9 @@ impl Node<'_> for Policy {
             return Ok(None);
         }
         let name = Text::ANY.value(cx, value)?;
-        FailurePolicy::from_name(&name).map(Some).ok_or_else(|| {
-            format!("unknown failure policy {name:?}; expected one of fail_closed, fail_open, reload")
-        })
+        FailurePolicy::from_name(&name)
+            .map(Some)
+            .ok_or_else(|| format!("unknown failure policy {name:?}; expected one of fail_closed, fail_open, reload"))
     }
 }
 
@@ -434,12 +416,10 @@ impl Node<'_> for Runtime {
         let accepted = RuntimeKind::ACCEPTED_NAMES.join(", ");
         match RuntimeKind::from_name(&name) {
             Some(kind) => Ok(Some(kind)),
-            None if is_unavailable_runtime(&name) => Err(format!(
-                "runtime {name:?} is not available in this host; expected one of {accepted}"
-            )),
-            None => Err(format!(
-                "unknown runtime {name:?}; expected one of {accepted}"
-            )),
+            None if is_unavailable_runtime(&name) => {
+                Err(format!("runtime {name:?} is not available in this host; expected one of {accepted}"))
+            }
+            None => Err(format!("unknown runtime {name:?}; expected one of {accepted}")),
         }
     }
 }
@@ -465,26 +445,21 @@ impl<'de> Node<'de> for Payload {
         match value {
             Value::String(s) => Ok(s.into_bytes()),
             Value::Null => Ok(Vec::new()),
-            number_or_bool @ (Value::Bool(_) | Value::Number(_)) => Err(format!(
-                "{}; quote it to pass it as text",
-                wrong_type(self.expected(), &number_or_bool)
-            )),
+            number_or_bool @ (Value::Bool(_) | Value::Number(_)) => {
+                Err(format!("{}; quote it to pass it as text", wrong_type(self.expected(), &number_or_bool)))
+            }
             other => Err(wrong_type(self.expected(), &other)),
         }
     }
 
     fn map<A: MapAccess<'de>>(self, cx: &Cx<'_>, map: A) -> Result<Vec<u8>, A::Error> {
         let value = cx.value_seed().visit_map(map)?;
-        to_json(&value)
-            .map(String::into_bytes)
-            .map_err(|m| cx.fail(m))
+        to_json(&value).map(String::into_bytes).map_err(|m| cx.fail(m))
     }
 
     fn seq<A: SeqAccess<'de>>(self, cx: &Cx<'_>, seq: A) -> Result<Vec<u8>, A::Error> {
         let value = cx.value_seed().visit_seq(seq)?;
-        to_json(&value)
-            .map(String::into_bytes)
-            .map_err(|m| cx.fail(m))
+        to_json(&value).map(String::into_bytes).map_err(|m| cx.fail(m))
     }
 }
 
@@ -526,30 +501,19 @@ fn write_json(value: &Value, path: &str, out: &mut String) -> Result<(), String>
             for (i, (key, item)) in entries.iter().enumerate() {
                 let key = json_key(key).map_err(fail)?;
                 if !keys.insert(key.clone()) {
-                    return Err(fail(format!(
-                        "key {key:?} appears twice once keys are turned into JSON strings"
-                    )));
+                    return Err(fail(format!("key {key:?} appears twice once keys are turned into JSON strings")));
                 }
                 if i > 0 {
                     out.push(',');
                 }
                 out.push_str(&json_string(&key));
                 out.push(':');
-                let child = if path.is_empty() {
-                    key
-                } else {
-                    format!("{path}.{key}")
-                };
+                let child = if path.is_empty() { key } else { format!("{path}.{key}") };
                 write_json(item, &child, out)?;
             }
             out.push('}');
         }
-        Value::Tagged(t) => {
-            return Err(fail(format!(
-                "YAML tags like {} cannot be turned into JSON",
-                t.tag
-            )))
-        }
+        Value::Tagged(t) => return Err(fail(format!("YAML tags like {} cannot be turned into JSON", t.tag))),
     }
     Ok(())
 }
@@ -577,10 +541,7 @@ fn json_key(key: &Value) -> Result<String, String> {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => json_number(n),
         Value::Bool(b) => Ok(b.to_string()),
-        other => Err(format!(
-            "map keys must be strings, numbers or booleans, found {}",
-            describe(other)
-        )),
+        other => Err(format!("map keys must be strings, numbers or booleans, found {}", describe(other))),
     }
 }
 
@@ -685,9 +646,9 @@ impl Node<'_> for HostEnvKey {
         match std::env::var(&name) {
             Ok(v) => Ok(Some((name, v))),
             Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => Err(format!(
-                "the value of environment variable {name:?} is not valid UTF-8"
-            )),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(format!("the value of environment variable {name:?} is not valid UTF-8"))
+            }
         }
     }
 }
@@ -811,9 +772,7 @@ fn check_readable_file(path: &Path) -> Result<(), String> {
     match std::fs::File::open(path).and_then(|f| f.metadata()) {
         Ok(meta) if meta.is_file() => Ok(()),
         Ok(_) => Err(format!("\"{shown}\" is not a regular file")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(format!("file \"{shown}\" not found"))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("file \"{shown}\" not found")),
         Err(e) => Err(format!("cannot read file \"{shown}\": {}", os_reason(&e))),
     }
 }
@@ -843,12 +802,9 @@ impl Node<'_> for InlineBytes {
         );
         let text = Text::NON_EMPTY.value(cx, value)?;
         let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-        let bytes = BASE64.decode(compact.as_bytes()).map_err(|e| {
-            format!(
-                "expected {}, but it is not valid base64: {e}",
-                self.expected()
-            )
-        })?;
+        let bytes = BASE64
+            .decode(compact.as_bytes())
+            .map_err(|e| format!("expected {}, but it is not valid base64: {e}", self.expected()))?;
         if bytes.is_empty() {
             return Err(format!("expected {}, found an empty one", self.expected()));
         }
@@ -869,8 +825,7 @@ pub(super) struct RemoteUri {
 pub(super) struct HttpUrl;
 
 /// Why `https://` is refused, in the words operators read.
-const HTTPS_REFUSED: &str =
-    "only http:// is supported: this host downloads remote code with its own \
+const HTTPS_REFUSED: &str = "only http:// is supported: this host downloads remote code with its own \
      small HTTP/1.1 client, which has no TLS; the sha256 pin guarantees the code whatever the \
      transport, so use an http:// URL or a local file";
 
@@ -889,18 +844,12 @@ impl Node<'_> for HttpUrl {
 
 /// Splits `http://authority/path?query` into what the HTTP client needs.
 fn parse_http_url(uri: &str) -> Result<RemoteUri, String> {
-    let scheme_end = uri
-        .find("://")
-        .ok_or_else(|| "expected an http:// URL".to_owned())?;
+    let scheme_end = uri.find("://").ok_or_else(|| "expected an http:// URL".to_owned())?;
     let scheme = uri[..scheme_end].to_ascii_lowercase();
     match scheme.as_str() {
         "http" => {}
         "https" => return Err(HTTPS_REFUSED.to_owned()),
-        _ => {
-            return Err(format!(
-                "unsupported scheme {scheme:?}; expected an http:// URL"
-            ))
-        }
+        _ => return Err(format!("unsupported scheme {scheme:?}; expected an http:// URL")),
     }
     let rest = &uri[scheme_end + 3..];
     let (authority, path) = match rest.find(['/', '?', '#']) {
@@ -920,22 +869,13 @@ fn parse_http_url(uri: &str) -> Result<RemoteUri, String> {
     let (host, port) = crate::http_client::parse_upstream(authority)
         .filter(|(host, _)| !host.is_empty())
         .ok_or_else(|| format!("invalid host or port {authority:?}"))?;
-    let upstream = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let upstream = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let path = match path {
         "" => "/".to_owned(),
         p if p.starts_with('?') => format!("/{p}"),
         p => p.to_owned(),
     };
-    Ok(RemoteUri {
-        uri: uri.to_owned(),
-        upstream,
-        authority: authority.to_owned(),
-        path,
-    })
+    Ok(RemoteUri { uri: uri.to_owned(), upstream, authority: authority.to_owned(), path })
 }
 
 /// `code.remote.sha256`: 64 hexadecimal digits (either case).
@@ -979,10 +919,7 @@ impl Node<'_> for Timeout {
             return Ok(None);
         }
         if let Value::Number(n) = &value {
-            return Err(format!(
-                "expected {}, found the number {n}; write the unit, like \"{n}s\"",
-                self.expected()
-            ));
+            return Err(format!("expected {}, found the number {n}; write the unit, like \"{n}s\"", self.expected()));
         }
         let text = Text::ANY.value(cx, value)?;
         let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
@@ -998,12 +935,7 @@ impl Node<'_> for Timeout {
             .filter(|_| number.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
             .map(|n| n * scale)
             .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-            .ok_or_else(|| {
-                format!(
-                    "expected {} (more than 0, at most a day), found {text:?}",
-                    self.expected()
-                )
-            })?;
+            .ok_or_else(|| format!("expected {} (more than 0, at most a day), found {text:?}", self.expected()))?;
         Ok(Some(std::time::Duration::from_secs_f64(seconds)))
     }
 }
@@ -1068,10 +1000,11 @@ impl Node<'_> for ByteSize {
             Value::Number(n) => n.as_u64(),
             Value::String(text) => {
                 let t = text.trim();
-                let (number, unit) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40), ("B", 1)]
-                    .into_iter()
-                    .find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n.trim_end(), unit)))
-                    .unwrap_or((t, 1));
+                let (number, unit) =
+                    [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40), ("B", 1)]
+                        .into_iter()
+                        .find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n.trim_end(), unit)))
+                        .unwrap_or((t, 1));
                 number
                     .parse::<u64>()
                     .ok()

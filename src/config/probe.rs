@@ -31,9 +31,7 @@ const FOUND: &str = "\0found";
 
 /// The 1-based (line, column) of the node at `steps`, or `None` if there is no such node.
 pub(super) fn locate(text: &str, steps: &[Step], target: Target) -> Option<(usize, usize)> {
-    let error = Probe { steps, target }
-        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
-        .err()?;
+    let error = Probe { steps, target }.deserialize(serde_yaml_ng::Deserializer::from_str(text)).err()?;
     if !error.to_string().contains(FOUND) {
         return None;
     }
@@ -46,12 +44,7 @@ pub(super) fn second_document(text: &str) -> Option<(usize, usize)> {
     let mut documents = serde_yaml_ng::Deserializer::from_str(text);
     documents.next()?;
     let second = documents.next()?;
-    let error = Probe {
-        steps: &[],
-        target: Target::Value,
-    }
-    .deserialize(second)
-    .err()?;
+    let error = Probe { steps: &[], target: Target::Value }.deserialize(second).err()?;
     error.location().map(|l| (l.line(), l.column()))
 }
 
@@ -79,10 +72,7 @@ impl Probe<'_> {
     }
 
     fn rest(&self) -> Probe<'_> {
-        Probe {
-            steps: &self.steps[1..],
-            target: self.target,
-        }
+        Probe { steps: &self.steps[1..], target: self.target }
     }
 }
 
@@ -128,10 +118,7 @@ impl<'de> Visitor<'de> for Probe<'_> {
             Some(Step::Index(_)) => None,
         };
         let fail_on_key = self.steps.len() == 1 && self.target == Target::Key;
-        while let Some(matched) = map.next_key_seed(KeyProbe {
-            wanted,
-            fail: fail_on_key,
-        })? {
+        while let Some(matched) = map.next_key_seed(KeyProbe { wanted, fail: fail_on_key })? {
             if matched {
                 map.next_value_seed(self.rest())?;
             } else {

@@ -11,10 +11,12 @@ use serde_yaml_ng::Value;
 
 use super::error::{decode, invalid, ConfigError, Position};
 use super::node::{
-    absolute, describe, wrong_type, Budget, Capabilities, CodeFile, Cx, Flag, HostEnvKeys, KeyValues, Node,
-    Payload, Policy, Runtime, Text, TextList,
+    absolute, describe, wrong_type, Budget, Capabilities, CodeFile, Cx, Flag, HostEnvKeys, KeyValues, Node, Payload,
+    Policy, Runtime, Text, TextList,
 };
-use super::node::{ByteSize, CacheDir, Count, Count32, Fraction, HttpUrl, InlineBytes, MemorySize, RemoteUri, Sha256Hex, Timeout};
+use super::node::{
+    ByteSize, CacheDir, Count, Count32, Fraction, HttpUrl, InlineBytes, MemorySize, RemoteUri, Sha256Hex, Timeout,
+};
 use super::probe::{locate, second_document, Step, Target};
 use super::{
     CodeSource, ConfigOrigin, FailurePolicy, KillOptions, PluginConfig, Quotas, RemoteCode, RuntimeKind, VmConfig,
@@ -37,12 +39,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Document, ConfigError> {
 
     let base_dir = base_dir(file);
     let budget = Budget::new();
-    let cx = Cx {
-        file,
-        base_dir: &base_dir,
-        path: String::new(),
-        budget: &budget,
-    };
+    let cx = Cx { file, base_dir: &base_dir, path: String::new(), budget: &budget };
     let (layout, mut plugins) = cx
         .at(Root)
         .deserialize(serde_yaml_ng::Deserializer::from_str(text))
@@ -71,11 +68,7 @@ pub(super) fn check_flow_depth(text: &str, file: &Path) -> Result<(), ConfigErro
                 _ => continue,
             }
             if depth > MAX_FLOW_DEPTH {
-                let at = Position {
-                    file: file.to_path_buf(),
-                    line: Some(index + 1),
-                    column: Some(column + 1),
-                };
+                let at = Position { file: file.to_path_buf(), line: Some(index + 1), column: Some(column + 1) };
                 let message = format!(
                     "more than {MAX_FLOW_DEPTH} nested `[` and `{{` (counted in strings too); a configuration nests at most 128 levels"
                 );
@@ -94,12 +87,18 @@ fn placed(mut error: ConfigError, text: &str) -> ConfigError {
         let found = match at.line {
             Some(_) => None,
             None if message.contains("more than one document") => second_document(text).map(|p| {
-                (p, "a second YAML document starts here (after `---`, or where a line is indented less \
-                     than the first one); a configuration file holds one document")
+                (
+                    p,
+                    "a second YAML document starts here (after `---`, or where a line is indented less \
+                     than the first one); a configuration file holds one document",
+                )
             }),
             None if message.contains("repetition limit") => first_alias(text).map(|p| {
-                (p, "the aliases (`*name`) expand to too many nodes, as in a YAML \"billion laughs\"; \
-                     the first alias is here")
+                (
+                    p,
+                    "the aliases (`*name`) expand to too many nodes, as in a YAML \"billion laughs\"; \
+                     the first alias is here",
+                )
             }),
             None => None,
         };
@@ -124,7 +123,9 @@ fn first_alias(text: &str) -> Option<(usize, usize)> {
                 Some(q) if c == q && previous != '\\' => quote = None,
                 Some(_) => {}
                 None if c == '#' && previous.is_whitespace() => break,
-                None if (c == '"' || c == '\'') && (previous.is_whitespace() || "[{,:".contains(previous)) => quote = Some(c),
+                None if (c == '"' || c == '\'') && (previous.is_whitespace() || "[{,:".contains(previous)) => {
+                    quote = Some(c)
+                }
                 None if c == '*' && (previous.is_whitespace() || "[{,".contains(previous)) => {
                     return Some((index + 1, column + 1));
                 }
@@ -188,11 +189,7 @@ impl Layout {
         match self {
             Layout::Single => vec![Step::Key("config")],
             Layout::List => vec![Step::Index(index), Step::Key("config")],
-            Layout::PluginsKey => vec![
-                Step::Key("plugins"),
-                Step::Index(index),
-                Step::Key("config"),
-            ],
+            Layout::PluginsKey => vec![Step::Key("plugins"), Step::Index(index), Step::Key("config")],
         }
     }
 
@@ -217,11 +214,7 @@ impl Layout {
         let mut steps = self.entry_steps(index);
         steps.push(Step::Key("name"));
         let found = locate(text, &steps, Target::Value);
-        let at = Position {
-            file: file.to_path_buf(),
-            line: found.map(|f| f.0),
-            column: found.map(|f| f.1),
-        };
+        let at = Position { file: file.to_path_buf(), line: found.map(|f| f.0), column: found.map(|f| f.1) };
         let message = format!("duplicate plugin name {name:?}; already defined at {first}");
         invalid(at, &format!("{}.name", self.entry_path(index)), message)
     }
@@ -235,12 +228,7 @@ pub(super) trait Section: Default {
     const KEYS: &'static [&'static [&'static str]];
 
     /// Reads the value of `key` (a canonical name) with `map.next_value_seed(cx.at(...))`.
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error>;
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error>;
 
     /// Checks what must be there and builds the result. Errors point at the start of the map.
     fn finish(self, cx: &Cx<'_>) -> Result<Self::Out, String>;
@@ -274,10 +262,7 @@ impl<'de, S: Section> Node<'de> for Sec<S> {
         let mut section = S::default();
         let mut seen: Vec<&'static str> = Vec::new();
         loop {
-            let key_seed = cx.clone().at(KeyName {
-                keys: S::KEYS,
-                seen: &seen,
-            });
+            let key_seed = cx.clone().at(KeyName { keys: S::KEYS, seen: &seen });
             let Some(key) = map.next_key_seed(key_seed)? else {
                 break;
             };
@@ -296,11 +281,7 @@ struct KeyName<'s> {
 
 impl KeyName<'_> {
     fn known(&self) -> String {
-        self.keys
-            .iter()
-            .map(|names| names[0])
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.keys.iter().map(|names| names[0]).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -315,29 +296,12 @@ impl Node<'_> for KeyName<'_> {
         let written = match value {
             Value::String(s) => s,
             // Keys YAML read as numbers or booleans (`1:`, `true:`) are named as written.
-            Value::Number(n) => {
-                return Err(format!("unknown key {n}; expected one of {}", self.known()))
-            }
-            Value::Bool(b) => {
-                return Err(format!("unknown key {b}; expected one of {}", self.known()))
-            }
-            other => {
-                return Err(format!(
-                    "unknown key {}; expected one of {}",
-                    describe(&other),
-                    self.known()
-                ))
-            }
+            Value::Number(n) => return Err(format!("unknown key {n}; expected one of {}", self.known())),
+            Value::Bool(b) => return Err(format!("unknown key {b}; expected one of {}", self.known())),
+            other => return Err(format!("unknown key {}; expected one of {}", describe(&other), self.known())),
         };
-        let Some(names) = self
-            .keys
-            .iter()
-            .find(|names| names.contains(&written.as_str()))
-        else {
-            return Err(format!(
-                "unknown key {written:?}; expected one of {}",
-                self.known()
-            ));
+        let Some(names) = self.keys.iter().find(|names| names.contains(&written.as_str())) else {
+            return Err(format!("unknown key {written:?}; expected one of {}", self.known()));
         };
         let canonical = names[0];
         if self.seen.contains(&canonical) {
@@ -367,10 +331,7 @@ impl<'de> Node<'de> for Root {
 
     fn value(self, _cx: &Cx<'_>, value: Value) -> Result<Self::Out, String> {
         match value {
-            Value::Null => Err(format!(
-                "no plugin configured (the document is empty); expected {}",
-                self.expected()
-            )),
+            Value::Null => Err(format!("no plugin configured (the document is empty); expected {}", self.expected())),
             other => Err(wrong_type(self.expected(), &other)),
         }
     }
@@ -397,15 +358,9 @@ struct RootMap {
 impl Section for RootMap {
     type Out = (Layout, Vec<PluginConfig>);
 
-    const KEYS: &'static [&'static [&'static str]] =
-        &[&["config"], &["plugins"], &["wasm_plugins"], &["otoroshi"]];
+    const KEYS: &'static [&'static [&'static str]] = &[&["config"], &["plugins"], &["wasm_plugins"], &["otoroshi"]];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "config" => {
                 self.config = Some(map.next_value_seed(cx.at(Sec::<PluginSection>::new()))?);
@@ -428,9 +383,7 @@ impl Section for RootMap {
             (None, Some(plugins)) => Ok((Layout::PluginsKey, plugins)),
             (Some(_), Some(_)) => Err("use either \"config\" or \"plugins\", not both".to_owned()),
             (None, None) if self.otoroshi => Ok((Layout::PluginsKey, Vec::new())),
-            (None, None) => Err(
-                "no plugin configured; expected a \"config\" map or a \"plugins\" list".to_owned(),
-            ),
+            (None, None) => Err("no plugin configured; expected a \"config\" map or a \"plugins\" list".to_owned()),
         }
     }
 }
@@ -447,26 +400,18 @@ impl<'de> Node<'de> for PluginList {
 
     fn value(self, _cx: &Cx<'_>, value: Value) -> Result<Self::Out, String> {
         match value {
-            Value::Null => Err(format!(
-                "no plugin configured; expected {}",
-                self.expected()
-            )),
+            Value::Null => Err(format!("no plugin configured; expected {}", self.expected())),
             other => Err(wrong_type(self.expected(), &other)),
         }
     }
 
     fn seq<A: SeqAccess<'de>>(self, cx: &Cx<'_>, mut seq: A) -> Result<Self::Out, A::Error> {
         let mut plugins = Vec::new();
-        while let Some(plugin) =
-            seq.next_element_seed(cx.index(plugins.len()).at(Sec::<Entry>::new()))?
-        {
+        while let Some(plugin) = seq.next_element_seed(cx.index(plugins.len()).at(Sec::<Entry>::new()))? {
             plugins.push(plugin);
         }
         if plugins.is_empty() {
-            return Err(cx.fail(format!(
-                "no plugin configured; expected {}",
-                self.expected()
-            )));
+            return Err(cx.fail(format!("no plugin configured; expected {}", self.expected())));
         }
         Ok(plugins)
     }
@@ -483,12 +428,7 @@ impl Section for Entry {
 
     const KEYS: &'static [&'static [&'static str]] = &[&["config"]];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "config" => {
                 self.config = Some(map.next_value_seed(cx.at(Sec::<PluginSection>::new()))?);
@@ -529,20 +469,12 @@ impl Section for PluginSection {
         &["failure_policy", "failurePolicy"],
         &["pause_timeout", "pauseTimeout"],
         &["max_body_size", "maxBodySize"],
-        &[
-            "capability_restriction_config",
-            "capabilityRestrictionConfig",
-        ],
+        &["capability_restriction_config", "capabilityRestrictionConfig"],
         &["authorizations"],
         &["vm_config", "vmConfig"],
     ];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "name" => self.name = Some(map.next_value_seed(cx.at(Text::NON_EMPTY))?),
             "root_id" => self.root_id = Some(map.next_value_seed(cx.at(Text::ANY))?),
@@ -552,12 +484,10 @@ impl Section for PluginSection {
             "pause_timeout" => self.pause_timeout = map.next_value_seed(cx.at(Timeout))?,
             "max_body_size" => self.max_body_size = map.next_value_seed(cx.at(ByteSize))?,
             "authorizations" => {
-                self.authorizations =
-                    Some(map.next_value_seed(cx.at(Sec::<AuthorizationsSection>::new()))?);
+                self.authorizations = Some(map.next_value_seed(cx.at(Sec::<AuthorizationsSection>::new()))?);
             }
             "capability_restriction_config" => {
-                self.allowed_capabilities =
-                    map.next_value_seed(cx.at(Sec::<CapabilitySection>::new()))?;
+                self.allowed_capabilities = map.next_value_seed(cx.at(Sec::<CapabilitySection>::new()))?;
             }
             "vm_config" => self.vm = Some(map.next_value_seed(cx.at(Sec::<VmSection>::new()))?),
             _ => unreachable!("key {key} is not in KEYS"),
@@ -568,19 +498,16 @@ impl Section for PluginSection {
     fn finish(self, cx: &Cx<'_>) -> Result<PluginConfig, String> {
         let failure_policy = match (self.fail_open, self.failure_policy) {
             (Some(_), Some(_)) => {
-                return Err(
-                    "both fail_open and failure_policy are given; expected only one of them \
+                return Err("both fail_open and failure_policy are given; expected only one of them \
                      (failure_policy: fail_closed, fail_open or reload)"
-                        .to_owned(),
-                )
+                    .to_owned())
             }
             (_, Some(policy)) => policy,
             (Some(true), None) => FailurePolicy::FailOpen,
             _ => FailurePolicy::FailClosed,
         };
         let mut authorizations = self.authorizations.unwrap_or_default();
-        authorizations.capabilities =
-            self.allowed_capabilities.clone().map(|names| names.into_iter().collect());
+        authorizations.capabilities = self.allowed_capabilities.clone().map(|names| names.into_iter().collect());
         Ok(PluginConfig {
             name: required(self.name, "name")?,
             vm: required(self.vm, "vm_config")?,
@@ -592,10 +519,7 @@ impl Section for PluginSection {
             authorizations,
             allowed_capabilities: self.allowed_capabilities,
             // The line is filled in by `parse`, which can find it in the text.
-            origin: ConfigOrigin {
-                file: cx.file.to_path_buf(),
-                line: 0,
-            },
+            origin: ConfigOrigin { file: cx.file.to_path_buf(), line: 0 },
         })
     }
 }
@@ -619,12 +543,7 @@ impl Section for AuthorizationsSection {
         &["properties"],
     ];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "allowed_hosts" => self.allowed_hosts = Some(map.next_value_seed(cx.at(TextList))?),
             "plugin_map_access" => {
@@ -676,12 +595,7 @@ impl Section for AccessSection {
 
     const KEYS: &'static [&'static [&'static str]] = &[&["read"], &["write"]];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "read" => self.read = map.next_value_seed(cx.at(Flag))?,
             "write" => self.write = map.next_value_seed(cx.at(Flag))?,
@@ -708,12 +622,7 @@ impl Section for PropertiesSection {
 
     const KEYS: &'static [&'static [&'static str]] = &[&["read"], &["write"]];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "read" => self.read = Some(map.next_value_seed(cx.at(TextList))?),
             "write" => self.write = Some(map.next_value_seed(cx.at(TextList))?),
@@ -736,15 +645,9 @@ struct CapabilitySection {
 impl Section for CapabilitySection {
     type Out = Option<Vec<String>>;
 
-    const KEYS: &'static [&'static [&'static str]] =
-        &[&["allowed_capabilities", "allowedCapabilities"]];
+    const KEYS: &'static [&'static [&'static str]] = &[&["allowed_capabilities", "allowedCapabilities"]];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "allowed_capabilities" => self.allowed = map.next_value_seed(cx.at(Capabilities))?,
             _ => unreachable!("key {key} is not in KEYS"),
@@ -784,20 +687,14 @@ impl Section for VmSection {
         &["limits"],
     ];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "runtime" => self.runtime = map.next_value_seed(cx.at(Runtime))?,
             "vm_id" => self.vm_id = Some(map.next_value_seed(cx.at(Text::ANY))?),
             "configuration" => self.configuration = Some(map.next_value_seed(cx.at(Payload))?),
             "allow_precompiled" => self.allow_precompiled = map.next_value_seed(cx.at(Flag))?,
             "environment_variables" => {
-                self.environment =
-                    Some(map.next_value_seed(cx.at(Sec::<EnvironmentSection>::new()))?);
+                self.environment = Some(map.next_value_seed(cx.at(Sec::<EnvironmentSection>::new()))?);
             }
             "code" => self.code = Some(map.next_value_seed(cx.at(Sec::<CodeSection>::new()))?),
             "kill_options" => {
@@ -845,12 +742,7 @@ impl Section for LimitsSection {
         &["min_tick_period", "minTickPeriod"],
     ];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         let q = &mut self.1;
         match key {
             "max_memory" => self.0.max_memory_bytes = map.next_value_seed(cx.at(MemorySize))?,
@@ -903,12 +795,7 @@ impl Section for KillOptionsSection {
         &["max_unused_duration", "maxUnusedDuration"],
     ];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "max_calls" => self.0.max_calls = map.next_value_seed(cx.at(Count))?,
             "max_memory_usage" => self.0.max_memory_usage = map.next_value_seed(cx.at(Fraction))?,
@@ -933,17 +820,9 @@ struct EnvironmentSection {
 impl Section for EnvironmentSection {
     type Out = Vec<(String, String)>;
 
-    const KEYS: &'static [&'static [&'static str]] = &[
-        &["host_env_keys", "hostEnvKeys"],
-        &["key_values", "keyValues"],
-    ];
+    const KEYS: &'static [&'static [&'static str]] = &[&["host_env_keys", "hostEnvKeys"], &["key_values", "keyValues"]];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "host_env_keys" => self.host = map.next_value_seed(cx.at(HostEnvKeys))?,
             "key_values" => self.fixed = map.next_value_seed(cx.at(KeyValues))?,
@@ -978,12 +857,7 @@ impl Section for CodeSection {
 
     const KEYS: &'static [&'static [&'static str]] = &[&["local"], &["remote"]];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "local" => self.local = Some(map.next_value_seed(cx.at(Sec::<LocalSection>::new()))?),
             "remote" => {
@@ -1013,24 +887,14 @@ struct LocalSection {
 impl Section for LocalSection {
     type Out = CodeSource;
 
-    const KEYS: &'static [&'static [&'static str]] = &[
-        &["filename"],
-        &["inline_bytes", "inlineBytes"],
-        &["inline_string", "inlineString"],
-    ];
+    const KEYS: &'static [&'static [&'static str]] =
+        &[&["filename"], &["inline_bytes", "inlineBytes"], &["inline_string", "inlineString"]];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         let source = match key {
             "filename" => map.next_value_seed(cx.at(CodeFile))?,
             "inline_bytes" => CodeSource::Inline(map.next_value_seed(cx.at(InlineBytes))?),
-            "inline_string" => {
-                CodeSource::Inline(map.next_value_seed(cx.at(Text::NON_EMPTY))?.into_bytes())
-            }
+            "inline_string" => CodeSource::Inline(map.next_value_seed(cx.at(Text::NON_EMPTY))?.into_bytes()),
             _ => unreachable!("key {key} is not in KEYS"),
         };
         self.sources.push(source);
@@ -1041,13 +905,12 @@ impl Section for LocalSection {
         let mut sources = self.sources.into_iter();
         match (sources.next(), sources.next()) {
             (Some(source), None) => Ok(source),
-            (Some(_), Some(_)) => Err(
-                "give only one of \"filename\", \"inline_bytes\" and \"inline_string\"".to_owned(),
-            ),
-            (None, _) => Err(
-                "missing code; expected one of \"filename\", \"inline_bytes\" and \"inline_string\""
-                    .to_owned(),
-            ),
+            (Some(_), Some(_)) => {
+                Err("give only one of \"filename\", \"inline_bytes\" and \"inline_string\"".to_owned())
+            }
+            (None, _) => {
+                Err("missing code; expected one of \"filename\", \"inline_bytes\" and \"inline_string\"".to_owned())
+            }
         }
     }
 }
@@ -1065,19 +928,10 @@ struct RemoteSection {
 impl Section for RemoteSection {
     type Out = CodeSource;
 
-    const KEYS: &'static [&'static [&'static str]] = &[
-        &["http_uri", "httpUri"],
-        &["uri"],
-        &["sha256"],
-        &["cache_dir", "cacheDir"],
-    ];
+    const KEYS: &'static [&'static [&'static str]] =
+        &[&["http_uri", "httpUri"], &["uri"], &["sha256"], &["cache_dir", "cacheDir"]];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "http_uri" => {
                 self.http_uri = Some(map.next_value_seed(cx.at(Sec::<HttpUriSection>::new()))?);
@@ -1094,18 +948,12 @@ impl Section for RemoteSection {
         let (uri, timeout) = match (self.http_uri, self.uri) {
             (Some(http_uri), None) => http_uri,
             (None, Some(uri)) => (uri, None),
-            (Some(_), Some(_)) => {
-                return Err("use either \"http_uri\" or \"uri\", not both".to_owned())
-            }
-            (None, None) => {
-                return Err(
-                    "missing required key \"http_uri\" (or its shorthand \"uri\")".to_owned(),
-                )
-            }
+            (Some(_), Some(_)) => return Err("use either \"http_uri\" or \"uri\", not both".to_owned()),
+            (None, None) => return Err("missing required key \"http_uri\" (or its shorthand \"uri\")".to_owned()),
         };
-        let sha256 = self.sha256.ok_or_else(|| {
-            "missing required key \"sha256\": remote code must be pinned by its SHA-256".to_owned()
-        })?;
+        let sha256 = self
+            .sha256
+            .ok_or_else(|| "missing required key \"sha256\": remote code must be pinned by its SHA-256".to_owned())?;
         Ok(CodeSource::Remote(RemoteCode {
             uri: uri.uri,
             upstream: uri.upstream,
@@ -1131,12 +979,7 @@ impl Section for HttpUriSection {
 
     const KEYS: &'static [&'static [&'static str]] = &[&["uri"], &["timeout"]];
 
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &'static str,
-        cx: Cx<'_>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, cx: Cx<'_>, map: &mut A) -> Result<(), A::Error> {
         match key {
             "uri" => self.uri = Some(map.next_value_seed(cx.at(HttpUrl))?),
             "timeout" => self.timeout = map.next_value_seed(cx.at(Timeout))?,

@@ -133,7 +133,13 @@ mod tests {
     fn everything_but_logging_is_denied_by_default() {
         let a = Authorizations::default();
         assert!(a.grants(Requirement::Always));
-        for r in [Requirement::HttpAccess, Requirement::PluginMapRead, Requirement::GlobalDataStoreWrite, Requirement::ProxyStateAccess, Requirement::ConfigurationAccess] {
+        for r in [
+            Requirement::HttpAccess,
+            Requirement::PluginMapRead,
+            Requirement::GlobalDataStoreWrite,
+            Requirement::ProxyStateAccess,
+            Requirement::ConfigurationAccess,
+        ] {
             assert!(!a.grants(r), "{r:?}");
         }
         assert_eq!(a.proxy_http_call_timeout_ms, 5000);

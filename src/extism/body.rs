@@ -32,7 +32,9 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     const LENIENT: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent).with_decode_allow_trailing_bits(true),
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
     );
     let kept: String = text.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/')).collect();
     LENIENT.decode(kept.as_bytes()).map_err(|e| format!("not valid base64: {e}"))
@@ -153,12 +155,18 @@ mod tests {
 
     #[test]
     fn a_blank_body_str_gives_way_to_body_json() {
-        assert_eq!(body(r#"{"body_str":"  ","body_json":{"b":1,"a":2}}"#), Some((br#"{"b":1,"a":2}"#.to_vec(), BodySource::Json)));
+        assert_eq!(
+            body(r#"{"body_str":"  ","body_json":{"b":1,"a":2}}"#),
+            Some((br#"{"b":1,"a":2}"#.to_vec(), BodySource::Json))
+        );
     }
 
     #[test]
     fn body_json_keeps_the_plugins_key_order_and_drops_whitespace() {
-        assert_eq!(body("{\"body_json\": {\"z\": [1, 2], \"a\": \"x y\"}}"), Some((br#"{"z":[1,2],"a":"x y"}"#.to_vec(), BodySource::Json)));
+        assert_eq!(
+            body("{\"body_json\": {\"z\": [1, 2], \"a\": \"x y\"}}"),
+            Some((br#"{"z":[1,2],"a":"x y"}"#.to_vec(), BodySource::Json))
+        );
     }
 
     #[test]

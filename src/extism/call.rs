@@ -68,7 +68,11 @@ pub fn check_export(exports: &[ExportDesc], name: &str) -> Result<(), CallError>
 /// `__wasm_call_ctors`, else `_initialize`, when exported as `() -> ()`.
 #[must_use]
 pub fn initializer(exports: &[ExportDesc]) -> Option<&'static str> {
-    let unit = |name: &str| exports.iter().any(|e| e.name == name && e.ty.as_ref().is_some_and(|t| t.params.is_empty() && t.results.is_empty()));
+    let unit = |name: &str| {
+        exports
+            .iter()
+            .any(|e| e.name == name && e.ty.as_ref().is_some_and(|t| t.params.is_empty() && t.results.is_empty()))
+    };
     ["__wasm_call_ctors", "_initialize"].into_iter().find(|n| unit(n))
 }
 

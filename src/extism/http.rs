@@ -297,7 +297,11 @@ impl HttpClient for BlockingHttpClient {
                 request.url
             )));
         }
-        let upstream = if url.host.contains(':') { format!("[{}]:{}", url.host, url.port) } else { format!("{}:{}", url.host, url.port) };
+        let upstream = if url.host.contains(':') {
+            format!("[{}]:{}", url.host, url.port)
+        } else {
+            format!("{}:{}", url.host, url.port)
+        };
         let mut headers = vec![
             (b":method".to_vec(), request.method.to_ascii_uppercase().into_bytes()),
             (b":path".to_vec(), url.path_and_query.clone().into_bytes()),
@@ -340,7 +344,10 @@ mod tests {
     #[test]
     fn urls_are_split_into_host_port_and_path() {
         let u = Url::parse("http://User@Example.COM:8080/a/b?x=1#frag").unwrap();
-        assert_eq!((u.scheme.as_str(), u.host.as_str(), u.port, u.path_and_query.as_str()), ("http", "example.com", 8080, "/a/b?x=1"));
+        assert_eq!(
+            (u.scheme.as_str(), u.host.as_str(), u.port, u.path_and_query.as_str()),
+            ("http", "example.com", 8080, "/a/b?x=1")
+        );
         let u = Url::parse("https://[::1]?q").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.path_and_query.as_str()), ("::1", 443, "/?q"));
         assert!(Url::parse("ftp://x/").is_err());

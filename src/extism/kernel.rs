@@ -224,7 +224,14 @@ impl Kernel {
     /// `len` 0 at the very first block is refused; a `len` so large that the sum wraps around is
     /// refused here too (the kernel accepts it, and Extism then fails reading the output).
     fn range_in_blocks(&self, handle: u64, len: u64) -> bool {
-        let last = if len == 0 { handle.wrapping_sub(1) } else { match handle.checked_add(len - 1) { Some(l) => l, None => return false } };
+        let last = if len == 0 {
+            handle.wrapping_sub(1)
+        } else {
+            match handle.checked_add(len - 1) {
+                Some(l) => l,
+                None => return false,
+            }
+        };
         self.in_blocks(handle) && self.in_blocks(last)
     }
 

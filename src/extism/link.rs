@@ -58,11 +58,22 @@ fn check(import: &ImportDesc, f: &'static HostImport, options: &LinkOptions) -> 
     let expected = f.ty();
     match &import.ty {
         Some(found) if *found == expected => {}
-        Some(found) => return Err(LinkError::Signature { module: import.module.clone(), name: import.name.clone(), expected: expected.to_string(), found: found.to_string() }),
+        Some(found) => {
+            return Err(LinkError::Signature {
+                module: import.module.clone(),
+                name: import.name.clone(),
+                expected: expected.to_string(),
+                found: found.to_string(),
+            })
+        }
         None => return Err(unknown(import, " (it is imported as a non-function)")),
     }
     if f.requires != Requirement::Always && !options.authorizations.grants(f.requires) {
-        return Err(LinkError::Unauthorized { module: import.module.clone(), name: import.name.clone(), setting: f.requires.setting() });
+        return Err(LinkError::Unauthorized {
+            module: import.module.clone(),
+            name: import.name.clone(),
+            setting: f.requires.setting(),
+        });
     }
     Ok(Resolved::Host(f))
 }
@@ -76,7 +87,11 @@ pub fn resolve(import: &ImportDesc, options: &LinkOptions) -> Result<Resolved, L
     let module = import.module.as_str();
     let name = import.name.as_str();
     if WASI_MODULES.contains(&module) {
-        return if options.wasi { Ok(Resolved::Wasi) } else { Err(LinkError::WasiDisabled { module: module.to_owned(), name: name.to_owned() }) };
+        return if options.wasi {
+            Ok(Resolved::Wasi)
+        } else {
+            Err(LinkError::WasiDisabled { module: module.to_owned(), name: name.to_owned() })
+        };
     }
     if module == ImportModule::ExtismEnv.name(options.is_js) {
         return match find(EXTISM_FUNCTIONS, name) {
@@ -95,17 +110,30 @@ pub fn resolve(import: &ImportDesc, options: &LinkOptions) -> Result<Resolved, L
         }
         if let Some(opa) = OpaImport::from_name(name) {
             if !options.opa {
-                return Err(LinkError::Unauthorized { module: module.to_owned(), name: name.to_owned(), setting: Requirement::Opa.setting() });
+                return Err(LinkError::Unauthorized {
+                    module: module.to_owned(),
+                    name: name.to_owned(),
+                    setting: Requirement::Opa.setting(),
+                });
             }
             let expected = opa.ty();
             return match &import.ty {
                 Some(found) if *found == expected => Ok(Resolved::Opa(opa)),
-                Some(found) => Err(LinkError::Signature { module: module.to_owned(), name: name.to_owned(), expected: expected.to_string(), found: found.to_string() }),
+                Some(found) => Err(LinkError::Signature {
+                    module: module.to_owned(),
+                    name: name.to_owned(),
+                    expected: expected.to_string(),
+                    found: found.to_string(),
+                }),
                 None => Err(unknown(import, "")),
             };
         }
         if name == "memory" && import.ty.is_none() {
-            return if options.opa { Ok(Resolved::OpaMemory) } else { Err(unknown(import, " (an imported memory is only given to OPA policies: config.opa: true)")) };
+            return if options.opa {
+                Ok(Resolved::OpaMemory)
+            } else {
+                Err(unknown(import, " (an imported memory is only given to OPA policies: config.opa: true)"))
+            };
         }
         if !options.is_js && find(OTOROSHI_FUNCTIONS, name).is_none() && name.starts_with("proxy_") {
             return Err(unknown(import, " (not an Otoroshi host function)"));
@@ -136,8 +164,17 @@ mod tests {
     use crate::runtime::FuncType;
     use crate::runtime::ValType::{I32, I64};
 
-    fn import(module: &str, name: &str, params: &[crate::runtime::ValType], results: &[crate::runtime::ValType]) -> ImportDesc {
-        ImportDesc { module: module.into(), name: name.into(), ty: Some(FuncType { params: params.to_vec(), results: results.to_vec() }) }
+    fn import(
+        module: &str,
+        name: &str,
+        params: &[crate::runtime::ValType],
+        results: &[crate::runtime::ValType],
+    ) -> ImportDesc {
+        ImportDesc {
+            module: module.into(),
+            name: name.into(),
+            ty: Some(FuncType { params: params.to_vec(), results: results.to_vec() }),
+        }
     }
 
     #[test]
@@ -151,13 +188,20 @@ mod tests {
     fn an_unauthorized_otoroshi_import_fails_naming_the_function_and_the_setting() {
         let err = resolve(&import("env", "proxy_http_call", &[I64, I64], &[I64]), &LinkOptions::default()).unwrap_err();
         assert_eq!(err.to_string(), "the plugin imports env.proxy_http_call, which needs config.authorizations.httpAccess: true; the entity does not grant it");
-        let err = resolve(&import("env", "proxy_plugin_map_set", &[I64, I64], &[I64]), &LinkOptions::default()).unwrap_err();
+        let err =
+            resolve(&import("env", "proxy_plugin_map_set", &[I64, I64], &[I64]), &LinkOptions::default()).unwrap_err();
         assert!(err.to_string().contains("pluginMapAccess.write"), "{err}");
     }
 
     #[test]
     fn an_authorized_otoroshi_import_resolves() {
-        let o = LinkOptions { authorizations: Authorizations { plugin_map_access: DataRights { read: true, write: false }, ..Default::default() }, ..Default::default() };
+        let o = LinkOptions {
+            authorizations: Authorizations {
+                plugin_map_access: DataRights { read: true, write: false },
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         assert!(resolve(&import("env", "proxy_plugin_map_get", &[I64, I64], &[I64]), &o).is_ok());
         assert!(resolve(&import("env", "proxy_plugin_map_set", &[I64, I64], &[I64]), &o).is_err());
         assert!(resolve(&import("env", "proxy_log", &[I32, I64, I64], &[I32]), &o).is_ok());
@@ -167,7 +211,9 @@ mod tests {
     fn javascript_plugins_take_otoroshis_functions_from_env_otoroshi() {
         let js = LinkOptions { is_js: true, ..Default::default() };
         assert!(resolve(&import("env/Otoroshi", "proxy_log", &[I32, I64, I64], &[I32]), &js).is_ok());
-        assert!(resolve(&import("env/Otoroshi", "proxy_log", &[I32, I64, I64], &[I32]), &LinkOptions::default()).is_err());
+        assert!(
+            resolve(&import("env/Otoroshi", "proxy_log", &[I32, I64, I64], &[I32]), &LinkOptions::default()).is_err()
+        );
     }
 
     #[test]
@@ -187,7 +233,10 @@ mod tests {
     #[test]
     fn opa_imports_need_opa_true() {
         let abort = import("env", "opa_abort", &[I32], &[]);
-        assert!(matches!(resolve(&abort, &LinkOptions::default()), Err(LinkError::Unauthorized { setting: "config.opa: true", .. })));
+        assert!(matches!(
+            resolve(&abort, &LinkOptions::default()),
+            Err(LinkError::Unauthorized { setting: "config.opa: true", .. })
+        ));
         let o = LinkOptions { opa: true, ..Default::default() };
         assert!(matches!(resolve(&abort, &o), Ok(Resolved::Opa(OpaImport::Abort))));
         let memory = ImportDesc { module: "env".into(), name: "memory".into(), ty: None };
@@ -203,7 +252,10 @@ mod tests {
 
     #[test]
     fn a_plugin_that_can_call_out_is_recognised() {
-        let o = LinkOptions { authorizations: Authorizations { http_access: true, ..Default::default() }, ..Default::default() };
+        let o = LinkOptions {
+            authorizations: Authorizations { http_access: true, ..Default::default() },
+            ..Default::default()
+        };
         let r = resolve_all(&[import("env", "proxy_http_call", &[I64, I64], &[I64])], &o).unwrap();
         assert!(makes_http_calls(&r));
         let r = resolve_all(&[import("extism:host/env", "alloc", &[I64], &[I64])], &o).unwrap();

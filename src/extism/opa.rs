@@ -33,7 +33,11 @@ impl OpaImport {
         match name {
             "opa_abort" => Some(OpaImport::Abort),
             "opa_println" => Some(OpaImport::Println),
-            _ => name.strip_prefix("opa_builtin").and_then(|n| n.parse::<u8>().ok()).filter(|n| *n <= 4).map(OpaImport::Builtin),
+            _ => name
+                .strip_prefix("opa_builtin")
+                .and_then(|n| n.parse::<u8>().ok())
+                .filter(|n| *n <= 4)
+                .map(OpaImport::Builtin),
         }
     }
 
@@ -42,7 +46,9 @@ impl OpaImport {
     pub fn ty(self) -> FuncType {
         match self {
             OpaImport::Abort | OpaImport::Println => FuncType { params: vec![ValType::I32], results: vec![] },
-            OpaImport::Builtin(n) => FuncType { params: vec![ValType::I32; 2 + n as usize], results: vec![ValType::I32] },
+            OpaImport::Builtin(n) => {
+                FuncType { params: vec![ValType::I32; 2 + n as usize], results: vec![ValType::I32] }
+            }
         }
     }
 
@@ -53,9 +59,16 @@ impl OpaImport {
     pub fn invoke(self, memory: &[u8], args: &[Val]) -> Result<String, Trap> {
         let addr = args.first().map_or(0, |v| v.as_i32() as u32);
         match self {
-            OpaImport::Abort => Err(Trap::new(format!("OPA policy aborted: {}", c_string(memory, addr).unwrap_or_else(|| "(unreadable message)".into())))),
+            OpaImport::Abort => Err(Trap::new(format!(
+                "OPA policy aborted: {}",
+                c_string(memory, addr).unwrap_or_else(|| "(unreadable message)".into())
+            ))),
             OpaImport::Println => Ok(c_string(memory, addr).unwrap_or_default()),
-            OpaImport::Builtin(_) => Err(Trap::new(format!("the OPA policy calls built-in function #{} (opa_builtin{}), which this host does not provide", addr, self.arity()))),
+            OpaImport::Builtin(_) => Err(Trap::new(format!(
+                "the OPA policy calls built-in function #{} (opa_builtin{}), which this host does not provide",
+                addr,
+                self.arity()
+            ))),
         }
     }
 
@@ -118,7 +131,10 @@ fn call_i32(guest: &mut dyn OpaGuest, export: &'static str, args: &[Val]) -> Res
 fn write(guest: &mut dyn OpaGuest, addr: u32, bytes: &[u8]) -> Result<(), OpaError> {
     let memory = guest.memory();
     let start = addr as usize;
-    let target = start.checked_add(bytes.len()).and_then(|end| memory.get_mut(start..end)).ok_or(OpaError::NoRoom(bytes.len(), addr))?;
+    let target = start
+        .checked_add(bytes.len())
+        .and_then(|end| memory.get_mut(start..end))
+        .ok_or(OpaError::NoRoom(bytes.len(), addr))?;
     target.copy_from_slice(bytes);
     Ok(())
 }
@@ -155,7 +171,10 @@ pub fn evaluate(guest: &mut dyn OpaGuest, policy: OpaPolicy, input: &[u8]) -> Re
 pub enum OpaVerdict {
     Allowed,
     /// Otoroshi's error response: status and message.
-    Denied { status: u16, message: String },
+    Denied {
+        status: u16,
+        message: String,
+    },
 }
 
 /// Otoroshi's `WasmOPA.execute`: the first result's `result` must be `true`.
@@ -165,7 +184,12 @@ pub fn decide(result: &str) -> OpaVerdict {
     let parsed: Result<serde_json::Value, _> = serde_json::from_str(text);
     match parsed {
         Ok(v) => {
-            let allowed = v.as_array().and_then(|a| a.first()).and_then(|r| r.get("result")).and_then(serde_json::Value::as_bool).unwrap_or(false);
+            let allowed = v
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(|r| r.get("result"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
             if allowed {
                 OpaVerdict::Allowed
             } else {
@@ -204,10 +228,17 @@ mod tests {
                     self.heap += a[0] as u32;
                     Ok(Some(Val::I32(at as i32)))
                 }
-                "opa_json_parse" => Ok(Some(Val::I32(if &self.memory[a[0] as usize..(a[0] + a[1]) as usize] == b"{}" { 4000 } else { 0 }))),
+                "opa_json_parse" => {
+                    Ok(Some(Val::I32(if &self.memory[a[0] as usize..(a[0] + a[1]) as usize] == b"{}" {
+                        4000
+                    } else {
+                        0
+                    })))
+                }
                 "opa_heap_ptr_get" => Ok(Some(Val::I32(self.heap as i32))),
                 "opa_eval" => {
-                    let input = std::str::from_utf8(&self.memory[a[3] as usize..(a[3] + a[4]) as usize]).unwrap().to_owned();
+                    let input =
+                        std::str::from_utf8(&self.memory[a[3] as usize..(a[3] + a[4]) as usize]).unwrap().to_owned();
                     let allow = input.contains(r#""allow":true"#);
                     let out = format!(r#"[{{"result":{allow}}}]"#);
                     let at = a[5] as usize;
@@ -259,7 +290,10 @@ mod tests {
     fn decisions_follow_otoroshi() {
         assert_eq!(decide(""), OpaVerdict::Denied { status: 403, message: "Forbidden access".into() });
         assert_eq!(decide(r#"[{"result":true}]"#), OpaVerdict::Allowed);
-        assert_eq!(decide(r#"[{"result":"yes"}]"#), OpaVerdict::Denied { status: 403, message: "Forbidden access".into() });
+        assert_eq!(
+            decide(r#"[{"result":"yes"}]"#),
+            OpaVerdict::Denied { status: 403, message: "Forbidden access".into() }
+        );
         assert_eq!(decide("[]"), OpaVerdict::Denied { status: 403, message: "Forbidden access".into() });
         assert!(matches!(decide("not json"), OpaVerdict::Denied { status: 400, .. }));
     }

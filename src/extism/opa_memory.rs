@@ -39,7 +39,11 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], RewriteError> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len()).ok_or_else(|| RewriteError("truncated module".into()))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.bytes.len())
+            .ok_or_else(|| RewriteError("truncated module".into()))?;
         let s = &self.bytes[self.at..end];
         self.at = end;
         Ok(s)

@@ -12,7 +12,7 @@
 
 use super::authorizations::Requirement;
 use super::http::{extism_host_allowed, OutgoingRequest, Url};
-use super::imports::{arg, i32_result, i64_result, none, HostImport, ImportModule, R, I32, I64};
+use super::imports::{arg, i32_result, i64_result, none, HostImport, ImportModule, I32, I64, R};
 use super::state::ExtismState;
 use crate::abi::LogLevel;
 use crate::runtime::{Trap, Val};
@@ -36,7 +36,9 @@ fn handle_str(st: &ExtismState, handle: u64, what: &str) -> Result<String, Trap>
 
 /// Copies `data` into a new block for the plugin (0 for nothing).
 pub(crate) fn store(st: &mut ExtismState, data: &[u8]) -> Result<u64, Trap> {
-    st.kernel.store(data).ok_or_else(|| trap(format!("{} out of memory (kernel memory is capped at {} bytes)", st.plugin.name, st.kernel.max_bytes())))
+    st.kernel.store(data).ok_or_else(|| {
+        trap(format!("{} out of memory (kernel memory is capped at {} bytes)", st.plugin.name, st.kernel.max_bytes()))
+    })
 }
 
 // Kernel functions.
@@ -177,7 +179,8 @@ fn http_request_with(st: &mut ExtismState, a: &[Val], frees: bool) -> R {
     st.http_status = 0;
     let (request_handle, body_handle) = (arg(a, 0), arg(a, 1));
     let raw = handle_bytes(st, request_handle, "http request")?;
-    let request: HttpRequestJson = serde_json::from_slice(&raw).map_err(|e| trap(format!("http_request: invalid request JSON: {e}")))?;
+    let request: HttpRequestJson =
+        serde_json::from_slice(&raw).map_err(|e| trap(format!("http_request: invalid request JSON: {e}")))?;
     if frees {
         st.kernel.free(request_handle);
     }
@@ -360,7 +363,27 @@ mod tests {
 
     #[test]
     fn every_kernel_function_is_in_both_tables() {
-        for name in ["alloc", "free", "length", "load_u8", "load_u64", "store_u8", "store_u64", "input_set", "output_set", "input_length", "input_offset", "output_length", "output_offset", "input_load_u8", "input_load_u64", "reset", "error_set", "error_get", "memory_bytes"] {
+        for name in [
+            "alloc",
+            "free",
+            "length",
+            "load_u8",
+            "load_u64",
+            "store_u8",
+            "store_u64",
+            "input_set",
+            "output_set",
+            "input_length",
+            "input_offset",
+            "output_length",
+            "output_offset",
+            "input_load_u8",
+            "input_load_u64",
+            "reset",
+            "error_set",
+            "error_get",
+            "memory_bytes",
+        ] {
             assert!(EXTISM_FUNCTIONS.iter().any(|f| f.name == name), "{name}");
             assert!(LEGACY_FUNCTIONS.iter().any(|f| f.name == format!("extism_{name}")), "extism_{name}");
         }
@@ -372,11 +395,15 @@ mod tests {
             p.config.insert("greeting".into(), "hello".into());
         });
         let key = st.kernel.store(b"greeting").unwrap();
-        let value = call(&mut st, EXTISM_FUNCTIONS, "config_get", &[Val::I64(key as i64)]).unwrap().unwrap().as_i64() as u64;
+        let value =
+            call(&mut st, EXTISM_FUNCTIONS, "config_get", &[Val::I64(key as i64)]).unwrap().unwrap().as_i64() as u64;
         assert_eq!(st.kernel.bytes(value), Some(&b"hello"[..]));
         assert_eq!(st.kernel.length(key), 0, "1.x frees the key");
         let missing = st.kernel.store(b"nope").unwrap();
-        assert_eq!(call(&mut st, EXTISM_FUNCTIONS, "config_get", &[Val::I64(missing as i64)]).unwrap(), Some(Val::I64(0)));
+        assert_eq!(
+            call(&mut st, EXTISM_FUNCTIONS, "config_get", &[Val::I64(missing as i64)]).unwrap(),
+            Some(Val::I64(0))
+        );
     }
 
     #[test]
@@ -400,7 +427,9 @@ mod tests {
     #[test]
     fn kernel_functions_given_bad_handles_answer_zero() {
         let mut st = state();
-        for (name, args) in [("length", vec![Val::I64(-1)]), ("load_u64", vec![Val::I64(-8)]), ("load_u8", vec![Val::I64(1 << 40)])] {
+        for (name, args) in
+            [("length", vec![Val::I64(-1)]), ("load_u64", vec![Val::I64(-8)]), ("load_u8", vec![Val::I64(1 << 40)])]
+        {
             let r = call(&mut st, EXTISM_FUNCTIONS, name, &args).unwrap().unwrap();
             assert_eq!(r.as_i64(), 0, "{name}");
         }
@@ -458,10 +487,14 @@ mod tests {
     fn http_request_answers_the_body_status_and_headers() {
         use crate::extism::testing::FakeHttp;
         let http = FakeHttp::answering(201, &[("x-a", "1")], b"created");
-        let mut st = crate::extism::testing::state_with_http(http.clone(), |p| p.allowed_hosts = vec!["api.test".into()]);
+        let mut st =
+            crate::extism::testing::state_with_http(http.clone(), |p| p.allowed_hosts = vec!["api.test".into()]);
         let req = st.kernel.store(br#"{"url":"http://api.test/x","method":"post","headers":{"k":"v"}}"#).unwrap();
         let body = st.kernel.store(b"payload").unwrap();
-        let out = call(&mut st, EXTISM_FUNCTIONS, "http_request", &[Val::I64(req as i64), Val::I64(body as i64)]).unwrap().unwrap().as_i64() as u64;
+        let out = call(&mut st, EXTISM_FUNCTIONS, "http_request", &[Val::I64(req as i64), Val::I64(body as i64)])
+            .unwrap()
+            .unwrap()
+            .as_i64() as u64;
         assert_eq!(st.kernel.bytes(out), Some(&b"created"[..]));
         assert_eq!(call(&mut st, EXTISM_FUNCTIONS, "http_status_code", &[]).unwrap(), Some(Val::I32(201)));
         let h = call(&mut st, EXTISM_FUNCTIONS, "http_headers", &[]).unwrap().unwrap().as_i64() as u64;

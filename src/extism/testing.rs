@@ -40,7 +40,10 @@ pub struct FakeHttp {
 impl FakeHttp {
     pub fn answering(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Arc<FakeHttp> {
         let headers = headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Arc::new(FakeHttp { answer: Ok(IncomingResponse { status, headers, body: body.to_vec() }), seen: Arc::default() })
+        Arc::new(FakeHttp {
+            answer: Ok(IncomingResponse { status, headers, body: body.to_vec() }),
+            seen: Arc::default(),
+        })
     }
 
     pub fn requests(&self) -> Vec<OutgoingRequest> {
@@ -71,10 +74,19 @@ pub fn plugin_context() -> PluginContext {
     }
 }
 
-fn build(host: Arc<dyn ExtismHost>, http: Option<Arc<dyn HttpClient>>, edit: impl FnOnce(&mut PluginContext)) -> ExtismState {
+fn build(
+    host: Arc<dyn ExtismHost>,
+    http: Option<Arc<dyn HttpClient>>,
+    edit: impl FnOnce(&mut PluginContext),
+) -> ExtismState {
     let mut plugin = plugin_context();
     edit(&mut plugin);
-    let services = Services { host, http, datastore: Arc::new(InProcessDataStore::new(1 << 20)), maps: Arc::new(Maps::new(1 << 20)) };
+    let services = Services {
+        host,
+        http,
+        datastore: Arc::new(InProcessDataStore::new(1 << 20)),
+        maps: Arc::new(Maps::new(1 << 20)),
+    };
     ExtismState::new(Arc::new(plugin), Arc::new(services))
 }
 

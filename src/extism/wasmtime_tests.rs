@@ -69,19 +69,40 @@ fn load(wat: &str, state: ExtismState, options: &LinkOptions) -> Result<Plugin, 
         .map(|i| ImportDesc {
             module: i.module().to_owned(),
             name: i.name().to_owned(),
-            ty: i.ty().func().map(|f| FuncType { params: f.params().map(|p| ty(&p)).collect(), results: f.results().map(|r| ty(&r)).collect() }),
+            ty: i.ty().func().map(|f| FuncType {
+                params: f.params().map(|p| ty(&p)).collect(),
+                results: f.results().map(|r| ty(&r)).collect(),
+            }),
         })
         .collect();
     let exports: Vec<ExportDesc> = module
         .exports()
-        .map(|e| ExportDesc { name: e.name().to_owned(), ty: e.ty().func().map(|f| FuncType { params: f.params().map(|p| ty(&p)).collect(), results: f.results().map(|r| ty(&r)).collect() }) })
+        .map(|e| ExportDesc {
+            name: e.name().to_owned(),
+            ty: e.ty().func().map(|f| FuncType {
+                params: f.params().map(|p| ty(&p)).collect(),
+                results: f.results().map(|r| ty(&r)).collect(),
+            }),
+        })
         .collect();
     let resolved = resolve_all(&imports, options).map_err(|e| e.to_string())?;
     let mut linker: Linker<ExtismState> = Linker::new(&engine);
     for (import, resolved) in imports.iter().zip(resolved) {
-        let Resolved::Host(entry) = resolved else { return Err(format!("{}.{} needs more than the table", import.module, import.name)) };
+        let Resolved::Host(entry) = resolved else {
+            return Err(format!("{}.{} needs more than the table", import.module, import.name));
+        };
         let f = entry.func;
-        let ft = wasmtime::FuncType::new(&engine, entry.params.iter().map(|p| if *p == ValType::I64 { wasmtime::ValType::I64 } else { wasmtime::ValType::I32 }), entry.results.iter().map(|r| if *r == ValType::I64 { wasmtime::ValType::I64 } else { wasmtime::ValType::I32 }));
+        let ft = wasmtime::FuncType::new(
+            &engine,
+            entry
+                .params
+                .iter()
+                .map(|p| if *p == ValType::I64 { wasmtime::ValType::I64 } else { wasmtime::ValType::I32 }),
+            entry
+                .results
+                .iter()
+                .map(|r| if *r == ValType::I64 { wasmtime::ValType::I64 } else { wasmtime::ValType::I32 }),
+        );
         linker
             .func_new(&import.module, &import.name, ft, move |mut caller, args, results| {
                 let args: Vec<Val> = args.iter().map(to_ours).collect();
@@ -257,7 +278,15 @@ fn bad_handles_never_break_the_host() {
 #[test]
 fn an_access_step_runs_end_to_end() {
     let mut p = plugin(|_| {});
-    let request = RequestParts { id: 1, method: "GET".into(), uri: "/".into(), version: "HTTP/1.1".into(), headers: vec![("Accept".into(), "application/json".into())], remote: "127.0.0.1".into(), ..Default::default() };
+    let request = RequestParts {
+        id: 1,
+        method: "GET".into(),
+        uri: "/".into(),
+        version: "HTTP/1.1".into(),
+        headers: vec![("Accept".into(), "application/json".into())],
+        remote: "127.0.0.1".into(),
+        ..Default::default()
+    };
     let route = RouteInfo { id: "r".into(), name: "r".into(), ..Default::default() };
     let (config, attrs) = (serde_json::json!({}), serde_json::json!({}));
     let ctx = input::Context { snowflake: "1", request: &request, route: &route, config: &config, attrs: &attrs };
@@ -266,7 +295,9 @@ fn an_access_step_runs_end_to_end() {
     let mut attrs = output::Attrs::default();
     assert_eq!(output::access(out.as_deref().map_err(|e| e), &mut attrs, &request.headers), output::Gate::Continue);
     let out = run(&mut p, "access", b"{}");
-    let output::Gate::Respond(r) = output::access(out.as_deref().map_err(|e| e), &mut attrs, &request.headers) else { panic!() };
+    let output::Gate::Respond(r) = output::access(out.as_deref().map_err(|e| e), &mut attrs, &request.headers) else {
+        panic!()
+    };
     assert_eq!(r.status, 401);
 }
 
@@ -354,7 +385,8 @@ struct Policy {
 
 impl super::opa::OpaGuest for Policy {
     fn call(&mut self, export: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
-        let f = self.instance.get_func(&mut self.store, export).ok_or_else(|| Trap::new(format!("no export {export}")))?;
+        let f =
+            self.instance.get_func(&mut self.store, export).ok_or_else(|| Trap::new(format!("no export {export}")))?;
         let args: Vec<wasmtime::Val> = args.iter().map(|v| to_theirs(*v)).collect();
         let mut results = vec![wasmtime::Val::I32(0); f.ty(&self.store).results().len()];
         f.call(&mut self.store, &args, &mut results).map_err(|e| Trap::new(format!("{e:#}")))?;
@@ -375,15 +407,27 @@ fn an_opa_policy_runs_with_its_memory_defined_by_the_rewrite() {
     let mut linker: Linker<()> = Linker::new(&engine);
     let abort = OpaImport::from_name("opa_abort").unwrap();
     linker
-        .func_new("env", "opa_abort", wasmtime::FuncType::new(&engine, [wasmtime::ValType::I32], []), move |mut caller, args, _| {
-            let memory = caller.get_export("memory").and_then(wasmtime::Extern::into_memory).map(|m| m.data(&caller).to_vec()).unwrap_or_default();
-            abort.invoke(&memory, &[to_ours(&args[0])]).map(|_| ()).map_err(|t| wasmtime::Error::msg(t.message))
-        })
+        .func_new(
+            "env",
+            "opa_abort",
+            wasmtime::FuncType::new(&engine, [wasmtime::ValType::I32], []),
+            move |mut caller, args, _| {
+                let memory = caller
+                    .get_export("memory")
+                    .and_then(wasmtime::Extern::into_memory)
+                    .map(|m| m.data(&caller).to_vec())
+                    .unwrap_or_default();
+                abort.invoke(&memory, &[to_ours(&args[0])]).map(|_| ()).map_err(|t| wasmtime::Error::msg(t.message))
+            },
+        )
         .unwrap();
     let mut store = Store::new(&engine, ());
     let instance = linker.instantiate(&mut store, &module).unwrap();
     let mut policy = Policy { store, instance };
     let init = initialize(&mut policy).unwrap();
     assert_eq!(decide(&evaluate(&mut policy, init, br#"{"request":{}}"#).unwrap()), OpaVerdict::Allowed);
-    assert_eq!(decide(&evaluate(&mut policy, init, b"{}").unwrap()), OpaVerdict::Denied { status: 403, message: "Forbidden access".into() });
+    assert_eq!(
+        decide(&evaluate(&mut policy, init, b"{}").unwrap()),
+        OpaVerdict::Denied { status: 403, message: "Forbidden access".into() }
+    );
 }

@@ -5,7 +5,6 @@ use std::ptr;
 
 use super::{guard, pwh_status};
 
-
 /// Borrowed bytes: `len` bytes at `ptr`, valid for the duration of one call.
 /// `ptr` may be NULL when `len` is 0. Not NUL-terminated.
 #[repr(C)]
@@ -16,16 +15,10 @@ pub struct pwh_bytes {
 }
 
 impl pwh_bytes {
-    pub(super) const EMPTY: pwh_bytes = pwh_bytes {
-        ptr: ptr::null(),
-        len: 0,
-    };
+    pub(super) const EMPTY: pwh_bytes = pwh_bytes { ptr: ptr::null(), len: 0 };
 
     pub(super) fn of(bytes: &[u8]) -> pwh_bytes {
-        pwh_bytes {
-            ptr: bytes.as_ptr(),
-            len: bytes.len(),
-        }
+        pwh_bytes { ptr: bytes.as_ptr(), len: bytes.len() }
     }
 
     /// The borrowed slice, or `None` for a NULL pointer with a non-zero length
@@ -61,7 +54,6 @@ pub struct pwh_buffer {
     pub(super) bytes: Vec<u8>,
 }
 
-
 /// A new, empty buffer. Never NULL (allocation failure aborts the process).
 #[no_mangle]
 pub extern "C" fn pwh_buffer_new() -> *mut pwh_buffer {
@@ -93,9 +85,7 @@ pub unsafe extern "C" fn pwh_buffer_free(buf: *mut pwh_buffer) {
 pub unsafe extern "C" fn pwh_buffer_data(buf: *const pwh_buffer) -> *const u8 {
     // SAFETY: NULL or a live buffer (contract); only read.
     let buf = unsafe { buf.as_ref() };
-    guard(ptr::null(), || {
-        buf.map_or(ptr::null(), |b| b.bytes.as_ptr())
-    })
+    guard(ptr::null(), || buf.map_or(ptr::null(), |b| b.bytes.as_ptr()))
 }
 
 /// The number of bytes in the buffer (0 when `buf` is NULL).
@@ -159,11 +149,7 @@ pub unsafe extern "C" fn pwh_buffer_set(buf: *mut pwh_buffer, data: *const u8, l
 /// # Safety
 /// As `pwh_buffer_set`.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_buffer_append(
-    buf: *mut pwh_buffer,
-    data: *const u8,
-    len: usize,
-) -> i32 {
+pub unsafe extern "C" fn pwh_buffer_append(buf: *mut pwh_buffer, data: *const u8, len: usize) -> i32 {
     // SAFETY: NULL or a live, unaliased buffer (contract).
     let buf = unsafe { buf.as_mut() };
     // SAFETY: readable for `len` bytes (contract).

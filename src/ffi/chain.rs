@@ -15,8 +15,10 @@ use super::http_stream::CStream;
 use super::vms::VmsGuard;
 use crate::abi::pairs;
 
-use super::{bytes_arg, fail_with, ffi_call, guard, pwh_buffer, pwh_bytes, pwh_destroy_fn, pwh_log_fn, pwh_stream_vtable, pwh_vms, FAILED};
-
+use super::{
+    bytes_arg, fail_with, ffi_call, guard, pwh_buffer, pwh_bytes, pwh_destroy_fn, pwh_log_fn, pwh_stream_vtable,
+    pwh_vms, FAILED,
+};
 
 /// What a `pwh_chain_*` call tells the server to do next (`pwh_chain_step.flow`).
 #[repr(i32)]
@@ -164,7 +166,14 @@ impl ChainServer for CChainServer {
         if let Some(f) = self.0.vt.log {
             // SAFETY: a callback and user_data the server supplied together; the
             // byte views borrow strings that outlive the call.
-            unsafe { f(self.0.vt.user_data, pwh_bytes::of(plugin.as_bytes()), level as i32, pwh_bytes::of(message.as_bytes())) }
+            unsafe {
+                f(
+                    self.0.vt.user_data,
+                    pwh_bytes::of(plugin.as_bytes()),
+                    level as i32,
+                    pwh_bytes::of(message.as_bytes()),
+                )
+            }
         }
     }
 }
@@ -243,7 +252,9 @@ impl pwh_chain {
         match self.state.try_lock() {
             Ok(guard) => Ok(guard),
             Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => Err("pwh_chain is busy: called from one of its own callbacks, or from two threads at once".to_string()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                Err("pwh_chain is busy: called from one of its own callbacks, or from two threads at once".to_string())
+            }
         }
     }
 }
@@ -277,7 +288,8 @@ pub unsafe extern "C" fn pwh_chain_new(
     // SAFETY: NULL or live (contract); copied.
     let chain_vt = unsafe { chain_vtable.as_ref() }.copied();
     // From here on the stream's `destroy` runs exactly once, on every path.
-    let destroy = DestroyOnce(stream_vt.and_then(|vt| vt.destroy), stream_vt.map_or(ptr::null_mut(), |vt| vt.user_data));
+    let destroy =
+        DestroyOnce(stream_vt.and_then(|vt| vt.destroy), stream_vt.map_or(ptr::null_mut(), |vt| vt.user_data));
     let body = move || {
         let stream_vt = stream_vt.ok_or("pwh_chain_new: stream_vtable is NULL")?;
         let chain_vt = chain_vt.ok_or("pwh_chain_new: chain_vtable is NULL")?;
@@ -294,15 +306,24 @@ pub unsafe extern "C" fn pwh_chain_new(
         };
         let link_vt = pwh_stream_vtable { destroy: None, ..stream_vt };
         let server = CChainServer(Arc::new(CChainShared { vt: chain_vt, signals: Signals::new() }));
-        let chain = Chain::new(ChainVmsRef(vms), plugins.iter().copied(), server, |_| CStream::new(link_vt)).map_err(|e| e.to_string())?;
-        Ok(Box::into_raw(Box::new(pwh_chain { state: std::sync::Mutex::new(ChainState { chain, response: None, _destroy: destroy }) })))
+        let chain = Chain::new(ChainVmsRef(vms), plugins.iter().copied(), server, |_| CStream::new(link_vt))
+            .map_err(|e| e.to_string())?;
+        Ok(Box::into_raw(Box::new(pwh_chain {
+            state: std::sync::Mutex::new(ChainState { chain, response: None, _destroy: destroy }),
+        })))
     };
     // SAFETY: `error` is NULL or a live buffer (contract).
     unsafe { ffi_call(error, ptr::null_mut(), body) }
 }
 
 /// Fills `step` (and `out` for body bytes) from a flow.
-pub(super) fn report(state: &mut ChainState, phase: Phase, flow: Flow, out: Option<&mut pwh_buffer>, step: &mut pwh_chain_step) {
+pub(super) fn report(
+    state: &mut ChainState,
+    phase: Phase,
+    flow: Flow,
+    out: Option<&mut pwh_buffer>,
+    step: &mut pwh_chain_step,
+) {
     step.phase = phase_code(phase);
     step.end_of_stream = false;
     step.flow = match flow {
@@ -367,9 +388,19 @@ pub(super) unsafe fn on_chain(
 /// # Safety
 /// `chain` NULL or live; `step` NULL or writable; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_chain_on_request_headers(chain: *mut pwh_chain, num_headers: usize, end_of_stream: bool, step: *mut pwh_chain_step, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_chain_on_request_headers(
+    chain: *mut pwh_chain,
+    num_headers: usize,
+    end_of_stream: bool,
+    step: *mut pwh_chain_step,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: forwarded contract.
-    unsafe { on_chain(chain, ptr::null_mut(), step, error, |c| Some((Phase::RequestHeaders, c.on_request_headers(num_headers, end_of_stream)))) }
+    unsafe {
+        on_chain(chain, ptr::null_mut(), step, error, |c| {
+            Some((Phase::RequestHeaders, c.on_request_headers(num_headers, end_of_stream)))
+        })
+    }
 }
 
 /// The response headers through the chain, last plugin first.
@@ -377,9 +408,19 @@ pub unsafe extern "C" fn pwh_chain_on_request_headers(chain: *mut pwh_chain, num
 /// # Safety
 /// As `pwh_chain_on_request_headers`.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_chain_on_response_headers(chain: *mut pwh_chain, num_headers: usize, end_of_stream: bool, step: *mut pwh_chain_step, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_chain_on_response_headers(
+    chain: *mut pwh_chain,
+    num_headers: usize,
+    end_of_stream: bool,
+    step: *mut pwh_chain_step,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: forwarded contract.
-    unsafe { on_chain(chain, ptr::null_mut(), step, error, |c| Some((Phase::ResponseHeaders, c.on_response_headers(num_headers, end_of_stream)))) }
+    unsafe {
+        on_chain(chain, ptr::null_mut(), step, error, |c| {
+            Some((Phase::ResponseHeaders, c.on_response_headers(num_headers, end_of_stream)))
+        })
+    }
 }
 
 /// One more request body chunk (`end_of_stream` on the last, which may be
@@ -392,7 +433,14 @@ pub unsafe extern "C" fn pwh_chain_on_response_headers(chain: *mut pwh_chain, nu
 /// `chain` NULL or live; `chunk` readable; `out` a live buffer; `step`
 /// writable; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_chain_on_request_body(chain: *mut pwh_chain, chunk: pwh_bytes, end_of_stream: bool, out: *mut pwh_buffer, step: *mut pwh_chain_step, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_chain_on_request_body(
+    chain: *mut pwh_chain,
+    chunk: pwh_bytes,
+    end_of_stream: bool,
+    out: *mut pwh_buffer,
+    step: *mut pwh_chain_step,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: readable for its length (contract).
     let chunk = match unsafe { bytes_arg(chunk, "chunk") } {
         Ok(c) => c,
@@ -400,7 +448,9 @@ pub unsafe extern "C" fn pwh_chain_on_request_body(chain: *mut pwh_chain, chunk:
         Err(message) => return unsafe { fail_with(error, message) },
     };
     // SAFETY: forwarded contract.
-    unsafe { on_chain(chain, out, step, error, |c| Some((Phase::RequestBody, c.on_request_body(chunk, end_of_stream)))) }
+    unsafe {
+        on_chain(chain, out, step, error, |c| Some((Phase::RequestBody, c.on_request_body(chunk, end_of_stream))))
+    }
 }
 
 /// One more response body chunk, last plugin first (see `pwh_chain_on_request_body`).
@@ -408,7 +458,14 @@ pub unsafe extern "C" fn pwh_chain_on_request_body(chain: *mut pwh_chain, chunk:
 /// # Safety
 /// As `pwh_chain_on_request_body`.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_chain_on_response_body(chain: *mut pwh_chain, chunk: pwh_bytes, end_of_stream: bool, out: *mut pwh_buffer, step: *mut pwh_chain_step, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_chain_on_response_body(
+    chain: *mut pwh_chain,
+    chunk: pwh_bytes,
+    end_of_stream: bool,
+    out: *mut pwh_buffer,
+    step: *mut pwh_chain_step,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: readable for its length (contract).
     let chunk = match unsafe { bytes_arg(chunk, "chunk") } {
         Ok(c) => c,
@@ -416,7 +473,9 @@ pub unsafe extern "C" fn pwh_chain_on_response_body(chain: *mut pwh_chain, chunk
         Err(message) => return unsafe { fail_with(error, message) },
     };
     // SAFETY: forwarded contract.
-    unsafe { on_chain(chain, out, step, error, |c| Some((Phase::ResponseBody, c.on_response_body(chunk, end_of_stream)))) }
+    unsafe {
+        on_chain(chain, out, step, error, |c| Some((Phase::ResponseBody, c.on_response_body(chunk, end_of_stream))))
+    }
 }
 
 /// The server's wake-up after `schedule_resume`: the chain goes on where it
@@ -426,7 +485,12 @@ pub unsafe extern "C" fn pwh_chain_on_response_body(chain: *mut pwh_chain, chunk
 /// # Safety
 /// As `pwh_chain_on_request_body` (without `chunk`).
 #[no_mangle]
-pub unsafe extern "C" fn pwh_chain_resume(chain: *mut pwh_chain, out: *mut pwh_buffer, step: *mut pwh_chain_step, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_chain_resume(
+    chain: *mut pwh_chain,
+    out: *mut pwh_buffer,
+    step: *mut pwh_chain_step,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: forwarded contract.
     unsafe { on_chain(chain, out, step, error, |c| c.resume()) }
 }
@@ -437,7 +501,12 @@ pub unsafe extern "C" fn pwh_chain_resume(chain: *mut pwh_chain, out: *mut pwh_b
 /// # Safety
 /// As `pwh_chain_resume`.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_chain_on_pause_timeout(chain: *mut pwh_chain, out: *mut pwh_buffer, step: *mut pwh_chain_step, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_chain_on_pause_timeout(
+    chain: *mut pwh_chain,
+    out: *mut pwh_buffer,
+    step: *mut pwh_chain_step,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: forwarded contract.
     unsafe { on_chain(chain, out, step, error, |c| c.on_pause_timeout()) }
 }
@@ -449,7 +518,13 @@ pub unsafe extern "C" fn pwh_chain_on_pause_timeout(chain: *mut pwh_chain, out: 
 /// # Safety
 /// `chain` NULL or live; `status` NULL or writable; the buffers NULL or live.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_chain_response(chain: *mut pwh_chain, status: *mut u32, headers: *mut pwh_buffer, body: *mut pwh_buffer, error: *mut pwh_buffer) -> i32 {
+pub unsafe extern "C" fn pwh_chain_response(
+    chain: *mut pwh_chain,
+    status: *mut u32,
+    headers: *mut pwh_buffer,
+    body: *mut pwh_buffer,
+    error: *mut pwh_buffer,
+) -> i32 {
     // SAFETY: NULL or live (contract).
     let chain = unsafe { chain.as_ref() };
     // SAFETY: NULL or writable (contract).

@@ -14,17 +14,9 @@ use super::{bytes_arg, fail_with, pwh_buffer, pwh_bytes, pwh_vms, FAILED};
 /// # Safety
 /// `vms` must be NULL or live; `error` NULL or a live buffer.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_on_tick(
-    vms: *mut pwh_vms,
-    plugin_index: usize,
-    error: *mut pwh_buffer,
-) -> i32 {
+pub unsafe extern "C" fn pwh_on_tick(vms: *mut pwh_vms, plugin_index: usize, error: *mut pwh_buffer) -> i32 {
     // SAFETY: forwarded contract.
-    unsafe {
-        on_vm(vms, plugin_index, None, error, FAILED, |vm, root| {
-            vm.on_tick(root).map(|()| 0)
-        })
-    }
+    unsafe { on_vm(vms, plugin_index, None, error, FAILED, |vm, root| vm.on_tick(root).map(|()| 0)) }
 }
 
 /// `proxy_on_queue_ready(queue_id)` of the plugin's root context, after
@@ -40,11 +32,7 @@ pub unsafe extern "C" fn pwh_on_queue_ready(
     error: *mut pwh_buffer,
 ) -> i32 {
     // SAFETY: forwarded contract.
-    unsafe {
-        on_vm(vms, plugin_index, None, error, FAILED, |vm, root| {
-            vm.on_queue_ready(root, queue_id).map(|()| 0)
-        })
-    }
+    unsafe { on_vm(vms, plugin_index, None, error, FAILED, |vm, root| vm.on_queue_ready(root, queue_id).map(|()| 0)) }
 }
 
 /// Delivers the answer to call `token` (from `dispatch_http_call`):
@@ -64,25 +52,13 @@ pub unsafe extern "C" fn pwh_on_http_call_response(
     error: *mut pwh_buffer,
 ) -> i32 {
     // SAFETY: readable for their lengths (contract).
-    let parts = unsafe {
-        (
-            bytes_arg(headers, "headers"),
-            bytes_arg(body, "body"),
-            bytes_arg(trailers, "trailers"),
-        )
-    };
+    let parts = unsafe { (bytes_arg(headers, "headers"), bytes_arg(body, "body"), bytes_arg(trailers, "trailers")) };
     // Decoded under catch_unwind too: the bytes come from the caller.
     let response = catch_unwind(AssertUnwindSafe(|| {
-        let headers =
-            pairs::decode_unlimited(parts.0?).map_err(|_| "headers: malformed pairs encoding".to_string())?;
+        let headers = pairs::decode_unlimited(parts.0?).map_err(|_| "headers: malformed pairs encoding".to_string())?;
         let trailers =
             pairs::decode_unlimited(parts.2?).map_err(|_| "trailers: malformed pairs encoding".to_string())?;
-        Ok(HttpCallResponse {
-            headers,
-            body: parts.1?.to_vec(),
-            trailers,
-            failure: None,
-        })
+        Ok(HttpCallResponse { headers, body: parts.1?.to_vec(), trailers, failure: None })
     }))
     .unwrap_or_else(|_| Err("internal error (panic) decoding the response".to_string()));
     // SAFETY: forwarded contract.
@@ -127,9 +103,7 @@ pub(super) unsafe fn deliver_http_call(
     };
     // SAFETY: forwarded contract.
     unsafe {
-        on_vm(vms, plugin_index, None, error, FAILED, |vm, _| {
-            vm.on_http_call_response(token, response).map(|()| 0)
-        })
+        on_vm(vms, plugin_index, None, error, FAILED, |vm, _| vm.on_http_call_response(token, response).map(|()| 0))
     }
 }
 

@@ -9,12 +9,10 @@ use crate::host::{HttpStream, LocalResponse};
 use super::server_host::call_get_property;
 use super::{pwh_buffer, pwh_bytes, pwh_get_property_fn, result_from_code};
 
-
 /// Writes header map `map_type` (a `pwh_map_type`) into `out` as a pairs
 /// encoding (`pwh_pairs_add`). A map that does not exist (yet) is empty.
-pub type pwh_get_header_map_fn = Option<
-    unsafe extern "C" fn(user_data: *mut c_void, map_type: i32, out: *mut pwh_buffer) -> i32,
->;
+pub type pwh_get_header_map_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, map_type: i32, out: *mut pwh_buffer) -> i32>;
 
 /// Replaces a whole header map with `pairs` (a pairs encoding, `pwh_pairs_get`).
 pub type pwh_set_header_map_fn =
@@ -22,14 +20,8 @@ pub type pwh_set_header_map_fn =
 
 /// Adds a value (`add_header`), or replaces all values of `key`, adding it
 /// when absent (`replace_header`). Keys compare case-insensitively.
-pub type pwh_set_header_fn = Option<
-    unsafe extern "C" fn(
-        user_data: *mut c_void,
-        map_type: i32,
-        key: pwh_bytes,
-        value: pwh_bytes,
-    ) -> i32,
->;
+pub type pwh_set_header_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, map_type: i32, key: pwh_bytes, value: pwh_bytes) -> i32>;
 
 /// Removes all values of `key`; removing an absent key is `PWH_STATUS_OK`.
 pub type pwh_remove_header_fn =
@@ -52,8 +44,7 @@ pub type pwh_send_local_response_fn = Option<
 /// Resumes (`resume`) or resets (`close`) a direction, a `pwh_stream_type`.
 /// `resume` runs after the callback that asked for it returned, and must do
 /// nothing on a direction that is not paused.
-pub type pwh_stream_op_fn =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, stream_type: i32) -> i32>;
+pub type pwh_stream_op_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, stream_type: i32) -> i32>;
 
 /// Writes a property the server understands (e.g. `request.path`);
 /// `PWH_STATUS_NOT_FOUND` lets the host keep the value for the plugin itself.
@@ -115,10 +106,7 @@ unsafe impl Send for CStream {}
 
 impl CStream {
     pub(super) fn new(vt: pwh_stream_vtable) -> CStream {
-        CStream {
-            vt,
-            released: false,
-        }
+        CStream { vt, released: false }
     }
 
     /// The vtable while the C stream is still there.
@@ -158,14 +146,7 @@ impl CStream {
         let (user_data, f) = self.writer(pick)?;
         // SAFETY: a callback and user_data the server supplied together, not
         // released yet; the byte views borrow data that outlives the call.
-        result_from_code(unsafe {
-            f(
-                user_data,
-                map as i32,
-                pwh_bytes::of(key),
-                pwh_bytes::of(value),
-            )
-        })
+        result_from_code(unsafe { f(user_data, map as i32, pwh_bytes::of(key), pwh_bytes::of(value)) })
     }
 
     pub(super) fn stream_op(
@@ -187,8 +168,7 @@ impl Drop for CStream {
 
 impl HttpStream for CStream {
     fn header_map(&self, map: MapType) -> Result<Vec<Pair>, Status> {
-        let Some((user_data, Some(f))) = self.live().map(|vt| (vt.user_data, vt.get_header_map))
-        else {
+        let Some((user_data, Some(f))) = self.live().map(|vt| (vt.user_data, vt.get_header_map)) else {
             return Ok(Vec::new());
         };
         let mut out = pwh_buffer::default();
@@ -263,8 +243,7 @@ impl HttpStream for CStream {
     }
 
     fn set_property(&mut self, path: &[&[u8]], value: &[u8]) -> Result<(), Status> {
-        let Some((user_data, Some(f))) = self.live().map(|vt| (vt.user_data, vt.set_property))
-        else {
+        let Some((user_data, Some(f))) = self.live().map(|vt| (vt.user_data, vt.set_property)) else {
             return Err(Status::NotFound);
         };
         let dotted = path.join(&b'.');

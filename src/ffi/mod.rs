@@ -216,18 +216,11 @@ fn guard<T>(on_panic: T, body: impl FnOnce() -> T) -> T {
 ///
 /// # Safety
 /// `error` must be NULL or point to a live `pwh_buffer` not borrowed elsewhere.
-unsafe fn ffi_call<T>(
-    error: *mut pwh_buffer,
-    fail: T,
-    body: impl FnOnce() -> Result<T, String>,
-) -> T {
+unsafe fn ffi_call<T>(error: *mut pwh_buffer, fail: T, body: impl FnOnce() -> Result<T, String>) -> T {
     let message = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(value)) => return value,
         Ok(Err(message)) => message,
-        Err(payload) => format!(
-            "internal error (Rust panic): {}",
-            panic_message(payload.as_ref())
-        ),
+        Err(payload) => format!("internal error (Rust panic): {}", panic_message(payload.as_ref())),
     };
     let report = || {
         // SAFETY: forwarded from the caller.
@@ -236,7 +229,6 @@ unsafe fn ffi_call<T>(
     let _ = catch_unwind(AssertUnwindSafe(report));
     fail
 }
-
 
 const FAILED: i32 = -1;
 

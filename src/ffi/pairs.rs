@@ -6,7 +6,6 @@ use crate::abi::pairs;
 
 use super::{guard, pwh_buffer, pwh_bytes, pwh_status};
 
-
 /// The number of pairs in a pairs encoding, or -1 when it is malformed.
 ///
 /// # Safety
@@ -65,11 +64,7 @@ pub unsafe extern "C" fn pwh_pairs_get(
 /// `pairs` must be NULL or a live buffer; `key` and `value` must be readable
 /// and must not point into `pairs`.
 #[no_mangle]
-pub unsafe extern "C" fn pwh_pairs_add(
-    pairs: *mut pwh_buffer,
-    key: pwh_bytes,
-    value: pwh_bytes,
-) -> i32 {
+pub unsafe extern "C" fn pwh_pairs_add(pairs: *mut pwh_buffer, key: pwh_bytes, value: pwh_bytes) -> i32 {
     // SAFETY: NULL or a live, unaliased buffer (contract).
     let buf = unsafe { pairs.as_mut() };
     // SAFETY: readable for their lengths (contract).

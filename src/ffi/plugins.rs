@@ -9,7 +9,6 @@ use crate::loader::{self, LoadedPlugin};
 
 use super::{ffi_call, guard, pwh_buffer, pwh_bytes};
 
-
 /// Loaded, compiled plugins (from `pwh_plugins_load`). Immutable: may be used
 /// by several threads at once, e.g. for `pwh_vms_start` on every worker.
 pub struct pwh_plugins {
@@ -109,11 +108,7 @@ pub unsafe extern "C" fn pwh_plugins_name(plugins: *const pwh_plugins, index: us
     // SAFETY: NULL or live (contract); only read.
     let plugins = unsafe { plugins.as_ref() };
     guard(pwh_bytes::EMPTY, || {
-        plugins
-            .and_then(|p| p.plugins.get(index))
-            .map_or(pwh_bytes::EMPTY, |p| {
-                pwh_bytes::of(p.config.name.as_bytes())
-            })
+        plugins.and_then(|p| p.plugins.get(index)).map_or(pwh_bytes::EMPTY, |p| pwh_bytes::of(p.config.name.as_bytes()))
     })
 }
 

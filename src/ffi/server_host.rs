@@ -10,16 +10,9 @@ use crate::host::{HttpCallRequest, PluginRef, ServerHost};
 
 use super::{pwh_buffer, pwh_bytes, result_from_code, status_from_code};
 
-
 /// Writes one log line of a plugin. `level` is a `pwh_log_level`.
-pub type pwh_log_fn = Option<
-    unsafe extern "C" fn(
-        user_data: *mut c_void,
-        plugin_name: pwh_bytes,
-        level: i32,
-        message: pwh_bytes,
-    ),
->;
+pub type pwh_log_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, plugin_name: pwh_bytes, level: i32, message: pwh_bytes)>;
 
 /// The server's current log threshold, a `pwh_log_level`.
 pub type pwh_log_level_fn = Option<unsafe extern "C" fn(user_data: *mut c_void) -> i32>;
@@ -57,48 +50,29 @@ pub type pwh_dispatch_http_call_fn = Option<
 
 /// Drops interest in call `token` of VM `vm_index` (of the `pwh_vms` whose
 /// vtable this is): no answer is expected after this.
-pub type pwh_cancel_http_call_fn =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, vm_index: usize, token: u32)>;
+pub type pwh_cancel_http_call_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, vm_index: usize, token: u32)>;
 
 /// Arms (`period_ms` > 0) or disarms (`period_ms` = 0) the periodic
 /// `pwh_on_tick` of a root context.
-pub type pwh_set_tick_period_fn = Option<
-    unsafe extern "C" fn(
-        user_data: *mut c_void,
-        vm_index: usize,
-        root_context_id: u32,
-        period_ms: u32,
-    ),
->;
+pub type pwh_set_tick_period_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, vm_index: usize, root_context_id: u32, period_ms: u32)>;
 
 /// A shared queue registered by a root context got data: arrange for
 /// `pwh_on_queue_ready` to run on the thread that owns the `pwh_vms`.
 /// May be called from ANY thread, also while another thread uses the `pwh_vms`.
-pub type pwh_notify_queue_ready_fn = Option<
-    unsafe extern "C" fn(
-        user_data: *mut c_void,
-        vm_index: usize,
-        root_context_id: u32,
-        queue_id: u32,
-    ),
->;
+pub type pwh_notify_queue_ready_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, vm_index: usize, root_context_id: u32, queue_id: u32)>;
 
 /// Reads a property: `path` is dotted (`request.path`, `node.id`; segments are
 /// joined with '.'). On `PWH_STATUS_OK` the value is in `out` (use
 /// `pwh_buffer_set`); `PWH_STATUS_NOT_FOUND` when there is no such property.
-pub type pwh_get_property_fn = Option<
-    unsafe extern "C" fn(user_data: *mut c_void, path: pwh_bytes, out: *mut pwh_buffer) -> i32,
->;
+pub type pwh_get_property_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, path: pwh_bytes, out: *mut pwh_buffer) -> i32>;
 
 /// `proxy_call_foreign_function`: runs the server function `name` on
 /// `argument`; the result goes in `out`. `PWH_STATUS_NOT_FOUND` for an unknown name.
 pub type pwh_call_foreign_function_fn = Option<
-    unsafe extern "C" fn(
-        user_data: *mut c_void,
-        name: pwh_bytes,
-        argument: pwh_bytes,
-        out: *mut pwh_buffer,
-    ) -> i32,
+    unsafe extern "C" fn(user_data: *mut c_void, name: pwh_bytes, argument: pwh_bytes, out: *mut pwh_buffer) -> i32,
 >;
 
 /// Server-wide services, shared by every VM of a `pwh_vms`. The struct is
@@ -184,21 +158,14 @@ impl ServerHost for CServer {
         LogLevel::try_from(level).unwrap_or(LogLevel::Info)
     }
 
-    fn dispatch_http_call(
-        &self,
-        root_context_id: u32,
-        token: u32,
-        request: HttpCallRequest,
-    ) -> Result<(), Status> {
+    fn dispatch_http_call(&self, root_context_id: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
         let Some(f) = self.vt.dispatch_http_call else {
             return Err(Status::InternalFailure);
         };
         let headers = pairs::encode(&request.headers);
         let trailers = pairs::encode(&request.trailers);
         // 0 means "no timeout" to C, so a timeout under 1 ms is rounded up.
-        let timeout_ms = request
-            .timeout
-            .map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32);
+        let timeout_ms = request.timeout.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32);
         // SAFETY: a callback and user_data the server supplied together; the byte
         // views borrow data that outlives the call.
         let code = unsafe {
@@ -256,14 +223,7 @@ impl ServerHost for CServer {
         let mut out = pwh_buffer::default();
         // SAFETY: a callback and user_data the server supplied together; `out` is
         // a live buffer that only the callee uses during the call.
-        let code = unsafe {
-            f(
-                self.vt.user_data,
-                pwh_bytes::of(name.as_bytes()),
-                pwh_bytes::of(argument),
-                &mut out,
-            )
-        };
+        let code = unsafe { f(self.vt.user_data, pwh_bytes::of(name.as_bytes()), pwh_bytes::of(argument), &mut out) };
         result_from_code(code).map(|()| out.bytes)
     }
 }

@@ -24,11 +24,7 @@ pub unsafe extern "C" fn pwh_stream_create(
     // SAFETY: NULL or live (contract); copied.
     let Some(vt) = (unsafe { vtable.as_ref() }).copied() else {
         // SAFETY: `error` is NULL or a live buffer (contract).
-        return unsafe {
-            ffi_call(error, 0, || {
-                Err("pwh_stream_create: vtable is NULL".to_string())
-            })
-        };
+        return unsafe { ffi_call(error, 0, || Err("pwh_stream_create: vtable is NULL".to_string())) };
     };
     // From here on `destroy` runs exactly once: when `stream` is dropped, on any path.
     let stream = CStream::new(vt);
@@ -38,9 +34,8 @@ pub unsafe extern "C" fn pwh_stream_create(
         let vms = vms.ok_or("vms is NULL")?;
         let root = vms.root(plugin_index)?;
         let mut state = vms.lock()?;
-        let ctx = state.vms.vms[root.vm]
-            .create_stream(root.root_context_id, Box::new(stream))
-            .map_err(|e| e.to_string())?;
+        let ctx =
+            state.vms.vms[root.vm].create_stream(root.root_context_id, Box::new(stream)).map_err(|e| e.to_string())?;
         state.streams.insert((root.vm, ctx), plugin_index);
         Ok(ctx)
     };
@@ -65,17 +60,9 @@ pub unsafe extern "C" fn pwh_on_request_headers(
 ) -> i32 {
     // SAFETY: forwarded contract.
     unsafe {
-        on_vm(
-            vms,
-            plugin_index,
-            Some(context_id),
-            error,
-            FAILED,
-            |vm, _| {
-                vm.on_request_headers(context_id, num_headers, end_of_stream)
-                    .map(verdict_code)
-            },
-        )
+        on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| {
+            vm.on_request_headers(context_id, num_headers, end_of_stream).map(verdict_code)
+        })
     }
 }
 
@@ -103,17 +90,9 @@ pub unsafe extern "C" fn pwh_on_request_body(
     };
     // SAFETY: forwarded contract.
     unsafe {
-        on_vm(
-            vms,
-            plugin_index,
-            Some(context_id),
-            error,
-            FAILED,
-            |vm, _| {
-                vm.on_request_body(context_id, chunk, end_of_stream)
-                    .map(verdict_code)
-            },
-        )
+        on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| {
+            vm.on_request_body(context_id, chunk, end_of_stream).map(verdict_code)
+        })
     }
 }
 
@@ -131,17 +110,9 @@ pub unsafe extern "C" fn pwh_on_request_trailers(
 ) -> i32 {
     // SAFETY: forwarded contract.
     unsafe {
-        on_vm(
-            vms,
-            plugin_index,
-            Some(context_id),
-            error,
-            FAILED,
-            |vm, _| {
-                vm.on_request_trailers(context_id, num_trailers)
-                    .map(verdict_code)
-            },
-        )
+        on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| {
+            vm.on_request_trailers(context_id, num_trailers).map(verdict_code)
+        })
     }
 }
 
@@ -160,17 +131,9 @@ pub unsafe extern "C" fn pwh_on_response_headers(
 ) -> i32 {
     // SAFETY: forwarded contract.
     unsafe {
-        on_vm(
-            vms,
-            plugin_index,
-            Some(context_id),
-            error,
-            FAILED,
-            |vm, _| {
-                vm.on_response_headers(context_id, num_headers, end_of_stream)
-                    .map(verdict_code)
-            },
-        )
+        on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| {
+            vm.on_response_headers(context_id, num_headers, end_of_stream).map(verdict_code)
+        })
     }
 }
 
@@ -195,17 +158,9 @@ pub unsafe extern "C" fn pwh_on_response_body(
     };
     // SAFETY: forwarded contract.
     unsafe {
-        on_vm(
-            vms,
-            plugin_index,
-            Some(context_id),
-            error,
-            FAILED,
-            |vm, _| {
-                vm.on_response_body(context_id, chunk, end_of_stream)
-                    .map(verdict_code)
-            },
-        )
+        on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| {
+            vm.on_response_body(context_id, chunk, end_of_stream).map(verdict_code)
+        })
     }
 }
 
@@ -223,17 +178,9 @@ pub unsafe extern "C" fn pwh_on_response_trailers(
 ) -> i32 {
     // SAFETY: forwarded contract.
     unsafe {
-        on_vm(
-            vms,
-            plugin_index,
-            Some(context_id),
-            error,
-            FAILED,
-            |vm, _| {
-                vm.on_response_trailers(context_id, num_trailers)
-                    .map(verdict_code)
-            },
-        )
+        on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| {
+            vm.on_response_trailers(context_id, num_trailers).map(verdict_code)
+        })
     }
 }
 
@@ -269,17 +216,10 @@ pub unsafe extern "C" fn pwh_take_body(
     };
     // SAFETY: forwarded contract.
     unsafe {
-        on_vm(
-            vms,
-            plugin_index,
-            Some(context_id),
-            error,
-            FAILED,
-            |vm, _| {
-                out.bytes = vm.take_body(context_id, direction)?;
-                Ok(0)
-            },
-        )
+        on_vm(vms, plugin_index, Some(context_id), error, FAILED, |vm, _| {
+            out.bytes = vm.take_body(context_id, direction)?;
+            Ok(0)
+        })
     }
 }
 
@@ -308,13 +248,14 @@ pub unsafe extern "C" fn pwh_finish_stream(
         match state.streams.get(&(root.vm, context_id)) {
             Some(&p) if p == plugin_index => {}
             Some(&p) => return Err(format!("stream context {context_id} belongs to plugin {p}, not {plugin_index}")),
-            None => return Err(format!("no stream context {context_id} for plugin {plugin_index} (finished or never created)")),
+            None => {
+                return Err(format!(
+                    "no stream context {context_id} for plugin {plugin_index} (finished or never created)"
+                ))
+            }
         }
         state.streams.remove(&(root.vm, context_id));
-        state.vms.vms[root.vm]
-            .finish_stream(context_id)
-            .map(|gone| if gone { 0 } else { 1 })
-            .map_err(|e| e.to_string())
+        state.vms.vms[root.vm].finish_stream(context_id).map(|gone| if gone { 0 } else { 1 }).map_err(|e| e.to_string())
     };
     // SAFETY: `error` is NULL or a live buffer (contract).
     unsafe { ffi_call(error, FAILED, body) }

@@ -1,4 +1,3 @@
-
 use std::ptr;
 
 use crate::abi::pairs;
@@ -12,10 +11,7 @@ fn enums_match_the_abi() {
         (pwh_status::Ok, Status::Ok),
         (pwh_status::NotFound, Status::NotFound),
         (pwh_status::BadArgument, Status::BadArgument),
-        (
-            pwh_status::SerializationFailure,
-            Status::SerializationFailure,
-        ),
+        (pwh_status::SerializationFailure, Status::SerializationFailure),
         (pwh_status::ParseFailure, Status::ParseFailure),
         (pwh_status::InvalidMemoryAccess, Status::InvalidMemoryAccess),
         (pwh_status::Empty, Status::Empty),
@@ -37,38 +33,14 @@ fn enums_match_the_abi() {
         assert_eq!(c as i32, l as i32);
     }
     for (c, m) in [
-        (
-            pwh_map_type::HttpRequestHeaders,
-            MapType::HttpRequestHeaders,
-        ),
-        (
-            pwh_map_type::HttpRequestTrailers,
-            MapType::HttpRequestTrailers,
-        ),
-        (
-            pwh_map_type::HttpResponseHeaders,
-            MapType::HttpResponseHeaders,
-        ),
-        (
-            pwh_map_type::HttpResponseTrailers,
-            MapType::HttpResponseTrailers,
-        ),
-        (
-            pwh_map_type::GrpcReceiveInitialMetadata,
-            MapType::GrpcReceiveInitialMetadata,
-        ),
-        (
-            pwh_map_type::GrpcReceiveTrailingMetadata,
-            MapType::GrpcReceiveTrailingMetadata,
-        ),
-        (
-            pwh_map_type::HttpCallResponseHeaders,
-            MapType::HttpCallResponseHeaders,
-        ),
-        (
-            pwh_map_type::HttpCallResponseTrailers,
-            MapType::HttpCallResponseTrailers,
-        ),
+        (pwh_map_type::HttpRequestHeaders, MapType::HttpRequestHeaders),
+        (pwh_map_type::HttpRequestTrailers, MapType::HttpRequestTrailers),
+        (pwh_map_type::HttpResponseHeaders, MapType::HttpResponseHeaders),
+        (pwh_map_type::HttpResponseTrailers, MapType::HttpResponseTrailers),
+        (pwh_map_type::GrpcReceiveInitialMetadata, MapType::GrpcReceiveInitialMetadata),
+        (pwh_map_type::GrpcReceiveTrailingMetadata, MapType::GrpcReceiveTrailingMetadata),
+        (pwh_map_type::HttpCallResponseHeaders, MapType::HttpCallResponseHeaders),
+        (pwh_map_type::HttpCallResponseTrailers, MapType::HttpCallResponseTrailers),
     ] {
         assert_eq!(c as i32, m as i32);
     }
@@ -87,21 +59,12 @@ fn pairs_helpers_agree_with_the_codec() {
     let buf = pwh_buffer_new();
     for (k, v) in [(":path", "/a"), ("x", ""), ("", "v")] {
         // SAFETY: a live buffer and byte views of live strings.
-        let st = unsafe {
-            pwh_pairs_add(
-                buf,
-                pwh_bytes::of(k.as_bytes()),
-                pwh_bytes::of(v.as_bytes()),
-            )
-        };
+        let st = unsafe { pwh_pairs_add(buf, pwh_bytes::of(k.as_bytes()), pwh_bytes::of(v.as_bytes())) };
         assert_eq!(st, 0);
     }
     // SAFETY: `buf` is live and not used elsewhere.
     let bytes = unsafe { &(*buf).bytes }.clone();
-    assert_eq!(
-        pairs::decode(&bytes).unwrap(),
-        pairs::decode_unlimited(&bytes).unwrap()
-    );
+    assert_eq!(pairs::decode(&bytes).unwrap(), pairs::decode_unlimited(&bytes).unwrap());
     // SAFETY: a byte view of a live vector.
     assert_eq!(unsafe { pwh_pairs_count(pwh_bytes::of(&bytes)) }, 3);
     let (mut k, mut v) = (pwh_bytes::EMPTY, pwh_bytes::EMPTY);
@@ -131,10 +94,7 @@ fn null_arguments_are_errors_not_crashes() {
         assert_eq!(pwh_buffer_len(err), "vms is NULL".len());
         assert!(pwh_plugins_load(ptr::null(), 1, err).is_null());
         assert_eq!(pwh_stream_create(ptr::null_mut(), 0, ptr::null(), err), 0);
-        assert_eq!(
-            pwh_buffer_set(ptr::null_mut(), ptr::null(), 0),
-            pwh_status::BadArgument as i32
-        );
+        assert_eq!(pwh_buffer_set(ptr::null_mut(), ptr::null(), 0), pwh_status::BadArgument as i32);
         pwh_vms_free(ptr::null_mut());
         pwh_buffer_free(err);
     }

@@ -15,7 +15,6 @@ use crate::vm::{Vm, VmError};
 use super::server_host::{CServer, Gate};
 use super::{ffi_call, guard, pwh_buffer, pwh_plugins, pwh_server_vtable, pwh_status};
 
-
 pub(super) struct VmsState {
     pub(super) vms: PluginVms,
     /// Live stream contexts: (vm index, context id) -> plugin index.
@@ -50,18 +49,18 @@ pub(super) struct VmsGuard<'a> {
 impl pwh_vms {
     pub(super) fn lock(&self) -> Result<VmsGuard<'_>, String> {
         if self.busy.swap(true, Ordering::Acquire) {
-            return Err("pwh_vms is busy: called from one of its own callbacks, or from two threads at once".to_string());
+            return Err(
+                "pwh_vms is busy: called from one of its own callbacks, or from two threads at once".to_string()
+            );
         }
         Ok(VmsGuard { owner: self })
     }
 
     pub(super) fn root(&self, plugin_index: usize) -> Result<PluginRoot, String> {
-        self.roots.get(plugin_index).copied().ok_or_else(|| {
-            format!(
-                "no plugin with index {plugin_index} (there are {})",
-                self.roots.len()
-            )
-        })
+        self.roots
+            .get(plugin_index)
+            .copied()
+            .ok_or_else(|| format!("no plugin with index {plugin_index} (there are {})", self.roots.len()))
     }
 }
 
@@ -112,11 +111,7 @@ pub unsafe extern "C" fn pwh_vms_start(
         let gate = Arc::new(Gate::default());
         let mut vm_count = 0;
         let started = PluginVms::start(&plugins.plugins, |_key| {
-            let server = CServer {
-                vt,
-                vm_index: vm_count,
-                gate: gate.clone(),
-            };
+            let server = CServer { vt, vm_index: vm_count, gate: gate.clone() };
             vm_count += 1;
             Arc::new(server) as Arc<dyn ServerHost>
         });
@@ -124,10 +119,7 @@ pub unsafe extern "C" fn pwh_vms_start(
             Ok(vms) => {
                 debug_assert_eq!(vms.vms.len(), vm_count);
                 let roots = vms.roots.clone();
-                let state = VmsState {
-                    vms,
-                    streams: HashMap::new(),
-                };
+                let state = VmsState { vms, streams: HashMap::new() };
                 Ok(Box::into_raw(Box::new(pwh_vms {
                     busy: AtomicBool::new(false),
                     state: UnsafeCell::new(state),
@@ -198,11 +190,7 @@ pub unsafe extern "C" fn pwh_vms_find_plugin(
         let (Some(vms), Some(out)) = (vms, out) else {
             return pwh_status::BadArgument as i32;
         };
-        match vms
-            .roots
-            .iter()
-            .position(|r| r.vm == vm_index && r.root_context_id == root_context_id)
-        {
+        match vms.roots.iter().position(|r| r.vm == vm_index && r.root_context_id == root_context_id) {
             Some(i) => {
                 *out = i;
                 pwh_status::Ok as i32
@@ -234,15 +222,11 @@ pub(super) unsafe fn on_vm<T>(
         if let Some(ctx) = stream {
             match state.streams.get(&(root.vm, ctx)) {
                 Some(&p) if p == plugin_index => {}
-                Some(&p) => {
-                    return Err(format!(
-                        "stream context {ctx} belongs to plugin {p}, not {plugin_index}"
-                    ))
-                }
+                Some(&p) => return Err(format!("stream context {ctx} belongs to plugin {p}, not {plugin_index}")),
                 None => {
                     return Err(format!(
-                    "no stream context {ctx} for plugin {plugin_index} (finished or never created)"
-                ))
+                        "no stream context {ctx} for plugin {plugin_index} (finished or never created)"
+                    ))
                 }
             }
         }

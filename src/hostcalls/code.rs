@@ -15,44 +15,18 @@ use crate::runtime::{Engine, FuncType, LinkedImport, Module, ValType};
 pub enum LoadError {
     #[error("{origin}: not a Proxy-Wasm module: it exports no proxy_abi_version_* marker")]
     NoAbiMarker { origin: String },
-    #[error(
-        "{origin}: unsupported Proxy-Wasm ABI {markers:?}; this host speaks 0.1.0, 0.2.0 and 0.2.1"
-    )]
-    UnknownAbi {
-        origin: String,
-        markers: Vec<String>,
-    },
+    #[error("{origin}: unsupported Proxy-Wasm ABI {markers:?}; this host speaks 0.1.0, 0.2.0 and 0.2.1")]
+    UnknownAbi { origin: String, markers: Vec<String> },
     #[error("{origin}: {message}")]
     Compile { origin: String, message: String },
     #[error("{origin}: imports {module}.{name}, which the host does not provide for ABI {abi}")]
-    MissingImport {
-        origin: String,
-        module: String,
-        name: String,
-        abi: AbiVersion,
-    },
+    MissingImport { origin: String, module: String, name: String, abi: AbiVersion },
     #[error("{origin}: import {module}.{name} has signature {found}, expected {expected}")]
-    ImportSignature {
-        origin: String,
-        module: String,
-        name: String,
-        found: String,
-        expected: String,
-    },
+    ImportSignature { origin: String, module: String, name: String, found: String, expected: String },
     #[error("{origin}: imports {module}.{name}, which is not a function; only function imports are supported")]
-    NonFunctionImport {
-        origin: String,
-        module: String,
-        name: String,
-    },
+    NonFunctionImport { origin: String, module: String, name: String },
     #[error("{origin}: export {name} has signature {found}, but ABI {abi} expects {expected}")]
-    CallbackSignature {
-        origin: String,
-        name: String,
-        found: String,
-        expected: String,
-        abi: AbiVersion,
-    },
+    CallbackSignature { origin: String, name: String, found: String, expected: String, abi: AbiVersion },
 }
 
 /// A callback the host may call: its export name and expected signature.
@@ -65,11 +39,7 @@ pub struct Callback {
 /// The callbacks of an ABI version, with their arity.
 pub fn callbacks(abi: AbiVersion) -> Vec<Callback> {
     let eos = usize::from(abi.header_callbacks_have_eos());
-    let cb = |name, params, returns| Callback {
-        name,
-        params,
-        returns,
-    };
+    let cb = |name, params, returns| Callback { name, params, returns };
     let mut v = vec![
         cb("proxy_on_context_create", 2, false),
         cb("proxy_on_vm_start", 2, true),
@@ -109,15 +79,10 @@ pub struct WasmCode {
 impl WasmCode {
     /// Detects the ABI, compiles, and resolves every import, refusing the
     /// module with a message naming `origin` if anything does not fit.
-    pub fn load(
-        engine: &dyn Engine<HostState>,
-        wasm: &[u8],
-        origin: &str,
-    ) -> Result<WasmCode, LoadError> {
-        let module = engine.compile(wasm).map_err(|e| LoadError::Compile {
-            origin: origin.to_string(),
-            message: e.to_string(),
-        })?;
+    pub fn load(engine: &dyn Engine<HostState>, wasm: &[u8], origin: &str) -> Result<WasmCode, LoadError> {
+        let module = engine
+            .compile(wasm)
+            .map_err(|e| LoadError::Compile { origin: origin.to_string(), message: e.to_string() })?;
         WasmCode::from_module(engine, module, origin)
     }
 
@@ -129,42 +94,21 @@ impl WasmCode {
         origin: &str,
     ) -> Result<WasmCode, LoadError> {
         let origin_s = origin.to_string();
-        let abi = AbiVersion::detect(module.exports().iter().map(|e| e.name.as_str())).map_err(
-            |markers| {
-                if markers.is_empty() {
-                    LoadError::NoAbiMarker {
-                        origin: origin_s.clone(),
-                    }
-                } else {
-                    LoadError::UnknownAbi {
-                        origin: origin_s.clone(),
-                        markers,
-                    }
-                }
-            },
-        )?;
+        let abi = AbiVersion::detect(module.exports().iter().map(|e| e.name.as_str())).map_err(|markers| {
+            if markers.is_empty() {
+                LoadError::NoAbiMarker { origin: origin_s.clone() }
+            } else {
+                LoadError::UnknownAbi { origin: origin_s.clone(), markers }
+            }
+        })?;
         let imports = resolve_imports(module.as_ref(), abi, origin)?;
         check_callbacks(module.as_ref(), abi, origin)?;
-        let exported: FastSet<String> = module
-            .exports()
-            .iter()
-            .filter(|e| e.ty.is_some())
-            .map(|e| e.name.clone())
-            .collect();
+        let exported: FastSet<String> =
+            module.exports().iter().filter(|e| e.ty.is_some()).map(|e| e.name.clone()).collect();
         // `malloc` first, as cpp-host's WasmBase::getFunctions picks it (the spec
         // prefers proxy_on_memory_allocate, but plugins are tuned to the host).
-        let allocator = ["malloc", "proxy_on_memory_allocate"]
-            .into_iter()
-            .find(|n| exported.contains(*n));
-        Ok(WasmCode {
-            origin: origin_s,
-            abi,
-            engine: engine.name(),
-            module,
-            imports,
-            allocator,
-            exported,
-        })
+        let allocator = ["malloc", "proxy_on_memory_allocate"].into_iter().find(|n| exported.contains(*n));
+        Ok(WasmCode { origin: origin_s, abi, engine: engine.name(), module, imports, allocator, exported })
     }
 
     pub fn exports_function(&self, name: &str) -> bool {
@@ -215,32 +159,19 @@ fn resolve_imports(
             }
             host.func
         };
-        linked.push(LinkedImport {
-            module: import.module.clone(),
-            name: import.name.clone(),
-            ty: ty.clone(),
-            func,
-        });
+        linked.push(LinkedImport { module: import.module.clone(), name: import.name.clone(), ty: ty.clone(), func });
     }
     Ok(linked)
 }
 
-fn check_callbacks(
-    module: &dyn Module<HostState>,
-    abi: AbiVersion,
-    origin: &str,
-) -> Result<(), LoadError> {
+fn check_callbacks(module: &dyn Module<HostState>, abi: AbiVersion, origin: &str) -> Result<(), LoadError> {
     for cb in callbacks(abi) {
         let Some(export) = module.exports().iter().find(|e| e.name == cb.name) else {
             continue;
         };
         let expected = FuncType {
             params: vec![ValType::I32; cb.params],
-            results: if cb.returns {
-                vec![ValType::I32]
-            } else {
-                vec![]
-            },
+            results: if cb.returns { vec![ValType::I32] } else { vec![] },
         };
         let found = export.ty.clone();
         // A callback whose result we ignore may still return one (some SDKs do).

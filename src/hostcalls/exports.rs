@@ -8,17 +8,17 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::memory::{self, return_bytes};
-use crate::abi::property_path;
 use crate::abi::pairs::{self, Pair};
+use crate::abi::property_path;
 use crate::abi::{AbiVersion, BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 use crate::host::{HttpCallRequest, LocalResponse};
 use crate::runtime::{Caller, HostFn, Trap, Val, ValType};
 
 /// An entry of the Proxy-Wasm hostcall table.
 pub type HostFunction = crate::runtime::HostFunction<HostState>;
+use super::state::{Context, Deferred, HostState, Phase};
 use crate::config::Quotas;
 use crate::shared::{QueueLimits, QueueOwner, SharedError, Writer};
-use super::state::{Context, Deferred, HostState, Phase};
 
 type R = Result<Option<Val>, Trap>;
 
@@ -120,7 +120,14 @@ fn proxy_set_tick_period_milliseconds(c: &mut dyn Caller<HostState>, a: &[Val]) 
         if let Some(p) = period.filter(|p| *p < min) {
             period = Some(min);
             root.tick_period = period;
-            st.log_once("min_tick_period", LogLevel::Warn, &format!("tick period of {} ms raised to {min:?} (vm_config.limits.min_tick_period) (logged once)", p.as_millis()));
+            st.log_once(
+                "min_tick_period",
+                LogLevel::Warn,
+                &format!(
+                    "tick period of {} ms raised to {min:?} (vm_config.limits.min_tick_period) (logged once)",
+                    p.as_millis()
+                ),
+            );
         } else {
             root.tick_period = period;
         }
@@ -270,14 +277,19 @@ enum MapSource {
 
 fn map_source(st: &mut HostState, map: MapType) -> MapSource {
     match map {
-        MapType::HttpRequestHeaders | MapType::HttpRequestTrailers | MapType::HttpResponseHeaders | MapType::HttpResponseTrailers => {
+        MapType::HttpRequestHeaders
+        | MapType::HttpRequestTrailers
+        | MapType::HttpResponseHeaders
+        | MapType::HttpResponseTrailers => {
             if st.effective_stream().is_some() {
                 MapSource::Stream
             } else {
                 MapSource::Absent
             }
         }
-        MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers if st.http_call_response.is_some() => MapSource::HttpCall,
+        MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers if st.http_call_response.is_some() => {
+            MapSource::HttpCall
+        }
         _ => MapSource::Absent,
     }
 }
@@ -318,7 +330,8 @@ fn proxy_get_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
         MapSource::Stream => tri!(st.effective_stream().map_or(Ok(None), |s| s.stream.header_value(map, &key))),
         _ => {
             let pairs = tri!(read_map(st, map));
-            let values: Vec<&[u8]> = pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.as_slice()).collect();
+            let values: Vec<&[u8]> =
+                pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.as_slice()).collect();
             (!values.is_empty()).then(|| values.join(&b","[..]))
         }
     };
@@ -332,7 +345,11 @@ fn proxy_get_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
 
 /// Runs a write on the effective stream's map; maps that cannot be written
 /// here are BAD_ARGUMENT.
-fn write_map(c: &mut dyn Caller<HostState>, map: MapType, f: impl FnOnce(&mut dyn crate::host::HttpStream) -> Result<(), Status>) -> R {
+fn write_map(
+    c: &mut dyn Caller<HostState>,
+    map: MapType,
+    f: impl FnOnce(&mut dyn crate::host::HttpStream) -> Result<(), Status>,
+) -> R {
     let st = c.state();
     match map_source(st, map) {
         MapSource::Stream => match st.effective_stream() {
@@ -448,7 +465,13 @@ fn proxy_send_local_response(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     if !(100..=999).contains(&status) {
         return done(Status::BadArgument);
     }
-    let response = LocalResponse { status, details: String::from_utf8_lossy(&details).into_owned(), body, headers, grpc_status: u(a, 7) as i32 };
+    let response = LocalResponse {
+        status,
+        details: String::from_utf8_lossy(&details).into_owned(),
+        body,
+        headers,
+        grpc_status: u(a, 7) as i32,
+    };
     // Envoy's Context::sendLocalResponse answers OK and does nothing without a stream.
     let Some(s) = c.state().effective_stream() else { return done(Status::Ok) };
     let r = s.stream.send_local_response(response);
@@ -523,7 +546,14 @@ fn proxy_http_call(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     let dispatcher = st.effective_context;
     let token = st.allocate_http_call_token();
     let timeout = (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u64));
-    let request = HttpCallRequest { upstream, headers, body, trailers, timeout, max_response_size: quotas.max_http_call_response_size };
+    let request = HttpCallRequest {
+        upstream,
+        headers,
+        body,
+        trailers,
+        timeout,
+        max_response_size: quotas.max_http_call_response_size,
+    };
     match st.env.server.dispatch_http_call(root_id, token, request) {
         Ok(()) => {
             st.http_calls.insert(token, (root_id, dispatcher));
@@ -550,9 +580,13 @@ fn shared_data_target(st: &mut HostState, key: &[u8], write: bool) -> Option<(St
     if if write { access.write } else { access.read } {
         return Some((vm_id.to_string(), key.to_vec()));
     }
-    let (what, setting) = if vm_id == st.env.vm_id { ("its own", "plugin_map_access") } else { ("another VM's", "global_map_access") };
+    let (what, setting) =
+        if vm_id == st.env.vm_id { ("its own", "plugin_map_access") } else { ("another VM's", "global_map_access") };
     let verb = if write { "write" } else { "read" };
-    st.log_denial(format!("shared data {verb} of vm_id {vm_id:?}"), &format!("authorizations.{setting}.{verb} is false for {what} shared data"));
+    st.log_denial(
+        format!("shared data {verb} of vm_id {vm_id:?}"),
+        &format!("authorizations.{setting}.{verb} is false for {what} shared data"),
+    );
     None
 }
 
@@ -587,8 +621,16 @@ fn proxy_set_shared_data(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
         // else), and Envoy never refuses a set, so CAS_MISMATCH is the one
         // refusal a plugin survives; it is what a lost race looks like.
         Err(e) => {
-            let cap = if matches!(e, SharedError::OverQuota { .. }) { "vm_config.limits.max_shared_data_size" } else { "the room in the store" };
-            refusal(st, format!("set_shared_data over {cap}"), &format!("{e}; the write answered CAS_MISMATCH and stored nothing"));
+            let cap = if matches!(e, SharedError::OverQuota { .. }) {
+                "vm_config.limits.max_shared_data_size"
+            } else {
+                "the room in the store"
+            };
+            refusal(
+                st,
+                format!("set_shared_data over {cap}"),
+                &format!("{e}; the write answered CAS_MISMATCH and stored nothing"),
+            );
             done(Status::CasMismatch)
         }
     }
@@ -629,8 +671,15 @@ fn queue_allowed(st: &mut HostState, vm_id: &str, what: QueueUse) -> bool {
         QueueUse::Dequeue => (access.read, "dequeue from", "read is"),
     };
     if !allowed {
-        let (whose, setting) = if vm_id == st.env.vm_id { ("its own", "plugin_map_access") } else { ("another VM's", "global_map_access") };
-        st.log_denial(format!("shared queue {verb} a queue of vm_id {vm_id:?}"), &format!("authorizations.{setting}.{right} false for {whose} shared data and queues"));
+        let (whose, setting) = if vm_id == st.env.vm_id {
+            ("its own", "plugin_map_access")
+        } else {
+            ("another VM's", "global_map_access")
+        };
+        st.log_denial(
+            format!("shared queue {verb} a queue of vm_id {vm_id:?}"),
+            &format!("authorizations.{setting}.{right} false for {whose} shared data and queues"),
+        );
     }
     allowed
 }
@@ -695,7 +744,11 @@ fn proxy_enqueue_shared_queue(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
                 SharedError::OverQuota { .. } => "max_shared_data_size",
                 _ => "the room in the store",
             };
-            refusal(st, format!("enqueue to a queue of vm_id {vm_id:?} over {cap}"), &format!("{e}; the item was dropped and the call answered NOT_FOUND"));
+            refusal(
+                st,
+                format!("enqueue to a queue of vm_id {vm_id:?} over {cap}"),
+                &format!("{e}; the item was dropped and the call answered NOT_FOUND"),
+            );
             done(Status::NotFound)
         }
     }
@@ -739,8 +792,16 @@ fn proxy_define_metric(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
         // The SDKs accept only OK from define_metric: there is no refusal a
         // plugin survives, so it gets the one that says what happened.
         Err(e) => {
-            let cap = if matches!(e, SharedError::TooManyMetrics { .. }) { "vm_config.limits.max_metrics" } else { "the room in the store" };
-            refusal(st, format!("define_metric over {cap}"), &format!("metric {name:?}: {e}; answered INTERNAL_FAILURE"));
+            let cap = if matches!(e, SharedError::TooManyMetrics { .. }) {
+                "vm_config.limits.max_metrics"
+            } else {
+                "the room in the store"
+            };
+            refusal(
+                st,
+                format!("define_metric over {cap}"),
+                &format!("metric {name:?}: {e}; answered INTERNAL_FAILURE"),
+            );
             return done(Status::InternalFailure);
         }
     };
@@ -814,7 +875,10 @@ fn proxy_get_property(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     if let Some(plugin) = st.calling_plugin() {
         let segments = property_path::split(&path);
         if !plugin.authorizations.allows_property_read(&segments) {
-            st.log_denial(format!("property read {}", property_name(&segments)), "not in authorizations.properties.read");
+            st.log_denial(
+                format!("property read {}", property_name(&segments)),
+                "not in authorizations.properties.read",
+            );
             return done(Status::NotFound);
         }
     }
@@ -839,7 +903,10 @@ fn proxy_set_property(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     if let Some(plugin) = st.calling_plugin() {
         let segments = property_path::split(&path);
         if !plugin.authorizations.allows_property_write(&segments) {
-            st.log_denial(format!("property write {}", property_name(&segments)), "not in authorizations.properties.write");
+            st.log_denial(
+                format!("property write {}", property_name(&segments)),
+                "not in authorizations.properties.write",
+            );
             return done(Status::BadArgument);
         }
     }
@@ -982,7 +1049,11 @@ pub(crate) fn capability_denied(c: &mut dyn Caller<HostState>, name: &'static st
         None if st.env.startup.authorizations.allows_capability(name) => return false,
         None => "start-up code (_initialize, main, _start) runs for every plugin of the VM and may only use what all of their capability_restriction_config.allowed_capabilities allow",
     };
-    let kind = if crate::hostcalls::wasi::FUNCTIONS.iter().any(|(n, _, _)| *n == name) && !name.starts_with("proxy_") { "WASI call" } else { "hostcall" };
+    let kind = if crate::hostcalls::wasi::FUNCTIONS.iter().any(|(n, _, _)| *n == name) && !name.starts_with("proxy_") {
+        "WASI call"
+    } else {
+        "hostcall"
+    };
     st.log_denial(format!("{kind} {name}"), why);
     true
 }
@@ -1040,8 +1111,20 @@ fn emscripten_notify_memory_growth(_c: &mut dyn Caller<HostState>, _a: &[Val]) -
 /// `env` functions cpp-host gives every module besides the ABI (Emscripten
 /// builds of the C++ SDK import them); outside capability restrictions, as there.
 static RUNTIME_SUPPORT: &[HostFunction] = &[
-    HostFunction { module: "env", name: "pthread_equal", params: &[I32, I32], results: &[I32], func: HostFn::Caller(pthread_equal) },
-    HostFunction { module: "env", name: "emscripten_notify_memory_growth", params: &[I32], results: &[], func: HostFn::Caller(emscripten_notify_memory_growth) },
+    HostFunction {
+        module: "env",
+        name: "pthread_equal",
+        params: &[I32, I32],
+        results: &[I32],
+        func: HostFn::Caller(pthread_equal),
+    },
+    HostFunction {
+        module: "env",
+        name: "emscripten_notify_memory_growth",
+        params: &[I32],
+        results: &[],
+        func: HostFn::Caller(emscripten_notify_memory_growth),
+    },
 ];
 
 /// Only in ABI 0.1.0 (replaced in 0.2.0).
@@ -1072,7 +1155,8 @@ pub fn hostcalls(abi: AbiVersion) -> impl Iterator<Item = &'static HostFunction>
 }
 
 /// Names of hostcalls that answer UNIMPLEMENTED (listed in the docs).
-pub const UNIMPLEMENTED: &[&str] = &["proxy_grpc_call", "proxy_grpc_stream", "proxy_grpc_send", "proxy_grpc_cancel", "proxy_grpc_close"];
+pub const UNIMPLEMENTED: &[&str] =
+    &["proxy_grpc_call", "proxy_grpc_stream", "proxy_grpc_send", "proxy_grpc_cancel", "proxy_grpc_close"];
 
 #[cfg(test)]
 mod tests {

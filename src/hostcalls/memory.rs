@@ -3,9 +3,9 @@
 //! Every pointer and length a guest passes is a u32; `ptr + len` is computed
 //! without overflow and must lie inside memory, else INVALID_MEMORY_ACCESS.
 
+use super::state::{HostState, Phase};
 use crate::abi::Status;
 use crate::runtime::{Caller, Trap, Val};
-use super::state::{HostState, Phase};
 
 pub fn slice(mem: &[u8], ptr: u32, len: u32) -> Result<&[u8], Status> {
     let start = ptr as usize;
@@ -82,7 +82,8 @@ pub fn return_bytes(c: &mut dyn Caller<HostState>, data: &[u8], ptr_ptr: u32, si
         }
     };
     let (mem, _) = c.memory_and_state();
-    let result = write(mem, addr, data).and_then(|_| write_u32(mem, ptr_ptr, addr)).and_then(|_| write_u32(mem, size_ptr, len));
+    let result =
+        write(mem, addr, data).and_then(|_| write_u32(mem, ptr_ptr, addr)).and_then(|_| write_u32(mem, size_ptr, len));
     Ok(result.err().unwrap_or(Status::Ok))
 }
 

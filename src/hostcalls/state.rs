@@ -74,9 +74,14 @@ impl Context {
 /// Actions a callback asked for that take effect when it has returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deferred {
-    Resume { context_id: u32, stream: StreamType },
+    Resume {
+        context_id: u32,
+        stream: StreamType,
+    },
     /// `proxy_done` from a root context whose `on_done` returned false.
-    Done { context_id: u32 },
+    Done {
+        context_id: u32,
+    },
 }
 
 /// Where in the instance's life we are; start-up restricts hostcalls.
@@ -129,8 +134,15 @@ impl StartupPolicy {
                 });
             }
         }
-        let max_log_lines_per_second = plugins.iter().map(|p| p.quotas.max_log_lines_per_second).min().unwrap_or(crate::config::Quotas::DEFAULT_MAX_LOG_LINES_PER_SECOND);
-        StartupPolicy { authorizations: Authorizations { capabilities, ..Authorizations::unrestricted() }, max_log_lines_per_second }
+        let max_log_lines_per_second = plugins
+            .iter()
+            .map(|p| p.quotas.max_log_lines_per_second)
+            .min()
+            .unwrap_or(crate::config::Quotas::DEFAULT_MAX_LOG_LINES_PER_SECOND);
+        StartupPolicy {
+            authorizations: Authorizations { capabilities, ..Authorizations::unrestricted() },
+            max_log_lines_per_second,
+        }
     }
 }
 
@@ -294,7 +306,13 @@ impl HostState {
     }
 
     /// As [`HostState::log_limit`], for `plugin` (outside any hostcall).
-    pub fn log_limit_for(logged: &mut std::collections::HashSet<(String, String)>, env: &VmEnv, plugin: &PluginRef, limit: &str, message: &str) {
+    pub fn log_limit_for(
+        logged: &mut std::collections::HashSet<(String, String)>,
+        env: &VmEnv,
+        plugin: &PluginRef,
+        limit: &str,
+        message: &str,
+    ) {
         if logged.insert((plugin.name.clone(), format!("limit {limit}"))) {
             env.server.log(plugin, crate::abi::LogLevel::Warn, &format!("{message} (logged once)"));
         }

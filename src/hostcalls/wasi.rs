@@ -11,8 +11,8 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::memory;
-use crate::abi::LogLevel;
 use super::state::HostState;
+use crate::abi::LogLevel;
 use crate::runtime::{Caller, FuncType, HostFn, Trap, Val, ValType};
 
 pub const MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];

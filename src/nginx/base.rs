@@ -74,8 +74,7 @@ pub fn log(level: LogLevel, message: &str) {
     // and the message outlives the call.
     unsafe {
         if (*log).log_level < lvl
-            && !(lvl == NGX_LOG_DEBUG as ngx_uint_t
-                && (*log).log_level & NGX_LOG_DEBUG_HTTP as ngx_uint_t != 0)
+            && !(lvl == NGX_LOG_DEBUG as ngx_uint_t && (*log).log_level & NGX_LOG_DEBUG_HTTP as ngx_uint_t != 0)
         {
             return;
         }
@@ -112,10 +111,7 @@ pub fn post_event(ev: *mut ngx_event_t) {
 }
 
 /// A zeroed nginx event with a handler and data.
-pub fn new_event(
-    handler: unsafe extern "C" fn(*mut ngx_event_t),
-    data: *mut c_void,
-) -> ngx_event_t {
+pub fn new_event(handler: unsafe extern "C" fn(*mut ngx_event_t), data: *mut c_void) -> ngx_event_t {
     // SAFETY: an all-zero ngx_event_t is nginx's initial state (ngx_pcalloc'd events).
     let mut ev: ngx_event_t = unsafe { std::mem::zeroed() };
     ev.handler = Some(handler);
@@ -133,12 +129,7 @@ pub type WorkerVms = Generation<Exclusive>;
 /// Runs an event outside any request (a tick, a queue notification, an
 /// `http_call` answer) on VM `vm` of a generation, if both still exist and
 /// the VM has not failed; errors are logged.
-pub fn with_vm(
-    generation: &Weak<WorkerVms>,
-    vm: usize,
-    what: &str,
-    f: impl FnOnce(&mut Vm) -> Result<(), VmError>,
-) {
+pub fn with_vm(generation: &Weak<WorkerVms>, vm: usize, what: &str, f: impl FnOnce(&mut Vm) -> Result<(), VmError>) {
     let Some(generation) = generation.upgrade() else {
         return;
     };

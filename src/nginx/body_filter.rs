@@ -9,11 +9,11 @@ use std::ffi::c_void;
 
 use ngx::ffi::*;
 
+use super::base::log;
+use super::body_state::PIECE;
 use super::context::{get_ctx, ReqCtx};
 use super::filters::{fail, kick_writer, next_body, next_header, set_buffered};
 use super::local::{chain_of, replace_response};
-use super::body_state::PIECE;
-use super::base::log;
 use crate::abi::{LogLevel, StreamType};
 use crate::chain::{Flow, Phase};
 
@@ -31,7 +31,13 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
             return send_replacement(ctx, r);
         }
         let filtering = ctx.headers_held.get()
-            || ctx.with_chain(|c| c.filters(Phase::ResponseBody) || c.waiting().is_some() || c.has_queued_body(StreamType::HttpResponse)).unwrap_or(false);
+            || ctx
+                .with_chain(|c| {
+                    c.filters(Phase::ResponseBody)
+                        || c.waiting().is_some()
+                        || c.has_queued_body(StreamType::HttpResponse)
+                })
+                .unwrap_or(false);
         if !filtering {
             return next_body(r, input);
         }
@@ -63,11 +69,15 @@ pub fn filter_pieces(ctx: &ReqCtx, r: *mut ngx_http_request_t, pieces: Vec<Vec<u
     for i in 0..n {
         let piece = pieces.next().unwrap_or_default();
         let Some(flow) = ctx.with_chain(|c| c.on_response_body(&piece, eos && i + 1 == n)) else {
-            log(LogLevel::Critical, "[proxy_wasm] internal error: the request's chain is in use or gone in the body filter");
+            log(
+                LogLevel::Critical,
+                "[proxy_wasm] internal error: the request's chain is in use or gone in the body filter",
+            );
             return NGX_ERROR as ngx_int_t;
         };
         rc = body_flow(ctx, r, flow);
-        if rc == NGX_ERROR as ngx_int_t || ctx.body_held.get() || ctx.response_eos_sent.get() || ctx.replaced_sent.get() {
+        if rc == NGX_ERROR as ngx_int_t || ctx.body_held.get() || ctx.response_eos_sent.get() || ctx.replaced_sent.get()
+        {
             break;
         }
     }
@@ -160,14 +170,22 @@ unsafe fn drain(r: *mut ngx_http_request_t, mut cl: *mut ngx_chain_t) -> (Vec<Ve
     unsafe {
         while !cl.is_null() {
             let b = (*cl).buf;
-            if (*b).in_file() != 0 && (*b).pos.is_null() || ((*b).in_file() != 0 && (*b).last == (*b).pos && (*b).file_last > (*b).file_pos) {
+            if (*b).in_file() != 0 && (*b).pos.is_null()
+                || ((*b).in_file() != 0 && (*b).last == (*b).pos && (*b).file_last > (*b).file_pos)
+            {
                 let fd = (*(*b).file).fd;
                 while (*b).file_pos < (*b).file_last {
                     let n = (((*b).file_last - (*b).file_pos) as usize).min(PIECE);
                     let mut buf = vec![0u8; n];
                     let got = libc::pread(fd, buf.as_mut_ptr() as *mut c_void, n, (*b).file_pos as libc::off_t);
                     if got <= 0 {
-                        log(LogLevel::Error, &format!("[proxy_wasm] cannot read a response body buffer from its file: {}", std::io::Error::last_os_error()));
+                        log(
+                            LogLevel::Error,
+                            &format!(
+                                "[proxy_wasm] cannot read a response body buffer from its file: {}",
+                                std::io::Error::last_os_error()
+                            ),
+                        );
                         (*b).file_pos = (*b).file_last;
                         break;
                     }
@@ -190,4 +208,3 @@ unsafe fn drain(r: *mut ngx_http_request_t, mut cl: *mut ngx_chain_t) -> (Vec<Ve
     }
     (pieces, eos)
 }
-

@@ -85,7 +85,13 @@ impl BodyCursor {
                         ((*b).file_pos + self.offset) as libc::off_t,
                     );
                     if got <= 0 {
-                        log(LogLevel::Error, &format!("[proxy_wasm] cannot read the request body from nginx's temporary file: {}", std::io::Error::last_os_error()));
+                        log(
+                            LogLevel::Error,
+                            &format!(
+                                "[proxy_wasm] cannot read the request body from nginx's temporary file: {}",
+                                std::io::Error::last_os_error()
+                            ),
+                        );
                         self.cl = std::ptr::null_mut();
                         return None;
                     }
@@ -93,8 +99,7 @@ impl BodyCursor {
                     self.offset += got as off_t;
                     return Some(buf);
                 }
-                let piece =
-                    std::slice::from_raw_parts((*b).pos.add(self.offset as usize), n).to_vec();
+                let piece = std::slice::from_raw_parts((*b).pos.add(self.offset as usize), n).to_vec();
                 self.offset += n as off_t;
                 return Some(piece);
             }

@@ -141,7 +141,11 @@ pub(super) fn catch(f: impl FnOnce() -> *mut c_char) -> *mut c_char {
 }
 
 /// `proxy_wasm_config a.yaml [b.yaml ...]`
-pub unsafe extern "C" fn proxy_wasm_config(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn proxy_wasm_config(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     catch(|| {
         // SAFETY: `conf` is this module's MainConf (NGX_HTTP_MAIN_CONF_OFFSET).
         let main = unsafe { &mut *(conf as *mut MainConf) };
@@ -193,11 +197,11 @@ pub unsafe extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_
     })
 }
 
-
 pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut c_void, conf: *mut c_void) -> *mut c_char {
     catch(|| {
         // SAFETY: both are LocConf made by create_loc_conf; the main conf exists.
-        let (prev, loc, main) = unsafe { (&*(prev as *const LocConf), &mut *(conf as *mut LocConf), &*main_conf_of(cf)) };
+        let (prev, loc, main) =
+            unsafe { (&*(prev as *const LocConf), &mut *(conf as *mut LocConf), &*main_conf_of(cf)) };
         if loc.names.is_none() {
             loc.names = prev.names.clone();
         }
@@ -213,10 +217,21 @@ pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut c_void, 
                     let msg = if main.plugins.is_empty() {
                         format!("proxy_wasm: no plugin named \"{name}\": no proxy_wasm_config in the http block")
                     } else {
-                        format!("proxy_wasm: no plugin named \"{name}\" in {} (plugins: {known})", main.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
+                        format!(
+                            "proxy_wasm: no plugin named \"{name}\" in {} (plugins: {known})",
+                            main.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                        )
                     };
                     // SAFETY: `cf` is live; nginx logs this at emerg level.
-                    unsafe { ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, super::base::cstr(b"%s\0"), conf_error(cf, &msg)) };
+                    unsafe {
+                        ngx_conf_log_error(
+                            NGX_LOG_EMERG as ngx_uint_t,
+                            cf,
+                            0,
+                            super::base::cstr(b"%s\0"),
+                            conf_error(cf, &msg),
+                        )
+                    };
                     return NGX_CONF_ERROR_PTR;
                 }
             }
@@ -225,9 +240,12 @@ pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut c_void, 
     })
 }
 
-
 /// `proxy_wasm_shm_size <size>;` (http): e.g. `512k`, `4m`.
-pub unsafe extern "C" fn proxy_wasm_shm_size(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn proxy_wasm_shm_size(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     catch(|| {
         // SAFETY: `conf` is this module's MainConf (NGX_HTTP_MAIN_CONF_OFFSET); `cf` is live.
         unsafe { super::shm::set_size(cf, &mut (*(conf as *mut MainConf)).shm) }

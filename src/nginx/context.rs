@@ -195,6 +195,3 @@ pub(super) unsafe extern "C" fn cleanup(data: *mut c_void) {
         }
     });
 }
-
-
-

@@ -12,7 +12,6 @@ const BUFFERED: u32 = 0x08;
 pub(super) static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
 pub(super) static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 
-
 pub fn next_header(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: the saved next filter is set before any request.
     unsafe { NEXT_HEADER_FILTER.map_or(NGX_ERROR as ngx_int_t, |f| f(r)) }

@@ -5,12 +5,12 @@
 
 use ngx::ffi::*;
 
+use super::base::log;
 use super::body_filter;
 use super::context::{get_ctx, ReqCtx};
 use super::filters::{fail, kick_writer, next_header, set_buffered};
 use super::headers as hdr;
 use super::local::replace_response;
-use super::base::log;
 use crate::abi::{LogLevel, StreamType};
 use crate::chain::{Flow, Phase};
 
@@ -28,8 +28,17 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
         let (count, eos, length) = unsafe {
             let s = (*r).headers_out.status;
             let header_only = (*r).header_only() != 0;
-            let length = (!header_only).then_some((*r).headers_out.content_length_n).and_then(|n| u64::try_from(n).ok());
-            (hdr::response_pair_count(r), header_only || (*r).headers_out.content_length_n == 0 || s == 204 || s == 304 || (100..200).contains(&s), length)
+            let length =
+                (!header_only).then_some((*r).headers_out.content_length_n).and_then(|n| u64::try_from(n).ok());
+            (
+                hdr::response_pair_count(r),
+                header_only
+                    || (*r).headers_out.content_length_n == 0
+                    || s == 204
+                    || s == 304
+                    || (100..200).contains(&s),
+                length,
+            )
         };
         ctx.response_length.set(length);
         match ctx.with_chain(|c| c.on_response_headers(count, eos)) {

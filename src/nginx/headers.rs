@@ -95,7 +95,12 @@ unsafe fn joined_value(list: *mut ngx_list_t, key: &[u8], skip_removed: bool) ->
     out
 }
 
-unsafe fn push(r: *mut ngx_http_request_t, list: *mut ngx_list_t, key: &[u8], value: &[u8]) -> Result<*mut ngx_table_elt_t, Status> {
+unsafe fn push(
+    r: *mut ngx_http_request_t,
+    list: *mut ngx_list_t,
+    key: &[u8],
+    value: &[u8],
+) -> Result<*mut ngx_table_elt_t, Status> {
     // SAFETY: see the module note.
     unsafe {
         let h = ngx_list_push(list) as *mut ngx_table_elt_t;
@@ -191,12 +196,34 @@ pub unsafe fn request_value(r: *mut ngx_http_request_t, key: &[u8]) -> Option<Ve
 macro_rules! in_shortcuts {
     ($hi:expr) => {
         [
-            &mut $hi.host, &mut $hi.connection, &mut $hi.if_modified_since, &mut $hi.if_unmodified_since, &mut $hi.if_match,
-            &mut $hi.if_none_match, &mut $hi.user_agent, &mut $hi.referer, &mut $hi.content_length, &mut $hi.content_range,
-            &mut $hi.content_type, &mut $hi.range, &mut $hi.if_range, &mut $hi.transfer_encoding, &mut $hi.te, &mut $hi.expect,
-            &mut $hi.upgrade, &mut $hi.accept_encoding, &mut $hi.via, &mut $hi.authorization, &mut $hi.keep_alive,
-            &mut $hi.x_real_ip, &mut $hi.accept, &mut $hi.accept_language, &mut $hi.depth, &mut $hi.destination,
-            &mut $hi.overwrite, &mut $hi.date,
+            &mut $hi.host,
+            &mut $hi.connection,
+            &mut $hi.if_modified_since,
+            &mut $hi.if_unmodified_since,
+            &mut $hi.if_match,
+            &mut $hi.if_none_match,
+            &mut $hi.user_agent,
+            &mut $hi.referer,
+            &mut $hi.content_length,
+            &mut $hi.content_range,
+            &mut $hi.content_type,
+            &mut $hi.range,
+            &mut $hi.if_range,
+            &mut $hi.transfer_encoding,
+            &mut $hi.te,
+            &mut $hi.expect,
+            &mut $hi.upgrade,
+            &mut $hi.accept_encoding,
+            &mut $hi.via,
+            &mut $hi.authorization,
+            &mut $hi.keep_alive,
+            &mut $hi.x_real_ip,
+            &mut $hi.accept,
+            &mut $hi.accept_language,
+            &mut $hi.depth,
+            &mut $hi.destination,
+            &mut $hi.overwrite,
+            &mut $hi.date,
         ]
     };
 }
@@ -348,7 +375,8 @@ pub unsafe fn replace_request(r: *mut ngx_http_request_t, key: &[u8], value: &[u
                 match key.to_ascii_lowercase().as_slice() {
                     b"content-length" => {
                         hi.content_length = h;
-                        hi.content_length_n = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(-1);
+                        hi.content_length_n =
+                            std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(-1);
                     }
                     b"host" => hi.host = h,
                     b"user-agent" => hi.user_agent = h,
@@ -424,14 +452,17 @@ pub unsafe fn response_pair_count(r: *mut ngx_http_request_t) -> usize {
     unsafe {
         let ho = &mut (*r).headers_out;
         let listed = elements(&mut ho.headers).filter(|h| (**h).hash != 0).count();
-        1 + usize::from(ho.content_type.len > 0) + usize::from(ho.content_length.is_null() && ho.content_length_n >= 0) + listed
+        1 + usize::from(ho.content_type.len > 0)
+            + usize::from(ho.content_length.is_null() && ho.content_length_n >= 0)
+            + listed
     }
 }
 
 /// One response header's value without building the whole map. The headers
 /// nginx keeps outside the list take the map's path, so both agree.
 pub unsafe fn response_value(r: *mut ngx_http_request_t, key: &[u8]) -> Option<Vec<u8>> {
-    if key.starts_with(b":") || key.eq_ignore_ascii_case(b"content-type") || key.eq_ignore_ascii_case(b"content-length") {
+    if key.starts_with(b":") || key.eq_ignore_ascii_case(b"content-type") || key.eq_ignore_ascii_case(b"content-length")
+    {
         // SAFETY: forwarded.
         return crate::host::value_in_pairs(&unsafe { response_pairs(r) }, key);
     }
@@ -442,9 +473,18 @@ pub unsafe fn response_value(r: *mut ngx_http_request_t, key: &[u8]) -> Option<V
 macro_rules! out_shortcuts {
     ($ho:expr) => {
         [
-            &mut $ho.server, &mut $ho.date, &mut $ho.content_length, &mut $ho.content_encoding, &mut $ho.location,
-            &mut $ho.refresh, &mut $ho.last_modified, &mut $ho.content_range, &mut $ho.accept_ranges,
-            &mut $ho.www_authenticate, &mut $ho.expires, &mut $ho.etag,
+            &mut $ho.server,
+            &mut $ho.date,
+            &mut $ho.content_length,
+            &mut $ho.content_encoding,
+            &mut $ho.location,
+            &mut $ho.refresh,
+            &mut $ho.last_modified,
+            &mut $ho.content_range,
+            &mut $ho.accept_ranges,
+            &mut $ho.www_authenticate,
+            &mut $ho.expires,
+            &mut $ho.etag,
         ]
     };
 }
@@ -505,7 +545,11 @@ unsafe fn set_response_special(r: *mut ngx_http_request_t, key: &[u8], value: &[
         let ho = &mut (*r).headers_out;
         match key.to_ascii_lowercase().as_slice() {
             b":status" => {
-                let status: ngx_uint_t = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()).filter(|s| (100..1000).contains(s)).ok_or(Status::BadArgument)?;
+                let status: ngx_uint_t = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .filter(|s| (100..1000).contains(s))
+                    .ok_or(Status::BadArgument)?;
                 ho.status = status;
                 ho.status_line = ngx_str_t { len: 0, data: ptr::null_mut() };
                 Ok(true)
@@ -519,7 +563,8 @@ unsafe fn set_response_special(r: *mut ngx_http_request_t, key: &[u8], value: &[
                 Ok(true)
             }
             b"content-length" => {
-                let n: i64 = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()).ok_or(Status::BadArgument)?;
+                let n: i64 =
+                    std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()).ok_or(Status::BadArgument)?;
                 clear_content_length(r);
                 (*r).headers_out.content_length_n = n as off_t;
                 Ok(true)

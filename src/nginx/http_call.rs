@@ -133,11 +133,22 @@ fn max_calls_in_flight() -> usize {
 pub fn calls_full() -> Option<String> {
     let in_flight = CALLS.with(|c| c.borrow().len());
     let max = max_calls_in_flight();
-    (in_flight >= max).then(|| format!("{in_flight} calls are in flight in this worker (pid {}), the most a worker allows ({} {max})", std::process::id(), http_client::MAX_CALLS_IN_FLIGHT_ENV))
+    (in_flight >= max).then(|| {
+        format!(
+            "{in_flight} calls are in flight in this worker (pid {}), the most a worker allows ({} {max})",
+            std::process::id(),
+            http_client::MAX_CALLS_IN_FLIGHT_ENV
+        )
+    })
 }
 
 /// Starts call `key` of VM `vm` of `generation`.
-pub fn dispatch_http_call(generation: Weak<WorkerVms>, vm: usize, key: CallKey, request: HttpCallRequest) -> Result<(), Status> {
+pub fn dispatch_http_call(
+    generation: Weak<WorkerVms>,
+    vm: usize,
+    key: CallKey,
+    request: HttpCallRequest,
+) -> Result<(), Status> {
     let (host, port) = http_client::parse_upstream(&request.upstream).ok_or(Status::BadArgument)?;
     let literal = literal_address(&host, port);
     let resolver = if literal.is_none() {
@@ -161,7 +172,10 @@ pub fn dispatch_http_call(generation: Weak<WorkerVms>, vm: usize, key: CallKey, 
     if taken {
         // A VM never hands out the token of a call it still waits for; if it
         // did, replacing the pending call would free what nginx points at.
-        log(LogLevel::Critical, &format!("[proxy_wasm] internal error: http_call token {} dispatched twice by one VM; refused", key.1));
+        log(
+            LogLevel::Critical,
+            &format!("[proxy_wasm] internal error: http_call token {} dispatched twice by one VM; refused", key.1),
+        );
         return Err(Status::InternalFailure);
     }
     let head = request.headers.iter().any(|(k, v)| k == b":method" && v.eq_ignore_ascii_case(b"HEAD"));
@@ -169,7 +183,8 @@ pub fn dispatch_http_call(generation: Weak<WorkerVms>, vm: usize, key: CallKey, 
     // SAFETY: plain C structures (integers, pointers, function pointers that
     // may be NULL) for which all-zero is the initial state nginx expects
     // (it callocs its own peer connections); filled below.
-    let (pc, sockaddr) = unsafe { (std::mem::zeroed::<ngx_peer_connection_t>(), std::mem::zeroed::<libc::sockaddr_storage>()) };
+    let (pc, sockaddr) =
+        unsafe { (std::mem::zeroed::<ngx_peer_connection_t>(), std::mem::zeroed::<libc::sockaddr_storage>()) };
     let mut call = Box::new(Call {
         key,
         generation,
@@ -247,8 +262,17 @@ unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
             let host = String::from_utf8_lossy(&(*call).host).into_owned();
             match addr {
                 Some(addr) => connect(call, addr),
-                None if state != 0 => finish(call, HttpCallResponse::failed(FAILURE_CONNECT, format!("cannot resolve {host} (resolver error {state})"))),
-                None => finish(call, HttpCallResponse::failed(FAILURE_CONNECT, format!("cannot resolve {host}: no address"))),
+                None if state != 0 => finish(
+                    call,
+                    HttpCallResponse::failed(
+                        FAILURE_CONNECT,
+                        format!("cannot resolve {host} (resolver error {state})"),
+                    ),
+                ),
+                None => finish(
+                    call,
+                    HttpCallResponse::failed(FAILURE_CONNECT, format!("cannot resolve {host}: no address")),
+                ),
             }
         }
     });
@@ -330,9 +354,13 @@ unsafe fn connect(call: *mut Call, addr: SocketAddr) {
         (*call).pc.get = Some(ngx_event_get_peer);
         (*call).pc.log = (*call).timer.log;
         (*call).pc.set_log_error(1); // NGX_ERROR_ERR: connect errors at error level
-        // The peer connection points into the boxed call, alive until closed.
+                                     // The peer connection points into the boxed call, alive until closed.
         let rc = ngx_event_connect_peer(&mut (*call).pc);
-        if rc == NGX_ERROR as ngx_int_t || rc == NGX_BUSY as ngx_int_t || rc == NGX_DECLINED as ngx_int_t || (*call).pc.connection.is_null() {
+        if rc == NGX_ERROR as ngx_int_t
+            || rc == NGX_BUSY as ngx_int_t
+            || rc == NGX_DECLINED as ngx_int_t
+            || (*call).pc.connection.is_null()
+        {
             let upstream = String::from_utf8_lossy(&(*call).name_bytes).into_owned();
             finish(call, HttpCallResponse::failed(FAILURE_CONNECT, format!("cannot connect to {upstream}")));
             return;
@@ -609,7 +637,8 @@ unsafe extern "C" fn on_deliver(ev: *mut ngx_event_t) {
         let Some(mut call) = CALLS.with(|c| c.borrow_mut().remove(&key)) else { return };
         // SAFETY: closes what is left of the call before it is freed.
         unsafe { close(&mut *call) };
-        let response = call.response.take().unwrap_or_else(|| HttpCallResponse::failed(FAILURE_PROTOCOL, "no response"));
+        let response =
+            call.response.take().unwrap_or_else(|| HttpCallResponse::failed(FAILURE_PROTOCOL, "no response"));
         with_vm(&call.generation, call.vm, "on_http_call_response", |vm| vm.on_http_call_response(key.1, response));
     });
     if r.is_err() {

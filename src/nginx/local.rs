@@ -86,7 +86,11 @@ pub unsafe fn send_response(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_
 pub unsafe fn chain_of(r: *mut ngx_http_request_t, data: &[u8], last: bool) -> Option<*mut ngx_chain_t> {
     // SAFETY: live request; memory from its pool.
     unsafe {
-        let b = if data.is_empty() { ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t } else { ngx_create_temp_buf((*r).pool, data.len()) };
+        let b = if data.is_empty() {
+            ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t
+        } else {
+            ngx_create_temp_buf((*r).pool, data.len())
+        };
         let cl = ngx_alloc_chain_link((*r).pool);
         if b.is_null() || cl.is_null() {
             return None;

@@ -64,7 +64,11 @@ pub unsafe extern "C" fn metrics_handler(r: *mut ngx::ffi::ngx_http_request_t) -
 }
 
 /// `proxy_wasm_metrics`: this location answers with the metrics.
-pub unsafe extern "C" fn proxy_wasm_metrics(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn proxy_wasm_metrics(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     super::conf::catch(|| {
         // SAFETY: `conf` is this module's LocConf; `cf->ctx` is the location's
         // ngx_http_conf_ctx_t, whose loc_conf has the core module's slot.

@@ -135,12 +135,14 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         unsafe {
             let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
             let cmcf = *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
-            let rewrite = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize].handlers) as *mut ngx_http_handler_pt;
+            let rewrite = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize].handlers)
+                as *mut ngx_http_handler_pt;
             if rewrite.is_null() {
                 return NGX_ERROR as ngx_int_t;
             }
             *rewrite = Some(phase::rewrite_handler);
-            let log = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_LOG_PHASE as usize].handlers) as *mut ngx_http_handler_pt;
+            let log = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_LOG_PHASE as usize].handlers)
+                as *mut ngx_http_handler_pt;
             if log.is_null() {
                 return NGX_ERROR as ngx_int_t;
             }

@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use super::base::{log, new_event};
 use super::context::{cleanup, ctx_of_event, get_ctx, NgxChain, NgxChainOf, ReqCtx};
-use super::stream::NgxStream;
-use super::worker::{start_request, Start};
 use super::headers as hdr;
 use super::local::answer_locally;
 use super::request_body::{self as body, BodyStep};
+use super::stream::NgxStream;
+use super::worker::{start_request, Start};
 use crate::abi::{LogLevel, StreamType};
 use crate::chain::{flow::failure_response, Chain, ChainError, Flow, Phase, Signals};
 
@@ -75,14 +75,18 @@ fn run_request(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
         return NGX_DECLINED as ngx_int_t;
     }
     let Some(headers_done) = ctx.with_chain(|c| c.headers_done(StreamType::HttpRequest)) else {
-        log(LogLevel::Critical, "[proxy_wasm] internal error: the request's chain is in use or gone in the rewrite phase");
+        log(
+            LogLevel::Critical,
+            "[proxy_wasm] internal error: the request's chain is in use or gone in the rewrite phase",
+        );
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     };
     if !headers_done {
         // SAFETY: live request.
         let count = unsafe { hdr::request_pair_count(r) };
         let eos = !ctx.has_body();
-        let flow = ctx.with_chain(|c| c.on_request_headers(count, eos)).unwrap_or_else(|| Flow::Respond(failure_response()));
+        let flow =
+            ctx.with_chain(|c| c.on_request_headers(count, eos)).unwrap_or_else(|| Flow::Respond(failure_response()));
         match flow {
             Flow::Continue => body::restore_framing(ctx, r),
             Flow::Wait => return suspend_reading_body(ctx, r),

@@ -7,13 +7,12 @@
 
 use ngx::ffi::*;
 
-use super::context::{get_ctx, NgxChainOf, ReqCtx};
-use super::headers as hdr;
 use super::base::log;
 use super::body_state::BodyCursor;
+use super::context::{get_ctx, NgxChainOf, ReqCtx};
+use super::headers as hdr;
 use crate::abi::LogLevel;
 use crate::chain::{flow::body_too_large_response, Flow, Phase};
-
 
 /// What the body step of the phase handler came to.
 pub enum BodyStep {
@@ -120,7 +119,10 @@ pub fn run(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> BodyStep {
             };
         };
         let Some(flow) = ctx.with_chain(|c| c.on_request_body(&piece, eos)) else {
-            log(LogLevel::Critical, "[proxy_wasm] internal error: the request's chain is in use or gone while its body is read");
+            log(
+                LogLevel::Critical,
+                "[proxy_wasm] internal error: the request's chain is in use or gone while its body is read",
+            );
             return BodyStep::Stop(Flow::Abort);
         };
         match flow {
@@ -194,9 +196,6 @@ unsafe fn request_body_bufs(r: *mut ngx_http_request_t) -> *mut ngx_chain_t {
         }
     }
 }
-
-
-
 
 /// The next piece of the request body for the chain, with `end_of_stream`
 /// on the last one (an empty body is one empty piece); `None` once that one

@@ -10,14 +10,10 @@ use std::time::Duration;
 
 use ngx::ffi::*;
 
-use super::base::{cycle_log, log, log_level, with_vm, WorkerVms};
 pub use super::base::post_event;
+use super::base::{cycle_log, log, log_level, with_vm, WorkerVms};
 use crate::abi::{LogLevel, Status};
 use crate::host::{HttpCallRequest, PluginRef, ServerHost};
-
-
-
-
 
 /// A periodic `on_tick` of one root context: an nginx timer on the worker's
 /// event loop, cancelable (a worker shutting down does not wait for it).
@@ -64,19 +60,34 @@ fn next_server_id() -> u64 {
 
 impl NgxServer {
     pub fn for_worker(vm: usize) -> NgxServer {
-        NgxServer { id: next_server_id(), vm, live: true, generation: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+        NgxServer {
+            id: next_server_id(),
+            vm,
+            live: true,
+            generation: OnceLock::new(),
+            ticks: Default::default(),
+            pending_ticks: Default::default(),
+        }
     }
 
     /// For validating plugins outside any worker (nothing is scheduled).
     pub fn canary() -> NgxServer {
-        NgxServer { id: next_server_id(), vm: 0, live: false, generation: OnceLock::new(), ticks: Default::default(), pending_ticks: Default::default() }
+        NgxServer {
+            id: next_server_id(),
+            vm: 0,
+            live: false,
+            generation: OnceLock::new(),
+            ticks: Default::default(),
+            pending_ticks: Default::default(),
+        }
     }
 
     /// Ties the server to the generation that owns its VM; arms ticks asked
     /// for during start-up.
     pub fn attach(&self, generation: Weak<WorkerVms>) {
         let _ = self.generation.set(generation);
-        let pending: Vec<(u32, Duration)> = self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let pending: Vec<(u32, Duration)> =
+            self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for (root, period) in pending {
             self.set_tick_period(root, Some(period));
         }
@@ -84,7 +95,8 @@ impl NgxServer {
 
     /// Stops every timer (the VM is being shut down).
     pub fn stop_ticks(&self) {
-        let ticks: Vec<TickBox> = self.ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, t)| t).collect();
+        let ticks: Vec<TickBox> =
+            self.ticks.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, t)| t).collect();
         for t in ticks {
             cancel(t);
         }
@@ -133,7 +145,6 @@ unsafe extern "C" fn on_queue_event(ev: *mut ngx_event_t) {
     }
 }
 
-
 impl ServerHost for NgxServer {
     fn log(&self, plugin: &PluginRef, level: LogLevel, message: &str) {
         if !self.live {
@@ -178,7 +189,13 @@ impl ServerHost for NgxServer {
             return;
         };
         // SAFETY: a zeroed ngx_event_t is nginx's initial state (ngx_pcalloc'd events).
-        let mut tick = Box::new(Tick { ev: unsafe { std::mem::zeroed() }, generation: generation.clone(), vm: self.vm, root: root_context_id, period });
+        let mut tick = Box::new(Tick {
+            ev: unsafe { std::mem::zeroed() },
+            generation: generation.clone(),
+            vm: self.vm,
+            root: root_context_id,
+            period,
+        });
         let data = &mut *tick as *mut Tick as *mut c_void;
         tick.ev.data = data;
         tick.ev.handler = Some(on_tick_event);
@@ -192,7 +209,13 @@ impl ServerHost for NgxServer {
     fn notify_queue_ready(&self, root_context_id: u32, queue_id: u32) {
         let Some(generation) = self.generation.get().filter(|_| self.live) else { return };
         // SAFETY: zeroed event, filled below.
-        let mut posted = Box::new(Posted { ev: unsafe { std::mem::zeroed() }, generation: generation.clone(), vm: self.vm, root: root_context_id, queue: queue_id });
+        let mut posted = Box::new(Posted {
+            ev: unsafe { std::mem::zeroed() },
+            generation: generation.clone(),
+            vm: self.vm,
+            root: root_context_id,
+            queue: queue_id,
+        });
         posted.ev.handler = Some(on_queue_event);
         posted.ev.log = cycle_log();
         let raw = Box::into_raw(posted);

@@ -57,7 +57,6 @@ fn region_offset() -> usize {
 
 const NGX_CONF_ERROR_PTR: *mut c_char = usize::MAX as *mut c_char;
 
-
 /// `proxy_wasm_shm_size <size>;`, for the main configuration's `shm`.
 ///
 /// # Safety
@@ -72,12 +71,24 @@ pub unsafe fn set_size(cf: *mut ngx_conf_t, shm: &mut ShmConf) -> *mut c_char {
             let arg = ((*(*cf).args).elts as *mut ngx_str_t).add(1);
             let size = ngx_parse_size(arg);
             if size < 0 {
-                ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, super::base::cstr(b"proxy_wasm_shm_size: invalid size \"%V\"\0"), arg);
+                ngx_conf_log_error(
+                    NGX_LOG_EMERG as ngx_uint_t,
+                    cf,
+                    0,
+                    super::base::cstr(b"proxy_wasm_shm_size: invalid size \"%V\"\0"),
+                    arg,
+                );
                 return NGX_CONF_ERROR_PTR;
             }
             let size = size as usize;
             if !(MIN_ZONE_SIZE..=u32::MAX as usize).contains(&size) {
-                ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, super::base::cstr(b"proxy_wasm_shm_size: \"%V\" is out of range (32k to 4095m)\0"), arg);
+                ngx_conf_log_error(
+                    NGX_LOG_EMERG as ngx_uint_t,
+                    cf,
+                    0,
+                    super::base::cstr(b"proxy_wasm_shm_size: \"%V\" is out of range (32k to 4095m)\0"),
+                    arg,
+                );
                 return NGX_CONF_ERROR_PTR;
             }
             shm.size = Some(size);
@@ -90,7 +101,11 @@ pub unsafe fn set_size(cf: *mut ngx_conf_t, shm: &mut ShmConf) -> *mut c_char {
 ///
 /// # Safety
 /// `cf` is live (configuration time).
-pub unsafe fn declare_zone(cf: *mut ngx_conf_t, shm: &mut ShmConf, plugins: &[crate::config::PluginConfig]) -> *mut c_char {
+pub unsafe fn declare_zone(
+    cf: *mut ngx_conf_t,
+    shm: &mut ShmConf,
+    plugins: &[crate::config::PluginConfig],
+) -> *mut c_char {
     {
         // SAFETY: per the contract.
         unsafe {
@@ -105,7 +120,8 @@ pub unsafe fn declare_zone(cf: *mut ngx_conf_t, shm: &mut ShmConf, plugins: &[cr
             }
             (*zone).init = Some(init_zone);
             shm.zone = zone;
-            let caps: Vec<(String, u64)> = plugins.iter().map(|p| (p.vm.vm_id.clone(), p.vm.quotas.max_shared_data_size)).collect();
+            let caps: Vec<(String, u64)> =
+                plugins.iter().map(|p| (p.vm.vm_id.clone(), p.vm.quotas.max_shared_data_size)).collect();
             if let Some(warning) = crate::shm_store::overcommit_warning(size.saturating_sub(region_offset()), &caps) {
                 if let Ok(text) = std::ffi::CString::new(format!("proxy_wasm_shm_size: {warning}")) {
                     ngx_conf_log_error(NGX_LOG_WARN as ngx_uint_t, cf, 0, super::base::cstr(b"%s\0"), text.as_ptr());
@@ -198,7 +214,10 @@ pub fn install_in_worker(shm: &ShmConf) {
         let region = match ShmRegion::attach(base, len) {
             Ok(r) => r,
             Err(e) => {
-                log(LogLevel::Critical, &format!("[proxy_wasm] shared memory zone: {e}; shared data, queues and metrics stay per worker"));
+                log(
+                    LogLevel::Critical,
+                    &format!("[proxy_wasm] shared memory zone: {e}; shared data, queues and metrics stay per worker"),
+                );
                 return;
             }
         };

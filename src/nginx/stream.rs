@@ -46,7 +46,9 @@ impl HttpStream for NgxStream {
             match map {
                 MapType::HttpRequestHeaders => hdr::request_pairs(r),
                 MapType::HttpResponseHeaders if response_started => hdr::response_pairs(r),
-                MapType::HttpResponseHeaders | MapType::HttpRequestTrailers | MapType::HttpResponseTrailers => Vec::new(),
+                MapType::HttpResponseHeaders | MapType::HttpRequestTrailers | MapType::HttpResponseTrailers => {
+                    Vec::new()
+                }
                 _ => return Err(Status::BadArgument),
             }
         })
@@ -174,8 +176,12 @@ unsafe fn property(r: *mut ngx_http_request_t, path: &[&[u8]], response: bool) -
             [b"request", b"id"] => header(b"x-request-id").or_else(|| variable(r, b"request_id")),
             [b"request", b"protocol"] => Some((*r).http_protocol.as_bytes().to_vec()),
             [b"request", b"headers", name] => header(name),
-            [b"request", b"time"] => int(((*r).start_sec as u64) * 1_000_000_000 + ((*r).start_msec as u64) * 1_000_000),
-            [b"request", b"size"] => ((*r).headers_in.content_length_n >= 0).then(|| (*r).headers_in.content_length_n as u64).and_then(int),
+            [b"request", b"time"] => {
+                int(((*r).start_sec as u64) * 1_000_000_000 + ((*r).start_msec as u64) * 1_000_000)
+            }
+            [b"request", b"size"] => {
+                ((*r).headers_in.content_length_n >= 0).then(|| (*r).headers_in.content_length_n as u64).and_then(int)
+            }
             [b"response", b"code"] if response => int((*r).headers_out.status as u64),
             [b"response", b"headers", name] if response => hdr::response_value(r, name),
             // Envoy's form: "<ip>:<port>" ("[<ip6>]:<port>").
@@ -190,7 +196,9 @@ unsafe fn property(r: *mut ngx_http_request_t, path: &[&[u8]], response: bool) -
                 let port = String::from_utf8_lossy(&variable(r, b"server_port")?).into_owned();
                 Some(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }.into_bytes())
             }
-            [b"destination", b"port"] => variable(r, b"server_port").and_then(|p| std::str::from_utf8(&p).ok()?.parse::<u64>().ok()).and_then(int),
+            [b"destination", b"port"] => variable(r, b"server_port")
+                .and_then(|p| std::str::from_utf8(&p).ok()?.parse::<u64>().ok())
+                .and_then(int),
             [b"connection", b"id"] => int((*c).number as u64),
             [b"ngx", name] => variable(r, name),
             _ => None,
@@ -224,4 +232,3 @@ unsafe fn variable(r: *mut ngx_http_request_t, name: &[u8]) -> Option<Vec<u8>> {
         Some((*v).as_bytes().to_vec())
     }
 }
-

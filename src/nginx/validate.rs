@@ -19,10 +19,7 @@ pub fn validate_in_child(plugins: &[PluginConfig]) -> Result<(), String> {
     let mut fds = [0; 2];
     // SAFETY: pipe() fills two descriptors we own.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(format!(
-            "cannot validate the plugins: pipe: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("cannot validate the plugins: pipe: {}", std::io::Error::last_os_error()));
     }
     // SAFETY: nginx reads its configuration in a single thread, so the child
     // starts in a consistent state; it only compiles and exits with _exit.
@@ -33,10 +30,7 @@ pub fn validate_in_child(plugins: &[PluginConfig]) -> Result<(), String> {
             libc::close(fds[0]);
             libc::close(fds[1]);
         }
-        return Err(format!(
-            "cannot validate the plugins: fork: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("cannot validate the plugins: fork: {}", std::io::Error::last_os_error()));
     }
     if pid == 0 {
         // SAFETY: the child owns fds[1] (fds[0] is the parent's).
@@ -72,18 +66,14 @@ pub fn validate_in_child(plugins: &[PluginConfig]) -> Result<(), String> {
     } else if !message.is_empty() {
         Err(message)
     } else {
-        Err(format!(
-            "the plugin validation process ended abnormally (status {status})"
-        ))
+        Err(format!("the plugin validation process ended abnormally (status {status})"))
     }
 }
 
 fn check_plugins(plugins: &[PluginConfig]) -> Result<(), String> {
     let loaded = loader::load(plugins).map_err(|e| e.to_string())?;
-    let mut canary = PluginVms::start(&loaded, |_| {
-        Arc::new(NgxServer::canary()) as Arc<dyn ServerHost>
-    })
-    .map_err(|e| e.to_string())?;
+    let mut canary = PluginVms::start(&loaded, |_| Arc::new(NgxServer::canary()) as Arc<dyn ServerHost>)
+        .map_err(|e| e.to_string())?;
     canary.shutdown();
     Ok(())
 }

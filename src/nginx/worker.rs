@@ -14,15 +14,14 @@ use std::time::{Duration, Instant};
 
 use ngx::ffi::*;
 
-use super::conf::MainConf;
 use super::base::{log, new_event, WorkerVms};
+use super::conf::MainConf;
 use super::server::NgxServer;
 use crate::abi::LogLevel;
 use crate::chain::{Exclusive, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason};
 use crate::config::FailurePolicy;
 use crate::host::ServerHost;
 use crate::loader::{self, VmKey};
-
 
 /// The worker's side of its generations: a `NgxServer` per VM, attached to
 /// its generation once started; their ticks stop when it is retired.
@@ -89,7 +88,10 @@ thread_local! {
 fn with_generations<R>(f: impl FnOnce(&mut Generations<Exclusive>, &mut Host) -> R) -> Option<R> {
     let (out, retired) = WORKER.with(|w| {
         let Ok(mut w) = w.try_borrow_mut() else {
-            log(LogLevel::Critical, "[proxy_wasm] internal error: the worker's plugins were used from inside their own use");
+            log(
+                LogLevel::Critical,
+                "[proxy_wasm] internal error: the worker's plugins were used from inside their own use",
+            );
             return (None, false);
         };
         let Worker { generations, host } = &mut *w;
@@ -111,7 +113,11 @@ fn with_generations<R>(f: impl FnOnce(&mut Generations<Exclusive>, &mut Host) ->
 /// some context waits (each wait is the plugin's `pause_timeout`).
 const DONE_CHECK: Duration = Duration::from_millis(250);
 
-fn timer_event(cell: &'static std::thread::LocalKey<RefCell<Option<Box<ngx_event_t>>>>, handler: unsafe extern "C" fn(*mut ngx_event_t), after: Duration) {
+fn timer_event(
+    cell: &'static std::thread::LocalKey<RefCell<Option<Box<ngx_event_t>>>>,
+    handler: unsafe extern "C" fn(*mut ngx_event_t),
+    after: Duration,
+) {
     cell.with(|t| {
         let mut t = t.borrow_mut();
         let ev = t.get_or_insert_with(|| {
@@ -184,7 +190,6 @@ unsafe fn main_conf(cycle: *mut ngx_cycle_t) -> Option<&'static MainConf> {
     }
 }
 
-
 /// `init_process`: compile the plugins and start this worker's VMs.
 pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     let r = std::panic::catch_unwind(|| {
@@ -198,25 +203,45 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         let plugins = match loader::load(&main.plugins) {
             Ok(p) => p,
             Err(e) => {
-                log(LogLevel::Critical, &format!("[proxy_wasm] cannot load the plugins in this worker: {e}; requests through them get 503"));
+                log(
+                    LogLevel::Critical,
+                    &format!("[proxy_wasm] cannot load the plugins in this worker: {e}; requests through them get 503"),
+                );
                 return;
             }
         };
         for p in &plugins {
             let cache = match &p.compiled_cache {
-                Some(crate::module_cache::Outcome::Hit(path)) => format!("compiled code read from the compiled-module cache {}", path.display()),
-                Some(crate::module_cache::Outcome::Stored(path)) => format!("compiled, and stored in the compiled-module cache {}", path.display()),
+                Some(crate::module_cache::Outcome::Hit(path)) => {
+                    format!("compiled code read from the compiled-module cache {}", path.display())
+                }
+                Some(crate::module_cache::Outcome::Stored(path)) => {
+                    format!("compiled, and stored in the compiled-module cache {}", path.display())
+                }
                 Some(crate::module_cache::Outcome::NotStored(why)) => format!("compiled, not cached: {why}"),
                 None => continue,
             };
-            log(LogLevel::Info, &format!("[proxy_wasm] {}: loaded in worker (pid {}) in {:.2} ms: {cache}", p.config.name, std::process::id(), p.load_time.as_secs_f64() * 1e3));
+            log(
+                LogLevel::Info,
+                &format!(
+                    "[proxy_wasm] {}: loaded in worker (pid {}) in {:.2} ms: {cache}",
+                    p.config.name,
+                    std::process::id(),
+                    p.load_time.as_secs_f64() * 1e3
+                ),
+            );
         }
         let set = Arc::new(PluginSet::new(plugins));
         let every = set.shortest_unused_duration();
         WORKER.with(|w| w.borrow_mut().generations = Some(Generations::new(set.clone())));
         match with_generations(|g, host| g.current(host).map(|_| ())) {
-            Some(Ok(())) => log(LogLevel::Info, &format!("[proxy_wasm] plugins started in worker (pid {}): {}", std::process::id(), set.names())),
-            Some(Err(e)) => log(LogLevel::Critical, &format!("[proxy_wasm] cannot start the plugins in this worker: {e}")),
+            Some(Ok(())) => log(
+                LogLevel::Info,
+                &format!("[proxy_wasm] plugins started in worker (pid {}): {}", std::process::id(), set.names()),
+            ),
+            Some(Err(e)) => {
+                log(LogLevel::Critical, &format!("[proxy_wasm] cannot start the plugins in this worker: {e}"))
+            }
             None => {}
         }
         if let Some(every) = every {
@@ -275,7 +300,9 @@ pub fn start_request(chain: &[usize]) -> Start {
             if !matches!(e, GenerationError::Busy) {
                 log(LogLevel::Error, &format!("[proxy_wasm] {e} (worker pid {})", std::process::id()));
             }
-            let open = chain.iter().all(|p| set.plugins.get(*p).is_some_and(|p| p.config.failure_policy == FailurePolicy::FailOpen));
+            let open = chain
+                .iter()
+                .all(|p| set.plugins.get(*p).is_some_and(|p| p.config.failure_policy == FailurePolicy::FailOpen));
             if open && !matches!(e, GenerationError::Busy) {
                 Start::Skip
             } else {
@@ -284,7 +311,3 @@ pub fn start_request(chain: &[usize]) -> Start {
         }
     }
 }
-
-
-
-

@@ -269,7 +269,12 @@ pub trait Module<T>: Send + Sync {
     /// has refused modules it could not resolve). The runtime may link once and
     /// reuse the result: a module is always given the same resolution.
     /// `limits` bound this instance's memory and the duration of each call.
-    fn instantiate(&self, state: T, imports: &[LinkedImport<T>], limits: &Limits) -> Result<Box<dyn Instance<T>>, RuntimeError>;
+    fn instantiate(
+        &self,
+        state: T,
+        imports: &[LinkedImport<T>],
+        limits: &Limits,
+    ) -> Result<Box<dyn Instance<T>>, RuntimeError>;
 }
 
 /// A live instance: one linear memory, the host state, and callable exports.
@@ -321,8 +326,16 @@ mod tests {
             (call $peek (local.get 0))))"#;
 
     fn table<T: 'static>(add: HostFn<T>, peek: HostFn<T>) -> Vec<LinkedImport<T>> {
-        let import = |name: &str, params: Vec<ValType>, results: Vec<ValType>, func| LinkedImport { module: "test".into(), name: name.into(), ty: FuncType { params, results }, func };
-        vec![import("add", vec![ValType::I64], vec![ValType::I64], add), import("peek", vec![ValType::I32], vec![ValType::I32], peek)]
+        let import = |name: &str, params: Vec<ValType>, results: Vec<ValType>, func| LinkedImport {
+            module: "test".into(),
+            name: name.into(),
+            ty: FuncType { params, results },
+            func,
+        };
+        vec![
+            import("add", vec![ValType::I64], vec![ValType::I64], add),
+            import("peek", vec![ValType::I32], vec![ValType::I32], peek),
+        ]
     }
 
     fn counter_add(s: &mut Counter, a: &[Val]) -> HostResult {
@@ -356,8 +369,20 @@ mod tests {
         // WAMR the second registration of the same names must not rebind the first.
         let m1 = counter.compile(&wasm).unwrap();
         let m2 = doubler.compile(&wasm).unwrap();
-        let mut i1 = m1.instantiate(Counter::default(), &table(HostFn::State(counter_add), HostFn::Caller(counter_peek)), &Limits::default()).unwrap();
-        let mut i2 = m2.instantiate(Doubler::default(), &table(HostFn::State(doubler_add), HostFn::Caller(doubler_peek)), &Limits::default()).unwrap();
+        let mut i1 = m1
+            .instantiate(
+                Counter::default(),
+                &table(HostFn::State(counter_add), HostFn::Caller(counter_peek)),
+                &Limits::default(),
+            )
+            .unwrap();
+        let mut i2 = m2
+            .instantiate(
+                Doubler::default(),
+                &table(HostFn::State(doubler_add), HostFn::Caller(doubler_peek)),
+                &Limits::default(),
+            )
+            .unwrap();
         for _ in 0..2 {
             assert_eq!(i2.call("run", &[Val::I32(8)]).unwrap(), Some(Val::I32(84)), "{}", doubler.name());
         }
@@ -369,7 +394,13 @@ mod tests {
             Err(Trap::new("refused by the host"))
         }
         let m3 = counter.compile(&wasm).unwrap();
-        let mut i3 = m3.instantiate(Counter::default(), &table(HostFn::State(failing), HostFn::Caller(counter_peek)), &Limits::default()).unwrap();
+        let mut i3 = m3
+            .instantiate(
+                Counter::default(),
+                &table(HostFn::State(failing), HostFn::Caller(counter_peek)),
+                &Limits::default(),
+            )
+            .unwrap();
         let trap = i3.call("run", &[Val::I32(8)]).unwrap_err();
         assert!(trap.message.contains("refused by the host"), "{}: {}", counter.name(), trap.message);
     }

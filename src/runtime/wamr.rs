@@ -36,7 +36,10 @@ use std::time::{Duration, Instant};
 
 use wamrx_sys as sys;
 
-use super::{Caller, Engine, ExportDesc, FuncType, HostFn, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError, Trap, TrapKind, Val, ValType};
+use super::{
+    Caller, Engine, ExportDesc, FuncType, HostFn, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError,
+    Trap, TrapKind, Val, ValType,
+};
 
 /// The WAMR operand/frame stack of one instance (not the native stack).
 const WASM_STACK_SIZE: u32 = 512 * 1024;
@@ -91,10 +94,16 @@ impl Registry {
         let entry = match self.names.get_mut(&key) {
             Some(n) => n,
             None => {
-                let c_module = CString::new(module).map_err(|_| format!("import module name {module:?} contains NUL"))?;
+                let c_module =
+                    CString::new(module).map_err(|_| format!("import module name {module:?} contains NUL"))?;
                 // WAMR keeps the module name for the life of the process.
                 let module_ptr: &'static CStr = Box::leak(c_module.into_boxed_c_str());
-                self.names.entry(key).or_insert(Name { id: next_id, module: module_ptr, natives: HashMap::new(), front: ty })
+                self.names.entry(key).or_insert(Name {
+                    id: next_id,
+                    module: module_ptr,
+                    natives: HashMap::new(),
+                    front: ty,
+                })
             }
         };
         let id = entry.id;
@@ -185,7 +194,11 @@ impl WamrEngine {
         static ENGINE: OnceLock<Result<Arc<WamrEngine>, String>> = OnceLock::new();
         ENGINE
             .get_or_init(|| {
-                let mut args = sys::RuntimeInitArgs { mem_alloc_type: sys::Alloc_With_System_Allocator, running_mode: sys::Mode_Interp, ..Default::default() };
+                let mut args = sys::RuntimeInitArgs {
+                    mem_alloc_type: sys::Alloc_With_System_Allocator,
+                    running_mode: sys::Mode_Interp,
+                    ..Default::default()
+                };
                 // SAFETY: `args` is a valid, zero-initialised RuntimeInitArgs
                 // asking for the system allocator and no natives; WAMR's own
                 // lock makes a concurrent init safe, and OnceLock runs this once.
@@ -219,8 +232,12 @@ fn val_type(kind: sys::wasm_valkind_t) -> ValType {
 unsafe fn func_type(ft: sys::wasm_func_type_t) -> FuncType {
     // SAFETY: the caller guarantees `ft` is valid; indices stay below the counts WAMR reports.
     unsafe {
-        let params = (0..sys::wasm_func_type_get_param_count(ft)).map(|i| val_type(sys::wasm_func_type_get_param_valkind(ft, i))).collect();
-        let results = (0..sys::wasm_func_type_get_result_count(ft)).map(|i| val_type(sys::wasm_func_type_get_result_valkind(ft, i))).collect();
+        let params = (0..sys::wasm_func_type_get_param_count(ft))
+            .map(|i| val_type(sys::wasm_func_type_get_param_valkind(ft, i)))
+            .collect();
+        let results = (0..sys::wasm_func_type_get_result_count(ft))
+            .map(|i| val_type(sys::wasm_func_type_get_result_valkind(ft, i)))
+            .collect();
         FuncType { params, results }
     }
 }
@@ -250,12 +267,18 @@ impl<T: Send + 'static> Engine<T> for WamrEngine {
         let size = u32::try_from(bytes.len()).map_err(|_| RuntimeError::Compile("module larger than 4 GiB".into()))?;
         let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
         let mut err = [0 as c_char; 256];
-        let args = sys::LoadArgs { name: MODULE_NAME.as_ptr().cast_mut(), clone_wasm_binary: false, wasm_binary_freeable: false, no_resolve: true };
+        let args = sys::LoadArgs {
+            name: MODULE_NAME.as_ptr().cast_mut(),
+            clone_wasm_binary: false,
+            wasm_binary_freeable: false,
+            no_resolve: true,
+        };
         // SAFETY: `bytes` is writable and is kept (never moved: it is a boxed
         // slice owned by the module) until `wasm_runtime_unload`, as WAMR
         // requires; the name is a static string WAMR only reads; `err` is a
         // buffer of the size passed; the registry lock is held.
-        let raw = unsafe { sys::wasm_runtime_load_ex(bytes.as_mut_ptr(), size, &args, err.as_mut_ptr(), err.len() as u32) };
+        let raw =
+            unsafe { sys::wasm_runtime_load_ex(bytes.as_mut_ptr(), size, &args, err.as_mut_ptr(), err.len() as u32) };
         if raw.is_null() {
             return Err(RuntimeError::Compile(error_text(&err)));
         }
@@ -346,7 +369,11 @@ impl<T> WamrModule<T> {
             let Some(host) = imports.iter().find(|i| &i.module == module && &i.name == name) else {
                 return Err(format!("no host function for the import {module}.{name}"));
             };
-            table[*id as usize] = Some(Link { func: host.func, params: host.ty.params.clone(), result: host.ty.results.first().copied() });
+            table[*id as usize] = Some(Link {
+                func: host.func,
+                params: host.ty.params.clone(),
+                result: host.ty.results.first().copied(),
+            });
         }
         Ok(table.into())
     }
@@ -361,7 +388,12 @@ impl<T: Send + 'static> Module<T> for WamrModule<T> {
         &self.exports
     }
 
-    fn instantiate(&self, state: T, imports: &[LinkedImport<T>], limits: &Limits) -> Result<Box<dyn Instance<T>>, RuntimeError> {
+    fn instantiate(
+        &self,
+        state: T,
+        imports: &[LinkedImport<T>],
+        limits: &Limits,
+    ) -> Result<Box<dyn Instance<T>>, RuntimeError> {
         let links = self.links.get_or_init(|| self.link(imports)).clone().map_err(RuntimeError::Instantiate)?;
         if !thread_env_ready() {
             return Err(RuntimeError::Instantiate("cannot initialise this thread for WAMR".into()));
@@ -582,7 +614,16 @@ unsafe fn call_export<T>(inner: *mut Inner<T>, name: &str, args: &[Val]) -> Resu
     // SAFETY: `exec_env` belongs to `inst`, both live; `export.func` was
     // looked up on `inst`; argument and result arrays match the function's
     // signature and counts.
-    let ok = unsafe { sys::wasm_runtime_call_wasm_a(exec_env, export.func, n_results, wres.as_mut_ptr(), wargs.len() as u32, wargs.as_mut_ptr()) };
+    let ok = unsafe {
+        sys::wasm_runtime_call_wasm_a(
+            exec_env,
+            export.func,
+            n_results,
+            wres.as_mut_ptr(),
+            wargs.len() as u32,
+            wargs.as_mut_ptr(),
+        )
+    };
     let timed_out = watch.as_ref().is_some_and(|w| w.disarm());
     // SAFETY: the call has returned; no other reference into `inner` is live.
     let i = unsafe { &mut *inner };
@@ -604,7 +645,11 @@ unsafe fn call_export<T>(inner: *mut Inner<T>, name: &str, args: &[Val]) -> Resu
     let exception = exception.strip_prefix("Exception: ").unwrap_or(&exception).to_string();
     let mut trap = if timed_out || (exception == TERMINATED && watch.is_some()) {
         let limit = watch.as_ref().map_or(Duration::ZERO, |w| w.limit);
-        Trap { message: format!("time limit exceeded: the callback ran longer than {} ms", limit.as_millis()), backtrace: None, kind: TrapKind::Timeout }
+        Trap {
+            message: format!("time limit exceeded: the callback ran longer than {} ms", limit.as_millis()),
+            backtrace: None,
+            kind: TrapKind::Timeout,
+        }
     } else if let Some(t) = i.pending_trap.take() {
         t
     } else if exception.is_empty() {
@@ -637,7 +682,11 @@ unsafe fn call_stack(exec_env: sys::wasm_exec_env_t) -> Option<String> {
             return None;
         }
         let mut buf = vec![0u8; size as usize + 1];
-        let written = sys::wasm_runtime_dump_call_stack_to_buf(exec_env, buf.as_mut_ptr() as *mut std::os::raw::c_char, buf.len() as u32);
+        let written = sys::wasm_runtime_dump_call_stack_to_buf(
+            exec_env,
+            buf.as_mut_ptr() as *mut std::os::raw::c_char,
+            buf.len() as u32,
+        );
         buf.truncate((written as usize).min(size as usize));
         let text = String::from_utf8_lossy(&buf).trim_end_matches('\0').trim_end().to_string();
         // Lines are `#NN: 0xOFFSET - name`; Rust names are demangled as on Wasmtime.
@@ -657,7 +706,9 @@ unsafe fn call_stack(exec_env: sys::wasm_exec_env_t) -> Option<String> {
 fn trap_text(exception: &str) -> &str {
     match exception {
         "unreachable" => "wasm `unreachable` instruction executed",
-        "wasm operand stack overflow" | "native stack overflow" | "wasm auxiliary stack overflow" => "call stack exhausted",
+        "wasm operand stack overflow" | "native stack overflow" | "wasm auxiliary stack overflow" => {
+            "call stack exhausted"
+        }
         "out of bounds table access" => "undefined element: out of bounds table access",
         "undefined element" => "undefined element: out of bounds table access",
         other => other,
@@ -728,7 +779,8 @@ impl<T> Caller<T> for WamrCaller<T> {
                 &mut []
             } else {
                 let base = sys::wasm_memory_get_base_address(mem).cast::<u8>();
-                let len = (sys::wasm_memory_get_cur_page_count(mem) * sys::wasm_memory_get_bytes_per_page(mem)) as usize;
+                let len =
+                    (sys::wasm_memory_get_cur_page_count(mem) * sys::wasm_memory_get_bytes_per_page(mem)) as usize;
                 if base.is_null() || len == 0 {
                     &mut []
                 } else {
@@ -797,7 +849,11 @@ unsafe extern "C" fn trampoline<T>(exec_env: sys::wasm_exec_env_t, args: *mut u6
     let outcome = match outcome {
         Ok(r) => r,
         Err(panic) => {
-            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
             Err(Trap::new(format!("host function panicked: {what}")))
         }
     };
@@ -879,7 +935,10 @@ struct Watchdog {
 
 impl Watchdog {
     fn register(self: &Arc<Self>, inst: sys::wasm_module_inst_t, limit: Duration) -> Arc<WatchSlot> {
-        let slot = Arc::new(WatchSlot { limit, state: Mutex::new(SlotState { inst: InstPtr(inst), deadline: None, fired: false }) });
+        let slot = Arc::new(WatchSlot {
+            limit,
+            state: Mutex::new(SlotState { inst: InstPtr(inst), deadline: None, fired: false }),
+        });
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&slot));
         self.wake.notify_one();
         slot

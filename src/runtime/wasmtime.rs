@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use wasmtime as wt;
 
-use super::{Caller, Engine, HostFn, ExportDesc, FuncType, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError, Trap, TrapKind, Val, ValType};
+use super::{
+    Caller, Engine, ExportDesc, FuncType, HostFn, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError,
+    Trap, TrapKind, Val, ValType,
+};
 use crate::hash::FastMap;
 
 /// The process-wide Wasmtime engine. One engine serves every plugin so that
@@ -23,7 +26,8 @@ impl WasmtimeEngine {
         // Time limits per callback: compiled code checks the engine's epoch at
         // function entries and loop headers; a ticker thread advances it.
         config.epoch_interruption(true);
-        let engine = wt::Engine::new(&config).map_err(|e| RuntimeError::Compile(format!("cannot create the Wasmtime engine: {e}")))?;
+        let engine = wt::Engine::new(&config)
+            .map_err(|e| RuntimeError::Compile(format!("cannot create the Wasmtime engine: {e}")))?;
         Ok(WasmtimeEngine { engine })
     }
 
@@ -158,7 +162,11 @@ impl Typed {
 
     fn call(&self, mut store: impl wt::AsContextMut, args: &[Val]) -> wt::Result<Option<Val>> {
         if args.len() != self.arity() {
-            return Err(wt::Error::new(Trap::new(format!("export expects {} arguments, the host passed {}", self.arity(), args.len()))));
+            return Err(wt::Error::new(Trap::new(format!(
+                "export expects {} arguments, the host passed {}",
+                self.arity(),
+                args.len()
+            ))));
         }
         let a = |i: usize| args[i].as_i32();
         let ret = |r: i32| Some(Val::I32(r));
@@ -224,7 +232,8 @@ impl<T: Send + 'static> Engine<T> for WasmtimeEngine {
         // secret key (it refuses anything else), for plugins whose operator
         // set `allow_precompiled`. Wasmtime itself refuses bytes made by
         // another version or settings.
-        let module = unsafe { wt::Module::deserialize(&self.engine, compiled) }.map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
+        let module = unsafe { wt::Module::deserialize(&self.engine, compiled) }
+            .map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
         Ok(self.wrap(module))
     }
 }
@@ -267,7 +276,10 @@ fn val_type(t: &wt::ValType) -> ValType {
 }
 
 fn func_type(f: &wt::FuncType) -> FuncType {
-    FuncType { params: f.params().map(|t| val_type(&t)).collect(), results: f.results().map(|t| val_type(&t)).collect() }
+    FuncType {
+        params: f.params().map(|t| val_type(&t)).collect(),
+        results: f.results().map(|t| val_type(&t)).collect(),
+    }
 }
 
 fn wt_val_type(t: ValType) -> wt::ValType {
@@ -306,7 +318,9 @@ impl<T: Send + 'static> WasmtimeModule<T> {
             // results (`results`), each with its declared type, which is what
             // `func_new_unchecked` requires of the closure.
             unsafe {
-                linker.func_new_unchecked(&host.module, &host.name, ty, move |caller, values| call_host(func, &params, &results, caller, values))
+                linker.func_new_unchecked(&host.module, &host.name, ty, move |caller, values| {
+                    call_host(func, &params, &results, caller, values)
+                })
             }
             .map_err(|e| format!("cannot link {}.{}: {e}", host.module, host.name))?;
         }
@@ -406,7 +420,11 @@ impl<T: 'static> Caller<T> for WasmtimeCaller<'_, T> {
         let export = match self.caller.data().exports.get(name) {
             Some(e) => e.clone(),
             None => {
-                let e = self.caller.get_export(name).and_then(|e| e.into_func()).map(|f| Arc::new(Export::new(f, &self.caller)));
+                let e = self
+                    .caller
+                    .get_export(name)
+                    .and_then(|e| e.into_func())
+                    .map(|f| Arc::new(Export::new(f, &self.caller)));
                 self.caller.data_mut().exports.insert(name.into(), e.clone());
                 e
             }
@@ -427,7 +445,11 @@ impl<T: 'static> Caller<T> for WasmtimeCaller<'_, T> {
 fn call_func(func: &wt::Func, mut store: impl wt::AsContextMut, args: &[Val]) -> Result<Option<Val>, Trap> {
     let ty = func.ty(&store);
     if ty.params().len() != args.len() {
-        return Err(Trap::new(format!("export expects {} arguments, the host passed {}", ty.params().len(), args.len())));
+        return Err(Trap::new(format!(
+            "export expects {} arguments, the host passed {}",
+            ty.params().len(),
+            args.len()
+        )));
     }
     let params: Vec<wt::Val> = args
         .iter()
@@ -457,7 +479,10 @@ fn to_trap(e: wt::Error, timeout: Option<Duration>) -> Trap {
     }
     match e.downcast_ref::<wt::Trap>() {
         Some(wt::Trap::Interrupt) => Trap {
-            message: format!("time limit exceeded: the callback ran longer than {} ms", timeout.unwrap_or_default().as_millis()),
+            message: format!(
+                "time limit exceeded: the callback ran longer than {} ms",
+                timeout.unwrap_or_default().as_millis()
+            ),
             backtrace,
             kind: TrapKind::Timeout,
         },
@@ -479,8 +504,14 @@ impl<T: Send + 'static> Module<T> for WasmtimeModule<T> {
         &self.exports
     }
 
-    fn instantiate(&self, state: T, imports: &[LinkedImport<T>], limits: &Limits) -> Result<Box<dyn Instance<T>>, RuntimeError> {
-        let pre = self.pre.get_or_init(|| self.link(imports)).as_ref().map_err(|e| RuntimeError::Instantiate(e.clone()))?;
+    fn instantiate(
+        &self,
+        state: T,
+        imports: &[LinkedImport<T>],
+        limits: &Limits,
+    ) -> Result<Box<dyn Instance<T>>, RuntimeError> {
+        let pre =
+            self.pre.get_or_init(|| self.link(imports)).as_ref().map_err(|e| RuntimeError::Instantiate(e.clone()))?;
         let mut builder = wt::StoreLimitsBuilder::new();
         if let Some(bytes) = limits.max_memory_bytes {
             // Whole pages, at least one, as WAMR counts them.
@@ -488,7 +519,12 @@ impl<T: Send + 'static> Module<T> for WasmtimeModule<T> {
             let capped = (bytes / page).max(1).saturating_mul(page);
             builder = builder.memory_size(usize::try_from(capped).unwrap_or(usize::MAX));
         }
-        let data = StoreData { host: state, limits: MemoryCap { limits: builder.build(), refused: false }, memory: None, exports: FastMap::default() };
+        let data = StoreData {
+            host: state,
+            limits: MemoryCap { limits: builder.build(), refused: false },
+            memory: None,
+            exports: FastMap::default(),
+        };
         let mut store = wt::Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limits);
         store.set_epoch_deadline(NO_DEADLINE);
@@ -538,7 +574,13 @@ impl<T: Send + 'static> Instance<T> for WasmtimeInstance<T> {
             self.store.set_epoch_deadline(NO_DEADLINE);
         }
         r.map_err(|t| match t.kind {
-            TrapKind::Timeout => Trap { message: format!("time limit exceeded: the callback ran longer than {} ms", self.timeout.unwrap_or_default().as_millis()), ..t },
+            TrapKind::Timeout => Trap {
+                message: format!(
+                    "time limit exceeded: the callback ran longer than {} ms",
+                    self.timeout.unwrap_or_default().as_millis()
+                ),
+                ..t
+            },
             _ => t,
         })
     }

@@ -78,7 +78,9 @@ impl ShmStore {
                     return corrupt(format!("shared data entry {e} is in the wrong bucket"));
                 }
                 let payer = r.load(e + D_PAYER)?;
-                let x = usage.get_mut(&payer).ok_or_else(|| Corrupt(format!("shared data entry {e} has no usage record")))?;
+                let x = usage
+                    .get_mut(&payer)
+                    .ok_or_else(|| Corrupt(format!("shared data entry {e} has no usage record")))?;
                 x.1 += kl as u64 + val as u64;
                 e = r.load(e + D_NEXT)?;
             }
@@ -136,7 +138,9 @@ impl ShmStore {
             }
         }
         for (u, (_, bytes, metrics, queues)) in &usage {
-            if (r.load(u + U_HELD)? as u64, r.load(u + U_METRICS)?, r.load(u + U_QUEUES)?) != (*bytes, *metrics, *queues) {
+            if (r.load(u + U_HELD)? as u64, r.load(u + U_METRICS)?, r.load(u + U_QUEUES)?)
+                != (*bytes, *metrics, *queues)
+            {
                 return corrupt(format!("usage record {u} counts wrong"));
             }
         }

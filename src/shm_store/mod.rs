@@ -75,9 +75,14 @@ use std::time::{Duration, Instant};
 
 use crate::abi::{LogLevel, MetricType};
 use crate::metrics::{MetricSnapshot, MetricStore, HISTOGRAM_BOUNDS};
-use crate::shared::{make_id, random_tag, split_id, QueueLimits, QueueOwner, QueueStore, SharedDataStore, SharedError, Writer, MAX_QUEUES_PER_VM};
+use crate::shared::{
+    make_id, random_tag, split_id, QueueLimits, QueueOwner, QueueStore, SharedDataStore, SharedError, Writer,
+    MAX_QUEUES_PER_VM,
+};
 use region::*;
-pub use region::{RegionError, ShmRegion, SpinLock, ZoneLock, DATA_BUCKETS, MAX_METRICS, MAX_QUEUES, MAX_VMS, MIN_SIZE};
+pub use region::{
+    RegionError, ShmRegion, SpinLock, ZoneLock, DATA_BUCKETS, MAX_METRICS, MAX_QUEUES, MAX_VMS, MIN_SIZE,
+};
 
 /// How often an NGINX worker looks for queue notifications from other workers.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -177,7 +182,8 @@ fn kind_of(code: u32) -> Option<MetricType> {
 }
 
 fn u32_len(n: usize) -> Result<u32, Fail> {
-    u32::try_from(n).map_err(|_| Fail::Refused(SharedError::Full(format!("{n} bytes do not fit in the shared memory zone"))))
+    u32::try_from(n)
+        .map_err(|_| Fail::Refused(SharedError::Full(format!("{n} bytes do not fit in the shared memory zone"))))
 }
 
 /// A queue this process registered: who to notify here, and what to
@@ -258,10 +264,20 @@ impl ShmStore {
             self.rebuild("a rebuild of the zone was cut short");
         } else if h.journal_len.load(Ordering::Acquire) != 0 {
             let pid = h.journal_pid.load(Ordering::Relaxed);
-            let checked = if self.region.rollback() { self.check_all() } else { Err(Corrupt("its undo journal is damaged".into())) };
+            let checked = if self.region.rollback() {
+                self.check_all()
+            } else {
+                Err(Corrupt("its undo journal is damaged".into()))
+            };
             match checked {
-                Ok(()) => (self.report)(LogLevel::Critical, &format!("process {pid} died while updating the shared memory zone; its unfinished update was undone")),
-                Err(c) => self.rebuild(&format!("process {pid} died while updating it, and after undoing that update: {}", c.0)),
+                Ok(()) => (self.report)(
+                    LogLevel::Critical,
+                    &format!(
+                        "process {pid} died while updating the shared memory zone; its unfinished update was undone"
+                    ),
+                ),
+                Err(c) => self
+                    .rebuild(&format!("process {pid} died while updating it, and after undoing that update: {}", c.0)),
             }
         }
         if h.epoch.load(Ordering::Acquire) != self.seen_epoch.load(Ordering::Relaxed) {
@@ -324,7 +340,10 @@ impl ShmStore {
 
     fn restore_queue(&self, tx: &Tx, id: u32, q: &LocalQueue) -> Result<(), Fail> {
         let Some((slot, tag)) = split_id(id) else { return Ok(()) };
-        if slot >= MAX_QUEUES || self.region.header().queues[slot].load(Ordering::Acquire) != 0 || self.find_queue(&q.vm_id, &q.name)?.is_some() {
+        if slot >= MAX_QUEUES
+            || self.region.header().queues[slot].load(Ordering::Acquire) != 0
+            || self.find_queue(&q.vm_id, &q.name)?.is_some()
+        {
             return Ok(());
         }
         let u = self.usage(tx, &q.vm_id)?;
@@ -338,7 +357,10 @@ impl ShmStore {
 
     fn restore_metric(&self, tx: &Tx, id: u32, m: &LocalMetric) -> Result<(), Fail> {
         let Some((slot, tag)) = split_id(id) else { return Ok(()) };
-        if slot >= MAX_METRICS || self.region.header().metrics[slot].load(Ordering::Acquire) != 0 || self.find_metric(&m.name)?.is_some() {
+        if slot >= MAX_METRICS
+            || self.region.header().metrics[slot].load(Ordering::Acquire) != 0
+            || self.find_metric(&m.name)?.is_some()
+        {
             return Ok(());
         }
         let u = self.usage(tx, &m.vm_id)?;
@@ -419,9 +441,13 @@ impl ShmStore {
         let n = r.header().vm_count.load(Ordering::Acquire);
         let size = U_BYTES as usize + vm_id.len();
         if n as usize >= MAX_VMS {
-            return Err(Fail::Refused(SharedError::Full(format!("the shared memory zone holds the shared state of {MAX_VMS} vm_ids, the most it may"))));
+            return Err(Fail::Refused(SharedError::Full(format!(
+                "the shared memory zone holds the shared state of {MAX_VMS} vm_ids, the most it may"
+            ))));
         }
-        let Some(u) = tx.alloc(size)? else { return Err(self.full(&format!("the usage record of vm_id {vm_id:?}"), size)) };
+        let Some(u) = tx.alloc(size)? else {
+            return Err(self.full(&format!("the usage record of vm_id {vm_id:?}"), size));
+        };
         for (field, v) in [(U_HELD, 0), (U_METRICS, 0), (U_QUEUES, 0), (U_VM, u32_len(vm_id.len())?)] {
             r.store(u + field, v)?;
         }
@@ -433,10 +459,12 @@ impl ShmStore {
 
     /// The bytes `vm_id` holds: keys and values, and items in its queues.
     pub fn held_bytes(&self, vm_id: &str) -> u64 {
-        self.update(|_| Ok(match self.find_usage(vm_id)? {
-            Some(u) => self.region.load(u + U_HELD)? as u64,
-            None => 0,
-        }))
+        self.update(|_| {
+            Ok(match self.find_usage(vm_id)? {
+                Some(u) => self.region.load(u + U_HELD)? as u64,
+                None => 0,
+            })
+        })
         .unwrap_or(0)
     }
 
@@ -461,7 +489,12 @@ impl ShmStore {
                 return corrupt(format!("shared data entry {cur} is in the wrong bucket"));
             }
             let _ = val;
-            if eh == h && vl as usize == vm_id.len() && kl as usize == key.len() && r.eq_bytes(cur + D_BYTES, vm_id.as_bytes())? && r.eq_bytes(cur + D_BYTES + vl, key)? {
+            if eh == h
+                && vl as usize == vm_id.len()
+                && kl as usize == key.len()
+                && r.eq_bytes(cur + D_BYTES, vm_id.as_bytes())?
+                && r.eq_bytes(cur + D_BYTES + vl, key)?
+            {
                 return Ok((h, link, Some(cur)));
             }
             link = cur + D_NEXT;
@@ -506,7 +539,11 @@ impl ShmStore {
             _ => (held + new_bytes, new_bytes > 0),
         };
         if grows && would_hold > writer.max_bytes {
-            return Err(Fail::Refused(SharedError::OverQuota { vm_id: writer.vm_id.to_string(), would_hold, limit: writer.max_bytes }));
+            return Err(Fail::Refused(SharedError::OverQuota {
+                vm_id: writer.vm_id.to_string(),
+                would_hold,
+                limit: writer.max_bytes,
+            }));
         }
         let size = D_BYTES as usize + vm_id.len() + key.len() + value.len();
         if size > r.len {
@@ -515,7 +552,14 @@ impl ShmStore {
         let Some(new) = tx.alloc(size)? else { return Err(self.full("a shared data value", size)) };
         let token = r.header().next_cas.load(Ordering::Relaxed).wrapping_add(1).max(1);
         tx.set(OFF_NEXT_CAS, token)?;
-        for (field, v) in [(D_HASH, h), (D_CAS, token), (D_VM, u32_len(vm_id.len())?), (D_KEY, u32_len(key.len())?), (D_VAL, u32_len(value.len())?), (D_PAYER, u)] {
+        for (field, v) in [
+            (D_HASH, h),
+            (D_CAS, token),
+            (D_VM, u32_len(vm_id.len())?),
+            (D_KEY, u32_len(key.len())?),
+            (D_VAL, u32_len(value.len())?),
+            (D_PAYER, u),
+        ] {
             r.store(new + field, v)?;
         }
         r.put_bytes(new + D_BYTES, vm_id.as_bytes())?;
@@ -531,7 +575,9 @@ impl ShmStore {
         if let Some((e, bytes, payer)) = old {
             tx.free(e)?;
             if payer != u {
-                let left = r.load(payer + U_HELD)?.checked_sub(bytes as u32).ok_or_else(|| Corrupt(format!("usage record {payer} counts fewer bytes than an entry it paid for")))?;
+                let left = r.load(payer + U_HELD)?.checked_sub(bytes as u32).ok_or_else(|| {
+                    Corrupt(format!("usage record {payer} counts fewer bytes than an entry it paid for"))
+                })?;
                 tx.set(payer + U_HELD, left)?;
             }
         }
@@ -587,7 +633,16 @@ impl ShmStore {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create_queue(&self, tx: &Tx, slot: usize, tag: u32, vm_id: &str, name: &str, limits: QueueLimits, u: u32) -> Result<u32, Fail> {
+    fn create_queue(
+        &self,
+        tx: &Tx,
+        slot: usize,
+        tag: u32,
+        vm_id: &str,
+        name: &str,
+        limits: QueueLimits,
+        u: u32,
+    ) -> Result<u32, Fail> {
         let r = &self.region;
         let size = Q_BYTES as usize + vm_id.len() + name.len();
         let Some(q) = tx.alloc(size)? else { return Err(self.full("a new shared queue", size)) };
@@ -617,7 +672,14 @@ impl ShmStore {
     }
 
     /// The id and whether items wait (for a new registrant to be told).
-    fn register_tx(&self, tx: &Tx, vm_id: &str, name: &str, root: u32, limits: QueueLimits) -> Result<(u32, bool), Fail> {
+    fn register_tx(
+        &self,
+        tx: &Tx,
+        vm_id: &str,
+        name: &str,
+        root: u32,
+        limits: QueueLimits,
+    ) -> Result<(u32, bool), Fail> {
         let r = &self.region;
         let (id, q) = match self.find_queue(vm_id, name)? {
             Some((id, q)) => {
@@ -690,10 +752,16 @@ impl ShmStore {
         r.record(head, I_BYTES as u64 + len as u64)?;
         let data = r.bytes(head + I_BYTES, len as usize)?;
         let next = r.load(head + I_NEXT)?;
-        let items = r.load(q + Q_ITEMS)?.checked_sub(1).ok_or_else(|| Corrupt(format!("queue {q} has items but counts none")))?;
+        let items = r
+            .load(q + Q_ITEMS)?
+            .checked_sub(1)
+            .ok_or_else(|| Corrupt(format!("queue {q} has items but counts none")))?;
         let u = r.load(q + Q_USAGE)?;
         r.record(u, U_BYTES as u64)?;
-        let held = r.load(u + U_HELD)?.checked_sub(len).ok_or_else(|| Corrupt(format!("usage record {u} counts fewer bytes than a queued item")))?;
+        let held = r
+            .load(u + U_HELD)?
+            .checked_sub(len)
+            .ok_or_else(|| Corrupt(format!("usage record {u} counts fewer bytes than a queued item")))?;
         tx.set(q + Q_HEAD, next)?;
         if next == 0 {
             tx.set(q + Q_TAIL, 0)?;
@@ -809,7 +877,11 @@ impl ShmStore {
     fn define_tx(&self, tx: &Tx, kind: MetricType, name: &str, vm_id: &str, max_metrics: u32) -> Result<u32, Fail> {
         let r = &self.region;
         if let Some((slot, m, k)) = self.find_metric(name)? {
-            return if kind_of(k) == Some(kind) { Ok(make_id(slot, r.load(m + M_TAG)?)) } else { Err(Fail::Refused(SharedError::BadArgument)) };
+            return if kind_of(k) == Some(kind) {
+                Ok(make_id(slot, r.load(m + M_TAG)?))
+            } else {
+                Err(Fail::Refused(SharedError::BadArgument))
+            };
         }
         let u = self.usage(tx, vm_id)?;
         if r.load(u + U_METRICS)? >= max_metrics {
@@ -817,7 +889,8 @@ impl ShmStore {
         }
         let count = r.header().metric_count.load(Ordering::Acquire);
         if count as usize >= MAX_METRICS {
-            return Err(self.full(&format!("a new metric (the zone holds at most {MAX_METRICS})"), M_BYTES as usize + name.len()));
+            return Err(self
+                .full(&format!("a new metric (the zone holds at most {MAX_METRICS})"), M_BYTES as usize + name.len()));
         }
         let tag = random_tag();
         self.create_metric(tx, count as usize, tag, kind, name, u)?;
@@ -838,7 +911,14 @@ impl SharedDataStore for ShmStore {
         .flatten()
     }
 
-    fn set_within(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, writer: Writer<'_>) -> Result<(), SharedError> {
+    fn set_within(
+        &self,
+        vm_id: &str,
+        key: &[u8],
+        value: &[u8],
+        cas: u32,
+        writer: Writer<'_>,
+    ) -> Result<(), SharedError> {
         self.update(|tx| self.set_tx(tx, vm_id, key, value, cas, writer))
     }
 }
@@ -846,7 +926,9 @@ impl SharedDataStore for ShmStore {
 impl QueueStore for ShmStore {
     fn register(&self, vm_id: &str, name: &str, owner: QueueOwner, limits: QueueLimits) -> Result<u32, SharedError> {
         let (id, has_items) = self.update(|tx| self.register_tx(tx, vm_id, name, owner.root_context_id, limits))?;
-        self.local().queues.insert(id, LocalQueue { vm_id: vm_id.to_string(), name: name.to_string(), limits, owner: owner.clone() });
+        self.local()
+            .queues
+            .insert(id, LocalQueue { vm_id: vm_id.to_string(), name: name.to_string(), limits, owner: owner.clone() });
         // Items left by a registrant that went away (a worker replaced by a
         // reload) are delivered to the new one.
         if has_items {
@@ -971,7 +1053,15 @@ impl MetricStore for ShmStore {
                         running
                     })
                     .collect();
-                Some(MetricSnapshot { id, name, kind, value: load(m + M_VALUE) as i64, count: load(m + M_COUNT), sum: load(m + M_SUM), buckets })
+                Some(MetricSnapshot {
+                    id,
+                    name,
+                    kind,
+                    value: load(m + M_VALUE) as i64,
+                    count: load(m + M_COUNT),
+                    sum: load(m + M_SUM),
+                    buckets,
+                })
             })
             .collect()
     }

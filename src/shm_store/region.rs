@@ -313,7 +313,8 @@ impl ShmRegion {
 
     /// The words an update may change: the header's structural words and the heap.
     pub(super) fn journalable(&self, off: u32) -> bool {
-        let header = (OFF_FREE_HEAD..OFF_JOURNAL).contains(&off) || (OFF_BUCKETS..OFF_VMS + 4 * MAX_VMS as u32).contains(&off);
+        let header =
+            (OFF_FREE_HEAD..OFF_JOURNAL).contains(&off) || (OFF_BUCKETS..OFF_VMS + 4 * MAX_VMS as u32).contains(&off);
         off.is_multiple_of(4) && (header || (HEAP_START..self.heap_end()).contains(&off))
     }
 
@@ -414,7 +415,9 @@ impl<'a> Tx<'a> {
     /// A payload of at least `n` bytes (8-aligned), or None when full.
     pub(super) fn alloc(&self, n: usize) -> Result<Option<u32>, Fail> {
         let r = self.r;
-        let Some(need) = n.checked_add(BLOCK_HEADER as usize).map(|n| align8(n).max(MIN_BLOCK as usize)) else { return Ok(None) };
+        let Some(need) = n.checked_add(BLOCK_HEADER as usize).map(|n| align8(n).max(MIN_BLOCK as usize)) else {
+            return Ok(None);
+        };
         let Ok(need) = u32::try_from(need) else { return Ok(None) };
         let mut link = OFF_FREE_HEAD;
         let mut cur = r.load(link)?;
@@ -525,7 +528,10 @@ impl ZoneLock for SpinLock {
                     spins += 1;
                     if spins % 1024 == 0 {
                         // SAFETY: kill with signal 0 only checks the process exists.
-                        let gone = holder != 0 && holder != me && unsafe { libc::kill(holder as i32, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+                        let gone = holder != 0
+                            && holder != me
+                            && unsafe { libc::kill(holder as i32, 0) } != 0
+                            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
                         if gone && word.compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                             return;
                         }

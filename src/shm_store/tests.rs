@@ -12,7 +12,16 @@ use std::sync::Arc;
 /// An anonymous shared mapping: kept across fork, like an NGINX zone.
 fn shared_mapping(len: usize) -> *mut u8 {
     // SAFETY: a fresh anonymous mapping; never unmapped in the tests.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
     assert_ne!(p, libc::MAP_FAILED);
     p as *mut u8
 }
@@ -29,7 +38,14 @@ fn store(len: usize) -> (ShmStore, Reports) {
     let region = unsafe { ShmRegion::format(base, len) }.unwrap();
     let reports = Arc::new(Mutex::new(Vec::new()));
     let r2 = reports.clone();
-    (ShmStore::new(region, Box::new(region.spin_lock()), Box::new(move |_, m| r2.lock().unwrap().push(m.to_string()))), reports)
+    (
+        ShmStore::new(
+            region,
+            Box::new(region.spin_lock()),
+            Box::new(move |_, m| r2.lock().unwrap().push(m.to_string())),
+        ),
+        reports,
+    )
 }
 
 fn reattach(region: ShmRegion) -> (ShmStore, Reports) {
@@ -37,7 +53,14 @@ fn reattach(region: ShmRegion) -> (ShmStore, Reports) {
     let region = unsafe { ShmRegion::attach(region.base, region.len) }.unwrap();
     let reports = Arc::new(Mutex::new(Vec::new()));
     let r2 = reports.clone();
-    (ShmStore::new(region, Box::new(region.spin_lock()), Box::new(move |_, m| r2.lock().unwrap().push(m.to_string()))), reports)
+    (
+        ShmStore::new(
+            region,
+            Box::new(region.spin_lock()),
+            Box::new(move |_, m| r2.lock().unwrap().push(m.to_string())),
+        ),
+        reports,
+    )
 }
 
 /// Runs `f` in a forked child; its exit code (0: `f` returned true), or
@@ -61,7 +84,11 @@ fn in_child(timeout: Duration, f: impl FnOnce() -> bool) -> Option<i32> {
         // SAFETY: our own child.
         let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if done == pid {
-            return Some(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) });
+            return Some(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            });
         }
         if Instant::now() > deadline {
             // SAFETY: our own child, which hangs.
@@ -178,12 +205,17 @@ fn an_item_enqueued_in_another_process_reaches_the_registrant_through_poll() {
     let (s, _) = store(1 << 16);
     let recorder = Arc::new(Recorder::default());
     let server: Arc<dyn ServerHost> = recorder.clone();
-    let id = s.register("vm", "q", QueueOwner { server: Arc::downgrade(&server), root_context_id: 5 }, QueueLimits::UNLIMITED).unwrap();
+    let id = s
+        .register("vm", "q", QueueOwner { server: Arc::downgrade(&server), root_context_id: 5 }, QueueLimits::UNLIMITED)
+        .unwrap();
     s.poll();
     let region = *s.region();
     let code = in_child(CHILD, || {
         let (other, _) = reattach(region);
-        other.resolve("vm", "q") == Some(id) && other.enqueue(id, b"from the child").is_ok() && other.enqueue(id + 1, b"x") == Err(SharedError::NotFound) && other.queue_vm_id(id).as_deref() == Some("vm")
+        other.resolve("vm", "q") == Some(id)
+            && other.enqueue(id, b"from the child").is_ok()
+            && other.enqueue(id + 1, b"x") == Err(SharedError::NotFound)
+            && other.queue_vm_id(id).as_deref() == Some("vm")
     });
     assert_eq!(code, Some(0));
     assert!(recorder.0.lock().unwrap().is_empty(), "nothing before the poll");
@@ -210,7 +242,10 @@ fn metrics_have_the_same_id_everywhere_and_sum() {
     let region = *s.region();
     let code = in_child(CHILD, || {
         let (o, _) = reattach(region);
-        o.define(MetricType::Counter, "c") == Ok(c) && o.increment(c, 3).is_ok() && o.increment(g, -2).is_ok() && o.record(h, 7).is_ok()
+        o.define(MetricType::Counter, "c") == Ok(c)
+            && o.increment(c, 3).is_ok()
+            && o.increment(g, -2).is_ok()
+            && o.record(h, 7).is_ok()
     });
     assert_eq!(code, Some(0));
     s.increment(c, 2).unwrap();
@@ -239,11 +274,15 @@ fn shared_data_quota_counts_every_process_and_each_vm_id_apart() {
     // Another process fills vm "a" up to 100 bytes (key + value).
     let code = in_child(CHILD, || {
         let (o, _) = reattach(region);
-        o.set_within("a", b"k1", &[1; 58], 0, w("a", 100)).is_ok() && o.set_within("a", b"k2", &[1; 38], 0, w("a", 100)).is_ok()
+        o.set_within("a", b"k1", &[1; 58], 0, w("a", 100)).is_ok()
+            && o.set_within("a", b"k2", &[1; 38], 0, w("a", 100)).is_ok()
     });
     assert_eq!(code, Some(0));
     assert_eq!(s.held_bytes("a"), 100);
-    assert_eq!(s.set_within("a", b"k3", b"x", 0, w("a", 100)), Err(SharedError::OverQuota { vm_id: "a".into(), would_hold: 103, limit: 100 }));
+    assert_eq!(
+        s.set_within("a", b"k3", b"x", 0, w("a", 100)),
+        Err(SharedError::OverQuota { vm_id: "a".into(), would_hold: 103, limit: 100 })
+    );
     assert!(SharedDataStore::get(&s, "a", b"k3").is_none());
     // vm "b" is not held back by "a" being at its cap.
     s.set_within("b", b"k1", &[2; 90], 0, w("b", 100)).unwrap();
@@ -261,7 +300,10 @@ fn the_writer_pays_for_what_it_stores_in_another_vm_ids_data() {
     for i in 0..3 {
         s.set_within(&format!("elsewhere{i}"), b"k", &[0; 39], 0, w("sprayer", 130)).unwrap();
     }
-    assert!(matches!(s.set_within("elsewhere3", b"k", &[0; 39], 0, w("sprayer", 130)), Err(SharedError::OverQuota { .. })));
+    assert!(matches!(
+        s.set_within("elsewhere3", b"k", &[0; 39], 0, w("sprayer", 130)),
+        Err(SharedError::OverQuota { .. })
+    ));
     assert_eq!((s.held_bytes("sprayer"), s.held_bytes("elsewhere0")), (120, 0));
     s.set_within("elsewhere0", b"k", b"mine", 0, w("elsewhere0", 100)).unwrap();
     assert_eq!((s.held_bytes("sprayer"), s.held_bytes("elsewhere0")), (80, 5));
@@ -293,17 +335,26 @@ fn queues_metrics_and_vm_ids_are_capped() {
     for i in 0..MAX_QUEUES_PER_VM {
         s.register("vm", &format!("q{i}"), nobody(), QueueLimits::UNLIMITED).unwrap();
     }
-    assert_eq!(s.register("vm", "more", nobody(), QueueLimits::UNLIMITED), Err(SharedError::TooManyQueues { vm_id: "vm".into() }));
+    assert_eq!(
+        s.register("vm", "more", nobody(), QueueLimits::UNLIMITED),
+        Err(SharedError::TooManyQueues { vm_id: "vm".into() })
+    );
     assert!(s.register("other", "q", nobody(), QueueLimits::UNLIMITED).is_ok());
     s.define_within(MetricType::Counter, "m1", "vm", 2).unwrap();
     s.define_within(MetricType::Counter, "m2", "vm", 2).unwrap();
-    assert_eq!(s.define_within(MetricType::Counter, "m3", "vm", 2), Err(SharedError::TooManyMetrics { vm_id: "vm".into(), limit: 2 }));
+    assert_eq!(
+        s.define_within(MetricType::Counter, "m3", "vm", 2),
+        Err(SharedError::TooManyMetrics { vm_id: "vm".into(), limit: 2 })
+    );
     assert!(s.define_within(MetricType::Counter, "m1", "vm", 2).is_ok(), "an existing name");
     assert!(s.define_within(MetricType::Counter, "m3", "other", 2).is_ok());
     for i in 2..MAX_VMS {
         s.set(&format!("vm{i}"), b"k", b"v", 0).unwrap();
     }
-    assert!(matches!(s.set_within("one too many", b"k", b"v", 0, w("one too many", u64::MAX)), Err(SharedError::Full(_))));
+    assert!(matches!(
+        s.set_within("one too many", b"k", b"v", 0, w("one too many", u64::MAX)),
+        Err(SharedError::Full(_))
+    ));
     s.verify().unwrap();
 }
 
@@ -338,7 +389,13 @@ fn summary(s: &ShmStore) -> String {
         out += &format!("{key}={:?};", SharedDataStore::get(s, "vm", key.as_bytes()).map(|v| v.0));
     }
     let q = s.resolve("vm", "q");
-    out += &format!("q={:?}/{:?};held={};free={};", q.is_some(), q.map(|q| s.queue_len(q)), s.held_bytes("vm"), s.region().free_bytes());
+    out += &format!(
+        "q={:?}/{:?};held={};free={};",
+        q.is_some(),
+        q.map(|q| s.queue_len(q)),
+        s.held_bytes("vm"),
+        s.region().free_bytes()
+    );
     out += &format!("metrics={:?}", s.snapshot().iter().map(|m| m.name.clone()).collect::<Vec<_>>());
     out
 }
@@ -375,7 +432,11 @@ fn survives_a_crash_at_every_point(setup: impl Fn(&ShmStore), op: impl Fn(&ShmSt
         s.verify().unwrap_or_else(|e| panic!("point {k}: {e}"));
         let now = summary(&s);
         assert!(now == before || now == after, "point {k}:\n before {before}\n after  {after}\n now    {now}");
-        assert!(!reports.lock().unwrap().iter().any(|r| r.contains("rebuilt")), "point {k}: {:?}", reports.lock().unwrap());
+        assert!(
+            !reports.lock().unwrap().iter().any(|r| r.contains("rebuilt")),
+            "point {k}: {:?}",
+            reports.lock().unwrap()
+        );
         // The block stays usable.
         s.set("vm", b"k3", b"later", 0).unwrap();
         s.verify().unwrap_or_else(|e| panic!("point {k}, after a later write: {e}"));
@@ -398,7 +459,10 @@ fn a_crash_while_replacing_a_value_is_undone() {
         |s| s.set("vm", b"k", &[b'n'; 300], 0).unwrap(),
     );
     // Another VM's plugin overwrites it: the bytes change payer too.
-    survives_a_crash_at_every_point(|s| s.set("vm", b"k", b"old", 0).unwrap(), |s| s.set_within("vm", b"k", b"theirs", 0, w("other", 1000)).unwrap());
+    survives_a_crash_at_every_point(
+        |s| s.set("vm", b"k", b"old", 0).unwrap(),
+        |s| s.set_within("vm", b"k", b"theirs", 0, w("other", 1000)).unwrap(),
+    );
 }
 
 #[test]
@@ -413,8 +477,20 @@ fn a_crash_while_enqueuing_or_dequeuing_is_undone() {
 
 #[test]
 fn a_crash_while_registering_a_queue_or_defining_a_metric_is_undone() {
-    survives_a_crash_at_every_point(|_| {}, |s| { s.register("vm", "q", nobody(), QueueLimits::UNLIMITED).unwrap(); });
-    survives_a_crash_at_every_point(|s| { s.define(MetricType::Counter, "m0").unwrap(); }, |s| { s.define(MetricType::Histogram, "m1").unwrap(); });
+    survives_a_crash_at_every_point(
+        |_| {},
+        |s| {
+            s.register("vm", "q", nobody(), QueueLimits::UNLIMITED).unwrap();
+        },
+    );
+    survives_a_crash_at_every_point(
+        |s| {
+            s.define(MetricType::Counter, "m0").unwrap();
+        },
+        |s| {
+            s.define(MetricType::Histogram, "m1").unwrap();
+        },
+    );
 }
 
 #[test]
@@ -593,7 +669,11 @@ fn random_bytes_anywhere_never_crash_or_hang_a_process() {
         let spots: Vec<(u32, u32)> = (0..1 + round % 8)
             .map(|_| {
                 let len = (1u64 << 16) - 8;
-                let off = if next() % 2 == 0 { OFF_FREE_HEAD as u64 + next() % (len - OFF_FREE_HEAD as u64) } else { HEAP_START as u64 + next() % (len - HEAP_START as u64) };
+                let off = if next() % 2 == 0 {
+                    OFF_FREE_HEAD as u64 + next() % (len - OFF_FREE_HEAD as u64)
+                } else {
+                    HEAP_START as u64 + next() % (len - HEAP_START as u64)
+                };
                 ((off & !3) as u32, next() as u32)
             })
             .collect();
@@ -612,7 +692,9 @@ fn damage_is_logged_and_queues_and_metrics_keep_their_ids() {
     let (s, reports) = store(1 << 16);
     let recorder = Arc::new(Recorder::default());
     let server: Arc<dyn ServerHost> = recorder.clone();
-    let q = s.register("vm", "q", QueueOwner { server: Arc::downgrade(&server), root_context_id: 3 }, QueueLimits::UNLIMITED).unwrap();
+    let q = s
+        .register("vm", "q", QueueOwner { server: Arc::downgrade(&server), root_context_id: 3 }, QueueLimits::UNLIMITED)
+        .unwrap();
     let m = s.define_within(MetricType::Counter, "requests", "vm", 10).unwrap();
     s.set("vm", b"k", b"v", 0).unwrap();
     s.increment(m, 5).unwrap();
@@ -622,7 +704,10 @@ fn damage_is_logged_and_queues_and_metrics_keep_their_ids() {
     word_at(&s, e + D_HASH).store(0, Ordering::Relaxed);
     assert_eq!(SharedDataStore::get(&s, "vm", b"k"), None);
     let logged = reports.lock().unwrap().join("\n");
-    assert!(logged.contains("the shared memory zone was damaged (shared data entry") && logged.contains("rebuilt empty"), "{logged}");
+    assert!(
+        logged.contains("the shared memory zone was damaged (shared data entry") && logged.contains("rebuilt empty"),
+        "{logged}"
+    );
     s.verify().unwrap();
     // Data and values are gone; the ids still work.
     assert_eq!(MetricStore::get(&s, m), Ok(0));
@@ -651,6 +736,10 @@ fn a_crash_during_a_rebuild_is_rebuilt_again() {
     });
     assert_eq!(code, Some(77), "the child died in the rebuild");
     s.verify().unwrap();
-    assert!(reports.lock().unwrap().iter().any(|r| r.contains("a rebuild of the zone was cut short")), "{:?}", reports.lock().unwrap());
+    assert!(
+        reports.lock().unwrap().iter().any(|r| r.contains("a rebuild of the zone was cut short")),
+        "{:?}",
+        reports.lock().unwrap()
+    );
     s.set("vm", b"k", b"v2", 0).unwrap();
 }

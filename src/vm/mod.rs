@@ -5,18 +5,16 @@
 //! its own); the server binding drives it with the `on_*` methods and receives
 //! requests from it through [`ServerHost`] and [`HttpStream`].
 
-
-
 use std::sync::Arc;
 
 use crate::abi::{Action, StreamType};
 use crate::host::{HttpCallResponse, HttpStream, PluginRef, ServerHost};
-use crate::metrics::{process_metrics, MetricStore};
 use crate::hostcalls::code::WasmCode;
+use crate::hostcalls::state::{Context, Deferred, HostState, Phase, RootContext, StartupPolicy, StreamContext, VmEnv};
+use crate::metrics::{process_metrics, MetricStore};
 use crate::plugin::PluginInfo;
 use crate::runtime::{Instance, Limits, Trap, Val};
 use crate::shared::{process_queues, process_shared_data, QueueStore, SharedDataStore};
-use crate::hostcalls::state::{Context, Deferred, HostState, Phase, RootContext, StartupPolicy, StreamContext, VmEnv};
 
 /// Settings of a VM (the `vm_config` of a plugin).
 #[derive(Clone)]
@@ -40,7 +38,16 @@ pub struct VmOptions {
 
 impl VmOptions {
     pub fn new(vm_id: impl Into<String>) -> VmOptions {
-        VmOptions { vm_id: vm_id.into(), vm_configuration: Vec::new(), environment: Vec::new(), shared_data: None, queues: None, metrics: None, limits: Limits::default(), plugins: Vec::new() }
+        VmOptions {
+            vm_id: vm_id.into(),
+            vm_configuration: Vec::new(),
+            environment: Vec::new(),
+            shared_data: None,
+            queues: None,
+            metrics: None,
+            limits: Limits::default(),
+            plugins: Vec::new(),
+        }
     }
 }
 
@@ -112,7 +119,15 @@ impl Vm {
             .module
             .instantiate(state, &code.imports, &options.limits)
             .map_err(|e| VmError::Instantiate { origin: code.origin.clone(), message: e.to_string() })?;
-        let mut vm = Vm { instance, code, env, failure: None, calls: 0, memory_limit_logged: false, export_cache: [((0, 0), false); EXPORT_CACHE] };
+        let mut vm = Vm {
+            instance,
+            code,
+            env,
+            failure: None,
+            calls: 0,
+            memory_limit_logged: false,
+            export_cache: [((0, 0), false); EXPORT_CACHE],
+        };
         vm.start()?;
         Ok(vm)
     }
@@ -131,10 +146,11 @@ impl Vm {
             functions.push("_start");
         }
         for function in functions {
-            let args: Vec<Val> = match self.code.module.exports().iter().find(|e| e.name == function).and_then(|e| e.ty.as_ref()) {
-                Some(ty) => ty.params.iter().map(|_| Val::I32(0)).collect(),
-                None => Vec::new(),
-            };
+            let args: Vec<Val> =
+                match self.code.module.exports().iter().find(|e| e.name == function).and_then(|e| e.ty.as_ref()) {
+                    Some(ty) => ty.params.iter().map(|_| Val::I32(0)).collect(),
+                    None => Vec::new(),
+                };
             self.instance.state().phase = Phase::Startup;
             let r = self.instance.call(function, &args);
             self.instance.state().phase = Phase::Running;
@@ -241,7 +257,12 @@ impl Vm {
     }
 
     /// Calls `callback` if the module exports it; `Ok(None)` otherwise.
-    fn call_if_exported(&mut self, context_id: u32, callback: &'static str, args: &[i64]) -> Result<Option<Val>, VmError> {
+    fn call_if_exported(
+        &mut self,
+        context_id: u32,
+        callback: &'static str,
+        args: &[i64],
+    ) -> Result<Option<Val>, VmError> {
         if !self.exports(callback) || !self.callback_allowed(context_id, callback) {
             if let Some(f) = &self.failure {
                 return Err(VmError::Failed(f.clone()));
@@ -314,7 +335,15 @@ impl Vm {
         let st = self.instance.state();
         st.restricted |= plugin.authorizations.capabilities.is_some();
         let id = st.allocate_context_id();
-        st.contexts.insert(id, Context::Root(RootContext { plugin: plugin.clone(), tick_period: None, awaiting_done: false, properties: Default::default() }));
+        st.contexts.insert(
+            id,
+            Context::Root(RootContext {
+                plugin: plugin.clone(),
+                tick_period: None,
+                awaiting_done: false,
+                properties: Default::default(),
+            }),
+        );
         let vm_config_len = self.env.vm_configuration.len() as i64;
         let plugin_config_len = plugin.configuration.len() as i64;
         let steps: [(&'static str, &[i64]); 3] = [
@@ -419,7 +448,8 @@ impl Vm {
         let Some((root_id, _)) = st.http_calls.remove(&token) else { return Ok(()) };
         let Some(plugin) = st.contexts.get(&root_id).map(|c| c.plugin().clone()) else { return Ok(()) };
         let cap = plugin.quotas.max_http_call_response_size;
-        let pairs_size = |pairs: &[crate::abi::pairs::Pair]| pairs.iter().map(|(k, v)| k.len() as u64 + v.len() as u64).sum::<u64>();
+        let pairs_size =
+            |pairs: &[crate::abi::pairs::Pair]| pairs.iter().map(|(k, v)| k.len() as u64 + v.len() as u64).sum::<u64>();
         let size = pairs_size(&response.headers) + response.body.len() as u64 + pairs_size(&response.trailers);
         let too_large = match &response.failure {
             Some((code, _)) => *code == crate::http_client::FAILURE_TOO_LARGE,
@@ -427,11 +457,23 @@ impl Vm {
         };
         if too_large {
             let why = format!("the response is larger than vm_config.limits.max_http_call_response_size ({cap} bytes)");
-            HostState::log_limit_for(&mut st.denials_logged, &st.env, &plugin.log_ref(), "max_http_call_response_size", &format!("http_call failed: {why}; delivered as a failure"));
+            HostState::log_limit_for(
+                &mut st.denials_logged,
+                &st.env,
+                &plugin.log_ref(),
+                "max_http_call_response_size",
+                &format!("http_call failed: {why}; delivered as a failure"),
+            );
             response = HttpCallResponse::failed(crate::http_client::FAILURE_TOO_LARGE, why);
         }
         st.last_status = response.failure.clone().unwrap_or((0, String::new()));
-        let args = [root_id as i64, token as i64, response.headers.len() as i64, response.body.len() as i64, response.trailers.len() as i64];
+        let args = [
+            root_id as i64,
+            token as i64,
+            response.headers.len() as i64,
+            response.body.len() as i64,
+            response.trailers.len() as i64,
+        ];
         st.http_call_response = Some(response);
         let r = self.call_if_exported(root_id, "proxy_on_http_call_response", &args);
         self.instance.state().http_call_response = None;
@@ -439,10 +481,19 @@ impl Vm {
     }
 
     /// `proxy_on_foreign_function(root, function_id, size)` with `data` in the CallData buffer.
-    pub fn on_foreign_function(&mut self, root_context_id: u32, function_id: u32, data: Vec<u8>) -> Result<(), VmError> {
+    pub fn on_foreign_function(
+        &mut self,
+        root_context_id: u32,
+        function_id: u32,
+        data: Vec<u8>,
+    ) -> Result<(), VmError> {
         let len = data.len() as i64;
         self.instance.state().call_data = Some(data);
-        let r = self.root_event(root_context_id, "proxy_on_foreign_function", &[root_context_id as i64, function_id as i64, len]);
+        let r = self.root_event(
+            root_context_id,
+            "proxy_on_foreign_function",
+            &[root_context_id as i64, function_id as i64, len],
+        );
         self.instance.state().call_data = None;
         r
     }
@@ -520,12 +571,22 @@ impl Vm {
     }
 
     /// `end_of_stream` is true only when no body follows the headers.
-    pub fn on_request_headers(&mut self, context_id: u32, num_headers: usize, end_of_stream: bool) -> Result<Verdict, VmError> {
+    pub fn on_request_headers(
+        &mut self,
+        context_id: u32,
+        num_headers: usize,
+        end_of_stream: bool,
+    ) -> Result<Verdict, VmError> {
         let (args, n) = self.headers_args(context_id, num_headers, end_of_stream);
         self.stream_callback(context_id, "proxy_on_request_headers", &args[..n])
     }
 
-    pub fn on_response_headers(&mut self, context_id: u32, num_headers: usize, end_of_stream: bool) -> Result<Verdict, VmError> {
+    pub fn on_response_headers(
+        &mut self,
+        context_id: u32,
+        num_headers: usize,
+        end_of_stream: bool,
+    ) -> Result<Verdict, VmError> {
         let (args, n) = self.headers_args(context_id, num_headers, end_of_stream);
         self.stream_callback(context_id, "proxy_on_response_headers", &args[..n])
     }
@@ -548,7 +609,13 @@ impl Vm {
         self.body_callback(context_id, StreamType::HttpResponse, chunk, end_of_stream)
     }
 
-    fn body_callback(&mut self, context_id: u32, direction: StreamType, chunk: &[u8], end_of_stream: bool) -> Result<Verdict, VmError> {
+    fn body_callback(
+        &mut self,
+        context_id: u32,
+        direction: StreamType,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Verdict, VmError> {
         let s = self.stream_mut(context_id)?;
         let limit = s.plugin.max_body_size;
         let (body, eos) = match direction {
@@ -564,11 +631,13 @@ impl Vm {
         body.extend_from_slice(chunk);
         *eos = end_of_stream;
         let size = body.len() as i64;
-        let callback = if direction == StreamType::HttpResponse { "proxy_on_response_body" } else { "proxy_on_request_body" };
+        let callback =
+            if direction == StreamType::HttpResponse { "proxy_on_response_body" } else { "proxy_on_request_body" };
         let verdict = self.stream_callback(context_id, callback, &[context_id as i64, size, end_of_stream as i64])?;
         if verdict == Verdict::Pause {
             let s = self.stream_mut(context_id)?;
-            let held = if direction == StreamType::HttpResponse { s.response_body.len() } else { s.request_body.len() } as u64;
+            let held =
+                if direction == StreamType::HttpResponse { s.response_body.len() } else { s.request_body.len() } as u64;
             if held > limit {
                 return self.body_too_large(context_id, direction, held);
             }
@@ -716,7 +785,8 @@ impl Vm {
     /// its `proxy_done`. We wait, as for roots, but not for ever.
     pub fn expire_awaiting_done(&mut self, now: std::time::Instant) -> usize {
         let st = self.instance.state();
-        let mut expired: Vec<u32> = st.awaiting_done.iter().filter(|(_, deadline)| **deadline <= now).map(|(id, _)| *id).collect();
+        let mut expired: Vec<u32> =
+            st.awaiting_done.iter().filter(|(_, deadline)| **deadline <= now).map(|(id, _)| *id).collect();
         expired.sort_unstable();
         for &id in &expired {
             let st = self.instance.state();
@@ -745,7 +815,11 @@ impl Vm {
             match r {
                 // A failed instance is not called; the context is dropped all the same.
                 Ok(()) | Err(VmError::Failed(_)) => {}
-                Err(e) => self.env.server.log(&plugin.log_ref(), crate::abi::LogLevel::Error, &format!("deleting a context whose proxy_done did not come: {e}")),
+                Err(e) => self.env.server.log(
+                    &plugin.log_ref(),
+                    crate::abi::LogLevel::Error,
+                    &format!("deleting a context whose proxy_done did not come: {e}"),
+                ),
             }
         }
         expired.len()

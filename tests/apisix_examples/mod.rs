@@ -79,7 +79,12 @@ fn request_for(origin: &Origin, path: &str) -> origin::Request {
         found = origin.requests().into_iter().find(|r| r.path == path);
         found.is_some()
     });
-    found.unwrap_or_else(|| panic!("the origin never got {path}: {:?}", origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()))
+    found.unwrap_or_else(|| {
+        panic!(
+            "the origin never got {path}: {:?}",
+            origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()
+        )
+    })
 }
 
 /// Asserts that no request for `path` reaches the origin (within a short window:
@@ -99,7 +104,12 @@ fn assert_framing_right(r: &Response) {
     assert!(lengths.len() <= 1, "several Content-Length headers: {:?}", r.headers);
     if let Some(cl) = lengths.first() {
         assert!(!r.chunked, "both Content-Length and chunked: {:?}", r.headers);
-        assert_eq!(cl.trim().parse::<usize>().ok(), Some(r.body.len()), "Content-Length {cl} for a body of {} bytes", r.body.len());
+        assert_eq!(
+            cl.trim().parse::<usize>().ok(),
+            Some(r.body.len()),
+            "Content-Length {cl} for a body of {} bytes",
+            r.body.len()
+        );
     }
 }
 
@@ -130,13 +140,27 @@ pub fn fault(start: Start) -> Arc<Fault> {
     static SLOT: Mutex<Weak<Fault>> = Mutex::new(Weak::new());
     shared(&SLOT, || {
         let origin = Origin::start();
-        let abort = |p: u32| format!(r#"{{"abort": {{"http_status": 403, "body": "Fault Injection!\n", "headers": {{"x-fault": "abort"}}, "percentage": {p}}}}}"#);
+        let abort = |p: u32| {
+            format!(
+                r#"{{"abort": {{"http_status": 403, "body": "Fault Injection!\n", "headers": {{"x-fault": "abort"}}, "percentage": {p}}}}}"#
+            )
+        };
         let routes = [
             route("fi-abort-all", "fault_injection", &abort(100), ""),
             route("fi-abort-none", "fault_injection", &abort(0), ""),
             route("fi-abort-half", "fault_injection", &abort(50), ""),
-            route("fi-delay", "fault_injection", &format!(r#"{{"delay": {{"duration": {}}}}}"#, DELAY.as_secs_f64()), ""),
-            route("fi-delay-abort", "fault_injection", r#"{"delay": {"duration": 0.5, "percentage": 100}, "abort": {"http_status": 403, "body": "Fault Injection!\n"}}"#, ""),
+            route(
+                "fi-delay",
+                "fault_injection",
+                &format!(r#"{{"delay": {{"duration": {}}}}}"#, DELAY.as_secs_f64()),
+                "",
+            ),
+            route(
+                "fi-delay-abort",
+                "fault_injection",
+                r#"{"delay": {"duration": 0.5, "percentage": 100}, "abort": {"http_status": 403, "body": "Fault Injection!\n"}}"#,
+                "",
+            ),
             documented_route("fi-documented", "fault-injection", &[]),
         ];
         let proxy = start("apisix-fault", origin.port(), &routes);
@@ -160,7 +184,12 @@ pub fn abort_at_0_percent_lets_every_request_through(start: Start) {
     for i in 0..20 {
         let path = format!("/fi/abort-none/{i}");
         let r = f.proxy.send(&Request::get(&path).host("fi-abort-none.test"));
-        assert_eq!((r.status, r.body_str().as_str()), (200, "hello from origin"), "request {i}\n{}", f.proxy.log_report());
+        assert_eq!(
+            (r.status, r.body_str().as_str()),
+            (200, "hello from origin"),
+            "request {i}\n{}",
+            f.proxy.log_report()
+        );
         request_for(&f.origin, &path);
     }
 }
@@ -202,7 +231,11 @@ pub fn concurrent_delayed_requests_each_wait_their_own_delay(start: Start) {
                 // Staggered, so the waiting list holds requests with different due times.
                 std::thread::sleep(Duration::from_millis(100 * i));
                 let t0 = Instant::now();
-                let r = f.proxy.send(&Request::get(&format!("/fi/delay-many/{i}")).host("fi-delay.test").timeout(Duration::from_secs(20)));
+                let r = f.proxy.send(
+                    &Request::get(&format!("/fi/delay-many/{i}"))
+                        .host("fi-delay.test")
+                        .timeout(Duration::from_secs(20)),
+                );
                 (i, r.status, r.body_str(), t0.elapsed())
             })
         })
@@ -220,7 +253,8 @@ pub fn a_client_that_leaves_during_a_delay_does_not_disturb_the_plugin(start: St
     let proxy_port = f.proxy.port();
     for i in 0..3 {
         let mut c = Connection::open(proxy_port).expect("connect");
-        c.write_raw(&Request::get(&format!("/fi/left/{i}")).host("fi-delay.test").to_bytes(), WAIT).expect("write the request");
+        c.write_raw(&Request::get(&format!("/fi/left/{i}")).host("fi-delay.test").to_bytes(), WAIT)
+            .expect("write the request");
         std::thread::sleep(Duration::from_millis(100));
         c.close();
     }
@@ -310,10 +344,24 @@ pub fn auth(start: Start) -> Arc<Auth> {
         let down_uri = format!("http://127.0.0.1:{down}/auth");
         let routes = [
             route("fa", "forward_auth", &config(&auth_uri, 3000, ""), &allowed(format!("127.0.0.1:{}", auth.port()))),
-            route("fa-timeout", "forward_auth", &config(&auth_uri, 500, ""), &allowed(format!("127.0.0.1:{}", auth.port()))),
+            route(
+                "fa-timeout",
+                "forward_auth",
+                &config(&auth_uri, 500, ""),
+                &allowed(format!("127.0.0.1:{}", auth.port())),
+            ),
             route("fa-down", "forward_auth", &config(&down_uri, 3000, ""), &allowed(format!("127.0.0.1:{down}"))),
-            route("fa-degrade", "forward_auth", &config(&down_uri, 3000, r#", "allow_degradation": true"#), &allowed(format!("127.0.0.1:{down}"))),
-            documented_route("fa-documented", "forward-auth", &[("127.0.0.1:9080", format!("127.0.0.1:{}", auth.port()))]),
+            route(
+                "fa-degrade",
+                "forward_auth",
+                &config(&down_uri, 3000, r#", "allow_degradation": true"#),
+                &allowed(format!("127.0.0.1:{down}")),
+            ),
+            documented_route(
+                "fa-documented",
+                "forward-auth",
+                &[("127.0.0.1:9080", format!("127.0.0.1:{}", auth.port()))],
+            ),
         ];
         let proxy = start("apisix-auth", origin.port(), &routes);
         Auth { origin, auth, proxy }
@@ -397,7 +445,12 @@ pub fn an_auth_service_slower_than_the_timeout_answers_403(start: Start) {
     let f = auth(start);
     let path = "/fa/slow";
     let t0 = Instant::now();
-    let r = f.proxy.send(&Request::get(path).host("fa-timeout.test").header("Authorization", "Bearer slow").timeout(Duration::from_secs(20)));
+    let r = f.proxy.send(
+        &Request::get(path)
+            .host("fa-timeout.test")
+            .header("Authorization", "Bearer slow")
+            .timeout(Duration::from_secs(20)),
+    );
     let took = t0.elapsed();
     assert_eq!(r.status, 403, "{}", f.proxy.log_report());
     // A 200 comes after 3 s: the 403 is the timeout. nginx counts its timers
@@ -418,10 +471,12 @@ pub fn allow_degradation_lets_the_request_through_when_the_auth_service_is_down(
 
 pub fn the_documented_yaml_allows_and_denies(start: Start) {
     let f = auth(start);
-    let r = f.proxy.send(&Request::get("/fa/doc-allow").host("fa-documented.test").header("Authorization", "Bearer good"));
+    let r =
+        f.proxy.send(&Request::get("/fa/doc-allow").host("fa-documented.test").header("Authorization", "Bearer good"));
     assert_eq!(r.status, 200, "{}", f.proxy.log_report());
     assert_eq!(request_for(&f.origin, "/fa/doc-allow").header("x-user-id"), Some("alice"));
-    let r = f.proxy.send(&Request::get("/fa/doc-deny").host("fa-documented.test").header("Authorization", "Bearer bad"));
+    let r =
+        f.proxy.send(&Request::get("/fa/doc-deny").host("fa-documented.test").header("Authorization", "Bearer bad"));
     assert_eq!((r.status, r.body_str().as_str()), (401, DENY_BODY), "{}", f.proxy.log_report());
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"test\""));
     assert!(!r.has_header("x-auth-reason"), "the documented YAML copies only WWW-Authenticate");
@@ -446,7 +501,10 @@ pub const CHUNKED_LEN: usize = 200 * 1024;
 fn rewrite_origin() -> Origin {
     Origin::with_handler(|req| {
         let r = if req.path_only().starts_with("/rr/chunked") {
-            origin::Response::new(200).header("content-type", "text/plain").body(crate::e2e::pattern_body(CHUNKED_LEN)).chunked(4096)
+            origin::Response::new(200)
+                .header("content-type", "text/plain")
+                .body(crate::e2e::pattern_body(CHUNKED_LEN))
+                .chunked(4096)
         } else {
             origin::Response::text(200, "hello from origin")
         };
@@ -472,7 +530,12 @@ pub fn rewrite(start: Start) -> Arc<Rewrite> {
         let b64 = base64::engine::general_purpose::STANDARD.encode(binary_body());
         let routes = [
             route("rr", "response_rewrite", &full, ""),
-            route("rr-old-headers", "response_rewrite", r#"{"status_code": 201, "headers": {"X-Replace": "old-style", "X-Remove": "", "X-Number": 7}}"#, ""),
+            route(
+                "rr-old-headers",
+                "response_rewrite",
+                r#"{"status_code": 201, "headers": {"X-Replace": "old-style", "X-Remove": "", "X-Number": 7}}"#,
+                "",
+            ),
             route("rr-b64", "response_rewrite", &format!(r#"{{"body": "{b64}", "body_base64": true}}"#), ""),
             documented_route("rr-documented", "response-rewrite", &[]),
         ];
@@ -492,7 +555,11 @@ pub fn status_headers_and_body_are_replaced(start: Start) {
     assert_eq!(r.header("x-set-new"), Some("1"));
     assert!(!r.has_header("x-remove"), "{:?}", r.headers);
     assert_eq!(r.header("x-keep"), Some("kept"));
-    assert!(!r.has_header("etag") && !r.has_header("last-modified"), "validators of the old body are dropped: {:?}", r.headers);
+    assert!(
+        !r.has_header("etag") && !r.has_header("last-modified"),
+        "validators of the old body are dropped: {:?}",
+        r.headers
+    );
     request_for(&f.origin, "/rr/full");
 }
 

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use proxy_wasm_host::abi::pairs::Pair;
 use proxy_wasm_host::abi::{LogLevel, MapType, Status, StreamType};
+use proxy_wasm_host::config::RuntimeKind;
 use proxy_wasm_host::host::{HttpCallRequest, HttpStream, LocalResponse, PluginRef, ServerHost};
 use proxy_wasm_host::hostcalls::code::WasmCode;
-use proxy_wasm_host::plugin::PluginInfo;
-use proxy_wasm_host::config::RuntimeKind;
 use proxy_wasm_host::loader;
+use proxy_wasm_host::plugin::PluginInfo;
 use proxy_wasm_host::vm::{Verdict, Vm, VmOptions};
 
 pub fn repo_root() -> PathBuf {
@@ -29,12 +29,8 @@ pub fn wat_bytes(name: &str) -> Vec<u8> {
 /// A plugin built by `scripts/build-plugins.sh` (run by `make test`).
 pub fn built_plugin(file: &str) -> Vec<u8> {
     let path = repo_root().join("build/plugins").join(file);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; build the test plugins first with `make plugins`",
-            path.display()
-        )
-    })
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; build the test plugins first with `make plugins`", path.display()))
 }
 
 /// A built plugin, compiled once per test binary and shared by its tests.
@@ -55,10 +51,7 @@ pub fn built_code_on(runtime: RuntimeKind, file: &str) -> Arc<WasmCode> {
     code
 }
 
-pub fn load(
-    bytes: &[u8],
-    origin: &str,
-) -> Result<Arc<WasmCode>, proxy_wasm_host::hostcalls::code::LoadError> {
+pub fn load(bytes: &[u8], origin: &str) -> Result<Arc<WasmCode>, proxy_wasm_host::hostcalls::code::LoadError> {
     load_on(RuntimeKind::Wasmtime, bytes, origin)
 }
 
@@ -199,19 +192,10 @@ impl ServerHost for TestServer {
         *self.log_level.lock().unwrap()
     }
 
-    fn dispatch_http_call(
-        &self,
-        root_context_id: u32,
-        token: u32,
-        request: HttpCallRequest,
-    ) -> Result<(), Status> {
+    fn dispatch_http_call(&self, root_context_id: u32, token: u32, request: HttpCallRequest) -> Result<(), Status> {
         let r = *self.http_call_result.lock().unwrap();
         if r.is_ok() {
-            self.record
-                .lock()
-                .unwrap()
-                .http_calls
-                .push((root_context_id, token, request));
+            self.record.lock().unwrap().http_calls.push((root_context_id, token, request));
         }
         r
     }
@@ -221,36 +205,20 @@ impl ServerHost for TestServer {
     }
 
     fn set_tick_period(&self, root_context_id: u32, period: Option<Duration>) {
-        self.record
-            .lock()
-            .unwrap()
-            .ticks
-            .insert(root_context_id, period);
+        self.record.lock().unwrap().ticks.insert(root_context_id, period);
     }
 
     fn notify_queue_ready(&self, root_context_id: u32, queue_id: u32) {
-        self.record
-            .lock()
-            .unwrap()
-            .queue_ready
-            .push((root_context_id, queue_id));
+        self.record.lock().unwrap().queue_ready.push((root_context_id, queue_id));
     }
 
     fn property(&self, path: &[&[u8]]) -> Result<Option<Vec<u8>>, Status> {
-        let key = path
-            .iter()
-            .map(|s| String::from_utf8_lossy(s))
-            .collect::<Vec<_>>()
-            .join(".");
+        let key = path.iter().map(|s| String::from_utf8_lossy(s)).collect::<Vec<_>>().join(".");
         Ok(self.properties.lock().unwrap().get(&key).cloned())
     }
 
     fn call_foreign_function(&self, name: &str, argument: &[u8]) -> Result<Vec<u8>, Status> {
-        self.record
-            .lock()
-            .unwrap()
-            .foreign_calls
-            .push((name.to_string(), argument.to_vec()));
+        self.record.lock().unwrap().foreign_calls.push((name.to_string(), argument.to_vec()));
         match name {
             "echo" => Ok(argument.to_vec()),
             "reverse" => Ok(argument.iter().rev().copied().collect()),
@@ -332,9 +300,7 @@ impl TestStream {
 }
 
 pub fn pairs(list: &[(&str, &str)]) -> Vec<Pair> {
-    list.iter()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect()
+    list.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
 }
 
 impl HttpStream for TestStream {
@@ -348,11 +314,7 @@ impl HttpStream for TestStream {
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        self.0
-            .lock()
-            .unwrap()
-            .map_mut(map)?
-            .push((key.to_vec(), value.to_vec()));
+        self.0.lock().unwrap().map_mut(map)?.push((key.to_vec(), value.to_vec()));
         Ok(())
     }
 
@@ -375,11 +337,7 @@ impl HttpStream for TestStream {
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
-        self.0
-            .lock()
-            .unwrap()
-            .map_mut(map)?
-            .retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        self.0.lock().unwrap().map_mut(map)?.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
         Ok(())
     }
 
@@ -403,11 +361,7 @@ impl HttpStream for TestStream {
     }
 
     fn property(&self, path: &[&[u8]]) -> Result<Option<Vec<u8>>, Status> {
-        let key = path
-            .iter()
-            .map(|s| String::from_utf8_lossy(s))
-            .collect::<Vec<_>>()
-            .join(".");
+        let key = path.iter().map(|s| String::from_utf8_lossy(s)).collect::<Vec<_>>().join(".");
         let d = self.0.lock().unwrap();
         if let Some(v) = d.properties.get(&key) {
             return Ok(Some(v.clone()));
@@ -451,11 +405,7 @@ pub struct Harness {
 pub fn unique_vm_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 impl Harness {
@@ -467,22 +417,13 @@ impl Harness {
         Harness::start_with_on(RuntimeKind::Wasmtime, bytes, plugin_configuration, options)
     }
 
-    pub fn try_start(
-        bytes: &[u8],
-        plugin_configuration: &str,
-        options: VmOptions,
-    ) -> Result<Harness, String> {
+    pub fn try_start(bytes: &[u8], plugin_configuration: &str, options: VmOptions) -> Result<Harness, String> {
         Harness::try_start_on(RuntimeKind::Wasmtime, bytes, plugin_configuration, options)
     }
 
     /// [`Harness::start`] on a given runtime.
     pub fn start_on(runtime: RuntimeKind, bytes: &[u8], plugin_configuration: &str) -> Harness {
-        Harness::start_with_on(
-            runtime,
-            bytes,
-            plugin_configuration,
-            VmOptions::new(unique_vm_id("vm")),
-        )
+        Harness::start_with_on(runtime, bytes, plugin_configuration, VmOptions::new(unique_vm_id("vm")))
     }
 
     /// [`Harness::start_with`] on a given runtime.
@@ -524,12 +465,8 @@ impl Harness {
         options: VmOptions,
         server: Arc<TestServer>,
     ) -> Result<Harness, String> {
-        let plugin = PluginInfo::new(
-            "test-plugin",
-            "",
-            options.vm_id.clone(),
-            plugin_configuration.as_bytes().to_vec(),
-        );
+        let plugin =
+            PluginInfo::new("test-plugin", "", options.vm_id.clone(), plugin_configuration.as_bytes().to_vec());
         Harness::try_start_plugin(code, plugin, options, server)
     }
 
@@ -543,45 +480,22 @@ impl Harness {
         let mut vm = Vm::new(code, options, server.clone()).map_err(|e| e.to_string())?;
         let plugin = Arc::new(plugin);
         let root = vm.start_plugin(plugin.clone()).map_err(|e| e.to_string())?;
-        Ok(Harness {
-            vm,
-            server,
-            root,
-            plugin,
-        })
+        Ok(Harness { vm, server, root, plugin })
     }
 
     /// Creates a stream with these request headers and runs `on_request_headers`.
-    pub fn request(
-        &mut self,
-        headers: &[(&str, &str)],
-        end_of_stream: bool,
-    ) -> (u32, TestStream, Verdict) {
+    pub fn request(&mut self, headers: &[(&str, &str)], end_of_stream: bool) -> (u32, TestStream, Verdict) {
         let stream = TestStream::with_request(headers);
-        let ctx = self
-            .vm
-            .create_stream(self.root, Box::new(stream.clone()))
-            .expect("create stream");
+        let ctx = self.vm.create_stream(self.root, Box::new(stream.clone())).expect("create stream");
         let n = headers.len();
-        let verdict = self
-            .vm
-            .on_request_headers(ctx, n, end_of_stream)
-            .expect("on_request_headers");
+        let verdict = self.vm.on_request_headers(ctx, n, end_of_stream).expect("on_request_headers");
         (ctx, stream, verdict)
     }
 
     /// Runs `on_response_headers` with these response headers.
-    pub fn respond(
-        &mut self,
-        ctx: u32,
-        stream: &TestStream,
-        headers: &[(&str, &str)],
-        end_of_stream: bool,
-    ) -> Verdict {
+    pub fn respond(&mut self, ctx: u32, stream: &TestStream, headers: &[(&str, &str)], end_of_stream: bool) -> Verdict {
         stream.set_response(headers);
-        self.vm
-            .on_response_headers(ctx, headers.len(), end_of_stream)
-            .expect("on_response_headers")
+        self.vm.on_response_headers(ctx, headers.len(), end_of_stream).expect("on_response_headers")
     }
 
     /// Shared data of this harness' VM (`vm_id`) as text, as the plugin stored it.
@@ -594,10 +508,7 @@ impl Harness {
     /// Creates a stream context with these request headers, without calling the plugin.
     pub fn stream(&mut self, headers: &[(&str, &str)]) -> (u32, TestStream) {
         let stream = TestStream::with_request(headers);
-        let ctx = self
-            .vm
-            .create_stream(self.root, Box::new(stream.clone()))
-            .expect("create stream");
+        let ctx = self.vm.create_stream(self.root, Box::new(stream.clone())).expect("create stream");
         (ctx, stream)
     }
 

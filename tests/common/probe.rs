@@ -54,7 +54,12 @@ pub enum R {
 
 #[derive(Clone, Debug)]
 pub enum Step {
-    Call { label: String, f: &'static str, args: Vec<A>, reports: Vec<R> },
+    Call {
+        label: String,
+        f: &'static str,
+        args: Vec<A>,
+        reports: Vec<R>,
+    },
     /// Keeps the callback's context id in variable v.
     SaveCtx(u32),
 }
@@ -69,8 +74,21 @@ pub fn s(bytes: impl AsRef<[u8]>) -> A {
 
 /// The callbacks a probe may run steps in (keys of [`Probe::on`]).
 pub const CALLBACKS: &[&str] = &[
-    "initialize", "create_root", "create_stream", "vm_start", "configure", "request_headers", "request_body",
-    "response_headers", "response_body", "tick", "queue_ready", "http_call_response", "foreign_function", "done", "log",
+    "initialize",
+    "create_root",
+    "create_stream",
+    "vm_start",
+    "configure",
+    "request_headers",
+    "request_body",
+    "response_headers",
+    "response_body",
+    "tick",
+    "queue_ready",
+    "http_call_response",
+    "foreign_function",
+    "done",
+    "log",
     "delete",
 ];
 
@@ -94,20 +112,65 @@ fn signature(f: &str) -> (&'static str, String, &'static [&'static str], bool) {
         None => ("env", f),
     };
     let (params, result): (&'static [&'static str], bool) = match name {
-        "proxy_done" | "proxy_continue_request" | "proxy_continue_response" | "proxy_clear_route_cache" | "sched_yield" => (&[], true),
-        "proxy_get_log_level" | "proxy_get_current_time_nanoseconds" | "proxy_set_tick_period_milliseconds"
-        | "proxy_set_effective_context" | "proxy_continue_stream" | "proxy_close_stream" | "proxy_grpc_cancel" | "proxy_grpc_close"
-        | "fd_close" | "fd_datasync" | "fd_sync" => (&[I], true),
-        "proxy_get_header_map_size" | "proxy_get_metric" | "proxy_get_configuration" | "fd_fdstat_get" | "fd_fdstat_set_flags"
-        | "fd_prestat_get" | "fd_filestat_get" | "fd_renumber" | "fd_tell" | "clock_res_get" | "random_get" | "environ_get"
-        | "environ_sizes_get" | "args_get" | "args_sizes_get" | "sock_shutdown" | "pthread_equal" => (&[I, I], true),
+        "proxy_done"
+        | "proxy_continue_request"
+        | "proxy_continue_response"
+        | "proxy_clear_route_cache"
+        | "sched_yield" => (&[], true),
+        "proxy_get_log_level"
+        | "proxy_get_current_time_nanoseconds"
+        | "proxy_set_tick_period_milliseconds"
+        | "proxy_set_effective_context"
+        | "proxy_continue_stream"
+        | "proxy_close_stream"
+        | "proxy_grpc_cancel"
+        | "proxy_grpc_close"
+        | "fd_close"
+        | "fd_datasync"
+        | "fd_sync" => (&[I], true),
+        "proxy_get_header_map_size"
+        | "proxy_get_metric"
+        | "proxy_get_configuration"
+        | "fd_fdstat_get"
+        | "fd_fdstat_set_flags"
+        | "fd_prestat_get"
+        | "fd_filestat_get"
+        | "fd_renumber"
+        | "fd_tell"
+        | "clock_res_get"
+        | "random_get"
+        | "environ_get"
+        | "environ_sizes_get"
+        | "args_get"
+        | "args_sizes_get"
+        | "sock_shutdown"
+        | "pthread_equal" => (&[I, I], true),
         "proxy_increment_metric" | "proxy_record_metric" => (&[I, J], true),
-        "proxy_log" | "proxy_get_buffer_status" | "proxy_get_header_map_pairs" | "proxy_set_header_map_pairs"
-        | "proxy_remove_header_map_value" | "proxy_get_status" | "proxy_register_shared_queue" | "proxy_enqueue_shared_queue"
-        | "proxy_dequeue_shared_queue" | "fd_prestat_dir_name" | "sock_accept" => (&[I, I, I], true),
-        "proxy_define_metric" | "proxy_get_property" | "proxy_set_property" | "proxy_grpc_send" | "fd_write" | "fd_read" => (&[I, I, I, I], true),
-        "proxy_get_buffer_bytes" | "proxy_set_buffer_bytes" | "proxy_get_header_map_value" | "proxy_add_header_map_value"
-        | "proxy_replace_header_map_value" | "proxy_get_shared_data" | "proxy_set_shared_data" | "proxy_resolve_shared_queue"
+        "proxy_log"
+        | "proxy_get_buffer_status"
+        | "proxy_get_header_map_pairs"
+        | "proxy_set_header_map_pairs"
+        | "proxy_remove_header_map_value"
+        | "proxy_get_status"
+        | "proxy_register_shared_queue"
+        | "proxy_enqueue_shared_queue"
+        | "proxy_dequeue_shared_queue"
+        | "fd_prestat_dir_name"
+        | "sock_accept" => (&[I, I, I], true),
+        "proxy_define_metric"
+        | "proxy_get_property"
+        | "proxy_set_property"
+        | "proxy_grpc_send"
+        | "fd_write"
+        | "fd_read" => (&[I, I, I, I], true),
+        "proxy_get_buffer_bytes"
+        | "proxy_set_buffer_bytes"
+        | "proxy_get_header_map_value"
+        | "proxy_add_header_map_value"
+        | "proxy_replace_header_map_value"
+        | "proxy_get_shared_data"
+        | "proxy_set_shared_data"
+        | "proxy_resolve_shared_queue"
         | "sock_send" => (&[I, I, I, I, I], true),
         "proxy_call_foreign_function" | "path_readlink" | "sock_recv" => (&[I, I, I, I, I, I], true),
         "proxy_send_local_response" => (&[I, I, I, I, I, I, I, I], true),
@@ -199,7 +262,9 @@ impl Probe {
             let mut b = String::new();
             for step in steps {
                 match step {
-                    Step::SaveCtx(v) => writeln!(b, "    (i32.store (i32.const {}) (local.get 0))", VARS + 4 * v).unwrap(),
+                    Step::SaveCtx(v) => {
+                        writeln!(b, "    (i32.store (i32.const {}) (local.get 0))", VARS + 4 * v).unwrap()
+                    }
                     Step::Call { label, f, args, reports } => {
                         let n = imports.len();
                         let idx = *imports.entry(f.to_string()).or_insert(n);
@@ -232,7 +297,8 @@ impl Probe {
                             writeln!(b, "    (call $h{idx}{argv}) (local.set $st (i32.const 0))").unwrap();
                         }
                         let (p, l) = data.place(format!("@{label} status=").as_bytes());
-                        writeln!(b, "    (call $w (i32.const {p}) (i32.const {l})) (call $wu (local.get $st))").unwrap();
+                        writeln!(b, "    (call $w (i32.const {p}) (i32.const {l})) (call $wu (local.get $st))")
+                            .unwrap();
                         for r in reports {
                             let text = |d: &mut Data, t: String| d.place(t.as_bytes());
                             match r {
@@ -263,7 +329,13 @@ impl Probe {
                                     writeln!(b, "    (call $w (i32.const {p}) (i32.const {l})) (call $wslot (i32.load (i32.const {addr})))").unwrap();
                                 }
                                 R::Save(k, v) => {
-                                    writeln!(b, "    (i32.store (i32.const {}) (i32.load (i32.const {})))", VARS + 4 * v, SLOTS + 8 * k).unwrap();
+                                    writeln!(
+                                        b,
+                                        "    (i32.store (i32.const {}) (i32.load (i32.const {})))",
+                                        VARS + 4 * v,
+                                        SLOTS + 8 * k
+                                    )
+                                    .unwrap();
                                 }
                             }
                         }
@@ -285,7 +357,8 @@ impl Probe {
             let (module, name, params, result) = signature(f);
             let params: Vec<&str> = params.to_vec();
             let result = if result { " (result i32)" } else { "" };
-            writeln!(m, "  (import \"{module}\" \"{name}\" (func $h{idx} (param {}){result}))", params.join(" ")).unwrap();
+            writeln!(m, "  (import \"{module}\" \"{name}\" (func $h{idx} (param {}){result}))", params.join(" "))
+                .unwrap();
         }
         writeln!(m, "  (memory (export \"memory\") {pages})").unwrap();
         writeln!(m, "  (global $heap (mut i32) (i32.const {heap}))").unwrap();
@@ -414,5 +487,8 @@ pub fn probe_lines(messages: &[String]) -> Vec<String> {
 
 /// The value of `key=` in a probe line.
 pub fn field(line: &str, key: &str) -> String {
-    line.split(' ').find_map(|w| w.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("no {key}= in {line:?}")).to_string()
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .to_string()
 }

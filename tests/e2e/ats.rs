@@ -52,7 +52,9 @@ pub const READY_LINE: &str = "Traffic Server is fully initialized";
 /// Path of the built ATS plugin: `$PROXY_WASM_ATS_SO` if set, else
 /// `<repo>/build/proxy_wasm_ats.so`; `None` if that file does not exist.
 pub fn plugin_so() -> Option<PathBuf> {
-    let p = std::env::var_os("PROXY_WASM_ATS_SO").map(PathBuf::from).unwrap_or_else(|| repo_root().join("build").join(PLUGIN_SO));
+    let p = std::env::var_os("PROXY_WASM_ATS_SO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("build").join(PLUGIN_SO));
     p.is_file().then_some(p)
 }
 
@@ -368,7 +370,10 @@ impl TrafficServer {
 
     /// The current end of diags.log and traffic.out, to search only what comes later.
     pub fn log_mark(&self) -> LogMark {
-        LogMark { diags: file_len(&self.log_dir().join("diags.log")), out: file_len(&self.log_dir().join("traffic.out")) }
+        LogMark {
+            diags: file_len(&self.log_dir().join("diags.log")),
+            out: file_len(&self.log_dir().join("traffic.out")),
+        }
     }
 
     /// diags.log + traffic.out written after `mark`.
@@ -564,15 +569,12 @@ fn start_once(opts: &AtsOptions) -> Result<TrafficServer, StartFailure> {
     }
 
     let out_path = dir.join("logs/traffic.out");
-    let out = fs::File::create(&out_path).map_err(|e| fail(&dir, false, format!("create {}: {e}", out_path.display())))?;
+    let out =
+        fs::File::create(&out_path).map_err(|e| fail(&dir, false, format!("create {}: {e}", out_path.display())))?;
     let err = out.try_clone().map_err(|e| fail(&dir, false, format!("dup: {e}")))?;
     let bin = if opts.manager { TRAFFIC_MANAGER } else { TRAFFIC_SERVER };
     let mut cmd = Command::new(bin);
-    cmd.env("TS_RUNROOT", dir.join("runroot.yaml"))
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    cmd.env("TS_RUNROOT", dir.join("runroot.yaml")).current_dir(&dir).stdin(Stdio::null()).stdout(out).stderr(err);
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }
@@ -665,7 +667,10 @@ fn records_block(dir: &Path, port: u16, opts: &AtsOptions) -> String {
         "CONFIG proxy.config.exec_thread.autoconfig INT 0".into(),
         format!("CONFIG proxy.config.exec_thread.limit INT {}", opts.exec_threads.max(1)),
         format!("CONFIG proxy.config.diags.debug.enabled INT {}", debug_on as i32),
-        format!("CONFIG proxy.config.diags.debug.tags STRING {}", if debug_on { opts.debug_tags.trim() } else { "none" }),
+        format!(
+            "CONFIG proxy.config.diags.debug.tags STRING {}",
+            if debug_on { opts.debug_tags.trim() } else { "none" }
+        ),
         // Debug and diag output to diags.log (the default is stderr).
         "CONFIG proxy.config.diags.output.debug STRING L".into(),
         "CONFIG proxy.config.diags.output.diag STRING L".into(),

@@ -138,8 +138,8 @@ impl Request {
         for (k, v) in &self.headers {
             out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
         }
-        let user_framing =
-            http::header(&self.headers, "content-length").is_some() || http::header(&self.headers, "transfer-encoding").is_some();
+        let user_framing = http::header(&self.headers, "content-length").is_some()
+            || http::header(&self.headers, "transfer-encoding").is_some();
         if self.add_framing && !user_framing {
             if self.chunked.is_some() {
                 out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
@@ -231,7 +231,9 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientError::Connect(e) => write!(f, "connect failed: {e}"),
-            ClientError::Timeout { stage, received } => write!(f, "timed out while {stage} ({received} response bytes received)"),
+            ClientError::Timeout { stage, received } => {
+                write!(f, "timed out while {stage} ({received} response bytes received)")
+            }
             ClientError::Closed { reset, stage, received } => write!(
                 f,
                 "connection {} while {stage} ({received} response bytes received)",
@@ -284,7 +286,10 @@ impl Connection {
             TcpStream::connect_timeout(&peer, timeout.min(Duration::from_secs(5))).map_err(ClientError::Connect)?;
         let _ = stream.set_nodelay(true);
         Ok(Connection {
-            reader: BufReader::with_capacity(64 * 1024, DeadlineStream { stream, deadline: Instant::now() + timeout, received: 0 }),
+            reader: BufReader::with_capacity(
+                64 * 1024,
+                DeadlineStream { stream, deadline: Instant::now() + timeout, received: 0 },
+            ),
             peer,
             closed: false,
         })
@@ -333,12 +338,17 @@ impl Connection {
         let mut interim = Vec::new();
         loop {
             let received = |c: &Connection| c.reader.get_ref().received;
-            let head = http::read_head(&mut self.reader).map_err(|e| map_err(e, "reading the response head", received(self)))?;
+            let head = http::read_head(&mut self.reader)
+                .map_err(|e| map_err(e, "reading the response head", received(self)))?;
             let (start, headers) = match head {
                 Some(h) => h,
                 None => {
                     self.closed = true;
-                    return Err(ClientError::Closed { reset: false, stage: "waiting for the response", received: received(self) });
+                    return Err(ClientError::Closed {
+                        reset: false,
+                        stage: "waiting for the response",
+                        received: received(self),
+                    });
                 }
             };
             let mut parts = start.splitn(3, ' ');
@@ -359,15 +369,18 @@ impl Connection {
             let (body, trailers) = if no_body {
                 (Vec::new(), Vec::new())
             } else if chunked {
-                http::read_chunked(&mut self.reader).map_err(|e| map_err(e, "reading the chunked body", received(self)))?
+                http::read_chunked(&mut self.reader)
+                    .map_err(|e| map_err(e, "reading the chunked body", received(self)))?
             } else {
                 match http::content_length(&headers).map_err(|e| ClientError::Malformed(e.to_string()))? {
                     Some(n) => (
-                        http::read_exact_body(&mut self.reader, n).map_err(|e| map_err(e, "reading the body", received(self)))?,
+                        http::read_exact_body(&mut self.reader, n)
+                            .map_err(|e| map_err(e, "reading the body", received(self)))?,
                         Vec::new(),
                     ),
                     None => {
-                        let b = http::read_to_close(&mut self.reader).map_err(|e| map_err(e, "reading the body", received(self)))?;
+                        let b = http::read_to_close(&mut self.reader)
+                            .map_err(|e| map_err(e, "reading the body", received(self)))?;
                         self.closed = true;
                         (b, Vec::new())
                     }
@@ -390,8 +403,12 @@ impl Connection {
 fn map_err(e: io::Error, stage: &'static str, received: usize) -> ClientError {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout { stage, received },
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => ClientError::Closed { reset: true, stage, received },
-        io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof => ClientError::Closed { reset: false, stage, received },
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+            ClientError::Closed { reset: true, stage, received }
+        }
+        io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof => {
+            ClientError::Closed { reset: false, stage, received }
+        }
         io::ErrorKind::InvalidData => ClientError::Malformed(format!("{stage}: {e}")),
         _ => ClientError::Io(e),
     }

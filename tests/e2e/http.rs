@@ -99,7 +99,8 @@ fn read_header_lines<R: BufRead>(r: &mut R, total: &mut usize) -> io::Result<Hea
                 None => return Err(invalid(format!("continuation line without a header: {line:?}"))),
             }
         }
-        let (name, value) = line.split_once(':').ok_or_else(|| invalid(format!("header line without a colon: {line:?}")))?;
+        let (name, value) =
+            line.split_once(':').ok_or_else(|| invalid(format!("header line without a colon: {line:?}")))?;
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
 }
@@ -108,10 +109,12 @@ fn read_header_lines<R: BufRead>(r: &mut R, total: &mut usize) -> io::Result<Hea
 pub fn read_chunked<R: BufRead>(r: &mut R) -> io::Result<(Vec<u8>, Headers)> {
     let mut body = Vec::new();
     loop {
-        let line = read_line(r, 4096)?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a chunk size line"))?;
+        let line = read_line(r, 4096)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a chunk size line")
+        })?;
         let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid(format!("bad chunk size line {line:?}")))?;
+        let size =
+            usize::from_str_radix(size_text, 16).map_err(|_| invalid(format!("bad chunk size line {line:?}")))?;
         if size == 0 {
             let mut total = 0;
             let trailers = read_header_lines(r, &mut total)?;

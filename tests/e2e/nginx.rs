@@ -37,7 +37,9 @@ pub const WORKER_READY: &str = "[proxy_wasm] plugins started in worker";
 
 /// `$PROXY_WASM_NGINX_SO` or `<repo>/build/ngx_http_proxy_wasm_module.so`; panics if missing.
 pub fn require_module_so() -> PathBuf {
-    let p = std::env::var_os("PROXY_WASM_NGINX_SO").map(PathBuf::from).unwrap_or_else(|| repo_root().join("build").join(MODULE_SO));
+    let p = std::env::var_os("PROXY_WASM_NGINX_SO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("build").join(MODULE_SO));
     assert!(p.is_file(), "the NGINX module is not built: expected {} (run `make nginx`)", p.display());
     p
 }
@@ -146,7 +148,10 @@ impl Nginx {
         let d = &self.dir;
         let so = require_module_so();
         let o = &self.opts;
-        let temp: String = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].iter().map(|t| format!("    {t}_temp_path {}/tmp/{t};\n", d.display())).collect();
+        let temp: String = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+            .iter()
+            .map(|t| format!("    {t}_temp_path {}/tmp/{t};\n", d.display()))
+            .collect();
         let conf = format!(
             "load_module {so};\nworker_processes {workers};\nmaster_process on;\ndaemon off;\npid {dir}/logs/nginx.pid;\nerror_log {dir}/logs/error.log {level};\n{main}\
              events {{ worker_connections 1024; }}\n\
@@ -203,7 +208,11 @@ impl Nginx {
             .spawn()
             .map_err(|e| format!("cannot start {NGINX}: {e}"))?;
         n.child = Some(child);
-        let ready_workers = n.opts.expect_ready_workers.unwrap_or(if n.opts.http.contains("proxy_wasm_config") { n.opts.workers } else { 0 });
+        let ready_workers = n.opts.expect_ready_workers.unwrap_or(if n.opts.http.contains("proxy_wasm_config") {
+            n.opts.workers
+        } else {
+            0
+        });
         let deadline = Instant::now() + n.opts.startup_timeout;
         loop {
             if let Some(status) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -290,7 +299,10 @@ impl Nginx {
     }
     /// `nginx -s <signal>` with this instance's prefix and configuration.
     pub fn signal(&self, signal: &str) -> Output {
-        Command::new(NGINX).args(["-p", &self.dir.display().to_string(), "-c", &self.conf_path().display().to_string(), "-s", signal]).output().expect("run nginx -s")
+        Command::new(NGINX)
+            .args(["-p", &self.dir.display().to_string(), "-c", &self.conf_path().display().to_string(), "-s", signal])
+            .output()
+            .expect("run nginx -s")
     }
     /// SIGHUP to the master (a reload without `nginx -s`).
     pub fn hup(&self) {
@@ -311,7 +323,10 @@ impl Nginx {
 
 /// `nginx -t -p <dir> -c <conf>`.
 pub fn test_config_at(dir: &Path, conf: &Path) -> Output {
-    Command::new(NGINX).args(["-t", "-p", &dir.display().to_string(), "-c", &conf.display().to_string()]).output().expect("run nginx -t")
+    Command::new(NGINX)
+        .args(["-t", "-p", &dir.display().to_string(), "-c", &conf.display().to_string()])
+        .output()
+        .expect("run nginx -t")
 }
 
 impl Drop for Nginx {

@@ -430,7 +430,9 @@ fn serve_connection(stream: TcpStream, id: u64, shared: &Shared) {
         seq += 1;
         let mut parts = start.split_whitespace();
         let (method, path, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(m), Some(p), Some(v), None) if v.starts_with("HTTP/") => (m.to_string(), p.to_string(), v.to_string()),
+            (Some(m), Some(p), Some(v), None) if v.starts_with("HTTP/") => {
+                (m.to_string(), p.to_string(), v.to_string())
+            }
             _ => {
                 note(format!("connection {id}: malformed request line {start:?}"));
                 let _ = writer.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
@@ -531,7 +533,8 @@ fn write_response<W: Write>(w: &mut W, req: &Request, resp: &Response, client_wa
     }
     let no_body_status = resp.status < 200 || resp.status == 204 || resp.status == 304;
     let close = resp.close || client_wants_close || resp.framing == Framing::Close;
-    let user_framing = http::header(&resp.headers, "content-length").is_some() || http::header(&resp.headers, "transfer-encoding").is_some();
+    let user_framing = http::header(&resp.headers, "content-length").is_some()
+        || http::header(&resp.headers, "transfer-encoding").is_some();
     let mut head = Vec::with_capacity(512);
     let reason = resp.reason.clone().unwrap_or_else(|| http::reason(resp.status).to_string());
     head.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, reason).as_bytes());
@@ -553,7 +556,9 @@ fn write_response<W: Write>(w: &mut W, req: &Request, resp: &Response, client_wa
     let send_body = req.method != "HEAD" && !no_body_status;
     if send_body {
         match resp.framing {
-            Framing::Chunked(size) if resp.chunk_delay.is_zero() => http::write_chunked(w, &resp.body, size, &resp.trailers)?,
+            Framing::Chunked(size) if resp.chunk_delay.is_zero() => {
+                http::write_chunked(w, &resp.body, size, &resp.trailers)?
+            }
             Framing::Chunked(size) => {
                 for piece in resp.body.chunks(size.max(1)) {
                     write!(w, "{:x}\r\n", piece.len())?;

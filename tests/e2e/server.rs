@@ -71,37 +71,21 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(name: &str, origin_port: u16) -> Setup {
-        Setup {
-            name: name.into(),
-            origin_port,
-            plugins: Vec::new(),
-            routes: Vec::new(),
-            workers: 2,
-            env: Vec::new(),
-        }
+        Setup { name: name.into(), origin_port, plugins: Vec::new(), routes: Vec::new(), workers: 2, env: Vec::new() }
     }
     /// Adds a plugin named `name` with this YAML text.
     pub fn plugin(mut self, name: &str, yaml: impl Into<String>) -> Self {
-        self.plugins.push(Plugin {
-            name: name.into(),
-            yaml: yaml.into(),
-        });
+        self.plugins.push(Plugin { name: name.into(), yaml: yaml.into() });
         self
     }
     /// Requests for `host` go through `chain` (plugin names, in order).
     pub fn route(mut self, host: &str, chain: &[&str]) -> Self {
-        self.routes.push(Route {
-            host: Some(host.into()),
-            chain: chain.iter().map(|s| s.to_string()).collect(),
-        });
+        self.routes.push(Route { host: Some(host.into()), chain: chain.iter().map(|s| s.to_string()).collect() });
         self
     }
     /// Requests for any other host go through `chain` (empty: unfiltered).
     pub fn default_route(mut self, chain: &[&str]) -> Self {
-        self.routes.push(Route {
-            host: None,
-            chain: chain.iter().map(|s| s.to_string()).collect(),
-        });
+        self.routes.push(Route { host: None, chain: chain.iter().map(|s| s.to_string()).collect() });
         self
     }
     pub fn workers(mut self, n: usize) -> Self {
@@ -118,10 +102,7 @@ impl Setup {
     }
     fn routes(&self) -> Vec<Route> {
         if self.routes.is_empty() {
-            vec![Route {
-                host: None,
-                chain: self.plugins.iter().map(|p| p.name.clone()).collect(),
-            }]
+            vec![Route { host: None, chain: self.plugins.iter().map(|p| p.name.clone()).collect() }]
         } else {
             self.routes.clone()
         }
@@ -151,11 +132,7 @@ pub trait ServerUnderTest: Sized + Send + Sync + 'static {
     /// Panics (with its logs) if it is no longer running.
     fn assert_running(&self) {
         if !self.is_running() {
-            panic!(
-                "{} is not running any more\n{}",
-                Self::NAME,
-                self.log_report()
-            );
+            panic!("{} is not running any more\n{}", Self::NAME, self.log_report());
         }
     }
     /// Panics (with its logs) if it stopped, or if one of its processes died
@@ -163,21 +140,12 @@ pub trait ServerUnderTest: Sized + Send + Sync + 'static {
     /// another, so only its log and the number of workers tell).
     fn assert_nothing_died(&self) {
         self.assert_running();
-        assert!(
-            !self.logs().contains("exited on signal"),
-            "a process of {} died\n{}",
-            Self::NAME,
-            self.log_report()
-        );
+        assert!(!self.logs().contains("exited on signal"), "a process of {} died\n{}", Self::NAME, self.log_report());
     }
     /// Waits until its logs contain `text`; panics with the logs otherwise.
     fn expect_log(&self, text: &str, timeout: Duration) {
         if !super::wait_until(timeout, || self.logs().contains(text)) {
-            panic!(
-                "{} never logged {text:?}\n{}",
-                Self::NAME,
-                self.log_report()
-            );
+            panic!("{} never logged {text:?}\n{}", Self::NAME, self.log_report());
         }
     }
 }
@@ -187,18 +155,12 @@ impl ServerUnderTest for Nginx {
     const NAME: &'static str = "nginx";
 
     fn start(setup: Setup) -> Nginx {
-        let files: Vec<String> = setup
-            .plugins
-            .iter()
-            .map(|p| format!("@CONF@/{}", Setup::file_of(&p.name)))
-            .collect();
+        let files: Vec<String> = setup.plugins.iter().map(|p| format!("@CONF@/{}", Setup::file_of(&p.name))).collect();
         let location = |chain: &[String]| {
             let wasm: String = chain.iter().map(|p| format!("proxy_wasm {p}; ")).collect();
             format!("location / {{ {wasm}proxy_pass http://127.0.0.1:@ORIGIN_PORT@; proxy_set_header Host $host; }}")
         };
-        let mut opts = NginxOptions::new(&setup.name)
-            .workers(setup.workers)
-            .origin(setup.origin_port);
+        let mut opts = NginxOptions::new(&setup.name).workers(setup.workers).origin(setup.origin_port);
         for p in &setup.plugins {
             opts = opts.file(Setup::file_of(&p.name), p.yaml.clone());
         }
@@ -224,11 +186,7 @@ impl ServerUnderTest for Nginx {
                         Some(h) => format!("server_name {h};"),
                         None => "server_name _;".to_string(),
                     };
-                    let default = if route.host.is_none() {
-                        " default_server"
-                    } else {
-                        ""
-                    };
+                    let default = if route.host.is_none() { " default_server" } else { "" };
                     opts = opts.http(format!(
                         "server {{ listen 127.0.0.1:@PORT@{default}; {name} {} }}",
                         location(&route.chain)
@@ -250,17 +208,8 @@ impl ServerUnderTest for Nginx {
     }
     fn assert_nothing_died(&self) {
         self.assert_running();
-        assert!(
-            !self.error_log().contains("exited on signal"),
-            "a worker died\n{}",
-            self.log_report()
-        );
-        assert_eq!(
-            self.worker_pids().len(),
-            self.workers(),
-            "no worker died\n{}",
-            self.log_report()
-        );
+        assert!(!self.error_log().contains("exited on signal"), "a worker died\n{}", self.log_report());
+        assert_eq!(self.worker_pids().len(), self.workers(), "no worker died\n{}", self.log_report());
     }
     fn log_report(&self) -> String {
         Nginx::log_report(self)
@@ -273,9 +222,7 @@ impl ServerUnderTest for TrafficServer {
 
     fn start(setup: Setup) -> TrafficServer {
         super::ats::require_plugin_so();
-        let mut opts = AtsOptions::new(&setup.name)
-            .origin(setup.origin_port)
-            .exec_threads(setup.workers);
+        let mut opts = AtsOptions::new(&setup.name).origin(setup.origin_port).exec_threads(setup.workers);
         for p in &setup.plugins {
             opts = opts.file(Setup::file_of(&p.name), p.yaml.clone());
         }

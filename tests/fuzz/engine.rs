@@ -97,7 +97,9 @@ impl Rng {
     pub fn interesting_u32(&mut self) -> u32 {
         match self.below(6) {
             0 => *self.pick(&[0, 1, 2, 3, 4, 7, 8, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x1_0000]),
-            1 => *self.pick(&[u32::MAX, u32::MAX - 1, u32::MAX - 3, u32::MAX - 7, 0x7fff_ffff, 0x8000_0000, 0xffff_fff0]),
+            1 => {
+                *self.pick(&[u32::MAX, u32::MAX - 1, u32::MAX - 3, u32::MAX - 7, 0x7fff_ffff, 0x8000_0000, 0xffff_fff0])
+            }
             2 => {
                 let p = 1u32 << self.below(32);
                 p.wrapping_add(*self.pick(&[0u32, 1, u32::MAX]))
@@ -220,7 +222,12 @@ fn install_quiet_hook() {
                 let mut c = c.borrow_mut();
                 match c.as_mut() {
                     Some(slot) => {
-                        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_else(|| "(non-string panic)".into());
+                        let msg = info
+                            .payload()
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "(non-string panic)".into());
                         let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
                         *slot = Some(format!("panic at {at}: {msg}"));
                         true
@@ -282,7 +289,11 @@ pub fn run(target: &str, mut check: impl FnMut(&mut Case) -> Result<(), String>)
     let keep_going = std::env::var("FUZZ_KEEP_GOING").is_ok_and(|v| v == "1");
     let budget = budget();
     let case_timeout = Duration::from_secs(env_u64("FUZZ_CASE_TIMEOUT").unwrap_or(120));
-    eprintln!("fuzz {target}: seed {base:#x}, budget {:.1}s{}", budget.as_secs_f64(), if keep_going { ", keep going" } else { "" });
+    eprintln!(
+        "fuzz {target}: seed {base:#x}, budget {:.1}s{}",
+        budget.as_secs_f64(),
+        if keep_going { ", keep going" } else { "" }
+    );
 
     // The watchdog: a case that never returns is a hang, reported by seed.
     let current = Arc::new(AtomicU64::new(0));
@@ -290,13 +301,17 @@ pub fn run(target: &str, mut check: impl FnMut(&mut Case) -> Result<(), String>)
     let finished = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     {
-        let (current, started_ms, finished, target) = (current.clone(), started_ms.clone(), finished.clone(), target.to_string());
+        let (current, started_ms, finished, target) =
+            (current.clone(), started_ms.clone(), finished.clone(), target.to_string());
         std::thread::spawn(move || {
             while !finished.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
                 let since = started_ms.load(Ordering::Relaxed);
                 let now = t0.elapsed().as_millis() as u64;
-                if since != 0 && now.saturating_sub(since) > case_timeout.as_millis() as u64 && !finished.load(Ordering::Relaxed) {
+                if since != 0
+                    && now.saturating_sub(since) > case_timeout.as_millis() as u64
+                    && !finished.load(Ordering::Relaxed)
+                {
                     eprintln!(
                         "fuzz {target}: HANG: a case has run for more than {}s; replay with FUZZ_CASE_SEED={:#x}",
                         case_timeout.as_secs(),
@@ -339,7 +354,8 @@ pub fn run(target: &str, mut check: impl FnMut(&mut Case) -> Result<(), String>)
                 report.push_str(&format!("\n  input bytes ({}): b\"{}\"", input.len(), escape(input)));
             }
             let sig = signature(&message);
-            let entry = failures.entry(sig).or_insert_with(|| Failure { count: 0, first_seed: seed, report: report.clone() });
+            let entry =
+                failures.entry(sig).or_insert_with(|| Failure { count: 0, first_seed: seed, report: report.clone() });
             if entry.count == 0 {
                 eprintln!("{report}");
             }

@@ -123,7 +123,9 @@ fn allowed(cmd: &Command, status: u32, channel: Channel) -> bool {
 /// streams, and Envoy's `continueStream` of an HTTP stream answers
 /// UNIMPLEMENTED for the upstream one (`StreamType` 3).
 fn envoys_answer(cmd: &Command, status: u32) -> bool {
-    HOSTCALLS[cmd.k].name == "proxy_continue_stream" && cmd.args[0] as u32 == 3 && status == Status::Unimplemented as u32
+    HOSTCALLS[cmd.k].name == "proxy_continue_stream"
+        && cmd.args[0] as u32 == 3
+        && status == Status::Unimplemented as u32
 }
 
 /// Calls no SDK makes in this situation, whose object does not exist here:
@@ -222,9 +224,8 @@ fn piece(rng: &mut Rng) -> Vec<u8> {
 
 /// Names that calls share: header keys the streams have, shared-data keys,
 /// queue names, properties, foreign functions the test server knows.
-static NAMES: &[&[u8]] = &[
-    b"x-fuzz", b"x-a", b":path", b":status", b"k", b"q", b"request\0path", b"plugin_name", b"echo", b"reverse", b"",
-];
+static NAMES: &[&[u8]] =
+    &[b"x-fuzz", b"x-a", b":path", b":status", b"k", b"q", b"request\0path", b"plugin_name", b"echo", b"reverse", b""];
 
 /// A command: the arena payload (with the spans of its pieces) and arguments.
 struct Command {
@@ -412,7 +413,10 @@ fn judge(cmd: &Command, outcome: &Outcome, channel: Channel) -> Result<(), Strin
         })
         .collect();
     if outcome.runs as usize > outcome.changed.len() {
-        return Err(format!("{} changed {} separate ranges of guest memory, more than its out-parameters", hc.name, outcome.runs));
+        return Err(format!(
+            "{} changed {} separate ranges of guest memory, more than its out-parameters",
+            hc.name, outcome.runs
+        ));
     }
     for &(start, end) in &outcome.changed {
         for b in start..end {
@@ -439,13 +443,15 @@ struct Rig {
 
 impl Rig {
     fn new(runtime: RuntimeKind) -> Rig {
-        static CODE: std::sync::Mutex<Vec<(RuntimeKind, Arc<proxy_wasm_host::hostcalls::code::WasmCode>)>> = std::sync::Mutex::new(Vec::new());
+        static CODE: std::sync::Mutex<Vec<(RuntimeKind, Arc<proxy_wasm_host::hostcalls::code::WasmCode>)>> =
+            std::sync::Mutex::new(Vec::new());
         let code = {
             let mut cache = CODE.lock().unwrap_or_else(|p| p.into_inner());
             match cache.iter().find(|(r, _)| *r == runtime) {
                 Some((_, c)) => c.clone(),
                 None => {
-                    let c = common::load_on(runtime, &wat_bytes("hostcall_fuzz"), "hostcall_fuzz.wat").expect("hostcall_fuzz.wat loads");
+                    let c = common::load_on(runtime, &wat_bytes("hostcall_fuzz"), "hostcall_fuzz.wat")
+                        .expect("hostcall_fuzz.wat loads");
                     cache.push((runtime, c.clone()));
                     c
                 }
@@ -502,14 +508,19 @@ impl Rig {
             Channel::HttpCallResponse => {
                 // A real pending call first: an http_call made through the other root channel.
                 let token = self.http_call(rng)?;
-                let list = |rng: &mut Rng| -> Vec<(Vec<u8>, Vec<u8>)> { (0..rng.len(4)).map(|_| (b"x-r".to_vec(), rng.bytes(4))).collect() };
+                let list = |rng: &mut Rng| -> Vec<(Vec<u8>, Vec<u8>)> {
+                    (0..rng.len(4)).map(|_| (b"x-r".to_vec(), rng.bytes(4))).collect()
+                };
                 let response = HttpCallResponse {
                     headers: list(rng),
                     body: bytes,
                     trailers: list(rng),
                     // Any code but the one for a response over the size cap, which the
                     // VM delivers without its body (the command), as servers do.
-                    failure: rng.chance(1, 4).then(|| (rng.below(600) as u32, "fuzz failure".to_string())).filter(|(code, _)| *code != FAILURE_TOO_LARGE),
+                    failure: rng
+                        .chance(1, 4)
+                        .then(|| (rng.below(600) as u32, "fuzz failure".to_string()))
+                        .filter(|(code, _)| *code != FAILURE_TOO_LARGE),
                 };
                 self.h.server.clear_logs();
                 self.h.vm.on_http_call_response(token, response)
@@ -518,7 +529,11 @@ impl Rig {
                 let (ctx, s) = self.stream(rng)?;
                 {
                     let mut d = s.0.lock().unwrap();
-                    let map = if channel == Channel::RequestHeaders { &mut d.request_headers } else { &mut d.response_headers };
+                    let map = if channel == Channel::RequestHeaders {
+                        &mut d.request_headers
+                    } else {
+                        &mut d.response_headers
+                    };
                     // Any spelling: the module reads the header case-insensitively.
                     map.retain(|(k, _)| !k.eq_ignore_ascii_case(b"x-fuzz"));
                     map.push((b"x-fuzz".to_vec(), bytes));
@@ -532,10 +547,18 @@ impl Rig {
             }
             Channel::RequestBody | Channel::ResponseBody => {
                 let (ctx, _) = self.stream(rng)?;
-                let direction = if channel == Channel::RequestBody { proxy_wasm_host::abi::StreamType::HttpRequest } else { proxy_wasm_host::abi::StreamType::HttpResponse };
+                let direction = if channel == Channel::RequestBody {
+                    proxy_wasm_host::abi::StreamType::HttpRequest
+                } else {
+                    proxy_wasm_host::abi::StreamType::HttpResponse
+                };
                 self.h.vm.take_body(ctx, direction).map_err(|e| e.to_string())?;
                 let eos = rng.bool();
-                let r = if channel == Channel::RequestBody { self.h.vm.on_request_body(ctx, &bytes, eos) } else { self.h.vm.on_response_body(ctx, &bytes, eos) };
+                let r = if channel == Channel::RequestBody {
+                    self.h.vm.on_request_body(ctx, &bytes, eos)
+                } else {
+                    self.h.vm.on_response_body(ctx, &bytes, eos)
+                };
                 let _ = self.h.vm.take_body(ctx, direction);
                 r.map(|_| ())
             }
@@ -575,7 +598,10 @@ impl Rig {
         args[9] = (ARENA + 0x3000) as u64;
         let cmd = Command { k: 15, args, payload };
         self.h.server.clear_logs();
-        self.h.vm.on_foreign_function(self.h.root, rng.u32(), cmd.bytes()).map_err(|e| format!("setup http_call: {e}"))?;
+        self.h
+            .vm
+            .on_foreign_function(self.h.root, rng.u32(), cmd.bytes())
+            .map_err(|e| format!("setup http_call: {e}"))?;
         let calls = self.h.server.take_http_calls();
         match calls.last() {
             Some((_, token, _)) => Ok(*token),

@@ -69,7 +69,10 @@ fn fields(rng: &mut Rng, max: usize) -> Pairs {
             let n = rng.range(1, 16);
             let mut name = rng.bytes_from(n, TOKEN);
             // Names the framing reads are the generator's to set.
-            if [&b"content-length"[..], b"transfer-encoding", b"connection"].iter().any(|f| name.eq_ignore_ascii_case(f)) {
+            if [&b"content-length"[..], b"transfer-encoding", b"connection"]
+                .iter()
+                .any(|f| name.eq_ignore_ascii_case(f))
+            {
                 name.push(b'x');
             }
             (name, field_value(rng))
@@ -205,7 +208,11 @@ fn show(p: &Pairs) -> Vec<String> {
 #[derive(Debug, PartialEq)]
 enum Outcome {
     /// Complete after `used` bytes of the input, framed by its head.
-    Framed { response: HttpCallResponse, used: usize, keep_alive: bool },
+    Framed {
+        response: HttpCallResponse,
+        used: usize,
+        keep_alive: bool,
+    },
     /// Complete at the close (a body delimited by the connection).
     Closed(HttpCallResponse),
     Failed(ParseError),
@@ -248,7 +255,11 @@ fn deliver(bytes: &[u8], cuts: &[usize], head: bool, limit: u64) -> Result<Outco
                     return Err(format!("complete after {used} bytes of a piece of {}", piece.len()));
                 }
                 if p.seen() != (at + used) as u64 {
-                    return Err(format!("complete after {} bytes, but the parser says it took {}", at + used, p.seen()));
+                    return Err(format!(
+                        "complete after {} bytes, but the parser says it took {}",
+                        at + used,
+                        p.seen()
+                    ));
                 }
                 let keep_alive = p.keep_alive();
                 return Ok(Outcome::Framed { response: p.into_response(), used: at + used, keep_alive });
@@ -280,7 +291,13 @@ fn limit_for(rng: &mut Rng, len: usize) -> u64 {
 fn check_valid(case: &mut Case) -> Result<(), String> {
     let m = valid_response(&mut case.rng);
     let limit = limit_for(&mut case.rng, m.bytes.len());
-    case.note(format!("status {}, head {}, framed {:?}, {} bytes, limit {limit}", m.status, m.head, m.framed, m.bytes.len()));
+    case.note(format!(
+        "status {}, head {}, framed {:?}, {} bytes, limit {limit}",
+        m.status,
+        m.head,
+        m.framed,
+        m.bytes.len()
+    ));
     let mut bytes = m.bytes.clone();
     // What follows a framed response (the next one, or junk) is not part of it.
     if m.framed.is_some() && case.rng.chance(1, 3) {
@@ -354,8 +371,14 @@ fn check_malformed(case: &mut Case) -> Result<(), String> {
         // Crossing the limit within a line is found before the line's own
         // error when the line arrives in pieces: both fail, which one first
         // depends on the delivery.
-        (Outcome::Failed(a), Outcome::Failed(b)) if matches!(a, ParseError::TooLarge { .. }) || matches!(b, ParseError::TooLarge { .. }) => Ok(()),
-        _ if brief(&whole) == brief(&split) => Err(format!("{}, whole and in {} pieces, but the responses differ", brief(&whole), pieces.len())),
+        (Outcome::Failed(a), Outcome::Failed(b))
+            if matches!(a, ParseError::TooLarge { .. }) || matches!(b, ParseError::TooLarge { .. }) =>
+        {
+            Ok(())
+        }
+        _ if brief(&whole) == brief(&split) => {
+            Err(format!("{}, whole and in {} pieces, but the responses differ", brief(&whole), pieces.len()))
+        }
         _ => Err(format!("whole: {}; in {} pieces: {}", brief(&whole), pieces.len(), brief(&split))),
     }
 }
@@ -544,7 +567,12 @@ fn check_call(case: &mut Case) -> Result<(), String> {
     // connection the client closes first ends with a reset, which leaves
     // none, and each case has an address of its own (all of 127/8 is local),
     // where the server keeps the TIME_WAIT when it closes first.
-    let ip = std::net::Ipv4Addr::new(127, case.rng.below(256) as u8, case.rng.below(256) as u8, case.rng.range(2, 254) as u8);
+    let ip = std::net::Ipv4Addr::new(
+        127,
+        case.rng.below(256) as u8,
+        case.rng.below(256) as u8,
+        case.rng.range(2, 254) as u8,
+    );
     let listener = std::net::TcpListener::bind((ip, 0)).map_err(|e| e.to_string())?;
     let upstream = listener.local_addr().map_err(|e| e.to_string())?.to_string();
     // Whether the client closes first: its parser ends (complete or failed)
@@ -575,7 +603,15 @@ fn check_call(case: &mut Case) -> Result<(), String> {
             while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
             let reset = libc::linger { l_onoff: 1, l_linger: 0 };
             // SAFETY: our socket, and an option value of the size given.
-            unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&reset as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t) };
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&reset as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
         } else {
             // The close ends the response: the server closes first and keeps
             // the TIME_WAIT, on the case's own address. Reading the client's
@@ -587,7 +623,11 @@ fn check_call(case: &mut Case) -> Result<(), String> {
     let method: &[u8] = if head { b"HEAD" } else { b"GET" };
     let request = HttpCallRequest {
         upstream,
-        headers: vec![(b":method".to_vec(), method.to_vec()), (b":path".to_vec(), b"/".to_vec()), (b":authority".to_vec(), b"fuzz".to_vec())],
+        headers: vec![
+            (b":method".to_vec(), method.to_vec()),
+            (b":path".to_vec(), b"/".to_vec()),
+            (b":authority".to_vec(), b"fuzz".to_vec()),
+        ],
         body: Vec::new(),
         trailers: Vec::new(),
         timeout: Some(Duration::from_secs(20)),
@@ -603,7 +643,11 @@ fn check_call(case: &mut Case) -> Result<(), String> {
     }
     if valid && m.bytes.len() as u64 > limit {
         if got.failure.as_ref().map(|f| f.0) != Some(FAILURE_TOO_LARGE) {
-            return Err(format!("a response of {} bytes with a max_response_size of {limit}: {:?}", m.bytes.len(), got.failure));
+            return Err(format!(
+                "a response of {} bytes with a max_response_size of {limit}: {:?}",
+                m.bytes.len(),
+                got.failure
+            ));
         }
     } else if valid {
         same(&m, &got, "call")?;
@@ -621,15 +665,27 @@ fn check_request_encoding(case: &mut Case) -> Result<(), String> {
     let rng = &mut case.rng;
     let method = rng.pick(&[&b"GET"[..], b"POST", b"OPTIONS"]).to_vec();
     let path = rng.pick(&[&b"/"[..], b"/ok?q=1", b"/%20"]).to_vec();
-    let mut headers: Pairs = vec![(b":method".to_vec(), method.clone()), (b":path".to_vec(), path.clone()), (b":authority".to_vec(), b"fuzz".to_vec())];
+    let mut headers: Pairs = vec![
+        (b":method".to_vec(), method.clone()),
+        (b":path".to_vec(), path.clone()),
+        (b":authority".to_vec(), b"fuzz".to_vec()),
+    ];
     let plain = fields(rng, 6);
     headers.extend(plain.iter().cloned());
     let blen = rng.len(64);
-    let request = HttpCallRequest { upstream: "fuzz:80".into(), headers: headers.clone(), body: rng.bytes(blen), trailers: Vec::new(), timeout: None, max_response_size: u64::MAX };
+    let request = HttpCallRequest {
+        upstream: "fuzz:80".into(),
+        headers: headers.clone(),
+        body: rng.bytes(blen),
+        trailers: Vec::new(),
+        timeout: None,
+        max_response_size: u64::MAX,
+    };
     case.note(format!("headers {:?}", show(&headers)));
     let encoded = http_client::encode_request(&request);
     let head_end = encoded.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of head")?;
-    let lines: Vec<&[u8]> = encoded[..head_end].split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect();
+    let lines: Vec<&[u8]> =
+        encoded[..head_end].split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect();
     let request_line = [&method[..], b" ", &path[..], b" HTTP/1.1"].concat();
     if lines[0] != request_line.as_slice() {
         return Err(format!("request line \"{}\"", engine::escape(lines[0])));

@@ -87,7 +87,11 @@ fn operate(rng: &mut Rng, store: &ShmStore, server: &Arc<dyn ServerHost>, ids: &
             5 => {
                 let owner = QueueOwner { server: Arc::downgrade(server), root_context_id: rng.below(4) as u32 };
                 let name = format!("q{}", rng.below(8));
-                let limits = if rng.bool() { QueueLimits::UNLIMITED } else { QueueLimits { max_length: rng.range(0, 8) as u32, max_bytes: rng.range(0, 4096) as u64 } };
+                let limits = if rng.bool() {
+                    QueueLimits::UNLIMITED
+                } else {
+                    QueueLimits { max_length: rng.range(0, 8) as u32, max_bytes: rng.range(0, 4096) as u64 }
+                };
                 if let Ok(id) = store.register(&vm(rng), &name, owner, limits) {
                     ids.queues.push(id);
                 }
@@ -110,7 +114,11 @@ fn operate(rng: &mut Rng, store: &ShmStore, server: &Arc<dyn ServerHost>, ids: &
             9 => {
                 let kind = *rng.pick(&[MetricType::Counter, MetricType::Gauge, MetricType::Histogram]);
                 let name = format!("m{}", rng.below(8));
-                let defined = if rng.bool() { store.define(kind, &name).ok() } else { store.define_within(kind, &name, &vm(rng), rng.range(0, 8) as u32).ok() };
+                let defined = if rng.bool() {
+                    store.define(kind, &name).ok()
+                } else {
+                    store.define_within(kind, &name, &vm(rng), rng.range(0, 8) as u32).ok()
+                };
                 ids.metrics.extend(defined);
             }
             10 => {
@@ -188,7 +196,16 @@ struct Mapping {
 impl Mapping {
     fn new(len: usize) -> Mapping {
         // SAFETY: a fresh anonymous mapping, unmapped in Drop.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
         assert_ne!(p, libc::MAP_FAILED, "mmap");
         Mapping { base: p as *mut u8, len }
     }
@@ -250,7 +267,11 @@ fn in_child(timeout: Duration, f: impl FnOnce()) -> (End, String) {
         // SAFETY: our own child.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if r == pid {
-            break if libc::WIFSIGNALED(status) { End::Signal(libc::WTERMSIG(status)) } else { End::Exited(libc::WEXITSTATUS(status)) };
+            break if libc::WIFSIGNALED(status) {
+                End::Signal(libc::WTERMSIG(status))
+            } else {
+                End::Exited(libc::WEXITSTATUS(status))
+            };
         }
         if start.elapsed() > timeout {
             // SAFETY: our own child.
@@ -289,7 +310,9 @@ fn check(case: &mut Case) -> Result<(), String> {
         let ops = case.rng.range(10, 200);
         operate(&mut case.rng, &store, &server, &mut ids, ops);
         // Before any corruption, ordinary use keeps every structure consistent.
-        store.verify().map_err(|e| format!("the zone is inconsistent after ordinary use, before any corruption: {e}"))?;
+        store
+            .verify()
+            .map_err(|e| format!("the zone is inconsistent after ordinary use, before any corruption: {e}"))?;
     }
     let what = corrupt(&mut case.rng, m.bytes());
     // An NGINX worker checks the zone when it starts (and rebuilds it if
@@ -345,7 +368,10 @@ fn corrupted_histogram_bucket_counts_are_summed_without_overflow() {
     const MARK: u64 = 0x5eed_f00d_0bad_cafe;
     store.record(id, MARK).unwrap();
     let zone = m.bytes();
-    let sum = (0..zone.len() / 8).map(|i| i * 8).find(|&o| zone[o..o + 8] == MARK.to_le_bytes()).expect("the histogram's sum is in the zone");
+    let sum = (0..zone.len() / 8)
+        .map(|i| i * 8)
+        .find(|&o| zone[o..o + 8] == MARK.to_le_bytes())
+        .expect("the histogram's sum is in the zone");
     let buckets = sum + 8..sum + 8 + 8 * (HISTOGRAM_BOUNDS.len() + 1);
     for word in zone[buckets].chunks_mut(8) {
         word.copy_from_slice(&u64::MAX.to_le_bytes());
@@ -370,7 +396,16 @@ fn header_counts_set_to_u32_max_neither_crash_nor_hang_a_worker() {
     {
         let store = ShmStore::new(region, Box::new(NoLock), Box::new(|_, _| {}));
         for i in 0..3 {
-            ids.queues.push(store.register(&format!("vm{i}"), "q", QueueOwner { server: Arc::downgrade(&server), root_context_id: 1 }, QueueLimits::UNLIMITED).unwrap());
+            ids.queues.push(
+                store
+                    .register(
+                        &format!("vm{i}"),
+                        "q",
+                        QueueOwner { server: Arc::downgrade(&server), root_context_id: 1 },
+                        QueueLimits::UNLIMITED,
+                    )
+                    .unwrap(),
+            );
             ids.metrics.push(store.define(MetricType::Counter, &format!("m{i}")).unwrap());
             store.set(&format!("vm{i}"), b"k", b"v", 0).unwrap();
         }
@@ -379,7 +414,10 @@ fn header_counts_set_to_u32_max_neither_crash_nor_hang_a_worker() {
     // MIN_SIZE is the header and 4 KiB of heap (src/shm_store/region.rs); in
     // the header, offsets and tags are large numbers, counts small ones.
     let header = MIN_SIZE - 4096;
-    let counts: Vec<usize> = (0..header / 4).map(|i| i * 4).filter(|&o| (1..=16).contains(&u32::from_le_bytes(clean[o..o + 4].try_into().unwrap()))).collect();
+    let counts: Vec<usize> = (0..header / 4)
+        .map(|i| i * 4)
+        .filter(|&o| (1..=16).contains(&u32::from_le_bytes(clean[o..o + 4].try_into().unwrap())))
+        .collect();
     assert!(counts.len() >= 3, "the queue, metric and usage-record counts are among {counts:?}");
     for at in counts {
         m.bytes().copy_from_slice(&clean);
@@ -390,10 +428,14 @@ fn header_counts_set_to_u32_max_neither_crash_nor_hang_a_worker() {
                 operate(&mut Rng::new(at as u64), &store, &server, &mut ids, 200);
             }
         });
-        assert!(matches!(end, End::Exited(0)), "header word {at:#x} set to u32::MAX: the worker {}: {stderr}", match end {
-            End::Exited(code) => format!("exited with {code}"),
-            End::Signal(sig) => format!("died of signal {sig}"),
-            End::Hung => "hung".into(),
-        });
+        assert!(
+            matches!(end, End::Exited(0)),
+            "header word {at:#x} set to u32::MAX: the worker {}: {stderr}",
+            match end {
+                End::Exited(code) => format!("exited with {code}"),
+                End::Signal(sig) => format!("died of signal {sig}"),
+                End::Hung => "hung".into(),
+            }
+        );
     }
 }

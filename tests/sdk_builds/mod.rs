@@ -113,8 +113,19 @@ pub const C_ABI_0_1_0: SdkBuild = SdkBuild {
 
 /// Every build, in the README's order.
 pub const ALL: &[&SdkBuild] = &[
-    &RUST_0_1_0, &RUST_0_1_1, &RUST_0_1_2, &RUST_0_1_3, &RUST_0_1_4, &RUST_0_2_0, &RUST_0_2_1, &RUST_0_2_2, &RUST_0_2_3,
-    &AS_0_1_1, &AS_0_1_8, &C_ABI_0_2_1, &C_ABI_0_1_0,
+    &RUST_0_1_0,
+    &RUST_0_1_1,
+    &RUST_0_1_2,
+    &RUST_0_1_3,
+    &RUST_0_1_4,
+    &RUST_0_2_0,
+    &RUST_0_2_1,
+    &RUST_0_2_2,
+    &RUST_0_2_3,
+    &AS_0_1_1,
+    &AS_0_1_8,
+    &C_ABI_0_2_1,
+    &C_ABI_0_1_0,
 ];
 
 // ------------------------------------------------------------------ sections kept per kind of build

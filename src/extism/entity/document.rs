@@ -94,10 +94,14 @@ fn shape(text: &str, file: &Path) -> Result<Value, ConfigError> {
 }
 
 fn layout_of(value: &Value) -> Option<Layout> {
-    let is_entity = |v: &Value| v.get("id").is_some() || v.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("WasmPlugin"));
+    let is_entity = |v: &Value| {
+        v.get("id").is_some() || v.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("WasmPlugin"))
+    };
     let is_k8s = |v: &Value| v.get("apiVersion").is_some() && v.get("spec").is_some();
     match value {
-        Value::Object(map) if map.contains_key("wasm_plugins") || map.contains_key("otoroshi") => Some(Layout::WasmPluginsKey),
+        Value::Object(map) if map.contains_key("wasm_plugins") || map.contains_key("otoroshi") => {
+            Some(Layout::WasmPluginsKey)
+        }
         v @ Value::Object(_) if is_k8s(v) => Some(Layout::Kubernetes),
         v @ Value::Object(_) if is_entity(v) => Some(Layout::Entity),
         Value::Array(items) => match items.first() {
@@ -189,7 +193,11 @@ impl<'de> Node<'de> for Root {
                     let key: Option<String> = map.next_key()?;
                     let Some(key) = key else { break };
                     match key.as_str() {
-                        "wasm_plugins" => entities = map.next_value_seed(cx.key("wasm_plugins").at(Entities { root: &self, path: "wasm_plugins".into() }))?,
+                        "wasm_plugins" => {
+                            entities = map.next_value_seed(
+                                cx.key("wasm_plugins").at(Entities { root: &self, path: "wasm_plugins".into() }),
+                            )?
+                        }
                         "otoroshi" => settings = Some(map.next_value_seed(cx.key("otoroshi").at(SettingsNode))?),
                         k if foreign.iter().any(|f| f == k) => {
                             map.next_value::<IgnoredAny>()?;
@@ -197,7 +205,10 @@ impl<'de> Node<'de> for Root {
                         other => {
                             let mut known = vec!["wasm_plugins", "otoroshi"];
                             known.extend(foreign.iter().map(String::as_str));
-                            return Err(cx.key(other).fail(format!("unknown top-level key {other:?}; expected one of {}", known.join(", "))));
+                            return Err(cx.key(other).fail(format!(
+                                "unknown top-level key {other:?}; expected one of {}",
+                                known.join(", ")
+                            )));
                         }
                     }
                 }
@@ -283,7 +294,8 @@ impl<'de> Node<'de> for Kubernetes<'_> {
     }
 }
 
-const SETTINGS_KEYS: &[&[&str]] = &[&["storage_root", "storageRoot"], &["wasmo"], &["callback_timeout", "callbackTimeout"]];
+const SETTINGS_KEYS: &[&[&str]] =
+    &[&["storage_root", "storageRoot"], &["wasmo"], &["callback_timeout", "callbackTimeout"]];
 
 struct SettingsNode;
 
@@ -334,7 +346,12 @@ impl Node<'_> for DurationNode {
                     Some(n) => (n, 1.0),
                     None => (t.strip_suffix('s').unwrap_or("x"), 1000.0),
                 };
-                number.trim().parse::<f64>().ok().filter(|_| number.trim().bytes().all(|b| b.is_ascii_digit() || b == b'.')).map(|n| n * scale)
+                number
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|_| number.trim().bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+                    .map(|n| n * scale)
             }
             _ => None,
         };
@@ -345,7 +362,13 @@ impl Node<'_> for DurationNode {
     }
 }
 
-const WASMO_KEYS: &[&[&str]] = &[&["url"], &["client_id", "clientId"], &["client_secret", "clientSecret"], &["plugins_filter", "pluginsFilter"], &["legacy_auth", "legacyAuth"]];
+const WASMO_KEYS: &[&[&str]] = &[
+    &["url"],
+    &["client_id", "clientId"],
+    &["client_secret", "clientSecret"],
+    &["plugins_filter", "pluginsFilter"],
+    &["legacy_auth", "legacyAuth"],
+];
 
 struct WasmoNode;
 
@@ -358,13 +381,21 @@ impl<'de> Node<'de> for WasmoNode {
 
     fn map<A: MapAccess<'de>>(self, cx: &Cx, mut map: A) -> Result<WasmoSettings, A::Error> {
         let mut url = None;
-        let mut w = WasmoSettings { url: String::new(), client_id: "admin-api-apikey-id".into(), client_secret: "admin-api-apikey-secret".into(), plugins_filter: "*".into(), legacy_auth: false };
+        let mut w = WasmoSettings {
+            url: String::new(),
+            client_id: "admin-api-apikey-id".into(),
+            client_secret: "admin-api-apikey-secret".into(),
+            plugins_filter: "*".into(),
+            legacy_auth: false,
+        };
         read_map(cx, &mut map, WASMO_KEYS, |key, vcx, map| {
             match key {
                 "url" => {
                     let u = map.next_value_seed(vcx.clone().at(NonEmpty))?;
                     if !u.to_ascii_lowercase().starts_with("http://") || crate::extism::http::Url::parse(&u).is_err() {
-                        return Err(vcx.fail(format!("expected an http:// URL (this host's HTTP client has no TLS), found {u:?}")));
+                        return Err(vcx.fail(format!(
+                            "expected an http:// URL (this host's HTTP client has no TLS), found {u:?}"
+                        )));
                     }
                     url = Some(u.trim_end_matches('/').to_owned());
                 }
@@ -398,7 +429,11 @@ fn locate(text: &str, steps: &[Step]) -> Option<usize> {
         return Some(text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1);
     }
     let e = Probe { steps }.deserialize(serde_yaml_ng::Deserializer::from_str(text)).err()?;
-    if e.to_string().contains(FOUND) { e.location().map(|l| l.line()) } else { None }
+    if e.to_string().contains(FOUND) {
+        e.location().map(|l| l.line())
+    } else {
+        None
+    }
 }
 
 /// The byte offset of the value at `steps` in valid JSON text.
@@ -589,7 +624,12 @@ impl Resolved<'_> {
 pub fn resolve(entities: &[Entity]) -> Result<Vec<Resolved<'_>>, ConfigError> {
     for (i, e) in entities.iter().enumerate() {
         if let Some(first) = entities[..i].iter().find(|f| f.id == e.id) {
-            return Err(invalid(&e.file, e.line, &key(e, "id"), format!("duplicate entity id {:?}; already defined at {}:{}", e.id, first.file.display(), first.line)));
+            return Err(invalid(
+                &e.file,
+                e.line,
+                &key(e, "id"),
+                format!("duplicate entity id {:?}; already defined at {}:{}", e.id, first.file.display(), first.line),
+            ));
         }
     }
     entities
@@ -598,34 +638,66 @@ pub fn resolve(entities: &[Entity]) -> Result<Vec<Resolved<'_>>, ConfigError> {
             let mut target = e;
             let mut seen = vec![e.id.as_str()];
             while let Source::Local(id) = &target.config.source {
-                let next = entities.iter().find(|t| t.id == *id).ok_or_else(|| invalid(&target.file, target.line, &key(target, "config.source.path"), format!("no entity with id {id:?} in this configuration")))?;
+                let next = entities.iter().find(|t| t.id == *id).ok_or_else(|| {
+                    invalid(
+                        &target.file,
+                        target.line,
+                        &key(target, "config.source.path"),
+                        format!("no entity with id {id:?} in this configuration"),
+                    )
+                })?;
                 if seen.contains(&next.id.as_str()) || seen.len() > 16 {
-                    return Err(invalid(&e.file, e.line, &key(e, "config.source.path"), format!("local sources form a cycle: {} -> {}", seen.join(" -> "), next.id)));
+                    return Err(invalid(
+                        &e.file,
+                        e.line,
+                        &key(e, "config.source.path"),
+                        format!("local sources form a cycle: {} -> {}", seen.join(" -> "), next.id),
+                    ));
                 }
                 seen.push(&next.id);
                 target = next;
             }
-            Ok(Resolved { entity: e, target, function_name: e.config.function_name.as_deref().or(target.config.function_name.as_deref()) })
+            Ok(Resolved {
+                entity: e,
+                target,
+                function_name: e.config.function_name.as_deref().or(target.config.function_name.as_deref()),
+            })
         })
         .collect()
 }
 
 fn key(e: &Entity, k: &str) -> String {
-    if e.path.is_empty() { k.to_owned() } else { format!("{}.{k}", e.path) }
+    if e.path.is_empty() {
+        k.to_owned()
+    } else {
+        format!("{}.{k}", e.path)
+    }
 }
 
 /// The request that fetches a `wasmo` source: `GET <url>/wasm/<path>` with Otoroshi's headers.
-pub fn wasmo_request(settings: &WasmoSettings, path: &str, timeout: std::time::Duration, max_size: u64) -> crate::extism::http::OutgoingRequest {
+pub fn wasmo_request(
+    settings: &WasmoSettings,
+    path: &str,
+    timeout: std::time::Duration,
+    max_size: u64,
+) -> crate::extism::http::OutgoingRequest {
     use crate::extism::body::encode_base64;
     let auth = if settings.legacy_auth {
         ("Otoroshi-User".to_owned(), legacy_jwt(&settings.client_id))
     } else {
-        ("Authorization".to_owned(), format!("Basic {}", encode_base64(format!("{}:{}", settings.client_id, settings.client_secret).as_bytes())))
+        (
+            "Authorization".to_owned(),
+            format!("Basic {}", encode_base64(format!("{}:{}", settings.client_id, settings.client_secret).as_bytes())),
+        )
     };
     crate::extism::http::OutgoingRequest {
         method: "GET".into(),
         url: format!("{}/wasm/{path}", settings.url),
-        headers: vec![("Accept".into(), "application/json".into()), auth, ("kind".into(), settings.plugins_filter.clone())],
+        headers: vec![
+            ("Accept".into(), "application/json".into()),
+            auth,
+            ("kind".into(), settings.plugins_filter.clone()),
+        ],
         body: None,
         timeout,
         follow_redirects: true,

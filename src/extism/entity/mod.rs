@@ -40,8 +40,19 @@ pub enum Step {
 
 impl Step {
     pub const NAMES: &'static [&'static str] = &[
-        "MatchRoute", "Router", "Sink", "PreRoute", "ValidateAccess", "TransformRequest", "TransformResponse", "HandlesRequest",
-        "CallBackend", "Job", "HandlesTunnel", "DataExporterFilter", "DataExporterTransform",
+        "MatchRoute",
+        "Router",
+        "Sink",
+        "PreRoute",
+        "ValidateAccess",
+        "TransformRequest",
+        "TransformResponse",
+        "HandlesRequest",
+        "CallBackend",
+        "Job",
+        "HandlesTunnel",
+        "DataExporterFilter",
+        "DataExporterTransform",
     ];
 
     #[must_use]
@@ -86,7 +97,14 @@ pub enum Source {
     Base64(Vec<u8>),
     /// `http`: downloaded with a `GET` (or `opts.method`) and, when `opts.sha256` is given (our
     /// extension), refused unless it has that hash.
-    Http { url: String, method: String, headers: Vec<(String, String)>, timeout: Duration, follow_redirects: bool, sha256: Option<[u8; 32]> },
+    Http {
+        url: String,
+        method: String,
+        headers: Vec<(String, String)>,
+        timeout: Duration,
+        follow_redirects: bool,
+        sha256: Option<[u8; 32]>,
+    },
     /// `wasmo`: `GET <wasmo url>/wasm/<path>` with the Wasmo settings of this host.
     Wasmo { path: String, timeout: Duration, follow_redirects: bool, sha256: Option<[u8; 32]> },
     /// `local`: the module (and the settings) of another entity, by id.

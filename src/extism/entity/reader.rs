@@ -31,7 +31,11 @@ pub fn decode_yaml(error: &serde_yaml_ng::Error, file: &Path) -> ConfigError {
     if let Some(l) = &location {
         text = text.replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1);
     }
-    let at = Position { file: file.to_path_buf(), line: location.as_ref().map(serde_yaml_ng::Location::line), column: location.as_ref().map(serde_yaml_ng::Location::column) };
+    let at = Position {
+        file: file.to_path_buf(),
+        line: location.as_ref().map(serde_yaml_ng::Location::line),
+        column: location.as_ref().map(serde_yaml_ng::Location::column),
+    };
     match split(&text) {
         Some((key, message)) => ConfigError::Invalid { at, key, message },
         None => ConfigError::Syntax { at, message: text },
@@ -43,7 +47,8 @@ pub fn decode_json(error: &serde_json::Error, file: &Path) -> ConfigError {
     let (line, column) = (error.line(), error.column());
     let mut text = error.to_string();
     text = text.replacen(&format!(" at line {line} column {column}"), "", 1);
-    let at = Position { file: file.to_path_buf(), line: (line > 0).then_some(line), column: (column > 0).then_some(column) };
+    let at =
+        Position { file: file.to_path_buf(), line: (line > 0).then_some(line), column: (column > 0).then_some(column) };
     match split(&text) {
         Some((key, message)) => ConfigError::Invalid { at, key, message },
         None => ConfigError::Syntax { at, message: format!("invalid JSON: {text}") },

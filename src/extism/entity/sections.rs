@@ -8,13 +8,14 @@ use serde::de::{MapAccess, SeqAccess};
 use serde_json::Value;
 
 use super::reader::{read_map, wrong_type, Any, Cx, Flag, Float, Int, Node, NonEmpty, Text, TextList, TextMap};
-use super::{Entity, KillOptions, Source, Step, WasmConfig, Warning};
+use super::{Entity, KillOptions, Source, Step, Warning, WasmConfig};
 use crate::extism::authorizations::{Authorizations, DataRights};
 
 /// The `kind` the admin API adds to an exported entity.
 pub const ENTITY_KIND: &str = "plugins.otoroshi.io/WasmPlugin";
 
-const ENTITY_KEYS: &[&[&str]] = &[&["id"], &["name"], &["description"], &["config"], &["steps"], &["tags"], &["metadata"], &["_loc"], &["kind"]];
+const ENTITY_KEYS: &[&[&str]] =
+    &[&["id"], &["name"], &["description"], &["config"], &["steps"], &["tags"], &["metadata"], &["_loc"], &["kind"]];
 
 /// One entity map.
 pub struct EntityNode {
@@ -50,7 +51,13 @@ impl<'de> Node<'de> for EntityNode {
                     steps = map.next_value_seed(vcx.clone().at(Steps))?;
                     for (i, step) in steps.iter().enumerate() {
                         if !step.runs_here() {
-                            warnings.push(Warning { key: vcx.index(i).path, message: format!("step {} never runs on this host (Otoroshi has no WASM plugin for it either)", step.name()) });
+                            warnings.push(Warning {
+                                key: vcx.index(i).path,
+                                message: format!(
+                                    "step {} never runs on this host (Otoroshi has no WASM plugin for it either)",
+                                    step.name()
+                                ),
+                            });
                         }
                     }
                 }
@@ -63,14 +70,17 @@ impl<'de> Node<'de> for EntityNode {
                 _ => {
                     let kind = map.next_value_seed(vcx.clone().at(Text))?;
                     if kind != ENTITY_KIND && kind != "WasmPlugin" {
-                        return Err(vcx.fail(format!("expected {ENTITY_KIND:?}, found {kind:?}: this file holds another kind of Otoroshi entity")));
+                        return Err(vcx.fail(format!(
+                            "expected {ENTITY_KIND:?}, found {kind:?}: this file holds another kind of Otoroshi entity"
+                        )));
                     }
                 }
             }
             Ok(())
         })?;
         let id = id.ok_or_else(|| cx.fail("the entity has no id"))?;
-        let (config, config_warnings) = config.ok_or_else(|| cx.key("config").fail("the entity has no config (and so no source)"))?;
+        let (config, config_warnings) =
+            config.ok_or_else(|| cx.key("config").fail("the entity has no config (and so no source)"))?;
         warnings.extend(config_warnings);
         Ok(Entity {
             name: name.unwrap_or_else(|| id.clone()),
@@ -124,7 +134,8 @@ impl Node<'_> for StepName {
     }
     fn scalar(self, _cx: &Cx, value: Value) -> Result<Step, String> {
         let Value::String(name) = value else { return Err(wrong_type(self.expected(), &value)) };
-        Step::from_name(&name).ok_or_else(|| format!("unknown step {name:?}; expected one of {}", Step::NAMES.join(", ")))
+        Step::from_name(&name)
+            .ok_or_else(|| format!("unknown step {name:?}; expected one of {}", Step::NAMES.join(", ")))
     }
 }
 
@@ -182,7 +193,11 @@ impl<'de> Node<'de> for ConfigNode {
             match key {
                 "source" => source = Some(map.next_value_seed(vcx.clone().at(SourceNode))?),
                 "memoryPages" => {
-                    let n = map.next_value_seed(vcx.at(Int { min: 1, max: 65536, expected: "a number of 64 KiB pages from 1 to 65536" }))?;
+                    let n = map.next_value_seed(vcx.at(Int {
+                        min: 1,
+                        max: 65536,
+                        expected: "a number of 64 KiB pages from 1 to 65536",
+                    }))?;
                     c.memory_pages = n.map_or(100, |n| n as u32);
                 }
                 "functionName" => c.function_name = Some(map.next_value_seed(vcx.at(Text))?).filter(|f| !f.is_empty()),
@@ -191,7 +206,10 @@ impl<'de> Node<'de> for ConfigNode {
                 "allowedPaths" => {
                     c.allowed_paths = map.next_value_seed(vcx.clone().at(TextMap))?;
                     if !c.allowed_paths.is_empty() {
-                        warnings.push(Warning { key: vcx.path, message: "this host's WASI gives plugins no file system: allowedPaths has no effect".into() });
+                        warnings.push(Warning {
+                            key: vcx.path,
+                            message: "this host's WASI gives plugins no file system: allowedPaths has no effect".into(),
+                        });
                     }
                 }
                 "wasi" => c.wasi = map.next_value_seed(vcx.at(Flag))?.unwrap_or(false),
@@ -199,11 +217,22 @@ impl<'de> Node<'de> for ConfigNode {
                 "httpWasm" => {
                     c.http_wasm = map.next_value_seed(vcx.clone().at(Flag))?.unwrap_or(false);
                     if c.http_wasm {
-                        warnings.push(Warning { key: vcx.path, message: "httpWasm is only a flag in Otoroshi; it has no effect here".into() });
+                        warnings.push(Warning {
+                            key: vcx.path,
+                            message: "httpWasm is only a flag in Otoroshi; it has no effect here".into(),
+                        });
                     }
                 }
                 "authorizations" => c.authorizations = map.next_value_seed(vcx.at(AuthorizationsNode))?,
-                "instances" => c.instances = map.next_value_seed(vcx.at(Int { min: 1, max: 1024, expected: "a number of instances from 1 to 1024" }))?.map_or(1, |n| n as u32),
+                "instances" => {
+                    c.instances = map
+                        .next_value_seed(vcx.at(Int {
+                            min: 1,
+                            max: 1024,
+                            expected: "a number of instances from 1 to 1024",
+                        }))?
+                        .map_or(1, |n| n as u32)
+                }
                 "killOptions" => c.kill_options = map.next_value_seed(vcx.at(KillOptionsNode))?,
                 "isJS" => c.is_js = map.next_value_seed(vcx.at(Flag))?.unwrap_or(false),
                 "compiler_source" => compiler_source = Some((map.next_value_seed(vcx.clone().at(NonEmpty))?, vcx)),
@@ -217,9 +246,13 @@ impl<'de> Node<'de> for ConfigNode {
         })?;
         c.source = match (source, compiler_source, raw_source) {
             (Some(s), _, _) => s,
-            (None, Some((path, vcx)), _) => wasmo(&vcx, path, &Value::Object(Default::default())).map_err(|m| vcx.fail(m))?,
+            (None, Some((path, vcx)), _) => {
+                wasmo(&vcx, path, &Value::Object(Default::default())).map_err(|m| vcx.fail(m))?
+            }
             (None, None, Some((raw, vcx))) => legacy_raw_source(&vcx, &raw).map_err(|m| vcx.fail(m))?,
-            (None, None, None) => return Err(cx.key("source").fail("the plugin has no source (config.source is required)")),
+            (None, None, None) => {
+                return Err(cx.key("source").fail("the plugin has no source (config.source is required)"))
+            }
         };
         Ok((c, warnings))
     }
@@ -343,7 +376,10 @@ fn base64(text: &str) -> Result<Source, String> {
 fn opt_u64(opts: &Value, key: &str, default: u64) -> Result<u64, String> {
     match opts.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| opts_error(key, wrong_type("a positive number of milliseconds", v))),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| opts_error(key, wrong_type("a positive number of milliseconds", v))),
     }
 }
 
@@ -389,7 +425,14 @@ fn http(_cx: &Cx, url: String, opts: &Value) -> Result<Source, String> {
     crate::extism::http::Url::parse(&url).map_err(|e| e.to_string())?;
     let headers = match opts.get("headers") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(m)) => m.iter().map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())).ok_or_else(|| opts_error(&format!("headers.{k}"), wrong_type("a string", v)))).collect::<Result<_, _>>()?,
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|s| (k.clone(), s.to_owned()))
+                    .ok_or_else(|| opts_error(&format!("headers.{k}"), wrong_type("a string", v)))
+            })
+            .collect::<Result<_, _>>()?,
         Some(v) => return Err(opts_error("headers", wrong_type("a map of strings", v))),
     };
     let method = match opts.get("method") {
@@ -454,7 +497,11 @@ impl<'de> Node<'de> for AuthorizationsNode {
                 "httpAccess" => a.http_access = flag(map, vcx)?,
                 "proxyHttpCallTimeout" => {
                     a.proxy_http_call_timeout_ms = map
-                        .next_value_seed(vcx.at(Int { min: 1, max: i64::from(i32::MAX), expected: "a number of milliseconds greater than 0" }))?
+                        .next_value_seed(vcx.at(Int {
+                            min: 1,
+                            max: i64::from(i32::MAX),
+                            expected: "a number of milliseconds greater than 0",
+                        }))?
                         .map_or(Authorizations::DEFAULT_PROXY_HTTP_CALL_TIMEOUT_MS, |n| n as u64);
                 }
                 "globalDataStoreAccess" => a.global_data_store_access = map.next_value_seed(vcx.at(RightsNode))?,
@@ -532,9 +579,27 @@ impl<'de> Node<'de> for KillOptionsNode {
             let millis = Int { min: 0, max: i64::MAX, expected: "a number of milliseconds (0 = off)" };
             match key {
                 "immortal" => k.immortal = map.next_value_seed(vcx.at(Flag))?.unwrap_or(false),
-                "max_calls" => k.max_calls = map.next_value_seed(vcx.at(Int { min: 1, max: i64::MAX, expected: "a number of calls greater than 0" }))?.map_or(i32::MAX as u64, |n| n as u64),
-                "max_memory_usage" => k.max_memory_usage = map.next_value_seed(vcx.at(Float { min: 0.0, max: 1.0, expected: "a fraction from 0 (off) to 1" }))?.unwrap_or(0.0),
-                "max_avg_call_duration" => k.max_avg_call_duration = ms(map.next_value_seed(vcx.at(millis))?, Duration::ZERO),
+                "max_calls" => {
+                    k.max_calls = map
+                        .next_value_seed(vcx.at(Int {
+                            min: 1,
+                            max: i64::MAX,
+                            expected: "a number of calls greater than 0",
+                        }))?
+                        .map_or(i32::MAX as u64, |n| n as u64)
+                }
+                "max_memory_usage" => {
+                    k.max_memory_usage = map
+                        .next_value_seed(vcx.at(Float {
+                            min: 0.0,
+                            max: 1.0,
+                            expected: "a fraction from 0 (off) to 1",
+                        }))?
+                        .unwrap_or(0.0)
+                }
+                "max_avg_call_duration" => {
+                    k.max_avg_call_duration = ms(map.next_value_seed(vcx.at(millis))?, Duration::ZERO)
+                }
                 _ => k.max_unused_duration = ms(map.next_value_seed(vcx.at(millis))?, Duration::from_secs(300)),
             }
             Ok(())

@@ -181,7 +181,11 @@ impl InProcessDataStore {
 
     #[must_use]
     pub fn with_clock(max_bytes: u64, clock: Clock) -> InProcessDataStore {
-        InProcessDataStore { inner: Mutex::new(Inner { entries: HashMap::new(), bytes: 0, writes: 0 }), max_bytes, clock }
+        InProcessDataStore {
+            inner: Mutex::new(Inner { entries: HashMap::new(), bytes: 0, writes: 0 }),
+            max_bytes,
+            clock,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -217,7 +221,14 @@ impl Inner {
         }
     }
 
-    fn put(&mut self, key: &str, value: Vec<u8>, expires_at: Option<u64>, max: u64, now: u64) -> Result<(), DataStoreError> {
+    fn put(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        expires_at: Option<u64>,
+        max: u64,
+        now: u64,
+    ) -> Result<(), DataStoreError> {
         self.writes += 1;
         if self.writes >= 1024 {
             self.writes = 0;
@@ -270,7 +281,10 @@ impl DataStore for InProcessDataStore {
         let mut inner = self.lock();
         let (current, expires_at) = match inner.live(key, now) {
             Some(e) => {
-                let n = std::str::from_utf8(&e.value).ok().and_then(|s| s.parse::<i64>().ok()).ok_or(DataStoreError::NotAnInteger)?;
+                let n = std::str::from_utf8(&e.value)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or(DataStoreError::NotAnInteger)?;
                 (n, e.expires_at)
             }
             None => (0, None),

@@ -18,7 +18,7 @@ use super::maps::GLOBAL;
 use crate::abi::LogLevel;
 use crate::extism::authorizations::Requirement;
 use crate::extism::body::{decode_base64, encode_base64, whole};
-use crate::extism::imports::{arg, arg_i32, i32_result, i64_result, HostImport, ImportModule, R, I32, I64};
+use crate::extism::imports::{arg, arg_i32, i32_result, i64_result, HostImport, ImportModule, I32, I64, R};
 use crate::extism::pdk::store;
 use crate::extism::state::ExtismState;
 use crate::runtime::{Trap, Val};
@@ -31,7 +31,10 @@ fn trap(message: impl Into<String>) -> Trap {
 fn context(st: &ExtismState, a: &[Val], what: &str) -> Result<String, Trap> {
     let (ptr, len) = (arg(a, 0), arg(a, 1) as i32);
     let len = u64::try_from(len).map_err(|_| trap(format!("{what}: negative length {len}")))?;
-    let bytes = st.kernel.raw(ptr, len).ok_or_else(|| trap(format!("{what}: bytes {ptr}..{ptr}+{len} are outside the kernel's memory")))?;
+    let bytes = st
+        .kernel
+        .raw(ptr, len)
+        .ok_or_else(|| trap(format!("{what}: bytes {ptr}..{ptr}+{len} are outside the kernel's memory")))?;
     Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
@@ -122,13 +125,23 @@ fn proxy_clear_attrs(_: &mut ExtismState, _: &[Val]) -> R {
 fn proxy_http_call(st: &mut ExtismState, a: &[Val]) -> R {
     let ctx = context_json(st, a, "proxy_http_call")?;
     let plugin = st.plugin.clone();
-    let plan = http_call::plan(&ctx, &plugin.otoroshi_hosts, plugin.authorizations.proxy_http_call_timeout_ms, plugin.max_response_size)
-        .map_err(|e| trap(format!("proxy_http_call: {e}")))?;
+    let plan = http_call::plan(
+        &ctx,
+        &plugin.otoroshi_hosts,
+        plugin.authorizations.proxy_http_call_timeout_ms,
+        plugin.max_response_size,
+    )
+    .map_err(|e| trap(format!("proxy_http_call: {e}")))?;
     let text = match plan {
         CallPlan::Denied(text) => text,
         CallPlan::Send(request) => {
-            let client = st.services.http.clone().ok_or_else(|| trap("proxy_http_call: this server gives plugins no HTTP client"))?;
-            let response = client.send(&request).map_err(|e| trap(format!("proxy_http_call to {}: {e}", request.url)))?;
+            let client = st
+                .services
+                .http
+                .clone()
+                .ok_or_else(|| trap("proxy_http_call: this server gives plugins no HTTP client"))?;
+            let response =
+                client.send(&request).map_err(|e| trap(format!("proxy_http_call to {}: {e}", request.url)))?;
             http_call::answer(&response)
         }
     };
@@ -140,9 +153,26 @@ fn proxy_http_call(st: &mut ExtismState, a: &[Val]) -> R {
 
 /// The keys of Otoroshi's `proxy_state` answer, each an empty list here.
 pub const PROXY_STATE_KEYS: &[&str] = &[
-    "raw_routes", "routes", "routeCompositions", "apikeys", "ngbackends", "jwtVerifiers", "certificates", "authModules",
-    "services", "teams", "tenants", "serviceGroups", "dataExporters", "otoroshiAdmins", "backofficeSessions",
-    "privateAppsSessions", "tcpServices", "scripts", "wasmPlugins", "drafts",
+    "raw_routes",
+    "routes",
+    "routeCompositions",
+    "apikeys",
+    "ngbackends",
+    "jwtVerifiers",
+    "certificates",
+    "authModules",
+    "services",
+    "teams",
+    "tenants",
+    "serviceGroups",
+    "dataExporters",
+    "otoroshiAdmins",
+    "backofficeSessions",
+    "privateAppsSessions",
+    "tcpServices",
+    "scripts",
+    "wasmPlugins",
+    "drafts",
 ];
 
 fn proxy_state(st: &mut ExtismState, _: &[Val]) -> R {
@@ -179,7 +209,11 @@ fn proxy_cluster_state_value(st: &mut ExtismState, a: &[Val]) -> R {
 // In-memory maps (globalMapAccess / pluginMapAccess).
 
 fn map_id(st: &ExtismState, plugin: bool) -> String {
-    if plugin { st.plugin.id.clone() } else { GLOBAL.to_owned() }
+    if plugin {
+        st.plugin.id.clone()
+    } else {
+        GLOBAL.to_owned()
+    }
 }
 
 fn map_set(st: &mut ExtismState, a: &[Val], plugin: bool) -> R {
@@ -207,7 +241,9 @@ fn map_del(st: &mut ExtismState, a: &[Val], plugin: bool) -> R {
 /// `{key: base64(value)}`, or nothing (handle 0) for a map never written.
 fn map_dump(st: &mut ExtismState, plugin: bool) -> R {
     let text = match st.services.maps.dump(&map_id(st, plugin)) {
-        Some(entries) => Value::Object(entries.iter().map(|(k, v)| (k.clone(), Value::from(encode_base64(v)))).collect()).to_string(),
+        Some(entries) => {
+            Value::Object(entries.iter().map(|(k, v)| (k.clone(), Value::from(encode_base64(v)))).collect()).to_string()
+        }
         None => String::new(),
     };
     return_string(st, &text)
@@ -252,7 +288,11 @@ fn ds_name(op: &str, plugin: bool) -> String {
 /// text must parse as a 32-bit int; a number counts only when it is a whole 32-bit int.
 fn int_field(v: &Value, key: &str, what: &str) -> Result<i64, Trap> {
     match v.get(key) {
-        Some(Value::String(s)) => s.trim().parse::<i32>().map(i64::from).map_err(|_| trap(format!("{what}: \"{key}\" is not a 32-bit integer: {s:?}"))),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<i32>()
+            .map(i64::from)
+            .map_err(|_| trap(format!("{what}: \"{key}\" is not a 32-bit integer: {s:?}"))),
         Some(n) => Ok(whole(n).filter(|n| i32::try_from(*n).is_ok()).unwrap_or(0)),
         None => Ok(0),
     }
@@ -263,7 +303,10 @@ fn value_field(v: &Value, what: &str) -> Result<Vec<u8>, Trap> {
     if let Some(s) = v.get("value").and_then(Value::as_str) {
         return Ok(s.as_bytes().to_vec());
     }
-    let b64 = v.get("value_base64").and_then(Value::as_str).ok_or_else(|| trap(format!("{what}: \"value\" or \"value_base64\" is required")))?;
+    let b64 = v
+        .get("value_base64")
+        .and_then(Value::as_str)
+        .ok_or_else(|| trap(format!("{what}: \"value\" or \"value_base64\" is required")))?;
     decode_base64(b64).map_err(|e| trap(format!("{what}: value_base64: {e}")))
 }
 
@@ -275,7 +318,8 @@ fn ds_keys(st: &mut ExtismState, a: &[Val], plugin: bool) -> R {
 
 fn ds_all_matching(st: &mut ExtismState, a: &[Val], plugin: bool) -> R {
     let pattern = format!("{}{}", prefix(st, plugin), context(st, a, &ds_name("all_matching", plugin))?);
-    let values: Vec<Value> = st.services.datastore.all_matching(&pattern).iter().map(|v| Value::from(encode_base64(v))).collect();
+    let values: Vec<Value> =
+        st.services.datastore.all_matching(&pattern).iter().map(|v| Value::from(encode_base64(v))).collect();
     return_string(st, &Value::from(values).to_string())
 }
 
@@ -462,7 +506,8 @@ mod tests {
     #[test]
     fn a_context_outside_the_kernel_memory_ends_the_call() {
         let mut st = state();
-        let err = call(&mut st, OTOROSHI_FUNCTIONS, "proxy_plugin_map_get", &[Val::I64(1 << 40), Val::I64(4)]).unwrap_err();
+        let err =
+            call(&mut st, OTOROSHI_FUNCTIONS, "proxy_plugin_map_get", &[Val::I64(1 << 40), Val::I64(4)]).unwrap_err();
         assert!(err.message.contains("outside the kernel's memory"), "{}", err.message);
         assert!(call(&mut st, OTOROSHI_FUNCTIONS, "proxy_plugin_map_get", &[Val::I64(100), Val::I64(-1)]).is_err());
     }
@@ -486,8 +531,14 @@ mod tests {
     #[test]
     fn datastore_keys_carry_otoroshis_prefixes() {
         let mut st = state_with(|p| p.id = "p1".into());
-        assert_eq!(run(&mut st, "proxy_plugin_datastore_set", r#"{"key":"a","value":"1","ttl":60000}"#).unwrap(), Some(Val::I64(1)));
-        assert_eq!(run(&mut st, "proxy_datastore_set", r#"{"key":"b","value_base64":"Mg=="}"#).unwrap(), Some(Val::I64(1)));
+        assert_eq!(
+            run(&mut st, "proxy_plugin_datastore_set", r#"{"key":"a","value":"1","ttl":60000}"#).unwrap(),
+            Some(Val::I64(1))
+        );
+        assert_eq!(
+            run(&mut st, "proxy_datastore_set", r#"{"key":"b","value_base64":"Mg=="}"#).unwrap(),
+            Some(Val::I64(1))
+        );
         let keys = run(&mut st, "proxy_datastore_keys", "*").unwrap();
         assert_eq!(text_at(&st, keys), r#"["otoroshi:b","otoroshi:wasm:p1:a"]"#);
         let keys = run(&mut st, "proxy_plugin_datastore_keys", "*").unwrap();
@@ -535,7 +586,8 @@ mod tests {
     fn proxy_http_call_answers_status_headers_and_base64_body() {
         let http = FakeHttp::answering(200, &[("content-type", "text/plain")], b"pong");
         let mut st = state_with_http(http.clone(), |_| {});
-        let r = run(&mut st, "proxy_http_call", r#"{"url":"http://api.test/ping","method":"POST","body_str":"ping"}"#).unwrap();
+        let r = run(&mut st, "proxy_http_call", r#"{"url":"http://api.test/ping","method":"POST","body_str":"ping"}"#)
+            .unwrap();
         let v: Value = serde_json::from_str(&text_at(&st, r)).unwrap();
         assert_eq!(v, json!({"status": 200, "headers": {"content-type": "text/plain"}, "body_base64": "cG9uZw=="}));
         assert_eq!(http.requests()[0].body.as_deref(), Some(&b"ping"[..]));
@@ -544,7 +596,9 @@ mod tests {
     #[test]
     fn proxy_http_call_to_a_host_outside_allowed_hosts_answers_403_without_calling() {
         let http = FakeHttp::answering(200, &[], b"");
-        let mut st = state_with_http(http.clone(), |p| p.otoroshi_hosts = crate::extism::http::OtoroshiHosts::new(&["*.good".into()]).unwrap());
+        let mut st = state_with_http(http.clone(), |p| {
+            p.otoroshi_hosts = crate::extism::http::OtoroshiHosts::new(&["*.good".into()]).unwrap()
+        });
         let r = run(&mut st, "proxy_http_call", r#"{"url":"http://bad.test/"}"#).unwrap();
         assert!(text_at(&st, r).contains("\"status\":403"));
         assert!(http.requests().is_empty());

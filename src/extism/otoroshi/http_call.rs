@@ -31,7 +31,10 @@ pub enum CallPlan {
 /// map absent.
 fn string_map(v: Option<&Value>) -> Vec<(String, String)> {
     let Some(Value::Object(map)) = v else { return Vec::new() };
-    map.iter().map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect::<Option<Vec<_>>>().unwrap_or_default()
+    map.iter()
+        .map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default()
 }
 
 /// The request body: `body_str` (or `body`), else `body_json` (even `null`), else `body_base64`,
@@ -114,7 +117,9 @@ mod tests {
 
     #[test]
     fn the_request_is_built_from_the_plugins_json() {
-        let r = send(json!({"url": "http://api.test/a?x=1", "method": "POST", "headers": {"k": "v"}, "query": {"q": "a b"}, "request_timeout": 300, "follow_redirects": true, "body_json": {"a": 1}}));
+        let r = send(
+            json!({"url": "http://api.test/a?x=1", "method": "POST", "headers": {"k": "v"}, "query": {"q": "a b"}, "request_timeout": 300, "follow_redirects": true, "body_json": {"a": 1}}),
+        );
         assert_eq!(r.url, "http://api.test/a?x=1&q=a%20b");
         assert_eq!(r.headers, vec![("k".to_owned(), "v".to_owned())]);
         assert_eq!(r.body.as_deref(), Some(&br#"{"a":1}"#[..]));
@@ -142,12 +147,19 @@ mod tests {
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["status"], 403);
         assert_eq!(v["headers"]["content-type"], "text/plain");
-        assert_eq!(crate::extism::body::decode_base64(v["body_base64"].as_str().unwrap()).unwrap(), b"you cannot access host: evil.test");
+        assert_eq!(
+            crate::extism::body::decode_base64(v["body_base64"].as_str().unwrap()).unwrap(),
+            b"you cannot access host: evil.test"
+        );
     }
 
     #[test]
     fn the_answer_has_the_first_value_of_each_header_and_a_base64_body() {
-        let text = answer(&IncomingResponse { status: 200, headers: vec![("a".into(), "1".into()), ("a".into(), "2".into())], body: b"ok".to_vec() });
+        let text = answer(&IncomingResponse {
+            status: 200,
+            headers: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+            body: b"ok".to_vec(),
+        });
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v, json!({"status": 200, "headers": {"a": "1"}, "body_base64": "b2s="}));
     }

@@ -155,7 +155,13 @@ impl SinkReason {
 
 /// Sink (`sink_matches`): `NgRequestSinkContext.wasmJson`.
 #[must_use]
-pub fn sink_matches(snowflake: &str, request: &dyn RequestView, config: &Value, attrs: &Value, reason: &SinkReason) -> Value {
+pub fn sink_matches(
+    snowflake: &str,
+    request: &dyn RequestView,
+    config: &Value,
+    attrs: &Value,
+    reason: &SinkReason,
+) -> Value {
     object(vec![
         ("snowflake", Value::from(snowflake)),
         ("request", request_json(request)),
@@ -169,7 +175,14 @@ pub fn sink_matches(snowflake: &str, request: &dyn RequestView, config: &Value, 
 
 /// Sink (`sink_handle`): the same with the whole request body as `body_bytes`.
 #[must_use]
-pub fn sink_handle(snowflake: &str, request: &dyn RequestView, config: &Value, attrs: &Value, reason: &SinkReason, body: &[u8]) -> Value {
+pub fn sink_handle(
+    snowflake: &str,
+    request: &dyn RequestView,
+    config: &Value,
+    attrs: &Value,
+    reason: &SinkReason,
+    body: &[u8],
+) -> Value {
     let mut v = sink_matches(snowflake, request, config, attrs, reason);
     if let Value::Object(m) = &mut v {
         m.insert("body_bytes".into(), signed_bytes(body));
@@ -234,23 +247,68 @@ mod tests {
     #[test]
     fn each_step_has_exactly_otoroshis_fields() {
         with(|c| {
-            assert_eq!(sorted(keys(&matches_route(c))), sorted(vec!["snowflake", "route", "request", "config", "attrs"]));
-            assert_eq!(sorted(keys(&pre_route(c))), sorted(vec!["snowflake", "request", "config", "global_config", "attrs", "route"]));
-            assert_eq!(sorted(keys(&access(c))), sorted(vec!["snowflake", "apikey", "user", "request", "config", "global_config", "attrs", "route"]));
+            assert_eq!(
+                sorted(keys(&matches_route(c))),
+                sorted(vec!["snowflake", "route", "request", "config", "attrs"])
+            );
+            assert_eq!(
+                sorted(keys(&pre_route(c))),
+                sorted(vec!["snowflake", "request", "config", "global_config", "attrs", "route"])
+            );
+            assert_eq!(
+                sorted(keys(&access(c))),
+                sorted(vec!["snowflake", "apikey", "user", "request", "config", "global_config", "attrs", "route"])
+            );
             let raw = PluginRequest::from_view(c.request, None);
             assert_eq!(
                 sorted(keys(&transform_request(c, &raw, &raw, b"hi"))),
-                sorted(vec!["snowflake", "raw_request", "otoroshi_request", "apikey", "user", "request", "config", "global_config", "attrs", "route", "request_body_bytes"])
+                sorted(vec![
+                    "snowflake",
+                    "raw_request",
+                    "otoroshi_request",
+                    "apikey",
+                    "user",
+                    "request",
+                    "config",
+                    "global_config",
+                    "attrs",
+                    "route",
+                    "request_body_bytes"
+                ])
             );
             let resp = ResponseParts { status: 200, headers: vec![] };
             assert_eq!(
                 sorted(keys(&transform_response(c, &resp, &resp, b""))),
-                sorted(vec!["snowflake", "raw_response", "otoroshi_response", "apikey", "user", "request", "config", "global_config", "attrs", "route", "response_body_bytes"])
+                sorted(vec![
+                    "snowflake",
+                    "raw_response",
+                    "otoroshi_response",
+                    "apikey",
+                    "user",
+                    "request",
+                    "config",
+                    "global_config",
+                    "attrs",
+                    "route",
+                    "response_body_bytes"
+                ])
             );
             let backend = Target { hostname: "b".into(), port: 80, tls: false }.json();
             assert_eq!(
                 sorted(keys(&call_backend(c, &backend, &raw, b""))),
-                sorted(vec!["snowflake", "backend", "apikey", "user", "raw_request", "config", "global_config", "attrs", "route", "request_body_bytes", "request"])
+                sorted(vec![
+                    "snowflake",
+                    "backend",
+                    "apikey",
+                    "user",
+                    "raw_request",
+                    "config",
+                    "global_config",
+                    "attrs",
+                    "route",
+                    "request_body_bytes",
+                    "request"
+                ])
             );
             assert_eq!(sorted(keys(&find_route(c.request, c.config, c.attrs))), vec!["attrs", "config", "request"]);
             assert_eq!(sorted(keys(&job("1", c.attrs))), vec!["attrs", "global_config", "snowflake"]);

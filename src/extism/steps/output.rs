@@ -104,8 +104,17 @@ fn cookies(doc: &Value, default_path: Option<&str>) -> Result<Option<Vec<Cookie>
 
 /// A response: `headers` with `Content-Type` set to `content_type`, then one `Set-Cookie` per
 /// cookie.
-fn respond(status: u16, headers: Vec<(String, String)>, content_type: Option<String>, cookies: &[Cookie], body: Vec<u8>) -> LocalResponse {
-    let mut out: Vec<(String, String)> = headers.into_iter().filter(|(k, _)| content_type.is_none() || !k.eq_ignore_ascii_case("content-type")).collect();
+fn respond(
+    status: u16,
+    headers: Vec<(String, String)>,
+    content_type: Option<String>,
+    cookies: &[Cookie],
+    body: Vec<u8>,
+) -> LocalResponse {
+    let mut out: Vec<(String, String)> = headers
+        .into_iter()
+        .filter(|(k, _)| content_type.is_none() || !k.eq_ignore_ascii_case("content-type"))
+        .collect();
     if let Some(ct) = content_type {
         out.insert(0, ("Content-Type".into(), ct));
     }
@@ -174,7 +183,8 @@ pub fn pre_route(result: CallResult<'_>, attrs: &mut Attrs) -> Gate {
     let built = (|| {
         let status = status(&doc, 200)?;
         let body = extract_body(&doc, output)?.map(|b| b.0).unwrap_or_default();
-        let headers = string_map(doc.get("headers")).unwrap_or_else(|| vec![("Content-Type".into(), "application/json".into())]);
+        let headers =
+            string_map(doc.get("headers")).unwrap_or_else(|| vec![("Content-Type".into(), "application/json".into())]);
         let content_type = header_of(&headers, "Content-Type").unwrap_or("application/json").to_owned();
         Ok::<_, String>(respond(status, headers, Some(content_type), &[], body))
     })();
@@ -329,7 +339,13 @@ pub enum BackendVerdict {
 /// call as a 400 with the error, as in Otoroshi.
 pub fn call_backend(result: CallResult<'_>, attrs: &mut Attrs) -> BackendVerdict {
     let output = match result {
-        Err(e) => return BackendVerdict::Respond(LocalResponse { status: 400, headers: vec![], body: call_error_json(e).to_string().into_bytes() }),
+        Err(e) => {
+            return BackendVerdict::Respond(LocalResponse {
+                status: 400,
+                headers: vec![],
+                body: call_error_json(e).to_string().into_bytes(),
+            })
+        }
         Ok(o) => o,
     };
     let doc = parse(output).unwrap_or_else(|_| Value::Object(Map::new()));
@@ -339,7 +355,8 @@ pub fn call_backend(result: CallResult<'_>, attrs: &mut Attrs) -> BackendVerdict
     }
     let built = (|| {
         let status = status(&doc, 200)?;
-        let headers = string_map(doc.get("headers")).unwrap_or_else(|| vec![("Content-Type".into(), "application/json".into())]);
+        let headers =
+            string_map(doc.get("headers")).unwrap_or_else(|| vec![("Content-Type".into(), "application/json".into())]);
         let body = extract_body(&doc, output)?.map(|b| b.0).unwrap_or_default();
         Ok::<_, String>(respond(status, headers, None, &[], body))
     })();
@@ -366,10 +383,13 @@ pub fn sink_handle(result: CallResult<'_>, attrs: &mut Attrs) -> LocalResponse {
     attrs.apply(&doc);
     let built = (|| {
         let status = status(&doc, 200)?;
-        let all = string_map(doc.get("headers")).unwrap_or_else(|| vec![("Content-Type".into(), "application/json".into())]);
+        let all =
+            string_map(doc.get("headers")).unwrap_or_else(|| vec![("Content-Type".into(), "application/json".into())]);
         let exact = |name: &str| all.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let content_type = exact("Content-Type").or_else(|| exact("content-type")).unwrap_or_else(|| "application/json".into());
-        let headers: Vec<(String, String)> = all.into_iter().filter(|(k, _)| !k.eq_ignore_ascii_case("content-type")).collect();
+        let content_type =
+            exact("Content-Type").or_else(|| exact("content-type")).unwrap_or_else(|| "application/json".into());
+        let headers: Vec<(String, String)> =
+            all.into_iter().filter(|(k, _)| !k.eq_ignore_ascii_case("content-type")).collect();
         let body = extract_body(&doc, output)?.map(|b| b.0).unwrap_or_default();
         Ok::<_, String>(respond(status, headers, Some(content_type), &[], body))
     })();

@@ -115,11 +115,16 @@ impl Snowflake {
         drop(last);
         let count = self.counter.fetch_add(1, Ordering::Relaxed) % 4096;
         let id = (now_ms.saturating_sub(SNOWFLAKE_EPOCH_MS) << 22) | (self.generator << 10) | count;
-        if backwards { format!("{id}-{}", self.generator + 1) } else { id.to_string() }
+        if backwards {
+            format!("{id}-{}", self.generator + 1)
+        } else {
+            id.to_string()
+        }
     }
 
     pub fn next(&self) -> String {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.next_at(now)
     }
 }
@@ -148,7 +153,11 @@ impl LocalResponse {
         };
         LocalResponse {
             status,
-            headers: vec![("Content-Type".into(), content_type.into()), ("Otoroshi-Error".into(), "true".into()), ("Otoroshi-Error-Msg".into(), header_safe(message))],
+            headers: vec![
+                ("Content-Type".into(), content_type.into()),
+                ("Otoroshi-Error".into(), "true".into()),
+                ("Otoroshi-Error-Msg".into(), header_safe(message)),
+            ],
             body: body.into_bytes(),
         }
     }
@@ -156,7 +165,11 @@ impl LocalResponse {
     /// Play's `Results.Status(status)(json)`: a JSON body.
     #[must_use]
     pub fn json(status: u16, body: &Value) -> LocalResponse {
-        LocalResponse { status, headers: vec![("Content-Type".into(), "application/json".into())], body: body.to_string().into_bytes() }
+        LocalResponse {
+            status,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
     }
 }
 
@@ -187,9 +200,31 @@ mod tests {
 
     #[test]
     fn the_route_has_every_field_of_ngroute() {
-        let r = RouteInfo { id: "r1".into(), name: "api".into(), domains: vec!["api.test/".into()], targets: vec![Target { hostname: "127.0.0.1".into(), port: 8080, tls: false }], root: String::new() };
+        let r = RouteInfo {
+            id: "r1".into(),
+            name: "api".into(),
+            domains: vec!["api.test/".into()],
+            targets: vec![Target { hostname: "127.0.0.1".into(), port: 8080, tls: false }],
+            root: String::new(),
+        };
         let v = r.json();
-        for k in ["_loc", "id", "name", "description", "tags", "metadata", "enabled", "debug_flow", "export_reporting", "capture", "groups", "frontend", "backend", "backend_ref", "plugins"] {
+        for k in [
+            "_loc",
+            "id",
+            "name",
+            "description",
+            "tags",
+            "metadata",
+            "enabled",
+            "debug_flow",
+            "export_reporting",
+            "capture",
+            "groups",
+            "frontend",
+            "backend",
+            "backend_ref",
+            "plugins",
+        ] {
             assert!(v.get(k).is_some(), "{k}");
         }
         assert_eq!(v["backend"]["targets"][0]["hostname"], "127.0.0.1");

@@ -20,27 +20,17 @@ fn text(bytes: &[u8]) -> String {
 
 /// The map's ordinary headers (pseudo-headers left out), as text.
 fn plain_headers(pairs: &[Pair]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .filter(|(k, _)| !k.starts_with(b":"))
-        .map(|(k, v)| (text(k), text(v)))
-        .collect()
+    pairs.iter().filter(|(k, _)| !k.starts_with(b":")).map(|(k, v)| (text(k), text(v))).collect()
 }
 
 fn pseudo<'p>(pairs: &'p [Pair], name: &[u8]) -> Option<&'p [u8]> {
-    pairs
-        .iter()
-        .find(|(k, _)| k.as_slice() == name)
-        .map(|(_, v)| v.as_slice())
+    pairs.iter().find(|(k, _)| k.as_slice() == name).map(|(_, v)| v.as_slice())
 }
 
 /// `HTTP/1.1` from what a server reports as `request.protocol` (`HTTP/1.1`, `1.1`, `http/2`...).
 fn version_of(protocol: Option<&[u8]>) -> String {
     let p = protocol.map(text).unwrap_or_default();
-    let number = p
-        .trim()
-        .trim_start_matches("HTTP/")
-        .trim_start_matches("http/");
+    let number = p.trim().trim_start_matches("HTTP/").trim_start_matches("http/");
     match number {
         "" => "HTTP/1.1".to_owned(),
         "2" => "HTTP/2.0".to_owned(),
@@ -55,9 +45,7 @@ fn ip_of(address: &str) -> String {
         return rest.split(']').next().unwrap_or_default().to_owned();
     }
     match address.rsplit_once(':') {
-        Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            ip.to_owned()
-        }
+        Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => ip.to_owned(),
         _ => address.to_owned(),
     }
 }
@@ -76,20 +64,11 @@ pub fn request_parts(stream: &dyn HttpStream, id: u64) -> Result<RequestParts, S
         }
     }
     let protocol = stream.property(&[b"request", b"protocol"]).ok().flatten();
-    let remote = stream
-        .property(&[b"source", b"address"])
-        .ok()
-        .flatten()
-        .map(|a| ip_of(&text(&a)))
-        .unwrap_or_default();
+    let remote = stream.property(&[b"source", b"address"]).ok().flatten().map(|a| ip_of(&text(&a))).unwrap_or_default();
     Ok(RequestParts {
         id,
-        method: pseudo(&pairs, b":method")
-            .map(text)
-            .unwrap_or_else(|| "GET".to_owned()),
-        uri: pseudo(&pairs, b":path")
-            .map(text)
-            .unwrap_or_else(|| "/".to_owned()),
+        method: pseudo(&pairs, b":method").map(text).unwrap_or_else(|| "GET".to_owned()),
+        uri: pseudo(&pairs, b":path").map(text).unwrap_or_else(|| "/".to_owned()),
         version: version_of(protocol.as_deref()),
         headers,
         remote,
@@ -105,13 +84,8 @@ pub fn request_parts(stream: &dyn HttpStream, id: u64) -> Result<RequestParts, S
 /// What the stream answers when its response headers cannot be read.
 pub fn response_parts(stream: &dyn HttpStream) -> Result<ResponseParts, Status> {
     let pairs = stream.header_map(MapType::HttpResponseHeaders)?;
-    let status = pseudo(&pairs, b":status")
-        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
-        .unwrap_or(200);
-    Ok(ResponseParts {
-        status,
-        headers: plain_headers(&pairs),
-    })
+    let status = pseudo(&pairs, b":status").and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()).unwrap_or(200);
+    Ok(ResponseParts { status, headers: plain_headers(&pairs) })
 }
 
 /// A step's answer as the chain's local response.
@@ -121,11 +95,7 @@ pub fn local_response(response: route::LocalResponse, plugin: &str) -> host::Loc
         status: u32::from(response.status),
         details: format!("otoroshi_wasm:{plugin}"),
         body: response.body,
-        headers: response
-            .headers
-            .into_iter()
-            .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
-            .collect(),
+        headers: response.headers.into_iter().map(|(k, v)| (k.into_bytes(), v.into_bytes())).collect(),
         grpc_status: -1,
     }
 }
@@ -147,10 +117,7 @@ fn replace_plain(
     cookies: Option<(&str, Vec<String>)>,
 ) -> Result<(), Status> {
     let current = stream.header_map(map)?;
-    let mut pairs: Vec<Pair> = current
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(b":"))
-        .collect();
+    let mut pairs: Vec<Pair> = current.into_iter().filter(|(k, _)| k.starts_with(b":")).collect();
     let cookie_name = cookies.as_ref().map(|(n, _)| *n);
     pairs.extend(
         headers
@@ -159,11 +126,7 @@ fn replace_plain(
             .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())),
     );
     if let Some((name, values)) = cookies {
-        pairs.extend(
-            values
-                .into_iter()
-                .map(|v| (name.as_bytes().to_vec(), v.into_bytes())),
-        );
+        pairs.extend(values.into_iter().map(|v| (name.as_bytes().to_vec(), v.into_bytes())));
     }
     stream.set_header_map(map, pairs)
 }
@@ -174,36 +137,22 @@ fn replace_plain(
 ///
 /// # Errors
 /// What the stream answers (BAD_ARGUMENT once the request went upstream).
-pub fn apply_request(
-    stream: &mut dyn HttpStream,
-    changes: RequestChanges,
-) -> Result<Option<Vec<u8>>, Status> {
+pub fn apply_request(stream: &mut dyn HttpStream, changes: RequestChanges) -> Result<Option<Vec<u8>>, Status> {
     if let Some(method) = &changes.method {
         stream.replace_header(MapType::HttpRequestHeaders, b":method", method.as_bytes())?;
     }
     if let Some(url) = &changes.url {
-        stream.replace_header(
-            MapType::HttpRequestHeaders,
-            b":path",
-            path_of_url(url).as_bytes(),
-        )?;
+        stream.replace_header(MapType::HttpRequestHeaders, b":path", path_of_url(url).as_bytes())?;
     }
-    let cookie_line = changes.cookies.as_ref().map(|cs| {
-        cs.iter()
-            .map(|c| format!("{}={}", c.name, c.value))
-            .collect::<Vec<_>>()
-            .join("; ")
-    });
+    let cookie_line = changes
+        .cookies
+        .as_ref()
+        .map(|cs| cs.iter().map(|c| format!("{}={}", c.name, c.value)).collect::<Vec<_>>().join("; "));
     match (&changes.headers, cookie_line) {
-        (Some(headers), cookie) => replace_plain(
-            stream,
-            MapType::HttpRequestHeaders,
-            headers,
-            cookie.map(|c| ("Cookie", vec![c])),
-        )?,
-        (None, Some(cookie)) => {
-            stream.replace_header(MapType::HttpRequestHeaders, b"cookie", cookie.as_bytes())?
+        (Some(headers), cookie) => {
+            replace_plain(stream, MapType::HttpRequestHeaders, headers, cookie.map(|c| ("Cookie", vec![c])))?
         }
+        (None, Some(cookie)) => stream.replace_header(MapType::HttpRequestHeaders, b"cookie", cookie.as_bytes())?,
         (None, None) => {}
     }
     Ok(changes.body)
@@ -215,26 +164,13 @@ pub fn apply_request(
 ///
 /// # Errors
 /// What the stream answers (BAD_ARGUMENT once the response headers left).
-pub fn apply_response(
-    stream: &mut dyn HttpStream,
-    changes: ResponseChanges,
-) -> Result<Option<Vec<u8>>, Status> {
-    stream.replace_header(
-        MapType::HttpResponseHeaders,
-        b":status",
-        changes.status.to_string().as_bytes(),
-    )?;
-    let set_cookies = changes
-        .cookies
-        .as_ref()
-        .map(|cs| cs.iter().map(Cookie::set_cookie).collect::<Vec<_>>());
+pub fn apply_response(stream: &mut dyn HttpStream, changes: ResponseChanges) -> Result<Option<Vec<u8>>, Status> {
+    stream.replace_header(MapType::HttpResponseHeaders, b":status", changes.status.to_string().as_bytes())?;
+    let set_cookies = changes.cookies.as_ref().map(|cs| cs.iter().map(Cookie::set_cookie).collect::<Vec<_>>());
     match (&changes.headers, set_cookies) {
-        (Some(headers), cookies) => replace_plain(
-            stream,
-            MapType::HttpResponseHeaders,
-            headers,
-            cookies.map(|c| ("Set-Cookie", c)),
-        )?,
+        (Some(headers), cookies) => {
+            replace_plain(stream, MapType::HttpResponseHeaders, headers, cookies.map(|c| ("Set-Cookie", c)))?
+        }
         (None, Some(cookies)) => {
             stream.remove_header(MapType::HttpResponseHeaders, b"set-cookie")?;
             for c in cookies {

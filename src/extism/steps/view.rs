@@ -205,7 +205,12 @@ pub fn tls(view: &dyn RequestView) -> bool {
 #[must_use]
 pub fn cert_chain_json(chain: Option<Vec<CertInfo>>) -> Value {
     let Some(chain) = chain else { return Value::Null };
-    let cn = |dn: &str| dn.split(',').map(str::trim).find(|p| p.to_ascii_lowercase().starts_with("cn=")).map_or_else(|| dn.to_owned(), |p| p[3..].to_owned());
+    let cn = |dn: &str| {
+        dn.split(',')
+            .map(str::trim)
+            .find(|p| p.to_ascii_lowercase().starts_with("cn="))
+            .map_or_else(|| dn.to_owned(), |p| p[3..].to_owned())
+    };
     Value::Array(
         chain
             .iter()
@@ -337,7 +342,16 @@ impl PluginRequest {
             method: view.method().to_owned(),
             headers: view.headers().to_vec(),
             version: view.version().to_owned(),
-            cookies: request_cookies(view.headers()).into_iter().map(|(name, value)| Cookie { name, value, path: Some("/".into()), http_only: true, ..Default::default() }).collect(),
+            cookies: request_cookies(view.headers())
+                .into_iter()
+                .map(|(name, value)| Cookie {
+                    name,
+                    value,
+                    path: Some("/".into()),
+                    http_only: true,
+                    ..Default::default()
+                })
+                .collect(),
             client_cert_chain: view.client_cert_chain(),
             backend,
         }
@@ -405,14 +419,31 @@ mod tests {
     fn the_request_json_has_every_field_otoroshi_writes() {
         let v = request_json(&request());
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        for k in ["id", "method", "headers", "cookies", "tls", "uri", "query", "path", "version", "has_body", "remote", "client_cert_chain", "path_params"] {
+        for k in [
+            "id",
+            "method",
+            "headers",
+            "cookies",
+            "tls",
+            "uri",
+            "query",
+            "path",
+            "version",
+            "has_body",
+            "remote",
+            "client_cert_chain",
+            "path_params",
+        ] {
             assert!(keys.contains(&k), "{k}");
         }
         assert_eq!(v["path"], "/api/items");
         assert_eq!(v["query"], json!({"x": ["1", "2"], "q": ["a b!"], "flag": [""]}));
         assert_eq!(v["headers"]["X-Multi"], "one");
         assert!(v["headers"].get("x-multi").is_none());
-        assert_eq!(v["cookies"][1], json!({"name": "theme", "value": "dark", "path": "/", "domain": null, "http_only": true, "max_age": null, "secure": false, "same_site": null}));
+        assert_eq!(
+            v["cookies"][1],
+            json!({"name": "theme", "value": "dark", "path": "/", "domain": null, "http_only": true, "max_age": null, "secure": false, "same_site": null})
+        );
         assert_eq!((v["tls"].as_bool(), v["has_body"].as_bool()), (Some(false), Some(true)));
         assert_eq!(v["client_cert_chain"], Value::Null);
     }
@@ -435,7 +466,13 @@ mod tests {
 
     #[test]
     fn certificates_get_their_common_names() {
-        let v = cert_chain_json(Some(vec![CertInfo { subject_dn: "CN=client, O=Acme".into(), issuer_dn: "O=NoCn".into(), not_after: 2, not_before: 1, serial_number: "ff".into() }]));
+        let v = cert_chain_json(Some(vec![CertInfo {
+            subject_dn: "CN=client, O=Acme".into(),
+            issuer_dn: "O=NoCn".into(),
+            not_after: 2,
+            not_before: 1,
+            serial_number: "ff".into(),
+        }]));
         assert_eq!(v[0]["subjectCN"], "client");
         assert_eq!(v[0]["issuerCN"], "O=NoCn");
     }
@@ -445,14 +482,31 @@ mod tests {
         let r = PluginRequest::from_view(&request(), None);
         let v = r.json();
         assert_eq!(v["url"], "http://api.test/api/items?x=1&x=2&q=a+b%21&flag");
-        assert_eq!(v["cookies"][0], json!({"name": "session", "value": "abc", "domain": null, "path": "/", "maxAge": null, "secure": false, "httpOnly": true}));
-        let resp = response_json(&ResponseParts { status: 201, headers: vec![("Set-Cookie".into(), "a=1; Max-Age=60; Path=/x; HttpOnly".into())] });
-        assert_eq!(resp["cookies"][0], json!({"name": "a", "value": "1", "domain": null, "path": "/x", "maxAge": 60, "secure": false, "httpOnly": true}));
+        assert_eq!(
+            v["cookies"][0],
+            json!({"name": "session", "value": "abc", "domain": null, "path": "/", "maxAge": null, "secure": false, "httpOnly": true})
+        );
+        let resp = response_json(&ResponseParts {
+            status: 201,
+            headers: vec![("Set-Cookie".into(), "a=1; Max-Age=60; Path=/x; HttpOnly".into())],
+        });
+        assert_eq!(
+            resp["cookies"][0],
+            json!({"name": "a", "value": "1", "domain": null, "path": "/x", "maxAge": 60, "secure": false, "httpOnly": true})
+        );
     }
 
     #[test]
     fn set_cookie_round_trips() {
-        let c = Cookie { name: "a".into(), value: "1".into(), max_age: Some(5), path: Some("/".into()), domain: Some("d".into()), secure: true, http_only: true };
+        let c = Cookie {
+            name: "a".into(),
+            value: "1".into(),
+            max_age: Some(5),
+            path: Some("/".into()),
+            domain: Some("d".into()),
+            secure: true,
+            http_only: true,
+        };
         assert_eq!(c.set_cookie(), "a=1; Max-Age=5; Path=/; Domain=d; Secure; HttpOnly");
         assert_eq!(Cookie::parse_set_cookie(&c.set_cookie()), Some(c));
     }

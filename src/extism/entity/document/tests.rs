@@ -121,7 +121,11 @@ fn a_list_export_loads_with_each_entity_line() {
 fn the_kubernetes_form_loads() {
     let yaml = format!(
         "apiVersion: proxy.otoroshi.io/v1\nkind: WasmPlugin\nmetadata:\n  name: access control\nspec:\n{}",
-        serde_yaml_ng::to_string(&serde_json::from_str::<Value>(EXPORT).unwrap()).unwrap().lines().map(|l| format!("  {l}\n")).collect::<String>()
+        serde_yaml_ng::to_string(&serde_json::from_str::<Value>(EXPORT).unwrap())
+            .unwrap()
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
     );
     let doc = parse(&yaml, Path::new("k8s.yaml"), &[]).unwrap();
     assert_eq!(doc.layout, Layout::Kubernetes);
@@ -178,12 +182,18 @@ fn a_value_of_the_wrong_type_is_an_error_naming_its_key() {
     let text = EXPORT.replace("\"httpAccess\" : true", "\"httpAccess\" : \"yes\"");
     let e = error(&text);
     assert!(e.starts_with("/etc/plugins/entity.json:26:"), "{e}");
-    assert!(e.contains("config.authorizations.httpAccess: expected a boolean (true or false), found the string \"yes\""), "{e}");
+    assert!(
+        e.contains("config.authorizations.httpAccess: expected a boolean (true or false), found the string \"yes\""),
+        "{e}"
+    );
 }
 
 #[test]
 fn yaml_errors_carry_line_and_column() {
-    let e = parse("id: x\nconfig:\n  source: { kind: file, path: /nope.wasm }\n  wasi: maybe\n", Path::new("e.yaml"), &[]).unwrap_err().to_string();
+    let e =
+        parse("id: x\nconfig:\n  source: { kind: file, path: /nope.wasm }\n  wasi: maybe\n", Path::new("e.yaml"), &[])
+            .unwrap_err()
+            .to_string();
     assert!(e.starts_with("e.yaml:3:"), "{e}");
     assert!(e.contains("config.source.path: file \"/nope.wasm\" not found"), "{e}");
 }
@@ -210,7 +220,9 @@ fn an_https_source_is_refused_with_the_reason() {
 #[test]
 fn http_source_options_are_read_and_checked() {
     let doc = parse_str(r#"{"id":"x","config":{"source":{"kind":"Http","path":"http://cdn/x.wasm","opts":{"timeout":3000,"followRedirect":false,"headers":{"a":"b"},"sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}}}"#).unwrap();
-    let Source::Http { timeout, follow_redirects, headers, sha256, method, .. } = &doc.entities[0].config.source else { panic!() };
+    let Source::Http { timeout, follow_redirects, headers, sha256, method, .. } = &doc.entities[0].config.source else {
+        panic!()
+    };
     assert_eq!((timeout.as_millis(), *follow_redirects, method.as_str()), (3000, false, "GET"));
     assert_eq!(headers, &vec![("a".to_owned(), "b".to_owned())]);
     assert_eq!(sha256.unwrap()[0], 0x9f);
@@ -220,7 +232,10 @@ fn http_source_options_are_read_and_checked() {
 
 #[test]
 fn an_entity_without_id_or_source_is_an_error() {
-    assert!(error(r#"{"name":"x","kind":"plugins.otoroshi.io/WasmPlugin","config":{"source":{"kind":"local","path":"y"}}}"#).contains("top level: the entity has no id"));
+    assert!(error(
+        r#"{"name":"x","kind":"plugins.otoroshi.io/WasmPlugin","config":{"source":{"kind":"local","path":"y"}}}"#
+    )
+    .contains("top level: the entity has no id"));
     assert!(error(r#"{"id":"x","config":{"memoryPages":4}}"#).contains("config.source: the plugin has no source"));
     assert!(error(r#"{"id":"x"}"#).contains("the entity has no config"));
 }
@@ -242,7 +257,9 @@ fn defaults_are_otoroshis() {
 
 #[test]
 fn old_exports_with_raw_source_load() {
-    let doc = parse_str(r#"{"id":"x","config":{"raw_source":"base64://AGFzbQEAAAA=","lifetime":"Forever","preserve":true}}"#).unwrap();
+    let doc =
+        parse_str(r#"{"id":"x","config":{"raw_source":"base64://AGFzbQEAAAA=","lifetime":"Forever","preserve":true}}"#)
+            .unwrap();
     assert!(matches!(doc.entities[0].config.source, Source::Base64(_)));
     let doc = parse_str(r#"{"id":"x","config":{"compiler_source":"my-plugin.wasm"}}"#).unwrap();
     assert!(matches!(&doc.entities[0].config.source, Source::Wasmo { path, .. } if path == "my-plugin.wasm"));
@@ -262,7 +279,10 @@ fn ids_must_be_unique_and_local_references_must_resolve() {
     let a = parse_str(r#"[{"id":"a","config":{"source":{"kind":"local","path":"b"}}},{"id":"b","config":{"source":{"kind":"local","path":"a"}}}]"#).unwrap();
     assert!(resolve(&a.entities).unwrap_err().to_string().contains("cycle: a -> b -> a"));
     let missing = parse_str(r#"[{"id":"a","config":{"source":{"kind":"local","path":"zz"}}}]"#).unwrap();
-    assert!(resolve(&missing.entities).unwrap_err().to_string().contains("[0].config.source.path: no entity with id \"zz\""));
+    assert!(resolve(&missing.entities)
+        .unwrap_err()
+        .to_string()
+        .contains("[0].config.source.path: no entity with id \"zz\""));
     let dup = parse_str(r#"[{"id":"a","config":{"source":{"kind":"local","path":"x"}}},{"id":"a","config":{"source":{"kind":"local","path":"x"}}}]"#).unwrap();
     assert!(resolve(&dup.entities).unwrap_err().to_string().contains("duplicate entity id \"a\""));
 }
@@ -279,12 +299,19 @@ fn the_context_config_refers_to_the_entity_instead_of_carrying_its_module() {
 
 #[test]
 fn wasmo_requests_carry_otoroshis_headers() {
-    let s = WasmoSettings { url: "http://w:5001".into(), client_id: "id".into(), client_secret: "secret".into(), plugins_filter: "*".into(), legacy_auth: false };
+    let s = WasmoSettings {
+        url: "http://w:5001".into(),
+        client_id: "id".into(),
+        client_secret: "secret".into(),
+        plugins_filter: "*".into(),
+        legacy_auth: false,
+    };
     let r = wasmo_request(&s, "p.wasm", std::time::Duration::from_secs(5), 1 << 20);
     assert_eq!(r.url, "http://w:5001/wasm/p.wasm");
     assert!(r.headers.contains(&("Authorization".into(), "Basic aWQ6c2VjcmV0".into())));
     assert!(r.headers.contains(&("kind".into(), "*".into())));
-    let legacy = wasmo_request(&WasmoSettings { legacy_auth: true, ..s }, "p.wasm", std::time::Duration::from_secs(5), 1);
+    let legacy =
+        wasmo_request(&WasmoSettings { legacy_auth: true, ..s }, "p.wasm", std::time::Duration::from_secs(5), 1);
     assert!(legacy.headers.iter().any(|(k, v)| k == "Otoroshi-User" && v.split('.').count() == 3));
 }
 
@@ -297,10 +324,17 @@ fn hmac_sha512_matches_rfc_4231() {
 
 #[test]
 fn settings_errors_name_their_key() {
-    let e = parse("otoroshi:\n  callback_timeout: soon\nwasm_plugins: []\n", Path::new("s.yaml"), &[]).unwrap_err().to_string();
+    let e = parse("otoroshi:\n  callback_timeout: soon\nwasm_plugins: []\n", Path::new("s.yaml"), &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("s.yaml:2:") && e.contains("otoroshi.callback_timeout: expected a duration"), "{e}");
-    let e = parse("otoroshi:\n  wasmo: { url: https://w }\nwasm_plugins: []\n", Path::new("s.yaml"), &[]).unwrap_err().to_string();
+    let e = parse("otoroshi:\n  wasmo: { url: https://w }\nwasm_plugins: []\n", Path::new("s.yaml"), &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("otoroshi.wasmo.url: expected an http:// URL"), "{e}");
     let e = parse("wasm_plugins: []\nextra: 1\n", Path::new("s.yaml"), &["plugins"]).unwrap_err().to_string();
-    assert!(e.contains("extra: unknown top-level key \"extra\"; expected one of wasm_plugins, otoroshi, plugins"), "{e}");
+    assert!(
+        e.contains("extra: unknown top-level key \"extra\"; expected one of wasm_plugins, otoroshi, plugins"),
+        "{e}"
+    );
 }

@@ -12,9 +12,7 @@ struct Memory {
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<Pair> {
-    list.iter()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect()
+    list.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
 }
 
 impl Memory {
@@ -62,11 +60,7 @@ impl HttpStream for Memory {
     }
     fn property(&self, path: &[&[u8]]) -> Result<Option<Vec<u8>>, Status> {
         let name = path.iter().map(|p| text(p)).collect::<Vec<_>>().join(".");
-        Ok(self
-            .properties
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.clone()))
+        Ok(self.properties.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
     }
 }
 
@@ -81,11 +75,7 @@ fn nginx_like() -> Memory {
             ("Cookie", "s=1"),
             ("X-A", "1"),
         ]),
-        response: pairs(&[
-            (":status", "201"),
-            ("Content-Type", "text/plain"),
-            ("Set-Cookie", "old=1"),
-        ]),
+        response: pairs(&[(":status", "201"), ("Content-Type", "text/plain"), ("Set-Cookie", "old=1")]),
         properties: vec![
             ("request.protocol".into(), b"HTTP/1.1".to_vec()),
             ("source.address".into(), b"127.0.0.1:40000".to_vec()),
@@ -105,11 +95,7 @@ fn request_parts_come_from_pseudo_headers_and_properties() {
     assert!(parts.secure);
     assert_eq!(
         parts.headers,
-        [
-            ("Host".into(), "example.test".into()),
-            ("Cookie".into(), "s=1".into()),
-            ("X-A".into(), "1".into())
-        ]
+        [("Host".into(), "example.test".into()), ("Cookie".into(), "s=1".into()), ("X-A".into(), "1".into())]
     );
 }
 
@@ -117,15 +103,10 @@ fn request_parts_come_from_pseudo_headers_and_properties() {
 fn authority_stands_for_a_missing_host_and_ipv6_ports_are_cut() {
     let mut m = nginx_like();
     m.request.retain(|(k, _)| k.as_slice() != b"Host");
-    m.properties = vec![
-        ("request.protocol".into(), b"HTTP/2".to_vec()),
-        ("source.address".into(), b"[::1]:5000".to_vec()),
-    ];
+    m.properties =
+        vec![("request.protocol".into(), b"HTTP/2".to_vec()), ("source.address".into(), b"[::1]:5000".to_vec())];
     let parts = request_parts(&m, 1).unwrap();
-    assert_eq!(
-        parts.headers[0],
-        ("Host".to_owned(), "example.test".to_owned())
-    );
+    assert_eq!(parts.headers[0], ("Host".to_owned(), "example.test".to_owned()));
     assert_eq!(parts.version, "HTTP/2.0");
     assert_eq!(parts.remote, "::1");
 }
@@ -134,22 +115,14 @@ fn authority_stands_for_a_missing_host_and_ipv6_ports_are_cut() {
 fn response_parts_read_the_status() {
     let parts = response_parts(&nginx_like()).unwrap();
     assert_eq!(parts.status, 201);
-    assert_eq!(
-        parts.headers,
-        [
-            ("Content-Type".into(), "text/plain".into()),
-            ("Set-Cookie".into(), "old=1".into())
-        ]
-    );
+    assert_eq!(parts.headers, [("Content-Type".into(), "text/plain".into()), ("Set-Cookie".into(), "old=1".into())]);
 }
 
 #[test]
 fn request_transformer_output_is_applied() {
     let mut m = nginx_like();
     let out = br#"{"method":"PUT","url":"http://backend:8080/v2/x?b=2","headers":{"Host":"example.test","X-B":"2"},"cookies":[{"name":"t","value":"9"}],"body_str":"new"}"#;
-    let output::RequestVerdict::Continue(changes) =
-        output::transform_request(Ok(out), &mut Attrs::default())
-    else {
+    let output::RequestVerdict::Continue(changes) = output::transform_request(Ok(out), &mut Attrs::default()) else {
         panic!("not a continue")
     };
     let body = apply_request(&mut m, changes).unwrap();
@@ -159,16 +132,9 @@ fn request_transformer_output_is_applied() {
     assert_eq!(parts.uri, "/v2/x?b=2");
     assert_eq!(
         parts.headers,
-        [
-            ("Host".into(), "example.test".into()),
-            ("X-B".into(), "2".into()),
-            ("Cookie".into(), "t=9".into())
-        ]
+        [("Host".into(), "example.test".into()), ("X-B".into(), "2".into()), ("Cookie".into(), "t=9".into())]
     );
-    assert!(m
-        .request
-        .iter()
-        .any(|(k, v)| k == b":authority" && v == b"example.test"));
+    assert!(m.request.iter().any(|(k, v)| k == b":authority" && v == b"example.test"));
 }
 
 #[test]
@@ -176,9 +142,7 @@ fn response_transformer_output_is_applied_with_otoroshi_defaults() {
     let mut m = nginx_like();
     // No status: Otoroshi's default is 200, not the origin's status.
     let out = br#"{"headers":{"Content-Type":"application/json"},"cookies":[{"name":"n","value":"v","path":"/"}],"body_json":{"ok":true}}"#;
-    let output::ResponseVerdict::Continue(changes) =
-        output::transform_response(Ok(out), &mut Attrs::default())
-    else {
+    let output::ResponseVerdict::Continue(changes) = output::transform_response(Ok(out), &mut Attrs::default()) else {
         panic!("not a continue")
     };
     let body = apply_response(&mut m, changes).unwrap();
@@ -187,10 +151,7 @@ fn response_transformer_output_is_applied_with_otoroshi_defaults() {
     assert_eq!(parts.status, 200);
     assert_eq!(
         parts.headers,
-        [
-            ("Content-Type".into(), "application/json".into()),
-            ("Set-Cookie".into(), "n=v; Path=/".into())
-        ]
+        [("Content-Type".into(), "application/json".into()), ("Set-Cookie".into(), "n=v; Path=/".into())]
     );
 }
 
@@ -209,20 +170,14 @@ fn changes_after_the_response_left_are_refused_by_the_stream() {
 #[test]
 fn an_access_denial_becomes_the_chains_local_response() {
     let denied = br#"{"result":false,"error":{"message":"nope","status":401}}"#;
-    let output::Gate::Respond(response) = output::access(
-        Ok(denied),
-        &mut Attrs::default(),
-        &[("Accept".into(), "application/json".into())],
-    ) else {
+    let output::Gate::Respond(response) =
+        output::access(Ok(denied), &mut Attrs::default(), &[("Accept".into(), "application/json".into())])
+    else {
         panic!("let in")
     };
     let local = local_response(response, "wasm-plugin_dev_access");
     assert_eq!(local.status, 401);
     assert_eq!(local.details, "otoroshi_wasm:wasm-plugin_dev_access");
     assert_eq!(local.grpc_status, -1);
-    assert!(
-        String::from_utf8_lossy(&local.body).contains("nope"),
-        "{:?}",
-        String::from_utf8_lossy(&local.body)
-    );
+    assert!(String::from_utf8_lossy(&local.body).contains("nope"), "{:?}", String::from_utf8_lossy(&local.body));
 }
