@@ -117,7 +117,165 @@ fn layout_of(value: &Value) -> Option<Layout> {
 /// file, or text that does not parse: the Proxy-Wasm loader then reports it).
 #[must_use]
 pub fn sniff(text: &str) -> Option<Layout> {
-    layout_of(&shape(text, Path::new("")).ok()?)
+    // Only the top-level keys (or the first item's) matter: read them with `IgnoredAny` for every
+    // value, so nothing is built and an alias bomb is walked under the parser's own repetition
+    // limit instead of being expanded into memory (tests/fuzz/config.rs, the "billion laughs").
+    let top: Top = if is_json(text) {
+        serde_json::from_str(text.trim_start_matches('\u{feff}')).ok()?
+    } else {
+        serde_yaml_ng::from_str(text).ok()?
+    };
+    let is_entity = |m: &Keys| m.id || m.wasm_kind;
+    let is_k8s = |m: &Keys| m.api_version && m.spec;
+    match top {
+        Top::Map(m) if m.plugins_key => Some(Layout::WasmPluginsKey),
+        Top::Map(m) if is_k8s(&m) => Some(Layout::Kubernetes),
+        Top::Map(m) if is_entity(&m) => Some(Layout::Entity),
+        Top::List(Some(first)) if is_k8s(&first) => Some(Layout::KubernetesList),
+        Top::List(Some(first)) if is_entity(&first) => Some(Layout::List),
+        _ => None,
+    }
+}
+
+/// The top-level keys sniffing looks at (see [`layout_of`] for the same rules on a full value).
+#[derive(Default)]
+struct Keys {
+    plugins_key: bool,
+    api_version: bool,
+    spec: bool,
+    id: bool,
+    wasm_kind: bool,
+}
+
+enum Top {
+    Map(Keys),
+    List(Option<Keys>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Keys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_any(TopVisitor)? {
+            Top::Map(keys) => Ok(keys),
+            _ => Ok(Keys::default()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Top {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopVisitor)
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Top;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML or JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
+        let mut keys = Keys::default();
+        while let Some(key) = map.next_key::<KeyName>()? {
+            match key.0.as_deref() {
+                Some("wasm_plugins" | "otoroshi") => keys.plugins_key = true,
+                Some("apiVersion") => keys.api_version = true,
+                Some("spec") => keys.spec = true,
+                Some("id") => keys.id = true,
+                Some("kind") => {
+                    keys.wasm_kind = map.next_value::<KeyName>()?.0.is_some_and(|k| k.ends_with("WasmPlugin"));
+                    continue;
+                }
+                _ => {}
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(Top::Map(keys))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top, A::Error> {
+        let first = seq.next_element::<Keys>()?;
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Top::List(first))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+    fn visit_none<E>(self) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Top, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Top, A::Error> {
+        let _ = data.variant::<IgnoredAny>()?;
+        Ok(Top::Other)
+    }
+}
+
+/// A key (or `kind`'s value) when it is a string; anything else is walked and dropped.
+struct KeyName(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for KeyName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyName;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<KeyName, E> {
+                // Only short names can match; a long key (or a repeated long alias) is not kept.
+                Ok(KeyName((v.len() <= 64).then(|| v.to_owned())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<KeyName, E> {
+                Ok(KeyName(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<KeyName, E> {
+                Ok(KeyName(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<KeyName, E> {
+                Ok(KeyName(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<KeyName, E> {
+                Ok(KeyName(None))
+            }
+            fn visit_unit<E>(self) -> Result<KeyName, E> {
+                Ok(KeyName(None))
+            }
+            fn visit_none<E>(self) -> Result<KeyName, E> {
+                Ok(KeyName(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<KeyName, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(KeyName(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<KeyName, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(KeyName(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Reads a file's entities. `foreign` lists top-level keys another loader owns in the
