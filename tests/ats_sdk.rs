@@ -111,47 +111,14 @@ fn wait_shared(ats: &TrafficServer, key: &str, pred: impl Fn(&str) -> bool) -> S
     }
 }
 
-fn the_request<'a>(origin: &'a Origin, path: &str) -> origin::Request {
-    origin.wait_for_requests(1, WAIT);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(r) = origin.requests().into_iter().find(|r| r.path == path) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the origin never got {path}: {:?}",
-            origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn values<'a>(r: &'a Response, name: &str) -> Vec<&'a str> {
     r.header_all(name)
 }
 
 // ------------------------------------------------------------------ one shared Traffic Server
 
-/// The origin behind the shared server: `/echo...` echoes, `/accepted`
-/// answers 202, everything else `hello from origin` with headers the
-/// response-phase header cases act on.
-fn shared_origin() -> Origin {
-    Origin::with_handler(|req| {
-        if req.path_only().starts_with("/echo") {
-            return origin::Response::echo(req);
-        }
-        let status = if req.path_only() == "/accepted" { 202 } else { 200 };
-        origin::Response::text(status, "hello from origin")
-            .header("x-pw-resp-remove", "should go")
-            .header("x-pw-resp-replace", "original")
-            .header("x-pw-drop-resp", "should go")
-            .header("x-pw-resp-keep", "kept")
-    })
-}
-
 /// Traffic Server with the filter (`rust-filter`, root id `sdk-root`,
-/// default configuration) in front of [`shared_origin`].
+/// default configuration) in front of [`origin::sdk_cases_origin`].
 struct Shared {
     origin: Origin,
     ats: TrafficServer,
@@ -167,7 +134,7 @@ fn server() -> Arc<Shared> {
         return s;
     }
     let yaml = plugin_yaml("rust-filter", RUST, "sdk-root", "", "", "");
-    let (origin, ats) = start_with("sdk-shared", shared_origin(), 2, &[("f.yaml", yaml)], |o| o);
+    let (origin, ats) = start_with("sdk-shared", origin::sdk_cases_origin(), 2, &[("f.yaml", yaml)], |o| o);
     let s = Arc::new(Shared { origin, ats });
     *slot = Arc::downgrade(&s);
     s
@@ -336,7 +303,7 @@ fn the_http_call_answer_reports_its_status_headers_body_and_trailers() {
     assert_eq!(Some(n), r.header("x-pw-callout-header-pairs"));
     assert_eq!(r.header("x-pw-callout-trailers"), Some("0 0"));
     assert_eq!(r.header("x-pw-callout-get-status"), Some("0"));
-    assert_eq!(the_request(&origin, "/c").header("x-pw-callout-body"), Some("pong /other/path?x=1"));
+    assert_eq!(origin.wait_for_path("/c", WAIT).header("x-pw-callout-body"), Some("pong /other/path?x=1"));
 }
 
 #[test]
@@ -345,7 +312,7 @@ fn an_http_call_without_a_path_is_refused_and_the_request_goes_on() {
     let r = send(&ats, case("/bad", "http-call-bad"));
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert_eq!(r.header("x-pw-callout-bad"), Some("BAD_ARGUMENT"));
-    the_request(&origin, "/bad");
+    origin.wait_for_path("/bad", WAIT);
     callout.assert_no_new_requests(Duration::from_millis(200));
     assert_eq!(callout.request_count(), 0);
 }
@@ -452,7 +419,7 @@ fn with_fail_open_true_a_trapping_plugin_is_skipped_and_the_request_reaches_the_
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert_eq!(r.body_str(), "hello from origin");
     assert_eq!(r.header("x-proxy-wasm"), None, "the failed plugin does not filter the response");
-    assert_eq!(the_request(&origin, "/boom").header("x-pw-test"), Some("panic"));
+    assert_eq!(origin.wait_for_path("/boom", WAIT).header("x-pw-test"), Some("panic"));
     let r = send(&ats, Request::get("/after"));
     assert_eq!((r.status, r.header("x-proxy-wasm")), (200, None));
 }
@@ -466,7 +433,7 @@ fn an_abi_0_1_0_module_filters_requests_and_responses() {
     let r = send(&ats, Request::get("/old"));
     assert_eq!(r.status, 200, "{}", ats.log_report());
     assert_eq!(r.header("x-abi"), Some("0.1.0"), "{:?}", r.headers);
-    assert_eq!(the_request(&origin, "/old").header("x-abi"), Some("0.1.0"));
+    assert_eq!(origin.wait_for_path("/old", WAIT).header("x-abi"), Some("0.1.0"));
     assert!(ats.diags_log().contains("loaded plugin \"abi010\" (ABI 0.1.0"), "{}", ats.log_report());
     // The module's own log, in order.
     // The start-up check at load time already logged one root context's lines.

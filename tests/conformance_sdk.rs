@@ -140,38 +140,6 @@ impl<'a, S: ServerUnderTest> Conn<'a, S> {
     }
 }
 
-fn the_request(origin: &Origin, path: &str) -> origin::Request {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(r) = origin.requests().into_iter().find(|r| r.path == path) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the origin never got {path}: {:?}",
-            origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The origin behind the shared server: `/echo...` echoes, `/accepted`
-/// answers 202, everything else `hello from origin` with headers the
-/// response-phase header cases act on.
-fn shared_origin() -> Origin {
-    Origin::with_handler(|req| {
-        if req.path_only().starts_with("/echo") {
-            return origin::Response::echo(req);
-        }
-        let status = if req.path_only() == "/accepted" { 202 } else { 200 };
-        origin::Response::text(status, "hello from origin")
-            .header("x-pw-resp-remove", "should go")
-            .header("x-pw-resp-replace", "original")
-            .header("x-pw-drop-resp", "should go")
-            .header("x-pw-resp-keep", "kept")
-    })
-}
-
 /// An origin and a server in front of it.
 struct Fixture<S> {
     origin: Origin,
@@ -188,7 +156,7 @@ fn start<S: ServerUnderTest>(test: &str, origin: Origin, workers: usize, plugins
 }
 
 /// The filter (`rust-filter`, root id `sdk-root`, default configuration) in
-/// front of [`shared_origin`]; started by the first case that needs it,
+/// front of [`origin::sdk_cases_origin`]; started by the first case that needs it,
 /// stopped when no running case holds it. One per server kind: the
 /// `static` is in each server's copy of [`for_each_server`]'s body.
 fn shared_fixture<S: ServerUnderTest>(slot: &Mutex<Weak<Fixture<S>>>) -> Arc<Fixture<S>> {
@@ -198,7 +166,7 @@ fn shared_fixture<S: ServerUnderTest>(slot: &Mutex<Weak<Fixture<S>>>) -> Arc<Fix
     }
     let f = Arc::new(start::<S>(
         "sdk-shared",
-        shared_origin(),
+        origin::sdk_cases_origin(),
         2,
         &[("rust-filter", plugin_yaml("rust-filter", RUST, "sdk-root", "", "", ""))],
     ));
@@ -223,7 +191,7 @@ mod on_one_server {
         let f = server();
         let r = send(&f.s, case("/h", "headers").header("x-pw-echo", "echo me").header("x-pw-remove", "x").header("x-pw-replace", "old"));
         assert_eq!(r.status, 200, "{}", f.s.log_report());
-        let seen = the_request(&f.origin, "/h");
+        let seen = f.origin.wait_for_path("/h", WAIT);
         assert_eq!(seen.header("x-pw-added"), Some("1"));
         assert_eq!(seen.header_all("x-pw-multi"), vec!["a", "b"]);
         assert_eq!(seen.header_all("x-pw-replace"), vec!["replaced"]);
@@ -252,7 +220,7 @@ mod on_one_server {
         let f = server();
         let r = send(&f.s, case("/s?x=1", "set-headers").header("x-pw-drop-me", "1").header("x-pw-keep", "k"));
         assert_eq!(r.status, 200, "{}", f.s.log_report());
-        let seen = the_request(&f.origin, "/s?x=1");
+        let seen = f.origin.wait_for_path("/s?x=1", WAIT);
         assert_eq!(seen.method, "GET", "the pseudo-headers written back keep the request line");
         assert_eq!(seen.header("x-pw-set-all"), Some("1"));
         assert_eq!(seen.header("x-pw-keep"), Some("k"));
@@ -308,7 +276,7 @@ mod on_one_server {
         let f = server();
         let r = send(&f.s, Request::post("/echo/plain", "untouched").header("x-other", "1"));
         assert_eq!((r.status, r.body_str().as_str(), r.header("x-proxy-wasm")), (200, "untouched", Some("rust-sdk")));
-        let seen = the_request(&f.origin, "/echo/plain");
+        let seen = f.origin.wait_for_path("/echo/plain", WAIT);
         assert_eq!(seen.body_str(), "untouched");
         assert_eq!(seen.header("x-other"), Some("1"));
         assert!(!seen.headers.iter().any(|(k, _)| k.to_ascii_lowercase().starts_with("x-pw-")), "{:?}", seen.headers);
@@ -355,7 +323,7 @@ mod on_one_server {
         assert_eq!(r.status, 451, "{}", f.s.log_report());
         assert_eq!(r.body_str(), "replaced response by rust-sdk-filter");
         assert_eq!(r.header("x-pw-local"), Some("response-headers"));
-        the_request(&f.origin, "/lrh");
+        f.origin.wait_for_path("/lrh", WAIT);
     }
 
     #[test]
@@ -383,7 +351,7 @@ mod on_one_server {
                 }
                 let r = send(&f.s, req);
                 assert_eq!(r.status, 200, "{cases} chunked={chunked}\n{}", f.s.log_report());
-                let seen = the_request(&f.origin, &path);
+                let seen = f.origin.wait_for_path(&path, WAIT);
                 assert_eq!(seen.body_str(), *expected, "{cases} chunked={chunked}");
                 assert_eq!(r.body_str(), *expected, "{cases} chunked={chunked}: the origin echoes");
                 assert!(!(seen.has_header("content-length") && seen.has_header("transfer-encoding")), "{cases} chunked={chunked}: never both {:?}", seen.headers);
@@ -394,7 +362,7 @@ mod on_one_server {
         }
         // upper keeps the length, and the content-length with it.
         send(&f.s, Request::post("/echo/cl", "hello world").header("x-pw-test", "req-body-upper"));
-        assert_eq!(the_request(&f.origin, "/echo/cl").header("content-length"), Some("11"));
+        assert_eq!(f.origin.wait_for_path("/echo/cl", WAIT).header("content-length"), Some("11"));
     }
 
     #[test]
@@ -624,7 +592,7 @@ mod on_one_server {
         let f = server();
         let r = send(&f.s, case("/nb", "resume-in-body"));
         assert_eq!((r.status, r.header("x-pw-resume-in-body")), (200, Some("no-body")), "{}", f.s.log_report());
-        the_request(&f.origin, "/nb");
+        f.origin.wait_for_path("/nb", WAIT);
     }
 
     #[test]
@@ -632,7 +600,7 @@ mod on_one_server {
         let f = server();
         let r = send(&f.s, case("/rr", "resume-reentrant").timeout(Duration::from_secs(5)));
         assert_eq!((r.status, r.header("x-pw-resume-reentrant")), (200, Some("1")), "{}", f.s.log_report());
-        the_request(&f.origin, "/rr");
+        f.origin.wait_for_path("/rr", WAIT);
         let r = send(&f.s, case("/rrr", "resume-response-reentrant").timeout(Duration::from_secs(5)));
         assert_eq!((r.status, r.header("x-pw-resume-response-reentrant")), (200, Some("1")), "{}", f.s.log_report());
         assert_eq!(r.body_str(), "hello from origin");
@@ -683,10 +651,10 @@ fn response_body_edits_reach_the_client_from_a_plain_and_a_chunked_origin() {
 
 #[test]
 fn a_content_length_the_plugin_keeps_is_fixed_by_the_host_after_a_length_changing_edit() {
-    let f = start::<Server>("sdk-keep-cl", shared_origin(), 2, &[("rust-filter", rust_yaml("rust-filter", ""))]);
+    let f = start::<Server>("sdk-keep-cl", origin::sdk_cases_origin(), 2, &[("rust-filter", rust_yaml("rust-filter", ""))]);
     let r = send(&f.s, Request::post("/echo/keep", "hello world").header("x-pw-test", "req-body-prefix, resp-body-append").header("x-pw-keep-content-length", "1"));
     assert_eq!(r.status, 200, "{}", f.s.log_report());
-    let seen = the_request(&f.origin, "/echo/keep");
+    let seen = f.origin.wait_for_path("/echo/keep", WAIT);
     assert_eq!(seen.body_str(), "[pw]hello world");
     if let Some(len) = seen.header("content-length") {
         assert_eq!(len, "15");
@@ -736,7 +704,7 @@ fn a_request_paused_in_on_request_headers_resumes_from_on_queue_ready() {
     assert_eq!(r.status, 200, "{}", f.s.log_report());
     assert_eq!(r.header("x-pw-enqueue"), Some("OK"));
     assert_eq!(r.header("x-pw-resumed-by"), Some("queue"));
-    assert_eq!(the_request(&f.origin, "/qr").header("x-pw-resumed-by"), Some("queue"));
+    assert_eq!(f.origin.wait_for_path("/qr", WAIT).header("x-pw-resumed-by"), Some("queue"));
 }
 
 #[test]
@@ -792,7 +760,7 @@ fn the_assemblyscript_filter_tags_request_and_response_and_answers_its_local_pat
     assert_eq!(r.status, 200, "{}", f.s.log_report());
     assert_eq!(r.header("x-proxy-wasm"), Some("assemblyscript"));
     assert_eq!(r.header("x-as-config"), None);
-    assert_eq!(the_request(&f.origin, "/page").header("x-as-filter"), Some("assemblyscript"));
+    assert_eq!(f.origin.wait_for_path("/page", WAIT).header("x-as-filter"), Some("assemblyscript"));
     for req in [Request::get("/as-local"), Request::get("/as-local?x=1"), Request::get("/other").header("x-as-local", "yes")] {
         let r = send(&f.s, req);
         assert_eq!(r.status, 403, "{}", f.s.log_report());
@@ -810,7 +778,7 @@ fn the_assemblyscript_filter_uses_its_configuration_and_the_as_filter_root_id() 
     assert_eq!(r.status, 200, "the default local path is proxied once reconfigured\n{}", f.s.log_report());
     assert_eq!(r.header("x-proxy-wasm"), Some("as-test"));
     assert_eq!(r.header("x-as-config"), Some("tag=as-test;local_path=/deny;local_status=451"));
-    assert_eq!(the_request(&f.origin, "/as-local").header("x-as-filter"), Some("as-test"));
+    assert_eq!(f.origin.wait_for_path("/as-local", WAIT).header("x-as-filter"), Some("as-test"));
     let r = send(&f.s, Request::get("/deny"));
     assert_eq!((r.status, r.header("x-proxy-wasm")), (451, Some("as-test")));
     assert_eq!(f.origin.request_count(), 1);
@@ -823,7 +791,7 @@ fn the_assemblyscript_filter_with_an_empty_configuration_starts_with_its_default
     let f = start::<Server>("sdk-as-empty", Origin::start(), 1, &[("as-empty", as_yaml("as-empty", "as-filter", ""))]);
     let r = send(&f.s, Request::get("/page"));
     assert_eq!((r.status, r.header("x-proxy-wasm"), r.header("x-as-config")), (200, Some("assemblyscript"), None), "{}", f.s.log_report());
-    assert_eq!(the_request(&f.origin, "/page").header("x-as-filter"), Some("assemblyscript"));
+    assert_eq!(f.origin.wait_for_path("/page", WAIT).header("x-as-filter"), Some("assemblyscript"));
     assert!(!f.s.logs().contains("trapped"), "{}", f.s.log_report());
 }
 
@@ -844,7 +812,7 @@ fn a_chain_of_three_plugins_runs_request_callbacks_in_order_and_response_callbac
     let f = start::<Server>("sdk-chain", Origin::start(), 2, &plugins);
     let r = send(&f.s, case("/chain", "headers"));
     assert_eq!(r.status, 200, "{}", f.s.log_report());
-    let seen = the_request(&f.origin, "/chain");
+    let seen = f.origin.wait_for_path("/chain", WAIT);
     // Request: one, then two, then three, each seeing what the earlier ones added.
     assert_eq!(seen.header_all("x-as-filter"), vec!["one", "three"]);
     assert_eq!(seen.header("x-pw-added"), Some("1"));
@@ -862,11 +830,11 @@ fn bodies_go_through_a_chain_in_order_on_the_way_in_and_in_reverse_on_the_way_ou
         ("first", rust_yaml("first", r#"{"tag":"first","prefix":"<1>","suffix":"</1>"}"#)),
         ("second", rust_yaml("second", r#"{"tag":"second","prefix":"<2>","suffix":"</2>"}"#)),
     ];
-    let f = start::<Server>("sdk-chain-bodies", shared_origin(), 2, &plugins);
+    let f = start::<Server>("sdk-chain-bodies", origin::sdk_cases_origin(), 2, &plugins);
     let r = send(&f.s, Request::post("/echo/chain", "body").chunked(2).header("x-pw-test", "req-body-prefix, resp-body-append"));
     assert_eq!(r.status, 200, "{}", f.s.log_report());
     // first prepends, then second prepends to what first made.
-    assert_eq!(the_request(&f.origin, "/echo/chain").body_str(), "<2><1>body");
+    assert_eq!(f.origin.wait_for_path("/echo/chain", WAIT).body_str(), "<2><1>body");
     // The response: second appends first, then first.
     assert_eq!(r.body_str(), "<2><1>body</2></1>");
     assert_eq!(r.header_all("x-proxy-wasm"), vec!["second", "first"]);
@@ -892,7 +860,7 @@ mod sdk_matrix {
     }
 
     pub fn start(test: &str, wasm: &str, empty: (&str, &str), conf: impl FnOnce(u16) -> (String, String)) -> Matrix {
-        let origin = shared_origin();
+        let origin = origin::sdk_cases_origin();
         let callout = Origin::with_handler(|req| origin::Response::text(200, format!("pong {}", req.path)).header("x-callout", "yes"));
         let (conf_root_id, conf_configuration) = conf(callout.port());
         let setup = Setup::new(test, origin.port())
@@ -955,7 +923,7 @@ mod sdk_matrix {
         let m = matrix();
         let r = send(&m.s, empty("/h").header("x-pw-test", "headers").header("x-pw-echo", "echo me").header("x-pw-remove", "x"));
         assert_eq!(r.status, 200, "{}", m.s.log_report());
-        let seen = the_request(&m.origin, "/h");
+        let seen = m.origin.wait_for_path("/h", WAIT);
         assert_eq!(seen.header("x-pw-added"), Some("1"));
         assert_eq!(seen.header_all("x-pw-multi"), vec!["a", "b"]);
         assert_eq!(seen.header_all("x-pw-replace"), vec!["replaced"]);
@@ -982,7 +950,7 @@ mod sdk_matrix {
         let req = Request::post("/echo/body", "hello world").host("conf.test").header("x-pw-test", "req-body-upper req-body-prefix resp-body-append");
         let r = send(&m.s, req);
         assert_eq!(r.status, 200, "{}", m.s.log_report());
-        assert_eq!(the_request(&m.origin, "/echo/body").body_str(), "<<HELLO WORLD");
+        assert_eq!(m.origin.wait_for_path("/echo/body", WAIT).body_str(), "<<HELLO WORLD");
         assert_eq!(r.body_str(), "<<HELLO WORLD[/pw]");
     }
 
@@ -993,7 +961,7 @@ mod sdk_matrix {
         assert_eq!(r.status, 200, "{}", m.s.log_report());
         assert_eq!(r.header("x-pw-callout-status"), Some("200"));
         assert_eq!(r.header("x-pw-callout-body"), Some("pong /callout"));
-        assert_eq!(the_request(&m.origin, "/call").header("x-pw-callout-body"), Some("pong /callout"));
+        assert_eq!(m.origin.wait_for_path("/call", WAIT).header("x-pw-callout-body"), Some("pong /callout"));
         assert!(m.callout.requests().iter().any(|q| q.method == "POST" && q.header("x-pw-callout") == Some("1")));
     }
 
@@ -1030,7 +998,7 @@ mod sdk_matrix {
         assert_eq!(r.status, 200, "{}", m.s.log_report());
         assert_eq!(r.header("x-proxy-wasm"), Some(BUILD.tag));
         assert_eq!(r.header("x-as-config"), None);
-        assert_eq!(the_request(&m.origin, "/page").header("x-as-filter"), Some(BUILD.tag));
+        assert_eq!(m.origin.wait_for_path("/page", WAIT).header("x-as-filter"), Some(BUILD.tag));
     }
 
     #[test]

@@ -66,36 +66,7 @@ fn case(path: &str, cases: &str) -> Request {
     Request::get(path).header("x-pw-test", cases)
 }
 
-fn the_request(origin: &Origin, path: &str) -> origin::Request {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(r) = origin.requests().into_iter().find(|r| r.path == path) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the origin never got {path}: {:?}",
-            origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 // ------------------------------------------------------------------ one shared nginx
-
-fn shared_origin() -> Origin {
-    Origin::with_handler(|req| {
-        if req.path_only().starts_with("/echo") {
-            return origin::Response::echo(req);
-        }
-        let status = if req.path_only() == "/accepted" { 202 } else { 200 };
-        origin::Response::text(status, "hello from origin")
-            .header("x-pw-resp-remove", "should go")
-            .header("x-pw-resp-replace", "original")
-            .header("x-pw-drop-resp", "should go")
-            .header("x-pw-resp-keep", "kept")
-    })
-}
 
 struct Shared {
     origin: Origin,
@@ -103,7 +74,7 @@ struct Shared {
 }
 
 /// nginx with the filter (`rust-filter`, root id `sdk-root`, default
-/// configuration) in front of [`shared_origin`]; started by the first test
+/// configuration) in front of [`origin::sdk_cases_origin`]; started by the first test
 /// that needs it, stopped when no running test holds it.
 fn server() -> Arc<Shared> {
     static SERVER: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
@@ -111,7 +82,7 @@ fn server() -> Arc<Shared> {
     if let Some(s) = slot.upgrade() {
         return s;
     }
-    let origin = shared_origin();
+    let origin = origin::sdk_cases_origin();
     let n = start("ngx-sdk-shared", &rust_yaml("rust-filter", "sdk-root", "", ""), "rust-filter", &origin, "", 2);
     let s = Arc::new(Shared { origin, n });
     *slot = Arc::downgrade(&s);
@@ -306,7 +277,7 @@ mod with_ticks {
         let f = ticking();
         let r = send(&f.n, case("/tr", "tick-resume"));
         assert_eq!((r.status, r.header("x-pw-resumed-by")), (200, Some("tick")), "{}", f.n.log_report());
-        assert_eq!(the_request(&f.origin, "/tr").header("x-pw-resumed-by"), Some("tick"));
+        assert_eq!(f.origin.wait_for_path("/tr", WAIT).header("x-pw-resumed-by"), Some("tick"));
         assert!(num(&shared(&f.n, "ticks")) > 0);
     }
 
@@ -328,7 +299,7 @@ mod with_ticks {
                 "{path}\n{}",
                 f.n.log_report()
             );
-            let seen = the_request(&f.origin, path);
+            let seen = f.origin.wait_for_path(path, WAIT);
             assert_eq!(seen.header("x-pw-resumed-by"), Some("tick"));
             assert_eq!(seen.body.len(), if path == "/trb" { 21 } else { body.len() }, "{path}");
         }
@@ -504,7 +475,7 @@ fn http_call_variants_local_fail_bad_and_body_pauses() {
     assert_eq!((r.status, r.header("x-pw-callout-bad")), (200, Some("BAD_ARGUMENT")));
     // A pause at the end of the request body and of the response body, resumed by the answer.
     let r = send(&n, Request::post("/echo/crb", "request body").header("x-pw-test", "http-call-req-body"));
-    assert_eq!(the_request(&origin, "/echo/crb").body_str(), "request body[callout:200]", "{}", n.log_report());
+    assert_eq!(origin.wait_for_path("/echo/crb", WAIT).body_str(), "request body[callout:200]", "{}", n.log_report());
     assert_eq!(r.body_str(), "request body[callout:200]");
     let r = send(&n, Request::post("/echo/cresp", "response body").header("x-pw-test", "http-call-resp-body"));
     assert_eq!(r.body_str(), "response body[callout:200]", "{}", n.log_report());

@@ -74,17 +74,7 @@ pub fn documented_route(host: &str, dir: &str, replace: &[(&str, String)]) -> Ro
 
 /// The first request the origin got for `path`, waiting for it.
 fn request_for(origin: &Origin, path: &str) -> origin::Request {
-    let mut found = None;
-    wait_until(WAIT, || {
-        found = origin.requests().into_iter().find(|r| r.path == path);
-        found.is_some()
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "the origin never got {path}: {:?}",
-            origin.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()
-        )
-    })
+    origin.wait_for_path(path, WAIT)
 }
 
 /// Asserts that no request for `path` reaches the origin (within a short window:

@@ -308,6 +308,23 @@ impl Origin {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
+    /// The first request recorded for `path` (the full request-target), waiting up to
+    /// `timeout` for it. Panics with the paths that did arrive.
+    pub fn wait_for_path(&self, path: &str, timeout: Duration) -> Request {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.requests().into_iter().find(|r| r.path == path) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the origin never got {path}: {:?}",
+                self.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits until at least `n` requests were recorded; returns them all.
     /// Panics after `timeout` with what did arrive.
     pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> Vec<Request> {
@@ -581,4 +598,20 @@ fn write_response<W: Write>(w: &mut W, req: &Request, resp: &Response, client_wa
     }
     w.flush()?;
     Ok(!close)
+}
+
+/// The origin behind the SDK suites' shared server: `/echo...` echoes, `/accepted` answers 202,
+/// everything else `hello from origin` with the headers the response-phase header cases act on.
+pub fn sdk_cases_origin() -> Origin {
+    Origin::with_handler(|req| {
+        if req.path_only().starts_with("/echo") {
+            return Response::echo(req);
+        }
+        let status = if req.path_only() == "/accepted" { 202 } else { 200 };
+        Response::text(status, "hello from origin")
+            .header("x-pw-resp-remove", "should go")
+            .header("x-pw-resp-replace", "original")
+            .header("x-pw-drop-resp", "should go")
+            .header("x-pw-resp-keep", "kept")
+    })
 }
