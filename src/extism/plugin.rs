@@ -222,10 +222,12 @@ impl ExtismPlugin {
                 Resolved::Host(entry) => HostFn::State(entry.func),
                 Resolved::Opa(o) => opa_entry(*o),
                 // Not linked yet (docs/otoroshi.md): refused at load time, naming the import.
-                Resolved::Wasi => return Err(compile_error(format!(
+                Resolved::Wasi => {
+                    return Err(compile_error(format!(
                     "the plugin imports {}.{}: WASI (config.wasi: true) is not linked for Extism plugins in this build",
                     import.module, import.name
-                ))),
+                )))
+                }
                 Resolved::OpaMemory => continue,
             };
             imports.push(LinkedImport { module: import.module.clone(), name: import.name.clone(), ty, func });
@@ -295,6 +297,43 @@ impl ExtismPlugin {
         }
         Ok(instance)
     }
+}
+
+/// The engine for Extism plugins on `runtime` (the engines Proxy-Wasm plugins use).
+#[must_use]
+pub fn engine(runtime: crate::config::RuntimeKind) -> Option<Arc<dyn Engine<ExtismState>>> {
+    use crate::config::RuntimeKind;
+    match runtime {
+        RuntimeKind::Wasmtime => {
+            crate::runtime::wasmtime::WasmtimeEngine::shared().ok().map(|e| e as Arc<dyn Engine<ExtismState>>)
+        }
+        RuntimeKind::Wamr => crate::runtime::wamr::WamrEngine::shared().ok().map(|e| e as Arc<dyn Engine<ExtismState>>),
+    }
+}
+
+/// Compiles and links every entity of a load (`config::Loaded::entities`), in order: each
+/// module is read from its source (a `local` source is its target's) and linked with what the
+/// entity grants.
+///
+/// # Errors
+/// The first entity that cannot run, named by its id.
+pub fn load_entities(
+    entities: &[super::entity::Entity],
+    settings: &Settings,
+    engine: &dyn Engine<ExtismState>,
+    services: &Arc<Services>,
+) -> Result<Vec<Arc<ExtismPlugin>>, PluginError> {
+    let resolved = super::entity::document::resolve(entities)
+        .map_err(|e| PluginError::Source { id: String::new(), why: e.to_string() })?;
+    resolved
+        .iter()
+        .map(|r| {
+            let wasm =
+                module_bytes(&r.target.config.source, &r.target.file, settings, &super::http::BlockingHttpClient)
+                    .map_err(|why| PluginError::Source { id: r.entity.id.clone(), why })?;
+            ExtismPlugin::new(engine, r, &wasm, settings, services.clone()).map(Arc::new)
+        })
+        .collect()
 }
 
 /// One instance of a plugin.
