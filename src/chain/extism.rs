@@ -16,11 +16,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::abi::LogLevel;
 use crate::config::FailurePolicy;
 use crate::extism::call::CallError;
+use crate::extism::entity::document::Settings;
+use crate::extism::entity::Entity;
 use crate::extism::entity::Step;
 use crate::extism::opa::{decide, OpaError, OpaVerdict};
-use crate::extism::plugin::{ExtismPlugin, Kind, Pool};
+use crate::extism::otoroshi::datastore::InProcessDataStore;
+use crate::extism::otoroshi::maps::Maps;
+use crate::extism::plugin::{engine, load_entities, ExtismPlugin, Kind, PluginError, Pool};
+use crate::extism::state::{ExtismHost, Services};
 use crate::extism::steps::output::{self, Attrs, Gate, RequestVerdict, ResponseVerdict};
 use crate::extism::steps::route::{self, RouteInfo, Snowflake};
 use crate::extism::steps::view::{PluginRequest, RequestParts};
@@ -122,6 +128,57 @@ impl EntityLink {
     fn has(&self, step: Step) -> bool {
         self.plugin.steps.contains(&step)
     }
+}
+
+/// A server's log as the entities' log (`log_*`, `proxy_log`, OPA's `opa_println`).
+pub struct ServerLog(pub fn(LogLevel, &str));
+
+impl ExtismHost for ServerLog {
+    fn log(&self, plugin: &str, level: LogLevel, message: &str) {
+        (self.0)(level, &format!("[proxy_wasm] otoroshi plugin {plugin}: {message}"));
+    }
+}
+
+/// The most bytes the in-process data store and the in-memory maps hold (each).
+pub const DATA_CAP: u64 = 16 << 20;
+
+/// The entities of a load, compiled, linked (only what each grants) and instantiated once as a
+/// check, as links for [`super::PluginSet::with_entities`]. They run on `otoroshi.runtime`, else
+/// on the runtime of the load's first Proxy-Wasm plugin, else on Wasmtime. The data store and
+/// the maps are this process's (one NGINX worker, or all Traffic Server threads); `http_request`
+/// and `proxy_http_call` have no client (the calls run on the event loop), so they fail the call.
+///
+/// # Errors
+/// The first entity that cannot run, by id: a module that cannot be read or compiled, an import
+/// the entity does not grant, an instance that cannot start.
+pub fn load_entity_links(
+    entities: &[Entity],
+    settings: Option<&Settings>,
+    plugins: &[crate::config::PluginConfig],
+    host: Arc<dyn ExtismHost>,
+) -> Result<Vec<Arc<EntityLink>>, PluginError> {
+    if entities.is_empty() {
+        return Ok(Vec::new());
+    }
+    let settings = settings.cloned().unwrap_or_default();
+    let runtime = settings.runtime.or_else(|| plugins.first().map(|p| p.vm.runtime)).unwrap_or_default();
+    let engine = engine(runtime).ok_or(PluginError::Runtime(runtime))?;
+    let services = Arc::new(Services {
+        host,
+        http: None,
+        datastore: Arc::new(InProcessDataStore::new(DATA_CAP)),
+        maps: Arc::new(Maps::new(DATA_CAP)),
+    });
+    let plugins = load_entities(entities, &settings, engine.as_ref(), &services)?;
+    let mut links = Vec::with_capacity(plugins.len());
+    for plugin in plugins {
+        let link = EntityLink::new(plugin);
+        // The check: one instance (memoryPages, the initializer), kept in the pool.
+        let instance = link.plugin.instantiate()?;
+        link.pool.lock().unwrap_or_else(|p| p.into_inner()).give_back(instance, false);
+        links.push(Arc::new(link));
+    }
+    Ok(links)
 }
 
 /// What an entity's step came to, for the driver.

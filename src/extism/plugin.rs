@@ -45,6 +45,8 @@ pub enum PluginError {
     AllowedHosts { id: String, why: String },
     #[error("Otoroshi WASM plugin {id:?} cannot be instantiated: {why}")]
     Instantiate { id: String, why: String },
+    #[error("Otoroshi WASM plugins: runtime {0} is not available in this build")]
+    Runtime(crate::config::RuntimeKind),
 }
 
 /// What a plugin runs as: an Extism module, or an OPA policy (`opa: true`).

@@ -1,0 +1,140 @@
+//! Otoroshi WASM plugin entities on both servers (`for_each_server!`), written once: the Wasmo
+//! templates built with the AssemblyScript and the Rust PDK, exported as Otoroshi's admin API
+//! gives them (examples/otoroshi/*.json, pasted under `wasm_plugins:`), in one chain with a
+//! Proxy-Wasm filter; an entity importing what it is not granted does not load.
+//!
+//! Run with `make ats nginx && cargo test --test conformance_otoroshi` (and with
+//! `E2E_RUNTIME=wamr`: the `otoroshi.runtime` line is rewritten like a plugin's `runtime`).
+
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::client::{Request, Response};
+use e2e::origin::{self, Origin};
+use e2e::server::{Kind, ServerUnderTest, Setup};
+
+/// The Rust-SDK test filter `pw` (tag `pw`: it adds `x-proxy-wasm: pw` to responses of requests
+/// with `x-pw-test: headers`).
+fn filter_yaml() -> String {
+    "- config:\n    name: \"pw\"\n    configuration: '{\"tag\":\"pw\"}'\n    vm_config:\n      vm_id: \"pw_vm\"\n      runtime: wasmtime\n      code:\n        local:\n          filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\"\n".to_string()
+}
+
+/// The entity of examples/otoroshi/`example`.json, its module built by `pdk` (`as` or `rust`,
+/// or `module` instead when given), in our YAML: `otoroshi:` settings and the export pasted
+/// unchanged under `wasm_plugins:`. Returns its id and the file's text.
+fn entity(example: &str, pdk: &str, module: Option<&str>) -> (String, String) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("examples/otoroshi").join(format!("{example}.json"))).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let path = doc["config"]["source"]["path"].as_str().unwrap().to_owned();
+    let file = match module {
+        Some(m) => m.to_owned(),
+        None => std::path::Path::new(&path)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace("otoroshi_as_", &format!("otoroshi_{pdk}_")),
+    };
+    doc["config"]["source"]["path"] = format!("@REPO@/build/plugins/{file}").into();
+    let id = doc["id"].as_str().unwrap().to_owned();
+    let yaml = format!("otoroshi:\n  runtime: wasmtime\n  callback_timeout: 2s\nwasm_plugins:\n  - {doc}\n");
+    (id, yaml)
+}
+
+/// The filter `pw`, then the entity, in front of `origin`, one worker.
+fn start<S: ServerUnderTest>(test: &str, origin: &Origin, example: &str, pdk: &str) -> (String, S) {
+    let (id, yaml) = entity(example, pdk, None);
+    let s = S::start(
+        Setup::new(&format!("{test}-{pdk}"), origin.port()).workers(1).plugin("pw", filter_yaml()).plugin(&id, yaml),
+    );
+    (id, s)
+}
+
+fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
+    s.send(&req.timeout(Duration::from_secs(20))).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
+}
+
+const PDKS: [&str; 2] = ["as", "rust"];
+
+e2e::server::for_each_server! {
+
+#[test]
+fn access_control_templates_allow_and_deny() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (_, s) = start::<Server>("oto-access", &origin, "access-control", pdk);
+        let r = send(&s, Request::get("/allowed").header("foo", "bar").header("x-pw-test", "headers"));
+        assert_eq!(r.status, 200, "{pdk}\n{}", s.log_report());
+        assert_eq!(r.header("x-proxy-wasm"), Some("pw"), "the Proxy-Wasm filter of the same chain ran");
+        let before = origin.request_count();
+        let r = send(&s, Request::get("/denied").header("foo", "baz").header("accept", "application/json"));
+        assert_eq!(r.status, 401, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert!(r.body_str().contains("not authorized"), "{pdk}: {}", r.body_str());
+        assert_eq!(r.header("otoroshi-error"), Some("true"));
+        assert_eq!(origin.request_count(), before, "a denied request never reaches the origin");
+        s.assert_nothing_died();
+    }
+}
+
+#[test]
+fn pre_route_templates_answer_or_let_the_request_go_on() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (_, s) = start::<Server>("oto-pre-route", &origin, "pre-route", pdk);
+        assert_eq!(send(&s, Request::get("/in").header("bar", "foo")).status, 200, "{pdk}\n{}", s.log_report());
+        let r = send(&s, Request::get("/out"));
+        assert_eq!((r.status, r.body_str().as_str()), (401, "you're not authorized"), "{pdk}\n{}", s.log_report());
+    }
+}
+
+#[test]
+fn request_transformer_templates_rewrite_what_the_origin_receives() {
+    let origin = Origin::start();
+    for (pdk, body, content_type) in [("as", r#"{"foo":"bar"}"#, "application/json"), ("rust", "Text plain content", "text/plain")] {
+        let (_, s) = start::<Server>("oto-transform-request", &origin, "request-transformer", pdk);
+        let r = send(&s, Request::put(&format!("/transform-{pdk}"), "original body").header("content-type", "text/plain"));
+        assert_eq!(r.status, 200, "{pdk}\n{}", s.log_report());
+        let seen = origin.wait_for_path(&format!("/transform-{pdk}"), Duration::from_secs(5));
+        assert_eq!(seen.method, "POST", "{pdk}");
+        assert_eq!(seen.header("OTOROSHI_WASM_PLUGIN_ID"), Some("OTOROSHI_WASM_REQUEST_TRANSFORMER"), "{pdk}");
+        assert_eq!(seen.header("content-type"), Some(content_type), "{pdk}");
+        assert_eq!(seen.body_str(), body, "{pdk}");
+    }
+}
+
+#[test]
+fn response_transformer_templates_rewrite_what_the_client_receives() {
+    let origin = Origin::with_handler(|_| origin::Response::text(404, "<h1>from the origin</h1>"));
+    for (pdk, body) in [("as", r#"{"foo":"bar"}"#), ("rust", r#"{ "foo": "bar" }"#)] {
+        let (_, s) = start::<Server>("oto-transform-response", &origin, "response-transformer", pdk);
+        let r = send(&s, Request::get("/page").header("x-pw-test", "headers"));
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert_eq!(r.header("OTOROSHI_WASM_PLUGIN_ID"), Some("OTOROSHI_WASM_RESPONSE_TRANSFORMER"), "{pdk}");
+        assert_eq!(r.body_str(), body, "{pdk}");
+        assert_eq!(r.header("x-proxy-wasm"), Some("pw"), "the filter saw the transformed headers");
+    }
+}
+
+#[test]
+fn an_entity_importing_what_it_is_not_granted_is_a_load_error() {
+    let origin = Origin::start();
+    let (id, yaml) = entity("access-control", "as", Some("otoroshi_link_plugin_map_write.wasm"));
+    let setup = Setup::new("oto-denied", origin.port()).workers(1).plugin(&id, yaml);
+    let expected = "env.proxy_plugin_map_set, which needs config.authorizations.pluginMapAccess.write: true";
+    match Server::KIND {
+        // nginx refuses the configuration (nginx -t says why).
+        Kind::Nginx => {
+            let err = std::panic::catch_unwind(|| <Server as ServerUnderTest>::start(setup)).err().expect("nginx does not start");
+            let message = err.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(message.contains(expected), "{message}");
+        }
+        // Traffic Server logs the configuration error and serves without these plugins.
+        Kind::TrafficServer => {
+            let s = <Server as ServerUnderTest>::start(setup);
+            s.expect_log(expected, Duration::from_secs(5));
+        }
+    }
+}
+
+}
