@@ -120,6 +120,11 @@ struct Setup {
 
 /// Loads the files as a server does (`config::load_all`), the entities on this runtime.
 fn setup(files: &[std::path::PathBuf], callback_timeout: Duration) -> Setup {
+    setup_holding(files, callback_timeout, true)
+}
+
+/// `hold_response_headers`: false as on Traffic Server.
+fn setup_holding(files: &[std::path::PathBuf], callback_timeout: Duration, hold: bool) -> Setup {
     let loaded = config::load_all(files).unwrap_or_else(|e| panic!("{e}"));
     let mut settings = loaded.otoroshi.clone().unwrap_or_default();
     settings.callback_timeout = callback_timeout;
@@ -131,7 +136,14 @@ fn setup(files: &[std::path::PathBuf], callback_timeout: Duration) -> Setup {
     });
     let engine = engine(RUNTIME).unwrap();
     let entities = load_entities(&loaded.entities, &settings, engine.as_ref(), &services).unwrap_or_else(|e| panic!("{e}"));
-    let entity_links: Vec<Arc<EntityLink>> = entities.into_iter().map(|p| Arc::new(EntityLink::new(p))).collect();
+    let entity_links: Vec<Arc<EntityLink>> = entities
+        .into_iter()
+        .map(|p| {
+            let mut link = EntityLink::new(p);
+            link.hold_response_headers = hold;
+            Arc::new(link)
+        })
+        .collect();
     let plugins = loader::load(&loaded.plugins).unwrap();
     let set = PluginSet::new(plugins).with_entities(entity_links.clone());
     Setup { generations: Generations::new(Arc::new(set)), host: Host, entity_links }
@@ -272,6 +284,18 @@ fn response_transformer_templates_hold_the_headers_until_the_end_of_the_body() {
         assert!(t.chain.has_queued_body(proxy_wasm_host::abi::StreamType::HttpResponse));
         assert_eq!(t.chain.on_response_body(b"", false), Flow::Forward { data: body.as_bytes().to_vec(), end_of_stream: true }, "{pdk}");
     }
+}
+
+#[test]
+fn without_holding_the_response_headers_only_the_body_is_transformed() {
+    let mut s = setup_holding(&[filter_file(), entity_file("response-transformer", "as", |_| {})], Duration::from_secs(5), false);
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Continue);
+    assert_eq!(t.response_headers(&[(":status", "404"), ("content-type", "text/html")], false), Flow::Continue);
+    assert_eq!(t.chain.on_response_body(b"<h1>not ", false), Flow::Buffered);
+    assert_eq!(t.chain.on_response_body(b"found</h1>", true), Flow::Forward { data: br#"{"foo":"bar"}"#.to_vec(), end_of_stream: true });
+    assert_eq!(t.response_header(":status").as_deref(), Some("404"));
+    assert_eq!(t.response_header("OTOROSHI_WASM_PLUGIN_ID"), None);
 }
 
 #[test]

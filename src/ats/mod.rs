@@ -328,12 +328,17 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Loaded, String> {
         loaded.otoroshi.as_ref(),
         configs,
         Arc::new(chain::extism::ServerLog(log)),
+        // Traffic Server's response transform sees the body after the client's headers left.
+        false,
     )
     .map_err(|e| e.to_string())?;
     for e in &entities {
         log(
             LogLevel::Info,
-            &format!("[proxy_wasm] loaded Otoroshi WASM plugin {:?} (steps {:?})", e.plugin.id, e.plugin.steps),
+            &format!(
+                "[proxy_wasm] loaded Otoroshi WASM plugin {:?} (steps {:?}, {})",
+                e.plugin.id, e.plugin.steps, e.plugin.runtime
+            ),
         );
     }
     Ok((plugins, entities))

@@ -238,12 +238,13 @@ impl<S: ChainServer> Driver<'_, S> {
                 return self.too_large(phase, li, limit);
             }
             if link.entity.is_some() {
-                // The response body passes (TransformResponse ran with it, headers held).
-                if phase == Phase::ResponseBody {
+                let es = self.extism[li].as_mut().expect("an entity link has its state");
+                // The response body passes when TransformResponse ran with it (headers held).
+                if phase == Phase::ResponseBody && es.response_done {
                     continue;
                 }
-                // TransformRequest needs the whole body: the link holds it until its end.
-                let held = &mut self.extism[li].as_mut().expect("an entity link has its state").body;
+                // A transformer needs the whole body: the link holds it until its end.
+                let held = &mut es.body;
                 held.extend_from_slice(data.bytes());
                 if !eos {
                     self.links[li].held[d] += len;

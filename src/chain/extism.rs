@@ -56,6 +56,10 @@ pub struct EntityLink {
     pub pause_timeout: Duration,
     /// The most body bytes held for TransformRequest / TransformResponse.
     pub max_body_size: u64,
+    /// Whether the server can hold the response headers while it reads the response body
+    /// (NGINX can; Traffic Server sends them before its response transform sees the body): if
+    /// not, TransformResponse runs at the end of the body and only its body applies.
+    pub hold_response_headers: bool,
     pool: Mutex<Pool>,
     callbacks: Callbacks,
 }
@@ -79,6 +83,7 @@ impl EntityLink {
             failure_policy: FailurePolicy::FailClosed,
             pause_timeout: crate::config::PluginConfig::DEFAULT_PAUSE_TIMEOUT,
             max_body_size: DEFAULT_MAX_BODY_SIZE,
+            hold_response_headers: true,
             callbacks,
         }
     }
@@ -156,6 +161,7 @@ pub fn load_entity_links(
     settings: Option<&Settings>,
     plugins: &[crate::config::PluginConfig],
     host: Arc<dyn ExtismHost>,
+    hold_response_headers: bool,
 ) -> Result<Vec<Arc<EntityLink>>, PluginError> {
     if entities.is_empty() {
         return Ok(Vec::new());
@@ -172,7 +178,8 @@ pub fn load_entity_links(
     let plugins = load_entities(entities, &settings, engine.as_ref(), &services)?;
     let mut links = Vec::with_capacity(plugins.len());
     for plugin in plugins {
-        let link = EntityLink::new(plugin);
+        let mut link = EntityLink::new(plugin);
+        link.hold_response_headers = hold_response_headers;
         // The check: one instance (memoryPages, the initializer), kept in the pool.
         let instance = link.plugin.instantiate()?;
         link.pool.lock().unwrap_or_else(|p| p.into_inner()).give_back(instance, false);
@@ -270,7 +277,12 @@ pub(super) fn run(
         }
         // No body follows: the transformer runs now, with none.
         Phase::ResponseHeaders if end_of_stream => transform_response(entity, tx, es, &[]),
-        Phase::ResponseHeaders => StepResult::Pause,
+        Phase::ResponseHeaders if entity.hold_response_headers => StepResult::Pause,
+        Phase::ResponseHeaders => StepResult::Continue(None),
+        // The headers went on: the transformer runs at the end of the body; only its body applies.
+        Phase::ResponseBody if entity.has(Step::TransformResponse) && !es.response_done => {
+            transform_response(entity, tx, es, body)
+        }
         Phase::ResponseBody => StepResult::Continue(None),
     }
 }
@@ -395,7 +407,17 @@ pub(super) fn transform_response(
     if let Err(CallError::Trap { trap, .. }) = out {
         return failed(entity, f, trap);
     }
-    match output::transform_response(out.as_deref().map_err(|e| e), &mut tx.attrs) {
+    let verdict = output::transform_response(out.as_deref().map_err(|e| e), &mut tx.attrs);
+    if !entity.hold_response_headers {
+        // The response headers are gone: an error form cannot answer, a new body still applies.
+        return match verdict {
+            ResponseVerdict::Continue(changes) => StepResult::Continue(changes.body),
+            ResponseVerdict::Respond(r) => {
+                failed(entity, f, Trap::new(format!("answered {} after the response headers left", r.status)))
+            }
+        };
+    }
+    match verdict {
         ResponseVerdict::Respond(r) => local(entity, r),
         ResponseVerdict::Continue(changes) => match steps_stream::apply_response(es.stream.as_mut(), changes) {
             Ok(new_body) => StepResult::Continue(new_body),

@@ -65,6 +65,8 @@ pub struct ExtismPlugin {
     /// `functionName` (the entity's, else its `local` target's).
     pub function_name: Option<String>,
     pub kind: Kind,
+    /// The engine it runs on (`wasmtime`, `wamr`).
+    pub runtime: &'static str,
     /// The step input's `config` (Otoroshi's `WasmConfig.json`).
     pub context_json: serde_json::Value,
     /// Whether a call can make an outgoing HTTP call (it must then run off the event loop).
@@ -254,6 +256,7 @@ impl ExtismPlugin {
             steps: entity.entity.steps.clone(),
             function_name: entity.function_name.map(str::to_owned),
             kind: if config.opa { Kind::Opa } else { Kind::Extism },
+            runtime: engine.name(),
             context_json: config.context_json(&id),
             makes_http_calls: makes_http_calls(&resolved),
             instances: config.instances.max(1) as usize,

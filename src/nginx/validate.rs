@@ -47,6 +47,7 @@ pub fn validate_in_child(
                 otoroshi,
                 plugins,
                 Arc::new(crate::chain::extism::ServerLog(super::base::log)),
+                true,
             )
             .map(|_| ())
             .map_err(|e| e.to_string())

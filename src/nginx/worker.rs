@@ -236,6 +236,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             main.otoroshi.as_ref(),
             &main.plugins,
             Arc::new(crate::chain::extism::ServerLog(log)),
+            true,
         ) {
             Ok(e) => e,
             Err(e) => {

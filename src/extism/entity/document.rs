@@ -487,11 +487,11 @@ impl<'de> Node<'de> for SettingsNode {
                 "callback_timeout" => s.callback_timeout = map.next_value_seed(vcx.at(DurationNode))?,
                 "runtime" => {
                     let name = map.next_value_seed(vcx.clone().at(Text))?;
-                    s.runtime = Some(match name.as_str() {
-                        "wasmtime" => crate::config::RuntimeKind::Wasmtime,
-                        "wamr" => crate::config::RuntimeKind::Wamr,
-                        _ => return Err(vcx.fail(format!("expected \"wasmtime\" or \"wamr\", found {name:?}"))),
-                    });
+                    let Some(kind) = crate::config::RuntimeKind::from_name(&name) else {
+                        let names = crate::config::RuntimeKind::ACCEPTED_NAMES.join(", ");
+                        return Err(vcx.fail(format!("expected one of {names}, found {name:?}")));
+                    };
+                    s.runtime = Some(kind);
                 }
                 _ => s.wasmo = Some(map.next_value_seed(vcx.at(WasmoNode))?),
             }
