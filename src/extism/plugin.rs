@@ -225,12 +225,13 @@ impl ExtismPlugin {
             let func = match r {
                 Resolved::Host(entry) => HostFn::State(entry.func),
                 Resolved::Opa(o) => opa_entry(*o),
-                // Not linked yet (docs/otoroshi.md): refused at load time, naming the import.
                 Resolved::Wasi => {
-                    return Err(compile_error(format!(
-                    "the plugin imports {}.{}: WASI (config.wasi: true) is not linked for Extism plugins in this build",
-                    import.module, import.name
-                )))
+                    crate::hostcalls::wasi::resolve_for::<ExtismState>(&import.name, &ty).map_err(|expected| {
+                        compile_error(format!(
+                            "WASI {}.{} has type {expected}, imported as {ty}",
+                            import.module, import.name
+                        ))
+                    })?
                 }
                 Resolved::OpaMemory => continue,
             };

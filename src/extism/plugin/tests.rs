@@ -241,6 +241,38 @@ fn memory_pages_cap_the_module(engine: &dyn Engine<ExtismState>) {
     assert!(matches!(err, PluginError::Instantiate { .. }), "{err}");
 }
 
+/// Writes "hello from wasi" to stdout with WASI's `fd_write`, outputs the byte count it got.
+const WASI_PLUGIN: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+  (import "extism:host/env" "store_u8" (func $store_u8 (param i64 i32)))
+  (import "extism:host/env" "output_set" (func $output_set (param i64 i64)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello from wasi\n")
+  (func (export "run") (result i32)
+    (local $h i64)
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (local.set $h (call $alloc (i64.const 1)))
+    (call $store_u8 (local.get $h) (i32.load (i32.const 8)))
+    (call $output_set (local.get $h) (i64.const 1))
+    (i32.const 0)))"#;
+
+fn wasi_with_wasi_true(engine: &dyn Engine<ExtismState>) {
+    let path = std::env::temp_dir().join(format!("pwh-extism-wasi-{}-{}.wasm", engine.name(), std::process::id()));
+    std::fs::write(&path, wat::parse_str(WASI_PLUGIN).unwrap()).unwrap();
+    let module = path.to_str().unwrap();
+    let settings = Settings::default();
+    let err = try_load(engine, module, "run", serde_json::json!({}), &settings).err().expect("wasi: false");
+    assert!(err.to_string().contains("needs config.wasi: true"), "{err}");
+    let loaded = try_load(engine, module, "run", serde_json::json!({"wasi": true}), &settings).unwrap();
+    let mut pool = Pool::new(loaded.plugin);
+    assert_eq!(pool.call("run", b"").unwrap(), [16]);
+    assert!(loaded.recorder.lines().contains(&(crate::abi::LogLevel::Info, "hello from wasi".to_owned())));
+    let _ = std::fs::remove_file(path);
+}
+
 macro_rules! on_both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod wasmtime {
@@ -262,4 +294,5 @@ on_both_runtimes!(
     opa_policy,
     kill_options_recycle,
     memory_pages_cap_the_module,
+    wasi_with_wasi_true,
 );
