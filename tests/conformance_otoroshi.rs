@@ -130,6 +130,23 @@ fn response_transformer_templates_rewrite_what_the_client_receives() {
 }
 
 #[test]
+fn an_opa_policy_and_a_pre_1_0_plugin_alone_in_their_chains() {
+    let origin = Origin::start();
+    for (example, allow, deny, status) in [
+        ("opa-policy", ("foo", "bar"), ("foo", "nope"), 403),
+        ("legacy-abi", ("x-other", "1"), ("x-deny", "1"), 403),
+    ] {
+        let (id, yaml) = entity(example, "as", Some(if example == "opa-policy" { "opa_policy.wasm" } else { "extism_legacy_abi.wasm" }));
+        // Only the entity: no Proxy-Wasm plugin in the configuration.
+        let s = <Server as ServerUnderTest>::start(Setup::new(&format!("oto-{example}"), origin.port()).workers(1).plugin(&id, yaml));
+        assert_eq!(send(&s, Request::get("/in").header(allow.0, allow.1)).status, 200, "{example}\n{}", s.log_report());
+        let r = send(&s, Request::get("/out").header(deny.0, deny.1).header("accept", "application/json"));
+        assert_eq!(r.status, status, "{example}: {}\n{}", r.body_str(), s.log_report());
+        s.assert_nothing_died();
+    }
+}
+
+#[test]
 fn an_entity_importing_what_it_is_not_granted_is_a_load_error() {
     let origin = Origin::start();
     let (id, yaml) = entity("access-control", "as", Some("otoroshi_link_plugin_map_write.wasm"));

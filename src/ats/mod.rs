@@ -390,7 +390,7 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
             txn::reenable(txnp, error);
         }
     };
-    let Some(set) = set.filter(|s| !s.chain.plugins.is_empty()) else {
+    let Some(set) = set.filter(|s| !s.chain.plugins.is_empty() || !s.chain.entities.is_empty()) else {
         reenable(false);
         return;
     };
