@@ -147,6 +147,26 @@ fn an_opa_policy_and_a_pre_1_0_plugin_alone_in_their_chains() {
 }
 
 #[test]
+fn an_entity_in_the_chain_of_one_host_only() {
+    // NGINX: a `server` for the host with `proxy_wasm pw; proxy_wasm <id>;`; Traffic Server: a
+    // remap rule for the host with both YAML files as `@pparam`s.
+    let origin = Origin::start();
+    let (id, yaml) = entity("access-control", "rust", None);
+    let setup = Setup::new("oto-route", origin.port())
+        .workers(1)
+        .plugin("pw", filter_yaml())
+        .plugin(&id, yaml)
+        .route("guarded.example", &["pw", &id])
+        .default_route(&[]);
+    let s = <Server as ServerUnderTest>::start(setup);
+    let r = send(&s, Request::get("/a").host("guarded.example").header("foo", "nope"));
+    assert_eq!(r.status, 401, "{}\n{}", r.body_str(), s.log_report());
+    let r = send(&s, Request::get("/b").host("guarded.example").header("foo", "bar").header("x-pw-test", "headers"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("pw")), "{}", s.log_report());
+    assert_eq!(send(&s, Request::get("/c").host("open.example").header("foo", "nope")).status, 200);
+}
+
+#[test]
 fn an_entity_importing_what_it_is_not_granted_is_a_load_error() {
     let origin = Origin::start();
     let (id, yaml) = entity("access-control", "as", Some("otoroshi_link_plugin_map_write.wasm"));

@@ -216,7 +216,8 @@ impl ExtismStream {
 }
 
 /// What the entities of one transaction share: its id, snowflake and attributes (Otoroshi's
-/// request attributes, which every plugin's outputs change and later inputs carry).
+/// request attributes, which every plugin's outputs change and later inputs carry). Made for
+/// every chain, so it costs nothing until an entity runs (id and snowflake are taken then).
 #[derive(Default)]
 pub(crate) struct Transaction {
     id: u64,
@@ -230,9 +231,13 @@ fn snowflakes() -> &'static Snowflake {
 }
 
 impl Transaction {
-    pub(crate) fn new() -> Transaction {
+    /// The transaction's number (the input's `request.id`), unique in the process.
+    fn id(&mut self) -> u64 {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Transaction { id: NEXT.fetch_add(1, Ordering::Relaxed), snowflake: String::new(), attrs: Attrs::default() }
+        if self.id == 0 {
+            self.id = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        self.id
     }
 
     fn snowflake(&mut self) -> &str {
@@ -288,7 +293,7 @@ pub(super) fn run(
 }
 
 fn request_headers(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream, eos: bool) -> StepResult {
-    let Ok(request) = steps_stream::request_parts(es.stream.as_ref(), tx.id) else {
+    let Ok(request) = steps_stream::request_parts(es.stream.as_ref(), tx.id()) else {
         return unreadable(entity, StepFunction::PreRoute, "request headers");
     };
     let route = route_of(entity);
@@ -349,7 +354,7 @@ fn transform_request(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismS
     if !entity.has(Step::TransformRequest) {
         return StepResult::Continue(None);
     }
-    let Ok(now) = steps_stream::request_parts(es.stream.as_ref(), tx.id) else {
+    let Ok(now) = steps_stream::request_parts(es.stream.as_ref(), tx.id()) else {
         return unreadable(entity, f, "request headers");
     };
     let raw = PluginRequest::from_view(es.raw_request.as_ref().unwrap_or(&now), None);
@@ -388,7 +393,7 @@ pub(super) fn transform_response(
     let f = StepFunction::TransformResponse;
     es.response_done = true;
     let (Ok(request), Ok(response)) =
-        (steps_stream::request_parts(es.stream.as_ref(), tx.id), steps_stream::response_parts(es.stream.as_ref()))
+        (steps_stream::request_parts(es.stream.as_ref(), tx.id()), steps_stream::response_parts(es.stream.as_ref()))
     else {
         return unreadable(entity, f, "response headers");
     };

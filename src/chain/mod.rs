@@ -257,8 +257,11 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
                 }
             }
         }
-        extism.resize_with(links.len(), || None);
-        Ok(Chain { vms, server, links, st: State::default(), extism, tx: extism::Transaction::new() })
+        // Only a chain with an entity has per-link entity state (no allocation otherwise).
+        if !extism.is_empty() {
+            extism.resize_with(links.len(), || None);
+        }
+        Ok(Chain { vms, server, links, st: State::default(), extism, tx: extism::Transaction::default() })
     }
 
     pub fn links(&self) -> &[Link] {
