@@ -299,6 +299,25 @@ fn without_holding_the_response_headers_only_the_body_is_transformed() {
 }
 
 #[test]
+fn backend_templates_answer_instead_of_the_origin() {
+    for pdk in ["as", "rust"] {
+        let mut s = setup(&[filter_file(), entity_file("backend", pdk, |_| {})], Duration::from_secs(5));
+        // Without a body: at the request headers.
+        let mut t = s.tx(&get(&[]));
+        let flow = t.request_headers(true);
+        let Flow::Respond(r) = &flow else { panic!("{pdk}: {flow:?}") };
+        assert_eq!(r.status, 200, "{pdk}");
+        assert!(String::from_utf8_lossy(&r.body).contains("This HTML comes from the Wasmo plugin"), "{pdk}");
+        assert!(r.headers.iter().any(|(k, v)| k == b"foo" && v == b"bar"), "{pdk}: {:?}", r.headers);
+        // With one: at its end.
+        let mut t = s.tx(&get(&[("content-type", "text/plain")]));
+        assert_eq!(t.request_headers(false), Flow::Continue);
+        assert_eq!(t.chain.on_request_body(b"abc", false), Flow::Buffered);
+        assert_eq!(respond(&t.chain.on_request_body(b"def", true)).0, 200, "{pdk}");
+    }
+}
+
+#[test]
 fn a_trap_applies_the_failure_policy_and_only_ends_that_call() {
     // The hostile module's endless loop as an access step: past callback_timeout it traps.
     let file = entity_file("access-control", "as", |doc| {

@@ -167,6 +167,23 @@ fn an_entity_in_the_chain_of_one_host_only() {
 }
 
 #[test]
+fn backend_templates_answer_instead_of_the_origin() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (_, s) = start::<Server>("oto-backend", &origin, "backend", pdk);
+        let before = origin.request_count();
+        let r = send(&s, Request::get("/backend"));
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert!(r.body_str().contains("This HTML comes from the Wasmo plugin"), "{pdk}: {}", r.body_str());
+        assert_eq!(r.header("foo"), Some("bar"), "{pdk}");
+        let r = send(&s, Request::post("/backend", "a request body").header("content-type", "text/plain"));
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert!(r.body_str().contains("This HTML comes from the Wasmo plugin"), "{pdk}");
+        assert_eq!(origin.request_count(), before, "{pdk}: the origin is never called");
+    }
+}
+
+#[test]
 fn an_entity_importing_what_it_is_not_granted_is_a_load_error() {
     let origin = Origin::start();
     let (id, yaml) = entity("access-control", "as", Some("otoroshi_link_plugin_map_write.wasm"));

@@ -2,7 +2,8 @@
 //!
 //! - request headers: PreRoute, then ValidateAccess (an OPA policy with `opa: true`);
 //! - end of the request body: TransformRequest, with the whole body (the link holds the body
-//!   until its end, as a Proxy-Wasm link that pauses mid-body does);
+//!   until its end, as a Proxy-Wasm link that pauses mid-body does), then CallBackend (the
+//!   plugin's answer is the chain's local response instead of the origin's, unless it delegates);
 //! - response headers: TransformResponse holds them (the chain waits, its pause owner is this
 //!   link) until the end of the response body, then runs with the headers and the whole body;
 //!   the changed headers go on and the new body follows them.
@@ -27,8 +28,8 @@ use crate::extism::otoroshi::datastore::InProcessDataStore;
 use crate::extism::otoroshi::maps::Maps;
 use crate::extism::plugin::{engine, load_entities, ExtismPlugin, Kind, PluginError, Pool};
 use crate::extism::state::{ExtismHost, Services};
-use crate::extism::steps::output::{self, Attrs, Gate, RequestVerdict, ResponseVerdict};
-use crate::extism::steps::route::{self, RouteInfo, Snowflake};
+use crate::extism::steps::output::{self, Attrs, BackendVerdict, Gate, RequestVerdict, ResponseVerdict};
+use crate::extism::steps::route::{self, RouteInfo, Snowflake, Target};
 use crate::extism::steps::view::{PluginRequest, RequestParts};
 use crate::extism::steps::{input, stream as steps_stream, StepFunction};
 use crate::host::{HttpStream, LocalResponse};
@@ -276,7 +277,7 @@ pub(super) fn run(
 ) -> StepResult {
     match phase {
         Phase::RequestHeaders => request_headers(entity, tx, es, end_of_stream),
-        Phase::RequestBody => transform_request(entity, tx, es, body),
+        Phase::RequestBody => request_body_end(entity, tx, es, body),
         Phase::ResponseHeaders if !entity.has(Step::TransformResponse) || es.response_done => {
             StepResult::Continue(None)
         }
@@ -339,14 +340,72 @@ fn request_headers(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStr
         }
     }
     es.raw_request = Some(request);
-    if eos && entity.has(Step::TransformRequest) {
-        // No body follows: the transformer runs now, with none (a body it gives cannot be sent).
-        return match transform_request(entity, tx, es, &[]) {
+    if eos && (entity.has(Step::TransformRequest) || entity.has(Step::CallBackend)) {
+        // No body follows: the request-body steps run now, with none (a body a transformer gives
+        // cannot be sent).
+        return match request_body_end(entity, tx, es, &[]) {
             StepResult::Continue(_) => StepResult::Continue(None),
             other => other,
         };
     }
     StepResult::Continue(None)
+}
+
+/// The end of the request body: TransformRequest, then CallBackend with the body as transformed.
+fn request_body_end(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream, body: &[u8]) -> StepResult {
+    let new_body = match transform_request(entity, tx, es, body) {
+        StepResult::Continue(b) => b,
+        other => return other,
+    };
+    if entity.has(Step::CallBackend) {
+        let sent = new_body.as_deref().unwrap_or(body);
+        if let other @ (StepResult::Local(_) | StepResult::Failed(_)) = call_backend(entity, tx, es, sent) {
+            return other;
+        }
+    }
+    StepResult::Continue(new_body)
+}
+
+/// The backend the request goes to, as far as the chain knows it: the request's authority (the
+/// server picks the real upstream).
+fn backend_of(request: &RequestParts) -> Target {
+    let host = request.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map_or("localhost", |(_, v)| v);
+    let (hostname, port) = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.is_empty() => (h, p.parse().ok()),
+        _ => (host, None),
+    };
+    let default = if request.secure { 443 } else { 80 };
+    Target { hostname: hostname.to_owned(), port: port.unwrap_or(default), tls: request.secure }
+}
+
+/// CallBackend: the plugin answers (the chain's local response) or delegates to the origin.
+fn call_backend(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream, body: &[u8]) -> StepResult {
+    let f = StepFunction::CallBackend;
+    let Ok(now) = steps_stream::request_parts(es.stream.as_ref(), tx.id()) else {
+        return unreadable(entity, f, "request headers");
+    };
+    let backend = backend_of(&now).json();
+    let request = PluginRequest::from_view(&now, Some(backend.clone()));
+    let route = route_of(entity);
+    let snowflake = tx.snowflake().to_owned();
+    let attrs = tx.attrs.json();
+    let raw = es.raw_request.clone().unwrap_or_else(|| now.clone());
+    let ctx = input::Context {
+        snowflake: &snowflake,
+        request: &raw,
+        route: &route,
+        config: &entity.plugin.context_json,
+        attrs: &attrs,
+    };
+    let json = input::call_backend(&ctx, &backend, &request, body);
+    let out = entity.call(entity.export(f), json.to_string().as_bytes());
+    if let Err(CallError::Trap { trap, .. }) = out {
+        return failed(entity, f, trap);
+    }
+    match output::call_backend(out.as_deref().map_err(|e| e), &mut tx.attrs) {
+        BackendVerdict::Delegate => StepResult::Continue(None),
+        BackendVerdict::Respond(r) => local(entity, r),
+    }
 }
 
 fn transform_request(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream, body: &[u8]) -> StepResult {

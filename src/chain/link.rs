@@ -77,7 +77,7 @@ impl Callbacks {
         for step in steps {
             bits |= match step {
                 Step::PreRoute | Step::ValidateAccess => Self::REQUEST_HEADERS,
-                Step::TransformRequest => Self::REQUEST_HEADERS | Self::REQUEST_BODY,
+                Step::TransformRequest | Step::CallBackend => Self::REQUEST_HEADERS | Self::REQUEST_BODY,
                 Step::TransformResponse => Self::RESPONSE_HEADERS | Self::RESPONSE_BODY,
                 _ => 0,
             };
