@@ -114,7 +114,10 @@ impl<S: ChainServer> Driver<'_, S> {
     pub fn entity_response_ready(&mut self, wait: super::Wait) -> Flow {
         let li = wait.link;
         let body = std::mem::take(&mut self.st.queued[1].data);
-        let result = match (self.links[li].entity.and_then(|e| self.set.entities.get(e)), self.extism[li].as_mut()) {
+        let result = match (
+            self.links[li].entity.and_then(|e| self.set.entities.get(e)),
+            self.extism.get_mut(li).and_then(Option::as_mut),
+        ) {
             (Some(entity), Some(es)) => super::extism::transform_response(entity, self.tx, es, &body),
             _ => StepResult::Continue(None),
         };
@@ -238,7 +241,7 @@ impl<S: ChainServer> Driver<'_, S> {
                 return self.too_large(phase, li, limit);
             }
             if link.entity.is_some() {
-                let es = self.extism[li].as_mut().expect("an entity link has its state");
+                let Some(es) = self.extism.get_mut(li).and_then(Option::as_mut) else { continue };
                 // The response body passes when TransformResponse ran with it (headers held).
                 if phase == Phase::ResponseBody && es.response_done {
                     continue;

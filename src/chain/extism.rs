@@ -328,7 +328,7 @@ fn request_headers(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStr
             if let Err(CallError::Trap { trap, .. }) = out {
                 return failed(entity, f, trap);
             }
-            let result = out.as_deref().map_err(|e| e);
+            let result = out.as_deref();
             if step == Step::PreRoute {
                 output::pre_route(result, &mut tx.attrs)
             } else {
@@ -402,7 +402,7 @@ fn call_backend(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream
     if let Err(CallError::Trap { trap, .. }) = out {
         return failed(entity, f, trap);
     }
-    match output::call_backend(out.as_deref().map_err(|e| e), &mut tx.attrs) {
+    match output::call_backend(out.as_deref(), &mut tx.attrs) {
         BackendVerdict::Delegate => StepResult::Continue(None),
         BackendVerdict::Respond(r) => local(entity, r),
     }
@@ -433,7 +433,7 @@ fn transform_request(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismS
     if let Err(CallError::Trap { trap, .. }) = out {
         return failed(entity, f, trap);
     }
-    match output::transform_request(out.as_deref().map_err(|e| e), &mut tx.attrs) {
+    match output::transform_request(out.as_deref(), &mut tx.attrs) {
         RequestVerdict::Respond(r) => local(entity, r),
         RequestVerdict::Continue(changes) => match steps_stream::apply_request(es.stream.as_mut(), changes) {
             Ok(new_body) => StepResult::Continue(new_body),
@@ -471,7 +471,7 @@ pub(super) fn transform_response(
     if let Err(CallError::Trap { trap, .. }) = out {
         return failed(entity, f, trap);
     }
-    let verdict = output::transform_response(out.as_deref().map_err(|e| e), &mut tx.attrs);
+    let verdict = output::transform_response(out.as_deref(), &mut tx.attrs);
     if !entity.hold_response_headers {
         // The response headers are gone: an error form cannot answer, a new body still applies.
         return match verdict {

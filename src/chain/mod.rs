@@ -492,7 +492,7 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
                 w.phase == Phase::ResponseHeaders
                     && self.st.queued[d].eos
                     && self.links[w.link].entity.is_some()
-                    && !self.extism[w.link].as_ref().is_some_and(|es| es.response_done)
+                    && self.extism.get(w.link).and_then(Option::as_ref).is_some_and(|es| !es.response_done)
             }) {
                 return self.drive(phase, |driver| driver.entity_response_ready(w));
             }

@@ -88,8 +88,10 @@ impl std::fmt::Debug for ExtismPlugin {
 
 /// Compiled modules by runtime and content: an entity loaded again (a reload, another entity with
 /// the same module) is not compiled again.
-fn module_cache() -> &'static Mutex<HashMap<(&'static str, [u8; 32]), Arc<dyn Module<ExtismState>>>> {
-    static CACHE: OnceLock<Mutex<HashMap<(&'static str, [u8; 32]), Arc<dyn Module<ExtismState>>>>> = OnceLock::new();
+type ModuleCache = Mutex<HashMap<(&'static str, [u8; 32]), Arc<dyn Module<ExtismState>>>>;
+
+fn module_cache() -> &'static ModuleCache {
+    static CACHE: OnceLock<ModuleCache> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 

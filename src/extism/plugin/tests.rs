@@ -97,7 +97,7 @@ fn access(pool: &mut Pool, headers: &[(&str, &str)]) -> output::Gate {
     let request = request(headers);
     let function = pool.plugin().function_name.clone().unwrap_or_else(|| "access".into());
     let out = pool.call(&function, access_input(pool.plugin(), &request).as_bytes());
-    output::access(out.as_deref().map_err(|e| e), &mut output::Attrs::default(), &request.headers)
+    output::access(out.as_deref(), &mut output::Attrs::default(), &request.headers)
 }
 
 fn status(gate: output::Gate) -> u16 {
