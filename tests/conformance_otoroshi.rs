@@ -184,6 +184,23 @@ fn backend_templates_answer_instead_of_the_origin() {
 }
 
 #[test]
+fn an_endless_loop_ends_that_call_only_under_the_failure_policy() {
+    let origin = Origin::start();
+    let (id, yaml) = entity("access-control", "as", Some("extism_hostile.wasm"));
+    let yaml = yaml.replace("callback_timeout: 2s", "callback_timeout: 200ms").replace(r#""functionName":"execute""#, r#""functionName":"spin""#);
+    let s = <Server as ServerUnderTest>::start(Setup::new("oto-spin", origin.port()).workers(1).plugin("pw", filter_yaml()).plugin(&id, yaml));
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let r = send(&s, Request::get("/spin"));
+        assert_eq!(r.status, 503, "fail_closed\n{}", s.log_report());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    assert!(s.logs().contains("time limit exceeded"), "{}", s.log_report());
+    assert_eq!(origin.request_count(), 0);
+    s.assert_nothing_died();
+}
+
+#[test]
 fn an_entity_importing_what_it_is_not_granted_is_a_load_error() {
     let origin = Origin::start();
     let (id, yaml) = entity("access-control", "as", Some("otoroshi_link_plugin_map_write.wasm"));

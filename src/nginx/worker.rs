@@ -247,6 +247,18 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 return;
             }
         };
+        for e in &entities {
+            log(
+                LogLevel::Info,
+                &format!(
+                    "[proxy_wasm] loaded Otoroshi WASM plugin {:?} in worker (pid {}) (steps {:?}, {})",
+                    e.plugin.id,
+                    std::process::id(),
+                    e.plugin.steps,
+                    e.plugin.runtime
+                ),
+            );
+        }
         let set = Arc::new(PluginSet::new(plugins).with_entities(entities));
         let every = set.shortest_unused_duration();
         WORKER.with(|w| w.borrow_mut().generations = Some(Generations::new(set.clone())));
