@@ -177,6 +177,14 @@ pub fn load_entity_links(
         maps: Arc::new(Maps::new(DATA_CAP)),
     });
     let plugins = load_entities(entities, &settings, engine.as_ref(), &services)?;
+    for p in plugins.iter().filter(|p| p.makes_http_calls) {
+        services.host.log(
+            &p.name,
+            LogLevel::Warn,
+            "imports http_request or proxy_http_call: entity calls run on the event loop in this build, \
+             with no HTTP client, so those calls end the plugin's call (docs/otoroshi.md)",
+        );
+    }
     let mut links = Vec::with_capacity(plugins.len());
     for plugin in plugins {
         let mut link = EntityLink::new(plugin);
