@@ -50,11 +50,14 @@ pub struct PluginSet {
     rules: AtomicUsize,
 }
 
+/// What one configuration loads: its Proxy-Wasm plugins, then its Otoroshi entities.
+type Loaded = (Vec<LoadedPlugin>, Vec<Arc<chain::EntityLink>>);
+
 impl PluginSet {
-    fn new(plugins: Vec<LoadedPlugin>) -> Arc<PluginSet> {
+    fn new((plugins, entities): Loaded) -> Arc<PluginSet> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(PluginSet {
-            chain: Arc::new(chain::PluginSet::new(plugins)),
+            chain: Arc::new(chain::PluginSet::new(plugins).with_entities(entities)),
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             retired: Default::default(),
             rules: Default::default(),
@@ -279,9 +282,10 @@ fn config_path(arg: &str) -> PathBuf {
 /// Loads and compiles the plugins of `paths`, and starts each once as a
 /// check, so that a plugin that refuses its configuration is reported now.
 /// Errors name the file and key.
-fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
-    let configs = crate::config::load_files(paths).map_err(|e| e.to_string())?;
-    let plugins = loader::load_with_warnings(&configs, &mut |config, message| {
+fn load_plugins(paths: &[PathBuf]) -> Result<Loaded, String> {
+    let loaded = crate::config::load_all(paths).map_err(|e| e.to_string())?;
+    let configs = &loaded.plugins;
+    let plugins = loader::load_with_warnings(configs, &mut |config, message| {
         log(LogLevel::Warn, &format!("[proxy_wasm] {}: {}: {message}", config.origin, config.name));
     })
     .map_err(|e| e.to_string())?;
@@ -317,7 +321,27 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
         }
     }
     log(LogLevel::Info, &format!("[proxy_wasm] started the VMs of {} plugin(s) once as a check in {:.2} ms (instantiation, proxy_on_vm_start, proxy_on_configure)", plugins.len(), start_time.as_secs_f64() * 1e3));
-    Ok(plugins)
+    // Otoroshi entities: compiled, linked (only what each grants) and started once, shared by
+    // every thread (each call takes an instance of the entity's pool).
+    let entities = chain::extism::load_entity_links(
+        &loaded.entities,
+        loaded.otoroshi.as_ref(),
+        configs,
+        Arc::new(chain::extism::ServerLog(log)),
+        // Traffic Server's response transform sees the body after the client's headers left.
+        false,
+    )
+    .map_err(|e| e.to_string())?;
+    for e in &entities {
+        log(
+            LogLevel::Info,
+            &format!(
+                "[proxy_wasm] loaded Otoroshi WASM plugin {:?} (steps {:?}, {})",
+                e.plugin.id, e.plugin.steps, e.plugin.runtime
+            ),
+        );
+    }
+    Ok((plugins, entities))
 }
 
 unsafe fn args(argc: c_int, argv: *const *const c_char) -> Vec<String> {
@@ -366,7 +390,7 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
             txn::reenable(txnp, error);
         }
     };
-    let Some(set) = set.filter(|s| !s.chain.plugins.is_empty()) else {
+    let Some(set) = set.filter(|s| !s.chain.plugins.is_empty() || !s.chain.entities.is_empty()) else {
         reenable(false);
         return;
     };
@@ -376,7 +400,8 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
             // The plugins cannot run on this thread: fail closed unless all fail open.
             log(LogLevel::Error, &format!("[proxy_wasm] {e}"));
             let closed = matches!(e, GenerationError::Busy)
-                || set.chain.plugins.iter().any(|p| p.config.failure_policy != crate::config::FailurePolicy::FailOpen);
+                || set.chain.plugins.iter().any(|p| p.config.failure_policy != crate::config::FailurePolicy::FailOpen)
+                || !set.chain.entities.is_empty();
             if closed {
                 refuse(txnp, in_remap);
             }
@@ -385,7 +410,8 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         }
     };
     let shared = Arc::new(TxnShared::new(txnp));
-    let plugins = 0..set.chain.plugins.len();
+    // Proxy-Wasm plugins in file order, then the entities.
+    let plugins = 0..set.chain.plugins.len() + set.chain.entities.len();
     let chain =
         match Chain::new(generation, plugins, AtsChain(shared.clone()), |_| AtsStream { shared: shared.clone() }) {
             Ok(chain) => chain,
@@ -645,7 +671,7 @@ extern "C" fn on_config_reload(_contp: TSCont, _event: TSEvent, _edata: *mut c_v
         let Some(paths) = GLOBAL_PATHS.get() else { return };
         match load_plugins(paths) {
             Ok(plugins) => {
-                let count = plugins.len();
+                let count = plugins.0.len() + plugins.1.len();
                 let old = PLUGINS.write().unwrap_or_else(|p| p.into_inner()).replace(PluginSet::new(plugins));
                 if let Some(old) = old {
                     old.retire();

@@ -451,7 +451,7 @@ unsafe fn check_held_request(t: &mut Transform) {
                 .links()
                 .iter()
                 .filter(|l| !l.failed() && l.callbacks.has(Phase::RequestBody))
-                .map(|l| (set.plugins[l.plugin].config.max_body_size, l.plugin))
+                .map(|l| (set.rules(l.plugin).max_body_size, l.plugin))
                 .min_by_key(|(limit, _)| *limit)?;
             if size <= limit {
                 return None;

@@ -6,6 +6,7 @@ use crate::host::LocalResponse;
 use crate::loader::PluginVms;
 use crate::vm::{Verdict, Vm, VmError};
 
+use super::extism::StepResult;
 use super::flow::{body_too_large_response, failure_response, Flow, Phase};
 use super::generations::PluginSet;
 use super::link::{dir_index, Link};
@@ -62,6 +63,9 @@ pub(super) struct Driver<'a, S: ChainServer> {
     pub set: &'a PluginSet,
     pub server: &'a S,
     pub timer: Timer,
+    /// Per link, the state of an Otoroshi entity's link.
+    pub extism: &'a mut [Option<super::extism::ExtismStream>],
+    pub tx: &'a mut super::extism::Transaction,
 }
 
 impl<S: ChainServer> Driver<'_, S> {
@@ -93,10 +97,48 @@ impl<S: ChainServer> Driver<'_, S> {
         }
     }
 
+    /// Runs an Otoroshi entity's steps for `phase` (see `super::extism`).
+    fn run_entity(&mut self, li: usize, phase: Phase, eos: bool, body: &[u8]) -> StepResult {
+        let Some(entity) = self.links[li].entity.and_then(|e| self.set.entities.get(e)) else {
+            return StepResult::Continue(None);
+        };
+        let Some(es) = self.extism.get_mut(li).and_then(Option::as_mut) else {
+            return StepResult::Continue(None);
+        };
+        super::extism::run(entity, self.tx, es, phase, eos, body)
+    }
+
+    /// The end of the response body came while an entity's TransformResponse held the response
+    /// headers: it runs with the whole body; the new body replaces the queued one, and the chain
+    /// goes on after the link at the server's wake-up (`Chain::resume`), as if it had resumed.
+    pub fn entity_response_ready(&mut self, wait: super::Wait) -> Flow {
+        let li = wait.link;
+        let body = std::mem::take(&mut self.st.queued[1].data);
+        let result = match (
+            self.links[li].entity.and_then(|e| self.set.entities.get(e)),
+            self.extism.get_mut(li).and_then(Option::as_mut),
+        ) {
+            (Some(entity), Some(es)) => super::extism::transform_response(entity, self.tx, es, &body),
+            _ => StepResult::Continue(None),
+        };
+        let new_body = match result {
+            StepResult::Continue(new_body) => new_body,
+            StepResult::Pause => None,
+            StepResult::Local(response) => return self.stop(wait.phase, Flow::Respond(response)),
+            StepResult::Failed(e) => match self.fail(li, wait.phase, e) {
+                Some(flow) => return flow,
+                None => None,
+            },
+        };
+        self.st.queued[1].data = new_body.unwrap_or(body);
+        self.server.signals().request_resume(li as u32, StreamType::HttpResponse);
+        Flow::Buffered
+    }
+
     /// A link failed: logged, and its plugin's failure policy applied.
     /// `None`: the transaction goes on without it.
     fn fail(&mut self, li: usize, phase: Phase, e: VmError) -> Option<Flow> {
-        let policy = self.set.plugins[self.links[li].plugin].config.failure_policy;
+        let policy = self.set.rules(self.links[li].plugin).failure_policy;
         self.log(li, LogLevel::Error, &format!("{}: {e}", phase.name()));
         self.links[li].failed = true;
         match on_failure(policy, phase, self.server.signals().response_released()) {
@@ -116,7 +158,7 @@ impl<S: ChainServer> Driver<'_, S> {
     /// Link `li` (at `pos` in the phase's order) paused: the chain waits for
     /// it, at most its `pause_timeout`.
     fn wait(&mut self, phase: Phase, li: usize, pos: usize) -> Flow {
-        let timeout = self.set.plugins[self.links[li].plugin].config.pause_timeout;
+        let timeout = self.set.rules(self.links[li].plugin).pause_timeout;
         self.st.wait = Some(super::Wait { phase, link: li, pos });
         self.server.signals().set_waiting(true);
         self.timer = Timer::Arm(timeout);
@@ -149,10 +191,19 @@ impl<S: ChainServer> Driver<'_, S> {
             if link.failed || !link.callbacks.has(phase) {
                 continue;
             }
-            let outcome = self.call(li, phase, |vm, ctx| match dir {
-                StreamType::HttpResponse => vm.on_response_headers(ctx, count, eos),
-                _ => vm.on_request_headers(ctx, count, eos),
-            });
+            let outcome = if link.entity.is_some() {
+                match self.run_entity(li, phase, eos, &[]) {
+                    StepResult::Continue(_) => Outcome::Continue,
+                    StepResult::Pause => Outcome::Pause,
+                    StepResult::Local(response) => Outcome::Local(response),
+                    StepResult::Failed(e) => Outcome::Failed(e),
+                }
+            } else {
+                self.call(li, phase, |vm, ctx| match dir {
+                    StreamType::HttpResponse => vm.on_response_headers(ctx, count, eos),
+                    _ => vm.on_request_headers(ctx, count, eos),
+                })
+            };
             match outcome {
                 Outcome::Continue => {}
                 Outcome::Pause => return self.wait(phase, li, pos),
@@ -184,10 +235,37 @@ impl<S: ChainServer> Driver<'_, S> {
             if link.failed || !link.callbacks.has(phase) {
                 continue;
             }
-            let limit = self.set.plugins[link.plugin].config.max_body_size;
+            let limit = self.set.rules(link.plugin).max_body_size;
             let len = data.bytes().len() as u64;
             if link.held[d].saturating_add(len) > limit {
                 return self.too_large(phase, li, limit);
+            }
+            if link.entity.is_some() {
+                let Some(es) = self.extism.get_mut(li).and_then(Option::as_mut) else { continue };
+                // The response body passes when TransformResponse ran with it (headers held).
+                if phase == Phase::ResponseBody && es.response_done {
+                    continue;
+                }
+                // A transformer needs the whole body: the link holds it until its end.
+                let held = &mut es.body;
+                held.extend_from_slice(data.bytes());
+                if !eos {
+                    self.links[li].held[d] += len;
+                    self.server.signals().set_holding(true);
+                    return Flow::Buffered;
+                }
+                let whole = std::mem::take(held);
+                self.links[li].held[d] = 0;
+                match self.run_entity(li, phase, eos, &whole) {
+                    StepResult::Continue(new_body) => data = Data::Owned(new_body.unwrap_or(whole)),
+                    StepResult::Pause => data = Data::Owned(whole),
+                    StepResult::Local(response) => return self.stop(phase, Flow::Respond(response)),
+                    StepResult::Failed(e) => match self.fail(li, phase, e) {
+                        Some(flow) => return flow,
+                        None => data = Data::Owned(whole),
+                    },
+                }
+                continue;
             }
             let outcome = self.call(li, phase, |vm, ctx| match dir {
                 StreamType::HttpResponse => vm.on_response_body(ctx, data.bytes(), eos),

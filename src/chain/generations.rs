@@ -29,6 +29,8 @@ use super::server::ChainVms;
 /// recycling need to know of them, computed once.
 pub struct PluginSet {
     pub plugins: Vec<LoadedPlugin>,
+    /// Otoroshi entities a chain can name: plugin index `plugins.len() + i` is entity `i`.
+    pub entities: Vec<Arc<super::extism::EntityLink>>,
     callbacks: Vec<Callbacks>,
     shortest_unused: Option<Duration>,
     /// Some plugin has `kill_options.max_calls` or `max_memory_usage`.
@@ -42,12 +44,42 @@ impl PluginSet {
         let checks_usage = plugins.iter().any(|p| {
             p.config.vm.kill_options.max_calls.is_some() || p.config.vm.kill_options.max_memory_usage.is_some()
         });
-        PluginSet { plugins, callbacks, shortest_unused, checks_usage }
+        PluginSet { plugins, entities: Vec::new(), callbacks, shortest_unused, checks_usage }
+    }
+
+    /// The set with Otoroshi entities after its plugins (index `plugins.len() + i` in a chain).
+    #[must_use]
+    pub fn with_entities(mut self, entities: Vec<Arc<super::extism::EntityLink>>) -> PluginSet {
+        self.entities = entities;
+        self
+    }
+
+    /// The entity a chain's plugin index names, if it names one.
+    pub fn entity(&self, plugin: usize) -> Option<&Arc<super::extism::EntityLink>> {
+        plugin.checked_sub(self.plugins.len()).and_then(|i| self.entities.get(i))
+    }
+
+    /// The chain's rules for plugin index `plugin` (a Proxy-Wasm plugin or an entity).
+    pub(crate) fn rules(&self, plugin: usize) -> super::extism::Rules<'_> {
+        match self.plugins.get(plugin) {
+            Some(p) => super::extism::Rules {
+                name: &p.config.name,
+                failure_policy: p.config.failure_policy,
+                pause_timeout: p.config.pause_timeout,
+                max_body_size: p.config.max_body_size,
+            },
+            None => self.entity(plugin).map(|e| e.rules()).unwrap_or(super::extism::Rules {
+                name: "?",
+                failure_policy: FailurePolicy::FailClosed,
+                pause_timeout: crate::config::PluginConfig::DEFAULT_PAUSE_TIMEOUT,
+                max_body_size: 0,
+            }),
+        }
     }
 
     /// The stream callbacks plugin `plugin` takes.
     pub fn callbacks(&self, plugin: usize) -> Callbacks {
-        self.callbacks.get(plugin).copied().unwrap_or_default()
+        self.callbacks.get(plugin).copied().or_else(|| self.entity(plugin).map(|e| e.callbacks())).unwrap_or_default()
     }
 
     /// The shortest `kill_options.max_unused_duration`: the server checks
@@ -57,7 +89,7 @@ impl PluginSet {
     }
 
     pub fn name(&self, plugin: usize) -> &str {
-        self.plugins.get(plugin).map_or("?", |p| p.config.name.as_str())
+        self.rules(plugin).name
     }
 
     /// "a, b, c": the plugins' names, for log lines.

@@ -67,6 +67,24 @@ impl Callbacks {
         .collect()
     }
 
+    /// The phases an Otoroshi entity's `steps` run at (see `super::extism`): PreRoute and
+    /// ValidateAccess at the request headers (TransformRequest too, which reads the request as it
+    /// came), TransformRequest at the request body, TransformResponse at the response headers
+    /// (held) and body.
+    pub fn of_steps(steps: &[crate::extism::entity::Step]) -> Callbacks {
+        use crate::extism::entity::Step;
+        let mut bits = 0;
+        for step in steps {
+            bits |= match step {
+                Step::PreRoute | Step::ValidateAccess => Self::REQUEST_HEADERS,
+                Step::TransformRequest | Step::CallBackend => Self::REQUEST_HEADERS | Self::REQUEST_BODY,
+                Step::TransformResponse => Self::RESPONSE_HEADERS | Self::RESPONSE_BODY,
+                _ => 0,
+            };
+        }
+        Callbacks(bits)
+    }
+
     /// Whether the plugin's callback for `phase` runs.
     pub fn has(self, phase: Phase) -> bool {
         self.0 & Self::bit(phase) != 0
@@ -99,6 +117,9 @@ pub struct Link {
     /// Body bytes the plugin holds (it paused before they could go on), per
     /// direction: what `max_body_size` bounds.
     pub(crate) held: [u64; 2],
+    /// An Otoroshi entity's link: its index in the set's entities (`vm` and
+    /// `ctx` mean nothing then; its state is the chain's, see `super::extism`).
+    pub(crate) entity: Option<usize>,
 }
 
 impl Link {

@@ -31,6 +31,7 @@
 //! `docs/adr/0001-one-filter-chain.md` explains the design.
 
 mod driver;
+pub mod extism;
 pub mod flow;
 pub mod generations;
 pub mod link;
@@ -39,6 +40,7 @@ pub mod server;
 pub mod signals;
 pub mod stream;
 
+pub use extism::EntityLink;
 pub use flow::{Flow, Phase};
 pub use generations::{
     Exclusive, Generation, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason, VmsCell,
@@ -158,6 +160,9 @@ pub struct Chain<S: ChainServer, G: ChainVms> {
     server: S,
     links: Vec<Link>,
     st: State,
+    /// Per link, the state of an Otoroshi entity's link (`None` for Proxy-Wasm links).
+    extism: Vec<Option<extism::ExtismStream>>,
+    tx: extism::Transaction,
 }
 
 impl<S: ChainServer, G: ChainVms> Chain<S, G> {
@@ -176,17 +181,33 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
     ) -> Result<Chain<S, G>, ChainError> {
         let plugins = plugins.into_iter();
         let mut links: Vec<Link> = Vec::with_capacity(plugins.size_hint().0);
+        let mut extism: Vec<Option<extism::ExtismStream>> = Vec::new();
         {
             let set = vms.plugins();
             let mut guard = vms.lock().ok_or(ChainError::Busy)?;
             let vms_now = &mut *guard;
             let refuse = |vms_now: &mut crate::loader::PluginVms, links: &[Link], error: ChainError| {
-                for link in links {
+                for link in links.iter().filter(|l| l.entity.is_none()) {
                     let _ = vms_now.vms[link.vm].finish_stream(link.ctx);
                 }
                 Err(error)
             };
             for plugin in plugins {
+                if let Some(entity) = set.entity(plugin) {
+                    let link_stream = ChainStream::new(stream(plugin), server.clone(), links.len() as u32);
+                    links.push(Link {
+                        plugin,
+                        vm: usize::MAX,
+                        ctx: 0,
+                        callbacks: entity.callbacks(),
+                        failed: false,
+                        held: [0, 0],
+                        entity: Some(plugin - set.plugins.len()),
+                    });
+                    extism.resize_with(links.len() - 1, || None);
+                    extism.push(Some(extism::ExtismStream::new(Box::new(link_stream))));
+                    continue;
+                }
                 let Some(root) = vms_now
                     .roots
                     .get(plugin)
@@ -217,6 +238,7 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
                         callbacks: set.callbacks(plugin),
                         failed: false,
                         held: [0, 0],
+                        entity: None,
                     }),
                     Err(e) => {
                         server.log(&config.name, LogLevel::Error, &format!("cannot create a stream context: {e}"));
@@ -235,7 +257,11 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
                 }
             }
         }
-        Ok(Chain { vms, server, links, st: State::default() })
+        // Only a chain with an entity has per-link entity state (no allocation otherwise).
+        if !extism.is_empty() {
+            extism.resize_with(links.len(), || None);
+        }
+        Ok(Chain { vms, server, links, st: State::default(), extism, tx: extism::Transaction::default() })
     }
 
     pub fn links(&self) -> &[Link] {
@@ -270,7 +296,7 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         self.links
             .iter()
             .filter(|l| !l.failed && l.callbacks.has(phase))
-            .map(|l| set.plugins[l.plugin].config.max_body_size)
+            .map(|l| set.rules(l.plugin).max_body_size)
             .min()
     }
 
@@ -310,7 +336,7 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
     /// Runs `run` with the VMs held, then applies the pause timer and asks
     /// for a wake-up if resumes are left to look at.
     fn drive(&mut self, phase: Phase, run: impl FnOnce(&mut Driver<'_, S>) -> Flow) -> Flow {
-        let Chain { vms, server, links, st } = self;
+        let Chain { vms, server, links, st, extism, tx } = self;
         let set = vms.plugins();
         let Some(mut guard) = vms.lock() else {
             server.log(
@@ -336,7 +362,7 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         // take the ones asked for during them.
         let earlier = server.signals().take_pending();
         server.signals().set_driving(true);
-        let mut driver = Driver { links, st, vms: &mut guard, set, server: &*server, timer: Timer::Keep };
+        let mut driver = Driver { links, st, vms: &mut guard, set, server: &*server, timer: Timer::Keep, extism, tx };
         let flow = run(&mut driver);
         let timer = driver.timer;
         server.signals().set_driving(false);
@@ -461,6 +487,15 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
             let q = &mut self.st.queued[d];
             q.data.extend_from_slice(chunk);
             q.eos |= end_of_stream;
+            // An Otoroshi TransformResponse holds the response headers until the end of the body.
+            if let Some(w) = self.st.wait.filter(|w| {
+                w.phase == Phase::ResponseHeaders
+                    && self.st.queued[d].eos
+                    && self.links[w.link].entity.is_some()
+                    && self.extism.get(w.link).and_then(Option::as_ref).is_some_and(|es| !es.response_done)
+            }) {
+                return self.drive(phase, |driver| driver.entity_response_ready(w));
+            }
             return Flow::Buffered;
         }
         let queued = std::mem::take(&mut self.st.queued[d]);
@@ -494,7 +529,7 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
     fn queue_over_limit(&mut self, phase: Phase, chunk: usize) -> Option<Flow> {
         let wait = self.st.wait.filter(|w| w.phase.direction() == phase.direction())?;
         let plugin = self.links[wait.link].plugin;
-        let config = &self.vms.plugins().plugins[plugin].config;
+        let config = self.vms.plugins().rules(plugin);
         let limit = config.max_body_size;
         let size = (self.st.queued[dir_index(phase.direction())].data.len() as u64).saturating_add(chunk as u64);
         if size <= limit {
@@ -512,7 +547,7 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
             phase.name(),
             wait.phase.name()
         );
-        self.server.log(&config.name, LogLevel::Warn, &message);
+        self.server.log(config.name, LogLevel::Warn, &message);
         self.st.queued[dir_index(phase.direction())] = Queue::default();
         Some(self.stop_now(phase, flow))
     }
@@ -581,11 +616,11 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
             }
         }
         let link = self.links[wait.link];
-        let config = &self.vms.plugins().plugins[link.plugin].config;
+        let config = self.vms.plugins().rules(link.plugin);
         let abort = wait.phase == Phase::ResponseBody || self.server.signals().response_released();
         let what = if abort { "aborting the response" } else { "answering 504" };
         self.server.log(
-            &config.name,
+            config.name,
             LogLevel::Warn,
             &format!(
                 "kept the {} paused for {:?} (pause_timeout) without continuing it; {what}",
@@ -622,7 +657,7 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
             return false;
         };
         let mut awaiting_done = false;
-        for link in links.iter() {
+        for link in links.iter().filter(|l| l.entity.is_none()) {
             match guard.vms[link.vm].finish_stream(link.ctx) {
                 Ok(done) => awaiting_done |= !done,
                 Err(VmError::Failed(_)) => {}

@@ -35,6 +35,7 @@ pub mod opa;
 pub mod opa_memory;
 pub mod otoroshi;
 pub mod pdk;
+pub mod plugin;
 pub mod state;
 pub mod steps;
 pub mod vars;

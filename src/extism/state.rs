@@ -72,6 +72,24 @@ pub struct ExtismState {
     pub http_headers: BTreeMap<String, String>,
 }
 
+/// WASI preview 1 for entities with `wasi: true` (the host's WASI functions): stdout and stderr
+/// are the plugin's log, the environment is empty, `proc_exit` is logged and ends the call.
+impl crate::hostcalls::wasi::WasiState for ExtismState {
+    fn wasi_log(&mut self, level: LogLevel, line: &str) {
+        if self.logs(level) {
+            self.log(level, line);
+        }
+    }
+
+    fn wasi_environment(&self) -> &[(String, String)] {
+        &[]
+    }
+
+    fn wasi_exit(&mut self, code: i32) {
+        self.log(LogLevel::Error, &format!("the plugin called proc_exit({code})"));
+    }
+}
+
 impl ExtismState {
     #[must_use]
     pub fn new(plugin: Arc<PluginContext>, services: Arc<Services>) -> ExtismState {

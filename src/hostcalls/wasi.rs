@@ -37,6 +37,33 @@ pub const MAX_RANDOM_BYTES: u32 = 64 * 1024;
 
 type R = Result<Option<Val>, Trap>;
 
+/// What the WASI functions need of a host state: the Proxy-Wasm host's ([`HostState`]) and the
+/// Extism host's (`crate::extism::state::ExtismState`, for entities with `wasi: true`).
+pub trait WasiState: 'static {
+    /// A line the plugin wrote to stdout (info) or stderr (error).
+    fn wasi_log(&mut self, level: LogLevel, line: &str);
+    /// The environment the plugin sees.
+    fn wasi_environment(&self) -> &[(String, String)];
+    /// `proc_exit(code)` was called (logged; the call then ends as a trap).
+    fn wasi_exit(&mut self, code: i32);
+}
+
+impl WasiState for HostState {
+    fn wasi_log(&mut self, level: LogLevel, line: &str) {
+        self.plugin_log(level, line);
+    }
+
+    fn wasi_environment(&self) -> &[(String, String)] {
+        &self.env.environment
+    }
+
+    fn wasi_exit(&mut self, code: i32) {
+        self.exited = Some(code);
+        let plugin = self.log_ref();
+        self.env.server.log(&plugin, LogLevel::Error, &format!("the plugin called proc_exit({code})"));
+    }
+}
+
 fn errno(e: i32) -> R {
     Ok(Some(Val::I32(e)))
 }
@@ -59,17 +86,17 @@ pub const MAX_IOVECS: u32 = 1024;
 /// million times. What is taken is reported in `nwritten`, a short write as
 /// POSIX and WASI allow (wasi-libc and Rust's std write the rest with the
 /// next call). Every iovec looked at must lie in memory (else EFAULT).
-fn fd_write(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn fd_write<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     write_iovecs(c, u(a, 0), u(a, 1), u(a, 2), u(a, 3))
 }
 
 /// `fd_pwrite` on stdout/stderr: the offset means nothing for a log, so it is
 /// `fd_write` (as in cpp-host).
-fn fd_pwrite(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn fd_pwrite<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     write_iovecs(c, u(a, 0), u(a, 1), u(a, 2), u(a, 4))
 }
 
-fn write_iovecs(c: &mut dyn Caller<HostState>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) -> R {
+fn write_iovecs<S: WasiState>(c: &mut dyn Caller<S>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) -> R {
     if fd != 1 && fd != 2 {
         return errno(EBADF);
     }
@@ -99,19 +126,19 @@ fn write_iovecs(c: &mut dyn Caller<HostState>, fd: u32, iovs: u32, iovs_len: u32
     let line = text.strip_suffix('\n').unwrap_or(&text);
     if !line.is_empty() {
         let level = if fd == 1 { LogLevel::Info } else { LogLevel::Error };
-        st.plugin_log(level, line);
+        st.wasi_log(level, line);
     }
     mem_result(memory::write_u32(mem, nwritten, out.len() as u32))
 }
 
 /// Reading files is not supported (fd_read, fd_pread, fd_prestat_dir_name,
 /// fd_fdstat_set_flags answer ENOSYS, as in cpp-host).
-fn enosys(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
+fn enosys<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
     errno(ENOSYS)
 }
 
 /// Closing is accepted for any descriptor (cpp-host answers success and logs).
-fn fd_close(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
+fn fd_close<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
     errno(ESUCCESS)
 }
 
@@ -122,17 +149,17 @@ fn is_std_out_or_err(fd: u32) -> bool {
 /// fd_allocate, fd_datasync, fd_sync, fd_fdstat_set_rights,
 /// fd_filestat_set_size, fd_filestat_set_times: nothing to do for
 /// stdout/stderr, EBADF for anything else (cpp-host).
-fn std_fd_noop(_c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn std_fd_noop<S: WasiState>(_c: &mut dyn Caller<S>, a: &[Val]) -> R {
     errno(if is_std_out_or_err(u(a, 0)) { ESUCCESS } else { EBADF })
 }
 
 /// `fd_advise` is only a hint: success for any descriptor (cpp-host).
-fn fd_advise(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
+fn fd_advise<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
     errno(ESUCCESS)
 }
 
 /// There are no directories: 0 bytes read, and the reference host's errno.
-fn fd_readdir(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn fd_readdir<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     match memory::write_u32(c.memory_and_state().0, u(a, 4), 0) {
         Ok(()) => errno(READDIR_ERRNO),
         Err(_) => errno(EFAULT),
@@ -140,12 +167,12 @@ fn fd_readdir(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
 }
 
 /// stdout and stderr cannot be renumbered; other descriptors do not exist.
-fn fd_renumber(_c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn fd_renumber<S: WasiState>(_c: &mut dyn Caller<S>, a: &[Val]) -> R {
     errno(if is_std_out_or_err(u(a, 0)) && is_std_out_or_err(u(a, 1)) { ENOTSUP } else { EBADF })
 }
 
 /// The offset of stdout/stderr is 0.
-fn fd_tell(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn fd_tell<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     if !is_std_out_or_err(u(a, 0)) {
         return errno(EBADF);
     }
@@ -153,31 +180,31 @@ fn fd_tell(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
 }
 
 /// There is no file system: nothing can be opened.
-fn path_open(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
+fn path_open<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
     errno(ENOENT)
 }
 
 /// Writes 0 to the length result, then answers NOTSUP (cpp-host).
-fn path_readlink(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn path_readlink<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     zero_then_notsup(c, &[(u(a, 5), 4)])
 }
 
-fn sock_accept(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn sock_accept<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     zero_then_notsup(c, &[(u(a, 2), 4)])
 }
 
-fn sock_recv(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn sock_recv<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     // The received size (u32) and the output flags (u16).
     zero_then_notsup(c, &[(u(a, 4), 4), (u(a, 5), 2)])
 }
 
-fn sock_send(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn sock_send<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     zero_then_notsup(c, &[(u(a, 4), 4)])
 }
 
 /// There are no sockets or links: the result slots are zeroed (EFAULT if one
 /// is out of bounds) and the answer is NOTSUP, as in cpp-host.
-fn zero_then_notsup(c: &mut dyn Caller<HostState>, slots: &[(u32, u32)]) -> R {
+fn zero_then_notsup<S: WasiState>(c: &mut dyn Caller<S>, slots: &[(u32, u32)]) -> R {
     let mem = c.memory_and_state().0;
     for &(ptr, len) in slots {
         match memory::slice_mut(mem, ptr, len) {
@@ -188,12 +215,12 @@ fn zero_then_notsup(c: &mut dyn Caller<HostState>, slots: &[(u32, u32)]) -> R {
     errno(ENOTSUP)
 }
 
-fn fd_seek(_c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn fd_seek<S: WasiState>(_c: &mut dyn Caller<S>, a: &[Val]) -> R {
     errno(if u(a, 0) <= 2 { ESPIPE } else { EBADF })
 }
 
 /// stdin/stdout/stderr are character devices; nothing else is open.
-fn fd_fdstat_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn fd_fdstat_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     let fd = u(a, 0);
     if fd > 2 {
         return errno(EBADF);
@@ -207,21 +234,21 @@ fn fd_fdstat_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
 }
 
 /// Ends wasi-libc's scan for preopened directories: there are none.
-fn bad_fd(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
+fn bad_fd<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
     errno(EBADF)
 }
 
-fn environ_sizes_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn environ_sizes_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     let (mem, st) = c.memory_and_state();
-    let count = st.env.environment.len() as u32;
-    let size: usize = st.env.environment.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let count = st.wasi_environment().len() as u32;
+    let size: usize = st.wasi_environment().iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     mem_result(memory::write_u32(mem, u(a, 0), count).and_then(|_| memory::write_u32(mem, u(a, 1), size as u32)))
 }
 
-fn environ_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn environ_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     let (mem, st) = c.memory_and_state();
     let (mut ptrs, mut buf) = (u(a, 0), u(a, 1));
-    for (k, v) in st.env.environment.clone() {
+    for (k, v) in st.wasi_environment().to_vec() {
         let entry = format!("{k}={v}\0");
         let r = memory::write_u32(mem, ptrs, buf).and_then(|_| memory::write(mem, buf, entry.as_bytes()));
         if r.is_err() {
@@ -233,12 +260,12 @@ fn environ_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     errno(ESUCCESS)
 }
 
-fn args_sizes_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn args_sizes_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     let mem = c.memory_and_state().0;
     mem_result(memory::write_u32(mem, u(a, 0), 0).and_then(|_| memory::write_u32(mem, u(a, 1), 0)))
 }
 
-fn args_get(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
+fn args_get<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
     errno(ESUCCESS)
 }
 
@@ -249,7 +276,7 @@ fn monotonic_ns() -> u64 {
 
 /// Realtime (0) and monotonic (1) clocks; the CPU-time clocks are NOTSUP, as
 /// in cpp-host and the ABI spec.
-fn clock_time_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn clock_time_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     let now = match u(a, 0) {
         0 => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
         1 => monotonic_ns(),
@@ -258,14 +285,14 @@ fn clock_time_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     mem_result(memory::write_u64(c.memory_and_state().0, u(a, 2), now))
 }
 
-fn clock_res_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn clock_res_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     if u(a, 0) > 1 {
         return errno(ENOTSUP);
     }
     mem_result(memory::write_u64(c.memory_and_state().0, u(a, 1), 1))
 }
 
-fn random_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn random_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     let (ptr, len) = (u(a, 0), u(a, 1));
     if len > MAX_RANDOM_BYTES {
         return errno(EINVAL);
@@ -278,21 +305,18 @@ fn random_get(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     }
 }
 
-fn proc_exit(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn proc_exit<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     let code = u(a, 0) as i32;
-    let st = c.state();
-    st.exited = Some(code);
-    let plugin = st.log_ref();
-    st.env.server.log(&plugin, LogLevel::Error, &format!("the plugin called proc_exit({code})"));
+    c.state().wasi_exit(code);
     Err(Trap::new(format!("proc_exit({code})")))
 }
 
-fn sched_yield(_c: &mut dyn Caller<HostState>, _a: &[Val]) -> R {
+fn sched_yield<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
     errno(ESUCCESS)
 }
 
 /// No event ever fires: a filter must not block. Go's runtime calls this.
-fn poll_oneoff(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
+fn poll_oneoff<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     mem_result(memory::write_u32(c.memory_and_state().0, u(a, 3), 0))
 }
 
@@ -321,45 +345,62 @@ macro_rules! wasi_fn {
 }
 
 /// The WASI functions we implement: name, parameters, function. All return an errno (i32),
-/// except `proc_exit`, which returns nothing.
-pub static FUNCTIONS: &[(&str, &[ValType], HostFn<HostState>)] = &[
-    wasi_fn!("fd_write", &[I32, I32, I32, I32], fd_write),
-    wasi_fn!("fd_pwrite", &[I32, I32, I32, I64, I32], fd_pwrite),
-    wasi_fn!("fd_read", &[I32, I32, I32, I32], enosys),
-    wasi_fn!("fd_pread", &[I32, I32, I32, I64, I32], enosys),
-    wasi_fn!("fd_close", &[I32], fd_close),
-    wasi_fn!("fd_seek", &[I32, I64, I32, I32], fd_seek),
-    wasi_fn!("fd_tell", &[I32, I32], fd_tell),
-    wasi_fn!("fd_fdstat_get", &[I32, I32], fd_fdstat_get),
-    wasi_fn!("fd_fdstat_set_flags", &[I32, I32], enosys),
-    wasi_fn!("fd_fdstat_set_rights", &[I32, I64, I64], std_fd_noop),
-    wasi_fn!("fd_advise", &[I32, I64, I64, I32], fd_advise),
-    wasi_fn!("fd_allocate", &[I32, I64, I64], std_fd_noop),
-    wasi_fn!("fd_datasync", &[I32], std_fd_noop),
-    wasi_fn!("fd_sync", &[I32], std_fd_noop),
-    wasi_fn!("fd_filestat_set_size", &[I32, I64], std_fd_noop),
-    wasi_fn!("fd_filestat_set_times", &[I32, I64, I64, I32], std_fd_noop),
-    wasi_fn!("fd_readdir", &[I32, I32, I32, I64, I32], fd_readdir),
-    wasi_fn!("fd_renumber", &[I32, I32], fd_renumber),
-    wasi_fn!("fd_prestat_get", &[I32, I32], bad_fd),
-    wasi_fn!("fd_prestat_dir_name", &[I32, I32, I32], enosys),
-    wasi_fn!("fd_filestat_get", &[I32, I32], bad_fd),
-    wasi_fn!("path_open", &[I32, I32, I32, I32, I32, I64, I64, I32, I32], path_open),
-    wasi_fn!("path_readlink", &[I32, I32, I32, I32, I32, I32], path_readlink),
-    wasi_fn!("sock_accept", &[I32, I32, I32], sock_accept),
-    wasi_fn!("sock_recv", &[I32, I32, I32, I32, I32, I32], sock_recv),
-    wasi_fn!("sock_send", &[I32, I32, I32, I32, I32], sock_send),
-    wasi_fn!("environ_sizes_get", &[I32, I32], environ_sizes_get),
-    wasi_fn!("environ_get", &[I32, I32], environ_get),
-    wasi_fn!("args_sizes_get", &[I32, I32], args_sizes_get),
-    wasi_fn!("args_get", &[I32, I32], args_get),
-    wasi_fn!("clock_time_get", &[I32, I64, I32], clock_time_get),
-    wasi_fn!("clock_res_get", &[I32, I32], clock_res_get),
-    wasi_fn!("random_get", &[I32, I32], random_get),
-    wasi_fn!("proc_exit", &[I32], proc_exit),
-    wasi_fn!("sched_yield", &[], sched_yield),
-    wasi_fn!("poll_oneoff", &[I32, I32, I32, I32], poll_oneoff),
-];
+/// except `proc_exit`, which returns nothing. One list gives the Proxy-Wasm table
+/// ([`FUNCTIONS`], checked against `capability_restriction_config`) and the table for any other
+/// [`WasiState`] ([`resolve_for`]).
+macro_rules! wasi_table {
+    ($(($name:literal, $params:expr, $func:ident),)*) => {
+        pub static FUNCTIONS: &[(&str, &[ValType], HostFn<HostState>)] = &[$(wasi_fn!($name, $params, $func)),*];
+
+        /// A WASI function for a host state other than the Proxy-Wasm host's (no capability
+        /// restrictions there): its parameters and the function.
+        fn generic_entry<S: WasiState>(name: &str) -> Option<(&'static [ValType], HostFn<S>)> {
+            match name {
+                $($name => Some(($params, HostFn::Caller($func::<S>))),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+wasi_table! {
+    ("fd_write", &[I32, I32, I32, I32], fd_write),
+    ("fd_pwrite", &[I32, I32, I32, I64, I32], fd_pwrite),
+    ("fd_read", &[I32, I32, I32, I32], enosys),
+    ("fd_pread", &[I32, I32, I32, I64, I32], enosys),
+    ("fd_close", &[I32], fd_close),
+    ("fd_seek", &[I32, I64, I32, I32], fd_seek),
+    ("fd_tell", &[I32, I32], fd_tell),
+    ("fd_fdstat_get", &[I32, I32], fd_fdstat_get),
+    ("fd_fdstat_set_flags", &[I32, I32], enosys),
+    ("fd_fdstat_set_rights", &[I32, I64, I64], std_fd_noop),
+    ("fd_advise", &[I32, I64, I64, I32], fd_advise),
+    ("fd_allocate", &[I32, I64, I64], std_fd_noop),
+    ("fd_datasync", &[I32], std_fd_noop),
+    ("fd_sync", &[I32], std_fd_noop),
+    ("fd_filestat_set_size", &[I32, I64], std_fd_noop),
+    ("fd_filestat_set_times", &[I32, I64, I64, I32], std_fd_noop),
+    ("fd_readdir", &[I32, I32, I32, I64, I32], fd_readdir),
+    ("fd_renumber", &[I32, I32], fd_renumber),
+    ("fd_prestat_get", &[I32, I32], bad_fd),
+    ("fd_prestat_dir_name", &[I32, I32, I32], enosys),
+    ("fd_filestat_get", &[I32, I32], bad_fd),
+    ("path_open", &[I32, I32, I32, I32, I32, I64, I64, I32, I32], path_open),
+    ("path_readlink", &[I32, I32, I32, I32, I32, I32], path_readlink),
+    ("sock_accept", &[I32, I32, I32], sock_accept),
+    ("sock_recv", &[I32, I32, I32, I32, I32, I32], sock_recv),
+    ("sock_send", &[I32, I32, I32, I32, I32], sock_send),
+    ("environ_sizes_get", &[I32, I32], environ_sizes_get),
+    ("environ_get", &[I32, I32], environ_get),
+    ("args_sizes_get", &[I32, I32], args_sizes_get),
+    ("args_get", &[I32, I32], args_get),
+    ("clock_time_get", &[I32, I64, I32], clock_time_get),
+    ("clock_res_get", &[I32, I32], clock_res_get),
+    ("random_get", &[I32, I32], random_get),
+    ("proc_exit", &[I32], proc_exit),
+    ("sched_yield", &[], sched_yield),
+    ("poll_oneoff", &[I32, I32, I32, I32], poll_oneoff),
+}
 
 /// Resolves a WASI import: our implementation when the signature matches,
 /// `Err` with the expected signature when it does not, and the errno answer
@@ -377,4 +418,25 @@ pub fn resolve(name: &str, ty: &FuncType) -> Result<HostFn<HostState>, FuncType>
         }
         None => Ok(HostFn::Caller(unsupported)),
     }
+}
+
+/// [`resolve`] for any [`WasiState`]: the same functions and answers, without the Proxy-Wasm
+/// capability checks.
+pub fn resolve_for<S: WasiState>(name: &str, ty: &FuncType) -> Result<HostFn<S>, FuncType> {
+    match generic_entry::<S>(name) {
+        Some((params, f)) => {
+            let results = if name == "proc_exit" { vec![] } else { vec![I32] };
+            let expected = FuncType { params: params.to_vec(), results };
+            if &expected == ty {
+                Ok(f)
+            } else {
+                Err(expected)
+            }
+        }
+        None => Ok(HostFn::Caller(unsupported_any::<S>)),
+    }
+}
+
+fn unsupported_any<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
+    errno(ENOTSUP)
 }

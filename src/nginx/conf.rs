@@ -26,6 +26,10 @@ pub struct MainConf {
     pub paths: Vec<PathBuf>,
     /// Their plugins, in order; chains refer to them by index.
     pub plugins: Vec<PluginConfig>,
+    /// Their Otoroshi WASM plugin entities; chain index `plugins.len() + i` is entity `i`.
+    pub entities: Vec<crate::extism::entity::Entity>,
+    /// Their `otoroshi:` settings.
+    pub otoroshi: Option<crate::extism::entity::document::Settings>,
     /// The shared-memory zone (`proxy_wasm_shm_size`).
     pub shm: super::shm::ShmConf,
 }
@@ -156,17 +160,20 @@ pub unsafe extern "C" fn proxy_wasm_config(
         // SAFETY: `cf` is live during the directive handler, its arguments
         // and cycle too; the paths are copied before it returns.
         let paths: Vec<PathBuf> = unsafe { args(cf) }.iter().map(|a| unsafe { full_path(cf, a) }).collect();
-        let plugins = match crate::config::load_files(&paths) {
+        let loaded = match crate::config::load_all(&paths) {
             Ok(p) => p,
             // SAFETY: as above.
             Err(e) => return unsafe { conf_error(cf, &format!("failed: {e}")) },
         };
-        if let Err(e) = super::validate::validate_in_child(&plugins) {
+        if let Err(e) = super::validate::validate_in_child(&loaded.plugins, &loaded.entities, loaded.otoroshi.as_ref())
+        {
             // SAFETY: as above.
             return unsafe { conf_error(cf, &format!("failed: {e}")) };
         }
         main.paths = paths;
-        main.plugins = plugins;
+        main.plugins = loaded.plugins;
+        main.entities = loaded.entities;
+        main.otoroshi = loaded.otoroshi;
         ptr::null_mut()
     })
 }
@@ -210,11 +217,18 @@ pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut c_void, 
             if name == "off" {
                 continue;
             }
-            match main.plugins.iter().position(|p| p.name == *name) {
+            let entity = || main.entities.iter().position(|e| e.id == *name).map(|i| main.plugins.len() + i);
+            match main.plugins.iter().position(|p| p.name == *name).or_else(entity) {
                 Some(i) => loc.chain.push(i),
                 None => {
-                    let known = main.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
-                    let msg = if main.plugins.is_empty() {
+                    let known = main
+                        .plugins
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .chain(main.entities.iter().map(|e| e.id.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let msg = if main.plugins.is_empty() && main.entities.is_empty() {
                         format!("proxy_wasm: no plugin named \"{name}\": no proxy_wasm_config in the http block")
                     } else {
                         format!(

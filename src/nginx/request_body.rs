@@ -34,7 +34,7 @@ fn body_limit(chain: &NgxChainOf) -> Option<(u64, String)> {
         .links()
         .iter()
         .filter(|l| !l.failed() && l.callbacks.has(Phase::RequestBody))
-        .map(|l| (set.plugins[l.plugin].config.max_body_size, set.name(l.plugin).to_string()))
+        .map(|l| (set.rules(l.plugin).max_body_size, set.name(l.plugin).to_string()))
         .min_by_key(|(limit, _)| *limit)
 }
 

@@ -12,8 +12,12 @@ use crate::loader::{self, PluginVms};
 
 /// Compiles and starts the plugins once, in a child process, and reports the
 /// first error (with file and key). The master itself never creates an engine.
-pub fn validate_in_child(plugins: &[PluginConfig]) -> Result<(), String> {
-    if plugins.is_empty() {
+pub fn validate_in_child(
+    plugins: &[PluginConfig],
+    entities: &[crate::extism::entity::Entity],
+    otoroshi: Option<&crate::extism::entity::document::Settings>,
+) -> Result<(), String> {
+    if plugins.is_empty() && entities.is_empty() {
         return Ok(());
     }
     let mut fds = [0; 2];
@@ -35,8 +39,20 @@ pub fn validate_in_child(plugins: &[PluginConfig]) -> Result<(), String> {
     if pid == 0 {
         // SAFETY: the child owns fds[1] (fds[0] is the parent's).
         unsafe { libc::close(fds[0]) };
-        let outcome = std::panic::catch_unwind(|| check_plugins(plugins))
-            .unwrap_or_else(|_| Err("internal error (panic) validating the plugins".into()));
+        let outcome = std::panic::catch_unwind(|| {
+            check_plugins(plugins)?;
+            // The entities: read, compiled, linked (only what each grants) and started once.
+            crate::chain::extism::load_entity_links(
+                entities,
+                otoroshi,
+                plugins,
+                Arc::new(crate::chain::extism::ServerLog(super::base::log)),
+                true,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|_| Err("internal error (panic) validating the plugins".into()));
         // SAFETY: fds[1] is ours; File takes it over.
         let mut out = unsafe { std::fs::File::from_raw_fd(fds[1]) };
         let code = match outcome {

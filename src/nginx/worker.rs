@@ -195,7 +195,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     let r = std::panic::catch_unwind(|| {
         // SAFETY: nginx passes the live cycle.
         let Some(main) = (unsafe { main_conf(cycle) }) else { return };
-        if main.plugins.is_empty() {
+        if main.plugins.is_empty() && main.entities.is_empty() {
             return;
         }
         // Before any VM starts: the zone's shared data, queues and metrics.
@@ -231,7 +231,35 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 ),
             );
         }
-        let set = Arc::new(PluginSet::new(plugins));
+        let entities = match crate::chain::extism::load_entity_links(
+            &main.entities,
+            main.otoroshi.as_ref(),
+            &main.plugins,
+            Arc::new(crate::chain::extism::ServerLog(log)),
+            true,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                log(
+                    LogLevel::Critical,
+                    &format!("[proxy_wasm] cannot load the plugins in this worker: {e}; requests through them get 503"),
+                );
+                return;
+            }
+        };
+        for e in &entities {
+            log(
+                LogLevel::Info,
+                &format!(
+                    "[proxy_wasm] loaded Otoroshi WASM plugin {:?} in worker (pid {}) (steps {:?}, {})",
+                    e.plugin.id,
+                    std::process::id(),
+                    e.plugin.steps,
+                    e.plugin.runtime
+                ),
+            );
+        }
+        let set = Arc::new(PluginSet::new(plugins).with_entities(entities));
         let every = set.shortest_unused_duration();
         WORKER.with(|w| w.borrow_mut().generations = Some(Generations::new(set.clone())));
         match with_generations(|g, host| g.current(host).map(|_| ())) {

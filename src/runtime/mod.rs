@@ -284,6 +284,9 @@ pub trait Instance<T>: Send {
     fn state(&mut self) -> &mut T;
     /// Current linear memory size in bytes.
     fn memory_size(&mut self) -> usize;
+    /// The linear memory (empty if the module has none), between calls: for hosts whose guest
+    /// ABI passes data through memory without hostcalls (OPA policies' `opa_eval`).
+    fn memory(&mut self) -> &mut [u8];
     /// Whether a `memory.grow` was refused by the memory limit since the last
     /// time this was asked (the core logs it once per instance).
     fn take_memory_refusal(&mut self) -> bool {

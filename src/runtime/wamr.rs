@@ -750,12 +750,40 @@ impl<T: Send + 'static> Instance<T> for WamrInstance<T> {
         memory_bytes(unsafe { (*self.inner).inst }).unwrap_or(0)
     }
 
+    fn memory(&mut self) -> &mut [u8] {
+        // SAFETY: `inner` is live while self is, and no guest code runs while
+        // the slice lives: it borrows `&mut self`, which every call needs.
+        unsafe { linear_memory((*self.inner).inst) }
+    }
+
     /// WAMR has no hook on a refused `memory.grow`: a memory at its cap is
     /// reported once instead (any further growth fails).
     fn take_memory_refusal(&mut self) -> bool {
         let Some(cap) = self.memory_cap.filter(|_| !self.cap_reported) else { return false };
         self.cap_reported = self.memory_size() as u64 >= cap;
         self.cap_reported
+    }
+}
+
+/// The default memory of `inst` (empty if it has none).
+///
+/// # Safety
+/// `inst` must be live for `'a`, and no guest code may run (the memory could
+/// grow or move) while the slice lives.
+unsafe fn linear_memory<'a>(inst: sys::wasm_module_inst_t) -> &'a mut [u8] {
+    // SAFETY: as the caller promises; the slice covers exactly the current pages.
+    unsafe {
+        let mem = sys::wasm_runtime_get_default_memory(inst);
+        if mem.is_null() {
+            return &mut [];
+        }
+        let base = sys::wasm_memory_get_base_address(mem).cast::<u8>();
+        let len = (sys::wasm_memory_get_cur_page_count(mem) * sys::wasm_memory_get_bytes_per_page(mem)) as usize;
+        if base.is_null() || len == 0 {
+            &mut []
+        } else {
+            std::slice::from_raw_parts_mut(base, len)
+        }
     }
 }
 
@@ -773,21 +801,7 @@ impl<T> Caller<T> for WamrCaller<T> {
         // cannot grow or move while the slice lives.
         unsafe {
             let i = self.inner;
-            let inst = (*i).inst;
-            let mem = sys::wasm_runtime_get_default_memory(inst);
-            let bytes: &mut [u8] = if mem.is_null() {
-                &mut []
-            } else {
-                let base = sys::wasm_memory_get_base_address(mem).cast::<u8>();
-                let len =
-                    (sys::wasm_memory_get_cur_page_count(mem) * sys::wasm_memory_get_bytes_per_page(mem)) as usize;
-                if base.is_null() || len == 0 {
-                    &mut []
-                } else {
-                    std::slice::from_raw_parts_mut(base, len)
-                }
-            };
-            (bytes, &mut (*i).state)
+            (linear_memory((*i).inst), &mut (*i).state)
         }
     }
 

@@ -592,4 +592,11 @@ impl<T: Send + 'static> Instance<T> for WasmtimeInstance<T> {
     fn memory_size(&mut self) -> usize {
         self.store.data().memory.map_or(0, |m| m.data_size(&self.store))
     }
+
+    fn memory(&mut self) -> &mut [u8] {
+        match self.store.data().memory {
+            Some(m) => m.data_mut(&mut self.store),
+            None => &mut [],
+        }
+    }
 }

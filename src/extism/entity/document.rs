@@ -46,6 +46,9 @@ pub struct Settings {
     /// `callback_timeout`: the longest one call into a plugin may run (entities have no such
     /// setting; Otoroshi waits 10 s for a route matcher or a sink). Default 10 s.
     pub callback_timeout: std::time::Duration,
+    /// `runtime`: the engine the entities run on (`wasmtime` or `wamr`); when absent, the runtime
+    /// of the load's first Proxy-Wasm plugin, else Wasmtime.
+    pub runtime: Option<crate::config::RuntimeKind>,
 }
 
 impl Settings {
@@ -54,7 +57,12 @@ impl Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { storage_root: "otoroshi".into(), wasmo: None, callback_timeout: Self::DEFAULT_CALLBACK_TIMEOUT }
+        Settings {
+            storage_root: "otoroshi".into(),
+            wasmo: None,
+            callback_timeout: Self::DEFAULT_CALLBACK_TIMEOUT,
+            runtime: None,
+        }
     }
 }
 
@@ -453,7 +461,7 @@ impl<'de> Node<'de> for Kubernetes<'_> {
 }
 
 const SETTINGS_KEYS: &[&[&str]] =
-    &[&["storage_root", "storageRoot"], &["wasmo"], &["callback_timeout", "callbackTimeout"]];
+    &[&["storage_root", "storageRoot"], &["wasmo"], &["callback_timeout", "callbackTimeout"], &["runtime"]];
 
 struct SettingsNode;
 
@@ -461,7 +469,7 @@ impl<'de> Node<'de> for SettingsNode {
     type Out = Settings;
 
     fn expected(&self) -> &'static str {
-        "a map of settings (storage_root, wasmo, callback_timeout)"
+        "a map of settings (storage_root, wasmo, callback_timeout, runtime)"
     }
 
     fn scalar(self, _cx: &Cx, value: Value) -> Result<Settings, String> {
@@ -477,6 +485,14 @@ impl<'de> Node<'de> for SettingsNode {
             match key {
                 "storage_root" => s.storage_root = map.next_value_seed(vcx.at(NonEmpty))?,
                 "callback_timeout" => s.callback_timeout = map.next_value_seed(vcx.at(DurationNode))?,
+                "runtime" => {
+                    let name = map.next_value_seed(vcx.clone().at(Text))?;
+                    let Some(kind) = crate::config::RuntimeKind::from_name(&name) else {
+                        let names = crate::config::RuntimeKind::ACCEPTED_NAMES.join(", ");
+                        return Err(vcx.fail(format!("expected one of {names}, found {name:?}")));
+                    };
+                    s.runtime = Some(kind);
+                }
                 _ => s.wasmo = Some(map.next_value_seed(vcx.at(WasmoNode))?),
             }
             Ok(())

@@ -324,6 +324,12 @@ fn hmac_sha512_matches_rfc_4231() {
 
 #[test]
 fn settings_errors_name_their_key() {
+    let e =
+        parse("otoroshi:\n  runtime: wasmedge\nwasm_plugins: []\n", Path::new("s.yaml"), &[]).unwrap_err().to_string();
+    assert!(e.starts_with("s.yaml:2:") && e.contains("otoroshi.runtime: expected one of"), "{e}");
+    let ok =
+        parse("otoroshi:\n  runtime: ats.wasm.runtime.wamr\nwasm_plugins: []\n", Path::new("s.yaml"), &[]).unwrap();
+    assert_eq!(ok.settings.unwrap().runtime, Some(crate::config::RuntimeKind::Wamr));
     let e = parse("otoroshi:\n  callback_timeout: soon\nwasm_plugins: []\n", Path::new("s.yaml"), &[])
         .unwrap_err()
         .to_string();

@@ -1,0 +1,224 @@
+//! Otoroshi WASM plugin entities on both servers (`for_each_server!`), written once: the Wasmo
+//! templates built with the AssemblyScript and the Rust PDK, exported as Otoroshi's admin API
+//! gives them (examples/otoroshi/*.json, pasted under `wasm_plugins:`), in one chain with a
+//! Proxy-Wasm filter; an entity importing what it is not granted does not load.
+//!
+//! Run with `make ats nginx && cargo test --test conformance_otoroshi` (and with
+//! `E2E_RUNTIME=wamr`: the `otoroshi.runtime` line is rewritten like a plugin's `runtime`).
+
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::client::{Request, Response};
+use e2e::origin::{self, Origin};
+use e2e::server::{Kind, ServerUnderTest, Setup};
+
+/// The Rust-SDK test filter `pw` (tag `pw`: it adds `x-proxy-wasm: pw` to responses of requests
+/// with `x-pw-test: headers`).
+fn filter_yaml() -> String {
+    "- config:\n    name: \"pw\"\n    configuration: '{\"tag\":\"pw\"}'\n    vm_config:\n      vm_id: \"pw_vm\"\n      runtime: wasmtime\n      code:\n        local:\n          filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\"\n".to_string()
+}
+
+/// The entity of examples/otoroshi/`example`.json, its module built by `pdk` (`as` or `rust`,
+/// or `module` instead when given), in our YAML: `otoroshi:` settings and the export pasted
+/// unchanged under `wasm_plugins:`. Returns its id and the file's text.
+fn entity(example: &str, pdk: &str, module: Option<&str>) -> (String, String) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("examples/otoroshi").join(format!("{example}.json"))).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let path = doc["config"]["source"]["path"].as_str().unwrap().to_owned();
+    let file = match module {
+        Some(m) => m.to_owned(),
+        None => std::path::Path::new(&path)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace("otoroshi_as_", &format!("otoroshi_{pdk}_")),
+    };
+    doc["config"]["source"]["path"] = format!("@REPO@/build/plugins/{file}").into();
+    let id = doc["id"].as_str().unwrap().to_owned();
+    let yaml = format!("otoroshi:\n  runtime: wasmtime\n  callback_timeout: 2s\nwasm_plugins:\n  - {doc}\n");
+    (id, yaml)
+}
+
+/// The filter `pw`, then the entity, in front of `origin`, one worker.
+fn start<S: ServerUnderTest>(test: &str, origin: &Origin, example: &str, pdk: &str) -> (String, S) {
+    let (id, yaml) = entity(example, pdk, None);
+    let s = S::start(
+        Setup::new(&format!("{test}-{pdk}"), origin.port()).workers(1).plugin("pw", filter_yaml()).plugin(&id, yaml),
+    );
+    (id, s)
+}
+
+fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
+    s.send(&req.timeout(Duration::from_secs(20))).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
+}
+
+const PDKS: [&str; 2] = ["as", "rust"];
+
+e2e::server::for_each_server! {
+
+#[test]
+fn access_control_templates_allow_and_deny() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (_, s) = start::<Server>("oto-access", &origin, "access-control", pdk);
+        let r = send(&s, Request::get("/allowed").header("foo", "bar").header("x-pw-test", "headers"));
+        assert_eq!(r.status, 200, "{pdk}\n{}", s.log_report());
+        assert_eq!(r.header("x-proxy-wasm"), Some("pw"), "the Proxy-Wasm filter of the same chain ran");
+        let before = origin.request_count();
+        let r = send(&s, Request::get("/denied").header("foo", "baz").header("accept", "application/json"));
+        assert_eq!(r.status, 401, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert!(r.body_str().contains("not authorized"), "{pdk}: {}", r.body_str());
+        assert_eq!(r.header("otoroshi-error"), Some("true"));
+        assert_eq!(origin.request_count(), before, "a denied request never reaches the origin");
+        s.assert_nothing_died();
+    }
+}
+
+#[test]
+fn pre_route_templates_answer_or_let_the_request_go_on() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (_, s) = start::<Server>("oto-pre-route", &origin, "pre-route", pdk);
+        assert_eq!(send(&s, Request::get("/in").header("bar", "foo")).status, 200, "{pdk}\n{}", s.log_report());
+        let r = send(&s, Request::get("/out"));
+        assert_eq!((r.status, r.body_str().as_str()), (401, "you're not authorized"), "{pdk}\n{}", s.log_report());
+    }
+}
+
+#[test]
+fn request_transformer_templates_rewrite_what_the_origin_receives() {
+    let origin = Origin::start();
+    for (pdk, body, content_type) in [("as", r#"{"foo":"bar"}"#, "application/json"), ("rust", "Text plain content", "text/plain")] {
+        let (_, s) = start::<Server>("oto-transform-request", &origin, "request-transformer", pdk);
+        let r = send(&s, Request::put(&format!("/transform-{pdk}"), "original body").header("content-type", "text/plain"));
+        assert_eq!(r.status, 200, "{pdk}\n{}", s.log_report());
+        let seen = origin.wait_for_path(&format!("/transform-{pdk}"), Duration::from_secs(5));
+        assert_eq!(seen.body_str(), body, "{pdk}");
+        if Server::KIND == Kind::TrafficServer {
+            // Traffic Server's request transform runs once the request headers went upstream:
+            // only the body changes there (docs/otoroshi.md).
+            continue;
+        }
+        assert_eq!(seen.method, "POST", "{pdk}");
+        assert_eq!(seen.header("OTOROSHI_WASM_PLUGIN_ID"), Some("OTOROSHI_WASM_REQUEST_TRANSFORMER"), "{pdk}");
+        assert_eq!(seen.header("content-type"), Some(content_type), "{pdk}");
+        assert_eq!(seen.body_str(), body, "{pdk}");
+    }
+}
+
+#[test]
+fn response_transformer_templates_rewrite_what_the_client_receives() {
+    let origin = Origin::with_handler(|_| origin::Response::text(404, "<h1>from the origin</h1>"));
+    for (pdk, body) in [("as", r#"{"foo":"bar"}"#), ("rust", r#"{ "foo": "bar" }"#)] {
+        let (_, s) = start::<Server>("oto-transform-response", &origin, "response-transformer", pdk);
+        let r = send(&s, Request::get("/page").header("x-pw-test", "headers"));
+        if Server::KIND == Kind::TrafficServer {
+            // Traffic Server's response transform sees the body once the client's headers left:
+            // the transformer runs at the end of the body and only its body applies.
+            assert_eq!(r.status, 404, "{pdk}\n{}", s.log_report());
+            assert_eq!(r.body_str(), body, "{pdk}");
+            continue;
+        }
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert_eq!(r.header("OTOROSHI_WASM_PLUGIN_ID"), Some("OTOROSHI_WASM_RESPONSE_TRANSFORMER"), "{pdk}");
+        assert_eq!(r.body_str(), body, "{pdk}");
+        assert_eq!(r.header("x-proxy-wasm"), Some("pw"), "the filter saw the transformed headers");
+    }
+}
+
+#[test]
+fn an_opa_policy_and_a_pre_1_0_plugin_alone_in_their_chains() {
+    let origin = Origin::start();
+    for (example, allow, deny, status) in [
+        ("opa-policy", ("foo", "bar"), ("foo", "nope"), 403),
+        ("legacy-abi", ("x-other", "1"), ("x-deny", "1"), 403),
+    ] {
+        let (id, yaml) = entity(example, "as", Some(if example == "opa-policy" { "opa_policy.wasm" } else { "extism_legacy_abi.wasm" }));
+        // Only the entity: no Proxy-Wasm plugin in the configuration.
+        let s = <Server as ServerUnderTest>::start(Setup::new(&format!("oto-{example}"), origin.port()).workers(1).plugin(&id, yaml));
+        assert_eq!(send(&s, Request::get("/in").header(allow.0, allow.1)).status, 200, "{example}\n{}", s.log_report());
+        let r = send(&s, Request::get("/out").header(deny.0, deny.1).header("accept", "application/json"));
+        assert_eq!(r.status, status, "{example}: {}\n{}", r.body_str(), s.log_report());
+        s.assert_nothing_died();
+    }
+}
+
+#[test]
+fn an_entity_in_the_chain_of_one_host_only() {
+    // NGINX: a `server` for the host with `proxy_wasm pw; proxy_wasm <id>;`; Traffic Server: a
+    // remap rule for the host with both YAML files as `@pparam`s.
+    let origin = Origin::start();
+    let (id, yaml) = entity("access-control", "rust", None);
+    let setup = Setup::new("oto-route", origin.port())
+        .workers(1)
+        .plugin("pw", filter_yaml())
+        .plugin(&id, yaml)
+        .route("guarded.example", &["pw", &id])
+        .default_route(&[]);
+    let s = <Server as ServerUnderTest>::start(setup);
+    let r = send(&s, Request::get("/a").host("guarded.example").header("foo", "nope"));
+    assert_eq!(r.status, 401, "{}\n{}", r.body_str(), s.log_report());
+    let r = send(&s, Request::get("/b").host("guarded.example").header("foo", "bar").header("x-pw-test", "headers"));
+    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("pw")), "{}", s.log_report());
+    assert_eq!(send(&s, Request::get("/c").host("open.example").header("foo", "nope")).status, 200);
+}
+
+#[test]
+fn backend_templates_answer_instead_of_the_origin() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (_, s) = start::<Server>("oto-backend", &origin, "backend", pdk);
+        let before = origin.request_count();
+        let r = send(&s, Request::get("/backend"));
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert!(r.body_str().contains("This HTML comes from the Wasmo plugin"), "{pdk}: {}", r.body_str());
+        assert_eq!(r.header("foo"), Some("bar"), "{pdk}");
+        let r = send(&s, Request::post("/backend", "a request body").header("content-type", "text/plain"));
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert!(r.body_str().contains("This HTML comes from the Wasmo plugin"), "{pdk}");
+        assert_eq!(origin.request_count(), before, "{pdk}: the origin is never called");
+    }
+}
+
+#[test]
+fn an_endless_loop_ends_that_call_only_under_the_failure_policy() {
+    let origin = Origin::start();
+    let (id, yaml) = entity("access-control", "as", Some("extism_hostile.wasm"));
+    let yaml = yaml.replace("callback_timeout: 2s", "callback_timeout: 200ms").replace(r#""functionName":"execute""#, r#""functionName":"spin""#);
+    let s = <Server as ServerUnderTest>::start(Setup::new("oto-spin", origin.port()).workers(1).plugin("pw", filter_yaml()).plugin(&id, yaml));
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let r = send(&s, Request::get("/spin"));
+        assert_eq!(r.status, 503, "fail_closed\n{}", s.log_report());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    assert!(s.logs().contains("time limit exceeded"), "{}", s.log_report());
+    assert_eq!(origin.request_count(), 0);
+    s.assert_nothing_died();
+}
+
+#[test]
+fn an_entity_importing_what_it_is_not_granted_is_a_load_error() {
+    let origin = Origin::start();
+    let (id, yaml) = entity("access-control", "as", Some("otoroshi_link_plugin_map_write.wasm"));
+    let setup = Setup::new("oto-denied", origin.port()).workers(1).plugin(&id, yaml);
+    let expected = "env.proxy_plugin_map_set, which needs config.authorizations.pluginMapAccess.write: true";
+    match Server::KIND {
+        // nginx refuses the configuration (nginx -t says why).
+        Kind::Nginx => {
+            let err = std::panic::catch_unwind(|| <Server as ServerUnderTest>::start(setup)).err().expect("nginx does not start");
+            let message = err.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(message.contains(expected), "{message}");
+        }
+        // Traffic Server logs the configuration error and serves without these plugins.
+        Kind::TrafficServer => {
+            let s = <Server as ServerUnderTest>::start(setup);
+            s.expect_log(expected, Duration::from_secs(5));
+        }
+    }
+}
+
+}
