@@ -107,9 +107,11 @@ impl<'a, S: ServerUnderTest> Conn<'a, S> {
     fn send(&mut self, req: Request) -> Response {
         let r = self.c.send(&req).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, self.s.log_report()));
         if self.c.is_closed() && S::KIND == Kind::TrafficServer {
-            // Traffic Server sends a plugin's local response the way it
-            // sends its own error responses (TSHttpTxnErrorBodySet), and
-            // closes the client connection after those. It has one VM per
+            // A plugin of a remap rule answers at POST_REMAP, before
+            // Traffic Server read the client's keep-alive (HandleRequest):
+            // its error response (TSHttpTxnErrorBodySet) closes the client
+            // connection. (A global plugin answers before remapping and
+            // keeps it: tests/conformance_policies.rs.) It has one VM per
             // exec thread and its shared data is process-wide, so a new
             // connection reads the same values.
             self.c = Connection::open(self.s.port()).unwrap_or_else(|e| panic!("reconnect to {}: {e}", S::NAME));
