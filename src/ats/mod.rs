@@ -312,8 +312,8 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Vec<LoadedPlugin>, String> {
                 p.load_time.as_secs_f64() * 1e3
             ),
         );
-        for callback in chain::Callbacks::denied(p) {
-            log(LogLevel::Warn, &format!("[proxy_wasm] {}: denied callback {callback}: not in capability_restriction_config.allowed_capabilities; it is never called", p.config.name));
+        for line in chain::Callbacks::denied_lines(p) {
+            log(LogLevel::Warn, &format!("[proxy_wasm] {line}"));
         }
     }
     log(LogLevel::Info, &format!("[proxy_wasm] started the VMs of {} plugin(s) once as a check in {:.2} ms (instantiation, proxy_on_vm_start, proxy_on_configure)", plugins.len(), start_time.as_secs_f64() * 1e3));
