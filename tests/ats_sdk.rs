@@ -21,7 +21,7 @@
 mod e2e;
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use e2e::ats::{AtsOptions, TrafficServer};
 use e2e::client::{Request, Response};
@@ -98,23 +98,6 @@ fn shared_value(ats: &TrafficServer, key: &str) -> String {
     send(ats, case("/shared", "shared-get").header("x-pw-key", key)).body_str()
 }
 
-/// Polls a shared-data key until `pred` holds (the VMs tick, dequeue and
-/// log on their own threads); returns the last value.
-fn wait_shared(ats: &TrafficServer, key: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = shared_value(ats, key);
-        if pred(&v) || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn values<'a>(r: &'a Response, name: &str) -> Vec<&'a str> {
-    r.header_all(name)
-}
-
 // ------------------------------------------------------------------ one shared Traffic Server
 
 /// Traffic Server with the filter (`rust-filter`, root id `sdk-root`,
@@ -146,96 +129,8 @@ fn server() -> Arc<Shared> {
 mod on_one_server {
     use super::*;
 
-    /// The value the filter reported for property `path` in report header
-    /// `name` (`x-pw-prop-req` / `x-pw-prop-resp`: `<path>=<rendered value>`).
-    fn prop<'a>(r: &'a Response, name: &str, path: &str) -> &'a str {
-        let prefix = format!("{path}=");
-        values(r, name)
-            .into_iter()
-            .find_map(|v| v.strip_prefix(prefix.as_str()))
-            .unwrap_or_else(|| panic!("{name} has no {path}: {:?}", values(r, name)))
-    }
-
-    /// An 8-byte integer property (Envoy's integers, timestamps, durations).
-    fn int(rendered: &str) -> i64 {
-        rendered.rsplit_once(" int=").unwrap_or_else(|| panic!("not 8 bytes: {rendered:?}")).1.parse().unwrap()
-    }
-
-    const PATHS: &str = "request.path, request.url_path, request.query, request.host, request.scheme, request.method, \
-        request.referer, request.useragent, request.id, request.protocol, request.time, request.duration, request.size, \
-        request.total_size, request.headers.x-request-id, response.code, response.code_details, response.headers.x-pw-resp-keep, \
-        response.size, response.total_size, source.address, source.port, destination.address, destination.port, connection.id, \
-        connection.mtls, upstream.address, upstream.port, plugin_name, plugin_root_id, plugin_vm_id";
-
-    #[test]
-    fn envoy_property_paths_have_envoy_values_in_request_response_and_log_phases() {
-        let f = server();
-        let (origin, ats) = (&f.origin, &f.ats);
-        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
-        let req = Request::post("/pp/a?b=1", "12345")
-            .host("props.test")
-            .header("x-pw-test", "properties")
-            .header("x-pw-prop-paths", PATHS)
-            .header("x-request-id", "rid-1")
-            .header("user-agent", "ua/1")
-            .header("referer", "http://ref.test/");
-        let r = send(&ats, req);
-        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
-        assert_eq!(r.status, 200, "{}", ats.log_report());
-        let q = |path| prop(&r, "x-pw-prop-req", path);
-        for (path, want) in [
-            ("request.path", "/pp/a?b=1"),
-            ("request.url_path", "/pp/a"),
-            ("request.query", "b=1"),
-            ("request.host", "props.test"),
-            ("request.scheme", "http"),
-            ("request.method", "POST"),
-            ("request.referer", "http://ref.test/"),
-            ("request.useragent", "ua/1"),
-            ("request.id", "rid-1"),
-            ("request.protocol", "HTTP/1.1"),
-            ("request.headers.x-request-id", "rid-1"),
-            ("response.code", "(none)"),
-            ("plugin_name", "rust-filter"),
-            ("plugin_root_id", "sdk-root"),
-            ("plugin_vm_id", "rust-filter_vm"),
-        ] {
-            // An 8-byte text ("HTTP/1.1") is also shown as an integer.
-            assert_eq!(q(path).split(" int=").next(), Some(want), "{path}");
-        }
-        let time = int(q("request.time"));
-        assert!(before - 1_000_000_000 <= time && time <= after, "request.time {before} <= {time} <= {after}");
-        assert!(int(q("request.duration")) >= 0);
-        assert_eq!(int(q("request.size")), 5);
-        let source = q("source.address");
-        assert!(source.starts_with("127.0.0.1:"), "{source}");
-        assert_eq!(source.rsplit(':').next().unwrap(), int(q("source.port")).to_string());
-        assert_eq!(q("destination.address"), format!("127.0.0.1:{}", ats.port()));
-        assert_eq!(int(q("destination.port")), ats.port() as i64);
-        assert!(int(q("connection.id")) >= 0);
-        assert_eq!(q("connection.mtls").rsplit_once(" bool=").map(|(_, b)| b), Some("false"));
-        // The response phase.
-        let p = |path| prop(&r, "x-pw-prop-resp", path);
-        assert_eq!(int(p("response.code")), 200);
-        assert_eq!(p("response.code_details"), "via_upstream");
-        assert_eq!(p("response.headers.x-pw-resp-keep"), "kept");
-        assert_eq!(p("upstream.address"), format!("127.0.0.1:{}", origin.port()));
-        assert_eq!(int(p("upstream.port")), origin.port() as i64);
-        // The log phase (after the response): sizes of what was sent.
-        let logged = |path: &str| {
-            let key = format!("log.prop.{path}");
-            let v = wait_shared(&ats, &key, |v| v != "(none)");
-            v.strip_prefix(&format!("{path}=")).unwrap_or_else(|| panic!("{key}: {v}")).to_string()
-        };
-        assert_eq!(int(&logged("response.size")), 17);
-        assert!(int(&logged("response.total_size")) > 17 + 20);
-        assert!(int(&logged("request.total_size")) > 5 + 20);
-        assert_eq!(int(&logged("response.code")), 200);
-        // request.protocol is the client's.
-        let r =
-            send(&ats, case("/pp/old", "properties").header("x-pw-prop-paths", "request.protocol").version("HTTP/1.0"));
-        assert_eq!(prop(&r, "x-pw-prop-req", "request.protocol").split(" int=").next(), Some("HTTP/1.0"));
-    }
+    // The Envoy property paths: tests/conformance_sdk.rs
+    // (envoy_property_paths_have_envoy_values_in_request_response_and_log_phases).
 
     #[test]
     fn plugin_log_levels_map_to_debug_tag_proxy_wasm_note_warning_and_error() {
@@ -272,60 +167,7 @@ mod on_one_server {
 
 // ------------------------------------------------------------------ http_call
 
-/// The filter with its callouts sent to a second origin.
-fn start_with_callout(test: &str, config_extra: &str) -> (Origin, Origin, TrafficServer) {
-    let callout = Origin::with_handler(|req| {
-        origin::Response::text(200, format!("pong {}", req.path)).header("x-callout", "yes")
-    });
-    let config = format!(
-        r#"{{"upstream":"127.0.0.1:{}","authority":"callout.test","callout_timeout_ms":3000{config_extra}}}"#,
-        callout.port()
-    );
-    let (origin, ats) = start_with(test, Origin::start(), 2, &[("f.yaml", rust_yaml("rust-filter", &config))], |o| o);
-    (origin, callout, ats)
-}
-
-#[test]
-fn the_http_call_answer_reports_its_status_headers_body_and_trailers() {
-    let (origin, callout, ats) = start_with_callout("sdk-callout", "");
-    let r = send(&ats, case("/c", "http-call").header("x-pw-callout-path", "/other/path?x=1"));
-    assert_eq!(r.status, 200, "{}", ats.log_report());
-    let seen = &callout.wait_for_requests(1, WAIT)[0];
-    assert_eq!((seen.method.as_str(), seen.path.as_str()), ("POST", "/other/path?x=1"));
-    assert_eq!(seen.header("content-type"), Some("text/plain"));
-    assert!(seen.header("x-pw-context-id").is_some_and(|id| id.parse::<u32>().is_ok()));
-    assert_eq!(r.header("x-pw-callout-dispatch"), Some("OK"));
-    assert_eq!(r.header("x-pw-callout-status"), Some("200"));
-    assert_eq!(r.header("x-pw-callout-body"), Some("pong /other/path?x=1"));
-    assert_eq!(r.header("x-pw-callout-body-size"), Some("20"));
-    let n = r.header("x-pw-callout-headers").expect("x-pw-callout-headers");
-    assert!(n.parse::<u32>().is_ok_and(|n| n >= 3), "status, content-type, x-callout at least: {n}");
-    assert_eq!(Some(n), r.header("x-pw-callout-header-pairs"));
-    assert_eq!(r.header("x-pw-callout-trailers"), Some("0 0"));
-    assert_eq!(r.header("x-pw-callout-get-status"), Some("0"));
-    assert_eq!(origin.wait_for_path("/c", WAIT).header("x-pw-callout-body"), Some("pong /other/path?x=1"));
-}
-
-#[test]
-fn an_http_call_without_a_path_is_refused_and_the_request_goes_on() {
-    let (origin, callout, ats) = start_with_callout("sdk-callout-bad", "");
-    let r = send(&ats, case("/bad", "http-call-bad"));
-    assert_eq!(r.status, 200, "{}", ats.log_report());
-    assert_eq!(r.header("x-pw-callout-bad"), Some("BAD_ARGUMENT"));
-    origin.wait_for_path("/bad", WAIT);
-    callout.assert_no_new_requests(Duration::from_millis(200));
-    assert_eq!(callout.request_count(), 0);
-}
-
-#[test]
-fn a_failed_http_call_answers_the_local_response_503_from_its_callback() {
-    let (origin, _callout, ats) = start_with_callout("sdk-callout-fail-local", r#","upstream":"127.0.0.1:1""#);
-    let r = send(&ats, case("/fl", "http-call-local"));
-    assert_eq!(r.status, 503, "{}", ats.log_report());
-    assert_eq!(r.body_str(), "callout failed");
-    assert_eq!(r.header("x-pw-callout-failed"), Some("1"));
-    assert_eq!(origin.request_count(), 0);
-}
+// What a call reports and the filter's call variants: tests/conformance_http_calls.rs.
 
 // ------------------------------------------------------------------ log
 

@@ -8,6 +8,10 @@
 //! `vm_config.limits` caps (`max_pending_http_calls`,
 //! `max_http_call_response_size`), the cap on calls in flight per process,
 //! and upstreams that answer with hostile bytes: the server keeps serving.
+//! Also what one call reports (its answer's status, headers, body and
+//! trailers) and the Rust-SDK filter's call variants (no `:path`, a failed
+//! call, a local response from the callback, pauses at the end of a body and
+//! in on_response_headers).
 //!
 //! Plugin `a` filters the host `a.test`, plugin `b` the host `b.test`;
 //! other hosts are not filtered.
@@ -181,7 +185,84 @@ fn assert_server_serves<S: ServerUnderTest>(s: &S) {
     }
 }
 
+/// The callout upstream of the detail cases: `pong <path>`, chunked, with a
+/// trailer.
+fn detail_callout() -> Origin {
+    Origin::with_handler(|req| {
+        origin::Response::text(200, format!("pong {}", req.path))
+            .header("x-callout-method", req.method.clone())
+            .trailer("x-callout-trailer", "t")
+            .chunked(4)
+    })
+}
+
+fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
+    s.send(&req.timeout(Duration::from_secs(20))).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
+}
+
 e2e::server::for_each_server! {
+
+// ------------------------------------------------------------------ what a call reports, variants
+
+/// Plugin `a` calls the detail callout; plugin `b` an address where nothing
+/// listens (127.0.0.1:1).
+#[test]
+fn an_http_call_reports_its_answer_and_the_filters_call_variants_behave_the_same() {
+    let callout = detail_callout();
+    let origin = Origin::start();
+    let s = <Server as ServerUnderTest>::start(setup("callout-details", plugin("a", callout.port(), ""), plugin("b", 1, ""), &origin, 1));
+    // The answer: status, headers, chunked body, trailers.
+    let r = send(&s, Request::get("/c").host("a.test").header("x-pw-test", "http-call").header("x-pw-callout-path", "/other/path?x=1"));
+    assert_eq!(r.status, 200, "{}", s.log_report());
+    let seen = &callout.wait_for_requests(1, WAIT)[0];
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str(), seen.body_str().as_str()),
+        ("POST", "/other/path?x=1", "ping from rust-sdk-filter")
+    );
+    assert_eq!(seen.header("x-pw-callout"), Some("1"));
+    assert!(seen.header("x-pw-context-id").is_some_and(|id| id.parse::<u32>().is_ok()), "{:?}", seen.headers);
+    assert_eq!(r.header("x-pw-callout-dispatch"), Some("OK"));
+    assert_eq!(r.header("x-pw-callout-status"), Some("200"));
+    assert_eq!(r.header("x-pw-callout-body"), Some("pong /other/path?x=1"));
+    assert_eq!(r.header("x-pw-callout-body-size"), Some("20"));
+    let n = r.header("x-pw-callout-headers").expect("x-pw-callout-headers");
+    assert!(n.parse::<u32>().is_ok_and(|n| n >= 3), "status, content-type, x-callout-method at least: {n}");
+    assert_eq!(Some(n), r.header("x-pw-callout-header-pairs"));
+    assert!(r.header("x-pw-callout-trailers").is_some_and(|t| t.starts_with("1 ")), "{:?}\n{}", r.header("x-pw-callout-trailers"), s.log_report());
+    assert_eq!(r.header("x-pw-callout-get-status"), Some("0"));
+    assert_eq!(origin.wait_for_path("/c", WAIT).header("x-pw-callout-body"), Some("pong /other/path?x=1"));
+    // No :path: refused (BAD_ARGUMENT), the request goes on.
+    let r = send(&s, Request::get("/cb").host("a.test").header("x-pw-test", "http-call-bad"));
+    assert_eq!((r.status, r.header("x-pw-callout-bad")), (200, Some("BAD_ARGUMENT")), "{}", s.log_report());
+    origin.wait_for_path("/cb", WAIT);
+    // The answer becomes the local response, from the callback.
+    let r = send(&s, Request::get("/cl").host("a.test").header("x-pw-test", "http-call-local"));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "callout:pong /callout"), "{}", s.log_report());
+    // A failed call calls back with zero headers; the request goes on.
+    let r = send(&s, Request::get("/cf").host("a.test").header("x-pw-test", "http-call-fail"));
+    assert_eq!((r.header("x-pw-callout-dispatch"), r.header("x-pw-callout-failed")), (Some("OK"), Some("1")), "{}", s.log_report());
+    // A failed call answered with a local response 503 from its callback.
+    let r = send(&s, Request::get("/fl").host("b.test").header("x-pw-test", "http-call-local"));
+    assert_eq!((r.status, r.body_str().as_str()), (503, "callout failed"), "{}", s.log_report());
+    assert_eq!(r.header("x-pw-callout-failed"), Some("1"));
+    assert!(!origin.requests().iter().any(|q| q.path == "/cl" || q.path == "/fl"), "answered locally");
+    // Pauses at the end of the request body and of the response body, and in
+    // on_response_headers, resumed by the answer.
+    let r = send(&s, Request::post("/echo/crb", "request body").host("a.test").header("x-pw-test", "http-call-req-body"));
+    assert_eq!(origin.wait_for_path("/echo/crb", WAIT).body_str(), "request body[callout:200]", "{}", s.log_report());
+    assert_eq!(r.body_str(), "request body[callout:200]");
+    let r = send(&s, Request::post("/echo/cresp", "response body").host("a.test").header("x-pw-test", "http-call-resp-body"));
+    assert_eq!(r.body_str(), "response body[callout:200]", "{}", s.log_report());
+    let r = send(&s, Request::get("/cr").host("a.test").header("x-pw-test", "http-call-response"));
+    assert_eq!(
+        (r.status, r.header("x-pw-callout-status"), r.body_str().as_str()),
+        (200, Some("200"), "hello from origin"),
+        "{}",
+        s.log_report()
+    );
+    s.assert_running();
+}
+
 
 #[test]
 fn two_plugins_with_http_calls_in_flight_at_once_get_their_own_answers() {

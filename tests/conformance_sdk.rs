@@ -107,9 +107,11 @@ impl<'a, S: ServerUnderTest> Conn<'a, S> {
     fn send(&mut self, req: Request) -> Response {
         let r = self.c.send(&req).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, self.s.log_report()));
         if self.c.is_closed() && S::KIND == Kind::TrafficServer {
-            // Traffic Server sends a plugin's local response the way it
-            // sends its own error responses (TSHttpTxnErrorBodySet), and
-            // closes the client connection after those. It has one VM per
+            // A plugin of a remap rule answers at POST_REMAP, before
+            // Traffic Server read the client's keep-alive (HandleRequest):
+            // its error response (TSHttpTxnErrorBodySet) closes the client
+            // connection. (A global plugin answers before remapping and
+            // keeps it: tests/conformance_policies.rs.) It has one VM per
             // exec thread and its shared data is process-wide, so a new
             // connection reads the same values.
             self.c = Connection::open(self.s.port()).unwrap_or_else(|e| panic!("reconnect to {}: {e}", S::NAME));
@@ -499,6 +501,110 @@ mod on_one_server {
         assert_eq!(r.header("x-pw-metric-histogram"), Some("BAD_ARGUMENT"));
         assert_eq!(r.header("x-pw-metric-unknown"), Some("NOT_FOUND"));
         assert_eq!(r.header("x-pw-metric-redefine-same-id"), Some("true"));
+    }
+
+    /// The value the filter reported for property `path` in report header
+    /// `name` (`x-pw-prop-req` / `x-pw-prop-resp`: `<path>=<rendered value>`).
+    fn prop<'a>(r: &'a Response, name: &str, path: &str) -> &'a str {
+        let prefix = format!("{path}=");
+        r.header_all(name)
+            .into_iter()
+            .find_map(|v| v.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("{name} has no {path}: {:?}", r.header_all(name)))
+    }
+
+    /// An 8-byte integer property (Envoy's integers, timestamps, durations).
+    fn int(rendered: &str) -> i64 {
+        rendered.rsplit_once(" int=").unwrap_or_else(|| panic!("not 8 bytes: {rendered:?}")).1.parse().unwrap()
+    }
+
+    const ENVOY_PATHS: &str = "request.path, request.url_path, request.query, request.host, request.scheme, request.method, \
+        request.referer, request.useragent, request.id, request.protocol, request.time, request.duration, request.size, \
+        request.total_size, request.headers.x-request-id, response.code, response.code_details, response.headers.x-pw-resp-keep, \
+        response.size, response.total_size, source.address, source.port, destination.address, destination.port, connection.id, \
+        connection.mtls, upstream.address, upstream.port, plugin_name, plugin_root_id, plugin_vm_id";
+
+    #[test]
+    fn envoy_property_paths_have_envoy_values_in_request_response_and_log_phases() {
+        let f = server();
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
+        let req = Request::post("/pp/a?b=1", "12345")
+            .host("props.test")
+            .header("x-pw-test", "properties")
+            .header("x-pw-prop-paths", ENVOY_PATHS)
+            .header("x-request-id", "rid-1")
+            .header("user-agent", "ua/1")
+            .header("referer", "http://ref.test/");
+        let r = send(&f.s, req);
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
+        assert_eq!(r.status, 200, "{}", f.s.log_report());
+        let q = |path| prop(&r, "x-pw-prop-req", path);
+        for (path, want) in [
+            ("request.path", "/pp/a?b=1"),
+            ("request.url_path", "/pp/a"),
+            ("request.query", "b=1"),
+            ("request.host", "props.test"),
+            ("request.scheme", "http"),
+            ("request.method", "POST"),
+            ("request.referer", "http://ref.test/"),
+            ("request.useragent", "ua/1"),
+            ("request.id", "rid-1"),
+            ("request.protocol", "HTTP/1.1"),
+            ("request.headers.x-request-id", "rid-1"),
+            ("response.code", "(none)"),
+            ("plugin_name", "rust-filter"),
+            ("plugin_root_id", "sdk-root"),
+            ("plugin_vm_id", "rust-filter_vm"),
+        ] {
+            // An 8-byte text ("HTTP/1.1") is also shown as an integer.
+            assert_eq!(q(path).split(" int=").next(), Some(want), "{path}");
+        }
+        let time = int(q("request.time"));
+        assert!(before - 1_000_000_000 <= time && time <= after, "request.time {before} <= {time} <= {after}");
+        assert_eq!(int(q("request.size")), 5);
+        let source = q("source.address");
+        assert!(source.starts_with("127.0.0.1:"), "{source}");
+        assert_eq!(source.rsplit(':').next().unwrap(), int(q("source.port")).to_string());
+        assert_eq!(q("destination.address"), format!("127.0.0.1:{}", f.s.port()));
+        assert_eq!(int(q("destination.port")), f.s.port() as i64);
+        assert!(int(q("connection.id")) >= 0);
+        // The response phase.
+        let p = |path| prop(&r, "x-pw-prop-resp", path);
+        assert_eq!(int(p("response.code")), 200);
+        assert_eq!(p("response.headers.x-pw-resp-keep"), "kept");
+        // The log phase (after the response).
+        let logged = |path: &str| {
+            let key = format!("log.prop.{path}");
+            let v = wait_shared(&f.s, &key, |v| v != "(none)");
+            v.strip_prefix(&format!("{path}=")).unwrap_or_else(|| panic!("{key}: {v}")).to_string()
+        };
+        assert_eq!(int(&logged("response.code")), 200);
+        // A difference to remove (issue 13): NGINX does not answer these
+        // paths yet (src/nginx/stream.rs). When it does, this fails: make the
+        // Traffic Server branch the assertion for both.
+        let only_ats = ["request.duration", "request.total_size", "response.code_details", "response.size", "response.total_size", "connection.mtls", "upstream.address", "upstream.port"];
+        match Server::KIND {
+            Kind::TrafficServer => {
+                assert!(int(q("request.duration")) >= 0);
+                assert_eq!(q("connection.mtls").rsplit_once(" bool=").map(|(_, b)| b), Some("false"));
+                assert_eq!(p("response.code_details"), "via_upstream");
+                assert_eq!(p("upstream.address"), format!("127.0.0.1:{}", f.origin.port()));
+                assert_eq!(int(p("upstream.port")), f.origin.port() as i64);
+                // Sizes of what was sent.
+                assert_eq!(int(&logged("response.size")), 17);
+                assert!(int(&logged("response.total_size")) > 17 + 20);
+                assert!(int(&logged("request.total_size")) > 5 + 20);
+            }
+            Kind::Nginx => {
+                for path in only_ats {
+                    let (req, resp) = (q(path), p(path));
+                    assert_eq!((req, resp), ("(none)", "(none)"), "{path}: NGINX answers it now (see above)");
+                }
+            }
+        }
+        // request.protocol is the client's.
+        let r = send(&f.s, case("/pp/old", "properties").header("x-pw-prop-paths", "request.protocol").version("HTTP/1.0"));
+        assert_eq!(prop(&r, "x-pw-prop-req", "request.protocol").split(" int=").next(), Some("HTTP/1.0"));
     }
 
     #[test]

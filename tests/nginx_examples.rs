@@ -1,37 +1,20 @@
 //! The APISIX example plugins (`examples/fault-injection`, `examples/forward-auth`,
-//! `examples/response-rewrite`; README "Examples") on a real NGINX (master + 2
-//! workers), one `server_name` per configuration, in front of a real origin and
-//! auth service. The cases are shared with Traffic Server
-//! (`tests/apisix_examples/mod.rs`, `tests/ats_examples.rs`).
+//! `examples/response-rewrite`; README "Examples") on a real NGINX: what is
+//! about NGINX only (`nginx -t`, VMs of one worker). The cases both servers
+//! share are in tests/conformance_examples.rs (`tests/apisix_examples/mod.rs`).
 //!
 //! Run with `make nginx plugins && cargo test --test nginx_examples`.
 
 mod apisix_examples;
 mod e2e;
 
-use apisix_examples::{Proxy, Route};
-use e2e::client::{Request, Response};
+use apisix_examples::Route;
+use e2e::client::Request;
 use e2e::nginx::{Nginx, NginxOptions};
 
-struct Ngx(Nginx);
-
-impl Proxy for Ngx {
-    fn send(&self, req: &Request) -> Response {
-        self.0.send(req).unwrap_or_else(|e| panic!("{e}\n{}", self.0.log_report()))
-    }
-    fn log_report(&self) -> String {
-        self.0.log_report()
-    }
-    fn logs(&self) -> String {
-        self.0.error_log()
-    }
-    fn port(&self) -> u16 {
-        self.0.port()
-    }
-}
-
 /// Every route's YAML in one `proxy_wasm_config`, and per route a server with
-/// the README's location: `proxy_wasm <plugin>; proxy_pass <origin>;`.
+/// the README's location: `proxy_wasm <plugin>; proxy_pass <origin>;` (as
+/// `ServerUnderTest::start` writes it; here for `nginx -t`).
 fn options(test: &str, origin_port: u16, routes: &[Route]) -> NginxOptions {
     let mut opts = NginxOptions::new(test).workers(2).origin(origin_port);
     let files: Vec<String> = routes.iter().map(|r| format!("@CONF@/{}.yaml", r.host)).collect();
@@ -45,12 +28,6 @@ fn options(test: &str, origin_port: u16, routes: &[Route]) -> NginxOptions {
     }
     opts.http(http).server("location / { return 404; }")
 }
-
-fn start(test: &str, origin_port: u16, routes: &[Route]) -> Box<dyn Proxy> {
-    Box::new(Ngx(Nginx::start(options(test, origin_port, routes))))
-}
-
-apisix_examples::cases!(start);
 
 /// A configuration an example rejects: `nginx -t` fails with the plugin's
 /// message naming the key (nginx would not start or reload with it).

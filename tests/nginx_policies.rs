@@ -1,10 +1,9 @@
-//! The safety model on NGINX that is about NGINX itself (issue 5):
-//! recycling (`vm_config.kill_options`), hostile pointers, the
+//! The safety model on NGINX that is about NGINX itself (issue 5): the
 //! compiled-module cache shared by the workers and remote code, as
-//! tests/ats_recycling.rs, tests/ats_hostile.rs and tests/module_cache.rs do
-//! on Traffic Server. The failure policies (a trap in each callback under
-//! each policy), `max_body_size` and authorizations are in
-//! tests/conformance_policies.rs, written once for both servers. One worker
+//! tests/module_cache.rs does on Traffic Server. The failure policies (a trap
+//! in each callback under each policy), `max_body_size` and authorizations
+//! are in tests/conformance_policies.rs, recycling and hostile pointers in
+//! tests/conformance_recycling.rs, written once for both servers. One worker
 //! per nginx, so that "the next request" meets the same instances.
 //!
 //! Run with `make nginx && cargo test --test nginx_policies`.
@@ -16,15 +15,6 @@ use std::time::Duration;
 use e2e::client::{Request, Response};
 use e2e::nginx::{Nginx, NginxOptions};
 use e2e::origin::Origin;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-/// The Rust-SDK test filter with extra plugin keys (`failure_policy`, ...) and `vm_config` keys.
-fn filter_yaml(extra: &str, configuration: &str, vm_extra: &str) -> String {
-    format!(
-        "config:\n  name: \"guarded\"\n  configuration: '{configuration}'\n{extra}\n  vm_config:\n    vm_id: \"guarded_vm\"\n{vm_extra}    code:\n      local:\n        filename: \"@REPO@/build/plugins/rust_sdk_filter.wasm\"\n"
-    )
-}
 
 fn start_with(test: &str, yaml: String, tune: impl FnOnce(NginxOptions) -> NginxOptions) -> (Origin, Nginx) {
     let origin = Origin::start();
@@ -48,86 +38,6 @@ fn send(n: &Nginx, req: Request) -> Response {
 
 fn count(n: &Nginx, text: &str) -> usize {
     n.error_log().matches(text).count()
-}
-
-fn shared_u64(n: &Nginx, key: &str) -> u64 {
-    let r = send(n, Request::get("/").header("x-pw-test", "shared-get").header("x-pw-key", key));
-    assert_eq!(r.status, 200, "{key}\n{}", n.log_report());
-    r.body_str().parse().unwrap_or_else(|_| panic!("{key} = {:?}", r.body_str()))
-}
-
-// ------------------------------------------------------------------ recycling
-
-#[test]
-fn an_instance_is_replaced_after_max_calls_and_starts_again() {
-    let (_origin, n) = start("ngx-recycle-calls", filter_yaml("", "", "    kill_options: { max_calls: 30 }\n"));
-    let before = shared_u64(&n, "vm.starts");
-    for _ in 0..12 {
-        let r = send(&n, Request::get("/"));
-        assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")));
-    }
-    n.expect_log("after recycling: guarded: ", WAIT);
-    assert!(n.error_log().contains("(kill_options.max_calls 30)"), "{}", n.log_report());
-    assert!(shared_u64(&n, "vm.starts") > before, "proxy_on_vm_start ran again in the new instance");
-}
-
-#[test]
-fn an_instance_whose_memory_passes_max_memory_usage_is_replaced() {
-    let (_origin, n) =
-        start("ngx-recycle-memory", filter_yaml("", "", "    kill_options: { max_memory_usage: 0.01 }\n"));
-    let before = shared_u64(&n, "vm.starts");
-    let r = send(&n, Request::get("/").header("x-pw-test", "alloc").header("x-pw-alloc-mb", "64"));
-    assert_eq!(r.status, 200, "{}", n.log_report());
-    assert!(shared_u64(&n, "vm.starts") > before, "{}", n.log_report());
-    assert!(n.error_log().contains("kill_options.max_memory_usage 0.01"), "{}", n.log_report());
-}
-
-#[test]
-fn an_instance_unused_for_max_unused_duration_is_shut_down_and_a_fresh_one_serves_the_next_request() {
-    let (_origin, n) =
-        start("ngx-recycle-idle", filter_yaml("", "", "    kill_options: { max_unused_duration: 1s }\n"));
-    let before = shared_u64(&n, "vm.starts");
-    n.expect_log("replaced after recycling: guarded: unused for", Duration::from_secs(10));
-    let r = send(&n, Request::get("/"));
-    assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")));
-    assert!(shared_u64(&n, "vm.starts") > before, "{}", n.log_report());
-}
-
-// ------------------------------------------------------------------ hostile module
-
-#[test]
-fn out_of_bounds_pointers_get_invalid_memory_access_and_the_worker_keeps_serving() {
-    let origin = Origin::start();
-    let yaml = "config:\n  name: hostile\n  configuration: hostile\n  vm_config:\n    vm_id: hostile\n    code: { local: { filename: \"@REPO@/build/plugins/hostile.wasm\" } }\n";
-    let n = Nginx::start(
-        NginxOptions::new("ngx-hostile")
-            .workers(1)
-            .origin(origin.port())
-            .file("plugins.yaml", yaml)
-            .http("proxy_wasm_config @CONF@/plugins.yaml;\nproxy_wasm hostile;")
-            .server("location / { proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }"),
-    );
-    let r = send(&n, Request::post("/echo", "hello"));
-    assert_eq!(r.status, 200, "{}", n.log_report());
-    for line in ["hostile configure done", "hostile request_headers done", "hostile request_body done"] {
-        n.expect_log(line, WAIT);
-    }
-    let logs = n.error_log();
-    for (case, status) in [
-        ("cfg_get_ret_ptr_oob", 6),
-        ("log_msg_oob", 6),
-        ("log_ptr_len_wrap", 6),
-        ("hdr_get_key_oob", 6),
-        ("hdr_get_ret_straddle", 6),
-        ("hdr_get_map_99", 2),
-        ("hdr_add_probe", 0),
-    ] {
-        assert!(logs.contains(&format!("{case}={status}")), "{case}={status}\n{}", n.log_report());
-    }
-    assert!(!logs.contains("trapped"), "{}", n.log_report());
-    for _ in 0..3 {
-        assert_eq!(send(&n, Request::get("/again")).status, 200);
-    }
 }
 
 // ------------------------------------------------------------------ compiled-module cache

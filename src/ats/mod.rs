@@ -316,8 +316,8 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Loaded, String> {
                 p.load_time.as_secs_f64() * 1e3
             ),
         );
-        for callback in chain::Callbacks::denied(p) {
-            log(LogLevel::Warn, &format!("[proxy_wasm] {}: denied callback {callback}: not in capability_restriction_config.allowed_capabilities; it is never called", p.config.name));
+        for line in chain::Callbacks::denied_lines(p) {
+            log(LogLevel::Warn, &format!("[proxy_wasm] {line}"));
         }
     }
     log(LogLevel::Info, &format!("[proxy_wasm] started the VMs of {} plugin(s) once as a check in {:.2} ms (instantiation, proxy_on_vm_start, proxy_on_configure)", plugins.len(), start_time.as_secs_f64() * 1e3));
@@ -405,7 +405,8 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
             if closed {
                 refuse(txnp, in_remap);
             }
-            reenable(closed);
+            // Not an error reenable: see `refuse`.
+            reenable(false);
             return;
         }
     };
@@ -419,7 +420,7 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
                 let level = if matches!(e, ChainError::Refused { .. }) { LogLevel::Debug } else { LogLevel::Error };
                 log(level, &format!("[proxy_wasm] {e}"));
                 refuse(txnp, in_remap);
-                reenable(true);
+                reenable(false);
                 return;
             }
         };
@@ -433,7 +434,7 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         (chain.filters(Phase::RequestBody), chain.filters(Phase::ResponseBody));
     let framing = txn::Framing::of_client_request(&shared);
     let request_chunked = framing.chunked();
-    let txn = Box::new(Txn::new(shared, chain, framing));
+    let txn = Box::new(Txn::new(shared, chain, framing, !in_remap));
     let shared = txn.shared.clone();
     let raw = Box::into_raw(txn);
     // SAFETY: live transaction. The continuation takes the transaction's own
@@ -496,7 +497,10 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
 }
 
 /// Makes the transaction answer 503 without reaching the origin (from the
-/// global hook the caller reenables with an error; from remap, at POST_REMAP).
+/// global hook the caller reenables it to go on: EndRemapRequest answers the
+/// status set, and keeps the client connection as for any error response of
+/// its own, where an error reenable would close it (see
+/// `Txn::request_headers_flow`); from remap, at POST_REMAP).
 fn refuse(txnp: TSHttpTxn, in_remap: bool) {
     // SAFETY: live transaction.
     unsafe { TSHttpTxnStatusSet(txnp, TS_HTTP_STATUS_SERVICE_UNAVAILABLE) };

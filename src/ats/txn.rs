@@ -522,6 +522,9 @@ pub struct Txn {
     local_replaces_response: bool,
     /// TXN_CLOSE came; the continuation waits for its last wake-up.
     closed: bool,
+    /// The request headers go through the chain at READ_REQUEST_HDR (a
+    /// global plugin), before remapping: see [`Txn::request_headers_flow`].
+    before_remap: bool,
 }
 
 pub(super) fn reenable(txnp: TSHttpTxn, error: bool) {
@@ -577,7 +580,9 @@ pub unsafe fn apply(shared: &TxnShared, next: Next) {
 }
 
 impl Txn {
-    pub fn new(shared: Arc<TxnShared>, chain: AtsTxnChain, framing: Framing) -> Txn {
+    /// `before_remap`: the request headers go through the chain at
+    /// READ_REQUEST_HDR (a global plugin), not at POST_REMAP.
+    pub fn new(shared: Arc<TxnShared>, chain: AtsTxnChain, framing: Framing, before_remap: bool) -> Txn {
         Txn {
             shared,
             chain: Some(chain),
@@ -588,6 +593,7 @@ impl Txn {
             answered_request_body: false,
             local_replaces_response: false,
             closed: false,
+            before_remap,
         }
     }
 
@@ -640,7 +646,15 @@ impl Txn {
                 self.remember(&response);
                 self.answered_request = true;
                 set_error_response(self.shared.txnp, &response);
-                Next::Reenable { error: true }
+                // Keep-alive (issue 13): Traffic Server decides it from the
+                // client request only once HandleRequest ran; an error
+                // reenable before that (HandleApiErrorJump) finds it unset
+                // and closes the client connection. Before remapping, the
+                // status set is answered by EndRemapRequest instead, through
+                // build_error_response, which keeps the connection unless the
+                // request has a body (not read: it would be taken for the
+                // next request), as NGINX and Envoy do.
+                Next::Reenable { error: !self.before_remap }
             }
             // A closed stream: Traffic Server answers with its own error.
             Flow::Abort | Flow::Reset => Next::Reenable { error: true },

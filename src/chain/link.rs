@@ -85,6 +85,21 @@ impl Callbacks {
         Callbacks(bits)
     }
 
+    /// The line each server logs (a warning, once when it loads the plugins)
+    /// for each callback of [`Callbacks::denied`]: one text for every server,
+    /// so that their logs do not drift apart.
+    pub fn denied_lines(plugin: &LoadedPlugin) -> Vec<String> {
+        Self::denied(plugin)
+            .into_iter()
+            .map(|callback| {
+                format!(
+                    "{}: denied callback {callback}: not in capability_restriction_config.allowed_capabilities; it is never called",
+                    plugin.config.name
+                )
+            })
+            .collect()
+    }
+
     /// Whether the plugin's callback for `phase` runs.
     pub fn has(self, phase: Phase) -> bool {
         self.0 & Self::bit(phase) != 0

@@ -18,7 +18,7 @@ use super::base::{log, new_event, WorkerVms};
 use super::conf::MainConf;
 use super::server::NgxServer;
 use crate::abi::LogLevel;
-use crate::chain::{Exclusive, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason};
+use crate::chain::{Callbacks, Exclusive, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason};
 use crate::config::FailurePolicy;
 use crate::host::ServerHost;
 use crate::loader::{self, VmKey};
@@ -230,6 +230,16 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                     p.load_time.as_secs_f64() * 1e3
                 ),
             );
+        }
+        // Every worker loads the same plugins: the first one names the
+        // callbacks that are never called, once, as Traffic Server does when
+        // it loads them.
+        // SAFETY: nginx sets ngx_worker before init_process and never
+        // changes it in this process afterwards.
+        if unsafe { ngx_worker } == 0 {
+            for line in plugins.iter().flat_map(Callbacks::denied_lines) {
+                log(LogLevel::Warn, &format!("[proxy_wasm] {line}"));
+            }
         }
         let entities = match crate::chain::extism::load_entity_links(
             &main.entities,

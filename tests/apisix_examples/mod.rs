@@ -1,7 +1,9 @@
 //! The end-to-end cases of the APISIX example plugins (`examples/fault-injection`,
 //! `examples/forward-auth`, `examples/response-rewrite`; README "Examples"),
-//! written once and run on both servers: `tests/ats_examples.rs` and
-//! `tests/nginx_examples.rs` each give a [`Start`] and expand [`cases!`].
+//! written once against `e2e::server::ServerUnderTest` and run on both
+//! servers by `tests/conformance_examples.rs` ([`cases!`] inside
+//! `for_each_server!`); `tests/ats_examples.rs` and `tests/nginx_examples.rs`
+//! keep what is about one server only.
 //!
 //! Each example gets one server (per test binary) with one route per
 //! configuration, chosen by the Host header (`<route>.test`): a remap rule on
@@ -9,11 +11,18 @@
 //! are real HTTP servers (`e2e::origin`). Every request of a test has a path
 //! of its own, so tests that share a server and origin run in parallel.
 
+// Each test binary uses a part of it: the conformance suite the cases, the
+// servers' own files a route or two.
+#![allow(dead_code)]
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::e2e::client::{Connection, Request, Response};
 use crate::e2e::origin::{self, Origin};
+use crate::e2e::server::{ServerUnderTest, Setup};
 use crate::e2e::{repo_root, wait_until};
 
 /// A plugin route: requests with `Host: <host>` go through the plugin named
@@ -21,26 +30,26 @@ use crate::e2e::{repo_root, wait_until};
 pub struct Route {
     pub host: String,
     /// The plugin's `name` (NGINX's `proxy_wasm` names it; Traffic Server's remap rule names the file).
-    #[allow(dead_code)]
     pub plugin: String,
     pub yaml: String,
 }
 
-/// A running server (Traffic Server or NGINX) with the routes.
-pub trait Proxy: Send + Sync {
-    /// Sends `req` on a new connection; panics (with the server's logs) if no
-    /// response comes.
-    fn send(&self, req: &Request) -> Response;
-    /// Tails of the server's logs, for failure messages.
-    fn log_report(&self) -> String;
-    /// The whole text of the logs plugin messages go to.
-    fn logs(&self) -> String;
-    /// The port it listens on (127.0.0.1).
-    fn port(&self) -> u16;
+/// Starts `S` named after `test` with `routes` in front of the origin at
+/// `origin_port`: per route its plugin, and requests with the route's Host
+/// through it (a remap rule on Traffic Server, a `server_name` on NGINX).
+pub fn start<S: ServerUnderTest>(test: &str, origin_port: u16, routes: &[Route]) -> S {
+    let mut setup = Setup::new(test, origin_port);
+    for r in routes {
+        setup = setup.plugin(&r.plugin, r.yaml.clone()).route(&r.host, &[&r.plugin]);
+    }
+    S::start(setup)
 }
 
-/// Starts a server named after `test` with `routes` in front of the origin at `origin_port`.
-pub type Start = fn(test: &str, origin_port: u16, routes: &[Route]) -> Box<dyn Proxy>;
+/// Sends `req` on a new connection; panics (with the server's logs) if no
+/// response comes.
+pub fn send<S: ServerUnderTest>(s: &S, req: &Request) -> Response {
+    s.send(req).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
+}
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -104,31 +113,35 @@ fn assert_framing_right(r: &Response) {
 }
 
 /// A fixture shared by the tests of one binary that are running: started by
-/// the first, stopped when none holds it any more.
-fn shared<T>(slot: &'static Mutex<Weak<T>>, make: impl FnOnce() -> T) -> Arc<T> {
-    let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(f) = s.upgrade() {
+/// the first, stopped when none holds it any more. One per fixture type (a
+/// fixture on NGINX and one on Traffic Server are two types).
+fn shared<T: Send + Sync + 'static>(make: impl FnOnce() -> T) -> Arc<T> {
+    static SLOTS: Mutex<Option<HashMap<TypeId, Box<dyn Any + Send>>>> = Mutex::new(None);
+    let mut slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    let slot =
+        slots.get_or_insert_with(HashMap::new).entry(TypeId::of::<T>()).or_insert_with(|| Box::new(Weak::<T>::new()));
+    let weak = slot.downcast_mut::<Weak<T>>().expect("a slot holds its own type");
+    if let Some(f) = weak.upgrade() {
         return f;
     }
     let f = Arc::new(make());
-    *s = Arc::downgrade(&f);
+    *weak = Arc::downgrade(&f);
     f
 }
 
 // ------------------------------------------------------------------ fault-injection
 
-pub struct Fault {
+pub struct Fault<S> {
     pub origin: Origin,
-    pub proxy: Box<dyn Proxy>,
+    pub proxy: S,
 }
 
 pub const FAULT_BODY: &str = "Fault Injection!\n";
 /// The delay of the `fi-delay` route.
 pub const DELAY: Duration = Duration::from_millis(1000);
 
-pub fn fault(start: Start) -> Arc<Fault> {
-    static SLOT: Mutex<Weak<Fault>> = Mutex::new(Weak::new());
-    shared(&SLOT, || {
+pub fn fault<S: ServerUnderTest>() -> Arc<Fault<S>> {
+    shared(|| {
         let origin = Origin::start();
         let abort = |p: u32| {
             format!(
@@ -153,15 +166,15 @@ pub fn fault(start: Start) -> Arc<Fault> {
             ),
             documented_route("fi-documented", "fault-injection", &[]),
         ];
-        let proxy = start("apisix-fault", origin.port(), &routes);
+        let proxy = start::<S>("apisix-fault", origin.port(), &routes);
         Fault { origin, proxy }
     })
 }
 
-pub fn abort_at_100_percent_answers_the_status_headers_and_body(start: Start) {
-    let f = fault(start);
+pub fn abort_at_100_percent_answers_the_status_headers_and_body<S: ServerUnderTest>() {
+    let f = fault::<S>();
     let path = "/fi/abort-all";
-    let r = f.proxy.send(&Request::get(path).host("fi-abort-all.test"));
+    let r = send(&f.proxy, &Request::get(path).host("fi-abort-all.test"));
     assert_eq!(r.status, 403, "{}", f.proxy.log_report());
     assert_eq!(r.body_str(), FAULT_BODY);
     assert_eq!(r.header("x-fault"), Some("abort"));
@@ -169,11 +182,11 @@ pub fn abort_at_100_percent_answers_the_status_headers_and_body(start: Start) {
     never_reaches(&f.origin, path);
 }
 
-pub fn abort_at_0_percent_lets_every_request_through(start: Start) {
-    let f = fault(start);
+pub fn abort_at_0_percent_lets_every_request_through<S: ServerUnderTest>() {
+    let f = fault::<S>();
     for i in 0..20 {
         let path = format!("/fi/abort-none/{i}");
-        let r = f.proxy.send(&Request::get(&path).host("fi-abort-none.test"));
+        let r = send(&f.proxy, &Request::get(&path).host("fi-abort-none.test"));
         assert_eq!(
             (r.status, r.body_str().as_str()),
             (200, "hello from origin"),
@@ -184,11 +197,11 @@ pub fn abort_at_0_percent_lets_every_request_through(start: Start) {
     }
 }
 
-pub fn abort_at_50_percent_aborts_some_requests_and_passes_the_others(start: Start) {
-    let f = fault(start);
+pub fn abort_at_50_percent_aborts_some_requests_and_passes_the_others<S: ServerUnderTest>() {
+    let f = fault::<S>();
     let (mut aborted, mut passed) = (0, 0);
     for i in 0..100 {
-        let r = f.proxy.send(&Request::get(&format!("/fi/abort-half/{i}")).host("fi-abort-half.test"));
+        let r = send(&f.proxy, &Request::get(&format!("/fi/abort-half/{i}")).host("fi-abort-half.test"));
         match (r.status, r.body_str().as_str()) {
             (403, FAULT_BODY) => aborted += 1,
             (200, "hello from origin") => passed += 1,
@@ -201,19 +214,19 @@ pub fn abort_at_50_percent_aborts_some_requests_and_passes_the_others(start: Sta
     assert_eq!(reached, passed, "the origin got exactly the requests that were not aborted");
 }
 
-pub fn delay_holds_the_request_for_the_duration_then_sends_it_on(start: Start) {
-    let f = fault(start);
+pub fn delay_holds_the_request_for_the_duration_then_sends_it_on<S: ServerUnderTest>() {
+    let f = fault::<S>();
     let path = "/fi/delay";
     let t0 = Instant::now();
-    let r = f.proxy.send(&Request::get(path).host("fi-delay.test").timeout(Duration::from_secs(20)));
+    let r = send(&f.proxy, &Request::get(path).host("fi-delay.test").timeout(Duration::from_secs(20)));
     let took = t0.elapsed();
     assert_eq!((r.status, r.body_str().as_str()), (200, "hello from origin"), "{}", f.proxy.log_report());
     assert!(took >= DELAY, "the response came after {took:?}, before the {DELAY:?} delay");
     request_for(&f.origin, path);
 }
 
-pub fn concurrent_delayed_requests_each_wait_their_own_delay(start: Start) {
-    let f = fault(start);
+pub fn concurrent_delayed_requests_each_wait_their_own_delay<S: ServerUnderTest>() {
+    let f = fault::<S>();
     let handles: Vec<_> = (0..5)
         .map(|i| {
             let f = f.clone();
@@ -221,7 +234,8 @@ pub fn concurrent_delayed_requests_each_wait_their_own_delay(start: Start) {
                 // Staggered, so the waiting list holds requests with different due times.
                 std::thread::sleep(Duration::from_millis(100 * i));
                 let t0 = Instant::now();
-                let r = f.proxy.send(
+                let r = send(
+                    &f.proxy,
                     &Request::get(&format!("/fi/delay-many/{i}"))
                         .host("fi-delay.test")
                         .timeout(Duration::from_secs(20)),
@@ -238,8 +252,8 @@ pub fn concurrent_delayed_requests_each_wait_their_own_delay(start: Start) {
     }
 }
 
-pub fn a_client_that_leaves_during_a_delay_does_not_disturb_the_plugin(start: Start) {
-    let f = fault(start);
+pub fn a_client_that_leaves_during_a_delay_does_not_disturb_the_plugin<S: ServerUnderTest>() {
+    let f = fault::<S>();
     let proxy_port = f.proxy.port();
     for i in 0..3 {
         let mut c = Connection::open(proxy_port).expect("connect");
@@ -251,7 +265,7 @@ pub fn a_client_that_leaves_during_a_delay_does_not_disturb_the_plugin(start: St
     // The requests left behind come due meanwhile; later ones are delayed as before.
     std::thread::sleep(DELAY);
     let t0 = Instant::now();
-    let r = f.proxy.send(&Request::get("/fi/after-left").host("fi-delay.test").timeout(Duration::from_secs(20)));
+    let r = send(&f.proxy, &Request::get("/fi/after-left").host("fi-delay.test").timeout(Duration::from_secs(20)));
     let took = t0.elapsed();
     assert_eq!((r.status, r.body_str().as_str()), (200, "hello from origin"), "{}", f.proxy.log_report());
     assert!(took >= DELAY, "the response came after {took:?}, before the {DELAY:?} delay");
@@ -259,22 +273,22 @@ pub fn a_client_that_leaves_during_a_delay_does_not_disturb_the_plugin(start: St
     assert!(!logs.contains("trapped") && !logs.contains("panicked"), "the plugin failed\n{}", f.proxy.log_report());
 }
 
-pub fn delay_then_abort_answers_after_the_delay_without_the_origin(start: Start) {
-    let f = fault(start);
+pub fn delay_then_abort_answers_after_the_delay_without_the_origin<S: ServerUnderTest>() {
+    let f = fault::<S>();
     let path = "/fi/delay-abort";
     let t0 = Instant::now();
-    let r = f.proxy.send(&Request::get(path).host("fi-delay-abort.test").timeout(Duration::from_secs(20)));
+    let r = send(&f.proxy, &Request::get(path).host("fi-delay-abort.test").timeout(Duration::from_secs(20)));
     let took = t0.elapsed();
     assert_eq!((r.status, r.body_str().as_str()), (403, FAULT_BODY), "{}", f.proxy.log_report());
     assert!(took >= Duration::from_millis(500), "the abort came after {took:?}, before the 0.5 s delay");
     never_reaches(&f.origin, path);
 }
 
-pub fn the_documented_yaml_loads_and_answers_each_request_with_the_origin_or_the_fault(start: Start) {
-    let f = fault(start);
+pub fn the_documented_yaml_loads_and_answers_each_request_with_the_origin_or_the_fault<S: ServerUnderTest>() {
+    let f = fault::<S>();
     for i in 0..10 {
         let path = format!("/fi/documented/{i}");
-        let r = f.proxy.send(&Request::get(&path).host("fi-documented.test").timeout(Duration::from_secs(20)));
+        let r = send(&f.proxy, &Request::get(&path).host("fi-documented.test").timeout(Duration::from_secs(20)));
         match (r.status, r.body_str().as_str()) {
             (503, "fault injected\n") => assert_eq!(r.header("x-fault"), Some("abort")),
             (200, "hello from origin") => {
@@ -287,10 +301,10 @@ pub fn the_documented_yaml_loads_and_answers_each_request_with_the_origin_or_the
 
 // ------------------------------------------------------------------ forward-auth
 
-pub struct Auth {
+pub struct Auth<S> {
     pub origin: Origin,
     pub auth: Origin,
-    pub proxy: Box<dyn Proxy>,
+    pub proxy: S,
 }
 
 pub const DENY_BODY: &str = "denied by the auth service\n";
@@ -318,9 +332,8 @@ fn closed_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
-pub fn auth(start: Start) -> Arc<Auth> {
-    static SLOT: Mutex<Weak<Auth>> = Mutex::new(Weak::new());
-    shared(&SLOT, || {
+pub fn auth<S: ServerUnderTest>() -> Arc<Auth<S>> {
+    shared(|| {
         let origin = Origin::start();
         let auth = auth_service();
         let down = closed_port();
@@ -353,7 +366,7 @@ pub fn auth(start: Start) -> Arc<Auth> {
                 &[("127.0.0.1:9080", format!("127.0.0.1:{}", auth.port()))],
             ),
         ];
-        let proxy = start("apisix-auth", origin.port(), &routes);
+        let proxy = start::<S>("apisix-auth", origin.port(), &routes);
         Auth { origin, auth, proxy }
     })
 }
@@ -368,10 +381,11 @@ fn auth_request_for(auth: &Origin, path: &str) -> origin::Request {
     found.unwrap_or_else(|| panic!("the auth service never got a request for {path}"))
 }
 
-pub fn the_auth_service_gets_the_chosen_request_headers_and_the_forwarded_ones(start: Start) {
-    let f = auth(start);
+pub fn the_auth_service_gets_the_chosen_request_headers_and_the_forwarded_ones<S: ServerUnderTest>() {
+    let f = auth::<S>();
     let path = "/fa/headers?q=1";
-    let r = f.proxy.send(
+    let r = send(
+        &f.proxy,
         &Request::post(path, "the body stays here")
             .host("fa.test")
             .header("Authorization", "Bearer good")
@@ -391,10 +405,11 @@ pub fn the_auth_service_gets_the_chosen_request_headers_and_the_forwarded_ones(s
     assert!(a.body.is_empty(), "the auth request has no body");
 }
 
-pub fn an_allowed_request_reaches_the_origin_with_the_chosen_auth_headers(start: Start) {
-    let f = auth(start);
+pub fn an_allowed_request_reaches_the_origin_with_the_chosen_auth_headers<S: ServerUnderTest>() {
+    let f = auth::<S>();
     let path = "/fa/allowed";
-    let r = f.proxy.send(
+    let r = send(
+        &f.proxy,
         &Request::post(path, "request body")
             .host("fa.test")
             .header("Authorization", "Bearer good")
@@ -409,10 +424,10 @@ pub fn an_allowed_request_reaches_the_origin_with_the_chosen_auth_headers(start:
     assert_eq!(o.body_str(), "request body");
 }
 
-pub fn a_denied_request_gets_the_auth_services_status_chosen_headers_and_body(start: Start) {
-    let f = auth(start);
+pub fn a_denied_request_gets_the_auth_services_status_chosen_headers_and_body<S: ServerUnderTest>() {
+    let f = auth::<S>();
     let path = "/fa/denied";
-    let r = f.proxy.send(&Request::get(path).host("fa.test").header("Authorization", "Bearer bad"));
+    let r = send(&f.proxy, &Request::get(path).host("fa.test").header("Authorization", "Bearer bad"));
     assert_eq!((r.status, r.body_str().as_str()), (401, DENY_BODY), "{}", f.proxy.log_report());
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"test\""));
     assert_eq!(r.header("x-auth-reason"), Some("bad token"));
@@ -422,20 +437,21 @@ pub fn a_denied_request_gets_the_auth_services_status_chosen_headers_and_body(st
     never_reaches(&f.origin, path);
 }
 
-pub fn an_auth_service_that_is_down_answers_403(start: Start) {
-    let f = auth(start);
+pub fn an_auth_service_that_is_down_answers_403<S: ServerUnderTest>() {
+    let f = auth::<S>();
     let path = "/fa/down";
-    let r = f.proxy.send(&Request::get(path).host("fa-down.test").header("Authorization", "Bearer good"));
+    let r = send(&f.proxy, &Request::get(path).host("fa-down.test").header("Authorization", "Bearer good"));
     assert_eq!(r.status, 403, "{}", f.proxy.log_report());
     assert_framing_right(&r);
     never_reaches(&f.origin, path);
 }
 
-pub fn an_auth_service_slower_than_the_timeout_answers_403(start: Start) {
-    let f = auth(start);
+pub fn an_auth_service_slower_than_the_timeout_answers_403<S: ServerUnderTest>() {
+    let f = auth::<S>();
     let path = "/fa/slow";
     let t0 = Instant::now();
-    let r = f.proxy.send(
+    let r = send(
+        &f.proxy,
         &Request::get(path)
             .host("fa-timeout.test")
             .header("Authorization", "Bearer slow")
@@ -450,23 +466,25 @@ pub fn an_auth_service_slower_than_the_timeout_answers_403(start: Start) {
     never_reaches(&f.origin, path);
 }
 
-pub fn allow_degradation_lets_the_request_through_when_the_auth_service_is_down(start: Start) {
-    let f = auth(start);
+pub fn allow_degradation_lets_the_request_through_when_the_auth_service_is_down<S: ServerUnderTest>() {
+    let f = auth::<S>();
     let path = "/fa/degraded";
-    let r = f.proxy.send(&Request::get(path).host("fa-degrade.test"));
+    let r = send(&f.proxy, &Request::get(path).host("fa-degrade.test"));
     assert_eq!((r.status, r.body_str().as_str()), (200, "hello from origin"), "{}", f.proxy.log_report());
     let o = request_for(&f.origin, path);
     assert!(!o.has_header("x-user-id"));
 }
 
-pub fn the_documented_yaml_allows_and_denies(start: Start) {
-    let f = auth(start);
-    let r =
-        f.proxy.send(&Request::get("/fa/doc-allow").host("fa-documented.test").header("Authorization", "Bearer good"));
+pub fn the_documented_yaml_allows_and_denies<S: ServerUnderTest>() {
+    let f = auth::<S>();
+    let r = send(
+        &f.proxy,
+        &Request::get("/fa/doc-allow").host("fa-documented.test").header("Authorization", "Bearer good"),
+    );
     assert_eq!(r.status, 200, "{}", f.proxy.log_report());
     assert_eq!(request_for(&f.origin, "/fa/doc-allow").header("x-user-id"), Some("alice"));
     let r =
-        f.proxy.send(&Request::get("/fa/doc-deny").host("fa-documented.test").header("Authorization", "Bearer bad"));
+        send(&f.proxy, &Request::get("/fa/doc-deny").host("fa-documented.test").header("Authorization", "Bearer bad"));
     assert_eq!((r.status, r.body_str().as_str()), (401, DENY_BODY), "{}", f.proxy.log_report());
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"test\""));
     assert!(!r.has_header("x-auth-reason"), "the documented YAML copies only WWW-Authenticate");
@@ -475,9 +493,9 @@ pub fn the_documented_yaml_allows_and_denies(start: Start) {
 
 // ------------------------------------------------------------------ response-rewrite
 
-pub struct Rewrite {
+pub struct Rewrite<S> {
     pub origin: Origin,
-    pub proxy: Box<dyn Proxy>,
+    pub proxy: S,
 }
 
 pub const NEW_BODY: &str = "{\"rewritten\": true}\n";
@@ -508,9 +526,8 @@ fn rewrite_origin() -> Origin {
     })
 }
 
-pub fn rewrite(start: Start) -> Arc<Rewrite> {
-    static SLOT: Mutex<Weak<Rewrite>> = Mutex::new(Weak::new());
-    shared(&SLOT, || {
+pub fn rewrite<S: ServerUnderTest>() -> Arc<Rewrite<S>> {
+    shared(|| {
         use base64::Engine as _;
         let origin = rewrite_origin();
         let full = format!(
@@ -529,14 +546,14 @@ pub fn rewrite(start: Start) -> Arc<Rewrite> {
             route("rr-b64", "response_rewrite", &format!(r#"{{"body": "{b64}", "body_base64": true}}"#), ""),
             documented_route("rr-documented", "response-rewrite", &[]),
         ];
-        let proxy = start("apisix-rewrite", origin.port(), &routes);
+        let proxy = start::<S>("apisix-rewrite", origin.port(), &routes);
         Rewrite { origin, proxy }
     })
 }
 
-pub fn status_headers_and_body_are_replaced(start: Start) {
-    let f = rewrite(start);
-    let r = f.proxy.send(&Request::get("/rr/full").host("rr.test"));
+pub fn status_headers_and_body_are_replaced<S: ServerUnderTest>() {
+    let f = rewrite::<S>();
+    let r = send(&f.proxy, &Request::get("/rr/full").host("rr.test"));
     assert_eq!(r.status, 403, "{}", f.proxy.log_report());
     assert_eq!(r.body_str(), NEW_BODY);
     assert_framing_right(&r);
@@ -553,18 +570,18 @@ pub fn status_headers_and_body_are_replaced(start: Start) {
     request_for(&f.origin, "/rr/full");
 }
 
-pub fn a_chunked_origin_body_is_replaced_whole(start: Start) {
-    let f = rewrite(start);
-    let r = f.proxy.send(&Request::get("/rr/chunked").host("rr.test"));
+pub fn a_chunked_origin_body_is_replaced_whole<S: ServerUnderTest>() {
+    let f = rewrite::<S>();
+    let r = send(&f.proxy, &Request::get("/rr/chunked").host("rr.test"));
     assert_eq!(r.status, 403, "{}", f.proxy.log_report());
     assert_eq!(r.body_str(), NEW_BODY, "nothing of the origin's {CHUNKED_LEN} chunked bytes may remain");
     assert_framing_right(&r);
     assert_eq!(r.header("x-set-new"), Some("1"));
 }
 
-pub fn the_old_header_form_sets_and_an_empty_value_removes_and_the_body_stays(start: Start) {
-    let f = rewrite(start);
-    let r = f.proxy.send(&Request::get("/rr/old").host("rr-old-headers.test"));
+pub fn the_old_header_form_sets_and_an_empty_value_removes_and_the_body_stays<S: ServerUnderTest>() {
+    let f = rewrite::<S>();
+    let r = send(&f.proxy, &Request::get("/rr/old").host("rr-old-headers.test"));
     assert_eq!(r.status, 201, "{}", f.proxy.log_report());
     assert_eq!(r.body_str(), "hello from origin");
     assert_framing_right(&r);
@@ -574,18 +591,18 @@ pub fn the_old_header_form_sets_and_an_empty_value_removes_and_the_body_stays(st
     assert_eq!(r.header("etag"), Some("\"v1\""), "the body is the origin's: its validators stay");
 }
 
-pub fn a_base64_body_is_decoded(start: Start) {
-    let f = rewrite(start);
-    let r = f.proxy.send(&Request::get("/rr/b64").host("rr-b64.test"));
+pub fn a_base64_body_is_decoded<S: ServerUnderTest>() {
+    let f = rewrite::<S>();
+    let r = send(&f.proxy, &Request::get("/rr/b64").host("rr-b64.test"));
     assert_eq!(r.status, 200, "{}", f.proxy.log_report());
     assert_eq!(r.body, binary_body());
     assert_framing_right(&r);
 }
 
-pub fn a_replaced_body_drops_the_origins_validators_and_encoding(start: Start) {
-    let f = rewrite(start);
+pub fn a_replaced_body_drops_the_origins_validators_and_encoding<S: ServerUnderTest>() {
+    let f = rewrite::<S>();
     // Status 200 (nginx drops Last-Modified by itself on other statuses).
-    let r = f.proxy.send(&Request::get("/rr/validators").host("rr-b64.test"));
+    let r = send(&f.proxy, &Request::get("/rr/validators").host("rr-b64.test"));
     assert_eq!(r.status, 200, "{}", f.proxy.log_report());
     assert_eq!(r.body, binary_body());
     for name in ["etag", "last-modified", "content-encoding"] {
@@ -594,17 +611,17 @@ pub fn a_replaced_body_drops_the_origins_validators_and_encoding(start: Start) {
     assert_eq!(r.header("x-keep"), Some("kept"), "other headers stay");
 }
 
-pub fn a_chunked_origin_body_is_replaced_by_a_base64_body(start: Start) {
-    let f = rewrite(start);
-    let r = f.proxy.send(&Request::get("/rr/chunked-b64").host("rr-b64.test"));
+pub fn a_chunked_origin_body_is_replaced_by_a_base64_body<S: ServerUnderTest>() {
+    let f = rewrite::<S>();
+    let r = send(&f.proxy, &Request::get("/rr/chunked-b64").host("rr-b64.test"));
     assert_eq!(r.status, 200, "{}", f.proxy.log_report());
     assert_eq!(r.body, binary_body());
     assert_framing_right(&r);
 }
 
-pub fn the_documented_yaml_rewrites_the_response(start: Start) {
-    let f = rewrite(start);
-    let r = f.proxy.send(&Request::get("/rr/documented").host("rr-documented.test"));
+pub fn the_documented_yaml_rewrites_the_response<S: ServerUnderTest>() {
+    let f = rewrite::<S>();
+    let r = send(&f.proxy, &Request::get("/rr/documented").host("rr-documented.test"));
     assert_eq!(r.status, 200, "{}", f.proxy.log_report());
     assert_eq!(r.body_str(), "{\"code\":\"ok\",\"message\":\"new json body\"}\n");
     assert_eq!(r.header("x-server-id"), Some("3"));
@@ -613,107 +630,110 @@ pub fn the_documented_yaml_rewrites_the_response(start: Start) {
     assert_framing_right(&r);
 }
 
-/// The test functions, for a test file that has `mod apisix_examples;` and a
-/// [`Start`] function at its root: `apisix_examples::cases!(start);`.
+/// The test functions, inside `e2e::server::for_each_server!` of a test file
+/// that has `mod apisix_examples;` at its root: `apisix_examples::cases!();`
+/// (they run on that module's `Server`).
+#[allow(unused_macros)]
 macro_rules! cases {
-    ($start:ident) => {
+    () => {
         mod fault_injection {
-            use super::apisix_examples as x;
+            use crate::apisix_examples as x;
             #[test]
             fn abort_at_100_percent_answers_the_status_headers_and_body() {
-                x::abort_at_100_percent_answers_the_status_headers_and_body(super::$start)
+                x::abort_at_100_percent_answers_the_status_headers_and_body::<super::Server>()
             }
             #[test]
             fn abort_at_0_percent_lets_every_request_through() {
-                x::abort_at_0_percent_lets_every_request_through(super::$start)
+                x::abort_at_0_percent_lets_every_request_through::<super::Server>()
             }
             #[test]
             fn abort_at_50_percent_aborts_some_requests_and_passes_the_others() {
-                x::abort_at_50_percent_aborts_some_requests_and_passes_the_others(super::$start)
+                x::abort_at_50_percent_aborts_some_requests_and_passes_the_others::<super::Server>()
             }
             #[test]
             fn delay_holds_the_request_for_the_duration_then_sends_it_on() {
-                x::delay_holds_the_request_for_the_duration_then_sends_it_on(super::$start)
+                x::delay_holds_the_request_for_the_duration_then_sends_it_on::<super::Server>()
             }
             #[test]
             fn concurrent_delayed_requests_each_wait_their_own_delay() {
-                x::concurrent_delayed_requests_each_wait_their_own_delay(super::$start)
+                x::concurrent_delayed_requests_each_wait_their_own_delay::<super::Server>()
             }
             #[test]
             fn a_client_that_leaves_during_a_delay_does_not_disturb_the_plugin() {
-                x::a_client_that_leaves_during_a_delay_does_not_disturb_the_plugin(super::$start)
+                x::a_client_that_leaves_during_a_delay_does_not_disturb_the_plugin::<super::Server>()
             }
             #[test]
             fn delay_then_abort_answers_after_the_delay_without_the_origin() {
-                x::delay_then_abort_answers_after_the_delay_without_the_origin(super::$start)
+                x::delay_then_abort_answers_after_the_delay_without_the_origin::<super::Server>()
             }
             #[test]
             fn the_documented_yaml_loads_and_answers_each_request_with_the_origin_or_the_fault() {
-                x::the_documented_yaml_loads_and_answers_each_request_with_the_origin_or_the_fault(super::$start)
+                x::the_documented_yaml_loads_and_answers_each_request_with_the_origin_or_the_fault::<super::Server>()
             }
         }
         mod forward_auth {
-            use super::apisix_examples as x;
+            use crate::apisix_examples as x;
             #[test]
             fn the_auth_service_gets_the_chosen_request_headers_and_the_forwarded_ones() {
-                x::the_auth_service_gets_the_chosen_request_headers_and_the_forwarded_ones(super::$start)
+                x::the_auth_service_gets_the_chosen_request_headers_and_the_forwarded_ones::<super::Server>()
             }
             #[test]
             fn an_allowed_request_reaches_the_origin_with_the_chosen_auth_headers() {
-                x::an_allowed_request_reaches_the_origin_with_the_chosen_auth_headers(super::$start)
+                x::an_allowed_request_reaches_the_origin_with_the_chosen_auth_headers::<super::Server>()
             }
             #[test]
             fn a_denied_request_gets_the_auth_services_status_chosen_headers_and_body() {
-                x::a_denied_request_gets_the_auth_services_status_chosen_headers_and_body(super::$start)
+                x::a_denied_request_gets_the_auth_services_status_chosen_headers_and_body::<super::Server>()
             }
             #[test]
             fn an_auth_service_that_is_down_answers_403() {
-                x::an_auth_service_that_is_down_answers_403(super::$start)
+                x::an_auth_service_that_is_down_answers_403::<super::Server>()
             }
             #[test]
             fn an_auth_service_slower_than_the_timeout_answers_403() {
-                x::an_auth_service_slower_than_the_timeout_answers_403(super::$start)
+                x::an_auth_service_slower_than_the_timeout_answers_403::<super::Server>()
             }
             #[test]
             fn allow_degradation_lets_the_request_through_when_the_auth_service_is_down() {
-                x::allow_degradation_lets_the_request_through_when_the_auth_service_is_down(super::$start)
+                x::allow_degradation_lets_the_request_through_when_the_auth_service_is_down::<super::Server>()
             }
             #[test]
             fn the_documented_yaml_allows_and_denies() {
-                x::the_documented_yaml_allows_and_denies(super::$start)
+                x::the_documented_yaml_allows_and_denies::<super::Server>()
             }
         }
         mod response_rewrite {
-            use super::apisix_examples as x;
+            use crate::apisix_examples as x;
             #[test]
             fn status_headers_and_body_are_replaced() {
-                x::status_headers_and_body_are_replaced(super::$start)
+                x::status_headers_and_body_are_replaced::<super::Server>()
             }
             #[test]
             fn a_chunked_origin_body_is_replaced_whole() {
-                x::a_chunked_origin_body_is_replaced_whole(super::$start)
+                x::a_chunked_origin_body_is_replaced_whole::<super::Server>()
             }
             #[test]
             fn the_old_header_form_sets_and_an_empty_value_removes_and_the_body_stays() {
-                x::the_old_header_form_sets_and_an_empty_value_removes_and_the_body_stays(super::$start)
+                x::the_old_header_form_sets_and_an_empty_value_removes_and_the_body_stays::<super::Server>()
             }
             #[test]
             fn a_base64_body_is_decoded() {
-                x::a_base64_body_is_decoded(super::$start)
+                x::a_base64_body_is_decoded::<super::Server>()
             }
             #[test]
             fn a_replaced_body_drops_the_origins_validators_and_encoding() {
-                x::a_replaced_body_drops_the_origins_validators_and_encoding(super::$start)
+                x::a_replaced_body_drops_the_origins_validators_and_encoding::<super::Server>()
             }
             #[test]
             fn a_chunked_origin_body_is_replaced_by_a_base64_body() {
-                x::a_chunked_origin_body_is_replaced_by_a_base64_body(super::$start)
+                x::a_chunked_origin_body_is_replaced_by_a_base64_body::<super::Server>()
             }
             #[test]
             fn the_documented_yaml_rewrites_the_response() {
-                x::the_documented_yaml_rewrites_the_response(super::$start)
+                x::the_documented_yaml_rewrites_the_response::<super::Server>()
             }
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use cases;

@@ -189,6 +189,12 @@ impl Filter {
         let tag = self.shared.config.tag.clone();
         extra.extend(std::mem::take(&mut self.report));
         let mut headers: Vec<(&str, &str)> = vec![("x-proxy-wasm", tag.as_str()), ("content-type", "text/plain")];
+        // `x-pw-local-connection: close`: the plugin asks the server to close
+        // the client connection after its response.
+        let connection = self.param_text("x-pw-local-connection");
+        if let Some(c) = connection.as_deref() {
+            headers.push(("connection", c));
+        }
         for (k, v) in extra.iter() {
             headers.push((k.as_str(), v.as_str()));
         }
