@@ -93,8 +93,8 @@ pub struct Vm {
     export_cache: [((usize, usize), Option<ExportIndex>); EXPORT_CACHE],
 }
 
-/// Slots of [`Vm::export_cache`]: more than the callbacks of a request.
-const EXPORT_CACHE: usize = 16;
+/// Slots of [`Vm::export_cache`]: more than the callbacks of the ABI.
+const EXPORT_CACHE: usize = 32;
 
 impl Vm {
     /// Instantiates `code` and runs its start-up functions.
@@ -253,16 +253,33 @@ impl Vm {
     /// The export of `callback` in the instance, if the module exports it.
     /// Remembered per name literal: the same `&'static str` (address and
     /// length) is the same name, so a callback costs a comparison of two
-    /// words instead of a lookup by name.
+    /// words instead of a lookup by name. Open addressing: the callbacks of
+    /// a request must not evict each other (each eviction is a lookup by name).
     fn exports(&mut self, callback: &'static str) -> Option<ExportIndex> {
         let key = (callback.as_ptr() as usize, callback.len());
-        let slot = (key.0 ^ key.1) % EXPORT_CACHE;
-        if self.export_cache[slot].0 == key {
-            return self.export_cache[slot].1;
+        let start = ((key.0 >> 3) ^ key.1) % EXPORT_CACHE;
+        for i in 0..EXPORT_CACHE {
+            let slot = (start + i) % EXPORT_CACHE;
+            let (k, export) = self.export_cache[slot];
+            if k == key {
+                return export;
+            }
+            if k == (0, 0) {
+                let export = self.resolve(callback);
+                self.export_cache[slot] = (key, export);
+                return export;
+            }
         }
-        let export = if self.code.exports_function(callback) { self.instance.resolve(callback) } else { None };
-        self.export_cache[slot] = (key, export);
-        export
+        // More names than slots: not remembered.
+        self.resolve(callback)
+    }
+
+    fn resolve(&mut self, callback: &str) -> Option<ExportIndex> {
+        if self.code.exports_function(callback) {
+            self.instance.resolve(callback)
+        } else {
+            None
+        }
     }
 
     /// Calls `callback` if the module exports it; `Ok(None)` otherwise.
