@@ -58,6 +58,17 @@ use driver::{Data, Driver, Timer};
 use link::dir_index;
 use stream::ChainStream;
 
+/// The most links a kept vector may hold (a longer chain's is freed).
+const SPARE_LINKS_MAX: usize = 64;
+
+thread_local! {
+    /// The link vector of a finished chain of this thread, kept for the
+    /// next one: a server thread (an NGINX worker, a Traffic Server exec
+    /// thread) runs one transaction after another, so the vector is not
+    /// allocated and freed per transaction.
+    static SPARE_LINKS: std::cell::Cell<Vec<Link>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Why a transaction cannot start on its chain: the server answers 503.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -180,7 +191,8 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         mut stream: impl FnMut(usize) -> H,
     ) -> Result<Chain<S, G>, ChainError> {
         let plugins = plugins.into_iter();
-        let mut links: Vec<Link> = Vec::with_capacity(plugins.size_hint().0);
+        let mut links: Vec<Link> = SPARE_LINKS.with(|s| s.take());
+        links.reserve(plugins.size_hint().0);
         let mut extism: Vec<Option<extism::ExtismStream>> = Vec::new();
         {
             let set = vms.plugins();
@@ -671,5 +683,13 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
 impl<S: ChainServer, G: ChainVms> Drop for Chain<S, G> {
     fn drop(&mut self) {
         self.finish();
+        let mut links = std::mem::take(&mut self.links);
+        if links.capacity() <= SPARE_LINKS_MAX {
+            links.clear();
+            SPARE_LINKS.with(|s| {
+                let spare = s.take();
+                s.set(if spare.capacity() >= links.capacity() { spare } else { links });
+            });
+        }
     }
 }

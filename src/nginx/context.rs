@@ -149,6 +149,36 @@ impl ChainServer for NgxChain {
     }
 }
 
+thread_local! {
+    /// The context of the worker's last finished request, when nothing else
+    /// held it any more, kept for the next request: a worker runs one request
+    /// after another, so the context is not allocated and freed per request.
+    static SPARE_CTX: Cell<Option<Arc<ReqCtx>>> = const { Cell::new(None) };
+}
+
+/// A context holding `value`, in the spare context's memory when there is one.
+pub(super) fn new_ctx(value: ReqCtx) -> Arc<ReqCtx> {
+    let Some(mut ctx) = SPARE_CTX.with(|s| s.take()) else { return Arc::new(value) };
+    match Arc::get_mut(&mut ctx) {
+        Some(spare) => {
+            *spare = value;
+            ctx
+        }
+        None => Arc::new(value),
+    }
+}
+
+/// Keeps a finished request's context as the spare if nothing else holds it
+/// (a plugin's stream context waiting for `proxy_done` does); what the
+/// request held (body bytes, a pending answer) is freed now.
+fn keep_spare(mut ctx: Arc<ReqCtx>) {
+    let Some(c) = Arc::get_mut(&mut ctx) else { return };
+    *c.body.get_mut() = RequestBody::default();
+    *c.replace_body.get_mut() = None;
+    *c.pending.get_mut() = None;
+    SPARE_CTX.with(|s| s.set(Some(ctx)));
+}
+
 pub fn get_ctx(r: *mut ngx_http_request_t) -> Option<&'static ReqCtx> {
     // SAFETY: r->ctx has a slot per HTTP module; ours holds a pointer from
     // Arc::into_raw, alive until the pool cleanup releases it.
@@ -193,5 +223,6 @@ pub(super) unsafe extern "C" fn cleanup(data: *mut c_void) {
                 ngx_del_timer(timer);
             }
         }
+        keep_spare(ctx);
     });
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 
 use super::base::{log, new_event};
-use super::context::{cleanup, ctx_of_event, get_ctx, NgxChain, NgxChainOf, ReqCtx};
+use super::context::{cleanup, ctx_of_event, get_ctx, new_ctx, NgxChain, NgxChainOf, ReqCtx};
 use super::headers as hdr;
 use super::local::answer_locally;
 use super::request_body::{self as body, BodyStep};
@@ -210,7 +210,7 @@ pub unsafe fn create_ctx(r: *mut ngx_http_request_t, chain: &[usize]) -> Created
         Start::Skip => return Created::Skip,
         Start::Refuse => return Created::Refuse,
     };
-    let ctx = Arc::new(ReqCtx {
+    let ctx = new_ctx(ReqCtx {
         r: AtomicPtr::new(r),
         signals: Signals::new(),
         ev: UnsafeCell::new(new_event(on_resume_event, std::ptr::null_mut())),

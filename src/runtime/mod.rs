@@ -277,10 +277,27 @@ pub trait Module<T>: Send + Sync {
     ) -> Result<Box<dyn Instance<T>>, RuntimeError>;
 }
 
+/// A function export of one instance, found once by [`Instance::resolve`]:
+/// calling it through [`Instance::call_resolved`] skips the lookup by name
+/// (callbacks run several times per request). Only valid for the instance
+/// that returned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportIndex(pub u32);
+
 /// A live instance: one linear memory, the host state, and callable exports.
 pub trait Instance<T>: Send {
     /// Calls an export by name. The core checks existence against `Module::exports`.
-    fn call(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap>;
+    fn call(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
+        match self.resolve(name) {
+            Some(export) => self.call_resolved(export, args),
+            None => Err(Trap::new(format!("the module has no function export {name:?}"))),
+        }
+    }
+    /// Finds a function export once (`None`: the module has none of that
+    /// name), ready to be called (Wasmtime: its typed function).
+    fn resolve(&mut self, name: &str) -> Option<ExportIndex>;
+    /// Calls an export found by [`Instance::resolve`] on this instance.
+    fn call_resolved(&mut self, export: ExportIndex, args: &[Val]) -> Result<Option<Val>, Trap>;
     fn state(&mut self) -> &mut T;
     /// Current linear memory size in bytes.
     fn memory_size(&mut self) -> usize;

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use wamrx_sys as sys;
 
 use super::{
-    Caller, Engine, ExportDesc, FuncType, HostFn, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError,
-    Trap, TrapKind, Val, ValType,
+    Caller, Engine, ExportDesc, ExportIndex, FuncType, HostFn, ImportDesc, Instance, Limits, LinkedImport, Module,
+    RuntimeError, Trap, TrapKind, Val, ValType,
 };
 
 /// The WAMR operand/frame stack of one instance (not the native stack).
@@ -456,7 +456,7 @@ impl<T: Send + 'static> Module<T> for WamrModule<T> {
         // trampoline only reads it back while a call on this instance runs.
         unsafe { sys::wasm_runtime_set_user_data(exec_env, ptr.cast()) };
         let memory_cap = limits.max_memory_bytes.map(|b| (b / WASM_PAGE as u64).max(1) * WASM_PAGE as u64);
-        Ok(Box::new(WamrInstance { inner: ptr, memory_cap, cap_reported: false }))
+        Ok(Box::new(WamrInstance { inner: ptr, resolved: Vec::new(), memory_cap, cap_reported: false }))
     }
 }
 
@@ -583,13 +583,22 @@ fn to_wasm_val(v: Val, ty: ValType) -> sys::wasm_val_t {
 /// `inner` points to a live `Inner`, used by this thread only, and no Rust
 /// reference into it is live across this call.
 unsafe fn call_export<T>(inner: *mut Inner<T>, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
-    if !thread_env_ready() {
-        return Err(Trap::new("cannot initialise this thread for WAMR"));
-    }
     // SAFETY: per the contract.
     let Some(export) = (unsafe { lookup(inner, name) }) else {
         return Err(Trap::new(format!("the module has no function export {name:?}")));
     };
+    // SAFETY: per the contract.
+    unsafe { call_found(inner, export, args) }
+}
+
+/// Calls `export`, found by [`lookup`] on the instance behind `inner`.
+///
+/// # Safety
+/// As [`call_export`].
+unsafe fn call_found<T>(inner: *mut Inner<T>, export: Export, args: &[Val]) -> Result<Option<Val>, Trap> {
+    if !thread_env_ready() {
+        return Err(Trap::new("cannot initialise this thread for WAMR"));
+    }
     if export.n_params != args.len() {
         return Err(Trap::new(format!("export expects {} arguments, the host passed {}", export.n_params, args.len())));
     }
@@ -717,6 +726,9 @@ fn trap_text(exception: &str) -> &str {
 
 struct WamrInstance<T> {
     inner: *mut Inner<T>,
+    /// The exports found by `resolve`: an `ExportIndex` is a position here,
+    /// so a call by index skips the lookup by name.
+    resolved: Vec<Export>,
     /// The memory limit in whole pages' bytes, and whether reaching it was reported.
     memory_cap: Option<u64>,
     cap_reported: bool,
@@ -735,9 +747,23 @@ impl<T> Drop for WamrInstance<T> {
 }
 
 impl<T: Send + 'static> Instance<T> for WamrInstance<T> {
-    fn call(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
+    fn resolve(&mut self, name: &str) -> Option<ExportIndex> {
         // SAFETY: `inner` is live while self is; `&mut self` excludes other users.
-        unsafe { call_export(self.inner, name, args) }
+        let export = unsafe { lookup(self.inner, name) }?;
+        if let Some(i) = self.resolved.iter().position(|e| e.func == export.func) {
+            return Some(ExportIndex(i as u32));
+        }
+        self.resolved.push(export);
+        Some(ExportIndex(self.resolved.len() as u32 - 1))
+    }
+
+    fn call_resolved(&mut self, export: ExportIndex, args: &[Val]) -> Result<Option<Val>, Trap> {
+        let Some(export) = self.resolved.get(export.0 as usize).copied() else {
+            return Err(Trap::new(format!("no resolved export with index {}", export.0)));
+        };
+        // SAFETY: `inner` is live while self is; `&mut self` excludes other
+        // users; `export` was looked up on this instance.
+        unsafe { call_found(self.inner, export, args) }
     }
 
     fn state(&mut self) -> &mut T {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use wasmtime as wt;
 
 use super::{
-    Caller, Engine, ExportDesc, FuncType, HostFn, ImportDesc, Instance, Limits, LinkedImport, Module, RuntimeError,
-    Trap, TrapKind, Val, ValType,
+    Caller, Engine, ExportDesc, ExportIndex, FuncType, HostFn, ImportDesc, Instance, Limits, LinkedImport, Module,
+    RuntimeError, Trap, TrapKind, Val, ValType,
 };
 use crate::hash::FastMap;
 
@@ -534,7 +534,7 @@ impl<T: Send + 'static> Module<T> for WasmtimeModule<T> {
         let instance = pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate(format!("{e:#}")))?;
         let memory = instance.get_memory(&mut store, "memory");
         store.data_mut().memory = memory;
-        Ok(Box::new(WasmtimeInstance { store, instance, timeout: limits.callback_timeout }))
+        Ok(Box::new(WasmtimeInstance { store, instance, timeout: limits.callback_timeout, resolved: Vec::new() }))
     }
 }
 
@@ -542,19 +542,9 @@ struct WasmtimeInstance<T: 'static> {
     store: wt::Store<StoreData<T>>,
     instance: wt::Instance,
     timeout: Option<Duration>,
-}
-
-impl<T: 'static> WasmtimeInstance<T> {
-    /// An export by name; lookups are cached in the store, as callbacks are
-    /// called by name on every request.
-    fn export(&mut self, name: &str) -> Option<Arc<Export>> {
-        if let Some(e) = self.store.data().exports.get(name) {
-            return e.clone();
-        }
-        let e = self.instance.get_func(&mut self.store, name).map(|f| Arc::new(Export::new(f, &self.store)));
-        self.store.data_mut().exports.insert(name.into(), e.clone());
-        e
-    }
+    /// The exports found by `resolve`, typed once; an `ExportIndex` is a
+    /// position here, so a call by index costs no lookup and no `Arc` clone.
+    resolved: Vec<(Box<str>, Export)>,
 }
 
 impl<T: Send + 'static> Instance<T> for WasmtimeInstance<T> {
@@ -562,9 +552,19 @@ impl<T: Send + 'static> Instance<T> for WasmtimeInstance<T> {
         std::mem::take(&mut self.store.data_mut().limits.refused)
     }
 
-    fn call(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
-        let Some(export) = self.export(name) else {
-            return Err(Trap::new(format!("the module has no function export {name:?}")));
+    fn resolve(&mut self, name: &str) -> Option<ExportIndex> {
+        if let Some(i) = self.resolved.iter().position(|(n, _)| &**n == name) {
+            return Some(ExportIndex(i as u32));
+        }
+        let func = self.instance.get_func(&mut self.store, name)?;
+        let export = Export::new(func, &self.store);
+        self.resolved.push((name.into(), export));
+        Some(ExportIndex(self.resolved.len() as u32 - 1))
+    }
+
+    fn call_resolved(&mut self, export: ExportIndex, args: &[Val]) -> Result<Option<Val>, Trap> {
+        let Some((_, export)) = self.resolved.get(export.0 as usize) else {
+            return Err(Trap::new(format!("no resolved export with index {}", export.0)));
         };
         if let Some(limit) = self.timeout {
             self.store.set_epoch_deadline(ticks(limit));

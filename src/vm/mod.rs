@@ -13,7 +13,7 @@ use crate::hostcalls::code::WasmCode;
 use crate::hostcalls::state::{Context, Deferred, HostState, Phase, RootContext, StartupPolicy, StreamContext, VmEnv};
 use crate::metrics::{process_metrics, MetricStore};
 use crate::plugin::PluginInfo;
-use crate::runtime::{Instance, Limits, Trap, Val};
+use crate::runtime::{ExportIndex, Instance, Limits, Trap, Val};
 use crate::shared::{process_queues, process_shared_data, QueueStore, SharedDataStore};
 
 /// Settings of a VM (the `vm_config` of a plugin).
@@ -87,13 +87,14 @@ pub struct Vm {
     calls: u64,
     /// The memory limit was reached and logged (once per instance).
     memory_limit_logged: bool,
-    /// Whether the module exports a callback, by the address and length of
-    /// the name literal the host calls it by (see [`Vm::exports`]).
-    export_cache: [((usize, usize), bool); EXPORT_CACHE],
+    /// The callback's export resolved in the instance (`None`: not
+    /// exported), by the address and length of the name literal the host
+    /// calls it by (see [`Vm::exports`]).
+    export_cache: [((usize, usize), Option<ExportIndex>); EXPORT_CACHE],
 }
 
-/// Slots of [`Vm::export_cache`]: more than the callbacks of a request.
-const EXPORT_CACHE: usize = 16;
+/// Slots of [`Vm::export_cache`]: more than the callbacks of the ABI.
+const EXPORT_CACHE: usize = 32;
 
 impl Vm {
     /// Instantiates `code` and runs its start-up functions.
@@ -126,7 +127,7 @@ impl Vm {
             failure: None,
             calls: 0,
             memory_limit_logged: false,
-            export_cache: [((0, 0), false); EXPORT_CACHE],
+            export_cache: [((0, 0), None); EXPORT_CACHE],
         };
         vm.start()?;
         Ok(vm)
@@ -192,8 +193,15 @@ impl Vm {
         self.instance.memory_size()
     }
 
-    /// Calls a callback for `context_id`, then applies what it deferred.
-    fn enter(&mut self, context_id: u32, callback: &'static str, args: &[Val]) -> Result<Option<Val>, VmError> {
+    /// Calls a callback (`export`, resolved from its name) for `context_id`,
+    /// then applies what it deferred.
+    fn enter(
+        &mut self,
+        context_id: u32,
+        callback: &'static str,
+        export: ExportIndex,
+        args: &[Val],
+    ) -> Result<Option<Val>, VmError> {
         if let Some(f) = &self.failure {
             return Err(VmError::Failed(f.clone()));
         }
@@ -203,7 +211,7 @@ impl Vm {
         st.callback = Some(callback);
         st.phase = Phase::Running;
         self.calls += 1;
-        let r = self.instance.call(callback, args);
+        let r = self.instance.call_resolved(export, args);
         // The context's plugin names the log lines below; looked up only for
         // them (a callback does not remove its own context: that is deferred).
         let plugin_ref = |vm: &mut Vm| match vm.instance.state().contexts.get(&context_id) {
@@ -242,18 +250,36 @@ impl Vm {
         }
     }
 
-    /// Whether the module exports `callback`. Remembered per name literal:
-    /// the same `&'static str` (address and length) is the same name, so a
-    /// callback costs a comparison of two words instead of hashing its name.
-    fn exports(&mut self, callback: &'static str) -> bool {
+    /// The export of `callback` in the instance, if the module exports it.
+    /// Remembered per name literal: the same `&'static str` (address and
+    /// length) is the same name, so a callback costs a comparison of two
+    /// words instead of a lookup by name. Open addressing: the callbacks of
+    /// a request must not evict each other (each eviction is a lookup by name).
+    fn exports(&mut self, callback: &'static str) -> Option<ExportIndex> {
         let key = (callback.as_ptr() as usize, callback.len());
-        let slot = &mut self.export_cache[(key.0 ^ key.1) % EXPORT_CACHE];
-        if slot.0 == key {
-            return slot.1;
+        let start = ((key.0 >> 3) ^ key.1) % EXPORT_CACHE;
+        for i in 0..EXPORT_CACHE {
+            let slot = (start + i) % EXPORT_CACHE;
+            let (k, export) = self.export_cache[slot];
+            if k == key {
+                return export;
+            }
+            if k == (0, 0) {
+                let export = self.resolve(callback);
+                self.export_cache[slot] = (key, export);
+                return export;
+            }
         }
-        let exported = self.code.exports_function(callback);
-        *slot = (key, exported);
-        exported
+        // More names than slots: not remembered.
+        self.resolve(callback)
+    }
+
+    fn resolve(&mut self, callback: &str) -> Option<ExportIndex> {
+        if self.code.exports_function(callback) {
+            self.instance.resolve(callback)
+        } else {
+            None
+        }
     }
 
     /// Calls `callback` if the module exports it; `Ok(None)` otherwise.
@@ -263,22 +289,25 @@ impl Vm {
         callback: &'static str,
         args: &[i64],
     ) -> Result<Option<Val>, VmError> {
-        if !self.exports(callback) || !self.callback_allowed(context_id, callback) {
-            if let Some(f) = &self.failure {
-                return Err(VmError::Failed(f.clone()));
+        let export = match self.exports(callback) {
+            Some(export) if self.callback_allowed(context_id, callback) => export,
+            _ => {
+                if let Some(f) = &self.failure {
+                    return Err(VmError::Failed(f.clone()));
+                }
+                return Ok(None);
             }
-            return Ok(None);
-        }
+        };
         // Callbacks take at most five arguments: no allocation per call.
         let mut buf = [Val::I32(0); 8];
         if args.len() > buf.len() {
             let args: Vec<Val> = args.iter().map(|a| Val::I32(*a as i32)).collect();
-            return self.enter(context_id, callback, &args);
+            return self.enter(context_id, callback, export, &args);
         }
         for (slot, a) in buf.iter_mut().zip(args) {
             *slot = Val::I32(*a as i32);
         }
-        self.enter(context_id, callback, &buf[..args.len()])
+        self.enter(context_id, callback, export, &buf[..args.len()])
     }
 
     /// A callback outside the plugin's `capability_restriction_config` is
