@@ -579,29 +579,16 @@ mod on_one_server {
             v.strip_prefix(&format!("{path}=")).unwrap_or_else(|| panic!("{key}: {v}")).to_string()
         };
         assert_eq!(int(&logged("response.code")), 200);
-        // A difference to remove (issue 13): NGINX does not answer these
-        // paths yet (src/nginx/stream.rs). When it does, this fails: make the
-        // Traffic Server branch the assertion for both.
-        let only_ats = ["request.duration", "request.total_size", "response.code_details", "response.size", "response.total_size", "connection.mtls", "upstream.address", "upstream.port"];
-        match Server::KIND {
-            Kind::TrafficServer => {
-                assert!(int(q("request.duration")) >= 0);
-                assert_eq!(q("connection.mtls").rsplit_once(" bool=").map(|(_, b)| b), Some("false"));
-                assert_eq!(p("response.code_details"), "via_upstream");
-                assert_eq!(p("upstream.address"), format!("127.0.0.1:{}", f.origin.port()));
-                assert_eq!(int(p("upstream.port")), f.origin.port() as i64);
-                // Sizes of what was sent.
-                assert_eq!(int(&logged("response.size")), 17);
-                assert!(int(&logged("response.total_size")) > 17 + 20);
-                assert!(int(&logged("request.total_size")) > 5 + 20);
-            }
-            Kind::Nginx => {
-                for path in only_ats {
-                    let (req, resp) = (q(path), p(path));
-                    assert_eq!((req, resp), ("(none)", "(none)"), "{path}: NGINX answers it now (see above)");
-                }
-            }
-        }
+        // Durations, sizes, code details and the upstream: both servers answer them.
+        assert!(int(q("request.duration")) >= 0);
+        assert_eq!(q("connection.mtls").rsplit_once(" bool=").map(|(_, b)| b), Some("false"));
+        assert_eq!(p("response.code_details"), "via_upstream");
+        assert_eq!(p("upstream.address"), format!("127.0.0.1:{}", f.origin.port()));
+        assert_eq!(int(p("upstream.port")), f.origin.port() as i64);
+        // Sizes of what was sent.
+        assert_eq!(int(&logged("response.size")), 17);
+        assert!(int(&logged("response.total_size")) > 17 + 20);
+        assert!(int(&logged("request.total_size")) > 5 + 20);
         // request.protocol is the client's.
         let r = send(&f.s, case("/pp/old", "properties").header("x-pw-prop-paths", "request.protocol").version("HTTP/1.0"));
         assert_eq!(prop(&r, "x-pw-prop-req", "request.protocol").split(" int=").next(), Some("HTTP/1.0"));

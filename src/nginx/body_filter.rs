@@ -39,7 +39,7 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
                 })
                 .unwrap_or(false);
         if !filtering {
-            return next_body(r, input);
+            return pass_on(ctx, r, input);
         }
         // SAFETY: the chain given to this filter.
         let (pieces, eos) = unsafe { drain(r, input) };
@@ -50,7 +50,7 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
         ctx.response_seen.set(seen);
         let eos = eos || ctx.response_length.get().is_some_and(|n| seen >= n);
         if pieces.is_empty() && !eos && !ctx.headers_held.get() && !ctx.body_held.get() {
-            return next_body(r, input);
+            return pass_on(ctx, r, input);
         }
         filter_pieces(ctx, r, pieces, eos)
     });
@@ -121,7 +121,7 @@ fn emit(ctx: &ReqCtx, r: *mut ngx_http_request_t, data: &[u8], eos: bool) -> ngx
     }
     // SAFETY: live request.
     match unsafe { chain_of(r, data, eos) } {
-        Some(cl) => next_body(r, cl),
+        Some(cl) => pass_on(ctx, r, cl),
         None => NGX_ERROR as ngx_int_t,
     }
 }
@@ -133,7 +133,31 @@ pub fn send_replacement(ctx: &ReqCtx, r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let body = ctx.replace_body.borrow().clone().unwrap_or_default();
     // SAFETY: live request.
-    unsafe { chain_of(r, &body, true) }.map_or(NGX_ERROR as ngx_int_t, |cl| next_body(r, cl))
+    unsafe { chain_of(r, &body, true) }.map_or(NGX_ERROR as ngx_int_t, |cl| pass_on(ctx, r, cl))
+}
+
+/// Passes `cl` to the next filter, counting its bytes (`response.size`).
+fn pass_on(ctx: &ReqCtx, r: *mut ngx_http_request_t, cl: *mut ngx_chain_t) -> ngx_int_t {
+    let mut bytes = 0u64;
+    let mut link = cl;
+    // SAFETY: a chain given to (or made by) this filter: its links and buffers are live.
+    unsafe {
+        while !link.is_null() {
+            let b = (*link).buf;
+            if !b.is_null() {
+                bytes += if (*b).in_file() != 0 && ((*b).pos.is_null() || (*b).last == (*b).pos) {
+                    ((*b).file_last - (*b).file_pos).max(0) as u64
+                } else if !(*b).pos.is_null() {
+                    (*b).last.offset_from((*b).pos).max(0) as u64
+                } else {
+                    0
+                };
+            }
+            link = (*link).next;
+        }
+    }
+    ctx.response_sent.set(ctx.response_sent.get() + bytes);
+    next_body(r, cl)
 }
 
 /// The chain's resume or pause timeout for the response body: what a plugin

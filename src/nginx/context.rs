@@ -67,6 +67,12 @@ pub struct ReqCtx {
     /// codec does, instead of waiting for nginx's separate empty last buffer.
     pub(super) response_length: Cell<Option<u64>>,
     pub(super) response_seen: Cell<u64>,
+    /// The details of the local response the module sent, if any
+    /// (`response.code_details`, as Envoy reports its local replies).
+    pub(super) local_details: RefCell<Option<String>>,
+    /// Response body bytes the body filter passed on (`response.size`:
+    /// `$body_bytes_sent` counts the chunked framing too).
+    pub(super) response_sent: Cell<u64>,
 }
 
 // SAFETY: nginx workers are single-threaded: the context (its request

@@ -14,8 +14,9 @@ use crate::host::LocalResponse;
 /// this returns). Its header goes through the header filter, so through the
 /// response callbacks of the plugins that saw the request (as Envoy runs its
 /// encoder filters on a local reply).
-pub fn answer_locally(ctx: &ReqCtx, r: *mut ngx_http_request_t, response: LocalResponse) -> ngx_int_t {
+pub fn answer_locally(ctx: &ReqCtx, r: *mut ngx_http_request_t, mut response: LocalResponse) -> ngx_int_t {
     ctx.answered.set(true);
+    *ctx.local_details.borrow_mut() = Some(std::mem::take(&mut response.details));
     if header_sent(r) {
         return NGX_ERROR as ngx_int_t;
     }
@@ -40,7 +41,8 @@ pub fn answer_locally(ctx: &ReqCtx, r: *mut ngx_http_request_t, response: LocalR
 /// body queued past its limit while they waited) replaces status, headers
 /// and body of the response; the body filter sends the new body once and
 /// drops the upstream's.
-pub fn replace_response(ctx: &ReqCtx, r: *mut ngx_http_request_t, response: LocalResponse) {
+pub fn replace_response(ctx: &ReqCtx, r: *mut ngx_http_request_t, mut response: LocalResponse) {
+    *ctx.local_details.borrow_mut() = Some(std::mem::take(&mut response.details));
     // SAFETY: live request, header not sent.
     unsafe {
         hdr::clear_response(r);

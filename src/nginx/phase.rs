@@ -230,6 +230,8 @@ pub unsafe fn create_ctx(r: *mut ngx_http_request_t, chain: &[usize]) -> Created
         response_eos_sent: Cell::new(false),
         response_length: Cell::new(None),
         response_seen: Cell::new(0),
+        local_details: RefCell::new(None),
+        response_sent: Cell::new(0),
     });
     // SAFETY: the events' data is the context itself (it lives as long as the events can fire).
     unsafe {

@@ -130,6 +130,21 @@ impl HttpStream for NgxStream {
 
     fn property(&self, path: &[&[u8]]) -> Result<Option<Vec<u8>>, Status> {
         let Some(r) = self.req() else { return Ok(None) };
+        match path {
+            [b"response", b"code_details"] => {
+                if let Some(details) = self.ctx.local_details.borrow().as_ref() {
+                    return Ok(Some(details.clone().into_bytes()));
+                }
+            }
+            // Body bytes as the body filter passed them on, before any chunked framing.
+            [b"response", b"size"] => return Ok(Some(self.ctx.response_sent.get().to_le_bytes().to_vec())),
+            [b"response", b"total_size"] => {
+                // SAFETY: live request; nginx sets `header_size` when it writes the header.
+                let header = unsafe { (*r).header_size } as u64;
+                return Ok(Some((header + self.ctx.response_sent.get()).to_le_bytes().to_vec()));
+            }
+            _ => {}
+        }
         // SAFETY: live request.
         Ok(unsafe { property(r, path, self.response_started()) })
     }
@@ -179,6 +194,31 @@ unsafe fn property(r: *mut ngx_http_request_t, path: &[&[u8]], response: bool) -
             [b"request", b"time"] => {
                 int(((*r).start_sec as u64) * 1_000_000_000 + ((*r).start_msec as u64) * 1_000_000)
             }
+            // Envoy: nanoseconds since the first byte of the request (nginx keeps its start to the ms).
+            [b"request", b"duration"] => {
+                let start = ((*r).start_sec as u64) * 1_000_000_000 + ((*r).start_msec as u64) * 1_000_000;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                int(now.saturating_sub(start))
+            }
+            // The request line, headers and body bytes read so far (`$request_length`).
+            [b"request", b"total_size"] => int((*r).request_length.max(0) as u64),
+            // The response came from the upstream (the local responses are answered by `NgxStream`).
+            [b"response", b"code_details"] if response => (!(*r).upstream.is_null()
+                && variable(r, b"upstream_status").is_some_and(|s| s != b"-"))
+            .then(|| b"via_upstream".to_vec()),
+            // The last upstream tried (`$upstream_addr` lists each attempt).
+            [b"upstream", b"address"] => last_upstream(r),
+            [b"upstream", b"port"] => {
+                last_upstream(r).and_then(|a| number(a.rsplit(|b| *b == b':').next()?.to_vec())).and_then(int)
+            }
+            // TLS with a verified client certificate.
+            [b"connection", b"mtls"] => {
+                let verified =
+                    !(*c).ssl.is_null() && variable(r, b"ssl_client_verify").is_some_and(|v| v == b"SUCCESS");
+                Some(vec![verified as u8])
+            }
             [b"request", b"size"] => {
                 ((*r).headers_in.content_length_n >= 0).then(|| (*r).headers_in.content_length_n as u64).and_then(int)
             }
@@ -204,6 +244,24 @@ unsafe fn property(r: *mut ngx_http_request_t, path: &[&[u8]], response: bool) -
             _ => None,
         }
     }
+}
+
+/// A decimal nginx variable's value.
+fn number(text: Vec<u8>) -> Option<u64> {
+    std::str::from_utf8(&text).ok()?.trim().parse().ok()
+}
+
+/// The address of the last upstream tried, "<ip>:<port>" (`$upstream_addr`
+/// separates attempts with ", " and internal redirections with " : ").
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn last_upstream(r: *mut ngx_http_request_t) -> Option<Vec<u8>> {
+    // SAFETY: live request (caller).
+    let all = unsafe { variable(r, b"upstream_addr")? };
+    let text = std::str::from_utf8(&all).ok()?;
+    let last = text.rsplit([',', ' ']).find(|s| !s.is_empty() && *s != ":")?;
+    (last.contains(':') && last != "-").then(|| last.as_bytes().to_vec())
 }
 
 fn scheme_of(r: *mut ngx_http_request_t) -> &'static [u8] {
