@@ -160,7 +160,7 @@ fn main() {
         eprintln!("usage: {} <plugins.yaml> <transactions.txt>", args[0]);
         std::process::exit(2);
     }
-    let configs = match proxy_wasm_host::config::load_file(&PathBuf::from(&args[1])) {
+    let configs = match proxy_wasm_host::files::load_file(&PathBuf::from(&args[1])) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

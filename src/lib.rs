@@ -30,6 +30,7 @@ pub mod chunked;
 pub mod config;
 pub mod extism;
 pub mod ffi;
+pub mod files;
 pub mod hash;
 pub mod host;
 pub mod hostcalls;

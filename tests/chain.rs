@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use proxy_wasm_host::abi::LogLevel;
 use proxy_wasm_host::chain::{Chain, ChainError, ChainServer, Flow, Generation, GenerationHost, Generations, Phase, PluginSet, RecycleReason, Signals};
-use proxy_wasm_host::config;
+use proxy_wasm_host::files;
 use proxy_wasm_host::host::{HttpCallResponse, LocalResponse, ServerHost};
 use proxy_wasm_host::loader::{self, PluginVms, VmKey};
 
@@ -177,7 +177,7 @@ fn plugin_set(plugins: &[P]) -> Arc<PluginSet> {
     }
     let path = dir.join(format!("{}.yaml", unique_vm_id("plugins")));
     std::fs::write(&path, &yaml).unwrap();
-    let configs = config::load_file(&path).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let configs = files::load_file(&path).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     Arc::new(PluginSet::new(loader::load(&configs).unwrap()))
 }
 
@@ -320,7 +320,7 @@ fn callbacks_a_module_does_not_export_are_skipped_without_entering_the_vm() {
     let yaml = format!("config:\n  name: min\n  vm_config:\n    runtime: {RUNTIME}\n    vm_id: {}\n    code: {{ local: {{ filename: \"{}\" }} }}\n", unique_vm_id("min"), wasm.display());
     let path = dir.join("min.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let set = Arc::new(PluginSet::new(loader::load(&config::load_file(&path).unwrap()).unwrap()));
+    let set = Arc::new(PluginSet::new(loader::load(&files::load_file(&path).unwrap()).unwrap()));
     let mut s = Setup { generations: Generations::new(set), host: Host::default() };
     let mut t = s.tx(&[(":path", "/")]);
     assert!(t.chain.filters(Phase::RequestHeaders));

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use proxy_wasm_host::abi::LogLevel;
 use proxy_wasm_host::chain::{Chain, ChainServer, EntityLink, Flow, Generation, GenerationHost, Generations, Phase, PluginSet, RecycleReason, Signals};
-use proxy_wasm_host::config;
+use proxy_wasm_host::files;
 use proxy_wasm_host::extism::entity::document::Settings;
 use proxy_wasm_host::extism::otoroshi::datastore::InProcessDataStore;
 use proxy_wasm_host::extism::otoroshi::maps::Maps;
@@ -118,14 +118,14 @@ struct Setup {
     entity_links: Vec<Arc<EntityLink>>,
 }
 
-/// Loads the files as a server does (`config::load_all`), the entities on this runtime.
+/// Loads the files as a server does (`files::load_all`), the entities on this runtime.
 fn setup(files: &[std::path::PathBuf], callback_timeout: Duration) -> Setup {
     setup_holding(files, callback_timeout, true)
 }
 
 /// `hold_response_headers`: false as on Traffic Server.
 fn setup_holding(files: &[std::path::PathBuf], callback_timeout: Duration, hold: bool) -> Setup {
-    let loaded = config::load_all(files).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = files::load_all(files).unwrap_or_else(|e| panic!("{e}"));
     let mut settings = loaded.otoroshi.clone().unwrap_or_default();
     settings.callback_timeout = callback_timeout;
     let services = Arc::new(Services {
@@ -355,7 +355,7 @@ fn an_entity_importing_what_it_is_not_granted_does_not_load() {
     let file = entity_file("access-control", "as", |doc| {
         doc["config"]["source"]["path"] = repo_root().join("build/plugins/otoroshi_link_plugin_map_write.wasm").display().to_string().into();
     });
-    let loaded = config::load_all(&[file]).unwrap();
+    let loaded = files::load_all(&[file]).unwrap();
     let services = Arc::new(Services {
         host: Arc::new(Logs::default()),
         http: None,

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use proxy_wasm_host::config::{self, PluginConfig};
+use proxy_wasm_host::config::PluginConfig;
+use proxy_wasm_host::files;
 use proxy_wasm_host::host::ServerHost;
 use proxy_wasm_host::loader::{self, LoadedPlugin, PluginError, PluginVms};
 use proxy_wasm_host::remote_code::{sha256_hex, FetchError};
@@ -82,7 +83,7 @@ fn temp_dir(name: &str) -> PathBuf {
 fn configs(dir: &Path, yaml: &str) -> (PathBuf, Vec<PluginConfig>) {
     let path = dir.join("plugins.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let configs = config::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let configs = files::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
     (path, configs)
 }
 

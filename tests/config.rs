@@ -9,9 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use proxy_wasm_host::config::{
-    load_file, load_files, load_str, CodeSource, ConfigError, ConfigOrigin, FailurePolicy, RuntimeKind,
-};
+use proxy_wasm_host::config::{CodeSource, ConfigError, ConfigOrigin, FailurePolicy, RuntimeKind};
+use proxy_wasm_host::files::{load_file, load_files, load_str};
 
 /// A temporary folder, removed when dropped.
 struct TempDir(PathBuf);
@@ -1201,7 +1200,7 @@ fn otoroshi_export_loads_beside_a_proxy_wasm_file() {
     let yaml =
         dir.write("f.yaml", "config:\n  name: f\n  vm_config:\n    code:\n      local:\n        filename: f.wasm\n");
 
-    let loaded = proxy_wasm_host::config::load_all(&[yaml, entity.clone()]).unwrap();
+    let loaded = proxy_wasm_host::files::load_all(&[yaml, entity.clone()]).unwrap();
     assert_eq!(loaded.plugins.len(), 1);
     assert_eq!(loaded.plugins[0].name, "f");
     assert_eq!(loaded.entities.len(), 1);
@@ -1225,7 +1224,7 @@ fn one_yaml_file_holds_plugins_entities_and_settings() {
     );
     let file = dir.write("mixed.yaml", &yaml);
 
-    let loaded = proxy_wasm_host::config::load_all(&[file.clone()]).unwrap();
+    let loaded = proxy_wasm_host::files::load_all(&[file.clone()]).unwrap();
     assert_eq!(loaded.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["f"]);
     assert_eq!(loaded.plugins[0].origin, ConfigOrigin { file: file.clone(), line: 5 });
     assert_eq!(loaded.entities.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["wasm-plugin_dev_access"]);
@@ -1243,7 +1242,7 @@ fn otoroshi_only_yaml_file_needs_no_proxy_wasm_plugin() {
         "o.yaml",
         "wasm_plugins:\n  - id: a\n    config:\n      source: { kind: File, path: access.wasm }\n    steps: [ValidateAccess]\n",
     );
-    let loaded = proxy_wasm_host::config::load_all(&[file]).unwrap();
+    let loaded = proxy_wasm_host::files::load_all(&[file]).unwrap();
     assert!(loaded.plugins.is_empty());
     assert_eq!(loaded.entities[0].id, "a");
 }
@@ -1252,7 +1251,7 @@ fn otoroshi_only_yaml_file_needs_no_proxy_wasm_plugin() {
 fn otoroshi_yaml_file_that_configures_nothing_is_refused() {
     let dir = TempDir::new();
     let file = dir.write("o.yaml", "otoroshi:\n  storage_root: x\nwasm_plugins: []\n");
-    let err = proxy_wasm_host::config::load_all(&[file.clone()]).unwrap_err().to_string();
+    let err = proxy_wasm_host::files::load_all(&[file.clone()]).unwrap_err().to_string();
     assert_eq!(
         err,
         format!(
@@ -1267,7 +1266,7 @@ fn entity_with_an_unknown_key_names_file_line_and_key() {
     let dir = TempDir::new();
     dir.wasm("access.wasm");
     let file = dir.write("bad.json", &OTOROSHI_EXPORT.replace("\"memoryPages\"", "\"memoryPage\""));
-    let err = proxy_wasm_host::config::load_all(&[file.clone()]).unwrap_err().to_string();
+    let err = proxy_wasm_host::files::load_all(&[file.clone()]).unwrap_err().to_string();
     assert_eq!(
         err,
         format!(
@@ -1287,7 +1286,7 @@ fn entity_id_may_not_name_a_proxy_wasm_plugin() {
         "config:\n  name: wasm-plugin_dev_access\n  vm_config:\n    code:\n      local:\n        filename: f.wasm\n",
     );
     let entity = dir.write("access.json", OTOROSHI_EXPORT);
-    let err = proxy_wasm_host::config::load_all(&[yaml.clone(), entity.clone()]).unwrap_err().to_string();
+    let err = proxy_wasm_host::files::load_all(&[yaml.clone(), entity.clone()]).unwrap_err().to_string();
     assert_eq!(
         err,
         format!(

@@ -7,7 +7,7 @@ use common::*;
 
 use std::sync::Arc;
 
-use proxy_wasm_host::config;
+use proxy_wasm_host::files;
 use proxy_wasm_host::host::ServerHost;
 use proxy_wasm_host::loader::{self, PluginError, PluginVms};
 use proxy_wasm_host::vm::{Verdict, VmOptions};
@@ -50,7 +50,7 @@ fn plugins_with_the_same_vm_id_and_code_share_one_instance() {
 "#
         ),
     );
-    let configs = config::load_file(&path).unwrap();
+    let configs = files::load_file(&path).unwrap();
     let plugins = loader::load(&configs).unwrap();
     assert!(Arc::ptr_eq(&plugins[0].code, &plugins[2].code), "the module is compiled once");
     let server = TestServer::new();
@@ -80,7 +80,7 @@ plugins:
 "#
         ),
     );
-    let plugins = loader::load(&config::load_file(&path).unwrap()).unwrap();
+    let plugins = loader::load(&files::load_file(&path).unwrap()).unwrap();
     let server = TestServer::new();
     let mut vms = PluginVms::start(&plugins, |_| server.clone() as Arc<dyn ServerHost>).unwrap();
     let stream = TestStream::with_request(&[(":method", "GET"), (":path", "/")]);
@@ -106,7 +106,7 @@ fn a_missing_runtime_or_bad_code_names_the_yaml_file_and_plugin() {
     std::fs::write(&wasm, b"this is not wasm").unwrap();
     let path = dir.join("bad.yaml");
     std::fs::write(&path, "config:\n  name: broken\n  vm_config:\n    code:\n      local:\n        filename: not-wasm.wasm\n").unwrap();
-    let e = loader::load(&config::load_file(&path).unwrap()).err().unwrap();
+    let e = loader::load(&files::load_file(&path).unwrap()).err().unwrap();
     assert!(matches!(e, PluginError::Load { .. }));
     let msg = e.to_string();
     assert!(msg.starts_with(&format!("{}:1: plugin \"broken\": {}:", path.display(), wasm.display())), "{msg}");
@@ -119,7 +119,7 @@ fn the_runtime_named_in_the_config_runs_the_plugin() {
     let wasm = repo_root().join("build/plugins/rust_sdk_filter.wasm");
     let _ = built_plugin("rust_sdk_filter.wasm");
     std::fs::write(&path, format!("config:\n  name: w\n  vm_config:\n    runtime: ats.wasm.runtime.{RUNTIME}\n    vm_id: {}\n    code: {{ local: {{ filename: \"{}\" }} }}\n", unique_vm_id("rt"), wasm.display())).unwrap();
-    let plugins = loader::load(&config::load_file(&path).unwrap()).unwrap();
+    let plugins = loader::load(&files::load_file(&path).unwrap()).unwrap();
     assert_eq!(plugins[0].code.engine, RUNTIME.as_str());
     let server = TestServer::new();
     let mut vms = PluginVms::start(&plugins, |_| server.clone() as Arc<dyn ServerHost>).unwrap();
@@ -187,7 +187,7 @@ fn shutdown_calls_on_done_then_on_delete_for_every_plugin() {
     let path = dir.join("p.yaml");
     let vm_id = unique_vm_id("sd");
     std::fs::write(&path, format!("- config: {{ name: one, vm_config: {{ runtime: {RUNTIME}, vm_id: {vm_id}, code: {{ local: {{ filename: lifecycle.wasm }} }} }} }}\n- config: {{ name: two, vm_config: {{ runtime: {RUNTIME}, vm_id: {vm_id}, code: {{ local: {{ filename: lifecycle.wasm }} }} }} }}\n")).unwrap();
-    let plugins = loader::load(&config::load_file(&path).unwrap()).unwrap();
+    let plugins = loader::load(&files::load_file(&path).unwrap()).unwrap();
     let server = TestServer::new();
     let mut vms = PluginVms::start(&plugins, |_| server.clone() as Arc<dyn ServerHost>).unwrap();
     server.clear_logs();

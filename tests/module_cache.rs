@@ -322,7 +322,7 @@ fn the_loader_refuses_a_planted_entry_with_a_valid_checksum_and_no_mac() {
     let text = format!("config:\n  name: planted\n  vm_config:\n    vm_id: planted\n    allow_precompiled: true\n    code: {{ local: {{ filename: \"{}\" }} }}\n", dir.join("plugin.wasm").display());
     std::fs::write(&yaml, text).unwrap();
     std::env::set_var(proxy_wasm_host::module_cache::DIR_ENV, &dir);
-    let configs = proxy_wasm_host::config::load_file(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let configs = proxy_wasm_host::files::load_file(&yaml).unwrap_or_else(|e| panic!("{e}"));
     let mut warnings = Vec::new();
     let loaded = proxy_wasm_host::loader::load_with_warnings(&configs, &mut |_, w| warnings.push(w.to_string()))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -183,7 +183,7 @@ fn the_loader_starts_an_instance_under_the_restrictions_of_its_plugins() {
         "config:\n  name: restricted\n  capability_restriction_config:\n    allowed_capabilities: [proxy_log, proxy_on_configure]\n  vm_config:\n    runtime: {RUNTIME}\n    vm_id: {vm_id}\n    code: {{ local: {{ filename: start.wasm }} }}\n"
     );
     std::fs::write(dir.join("plugins.yaml"), yaml).unwrap();
-    let configs = proxy_wasm_host::config::load_file(&dir.join("plugins.yaml")).unwrap();
+    let configs = proxy_wasm_host::files::load_file(&dir.join("plugins.yaml")).unwrap();
     let plugins = proxy_wasm_host::loader::load(&configs).unwrap();
     let server = TestServer::new();
     let _vms = proxy_wasm_host::loader::PluginVms::start(&plugins, |_| server.clone() as std::sync::Arc<dyn ServerHost>).unwrap();

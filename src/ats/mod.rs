@@ -283,7 +283,7 @@ fn config_path(arg: &str) -> PathBuf {
 /// check, so that a plugin that refuses its configuration is reported now.
 /// Errors name the file and key.
 fn load_plugins(paths: &[PathBuf]) -> Result<Loaded, String> {
-    let loaded = crate::config::load_all(paths).map_err(|e| e.to_string())?;
+    let loaded = crate::files::load_all(paths).map_err(|e| e.to_string())?;
     let configs = &loaded.plugins;
     let plugins = loader::load_with_warnings(configs, &mut |config, message| {
         log(LogLevel::Warn, &format!("[proxy_wasm] {}: {}: {message}", config.origin, config.name));

@@ -58,7 +58,7 @@ const MAX_FLOW_DEPTH: usize = 1000;
 
 /// Refuses text whose brackets nest deeper than [`MAX_FLOW_DEPTH`]. Brackets are counted
 /// everywhere, in strings and comments too: no configuration comes close to the limit.
-pub(super) fn check_flow_depth(text: &str, file: &Path) -> Result<(), ConfigError> {
+pub(crate) fn check_flow_depth(text: &str, file: &Path) -> Result<(), ConfigError> {
     let mut depth = 0usize;
     for (index, line) in text.lines().enumerate() {
         for (column, c) in line.chars().enumerate() {

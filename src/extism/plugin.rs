@@ -319,7 +319,7 @@ pub fn engine(runtime: crate::config::RuntimeKind) -> Option<Arc<dyn Engine<Exti
     }
 }
 
-/// Compiles and links every entity of a load (`config::Loaded::entities`), in order: each
+/// Compiles and links every entity of a load (`files::Loaded::entities`), in order: each
 /// module is read from its source (a `local` source is its target's) and linked with what the
 /// entity grants.
 ///

@@ -61,7 +61,7 @@ pub unsafe extern "C" fn pwh_plugins_load(
             // SAFETY: a non-null, NUL-terminated string (contract).
             paths.push(path_from_c(unsafe { CStr::from_ptr(*p) }));
         }
-        let configs = config::load_files(&paths).map_err(|e| e.to_string())?;
+        let configs = crate::files::load_files(&paths).map_err(|e| e.to_string())?;
         let plugins = loader::load(&configs).map_err(|e| e.to_string())?;
         Ok(Box::into_raw(Box::new(pwh_plugins { plugins })))
     };

@@ -160,7 +160,7 @@ pub unsafe extern "C" fn proxy_wasm_config(
         // SAFETY: `cf` is live during the directive handler, its arguments
         // and cycle too; the paths are copied before it returns.
         let paths: Vec<PathBuf> = unsafe { args(cf) }.iter().map(|a| unsafe { full_path(cf, a) }).collect();
-        let loaded = match crate::config::load_all(&paths) {
+        let loaded = match crate::files::load_all(&paths) {
             Ok(p) => p,
             // SAFETY: as above.
             Err(e) => return unsafe { conf_error(cf, &format!("failed: {e}")) },

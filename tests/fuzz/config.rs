@@ -1,4 +1,4 @@
-//! The YAML loader (`config::load_str` / `load_file`) on random and mutated
+//! The YAML loader (`files::load_str` / `load_file`) on random and mutated
 //! files: the repository's example configurations and `tests/configs/` as
 //! seeds, mutated byte-wise and line-wise (deleted, duplicated, swapped and
 //! re-indented lines, keys and values swapped for others), plus deep nesting,
@@ -10,7 +10,8 @@
 //! stay bounded (an alias bomb must not expand into gigabytes).
 
 use crate::engine::{self, Case, Rng};
-use proxy_wasm_host::config::{load_file, load_str, ConfigError};
+use proxy_wasm_host::config::ConfigError;
+use proxy_wasm_host::files::{load_file, load_str};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
