@@ -59,6 +59,7 @@ plugins: deps
 E2E_TESTS := $(patsubst tests/%.rs,--test %,$(wildcard tests/ats*.rs tests/nginx*.rs tests/conformance*.rs))
 
 test: deps plugins ats nginx
+	python3 scripts/module-deps.py
 	$(CARGO) test --locked --no-fail-fast
 	E2E_RUNTIME=wamr $(CARGO) test --locked --no-fail-fast $(E2E_TESTS)
 
