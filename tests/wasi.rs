@@ -278,7 +278,15 @@ fn an_unknown_wasi_import_of_any_shape_answers_without_trapping() {
       (call $report (i32.add (i32.const 1)))
       (call $report)
       (call $report (i32.trunc_f64_s (f64.add (f64.const 3) (call $fl (f64.const 1.5)))))"#;
-    let h = run(&wasi_module("", imports, body), VmOptions::new(unique_vm_id("shape")));
+    let module = wasi_module("", imports, body);
+    if RUNTIME == proxy_wasm_host::config::RuntimeKind::Wamr {
+        // WAMR hands back one result of a host function only: the module does not load
+        // (instead of seeing garbage in its second result).
+        let e = Harness::try_start_on(RUNTIME, &module, "", VmOptions::new(unique_vm_id("shape"))).err().unwrap();
+        assert!(e.contains("pw_no_such_call returns 2 values; a host function returns at most one on WAMR"), "{e}");
+        return;
+    }
+    let h = run(&module, VmOptions::new(unique_vm_id("shape")));
     assert_eq!(reports(&h), vec!["r=01", "r=58", "r=03"]);
 }
 

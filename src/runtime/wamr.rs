@@ -369,6 +369,15 @@ impl<T> WamrModule<T> {
             let Some(host) = imports.iter().find(|i| &i.module == module && &i.name == name) else {
                 return Err(format!("no host function for the import {module}.{name}"));
             };
+            // WAMR copies only the first result of a native function back to the interpreter:
+            // a second one would be whatever its stack held. Refused, rather than answered with
+            // garbage (Wasmtime returns every result).
+            if host.ty.results.len() > 1 {
+                return Err(format!(
+                    "the import {module}.{name} returns {} values; a host function returns at most one on WAMR",
+                    host.ty.results.len()
+                ));
+            }
             table[*id as usize] = Some(Link {
                 func: host.func,
                 params: host.ty.params.clone(),
