@@ -387,7 +387,7 @@ build_oto_as() {
 # and otoroshi_rust_template_<t>.wasm (its examples), wasm32-unknown-unknown.
 build_oto_rust() {
     local dir="$oto_dir/rust"
-    local outs=("$out_dir/otoroshi_rust.wasm" "$out_dir/otoroshi_rust_host.wasm") t o stale=0
+    local outs=("$out_dir/otoroshi_rust.wasm" "$out_dir/otoroshi_rust_host.wasm" "$out_dir/otoroshi_rust_files.wasm") t o stale=0
     for t in "${oto_templates[@]}"; do outs+=("$out_dir/otoroshi_rust_template_$t.wasm"); done
     for o in "${outs[@]}"; do
         up_to_date "$o" "$dir/Cargo.toml" "$dir/Cargo.lock" "$dir/src" "$dir/examples" "$0" || stale=1
@@ -413,8 +413,21 @@ build_oto_rust() {
             CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
             "$PLUGIN_CARGO" build --release --locked --target wasm32-unknown-unknown --lib --examples
     )
+    # The WASI example (std::fs through allowedPaths) needs wasm32-wasi's std.
+    (
+        cd "$dir"
+        env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
+            RUSTC_WRAPPER= CARGO_BUILD_RUSTC_WRAPPER= CARGO_BUILD_RUSTFLAGS= \
+            RUSTC="$PLUGIN_RUSTC" \
+            CARGO_TARGET_DIR="$target_dir" \
+            __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly \
+            CARGO_UNSTABLE_SPARSE_REGISTRY=true \
+            CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
+            "$PLUGIN_CARGO" build --release --locked --target wasm32-wasi --example files
+    )
     local rel="$target_dir/wasm32-unknown-unknown/release"
     local pairs=("$rel/otoroshi_rust.wasm:otoroshi_rust" "$rel/examples/host.wasm:otoroshi_rust_host")
+    pairs+=("$target_dir/wasm32-wasi/release/examples/files.wasm:otoroshi_rust_files")
     for t in "${oto_templates[@]}"; do pairs+=("$rel/examples/template_$t.wasm:otoroshi_rust_template_$t"); done
     local p built name
     for p in "${pairs[@]}"; do

@@ -24,6 +24,7 @@ use super::link::{makes_http_calls, resolve_all, LinkOptions, Resolved};
 use super::opa::{self, OpaGuest, OpaImport, OpaPolicy};
 use super::state::{ExtismState, PluginContext, Services};
 use crate::abi::LogLevel;
+use crate::hostcalls::wasi_files::Preopen;
 use crate::runtime::{
     Caller, Engine, ExportDesc, HostFn, HostResult, Instance, Limits, LinkedImport, Module, Trap, Val,
 };
@@ -43,6 +44,8 @@ pub enum PluginError {
     Link { id: String, error: super::link::LinkError },
     #[error("Otoroshi WASM plugin {id:?}: config.allowedHosts: {why}")]
     AllowedHosts { id: String, why: String },
+    #[error("Otoroshi WASM plugin {id:?}: config.allowedPaths: {why}; expected an existing folder")]
+    AllowedPaths { id: String, why: String },
     #[error("Otoroshi WASM plugin {id:?} cannot be instantiated: {why}")]
     Instantiate { id: String, why: String },
     #[error("Otoroshi WASM plugins: runtime {0} is not available in this build")]
@@ -239,6 +242,17 @@ impl ExtismPlugin {
             };
             imports.push(LinkedImport { module: import.module.clone(), name: import.name.clone(), ty, func });
         }
+        let base = entity.entity.file.parent().unwrap_or(Path::new("."));
+        let preopens = if config.wasi {
+            config
+                .allowed_paths
+                .iter()
+                .map(|(host, guest)| Preopen::new(host, guest, base))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|why| PluginError::AllowedPaths { id: id.clone(), why })?
+        } else {
+            Vec::new()
+        };
         let otoroshi_hosts = OtoroshiHosts::new(&config.allowed_hosts)
             .map_err(|why| PluginError::AllowedHosts { id: id.clone(), why })?;
         let context = Arc::new(PluginContext {
@@ -253,6 +267,7 @@ impl ExtismPlugin {
             max_response_size: MAX_DOWNLOAD_BYTES,
             max_var_bytes: super::vars::DEFAULT_MAX_VAR_BYTES,
             memory_pages: config.memory_pages,
+            preopens,
         });
         Ok(ExtismPlugin {
             name: entity.entity.name.clone(),

@@ -58,6 +58,8 @@ pub struct PluginContext {
     pub max_var_bytes: usize,
     /// The kernel's cap, in 64 KiB pages (`memoryPages`).
     pub memory_pages: u32,
+    /// `allowedPaths`: the host folders offered through WASI (`wasi: true`).
+    pub preopens: Vec<crate::hostcalls::wasi_files::Preopen>,
 }
 
 /// The state of one instance.
@@ -70,10 +72,13 @@ pub struct ExtismState {
     pub http_status: u16,
     /// Headers of the last `http_request` answer (`http_headers`).
     pub http_headers: BTreeMap<String, String>,
+    /// The folders of `allowedPaths` and the files the instance opened under them.
+    pub files: Option<crate::hostcalls::wasi_files::Files>,
 }
 
 /// WASI preview 1 for entities with `wasi: true` (the host's WASI functions): stdout and stderr
-/// are the plugin's log, the environment is empty, `proc_exit` is logged and ends the call.
+/// are the plugin's log, the environment is empty, `proc_exit` is logged and ends the call, the
+/// folders of `allowedPaths` are preopened.
 impl crate::hostcalls::wasi::WasiState for ExtismState {
     fn wasi_log(&mut self, level: LogLevel, line: &str) {
         if self.logs(level) {
@@ -88,11 +93,17 @@ impl crate::hostcalls::wasi::WasiState for ExtismState {
     fn wasi_exit(&mut self, code: i32) {
         self.log(LogLevel::Error, &format!("the plugin called proc_exit({code})"));
     }
+
+    fn wasi_files(&mut self) -> Option<&mut crate::hostcalls::wasi_files::Files> {
+        self.files.as_mut()
+    }
 }
 
 impl ExtismState {
     #[must_use]
     pub fn new(plugin: Arc<PluginContext>, services: Arc<Services>) -> ExtismState {
+        let files =
+            (!plugin.preopens.is_empty()).then(|| crate::hostcalls::wasi_files::Files::new(plugin.preopens.clone()));
         ExtismState {
             kernel: Kernel::new(plugin.memory_pages),
             vars: VarStore::new(plugin.max_var_bytes),
@@ -100,6 +111,7 @@ impl ExtismState {
             services,
             http_status: 0,
             http_headers: BTreeMap::new(),
+            files,
         }
     }
 

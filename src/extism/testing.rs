@@ -71,6 +71,7 @@ pub fn plugin_context() -> PluginContext {
         max_response_size: 1 << 20,
         max_var_bytes: super::vars::DEFAULT_MAX_VAR_BYTES,
         memory_pages: 64,
+        preopens: Vec::new(),
     }
 }
 

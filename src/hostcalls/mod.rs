@@ -11,3 +11,4 @@ pub mod exports;
 pub mod memory;
 pub mod state;
 pub mod wasi;
+pub mod wasi_files;

@@ -3,7 +3,9 @@
 //!
 //! Output to stdout/stderr becomes log lines; clocks and randomness are real;
 //! the environment holds only what the plugin configuration lists; there are no
-//! arguments, files or sockets. Each function answers what proxy-wasm-cpp-host
+//! arguments or sockets, and no files unless the host state offers folders
+//! ([`WasiState::wasi_files`]: an Otoroshi entity's `allowedPaths`, see
+//! [`super::wasi_files`]; Proxy-Wasm plugins get none, as under Envoy). Each function answers what proxy-wasm-cpp-host
 //! answers (`src/exports.cc`, `wasi_unstable_*`), except where
 //! docs/compatibility.md says otherwise. Any other WASI function answers an
 //! errno (NOTSUP) instead of trapping, whatever its signature.
@@ -12,6 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::memory;
 use super::state::HostState;
+use super::wasi_files::{self, Files};
 use crate::abi::LogLevel;
 use crate::runtime::{Caller, FuncType, HostFn, Trap, Val, ValType};
 
@@ -46,6 +49,11 @@ pub trait WasiState: 'static {
     fn wasi_environment(&self) -> &[(String, String)];
     /// `proc_exit(code)` was called (logged; the call then ends as a trap).
     fn wasi_exit(&mut self, code: i32);
+    /// The folders the plugin may open files in, and its open files; `None`: no file system
+    /// (the answers are then cpp-host's).
+    fn wasi_files(&mut self) -> Option<&mut Files> {
+        None
+    }
 }
 
 impl WasiState for HostState {
@@ -93,12 +101,81 @@ fn fd_write<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
 /// `fd_pwrite` on stdout/stderr: the offset means nothing for a log, so it is
 /// `fd_write` (as in cpp-host).
 fn fd_pwrite<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
+    if !is_std_out_or_err(u(a, 0)) {
+        return file_iovecs(c, u(a, 0), u(a, 1), u(a, 2), Some(offset(a, 3)), u(a, 4), Direction::Write);
+    }
     write_iovecs(c, u(a, 0), u(a, 1), u(a, 2), u(a, 4))
+}
+
+fn offset(a: &[Val], i: usize) -> u64 {
+    a.get(i).map_or(0, |v| v.as_i64() as u64)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// `fd_read`, `fd_pread`, `fd_write` and `fd_pwrite` on a file opened under a folder the plugin
+/// was given: the iovecs in order, stopping at a short transfer; the bytes moved go to
+/// `result` (EFAULT if an iovec lies outside memory). Without a file system: ENOSYS for
+/// reads (cpp-host) and EBADF for writes, as before files existed.
+fn file_iovecs<S: WasiState>(
+    c: &mut dyn Caller<S>,
+    fd: u32,
+    iovs: u32,
+    iovs_len: u32,
+    at: Option<u64>,
+    result: u32,
+    direction: Direction,
+) -> R {
+    let (mem, st) = c.memory_and_state();
+    let Some(files) = st.wasi_files() else {
+        return errno(if direction == Direction::Read { ENOSYS } else { EBADF });
+    };
+    let file = match files.file(fd) {
+        Ok(file) => file,
+        Err(e) => return errno(e),
+    };
+    let Some(table_len) = iovs_len.checked_mul(8) else { return errno(EFAULT) };
+    let Ok(table) = memory::read(mem, iovs, table_len) else { return errno(EFAULT) };
+    let mut moved: u64 = 0;
+    for iov in table.chunks_exact(8).take(MAX_IOVECS as usize) {
+        let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+        let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+        let Ok(buf) = memory::slice_mut(mem, ptr, len) else { return errno(EFAULT) };
+        let at = at.map(|o| o.saturating_add(moved));
+        let done = match direction {
+            Direction::Read => file.read(buf, at),
+            Direction::Write => file.write(buf, at),
+        };
+        match done {
+            Ok(n) => {
+                moved += n as u64;
+                if n < len as usize {
+                    break;
+                }
+            }
+            // What moved before the error is the answer (a short transfer).
+            Err(_) if moved > 0 => break,
+            Err(e) => return errno(e),
+        }
+    }
+    mem_result(memory::write_u32(mem, result, moved.min(u32::MAX as u64) as u32))
+}
+
+fn fd_read<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
+    file_iovecs(c, u(a, 0), u(a, 1), u(a, 2), None, u(a, 3), Direction::Read)
+}
+
+fn fd_pread<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
+    file_iovecs(c, u(a, 0), u(a, 1), u(a, 2), Some(offset(a, 3)), u(a, 4), Direction::Read)
 }
 
 fn write_iovecs<S: WasiState>(c: &mut dyn Caller<S>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) -> R {
     if fd != 1 && fd != 2 {
-        return errno(EBADF);
+        return file_iovecs(c, fd, iovs, iovs_len, None, nwritten, Direction::Write);
     }
     let (mem, st) = c.memory_and_state();
     let Some(table_len) = iovs_len.checked_mul(8) else { return errno(EFAULT) };
@@ -131,14 +208,16 @@ fn write_iovecs<S: WasiState>(c: &mut dyn Caller<S>, fd: u32, iovs: u32, iovs_le
     mem_result(memory::write_u32(mem, nwritten, out.len() as u32))
 }
 
-/// Reading files is not supported (fd_read, fd_pread, fd_prestat_dir_name,
-/// fd_fdstat_set_flags answer ENOSYS, as in cpp-host).
+/// fd_fdstat_set_flags answers ENOSYS, as in cpp-host.
 fn enosys<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
     errno(ENOSYS)
 }
 
-/// Closing is accepted for any descriptor (cpp-host answers success and logs).
-fn fd_close<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
+/// Closes an open file; any other descriptor is accepted too (cpp-host answers success).
+fn fd_close<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
+    if let Some(files) = c.state().wasi_files() {
+        files.close(u(a, 0));
+    }
     errno(ESUCCESS)
 }
 
@@ -171,17 +250,84 @@ fn fd_renumber<S: WasiState>(_c: &mut dyn Caller<S>, a: &[Val]) -> R {
     errno(if is_std_out_or_err(u(a, 0)) && is_std_out_or_err(u(a, 1)) { ENOTSUP } else { EBADF })
 }
 
-/// The offset of stdout/stderr is 0.
+/// The offset of stdout/stderr is 0; an open file's is its own.
 fn fd_tell<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
-    if !is_std_out_or_err(u(a, 0)) {
-        return errno(EBADF);
+    let fd = u(a, 0);
+    if !is_std_out_or_err(fd) {
+        let (mem, st) = c.memory_and_state();
+        let Some(files) = st.wasi_files() else { return errno(EBADF) };
+        return match files.file(fd).and_then(|f| f.seek(0, 1)) {
+            Ok(at) => mem_result(memory::write_u64(mem, u(a, 1), at)),
+            Err(e) => errno(e),
+        };
     }
     mem_result(memory::write_u64(c.memory_and_state().0, u(a, 1), 0))
 }
 
-/// There is no file system: nothing can be opened.
-fn path_open<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
-    errno(ENOENT)
+/// Opens a file under a folder the plugin was given; without any, nothing can be opened.
+fn path_open<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
+    let (mem, st) = c.memory_and_state();
+    let Some(files) = st.wasi_files() else { return errno(ENOENT) };
+    let Ok(path) = memory::read(mem, u(a, 2), u(a, 3)) else { return errno(EFAULT) };
+    // dirfd, dirflags, path, path_len, oflags, rights_base, rights_inheriting, fdflags, fd_out.
+    match files.open(u(a, 0), &path, u(a, 4), offset(a, 5), u(a, 7)) {
+        Ok(fd) => match memory::write_u32(mem, u(a, 8), fd) {
+            Ok(()) => errno(ESUCCESS),
+            Err(_) => {
+                files.close(fd);
+                errno(EFAULT)
+            }
+        },
+        Err(e) => errno(e),
+    }
+}
+
+/// The metadata of a file or folder under a folder the plugin was given (NOTSUP without any).
+fn path_filestat_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
+    let (mem, st) = c.memory_and_state();
+    let Some(files) = st.wasi_files() else { return errno(ENOTSUP) };
+    let Ok(path) = memory::read(mem, u(a, 2), u(a, 3)) else { return errno(EFAULT) };
+    match files.stat_path(u(a, 0), &path) {
+        Ok(meta) => mem_result(memory::write(mem, u(a, 4), &wasi_files::filestat(&meta))),
+        Err(e) => errno(e),
+    }
+}
+
+/// The metadata of an open file or a given folder; EBADF for anything else (cpp-host).
+fn fd_filestat_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
+    let (mem, st) = c.memory_and_state();
+    let Some(files) = st.wasi_files() else { return errno(EBADF) };
+    let meta = match files.handle(u(a, 0)) {
+        Some(wasi_files::Handle::File(f)) => f.metadata(),
+        Some(wasi_files::Handle::Folder(p)) => std::fs::metadata(&p.host).map_err(|_| wasi_files::errno::IO),
+        None => Err(EBADF),
+    };
+    match meta {
+        Ok(meta) => mem_result(memory::write(mem, u(a, 1), &wasi_files::filestat(&meta))),
+        Err(e) => errno(e),
+    }
+}
+
+/// A folder the plugin was given: its prestat (tag 0 = directory, then its name's length).
+/// Without any, EBADF ends wasi-libc's scan at once.
+fn fd_prestat_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
+    let (mem, st) = c.memory_and_state();
+    let Some(preopen) = st.wasi_files().and_then(|f| f.preopen(u(a, 0)).cloned()) else { return errno(EBADF) };
+    let mut prestat = [0u8; 8];
+    prestat[4..8].copy_from_slice(&(preopen.guest.len() as u32).to_le_bytes());
+    mem_result(memory::write(mem, u(a, 1), &prestat))
+}
+
+/// The name of a folder the plugin was given (ENOSYS without any, as in cpp-host).
+fn fd_prestat_dir_name<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
+    let (mem, st) = c.memory_and_state();
+    let Some(files) = st.wasi_files() else { return errno(ENOSYS) };
+    let Some(preopen) = files.preopen(u(a, 0)) else { return errno(EBADF) };
+    let name = preopen.guest.as_bytes();
+    if (u(a, 2) as usize) < name.len() {
+        return errno(EINVAL);
+    }
+    mem_result(memory::write(mem, u(a, 1), name))
 }
 
 /// Writes 0 to the length result, then answers NOTSUP (cpp-host).
@@ -215,15 +361,41 @@ fn zero_then_notsup<S: WasiState>(c: &mut dyn Caller<S>, slots: &[(u32, u32)]) -
     errno(ENOTSUP)
 }
 
-fn fd_seek<S: WasiState>(_c: &mut dyn Caller<S>, a: &[Val]) -> R {
-    errno(if u(a, 0) <= 2 { ESPIPE } else { EBADF })
+fn fd_seek<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
+    let fd = u(a, 0);
+    if fd <= 2 {
+        return errno(ESPIPE);
+    }
+    let (mem, st) = c.memory_and_state();
+    let Some(files) = st.wasi_files() else { return errno(EBADF) };
+    let whence = u(a, 2) as u8;
+    match files.file(fd).and_then(|f| f.seek(offset(a, 1) as i64, whence)) {
+        Ok(at) => mem_result(memory::write_u64(mem, u(a, 3), at)),
+        Err(e) => errno(e),
+    }
 }
 
-/// stdin/stdout/stderr are character devices; nothing else is open.
+/// stdin/stdout/stderr are character devices; a given folder is a directory, an open file a
+/// regular file (with the write right when opened for writing).
 fn fd_fdstat_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     let fd = u(a, 0);
     if fd > 2 {
-        return errno(EBADF);
+        let (mem, st) = c.memory_and_state();
+        let Some(files) = st.wasi_files() else { return errno(EBADF) };
+        let (filetype, rights) = match files.handle(fd) {
+            // Every right: what a folder allows is checked by path_open itself.
+            Some(wasi_files::Handle::Folder(_)) => (3u8, (1u64 << 29) - 1),
+            // fd_read, fd_seek, fd_tell, fd_filestat_get (+ fd_write).
+            Some(wasi_files::Handle::File(f)) => {
+                (4u8, (1 << 1) | (1 << 2) | (1 << 5) | (1 << 21) | if f.writable() { 1 << 6 } else { 0 })
+            }
+            None => return errno(EBADF),
+        };
+        let mut stat = [0u8; 24];
+        stat[0] = filetype;
+        stat[8..16].copy_from_slice(&rights.to_le_bytes());
+        stat[16..24].copy_from_slice(&rights.to_le_bytes());
+        return mem_result(memory::write(mem, u(a, 1), &stat));
     }
     // fdstat: filetype u8 (2 = character device), pad, flags u16, rights u64 x2.
     let mut stat = [0u8; 24];
@@ -231,11 +403,6 @@ fn fd_fdstat_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
     let rights: u64 = if fd == 0 { 1 << 1 } else { 1 << 6 }; // fd_read / fd_write
     stat[8..16].copy_from_slice(&rights.to_le_bytes());
     mem_result(memory::write(c.memory_and_state().0, u(a, 1), &stat))
-}
-
-/// Ends wasi-libc's scan for preopened directories: there are none.
-fn bad_fd<S: WasiState>(_c: &mut dyn Caller<S>, _a: &[Val]) -> R {
-    errno(EBADF)
 }
 
 fn environ_sizes_get<S: WasiState>(c: &mut dyn Caller<S>, a: &[Val]) -> R {
@@ -366,8 +533,8 @@ macro_rules! wasi_table {
 wasi_table! {
     ("fd_write", &[I32, I32, I32, I32], fd_write),
     ("fd_pwrite", &[I32, I32, I32, I64, I32], fd_pwrite),
-    ("fd_read", &[I32, I32, I32, I32], enosys),
-    ("fd_pread", &[I32, I32, I32, I64, I32], enosys),
+    ("fd_read", &[I32, I32, I32, I32], fd_read),
+    ("fd_pread", &[I32, I32, I32, I64, I32], fd_pread),
     ("fd_close", &[I32], fd_close),
     ("fd_seek", &[I32, I64, I32, I32], fd_seek),
     ("fd_tell", &[I32, I32], fd_tell),
@@ -382,10 +549,11 @@ wasi_table! {
     ("fd_filestat_set_times", &[I32, I64, I64, I32], std_fd_noop),
     ("fd_readdir", &[I32, I32, I32, I64, I32], fd_readdir),
     ("fd_renumber", &[I32, I32], fd_renumber),
-    ("fd_prestat_get", &[I32, I32], bad_fd),
-    ("fd_prestat_dir_name", &[I32, I32, I32], enosys),
-    ("fd_filestat_get", &[I32, I32], bad_fd),
+    ("fd_prestat_get", &[I32, I32], fd_prestat_get),
+    ("fd_prestat_dir_name", &[I32, I32, I32], fd_prestat_dir_name),
+    ("fd_filestat_get", &[I32, I32], fd_filestat_get),
     ("path_open", &[I32, I32, I32, I32, I32, I64, I64, I32, I32], path_open),
+    ("path_filestat_get", &[I32, I32, I32, I32, I32], path_filestat_get),
     ("path_readlink", &[I32, I32, I32, I32, I32, I32], path_readlink),
     ("sock_accept", &[I32, I32, I32], sock_accept),
     ("sock_recv", &[I32, I32, I32, I32, I32, I32], sock_recv),

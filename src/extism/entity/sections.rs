@@ -173,6 +173,7 @@ impl<'de> Node<'de> for ConfigNode {
         let mut source = None;
         let mut compiler_source = None;
         let mut raw_source = None;
+        let mut allowed_paths_key = None;
         let mut c = WasmConfig {
             source: Source::Local(String::new()),
             memory_pages: 100,
@@ -205,12 +206,7 @@ impl<'de> Node<'de> for ConfigNode {
                 "allowedHosts" => c.allowed_hosts = map.next_value_seed(vcx.at(TextList))?,
                 "allowedPaths" => {
                     c.allowed_paths = map.next_value_seed(vcx.clone().at(TextMap))?;
-                    if !c.allowed_paths.is_empty() {
-                        warnings.push(Warning {
-                            key: vcx.path,
-                            message: "this host's WASI gives plugins no file system: allowedPaths has no effect".into(),
-                        });
-                    }
+                    allowed_paths_key = Some(vcx.path);
                 }
                 "wasi" => c.wasi = map.next_value_seed(vcx.at(Flag))?.unwrap_or(false),
                 "opa" => c.opa = map.next_value_seed(vcx.at(Flag))?.unwrap_or(false),
@@ -244,6 +240,13 @@ impl<'de> Node<'de> for ConfigNode {
             }
             Ok(())
         })?;
+        if let Some(key) = allowed_paths_key.filter(|_| !c.allowed_paths.is_empty() && !c.wasi) {
+            warnings.push(Warning {
+                key,
+                message: "the folders are offered through WASI, which needs wasi: true: allowedPaths has no effect"
+                    .into(),
+            });
+        }
         c.source = match (source, compiler_source, raw_source) {
             (Some(s), _, _) => s,
             (None, Some((path, vcx)), _) => {
