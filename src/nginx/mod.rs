@@ -55,6 +55,7 @@ mod request_body;
 mod server;
 mod shm;
 mod stream;
+mod thread_task;
 mod validate;
 mod worker;
 
