@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proxy_wasm_host::abi::LogLevel;
-use proxy_wasm_host::chain::{Chain, ChainServer, EntityLink, Flow, Generation, GenerationHost, Generations, Phase, PluginSet, RecycleReason, Signals};
+use proxy_wasm_host::chain::{
+    offload_done, Chain, ChainServer, EntityLink, Flow, Generation, GenerationHost, Generations, OffLoop, Phase, PluginSet,
+    RecycleReason, Signals,
+};
 use proxy_wasm_host::config;
 use proxy_wasm_host::extism::entity::document::Settings;
 use proxy_wasm_host::extism::otoroshi::datastore::InProcessDataStore;
@@ -53,6 +56,13 @@ impl ChainServer for Fake {
     }
     fn log(&self, plugin: &str, level: LogLevel, message: &str) {
         self.0.logs.lock().unwrap().push((plugin.to_string(), level, message.to_string()));
+    }
+    /// The work on a thread of its own, waited for here; then the link's resume, as a server's
+    /// completion does (the test runs `Chain::resume`, the server's wake-up).
+    fn run_off_loop(&self, job: OffLoop) -> Result<(), String> {
+        std::thread::spawn(job.work).join().map_err(|_| "the work panicked".to_string())?;
+        offload_done(self, job.link, job.direction);
+        Ok(())
     }
 }
 
@@ -333,6 +343,41 @@ fn a_trap_applies_the_failure_policy_and_only_ends_that_call() {
     let mut t = s.tx(&get(&[]));
     assert_eq!(respond(&t.request_headers(true)).0, 503);
     assert_eq!(s.entity_links[0].instances_created(), 2);
+}
+
+#[test]
+fn calls_of_an_entity_that_can_call_out_run_off_the_event_loop() {
+    // The hostile module imports http_request; with allowedHosts its calls may block, so each
+    // runs off the event loop (here: the fake server's thread) while the chain waits for the
+    // link, which resumes when the call returned.
+    let file = entity_file("access-control", "as", |doc| {
+        doc["config"]["source"]["path"] = repo_root().join("build/plugins/extism_hostile.wasm").display().to_string().into();
+        doc["config"]["allowedHosts"] = serde_json::json!(["127.0.0.1"]);
+        doc["config"]["functionName"] = "spin".into();
+    });
+    let mut s = setup(&[filter_file(), file], Duration::from_millis(200));
+    assert!(s.entity_links[0].plugin.makes_http_calls);
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Wait, "the chain waits for the call");
+    assert!(t.chain.pause_owner().is_some());
+    // The call (an endless loop past callback_timeout) returned a trap: the failure policy applies.
+    let (phase, flow) = t.chain.resume().expect("the call returned: the link resumes");
+    assert_eq!(phase, Phase::RequestHeaders);
+    assert_eq!(respond(&flow).0, 503, "fail_closed");
+    assert!(t.fake.logged("time limit exceeded") || t.fake.logged("interrupt"), "{:?}", t.fake.0.logs.lock().unwrap());
+    assert_eq!(t.chain.resume(), None, "nothing waits any more");
+    // A call that returns: the step applies its answer (export "ok" outputs {"result":true}) and
+    // the chain goes on after the link.
+    let file = entity_file("access-control", "as", |doc| {
+        doc["config"]["source"]["path"] = repo_root().join("build/plugins/extism_hostile.wasm").display().to_string().into();
+        doc["config"]["allowedHosts"] = serde_json::json!(["127.0.0.1"]);
+        doc["config"]["functionName"] = "ok".into();
+    });
+    let mut s = setup(&[filter_file(), file], Duration::from_secs(5));
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Wait);
+    assert_eq!(t.chain.resume(), Some((Phase::RequestHeaders, Flow::Continue)));
+    assert!(t.chain.headers_done(proxy_wasm_host::abi::StreamType::HttpRequest));
 }
 
 #[test]
