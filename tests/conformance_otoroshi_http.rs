@@ -172,6 +172,30 @@ fn a_slow_auth_call_does_not_hold_other_requests() {
 }
 
 #[test]
+fn a_client_gone_while_its_call_runs_leaves_the_server_serving() {
+    use std::io::Write;
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let gate = Arc::new(Gate::default());
+        let auth = auth_service(gate.clone());
+        let s: Server = start("oto-http-gone", &origin, pdk, &auth.url("/auth"), 40_000);
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", s.port())).unwrap();
+        client.write_all(b"GET /slow/gone HTTP/1.1\r\nHost: gone.test\r\n\r\n").unwrap();
+        auth.wait_for_path("/auth/slow/gone", Duration::from_secs(20));
+        // The client goes while the plugin's call waits for the service; then the call returns.
+        client.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(client);
+        gate.open();
+        // Whatever became of that request, the worker / exec thread serves the next ones.
+        for path in ["/after/one", "/after/two"] {
+            let r = send(&s, Request::get(path));
+            assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        }
+        s.assert_nothing_died();
+    }
+}
+
+#[test]
 fn a_call_past_its_timeout_fails_the_plugin_and_the_server_serves_on() {
     let origin = Origin::start();
     for pdk in PDKS {
