@@ -380,6 +380,63 @@ fn calls_of_an_entity_that_can_call_out_run_off_the_event_loop() {
     assert!(t.chain.headers_done(proxy_wasm_host::abi::StreamType::HttpRequest));
 }
 
+/// The all-steps AssemblyScript plugin (it imports http_request) with `steps`, granted a host:
+/// its calls run off the event loop.
+fn calling_out_entity(steps: &[&str]) -> std::path::PathBuf {
+    let steps: Vec<String> = steps.iter().map(|s| (*s).to_owned()).collect();
+    entity_file("request-transformer", "as", |doc| {
+        doc["config"]["source"]["path"] = repo_root().join("build/plugins/otoroshi_as.wasm").display().to_string().into();
+        doc["config"]["allowedHosts"] = serde_json::json!(["127.0.0.1"]);
+        doc["config"]["functionName"] = "".into();
+        doc["steps"] = serde_json::json!(steps);
+    })
+}
+
+#[test]
+fn body_steps_off_the_event_loop_resume_where_they_waited() {
+    // TransformRequest, then CallBackend with the transformed body: two calls, two waits.
+    let mut s = setup(&[filter_file(), calling_out_entity(&["TransformRequest", "CallBackend"])], Duration::from_secs(5));
+    assert!(s.entity_links[0].plugin.makes_http_calls);
+    let mut t = s.tx(&get(&[("content-type", "text/plain")]));
+    assert_eq!(t.request_headers(false), Flow::Continue);
+    assert_eq!(t.chain.on_request_body(b"hello ", false), Flow::Buffered);
+    assert_eq!(t.chain.on_request_body(b"world", true), Flow::Wait, "TransformRequest's call runs");
+    assert_eq!(t.chain.resume(), Some((Phase::RequestBody, Flow::Wait)), "then CallBackend's");
+    assert_eq!(t.request_header("x-transformed-by").as_deref(), Some("assemblyscript transform_request"));
+    let (_, flow) = t.chain.resume().expect("CallBackend's call returned");
+    let (status, body, _) = respond(&flow);
+    assert_eq!(status, 200);
+    assert_eq!(body, "assemblyscript call_backend: GET /api body=transformed by assemblyscript: hello world");
+
+    // TransformResponse, the response headers held (NGINX): the end of the body starts the call.
+    let mut s = setup(&[filter_file(), calling_out_entity(&["TransformResponse"])], Duration::from_secs(5));
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Continue);
+    assert_eq!(t.response_headers(OK, false), Flow::Wait);
+    assert_eq!(t.chain.on_response_body(b"abc", false), Flow::Buffered);
+    assert_eq!(t.chain.on_response_body(b"def", true), Flow::Buffered, "the call runs, the headers wait on");
+    assert_eq!(t.chain.resume(), Some((Phase::ResponseHeaders, Flow::Buffered)), "the result is applied");
+    assert_eq!(t.chain.resume(), Some((Phase::ResponseHeaders, Flow::Continue)), "the headers go on");
+    assert_eq!(t.response_header("x-response-transformed-by").as_deref(), Some("assemblyscript transform_response"));
+    assert_eq!(
+        t.chain.on_response_body(b"", false),
+        Flow::Forward { data: b"transformed by assemblyscript: abcdef".to_vec(), end_of_stream: true }
+    );
+
+    // The same without holding the headers (Traffic Server): the chain waits at the end of the body.
+    let mut s = setup_holding(&[filter_file(), calling_out_entity(&["TransformResponse"])], Duration::from_secs(5), false);
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Continue);
+    assert_eq!(t.response_headers(OK, false), Flow::Continue);
+    assert_eq!(t.chain.on_response_body(b"abc", false), Flow::Buffered);
+    assert_eq!(t.chain.on_response_body(b"def", true), Flow::Wait);
+    assert_eq!(t.chain.waiting(), Some(Phase::ResponseBody));
+    assert_eq!(
+        t.chain.resume(),
+        Some((Phase::ResponseBody, Flow::Forward { data: b"transformed by assemblyscript: abcdef".to_vec(), end_of_stream: true }))
+    );
+}
+
 #[test]
 fn an_opa_policy_denies_with_403() {
     let text = std::fs::read_to_string(repo_root().join("examples/otoroshi/opa-policy.json")).unwrap();
