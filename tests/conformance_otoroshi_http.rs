@@ -79,6 +79,11 @@ fn start<S: ServerUnderTest>(test: &str, origin: &Origin, pdk: &str, auth_url: &
     S::start(Setup::new(&format!("{test}-{pdk}"), origin.port()).workers(1).plugin(&id, yaml))
 }
 
+/// `yaml` (entity `id`) alone in front of `origin`, one worker / exec thread.
+fn start_entity<S: ServerUnderTest>(origin: &Origin, pdk: &str, id: &str, yaml: String) -> S {
+    S::start(Setup::new(&format!("oto-http-body-{pdk}"), origin.port()).workers(1).plugin(id, yaml))
+}
+
 fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
     s.send(&req.timeout(Duration::from_secs(40))).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
 }
@@ -191,6 +196,28 @@ fn a_client_gone_while_its_call_runs_leaves_the_server_serving() {
             let r = send(&s, Request::get(path));
             assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
         }
+        s.assert_nothing_died();
+    }
+}
+
+#[test]
+fn body_steps_of_an_entity_that_calls_out_run_off_the_event_loop() {
+    // The all-steps test plugins import http_request: granted a host, their TransformRequest and
+    // TransformResponse calls run off the event loop, at the end of each body.
+    let origin = Origin::with_handler(|req: &origin::Request| origin::Response::echo(req));
+    for (pdk, tag) in [("as", "assemblyscript"), ("rust", "rust")] {
+        let (id, yaml) = entity(pdk, "http://127.0.0.1:9/unused", 10_000);
+        let yaml = yaml
+            .replace(&format!("otoroshi_{pdk}_template_http_access.wasm"), &format!("otoroshi_{pdk}.wasm"))
+            .replace("\"functionName\":\"execute\"", "\"functionName\":\"\"")
+            .replace("\"steps\":[\"ValidateAccess\"]", "\"steps\":[\"TransformRequest\",\"TransformResponse\"]");
+        assert!(yaml.contains("TransformResponse"), "{yaml}");
+        let s: Server = start_entity(&origin, pdk, &id, yaml);
+        let r = send(&s, Request::post("/body", "ping").header("content-type", "text/plain"));
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        let seen = origin.last_request().expect("the origin was called");
+        assert_eq!(seen.body_str(), format!("transformed by {tag}: ping"), "{pdk}: TransformRequest's body");
+        assert_eq!(r.body_str(), format!("transformed by {tag}: transformed by {tag}: ping"), "{pdk}: TransformResponse's body");
         s.assert_nothing_died();
     }
 }
