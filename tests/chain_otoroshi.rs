@@ -31,6 +31,8 @@ struct FakeState {
     signals: Signals,
     wakes: Mutex<usize>,
     logs: Mutex<Vec<(String, LogLevel, String)>>,
+    /// Off-loop work kept instead of run (`hold_off_loop`), until `run_held`.
+    held: Mutex<Option<Vec<OffLoop>>>,
 }
 
 #[derive(Clone, Default)]
@@ -42,6 +44,20 @@ impl Fake {
     }
     fn wakes(&self) -> usize {
         *self.0.wakes.lock().unwrap()
+    }
+    /// From now on off-loop work waits until `run_held` (a call still running).
+    fn hold_off_loop(&self) {
+        *self.0.held.lock().unwrap() = Some(Vec::new());
+    }
+    /// Runs the work kept so far on a thread and resumes its links (the call returned).
+    fn run_held(&self) -> usize {
+        let jobs = self.0.held.lock().unwrap().take().unwrap_or_default();
+        let n = jobs.len();
+        for job in jobs {
+            std::thread::spawn(job.work).join().unwrap();
+            offload_done(self, job.link, job.direction);
+        }
+        n
     }
 }
 
@@ -60,6 +76,10 @@ impl ChainServer for Fake {
     /// The work on a thread of its own, waited for here; then the link's resume, as a server's
     /// completion does (the test runs `Chain::resume`, the server's wake-up).
     fn run_off_loop(&self, job: OffLoop) -> Result<(), String> {
+        if let Some(held) = self.0.held.lock().unwrap().as_mut() {
+            held.push(job);
+            return Ok(());
+        }
         std::thread::spawn(job.work).join().map_err(|_| "the work panicked".to_string())?;
         offload_done(self, job.link, job.direction);
         Ok(())
@@ -435,6 +455,33 @@ fn body_steps_off_the_event_loop_resume_where_they_waited() {
         t.chain.resume(),
         Some((Phase::ResponseBody, Flow::Forward { data: b"transformed by assemblyscript: abcdef".to_vec(), end_of_stream: true }))
     );
+}
+
+#[test]
+fn a_call_that_returns_after_the_pause_timeout_changes_nothing() {
+    let mut s = setup(&[filter_file(), calling_out_entity(&["ValidateAccess"])], Duration::from_secs(5));
+    let mut t = s.tx(&get(&[]));
+    t.fake.hold_off_loop();
+    assert_eq!(t.request_headers(true), Flow::Wait);
+    assert_eq!(t.chain.resume(), None, "the call has not returned: nothing to do");
+    // The wait passes pause_timeout: the chain's 504.
+    let (phase, flow) = t.chain.on_pause_timeout().expect("the chain waited");
+    assert_eq!(phase, Phase::RequestHeaders);
+    assert_eq!(respond(&flow).0, 504);
+    // The call returns afterwards: its result is dropped, the chain does nothing more.
+    assert_eq!(t.fake.run_held(), 1);
+    assert_eq!(t.chain.resume(), None);
+    // A transaction gone before its call returned: the result is dropped with it.
+    let mut t = s.tx(&get(&[]));
+    t.fake.hold_off_loop();
+    assert_eq!(t.request_headers(true), Flow::Wait);
+    let fake = t.fake.clone();
+    drop(t);
+    assert_eq!(fake.run_held(), 1);
+    // The entity's instances are fine: the next transaction is allowed.
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Wait);
+    assert_eq!(t.chain.resume(), Some((Phase::RequestHeaders, Flow::Continue)));
 }
 
 #[test]
