@@ -11,10 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proxy_wasm_host::abi::LogLevel;
-use proxy_wasm_host::chain::{
-    offload_done, Chain, ChainServer, EntityLink, Flow, Generation, GenerationHost, Generations, OffLoop, Phase, PluginSet,
-    RecycleReason, Signals,
-};
+use proxy_wasm_host::chain::{Chain, ChainServer, EntityLink, Flow, Generation, GenerationHost, Generations, Phase, PluginSet, RecycleReason, Signals};
 use proxy_wasm_host::config;
 use proxy_wasm_host::extism::entity::document::Settings;
 use proxy_wasm_host::extism::otoroshi::datastore::InProcessDataStore;
@@ -23,6 +20,7 @@ use proxy_wasm_host::extism::plugin::{engine, load_entities};
 use proxy_wasm_host::extism::state::{ExtismHost, Services};
 use proxy_wasm_host::host::ServerHost;
 use proxy_wasm_host::loader::{self, PluginVms, VmKey};
+use proxy_wasm_host::chain::{offload_done, OffLoop};
 
 // ------------------------------------------------------------ the fake server
 
