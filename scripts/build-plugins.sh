@@ -350,7 +350,7 @@ build_wat() {
 # ---- Otoroshi/Wasmo Extism plugins (issue 14) -------------------------------
 
 # The Wasmo templates, built by both PDKs (AssemblyScript file / Rust example name).
-oto_templates=(access_control backend pre_route request_transformer response_transformer route_matcher sink)
+oto_templates=(access_control backend pre_route request_transformer response_transformer route_matcher sink http_access)
 
 # otoroshi_as.wasm (every step), otoroshi_as_host.wasm (Otoroshi host functions)
 # and otoroshi_as_template_<t>.wasm, from tests/plugins/otoroshi/as.

@@ -20,6 +20,7 @@ use proxy_wasm_host::extism::plugin::{engine, load_entities};
 use proxy_wasm_host::extism::state::{ExtismHost, Services};
 use proxy_wasm_host::host::ServerHost;
 use proxy_wasm_host::loader::{self, PluginVms, VmKey};
+use proxy_wasm_host::chain::{offload_done, OffLoop};
 
 // ------------------------------------------------------------ the fake server
 
@@ -28,6 +29,8 @@ struct FakeState {
     signals: Signals,
     wakes: Mutex<usize>,
     logs: Mutex<Vec<(String, LogLevel, String)>>,
+    /// Off-loop work kept instead of run (`hold_off_loop`), until `run_held`.
+    held: Mutex<Option<Vec<OffLoop>>>,
 }
 
 #[derive(Clone, Default)]
@@ -39,6 +42,20 @@ impl Fake {
     }
     fn wakes(&self) -> usize {
         *self.0.wakes.lock().unwrap()
+    }
+    /// From now on off-loop work waits until `run_held` (a call still running).
+    fn hold_off_loop(&self) {
+        *self.0.held.lock().unwrap() = Some(Vec::new());
+    }
+    /// Runs the work kept so far on a thread and resumes its links (the call returned).
+    fn run_held(&self) -> usize {
+        let jobs = self.0.held.lock().unwrap().take().unwrap_or_default();
+        let n = jobs.len();
+        for job in jobs {
+            std::thread::spawn(job.work).join().unwrap();
+            offload_done(self, job.link, job.direction);
+        }
+        n
     }
 }
 
@@ -53,6 +70,17 @@ impl ChainServer for Fake {
     }
     fn log(&self, plugin: &str, level: LogLevel, message: &str) {
         self.0.logs.lock().unwrap().push((plugin.to_string(), level, message.to_string()));
+    }
+    /// The work on a thread of its own, waited for here; then the link's resume, as a server's
+    /// completion does (the test runs `Chain::resume`, the server's wake-up).
+    fn run_off_loop(&self, job: OffLoop) -> Result<(), String> {
+        if let Some(held) = self.0.held.lock().unwrap().as_mut() {
+            held.push(job);
+            return Ok(());
+        }
+        std::thread::spawn(job.work).join().map_err(|_| "the work panicked".to_string())?;
+        offload_done(self, job.link, job.direction);
+        Ok(())
     }
 }
 
@@ -333,6 +361,125 @@ fn a_trap_applies_the_failure_policy_and_only_ends_that_call() {
     let mut t = s.tx(&get(&[]));
     assert_eq!(respond(&t.request_headers(true)).0, 503);
     assert_eq!(s.entity_links[0].instances_created(), 2);
+}
+
+#[test]
+fn calls_of_an_entity_that_can_call_out_run_off_the_event_loop() {
+    // The hostile module imports http_request; with allowedHosts its calls may block, so each
+    // runs off the event loop (here: the fake server's thread) while the chain waits for the
+    // link, which resumes when the call returned.
+    let file = entity_file("access-control", "as", |doc| {
+        doc["config"]["source"]["path"] = repo_root().join("build/plugins/extism_hostile.wasm").display().to_string().into();
+        doc["config"]["allowedHosts"] = serde_json::json!(["127.0.0.1"]);
+        doc["config"]["functionName"] = "spin".into();
+    });
+    let mut s = setup(&[filter_file(), file], Duration::from_millis(200));
+    assert!(s.entity_links[0].plugin.makes_http_calls);
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Wait, "the chain waits for the call");
+    assert!(t.chain.pause_owner().is_some());
+    // The call (an endless loop past callback_timeout) returned a trap: the failure policy applies.
+    let (phase, flow) = t.chain.resume().expect("the call returned: the link resumes");
+    assert_eq!(phase, Phase::RequestHeaders);
+    assert_eq!(respond(&flow).0, 503, "fail_closed");
+    assert!(t.fake.logged("time limit exceeded") || t.fake.logged("interrupt"), "{:?}", t.fake.0.logs.lock().unwrap());
+    assert_eq!(t.chain.resume(), None, "nothing waits any more");
+    // A call that returns: the step applies its answer (export "ok" outputs {"result":true}) and
+    // the chain goes on after the link.
+    let file = entity_file("access-control", "as", |doc| {
+        doc["config"]["source"]["path"] = repo_root().join("build/plugins/extism_hostile.wasm").display().to_string().into();
+        doc["config"]["allowedHosts"] = serde_json::json!(["127.0.0.1"]);
+        doc["config"]["functionName"] = "ok".into();
+    });
+    let mut s = setup(&[filter_file(), file], Duration::from_secs(5));
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Wait);
+    assert_eq!(t.chain.resume(), Some((Phase::RequestHeaders, Flow::Continue)));
+    assert!(t.chain.headers_done(proxy_wasm_host::abi::StreamType::HttpRequest));
+}
+
+/// The all-steps AssemblyScript plugin (it imports http_request) with `steps`, granted a host:
+/// its calls run off the event loop.
+fn calling_out_entity(steps: &[&str]) -> std::path::PathBuf {
+    let steps: Vec<String> = steps.iter().map(|s| (*s).to_owned()).collect();
+    entity_file("request-transformer", "as", |doc| {
+        doc["config"]["source"]["path"] = repo_root().join("build/plugins/otoroshi_as.wasm").display().to_string().into();
+        doc["config"]["allowedHosts"] = serde_json::json!(["127.0.0.1"]);
+        doc["config"]["functionName"] = "".into();
+        doc["steps"] = serde_json::json!(steps);
+    })
+}
+
+#[test]
+fn body_steps_off_the_event_loop_resume_where_they_waited() {
+    // TransformRequest, then CallBackend with the transformed body: two calls, two waits.
+    let mut s = setup(&[filter_file(), calling_out_entity(&["TransformRequest", "CallBackend"])], Duration::from_secs(5));
+    assert!(s.entity_links[0].plugin.makes_http_calls);
+    let mut t = s.tx(&get(&[("content-type", "text/plain")]));
+    assert_eq!(t.request_headers(false), Flow::Continue);
+    assert_eq!(t.chain.on_request_body(b"hello ", false), Flow::Buffered);
+    assert_eq!(t.chain.on_request_body(b"world", true), Flow::Wait, "TransformRequest's call runs");
+    assert_eq!(t.chain.resume(), Some((Phase::RequestBody, Flow::Wait)), "then CallBackend's");
+    assert_eq!(t.request_header("x-transformed-by").as_deref(), Some("assemblyscript transform_request"));
+    let (_, flow) = t.chain.resume().expect("CallBackend's call returned");
+    let (status, body, _) = respond(&flow);
+    assert_eq!(status, 200);
+    assert_eq!(body, "assemblyscript call_backend: GET /api body=transformed by assemblyscript: hello world");
+
+    // TransformResponse, the response headers held (NGINX): the end of the body starts the call.
+    let mut s = setup(&[filter_file(), calling_out_entity(&["TransformResponse"])], Duration::from_secs(5));
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Continue);
+    assert_eq!(t.response_headers(OK, false), Flow::Wait);
+    assert_eq!(t.chain.on_response_body(b"abc", false), Flow::Buffered);
+    assert_eq!(t.chain.on_response_body(b"def", true), Flow::Buffered, "the call runs, the headers wait on");
+    assert_eq!(t.chain.resume(), Some((Phase::ResponseHeaders, Flow::Buffered)), "the result is applied");
+    assert_eq!(t.chain.resume(), Some((Phase::ResponseHeaders, Flow::Continue)), "the headers go on");
+    assert_eq!(t.response_header("x-response-transformed-by").as_deref(), Some("assemblyscript transform_response"));
+    assert_eq!(
+        t.chain.on_response_body(b"", false),
+        Flow::Forward { data: b"transformed by assemblyscript: abcdef".to_vec(), end_of_stream: true }
+    );
+
+    // The same without holding the headers (Traffic Server): the chain waits at the end of the body.
+    let mut s = setup_holding(&[filter_file(), calling_out_entity(&["TransformResponse"])], Duration::from_secs(5), false);
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Continue);
+    assert_eq!(t.response_headers(OK, false), Flow::Continue);
+    assert_eq!(t.chain.on_response_body(b"abc", false), Flow::Buffered);
+    assert_eq!(t.chain.on_response_body(b"def", true), Flow::Wait);
+    assert_eq!(t.chain.waiting(), Some(Phase::ResponseBody));
+    assert_eq!(
+        t.chain.resume(),
+        Some((Phase::ResponseBody, Flow::Forward { data: b"transformed by assemblyscript: abcdef".to_vec(), end_of_stream: true }))
+    );
+}
+
+#[test]
+fn a_call_that_returns_after_the_pause_timeout_changes_nothing() {
+    let mut s = setup(&[filter_file(), calling_out_entity(&["ValidateAccess"])], Duration::from_secs(5));
+    let mut t = s.tx(&get(&[]));
+    t.fake.hold_off_loop();
+    assert_eq!(t.request_headers(true), Flow::Wait);
+    assert_eq!(t.chain.resume(), None, "the call has not returned: nothing to do");
+    // The wait passes pause_timeout: the chain's 504.
+    let (phase, flow) = t.chain.on_pause_timeout().expect("the chain waited");
+    assert_eq!(phase, Phase::RequestHeaders);
+    assert_eq!(respond(&flow).0, 504);
+    // The call returns afterwards: its result is dropped, the chain does nothing more.
+    assert_eq!(t.fake.run_held(), 1);
+    assert_eq!(t.chain.resume(), None);
+    // A transaction gone before its call returned: the result is dropped with it.
+    let mut t = s.tx(&get(&[]));
+    t.fake.hold_off_loop();
+    assert_eq!(t.request_headers(true), Flow::Wait);
+    let fake = t.fake.clone();
+    drop(t);
+    assert_eq!(fake.run_held(), 1);
+    // The entity's instances are fine: the next transaction is allowed.
+    let mut t = s.tx(&get(&[]));
+    assert_eq!(t.request_headers(true), Flow::Wait);
+    assert_eq!(t.chain.resume(), Some((Phase::RequestHeaders, Flow::Continue)));
 }
 
 #[test]

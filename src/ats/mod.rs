@@ -13,6 +13,7 @@ mod hdr;
 mod server;
 mod stats;
 mod sys;
+mod task;
 mod transform;
 mod txn;
 
@@ -626,6 +627,7 @@ pub unsafe extern "C" fn TSPluginInit(argc: c_int, argv: *const *const c_char) {
             log(LogLevel::Error, "[proxy_wasm] plugin registration failed");
             return;
         }
+        task::watch_task_threads();
         // Remap rules then use this same copy of the library instead of a
         // fresh one per remap.config load, so global and per-route plugins
         // share one engine, one compiled-code cache, shared data and queues.
@@ -730,6 +732,7 @@ pub extern "C" fn TSRemapInit(
             write_errbuf(errbuf, errbuf_size, "proxy_wasm: missing remap API information");
             return TS_ERROR;
         }
+        task::watch_task_threads();
         TS_SUCCESS
     })
     .unwrap_or(TS_ERROR)

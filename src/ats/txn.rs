@@ -165,9 +165,25 @@ impl ChainServer for AtsChain {
             log(level, &format!("[proxy_wasm] {plugin}: {message}"));
         }
     }
+
+    /// On a task thread (`super::task`).
+    fn run_off_loop(&self, job: crate::chain::OffLoop) -> Result<(), String> {
+        super::task::post(&self.0, job)
+    }
 }
 
 impl TxnShared {
+    /// A wake-up of the continuation is on its way (scheduled by another thread later): the
+    /// continuation outlives TXN_CLOSE until it arrives.
+    pub(super) fn expect_wake(&self) {
+        self.wakes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A wake-up counted by `expect_wake` will not come after all.
+    pub(super) fn unexpect_wake(&self) {
+        self.wakes.fetch_sub(1, Ordering::AcqRel);
+    }
+
     pub fn new(txnp: TSHttpTxn) -> TxnShared {
         TxnShared {
             txnp,

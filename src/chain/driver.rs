@@ -6,7 +6,7 @@ use crate::host::LocalResponse;
 use crate::loader::PluginVms;
 use crate::vm::{Verdict, Vm, VmError};
 
-use super::extism::StepResult;
+use super::extism::{Offload, StepResult};
 use super::flow::{body_too_large_response, failure_response, Flow, Phase};
 use super::generations::PluginSet;
 use super::link::{dir_index, Link};
@@ -105,7 +105,59 @@ impl<S: ChainServer> Driver<'_, S> {
         let Some(es) = self.extism.get_mut(li).and_then(Option::as_mut) else {
             return StepResult::Continue(None);
         };
-        super::extism::run(entity, self.tx, es, phase, eos, body)
+        let server = self.server;
+        let run = |job| server.run_off_loop(job);
+        let off = Offload { run: &run, link: li as u32 };
+        super::extism::run(entity, &off, self.tx, es, phase, eos, body)
+    }
+
+    /// The entity link `li` holds `body` (the end of a body) while its call runs off the event
+    /// loop: the chain waits for it.
+    fn hold_for_entity(&mut self, phase: Phase, li: usize, pos: usize, body: Vec<u8>) -> Flow {
+        self.links[li].held[dir_index(phase.direction())] = body.len() as u64;
+        if let Some(es) = self.extism.get_mut(li).and_then(Option::as_mut) {
+            es.body = body;
+        }
+        self.wait(phase, li, pos)
+    }
+
+    /// The entity link the chain waits for was resumed while a call of it ran off the event
+    /// loop: its step runs again, takes the call's result, and the chain goes on after it (or
+    /// waits again for its next call).
+    fn continue_entity(&mut self, wait: super::Wait) -> Flow {
+        let (li, phase) = (wait.link, wait.phase);
+        if phase == Phase::ResponseHeaders && self.st.queued[1].eos {
+            // TransformResponse with the whole body, the response headers held.
+            return self.entity_response_ready(wait);
+        }
+        self.leave_wait();
+        if phase.is_body() {
+            let whole = self.extism.get_mut(li).and_then(Option::as_mut).map(|es| std::mem::take(&mut es.body));
+            let whole = whole.unwrap_or_default();
+            self.links[li].held[dir_index(phase.direction())] = 0;
+            return match self.run_entity(li, phase, true, &whole) {
+                StepResult::Continue(new_body) => {
+                    self.feed(phase, wait.pos + 1, Data::Owned(new_body.unwrap_or(whole)), true)
+                }
+                StepResult::Pause => self.feed(phase, wait.pos + 1, Data::Owned(whole), true),
+                StepResult::Offloaded => self.hold_for_entity(phase, li, wait.pos, whole),
+                StepResult::Local(response) => self.stop(phase, Flow::Respond(response)),
+                StepResult::Failed(e) => match self.fail(li, phase, e) {
+                    Some(flow) => flow,
+                    None => self.feed(phase, wait.pos + 1, Data::Owned(whole), true),
+                },
+            };
+        }
+        let eos = self.st.headers[dir_index(phase.direction())].1;
+        match self.run_entity(li, phase, eos, &[]) {
+            StepResult::Continue(_) => self.headers(phase),
+            StepResult::Pause | StepResult::Offloaded => self.wait(phase, li, wait.pos),
+            StepResult::Local(response) => self.stop(phase, Flow::Respond(response)),
+            StepResult::Failed(e) => match self.fail(li, phase, e) {
+                Some(flow) => flow,
+                None => self.headers(phase),
+            },
+        }
     }
 
     /// The end of the response body came while an entity's TransformResponse held the response
@@ -114,16 +166,25 @@ impl<S: ChainServer> Driver<'_, S> {
     pub fn entity_response_ready(&mut self, wait: super::Wait) -> Flow {
         let li = wait.link;
         let body = std::mem::take(&mut self.st.queued[1].data);
+        let server = self.server;
+        let run = |job| server.run_off_loop(job);
+        let off = Offload { run: &run, link: li as u32 };
         let result = match (
             self.links[li].entity.and_then(|e| self.set.entities.get(e)),
             self.extism.get_mut(li).and_then(Option::as_mut),
         ) {
-            (Some(entity), Some(es)) => super::extism::transform_response(entity, self.tx, es, &body),
+            (Some(entity), Some(es)) => super::extism::transform_response(entity, &off, self.tx, es, &body),
             _ => StepResult::Continue(None),
         };
         let new_body = match result {
             StepResult::Continue(new_body) => new_body,
             StepResult::Pause => None,
+            // The call runs off the event loop: the headers wait on with the body queued; the
+            // call's return resumes the link (`continue_entity`).
+            StepResult::Offloaded => {
+                self.st.queued[1].data = body;
+                return Flow::Buffered;
+            }
             StepResult::Local(response) => return self.stop(wait.phase, Flow::Respond(response)),
             StepResult::Failed(e) => match self.fail(li, wait.phase, e) {
                 Some(flow) => return flow,
@@ -194,7 +255,7 @@ impl<S: ChainServer> Driver<'_, S> {
             let outcome = if link.entity.is_some() {
                 match self.run_entity(li, phase, eos, &[]) {
                     StepResult::Continue(_) => Outcome::Continue,
-                    StepResult::Pause => Outcome::Pause,
+                    StepResult::Pause | StepResult::Offloaded => Outcome::Pause,
                     StepResult::Local(response) => Outcome::Local(response),
                     StepResult::Failed(e) => Outcome::Failed(e),
                 }
@@ -221,6 +282,15 @@ impl<S: ChainServer> Driver<'_, S> {
     fn take_body(&mut self, li: usize, dir: StreamType) -> Vec<u8> {
         let link = self.links[li];
         self.links[li].held[dir_index(dir)] = 0;
+        if link.entity.is_some() {
+            // An entity's link holds its body itself.
+            return self
+                .extism
+                .get_mut(li)
+                .and_then(Option::as_mut)
+                .map(|es| std::mem::take(&mut es.body))
+                .unwrap_or_default();
+        }
         self.vms.vms[link.vm].take_body(link.ctx, dir).unwrap_or_default()
     }
 
@@ -259,6 +329,7 @@ impl<S: ChainServer> Driver<'_, S> {
                 match self.run_entity(li, phase, eos, &whole) {
                     StepResult::Continue(new_body) => data = Data::Owned(new_body.unwrap_or(whole)),
                     StepResult::Pause => data = Data::Owned(whole),
+                    StepResult::Offloaded => return self.hold_for_entity(phase, li, pos, whole),
                     StepResult::Local(response) => return self.stop(phase, Flow::Respond(response)),
                     StepResult::Failed(e) => match self.fail(li, phase, e) {
                         Some(flow) => return flow,
@@ -316,6 +387,9 @@ impl<S: ChainServer> Driver<'_, S> {
 
     /// The link the chain waits for resumed: the chain goes on after it.
     pub fn continue_wait(&mut self, wait: super::Wait) -> Flow {
+        if self.extism.get(wait.link).and_then(Option::as_ref).is_some_and(|es| es.offloaded()) {
+            return self.continue_entity(wait);
+        }
         self.leave_wait();
         if wait.phase.is_body() {
             let data = self.take_body(wait.link, wait.phase.direction());

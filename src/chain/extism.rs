@@ -12,17 +12,26 @@
 //! chain's failure policy applies. A failed call or a denial is Otoroshi's answer, as the chain's
 //! local response (`otoroshi_wasm:<id>`). Instances come from the entity's pool, taken for one
 //! call only.
+//!
+//! An entity that can make outgoing HTTP calls (`http_request`, `proxy_http_call`: see
+//! [`ExtismPlugin::makes_http_calls`]) never runs on the event loop: each of its calls is work
+//! the server runs on another thread ([`super::ChainServer::run_off_loop`]), the link waiting
+//! meanwhile as a paused link does (bounded by its `pause_timeout`). When the call returned, the
+//! server resumes the link on the transaction's thread, the step runs again, finds the call's
+//! result and applies it (the steps it already finished are not run again).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::abi::LogLevel;
+use crate::abi::{LogLevel, StreamType};
 use crate::config::FailurePolicy;
 use crate::extism::call::CallError;
 use crate::extism::entity::document::Settings;
 use crate::extism::entity::Entity;
 use crate::extism::entity::Step;
+use crate::extism::http::BlockingHttpClient;
 use crate::extism::opa::{decide, OpaError, OpaVerdict};
 use crate::extism::otoroshi::datastore::InProcessDataStore;
 use crate::extism::otoroshi::maps::Maps;
@@ -38,6 +47,7 @@ use crate::vm::VmError;
 
 use super::flow::Phase;
 use super::link::Callbacks;
+use super::server::OffLoop;
 
 /// The chain's rules for one link: what the chain reads of a plugin's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -152,7 +162,8 @@ pub const DATA_CAP: u64 = 16 << 20;
 /// check, as links for [`super::PluginSet::with_entities`]. They run on `otoroshi.runtime`, else
 /// on the runtime of the load's first Proxy-Wasm plugin, else on Wasmtime. The data store and
 /// the maps are this process's (one NGINX worker, or all Traffic Server threads); `http_request`
-/// and `proxy_http_call` have no client (the calls run on the event loop), so they fail the call.
+/// and `proxy_http_call` go through [`BlockingHttpClient`] (`http://` only), which only runs off
+/// the event loop: the calls of an entity that imports them run on the server's threads.
 ///
 /// # Errors
 /// The first entity that cannot run, by id: a module that cannot be read or compiled, an import
@@ -172,7 +183,7 @@ pub fn load_entity_links(
     let engine = engine(runtime).ok_or(PluginError::Runtime(runtime))?;
     let services = Arc::new(Services {
         host,
-        http: None,
+        http: Some(Arc::new(BlockingHttpClient)),
         datastore: Arc::new(InProcessDataStore::new(DATA_CAP)),
         maps: Arc::new(Maps::new(DATA_CAP)),
     });
@@ -180,9 +191,8 @@ pub fn load_entity_links(
     for p in plugins.iter().filter(|p| p.makes_http_calls) {
         services.host.log(
             &p.name,
-            LogLevel::Warn,
-            "imports http_request or proxy_http_call: entity calls run on the event loop in this build, \
-             with no HTTP client, so those calls end the plugin's call (docs/otoroshi.md)",
+            LogLevel::Debug,
+            "imports http_request or proxy_http_call: its calls run off the event loop (docs/otoroshi.md)",
         );
     }
     let mut links = Vec::with_capacity(plugins.len());
@@ -205,6 +215,22 @@ pub(super) enum StepResult {
     Pause,
     Local(LocalResponse),
     Failed(VmError),
+    /// The step's call runs off the event loop: the link waits until the server resumes it, then
+    /// runs again ([`ExtismStream::offloaded`]).
+    Offloaded,
+}
+
+/// How an entity's step reaches its server to run a call off the event loop.
+pub(super) struct Offload<'a> {
+    pub run: &'a dyn Fn(OffLoop) -> Result<(), String>,
+    /// The link's index in the chain (the server resumes it).
+    pub link: u32,
+}
+
+/// A step's call running off the event loop, and its result once it returned.
+pub(crate) struct Offloaded {
+    step: StepFunction,
+    result: Mutex<Option<Result<Vec<u8>, CallError>>>,
 }
 
 /// One link's state in one transaction.
@@ -216,11 +242,91 @@ pub(crate) struct ExtismStream {
     pub(super) body: Vec<u8>,
     /// TransformResponse ran: the response body goes through unchanged.
     pub(super) response_done: bool,
+    /// The call running off the event loop, if one does.
+    offloaded: Option<Arc<Offloaded>>,
+    /// The step functions that ran (bit `1 << f as u32`): a step run again after a call off the
+    /// event loop skips them.
+    done: u32,
+    /// The body TransformRequest gave while CallBackend's call runs off the event loop.
+    transformed: Option<Vec<u8>>,
 }
 
 impl ExtismStream {
     pub(crate) fn new(stream: Box<dyn HttpStream>) -> ExtismStream {
-        ExtismStream { stream, raw_request: None, body: Vec::new(), response_done: false }
+        ExtismStream {
+            stream,
+            raw_request: None,
+            body: Vec::new(),
+            response_done: false,
+            offloaded: None,
+            done: 0,
+            transformed: None,
+        }
+    }
+
+    /// A call of this link runs (or ran, its result not taken yet) off the event loop.
+    pub(super) fn offloaded(&self) -> bool {
+        self.offloaded.is_some()
+    }
+
+    fn is_done(&self, f: StepFunction) -> bool {
+        self.done & (1 << f as u32) != 0
+    }
+}
+
+/// What a step's call came to.
+enum Called {
+    Done(Result<Vec<u8>, CallError>),
+    /// The step stops here: its call went off the event loop, or could not.
+    Stop(StepResult),
+}
+
+/// Calls the step function `f` with the input `input` builds: inline, or, for an entity that can
+/// make HTTP calls, off the event loop (then `Stop(Offloaded)` until the server resumes the link
+/// and the step runs again, which takes the result).
+fn call_step(
+    entity: &Arc<EntityLink>,
+    off: &Offload<'_>,
+    es: &mut ExtismStream,
+    f: StepFunction,
+    input: impl FnOnce() -> Vec<u8>,
+) -> Called {
+    if let Some(o) = es.offloaded.as_ref().filter(|o| o.step == f) {
+        let Some(result) = o.result.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            // Woken before the call returned: it goes on waiting.
+            return Called::Stop(StepResult::Offloaded);
+        };
+        es.offloaded = None;
+        es.done |= 1 << f as u32;
+        return Called::Done(result);
+    }
+    if !entity.plugin.makes_http_calls {
+        es.done |= 1 << f as u32;
+        return Called::Done(entity.call(entity.export(f), &input()));
+    }
+    let slot = Arc::new(Offloaded { step: f, result: Mutex::new(None) });
+    let work = {
+        let (entity, slot, export, input) = (entity.clone(), slot.clone(), entity.export(f).to_owned(), input());
+        Box::new(move || {
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| entity.call(&export, &input))).unwrap_or_else(|_| {
+                Err(CallError::Trap {
+                    trap: Trap::new("internal error (panic) in the plugin's call off the event loop"),
+                    error: None,
+                })
+            });
+            *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        })
+    };
+    let direction =
+        if f == StepFunction::TransformResponse { StreamType::HttpResponse } else { StreamType::HttpRequest };
+    match (off.run)(OffLoop { work, link: off.link, direction }) {
+        Ok(()) => {
+            es.offloaded = Some(slot);
+            Called::Stop(StepResult::Offloaded)
+        }
+        Err(why) => {
+            Called::Stop(failed(entity, f, Trap::new(format!("cannot run the call off the event loop: {why}"))))
+        }
     }
 }
 
@@ -276,7 +382,8 @@ fn unreadable(entity: &EntityLink, f: StepFunction, what: &str) -> StepResult {
 
 /// Runs the steps of `phase` (for a body phase, only at its end, with the whole body).
 pub(super) fn run(
-    entity: &EntityLink,
+    entity: &Arc<EntityLink>,
+    off: &Offload<'_>,
     tx: &mut Transaction,
     es: &mut ExtismStream,
     phase: Phase,
@@ -284,30 +391,36 @@ pub(super) fn run(
     body: &[u8],
 ) -> StepResult {
     match phase {
-        Phase::RequestHeaders => request_headers(entity, tx, es, end_of_stream),
-        Phase::RequestBody => request_body_end(entity, tx, es, body),
+        Phase::RequestHeaders => request_headers(entity, off, tx, es, end_of_stream),
+        Phase::RequestBody => request_body_end(entity, off, tx, es, body),
         Phase::ResponseHeaders if !entity.has(Step::TransformResponse) || es.response_done => {
             StepResult::Continue(None)
         }
         // No body follows: the transformer runs now, with none.
-        Phase::ResponseHeaders if end_of_stream => transform_response(entity, tx, es, &[]),
+        Phase::ResponseHeaders if end_of_stream => transform_response(entity, off, tx, es, &[]),
         Phase::ResponseHeaders if entity.hold_response_headers => StepResult::Pause,
         Phase::ResponseHeaders => StepResult::Continue(None),
         // The headers went on: the transformer runs at the end of the body; only its body applies.
         Phase::ResponseBody if entity.has(Step::TransformResponse) && !es.response_done => {
-            transform_response(entity, tx, es, body)
+            transform_response(entity, off, tx, es, body)
         }
         Phase::ResponseBody => StepResult::Continue(None),
     }
 }
 
-fn request_headers(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream, eos: bool) -> StepResult {
+fn request_headers(
+    entity: &Arc<EntityLink>,
+    off: &Offload<'_>,
+    tx: &mut Transaction,
+    es: &mut ExtismStream,
+    eos: bool,
+) -> StepResult {
     let Ok(request) = steps_stream::request_parts(es.stream.as_ref(), tx.id()) else {
         return unreadable(entity, StepFunction::PreRoute, "request headers");
     };
     let route = route_of(entity);
     for (step, f) in [(Step::PreRoute, StepFunction::PreRoute), (Step::ValidateAccess, StepFunction::Access)] {
-        if !entity.has(step) {
+        if !entity.has(step) || es.is_done(f) {
             continue;
         }
         let snowflake = tx.snowflake().to_owned();
@@ -331,8 +444,14 @@ fn request_headers(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStr
                 Err(e) => Gate::Respond(route::LocalResponse::otoroshi_error(400, &e.to_string(), &request.headers)),
             }
         } else {
-            let json = if step == Step::PreRoute { input::pre_route(&ctx) } else { input::access(&ctx) };
-            let out = entity.call(entity.export(f), json.to_string().as_bytes());
+            let json = || {
+                let json = if step == Step::PreRoute { input::pre_route(&ctx) } else { input::access(&ctx) };
+                json.to_string().into_bytes()
+            };
+            let out = match call_step(entity, off, es, f, json) {
+                Called::Done(out) => out,
+                Called::Stop(result) => return result,
+            };
             if let Err(CallError::Trap { trap, .. }) = out {
                 return failed(entity, f, trap);
             }
@@ -347,11 +466,13 @@ fn request_headers(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStr
             return local(entity, r);
         }
     }
-    es.raw_request = Some(request);
+    if es.raw_request.is_none() {
+        es.raw_request = Some(request);
+    }
     if eos && (entity.has(Step::TransformRequest) || entity.has(Step::CallBackend)) {
         // No body follows: the request-body steps run now, with none (a body a transformer gives
         // cannot be sent).
-        return match request_body_end(entity, tx, es, &[]) {
+        return match request_body_end(entity, off, tx, es, &[]) {
             StepResult::Continue(_) => StepResult::Continue(None),
             other => other,
         };
@@ -360,15 +481,30 @@ fn request_headers(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStr
 }
 
 /// The end of the request body: TransformRequest, then CallBackend with the body as transformed.
-fn request_body_end(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream, body: &[u8]) -> StepResult {
-    let new_body = match transform_request(entity, tx, es, body) {
-        StepResult::Continue(b) => b,
-        other => return other,
+fn request_body_end(
+    entity: &Arc<EntityLink>,
+    off: &Offload<'_>,
+    tx: &mut Transaction,
+    es: &mut ExtismStream,
+    body: &[u8],
+) -> StepResult {
+    let new_body = if es.is_done(StepFunction::TransformRequest) {
+        es.transformed.take()
+    } else {
+        match transform_request(entity, off, tx, es, body) {
+            StepResult::Continue(b) => b,
+            other => return other,
+        }
     };
-    if entity.has(Step::CallBackend) {
+    if entity.has(Step::CallBackend) && !es.is_done(StepFunction::CallBackend) {
         let sent = new_body.as_deref().unwrap_or(body);
-        if let other @ (StepResult::Local(_) | StepResult::Failed(_)) = call_backend(entity, tx, es, sent) {
-            return other;
+        match call_backend(entity, off, tx, es, sent) {
+            StepResult::Offloaded => {
+                es.transformed = new_body;
+                return StepResult::Offloaded;
+            }
+            other @ (StepResult::Local(_) | StepResult::Failed(_)) => return other,
+            _ => {}
         }
     }
     StepResult::Continue(new_body)
@@ -387,7 +523,13 @@ fn backend_of(request: &RequestParts) -> Target {
 }
 
 /// CallBackend: the plugin answers (the chain's local response) or delegates to the origin.
-fn call_backend(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream, body: &[u8]) -> StepResult {
+fn call_backend(
+    entity: &Arc<EntityLink>,
+    off: &Offload<'_>,
+    tx: &mut Transaction,
+    es: &mut ExtismStream,
+    body: &[u8],
+) -> StepResult {
     let f = StepFunction::CallBackend;
     let Ok(now) = steps_stream::request_parts(es.stream.as_ref(), tx.id()) else {
         return unreadable(entity, f, "request headers");
@@ -405,8 +547,11 @@ fn call_backend(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream
         config: &entity.plugin.context_json,
         attrs: &attrs,
     };
-    let json = input::call_backend(&ctx, &backend, &request, body);
-    let out = entity.call(entity.export(f), json.to_string().as_bytes());
+    let json = || input::call_backend(&ctx, &backend, &request, body).to_string().into_bytes();
+    let out = match call_step(entity, off, es, f, json) {
+        Called::Done(out) => out,
+        Called::Stop(result) => return result,
+    };
     if let Err(CallError::Trap { trap, .. }) = out {
         return failed(entity, f, trap);
     }
@@ -416,7 +561,13 @@ fn call_backend(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream
     }
 }
 
-fn transform_request(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream, body: &[u8]) -> StepResult {
+fn transform_request(
+    entity: &Arc<EntityLink>,
+    off: &Offload<'_>,
+    tx: &mut Transaction,
+    es: &mut ExtismStream,
+    body: &[u8],
+) -> StepResult {
     let f = StepFunction::TransformRequest;
     if !entity.has(Step::TransformRequest) {
         return StepResult::Continue(None);
@@ -436,8 +587,11 @@ fn transform_request(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismS
         config: &entity.plugin.context_json,
         attrs: &attrs,
     };
-    let json = input::transform_request(&ctx, &raw, &otoroshi, body);
-    let out = entity.call(entity.export(f), json.to_string().as_bytes());
+    let json = || input::transform_request(&ctx, &raw, &otoroshi, body).to_string().into_bytes();
+    let out = match call_step(entity, off, es, f, json) {
+        Called::Done(out) => out,
+        Called::Stop(result) => return result,
+    };
     if let Err(CallError::Trap { trap, .. }) = out {
         return failed(entity, f, trap);
     }
@@ -452,16 +606,17 @@ fn transform_request(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismS
 
 /// TransformResponse with the response headers held and the whole body.
 pub(super) fn transform_response(
-    entity: &EntityLink,
+    entity: &Arc<EntityLink>,
+    off: &Offload<'_>,
     tx: &mut Transaction,
     es: &mut ExtismStream,
     body: &[u8],
 ) -> StepResult {
     let f = StepFunction::TransformResponse;
-    es.response_done = true;
     let (Ok(request), Ok(response)) =
         (steps_stream::request_parts(es.stream.as_ref(), tx.id()), steps_stream::response_parts(es.stream.as_ref()))
     else {
+        es.response_done = true;
         return unreadable(entity, f, "response headers");
     };
     let route = route_of(entity);
@@ -474,8 +629,12 @@ pub(super) fn transform_response(
         config: &entity.plugin.context_json,
         attrs: &attrs,
     };
-    let json = input::transform_response(&ctx, &response, &response, body);
-    let out = entity.call(entity.export(f), json.to_string().as_bytes());
+    let json = || input::transform_response(&ctx, &response, &response, body).to_string().into_bytes();
+    let out = match call_step(entity, off, es, f, json) {
+        Called::Done(out) => out,
+        Called::Stop(result) => return result,
+    };
+    es.response_done = true;
     if let Err(CallError::Trap { trap, .. }) = out {
         return failed(entity, f, trap);
     }

@@ -46,7 +46,7 @@ pub use generations::{
     Exclusive, Generation, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason, VmsCell,
 };
 pub use link::{Callbacks, Link};
-pub use server::{ChainServer, ChainVms};
+pub use server::{offload_done, ChainServer, ChainVms, OffLoop};
 pub use signals::Signals;
 
 use crate::abi::{LogLevel, StreamType};

@@ -3,7 +3,7 @@
 use std::ops::DerefMut;
 use std::time::Duration;
 
-use crate::abi::LogLevel;
+use crate::abi::{LogLevel, StreamType};
 use crate::loader::PluginVms;
 
 use super::generations::PluginSet;
@@ -40,6 +40,41 @@ pub trait ChainServer: Clone + Send + 'static {
 
     /// A line for the server's log about `plugin` (its name).
     fn log(&self, plugin: &str, level: LogLevel, message: &str);
+
+    /// Runs `job.work` on a thread that is not the transaction's event loop (an Otoroshi
+    /// entity's call that may block on an outgoing HTTP call: NGINX's thread pool, Traffic
+    /// Server's task threads). Once the work returned (or panicked), the server calls
+    /// [`offload_done`] on the transaction's thread, unless the transaction is gone: then
+    /// nothing reaches the chain and the work's result is dropped with it. Called with the VMs
+    /// held, from a chain call. `Err`: the work cannot be run off the event loop (why), and did
+    /// not run; the chain fails the link.
+    fn run_off_loop(&self, job: OffLoop) -> Result<(), String> {
+        drop(job);
+        Err("this server runs no plugin call off its event loop".into())
+    }
+}
+
+/// Work a chain gives its server to run off the event loop ([`ChainServer::run_off_loop`]).
+pub struct OffLoop {
+    pub work: Box<dyn FnOnce() + Send + 'static>,
+    /// The link that waits for the work, and the direction it waits in.
+    pub link: u32,
+    pub direction: StreamType,
+}
+
+impl std::fmt::Debug for OffLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffLoop").field("link", &self.link).field("direction", &self.direction).finish_non_exhaustive()
+    }
+}
+
+/// The work of an [`OffLoop`] job returned: on the transaction's thread, the link that waits for
+/// it resumes (the chain's wake-up runs `Chain::resume`, which picks up the result). Harmless
+/// when the chain no longer waits for it (its pause timed out, it answered).
+pub fn offload_done<S: ChainServer>(server: &S, link: u32, direction: StreamType) {
+    if server.signals().request_resume(link, direction) {
+        server.schedule_resume();
+    }
 }
 
 /// The VMs a chain's stream contexts live in, with the plugins they run:

@@ -72,7 +72,9 @@ pub struct ExtismPlugin {
     pub runtime: &'static str,
     /// The step input's `config` (Otoroshi's `WasmConfig.json`).
     pub context_json: serde_json::Value,
-    /// Whether a call can make an outgoing HTTP call (it must then run off the event loop).
+    /// Whether a call can make an outgoing HTTP call (it must then run off the event loop): the
+    /// module imports `http_request` or `proxy_http_call` and the entity grants `httpAccess` or
+    /// lists `allowedHosts`.
     pub makes_http_calls: bool,
     pub instances: usize,
     pub kill_options: KillOptions,
@@ -276,7 +278,10 @@ impl ExtismPlugin {
             kind: if config.opa { Kind::Opa } else { Kind::Extism },
             runtime: engine.name(),
             context_json: config.context_json(&id),
-            makes_http_calls: makes_http_calls(&resolved),
+            // `http_request` with no allowedHosts refuses every call without making one, and
+            // `proxy_http_call` is only linked with httpAccess: such a plugin never blocks.
+            makes_http_calls: makes_http_calls(&resolved)
+                && (config.authorizations.http_access || !config.allowed_hosts.is_empty()),
             instances: config.instances.max(1) as usize,
             kill_options: config.kill_options,
             module,

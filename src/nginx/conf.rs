@@ -32,6 +32,9 @@ pub struct MainConf {
     pub otoroshi: Option<crate::extism::entity::document::Settings>,
     /// The shared-memory zone (`proxy_wasm_shm_size`).
     pub shm: super::shm::ShmConf,
+    /// nginx's thread pool `default`, registered when an entity is granted HTTP access (its
+    /// calls run there: `thread_task`).
+    pub thread_pool: Option<ptr::NonNull<ngx_thread_pool_t>>,
 }
 
 /// Per-location configuration.
@@ -169,6 +172,15 @@ pub unsafe extern "C" fn proxy_wasm_config(
         {
             // SAFETY: as above.
             return unsafe { conf_error(cf, &format!("failed: {e}")) };
+        }
+        // Entities that may call out run their calls on nginx's thread pool.
+        if loaded.entities.iter().any(|e| e.config.authorizations.http_access || !e.config.allowed_hosts.is_empty()) {
+            // SAFETY: `cf` is live during the directive handler.
+            match unsafe { super::thread_task::register(cf) } {
+                Ok(tp) => main.thread_pool = ptr::NonNull::new(tp),
+                // SAFETY: as above.
+                Err(e) => return unsafe { conf_error(cf, &format!("failed: {e}")) },
+            }
         }
         main.paths = paths;
         main.plugins = loaded.plugins;

@@ -153,6 +153,19 @@ impl ChainServer for NgxChain {
             log(level, &format!("[proxy_wasm] {plugin}: {message}"));
         }
     }
+
+    /// On nginx's thread pool (`thread_task`); back on the event loop, the link resumes if the
+    /// request still lives (else the result is dropped with the task).
+    fn run_off_loop(&self, job: crate::chain::OffLoop) -> Result<(), String> {
+        let crate::chain::OffLoop { work, link, direction } = job;
+        let ctx = self.0.clone();
+        let done = move || {
+            if ctx.r().is_some() {
+                crate::chain::offload_done(&NgxChain(ctx.clone()), link, direction);
+            }
+        };
+        super::thread_task::post(work, Box::new(done))
+    }
 }
 
 thread_local! {

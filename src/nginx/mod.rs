@@ -37,6 +37,7 @@
 //! - `filters.rs`, `header_filter.rs`, `body_filter.rs`: the response;
 //! - `local.rs`: local responses and replaced responses;
 //! - `resume.rs`: the chain's resume event and pause timer;
+//! - `thread_task.rs`: Otoroshi entities' calls on nginx's thread pool (off the event loop);
 //! - `headers.rs`, `http_call.rs`, `server.rs`, `shm.rs`, `metrics.rs`, `conf.rs`.
 
 mod base;
@@ -55,6 +56,7 @@ mod request_body;
 mod server;
 mod shm;
 mod stream;
+mod thread_task;
 mod validate;
 mod worker;
 

@@ -200,6 +200,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         }
         // Before any VM starts: the zone's shared data, queues and metrics.
         super::shm::install_in_worker(&main.shm);
+        super::thread_task::attach(main.thread_pool.map_or(std::ptr::null_mut(), |p| p.as_ptr()));
         let plugins = match loader::load(&main.plugins) {
             Ok(p) => p,
             Err(e) => {
