@@ -24,8 +24,6 @@ use crate::extism::entity::document::Settings;
 use crate::extism::entity::Entity;
 use crate::extism::entity::Step;
 use crate::extism::opa::{decide, OpaError, OpaVerdict};
-use crate::extism::otoroshi::datastore::InProcessDataStore;
-use crate::extism::otoroshi::maps::Maps;
 use crate::extism::plugin::{engine, load_entities, ExtismPlugin, Kind, PluginError, Pool};
 use crate::extism::state::{ExtismHost, Services};
 use crate::extism::steps::output::{self, Attrs, BackendVerdict, Gate, RequestVerdict, ResponseVerdict};
@@ -145,13 +143,14 @@ impl ExtismHost for ServerLog {
     }
 }
 
-/// The most bytes the in-process data store and the in-memory maps hold (each).
+/// The most bytes the data store and the in-memory maps hold (each).
 pub const DATA_CAP: u64 = 16 << 20;
 
 /// The entities of a load, compiled, linked (only what each grants) and instantiated once as a
 /// check, as links for [`super::PluginSet::with_entities`]. They run on `otoroshi.runtime`, else
-/// on the runtime of the load's first Proxy-Wasm plugin, else on Wasmtime. The data store and
-/// the maps are this process's (one NGINX worker, or all Traffic Server threads); `http_request`
+/// on the runtime of the load's first Proxy-Wasm plugin, else on Wasmtime. The data store is the
+/// process's (NGINX: the shared-memory zone's, all workers; Traffic Server: all threads), the maps
+/// are the process's (one NGINX worker, or all Traffic Server threads); `http_request`
 /// and `proxy_http_call` have no client (the calls run on the event loop), so they fail the call.
 ///
 /// # Errors
@@ -173,8 +172,9 @@ pub fn load_entity_links(
     let services = Arc::new(Services {
         host,
         http: None,
-        datastore: Arc::new(InProcessDataStore::new(DATA_CAP)),
-        maps: Arc::new(Maps::new(DATA_CAP)),
+        // This process's: an NGINX worker installs the shared-memory zone's data store first.
+        datastore: crate::extism::otoroshi::datastore::process_datastore(),
+        maps: crate::extism::otoroshi::maps::process_maps(),
     });
     let plugins = load_entities(entities, &settings, engine.as_ref(), &services)?;
     for p in plugins.iter().filter(|p| p.makes_http_calls) {
