@@ -48,15 +48,19 @@ pub struct PluginSet {
     /// Remap rules using the set (a reload that fails keeps the old set for
     /// the new rule, so one set can outlive the rule it was made for).
     rules: AtomicUsize,
+    /// The chain of every transaction: plugins and entities in file order (`config::Loaded::chain_order`).
+    order: Vec<usize>,
 }
 
-/// What one configuration loads: its Proxy-Wasm plugins, then its Otoroshi entities.
-type Loaded = (Vec<LoadedPlugin>, Vec<Arc<chain::EntityLink>>);
+/// What one configuration loads: its Proxy-Wasm plugins, its Otoroshi entities, and the chain
+/// indexes of both in file order.
+type Loaded = (Vec<LoadedPlugin>, Vec<Arc<chain::EntityLink>>, Vec<usize>);
 
 impl PluginSet {
-    fn new((plugins, entities): Loaded) -> Arc<PluginSet> {
+    fn new((plugins, entities, order): Loaded) -> Arc<PluginSet> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(PluginSet {
+            order,
             chain: Arc::new(chain::PluginSet::new(plugins).with_entities(entities)),
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             retired: Default::default(),
@@ -341,7 +345,7 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Loaded, String> {
             ),
         );
     }
-    Ok((plugins, entities))
+    Ok((plugins, entities, loaded.chain_order()))
 }
 
 unsafe fn args(argc: c_int, argv: *const *const c_char) -> Vec<String> {
@@ -411,8 +415,8 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         }
     };
     let shared = Arc::new(TxnShared::new(txnp));
-    // Proxy-Wasm plugins in file order, then the entities.
-    let plugins = 0..set.chain.plugins.len() + set.chain.entities.len();
+    // Proxy-Wasm plugins and entities interleaved, in file order.
+    let plugins = set.order.iter().copied();
     let chain =
         match Chain::new(generation, plugins, AtsChain(shared.clone()), |_| AtsStream { shared: shared.clone() }) {
             Ok(chain) => chain,
