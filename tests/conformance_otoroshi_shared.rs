@@ -3,7 +3,8 @@
 //! The plugins are the host-function test plugins built with the AssemblyScript and the Rust PDK
 //! (tests/plugins/otoroshi: `x-host: datastore`, `x-op`, `x-key` run one data-store operation in
 //! CallBackend and answer `{"result": ...}`), their entities as examples/otoroshi/ exports them.
-//! Also: Traffic Server runs a load's plugins and entities in file order, interleaved.
+//! Also: Traffic Server runs a load's plugins and entities in file order, interleaved, and
+//! applies TransformRequest's method, url, headers and cookies, as NGINX does.
 //!
 //! Run with `make ats nginx && cargo test --test conformance_otoroshi_shared` (and with
 //! `E2E_RUNTIME=wamr`).
@@ -230,6 +231,57 @@ mod order {
         let r = send("filter-first.example");
         assert_eq!((r.status, r.header("x-pw-local")), (403, Some("request-headers")), "{}\n{}", r.body_str(), s.log_report());
         assert_eq!(origin.request_count(), 0);
+    }
+
+    }
+}
+
+/// TransformRequest with the step plugins of both PDKs (tests/plugins/otoroshi: `x-set-method`,
+/// `x-set-path`, `x-remove-header`, `x-add-cookie`): the origin gets the new method, path and
+/// query, headers (one removed, two added), cookies and body, on both servers.
+mod transform_request {
+    use super::*;
+
+    fn step_entity(pdk: &str) -> (String, String) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("examples/otoroshi/request-transformer.json")).unwrap();
+        let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        doc["config"]["source"]["path"] = format!("@REPO@/build/plugins/otoroshi_{pdk}.wasm").into();
+        // The step's default export, `transform_request`.
+        doc["config"]["functionName"] = serde_json::Value::Null;
+        let id = format!("transform-request-{pdk}");
+        doc["id"] = id.clone().into();
+        (id, format!("otoroshi:\n  runtime: wasmtime\nwasm_plugins:\n  - {doc}\n"))
+    }
+
+    crate::e2e::server::for_each_server! {
+
+    #[test]
+    fn method_url_headers_cookies_and_body_reach_the_origin() {
+        let origin = Origin::start();
+        for pdk in PDKS {
+            let (id, yaml) = step_entity(pdk);
+            let s = <Server as ServerUnderTest>::start(Setup::new(&format!("oto-treq-{pdk}"), origin.port()).workers(1).plugin(&id, yaml));
+            let req = Request::put(&format!("/original-{pdk}?a=1"), "original body")
+                .header("content-type", "text/plain")
+                .header("cookie", "client=1")
+                .header("x-secret", "do not forward")
+                .header("x-set-method", "PATCH")
+                .header("x-set-path", &format!("/rewritten-{pdk}?q=2"))
+                .header("x-remove-header", "x-secret")
+                .header("x-add-cookie", "added=yes")
+                .timeout(Duration::from_secs(20));
+            let r = s.send(&req).unwrap_or_else(|e| panic!("{pdk}: {e}\n{}", s.log_report()));
+            assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+            let seen = origin.wait_for_path(&format!("/rewritten-{pdk}?q=2"), Duration::from_secs(5));
+            assert_eq!(seen.method, "PATCH", "{pdk}");
+            assert_eq!(seen.header("x-secret"), None, "{pdk}");
+            assert!(seen.header("x-transformed-by").is_some_and(|v| v.ends_with("transform_request")), "{pdk}: {:?}", seen.header("x-transformed-by"));
+            let cookies = seen.header_all("cookie").join("; ");
+            assert!(cookies.contains("client=1") && cookies.contains("added=yes"), "{pdk}: {cookies}");
+            assert!(seen.body_str().ends_with(": original body"), "{pdk}: {}", seen.body_str());
+            assert!(seen.body_str().starts_with("transformed by "), "{pdk}: {}", seen.body_str());
+        }
     }
 
     }

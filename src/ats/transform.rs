@@ -280,6 +280,10 @@ unsafe fn step(contp: TSCont) {
             // the transaction is in use here.
             let flow = unsafe {
                 with_txn(t, |txn| {
+                    // Until SEND_REQUEST_HDR, request headers are the server request's.
+                    if direction == StreamType::HttpRequest && !txn.answered_request_body() {
+                        txn.shared.request_to_server.store(true, Ordering::Release);
+                    }
                     let Some(chain) = txn.chain.as_mut() else {
                         return Flow::Forward { data: chunk, end_of_stream: eos };
                     };
