@@ -4,7 +4,8 @@
 //! (tests/plugins/otoroshi: `x-host: datastore`, `x-op`, `x-key` run one data-store operation in
 //! CallBackend and answer `{"result": ...}`), their entities as examples/otoroshi/ exports them.
 //! Also: Traffic Server runs a load's plugins and entities in file order, interleaved, and
-//! applies TransformRequest's method, url, headers and cookies, as NGINX does.
+//! applies TransformRequest's method, url, headers and cookies, and TransformResponse's status,
+//! headers and cookies, as NGINX does.
 //!
 //! Run with `make ats nginx && cargo test --test conformance_otoroshi_shared` (and with
 //! `E2E_RUNTIME=wamr`).
@@ -281,6 +282,59 @@ mod transform_request {
             assert!(cookies.contains("client=1") && cookies.contains("added=yes"), "{pdk}: {cookies}");
             assert!(seen.body_str().ends_with(": original body"), "{pdk}: {}", seen.body_str());
             assert!(seen.body_str().starts_with("transformed by "), "{pdk}: {}", seen.body_str());
+        }
+    }
+
+    }
+}
+
+/// TransformResponse with the step plugins of both PDKs (`x-response-status`,
+/// `x-remove-response-header`, `x-add-cookie`): the client gets the new status, headers, cookie
+/// and body of a response body in many chunks, on both servers (Traffic Server holds the
+/// client's response header until the step ran at the end of the body).
+mod transform_response {
+    use super::*;
+
+    fn step_entity(pdk: &str) -> (String, String) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("examples/otoroshi/response-transformer.json")).unwrap();
+        let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        doc["config"]["source"]["path"] = format!("@REPO@/build/plugins/otoroshi_{pdk}.wasm").into();
+        doc["config"]["functionName"] = serde_json::Value::Null;
+        // Room for a body of many chunks as JSON arrays of signed bytes, in and out.
+        doc["config"]["memoryPages"] = 1600.into();
+        let id = format!("transform-response-{pdk}");
+        doc["id"] = id.clone().into();
+        (id, format!("otoroshi:\n  runtime: wasmtime\nwasm_plugins:\n  - {doc}\n"))
+    }
+
+    crate::e2e::server::for_each_server! {
+
+    #[test]
+    fn status_headers_cookies_and_body_reach_the_client() {
+        let big = "0123456789abcdef".repeat(8 * 1024);
+        let page = big.clone();
+        let origin = Origin::with_handler(move |_| {
+            e2e::origin::Response::text(404, page.clone()).header("x-origin-secret", "hidden").header("x-origin-kept", "kept")
+        });
+        for pdk in PDKS {
+            let (id, yaml) = step_entity(pdk);
+            let s = <Server as ServerUnderTest>::start(Setup::new(&format!("oto-tresp-{pdk}"), origin.port()).workers(1).plugin(&id, yaml));
+            let req = Request::get("/page")
+                .header("x-response-status", "201")
+                .header("x-remove-response-header", "x-origin-secret")
+                .header("x-add-cookie", "added=yes")
+                .timeout(Duration::from_secs(20));
+            let r = s.send(&req).unwrap_or_else(|e| panic!("{pdk}: {e}\n{}", s.log_report()));
+            assert_eq!(r.status, 201, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+            assert_eq!(r.header("x-origin-secret"), None, "{pdk}");
+            assert_eq!(r.header("x-origin-kept"), Some("kept"), "{pdk}");
+            assert_eq!(r.header("x-origin-status"), Some("404"), "{pdk}");
+            assert!(r.header("x-response-transformed-by").is_some_and(|v| v.ends_with("transform_response")), "{pdk}");
+            assert!(r.header_all("set-cookie").iter().any(|c| c.starts_with("added=yes")), "{pdk}: {:?}", r.header_all("set-cookie"));
+            let body = r.body_str();
+            assert!(body.starts_with("transformed by ") && body.ends_with(&format!(": {big}")), "{pdk}: {} bytes", body.len());
+            s.assert_nothing_died();
         }
     }
 

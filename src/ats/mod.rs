@@ -459,13 +459,19 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         TSHttpTxnHookAdd(txnp, TS_HTTP_TXN_CLOSE_HOOK, contp);
         // Bodies go through transforms only when some plugin takes them.
         if wants_request_body {
-            transform::add(txnp, raw, StreamType::HttpRequest, request_chunked);
+            transform::add(txnp, raw, StreamType::HttpRequest, request_chunked, false);
             // Framing of a chunked body, and an answer from the request body
             // (see `Txn::on_send_request_header`).
             TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_REQUEST_HDR_HOOK, contp);
         }
         if wants_response_body {
-            transform::add(txnp, raw, StreamType::HttpResponse, false);
+            // An entity's TransformResponse: the output (and the client's header) waits for it.
+            let hold = set
+                .chain
+                .entities
+                .iter()
+                .any(|e| e.plugin.steps.contains(&crate::extism::entity::Step::TransformResponse));
+            transform::add(txnp, raw, StreamType::HttpResponse, false, hold);
         }
         contp
     };

@@ -64,6 +64,11 @@ pub struct TxnShared {
     /// of the body (an entity's TransformRequest) reach the origin. Set by the request
     /// transform, cleared at SEND_REQUEST_HDR or when the request is answered instead.
     pub request_to_server: AtomicBool,
+    /// The response transform holds its output (an entity's TransformResponse waits for the
+    /// end of the body), and with it the client's response header, which Traffic Server
+    /// builds from the transform's response header once the output opens: until then the
+    /// response headers plugins read and change are that header.
+    pub response_to_transform: AtomicBool,
 }
 
 // SAFETY: `txnp` and the continuation are only passed to Traffic Server API
@@ -187,6 +192,7 @@ impl TxnShared {
             abort_response: AtomicBool::new(false),
             transforms: [AtomicPtr::new(std::ptr::null_mut()), AtomicPtr::new(std::ptr::null_mut())],
             request_to_server: AtomicBool::new(false),
+            response_to_transform: AtomicBool::new(false),
         }
     }
 
@@ -229,6 +235,14 @@ impl TxnShared {
         (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: false })
     }
 
+    /// The response header of the response transform (the client's response is made from it).
+    fn transform_response(&self) -> Option<Hdr> {
+        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
+        // SAFETY: live transaction (see the Send impl).
+        let r = unsafe { TSHttpTxnTransformRespGet(self.txnp, &mut buf, &mut loc) };
+        (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: false })
+    }
+
     /// An origin response header exists (the response came via the upstream).
     fn server_response_received(&self) -> bool {
         let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
@@ -251,6 +265,9 @@ impl TxnShared {
                 Ok(self.server_request().or_else(|| self.client_request()))
             }
             MapType::HttpRequestHeaders => Ok(self.client_request()),
+            MapType::HttpResponseHeaders if self.response_to_transform.load(Ordering::Acquire) => {
+                Ok(self.transform_response().or_else(|| self.client_response()))
+            }
             MapType::HttpResponseHeaders => Ok(self.client_response()),
             // Traffic Server 9.2 gives plugins no access to HTTP trailers.
             MapType::HttpRequestTrailers | MapType::HttpResponseTrailers => Ok(None),

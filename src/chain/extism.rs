@@ -59,6 +59,11 @@ pub struct EntityLink {
     /// (NGINX can; Traffic Server sends them before its response transform sees the body): if
     /// not, TransformResponse runs at the end of the body and only its body applies.
     pub hold_response_headers: bool,
+    /// When the headers are not held: whether the server still sends them only once the step
+    /// ran (Traffic Server's response transform holds its output, and with it the client's
+    /// response header, until the end of the body), so its status, headers and cookies apply
+    /// at the end of the body too.
+    pub response_headers_at_body_end: bool,
     pool: Mutex<Pool>,
     callbacks: Callbacks,
 }
@@ -83,6 +88,7 @@ impl EntityLink {
             pause_timeout: crate::config::PluginConfig::DEFAULT_PAUSE_TIMEOUT,
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             hold_response_headers: true,
+            response_headers_at_body_end: false,
             callbacks,
         }
     }
@@ -189,6 +195,7 @@ pub fn load_entity_links(
     for plugin in plugins {
         let mut link = EntityLink::new(plugin);
         link.hold_response_headers = hold_response_headers;
+        link.response_headers_at_body_end = !hold_response_headers;
         // The check: one instance (memoryPages, the initializer), kept in the pool.
         let instance = link.plugin.instantiate()?;
         link.pool.lock().unwrap_or_else(|p| p.into_inner()).give_back(instance, false);
@@ -480,7 +487,7 @@ pub(super) fn transform_response(
         return failed(entity, f, trap);
     }
     let verdict = output::transform_response(out.as_deref(), &mut tx.attrs);
-    if !entity.hold_response_headers {
+    if !entity.hold_response_headers && !entity.response_headers_at_body_end {
         // The response headers are gone: an error form cannot answer, a new body still applies.
         return match verdict {
             ResponseVerdict::Continue(changes) => StepResult::Continue(changes.body),
