@@ -332,7 +332,8 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Loaded, String> {
         loaded.otoroshi.as_ref(),
         configs,
         Arc::new(chain::extism::ServerLog(log)),
-        // Traffic Server's response transform sees the body after the client's headers left.
+        // The response headers cannot be held while Traffic Server reads the body; the client's
+        // header waits for the response transform, so TransformResponse applies at the body's end.
         false,
     )
     .map_err(|e| e.to_string())?;

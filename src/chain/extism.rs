@@ -56,8 +56,9 @@ pub struct EntityLink {
     /// The most body bytes held for TransformRequest / TransformResponse.
     pub max_body_size: u64,
     /// Whether the server can hold the response headers while it reads the response body
-    /// (NGINX can; Traffic Server sends them before its response transform sees the body): if
-    /// not, TransformResponse runs at the end of the body and only its body applies.
+    /// (NGINX can; Traffic Server reads no body while its response header hook is held): if
+    /// not, TransformResponse runs at the end of the body (and only its body applies unless
+    /// `response_headers_at_body_end`).
     pub hold_response_headers: bool,
     /// When the headers are not held: whether the server still sends them only once the step
     /// ran (Traffic Server's response transform holds its output, and with it the client's
