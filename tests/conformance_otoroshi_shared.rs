@@ -126,6 +126,26 @@ fn the_data_store_is_one_for_every_worker_or_thread_with_ttls() {
     }
 }
 
+#[test]
+fn two_routes_share_one_data_store() {
+    // Traffic Server loads each remap rule's files apart (one load per rule); NGINX names the
+    // entity in two `server`s: either way one store.
+    let origin = Origin::start();
+    let (id, yaml) = host_entity("rust");
+    let setup = Setup::new("oto-ds-routes", origin.port())
+        .workers(2)
+        .plugin(&id, yaml)
+        .route("a.example", &[&id])
+        .route("b.example", &[&id])
+        .default_route(&[]);
+    let s = <Server as ServerUnderTest>::start(setup);
+    for i in 1..=20i64 {
+        let host = if i % 2 == 0 { "a.example" } else { "b.example" };
+        let r = s.send(&ds("incrby", "shared").host(host)).unwrap_or_else(|e| panic!("{e}\n{}", s.log_report()));
+        assert_eq!(int(&r), i, "{host}\n{}", s.log_report());
+    }
+}
+
 }
 
 /// nginx with 2 workers, the host entity on every request, and the worker's pid on every answer.
