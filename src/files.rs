@@ -24,6 +24,31 @@ pub struct Loaded {
     pub otoroshi: Option<crate::extism::entity::document::Settings>,
     /// The file that gave `otoroshi`.
     otoroshi_file: Option<PathBuf>,
+    /// Plugins and entities in the order the files give them (the files in the order given; in
+    /// a file, by line), for the chains that run all of a load (Traffic Server).
+    pub order: Vec<Member>,
+}
+
+/// A member of a [`Loaded`]: its index among the plugins or among the entities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Member {
+    Plugin(usize),
+    Entity(usize),
+}
+
+impl Loaded {
+    /// Chain indexes of every plugin and entity, in file order (`plugins.len() + i` is entity
+    /// `i`, as in `PluginSet::with_entities`).
+    #[must_use]
+    pub fn chain_order(&self) -> Vec<usize> {
+        self.order
+            .iter()
+            .map(|m| match *m {
+                Member::Plugin(i) => i,
+                Member::Entity(i) => self.plugins.len() + i,
+            })
+            .collect()
+    }
 }
 
 /// Loads the plugins configured in one YAML file.
@@ -97,6 +122,19 @@ fn proxy_wasm_only(loaded: Loaded) -> Result<Vec<PluginConfig>, ConfigError> {
 /// Reads one file into `loaded`: an Otoroshi file (entities, `wasm_plugins:`/`otoroshi:`, with
 /// the Proxy-Wasm `plugins:` or `config:` of the same file) or a Proxy-Wasm file.
 fn append_file(loaded: &mut Loaded, text: &str, file: &Path) -> Result<(), ConfigError> {
+    let (plugins_before, entities_before) = (loaded.plugins.len(), loaded.entities.len());
+    append_file_members(loaded, text, file)?;
+    // This file's members by line (a plugin first when an entity has no line).
+    let mut members: Vec<(usize, Member)> = (plugins_before..loaded.plugins.len())
+        .map(|i| (loaded.plugins[i].origin.line, Member::Plugin(i)))
+        .chain((entities_before..loaded.entities.len()).map(|i| (loaded.entities[i].line, Member::Entity(i))))
+        .collect();
+    members.sort_by_key(|(line, _)| *line);
+    loaded.order.extend(members.into_iter().map(|(_, m)| m));
+    Ok(())
+}
+
+fn append_file_members(loaded: &mut Loaded, text: &str, file: &Path) -> Result<(), ConfigError> {
     use crate::extism::entity::document::{self, Layout};
     // Before anything parses the text (sniffing does): deep brackets cost libyaml quadratic time.
     check_flow_depth(text, file)?;

@@ -1235,6 +1235,31 @@ fn one_yaml_file_holds_plugins_entities_and_settings() {
 }
 
 #[test]
+fn a_load_keeps_plugins_and_entities_in_file_order() {
+    use proxy_wasm_host::files::Member;
+    let dir = TempDir::new();
+    dir.wasm("access.wasm");
+    dir.wasm("f.wasm");
+    let entity = dir.write("access.json", OTOROSHI_EXPORT);
+    let plugin = |name: &str| {
+        format!("config:\n  name: {name}\n  vm_config:\n    code:\n      local:\n        filename: f.wasm\n")
+    };
+    let (f, g) = (dir.write("f.yaml", &plugin("f")), dir.write("g.yaml", &plugin("g")));
+    // The entity's file between two plugin files: plugin, entity, plugin.
+    let loaded = proxy_wasm_host::files::load_all(&[f, entity, g]).unwrap();
+    assert_eq!(loaded.order, [Member::Plugin(0), Member::Entity(0), Member::Plugin(1)]);
+    assert_eq!(loaded.chain_order(), [0, 2, 1]);
+    // In one file: by line (`wasm_plugins:` before `plugins:` here).
+    let yaml = format!(
+        "wasm_plugins:\n  - {}\nplugins:\n  - config:\n      name: f\n      vm_config:\n        code:\n          local:\n            filename: f.wasm\n",
+        OTOROSHI_EXPORT.replace('\n', "\n    ")
+    );
+    let loaded = proxy_wasm_host::files::load_all(&[dir.write("mixed.yaml", &yaml)]).unwrap();
+    assert_eq!(loaded.order, [Member::Entity(0), Member::Plugin(0)]);
+    assert_eq!(loaded.chain_order(), [1, 0]);
+}
+
+#[test]
 fn otoroshi_only_yaml_file_needs_no_proxy_wasm_plugin() {
     let dir = TempDir::new();
     dir.wasm("access.wasm");

@@ -269,6 +269,9 @@ impl Hdr {
 
     /// Replaces every field; pseudo-headers in `pairs` set the request line/status.
     pub fn set_all(&self, pairs: &[Pair]) -> Result<(), Status> {
+        // An unchanged scheme is left alone: setting it on the origin-form URL of a server
+        // request would make Traffic Server send it in absolute form.
+        let scheme = self.is_request.then(|| self.scheme());
         // SAFETY: live header; fields are destroyed from the end so indexes stay valid.
         unsafe {
             let n = TSMimeHdrFieldsCount(self.buf, self.loc);
@@ -281,6 +284,9 @@ impl Hdr {
             }
         }
         for (k, v) in pairs {
+            if k.as_slice() == b":scheme" && scheme.as_ref() == Some(v) {
+                continue;
+            }
             if k.starts_with(b":") {
                 self.set_pseudo(k, v)?;
             } else {

@@ -49,15 +49,19 @@ pub struct PluginSet {
     /// Remap rules using the set (a reload that fails keeps the old set for
     /// the new rule, so one set can outlive the rule it was made for).
     rules: AtomicUsize,
+    /// The chain of every transaction: plugins and entities in file order (`config::Loaded::chain_order`).
+    order: Vec<usize>,
 }
 
-/// What one configuration loads: its Proxy-Wasm plugins, then its Otoroshi entities.
-type Loaded = (Vec<LoadedPlugin>, Vec<Arc<chain::EntityLink>>);
+/// What one configuration loads: its Proxy-Wasm plugins, its Otoroshi entities, and the chain
+/// indexes of both in file order.
+type Loaded = (Vec<LoadedPlugin>, Vec<Arc<chain::EntityLink>>, Vec<usize>);
 
 impl PluginSet {
-    fn new((plugins, entities): Loaded) -> Arc<PluginSet> {
+    fn new((plugins, entities, order): Loaded) -> Arc<PluginSet> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(PluginSet {
+            order,
             chain: Arc::new(chain::PluginSet::new(plugins).with_entities(entities)),
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             retired: Default::default(),
@@ -329,7 +333,8 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Loaded, String> {
         loaded.otoroshi.as_ref(),
         configs,
         Arc::new(chain::extism::ServerLog(log)),
-        // Traffic Server's response transform sees the body after the client's headers left.
+        // The response headers cannot be held while Traffic Server reads the body; the client's
+        // header waits for the response transform, so TransformResponse applies at the body's end.
         false,
     )
     .map_err(|e| e.to_string())?;
@@ -342,7 +347,7 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Loaded, String> {
             ),
         );
     }
-    Ok((plugins, entities))
+    Ok((plugins, entities, loaded.chain_order()))
 }
 
 unsafe fn args(argc: c_int, argv: *const *const c_char) -> Vec<String> {
@@ -412,8 +417,8 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         }
     };
     let shared = Arc::new(TxnShared::new(txnp));
-    // Proxy-Wasm plugins in file order, then the entities.
-    let plugins = 0..set.chain.plugins.len() + set.chain.entities.len();
+    // Proxy-Wasm plugins and entities interleaved, in file order.
+    let plugins = set.order.iter().copied();
     let chain =
         match Chain::new(generation, plugins, AtsChain(shared.clone()), |_| AtsStream { shared: shared.clone() }) {
             Ok(chain) => chain,
@@ -456,13 +461,19 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         TSHttpTxnHookAdd(txnp, TS_HTTP_TXN_CLOSE_HOOK, contp);
         // Bodies go through transforms only when some plugin takes them.
         if wants_request_body {
-            transform::add(txnp, raw, StreamType::HttpRequest, request_chunked);
+            transform::add(txnp, raw, StreamType::HttpRequest, request_chunked, false);
             // Framing of a chunked body, and an answer from the request body
             // (see `Txn::on_send_request_header`).
             TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_REQUEST_HDR_HOOK, contp);
         }
         if wants_response_body {
-            transform::add(txnp, raw, StreamType::HttpResponse, false);
+            // An entity's TransformResponse: the output (and the client's header) waits for it.
+            let hold = set
+                .chain
+                .entities
+                .iter()
+                .any(|e| e.plugin.steps.contains(&crate::extism::entity::Step::TransformResponse));
+            transform::add(txnp, raw, StreamType::HttpResponse, false, hold);
         }
         contp
     };

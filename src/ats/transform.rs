@@ -51,6 +51,9 @@ pub struct Transform {
     /// The transform VConnection.
     contp: TSCont,
     shared: Arc<TxnShared>,
+    /// Response: the output opens with the first bytes the chain lets go, not at once (see
+    /// `TxnShared::response_to_transform`).
+    hold_output: bool,
 }
 
 fn index(direction: StreamType) -> usize {
@@ -62,7 +65,7 @@ fn index(direction: StreamType) -> usize {
 /// # Safety
 /// `txnp` is live and `txn` is the transaction's state, which is freed only at
 /// TXN_CLOSE, after the transform is closed.
-pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked: bool) {
+pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked: bool, hold_output: bool) {
     // SAFETY: `txn` is the live transaction state (contract), only read here.
     let shared = unsafe { (*txn).shared.clone() };
     let state = Box::new(Transform {
@@ -80,6 +83,7 @@ pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked
         aborted: false,
         contp: std::ptr::null_mut(),
         shared: shared.clone(),
+        hold_output: hold_output && direction == StreamType::HttpResponse,
     });
     // SAFETY: `txnp` is live (contract); the transform gets the transaction's mutex.
     let connp = unsafe { TSTransformCreate(Some(on_transform_event), txnp) };
@@ -204,7 +208,10 @@ unsafe fn step(contp: TSCont) {
     }
     // SAFETY: `contp` is an open transform (contract).
     let input = unsafe { TSVConnWriteVIOGet(contp) };
-    let holds = t.direction == StreamType::HttpRequest;
+    let holds = t.direction == StreamType::HttpRequest || t.hold_output;
+    if t.hold_output && t.output_vio.is_null() {
+        t.shared.response_to_transform.store(true, Ordering::Release);
+    }
     if t.output_vio.is_null() && !holds {
         // SAFETY: as this function's own contract.
         unsafe { open_output(contp, t, i64::MAX) };
@@ -280,6 +287,10 @@ unsafe fn step(contp: TSCont) {
             // the transaction is in use here.
             let flow = unsafe {
                 with_txn(t, |txn| {
+                    // Until SEND_REQUEST_HDR, request headers are the server request's.
+                    if direction == StreamType::HttpRequest && !txn.answered_request_body() {
+                        txn.shared.request_to_server.store(true, Ordering::Release);
+                    }
                     let Some(chain) = txn.chain.as_mut() else {
                         return Flow::Forward { data: chunk, end_of_stream: eos };
                     };
@@ -470,6 +481,10 @@ unsafe fn check_held_request(t: &mut Transform) {
 /// # Safety
 /// As [`step`].
 unsafe fn open_output(contp: TSCont, t: &mut Transform, nbytes: i64) {
+    // The client's response header goes out now, made from the transform's.
+    if t.direction == StreamType::HttpResponse {
+        t.shared.response_to_transform.store(false, Ordering::Release);
+    }
     // SAFETY: a new buffer and its reader (freed by `close`), written to the
     // output VConnection of `contp`, the open transform (contract).
     unsafe {

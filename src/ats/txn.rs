@@ -58,6 +58,17 @@ pub struct TxnShared {
     /// The body transforms (request, response), null until added and once
     /// Traffic Server closed them. Only touched under the transaction's mutex.
     pub transforms: [AtomicPtr<Transform>; 2],
+    /// The request transform has the body and the request has not gone upstream yet: the
+    /// request headers plugins read and change are the server request's (Traffic Server
+    /// sends it once the transform gives the body's length), so changes made at the end
+    /// of the body (an entity's TransformRequest) reach the origin. Set by the request
+    /// transform, cleared at SEND_REQUEST_HDR or when the request is answered instead.
+    pub request_to_server: AtomicBool,
+    /// The response transform holds its output (an entity's TransformResponse waits for the
+    /// end of the body), and with it the client's response header, which Traffic Server
+    /// builds from the transform's response header once the output opens: until then the
+    /// response headers plugins read and change are that header.
+    pub response_to_transform: AtomicBool,
 }
 
 // SAFETY: `txnp` and the continuation are only passed to Traffic Server API
@@ -196,6 +207,8 @@ impl TxnShared {
             detached: AtomicBool::new(false),
             abort_response: AtomicBool::new(false),
             transforms: [AtomicPtr::new(std::ptr::null_mut()), AtomicPtr::new(std::ptr::null_mut())],
+            request_to_server: AtomicBool::new(false),
+            response_to_transform: AtomicBool::new(false),
         }
     }
 
@@ -217,6 +230,15 @@ impl TxnShared {
         (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: true })
     }
 
+    /// The request Traffic Server will send upstream (it exists once the origin connection
+    /// is set up, before the request transform gets the body).
+    fn server_request(&self) -> Option<Hdr> {
+        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
+        // SAFETY: live transaction (see the Send impl).
+        let r = unsafe { TSHttpTxnServerReqGet(self.txnp, &mut buf, &mut loc) };
+        (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: true })
+    }
+
     fn client_response(&self) -> Option<Hdr> {
         let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
         let r = match self.response_source.load(Ordering::Acquire) {
@@ -226,6 +248,14 @@ impl TxnShared {
             RESPONSE_TO_CLIENT => unsafe { TSHttpTxnClientRespGet(self.txnp, &mut buf, &mut loc) },
             _ => return None,
         };
+        (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: false })
+    }
+
+    /// The response header of the response transform (the client's response is made from it).
+    fn transform_response(&self) -> Option<Hdr> {
+        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
+        // SAFETY: live transaction (see the Send impl).
+        let r = unsafe { TSHttpTxnTransformRespGet(self.txnp, &mut buf, &mut loc) };
         (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: false })
     }
 
@@ -247,7 +277,13 @@ impl TxnShared {
             return Ok(None);
         }
         match map {
+            MapType::HttpRequestHeaders if self.request_to_server.load(Ordering::Acquire) => {
+                Ok(self.server_request().or_else(|| self.client_request()))
+            }
             MapType::HttpRequestHeaders => Ok(self.client_request()),
+            MapType::HttpResponseHeaders if self.response_to_transform.load(Ordering::Acquire) => {
+                Ok(self.transform_response().or_else(|| self.client_response()))
+            }
             MapType::HttpResponseHeaders => Ok(self.client_response()),
             // Traffic Server 9.2 gives plugins no access to HTTP trailers.
             MapType::HttpRequestTrailers | MapType::HttpResponseTrailers => Ok(None),
@@ -686,8 +722,14 @@ impl Txn {
         }
     }
 
+    /// Whether the request body ended in an answer (the request is not sent on).
+    pub fn answered_request_body(&self) -> bool {
+        self.answered_request_body
+    }
+
     /// The request body ends in an answer (a plugin's, or 413, 503, 504).
     pub fn answer_request_body(&mut self, response: &LocalResponse) {
+        self.shared.request_to_server.store(false, Ordering::Release);
         self.remember(response);
         self.answered_request = true;
         self.answered_request_body = true;
@@ -726,6 +768,7 @@ impl Txn {
     /// Content-Length, which must not go out next to
     /// `Transfer-Encoding: chunked` (RFC 9112 6.3).
     pub fn on_send_request_header(&self) -> Next {
+        self.shared.request_to_server.store(false, Ordering::Release);
         if self.answered_request_body {
             if let Some(response) = self.shared.local.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                 set_error_response(self.shared.txnp, response);

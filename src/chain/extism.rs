@@ -33,8 +33,6 @@ use crate::extism::entity::Entity;
 use crate::extism::entity::Step;
 use crate::extism::http::BlockingHttpClient;
 use crate::extism::opa::{decide, OpaError, OpaVerdict};
-use crate::extism::otoroshi::datastore::InProcessDataStore;
-use crate::extism::otoroshi::maps::Maps;
 use crate::extism::plugin::{engine, load_entities, ExtismPlugin, Kind, PluginError, Pool};
 use crate::extism::state::{ExtismHost, Services};
 use crate::extism::steps::output::{self, Attrs, BackendVerdict, Gate, RequestVerdict, ResponseVerdict};
@@ -68,9 +66,15 @@ pub struct EntityLink {
     /// The most body bytes held for TransformRequest / TransformResponse.
     pub max_body_size: u64,
     /// Whether the server can hold the response headers while it reads the response body
-    /// (NGINX can; Traffic Server sends them before its response transform sees the body): if
-    /// not, TransformResponse runs at the end of the body and only its body applies.
+    /// (NGINX can; Traffic Server reads no body while its response header hook is held): if
+    /// not, TransformResponse runs at the end of the body (and only its body applies unless
+    /// `response_headers_at_body_end`).
     pub hold_response_headers: bool,
+    /// When the headers are not held: whether the server still sends them only once the step
+    /// ran (Traffic Server's response transform holds its output, and with it the client's
+    /// response header, until the end of the body), so its status, headers and cookies apply
+    /// at the end of the body too.
+    pub response_headers_at_body_end: bool,
     pool: Mutex<Pool>,
     callbacks: Callbacks,
 }
@@ -95,6 +99,7 @@ impl EntityLink {
             pause_timeout: crate::config::PluginConfig::DEFAULT_PAUSE_TIMEOUT,
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             hold_response_headers: true,
+            response_headers_at_body_end: false,
             callbacks,
         }
     }
@@ -155,15 +160,16 @@ impl ExtismHost for ServerLog {
     }
 }
 
-/// The most bytes the in-process data store and the in-memory maps hold (each).
+/// The most bytes the data store and the in-memory maps hold (each).
 pub const DATA_CAP: u64 = 16 << 20;
 
 /// The entities of a load, compiled, linked (only what each grants) and instantiated once as a
 /// check, as links for [`super::PluginSet::with_entities`]. They run on `otoroshi.runtime`, else
-/// on the runtime of the load's first Proxy-Wasm plugin, else on Wasmtime. The data store and
-/// the maps are this process's (one NGINX worker, or all Traffic Server threads); `http_request`
-/// and `proxy_http_call` go through [`BlockingHttpClient`] (`http://` only), which only runs off
-/// the event loop: the calls of an entity that imports them run on the server's threads.
+/// on the runtime of the load's first Proxy-Wasm plugin, else on Wasmtime. The data store is the
+/// process's (NGINX: the shared-memory zone's, all workers; Traffic Server: all threads), the maps
+/// are the process's (one NGINX worker, or all Traffic Server threads); `http_request` and
+/// `proxy_http_call` go through [`BlockingHttpClient`] (`http://` only), which only runs off the
+/// event loop: the calls of an entity that imports them run on the server's threads.
 ///
 /// # Errors
 /// The first entity that cannot run, by id: a module that cannot be read or compiled, an import
@@ -184,8 +190,9 @@ pub fn load_entity_links(
     let services = Arc::new(Services {
         host,
         http: Some(Arc::new(BlockingHttpClient)),
-        datastore: Arc::new(InProcessDataStore::new(DATA_CAP)),
-        maps: Arc::new(Maps::new(DATA_CAP)),
+        // This process's: an NGINX worker installs the shared-memory zone's data store first.
+        datastore: crate::extism::otoroshi::datastore::process_datastore(),
+        maps: crate::extism::otoroshi::maps::process_maps(),
     });
     let plugins = load_entities(entities, &settings, engine.as_ref(), &services)?;
     for p in plugins.iter().filter(|p| p.makes_http_calls) {
@@ -199,6 +206,7 @@ pub fn load_entity_links(
     for plugin in plugins {
         let mut link = EntityLink::new(plugin);
         link.hold_response_headers = hold_response_headers;
+        link.response_headers_at_body_end = !hold_response_headers;
         // The check: one instance (memoryPages, the initializer), kept in the pool.
         let instance = link.plugin.instantiate()?;
         link.pool.lock().unwrap_or_else(|p| p.into_inner()).give_back(instance, false);
@@ -639,7 +647,7 @@ pub(super) fn transform_response(
         return failed(entity, f, trap);
     }
     let verdict = output::transform_response(out.as_deref(), &mut tx.attrs);
-    if !entity.hold_response_headers {
+    if !entity.hold_response_headers && !entity.response_headers_at_body_end {
         // The response headers are gone: an error form cannot answer, a new body still applies.
         return match verdict {
             ResponseVerdict::Continue(changes) => StepResult::Continue(changes.body),

@@ -278,13 +278,13 @@ pub unsafe extern "C" fn proxy_wasm_shm_size(
     })
 }
 
-/// `init_main_conf`: declares the shared memory zone when the configuration has plugins.
+/// `init_main_conf`: declares the shared memory zone when the configuration has plugins or entities.
 pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
     catch(|| {
         // SAFETY: `conf` is this module's MainConf; `cf` is live.
         unsafe {
             let main = &mut *(conf as *mut MainConf);
-            super::shm::declare_zone(cf, &mut main.shm, &main.plugins)
+            super::shm::declare_zone(cf, &mut main.shm, &main.plugins, !main.entities.is_empty())
         }
     })
 }

@@ -1,5 +1,5 @@
-//! Shared data, shared queues and metrics of all workers in one nginx
-//! shared-memory zone named `proxy_wasm` (`proxy_wasm_shm_size`, default 1m).
+//! Shared data, shared queues, metrics and the Otoroshi entities' data store of all workers in
+//! one nginx shared-memory zone named `proxy_wasm` (`proxy_wasm_shm_size`, default 1m).
 //!
 //! The zone is declared while the configuration is read (`init_main_conf`,
 //! only when `proxy_wasm_config` loaded plugins); nginx maps it in the master,
@@ -97,7 +97,8 @@ pub unsafe fn set_size(cf: *mut ngx_conf_t, shm: &mut ShmConf) -> *mut c_char {
     }
 }
 
-/// Declares the zone when the configuration has plugins (`init_main_conf`).
+/// Declares the zone when the configuration has plugins or Otoroshi entities (their data
+/// store lives in it) (`init_main_conf`).
 ///
 /// # Safety
 /// `cf` is live (configuration time).
@@ -105,11 +106,12 @@ pub unsafe fn declare_zone(
     cf: *mut ngx_conf_t,
     shm: &mut ShmConf,
     plugins: &[crate::config::PluginConfig],
+    has_entities: bool,
 ) -> *mut c_char {
     {
         // SAFETY: per the contract.
         unsafe {
-            if plugins.is_empty() {
+            if plugins.is_empty() && !has_entities {
                 return ptr::null_mut();
             }
             let mut name = ngx_str_t { len: 10, data: b"proxy_wasm".as_ptr() as *mut u8 };
@@ -233,6 +235,12 @@ pub fn install_in_worker(shm: &ShmConf) {
         store.check();
     }
     crate::shared::set_process_stores(store.clone(), store.clone());
+    // Otoroshi entities' data store: every worker's keys in the zone (the in-memory maps stay
+    // per worker, as Otoroshi's are per instance).
+    crate::extism::otoroshi::datastore::set_process_datastore(Arc::new(crate::shm_store::ShmDataStore::new(
+        store.clone(),
+        crate::chain::extism::DATA_CAP,
+    )));
     crate::metrics::set_process_metrics(store.clone());
     let mut ev = Box::new(super::base::new_event(on_poll, ptr::null_mut()));
     ev.set_cancelable(1);

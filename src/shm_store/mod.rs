@@ -64,6 +64,7 @@
 //! per process).
 
 mod check;
+mod datastore;
 mod region;
 #[cfg(test)]
 mod tests;
@@ -79,6 +80,7 @@ use crate::shared::{
     make_id, random_tag, split_id, QueueLimits, QueueOwner, QueueStore, SharedDataStore, SharedError, Writer,
     MAX_QUEUES_PER_VM,
 };
+pub use datastore::{ShmDataStore, DATASTORE_VM_ID};
 use region::*;
 pub use region::{
     RegionError, ShmRegion, SpinLock, ZoneLock, DATA_BUCKETS, MAX_METRICS, MAX_QUEUES, MAX_VMS, MIN_SIZE,

@@ -743,3 +743,151 @@ fn a_crash_during_a_rebuild_is_rebuilt_again() {
     );
     s.set("vm", b"k", b"v2", 0).unwrap();
 }
+
+// ------------------------------------------------------------ Otoroshi's data store
+
+mod datastore {
+    use super::*;
+    use crate::extism::otoroshi::datastore::{DataStore, DataStoreError};
+    use std::sync::atomic::AtomicU64;
+
+    fn ds(len: usize, max_bytes: u64) -> (ShmDataStore, Arc<ShmStore>, Arc<AtomicU64>) {
+        let (s, _) = store(len);
+        let s = Arc::new(s);
+        let now = Arc::new(AtomicU64::new(1000));
+        let clock = now.clone();
+        (ShmDataStore::with_clock(s.clone(), max_bytes, Arc::new(move || clock.load(Ordering::SeqCst))), s, now)
+    }
+
+    #[test]
+    fn redis_semantics_with_ttls() {
+        let (d, s, now) = ds(1 << 16, 1 << 20);
+        assert_eq!(d.set("k", b"v", Some(Duration::from_millis(50))), Ok(true));
+        assert_eq!(d.pttl("k"), 50);
+        now.fetch_add(49, Ordering::SeqCst);
+        assert_eq!(d.get("k"), Some(b"v".to_vec()));
+        now.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(d.get("k"), None);
+        assert!(!d.exists("k"));
+        assert_eq!(d.pttl("k"), -2);
+        // SET clears a TTL; PEXPIRE sets one, 0 deletes.
+        d.set("k", b"v", Some(Duration::from_secs(1))).unwrap();
+        d.set("k", b"w", None).unwrap();
+        assert_eq!(d.pttl("k"), -1);
+        assert!(d.pexpire("k", 100));
+        assert_eq!(d.pttl("k"), 100);
+        assert!(d.pexpire("k", 0));
+        assert!(!d.exists("k"));
+        assert!(!d.pexpire("k", 10));
+        // SETNX only on a missing (or expired) key.
+        assert_eq!(d.setnx("n", b"1", Some(Duration::from_millis(10))), Ok(true));
+        assert_eq!(d.setnx("n", b"2", None), Ok(false));
+        now.fetch_add(10, Ordering::SeqCst);
+        assert_eq!(d.setnx("n", b"3", None), Ok(true));
+        // INCRBY keeps the TTL; text or overflow is refused.
+        assert_eq!(d.incrby("c", 5), Ok(5));
+        d.pexpire("c", 100);
+        assert_eq!(d.incrby("c", -7), Ok(-2));
+        assert_eq!(d.pttl("c"), 100);
+        d.set("t", b"text", None).unwrap();
+        assert_eq!(d.incrby("t", 1), Err(DataStoreError::NotAnInteger));
+        d.set("m", i64::MAX.to_string().as_bytes(), None).unwrap();
+        assert_eq!(d.incrby("m", 1), Err(DataStoreError::Overflow));
+        assert_eq!(d.set("z", b"v", Some(Duration::ZERO)), Err(DataStoreError::InvalidTtl));
+        // DEL counts the keys that existed.
+        assert_eq!(d.del(&["t".into(), "m".into(), "nope".into()]), 2);
+        s.verify().unwrap();
+    }
+
+    #[test]
+    fn keys_and_all_matching_skip_and_drop_expired_keys() {
+        let (d, s, now) = ds(1 << 16, 1 << 20);
+        for k in ["otoroshi:a1", "otoroshi:a2", "otoroshi:b1", "other:a1"] {
+            d.set(k, k.as_bytes(), None).unwrap();
+        }
+        d.set("otoroshi:a3", b"x", Some(Duration::from_millis(5))).unwrap();
+        assert_eq!(d.keys("otoroshi:a*"), vec!["otoroshi:a1", "otoroshi:a2", "otoroshi:a3"]);
+        now.fetch_add(5, Ordering::SeqCst);
+        assert_eq!(d.keys("otoroshi:a*"), vec!["otoroshi:a1", "otoroshi:a2"]);
+        assert_eq!(d.all_matching("otoroshi:[^a]*"), vec![b"otoroshi:b1".to_vec()]);
+        // The scan removed the expired key: its bytes are back.
+        let held: u64 =
+            ["otoroshi:a1", "otoroshi:a2", "otoroshi:b1", "other:a1"].iter().map(|k| 2 * k.len() as u64 + 8).sum();
+        assert_eq!(s.held_bytes(DATASTORE_VM_ID), held);
+        // Proxy-Wasm shared data of another vm_id is not a key of the store, nor the reverse.
+        s.set("vm", b"otoroshi:pw", b"1", 0).unwrap();
+        assert_eq!(d.keys("*").len(), 4);
+        assert!(SharedDataStore::get(&*s, "vm", b"otoroshi:a1").is_none());
+        s.verify().unwrap();
+    }
+
+    #[test]
+    fn the_cap_and_the_zone_refuse_writes() {
+        let (d, s, _) = ds(1 << 16, 40);
+        assert_eq!(d.set("k", &[b'x'; 20], None), Ok(true));
+        assert_eq!(d.set("j", &[b'y'; 20], None), Err(DataStoreError::Full(40)));
+        // Replacing a value only counts the difference.
+        assert_eq!(d.set("k", &[b'x'; 25], None), Ok(true));
+        let (d, _, _) = ds(MIN_SIZE, 1 << 30);
+        match d.set("big", &vec![0u8; 64 << 10], None) {
+            Err(DataStoreError::Zone(m)) => assert!(m.contains("shared memory zone is full"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        s.verify().unwrap();
+    }
+
+    #[test]
+    fn incrby_from_processes_is_atomic_and_setnx_has_one_winner() {
+        let (d, s, _) = ds(1 << 18, 1 << 20);
+        let region = *s.region();
+        let children: Vec<_> = (0..3)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    in_child(Duration::from_secs(60), || {
+                        let (s, _) = reattach(region);
+                        let d = ShmDataStore::new(Arc::new(s), 1 << 20);
+                        let mut seen = Vec::new();
+                        for _ in 0..1000 {
+                            seen.push(d.incrby("otoroshi:hits", 1).unwrap());
+                        }
+                        let won = d.setnx("otoroshi:leader", b"me", None).unwrap();
+                        d.incrby("otoroshi:winners", i64::from(won)).unwrap();
+                        // Strictly increasing in each process.
+                        seen.windows(2).all(|w| w[0] < w[1])
+                    })
+                })
+            })
+            .collect();
+        for c in children {
+            assert_eq!(c.join().unwrap(), Some(0));
+        }
+        assert_eq!(d.get("otoroshi:hits"), Some(b"3000".to_vec()));
+        assert_eq!(d.get("otoroshi:winners"), Some(b"1".to_vec()));
+        s.verify().unwrap();
+    }
+
+    #[test]
+    fn a_ttl_set_in_one_process_expires_in_another() {
+        // The real clock (CLOCK_MONOTONIC), shared by the processes.
+        let (s, _) = store(1 << 16);
+        let s = Arc::new(s);
+        let d = ShmDataStore::new(s.clone(), 1 << 20);
+        let region = *s.region();
+        let child = in_child(CHILD, || {
+            let (s, _) = reattach(region);
+            let d = ShmDataStore::new(Arc::new(s), 1 << 20);
+            d.set("k", b"v", Some(Duration::from_millis(30))).is_ok() && d.set("forever", b"v", None).is_ok()
+        });
+        assert_eq!(child, Some(0));
+        let left = d.pttl("k");
+        assert!((0..=30).contains(&left), "{left}");
+        // Polled (not slept): the key goes within its TTL plus scheduling.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.exists("k") {
+            assert!(Instant::now() < deadline, "the key never expired: pttl {}", d.pttl("k"));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(d.pttl("k"), -2);
+        assert_eq!(d.pttl("forever"), -1);
+    }
+}

@@ -6,7 +6,7 @@
 //! Keys reach the store already prefixed (see [`key_prefix`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Why a data store operation failed. The plugin's call fails with this message, as it does in
@@ -21,6 +21,9 @@ pub enum DataStoreError {
     Overflow,
     #[error("invalid expire time in set")]
     InvalidTtl,
+    /// The shared-memory zone refused the write (full, or too small for the value).
+    #[error("{0}")]
+    Zone(String),
 }
 
 /// A key-value store with TTLs. Every method is atomic on its own.
@@ -140,6 +143,26 @@ fn redis_class(p: &[u8], start: usize, c: u8) -> (bool, usize) {
         }
     }
     (matched != negated, (i + 1).min(p.len()))
+}
+
+static INSTALLED: RwLock<Option<Arc<dyn DataStore>>> = RwLock::new(None);
+
+/// Makes `store` the data store of every entity loaded afterwards in this process (an NGINX
+/// worker installs the shared-memory zone's before it loads its entities).
+pub fn set_process_datastore(store: Arc<dyn DataStore>) {
+    *INSTALLED.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(store);
+}
+
+/// The data store of this process: the one installed with [`set_process_datastore`], else one
+/// [`InProcessDataStore`] for the whole process (every Traffic Server thread, every load and
+/// reload, every remap rule), capped at [`InProcessDataStore::DEFAULT_MAX_BYTES`].
+pub fn process_datastore() -> Arc<dyn DataStore> {
+    static STORE: LazyLock<Arc<InProcessDataStore>> =
+        LazyLock::new(|| Arc::new(InProcessDataStore::new(InProcessDataStore::DEFAULT_MAX_BYTES)));
+    if let Some(s) = INSTALLED.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+        return s.clone();
+    }
+    STORE.clone()
 }
 
 /// Milliseconds on some monotonic clock; tests drive their own.

@@ -4,7 +4,7 @@
 //! TTL and nothing is shared between processes, exactly as between Otoroshi instances).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// The map id Otoroshi uses for the global map.
 pub const GLOBAL: &str = "global";
@@ -16,6 +16,13 @@ pub struct Maps {
     /// Bytes of keys and values held in all maps; writes past `max_bytes` are refused.
     bytes: Mutex<u64>,
     max_bytes: u64,
+}
+
+/// The maps of this process (every entity of every load, every Traffic Server thread), capped at
+/// [`Maps::DEFAULT_MAX_BYTES`].
+pub fn process_maps() -> Arc<Maps> {
+    static MAPS: LazyLock<Arc<Maps>> = LazyLock::new(|| Arc::new(Maps::new(Maps::DEFAULT_MAX_BYTES)));
+    MAPS.clone()
 }
 
 /// A write that would take the maps past their cap.
