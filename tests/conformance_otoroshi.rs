@@ -57,6 +57,27 @@ fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
 
 const PDKS: [&str; 2] = ["as", "rust"];
 
+/// An entity for the step plugin of `pdk` (`otoroshi_<pdk>.wasm`, every step under Otoroshi's
+/// default name: tests/plugins/otoroshi/README.md) that lists `steps`, with no `functionName`.
+fn step_entity(pdk: &str, steps: &[&str]) -> (String, String) {
+    let (id, yaml) = entity("backend", pdk, Some(&format!("otoroshi_{pdk}.wasm")));
+    let steps = serde_json::to_string(steps).unwrap();
+    let yaml = yaml
+        .replace(r#""functionName":"execute""#, r#""functionName":null"#)
+        .replace(r#""steps":["CallBackend"]"#, &format!(r#""steps":{steps}"#));
+    assert!(yaml.contains(&steps) && yaml.contains(r#""functionName":null"#), "{yaml}");
+    (id, yaml)
+}
+
+/// The step plugin's tag (its answers carry `x-otoroshi-wasm: <tag>`).
+fn tag(pdk: &str) -> &'static str {
+    if pdk == "as" {
+        "assemblyscript"
+    } else {
+        "rust"
+    }
+}
+
 e2e::server::for_each_server! {
 
 #[test]
@@ -218,6 +239,101 @@ fn an_entity_importing_what_it_is_not_granted_is_a_load_error() {
             let s = <Server as ServerUnderTest>::start(setup);
             s.expect_log(expected, Duration::from_secs(5));
         }
+    }
+}
+
+#[test]
+fn handles_request_answers_every_request_of_its_chain_instead_of_the_origin() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (id, yaml) = step_entity(pdk, &["HandlesRequest"]);
+        let s = <Server as ServerUnderTest>::start(Setup::new(&format!("oto-handles-{pdk}"), origin.port()).workers(1).plugin("pw", filter_yaml()).plugin(&id, yaml));
+        let before = origin.request_count();
+        let r = send(&s, Request::get("/handled?a=b").header("x-pw-test", "headers"));
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert_eq!(r.body_str(), format!("{} handle_request: GET /handled body=", tag(pdk)), "{pdk}");
+        assert_eq!(r.header("x-otoroshi-step"), Some("handle_request"), "{pdk}");
+        assert_eq!(r.header("x-backend-method"), Some("GET"), "{pdk}");
+        assert_eq!(r.header("content-type"), Some("text/plain"), "{pdk}");
+        // The input's request carries the body (`request.request_body_bytes`).
+        let r = send(&s, Request::post("/handled", "a request body").header("content-type", "text/plain").header("x-backend-status", "201").header("x-add-cookie", "handled=yes"));
+        assert_eq!(r.status, 201, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert_eq!(r.body_str(), format!("{} handle_request: POST /handled body=a request body", tag(pdk)), "{pdk}");
+        assert!(r.header("set-cookie").is_some_and(|c| c.starts_with("handled=yes")), "{pdk}: {:?}", r.headers);
+        // A failed call is Otoroshi's 500 with the error; the next request is answered again.
+        let r = send(&s, Request::get("/handled").header("x-fail", "handle_request").header("accept", "application/json"));
+        assert_eq!(r.status, 500, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert!(r.body_str().contains("forced failure in handle_request"), "{pdk}: {}", r.body_str());
+        assert_eq!(send(&s, Request::get("/again")).status, 200, "{pdk}");
+        assert_eq!(origin.request_count(), before, "{pdk}: the origin is never called");
+        s.assert_nothing_died();
+    }
+}
+
+/// A route for `known.example` (no plugin), and the sink `id` for every other request.
+fn start_with_sink(test: &str, origin: &Origin, id: &str, yaml: String) -> Server {
+    let setup = Setup::new(test, origin.port()).workers(1).plugin(id, yaml).route("known.example", &[]).sink(&[id]);
+    <Server as ServerUnderTest>::start(setup)
+}
+
+#[test]
+fn sink_templates_answer_the_requests_no_route_matched() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (id, yaml) = entity("sink", pdk, None);
+        let s = start_with_sink(&format!("oto-sink-{pdk}"), &origin, &id, yaml);
+        let r = send(&s, Request::get("/page").host("known.example"));
+        assert_eq!(r.status, 200, "{pdk}: a routed request reaches the origin\n{}", s.log_report());
+        let before = origin.request_count();
+        let r = send(&s, Request::get("/nowhere").host("unknown.example").header("x-probe", "1"));
+        // Wasmo's templates differ: AssemblyScript answers 200 with `body_json`, Rust 404 with
+        // `body_str` and the request's headers.
+        let (status, body) = match pdk {
+            "as" => (200, r#"{"WASM_SINK_RESPONSE":"Unknown path and domain for /nowhere"}"#),
+            _ => (404, r#"{ "WASM_SINK_RESPONSE": "Unknown path and domain for /nowhere" }"#),
+        };
+        assert_eq!((r.status, r.body_str().as_str()), (status, body), "{pdk}\n{}", s.log_report());
+        assert_eq!(r.header("content-type"), Some("application/json"), "{pdk}");
+        if pdk == "rust" {
+            assert_eq!(r.header("x-probe"), Some("1"), "the Rust template answers with the request's headers");
+        }
+        assert_eq!(origin.request_count(), before, "{pdk}: the sink answered, not the origin");
+        s.assert_nothing_died();
+    }
+}
+
+#[test]
+fn a_sink_says_why_and_one_that_does_not_match_lets_the_request_go_on() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (id, yaml) = step_entity(pdk, &["Sink"]);
+        let s = start_with_sink(&format!("oto-sink-steps-{pdk}"), &origin, &id, yaml);
+        let before = origin.request_count();
+        let r = send(&s, Request::get("/lost").host("unknown.example").header("x-sink-status", "410").header("x-check-context", "1"));
+        assert_eq!(r.status, 410, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        let report: serde_json::Value = serde_json::from_str(&r.body_str()).unwrap_or_else(|e| panic!("{pdk}: {e}: {}", r.body_str()));
+        assert_eq!(report["sink"], tag(pdk));
+        assert_eq!(report["path"], "/lost");
+        assert_eq!((report["origin"].as_str(), report["status"].as_u64()), (Some("NgReverseProxy"), Some(404)), "{pdk}");
+        assert_eq!(report["message"], "route not found");
+        assert_eq!(r.header("x-otoroshi-step"), Some("sink_handle"), "{pdk}");
+        assert_eq!(origin.request_count(), before, "{pdk}");
+        // `sink_matches` answers false: the request goes on to what the server does without the
+        // sink: NGINX's `return 404` in the sink's location, Traffic Server's catch-all rule's
+        // origin.
+        let r = send(&s, Request::get("/passed").host("unknown.example").header("x-sink", "no"));
+        match Server::KIND {
+            Kind::Nginx => {
+                assert_eq!(r.status, 404, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+                assert!(r.body_str().contains("nginx"), "{pdk}: nginx's own 404: {}", r.body_str());
+                assert_eq!(origin.request_count(), before, "{pdk}");
+            }
+            Kind::TrafficServer => {
+                assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+                origin.wait_for_path("/passed", Duration::from_secs(5));
+            }
+        }
+        s.assert_nothing_died();
     }
 }
 

@@ -39,6 +39,8 @@ use crate::vm::VmError;
 use super::flow::Phase;
 use super::link::Callbacks;
 
+mod handlers;
+
 /// The chain's rules for one link: what the chain reads of a plugin's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules<'a> {
@@ -348,7 +350,9 @@ fn request_headers(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStr
         }
     }
     es.raw_request = Some(request);
-    if eos && (entity.has(Step::TransformRequest) || entity.has(Step::CallBackend)) {
+    if eos
+        && (entity.has(Step::TransformRequest) || entity.has(Step::CallBackend) || handlers::answers_requests(entity))
+    {
         // No body follows: the request-body steps run now, with none (a body a transformer gives
         // cannot be sent).
         return match request_body_end(entity, tx, es, &[]) {
@@ -359,7 +363,8 @@ fn request_headers(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStr
     StepResult::Continue(None)
 }
 
-/// The end of the request body: TransformRequest, then CallBackend with the body as transformed.
+/// The end of the request body: TransformRequest, then CallBackend with the body as transformed,
+/// then Sink and HandlesRequest (`handlers`).
 fn request_body_end(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStream, body: &[u8]) -> StepResult {
     let new_body = match transform_request(entity, tx, es, body) {
         StepResult::Continue(b) => b,
@@ -368,6 +373,12 @@ fn request_body_end(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismSt
     if entity.has(Step::CallBackend) {
         let sent = new_body.as_deref().unwrap_or(body);
         if let other @ (StepResult::Local(_) | StepResult::Failed(_)) = call_backend(entity, tx, es, sent) {
+            return other;
+        }
+    }
+    if handlers::answers_requests(entity) {
+        let sent = new_body.as_deref().unwrap_or(body);
+        if let other @ (StepResult::Local(_) | StepResult::Failed(_)) = handlers::run(entity, tx, es, sent) {
             return other;
         }
     }

@@ -77,7 +77,9 @@ impl Callbacks {
         for step in steps {
             bits |= match step {
                 Step::PreRoute | Step::ValidateAccess => Self::REQUEST_HEADERS,
-                Step::TransformRequest | Step::CallBackend => Self::REQUEST_HEADERS | Self::REQUEST_BODY,
+                Step::TransformRequest | Step::CallBackend | Step::Sink | Step::HandlesRequest => {
+                    Self::REQUEST_HEADERS | Self::REQUEST_BODY
+                }
                 Step::TransformResponse => Self::RESPONSE_HEADERS | Self::RESPONSE_BODY,
                 _ => 0,
             };
