@@ -69,6 +69,17 @@ fn step_entity(pdk: &str, steps: &[&str]) -> (String, String) {
     (id, yaml)
 }
 
+/// The step plugin of `pdk` as a Router (id `<backend's id>-router`) whose routes
+/// (`/routed/<name>...`) go to 127.0.0.1:`target`.
+fn router_entity(pdk: &str, target: u16) -> (String, String) {
+    let (id, yaml) = step_entity(pdk, &["Router"]);
+    let yaml = yaml.replace(r#""config":{}"#, &format!(r#""config":{{"route_target":"127.0.0.1:{target}"}}"#));
+    let router = format!("{id}-router");
+    let yaml = yaml.replace(&format!(r#""id":"{id}""#), &format!(r#""id":"{router}""#));
+    assert!(yaml.contains("route_target") && yaml.contains(&router), "{yaml}");
+    (router, yaml)
+}
+
 /// The step plugin's tag (its answers carry `x-otoroshi-wasm: <tag>`).
 fn tag(pdk: &str) -> &'static str {
     if pdk == "as" {
@@ -337,4 +348,104 @@ fn a_sink_says_why_and_one_that_does_not_match_lets_the_request_go_on() {
     }
 }
 
+#[test]
+fn match_route_templates_guard_the_route_of_their_chain() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (_, s) = start::<Server>("oto-match", &origin, "route-matcher", pdk);
+        let r = send(&s, Request::get("/matched").header("foo", "bar").header("x-pw-test", "headers"));
+        assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("pw")), "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        origin.wait_for_path("/matched", Duration::from_secs(5));
+        let before = origin.request_count();
+        let r = send(&s, Request::get("/unmatched").header("foo", "baz").header("accept", "application/json"));
+        assert_eq!(r.status, 404, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        assert_eq!(r.body_str(), r#"{"Otoroshi-Error":"route not found"}"#, "{pdk}");
+        assert_eq!(r.header("otoroshi-error"), Some("true"));
+        assert_eq!(origin.request_count(), before, "{pdk}: a request the route does not match never reaches its origin");
+        s.assert_nothing_died();
+    }
+}
+
+}
+
+/// NGINX: `$proxy_wasm_match_<id>` in a `map`, `$proxy_wasm_route_<id>` in `proxy_pass`; the
+/// entities are in `proxy_wasm_config` only, in no chain.
+#[test]
+fn nginx_routing_variables_from_match_route_and_router() {
+    use e2e::nginx::{Nginx, NginxOptions};
+    let origin = Origin::start();
+    let routed = Origin::start();
+    for pdk in PDKS {
+        let (matcher, matcher_yaml) = entity("route-matcher", pdk, None);
+        let (router, router_yaml) = router_entity(pdk, routed.port());
+        let var = |id: &str| {
+            id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect::<String>()
+        };
+        let opts = NginxOptions::new(&format!("oto-vars-{pdk}"))
+            .workers(1)
+            .origin(origin.port())
+            .file("matcher.yaml", matcher_yaml.replace("otoroshi:\n  runtime: wasmtime\n  callback_timeout: 2s\n", ""))
+            .file("router.yaml", router_yaml)
+            .http("proxy_wasm_config @CONF@/router.yaml @CONF@/matcher.yaml;")
+            .http(format!("map $proxy_wasm_match_{} $matched {{ 1 yes; default no; }}", var(&matcher)))
+            .server(format!(
+                "location /routed/ {{ if ($proxy_wasm_route_{r} = \"\") {{ return 404 \"no route\"; }} proxy_pass http://$proxy_wasm_route_{r}; }}\n\
+                 location / {{ add_header x-matched $matched always; proxy_pass http://127.0.0.1:@ORIGIN_PORT@; }}",
+                r = var(&router)
+            ));
+        let s = Nginx::start(opts);
+        let send = |req: Request| {
+            req.timeout(Duration::from_secs(20)).send(s.port()).unwrap_or_else(|e| panic!("{e}\n{}", s.log_report()))
+        };
+        let r = send(Request::get("/page").header("foo", "bar"));
+        assert_eq!(
+            (r.status, r.header("x-matched")),
+            (200, Some("yes")),
+            "{pdk}: {}\n{}",
+            r.body_str(),
+            s.log_report()
+        );
+        let r = send(Request::get("/page").header("foo", "baz"));
+        assert_eq!((r.status, r.header("x-matched")), (200, Some("no")), "{pdk}\n{}", s.log_report());
+        let before = origin.request_count();
+        let r = send(Request::get("/routed/svc/x"));
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        let seen = routed.wait_for_path("/routed/svc/x", Duration::from_secs(5));
+        assert_eq!(seen.method, "GET");
+        assert_eq!(origin.request_count(), before, "{pdk}: the found route's target answered");
+        let r = send(Request::get("/routed/"));
+        assert_eq!(
+            (r.status, r.body_str().as_str()),
+            (404, "no route"),
+            "{pdk}: find_route found nothing\n{}",
+            s.log_report()
+        );
+        assert!(!s.error_log().contains("[error]"), "{}", s.log_report());
+    }
+}
+
+/// Traffic Server: a remap rule whose entity lists Router goes to the found route's first target;
+/// without a route, to the rule's own target.
+#[test]
+fn ats_router_gives_the_remap_rule_its_target() {
+    use e2e::ats::TrafficServer;
+    let origin = Origin::start();
+    let routed = Origin::start();
+    for pdk in PDKS {
+        let (id, yaml) = router_entity(pdk, routed.port());
+        let setup = Setup::new(&format!("oto-router-{pdk}"), origin.port())
+            .workers(1)
+            .plugin(&id, yaml)
+            .route("routed.example", &[&id])
+            .default_route(&[]);
+        let s = <TrafficServer as ServerUnderTest>::start(setup);
+        let r = send(&s, Request::get("/routed/svc/x").host("routed.example"));
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        routed.wait_for_path("/routed/svc/x", Duration::from_secs(5));
+        assert!(origin.requests().iter().all(|r| r.path != "/routed/svc/x"), "{pdk}: not the rule's target");
+        let r = send(&s, Request::get("/elsewhere").host("routed.example"));
+        assert_eq!(r.status, 200, "{pdk}: {}\n{}", r.body_str(), s.log_report());
+        origin.wait_for_path("/elsewhere", Duration::from_secs(5));
+        s.assert_nothing_died();
+    }
 }

@@ -40,6 +40,7 @@ use super::flow::Phase;
 use super::link::Callbacks;
 
 mod handlers;
+pub mod routing;
 
 /// The chain's rules for one link: what the chain reads of a plugin's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -307,6 +308,9 @@ fn request_headers(entity: &EntityLink, tx: &mut Transaction, es: &mut ExtismStr
     let Ok(request) = steps_stream::request_parts(es.stream.as_ref(), tx.id()) else {
         return unreadable(entity, StepFunction::PreRoute, "request headers");
     };
+    if let Some(unmatched) = routing::gate(entity, tx, &request) {
+        return unmatched;
+    }
     let route = route_of(entity);
     for (step, f) in [(Step::PreRoute, StepFunction::PreRoute), (Step::ValidateAccess, StepFunction::Access)] {
         if !entity.has(step) {

@@ -76,7 +76,7 @@ impl Callbacks {
         let mut bits = 0;
         for step in steps {
             bits |= match step {
-                Step::PreRoute | Step::ValidateAccess => Self::REQUEST_HEADERS,
+                Step::MatchRoute | Step::PreRoute | Step::ValidateAccess => Self::REQUEST_HEADERS,
                 Step::TransformRequest | Step::CallBackend | Step::Sink | Step::HandlesRequest => {
                     Self::REQUEST_HEADERS | Self::REQUEST_BODY
                 }

@@ -37,6 +37,7 @@
 //! - `filters.rs`, `header_filter.rs`, `body_filter.rs`: the response;
 //! - `local.rs`: local responses and replaced responses;
 //! - `resume.rs`: the chain's resume event and pause timer;
+//! - `routing.rs`: the variables `$proxy_wasm_match_<id>`, `$proxy_wasm_route_<id>`;
 //! - `headers.rs`, `http_call.rs`, `server.rs`, `shm.rs`, `metrics.rs`, `conf.rs`.
 
 mod base;
@@ -52,6 +53,7 @@ mod local;
 mod metrics;
 mod phase;
 mod request_body;
+mod routing;
 mod server;
 mod shm;
 mod stream;
@@ -102,7 +104,7 @@ static mut COMMANDS: [ngx_command_t; 5] = [
 ];
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
+    preconfiguration: Some(routing::preconfiguration),
     postconfiguration: Some(postconfiguration),
     create_main_conf: Some(conf::create_main_conf),
     init_main_conf: Some(conf::init_main_conf),

@@ -109,6 +109,11 @@ fn with_generations<R>(f: impl FnOnce(&mut Generations<Exclusive>, &mut Host) ->
     out
 }
 
+/// The worker's plugin set (`routing.rs` finds the entities there).
+pub(super) fn plugin_set() -> Option<Arc<PluginSet>> {
+    with_generations(|g, _| g.set().clone())
+}
+
 /// How often a worker looks for waits for `proxy_done` that are over while
 /// some context waits (each wait is the plugin's `pause_timeout`).
 const DONE_CHECK: Duration = Duration::from_millis(250);
