@@ -80,6 +80,19 @@ fn router_entity(pdk: &str, target: u16) -> (String, String) {
     (router, yaml)
 }
 
+/// The step plugin of `pdk` as a Job (id `<backend's id>-job`, name `job-<pdk>`) scheduled by
+/// `otoroshi.jobs` every `interval`.
+fn job_entity(pdk: &str, interval: &str) -> (String, String) {
+    let (id, yaml) = step_entity(pdk, &["Job"]);
+    let job = format!("{id}-job");
+    let yaml = yaml
+        .replace(&format!(r#""id":"{id}""#), &format!(r#""id":"{job}""#))
+        .replace(r#""name":"Wasmo backend""#, &format!(r#""name":"job-{pdk}""#))
+        .replace("wasm_plugins:", &format!("  jobs:\n    - {{ plugin: {job}, interval: {interval} }}\nwasm_plugins:"));
+    assert!(yaml.contains(&format!("name\":\"job-{pdk}")) && yaml.contains("jobs:"), "{yaml}");
+    (job, yaml)
+}
+
 /// The step plugin's tag (its answers carry `x-otoroshi-wasm: <tag>`).
 fn tag(pdk: &str) -> &'static str {
     if pdk == "as" {
@@ -366,6 +379,54 @@ fn match_route_templates_guard_the_route_of_their_chain() {
     }
 }
 
+
+#[test]
+fn a_job_starts_then_runs_periodically() {
+    let origin = Origin::start();
+    for pdk in PDKS {
+        let (id, yaml) = job_entity(pdk, "200ms");
+        let s = <Server as ServerUnderTest>::start(Setup::new(&format!("oto-job-{pdk}"), origin.port()).workers(1).plugin(&id, yaml));
+        // The step plugin logs each call with its count (an Extism var of the instance).
+        let line = |step: &str, n: u32| format!("otoroshi plugin job-{pdk}: {} {step} #{n}", tag(pdk));
+        s.expect_log(&line("job_start", 1), Duration::from_secs(10));
+        s.expect_log(&line("job_run", 3), Duration::from_secs(20));
+        assert!(!s.logs().contains(&line("job_start", 2)), "job_start runs once\n{}", s.log_report());
+        // Requests are served meanwhile.
+        assert_eq!(send(&s, Request::get("/while-jobs-run")).status, 200);
+        s.assert_nothing_died();
+    }
+}
+
+#[test]
+fn a_job_that_names_no_job_entity_is_a_configuration_error() {
+    let origin = Origin::start();
+    let (id, yaml) = step_entity("as", &["Job"]);
+    // An entity that does not list Job, then one that does not exist.
+    for (yaml, expected) in [
+        (
+            yaml.replace("wasm_plugins:", "  jobs:\n    - { plugin: nope, interval: 1s }\nwasm_plugins:"),
+            r#"otoroshi.jobs[0].plugin: no Otoroshi entity "nope" in this configuration; expected the id of an entity listing the step Job"#,
+        ),
+        (
+            yaml.replace(r#""steps":["Job"]"#, r#""steps":["ValidateAccess"]"#).replace("wasm_plugins:", &format!("  jobs:\n    - {{ plugin: {id}, interval: 1s }}\nwasm_plugins:")),
+            "otoroshi.jobs[0].plugin: entity",
+        ),
+    ] {
+        let setup = Setup::new("oto-job-error", origin.port()).workers(1).plugin(&id, yaml);
+        match Server::KIND {
+            Kind::Nginx => {
+                let err = std::panic::catch_unwind(|| <Server as ServerUnderTest>::start(setup)).err().expect("nginx does not start");
+                let message = err.downcast_ref::<String>().cloned().unwrap_or_default();
+                assert!(message.contains(&format!("{id}.yaml:5: {expected}")), "{message}");
+            }
+            Kind::TrafficServer => {
+                let s = <Server as ServerUnderTest>::start(setup);
+                s.expect_log(&format!("{id}.yaml:5: {expected}"), Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 }
 
 /// NGINX: `$proxy_wasm_match_<id>` in a `map`, `$proxy_wasm_route_<id>` in `proxy_pass`; the
@@ -448,4 +509,49 @@ fn ats_router_gives_the_remap_rule_its_target() {
         origin.wait_for_path("/elsewhere", Duration::from_secs(5));
         s.assert_nothing_died();
     }
+}
+
+/// NGINX: a worker that exits (here, replaced by a reload) runs `job_stop`; the new worker starts
+/// the job again.
+#[test]
+fn nginx_job_stop_when_a_worker_exits() {
+    use e2e::nginx::Nginx;
+    let origin = Origin::start();
+    let (id, yaml) = job_entity("rust", "100ms");
+    let s = <Nginx as ServerUnderTest>::start(Setup::new("oto-job-stop", origin.port()).workers(1).plugin(&id, yaml));
+    s.expect_log("otoroshi plugin job-rust: rust job_run #1", Duration::from_secs(10));
+    s.hup();
+    s.expect_log("otoroshi plugin job-rust: rust job_stop #1", Duration::from_secs(10));
+    s.expect_log(&format!("otoroshi job {id} stopped"), Duration::from_secs(10));
+    let restarted =
+        e2e::wait_until(Duration::from_secs(10), || s.error_log().matches("rust job_start #1").count() == 2);
+    assert!(restarted, "the new worker started the job\n{}", s.log_report());
+    assert_eq!(s.error_log().matches(&format!("otoroshi job {id} started in worker")).count(), 2);
+}
+
+/// Traffic Server: a reload that replaces the global plugins stops the old set's job
+/// (`job_stop`) and starts the new one's.
+#[test]
+fn ats_job_stop_when_a_reload_replaces_the_plugins() {
+    use e2e::ats::{AtsOptions, TrafficServer};
+    e2e::ats::require_plugin_so();
+    let origin = Origin::start();
+    let (id, yaml) = job_entity("as", "100ms");
+    let s = TrafficServer::start(
+        AtsOptions::new("oto-job-reload")
+            .manager(true)
+            .origin(origin.port())
+            .file("job.yaml", yaml)
+            .global_plugin(&["job.yaml"]),
+    );
+    s.expect_log("otoroshi plugin job-as: assemblyscript job_run #2", Duration::from_secs(20));
+    s.reload_and_wait("[proxy_wasm] reloaded 1 global plugin(s)", Duration::from_secs(30));
+    s.expect_log("otoroshi plugin job-as: assemblyscript job_stop #1", Duration::from_secs(10));
+    s.expect_log(&format!("otoroshi job {id} stopped"), Duration::from_secs(10));
+    s.expect_log(&format!("otoroshi job {id} scheduled"), Duration::from_secs(10));
+    assert!(
+        s.logs().matches("assemblyscript job_start #").count() >= 2,
+        "the new set's job started\n{}",
+        s.log_report()
+    );
 }

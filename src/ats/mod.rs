@@ -10,6 +10,7 @@
 //! mutex that is only contended if Traffic Server moves it to another thread.
 
 mod hdr;
+mod jobs;
 mod routing;
 mod server;
 mod stats;
@@ -57,16 +58,21 @@ type Loaded = (Vec<LoadedPlugin>, Vec<Arc<chain::EntityLink>>);
 impl PluginSet {
     fn new((plugins, entities): Loaded) -> Arc<PluginSet> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Otoroshi jobs run while the set is in service (jobs.rs).
+        jobs::start(id, &entities);
         Arc::new(PluginSet {
             chain: Arc::new(chain::PluginSet::new(plugins).with_entities(entities)),
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            id,
             retired: Default::default(),
             rules: Default::default(),
         })
     }
 
     fn retire(&self) {
-        self.retired.store(true, Ordering::Release);
+        if !self.retired.swap(true, Ordering::AcqRel) {
+            jobs::stop(self.id);
+        }
     }
 
     pub fn is_retired(&self) -> bool {

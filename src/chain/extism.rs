@@ -40,6 +40,7 @@ use super::flow::Phase;
 use super::link::Callbacks;
 
 mod handlers;
+pub mod jobs;
 pub mod routing;
 
 /// The chain's rules for one link: what the chain reads of a plugin's configuration.
@@ -64,6 +65,8 @@ pub struct EntityLink {
     /// (NGINX can; Traffic Server sends them before its response transform sees the body): if
     /// not, TransformResponse runs at the end of the body and only its body applies.
     pub hold_response_headers: bool,
+    /// Its schedule when `otoroshi.jobs` runs it as a job (`jobs`).
+    pub job: Option<crate::extism::entity::document::JobSettings>,
     pool: Mutex<Pool>,
     callbacks: Callbacks,
 }
@@ -88,6 +91,7 @@ impl EntityLink {
             pause_timeout: crate::config::PluginConfig::DEFAULT_PAUSE_TIMEOUT,
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             hold_response_headers: true,
+            job: None,
             callbacks,
         }
     }
@@ -192,6 +196,7 @@ pub fn load_entity_links(
     for plugin in plugins {
         let mut link = EntityLink::new(plugin);
         link.hold_response_headers = hold_response_headers;
+        link.job = settings.jobs.iter().find(|j| j.plugin == link.plugin.id).cloned();
         // The check: one instance (memoryPages, the initializer), kept in the pool.
         let instance = link.plugin.instantiate()?;
         link.pool.lock().unwrap_or_else(|p| p.into_inner()).give_back(instance, false);

@@ -157,6 +157,7 @@ mod error;
 mod node;
 mod probe;
 mod schema;
+mod otoroshi_jobs;
 
 use std::fmt;
 use std::fs;
@@ -578,6 +579,8 @@ fn append_file(loaded: &mut Loaded, text: &str, file: &Path) -> Result<(), Confi
                 ),
             });
         }
+        let mut settings = settings;
+        otoroshi_jobs::locate(&mut settings.jobs, text);
         loaded.otoroshi = Some(settings);
         loaded.otoroshi_file = Some(file.to_path_buf());
     }
@@ -589,6 +592,9 @@ fn append_file(loaded: &mut Loaded, text: &str, file: &Path) -> Result<(), Confi
 /// against plugin names.
 fn finish(loaded: &Loaded) -> Result<(), ConfigError> {
     crate::extism::entity::document::resolve(&loaded.entities)?;
+    if let (Some(settings), Some(file)) = (&loaded.otoroshi, &loaded.otoroshi_file) {
+        otoroshi_jobs::check(&settings.jobs, &loaded.entities, file)?;
+    }
     for entity in &loaded.entities {
         if let Some(plugin) = loaded.plugins.iter().find(|p| p.name == entity.id) {
             return Err(ConfigError::Invalid {

@@ -37,6 +37,7 @@
 //! - `filters.rs`, `header_filter.rs`, `body_filter.rs`: the response;
 //! - `local.rs`: local responses and replaced responses;
 //! - `resume.rs`: the chain's resume event and pause timer;
+//! - `jobs.rs`: Otoroshi jobs on worker timers;
 //! - `routing.rs`: the variables `$proxy_wasm_match_<id>`, `$proxy_wasm_route_<id>`;
 //! - `headers.rs`, `http_call.rs`, `server.rs`, `shm.rs`, `metrics.rs`, `conf.rs`.
 
@@ -49,6 +50,7 @@ mod filters;
 mod header_filter;
 mod headers;
 mod http_call;
+mod jobs;
 mod local;
 mod metrics;
 mod phase;

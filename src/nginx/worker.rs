@@ -274,6 +274,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 ),
             );
         }
+        super::jobs::start(&entities);
         let set = Arc::new(PluginSet::new(plugins).with_entities(entities));
         let every = set.shortest_unused_duration();
         WORKER.with(|w| w.borrow_mut().generations = Some(Generations::new(set.clone())));
@@ -300,6 +301,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 /// `exit_process`: `on_done`/`on_delete` of every root context, timers stopped.
 pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     let _ = std::panic::catch_unwind(|| {
+        super::jobs::stop();
         super::shm::stop_in_worker();
         for timer in [&IDLE_TIMER, &DONE_TIMER] {
             timer.with(|t| {
