@@ -1318,7 +1318,8 @@ fn servers_loader_refuses_entities_it_cannot_run_yet() {
 fn otoroshi_jobs_schedule_entities_that_list_job() {
     let dir = TempDir::new();
     dir.wasm("job.wasm");
-    let entity = "wasm_plugins:\n  - id: tick\n    config:\n      source: { kind: File, path: job.wasm }\n    steps: [Job]\n";
+    let entity =
+        "wasm_plugins:\n  - id: tick\n    config:\n      source: { kind: File, path: job.wasm }\n    steps: [Job]\n";
     let file = dir.write(
         "jobs.yaml",
         &format!("otoroshi:\n  jobs:\n    - plugin: tick\n      interval: 5s\n      initial_delay: 250ms\n{entity}"),
@@ -1358,11 +1359,18 @@ fn otoroshi_jobs_schedule_entities_that_list_job() {
     }
     let file = dir.write(
         "not-a-job.yaml",
-        &format!("otoroshi:\n  jobs:\n    - {{ plugin: tick, interval: 1s }}\n{}", entity.replace("[Job]", "[ValidateAccess]")),
+        &format!(
+            "otoroshi:\n  jobs:\n    - {{ plugin: tick, interval: 1s }}\n{}",
+            entity.replace("[Job]", "[ValidateAccess]")
+        ),
     );
     let err = proxy_wasm_host::config::load_all(&[file.clone()]).unwrap_err().to_string();
     assert!(
-        err.starts_with(&format!("{}:3: otoroshi.jobs[0].plugin: entity \"tick\" (at {}:5) does not list the step Job", file.display(), file.display())),
+        err.starts_with(&format!(
+            "{}:3: otoroshi.jobs[0].plugin: entity \"tick\" (at {}:5) does not list the step Job",
+            file.display(),
+            file.display()
+        )),
         "{err}"
     );
 }

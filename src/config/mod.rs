@@ -157,7 +157,6 @@ mod error;
 mod node;
 mod probe;
 mod schema;
-mod otoroshi_jobs;
 
 use std::fmt;
 use std::fs;
@@ -580,7 +579,7 @@ fn append_file(loaded: &mut Loaded, text: &str, file: &Path) -> Result<(), Confi
             });
         }
         let mut settings = settings;
-        otoroshi_jobs::locate(&mut settings.jobs, text);
+        crate::extism::entity::jobs::locate(&mut settings.jobs, text);
         loaded.otoroshi = Some(settings);
         loaded.otoroshi_file = Some(file.to_path_buf());
     }
@@ -593,7 +592,7 @@ fn append_file(loaded: &mut Loaded, text: &str, file: &Path) -> Result<(), Confi
 fn finish(loaded: &Loaded) -> Result<(), ConfigError> {
     crate::extism::entity::document::resolve(&loaded.entities)?;
     if let (Some(settings), Some(file)) = (&loaded.otoroshi, &loaded.otoroshi_file) {
-        otoroshi_jobs::check(&settings.jobs, &loaded.entities, file)?;
+        crate::extism::entity::jobs::check(&settings.jobs, &loaded.entities, file)?;
     }
     for entity in &loaded.entities {
         if let Some(plugin) = loaded.plugins.iter().find(|p| p.name == entity.id) {

@@ -1,16 +1,16 @@
-//! The checks of `otoroshi.jobs` that span files: each job names an entity of the load that lists
+//! The checks of `otoroshi.jobs` that span files (run by the load, `config::load_all`): each job names an entity of the load that lists
 //! the step Job, and no entity has two schedules. Errors name the settings' file, the line of the
 //! job's `plugin` and its key (`otoroshi.jobs[0].plugin`).
 
 use std::path::Path;
 
-use super::{ConfigError, Position};
-use crate::extism::entity::document::JobSettings;
-use crate::extism::entity::{Entity, Step};
+use super::document::JobSettings;
+use super::{Entity, Step};
+use crate::config::{ConfigError, Position};
 
 /// Finds the line of each job's `plugin` in the settings' file: the lines after `jobs` that say
 /// `plugin` and its id, in order.
-pub(super) fn locate(jobs: &mut [JobSettings], text: &str) {
+pub fn locate(jobs: &mut [JobSettings], text: &str) {
     let lines: Vec<&str> = text.lines().collect();
     let Some(start) = lines.iter().position(|l| l.contains("jobs")) else { return };
     let mut from = start;
@@ -36,7 +36,9 @@ fn error(file: &Path, job: &JobSettings, message: String) -> ConfigError {
     }
 }
 
-pub(super) fn check(jobs: &[JobSettings], entities: &[Entity], file: &Path) -> Result<(), ConfigError> {
+/// # Errors
+/// The first job that names no entity listing Job, or an entity scheduled twice.
+pub fn check(jobs: &[JobSettings], entities: &[Entity], file: &Path) -> Result<(), ConfigError> {
     for (i, job) in jobs.iter().enumerate() {
         let Some(entity) = entities.iter().find(|e| e.id == job.plugin) else {
             let ids: Vec<&str> =
