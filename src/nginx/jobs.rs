@@ -37,6 +37,10 @@ pub fn start(entities: &[Arc<EntityLink>]) {
     if jobs.is_empty() {
         return;
     }
+    // The cached time is the master's until the worker's event loop updates it: the first
+    // timers count from now.
+    // SAFETY: nginx's time cache, updated on the worker's only thread.
+    unsafe { ngx_time_update() };
     JOBS.with(|all| {
         let mut all = all.borrow_mut();
         for job in jobs {
