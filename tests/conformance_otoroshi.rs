@@ -555,3 +555,36 @@ fn ats_job_stop_when_a_reload_replaces_the_plugins() {
         s.log_report()
     );
 }
+
+/// NGINX: a `location` whose chain has a HandlesRequest entity needs no content handler of its
+/// own (no `proxy_pass`): the chain's answer is sent before it would run.
+#[test]
+fn nginx_handles_request_in_a_location_without_proxy_pass() {
+    use e2e::nginx::{Nginx, NginxOptions};
+    for pdk in PDKS {
+        let (id, yaml) = step_entity(pdk, &["HandlesRequest"]);
+        let opts = NginxOptions::new(&format!("oto-handler-{pdk}"))
+            .workers(1)
+            .file("handler.yaml", yaml)
+            .http("proxy_wasm_config @CONF@/handler.yaml;")
+            .server(format!("location /handled {{ proxy_wasm {id}; }}"));
+        let s = Nginx::start(opts);
+        let send = |req: Request| {
+            req.timeout(Duration::from_secs(20)).send(s.port()).unwrap_or_else(|e| panic!("{e}\n{}", s.log_report()))
+        };
+        let r = send(Request::get("/handled/x"));
+        assert_eq!(
+            (r.status, r.body_str()),
+            (200, format!("{} handle_request: GET /handled/x body=", tag(pdk))),
+            "{}",
+            s.log_report()
+        );
+        let r = send(Request::post("/handled/y", "posted").header("content-type", "text/plain"));
+        assert_eq!(
+            (r.status, r.body_str()),
+            (200, format!("{} handle_request: POST /handled/y body=posted", tag(pdk))),
+            "{}",
+            s.log_report()
+        );
+    }
+}
