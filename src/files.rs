@@ -166,6 +166,8 @@ fn append_file_members(loaded: &mut Loaded, text: &str, file: &Path) -> Result<(
                 ),
             });
         }
+        let mut settings = settings;
+        crate::extism::entity::jobs::locate(&mut settings.jobs, text);
         loaded.otoroshi = Some(settings);
         loaded.otoroshi_file = Some(file.to_path_buf());
     }
@@ -177,6 +179,9 @@ fn append_file_members(loaded: &mut Loaded, text: &str, file: &Path) -> Result<(
 /// against plugin names.
 fn finish(loaded: &Loaded) -> Result<(), ConfigError> {
     crate::extism::entity::document::resolve(&loaded.entities)?;
+    if let (Some(settings), Some(file)) = (&loaded.otoroshi, &loaded.otoroshi_file) {
+        crate::extism::entity::jobs::check(&settings.jobs, &loaded.entities, file)?;
+    }
     for entity in &loaded.entities {
         if let Some(plugin) = loaded.plugins.iter().find(|p| p.name == entity.id) {
             return Err(ConfigError::Invalid {

@@ -512,4 +512,80 @@ fn an_entity_importing_what_it_is_not_granted_does_not_load() {
     let err = load_entities(&loaded.entities, &Settings::default(), engine(RUNTIME).unwrap().as_ref(), &services).unwrap_err();
     assert_eq!(err.to_string(), "Otoroshi WASM plugin \"wasm-plugin_wasmo_access_control\" cannot be linked: the plugin imports env.proxy_plugin_map_set, which needs config.authorizations.pluginMapAccess.write: true; the entity does not grant it");
 }
+
+#[test]
+fn route_matcher_templates_guard_their_chain() {
+    for pdk in ["as", "rust"] {
+        let mut s = setup(&[filter_file(), entity_file("route-matcher", pdk, |_| {})], Duration::from_secs(5));
+        let mut t = s.tx(&get(&[("foo", "bar")]));
+        assert_eq!(t.request_headers(true), Flow::Continue, "{pdk}");
+        let mut t = s.tx(&get(&[("foo", "baz"), ("accept", "application/json")]));
+        let (status, body, details) = respond(&t.request_headers(true));
+        assert_eq!((status, body.as_str()), (404, r#"{"Otoroshi-Error":"route not found"}"#), "{pdk}");
+        assert_eq!(details, "otoroshi_wasm:wasm-plugin_wasmo_route_matcher");
+    }
+}
+
+#[test]
+fn sink_templates_answer_at_the_end_of_the_request() {
+    for pdk in ["as", "rust"] {
+        let mut s = setup(&[entity_file("sink", pdk, |_| {})], Duration::from_secs(5));
+        let mut t = s.tx(&get(&[]));
+        let (status, body, _) = respond(&t.request_headers(true));
+        assert_eq!(status, if pdk == "as" { 200 } else { 404 }, "{pdk}");
+        assert!(body.contains("Unknown path and domain for /api"), "{pdk}: {body}");
+        // With a body: at its end.
+        let mut t = s.tx(&get(&[("content-type", "text/plain")]));
+        assert_eq!(t.request_headers(false), Flow::Continue);
+        assert_eq!(t.chain.on_request_body(b"abc", false), Flow::Buffered);
+        assert!(respond(&t.chain.on_request_body(b"def", true)).1.contains("/api"), "{pdk}");
+    }
+}
+
+/// The step plugin of `pdk` listing `steps`, with `config` added to its configuration.
+fn step_plugin(pdk: &str, steps: &[&str], config: serde_json::Value) -> std::path::PathBuf {
+    let steps: Vec<serde_json::Value> = steps.iter().map(|s| (*s).into()).collect();
+    entity_file(&format!("test-plugin-{pdk}"), pdk, |doc| {
+        doc["config"]["source"]["path"] = repo_root().join(format!("build/plugins/otoroshi_{pdk}.wasm")).display().to_string().into();
+        doc["steps"] = steps.into();
+        for (k, v) in config.as_object().unwrap() {
+            doc["config"]["config"][k] = v.clone();
+        }
+    })
+}
+
+#[test]
+fn match_route_and_find_route_outside_a_chain() {
+    use proxy_wasm_host::chain::extism::routing::{find_route, matches_route};
+    use proxy_wasm_host::extism::steps::route::Target;
+    use proxy_wasm_host::extism::steps::view::RequestParts;
+    for pdk in ["as", "rust"] {
+        let s = setup(&[step_plugin(pdk, &["MatchRoute", "Router"], serde_json::json!({"route_target": "10.0.0.7:8080"}))], Duration::from_secs(5));
+        let entity = &s.entity_links[0];
+        let request = |uri: &str| RequestParts { uri: uri.into(), method: "GET".into(), version: "HTTP/1.1".into(), headers: vec![("Host".into(), "h".into())], ..Default::default() };
+        assert!(matches_route(entity, &request("/match/x")).unwrap(), "{pdk}");
+        assert!(!matches_route(entity, &request("/other")).unwrap(), "{pdk}");
+        assert_eq!(find_route(entity, &request("/routed/svc/a")).unwrap(), Some(Target { hostname: "10.0.0.7".into(), port: 8080, tls: false }), "{pdk}");
+        assert_eq!(find_route(entity, &request("/elsewhere")).unwrap(), None, "{pdk}");
+    }
+}
+
+#[test]
+fn jobs_start_run_and_stop_and_a_failed_call_is_an_error() {
+    use proxy_wasm_host::chain::extism::jobs::jobs_of;
+    use proxy_wasm_host::extism::entity::document::JobSettings;
+    for pdk in ["as", "rust"] {
+        let s = setup(&[step_plugin(pdk, &["Job"], serde_json::json!({"job_fail": "job_run"}))], Duration::from_secs(5));
+        let mut link = EntityLink::new(s.entity_links[0].plugin.clone());
+        assert!(jobs_of(&[Arc::new(EntityLink::new(link.plugin.clone()))]).is_empty(), "unscheduled");
+        link.job = Some(JobSettings { plugin: link.plugin.id.clone(), interval: Duration::from_secs(1), initial_delay: Duration::ZERO, path: "otoroshi.jobs[0]".into(), line: 0 });
+        let jobs = jobs_of(&[Arc::new(link)]);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].start(), Ok(()), "{pdk}");
+        let err = jobs[0].run().unwrap_err();
+        assert!(err.contains("job_run failed") && err.contains("forced failure in job_run"), "{pdk}: {err}");
+        assert_eq!(jobs[0].stop(), Ok(()), "{pdk}");
+    }
+}
+
 }

@@ -1336,3 +1336,65 @@ fn servers_loader_refuses_entities_it_cannot_run_yet() {
         )
     );
 }
+
+/// `otoroshi.jobs`: the schedule of entities listing Job; errors name file, line and key.
+#[test]
+fn otoroshi_jobs_schedule_entities_that_list_job() {
+    let dir = TempDir::new();
+    dir.wasm("job.wasm");
+    let entity =
+        "wasm_plugins:\n  - id: tick\n    config:\n      source: { kind: File, path: job.wasm }\n    steps: [Job]\n";
+    let file = dir.write(
+        "jobs.yaml",
+        &format!("otoroshi:\n  jobs:\n    - plugin: tick\n      interval: 5s\n      initial_delay: 250ms\n{entity}"),
+    );
+    let loaded = proxy_wasm_host::files::load_all(&[file.clone()]).unwrap();
+    let jobs = loaded.otoroshi.unwrap().jobs;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].plugin.as_str(), jobs[0].interval, jobs[0].initial_delay, jobs[0].line),
+        ("tick", std::time::Duration::from_secs(5), std::time::Duration::from_millis(250), 3)
+    );
+
+    let cases = [
+        (
+            "otoroshi:\n  jobs:\n    - { plugin: tick, interval: 5s, every: 1s }\n",
+            "3:37: otoroshi.jobs[0].every: unknown key; expected one of plugin, interval, initial_delay",
+        ),
+        ("otoroshi:\n  jobs:\n    - { plugin: tick }\n", "otoroshi.jobs[0]: the job has no interval (e.g. \"10s\")"),
+        (
+            "otoroshi:\n  jobs:\n    - { plugin: tick, interval: soon }\n",
+            "otoroshi.jobs[0].interval: expected a duration like \"100ms\" or \"1.5s\"",
+        ),
+        (
+            "otoroshi:\n  jobs:\n    - { plugin: other, interval: 1s }\n",
+            "3: otoroshi.jobs[0].plugin: no Otoroshi entity \"other\" in this configuration; expected the id of an entity listing the step Job (tick)",
+        ),
+        (
+            "otoroshi:\n  jobs:\n    - { plugin: tick, interval: 1s }\n    - { plugin: tick, interval: 2s }\n",
+            "4: otoroshi.jobs[1].plugin: entity \"tick\" is already scheduled by otoroshi.jobs[0]; expected one schedule per entity",
+        ),
+    ];
+    for (settings, expected) in cases {
+        let file = dir.write("bad-jobs.yaml", &format!("{settings}{entity}"));
+        let err = proxy_wasm_host::files::load_all(&[file.clone()]).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}:", file.display())), "{err}");
+        assert!(err.contains(expected), "{err}\nexpected: {expected}");
+    }
+    let file = dir.write(
+        "not-a-job.yaml",
+        &format!(
+            "otoroshi:\n  jobs:\n    - {{ plugin: tick, interval: 1s }}\n{}",
+            entity.replace("[Job]", "[ValidateAccess]")
+        ),
+    );
+    let err = proxy_wasm_host::files::load_all(&[file.clone()]).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "{}:3: otoroshi.jobs[0].plugin: entity \"tick\" (at {}:5) does not list the step Job",
+            file.display(),
+            file.display()
+        )),
+        "{err}"
+    );
+}

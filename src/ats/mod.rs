@@ -10,6 +10,8 @@
 //! mutex that is only contended if Traffic Server moves it to another thread.
 
 mod hdr;
+mod jobs;
+mod routing;
 mod server;
 mod stats;
 mod sys;
@@ -60,17 +62,22 @@ type Loaded = (Vec<LoadedPlugin>, Vec<Arc<chain::EntityLink>>, Vec<usize>);
 impl PluginSet {
     fn new((plugins, entities, order): Loaded) -> Arc<PluginSet> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Otoroshi jobs run while the set is in service (jobs.rs).
+        jobs::start(id, &entities);
         Arc::new(PluginSet {
             order,
             chain: Arc::new(chain::PluginSet::new(plugins).with_entities(entities)),
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            id,
             retired: Default::default(),
             rules: Default::default(),
         })
     }
 
     fn retire(&self) {
-        self.retired.store(true, Ordering::Release);
+        if !self.retired.swap(true, Ordering::AcqRel) {
+            jobs::stop(self.id);
+        }
     }
 
     pub fn is_retired(&self) -> bool {
@@ -842,7 +849,8 @@ pub unsafe extern "C" fn TSRemapDeleteInstance(ih: *mut c_void) {
 }
 
 /// Called for every transaction of the rule: sets up the rule's plugins,
-/// which run at POST_REMAP. The URL is left for Traffic Server to map.
+/// which run at POST_REMAP. The URL is left for Traffic Server to map, unless
+/// an Otoroshi entity of the rule with Router found a route (`routing.rs`).
 ///
 /// # Safety
 /// Called by Traffic Server only, with NULL or a live `ih` from
@@ -851,11 +859,11 @@ pub unsafe extern "C" fn TSRemapDeleteInstance(ih: *mut c_void) {
 pub unsafe extern "C" fn TSRemapDoRemap(
     ih: *mut c_void,
     txnp: TSHttpTxn,
-    _rri: *mut TSRemapRequestInfo,
+    rri: *mut TSRemapRequestInfo,
 ) -> TSRemapStatus {
-    let _ = catch_unwind(AssertUnwindSafe(|| {
+    let routed = catch_unwind(AssertUnwindSafe(|| {
         if ih.is_null() {
-            return;
+            return false;
         }
         // SAFETY: `ih` is live until TSRemapDeleteInstance, which Traffic Server
         // calls only once no transaction uses the rule.
@@ -868,11 +876,18 @@ pub unsafe extern "C" fn TSRemapDoRemap(
                 let contp = TSContCreate(Some(on_broken_rule), std::ptr::null_mut());
                 TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, contp);
             }
-            return;
+            return false;
         }
+        // SAFETY: live transaction and its remap request info (Router: routing.rs).
+        let routed = instance.set.as_ref().is_some_and(|set| unsafe { routing::route(&set.chain, txnp, rri) });
         start_transaction(txnp, instance.set.clone(), true);
+        routed
     }));
-    TSREMAP_NO_REMAP
+    if routed.unwrap_or(false) {
+        TSREMAP_DID_REMAP
+    } else {
+        TSREMAP_NO_REMAP
+    }
 }
 
 /// A rule whose plugins failed to load answers 503.

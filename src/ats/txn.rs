@@ -308,7 +308,7 @@ impl TxnShared {
         }
     }
 
-    fn addr(sa: *const libc::sockaddr) -> Option<SocketAddr> {
+    pub(super) fn addr(sa: *const libc::sockaddr) -> Option<SocketAddr> {
         if sa.is_null() {
             return None;
         }

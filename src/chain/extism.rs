@@ -47,6 +47,10 @@ use super::flow::Phase;
 use super::link::Callbacks;
 use super::server::OffLoop;
 
+mod handlers;
+pub mod jobs;
+pub mod routing;
+
 /// The chain's rules for one link: what the chain reads of a plugin's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules<'a> {
@@ -75,6 +79,8 @@ pub struct EntityLink {
     /// response header, until the end of the body), so its status, headers and cookies apply
     /// at the end of the body too.
     pub response_headers_at_body_end: bool,
+    /// Its schedule when `otoroshi.jobs` runs it as a job (`jobs`).
+    pub job: Option<crate::extism::entity::document::JobSettings>,
     pool: Mutex<Pool>,
     callbacks: Callbacks,
 }
@@ -100,6 +106,7 @@ impl EntityLink {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             hold_response_headers: true,
             response_headers_at_body_end: false,
+            job: None,
             callbacks,
         }
     }
@@ -207,6 +214,7 @@ pub fn load_entity_links(
         let mut link = EntityLink::new(plugin);
         link.hold_response_headers = hold_response_headers;
         link.response_headers_at_body_end = !hold_response_headers;
+        link.job = settings.jobs.iter().find(|j| j.plugin == link.plugin.id).cloned();
         // The check: one instance (memoryPages, the initializer), kept in the pool.
         let instance = link.plugin.instantiate()?;
         link.pool.lock().unwrap_or_else(|p| p.into_inner()).give_back(instance, false);
@@ -257,6 +265,8 @@ pub(crate) struct ExtismStream {
     done: u32,
     /// The body TransformRequest gave while CallBackend's call runs off the event loop.
     transformed: Option<Vec<u8>>,
+    /// `sink_matches` answered true (Sink's handler runs, also after a call off the event loop).
+    sink_matched: bool,
 }
 
 impl ExtismStream {
@@ -269,6 +279,7 @@ impl ExtismStream {
             offloaded: None,
             done: 0,
             transformed: None,
+            sink_matched: false,
         }
     }
 
@@ -426,6 +437,13 @@ fn request_headers(
     let Ok(request) = steps_stream::request_parts(es.stream.as_ref(), tx.id()) else {
         return unreadable(entity, StepFunction::PreRoute, "request headers");
     };
+    // MatchRoute runs inline, once (a step run again after a call off the event loop skips it).
+    if !es.is_done(StepFunction::MatchesRoute) {
+        if let Some(unmatched) = routing::gate(entity, tx, &request) {
+            return unmatched;
+        }
+        es.done |= 1 << StepFunction::MatchesRoute as u32;
+    }
     let route = route_of(entity);
     for (step, f) in [(Step::PreRoute, StepFunction::PreRoute), (Step::ValidateAccess, StepFunction::Access)] {
         if !entity.has(step) || es.is_done(f) {
@@ -477,7 +495,9 @@ fn request_headers(
     if es.raw_request.is_none() {
         es.raw_request = Some(request);
     }
-    if eos && (entity.has(Step::TransformRequest) || entity.has(Step::CallBackend)) {
+    if eos
+        && (entity.has(Step::TransformRequest) || entity.has(Step::CallBackend) || handlers::answers_requests(entity))
+    {
         // No body follows: the request-body steps run now, with none (a body a transformer gives
         // cannot be sent).
         return match request_body_end(entity, off, tx, es, &[]) {
@@ -488,7 +508,8 @@ fn request_headers(
     StepResult::Continue(None)
 }
 
-/// The end of the request body: TransformRequest, then CallBackend with the body as transformed.
+/// The end of the request body: TransformRequest, then CallBackend with the body as transformed,
+/// then Sink and HandlesRequest (`handlers`).
 fn request_body_end(
     entity: &Arc<EntityLink>,
     off: &Offload<'_>,
@@ -507,6 +528,17 @@ fn request_body_end(
     if entity.has(Step::CallBackend) && !es.is_done(StepFunction::CallBackend) {
         let sent = new_body.as_deref().unwrap_or(body);
         match call_backend(entity, off, tx, es, sent) {
+            StepResult::Offloaded => {
+                es.transformed = new_body;
+                return StepResult::Offloaded;
+            }
+            other @ (StepResult::Local(_) | StepResult::Failed(_)) => return other,
+            _ => {}
+        }
+    }
+    if handlers::answers_requests(entity) {
+        let sent = new_body.as_deref().unwrap_or(body);
+        match handlers::run(entity, off, tx, es, sent) {
             StepResult::Offloaded => {
                 es.transformed = new_body;
                 return StepResult::Offloaded;

@@ -76,8 +76,10 @@ impl Callbacks {
         let mut bits = 0;
         for step in steps {
             bits |= match step {
-                Step::PreRoute | Step::ValidateAccess => Self::REQUEST_HEADERS,
-                Step::TransformRequest | Step::CallBackend => Self::REQUEST_HEADERS | Self::REQUEST_BODY,
+                Step::MatchRoute | Step::PreRoute | Step::ValidateAccess => Self::REQUEST_HEADERS,
+                Step::TransformRequest | Step::CallBackend | Step::Sink | Step::HandlesRequest => {
+                    Self::REQUEST_HEADERS | Self::REQUEST_BODY
+                }
                 Step::TransformResponse => Self::RESPONSE_HEADERS | Self::RESPONSE_BODY,
                 _ => 0,
             };

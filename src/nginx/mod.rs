@@ -38,6 +38,8 @@
 //! - `local.rs`: local responses and replaced responses;
 //! - `resume.rs`: the chain's resume event and pause timer;
 //! - `thread_task.rs`: Otoroshi entities' calls on nginx's thread pool (off the event loop);
+//! - `jobs.rs`: Otoroshi jobs on worker timers;
+//! - `routing.rs`: the variables `$proxy_wasm_match_<id>`, `$proxy_wasm_route_<id>`;
 //! - `headers.rs`, `http_call.rs`, `server.rs`, `shm.rs`, `metrics.rs`, `conf.rs`.
 
 mod base;
@@ -49,10 +51,12 @@ mod filters;
 mod header_filter;
 mod headers;
 mod http_call;
+mod jobs;
 mod local;
 mod metrics;
 mod phase;
 mod request_body;
+mod routing;
 mod server;
 mod shm;
 mod stream;
@@ -104,7 +108,7 @@ static mut COMMANDS: [ngx_command_t; 5] = [
 ];
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
+    preconfiguration: Some(routing::preconfiguration),
     postconfiguration: Some(postconfiguration),
     create_main_conf: Some(conf::create_main_conf),
     init_main_conf: Some(conf::init_main_conf),

@@ -109,6 +109,11 @@ fn with_generations<R>(f: impl FnOnce(&mut Generations<Exclusive>, &mut Host) ->
     out
 }
 
+/// The worker's plugin set (`routing.rs` finds the entities there).
+pub(super) fn plugin_set() -> Option<Arc<PluginSet>> {
+    with_generations(|g, _| g.set().clone())
+}
+
 /// How often a worker looks for waits for `proxy_done` that are over while
 /// some context waits (each wait is the plugin's `pause_timeout`).
 const DONE_CHECK: Duration = Duration::from_millis(250);
@@ -270,6 +275,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 ),
             );
         }
+        super::jobs::start(&entities);
         let set = Arc::new(PluginSet::new(plugins).with_entities(entities));
         let every = set.shortest_unused_duration();
         WORKER.with(|w| w.borrow_mut().generations = Some(Generations::new(set.clone())));
@@ -296,6 +302,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 /// `exit_process`: `on_done`/`on_delete` of every root context, timers stopped.
 pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     let _ = std::panic::catch_unwind(|| {
+        super::jobs::stop();
         super::shm::stop_in_worker();
         for timer in [&IDLE_TIMER, &DONE_TIMER] {
             timer.with(|t| {

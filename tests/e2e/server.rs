@@ -13,6 +13,7 @@
 //! | the route without a host | `proxy_wasm <name>;` per plugin (http level) and `location /` in the default server | one plugin.config line (global plugin) with the chain's files |
 //! | a route for a host | a `server` with that `server_name` | a remap rule for `http://<host>/` with the chain's files as `@pparam` |
 //! | the route without a host, among routes for hosts | the `default_server` (an empty chain: unfiltered) | a global plugin, or with an empty chain the last remap rule `map /` |
+//! | a sink (requests no route matched) | a `default_server` answering 404 with `error_page 404 = @sink` and the chain in `location @sink` | the last remap rule `map /` with the chain's files as `@pparam` |
 //! | an environment variable | `env NAME=value;` | the server's environment |
 //! | workers | `worker_processes` | `proxy.config.exec_thread.limit` |
 //!
@@ -67,11 +68,21 @@ pub struct Setup {
     pub workers: usize,
     /// Environment variables of the server (NGINX: `env NAME=value;`).
     pub env: Vec<(String, String)>,
+    /// The chain requests no route matched go through (instead of a route without a host).
+    pub sink: Option<Vec<String>>,
 }
 
 impl Setup {
     pub fn new(name: &str, origin_port: u16) -> Setup {
-        Setup { name: name.into(), origin_port, plugins: Vec::new(), routes: Vec::new(), workers: 2, env: Vec::new() }
+        Setup {
+            name: name.into(),
+            origin_port,
+            plugins: Vec::new(),
+            routes: Vec::new(),
+            workers: 2,
+            env: Vec::new(),
+            sink: None,
+        }
     }
     /// Adds a plugin named `name` with this YAML text.
     pub fn plugin(mut self, name: &str, yaml: impl Into<String>) -> Self {
@@ -86,6 +97,12 @@ impl Setup {
     /// Requests for any other host go through `chain` (empty: unfiltered).
     pub fn default_route(mut self, chain: &[&str]) -> Self {
         self.routes.push(Route { host: None, chain: chain.iter().map(|s| s.to_string()).collect() });
+        self
+    }
+    /// Requests no route matched go through `chain` (NGINX: `error_page 404 = @sink`; Traffic
+    /// Server: the catch-all remap rule); use with routes for hosts only.
+    pub fn sink(mut self, chain: &[&str]) -> Self {
+        self.sink = Some(chain.iter().map(|s| s.to_string()).collect());
         self
     }
     pub fn workers(mut self, n: usize) -> Self {
@@ -192,6 +209,14 @@ impl ServerUnderTest for Nginx {
                         location(&route.chain)
                     ));
                 }
+                if let Some(sink) = &setup.sink {
+                    let wasm: String = sink.iter().map(|p| format!("proxy_wasm {p}; ")).collect();
+                    opts = opts.http(format!(
+                        "server {{ listen 127.0.0.1:@PORT@ default_server; server_name _; \
+                         location / {{ return 404; }} error_page 404 = @sink; \
+                         location @sink {{ {wasm}return 404; }} }}"
+                    ));
+                }
                 opts = opts.server("server_name unused.invalid; location / { return 404; }");
             }
         }
@@ -242,6 +267,10 @@ impl ServerUnderTest for TrafficServer {
                 }
                 // Every other request, unfiltered: the last remap rule.
                 None => fallback = format!("map / http://127.0.0.1:{}/\n", setup.origin_port),
+                // A host whose requests no plugin filters: a plain rule.
+                Some(host) if files.is_empty() => {
+                    remap.push_str(&format!("map http://{host}/ http://127.0.0.1:{}/\n", setup.origin_port));
+                }
                 Some(host) => {
                     let params: String = files.iter().map(|f| format!(" @pparam={f}")).collect();
                     remap.push_str(&format!(
@@ -250,6 +279,10 @@ impl ServerUnderTest for TrafficServer {
                     ));
                 }
             }
+        }
+        if let Some(sink) = &setup.sink {
+            let params: String = files(sink).iter().map(|f| format!(" @pparam={f}")).collect();
+            fallback = format!("map / http://127.0.0.1:{}/ @plugin={PLUGIN_SO}{params}\n", setup.origin_port);
         }
         remap.push_str(&fallback);
         if !remap.is_empty() {

@@ -49,6 +49,25 @@ pub struct Settings {
     /// `runtime`: the engine the entities run on (`wasmtime` or `wamr`); when absent, the runtime
     /// of the load's first Proxy-Wasm plugin, else Wasmtime.
     pub runtime: Option<crate::config::RuntimeKind>,
+    /// `jobs`: the entities run as Otoroshi jobs (step Job), with their schedule (Otoroshi keeps
+    /// it in its global configuration, not in the entity).
+    pub jobs: Vec<JobSettings>,
+}
+
+/// One job (`otoroshi.jobs[i]`): `job_start` once the server runs the plugins, then `job_run`
+/// every `interval` (the first after `initial_delay`), `job_stop` when they stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSettings {
+    /// `plugin`: the id of an entity of the load that lists the step Job.
+    pub plugin: String,
+    /// `interval` (required): the time between two `job_run`s.
+    pub interval: std::time::Duration,
+    /// `initial_delay` (default none): the time before the first `job_run`.
+    pub initial_delay: std::time::Duration,
+    /// The key path (`otoroshi.jobs[0]`), for messages.
+    pub path: String,
+    /// The line of its `plugin` in the settings' file (0 when unknown), for messages.
+    pub line: usize,
 }
 
 impl Settings {
@@ -62,6 +81,7 @@ impl Default for Settings {
             wasmo: None,
             callback_timeout: Self::DEFAULT_CALLBACK_TIMEOUT,
             runtime: None,
+            jobs: Vec::new(),
         }
     }
 }
@@ -461,7 +481,7 @@ impl<'de> Node<'de> for Kubernetes<'_> {
 }
 
 const SETTINGS_KEYS: &[&[&str]] =
-    &[&["storage_root", "storageRoot"], &["wasmo"], &["callback_timeout", "callbackTimeout"], &["runtime"]];
+    &[&["storage_root", "storageRoot"], &["wasmo"], &["callback_timeout", "callbackTimeout"], &["runtime"], &["jobs"]];
 
 struct SettingsNode;
 
@@ -469,7 +489,7 @@ impl<'de> Node<'de> for SettingsNode {
     type Out = Settings;
 
     fn expected(&self) -> &'static str {
-        "a map of settings (storage_root, wasmo, callback_timeout, runtime)"
+        "a map of settings (storage_root, wasmo, callback_timeout, runtime, jobs)"
     }
 
     fn scalar(self, _cx: &Cx, value: Value) -> Result<Settings, String> {
@@ -493,11 +513,65 @@ impl<'de> Node<'de> for SettingsNode {
                     };
                     s.runtime = Some(kind);
                 }
+                "jobs" => s.jobs = map.next_value_seed(vcx.at(JobsNode))?,
                 _ => s.wasmo = Some(map.next_value_seed(vcx.at(WasmoNode))?),
             }
             Ok(())
         })?;
         Ok(s)
+    }
+}
+
+/// `otoroshi.jobs`: a list of `{plugin, interval, initial_delay}`.
+struct JobsNode;
+
+impl<'de> Node<'de> for JobsNode {
+    type Out = Vec<JobSettings>;
+
+    fn expected(&self) -> &'static str {
+        "a list of jobs ({plugin, interval, initial_delay})"
+    }
+
+    fn scalar(self, _cx: &Cx, value: Value) -> Result<Vec<JobSettings>, String> {
+        match value {
+            Value::Null => Ok(Vec::new()),
+            other => Err(wrong_type(self.expected(), &other)),
+        }
+    }
+
+    fn seq<A: SeqAccess<'de>>(self, cx: &Cx, mut seq: A) -> Result<Vec<JobSettings>, A::Error> {
+        let mut jobs: Vec<JobSettings> = Vec::new();
+        while let Some(job) = seq.next_element_seed(cx.index(jobs.len()).at(JobNode))? {
+            jobs.push(job);
+        }
+        Ok(jobs)
+    }
+}
+
+const JOB_KEYS: &[&[&str]] = &[&["plugin"], &["interval"], &["initial_delay", "initialDelay"]];
+
+struct JobNode;
+
+impl<'de> Node<'de> for JobNode {
+    type Out = JobSettings;
+
+    fn expected(&self) -> &'static str {
+        "a job: a map of plugin, interval, initial_delay"
+    }
+
+    fn map<A: MapAccess<'de>>(self, cx: &Cx, mut map: A) -> Result<JobSettings, A::Error> {
+        let (mut plugin, mut interval, mut initial_delay) = (None, None, std::time::Duration::ZERO);
+        read_map(cx, &mut map, JOB_KEYS, |key, vcx, map| {
+            match key {
+                "plugin" => plugin = Some(map.next_value_seed(vcx.at(NonEmpty))?),
+                "interval" => interval = Some(map.next_value_seed(vcx.at(DurationNode))?),
+                _ => initial_delay = map.next_value_seed(vcx.at(DurationNode))?,
+            }
+            Ok(())
+        })?;
+        let plugin = plugin.ok_or_else(|| cx.fail("the job has no plugin (the id of an entity listing Job)"))?;
+        let interval = interval.ok_or_else(|| cx.fail("the job has no interval (e.g. \"10s\")"))?;
+        Ok(JobSettings { plugin, interval, initial_delay, path: cx.path.clone(), line: 0 })
     }
 }
 

@@ -7,6 +7,7 @@
 //! error naming the file, the line and the key. See docs/otoroshi.md, "The entity", for the table.
 
 pub mod document;
+pub mod jobs;
 pub mod reader;
 pub mod sections;
 

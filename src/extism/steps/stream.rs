@@ -57,25 +57,34 @@ fn ip_of(address: &str) -> String {
 /// What the stream answers when its request headers cannot be read.
 pub fn request_parts(stream: &dyn HttpStream, id: u64) -> Result<RequestParts, Status> {
     let pairs = stream.header_map(MapType::HttpRequestHeaders)?;
-    let mut headers = plain_headers(&pairs);
+    let protocol = stream.property(&[b"request", b"protocol"]).ok().flatten();
+    let address = stream.property(&[b"source", b"address"]).ok().flatten();
+    Ok(request_parts_from(&pairs, protocol.as_deref(), address.as_deref(), id))
+}
+
+/// The same from a server's request header map (pseudo-headers included), its protocol
+/// (`request.protocol`) and client address (`source.address`), for the steps that run outside a
+/// chain (MatchRoute and Router, where the server routes).
+#[must_use]
+pub fn request_parts_from(pairs: &[Pair], protocol: Option<&[u8]>, address: Option<&[u8]>, id: u64) -> RequestParts {
+    let mut headers = plain_headers(pairs);
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        if let Some(authority) = pseudo(&pairs, b":authority").filter(|a| !a.is_empty()) {
+        if let Some(authority) = pseudo(pairs, b":authority").filter(|a| !a.is_empty()) {
             headers.insert(0, ("Host".to_owned(), text(authority)));
         }
     }
-    let protocol = stream.property(&[b"request", b"protocol"]).ok().flatten();
-    let remote = stream.property(&[b"source", b"address"]).ok().flatten().map(|a| ip_of(&text(&a))).unwrap_or_default();
-    Ok(RequestParts {
+    let remote = address.map(|a| ip_of(&text(a))).unwrap_or_default();
+    RequestParts {
         id,
-        method: pseudo(&pairs, b":method").map(text).unwrap_or_else(|| "GET".to_owned()),
-        uri: pseudo(&pairs, b":path").map(text).unwrap_or_else(|| "/".to_owned()),
-        version: version_of(protocol.as_deref()),
+        method: pseudo(pairs, b":method").map(text).unwrap_or_else(|| "GET".to_owned()),
+        uri: pseudo(pairs, b":path").map(text).unwrap_or_else(|| "/".to_owned()),
+        version: version_of(protocol),
         headers,
         remote,
-        secure: pseudo(&pairs, b":scheme") == Some(b"https"),
+        secure: pseudo(pairs, b":scheme") == Some(b"https"),
         client_cert_chain: None,
         path_params: Vec::new(),
-    })
+    }
 }
 
 /// The response (the origin's, or a local one) as the response steps read it.

@@ -1,0 +1,101 @@
+//! Otoroshi jobs (`otoroshi.jobs`) in an NGINX worker: `job_start` in `init_process`, `job_run`
+//! on a timer of the worker's event loop every `interval` (the first after `initial_delay`, else
+//! after one interval), `job_stop` in `exit_process`. Every worker runs each job (as every
+//! Otoroshi instance runs a job of `OneInstancePerOtoroshiInstance`). The timers are cancelable:
+//! they never hold up a graceful shutdown.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ngx::ffi::*;
+
+use super::base::{log, new_event};
+use crate::abi::LogLevel;
+use crate::chain::extism::jobs::{jobs_of, Job};
+use crate::chain::EntityLink;
+
+struct WorkerJob {
+    job: Job,
+    ev: ngx_event_t,
+}
+
+thread_local! {
+    /// The worker's jobs; boxed, so that each timer's data (its job) stays where it is.
+    static JOBS: RefCell<Vec<Box<WorkerJob>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn arm(ev: &mut ngx_event_t, after: Duration) {
+    // SAFETY: the event lives in its boxed job until `stop` removes its timer.
+    unsafe { ngx_add_timer(ev, (after.as_millis() as ngx_msec_t).max(1)) };
+}
+
+/// Starts the jobs of the worker's entities: `job_start` now, `job_run` on their timers.
+pub fn start(entities: &[Arc<EntityLink>]) {
+    let jobs = jobs_of(entities);
+    if jobs.is_empty() {
+        return;
+    }
+    // The cached time is the master's until the worker's event loop updates it: the first
+    // timers count from now.
+    // SAFETY: nginx's time cache, updated on the worker's only thread.
+    unsafe { ngx_time_update() };
+    JOBS.with(|all| {
+        let mut all = all.borrow_mut();
+        for job in jobs {
+            if let Err(e) = job.start() {
+                log(LogLevel::Error, &e);
+            }
+            let first = if job.initial_delay.is_zero() { job.interval } else { job.initial_delay };
+            let mut boxed = Box::new(WorkerJob { job, ev: new_event(on_timer, std::ptr::null_mut()) });
+            boxed.ev.data = &mut *boxed as *mut WorkerJob as *mut c_void;
+            boxed.ev.set_cancelable(1);
+            arm(&mut boxed.ev, first);
+            log(
+                LogLevel::Info,
+                &format!(
+                    "[proxy_wasm] otoroshi job {} started in worker (pid {}): job_run every {:?}",
+                    boxed.job.entity.plugin.id,
+                    std::process::id(),
+                    boxed.job.interval
+                ),
+            );
+            all.push(boxed);
+        }
+    });
+}
+
+/// Stops the worker's jobs: timers removed, then `job_stop`.
+pub fn stop() {
+    let jobs = JOBS.with(|all| std::mem::take(&mut *all.borrow_mut()));
+    for mut j in jobs {
+        if j.ev.timer_set() != 0 {
+            // SAFETY: our own timer event, still in the tree.
+            unsafe { ngx_del_timer(&mut j.ev) };
+        }
+        match j.job.stop() {
+            Ok(()) => log(LogLevel::Info, &format!("[proxy_wasm] otoroshi job {} stopped", j.job.entity.plugin.id)),
+            Err(e) => log(LogLevel::Error, &e),
+        }
+    }
+}
+
+unsafe extern "C" fn on_timer(ev: *mut ngx_event_t) {
+    let r = std::panic::catch_unwind(|| {
+        // SAFETY: the timer's data is its boxed job, alive while the timer is set (`stop` removes
+        // the timer before dropping the job).
+        let job = unsafe { &mut *((*ev).data as *mut WorkerJob) };
+        if let Err(e) = job.job.run() {
+            log(LogLevel::Error, &e);
+        }
+        // SAFETY: nginx's globals, read on the worker's thread.
+        if unsafe { ngx_exiting == 0 && ngx_quit == 0 && ngx_terminate == 0 } {
+            let interval = job.job.interval;
+            arm(&mut job.ev, interval);
+        }
+    });
+    if r.is_err() {
+        log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in an otoroshi job");
+    }
+}
