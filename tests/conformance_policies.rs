@@ -360,6 +360,26 @@ fn a_local_response_keeps_the_client_connection_for_the_next_request() {
 }
 
 #[test]
+fn a_local_response_from_a_routes_chain_keeps_the_client_connection_for_the_next_request() {
+    // The chain of one host only (NGINX: its `server`; Traffic Server: a remap rule's plugin).
+    let origin = Origin::start();
+    let setup = Setup::new("keepalive-route", origin.port())
+        .workers(1)
+        .plugin("guarded", filter_yaml("", ""))
+        .route("guarded.test", &["guarded"])
+        .default_route(&[]);
+    let s = <Server as ServerUnderTest>::start(setup);
+    let (a, b) = two_on_one_connection(
+        &s,
+        Request::get("/local").host("guarded.test").header("x-pw-test", "local"),
+        Request::get("/after").host("guarded.test"),
+    );
+    assert_eq!((a.status, a.body_str().as_str()), (403, "denied by rust-sdk-filter"), "{}", s.log_report());
+    assert_eq!((b.status, b.body_str().as_str()), (200, "hello from origin"), "{}", s.log_report());
+    assert_eq!(origin.request_count(), 1, "only the second request reached the origin");
+}
+
+#[test]
 fn a_local_response_to_a_request_with_a_body_keeps_the_connection_only_if_the_body_is_drained() {
     let (origin, s) = start::<Server>("keepalive-local-body", filter_yaml("", ""));
     let first = Request::post("/local", "a small request body").header("x-pw-test", "local");

@@ -392,11 +392,12 @@ extern "C" fn on_global_event(_contp: TSCont, event: TSEvent, edata: *mut c_void
     0
 }
 
-/// Sets up a transaction for the plugins of `set`. From the global hook
-/// (`in_remap == false`) the request headers go through the chain at once and
-/// the transaction is reenabled (unless a plugin paused it); from a remap
-/// rule they go at POST_REMAP, and nothing is reenabled here (remap is not a
-/// hook).
+/// Sets up a transaction for the plugins of `set` and runs the request
+/// headers through its chain at once, before remapping (as Envoy's filters
+/// see the client's request). From the global hook (`in_remap == false`) the
+/// transaction is then reenabled (unless a plugin paused it); from a remap
+/// rule nothing is reenabled (remap is not a hook), and a pause holds the
+/// transaction at POST_REMAP.
 fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: bool) {
     let reenable = |error: bool| {
         if !in_remap {
@@ -447,7 +448,7 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         (chain.filters(Phase::RequestBody), chain.filters(Phase::ResponseBody));
     let framing = txn::Framing::of_client_request(&shared);
     let request_chunked = framing.chunked();
-    let txn = Box::new(Txn::new(shared, chain, framing, !in_remap));
+    let txn = Box::new(Txn::new(shared, chain, framing));
     let shared = txn.shared.clone();
     let raw = Box::into_raw(txn);
     // SAFETY: live transaction. The continuation takes the transaction's own
@@ -484,11 +485,6 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         }
         contp
     };
-    if in_remap {
-        // SAFETY: live transaction and continuation; the chain runs at POST_REMAP.
-        unsafe { TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, contp) };
-        return;
-    }
     // The global hook runs under the transaction's mutex, the continuation's:
     // taken again all the same (it nests), as every chain call holds it.
     // Unlocked by the guard, also if this panics (the global hook catches it).
@@ -510,7 +506,20 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     // hook is reenabled); nothing else uses it while the mutex is held, and
     // the borrow ends before `apply` may run the next hook.
     let next = unsafe { (*raw).run_request_headers() };
+    // SAFETY: as above (the mutex is held until `locked` drops).
+    let waiting = in_remap && unsafe { (*raw).headers_waiting() };
     drop(locked);
+    if in_remap {
+        // Remapping is not a hook: nothing is reenabled here. A local response
+        // was set on the transaction (EndRemapRequest answers it, keeping the
+        // client connection); a pause holds the transaction at POST_REMAP
+        // until its resume.
+        if waiting {
+            // SAFETY: live transaction and continuation.
+            unsafe { TSHttpTxnHookAdd(txnp, TS_HTTP_POST_REMAP_HOOK, contp) };
+        }
+        return;
+    }
     // SAFETY: in the transaction's READ_REQUEST_HDR hook; the Txn is not used here.
     unsafe { txn::apply(&shared, next) };
 }
@@ -572,7 +581,7 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
         // SAFETY: as above; the borrow ends before `apply`.
         let txn = unsafe { &mut *raw };
         match event {
-            TS_EVENT_HTTP_POST_REMAP => txn.run_request_headers(),
+            TS_EVENT_HTTP_POST_REMAP => txn.at_post_remap(),
             TS_EVENT_HTTP_SEND_REQUEST_HDR => txn.on_send_request_header(),
             TS_EVENT_HTTP_READ_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_FROM_ORIGIN),
             TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_TO_CLIENT),
@@ -848,8 +857,8 @@ pub unsafe extern "C" fn TSRemapDeleteInstance(ih: *mut c_void) {
     }
 }
 
-/// Called for every transaction of the rule: sets up the rule's plugins,
-/// which run at POST_REMAP. The URL is left for Traffic Server to map, unless
+/// Called for every transaction of the rule: sets up the rule's plugins and
+/// runs their request headers (a pause waits at POST_REMAP). The URL is left for Traffic Server to map, unless
 /// an Otoroshi entity of the rule with Router found a route (`routing.rs`).
 ///
 /// # Safety

@@ -574,9 +574,14 @@ pub struct Txn {
     local_replaces_response: bool,
     /// TXN_CLOSE came; the continuation waits for its last wake-up.
     closed: bool,
-    /// The request headers go through the chain at READ_REQUEST_HDR (a
-    /// global plugin), before remapping: see [`Txn::request_headers_flow`].
+    /// The request headers go through the chain before remapping (a global
+    /// plugin's READ_REQUEST_HDR, a remap rule's TSRemapDoRemap): a local
+    /// response is then answered by EndRemapRequest; see
+    /// [`Txn::request_headers_flow`]. False once a remap rule's chain waits
+    /// at POST_REMAP.
     before_remap: bool,
+    /// The chain waits in the request headers (a pause not resumed yet).
+    headers_waiting: bool,
 }
 
 pub(super) fn reenable(txnp: TSHttpTxn, error: bool) {
@@ -632,9 +637,8 @@ pub unsafe fn apply(shared: &TxnShared, next: Next) {
 }
 
 impl Txn {
-    /// `before_remap`: the request headers go through the chain at
-    /// READ_REQUEST_HDR (a global plugin), not at POST_REMAP.
-    pub fn new(shared: Arc<TxnShared>, chain: AtsTxnChain, framing: Framing, before_remap: bool) -> Txn {
+    /// The request headers go through the chain before remapping (see `before_remap`).
+    pub fn new(shared: Arc<TxnShared>, chain: AtsTxnChain, framing: Framing) -> Txn {
         Txn {
             shared,
             chain: Some(chain),
@@ -645,7 +649,8 @@ impl Txn {
             answered_request_body: false,
             local_replaces_response: false,
             closed: false,
-            before_remap,
+            before_remap: true,
+            headers_waiting: false,
         }
     }
 
@@ -687,7 +692,26 @@ impl Txn {
         self.request_headers_flow(flow)
     }
 
+    /// A remap rule's chain ran its request headers in TSRemapDoRemap; POST_REMAP
+    /// holds the transaction while they wait (their resume reenables it), and
+    /// lets it go on otherwise.
+    pub fn at_post_remap(&mut self) -> Next {
+        if self.headers_waiting {
+            // Remapping is over: a local response from the resume is an error
+            // reenable from here (see `request_headers_flow`).
+            self.before_remap = false;
+            return Next::Hold;
+        }
+        Next::Reenable { error: false }
+    }
+
+    /// Whether the chain waits in the request headers.
+    pub fn headers_waiting(&self) -> bool {
+        self.headers_waiting
+    }
+
     fn request_headers_flow(&mut self, flow: Flow) -> Next {
+        self.headers_waiting = matches!(flow, Flow::Wait);
         match flow {
             Flow::Continue | Flow::Forward { .. } | Flow::Buffered => {
                 self.restore_framing();
@@ -701,11 +725,16 @@ impl Txn {
                 // Keep-alive (issue 13): Traffic Server decides it from the
                 // client request only once HandleRequest ran; an error
                 // reenable before that (HandleApiErrorJump) finds it unset
-                // and closes the client connection. Before remapping, the
-                // status set is answered by EndRemapRequest instead, through
-                // build_error_response, which keeps the connection unless the
-                // request has a body (not read: it would be taken for the
-                // next request), as NGINX and Envoy do.
+                // and closes the client connection. Before remapping (a
+                // global plugin's hook, a remap rule's TSRemapDoRemap, where
+                // the reenable is not made), the status set is answered by
+                // EndRemapRequest instead, through build_error_response, which
+                // keeps the connection unless the request has a body (not
+                // read: it would be taken for the next request), as NGINX and
+                // Envoy do. After remapping (a remap rule's chain that waited
+                // until POST_REMAP), only the error reenable answers it (a
+                // status set there is not looked at: the request would go on
+                // to the origin), and the connection is closed.
                 Next::Reenable { error: !self.before_remap }
             }
             // A closed stream: Traffic Server answers with its own error.
