@@ -578,7 +578,7 @@ fn jobs_start_run_and_stop_and_a_failed_call_is_an_error() {
         let s = setup(&[step_plugin(pdk, &["Job"], serde_json::json!({"job_fail": "job_run"}))], Duration::from_secs(5));
         let mut link = EntityLink::new(s.entity_links[0].plugin.clone());
         assert!(jobs_of(&[Arc::new(EntityLink::new(link.plugin.clone()))]).is_empty(), "unscheduled");
-        link.job = Some(JobSettings { plugin: link.plugin.id.clone(), interval: Duration::from_secs(1), initial_delay: Duration::ZERO, path: "otoroshi.jobs[0]".into(), line: 0 });
+        link.job = Some(JobSettings { plugin: link.plugin.id.clone(), interval: Duration::from_secs(1), initial_delay: Duration::ZERO, one_worker: false, path: "otoroshi.jobs[0]".into(), line: 0 });
         let jobs = jobs_of(&[Arc::new(link)]);
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].start(), Ok(()), "{pdk}");

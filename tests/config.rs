@@ -1352,14 +1352,18 @@ fn otoroshi_jobs_schedule_entities_that_list_job() {
     let jobs = loaded.otoroshi.unwrap().jobs;
     assert_eq!(jobs.len(), 1);
     assert_eq!(
-        (jobs[0].plugin.as_str(), jobs[0].interval, jobs[0].initial_delay, jobs[0].line),
-        ("tick", std::time::Duration::from_secs(5), std::time::Duration::from_millis(250), 3)
+        (jobs[0].plugin.as_str(), jobs[0].interval, jobs[0].initial_delay, jobs[0].line, jobs[0].one_worker),
+        ("tick", std::time::Duration::from_secs(5), std::time::Duration::from_millis(250), 3, false)
     );
 
     let cases = [
         (
             "otoroshi:\n  jobs:\n    - { plugin: tick, interval: 5s, every: 1s }\n",
-            "3:37: otoroshi.jobs[0].every: unknown key; expected one of plugin, interval, initial_delay",
+            "3:37: otoroshi.jobs[0].every: unknown key; expected one of plugin, interval, initial_delay, instantiation",
+        ),
+        (
+            "otoroshi:\n  jobs:\n    - { plugin: tick, interval: 5s, instantiation: cluster }\n",
+            "otoroshi.jobs[0].instantiation: unknown instantiation \"cluster\"; expected \"per_worker\" (every NGINX worker runs the job) or \"one\" (one worker at a time)",
         ),
         ("otoroshi:\n  jobs:\n    - { plugin: tick }\n", "otoroshi.jobs[0]: the job has no interval (e.g. \"10s\")"),
         (

@@ -527,6 +527,31 @@ fn nginx_job_stop_when_a_worker_exits() {
     assert_eq!(s.error_log().matches(&format!("otoroshi job {id} started in worker")).count(), 2);
 }
 
+/// NGINX: a job with `instantiation: one` runs in one worker at a time (a lease in the shared
+/// zone); when that worker dies, another takes the job over once the lease expires.
+#[test]
+fn nginx_a_one_worker_job_runs_in_one_worker_at_a_time() {
+    use e2e::nginx::Nginx;
+    let origin = Origin::start();
+    let (id, yaml) = job_entity("rust", "100ms");
+    let yaml = yaml.replace("interval: 100ms }", "interval: 100ms, instantiation: one }");
+    assert!(yaml.contains("instantiation: one"), "{yaml}");
+    let s = <Nginx as ServerUnderTest>::start(Setup::new("oto-job-one", origin.port()).workers(3).plugin(&id, yaml));
+    s.expect_log("otoroshi plugin job-rust: rust job_run #5", Duration::from_secs(10));
+    let started = format!("otoroshi job {id} started in worker (pid ");
+    let log = s.error_log();
+    assert_eq!(log.matches(&started).count(), 1, "one of the 3 workers holds the job\n{}", s.log_report());
+    assert_eq!(log.matches("rust job_start #1").count(), 1);
+    assert_eq!(log.matches("rust job_run #1").count(), 1, "only one worker runs it");
+    let holder: i32 = log.split(&started).nth(1).and_then(|t| t.split(')').next()).and_then(|p| p.parse().ok()).unwrap();
+    // SAFETY: a signal to a worker process of this test's nginx.
+    assert_eq!(unsafe { libc::kill(holder, libc::SIGKILL) }, 0);
+    let taken_over = e2e::wait_until(Duration::from_secs(10), || s.error_log().matches(&started).count() == 2);
+    assert!(taken_over, "another worker takes the job over\n{}", s.log_report());
+    assert!(s.error_log().split(&started).nth(2).is_some_and(|t| !t.starts_with(&holder.to_string())));
+    assert_eq!(send(&s, Request::get("/after-takeover")).status, 200);
+}
+
 /// Traffic Server: a reload that replaces the global plugins stops the old set's job
 /// (`job_stop`) and starts the new one's.
 #[test]

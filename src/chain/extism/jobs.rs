@@ -19,6 +19,8 @@ pub struct Job {
     pub entity: Arc<EntityLink>,
     pub interval: Duration,
     pub initial_delay: Duration,
+    /// `instantiation: one`: one NGINX worker at a time runs it.
+    pub one_worker: bool,
 }
 
 /// The jobs of a set of entities: those `otoroshi.jobs` schedules ([`EntityLink::job`]).
@@ -28,7 +30,12 @@ pub fn jobs_of(entities: &[Arc<EntityLink>]) -> Vec<Job> {
         .iter()
         .filter_map(|e| {
             let s = e.job.as_ref()?;
-            Some(Job { entity: e.clone(), interval: s.interval, initial_delay: s.initial_delay })
+            Some(Job {
+                entity: e.clone(),
+                interval: s.interval,
+                initial_delay: s.initial_delay,
+                one_worker: s.one_worker,
+            })
         })
         .collect()
 }

@@ -64,6 +64,11 @@ pub struct JobSettings {
     pub interval: std::time::Duration,
     /// `initial_delay` (default none): the time before the first `job_run`.
     pub initial_delay: std::time::Duration,
+    /// `instantiation: one` (Otoroshi's `OneInstancePerOtoroshiCluster` also reads so): one
+    /// NGINX worker at a time runs the job, not every worker (`per_worker`, the default, also
+    /// read from `OneInstancePerOtoroshiInstance`). Traffic Server runs a job once per process
+    /// either way.
+    pub one_worker: bool,
     /// The key path (`otoroshi.jobs[0]`), for messages.
     pub path: String,
     /// The line of its `plugin` in the settings' file (0 when unknown), for messages.
@@ -548,7 +553,7 @@ impl<'de> Node<'de> for JobsNode {
     }
 }
 
-const JOB_KEYS: &[&[&str]] = &[&["plugin"], &["interval"], &["initial_delay", "initialDelay"]];
+const JOB_KEYS: &[&[&str]] = &[&["plugin"], &["interval"], &["initial_delay", "initialDelay"], &["instantiation"]];
 
 struct JobNode;
 
@@ -556,22 +561,35 @@ impl<'de> Node<'de> for JobNode {
     type Out = JobSettings;
 
     fn expected(&self) -> &'static str {
-        "a job: a map of plugin, interval, initial_delay"
+        "a job: a map of plugin, interval, initial_delay, instantiation"
     }
 
     fn map<A: MapAccess<'de>>(self, cx: &Cx, mut map: A) -> Result<JobSettings, A::Error> {
         let (mut plugin, mut interval, mut initial_delay) = (None, None, std::time::Duration::ZERO);
+        let mut one_worker = false;
         read_map(cx, &mut map, JOB_KEYS, |key, vcx, map| {
             match key {
                 "plugin" => plugin = Some(map.next_value_seed(vcx.at(NonEmpty))?),
                 "interval" => interval = Some(map.next_value_seed(vcx.at(DurationNode))?),
+                "instantiation" => {
+                    let text: String = map.next_value_seed(vcx.clone().at(NonEmpty))?;
+                    one_worker = match text.as_str() {
+                        "one" | "OneInstancePerOtoroshiCluster" => true,
+                        "per_worker" | "OneInstancePerOtoroshiInstance" => false,
+                        other => {
+                            return Err(vcx.fail(format!(
+                                "unknown instantiation {other:?}; expected \"per_worker\" (every NGINX worker runs the job) or \"one\" (one worker at a time)"
+                            )))
+                        }
+                    };
+                }
                 _ => initial_delay = map.next_value_seed(vcx.at(DurationNode))?,
             }
             Ok(())
         })?;
         let plugin = plugin.ok_or_else(|| cx.fail("the job has no plugin (the id of an entity listing Job)"))?;
         let interval = interval.ok_or_else(|| cx.fail("the job has no interval (e.g. \"10s\")"))?;
-        Ok(JobSettings { plugin, interval, initial_delay, path: cx.path.clone(), line: 0 })
+        Ok(JobSettings { plugin, interval, initial_delay, one_worker, path: cx.path.clone(), line: 0 })
     }
 }
 
