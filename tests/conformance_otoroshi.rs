@@ -543,7 +543,8 @@ fn nginx_a_one_worker_job_runs_in_one_worker_at_a_time() {
     assert_eq!(log.matches(&started).count(), 1, "one of the 3 workers holds the job\n{}", s.log_report());
     assert_eq!(log.matches("rust job_start #1").count(), 1);
     assert_eq!(log.matches("rust job_run #1").count(), 1, "only one worker runs it");
-    let holder: i32 = log.split(&started).nth(1).and_then(|t| t.split(')').next()).and_then(|p| p.parse().ok()).unwrap();
+    let holder: i32 =
+        log.split(&started).nth(1).and_then(|t| t.split(')').next()).and_then(|p| p.parse().ok()).unwrap();
     // SAFETY: a signal to a worker process of this test's nginx.
     assert_eq!(unsafe { libc::kill(holder, libc::SIGKILL) }, 0);
     let taken_over = e2e::wait_until(Duration::from_secs(10), || s.error_log().matches(&started).count() == 2);

@@ -453,8 +453,8 @@ impl HttpStream for AtsStream {
         let client = || TxnShared::addr(unsafe { TSHttpTxnClientAddrGet(s.txnp) } as *const libc::sockaddr);
         // SAFETY: live transaction.
         let incoming = || TxnShared::addr(unsafe { TSHttpTxnIncomingAddrGet(s.txnp) } as *const libc::sockaddr);
-        // SAFETY: live transaction; null before Traffic Server picked a server.
         let upstream = || {
+            // SAFETY: live transaction; null before Traffic Server picked a server.
             TxnShared::addr(unsafe { TSHttpTxnServerAddrGet(s.txnp) } as *const libc::sockaddr)
                 .filter(|a| a.port() != 0)
         };
@@ -496,15 +496,15 @@ impl HttpStream for AtsStream {
                 // SAFETY: live transaction.
                 None => int(unsafe { TSHttpTxnClientReqBodyBytesGet(s.txnp) }.max(0) as u64),
             },
-            // SAFETY: live transaction.
             [b"request", b"total_size"] => {
+                // SAFETY: live transaction.
                 int(unsafe { TSHttpTxnClientReqHdrBytesGet(s.txnp) as i64 + TSHttpTxnClientReqBodyBytesGet(s.txnp) }
                     .max(0) as u64)
             }
             // SAFETY: live transaction.
             [b"response", b"size"] => int(unsafe { TSHttpTxnClientRespBodyBytesGet(s.txnp) }.max(0) as u64),
-            // SAFETY: live transaction.
             [b"response", b"total_size"] => {
+                // SAFETY: live transaction.
                 int(unsafe { TSHttpTxnClientRespHdrBytesGet(s.txnp) as i64 + TSHttpTxnClientRespBodyBytesGet(s.txnp) }
                     .max(0) as u64)
             }

@@ -133,6 +133,9 @@ pub static mut ngx_http_proxy_wasm_module: ngx_module_t = ngx_module_t {
 ngx::ngx_modules!(ngx_http_proxy_wasm_module);
 
 /// Registers the phase handlers and the response filters.
+///
+/// # Safety
+/// Called by nginx only, with the live configuration context of the http block.
 pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     let r = std::panic::catch_unwind(|| {
         // SAFETY: the http block's core main configuration has the phase
@@ -161,6 +164,9 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
 }
 
 /// Puts the module's filters at the top of the chains.
+///
+/// # Safety
+/// Only during configuration (nginx's single thread), once per configuration cycle.
 pub unsafe fn install_filters() {
     // SAFETY: called from postconfiguration (single-threaded configuration).
     unsafe {

@@ -188,8 +188,8 @@ impl ServerHost for NgxServer {
             self.pending_ticks.lock().unwrap_or_else(|p| p.into_inner()).insert(root_context_id, period);
             return;
         };
-        // SAFETY: a zeroed ngx_event_t is nginx's initial state (ngx_pcalloc'd events).
         let mut tick = Box::new(Tick {
+            // SAFETY: a zeroed ngx_event_t is nginx's initial state (ngx_pcalloc'd events).
             ev: unsafe { std::mem::zeroed() },
             generation: generation.clone(),
             vm: self.vm,
@@ -208,8 +208,8 @@ impl ServerHost for NgxServer {
 
     fn notify_queue_ready(&self, root_context_id: u32, queue_id: u32) {
         let Some(generation) = self.generation.get().filter(|_| self.live) else { return };
-        // SAFETY: zeroed event, filled below.
         let mut posted = Box::new(Posted {
+            // SAFETY: a zeroed ngx_event_t is nginx's initial state; filled below.
             ev: unsafe { std::mem::zeroed() },
             generation: generation.clone(),
             vm: self.vm,
