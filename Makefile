@@ -79,7 +79,7 @@ fuzz: deps
 ## Release builds of the Traffic Server plugin and (if it builds) the NGINX module into build/bench/,
 ## then scripts/bench.sh (BENCH_* variables: rounds, duration, rows, BENCH_LONG=1 for the 5-minute run).
 bench: deps nginx-src
-	@bash scripts/build-plugins.sh bench rust
+	@bash scripts/build-plugins.sh bench rust otoroshi
 	@mkdir -p build/bench
 	$(CARGO) build --release --locked --features ats
 	$(call install_so,target/release/libproxy_wasm_host.so,build/bench/proxy_wasm_ats.so)

@@ -35,7 +35,7 @@
 # Environment (defaults in brackets):
 #   BENCH_ROUNDS [3]  BENCH_DURATION [2] (s)  BENCH_WARMUP [1] (s)
 #   BENCH_CONNECTIONS [16]   BENCH_SERVERS ["ats nginx"]   BENCH_MODES ["local proxy"]
-#   BENCH_RUNTIMES ["wasmtime wamr"]   BENCH_ROWS (space-separated row ids to run, e.g. "W0 W3 W3-lua";
+#   BENCH_RUNTIMES ["wasmtime wamr"]   BENCH_ROWS (space-separated row ids to run, e.g. "W0 W3 W3-lua W3-oto";
 #                  "none": only memory and start-up)
 #   BENCH_SERVER_CPU [0]  BENCH_CLIENT_CPU [1]
 #   BENCH_ATS_SO [build/bench/proxy_wasm_ats.so, else build/proxy_wasm_ats.so]
@@ -243,6 +243,27 @@ EOF
 # module when it is not the bench filter (W2-min, W2-all: hand-written WAT).
 WASM_ROUTES="w2:noop:1 w2min:-:1:$W2_MIN_WASM w2all:-:1:$W2_ALL_WASM w3:w3:1 w4:w4:1 w5:w5:1 w6:w3:8 w7:w7:1"
 
+# W3-oto (issue 14): an Otoroshi access-control plugin per request, the Wasmo template built
+# with the AssemblyScript PDK (examples/otoroshi/access-control.json, unchanged but for its
+# module's path): a request with `foo: bar` is allowed, any other gets 401.
+OTO_WASM=${BENCH_OTO_WASM:-$repo/build/plugins/otoroshi_as_template_access_control.wasm}
+OTO_HEADER="foo: bar"
+# oto_yaml FILE ID RUNTIME [SETTINGS]: the entity as id ID; with SETTINGS, `otoroshi.runtime: RUNTIME`.
+oto_yaml() {
+    local file=$1 id=$2 runtime=$3 settings=${4:-yes}
+    python3 - "$repo/examples/otoroshi/access-control.json" "$OTO_WASM" "$id" >"$file.json" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+doc["config"]["source"]["path"] = sys.argv[2]
+doc["id"] = sys.argv[3]
+print(json.dumps(doc))
+PY
+    {
+        [ "$settings" = yes ] && printf 'otoroshi:\n  runtime: %s\n' "$runtime"
+        printf 'wasm_plugins:\n  - %s\n' "$(cat "$file.json")"
+    } >"$file"
+}
+
 # ------------------------------------------------------------- Traffic Server
 # ats_layout NAME: a private runroot in $dir/NAME (as tests/e2e/ats.rs and scripts/demo-ats.sh).
 ats_layout() {
@@ -355,6 +376,8 @@ ats_setup() {
                 wasm_yaml "$dir/ats-wasm/etc/$m-$name-$rt.yaml" "$m-$name-$rt" "$wl" "$rt" "$count" "${code:-$WASM}"
                 ats_rule $m "$name-$rt" "@plugin=proxy_wasm_ats.so @pparam=$dir/ats-wasm/etc/$m-$name-$rt.yaml"
             done
+            oto_yaml "$dir/ats-wasm/etc/$m-oto-$rt.yaml" "oto-$m-$rt" "$rt"
+            ats_rule $m "oto-$rt" "@plugin=proxy_wasm_ats.so @pparam=$dir/ats-wasm/etc/$m-oto-$rt.yaml"
         done
     done >"$dir/ats-wasm/etc/remap.config"
     ats_start ats-wasm 1 || die "Traffic Server (wasm) does not start"
@@ -468,6 +491,12 @@ ngx_setup() {
             locs+=$'\n'"$(ngx_locations "$name-$rt" "$chain")"
         done
     done
+    # One `otoroshi.runtime` per NGINX configuration: the entity runs on the runtime of the
+    # configuration's first Proxy-Wasm plugin (the first of BENCH_RUNTIMES).
+    NGX_OTO_RT=${RUNTIMES%% *}
+    oto_yaml "$dir/ngx-wasm/oto.yaml" "oto" "$NGX_OTO_RT" no
+    yamls+=" $dir/ngx-wasm/oto.yaml"
+    locs+=$'\n'"$(ngx_locations "oto-$NGX_OTO_RT" "proxy_wasm oto;")"
     NGX_PORT=$(free_port)
     ngx_conf ngx-wasm "$NGX_PORT" "load_module $NGX_SO;" "proxy_wasm_config$yamls;" "$locs"
     if ngx_start ngx-wasm; then
@@ -505,7 +534,9 @@ url() {
 PROBE_NOTE=""
 probe() {
     local u=$1 size=$2 marker=$3 out code len
-    out=$(curl -sS -o "$dir/probe.body" -D "$dir/probe.hdr" -w '%{http_code} %{size_download}' --max-time 10 "$u" 2>&1) || { PROBE_NOTE="request failed: $out"; return 1; }
+    local hdr=()
+    [ -n "${REQ_HEADER:-}" ] && hdr=(-H "$REQ_HEADER")
+    out=$(curl -sS "${hdr[@]}" -o "$dir/probe.body" -D "$dir/probe.hdr" -w '%{http_code} %{size_download}' --max-time 10 "$u" 2>&1) || { PROBE_NOTE="request failed: $out"; return 1; }
     read -r code len <<<"$out"
     if [ "$code" != 200 ]; then PROBE_NOTE="probe answered $code"; return 1; fi
     if [ "$len" != "$size" ]; then PROBE_NOTE="probe body $len bytes, expected $size"; return 1; fi
@@ -520,7 +551,9 @@ probe() {
 run_wrk() {
     local u=$1 pid=$2 secs=$3 c0 c1 out reqs rps errs
     c0=$(cpu_ticks "$pid")
-    out=$(taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"${secs}s" "$u" 2>&1) || true
+    local hdr=()
+    [ -n "${REQ_HEADER:-}" ] && hdr=(-H "$REQ_HEADER")
+    out=$(taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"${secs}s" "${hdr[@]}" "$u" 2>&1) || true
     c1=$(cpu_ticks "$pid")
     reqs=$(awk '/requests in/ { print $1; exit }' <<<"$out")
     rps=$(awk '/^Requests\/sec:/ { print $2; exit }' <<<"$out")
@@ -631,6 +664,25 @@ bench_server() {
             fi
             measure "$server" "$m" "$row" lua "$(url "$lua_port" "$m" "$name" $SMALL)" "$lua_pid" "$bs" "$base_pid" $SMALL "$marker"
         done
+        if want_row W3-oto; then
+            for rt in $RUNTIMES; do
+                if [ -n "$unavailable" ]; then
+                    emit "$server" "$mname" W3-oto "$rt" - - - - - "$unavailable"
+                    continue
+                fi
+                if [ "$server" = nginx ] && [ "$rt" != "$NGX_OTO_RT" ]; then
+                    emit "$server" "$mname" W3-oto "$rt" - - - - - "one otoroshi.runtime per NGINX configuration: run with BENCH_RUNTIMES=$rt"
+                    continue
+                fi
+                local ou; ou=$(url "$wasm_port" "$m" "oto-$rt" $SMALL)
+                # Without the header the entity answers 401: it runs.
+                if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$ou")" != 401 ]; then
+                    emit "$server" "$mname" W3-oto "$rt" - - - - - "the access-control entity did not answer 401 without its header"
+                    continue
+                fi
+                REQ_HEADER=$OTO_HEADER measure "$server" "$m" W3-oto "$rt" "$ou" "$wasm_pid" "$bs" "$base_pid" $SMALL ""
+            done
+        fi
     done
 }
 
