@@ -365,3 +365,21 @@ fn a_local_response_from_an_http_call_answers_a_request_body_held_at_its_end() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(origin.request_count(), 0, "the origin never got the request");
 }
+
+/// Issue 15: Traffic Server gets no response transform for a HEAD (no body
+/// can follow) and no request transform for a request without a body; the
+/// answers are the same, and a GET on the same route still has its body
+/// filtered.
+#[test]
+fn a_head_and_a_request_without_body_are_answered_without_the_body_transforms() {
+    let (_origin, _callout, ats) = start("ats-head-no-transform");
+    let r = send(&ats, Request::head("/r").header("x-pw-test", "resp-body-upper"));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.body_str(), "", "{}", ats.log_report());
+    let r = send(&ats, Request::get("/r").header("x-pw-test", "resp-body-upper req-body-upper"));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.body_str(), "HELLO FROM ORIGIN", "{}", ats.log_report());
+    let r = send(&ats, Request::head("/r").header("x-pw-test", "resp-body-upper"));
+    assert_eq!(r.status, 200, "{}", ats.log_report());
+    assert_eq!(r.body_str(), "", "{}", ats.log_report());
+}

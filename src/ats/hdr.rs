@@ -109,6 +109,26 @@ impl Hdr {
         }
     }
 
+    /// One pseudo-header, as `pseudo` lists it, reading only what it needs
+    /// (a property such as `request.path` takes one URL call, not all four).
+    fn pseudo_value(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match (key, self.is_request) {
+            (b":method", true) => Some(self.method()),
+            (b":scheme", true) => Some(self.scheme()),
+            (b":authority", true) => Some(self.value(b"host").unwrap_or_else(|| self.url_host())),
+            (b":path", true) => Some(self.path()),
+            (b":status", false) => Some(self.status().to_string().into_bytes()),
+            _ => None,
+        }
+    }
+
+    /// The request's method is HEAD (its response has no body).
+    pub fn is_head(&self) -> bool {
+        let mut len = 0;
+        // SAFETY: live request header; the bytes are compared at once.
+        unsafe { bytes(TSHttpHdrMethodGet(self.buf, self.loc, &mut len), len) }.eq_ignore_ascii_case(b"HEAD")
+    }
+
     /// How many pairs `pairs()` would return, without copying them.
     pub fn pair_count(&self) -> usize {
         let pseudo = if self.is_request { 4 } else { 1 };
@@ -147,7 +167,7 @@ impl Hdr {
     /// A header's values (all duplicates, joined by ","), or a pseudo-header.
     pub fn value(&self, key: &[u8]) -> Option<Vec<u8>> {
         if key.starts_with(b":") {
-            return self.pseudo().into_iter().find(|(k, _)| k.as_slice() == key).map(|(_, v)| v);
+            return self.pseudo_value(key);
         }
         let mut field = self.find(key);
         let mut values: Vec<Vec<u8>> = Vec::new();

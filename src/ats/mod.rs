@@ -446,9 +446,15 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     }
     let (wants_request_body, wants_response_body) =
         (chain.filters(Phase::RequestBody), chain.filters(Phase::ResponseBody));
-    let framing = txn::Framing::of_client_request(&shared);
-    let request_chunked = framing.chunked();
-    let txn = Box::new(Txn::new(shared, chain, framing));
+    // One fetch of the client request: its framing, pair count and method.
+    let start = txn::RequestStart::of(&shared);
+    let request_chunked = start.framing.chunked();
+    // No transform where no body can come: a request without a body, the
+    // response to a HEAD (Traffic Server sets a transform up per
+    // transaction, a cost every request paid before).
+    let wants_request_body = wants_request_body && !start.framing.no_body();
+    let wants_response_body = wants_response_body && !start.head;
+    let txn = Box::new(Txn::new(shared, chain, start));
     let shared = txn.shared.clone();
     let raw = Box::into_raw(txn);
     // SAFETY: live transaction. The continuation takes the transaction's own

@@ -30,6 +30,9 @@ fn tag() -> *const c_char {
 /// `proxy_wasm`, info as a note, warn as a warning, error and critical as errors
 /// (visible in diags.log without any debug tag).
 pub fn log(level: LogLevel, message: &str) {
+    if !log_enabled(level) {
+        return;
+    }
     let Ok(text) = CString::new(message.replace('\0', "\\0")) else { return };
     let fmt = b"%s\0".as_ptr() as *const c_char;
     // SAFETY: `fmt` is a NUL-terminated "%s" and `text` a NUL-terminated string
@@ -42,6 +45,13 @@ pub fn log(level: LogLevel, message: &str) {
             LogLevel::Error | LogLevel::Critical => TSError(fmt, text.as_ptr()),
         }
     }
+}
+
+/// Whether a line at `level` is written: debug and trace lines only with the
+/// `proxy_wasm` debug tag (callers skip formatting them otherwise).
+pub fn log_enabled(level: LogLevel) -> bool {
+    // SAFETY: `tag()` is a NUL-terminated static string.
+    !matches!(level, LogLevel::Trace | LogLevel::Debug) || unsafe { TSIsDebugTagSet(tag()) } != 0
 }
 
 /// The plugin log threshold follows the debug tag: with `proxy_wasm` enabled

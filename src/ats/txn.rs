@@ -170,6 +170,9 @@ impl ChainServer for AtsChain {
     }
 
     fn log(&self, plugin: &str, level: LogLevel, message: &str) {
+        if !super::server::log_enabled(level) {
+            return;
+        }
         if plugin.is_empty() {
             log(level, &format!("[proxy_wasm] {message}"));
         } else {
@@ -341,21 +344,36 @@ pub struct Framing {
     pub transfer_encoding: Option<Vec<u8>>,
 }
 
+/// What the transaction learns of the client request when it starts, from
+/// one header fetch: its framing, its pair count (for `on_request_headers`
+/// from the global hook) and whether it is a HEAD (no response body).
+pub struct RequestStart {
+    pub framing: Framing,
+    pub pairs: usize,
+    pub head: bool,
+}
+
+impl RequestStart {
+    pub fn of(shared: &TxnShared) -> RequestStart {
+        match shared.client_request() {
+            Some(h) => {
+                let start = RequestStart { framing: Framing::read(&h), pairs: h.pair_count(), head: h.is_head() };
+                TxnShared::release(&h);
+                start
+            }
+            None => RequestStart { framing: Framing::default(), pairs: 0, head: false },
+        }
+    }
+}
+
 impl Framing {
-    pub fn of_client_request(shared: &TxnShared) -> Framing {
-        Framing::of(shared.client_request())
+    fn read(h: &Hdr) -> Framing {
+        Framing { content_length: h.value(b"content-length"), transfer_encoding: h.value(b"transfer-encoding") }
     }
 
-    fn of(hdr: Option<Hdr>) -> Framing {
-        hdr.map(|h| {
-            let f = Framing {
-                content_length: h.value(b"content-length"),
-                transfer_encoding: h.value(b"transfer-encoding"),
-            };
-            TxnShared::release(&h);
-            f
-        })
-        .unwrap_or_default()
+    /// Neither Content-Length nor Transfer-Encoding: nothing to restore.
+    fn is_empty(&self) -> bool {
+        self.content_length.is_none() && self.transfer_encoding.is_none()
     }
 
     /// Puts Transfer-Encoding / Content-Length back on `h` as they were
@@ -582,6 +600,12 @@ pub struct Txn {
     before_remap: bool,
     /// The chain waits in the request headers (a pause not resumed yet).
     headers_waiting: bool,
+    /// The client request's pair count read when the transaction started,
+    /// for the request headers run at once (taken then).
+    request_pairs: Option<usize>,
+    /// The request is a HEAD: its response has no body (`end_of_stream` on
+    /// the response headers; no response transform was added).
+    head: bool,
 }
 
 pub(super) fn reenable(txnp: TSHttpTxn, error: bool) {
@@ -637,12 +661,15 @@ pub unsafe fn apply(shared: &TxnShared, next: Next) {
 }
 
 impl Txn {
-    /// The request headers go through the chain before remapping (see `before_remap`).
-    pub fn new(shared: Arc<TxnShared>, chain: AtsTxnChain, framing: Framing) -> Txn {
+    /// The request headers go through the chain before remapping (see `before_remap`), at once
+    /// (from the global hook or TSRemapDoRemap), with the pair count `start` read.
+    pub fn new(shared: Arc<TxnShared>, chain: AtsTxnChain, start: RequestStart) -> Txn {
         Txn {
             shared,
             chain: Some(chain),
-            framing,
+            framing: start.framing,
+            request_pairs: Some(start.pairs),
+            head: start.head,
             response_framing: None,
             response_started: false,
             answered_request: false,
@@ -677,15 +704,18 @@ impl Txn {
 
     /// The request headers through the chain (READ_REQUEST_HDR or POST_REMAP).
     pub fn run_request_headers(&mut self) -> Next {
-        let count = self
-            .shared
-            .client_request()
-            .map(|h| {
-                let n = h.pair_count();
-                TxnShared::release(&h);
-                n
-            })
-            .unwrap_or(0);
+        // The count read at the start is current: the request headers run at
+        // once, in the same hook (or TSRemapDoRemap).
+        let count = self.request_pairs.take().unwrap_or_else(|| {
+            self.shared
+                .client_request()
+                .map(|h| {
+                    let n = h.pair_count();
+                    TxnShared::release(&h);
+                    n
+                })
+                .unwrap_or(0)
+        });
         let eos = self.framing.no_body();
         let Some(chain) = self.chain.as_mut() else { return Next::Reenable { error: false } };
         let flow = chain.on_request_headers(count, eos);
@@ -769,6 +799,10 @@ impl Txn {
     /// it changes the body) must not make it unreadable. The origin gets the
     /// edited body with framing Traffic Server computes for the transform.
     fn restore_framing(&self) {
+        if self.framing.is_empty() {
+            // Nothing a plugin could have removed: no header fetch.
+            return;
+        }
         let _ = self.shared.with_hdr(MapType::HttpRequestHeaders, |h| self.framing.restore(h));
     }
 
@@ -781,7 +815,7 @@ impl Txn {
         if self.shared.response_source.load(Ordering::Acquire) != RESPONSE_FROM_ORIGIN {
             return;
         }
-        if let Some(framing) = &self.response_framing {
+        if let Some(framing) = self.response_framing.as_ref().filter(|f| !f.is_empty()) {
             let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| framing.restore(h));
         }
     }
@@ -831,25 +865,30 @@ impl Txn {
             }
             return Next::Reenable { error: false };
         }
-        if source == RESPONSE_FROM_ORIGIN {
-            self.response_framing = Some(Framing::of(self.shared.client_response()));
-        }
         if self.answered_request {
             // The response Traffic Server made from the chain's answer: its
             // status and headers, before the plugins see it.
             self.apply_local_headers();
         }
-        let (count, eos) = self
+        // One header fetch for the origin's framing, the count and the end of stream.
+        let from_origin = source == RESPONSE_FROM_ORIGIN;
+        let (count, eos, framing) = self
             .shared
             .client_response()
             .map(|h| {
                 let n = h.pair_count();
                 let status = h.status();
-                let empty = h.value(b"content-length").is_some_and(|v| v.trim_ascii() == b"0");
+                let content_length = h.value(b"content-length");
+                let empty = content_length.as_deref().is_some_and(|v| v.trim_ascii() == b"0");
+                let framing =
+                    from_origin.then(|| Framing { content_length, transfer_encoding: h.value(b"transfer-encoding") });
                 TxnShared::release(&h);
-                (n, empty || status == 204 || status == 304 || (100..200).contains(&status))
+                (n, self.head || empty || status == 204 || status == 304 || (100..200).contains(&status), framing)
             })
-            .unwrap_or((0, true));
+            .unwrap_or((0, true, from_origin.then(Framing::default)));
+        if from_origin {
+            self.response_framing = framing;
+        }
         let Some(chain) = self.chain.as_mut() else { return Next::Reenable { error: false } };
         let flow = chain.on_response_headers(count, eos);
         self.response_headers_flow(flow)

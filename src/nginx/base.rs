@@ -69,17 +69,24 @@ pub fn log(level: LogLevel, message: &str) {
         eprintln!("{message}");
         return;
     }
-    let lvl = ngx_level(level);
+    if !log_enabled(level) {
+        return;
+    }
     // SAFETY: `log` is the live cycle log; "%*s" takes a length and a pointer,
     // and the message outlives the call.
-    unsafe {
-        if (*log).log_level < lvl
-            && !(lvl == NGX_LOG_DEBUG as ngx_uint_t && (*log).log_level & NGX_LOG_DEBUG_HTTP as ngx_uint_t != 0)
-        {
-            return;
-        }
-        ngx_log_error_core(lvl, log, 0, cstr(b"%*s\0"), message.len(), message.as_ptr());
+    unsafe { ngx_log_error_core(ngx_level(level), log, 0, cstr(b"%*s\0"), message.len(), message.as_ptr()) };
+}
+
+/// Whether a line at `level` would be written (callers skip formatting it otherwise).
+pub fn log_enabled(level: LogLevel) -> bool {
+    let log = cycle_log();
+    if log.is_null() {
+        return true;
     }
+    let lvl = ngx_level(level);
+    // SAFETY: `log` is the live cycle log.
+    let configured = unsafe { (*log).log_level };
+    configured >= lvl || (lvl == NGX_LOG_DEBUG as ngx_uint_t && configured & NGX_LOG_DEBUG_HTTP as ngx_uint_t != 0)
 }
 
 /// The plugin log threshold, from the error_log level.

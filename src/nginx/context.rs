@@ -147,6 +147,9 @@ impl ChainServer for NgxChain {
     }
 
     fn log(&self, plugin: &str, level: LogLevel, message: &str) {
+        if !super::base::log_enabled(level) {
+            return;
+        }
         if plugin.is_empty() {
             log(level, &format!("[proxy_wasm] {message}"));
         } else {

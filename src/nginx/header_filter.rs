@@ -24,6 +24,8 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
         if ctx.response_started.replace(true) {
             return next_header(r);
         }
+        // The pairs are counted only for a chain that takes the response headers.
+        let takes = ctx.with_chain(|c| c.filters(Phase::ResponseHeaders)).unwrap_or(false);
         // SAFETY: live request.
         let (count, eos, length) = unsafe {
             let s = (*r).headers_out.status;
@@ -31,7 +33,7 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
             let length =
                 (!header_only).then_some((*r).headers_out.content_length_n).and_then(|n| u64::try_from(n).ok());
             (
-                hdr::response_pair_count(r),
+                if takes { hdr::response_pair_count(r) } else { 0 },
                 header_only
                     || (*r).headers_out.content_length_n == 0
                     || s == 204
