@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex, Once};
 use super::server::log;
 use super::sys::*;
 use crate::abi::LogLevel;
+// Jobs run on task threads, where a plugin's HTTP calls may block.
 use crate::chain::extism::jobs::{jobs_of, Job};
 use crate::chain::EntityLink;
+use crate::extism::http::off_the_event_loop;
 
 const NEW: u8 = 0;
 const FIRST: u8 = 1;
@@ -99,7 +101,7 @@ unsafe fn stop_one(contp: TSCont) {
         TSMutexUnlock(mutex);
         let job = Box::from_raw(data);
         let id = job.job.entity.plugin.id.clone();
-        match job.job.stop() {
+        match off_the_event_loop(|| job.job.stop()) {
             Ok(()) => log(LogLevel::Info, &format!("[proxy_wasm] otoroshi job {id} stopped")),
             Err(e) => log(LogLevel::Error, &e),
         }
@@ -115,7 +117,7 @@ extern "C" fn on_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c
         let (delay, every) = (job.job.initial_delay, job.job.interval);
         let next = match job.state.load(Ordering::Acquire) {
             NEW => {
-                if let Err(e) = job.job.start() {
+                if let Err(e) = off_the_event_loop(|| job.job.start()) {
                     log(LogLevel::Error, &e);
                 }
                 if delay.is_zero() {
@@ -125,7 +127,7 @@ extern "C" fn on_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c
                 }
             }
             state => {
-                if let Err(e) = job.job.run() {
+                if let Err(e) = off_the_event_loop(|| job.job.run()) {
                     log(LogLevel::Error, &e);
                 }
                 if state == FIRST {

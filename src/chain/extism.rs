@@ -31,7 +31,7 @@ use crate::extism::call::CallError;
 use crate::extism::entity::document::Settings;
 use crate::extism::entity::Entity;
 use crate::extism::entity::Step;
-use crate::extism::http::BlockingHttpClient;
+use crate::extism::http::{off_the_event_loop, OffLoopHttpClient};
 use crate::extism::opa::{decide, OpaError, OpaVerdict};
 use crate::extism::plugin::{engine, load_entities, ExtismPlugin, Kind, PluginError, Pool};
 use crate::extism::state::{ExtismHost, Services};
@@ -175,8 +175,8 @@ pub const DATA_CAP: u64 = 16 << 20;
 /// on the runtime of the load's first Proxy-Wasm plugin, else on Wasmtime. The data store is the
 /// process's (NGINX: the shared-memory zone's, all workers; Traffic Server: all threads), the maps
 /// are the process's (one NGINX worker, or all Traffic Server threads); `http_request` and
-/// `proxy_http_call` go through [`BlockingHttpClient`] (`http://` only), which only runs off the
-/// event loop: the calls of an entity that imports them run on the server's threads.
+/// `proxy_http_call` go through [`OffLoopHttpClient`] (`http://` only), which only calls out off
+/// the event loop: the calls of an entity that imports them run on the server's threads.
 ///
 /// # Errors
 /// The first entity that cannot run, by id: a module that cannot be read or compiled, an import
@@ -196,7 +196,7 @@ pub fn load_entity_links(
     let engine = engine(runtime).ok_or(PluginError::Runtime(runtime))?;
     let services = Arc::new(Services {
         host,
-        http: Some(Arc::new(BlockingHttpClient)),
+        http: Some(Arc::new(OffLoopHttpClient)),
         // This process's: an NGINX worker installs the shared-memory zone's data store first.
         datastore: crate::extism::otoroshi::datastore::process_datastore(),
         maps: crate::extism::otoroshi::maps::process_maps(),
@@ -327,12 +327,13 @@ fn call_step(
     let work = {
         let (entity, slot, export, input) = (entity.clone(), slot.clone(), entity.export(f).to_owned(), input());
         Box::new(move || {
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| entity.call(&export, &input))).unwrap_or_else(|_| {
-                Err(CallError::Trap {
-                    trap: Trap::new("internal error (panic) in the plugin's call off the event loop"),
-                    error: None,
-                })
-            });
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| off_the_event_loop(|| entity.call(&export, &input))))
+                .unwrap_or_else(|_| {
+                    Err(CallError::Trap {
+                        trap: Trap::new("internal error (panic) in the plugin's call off the event loop"),
+                        error: None,
+                    })
+                });
             *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         })
     };

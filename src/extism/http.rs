@@ -288,6 +288,43 @@ impl OtoroshiHosts {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BlockingHttpClient;
 
+thread_local! {
+    /// This thread runs a plugin call where it may block: off the server's event loop.
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a plugin call on a thread pool or task thread) with blocking HTTP calls allowed.
+pub fn off_the_event_loop<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MAY_BLOCK.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(MAY_BLOCK.with(|b| b.replace(true)));
+    f()
+}
+
+/// The client of plugin calls ([`BlockingHttpClient`]) that refuses to block: a call made where
+/// the server runs the plugin on its event loop (MatchRoute and Router, which decide the route
+/// before anything can wait; an NGINX job on its worker's timer) fails at once instead, so no
+/// Extism call blocks an event loop. The steps the chain can wait for run off the event loop
+/// ([`off_the_event_loop`]) and call out.
+pub struct OffLoopHttpClient;
+
+impl HttpClient for OffLoopHttpClient {
+    fn send(&self, request: &OutgoingRequest) -> Result<IncomingResponse, HttpError> {
+        if !MAY_BLOCK.with(std::cell::Cell::get) {
+            return Err(HttpError::Unsupported(format!(
+                "{}: this plugin call runs on the server's event loop (MatchRoute, Router, an NGINX job), \
+                 where an HTTP call would block every request; the call is refused",
+                request.url
+            )));
+        }
+        BlockingHttpClient.send(request)
+    }
+}
+
 impl HttpClient for BlockingHttpClient {
     fn send(&self, request: &OutgoingRequest) -> Result<IncomingResponse, HttpError> {
         let url = Url::parse(&request.url)?;
@@ -340,6 +377,28 @@ impl HttpClient for BlockingHttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_calls_refuse_to_block_unless_off_the_event_loop() {
+        // A port nothing listens on: off the event loop the call is made (and fails to connect).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let request = OutgoingRequest {
+            method: "GET".into(),
+            url: format!("http://127.0.0.1:{port}/x"),
+            headers: Vec::new(),
+            body: None,
+            timeout: Duration::from_secs(2),
+            follow_redirects: false,
+            max_response_size: 1024,
+        };
+        match OffLoopHttpClient.send(&request) {
+            Err(HttpError::Unsupported(m)) => assert!(m.contains("runs on the server's event loop"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(off_the_event_loop(|| OffLoopHttpClient.send(&request)), Err(HttpError::Connect(_))));
+        // The permission ends with the call.
+        assert!(matches!(OffLoopHttpClient.send(&request), Err(HttpError::Unsupported(_))));
+    }
 
     #[test]
     fn urls_are_split_into_host_port_and_path() {
