@@ -77,7 +77,31 @@ fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
     s.send(&req.timeout(Duration::from_secs(20))).unwrap_or_else(|e| panic!("{}: {e}\n{}", S::NAME, s.log_report()))
 }
 
+/// examples/otoroshi/files.json as exported, its module and folder made absolute (the harness
+/// writes the entity into the server's own configuration folder).
+fn example_yaml() -> (String, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("examples/otoroshi/files.json")).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc["config"]["source"]["path"] = "@REPO@/build/plugins/otoroshi_rust_files.wasm".into();
+    let folder = root.join("examples/otoroshi/files-data").display().to_string();
+    doc["config"]["allowedPaths"] = serde_json::json!({ folder: "/data" });
+    let id = doc["id"].as_str().unwrap().to_owned();
+    (id, format!("otoroshi:\n  runtime: wasmtime\nwasm_plugins:\n  - {doc}\n"))
+}
+
 e2e::server::for_each_server! {
+
+#[test]
+fn the_files_example_allows_and_denies_by_its_folders_files() {
+    let origin = Origin::start();
+    let (id, yaml) = example_yaml();
+    let s = <Server as ServerUnderTest>::start(Setup::new("oto-files-example", origin.port()).workers(1).plugin(&id, yaml));
+    assert_eq!(send(&s, Request::get("/files/allow.txt")).status, 200, "{}", s.log_report());
+    let r = send(&s, Request::get("/files/deny.txt").header("accept", "application/json"));
+    assert_eq!(r.status, 403, "{}\n{}", r.body_str(), s.log_report());
+    assert!(r.body_str().contains("/data/deny.txt says deny"), "{}", r.body_str());
+}
 
 #[test]
 fn a_plugin_reads_a_file_of_its_allowed_folder_with_std_fs() {
