@@ -92,14 +92,14 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     .unwrap_or(ptr::null_mut())
 }
 
-/// The main configuration while the http block is being read.
+/// The main configuration while the http block is being read (the `ngx` crate's typed lookup of
+/// the module's slot; null if nginx has none).
 unsafe fn main_conf_of(cf: *mut ngx_conf_t) -> *mut MainConf {
-    // SAFETY: inside the http block `cf->ctx` is an ngx_http_conf_ctx_t whose
-    // main_conf array has a slot for every HTTP module.
-    unsafe {
-        let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-        *(*ctx).main_conf.add(super::base::ctx_index()) as *mut MainConf
-    }
+    use ngx::http::HttpModuleConfExt;
+    // SAFETY: inside the http block `cf->ctx` is an ngx_http_conf_ctx_t whose main_conf array has
+    // a slot for every HTTP module; ours holds the MainConf made by create_main_conf.
+    unsafe { (*cf).http_main_conf_unchecked::<MainConf>(&*super::base::module()) }
+        .map_or(ptr::null_mut(), std::ptr::NonNull::as_ptr)
 }
 
 /// A string for nginx's configuration error reporting: allocated in the
@@ -218,9 +218,14 @@ pub unsafe extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_
 
 pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut c_void, conf: *mut c_void) -> *mut c_char {
     catch(|| {
-        // SAFETY: both are LocConf made by create_loc_conf; the main conf exists.
-        let (prev, loc, main) =
-            unsafe { (&*(prev as *const LocConf), &mut *(conf as *mut LocConf), &*main_conf_of(cf)) };
+        // SAFETY: nginx merges location configurations inside the http block.
+        let main = unsafe { main_conf_of(cf) };
+        if main.is_null() {
+            // SAFETY: the live configuration context nginx passed.
+            return unsafe { conf_error(cf, "proxy_wasm: the http block's configuration is missing") };
+        }
+        // SAFETY: both are LocConf made by create_loc_conf; the main conf was checked above.
+        let (prev, loc, main) = unsafe { (&*(prev as *const LocConf), &mut *(conf as *mut LocConf), &*main) };
         if loc.names.is_none() {
             loc.names = prev.names.clone();
         }
