@@ -111,6 +111,27 @@ publish() {
 elapsed() { echo "$(( $(date +%s%N) / 1000000 - $1 )) ms"; }
 now_ms() { echo "$(( $(date +%s%N) / 1000000 ))"; }
 
+# plugin_cargo DIR TARGET_DIR CARGO-ARGS...: Debian's cargo (PLUGIN_CARGO, with PLUGIN_RUSTC) in
+# DIR, building into TARGET_DIR. Settings meant for the host crate (env or the repo's
+# .cargo/config.toml: wrappers, rustflags, target) are neutralised; Debian's cargo 1.65 needs the
+# sparse index switched on explicitly (nightly-gated there); callers pass --locked to keep the
+# committed Cargo.lock as is.
+plugin_cargo() {
+    local dir=$1 target_dir=$2
+    shift 2
+    (
+        cd "$dir"
+        env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
+            RUSTC_WRAPPER= CARGO_BUILD_RUSTC_WRAPPER= CARGO_BUILD_RUSTFLAGS= \
+            RUSTC="$PLUGIN_RUSTC" \
+            CARGO_TARGET_DIR="$target_dir" \
+            __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly \
+            CARGO_UNSTABLE_SPARSE_REGISTRY=true \
+            CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
+            "$PLUGIN_CARGO" "$@"
+    )
+}
+
 # build_rust_crate DIR CRATE_LIB_NAME LABEL: a Rust-SDK crate to $out_dir/<lib name>.wasm
 build_rust_crate() {
     local rust_dir="$1" lib="$2" label="$3"
@@ -130,21 +151,7 @@ build_rust_crate() {
 
     local t0; t0="$(now_ms)"
     log "$label: building with $("$PLUGIN_RUSTC" --version)"
-    # Debian's cargo 1.65 needs the sparse index switched on explicitly
-    # (nightly-gated there); --locked keeps the committed Cargo.lock as is.
-    (
-        cd "$rust_dir"
-        # Neutralise settings meant for the host crate (env or the repo's
-        # .cargo/config.toml): wrappers, rustflags, target-dir.
-        env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
-            RUSTC_WRAPPER= CARGO_BUILD_RUSTC_WRAPPER= CARGO_BUILD_RUSTFLAGS= \
-            RUSTC="$PLUGIN_RUSTC" \
-            CARGO_TARGET_DIR="$target_dir" \
-            __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly \
-            CARGO_UNSTABLE_SPARSE_REGISTRY=true \
-            CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
-            "$PLUGIN_CARGO" build --release --locked --target wasm32-wasi
-    )
+    plugin_cargo "$rust_dir" "$target_dir" build --release --locked --target wasm32-wasi
     local built="$target_dir/wasm32-wasi/release/$lib.wasm"
     [ -f "$built" ] || die "cargo did not produce $built"
     cp -f "$built" "$out.tmp"
@@ -184,18 +191,8 @@ build_rust_sdks() {
             || die "$PLUGIN_RUSTC has no $target std (apt-get install -y libstd-rust-dev-wasm32)"
         t0="$(now_ms)"
         log "rust-sdk-filter (SDK $version): building for $target"
-        (
-            cd "$dir"
-            # shellcheck disable=SC2086
-            env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
-                RUSTC_WRAPPER= CARGO_BUILD_RUSTC_WRAPPER= CARGO_BUILD_RUSTFLAGS= \
-                RUSTC="$PLUGIN_RUSTC" \
-                CARGO_TARGET_DIR="$target_dir/sdk-$version" \
-                __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly \
-                CARGO_UNSTABLE_SPARSE_REGISTRY=true \
-                CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
-                "$PLUGIN_CARGO" build --release --locked $flags
-        )
+        # shellcheck disable=SC2086
+        plugin_cargo "$dir" "$target_dir/sdk-$version" build --release --locked $flags
         built="$target_dir/sdk-$version/$target/release/$lib.wasm"
         [ -f "$built" ] || die "cargo did not produce $built"
         cp -f "$built" "$out.tmp"
@@ -402,29 +399,9 @@ build_oto_rust() {
         || die "$PLUGIN_RUSTC has no wasm32-unknown-unknown std (apt-get install -y libstd-rust-dev-wasm32)"
     local t0; t0="$(now_ms)"
     log "otoroshi-rust: building with $("$PLUGIN_RUSTC" --version)"
-    (
-        cd "$dir"
-        env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
-            RUSTC_WRAPPER= CARGO_BUILD_RUSTC_WRAPPER= CARGO_BUILD_RUSTFLAGS= \
-            RUSTC="$PLUGIN_RUSTC" \
-            CARGO_TARGET_DIR="$target_dir" \
-            __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly \
-            CARGO_UNSTABLE_SPARSE_REGISTRY=true \
-            CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
-            "$PLUGIN_CARGO" build --release --locked --target wasm32-unknown-unknown --lib --examples
-    )
+    plugin_cargo "$dir" "$target_dir" build --release --locked --target wasm32-unknown-unknown --lib --examples
     # The WASI example (std::fs through allowedPaths) needs wasm32-wasi's std.
-    (
-        cd "$dir"
-        env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
-            RUSTC_WRAPPER= CARGO_BUILD_RUSTC_WRAPPER= CARGO_BUILD_RUSTFLAGS= \
-            RUSTC="$PLUGIN_RUSTC" \
-            CARGO_TARGET_DIR="$target_dir" \
-            __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly \
-            CARGO_UNSTABLE_SPARSE_REGISTRY=true \
-            CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
-            "$PLUGIN_CARGO" build --release --locked --target wasm32-wasi --example files
-    )
+    plugin_cargo "$dir" "$target_dir" build --release --locked --target wasm32-wasi --example files
     local rel="$target_dir/wasm32-unknown-unknown/release"
     local pairs=("$rel/otoroshi_rust.wasm:otoroshi_rust" "$rel/examples/host.wasm:otoroshi_rust_host")
     pairs+=("$target_dir/wasm32-wasi/release/examples/files.wasm:otoroshi_rust_files")
