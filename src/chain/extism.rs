@@ -350,6 +350,23 @@ fn call_step(
     }
 }
 
+/// [`call_step`] for a step that acts on its output: the output (or the call's error that is not
+/// a trap: Otoroshi's error forms read it), or what the step ends with: the link failed by a trap,
+/// or the call gone off the event loop.
+fn step_output(
+    entity: &Arc<EntityLink>,
+    off: &Offload<'_>,
+    es: &mut ExtismStream,
+    f: StepFunction,
+    input: impl FnOnce() -> Vec<u8>,
+) -> Result<Result<Vec<u8>, CallError>, StepResult> {
+    match call_step(entity, off, es, f, input) {
+        Called::Done(Err(CallError::Trap { trap, .. })) => Err(failed(entity, f, trap)),
+        Called::Done(out) => Ok(out),
+        Called::Stop(result) => Err(result),
+    }
+}
+
 /// What the entities of one transaction share: its id, snowflake and attributes (Otoroshi's
 /// request attributes, which every plugin's outputs change and later inputs carry). Made for
 /// every chain, so it costs nothing until an entity runs (id and snowflake are taken then).
@@ -475,13 +492,10 @@ fn request_headers(
                 let json = if step == Step::PreRoute { input::pre_route(&ctx) } else { input::access(&ctx) };
                 json.to_string().into_bytes()
             };
-            let out = match call_step(entity, off, es, f, json) {
-                Called::Done(out) => out,
-                Called::Stop(result) => return result,
+            let out = match step_output(entity, off, es, f, json) {
+                Ok(out) => out,
+                Err(end) => return end,
             };
-            if let Err(CallError::Trap { trap, .. }) = out {
-                return failed(entity, f, trap);
-            }
             let result = out.as_deref();
             if step == Step::PreRoute {
                 output::pre_route(result, &mut tx.attrs)
@@ -589,13 +603,10 @@ fn call_backend(
         attrs: &attrs,
     };
     let json = || input::call_backend(&ctx, &backend, &request, body).to_string().into_bytes();
-    let out = match call_step(entity, off, es, f, json) {
-        Called::Done(out) => out,
-        Called::Stop(result) => return result,
+    let out = match step_output(entity, off, es, f, json) {
+        Ok(out) => out,
+        Err(end) => return end,
     };
-    if let Err(CallError::Trap { trap, .. }) = out {
-        return failed(entity, f, trap);
-    }
     match output::call_backend(out.as_deref(), &mut tx.attrs) {
         BackendVerdict::Delegate => StepResult::Continue(None),
         BackendVerdict::Respond(r) => local(entity, r),
@@ -629,13 +640,10 @@ fn transform_request(
         attrs: &attrs,
     };
     let json = || input::transform_request(&ctx, &raw, &otoroshi, body).to_string().into_bytes();
-    let out = match call_step(entity, off, es, f, json) {
-        Called::Done(out) => out,
-        Called::Stop(result) => return result,
+    let out = match step_output(entity, off, es, f, json) {
+        Ok(out) => out,
+        Err(end) => return end,
     };
-    if let Err(CallError::Trap { trap, .. }) = out {
-        return failed(entity, f, trap);
-    }
     match output::transform_request(out.as_deref(), &mut tx.attrs) {
         RequestVerdict::Respond(r) => local(entity, r),
         RequestVerdict::Continue(changes) => match steps_stream::apply_request(es.stream.as_mut(), changes) {

@@ -12,14 +12,13 @@
 //! Both answers are the chain's local response (`otoroshi_wasm:<id>`); a trap fails the link
 //! under the chain's failure policy, a failed call is Otoroshi's 500.
 
-use crate::extism::call::CallError;
+use std::sync::Arc;
+
 use crate::extism::entity::Step;
 use crate::extism::steps::input::{self, SinkReason};
 use crate::extism::steps::{output, stream as steps_stream, StepFunction};
 
-use std::sync::Arc;
-
-use super::{call_step, failed, local, unreadable, Called, EntityLink, ExtismStream, Offload, StepResult, Transaction};
+use super::{local, step_output, unreadable, EntityLink, ExtismStream, Offload, StepResult, Transaction};
 
 /// Whether the entity answers requests itself: its request-body steps run at the request headers
 /// when no body follows.
@@ -70,13 +69,10 @@ fn sink(
     if !es.is_done(StepFunction::SinkMatches) {
         let f = StepFunction::SinkMatches;
         let json = || input::sink_matches(&snowflake, &request, config, &attrs, &reason).to_string().into_bytes();
-        let out = match call_step(entity, off, es, f, json) {
-            Called::Done(out) => out,
-            Called::Stop(result) => return result,
+        let out = match step_output(entity, off, es, f, json) {
+            Ok(out) => out,
+            Err(end) => return end,
         };
-        if let Err(CallError::Trap { trap, .. }) = out {
-            return failed(entity, f, trap);
-        }
         if !output::sink_matches(out.as_deref(), &mut tx.attrs) {
             return StepResult::Continue(None);
         }
@@ -85,13 +81,10 @@ fn sink(
     let attrs = tx.attrs.json();
     let f = StepFunction::SinkHandle;
     let json = || input::sink_handle(&snowflake, &request, config, &attrs, &reason, body).to_string().into_bytes();
-    let out = match call_step(entity, off, es, f, json) {
-        Called::Done(out) => out,
-        Called::Stop(result) => return result,
+    let out = match step_output(entity, off, es, f, json) {
+        Ok(out) => out,
+        Err(end) => return end,
     };
-    if let Err(CallError::Trap { trap, .. }) = out {
-        return failed(entity, f, trap);
-    }
     local(entity, output::sink_handle(out.as_deref(), &mut tx.attrs))
 }
 
@@ -107,12 +100,9 @@ fn handle_request(
         return unreadable(entity, f, "request headers");
     };
     let json = || input::handle_request(&request, body).to_string().into_bytes();
-    let out = match call_step(entity, off, es, f, json) {
-        Called::Done(out) => out,
-        Called::Stop(result) => return result,
+    let out = match step_output(entity, off, es, f, json) {
+        Ok(out) => out,
+        Err(end) => return end,
     };
-    if let Err(CallError::Trap { trap, .. }) = out {
-        return failed(entity, f, trap);
-    }
     local(entity, output::handle_request(out.as_deref()))
 }
