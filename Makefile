@@ -20,31 +20,30 @@ deps:
 ## build: the Traffic Server plugin, the host library with its C API, and every test plugin (release).
 build: deps plugins nginx-src
 	@mkdir -p build
-	$(CARGO) build --release --locked --features ats
-	$(call install_so,target/release/libproxy_wasm_host.so,build/proxy_wasm_ats.so)
-	NGINX_SOURCE_DIR=$(NGINX_SRC) NGINX_BUILD_DIR=$(NGINX_SRC)/objs $(CARGO) build --release --locked --features nginx
-	$(call install_so,target/release/libproxy_wasm_host.so,build/ngx_http_proxy_wasm_module.so)
-	$(CARGO) build --release --locked
+	$(NGINX_ENV) $(CARGO) build --release --locked --workspace
+	$(call install_so,target/release/libproxy_wasm_ats.so,build/proxy_wasm_ats.so)
+	$(call install_so,target/release/libngx_http_proxy_wasm_module.so,build/ngx_http_proxy_wasm_module.so)
 	$(call install_so,target/release/libproxy_wasm_host.so,build/libproxy_wasm_host.so)
 	@echo "built build/proxy_wasm_ats.so, build/ngx_http_proxy_wasm_module.so, build/libproxy_wasm_host.so (C header: include/proxy_wasm_host.h) and build/plugins/*.wasm"
 
 ## ats: the Traffic Server plugin (debug build, for the tests) at build/proxy_wasm_ats.so.
 ats: deps
 	@mkdir -p build
-	$(CARGO) build --locked --features ats
-	$(call install_so,target/debug/libproxy_wasm_host.so,build/proxy_wasm_ats.so)
+	$(CARGO) build --locked -p proxy-wasm-ats
+	$(call install_so,target/debug/libproxy_wasm_ats.so,build/proxy_wasm_ats.so)
 
 ## nginx-src: Debian's nginx 1.22.1 source kit (nginx-dev), configured with its own flags, in build/nginx-src.
 NGINX_SRC ?= $(CURDIR)/build/nginx-src
+# What the `ngx` crate needs to generate its bindings (servers/nginx).
+NGINX_ENV = NGINX_SOURCE_DIR=$(NGINX_SRC) NGINX_BUILD_DIR=$(NGINX_SRC)/objs
 nginx-src: deps
 	@bash scripts/nginx-src.sh $(NGINX_SRC) >/dev/null
 
 ## nginx: the NGINX dynamic module (debug build, for the tests) at build/ngx_http_proxy_wasm_module.so.
-## Copied right away: a plain `cargo build`/`cargo test` rebuilds the library without the feature.
 nginx: deps nginx-src
 	@mkdir -p build
-	NGINX_SOURCE_DIR=$(NGINX_SRC) NGINX_BUILD_DIR=$(NGINX_SRC)/objs $(CARGO) build --locked --features nginx
-	$(call install_so,target/debug/libproxy_wasm_host.so,build/ngx_http_proxy_wasm_module.so)
+	$(NGINX_ENV) $(CARGO) build --locked -p ngx-http-proxy-wasm-module
+	$(call install_so,target/debug/libngx_http_proxy_wasm_module.so,build/ngx_http_proxy_wasm_module.so)
 
 ## plugins: the test plugins into build/plugins/: the Rust-SDK filter with every Rust SDK release
 ## that builds here, the AssemblyScript filter with each AssemblyScript SDK release, the C filter
@@ -81,10 +80,10 @@ fuzz: deps
 bench: deps nginx-src
 	@bash scripts/build-plugins.sh bench rust otoroshi
 	@mkdir -p build/bench
-	$(CARGO) build --release --locked --features ats
-	$(call install_so,target/release/libproxy_wasm_host.so,build/bench/proxy_wasm_ats.so)
-	@if NGINX_SOURCE_DIR=$(NGINX_SRC) NGINX_BUILD_DIR=$(NGINX_SRC)/objs $(CARGO) build --release --locked --features nginx; then \
-	    cp target/release/libproxy_wasm_host.so build/bench/ngx_http_proxy_wasm_module.so; \
+	$(CARGO) build --release --locked -p proxy-wasm-ats
+	$(call install_so,target/release/libproxy_wasm_ats.so,build/bench/proxy_wasm_ats.so)
+	@if $(NGINX_ENV) $(CARGO) build --release --locked -p ngx-http-proxy-wasm-module; then \
+	    cp target/release/libngx_http_proxy_wasm_module.so build/bench/ngx_http_proxy_wasm_module.so; \
 	else echo "bench: the NGINX module does not build; its rows will say so"; rm -f build/bench/ngx_http_proxy_wasm_module.so; fi
 	bash scripts/bench.sh
 

@@ -1,15 +1,13 @@
 #!/usr/bin/env python3
-"""Module dependency graph of the crate, and the cycles in it.
+"""Module dependency graph of each crate of the workspace, and the cycles in it.
 
-Reads every `src/**/*.rs`, collects the paths it names (`crate::x`, `super::x`,
-`use crate::{a, b::c}` groups; comments, strings and `#[cfg(test)]` modules
-ignored: tests may reach any layer), and reports:
-
-* the edges and cycles between the top-level modules of `src/` (the core's layers);
-* the edges and cycles between the files of `src/nginx/` (`nginx` is its mod.rs).
+Reads every `.rs` file of the core (`src/`) and of each server binding (`servers/*/src/`),
+collects the paths it names (`crate::x`, `super::x`, `use crate::{a, b::c}` groups; comments,
+strings and `#[cfg(test)]` modules ignored: tests may reach any layer), and reports per crate
+the edges and cycles between its top-level modules (`lib` is the crate root's own items).
 
 Exit status 1 if any cycle is found, so CI can run it. Usage:
-    scripts/module-deps.py [--edges] [SRC_DIR]
+    scripts/module-deps.py [--edges] [CRATE_SRC_DIR]
 """
 import os
 import re
@@ -163,41 +161,62 @@ def report(title, nodes, edges, show_edges):
     return bool(found)
 
 
-def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    show_edges = "--edges" in sys.argv
-    src = args[0] if args else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
-    top, nginx = {}, {}
+# Crates whose cycles are reported but do not fail the run, and why (docs/adr/layers.md).
+NOT_ENFORCED = {
+    "servers/ats/src": "a transaction and its body transforms and task threads call each other; not untangled yet",
+}
+
+
+def crate_graph(src):
+    """Modules of the crate rooted at `src` (its top-level files and folders) and their edges.
+
+    `crate::x` is an edge to `x`; in a top-level file, `super::x` is an edge to the sibling `x`
+    or, for an item of the crate root (lib.rs), to `lib`. The root names its modules directly
+    (it declares them), so only its `self::`/`crate::` paths count.
+    """
+    edges = {}
     for root, _, files in os.walk(src):
         for f in files:
             if not f.endswith(".rs"):
                 continue
             path = os.path.join(root, f)
             rel = os.path.relpath(path, src).split(os.sep)
-            if rel[0] in ("lib.rs", "main.rs"):
-                continue
             code = strip(open(path, encoding="utf-8").read())
+            if rel[0] in ("lib.rs", "main.rs"):
+                edges.setdefault("lib", set()).update(refs(code, "crate") | refs(code, "self"))
+                continue
             mod = rel[0][:-3] if rel[0].endswith(".rs") else rel[0]
-            top.setdefault(mod, set()).update(r for r in refs(code, "crate") if r != mod)
-            if rel[0] == "nginx" and len(rel) == 2:
-                sub = "nginx" if rel[1] == "mod.rs" else rel[1][:-3]
-                deps = {"nginx" if r == "nginx" else r for r in refs(code, "crate::nginx")}
-                if sub == "nginx":
-                    deps |= refs(code, "self")
-                else:
-                    deps |= refs(code, "super") or set()
-                    deps |= {"nginx"} if re.search(r"\bsuper\s*::\s*(?!" + IDENT + r"\s*::)", code) and False else set()
-                nginx.setdefault(sub, set()).update(d for d in deps if d != sub)
-    top_nodes = set(top)
-    for a in top:
-        top[a] &= top_nodes
-    ng_nodes = set(nginx)
-    for a in nginx:
-        # `super::Item` (an item of nginx/mod.rs, not a sibling module) is an edge to `nginx`.
-        nginx[a] = {d if d in ng_nodes else "nginx" for d in nginx[a]} - {a}
-    bad = report("top-level modules of src/", top_nodes, top, show_edges)
-    if ng_nodes:
-        bad |= report("files of src/nginx/", ng_nodes, nginx, show_edges)
+            deps = refs(code, "crate")
+            if len(rel) == 1:
+                deps |= refs(code, "super")
+            edges.setdefault(mod, set()).update(d for d in deps if d != mod)
+    nodes = set(edges)
+    for a in edges:
+        edges[a] = {d if d in nodes else "lib" for d in edges[a]} - {a}
+    # The root declares every module: it is on top, not part of the layering below it.
+    has_lib_items = any("lib" in e for a, e in edges.items() if a != "lib")
+    if not has_lib_items:
+        nodes.discard("lib")
+        edges.pop("lib", None)
+    return nodes, edges
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    show_edges = "--edges" in sys.argv
+    top_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    crates = [args[0]] if args else [os.path.join(top_dir, "src")] + sorted(
+        os.path.join(top_dir, "servers", d, "src") for d in os.listdir(os.path.join(top_dir, "servers"))
+    )
+    bad = False
+    for src in crates:
+        nodes, edges = crate_graph(src)
+        name = os.path.relpath(src, top_dir)
+        found = report(f"modules of {name}/", nodes, edges, show_edges)
+        if found and name in NOT_ENFORCED:
+            print(f"  (not failing the run: {NOT_ENFORCED[name]})")
+            continue
+        bad |= found
     sys.exit(1 if bad else 0)
 
 

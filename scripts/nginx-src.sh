@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a configured NGINX source tree for building the NGINX module
-# (feature `nginx`, crate `ngx`) against Debian's nginx 1.22.1:
+# (crate `servers/nginx`, through the `ngx` crate) against Debian's nginx 1.22.1:
 #   build/nginx-src        copy of /usr/share/nginx/src (package nginx-dev)
 #   build/nginx-src/objs   what ./configure makes (ngx_auto_config.h, Makefile)
 # configured with Debian's own flags (conf_flags, which include --with-compat),
@@ -11,7 +11,7 @@
 #
 # To build against another NGINX, configure that tree yourself with the same
 # ./configure arguments as the nginx binary (`nginx -V`, keep --with-compat), then
-#   NGINX_SOURCE_DIR=<tree> NGINX_BUILD_DIR=<tree>/objs cargo build --release --features nginx
+#   NGINX_SOURCE_DIR=<tree> NGINX_BUILD_DIR=<tree>/objs cargo build --release -p ngx-http-proxy-wasm-module
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -21,8 +21,6 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod abi;
-#[cfg(feature = "ats")]
-pub mod ats;
 pub mod authorizations;
 pub mod cache_file;
 pub mod chain;
@@ -39,8 +37,6 @@ pub mod http_response;
 pub mod loader;
 pub mod metrics;
 pub mod module_cache;
-#[cfg(feature = "nginx")]
-pub mod nginx;
 pub mod plugin;
 pub mod remote_code;
 pub mod runtime;

@@ -60,7 +60,7 @@ impl PluginSet {
     }
 
     /// The chain's rules for plugin index `plugin` (a Proxy-Wasm plugin or an entity).
-    pub(crate) fn rules(&self, plugin: usize) -> super::extism::Rules<'_> {
+    pub fn rules(&self, plugin: usize) -> super::extism::Rules<'_> {
         match self.plugins.get(plugin) {
             Some(p) => super::extism::Rules {
                 name: &p.config.name,

@@ -299,6 +299,19 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         self.links.iter().any(|l| !l.failed && l.callbacks.has(phase))
     }
 
+    /// How many request body bytes a server may hold for this chain before the request gets 413:
+    /// the smallest `max_body_size` of the links that take the request body, with that plugin's
+    /// index in the set (`None`: no link takes it). A server that must hold the whole body
+    /// (Traffic Server, to send it on with its length; NGINX, to replace it) checks this.
+    pub fn request_body_limit(&self) -> Option<(u64, usize)> {
+        let set = self.vms.plugins();
+        self.links
+            .iter()
+            .filter(|l| !l.failed && l.callbacks.has(Phase::RequestBody))
+            .map(|l| (set.rules(l.plugin).max_body_size, l.plugin))
+            .min_by_key(|(limit, _)| *limit)
+    }
+
     /// The most body bytes of `direction` one link may hold (the smallest
     /// `max_body_size` of the links that take that body), for a server that
     /// reads a body whole before the chain sees it; `None`: no link takes it.

@@ -78,7 +78,7 @@ impl Signals {
 
     /// `proxy_continue_stream(direction)` from link `link`. Returns whether
     /// the server must schedule `Chain::resume`.
-    pub(crate) fn request_resume(&self, link: u32, direction: StreamType) -> bool {
+    pub fn request_resume(&self, link: u32, direction: StreamType) -> bool {
         if self.bits.load(Ordering::Acquire) & (DRIVING | WAITING | HOLDING) == 0 {
             // Nothing waits or holds a body: a no-op, which must not resume
             // a later pause.

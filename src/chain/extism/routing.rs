@@ -100,10 +100,23 @@ pub(super) fn gate(entity: &EntityLink, tx: &mut super::Transaction, request: &R
     }
 }
 
+/// The name a server gives an entity in its variables (NGINX: `$proxy_wasm_match_<name>`,
+/// `$proxy_wasm_route_<name>`): the plugin's id in lower case, with `_` for every character that
+/// is not an ASCII letter, digit or `_` (nginx's variable names allow no other).
+#[must_use]
+pub fn variable_name(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_ascii_lowercase() } else { '_' }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn ids_as_variable_names() {
+        assert_eq!(variable_name("wasm-plugin_Wasmo.Router"), "wasm_plugin_wasmo_router");
+    }
 
     #[test]
     fn the_first_target_of_the_found_route() {
