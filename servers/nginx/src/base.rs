@@ -28,10 +28,18 @@ pub(crate) fn module() -> *const ngx_module_t {
     std::ptr::addr_of!(ngx_http_proxy_wasm_module)
 }
 
-/// The module's index among the HTTP modules (its `ctx_index`).
-pub(crate) fn ctx_index() -> usize {
-    // SAFETY: nginx sets ctx_index once while reading the configuration, before any request.
-    unsafe { (*module()).ctx_index }
+/// The module for the `ngx` crate's typed glue (`ngx::http::HttpModule`): conf.rs names its
+/// main and location configuration types (`HttpModuleMainConf`, `HttpModuleLocationConf`), and
+/// nginx's per-module slots (configurations, a request's context) are read through it by type
+/// instead of by hand-written `ctx_index` arithmetic.
+pub(crate) struct ProxyWasmModule;
+
+impl ngx::http::HttpModule for ProxyWasmModule {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module's static (lib.rs), alive for the process; nginx writes its indexes
+        // only while reading the configuration, on this thread, never while this reference is used.
+        unsafe { &*module() }
+    }
 }
 
 /// A C string literal for nginx's format functions.

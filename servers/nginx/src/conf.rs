@@ -16,6 +16,9 @@ use std::path::PathBuf;
 use std::ptr;
 
 use ngx::ffi::*;
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
+
+use super::base::ProxyWasmModule;
 
 use proxy_wasm_host::config::PluginConfig;
 
@@ -92,19 +95,28 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     .unwrap_or(ptr::null_mut())
 }
 
-/// The main configuration while the http block is being read (the `ngx` crate's typed lookup of
-/// the module's slot; null if nginx has none).
+// SAFETY: the module's main configuration slot holds what `create_main_conf` returns, a MainConf.
+unsafe impl HttpModuleMainConf for ProxyWasmModule {
+    type MainConf = MainConf;
+}
+
+// SAFETY: the module's location configuration slots hold what `create_loc_conf` returns, LocConfs.
+unsafe impl HttpModuleLocationConf for ProxyWasmModule {
+    type LocationConf = LocConf;
+}
+
+/// The main configuration while the http block is being read (null if nginx has none).
+///
+/// # Safety
+/// `cf` is nginx's live configuration context, inside the http block.
 unsafe fn main_conf_of(cf: *mut ngx_conf_t) -> *mut MainConf {
-    use ngx::http::HttpModuleConfExt;
-    // SAFETY: inside the http block `cf->ctx` is an ngx_http_conf_ctx_t whose main_conf array has
-    // a slot for every HTTP module; ours holds the MainConf made by create_main_conf.
-    unsafe { (*cf).http_main_conf_unchecked::<MainConf>(&*super::base::module()) }
-        .map_or(ptr::null_mut(), std::ptr::NonNull::as_ptr)
+    // SAFETY: the caller's contract; `cf->ctx` is then an ngx_http_conf_ctx_t.
+    ProxyWasmModule::main_conf_mut(unsafe { &*cf }).map_or(ptr::null_mut(), |c| c as *mut MainConf)
 }
 
 /// A string for nginx's configuration error reporting: allocated in the
 /// configuration pool, NUL-terminated ("<message> in <file>:<line>" is added by nginx).
-unsafe fn conf_error(cf: *mut ngx_conf_t, message: &str) -> *mut c_char {
+pub(super) unsafe fn conf_error(cf: *mut ngx_conf_t, message: &str) -> *mut c_char {
     let bytes = message.replace('\0', " ");
     // SAFETY: the pool lives as long as the configuration cycle; we write
     // len + 1 bytes into a buffer of that size.

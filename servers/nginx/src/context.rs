@@ -202,12 +202,11 @@ fn keep_spare(mut ctx: Arc<ReqCtx>) {
 }
 
 pub fn get_ctx(r: *mut ngx_http_request_t) -> Option<&'static ReqCtx> {
-    // SAFETY: r->ctx has a slot per HTTP module; ours holds a pointer from
-    // Arc::into_raw, alive until the pool cleanup releases it.
-    unsafe {
-        let p = *(*r).ctx.add(super::base::ctx_index()) as *const ReqCtx;
-        p.as_ref()
-    }
+    use ngx::http::HttpModule;
+    // SAFETY: nginx's live request; r->ctx has a slot per HTTP module, ours null or a pointer
+    // from Arc::into_raw (phase.rs), alive until the pool cleanup releases it.
+    unsafe { ngx::http::Request::from_ngx_http_request(r) }
+        .get_module_ctx::<ReqCtx>(super::base::ProxyWasmModule::module())
 }
 
 /// A strong reference to the context behind an event's data (so that it

@@ -24,6 +24,7 @@
 //! call replaced (and freed) the first one's while nginx still held its
 //! timer and connection, and one VM's cancellation ended another's call.
 
+use ngx::http::HttpModuleLocationConf;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -115,11 +116,11 @@ fn http_resolver() -> Option<(*mut ngx_resolver_t, ngx_msec_t)> {
         if ctx.is_null() {
             return None;
         }
-        let clcf = *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
-        if clcf.is_null() || (*clcf).resolver.is_null() || (*(*clcf).resolver).connections.nelts == 0 {
+        let clcf = ngx::http::NgxHttpCoreModule::location_conf(&*ctx)?;
+        if clcf.resolver.is_null() || (*clcf.resolver).connections.nelts == 0 {
             return None;
         }
-        Some(((*clcf).resolver, (*clcf).resolver_timeout))
+        Some((clcf.resolver, clcf.resolver_timeout))
     }
 }
 

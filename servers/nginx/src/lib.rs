@@ -67,6 +67,7 @@ mod worker;
 use std::ptr::{addr_of, addr_of_mut};
 
 use ngx::ffi::*;
+use ngx::http::HttpModuleMainConf;
 
 pub use conf::{LocConf, MainConf};
 
@@ -142,15 +143,16 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         // handler arrays; the filter chain heads are nginx globals set up
         // during configuration (single-threaded).
         unsafe {
-            let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-            let cmcf = *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
-            let rewrite = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize].handlers)
+            let Some(cmcf) = ngx::http::NgxHttpCoreModule::main_conf_mut(&*cf) else {
+                return NGX_ERROR as ngx_int_t;
+            };
+            let rewrite = ngx_array_push(&mut cmcf.phases[ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize].handlers)
                 as *mut ngx_http_handler_pt;
             if rewrite.is_null() {
                 return NGX_ERROR as ngx_int_t;
             }
             *rewrite = Some(phase::rewrite_handler);
-            let log = ngx_array_push(&mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_LOG_PHASE as usize].handlers)
+            let log = ngx_array_push(&mut cmcf.phases[ngx_http_phases_NGX_HTTP_LOG_PHASE as usize].handlers)
                 as *mut ngx_http_handler_pt;
             if log.is_null() {
                 return NGX_ERROR as ngx_int_t;

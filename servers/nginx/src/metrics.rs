@@ -3,7 +3,8 @@
 use std::ffi::{c_char, c_void};
 use std::ptr;
 
-use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t, ngx_http_core_module};
+use ngx::ffi::{ngx_command_t, ngx_conf_t};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
 use proxy_wasm_host::abi::MetricType;
 use proxy_wasm_host::metrics::{MetricSnapshot, HISTOGRAM_BOUNDS};
@@ -75,9 +76,10 @@ pub unsafe extern "C" fn proxy_wasm_metrics(
         unsafe {
             let loc = &mut *(conf as *mut super::conf::LocConf);
             loc.metrics = true;
-            let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-            let clcf = *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
-            (*clcf).handler = Some(metrics_handler);
+            let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
+                return super::conf::conf_error(cf, "has no location to serve");
+            };
+            clcf.handler = Some(metrics_handler);
         }
         ptr::null_mut()
     })

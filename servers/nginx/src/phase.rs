@@ -15,19 +15,22 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 
-use super::base::{log, new_event};
+use super::base::{log, new_event, ProxyWasmModule};
 use super::context::{cleanup, ctx_of_event, get_ctx, new_ctx, NgxChain, NgxChainOf, ReqCtx};
 use super::headers as hdr;
 use super::local::answer_locally;
 use super::request_body::{self as body, BodyStep};
 use super::stream::NgxStream;
 use super::worker::{start_request, Start};
+use ngx::http::{HttpModule, HttpModuleLocationConf};
 use proxy_wasm_host::abi::{LogLevel, StreamType};
 use proxy_wasm_host::chain::{flow::failure_response, Chain, ChainError, Flow, Phase, Signals};
 
-fn loc_conf(r: *mut ngx_http_request_t) -> &'static super::conf::LocConf {
-    // SAFETY: loc_conf has a slot per HTTP module, ours a LocConf.
-    unsafe { &*(*(*r).loc_conf.add(super::base::ctx_index()) as *const super::conf::LocConf) }
+/// The chain configured for the request's location (`None`: none, or no configuration).
+fn location_chain(r: *mut ngx_http_request_t) -> Option<&'static [usize]> {
+    // SAFETY: nginx's live request: its loc_conf has a slot per HTTP module, ours a LocConf.
+    let lc = ProxyWasmModule::location_conf(unsafe { &*r })?;
+    (!lc.chain.is_empty()).then_some(lc.chain.as_slice())
 }
 
 /// The rewrite-phase handler (also re-entered by `ngx_http_core_run_phases`
@@ -41,12 +44,11 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
         let ctx = match get_ctx(r) {
             Some(c) => c,
             None => {
-                let lc = loc_conf(r);
-                if lc.chain.is_empty() {
+                let Some(chain) = location_chain(r) else {
                     return NGX_DECLINED as ngx_int_t;
-                }
+                };
                 // SAFETY: live main request without our context.
-                match unsafe { create_ctx(r, &lc.chain) } {
+                match unsafe { create_ctx(r, chain) } {
                     Created::Ctx(c) => c,
                     Created::Skip => return NGX_DECLINED as ngx_int_t,
                     Created::Refuse => return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t,
@@ -260,7 +262,7 @@ pub unsafe fn create_ctx(r: *mut ngx_http_request_t, chain: &[usize]) -> Created
         let raw = Arc::into_raw(ctx);
         (*cln).handler = Some(cleanup);
         (*cln).data = raw as *mut c_void;
-        *(*r).ctx.add(super::base::ctx_index()) = raw as *mut c_void;
+        ngx::http::Request::from_ngx_http_request(r).set_module_ctx(raw as *mut c_void, ProxyWasmModule::module());
         Created::Ctx(&*raw)
     }
 }

@@ -17,6 +17,7 @@ use ngx::ffi::*;
 use super::base::{log, new_event, WorkerVms};
 use super::conf::MainConf;
 use super::server::NgxServer;
+use ngx::http::HttpModuleMainConf;
 use proxy_wasm_host::abi::LogLevel;
 use proxy_wasm_host::chain::{
     Callbacks, Exclusive, GenerationError, GenerationHost, Generations, PluginSet, RecycleReason,
@@ -192,8 +193,7 @@ unsafe fn main_conf(cycle: *mut ngx_cycle_t) -> Option<&'static MainConf> {
         if ctx.is_null() {
             return None;
         }
-        let conf = *(*ctx).main_conf.add(super::base::ctx_index()) as *const MainConf;
-        conf.as_ref()
+        super::base::ProxyWasmModule::main_conf(&*ctx)
     }
 }
 
