@@ -21,7 +21,8 @@
 # (examples/otoroshi/access-control.json, each request carrying the `foo: bar`
 # it allows) built with the AssemblyScript PDK (`oto-wasmtime`) and with the
 # Rust PDK (`otors-wasmtime`), not in the default rows (`CG_ROWS="base
-# oto-wasmtime otors-wasmtime"`; `-wamr` runs them on WAMR).
+# oto-wasmtime otors-wasmtime"`; `-wamr` would run them on WAMR, but valgrind
+# stops WAMR's nginx with an illegal instruction here, as for the other rows).
 # Environment: CG_N1 [200], CG_N2 [1200], CG_ROWS (e.g. "base w2min-wasmtime"),
 # CG_WASM [build/plugins/bench_filter.wasm], CG_OTO_DIR [build/plugins] (the
 # templates' modules), CG_KEEP (a folder for the callgrind files).
