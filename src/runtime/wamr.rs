@@ -879,7 +879,10 @@ unsafe extern "C" fn trampoline<T>(exec_env: sys::wasm_exec_env_t, args: *mut u6
     }
     // SAFETY: `inner` is live (its call is running); the function is copied out of the table,
     // so the borrow ends here.
-    let typed = unsafe { (&(*inner).links).get(id).and_then(Option::as_ref).and_then(|l| l.typed) };
+    let typed = unsafe {
+        let links: &LinkTable<T> = &(*inner).links;
+        links.get(id).and_then(Option::as_ref).and_then(|l| l.typed)
+    };
     if let Some(f) = typed {
         let n = f.params().len();
         let mut slots = [0u64; 2];
