@@ -17,9 +17,15 @@
 #
 # Rows: base (no module), W2-min and W2-all (scripts/bench/*.wat) on
 # Wasmtime (wamr: `w2min-wamr`... in CG_ROWS), W2 (bench filter noop), W3
-# (bench filter w3).
+# (bench filter w3); and the Otoroshi access-control template of W3-oto
+# (examples/otoroshi/access-control.json, each request carrying the `foo: bar`
+# it allows) built with the AssemblyScript PDK (`oto-wasmtime`) and with the
+# Rust PDK (`otors-wasmtime`), not in the default rows (`CG_ROWS="base
+# oto-wasmtime otors-wasmtime"`; `-wamr` would run them on WAMR, but valgrind
+# stops WAMR's nginx with an illegal instruction here, as for the other rows).
 # Environment: CG_N1 [200], CG_N2 [1200], CG_ROWS (e.g. "base w2min-wasmtime"),
-# CG_WASM [build/plugins/bench_filter.wasm], CG_KEEP (a folder for the callgrind files).
+# CG_WASM [build/plugins/bench_filter.wasm], CG_OTO_DIR [build/plugins] (the
+# templates' modules), CG_KEEP (a folder for the callgrind files).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -28,6 +34,7 @@ so=$(readlink -f "$so")
 n1=${CG_N1:-200}
 n2=${CG_N2:-1200}
 wasm=${CG_WASM:-$repo/build/plugins/bench_filter.wasm}
+oto_dir=${CG_OTO_DIR:-$repo/build/plugins}
 rows=${CG_ROWS:-base w2min-wasmtime w2all-wasmtime w2-wasmtime w3-wasmtime}
 nginx=${NGINX:-/usr/sbin/nginx}
 dir=$(mktemp -d /tmp/callgrind-nginx.XXXXXX)
@@ -59,9 +66,22 @@ config:
 EOF
 }
 
+# oto_yaml FILE ID RUNTIME WASM: the access-control entity as exported, as id ID on RUNTIME
+# running WASM.
+oto_yaml() {
+    python3 - "$repo/examples/otoroshi/access-control.json" "$4" "$2" >"$1.json" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+doc["config"]["source"]["path"] = sys.argv[2]
+doc["id"] = sys.argv[3]
+print(json.dumps(doc))
+PY
+    printf 'otoroshi:\n  runtime: %s\nwasm_plugins:\n  - %s\n' "$3" "$(cat "$1.json")" >"$1"
+}
+
 # run ROW N: prints the instructions callgrind counted for nginx serving N requests.
 run() {
-    local row=$1 n=$2 d=$dir/$1-$2 port name rt code wl mod="" http="" loc=""
+    local row=$1 n=$2 d=$dir/$1-$2 port name rt code wl mod="" http="" loc="" hdr="X-Row: $1"
     mkdir -p "$d/logs"
     port=$(free_port)
     if [ "$row" != base ]; then
@@ -71,9 +91,14 @@ run() {
             w2all) code=$dir/w2_all.wasm wl=- ;;
             w2) code=$wasm wl=noop ;;
             w3) code=$wasm wl=w3 ;;
+            oto) code=$oto_dir/otoroshi_as_template_access_control.wasm ;;
+            otors) code=$oto_dir/otoroshi_rust_template_access_control.wasm ;;
             *) echo "unknown row $row" >&2; return 1 ;;
         esac
-        yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code"
+        case $name in
+            oto | otors) oto_yaml "$d/p.yaml" "$row" "$rt" "$code"; hdr="foo: bar" ;;
+            *) yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code" ;;
+        esac
         mod="load_module $so;" http="proxy_wasm_config $d/p.yaml;" loc="proxy_wasm $row;"
     fi
     cat >"$d/nginx.conf" <<EOF
@@ -105,8 +130,12 @@ EOF
         kill -0 "$pid" 2>/dev/null || { echo "$row: nginx exited: $(tail -n 5 "$d/logs/valgrind.out" "$d/logs/error.log")" >&2; return 1; }
         sleep 0.25
     done
-    # One connection, N requests (curl reuses it for a URL range).
-    curl -s -o /dev/null "http://127.0.0.1:$port/l/[1-$n]" || { echo "$row: curl failed" >&2; }
+    # One connection, N requests (curl reuses it for a URL range); every answer must be 200 (an
+    # access-control row that refused its requests would measure its refusals).
+    local codes
+    codes=$(curl -s -o /dev/null -w '%{http_code}\n' -H "$hdr" "http://127.0.0.1:$port/l/[1-$n]" | sort -u | tr '\n' ' ') ||
+        echo "$row: curl failed" >&2
+    [ "$codes" = "200 " ] || echo "$row: answers were $codes(expected 200 only)" >&2
     kill -TERM "$pid"
     wait "$pid" || true
     if [ -n "${CG_KEEP:-}" ]; then mkdir -p "$CG_KEEP" && cp "$d/cg.out" "$CG_KEEP/$row-$n.out"; fi

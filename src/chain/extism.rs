@@ -83,6 +83,8 @@ pub struct EntityLink {
     pub job: Option<crate::extism::entity::document::JobSettings>,
     pool: Mutex<Pool>,
     callbacks: Callbacks,
+    /// The `route` of its step inputs ([`RouteInfo::json`] as text): the same for every request.
+    route_json: String,
 }
 
 impl std::fmt::Debug for EntityLink {
@@ -98,6 +100,7 @@ impl EntityLink {
     #[must_use]
     pub fn new(plugin: Arc<ExtismPlugin>) -> EntityLink {
         let callbacks = Callbacks::of_steps(&plugin.steps);
+        let route_json = route_info(&plugin).json().to_string();
         EntityLink {
             pool: Mutex::new(Pool::new(plugin.clone())),
             plugin,
@@ -108,6 +111,7 @@ impl EntityLink {
             response_headers_at_body_end: false,
             job: None,
             callbacks,
+            route_json,
         }
     }
 
@@ -400,8 +404,9 @@ impl Transaction {
     }
 }
 
-fn route_of(entity: &EntityLink) -> RouteInfo {
-    RouteInfo { id: entity.plugin.id.clone(), name: entity.plugin.name.clone(), ..Default::default() }
+/// The route of an entity's step inputs: the server routes, so the entity names it.
+fn route_info(plugin: &ExtismPlugin) -> RouteInfo {
+    RouteInfo { id: plugin.id.clone(), name: plugin.name.clone(), ..Default::default() }
 }
 
 fn failed(entity: &EntityLink, f: StepFunction, trap: Trap) -> StepResult {
@@ -462,22 +467,20 @@ fn request_headers(
         }
         es.done |= 1 << StepFunction::MatchesRoute as u32;
     }
-    let route = route_of(entity);
     for (step, f) in [(Step::PreRoute, StepFunction::PreRoute), (Step::ValidateAccess, StepFunction::Access)] {
         if !entity.has(step) || es.is_done(f) {
             continue;
         }
-        let snowflake = tx.snowflake().to_owned();
-        let attrs = tx.attrs.json();
+        tx.snowflake();
         let ctx = input::Context {
-            snowflake: &snowflake,
+            snowflake: &tx.snowflake,
             request: &request,
-            route: &route,
-            config: &entity.plugin.context_json,
-            attrs: &attrs,
+            route: &entity.route_json,
+            config: &entity.plugin.context_text,
+            attrs: &tx.attrs.0,
         };
         let gate = if step == Step::ValidateAccess && entity.plugin.kind == Kind::Opa {
-            match entity.evaluate(input::access(&ctx).to_string().as_bytes()) {
+            match entity.evaluate(&input::access(&ctx)) {
                 Ok(result) => match decide(&result) {
                     OpaVerdict::Allowed => Gate::Continue,
                     OpaVerdict::Denied { status, message } => {
@@ -488,10 +491,7 @@ fn request_headers(
                 Err(e) => Gate::Respond(route::LocalResponse::otoroshi_error(400, &e.to_string(), &request.headers)),
             }
         } else {
-            let json = || {
-                let json = if step == Step::PreRoute { input::pre_route(&ctx) } else { input::access(&ctx) };
-                json.to_string().into_bytes()
-            };
+            let json = || if step == Step::PreRoute { input::pre_route(&ctx) } else { input::access(&ctx) };
             let out = match step_output(entity, off, es, f, json) {
                 Ok(out) => out,
                 Err(end) => return end,
@@ -591,18 +591,20 @@ fn call_backend(
     };
     let backend = backend_of(&now).json();
     let request = PluginRequest::from_view(&now, Some(backend.clone()));
-    let route = route_of(entity);
-    let snowflake = tx.snowflake().to_owned();
-    let attrs = tx.attrs.json();
-    let raw = es.raw_request.clone().unwrap_or_else(|| now.clone());
+    tx.snowflake();
+    // Written before the call (the call borrows the stream state the request is kept in): a step
+    // resumed after its call off the event loop writes it once more and does not use it.
+    let raw = es.raw_request.take();
     let ctx = input::Context {
-        snowflake: &snowflake,
-        request: &raw,
-        route: &route,
-        config: &entity.plugin.context_json,
-        attrs: &attrs,
+        snowflake: &tx.snowflake,
+        request: raw.as_ref().unwrap_or(&now),
+        route: &entity.route_json,
+        config: &entity.plugin.context_text,
+        attrs: &tx.attrs.0,
     };
-    let json = || input::call_backend(&ctx, &backend, &request, body).to_string().into_bytes();
+    let json = input::call_backend(&ctx, &backend, &request, body);
+    es.raw_request = raw;
+    let json = || json;
     let out = match step_output(entity, off, es, f, json) {
         Ok(out) => out,
         Err(end) => return end,
@@ -629,17 +631,15 @@ fn transform_request(
     };
     let raw = PluginRequest::from_view(es.raw_request.as_ref().unwrap_or(&now), None);
     let otoroshi = PluginRequest::from_view(&now, None);
-    let route = route_of(entity);
-    let snowflake = tx.snowflake().to_owned();
-    let attrs = tx.attrs.json();
+    tx.snowflake();
     let ctx = input::Context {
-        snowflake: &snowflake,
+        snowflake: &tx.snowflake,
         request: &now,
-        route: &route,
-        config: &entity.plugin.context_json,
-        attrs: &attrs,
+        route: &entity.route_json,
+        config: &entity.plugin.context_text,
+        attrs: &tx.attrs.0,
     };
-    let json = || input::transform_request(&ctx, &raw, &otoroshi, body).to_string().into_bytes();
+    let json = || input::transform_request(&ctx, &raw, &otoroshi, body);
     let out = match step_output(entity, off, es, f, json) {
         Ok(out) => out,
         Err(end) => return end,
@@ -668,17 +668,15 @@ pub(super) fn transform_response(
         es.response_done = true;
         return unreadable(entity, f, "response headers");
     };
-    let route = route_of(entity);
-    let snowflake = tx.snowflake().to_owned();
-    let attrs = tx.attrs.json();
+    tx.snowflake();
     let ctx = input::Context {
-        snowflake: &snowflake,
+        snowflake: &tx.snowflake,
         request: &request,
-        route: &route,
-        config: &entity.plugin.context_json,
-        attrs: &attrs,
+        route: &entity.route_json,
+        config: &entity.plugin.context_text,
+        attrs: &tx.attrs.0,
     };
-    let json = || input::transform_response(&ctx, &response, &response, body).to_string().into_bytes();
+    let json = || input::transform_response(&ctx, &response, &response, body);
     let out = match call_step(entity, off, es, f, json) {
         Called::Done(out) => out,
         Called::Stop(result) => return result,

@@ -7,10 +7,16 @@
 
 use super::authorizations::Requirement;
 use super::state::ExtismState;
-use crate::runtime::{FuncType, Trap, Val, ValType};
+use crate::runtime::{FuncType, HostFn, Trap, TypedFn, Val, ValType};
 
 /// A host function of the table.
-pub type ExtismFn = fn(&mut ExtismState, &[Val]) -> Result<Option<Val>, Trap>;
+#[derive(Clone, Copy)]
+pub enum ExtismFn {
+    /// Decodes its arguments; may end the call with a trap.
+    Vals(fn(&mut ExtismState, &[Val]) -> Result<Option<Val>, Trap>),
+    /// A kernel function: typed, never fails (the runtimes call it without value lists).
+    Typed(TypedFn<ExtismState>),
+}
 
 /// Where an entry is imported from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +59,26 @@ impl HostImport {
     #[must_use]
     pub fn ty(&self) -> FuncType {
         FuncType { params: self.params.to_vec(), results: self.results.to_vec() }
+    }
+
+    /// The entry as a runtime links it.
+    #[must_use]
+    pub fn host_fn(&self) -> HostFn<ExtismState> {
+        match self.func {
+            ExtismFn::Vals(f) => HostFn::State(f),
+            ExtismFn::Typed(t) => HostFn::Typed(t),
+        }
+    }
+
+    /// Runs the entry on a list of arguments.
+    ///
+    /// # Errors
+    /// The trap that ends the guest's call.
+    pub fn call(&self, st: &mut ExtismState, args: &[Val]) -> Result<Option<Val>, Trap> {
+        match self.func {
+            ExtismFn::Vals(f) => f(st, args),
+            ExtismFn::Typed(t) => t.call_vals(st, args),
+        }
     }
 }
 

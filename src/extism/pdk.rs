@@ -12,10 +12,10 @@
 
 use super::authorizations::Requirement;
 use super::http::{extism_host_allowed, OutgoingRequest, Url};
-use super::imports::{arg, i32_result, i64_result, none, HostImport, ImportModule, I32, I64, R};
+use super::imports::{arg, i32_result, i64_result, none, ExtismFn, HostImport, ImportModule, I32, I64, R};
 use super::state::ExtismState;
 use crate::abi::LogLevel;
-use crate::runtime::{Trap, Val};
+use crate::runtime::{Trap, TypedFn, Val};
 
 fn trap(message: impl Into<String>) -> Trap {
     Trap::new(message)
@@ -41,78 +41,72 @@ pub(crate) fn store(st: &mut ExtismState, data: &[u8]) -> Result<u64, Trap> {
     })
 }
 
-// Kernel functions.
+// Kernel functions: typed (the runtimes call them without value lists: a guest reads its input
+// 8 bytes per call), and they never fail. Handles, offsets and lengths are the guest's i64s.
 
-fn alloc(st: &mut ExtismState, a: &[Val]) -> R {
-    i64_result(st.kernel.alloc(arg(a, 0)))
+fn alloc(st: &mut ExtismState, n: i64) -> i64 {
+    st.kernel.alloc(n as u64) as i64
 }
-fn free(st: &mut ExtismState, a: &[Val]) -> R {
-    st.kernel.free(arg(a, 0));
-    none()
+fn free(st: &mut ExtismState, h: i64) {
+    st.kernel.free(h as u64);
 }
-fn length(st: &mut ExtismState, a: &[Val]) -> R {
-    i64_result(st.kernel.length(arg(a, 0)))
+fn length(st: &mut ExtismState, h: i64) -> i64 {
+    st.kernel.length(h as u64) as i64
 }
-fn length_unsafe(st: &mut ExtismState, a: &[Val]) -> R {
-    i64_result(st.kernel.length_unsafe(arg(a, 0)))
+fn length_unsafe(st: &mut ExtismState, h: i64) -> i64 {
+    st.kernel.length_unsafe(h as u64) as i64
 }
-fn load_u8(st: &mut ExtismState, a: &[Val]) -> R {
-    i32_result(i32::from(st.kernel.load_u8(arg(a, 0))))
+fn load_u8(st: &mut ExtismState, addr: i64) -> i32 {
+    i32::from(st.kernel.load_u8(addr as u64))
 }
-fn load_u64(st: &mut ExtismState, a: &[Val]) -> R {
-    i64_result(st.kernel.load_u64(arg(a, 0)))
+fn load_u64(st: &mut ExtismState, addr: i64) -> i64 {
+    st.kernel.load_u64(addr as u64) as i64
 }
-fn store_u8(st: &mut ExtismState, a: &[Val]) -> R {
-    st.kernel.store_u8(arg(a, 0), arg(a, 1) as u8);
-    none()
+fn store_u8(st: &mut ExtismState, addr: i64, byte: i32) {
+    st.kernel.store_u8(addr as u64, byte as u8);
 }
-fn store_u64(st: &mut ExtismState, a: &[Val]) -> R {
-    st.kernel.store_u64(arg(a, 0), arg(a, 1));
-    none()
+fn store_u64(st: &mut ExtismState, addr: i64, v: i64) {
+    st.kernel.store_u64(addr as u64, v as u64);
 }
-fn input_set(st: &mut ExtismState, a: &[Val]) -> R {
-    st.kernel.input_set(arg(a, 0), arg(a, 1));
-    none()
+fn input_set(st: &mut ExtismState, h: i64, len: i64) {
+    st.kernel.input_set(h as u64, len as u64);
 }
-fn output_set(st: &mut ExtismState, a: &[Val]) -> R {
-    st.kernel.output_set(arg(a, 0), arg(a, 1));
-    none()
+fn output_set(st: &mut ExtismState, h: i64, len: i64) {
+    st.kernel.output_set(h as u64, len as u64);
 }
-fn input_length(st: &mut ExtismState, _: &[Val]) -> R {
-    i64_result(st.kernel.input_length())
+fn input_length(st: &mut ExtismState) -> i64 {
+    st.kernel.input_length() as i64
 }
-fn input_offset(st: &mut ExtismState, _: &[Val]) -> R {
-    i64_result(st.kernel.input_offset())
+fn input_offset(st: &mut ExtismState) -> i64 {
+    st.kernel.input_offset() as i64
 }
-fn output_length(st: &mut ExtismState, _: &[Val]) -> R {
-    i64_result(st.kernel.output_length())
+fn output_length(st: &mut ExtismState) -> i64 {
+    st.kernel.output_length() as i64
 }
-fn output_offset(st: &mut ExtismState, _: &[Val]) -> R {
-    i64_result(st.kernel.output_offset())
+fn output_offset(st: &mut ExtismState) -> i64 {
+    st.kernel.output_offset() as i64
 }
-fn input_load_u8(st: &mut ExtismState, a: &[Val]) -> R {
-    i32_result(i32::from(st.kernel.input_load_u8(arg(a, 0))))
+fn input_load_u8(st: &mut ExtismState, offset: i64) -> i32 {
+    i32::from(st.kernel.input_load_u8(offset as u64))
 }
-fn input_load_u64(st: &mut ExtismState, a: &[Val]) -> R {
-    i64_result(st.kernel.input_load_u64(arg(a, 0)))
+fn input_load_u64(st: &mut ExtismState, offset: i64) -> i64 {
+    st.kernel.input_load_u64(offset as u64) as i64
 }
-fn reset(st: &mut ExtismState, _: &[Val]) -> R {
+fn reset(st: &mut ExtismState) {
     st.kernel.reset();
-    none()
 }
-fn error_set(st: &mut ExtismState, a: &[Val]) -> R {
-    st.kernel.error_set(arg(a, 0));
-    none()
+fn error_set(st: &mut ExtismState, h: i64) {
+    st.kernel.error_set(h as u64);
 }
-fn error_get(st: &mut ExtismState, _: &[Val]) -> R {
-    i64_result(st.kernel.error_get())
+fn error_get(st: &mut ExtismState) -> i64 {
+    st.kernel.error_get() as i64
 }
-fn memory_bytes(st: &mut ExtismState, _: &[Val]) -> R {
-    i64_result(st.kernel.memory_bytes())
+fn memory_bytes(st: &mut ExtismState) -> i64 {
+    st.kernel.memory_bytes() as i64
 }
 /// Before 1.0, `extism_memory_bytes` answered the allocator's position.
-fn legacy_memory_bytes(st: &mut ExtismState, _: &[Val]) -> R {
-    i64_result(st.kernel.position())
+fn legacy_memory_bytes(st: &mut ExtismState) -> i64 {
+    st.kernel.position() as i64
 }
 
 // Built-in host functions; `frees` is Extism 1.x's ownership rule.
@@ -275,14 +269,24 @@ wrappers! {
     legacy_log_error => log_with(LogLevel::Error) frees false;
 }
 
+/// A table entry's function: `[Variant] f` for a kernel function ([`TypedFn`]), else `f`.
+macro_rules! entry_fn {
+    ($variant:ident $func:ident) => {
+        ExtismFn::Typed(TypedFn::$variant($func))
+    };
+    ($func:ident) => {
+        ExtismFn::Vals($func)
+    };
+}
+
 macro_rules! table {
-    ($module:expr; $($name:literal => $func:ident ($($p:expr),*) -> ($($r:expr),*);)*) => {
+    ($module:expr; $($name:literal => $([$variant:ident])? $func:ident ($($p:expr),*) -> ($($r:expr),*);)*) => {
         &[$(HostImport {
             module: $module,
             name: $name,
             params: &[$($p),*],
             results: &[$($r),*],
-            func: $func,
+            func: entry_fn!($($variant)? $func),
             requires: Requirement::Always,
         }),*]
     };
@@ -290,26 +294,26 @@ macro_rules! table {
 
 /// Extism 1.x: module `extism:host/env`.
 pub static EXTISM_FUNCTIONS: &[HostImport] = table! { ImportModule::ExtismEnv;
-    "alloc" => alloc(I64) -> (I64);
-    "free" => free(I64) -> ();
-    "length" => length(I64) -> (I64);
-    "length_unsafe" => length_unsafe(I64) -> (I64);
-    "load_u8" => load_u8(I64) -> (I32);
-    "load_u64" => load_u64(I64) -> (I64);
-    "store_u8" => store_u8(I64, I32) -> ();
-    "store_u64" => store_u64(I64, I64) -> ();
-    "input_set" => input_set(I64, I64) -> ();
-    "output_set" => output_set(I64, I64) -> ();
-    "input_length" => input_length() -> (I64);
-    "input_offset" => input_offset() -> (I64);
-    "output_length" => output_length() -> (I64);
-    "output_offset" => output_offset() -> (I64);
-    "input_load_u8" => input_load_u8(I64) -> (I32);
-    "input_load_u64" => input_load_u64(I64) -> (I64);
-    "reset" => reset() -> ();
-    "error_set" => error_set(I64) -> ();
-    "error_get" => error_get() -> (I64);
-    "memory_bytes" => memory_bytes() -> (I64);
+    "alloc" => [I64ToI64] alloc(I64) -> (I64);
+    "free" => [I64] free(I64) -> ();
+    "length" => [I64ToI64] length(I64) -> (I64);
+    "length_unsafe" => [I64ToI64] length_unsafe(I64) -> (I64);
+    "load_u8" => [I64ToI32] load_u8(I64) -> (I32);
+    "load_u64" => [I64ToI64] load_u64(I64) -> (I64);
+    "store_u8" => [I64I32] store_u8(I64, I32) -> ();
+    "store_u64" => [I64I64] store_u64(I64, I64) -> ();
+    "input_set" => [I64I64] input_set(I64, I64) -> ();
+    "output_set" => [I64I64] output_set(I64, I64) -> ();
+    "input_length" => [ToI64] input_length() -> (I64);
+    "input_offset" => [ToI64] input_offset() -> (I64);
+    "output_length" => [ToI64] output_length() -> (I64);
+    "output_offset" => [ToI64] output_offset() -> (I64);
+    "input_load_u8" => [I64ToI32] input_load_u8(I64) -> (I32);
+    "input_load_u64" => [I64ToI64] input_load_u64(I64) -> (I64);
+    "reset" => [Unit] reset() -> ();
+    "error_set" => [I64] error_set(I64) -> ();
+    "error_get" => [ToI64] error_get() -> (I64);
+    "memory_bytes" => [ToI64] memory_bytes() -> (I64);
     "config_get" => config_get(I64) -> (I64);
     "var_get" => var_get(I64) -> (I64);
     "var_set" => var_set(I64, I64) -> ();
@@ -326,25 +330,25 @@ pub static EXTISM_FUNCTIONS: &[HostImport] = table! { ImportModule::ExtismEnv;
 
 /// Extism before 1.0: module `env`, names prefixed `extism_` (Extism ≤ 0.5, rust-pdk ≤ 0.3).
 pub static LEGACY_FUNCTIONS: &[HostImport] = table! { ImportModule::LegacyEnv;
-    "extism_alloc" => alloc(I64) -> (I64);
-    "extism_free" => free(I64) -> ();
-    "extism_length" => length(I64) -> (I64);
-    "extism_load_u8" => load_u8(I64) -> (I32);
-    "extism_load_u64" => load_u64(I64) -> (I64);
-    "extism_store_u8" => store_u8(I64, I32) -> ();
-    "extism_store_u64" => store_u64(I64, I64) -> ();
-    "extism_input_set" => input_set(I64, I64) -> ();
-    "extism_output_set" => output_set(I64, I64) -> ();
-    "extism_input_length" => input_length() -> (I64);
-    "extism_input_offset" => input_offset() -> (I64);
-    "extism_output_length" => output_length() -> (I64);
-    "extism_output_offset" => output_offset() -> (I64);
-    "extism_input_load_u8" => input_load_u8(I64) -> (I32);
-    "extism_input_load_u64" => input_load_u64(I64) -> (I64);
-    "extism_reset" => reset() -> ();
-    "extism_error_set" => error_set(I64) -> ();
-    "extism_error_get" => error_get() -> (I64);
-    "extism_memory_bytes" => legacy_memory_bytes() -> (I64);
+    "extism_alloc" => [I64ToI64] alloc(I64) -> (I64);
+    "extism_free" => [I64] free(I64) -> ();
+    "extism_length" => [I64ToI64] length(I64) -> (I64);
+    "extism_load_u8" => [I64ToI32] load_u8(I64) -> (I32);
+    "extism_load_u64" => [I64ToI64] load_u64(I64) -> (I64);
+    "extism_store_u8" => [I64I32] store_u8(I64, I32) -> ();
+    "extism_store_u64" => [I64I64] store_u64(I64, I64) -> ();
+    "extism_input_set" => [I64I64] input_set(I64, I64) -> ();
+    "extism_output_set" => [I64I64] output_set(I64, I64) -> ();
+    "extism_input_length" => [ToI64] input_length() -> (I64);
+    "extism_input_offset" => [ToI64] input_offset() -> (I64);
+    "extism_output_length" => [ToI64] output_length() -> (I64);
+    "extism_output_offset" => [ToI64] output_offset() -> (I64);
+    "extism_input_load_u8" => [I64ToI32] input_load_u8(I64) -> (I32);
+    "extism_input_load_u64" => [I64ToI64] input_load_u64(I64) -> (I64);
+    "extism_reset" => [Unit] reset() -> ();
+    "extism_error_set" => [I64] error_set(I64) -> ();
+    "extism_error_get" => [ToI64] error_get() -> (I64);
+    "extism_memory_bytes" => [ToI64] legacy_memory_bytes() -> (I64);
     "extism_config_get" => legacy_config_get(I64) -> (I64);
     "extism_var_get" => legacy_var_get(I64) -> (I64);
     "extism_var_set" => legacy_var_set(I64, I64) -> ();

@@ -72,6 +72,8 @@ pub struct ExtismPlugin {
     pub runtime: &'static str,
     /// The step input's `config` (Otoroshi's `WasmConfig.json`).
     pub context_json: serde_json::Value,
+    /// The same as JSON text, written once: every step input carries it.
+    pub context_text: String,
     /// Whether a call can make an outgoing HTTP call (it must then run off the event loop): the
     /// module imports `http_request` or `proxy_http_call` and the entity grants `httpAccess` or
     /// lists `allowedHosts`.
@@ -230,7 +232,7 @@ impl ExtismPlugin {
         for (import, r) in module.imports().iter().zip(&resolved) {
             let Some(ty) = import.ty.clone() else { continue };
             let func = match r {
-                Resolved::Host(entry) => HostFn::State(entry.func),
+                Resolved::Host(entry) => entry.host_fn(),
                 Resolved::Opa(o) => opa_entry(*o),
                 Resolved::Wasi => {
                     crate::hostcalls::wasi::resolve_for::<ExtismState>(&import.name, &ty).map_err(|expected| {
@@ -278,6 +280,7 @@ impl ExtismPlugin {
             kind: if config.opa { Kind::Opa } else { Kind::Extism },
             runtime: engine.name(),
             context_json: config.context_json(&id),
+            context_text: config.context_json(&id).to_string(),
             // `http_request` with no allowedHosts refuses every call without making one, and
             // `proxy_http_call` is only linked with httpAccess: such a plugin never blocks.
             makes_http_calls: makes_http_calls(&resolved)
@@ -422,9 +425,11 @@ impl ExtismInstance {
     }
 
     fn account(&mut self, started: Instant) {
+        // One clock read for both (a call is a few microseconds; the clock is a tenth of that).
+        let now = Instant::now();
         self.calls += 1;
-        self.busy += started.elapsed();
-        self.last_used = Instant::now();
+        self.busy += now.saturating_duration_since(started);
+        self.last_used = now;
     }
 
     /// Why `killOptions` retire this instance now, if they do.

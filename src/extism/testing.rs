@@ -111,5 +111,5 @@ pub fn state_with_http(http: Arc<FakeHttp>, edit: impl FnOnce(&mut PluginContext
 pub fn call(st: &mut ExtismState, table: &[HostImport], name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
     let f = table.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no {name} in the table"));
     assert_eq!(args.len(), f.params.len(), "{name} takes {} arguments", f.params.len());
-    (f.func)(st, args)
+    f.call(st, args)
 }

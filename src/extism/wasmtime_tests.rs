@@ -91,7 +91,7 @@ fn load(wat: &str, state: ExtismState, options: &LinkOptions) -> Result<Plugin, 
         let Resolved::Host(entry) = resolved else {
             return Err(format!("{}.{} needs more than the table", import.module, import.name));
         };
-        let f = entry.func;
+        let entry = *entry;
         let ft = wasmtime::FuncType::new(
             &engine,
             entry
@@ -106,7 +106,7 @@ fn load(wat: &str, state: ExtismState, options: &LinkOptions) -> Result<Plugin, 
         linker
             .func_new(&import.module, &import.name, ft, move |mut caller, args, results| {
                 let args: Vec<Val> = args.iter().map(to_ours).collect();
-                match f(caller.data_mut(), &args) {
+                match entry.call(caller.data_mut(), &args) {
                     Ok(Some(v)) => {
                         results[0] = to_theirs(v);
                         Ok(())
@@ -287,10 +287,10 @@ fn an_access_step_runs_end_to_end() {
         remote: "127.0.0.1".into(),
         ..Default::default()
     };
-    let route = RouteInfo { id: "r".into(), name: "r".into(), ..Default::default() };
-    let (config, attrs) = (serde_json::json!({}), serde_json::json!({}));
-    let ctx = input::Context { snowflake: "1", request: &request, route: &route, config: &config, attrs: &attrs };
-    let json = input::access(&ctx).to_string();
+    let route = RouteInfo { id: "r".into(), name: "r".into(), ..Default::default() }.json().to_string();
+    let attrs = serde_json::Map::new();
+    let ctx = input::Context { snowflake: "1", request: &request, route: &route, config: "{}", attrs: &attrs };
+    let json = String::from_utf8(input::access(&ctx)).unwrap();
     let out = run(&mut p, "access", json.as_bytes());
     let mut attrs = output::Attrs::default();
     assert_eq!(output::access(out.as_deref().map_err(|e| e), &mut attrs, &request.headers), output::Gate::Continue);

@@ -38,7 +38,7 @@ use wamrx_sys as sys;
 
 use super::{
     Caller, Engine, ExportDesc, ExportIndex, FuncType, HostFn, ImportDesc, Instance, Limits, LinkedImport, Module,
-    RuntimeError, Trap, TrapKind, Val, ValType,
+    RuntimeError, Trap, TrapKind, TypedFn, Val, ValType,
 };
 
 /// The WAMR operand/frame stack of one instance (not the native stack).
@@ -347,6 +347,8 @@ struct Link<T> {
     func: HostFn<T>,
     params: Vec<ValType>,
     result: Option<ValType>,
+    /// The function when it is typed and the import has its type: run straight from WAMR's slots.
+    typed: Option<TypedFn<T>>,
 }
 
 /// Attachment id -> hostcall, for one module.
@@ -378,10 +380,15 @@ impl<T> WamrModule<T> {
                     host.ty.results.len()
                 ));
             }
+            let typed = match host.func {
+                HostFn::Typed(t) if t.matches(&host.ty) => Some(t),
+                _ => None,
+            };
             table[*id as usize] = Some(Link {
                 func: host.func,
                 params: host.ty.params.clone(),
                 result: host.ty.results.first().copied(),
+                typed,
             });
         }
         Ok(table.into())
@@ -868,6 +875,33 @@ unsafe extern "C" fn trampoline<T>(exec_env: sys::wasm_exec_env_t, args: *mut u6
     };
     if inner.is_null() {
         raise(c"host functions cannot be called while the module is instantiated");
+        return;
+    }
+    // SAFETY: `inner` is live (its call is running); the function is copied out of the table,
+    // so the borrow ends here.
+    let typed = unsafe {
+        let links: &LinkTable<T> = &(*inner).links;
+        links.get(id).and_then(Option::as_ref).and_then(|l| l.typed)
+    };
+    if let Some(f) = typed {
+        let n = f.params().len();
+        let mut slots = [0u64; 2];
+        // SAFETY: WAMR passes one u64 slot per parameter, and `f` has the import's parameters
+        // (checked when the table was made); at most two.
+        unsafe { std::ptr::copy_nonoverlapping(args, slots.as_mut_ptr(), n.min(2)) };
+        // SAFETY: no other reference into `inner` is live while the function runs (it cannot
+        // call back into the guest).
+        let state = unsafe { &mut (*inner).state };
+        match catch_unwind(AssertUnwindSafe(|| f.call_slots(state, &slots))) {
+            // SAFETY: the result goes to slot 0, which exists when the import has a result.
+            Ok(Some(r)) => unsafe { *args = r },
+            Ok(None) => {}
+            Err(_) => {
+                // SAFETY: the state's borrow ended with the call.
+                unsafe { (*inner).pending_trap = Some(Trap::new("host function panicked")) };
+                raise(HOST_TRAP);
+            }
+        }
         return;
     }
     // SAFETY: `inner` is live (its call is running); the Arc clone ends the borrow at once.

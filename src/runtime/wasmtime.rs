@@ -307,6 +307,13 @@ impl<T: Send + 'static> WasmtimeModule<T> {
     fn link(&self, imports: &[LinkedImport<T>]) -> Result<wt::InstancePre<StoreData<T>>, String> {
         let mut linker: wt::Linker<StoreData<T>> = wt::Linker::new(&self.engine);
         for host in imports {
+            if let HostFn::Typed(t) = host.func {
+                if t.matches(&host.ty) {
+                    link_typed(&mut linker, &host.module, &host.name, t)
+                        .map_err(|e| format!("cannot link {}.{}: {e}", host.module, host.name))?;
+                    continue;
+                }
+            }
             let ty = wt::FuncType::new(
                 &self.engine,
                 host.ty.params.iter().map(|t| wt_val_type(*t)),
@@ -326,6 +333,36 @@ impl<T: Send + 'static> WasmtimeModule<T> {
         }
         linker.instantiate_pre(&self.module).map_err(|e| format!("{e:#}"))
     }
+}
+
+/// A typed host function as a Wasmtime typed closure: no value lists, no type checks per call.
+fn link_typed<T: Send + 'static>(
+    linker: &mut wt::Linker<StoreData<T>>,
+    module: &str,
+    name: &str,
+    t: super::TypedFn<T>,
+) -> wt::Result<()> {
+    type C<'a, T> = wt::Caller<'a, StoreData<T>>;
+    match t {
+        super::TypedFn::Unit(f) => linker.func_wrap(module, name, move |mut c: C<'_, T>| f(&mut c.data_mut().host)),
+        super::TypedFn::ToI64(f) => linker.func_wrap(module, name, move |mut c: C<'_, T>| f(&mut c.data_mut().host)),
+        super::TypedFn::I64(f) => {
+            linker.func_wrap(module, name, move |mut c: C<'_, T>, a: i64| f(&mut c.data_mut().host, a))
+        }
+        super::TypedFn::I64ToI64(f) => {
+            linker.func_wrap(module, name, move |mut c: C<'_, T>, a: i64| f(&mut c.data_mut().host, a))
+        }
+        super::TypedFn::I64ToI32(f) => {
+            linker.func_wrap(module, name, move |mut c: C<'_, T>, a: i64| f(&mut c.data_mut().host, a))
+        }
+        super::TypedFn::I64I64(f) => {
+            linker.func_wrap(module, name, move |mut c: C<'_, T>, a: i64, b: i64| f(&mut c.data_mut().host, a, b))
+        }
+        super::TypedFn::I64I32(f) => {
+            linker.func_wrap(module, name, move |mut c: C<'_, T>, a: i64, b: i32| f(&mut c.data_mut().host, a, b))
+        }
+    }
+    .map(drop)
 }
 
 /// One hostcall, through Wasmtime's raw (unchecked) calling convention: it

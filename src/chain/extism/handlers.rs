@@ -64,11 +64,10 @@ fn sink(
     };
     let reason = SinkReason::no_route();
     let snowflake = tx.snowflake().to_owned();
-    let config = &entity.plugin.context_json;
-    let attrs = tx.attrs.json();
+    let config = &entity.plugin.context_text;
     if !es.is_done(StepFunction::SinkMatches) {
         let f = StepFunction::SinkMatches;
-        let json = || input::sink_matches(&snowflake, &request, config, &attrs, &reason).to_string().into_bytes();
+        let json = || input::sink_matches(&snowflake, &request, config, &tx.attrs.0, &reason);
         let out = match step_output(entity, off, es, f, json) {
             Ok(out) => out,
             Err(end) => return end,
@@ -78,9 +77,8 @@ fn sink(
         }
         es.sink_matched = true;
     }
-    let attrs = tx.attrs.json();
     let f = StepFunction::SinkHandle;
-    let json = || input::sink_handle(&snowflake, &request, config, &attrs, &reason, body).to_string().into_bytes();
+    let json = || input::sink_handle(&snowflake, &request, config, &tx.attrs.0, &reason, body);
     let out = match step_output(entity, off, es, f, json) {
         Ok(out) => out,
         Err(end) => return end,
@@ -99,7 +97,7 @@ fn handle_request(
     let Ok(request) = steps_stream::request_parts(es.stream.as_ref(), tx.id()) else {
         return unreadable(entity, f, "request headers");
     };
-    let json = || input::handle_request(&request, body).to_string().into_bytes();
+    let json = || input::handle_request(&request, body);
     let out = match step_output(entity, off, es, f, json) {
         Ok(out) => out,
         Err(end) => return end,

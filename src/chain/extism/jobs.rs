@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::extism::steps::{input, StepFunction};
 
 use super::{snowflakes, EntityLink};
@@ -67,9 +65,9 @@ impl Job {
 
     fn call(&self, f: StepFunction) -> Result<(), String> {
         let snowflake = snowflakes().next();
-        let json = input::job(&snowflake, &Value::Object(Default::default()));
+        let json = input::job(&snowflake, &serde_json::Map::new());
         let entity = &self.entity;
-        entity.call(entity.export(f), json.to_string().as_bytes()).map(drop).map_err(|e| {
+        entity.call(entity.export(f), &json).map(drop).map_err(|e| {
             format!(
                 "[proxy_wasm] otoroshi plugin {}: {} failed: {e}; the job's schedule goes on",
                 entity.plugin.id,

@@ -19,7 +19,7 @@ use crate::extism::steps::{input, StepFunction};
 use crate::runtime::Trap;
 use crate::vm::VmError;
 
-use super::{failed, local, route_of, snowflakes, EntityLink, StepResult};
+use super::{failed, local, snowflakes, EntityLink, StepResult};
 
 /// A number for a request the steps see outside a chain (`request.id`), from the same sequence
 /// as the chain's transactions.
@@ -33,12 +33,15 @@ fn trap(entity: &EntityLink, f: StepFunction, trap: Trap) -> VmError {
 }
 
 fn call_matches(entity: &EntityLink, request: &RequestParts, snowflake: &str, attrs: &mut Attrs) -> Result<bool, Trap> {
-    let route = route_of(entity);
-    let current = attrs.json();
-    let ctx =
-        input::Context { snowflake, request, route: &route, config: &entity.plugin.context_json, attrs: &current };
+    let ctx = input::Context {
+        snowflake,
+        request,
+        route: &entity.route_json,
+        config: &entity.plugin.context_text,
+        attrs: &attrs.0,
+    };
     let f = StepFunction::MatchesRoute;
-    let out = entity.call(entity.export(f), input::matches_route(&ctx).to_string().as_bytes());
+    let out = entity.call(entity.export(f), &input::matches_route(&ctx));
     if let Err(CallError::Trap { trap, .. }) = out {
         return Err(trap);
     }
@@ -64,8 +67,8 @@ pub fn matches_route(entity: &EntityLink, request: &RequestParts) -> Result<bool
 /// A trap of the plugin.
 pub fn find_route(entity: &EntityLink, request: &RequestParts) -> Result<Option<Target>, VmError> {
     let f = StepFunction::FindRoute;
-    let json = input::find_route(request, &entity.plugin.context_json, &Value::Object(Default::default()));
-    let out = entity.call(entity.export(f), json.to_string().as_bytes());
+    let json = input::find_route(request, &entity.plugin.context_text, &serde_json::Map::new());
+    let out = entity.call(entity.export(f), &json);
     if let Err(CallError::Trap { trap: t, .. }) = out {
         return Err(trap(entity, f, t));
     }

@@ -18,7 +18,7 @@ use super::maps::GLOBAL;
 use crate::abi::LogLevel;
 use crate::extism::authorizations::Requirement;
 use crate::extism::body::{decode_base64, encode_base64, whole};
-use crate::extism::imports::{arg, arg_i32, i32_result, i64_result, HostImport, ImportModule, I32, I64, R};
+use crate::extism::imports::{arg, arg_i32, i32_result, i64_result, ExtismFn, HostImport, ImportModule, I32, I64, R};
 use crate::extism::pdk::store;
 use crate::extism::state::ExtismState;
 use crate::runtime::{Trap, Val};
@@ -413,7 +413,7 @@ macro_rules! table {
             name: stringify!($name),
             params: &[$($p),*],
             results: &[$($r),*],
-            func: $name,
+            func: ExtismFn::Vals($name),
             requires: Requirement::$req,
         }),*]
     };

@@ -87,10 +87,10 @@ fn request(headers: &[(&str, &str)]) -> RequestParts {
 
 /// The access step's input for `request`, as the chain builds it.
 fn access_input(plugin: &ExtismPlugin, request: &RequestParts) -> String {
-    let route = RouteInfo { id: "r".into(), name: "r".into(), ..Default::default() };
-    let attrs = serde_json::json!({});
-    let ctx = input::Context { snowflake: "1", request, route: &route, config: &plugin.context_json, attrs: &attrs };
-    input::access(&ctx).to_string()
+    let route = RouteInfo { id: "r".into(), name: "r".into(), ..Default::default() }.json().to_string();
+    let attrs = serde_json::Map::new();
+    let ctx = input::Context { snowflake: "1", request, route: &route, config: &plugin.context_text, attrs: &attrs };
+    String::from_utf8(input::access(&ctx)).unwrap()
 }
 
 fn access(pool: &mut Pool, headers: &[(&str, &str)]) -> output::Gate {

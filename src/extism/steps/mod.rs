@@ -5,6 +5,7 @@
 //! Server.
 
 pub mod input;
+pub mod json_text;
 pub mod output;
 pub mod route;
 pub mod stream;

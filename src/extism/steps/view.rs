@@ -3,6 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
+use super::json_text as text;
+
 /// A client certificate as Otoroshi describes it (`clientCertChainToJson`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
@@ -249,6 +251,67 @@ pub fn request_json(view: &dyn RequestView) -> Value {
     })
 }
 
+/// Play's `headers.toSimpleMap` (as [`simple_map`]) written as JSON text: the names kept, then
+/// sorted as the map writes them.
+pub fn write_simple_map(out: &mut Vec<u8>, headers: &[(String, String)]) {
+    let mut kept: Vec<&(String, String)> = Vec::with_capacity(headers.len());
+    for h in headers {
+        if !kept.iter().any(|k| k.0.eq_ignore_ascii_case(&h.0)) {
+            kept.push(h);
+        }
+    }
+    kept.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut o = text::Object::new(out);
+    for (k, v) in kept {
+        o.str(k, v);
+    }
+    o.end();
+}
+
+/// [`request_json`] written as JSON text; with `body`, the request also carries
+/// `request_body_bytes` (HandlesRequest's input).
+pub fn write_request(out: &mut Vec<u8>, view: &dyn RequestView, body: Option<&[u8]>) {
+    let headers = view.headers();
+    let uri = view.uri();
+    let mut o = text::Object::new(out);
+    text::value(o.key("client_cert_chain"), &cert_chain_json(view.client_cert_chain()));
+    let cookies = o.key("cookies");
+    cookies.push(b'[');
+    for (i, (name, value)) in request_cookies(headers).iter().enumerate() {
+        if i > 0 {
+            cookies.push(b',');
+        }
+        // Play's defaults for a request cookie: path "/", HttpOnly.
+        cookies.extend_from_slice(br#"{"domain":null,"http_only":true,"max_age":null,"name":"#);
+        text::string(cookies, name);
+        cookies.extend_from_slice(br#","path":"/","same_site":null,"secure":false,"value":"#);
+        text::string(cookies, value);
+        cookies.push(b'}');
+    }
+    cookies.push(b']');
+    text::bool(o.key("has_body"), has_body(view.method(), headers));
+    write_simple_map(o.key("headers"), headers);
+    text::u64(o.key("id"), view.id());
+    o.str("method", view.method());
+    o.str("path", path_of(uri));
+    let params = view.path_params();
+    if params.is_empty() {
+        o.raw("path_params", "{}");
+    } else {
+        let m: Map<String, Value> = params.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+        text::map(o.key("path_params"), &m);
+    }
+    text::map(o.key("query"), &query_map(uri));
+    o.str("remote", view.remote());
+    if let Some(body) = body {
+        text::signed_bytes(o.key("request_body_bytes"), body);
+    }
+    text::bool(o.key("tls"), tls(view));
+    o.str("uri", uri);
+    o.str("version", view.version());
+    o.end();
+}
+
 /// The absolute URL the client asked for (`theUrl`).
 #[must_use]
 pub fn request_url(view: &dyn RequestView) -> String {
@@ -273,6 +336,32 @@ impl Cookie {
     #[must_use]
     pub fn json(&self) -> Value {
         json!({"name": self.name, "value": self.value, "domain": self.domain, "path": self.path, "maxAge": self.max_age, "secure": self.secure, "httpOnly": self.http_only})
+    }
+
+    /// [`Cookie::json`] written as JSON text.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let opt = |out: &mut Vec<u8>, v: Option<&str>| match v {
+            Some(v) => text::string(out, v),
+            None => out.extend_from_slice(b"null"),
+        };
+        let mut o = text::Object::new(out);
+        opt(o.key("domain"), self.domain.as_deref());
+        text::bool(o.key("httpOnly"), self.http_only);
+        match self.max_age {
+            Some(age) => {
+                let out = o.key("maxAge");
+                if age < 0 {
+                    out.push(b'-');
+                }
+                text::u64(out, age.unsigned_abs());
+            }
+            None => o.raw("maxAge", "null"),
+        }
+        o.str("name", &self.name);
+        opt(o.key("path"), self.path.as_deref());
+        text::bool(o.key("secure"), self.secure);
+        o.str("value", &self.value);
+        o.end();
     }
 
     /// The `Set-Cookie` value.
@@ -371,6 +460,23 @@ impl PluginRequest {
         })
     }
 
+    /// [`PluginRequest::json`] written as JSON text.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut o = text::Object::new(out);
+        match &self.backend {
+            Some(b) => text::value(o.key("backend"), b),
+            None => o.raw("backend", "null"),
+        }
+        text::value(o.key("client_cert_chain"), &cert_chain_json(self.client_cert_chain.clone()));
+        write_cookies(o.key("cookies"), &self.cookies);
+        write_simple_map(o.key("headers"), &self.headers);
+        o.str("method", &self.method);
+        text::map(o.key("query"), &query_map(&self.url));
+        o.str("url", &self.url);
+        o.str("version", &self.version);
+        o.end();
+    }
+
     /// Otoroshi's `NgPluginHttpRequest.hasBody`.
     #[must_use]
     pub fn has_body(&self) -> bool {
@@ -389,6 +495,32 @@ pub fn response_json(response: &ResponseParts) -> Value {
         .map(|c| c.json())
         .collect();
     json!({"status": response.status, "headers": simple_map(&response.headers), "cookies": cookies})
+}
+
+fn write_cookies(out: &mut Vec<u8>, cookies: &[Cookie]) {
+    out.push(b'[');
+    for (i, c) in cookies.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        c.write_json(out);
+    }
+    out.push(b']');
+}
+
+/// [`response_json`] written as JSON text.
+pub fn write_response(out: &mut Vec<u8>, response: &ResponseParts) {
+    let cookies: Vec<Cookie> = response
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .filter_map(|(_, v)| Cookie::parse_set_cookie(v))
+        .collect();
+    let mut o = text::Object::new(out);
+    write_cookies(o.key("cookies"), &cookies);
+    write_simple_map(o.key("headers"), &response.headers);
+    text::u64(o.key("status"), u64::from(response.status));
+    o.end();
 }
 
 #[cfg(test)]
@@ -494,6 +626,71 @@ mod tests {
             resp["cookies"][0],
             json!({"name": "a", "value": "1", "domain": null, "path": "/x", "maxAge": 60, "secure": false, "httpOnly": true})
         );
+    }
+
+    /// A request with what needs escaping, repeated names in two cases, non-ASCII, cookies,
+    /// a repeated and encoded query, path parameters and a certificate.
+    fn awkward() -> RequestParts {
+        let mut r = request();
+        r.uri = "/p/\u{e9}t\u{e9}?b=2&a=1&b=%22x%22&c&%E2%9C%93=\u{2713}".into();
+        r.headers.push(("X-Quote".into(), "say \"hi\"\\ \u{1}\t\u{7f}".into()));
+        r.headers.push(("x-quote".into(), "second".into()));
+        r.headers.push(("Zeta".into(), "\u{4e2d}\u{6587} \u{1f600}".into()));
+        r.headers.push(("cookie".into(), "late=1; session=dup".into()));
+        r.headers.push(("X-Forwarded-Proto".into(), "https".into()));
+        r.path_params = vec![("id".into(), "7".into()), ("a\"b".into(), "\n".into()), ("id".into(), "8".into())];
+        r.client_cert_chain = Some(vec![CertInfo {
+            subject_dn: "CN=c\"1\", O=X".into(),
+            issuer_dn: "CN=ca".into(),
+            not_after: 2,
+            not_before: -1,
+            serial_number: "0a".into(),
+        }]);
+        r
+    }
+
+    fn written(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut out = Vec::new();
+        f(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_request_is_written_as_serde_json_writes_its_tree() {
+        for r in [request(), awkward(), RequestParts::default()] {
+            assert_eq!(written(|o| write_request(o, &r, None)), request_json(&r).to_string());
+            let mut with_body = request_json(&r);
+            with_body["request_body_bytes"] = crate::extism::body::signed_bytes(b"\x00\xff a");
+            assert_eq!(written(|o| write_request(o, &r, Some(b"\x00\xff a"))), with_body.to_string());
+        }
+    }
+
+    #[test]
+    fn plugin_requests_responses_and_cookies_are_written_as_their_trees() {
+        for r in [request(), awkward()] {
+            let mut p = PluginRequest::from_view(&r, None);
+            assert_eq!(written(|o| p.write_json(o)), p.json().to_string());
+            p.backend = Some(json!({"id": "h:80", "port": 80, "tls": false}));
+            p.cookies.push(Cookie {
+                name: "n\"".into(),
+                max_age: Some(-3),
+                domain: Some("d".into()),
+                ..Default::default()
+            });
+            p.cookies.push(Cookie { name: "m".into(), max_age: Some(i64::MIN), ..Default::default() });
+            assert_eq!(written(|o| p.write_json(o)), p.json().to_string());
+        }
+        let resp = ResponseParts {
+            status: 404,
+            headers: vec![
+                ("Set-Cookie".into(), "a=1; Max-Age=60; Path=/x; HttpOnly".into()),
+                ("set-cookie".into(), "b=\u{e9}; Domain=d; Secure".into()),
+                ("Content-Type".into(), "text/plain".into()),
+            ],
+        };
+        assert_eq!(written(|o| write_response(o, &resp)), response_json(&resp).to_string());
+        let empty = ResponseParts::default();
+        assert_eq!(written(|o| write_response(o, &empty)), response_json(&empty).to_string());
     }
 
     #[test]
