@@ -10,6 +10,7 @@
 //! mutex that is only contended if Traffic Server moves it to another thread.
 
 mod hdr;
+mod intercept;
 mod jobs;
 mod routing;
 mod server;

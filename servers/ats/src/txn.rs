@@ -507,7 +507,6 @@ impl Txn {
             Flow::Respond(response) => {
                 self.remember(&response);
                 self.answered_request = true;
-                set_error_response(self.shared.txnp, &response);
                 // Keep-alive (issue 13): Traffic Server decides it from the
                 // client request only once HandleRequest ran; an error
                 // reenable before that (HandleApiErrorJump) finds it unset
@@ -518,15 +517,27 @@ impl Txn {
                 // keeps the connection unless the request has a body (not
                 // read: it would be taken for the next request), as NGINX and
                 // Envoy do. After remapping (a remap rule's chain that waited
-                // until POST_REMAP), only the error reenable answers it (a
-                // status set there is not looked at: the request would go on
-                // to the origin), and the connection is closed: whatever the
-                // hook, HandleApiErrorJump builds the response with
-                // build_response, which does not trust its length, so
-                // handle_response_keep_alive_headers closes (tried at
-                // CACHE_LOOKUP_COMPLETE, after HandleRequest: closed too;
-                // README, known limitations).
-                Next::Reenable { error: !self.before_remap }
+                // until POST_REMAP), a status set is no longer looked at and
+                // the error reenable's response never trusts its length
+                // (HandleApiErrorJump, build_response: the connection is
+                // closed whatever the hook), so the answer comes from a server
+                // intercept, as an origin response (`super::intercept`),
+                // unless the plugin asked to close the connection.
+                if self.before_remap {
+                    set_error_response(self.shared.txnp, &response);
+                    return Next::Reenable { error: false };
+                }
+                let closes = response
+                    .headers
+                    .iter()
+                    .any(|(k, v)| k.eq_ignore_ascii_case(b"connection") && v.eq_ignore_ascii_case(b"close"));
+                if closes {
+                    set_error_response(self.shared.txnp, &response);
+                    return Next::Reenable { error: true };
+                }
+                // SAFETY: live transaction, held at POST_REMAP: its origin is not looked up yet.
+                unsafe { super::intercept::answer(self.shared.txnp, &response) };
+                Next::Reenable { error: false }
             }
             // A closed stream: Traffic Server answers with its own error.
             Flow::Abort | Flow::Reset => Next::Reenable { error: true },
