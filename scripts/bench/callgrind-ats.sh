@@ -23,7 +23,7 @@
 #
 # Rows: base (generator.so alone), W2-min and W2-all (scripts/bench/*.wat) on
 # Wasmtime (WAMR: `w2min-wamr`... in CG_ROWS), W2 (bench filter noop), W3
-# (bench filter w3).
+# (bench filter w3), w3-lua (tslua with scripts/bench/ts_w3.lua).
 # Environment: CG_WARM [50], CG_N [1000], CG_ROWS (e.g. "base w2min-wasmtime"),
 # CG_WASM [build/plugins/bench_filter.wasm], CG_KEEP (a folder for the callgrind files),
 # TRAFFIC_SERVER [/usr/bin/traffic_server].
@@ -35,7 +35,7 @@ so=$(readlink -f "$so")
 warm=${CG_WARM:-50}
 n=${CG_N:-1000}
 wasm=${CG_WASM:-$repo/build/plugins/bench_filter.wasm}
-rows=${CG_ROWS:-base w2min-wasmtime w2all-wasmtime w2-wasmtime w3-wasmtime}
+rows=${CG_ROWS:-base w2min-wasmtime w2all-wasmtime w2-wasmtime w3-wasmtime w3-lua}
 ts=${TRAFFIC_SERVER:-/usr/bin/traffic_server}
 modules=/usr/lib/trafficserver/modules
 dir=$(mktemp -d /tmp/callgrind-ats.XXXXXX)
@@ -127,7 +127,10 @@ EOF
 run() {
     local row=$1 d=$dir/$1 port name rt code wl plugin="" i total f
     port=$(free_port)
-    if [ "$row" != base ]; then
+    if [ "$row" = w3-lua ]; then
+        # tslua doing W3's work (scripts/bench/ts_w3.lua), the Lua row of scripts/bench.sh.
+        plugin="@plugin=tslua.so @pparam=$repo/scripts/bench/ts_w3.lua"
+    elif [ "$row" != base ]; then
         name=${row%-*} rt=${row##*-}
         case $name in
             w2min) code=$dir/w2_min.wasm wl=- ;;
