@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::client::{ClientError, Request, Response};
+use e2e::client::{ClientError, Connection, Request, Response};
 use e2e::origin::{self, Origin};
 use e2e::server::{ServerUnderTest, Setup};
 
@@ -201,6 +201,36 @@ fn send<S: ServerUnderTest>(s: &S, req: Request) -> Response {
 }
 
 e2e::server::for_each_server! {
+
+// ------------------------------------------------------------------ a late local response keeps the connection
+
+/// A route's chain pauses for its call and answers from the call's callback:
+/// the client connection is kept for the next request, as after an answer
+/// given at once (tests/conformance_policies.rs). Traffic Server holds a remap
+/// rule's paused chain at POST_REMAP, after remapping, and gives such an
+/// answer through a server intercept, as an origin response (its own error
+/// response would close the connection).
+#[test]
+fn a_late_local_response_from_a_routes_chain_keeps_the_client_connection() {
+    let callout = callout(Duration::from_millis(20));
+    let origin = Origin::start();
+    let s = <Server as ServerUnderTest>::start(setup("late-local-keepalive", plugin("a", callout.port(), ""), plugin("b", 1, ""), &origin, 1));
+    let late = |path: &str, host: &str| Request::get(path).host(host).header("x-pw-test", "http-call-local").header("x-pw-callout-path", "/late/1").timeout(Duration::from_secs(20));
+    let mut c = Connection::open(s.port()).unwrap_or_else(|e| panic!("connect to {}: {e}", Server::NAME));
+    let a = c.send(&late("/late", "a.test")).unwrap_or_else(|e| panic!("{e}\n{}", s.log_report()));
+    assert_eq!((a.status, a.body_str().as_str()), (200, "callout:/late/1"), "{}", s.log_report());
+    assert_eq!(a.header("x-pw-callout-status"), Some("200"), "the plugin's headers: {:?}", a.headers);
+    assert!(!a.closes_connection() && !c.is_closed(), "{} closed the connection after the late local response {:?}\n{}", Server::NAME, a.headers, s.log_report());
+    // A 503 from the callback of a failed call: late too, same connection.
+    let b = c.send(&late("/late-failed", "b.test")).unwrap_or_else(|e| panic!("the second request on the connection: {e}\n{}", s.log_report()));
+    assert_eq!((b.status, b.body_str().as_str()), (503, "callout failed"), "{}", s.log_report());
+    assert_eq!(b.header("x-pw-callout-failed"), Some("1"), "{:?}", b.headers);
+    assert!(!b.closes_connection() && !c.is_closed(), "{:?}\n{}", b.headers, s.log_report());
+    let after = c.send(&Request::get("/after").host("a.test").timeout(Duration::from_secs(20))).unwrap_or_else(|e| panic!("the third request on the connection: {e}\n{}", s.log_report()));
+    assert_eq!((after.status, after.body_str().as_str()), (200, "hello from origin"), "{}", s.log_report());
+    assert!(!origin.requests().iter().any(|q| q.path.starts_with("/late")), "answered locally");
+    s.assert_running();
+}
 
 // ------------------------------------------------------------------ what a call reports, variants
 

@@ -416,6 +416,21 @@ fn a_local_response_with_connection_close_closes_the_client_connection() {
 }
 
 #[test]
+fn a_plugin_without_response_callbacks_answers_with_its_status_and_headers_and_its_request_edits_reach_the_origin() {
+    // request_only.wat takes no response callback: a server may leave its response
+    // work out (Traffic Server adds no response hooks), not the plugin's answer.
+    let origin = Origin::start();
+    let yaml = "- config:\n    name: request_only\n    vm_config:\n      vm_id: request_only_vm\n      code: { local: { filename: \"@REPO@/build/plugins/request_only.wasm\" } }\n".to_string();
+    let s: Server = start_plugin("request-only", &origin, "request_only", yaml);
+    let (a, b) = two_on_one_connection(&s, Request::get("/deny").header("x-deny", "1"), Request::get("/pass"));
+    assert_eq!((a.status, a.body_str().as_str()), (403, "denied"), "{}", s.log_report());
+    assert_eq!(a.header("x-denied-by"), Some("request-only"), "{:?}\n{}", a.headers, s.log_report());
+    assert_eq!(b.status, 200, "{}", s.log_report());
+    assert_eq!(origin.wait_for_path("/pass", WAIT).header("x-request-only"), Some("1"));
+    assert_eq!(origin.request_count(), 1, "the denied request did not reach the origin");
+}
+
+#[test]
 fn a_503_from_fail_closed_keeps_the_client_connection_for_the_next_request() {
     let (origin, s) = start_trap::<Server>("keepalive-503", "request_headers", "fail_closed");
     let (a, b) = two_on_one_connection(&s, Request::get("/trap"), Request::get("/after"));

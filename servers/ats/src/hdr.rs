@@ -170,18 +170,27 @@ impl Hdr {
             return self.pseudo_value(key);
         }
         let mut field = self.find(key);
-        let mut values: Vec<Vec<u8>> = Vec::new();
+        // One allocation for the usual single field; duplicates are appended to it.
+        let mut out: Option<Vec<u8>> = None;
         while !field.is_null() {
             let mut len = 0;
-            // SAFETY: `field` is a live field of this header, released below.
+            // SAFETY: `field` is a live field of this header, released below;
+            // its value is copied before the next call into Traffic Server.
             unsafe {
-                values.push(bytes(TSMimeHdrFieldValueStringGet(self.buf, self.loc, field, -1, &mut len), len).to_vec());
+                let v = bytes(TSMimeHdrFieldValueStringGet(self.buf, self.loc, field, -1, &mut len), len);
+                match out.as_mut() {
+                    None => out = Some(v.to_vec()),
+                    Some(o) => {
+                        o.push(b',');
+                        o.extend_from_slice(v);
+                    }
+                }
                 let next = TSMimeHdrFieldNextDup(self.buf, self.loc, field);
                 self.release(field);
                 field = next;
             }
         }
-        (!values.is_empty()).then(|| values.join(&b","[..]))
+        out
     }
 
     fn set_pseudo(&self, key: &[u8], value: &[u8]) -> Result<(), Status> {

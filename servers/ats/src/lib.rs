@@ -10,9 +10,11 @@
 //! mutex that is only contended if Traffic Server moves it to another thread.
 
 mod hdr;
+mod intercept;
 mod jobs;
 mod routing;
 mod server;
+mod shared;
 mod stats;
 mod sys;
 mod task;
@@ -35,8 +37,9 @@ use proxy_wasm_host::chain::{
 use proxy_wasm_host::host::ServerHost;
 use proxy_wasm_host::loader::{self, LoadedPlugin, PluginVms, VmKey};
 use server::{log, AtsServer};
+use shared::TxnShared;
 use sys::*;
-use txn::{AtsChain, AtsStream, Next, Txn, TxnShared};
+use txn::{AtsChain, AtsStream, Next, Txn};
 
 /// The plugins loaded from one configuration (plugin.config, or one remap
 /// rule), shared by every thread.
@@ -53,7 +56,29 @@ pub struct PluginSet {
     rules: AtomicUsize,
     /// The chain of every transaction: plugins and entities in file order (`config::Loaded::chain_order`).
     order: Vec<usize>,
+    /// A plugin of the set can act on a transaction from outside its stream
+    /// callbacks (see [`OUTSIDE_CALLBACKS`]), or the set has Otoroshi entities:
+    /// every transaction then goes through the response hooks.
+    acts_outside: bool,
 }
+
+/// The callbacks from which a plugin may answer or close a stream whose own
+/// callbacks have returned (a tick, a queue, an `http_call` or gRPC answer,
+/// a foreign function). A chain answers such a request at its next phase, the
+/// response headers: a transaction hooks them only if a plugin of its chain
+/// takes them or has one of these. (A plugin that switches to another
+/// transaction's stream context from inside a stream callback is not
+/// covered; its answer waits for that transaction's next hook.)
+const OUTSIDE_CALLBACKS: [&str; 8] = [
+    "proxy_on_tick",
+    "proxy_on_queue_ready",
+    "proxy_on_http_call_response",
+    "proxy_on_grpc_receive_initial_metadata",
+    "proxy_on_grpc_receive",
+    "proxy_on_grpc_receive_trailing_metadata",
+    "proxy_on_grpc_close",
+    "proxy_on_foreign_function",
+];
 
 /// What one configuration loads: its Proxy-Wasm plugins, its Otoroshi entities, and the chain
 /// indexes of both in file order.
@@ -65,8 +90,11 @@ impl PluginSet {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         // Otoroshi jobs run while the set is in service (jobs.rs).
         jobs::start(id, &entities);
+        let acts_outside = !entities.is_empty()
+            || plugins.iter().any(|p| OUTSIDE_CALLBACKS.iter().any(|name| p.code.exports_function(name)));
         Arc::new(PluginSet {
             order,
+            acts_outside,
             chain: Arc::new(chain::PluginSet::new(plugins).with_entities(entities)),
             id,
             retired: Default::default(),
@@ -117,7 +145,7 @@ impl std::ops::DerefMut for VmsGuard<'_> {
 impl Drop for VmsGuard<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
-        txn::vms_released();
+        shared::vms_released();
     }
 }
 
@@ -132,7 +160,7 @@ impl VmsCell for AtsVms {
     /// callback must not make the VMs unusable for every later transaction).
     fn lock(&self) -> Option<VmsGuard<'_>> {
         let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        txn::vms_locked();
+        shared::vms_locked();
         Some(VmsGuard { guard: Some(guard) })
     }
 }
@@ -458,7 +486,12 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
     // transaction, a cost every request paid before).
     let wants_request_body = wants_request_body && !start.framing.no_body();
     let wants_response_body = wants_response_body && !start.head;
-    let txn = Box::new(Txn::new(shared, chain, start));
+    // No response hooks where the chain cannot act on the response (each
+    // hook is a callout and a reenable per transaction): no link takes its
+    // callbacks and none can answer from outside them. An answer of the
+    // chain hooks SEND_RESPONSE_HDR itself (`Txn::remember`).
+    let response_hooked = wants_response_body || set.acts_outside || chain.filters(Phase::ResponseHeaders);
+    let txn = Box::new(Txn::new(shared, chain, start, response_hooked));
     let shared = txn.shared.clone();
     let raw = Box::into_raw(txn);
     // SAFETY: live transaction. The continuation takes the transaction's own
@@ -474,8 +507,10 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         TSContThreadAffinitySet(contp, TSEventThreadSelf());
         shared.contp.store(contp as *mut c_void, Ordering::Release);
         TSContDataSet(contp, raw as *mut c_void);
-        TSHttpTxnHookAdd(txnp, TS_HTTP_READ_RESPONSE_HDR_HOOK, contp);
-        TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_RESPONSE_HDR_HOOK, contp);
+        if response_hooked {
+            TSHttpTxnHookAdd(txnp, TS_HTTP_READ_RESPONSE_HDR_HOOK, contp);
+            TSHttpTxnHookAdd(txnp, TS_HTTP_SEND_RESPONSE_HDR_HOOK, contp);
+        }
         TSHttpTxnHookAdd(txnp, TS_HTTP_TXN_CLOSE_HOOK, contp);
         // Bodies go through transforms only when some plugin takes them.
         if wants_request_body {
@@ -531,7 +566,7 @@ fn start_transaction(txnp: TSHttpTxn, set: Option<Arc<PluginSet>>, in_remap: boo
         return;
     }
     // SAFETY: in the transaction's READ_REQUEST_HDR hook; the Txn is not used here.
-    unsafe { txn::apply(&shared, next) };
+    unsafe { apply(&shared, next) };
 }
 
 /// Makes the transaction answer 503 without reaching the origin (from the
@@ -581,7 +616,7 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
         }));
         match r {
             // SAFETY: one of the continuation's events, under its mutex.
-            Ok(next) => unsafe { txn::apply(&shared, next) },
+            Ok(next) => unsafe { apply(&shared, next) },
             Err(_) => log(LogLevel::Critical, "[proxy_wasm] internal error (panic) resuming a transaction"),
         }
         return 0;
@@ -593,8 +628,8 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
         match event {
             TS_EVENT_HTTP_POST_REMAP => txn.at_post_remap(),
             TS_EVENT_HTTP_SEND_REQUEST_HDR => txn.on_send_request_header(),
-            TS_EVENT_HTTP_READ_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_FROM_ORIGIN),
-            TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(txn::RESPONSE_TO_CLIENT),
+            TS_EVENT_HTTP_READ_RESPONSE_HDR => txn.run_response_headers(shared::RESPONSE_FROM_ORIGIN),
+            TS_EVENT_HTTP_SEND_RESPONSE_HDR => txn.run_response_headers(shared::RESPONSE_TO_CLIENT),
             TS_EVENT_HTTP_TXN_CLOSE => {
                 txn.close();
                 stats::sync_soon();
@@ -605,7 +640,7 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
     }));
     match r {
         // SAFETY: in one of the transaction's hooks, under its mutex.
-        Ok(next) => unsafe { txn::apply(&shared, next) },
+        Ok(next) => unsafe { apply(&shared, next) },
         Err(_) => {
             log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in a transaction hook");
             // The panic happened before the transaction was reenabled.
@@ -616,7 +651,7 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
         // The chain cut the response before its header went: the transaction
         // (reenabled above, under its mutex, so at once) now delivers the
         // response from the transform, whose output the abort ends.
-        let t = shared.transforms[1].load(Ordering::Acquire);
+        let t = transform::listed(&shared, StreamType::HttpResponse);
         // SAFETY: under the transaction's mutex (still held by this hook);
         // a listed transform is open and not freed.
         unsafe { transform::abort_output(t) };
@@ -630,6 +665,26 @@ extern "C" fn on_txn_event(contp: TSCont, event: TSEvent, edata: *mut c_void) ->
         }
     }
     0
+}
+
+/// Does what `next` says (with no borrow of the transaction left: see [`Next`]).
+///
+/// # Safety
+/// Called under the transaction's mutex, from one of its hooks or events,
+/// while the transaction is live.
+pub unsafe fn apply(shared: &TxnShared, next: Next) {
+    match next {
+        Next::Hold => {}
+        Next::Reenable { error } => txn::reenable(shared.txnp, error),
+        Next::Body(direction, flow) => {
+            let t = transform::listed(shared, direction);
+            if !t.is_null() {
+                // SAFETY: a transform listed here is open (it unlists itself
+                // when Traffic Server closes it, under the same mutex).
+                unsafe { transform::deliver(t, flow) };
+            }
+        }
+    }
 }
 
 /// Frees a closed transaction's state and continuation.

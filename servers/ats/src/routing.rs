@@ -12,8 +12,8 @@ use std::os::raw::{c_char, c_int};
 
 use super::hdr::Hdr;
 use super::server::log;
+use super::shared::TxnShared;
 use super::sys::*;
-use super::txn::TxnShared;
 use proxy_wasm_host::abi::LogLevel;
 use proxy_wasm_host::chain::extism::routing;
 use proxy_wasm_host::chain::PluginSet;

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
 use super::server::log;
+use super::shared::TxnShared;
 use super::sys::*;
-use super::txn::TxnShared;
 use proxy_wasm_host::abi::{LogLevel, StreamType};
 use proxy_wasm_host::chain::OffLoop;
 

@@ -16,8 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::server::log;
+use super::shared::{TxnShared, RESPONSE_TO_CLIENT};
 use super::sys::*;
-use super::txn::{Txn, TxnShared};
+use super::txn::Txn;
 use proxy_wasm_host::abi::{LogLevel, StreamType};
 use proxy_wasm_host::chain::Flow;
 use proxy_wasm_host::chunked::{encode_chunked, Dechunker};
@@ -60,6 +61,11 @@ fn index(direction: StreamType) -> usize {
     usize::from(direction == StreamType::HttpResponse)
 }
 
+/// The open transform of `direction` listed in `shared` (`TxnShared::transforms`), or null.
+pub fn listed(shared: &TxnShared, direction: StreamType) -> *mut Transform {
+    shared.transforms[index(direction)].load(Ordering::Acquire) as *mut Transform
+}
+
 /// Adds a transform for `direction` to the transaction.
 ///
 /// # Safety
@@ -95,7 +101,7 @@ pub unsafe fn add(txnp: TSHttpTxn, txn: *mut Txn, direction: StreamType, chunked
         (*state).contp = connp;
         TSContDataSet(connp, state as *mut c_void);
     }
-    shared.transforms[index(direction)].store(state, Ordering::Release);
+    shared.transforms[index(direction)].store(state as *mut c_void, Ordering::Release);
     let hook = if direction == StreamType::HttpRequest {
         TS_HTTP_REQUEST_TRANSFORM_HOOK
     } else {
@@ -142,7 +148,7 @@ unsafe fn close(t: *mut Transform) {
     // SAFETY: the live state (contract), used by no one else under this mutex.
     let state = unsafe { &mut *t };
     let _ = state.shared.transforms[index(state.direction)].compare_exchange(
-        t,
+        t as *mut c_void,
         std::ptr::null_mut(),
         Ordering::AcqRel,
         Ordering::Acquire,
@@ -432,7 +438,7 @@ unsafe fn apply(contp: TSCont, t: &mut Transform, flow: Flow) {
         Flow::Respond(_) | Flow::Abort | Flow::Reset => {
             t.finished = true;
             t.aborted = true;
-            if t.shared.response_source.load(Ordering::Acquire) == super::txn::RESPONSE_TO_CLIENT {
+            if t.shared.response_source.load(Ordering::Acquire) == RESPONSE_TO_CLIENT {
                 // SAFETY: `contp` is the open transform (contract).
                 unsafe { TSVConnAbort(TSTransformOutputVConnGet(contp), 1) };
             } else {

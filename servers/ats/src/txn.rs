@@ -10,122 +10,20 @@
 //! with it): the hooks, the transforms and the wake-ups never drive the
 //! chain at once, and a wake-up can hand body bytes to a transform directly.
 
-use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
-use std::os::raw::{c_char, c_void};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::raw::c_char;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::hdr::Hdr;
 use super::server::log;
+use super::shared::{defer_wakeup, TxnShared, RESPONSE_FROM_ORIGIN, RESPONSE_NONE, RESPONSE_TO_CLIENT};
 use super::sys::*;
-use super::transform::Transform;
 use super::AtsGeneration;
 use proxy_wasm_host::abi::pairs::Pair;
 use proxy_wasm_host::abi::{LogLevel, MapType, Status, StreamType};
 use proxy_wasm_host::chain::{Chain, ChainServer, Flow, Phase, Signals};
 use proxy_wasm_host::host::{HttpStream, LocalResponse};
-
-/// What the stream contexts, the transforms and the chain's server side of
-/// one transaction share.
-pub struct TxnShared {
-    pub txnp: TSHttpTxn,
-    /// Which response header plugins see: none yet, the origin's (from
-    /// READ_RESPONSE_HDR) or the one sent to the client (from SEND_RESPONSE_HDR).
-    pub response_source: AtomicU8,
-    /// The transaction's continuation: its hooks, the chain's wake-ups and
-    /// pause timer. Set once, before any plugin runs.
-    pub contp: AtomicPtr<c_void>,
-    /// What the plugins ask of the chain (resumes, local response, close).
-    pub signals: Signals,
-    /// The chain's pause timer (a `TSAction`), null when none is pending.
-    /// Only touched under the continuation's mutex (its event nulls it first).
-    pause_timer: AtomicPtr<c_void>,
-    /// Wake-ups scheduled on the continuation and not delivered yet: the
-    /// continuation outlives TXN_CLOSE until they all arrived.
-    wakes: AtomicUsize,
-    /// The response the chain answered with (a plugin's, or the chain's own
-    /// 503/413/504): `response.code_details`, and its headers at SEND_RESPONSE_HDR.
-    pub local: Mutex<Option<LocalResponse>>,
-    /// The transaction closed while a plugin still holds its context.
-    pub detached: AtomicBool,
-    /// The chain cut the response before Traffic Server sent its header (the
-    /// response transform's output is aborted once SEND_RESPONSE_HDR went on:
-    /// Traffic Server crashes on a transform output aborted before it set up
-    /// the response's delivery).
-    pub abort_response: AtomicBool,
-    /// The body transforms (request, response), null until added and once
-    /// Traffic Server closed them. Only touched under the transaction's mutex.
-    pub transforms: [AtomicPtr<Transform>; 2],
-    /// The request transform has the body and the request has not gone upstream yet: the
-    /// request headers plugins read and change are the server request's (Traffic Server
-    /// sends it once the transform gives the body's length), so changes made at the end
-    /// of the body (an entity's TransformRequest) reach the origin. Set by the request
-    /// transform, cleared at SEND_REQUEST_HDR or when the request is answered instead.
-    pub request_to_server: AtomicBool,
-    /// The response transform holds its output (an entity's TransformResponse waits for the
-    /// end of the body), and with it the client's response header, which Traffic Server
-    /// builds from the transform's response header once the output opens: until then the
-    /// response headers plugins read and change are that header.
-    pub response_to_transform: AtomicBool,
-}
-
-// SAFETY: `txnp` and the continuation are only passed to Traffic Server API
-// functions, which may be called from any thread while the transaction is
-// alive; every holder that may outlive it (a stream context waiting for
-// `proxy_done`) is detached at TXN_CLOSE and no longer uses them. The
-// transform pointers are only dereferenced under the transaction's mutex.
-unsafe impl Send for TxnShared {}
-// SAFETY: as above; the mutable parts are atomics, mutexes and `Signals`.
-unsafe impl Sync for TxnShared {}
-
-thread_local! {
-    /// Wake-ups asked for by plugin callbacks running on this thread, to be
-    /// scheduled once the VM mutex is released (see `super::VmsGuard`).
-    static DEFERRED_WAKEUPS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
-    /// How many VM mutexes this thread holds (nested: 0 or 1 in practice).
-    static VMS_HELD: Cell<usize> = const { Cell::new(0) };
-}
-
-/// This thread took a VM mutex (`super::AtsVms::lock`).
-pub(super) fn vms_locked() {
-    VMS_HELD.with(|n| n.set(n.get() + 1));
-}
-
-/// This thread released a VM mutex: the wake-ups deferred meanwhile are
-/// scheduled once it holds none.
-pub(super) fn vms_released() {
-    let left = VMS_HELD.with(|n| {
-        let left = n.get().saturating_sub(1);
-        n.set(left);
-        left
-    });
-    if left == 0 {
-        schedule_deferred_wakeups();
-    }
-}
-
-/// Schedules `contp` once this thread holds no VM mutex (every plugin
-/// callback runs under one): scheduling takes `contp`'s mutex, which must
-/// never be waited for while holding a VM mutex.
-fn defer_wakeup(contp: TSCont) {
-    DEFERRED_WAKEUPS.with(|w| w.borrow_mut().push(contp as usize));
-    if VMS_HELD.with(Cell::get) == 0 {
-        schedule_deferred_wakeups();
-    }
-}
-
-/// Schedules the wake-ups deferred by `defer_wakeup` (with no VM mutex held).
-fn schedule_deferred_wakeups() {
-    let wakeups = DEFERRED_WAKEUPS.with(|w| std::mem::take(&mut *w.borrow_mut()));
-    for contp in wakeups {
-        // SAFETY: each continuation was alive when its wake-up was asked for
-        // and counted in its `TxnShared::wakes`, which keeps it alive until
-        // the wake-up is delivered (see `super::free_transaction`).
-        unsafe { TSContScheduleOnPool(contp as TSCont, 0, TS_THREAD_POOL_NET) };
-    }
-}
 
 /// The chain's server side: the transaction's shared state.
 #[derive(Clone)]
@@ -151,7 +49,7 @@ impl ChainServer for AtsChain {
         let action = unsafe {
             TSContScheduleOnPool(contp as TSCont, timeout.as_millis().max(1) as TSHRTime, TS_THREAD_POOL_NET)
         };
-        self.0.pause_timer.store(action as *mut c_void, Ordering::Release);
+        self.0.pause_timer_armed(action);
     }
 
     fn cancel_pause_timer(&mut self) {
@@ -165,7 +63,7 @@ impl ChainServer for AtsChain {
         if contp.is_null() || self.0.detached.load(Ordering::Acquire) {
             return;
         }
-        self.0.wakes.fetch_add(1, Ordering::AcqRel);
+        self.0.expect_wake();
         defer_wakeup(contp as TSCont);
     }
 
@@ -185,156 +83,6 @@ impl ChainServer for AtsChain {
         super::task::post(&self.0, job)
     }
 }
-
-impl TxnShared {
-    /// A wake-up of the continuation is on its way (scheduled by another thread later): the
-    /// continuation outlives TXN_CLOSE until it arrives.
-    pub(super) fn expect_wake(&self) {
-        self.wakes.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A wake-up counted by `expect_wake` will not come after all.
-    pub(super) fn unexpect_wake(&self) {
-        self.wakes.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    pub fn new(txnp: TSHttpTxn) -> TxnShared {
-        TxnShared {
-            txnp,
-            response_source: AtomicU8::new(RESPONSE_NONE),
-            contp: AtomicPtr::new(std::ptr::null_mut()),
-            signals: Signals::new(),
-            pause_timer: AtomicPtr::new(std::ptr::null_mut()),
-            wakes: AtomicUsize::new(0),
-            local: Mutex::new(None),
-            detached: AtomicBool::new(false),
-            abort_response: AtomicBool::new(false),
-            transforms: [AtomicPtr::new(std::ptr::null_mut()), AtomicPtr::new(std::ptr::null_mut())],
-            request_to_server: AtomicBool::new(false),
-            response_to_transform: AtomicBool::new(false),
-        }
-    }
-
-    /// Cancels the pause timer if one is pending. Called under the
-    /// continuation's mutex, under which the timer's own event nulls the
-    /// handle first: a handle that is not null is a timer that has not fired.
-    fn cancel_pause_timer(&self) {
-        let action = self.pause_timer.swap(std::ptr::null_mut(), Ordering::AcqRel);
-        if !action.is_null() {
-            // SAFETY: a pending action (see above).
-            unsafe { TSActionCancel(action as TSAction) };
-        }
-    }
-
-    fn client_request(&self) -> Option<Hdr> {
-        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
-        // SAFETY: live transaction (see the Send impl).
-        let r = unsafe { TSHttpTxnClientReqGet(self.txnp, &mut buf, &mut loc) };
-        (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: true })
-    }
-
-    /// The request Traffic Server will send upstream (it exists once the origin connection
-    /// is set up, before the request transform gets the body).
-    fn server_request(&self) -> Option<Hdr> {
-        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
-        // SAFETY: live transaction (see the Send impl).
-        let r = unsafe { TSHttpTxnServerReqGet(self.txnp, &mut buf, &mut loc) };
-        (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: true })
-    }
-
-    fn client_response(&self) -> Option<Hdr> {
-        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
-        let r = match self.response_source.load(Ordering::Acquire) {
-            // SAFETY: live transaction, past READ_RESPONSE_HDR.
-            RESPONSE_FROM_ORIGIN => unsafe { TSHttpTxnServerRespGet(self.txnp, &mut buf, &mut loc) },
-            // SAFETY: live transaction, at SEND_RESPONSE_HDR or later.
-            RESPONSE_TO_CLIENT => unsafe { TSHttpTxnClientRespGet(self.txnp, &mut buf, &mut loc) },
-            _ => return None,
-        };
-        (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: false })
-    }
-
-    /// The response header of the response transform (the client's response is made from it).
-    fn transform_response(&self) -> Option<Hdr> {
-        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
-        // SAFETY: live transaction (see the Send impl).
-        let r = unsafe { TSHttpTxnTransformRespGet(self.txnp, &mut buf, &mut loc) };
-        (r == TS_SUCCESS).then_some(Hdr { buf, loc, is_request: false })
-    }
-
-    /// An origin response header exists (the response came via the upstream).
-    fn server_response_received(&self) -> bool {
-        let (mut buf, mut loc): (TSMBuffer, TSMLoc) = (std::ptr::null_mut(), TS_NULL_MLOC);
-        // SAFETY: live transaction.
-        if unsafe { TSHttpTxnServerRespGet(self.txnp, &mut buf, &mut loc) } != TS_SUCCESS {
-            return false;
-        }
-        let h = Hdr { buf, loc, is_request: false };
-        let status = h.status();
-        Self::release(&h);
-        status != 0
-    }
-
-    fn hdr(&self, map: MapType) -> Result<Option<Hdr>, Status> {
-        if self.detached.load(Ordering::Acquire) {
-            return Ok(None);
-        }
-        match map {
-            MapType::HttpRequestHeaders if self.request_to_server.load(Ordering::Acquire) => {
-                Ok(self.server_request().or_else(|| self.client_request()))
-            }
-            MapType::HttpRequestHeaders => Ok(self.client_request()),
-            MapType::HttpResponseHeaders if self.response_to_transform.load(Ordering::Acquire) => {
-                Ok(self.transform_response().or_else(|| self.client_response()))
-            }
-            MapType::HttpResponseHeaders => Ok(self.client_response()),
-            // Traffic Server 9.2 gives plugins no access to HTTP trailers.
-            MapType::HttpRequestTrailers | MapType::HttpResponseTrailers => Ok(None),
-            _ => Err(Status::BadArgument),
-        }
-    }
-
-    fn release(hdr: &Hdr) {
-        // SAFETY: the header location was obtained from this buffer; releasing
-        // a top-level header handle with TS_NULL_MLOC as parent is the API's rule.
-        unsafe { TSHandleMLocRelease(hdr.buf, TS_NULL_MLOC, hdr.loc) };
-    }
-
-    fn with_hdr<R>(&self, map: MapType, f: impl FnOnce(&Hdr) -> Result<R, Status>) -> Result<Option<R>, Status> {
-        match self.hdr(map)? {
-            Some(h) => {
-                let r = f(&h);
-                Self::release(&h);
-                r.map(Some)
-            }
-            None => Ok(None),
-        }
-    }
-
-    pub(super) fn addr(sa: *const libc::sockaddr) -> Option<SocketAddr> {
-        if sa.is_null() {
-            return None;
-        }
-        // SAFETY: Traffic Server returns a valid sockaddr of the family it names.
-        unsafe {
-            match (*sa).sa_family as i32 {
-                libc::AF_INET => {
-                    let a = &*(sa as *const libc::sockaddr_in);
-                    Some(SocketAddr::from((u32::from_be(a.sin_addr.s_addr).to_be_bytes(), u16::from_be(a.sin_port))))
-                }
-                libc::AF_INET6 => {
-                    let a = &*(sa as *const libc::sockaddr_in6);
-                    Some(SocketAddr::from((a.sin6_addr.s6_addr, u16::from_be(a.sin6_port))))
-                }
-                _ => None,
-            }
-        }
-    }
-}
-
-pub const RESPONSE_NONE: u8 = 0;
-pub const RESPONSE_FROM_ORIGIN: u8 = 1;
-pub const RESPONSE_TO_CLIENT: u8 = 2;
 
 /// How the client frames its request body, as received (before any plugin
 /// touched the headers): Content-Length and Transfer-Encoding.
@@ -419,23 +167,35 @@ impl HttpStream for AtsStream {
     }
 
     fn header_value(&self, map: MapType, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
-        let key = key.to_ascii_lowercase();
-        Ok(self.shared.with_hdr(map, |h| Ok(h.value(&key)))?.flatten())
+        // Traffic Server finds fields by name without case; only a pseudo-header's
+        // name is compared as given, so a copy is made for an upper-case name only.
+        let lower;
+        let key = if key.iter().any(u8::is_ascii_uppercase) {
+            lower = key.to_ascii_lowercase();
+            &lower[..]
+        } else {
+            key
+        };
+        Ok(self.shared.with_hdr(map, |h| Ok(h.value(key)))?.flatten())
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Vec<Pair>) -> Result<(), Status> {
+        self.shared.mark_edited(map);
         self.shared.with_hdr(map, |h| h.set_all(&pairs))?.ok_or(Status::BadArgument)
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
+        self.shared.mark_edited(map);
         self.shared.with_hdr(map, |h| h.add(key, value))?.ok_or(Status::BadArgument)
     }
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
+        self.shared.mark_edited(map);
         self.shared.with_hdr(map, |h| h.replace(key, value))?.ok_or(Status::BadArgument)
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
+        self.shared.mark_edited(map);
         self.shared.with_hdr(map, |h| h.remove(key))?.ok_or(Status::BadArgument)
     }
 
@@ -606,6 +366,9 @@ pub struct Txn {
     /// The request is a HEAD: its response has no body (`end_of_stream` on
     /// the response headers; no response transform was added).
     head: bool,
+    /// SEND_RESPONSE_HDR is hooked: from the start when the chain goes through
+    /// the response (see `start_transaction`), else once the chain answers.
+    response_hooked: bool,
 }
 
 pub(super) fn reenable(txnp: TSHttpTxn, error: bool) {
@@ -640,30 +403,11 @@ fn set_error_response(txnp: TSHttpTxn, response: &LocalResponse) {
     }
 }
 
-/// Does what `next` says (with no borrow of the transaction left: see [`Next`]).
-///
-/// # Safety
-/// Called under the transaction's mutex, from one of its hooks or events,
-/// while the transaction is live.
-pub unsafe fn apply(shared: &TxnShared, next: Next) {
-    match next {
-        Next::Hold => {}
-        Next::Reenable { error } => reenable(shared.txnp, error),
-        Next::Body(direction, flow) => {
-            let t = shared.transforms[usize::from(direction == StreamType::HttpResponse)].load(Ordering::Acquire);
-            if !t.is_null() {
-                // SAFETY: a transform listed here is open (it unlists itself
-                // when Traffic Server closes it, under the same mutex).
-                unsafe { super::transform::deliver(t, flow) };
-            }
-        }
-    }
-}
-
 impl Txn {
     /// The request headers go through the chain before remapping (see `before_remap`), at once
     /// (from the global hook or TSRemapDoRemap), with the pair count `start` read.
-    pub fn new(shared: Arc<TxnShared>, chain: AtsTxnChain, start: RequestStart) -> Txn {
+    /// `response_hooked`: READ_RESPONSE_HDR and SEND_RESPONSE_HDR are hooked.
+    pub fn new(shared: Arc<TxnShared>, chain: AtsTxnChain, start: RequestStart, response_hooked: bool) -> Txn {
         Txn {
             shared,
             chain: Some(chain),
@@ -678,6 +422,7 @@ impl Txn {
             closed: false,
             before_remap: true,
             headers_waiting: false,
+            response_hooked,
         }
     }
 
@@ -685,21 +430,32 @@ impl Txn {
     /// wake-up has nothing to do) and whether it was the last one on its way
     /// (the continuation can go).
     pub fn take_wake(&mut self) -> (bool, bool) {
-        let before = self
-            .shared
-            .wakes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)))
-            .unwrap_or(0);
-        (self.closed, before <= 1)
+        (self.closed, self.shared.wake_arrived())
     }
 
     /// Whether a wake-up is still on its way to the continuation.
     pub fn wakes_pending(&self) -> bool {
-        self.shared.wakes.load(Ordering::Acquire) > 0
+        self.shared.wakes_pending()
     }
 
-    fn remember(&self, response: &LocalResponse) {
+    fn remember(&mut self, response: &LocalResponse) {
         *self.shared.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(response.clone());
+        self.hook_send_response();
+    }
+
+    /// Hooks SEND_RESPONSE_HDR, where the chain's answer gets its status and
+    /// headers (`apply_local_headers`), if the transaction did not from the start
+    /// (a chain without response callbacks).
+    fn hook_send_response(&mut self) {
+        if std::mem::replace(&mut self.response_hooked, true) {
+            return;
+        }
+        let contp = self.shared.contp.load(Ordering::Acquire);
+        if !contp.is_null() {
+            // SAFETY: live transaction and its continuation (set before any
+            // chain call); the hook comes later in the transaction.
+            unsafe { TSHttpTxnHookAdd(self.shared.txnp, TS_HTTP_SEND_RESPONSE_HDR_HOOK, contp as TSCont) };
+        }
     }
 
     /// The request headers through the chain (READ_REQUEST_HDR or POST_REMAP).
@@ -751,7 +507,6 @@ impl Txn {
             Flow::Respond(response) => {
                 self.remember(&response);
                 self.answered_request = true;
-                set_error_response(self.shared.txnp, &response);
                 // Keep-alive (issue 13): Traffic Server decides it from the
                 // client request only once HandleRequest ran; an error
                 // reenable before that (HandleApiErrorJump) finds it unset
@@ -762,10 +517,27 @@ impl Txn {
                 // keeps the connection unless the request has a body (not
                 // read: it would be taken for the next request), as NGINX and
                 // Envoy do. After remapping (a remap rule's chain that waited
-                // until POST_REMAP), only the error reenable answers it (a
-                // status set there is not looked at: the request would go on
-                // to the origin), and the connection is closed.
-                Next::Reenable { error: !self.before_remap }
+                // until POST_REMAP), a status set is no longer looked at and
+                // the error reenable's response never trusts its length
+                // (HandleApiErrorJump, build_response: the connection is
+                // closed whatever the hook), so the answer comes from a server
+                // intercept, as an origin response (`super::intercept`),
+                // unless the plugin asked to close the connection.
+                if self.before_remap {
+                    set_error_response(self.shared.txnp, &response);
+                    return Next::Reenable { error: false };
+                }
+                let closes = response
+                    .headers
+                    .iter()
+                    .any(|(k, v)| k.eq_ignore_ascii_case(b"connection") && v.eq_ignore_ascii_case(b"close"));
+                if closes {
+                    set_error_response(self.shared.txnp, &response);
+                    return Next::Reenable { error: true };
+                }
+                // SAFETY: live transaction, held at POST_REMAP: its origin is not looked up yet.
+                unsafe { super::intercept::answer(self.shared.txnp, &response) };
+                Next::Reenable { error: false }
             }
             // A closed stream: Traffic Server answers with its own error.
             Flow::Abort | Flow::Reset => Next::Reenable { error: true },
@@ -799,8 +571,9 @@ impl Txn {
     /// it changes the body) must not make it unreadable. The origin gets the
     /// edited body with framing Traffic Server computes for the transform.
     fn restore_framing(&self) {
-        if self.framing.is_empty() {
-            // Nothing a plugin could have removed: no header fetch.
+        if self.framing.is_empty() || !self.shared.take_edited(MapType::HttpRequestHeaders) {
+            // Nothing a plugin could have removed, or no plugin changed the
+            // request headers since: no header fetch.
             return;
         }
         let _ = self.shared.with_hdr(MapType::HttpRequestHeaders, |h| self.framing.restore(h));
@@ -816,7 +589,9 @@ impl Txn {
             return;
         }
         if let Some(framing) = self.response_framing.as_ref().filter(|f| !f.is_empty()) {
-            let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| framing.restore(h));
+            if self.shared.take_edited(MapType::HttpResponseHeaders) {
+                let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| framing.restore(h));
+            }
         }
     }
 
@@ -975,7 +750,7 @@ impl Txn {
     /// EVENT_TIMEOUT on the continuation: the pause timer fired (504, or the
     /// response aborted once its headers are out).
     pub fn on_pause_timer(&mut self) -> Next {
-        self.shared.pause_timer.store(std::ptr::null_mut(), Ordering::Release);
+        self.shared.pause_timer_fired();
         let Some(chain) = self.chain.as_mut() else { return Next::Hold };
         match chain.on_pause_timeout() {
             Some((phase, flow)) => self.dispatch(phase, flow),
@@ -988,6 +763,17 @@ impl Txn {
     pub fn close(&mut self) {
         self.closed = true;
         self.shared.cancel_pause_timer();
+        if !self.response_started {
+            // The response hooks were left out (a chain without response
+            // callbacks) or never came: what on_log reads of the response is
+            // what the client got, if it got one.
+            let _ = self.shared.response_source.compare_exchange(
+                RESPONSE_NONE,
+                RESPONSE_TO_CLIENT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
         if let Some(mut chain) = self.chain.take() {
             if chain.finish() {
                 // A plugin's on_done returned false: its proxy_done is awaited,
