@@ -70,7 +70,7 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// The chain requests no route matched go through (instead of a route without a host).
     pub sink: Option<Vec<String>>,
-    /// The case reloads the server ([`ServerUnderTest::reload`]): Traffic Server 9.2 then runs
+    /// The case reloads the server ([`ServerUnderTest::reload_configuration`]): Traffic Server 9.2 then runs
     /// under traffic_manager, which `traffic_ctl config reload` needs.
     pub reloadable: bool,
 }
@@ -174,14 +174,14 @@ pub trait ServerUnderTest: Sized + Send + Sync + 'static {
             panic!("{} never logged {text:?}\n{}", Self::NAME, self.log_report());
         }
     }
-    /// Replaces the YAML file of plugin `name` (placeholders allowed), for the next [`reload`](Self::reload).
+    /// Replaces the YAML file of plugin `name` (placeholders allowed), for the next [`reload_configuration`](Self::reload_configuration).
     fn rewrite_plugin(&self, name: &str, yaml: &str);
     /// Reloads the configuration the way an operator does (NGINX: SIGHUP to the master;
     /// Traffic Server: `traffic_ctl config reload`, with `remap.config` touched first when the
     /// plugins are in remap rules) and returns once the new configuration serves (NGINX: every
     /// old worker exited and new ones run; Traffic Server: our plugin logged the reload).
     /// Needs [`Setup::reloadable`].
-    fn reload(&self);
+    fn reload_configuration(&self);
 }
 
 impl ServerUnderTest for Nginx {
@@ -259,7 +259,7 @@ impl ServerUnderTest for Nginx {
     fn rewrite_plugin(&self, name: &str, yaml: &str) {
         self.rewrite_file(&Setup::file_of(name), yaml);
     }
-    fn reload(&self) {
+    fn reload_configuration(&self) {
         let old = self.worker_pids();
         self.hup();
         // Old workers finish their requests and exit; the master starts new ones at once.
@@ -347,7 +347,7 @@ impl ServerUnderTest for TrafficServer {
     fn rewrite_plugin(&self, name: &str, yaml: &str) {
         self.write_config(&Setup::file_of(name), yaml);
     }
-    fn reload(&self) {
+    fn reload_configuration(&self) {
         const WAIT: Duration = Duration::from_secs(30);
         let global = std::fs::read_to_string(self.etc_dir().join("plugin.config"))
             .is_ok_and(|c| c.lines().any(|l| l.trim_start().starts_with(PLUGIN_SO)));

@@ -88,8 +88,9 @@ struct Tick {
     root: u32,
     period: TSHRTime,
     thread: TSEventThread,
-    /// The pending event (null while the handler runs: it is the one firing).
-    action: TSAction,
+    /// The pending event (null while the handler runs: it is the one firing); a Cell, as
+    /// `cancel_tick` may clear it from inside the handler (on the same thread).
+    action: std::cell::Cell<TSAction>,
     /// Cancelled while its handler was running: the handler frees it.
     cancelled: AtomicBool,
     in_handler: AtomicBool,
@@ -159,9 +160,9 @@ impl AtsServer {
         // if we are inside that handler, it frees them when it returns.
         unsafe {
             let tick = TSContDataGet(contp) as *mut Tick;
-            if !(*tick).action.is_null() {
-                TSActionCancel((*tick).action);
-                (*tick).action = std::ptr::null_mut();
+            let action = (*tick).action.replace(std::ptr::null_mut());
+            if !action.is_null() {
+                TSActionCancel(action);
             }
             if (*tick).in_handler.load(Ordering::Acquire) {
                 (*tick).cancelled.store(true, Ordering::Release);
@@ -181,10 +182,10 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
         // SAFETY: the data is the Box<Tick> set in `set_tick_period`, freed only
         // on this thread by `cancel_tick` (not while the handler runs) or below.
         let raw = unsafe { TSContDataGet(contp) as *mut Tick };
-        // SAFETY: as above; nothing else uses it while the handler runs.
-        let tick = unsafe { &mut *raw };
+        // SAFETY: as above.
+        let tick = unsafe { &*raw };
         // The event that fired is spent: nothing to cancel until it is scheduled again.
-        tick.action = std::ptr::null_mut();
+        tick.action.set(std::ptr::null_mut());
         tick.in_handler.store(true, Ordering::Release);
         // A reload or a replacement retired these instances: they no longer
         // tick, and this thread shuts them down once no transaction uses them (the shutdown may cancel
@@ -221,7 +222,7 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
         } else {
             // SAFETY: the continuation lives until it is cancelled (`cancel_tick`, on this thread)
             // or its handler frees it; scheduled on the VM's own thread.
-            tick.action = unsafe { TSContScheduleOnThread(contp, tick.period, tick.thread) };
+            tick.action.set(unsafe { TSContScheduleOnThread(contp, tick.period, tick.thread) });
         }
     }));
     if r.is_err() {
@@ -466,7 +467,7 @@ impl ServerHost for AtsServer {
             root: root_context_id,
             period: period.as_millis().max(1) as TSHRTime,
             thread,
-            action: std::ptr::null_mut(),
+            action: std::cell::Cell::new(std::ptr::null_mut()),
             cancelled: AtomicBool::new(false),
             in_handler: AtomicBool::new(false),
         });
@@ -476,7 +477,7 @@ impl ServerHost for AtsServer {
             let contp = TSContCreate(Some(on_tick_event), TSMutexCreate());
             let raw = Box::into_raw(tick);
             TSContDataSet(contp, raw as *mut c_void);
-            (*raw).action = TSContScheduleOnThread(contp, (*raw).period, thread);
+            (*raw).action.set(TSContScheduleOnThread(contp, (*raw).period, thread));
             self.ticks.lock().unwrap_or_else(|p| p.into_inner()).insert(root_context_id, TickHandle(contp));
         }
     }
