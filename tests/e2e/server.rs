@@ -281,6 +281,11 @@ impl ServerUnderTest for TrafficServer {
             .origin(setup.origin_port)
             .exec_threads(setup.workers)
             .manager(setup.reloadable);
+        // Traffic Server compiles every plugin before it reports ready (about 1.5 s a module with
+        // the debug build's Wasmtime, more on a loaded machine): a long chain needs longer.
+        if setup.plugins.len() > 4 {
+            opts = opts.startup_timeout(Duration::from_secs(20 + 2 * setup.plugins.len() as u64));
+        }
         for p in &setup.plugins {
             opts = opts.file(Setup::file_of(&p.name), p.yaml.clone());
         }

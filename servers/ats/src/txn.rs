@@ -300,7 +300,11 @@ impl TxnShared {
         unsafe { TSHandleMLocRelease(hdr.buf, TS_NULL_MLOC, hdr.loc) };
     }
 
-    fn with_hdr<R>(&self, map: MapType, f: impl FnOnce(&Hdr) -> Result<R, Status>) -> Result<Option<R>, Status> {
+    pub(super) fn with_hdr<R>(
+        &self,
+        map: MapType,
+        f: impl FnOnce(&Hdr) -> Result<R, Status>,
+    ) -> Result<Option<R>, Status> {
         match self.hdr(map)? {
             Some(h) => {
                 let r = f(&h);
