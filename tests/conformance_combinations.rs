@@ -273,6 +273,12 @@ fn plugins_sharing_one_vm_share_its_data_and_queue_and_another_vm_keeps_its_own(
             .route("own.test", &["p3"])
             .default_route(&[]),
     );
+    // The keys exist before the load: a get of an absent key gives no CAS, so two first
+    // increments racing would both write 1 (an unconditional set, as on cpp-host).
+    for host in ["shared.test", "own.test"] {
+        let r = send(&s, Request::get("/init").host(host).header("x-pw-test", "shared-set").header("x-pw-key", "counter").header("x-pw-value", "0"));
+        assert_eq!(r.status, 200, "{host}: {}\n{}", r.body_str(), s.log_report());
+    }
     let values = Arc::new(Mutex::new(Vec::<u64>::new()));
     let seen = values.clone();
     let complaints = load(
