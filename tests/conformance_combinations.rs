@@ -438,6 +438,38 @@ fn a_reload_of_a_plugin_with_a_tick_timer_while_requests_flow_fails_no_request_a
     s.assert_nothing_died();
 }
 
+/// An Otoroshi job (the step plugin as a Job entity, `otoroshi.jobs`, every 20 ms) has run many
+/// times when the configuration is reloaded while requests flow through a Proxy-Wasm plugin. An
+/// operator expects the old job to stop (`job_stop`) and the new configuration's to start, as
+/// Otoroshi stops a job whose plugin changed, with no request failing and no process dying.
+#[test]
+fn a_reload_while_an_otoroshi_job_runs_fails_no_request_and_kills_no_process() {
+    let origin = Origin::start();
+    let (id, yaml) = step_entity("rust", &["Job"]);
+    let yaml = yaml.replace("wasm_plugins:", &format!("  jobs:\n    - {{ plugin: {id}, interval: 20ms }}\nwasm_plugins:"));
+    let s = <Server as ServerUnderTest>::start(
+        Setup::new("combo-reload-job", origin.port())
+            .workers(1)
+            .reloadable()
+            .plugin("pw", filter("pw", "pw_vm", r#"{"tag":"pw"}"#))
+            .plugin(&id, yaml),
+    );
+    s.expect_log("rust job_run #5", WAIT);
+    let flow = Flow::start(s.port(), 4, || Request::get("/flow"), |r| r.status == 200 && r.header("x-proxy-wasm") == Some("pw"));
+    std::thread::sleep(Duration::from_millis(300));
+    s.reload_configuration();
+    s.expect_log("rust job_stop #1", WAIT);
+    assert!(
+        e2e::wait_until(WAIT, || s.logs().matches("rust job_start #").count() >= 2),
+        "the new configuration's job started\n{}",
+        s.log_report()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (sent, failures) = flow.finish();
+    assert!(failures.is_empty(), "{} of {sent} requests failed: {:?}\n{}", failures.len(), &failures[..failures.len().min(10)], s.log_report());
+    s.assert_nothing_died();
+}
+
 // ------------------------------------------------------------------ empty and huge inputs
 
 /// A chain of two plugins that both edit the request and the response body (each appends its own
