@@ -1,7 +1,7 @@
 //! The chain's work while it holds its VMs: calling the links of a phase in
 //! order, and what each outcome does (continue, pause, answer, fail).
 
-use crate::abi::{LogLevel, StreamType};
+use crate::abi::{LogLevel, MapType, StreamType};
 use crate::host::LocalResponse;
 use crate::loader::PluginVms;
 use crate::vm::{Verdict, Vm, VmError};
@@ -237,7 +237,9 @@ impl<S: ChainServer> Driver<'_, S> {
     pub fn headers(&mut self, phase: Phase) -> Flow {
         let dir = phase.direction();
         let d = dir_index(dir);
-        let (count, eos) = self.st.headers[d];
+        let eos = self.st.headers[d].1;
+        let map =
+            if dir == StreamType::HttpResponse { MapType::HttpResponseHeaders } else { MapType::HttpRequestHeaders };
         loop {
             let pos = self.st.next[d];
             let Some(li) = self.st.link_at(dir, pos, self.links.len()) else {
@@ -260,10 +262,27 @@ impl<S: ChainServer> Driver<'_, S> {
                     StepResult::Failed(e) => Outcome::Failed(e),
                 }
             } else {
-                self.call(li, phase, |vm, ctx| match dir {
-                    StreamType::HttpResponse => vm.on_response_headers(ctx, count, eos),
-                    _ => vm.on_request_headers(ctx, count, eos),
-                })
+                // An earlier link edited the map: this one is told its size as it is now.
+                let edited = self.server.signals().take_headers_edited(dir);
+                let counted = std::cell::Cell::new(None);
+                let count = self.st.headers[d].0;
+                let outcome = self.call(li, phase, |vm, ctx| {
+                    let count = match edited.then(|| vm.header_count(ctx, map)).flatten() {
+                        Some(n) => {
+                            counted.set(Some(n));
+                            n
+                        }
+                        None => count,
+                    };
+                    match dir {
+                        StreamType::HttpResponse => vm.on_response_headers(ctx, count, eos),
+                        _ => vm.on_request_headers(ctx, count, eos),
+                    }
+                });
+                if let Some(n) = counted.get() {
+                    self.st.headers[d].0 = n;
+                }
+                outcome
             };
             match outcome {
                 Outcome::Continue => {}

@@ -343,7 +343,7 @@ fn call_step(
     };
     let direction =
         if f == StepFunction::TransformResponse { StreamType::HttpResponse } else { StreamType::HttpRequest };
-    match (off.run)(OffLoop { work, link: off.link, direction }) {
+    match (off.run)(OffLoop { work, link: off.link, direction, owner: Arc::from(entity.plugin.id.as_str()) }) {
         Ok(()) => {
             es.offloaded = Some(slot);
             Called::Stop(StepResult::Offloaded)

@@ -502,6 +502,12 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
         if self.st.finished || self.st.stopped[d] || self.st.ended[d] {
             return Flow::Forward { data: chunk.to_vec(), end_of_stream };
         }
+        // The headers said no body follows (Content-Length: 0, a 204...): a server that still
+        // hands over an empty last piece gets it back, and no plugin is called, as Envoy calls
+        // no body callback for a stream that ended with its headers.
+        if self.st.headers[d].1 && chunk.is_empty() {
+            return Flow::Forward { data: Vec::new(), end_of_stream };
+        }
         if let Some(flow) = self.requests_from_outside(phase) {
             return flow;
         }

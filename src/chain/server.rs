@@ -1,6 +1,7 @@
 //! What a chain needs from its server, and how it reaches its VMs.
 
 use std::ops::DerefMut;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::abi::{LogLevel, StreamType};
@@ -60,6 +61,9 @@ pub struct OffLoop {
     /// The link that waits for the work, and the direction it waits in.
     pub link: u32,
     pub direction: StreamType,
+    /// The plugin whose call it is (an entity's id): a server that keeps threads per plugin
+    /// runs it on that plugin's.
+    pub owner: Arc<str>,
 }
 
 impl std::fmt::Debug for OffLoop {

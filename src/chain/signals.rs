@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use crate::abi::{Status, StreamType};
+use crate::abi::{MapType, Status, StreamType};
 use crate::host::LocalResponse;
 
 /// The chain is inside a VM call: what plugins ask is looked at when it returns.
@@ -29,6 +29,10 @@ const CLOSED: u32 = 1 << 5;
 const RESPONSE_RELEASED: u32 = 1 << 6;
 /// `ChainServer::schedule_resume` was called and `Chain::resume` has not run since.
 const WAKE: u32 = 1 << 7;
+/// A plugin edited the request (response) headers since the chain last counted them: the next
+/// link's `num_headers` is counted again (Envoy passes each filter the map's size as it is).
+const REQUEST_HEADERS_EDITED: u32 = 1 << 8;
+const RESPONSE_HEADERS_EDITED: u32 = 1 << 9;
 
 /// The requests of one chain's plugins. A server embeds one per transaction
 /// (see `ChainServer::signals`), so a chain costs no allocation of its own.
@@ -55,6 +59,21 @@ impl Signals {
         } else {
             self.bits.fetch_and(!bit, Ordering::AcqRel);
         }
+    }
+
+    /// A plugin changed the header map `map` (see `REQUEST_HEADERS_EDITED`).
+    pub fn headers_edited(&self, map: MapType) {
+        match map {
+            MapType::HttpRequestHeaders => self.set(REQUEST_HEADERS_EDITED, true),
+            MapType::HttpResponseHeaders => self.set(RESPONSE_HEADERS_EDITED, true),
+            _ => {}
+        }
+    }
+
+    /// Whether the headers of `direction` were edited since the last call (and clears it).
+    pub fn take_headers_edited(&self, direction: StreamType) -> bool {
+        let bit = if direction == StreamType::HttpResponse { RESPONSE_HEADERS_EDITED } else { REQUEST_HEADERS_EDITED };
+        self.bits.fetch_and(!bit, Ordering::AcqRel) & bit != 0
     }
 
     /// Whether a wake-up is needed for what was just asked, and if so marks

@@ -27,6 +27,13 @@ impl<H: HttpStream, S: ChainServer> ChainStream<H, S> {
     fn signals(&self) -> Option<&Signals> {
         (!self.detached).then(|| self.server.signals())
     }
+
+    /// Tells the chain the map changed, so the next link's `num_headers` is counted again.
+    fn edited(&self, map: MapType) {
+        if let Some(signals) = self.signals() {
+            signals.headers_edited(map);
+        }
+    }
 }
 
 impl<H: HttpStream, S: ChainServer> HttpStream for ChainStream<H, S> {
@@ -39,19 +46,27 @@ impl<H: HttpStream, S: ChainServer> HttpStream for ChainStream<H, S> {
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Vec<Pair>) -> Result<(), Status> {
-        self.inner.set_header_map(map, pairs)
+        self.inner.set_header_map(map, pairs)?;
+        self.edited(map);
+        Ok(())
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        self.inner.add_header(map, key, value)
+        self.inner.add_header(map, key, value)?;
+        self.edited(map);
+        Ok(())
     }
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        self.inner.replace_header(map, key, value)
+        self.inner.replace_header(map, key, value)?;
+        self.edited(map);
+        Ok(())
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
-        self.inner.remove_header(map, key)
+        self.inner.remove_header(map, key)?;
+        self.edited(map);
+        Ok(())
     }
 
     fn send_local_response(&mut self, response: LocalResponse) -> Result<(), Status> {

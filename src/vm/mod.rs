@@ -599,6 +599,15 @@ impl Vm {
         ([context_id as i64, count as i64, end_of_stream as i64], n)
     }
 
+    /// How many pairs the header map `map` of stream context `context_id` holds now (pseudo-headers
+    /// included), `None` if there is no such context or map.
+    pub fn header_count(&mut self, context_id: u32, map: crate::abi::MapType) -> Option<usize> {
+        match self.instance.state().contexts.get(&context_id) {
+            Some(Context::Stream(s)) => s.stream.header_map(map).ok().map(|pairs| pairs.len()),
+            _ => None,
+        }
+    }
+
     /// `end_of_stream` is true only when no body follows the headers.
     pub fn on_request_headers(
         &mut self,

@@ -70,6 +70,9 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// The chain requests no route matched go through (instead of a route without a host).
     pub sink: Option<Vec<String>>,
+    /// The case reloads the server ([`ServerUnderTest::reload_configuration`]): Traffic Server 9.2 then runs
+    /// under traffic_manager, which `traffic_ctl config reload` needs.
+    pub reloadable: bool,
 }
 
 impl Setup {
@@ -82,6 +85,7 @@ impl Setup {
             workers: 2,
             env: Vec::new(),
             sink: None,
+            reloadable: false,
         }
     }
     /// Adds a plugin named `name` with this YAML text.
@@ -107,6 +111,11 @@ impl Setup {
     }
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+    /// The case calls [`ServerUnderTest::reload`].
+    pub fn reloadable(mut self) -> Self {
+        self.reloadable = true;
         self
     }
     /// Sets an environment variable of the server process(es).
@@ -165,6 +174,14 @@ pub trait ServerUnderTest: Sized + Send + Sync + 'static {
             panic!("{} never logged {text:?}\n{}", Self::NAME, self.log_report());
         }
     }
+    /// Replaces the YAML file of plugin `name` (placeholders allowed), for the next [`reload_configuration`](Self::reload_configuration).
+    fn rewrite_plugin(&self, name: &str, yaml: &str);
+    /// Reloads the configuration the way an operator does (NGINX: SIGHUP to the master;
+    /// Traffic Server: `traffic_ctl config reload`, with `remap.config` touched first when the
+    /// plugins are in remap rules) and returns once the new configuration serves (NGINX: every
+    /// old worker exited and new ones run; Traffic Server: our plugin logged the reload).
+    /// Needs [`Setup::reloadable`].
+    fn reload_configuration(&self);
 }
 
 impl ServerUnderTest for Nginx {
@@ -239,6 +256,19 @@ impl ServerUnderTest for Nginx {
     fn log_report(&self) -> String {
         Nginx::log_report(self)
     }
+    fn rewrite_plugin(&self, name: &str, yaml: &str) {
+        self.rewrite_file(&Setup::file_of(name), yaml);
+    }
+    fn reload_configuration(&self) {
+        let old = self.worker_pids();
+        self.hup();
+        // Old workers finish their requests and exit; the master starts new ones at once.
+        let replaced = super::wait_until(Duration::from_secs(30), || {
+            let now = self.worker_pids();
+            now.len() == self.workers() && now.iter().all(|p| !old.contains(p))
+        });
+        assert!(replaced, "the reload did not replace the workers {old:?}\n{}", self.log_report());
+    }
 }
 
 impl ServerUnderTest for TrafficServer {
@@ -247,7 +277,15 @@ impl ServerUnderTest for TrafficServer {
 
     fn start(setup: Setup) -> TrafficServer {
         super::ats::require_plugin_so();
-        let mut opts = AtsOptions::new(&setup.name).origin(setup.origin_port).exec_threads(setup.workers);
+        let mut opts = AtsOptions::new(&setup.name)
+            .origin(setup.origin_port)
+            .exec_threads(setup.workers)
+            .manager(setup.reloadable);
+        // Traffic Server compiles every plugin before it reports ready (about 1.5 s a module with
+        // the debug build's Wasmtime, more on a loaded machine): a long chain needs longer.
+        if setup.plugins.len() > 4 {
+            opts = opts.startup_timeout(Duration::from_secs(20 + 2 * setup.plugins.len() as u64));
+        }
         for p in &setup.plugins {
             opts = opts.file(Setup::file_of(&p.name), p.yaml.clone());
         }
@@ -299,8 +337,36 @@ impl ServerUnderTest for TrafficServer {
     fn is_running(&self) -> bool {
         TrafficServer::is_running(self)
     }
+    /// traffic_server writes a crash (a signal, a failed assertion) to traffic.out; under
+    /// traffic_manager a crashed server is restarted, which only the logs then tell.
+    fn assert_nothing_died(&self) {
+        self.assert_running();
+        let logs = format!("{}\n{}", self.logs(), self.manager_log());
+        for sign in ["received signal", "Received Signal", "Fatal:", "failed assertion", "terminated due to Sig"] {
+            assert!(!logs.contains(sign), "Traffic Server crashed ({sign:?} in its logs)\n{}", self.log_report());
+        }
+    }
     fn log_report(&self) -> String {
         TrafficServer::log_report(self)
+    }
+    fn rewrite_plugin(&self, name: &str, yaml: &str) {
+        self.write_config(&Setup::file_of(name), yaml);
+    }
+    fn reload_configuration(&self) {
+        const WAIT: Duration = Duration::from_secs(30);
+        let global = std::fs::read_to_string(self.etc_dir().join("plugin.config"))
+            .is_ok_and(|c| c.lines().any(|l| l.trim_start().starts_with(PLUGIN_SO)));
+        if global {
+            self.reload_and_wait("[proxy_wasm] reloaded", WAIT);
+        } else {
+            // Traffic Server re-reads remap.config, and so the rules' YAML files, only when
+            // remap.config itself changed.
+            let path = self.etc_dir().join("remap.config");
+            let text = std::fs::read(&path).expect("remap.config");
+            std::thread::sleep(Duration::from_millis(1100));
+            std::fs::write(&path, text).expect("touch remap.config");
+            self.reload_and_wait("remap.config finished loading", WAIT);
+        }
     }
 }
 

@@ -719,7 +719,6 @@ pub unsafe extern "C" fn TSPluginInit(argc: c_int, argv: *const *const c_char) {
             log(LogLevel::Error, "[proxy_wasm] plugin registration failed");
             return;
         }
-        task::watch_task_threads();
         // Remap rules then use this same copy of the library instead of a
         // fresh one per remap.config load, so global and per-route plugins
         // share one engine, one compiled-code cache, shared data and queues.
@@ -824,7 +823,6 @@ pub extern "C" fn TSRemapInit(
             write_errbuf(errbuf, errbuf_size, "proxy_wasm: missing remap API information");
             return TS_ERROR;
         }
-        task::watch_task_threads();
         TS_SUCCESS
     })
     .unwrap_or(TS_ERROR)

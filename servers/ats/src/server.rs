@@ -74,14 +74,23 @@ unsafe impl Send for Thread {}
 // SAFETY: as above; it is never dereferenced by us.
 unsafe impl Sync for Thread {}
 
-/// A periodic `on_tick` for one root context.
+/// A periodic `on_tick` for one root context: a one-shot event on the VM's thread that its
+/// handler schedules again after each tick. Not `TSContScheduleEveryOnThread`: Traffic Server
+/// counts a continuation's pending events up when one is scheduled and down at each firing, so a
+/// periodic event fired more than once leaves the count below zero, and destroying that
+/// continuation (a reload or a replacement retiring the VM) aborted traffic_server with a failed
+/// assertion `m_event_count >= 0`. A one-shot event keeps the count balanced.
 struct Tick {
     generation: Weak<AtsGeneration>,
     /// The plugin set, whose retirement (a reload) stops the tick too.
     set: Option<Arc<PluginSet>>,
     vm: usize,
     root: u32,
-    action: TSAction,
+    period: TSHRTime,
+    thread: TSEventThread,
+    /// The pending event (null while the handler runs: it is the one firing); a Cell, as
+    /// `cancel_tick` may clear it from inside the handler (on the same thread).
+    action: std::cell::Cell<TSAction>,
     /// Cancelled while its handler was running: the handler frees it.
     cancelled: AtomicBool,
     in_handler: AtomicBool,
@@ -151,7 +160,10 @@ impl AtsServer {
         // if we are inside that handler, it frees them when it returns.
         unsafe {
             let tick = TSContDataGet(contp) as *mut Tick;
-            TSActionCancel((*tick).action);
+            let action = (*tick).action.replace(std::ptr::null_mut());
+            if !action.is_null() {
+                TSActionCancel(action);
+            }
             if (*tick).in_handler.load(Ordering::Acquire) {
                 (*tick).cancelled.store(true, Ordering::Release);
             } else {
@@ -169,7 +181,11 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the data is the Box<Tick> set in `set_tick_period`, freed only
         // on this thread by `cancel_tick` (not while the handler runs) or below.
-        let tick = unsafe { &*(TSContDataGet(contp) as *const Tick) };
+        let raw = unsafe { TSContDataGet(contp) as *mut Tick };
+        // SAFETY: as above.
+        let tick = unsafe { &*raw };
+        // The event that fired is spent: nothing to cancel until it is scheduled again.
+        tick.action.set(std::ptr::null_mut());
         tick.in_handler.store(true, Ordering::Release);
         // A reload or a replacement retired these instances: they no longer
         // tick, and this thread shuts them down once no transaction uses them (the shutdown may cancel
@@ -195,17 +211,18 @@ extern "C" fn on_tick_event(contp: TSCont, _event: TSEvent, _edata: *mut c_void)
             log(LogLevel::Critical, "[proxy_wasm] internal error (panic) copying plugin metrics into stats");
         }
         if !alive || tick.cancelled.load(Ordering::Acquire) {
-            // The VMs are gone (replaced or reloaded), or the plugin stopped its timer.
-            // SAFETY: nothing else refers to this continuation any more.
+            // The VMs are gone (replaced or reloaded), or the plugin stopped its timer (or set
+            // another period, which made a new timer): no event is pending, so nothing else refers
+            // to this continuation.
+            // SAFETY: as above; the Box is taken back once.
             unsafe {
-                if alive {
-                    // Cancelled by `cancel_tick`, which already cancelled the action.
-                } else {
-                    TSActionCancel(tick.action);
-                }
-                drop(Box::from_raw(TSContDataGet(contp) as *mut Tick));
+                drop(Box::from_raw(raw));
                 TSContDestroy(contp);
             }
+        } else {
+            // SAFETY: the continuation lives until it is cancelled (`cancel_tick`, on this thread)
+            // or its handler frees it; scheduled on the VM's own thread.
+            tick.action.set(unsafe { TSContScheduleOnThread(contp, tick.period, tick.thread) });
         }
     }));
     if r.is_err() {
@@ -448,7 +465,9 @@ impl ServerHost for AtsServer {
             set: self.set.clone(),
             vm: self.vm,
             root: root_context_id,
-            action: std::ptr::null_mut(),
+            period: period.as_millis().max(1) as TSHRTime,
+            thread,
+            action: std::cell::Cell::new(std::ptr::null_mut()),
             cancelled: AtomicBool::new(false),
             in_handler: AtomicBool::new(false),
         });
@@ -458,7 +477,7 @@ impl ServerHost for AtsServer {
             let contp = TSContCreate(Some(on_tick_event), TSMutexCreate());
             let raw = Box::into_raw(tick);
             TSContDataSet(contp, raw as *mut c_void);
-            (*raw).action = TSContScheduleEveryOnThread(contp, period.as_millis().max(1) as TSHRTime, thread);
+            (*raw).action.set(TSContScheduleOnThread(contp, (*raw).period, thread));
             self.ticks.lock().unwrap_or_else(|p| p.into_inner()).insert(root_context_id, TickHandle(contp));
         }
     }

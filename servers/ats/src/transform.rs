@@ -19,7 +19,7 @@ use super::server::log;
 use super::shared::{TxnShared, RESPONSE_TO_CLIENT};
 use super::sys::*;
 use super::txn::Txn;
-use proxy_wasm_host::abi::{LogLevel, StreamType};
+use proxy_wasm_host::abi::{LogLevel, MapType, StreamType};
 use proxy_wasm_host::chain::Flow;
 use proxy_wasm_host::chunked::{encode_chunked, Dechunker};
 
@@ -430,6 +430,21 @@ unsafe fn apply(contp: TSCont, t: &mut Transform, flow: Flow) {
                 unsafe { end_output(contp, t) };
             }
         }
+        // Response whose header still waits for the transform's output (an
+        // entity's TransformResponse holds it): the answer replaces the
+        // response, status, headers and body, as on NGINX.
+        Flow::Respond(response) if t.hold_output && t.output_vio.is_null() && !t.finished => {
+            if !replace_held_response(t, &response) {
+                // The header cannot be written: the connection is closed.
+                t.finished = true;
+                t.aborted = true;
+                t.shared.abort_response.store(true, Ordering::Release);
+                return;
+            }
+            t.held = response.body;
+            // SAFETY: as this function's own contract.
+            unsafe { end_output(contp, t) };
+        }
         // Response: its header went out (or goes out: the chain let it
         // through): the connection is closed so that the client cannot take a
         // cut response for a complete one. Before Traffic Server sent the
@@ -446,6 +461,20 @@ unsafe fn apply(contp: TSCont, t: &mut Transform, flow: Flow) {
             }
         }
     }
+}
+
+/// Writes `response`'s status and headers over the transform's response header, which the
+/// client's is made from; false if there is none to write.
+fn replace_held_response(t: &Transform, response: &proxy_wasm_host::host::LocalResponse) -> bool {
+    let mut pairs = vec![(b":status".to_vec(), response.status.to_string().into_bytes())];
+    pairs.extend(
+        response
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with(b":") && !k.eq_ignore_ascii_case(b"content-length"))
+            .cloned(),
+    );
+    matches!(t.shared.with_hdr(MapType::HttpResponseHeaders, |h| h.set_all(&pairs)), Ok(Some(())))
 }
 
 /// Traffic Server needs the length of a transformed request body before it

@@ -160,7 +160,7 @@ impl ChainServer for NgxChain {
     /// On nginx's thread pool (`thread_task`); back on the event loop, the link resumes if the
     /// request still lives (else the result is dropped with the task).
     fn run_off_loop(&self, job: proxy_wasm_host::chain::OffLoop) -> Result<(), String> {
-        let proxy_wasm_host::chain::OffLoop { work, link, direction } = job;
+        let proxy_wasm_host::chain::OffLoop { work, link, direction, .. } = job;
         let ctx = self.0.clone();
         let done = move || {
             if ctx.r().is_some() {
