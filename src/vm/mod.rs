@@ -91,6 +91,9 @@ pub struct Vm {
     /// not exported): a callback then costs an array read, and one the
     /// module does not export costs nothing more.
     callbacks: [Option<ExportIndex>; Callback::COUNT],
+    /// The module exports `proxy_on_done`, `proxy_on_log` or `proxy_on_delete`:
+    /// without them a stream's end is only forgetting its context.
+    teardown_callbacks: bool,
 }
 
 /// The callbacks the host calls, by their place in [`Vm::callbacks`].
@@ -190,6 +193,7 @@ impl Vm {
             calls: 0,
             memory_limit_logged: false,
             callbacks: [None; Callback::COUNT],
+            teardown_callbacks: false,
         };
         for callback in Callback::ALL {
             let name = callback.name();
@@ -197,6 +201,8 @@ impl Vm {
                 vm.callbacks[callback as usize] = vm.instance.resolve(name);
             }
         }
+        vm.teardown_callbacks =
+            [Callback::Done, Callback::Log, Callback::Delete].iter().any(|c| vm.callbacks[*c as usize].is_some());
         vm.start()?;
         Ok(vm)
     }
@@ -784,6 +790,10 @@ impl Vm {
         let s = self.stream_mut(context_id)?;
         if s.awaiting_done {
             return Ok(false); // finished already, waiting for proxy_done
+        }
+        if !self.teardown_callbacks {
+            self.drop_stream(context_id);
+            return Ok(true);
         }
         if self.failure.is_none() {
             match self.call_if_exported(context_id, Callback::Done, &[context_id as i64]) {
