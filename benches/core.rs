@@ -33,6 +33,10 @@ const BODIES: &[(&str, &str)] = &[
         "(drop (call $get (i32.const 0) (i32.const 0x100) (i32.const 10) (i32.const 0x10) (i32.const 0x14)))",
     ),
     (
+        "proxy_get_header_map_value (absent header)",
+        "(drop (call $get (i32.const 0) (i32.const 0x160) (i32.const 8) (i32.const 0x10) (i32.const 0x14)))",
+    ),
+    (
         "proxy_add_header_map_value (7-byte name, 2-byte value)",
         "(drop (call $add (i32.const 0) (i32.const 0x120) (i32.const 7) (i32.const 0x130) (i32.const 2)))",
     ),
@@ -53,6 +57,7 @@ fn module(body: &str) -> String {
   (data (i32.const 0x120) "x-bench")
   (data (i32.const 0x130) "ok")
   (data (i32.const 0x140) "a line nobody will read.")
+  (data (i32.const 0x160) "x-absent")
   (func (export "proxy_abi_version_0_2_1"))
   ;; Bump allocator, reset at every callback: what the host allocates for a
   ;; returned value is dropped when the callback returns.

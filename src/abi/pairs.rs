@@ -15,23 +15,38 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 
 /// Encodes pairs; an empty list becomes an empty byte string.
 pub fn encode<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
-    if pairs.is_empty() {
-        return Vec::new();
-    }
-    let data: usize = pairs.iter().map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 2).sum();
-    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.as_ref().len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_ref());
-        out.push(0);
-        out.extend_from_slice(v.as_ref());
-        out.push(0);
-    }
+    let mut out = vec![0; encoded_len(pairs)];
+    encode_into(pairs, &mut out);
     out
+}
+
+/// The size of [`encode`]'s result.
+pub fn encoded_len<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> usize {
+    if pairs.is_empty() {
+        return 0;
+    }
+    4 + pairs.iter().map(|(k, v)| 8 + k.as_ref().len() + v.as_ref().len() + 2).sum::<usize>()
+}
+
+/// Writes [`encode`]'s result into `out`, which is [`encoded_len`] bytes long
+/// (the hostcalls encode straight into the guest's memory).
+pub fn encode_into<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)], out: &mut [u8]) {
+    if pairs.is_empty() {
+        return;
+    }
+    let (table, mut data) = out.split_at_mut(4 + pairs.len() * 8);
+    table[..4].copy_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for ((k, v), lens) in pairs.iter().zip(table[4..].chunks_exact_mut(8)) {
+        let (k, v) = (k.as_ref(), v.as_ref());
+        lens[..4].copy_from_slice(&(k.len() as u32).to_le_bytes());
+        lens[4..].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        for part in [k, v] {
+            let (dst, rest) = data.split_at_mut(part.len() + 1);
+            dst[..part.len()].copy_from_slice(part);
+            dst[part.len()] = 0;
+            data = rest;
+        }
+    }
 }
 
 /// Decodes pairs sent by a plugin. Malformed or oversized input is BAD_ARGUMENT.

@@ -160,9 +160,13 @@ pub trait ServerHost: Send + Sync {
 /// The value of `key` in a header map (case-insensitive; several values
 /// joined with ","), as `get_header_map_value` answers it; `None` when absent.
 pub fn value_in_pairs(pairs: &[Pair], key: &[u8]) -> Option<Vec<u8>> {
-    let values: Vec<&[u8]> =
-        pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_slice()).collect();
-    (!values.is_empty()).then(|| values.join(&b","[..]))
+    let mut values = pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_slice());
+    let mut joined = values.next()?.to_vec();
+    for v in values {
+        joined.push(b',');
+        joined.extend_from_slice(v);
+    }
+    Some(joined)
 }
 
 /// One HTTP transaction as one plugin sees it.

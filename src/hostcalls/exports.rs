@@ -307,33 +307,47 @@ fn read_map(st: &mut HostState, map: MapType) -> Result<Vec<Pair>, Status> {
     }
 }
 
+/// The answer to an outgoing call's map, borrowed (`None`: not in this callback).
+fn http_call_map(st: &HostState, map: MapType) -> Option<&[Pair]> {
+    let r = st.http_call_response.as_ref()?;
+    Some(if map == MapType::HttpCallResponseHeaders { &r.headers } else { &r.trailers })
+}
+
+/// The guest's bytes at argument `i` (pointer) and `i + 1` (length), borrowed
+/// from its memory, or INVALID_MEMORY_ACCESS from the hostcall.
+macro_rules! arg_bytes {
+    ($mem:expr, $a:expr, $i:expr) => {
+        tri!(memory::bytes($mem, u($a, $i), u($a, $i + 1)))
+    };
+}
+
 fn proxy_get_header_map_pairs(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
     let pairs = tri!(read_map(c.state(), map));
-    done(return_bytes(c, &pairs::encode(&pairs), u(a, 1), u(a, 2))?)
+    done(memory::return_with(c, pairs::encoded_len(&pairs), u(a, 1), u(a, 2), |out| pairs::encode_into(&pairs, out))?)
 }
 
 fn proxy_get_header_map_size(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
-    let pairs = tri!(read_map(c.state(), map));
-    write_u32_result(c, u(a, 1), pairs::encode(&pairs).len() as u32)
+    let st = c.state();
+    let size = match map_source(st, map) {
+        MapSource::HttpCall => http_call_map(st, map).map_or(0, pairs::encoded_len),
+        _ => pairs::encoded_len(&tri!(read_map(st, map))),
+    };
+    write_u32_result(c, u(a, 1), size as u32)
 }
 
 fn proxy_get_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
-    let key = read!(c, u(a, 1), u(a, 2));
-    let st = c.state();
+    let (mem, st) = c.memory_and_state();
+    let key = arg_bytes!(mem, a, 1);
     let value = match map_source(st, map) {
-        MapSource::Stream => tri!(st.effective_stream().map_or(Ok(None), |s| s.stream.header_value(map, &key))),
-        _ => {
-            let pairs = tri!(read_map(st, map));
-            let values: Vec<&[u8]> =
-                pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.as_slice()).collect();
-            (!values.is_empty()).then(|| values.join(&b","[..]))
-        }
+        MapSource::Stream => tri!(st.effective_stream().map_or(Ok(None), |s| s.stream.header_value(map, key))),
+        MapSource::HttpCall => http_call_map(st, map).and_then(|pairs| crate::host::value_in_pairs(pairs, key)),
+        MapSource::Absent => None,
     };
     match value {
         Some(v) => done(return_bytes(c, &v, u(a, 3), u(a, 4))?),
@@ -346,11 +360,10 @@ fn proxy_get_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
 /// Runs a write on the effective stream's map; maps that cannot be written
 /// here are BAD_ARGUMENT.
 fn write_map(
-    c: &mut dyn Caller<HostState>,
+    st: &mut HostState,
     map: MapType,
     f: impl FnOnce(&mut dyn crate::host::HttpStream) -> Result<(), Status>,
 ) -> R {
-    let st = c.state();
     match map_source(st, map) {
         MapSource::Stream => match st.effective_stream() {
             Some(s) => result(f(s.stream.as_mut())),
@@ -363,32 +376,33 @@ fn write_map(
 fn proxy_set_header_map_pairs(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
-    let raw = read!(c, u(a, 1), u(a, 2));
-    let pairs = tri!(pairs::decode(&raw));
-    write_map(c, map, |s| s.set_header_map(map, pairs))
+    let (mem, st) = c.memory_and_state();
+    let pairs = tri!(pairs::decode(arg_bytes!(mem, a, 1)));
+    write_map(st, map, |s| s.set_header_map(map, pairs))
 }
 
 fn proxy_add_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
-    let key = read!(c, u(a, 1), u(a, 2));
-    let value = read!(c, u(a, 3), u(a, 4));
-    write_map(c, map, |s| s.add_header(map, &key, &value))
+    let (mem, st) = c.memory_and_state();
+    let (key, value) = (arg_bytes!(mem, a, 1), arg_bytes!(mem, a, 3));
+    write_map(st, map, |s| s.add_header(map, key, value))
 }
 
 fn proxy_replace_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
-    let key = read!(c, u(a, 1), u(a, 2));
-    let value = read!(c, u(a, 3), u(a, 4));
-    write_map(c, map, |s| s.replace_header(map, &key, &value))
+    let (mem, st) = c.memory_and_state();
+    let (key, value) = (arg_bytes!(mem, a, 1), arg_bytes!(mem, a, 3));
+    write_map(st, map, |s| s.replace_header(map, key, value))
 }
 
 fn proxy_remove_header_map_value(c: &mut dyn Caller<HostState>, a: &[Val]) -> R {
     tri!(running(c));
     let map = tri!(MapType::try_from(u(a, 0) as i32));
-    let key = read!(c, u(a, 1), u(a, 2));
-    write_map(c, map, |s| s.remove_header(map, &key))
+    let (mem, st) = c.memory_and_state();
+    let key = arg_bytes!(mem, a, 1);
+    write_map(st, map, |s| s.remove_header(map, key))
 }
 
 // ---------------------------------------------------------------- stream control
@@ -834,8 +848,8 @@ fn normalize_path(raw: &[u8]) -> Vec<u8> {
 /// Resolves a property for the effective context: values the plugin set, then
 /// the plugin's identity, then the server.
 fn get_property(st: &mut HostState, raw: &[u8]) -> Result<Option<Vec<u8>>, Status> {
-    let key = normalize_path(raw);
-    if let Some(v) = st.effective().and_then(|c| c.properties().get(&key)) {
+    let key = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if let Some(v) = st.effective().and_then(|c| c.properties().get(key)) {
         return Ok(Some(v.clone()));
     }
     let segments = property_path::split(raw);

@@ -21,10 +21,16 @@ pub fn slice_mut(mem: &mut [u8], ptr: u32, len: u32) -> Result<&mut [u8], Status
 
 /// Reads `len` bytes at `ptr`; a zero length reads nothing whatever the pointer.
 pub fn read(mem: &[u8], ptr: u32, len: u32) -> Result<Vec<u8>, Status> {
+    bytes(mem, ptr, len).map(<[u8]>::to_vec)
+}
+
+/// The `len` bytes at `ptr`, borrowed from the guest's memory (as [`read`],
+/// without a copy: a hostcall that only passes them on to the server needs none).
+pub fn bytes(mem: &[u8], ptr: u32, len: u32) -> Result<&[u8], Status> {
     if len == 0 {
-        return Ok(Vec::new());
+        return Ok(&[]);
     }
-    slice(mem, ptr, len).map(<[u8]>::to_vec)
+    slice(mem, ptr, len)
 }
 
 pub fn write(mem: &mut [u8], ptr: u32, data: &[u8]) -> Result<(), Status> {
@@ -64,13 +70,25 @@ pub fn allocate(c: &mut dyn Caller<HostState>, size: u32) -> Result<Option<u32>,
 /// Hands bytes to the guest: allocates, copies, and writes the address and
 /// size to the two return pointers. Empty data is a null pointer and size 0.
 pub fn return_bytes(c: &mut dyn Caller<HostState>, data: &[u8], ptr_ptr: u32, size_ptr: u32) -> Result<Status, Trap> {
+    return_with(c, data.len(), ptr_ptr, size_ptr, |out| out.copy_from_slice(data))
+}
+
+/// As [`return_bytes`] for `len` bytes that `fill` writes straight into the
+/// guest's allocation (an encoding made in place instead of in a host buffer).
+pub fn return_with(
+    c: &mut dyn Caller<HostState>,
+    len: usize,
+    ptr_ptr: u32,
+    size_ptr: u32,
+    fill: impl FnOnce(&mut [u8]),
+) -> Result<Status, Trap> {
     {
         let (mem, _) = c.memory_and_state();
         if check(mem, ptr_ptr, 4).is_err() || check(mem, size_ptr, 4).is_err() {
             return Ok(Status::InvalidMemoryAccess);
         }
     }
-    let Ok(len) = u32::try_from(data.len()) else {
+    let Ok(len) = u32::try_from(len) else {
         return Ok(Status::InvalidMemoryAccess);
     };
     let addr = if len == 0 {
@@ -82,8 +100,13 @@ pub fn return_bytes(c: &mut dyn Caller<HostState>, data: &[u8], ptr_ptr: u32, si
         }
     };
     let (mem, _) = c.memory_and_state();
-    let result =
-        write(mem, addr, data).and_then(|_| write_u32(mem, ptr_ptr, addr)).and_then(|_| write_u32(mem, size_ptr, len));
+    let result = match slice_mut(mem, addr, len) {
+        Ok(out) => {
+            fill(out);
+            write_u32(mem, ptr_ptr, addr).and_then(|_| write_u32(mem, size_ptr, len))
+        }
+        Err(e) => Err(e),
+    };
     Ok(result.err().unwrap_or(Status::Ok))
 }
 

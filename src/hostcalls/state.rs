@@ -1,7 +1,7 @@
 //! The host-side state of one instance: its contexts and what the current
 //! callback may touch. It lives inside the runtime's store so hostcalls reach it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::hash::FastMap;
 use std::sync::Arc;
@@ -14,6 +14,11 @@ use crate::metrics::MetricStore;
 use crate::plugin::PluginInfo;
 use crate::shared::{QueueStore, SharedDataStore};
 
+/// Properties a plugin set on a context, by path. A B-tree: an empty one is
+/// made without work (a `HashMap` seeds its hasher from a thread-local, and
+/// a context is made per request), and a context holds few of them.
+pub type Properties = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// A root context: one per plugin in this instance.
 pub struct RootContext {
     pub plugin: Arc<PluginInfo>,
@@ -21,7 +26,7 @@ pub struct RootContext {
     /// `on_done` returned false: the plugin finishes with `proxy_done`.
     pub awaiting_done: bool,
     /// Properties the plugin set on its root context.
-    pub properties: HashMap<Vec<u8>, Vec<u8>>,
+    pub properties: Properties,
 }
 
 /// A stream context: one per HTTP transaction and plugin.
@@ -36,7 +41,7 @@ pub struct StreamContext {
     pub request_body_eos: bool,
     pub response_body_eos: bool,
     /// Properties the plugin set that the server does not own.
-    pub properties: HashMap<Vec<u8>, Vec<u8>>,
+    pub properties: Properties,
     pub local_response_sent: bool,
     pub closed: bool,
     /// `on_done` returned false: `on_log`/`on_delete` wait for `proxy_done`.
@@ -49,14 +54,14 @@ pub enum Context {
 }
 
 impl Context {
-    pub fn properties_mut(&mut self) -> &mut HashMap<Vec<u8>, Vec<u8>> {
+    pub fn properties_mut(&mut self) -> &mut Properties {
         match self {
             Context::Root(r) => &mut r.properties,
             Context::Stream(s) => &mut s.properties,
         }
     }
 
-    pub fn properties(&self) -> &HashMap<Vec<u8>, Vec<u8>> {
+    pub fn properties(&self) -> &Properties {
         match self {
             Context::Root(r) => &r.properties,
             Context::Stream(s) => &s.properties,

@@ -444,6 +444,7 @@ impl<T: Send + 'static> Module<T> for WamrModule<T> {
             state,
             links,
             funcs: HashMap::new(),
+            last_found: None,
             pending_trap: None,
             depth: 0,
             watch: None,
@@ -497,6 +498,9 @@ struct Inner<T> {
     state: T,
     links: LinkTable<T>,
     funcs: HashMap<String, Option<Export>>,
+    /// The export `lookup` found last, by name: the allocator, which every
+    /// hostcall returning data calls (a name comparison, not a hash lookup).
+    last_found: Option<(Box<str>, Export)>,
     /// The trap a hostcall raised, kept whole (WAMR's exception text is short).
     pending_trap: Option<Trap>,
     /// Calls into the guest in progress (hostcalls call the allocator).
@@ -537,7 +541,15 @@ impl<T> Drop for Inner<T> {
 unsafe fn lookup<T>(inner: *mut Inner<T>, name: &str) -> Option<Export> {
     // SAFETY: per the contract; the map borrow ends before returning.
     unsafe {
+        if let Some((n, e)) = &(*inner).last_found {
+            if **n == *name {
+                return Some(*e);
+            }
+        }
         if let Some(e) = (*inner).funcs.get(name) {
+            if let Some(e) = e {
+                (*inner).last_found = Some((name.into(), *e));
+            }
             return *e;
         }
         let inst = (*inner).inst;

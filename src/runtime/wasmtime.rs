@@ -82,6 +82,10 @@ pub(crate) struct StoreData<T> {
     memory: Option<wt::Memory>,
     /// Function exports by name, as found on first use (`None`: no such export).
     exports: FastMap<Box<str>, Option<Arc<Export>>>,
+    /// The first export `call_export` found, by name: the allocator, which
+    /// every hostcall returning data calls. Moved out while it runs, so a call
+    /// costs a name comparison instead of a hash lookup and an `Arc` clone.
+    allocator: Option<(Box<str>, Export)>,
 }
 
 /// A function export ready to call. Proxy-Wasm callbacks and allocators take
@@ -454,6 +458,41 @@ impl<T: 'static> Caller<T> for WasmtimeCaller<'_, T> {
     }
 
     fn call_export(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
+        let data = self.caller.data_mut();
+        let cached = match data.allocator.take() {
+            Some((n, e)) if *n == *name => Some((n, e)),
+            other => {
+                data.allocator = other;
+                None
+            }
+        };
+        let fast = match cached {
+            Some(c) => Some(c),
+            // Taken by an outer call of the same export (re-entered from a hostcall it made), or
+            // holding another name: the general path.
+            None if data.allocator.is_some() || data.exports.contains_key(name) => None,
+            None => match self.caller.get_export(name).and_then(|e| e.into_func()) {
+                Some(f) => Some((name.into(), Export::new(f, &self.caller))),
+                None => None,
+            },
+        };
+        if let Some((n, export)) = fast {
+            // The guest may grow (and so move) its memory.
+            self.memory = None;
+            let r = export.call(&mut self.caller, args);
+            self.caller.data_mut().allocator = Some((n, export));
+            return r;
+        }
+        self.call_export_by_map(name, args)
+    }
+
+    fn state(&mut self) -> &mut T {
+        &mut self.caller.data_mut().host
+    }
+}
+
+impl<T: 'static> WasmtimeCaller<'_, T> {
+    fn call_export_by_map(&mut self, name: &str, args: &[Val]) -> Result<Option<Val>, Trap> {
         let export = match self.caller.data().exports.get(name) {
             Some(e) => e.clone(),
             None => {
@@ -472,10 +511,6 @@ impl<T: 'static> Caller<T> for WasmtimeCaller<'_, T> {
         // The guest may grow (and so move) its memory.
         self.memory = None;
         export.call(&mut self.caller, args)
-    }
-
-    fn state(&mut self) -> &mut T {
-        &mut self.caller.data_mut().host
     }
 }
 
@@ -561,6 +596,7 @@ impl<T: Send + 'static> Module<T> for WasmtimeModule<T> {
             limits: MemoryCap { limits: builder.build(), refused: false },
             memory: None,
             exports: FastMap::default(),
+            allocator: None,
         };
         let mut store = wt::Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limits);

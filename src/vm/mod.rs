@@ -87,14 +87,79 @@ pub struct Vm {
     calls: u64,
     /// The memory limit was reached and logged (once per instance).
     memory_limit_logged: bool,
-    /// The callback's export resolved in the instance (`None`: not
-    /// exported), by the address and length of the name literal the host
-    /// calls it by (see [`Vm::exports`]).
-    export_cache: [((usize, usize), Option<ExportIndex>); EXPORT_CACHE],
+    /// Each callback's export, resolved when the instance is made (`None`:
+    /// not exported): a callback then costs an array read, and one the
+    /// module does not export costs nothing more.
+    callbacks: [Option<ExportIndex>; Callback::COUNT],
+    /// The module exports `proxy_on_done`, `proxy_on_log` or `proxy_on_delete`:
+    /// without them a stream's end is only forgetting its context.
+    teardown_callbacks: bool,
 }
 
-/// Slots of [`Vm::export_cache`]: more than the callbacks of the ABI.
-const EXPORT_CACHE: usize = 32;
+/// The callbacks the host calls, by their place in [`Vm::callbacks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Callback {
+    ContextCreate,
+    VmStart,
+    Configure,
+    Tick,
+    QueueReady,
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+    Done,
+    Log,
+    Delete,
+    HttpCallResponse,
+    ForeignFunction,
+}
+
+impl Callback {
+    const ALL: [Callback; 16] = [
+        Callback::ContextCreate,
+        Callback::VmStart,
+        Callback::Configure,
+        Callback::Tick,
+        Callback::QueueReady,
+        Callback::RequestHeaders,
+        Callback::RequestBody,
+        Callback::RequestTrailers,
+        Callback::ResponseHeaders,
+        Callback::ResponseBody,
+        Callback::ResponseTrailers,
+        Callback::Done,
+        Callback::Log,
+        Callback::Delete,
+        Callback::HttpCallResponse,
+        Callback::ForeignFunction,
+    ];
+    const COUNT: usize = Callback::ALL.len();
+
+    /// The export's name in the Proxy-Wasm ABI.
+    const fn name(self) -> &'static str {
+        match self {
+            Callback::ContextCreate => "proxy_on_context_create",
+            Callback::VmStart => "proxy_on_vm_start",
+            Callback::Configure => "proxy_on_configure",
+            Callback::Tick => "proxy_on_tick",
+            Callback::QueueReady => "proxy_on_queue_ready",
+            Callback::RequestHeaders => "proxy_on_request_headers",
+            Callback::RequestBody => "proxy_on_request_body",
+            Callback::RequestTrailers => "proxy_on_request_trailers",
+            Callback::ResponseHeaders => "proxy_on_response_headers",
+            Callback::ResponseBody => "proxy_on_response_body",
+            Callback::ResponseTrailers => "proxy_on_response_trailers",
+            Callback::Done => "proxy_on_done",
+            Callback::Log => "proxy_on_log",
+            Callback::Delete => "proxy_on_delete",
+            Callback::HttpCallResponse => "proxy_on_http_call_response",
+            Callback::ForeignFunction => "proxy_on_foreign_function",
+        }
+    }
+}
 
 impl Vm {
     /// Instantiates `code` and runs its start-up functions.
@@ -127,8 +192,17 @@ impl Vm {
             failure: None,
             calls: 0,
             memory_limit_logged: false,
-            export_cache: [((0, 0), None); EXPORT_CACHE],
+            callbacks: [None; Callback::COUNT],
+            teardown_callbacks: false,
         };
+        for callback in Callback::ALL {
+            let name = callback.name();
+            if vm.code.exports_function(name) {
+                vm.callbacks[callback as usize] = vm.instance.resolve(name);
+            }
+        }
+        vm.teardown_callbacks =
+            [Callback::Done, Callback::Log, Callback::Delete].iter().any(|c| vm.callbacks[*c as usize].is_some());
         vm.start()?;
         Ok(vm)
     }
@@ -250,47 +324,11 @@ impl Vm {
         }
     }
 
-    /// The export of `callback` in the instance, if the module exports it.
-    /// Remembered per name literal: the same `&'static str` (address and
-    /// length) is the same name, so a callback costs a comparison of two
-    /// words instead of a lookup by name. Open addressing: the callbacks of
-    /// a request must not evict each other (each eviction is a lookup by name).
-    fn exports(&mut self, callback: &'static str) -> Option<ExportIndex> {
-        let key = (callback.as_ptr() as usize, callback.len());
-        let start = ((key.0 >> 3) ^ key.1) % EXPORT_CACHE;
-        for i in 0..EXPORT_CACHE {
-            let slot = (start + i) % EXPORT_CACHE;
-            let (k, export) = self.export_cache[slot];
-            if k == key {
-                return export;
-            }
-            if k == (0, 0) {
-                let export = self.resolve(callback);
-                self.export_cache[slot] = (key, export);
-                return export;
-            }
-        }
-        // More names than slots: not remembered.
-        self.resolve(callback)
-    }
-
-    fn resolve(&mut self, callback: &str) -> Option<ExportIndex> {
-        if self.code.exports_function(callback) {
-            self.instance.resolve(callback)
-        } else {
-            None
-        }
-    }
-
     /// Calls `callback` if the module exports it; `Ok(None)` otherwise.
-    fn call_if_exported(
-        &mut self,
-        context_id: u32,
-        callback: &'static str,
-        args: &[i64],
-    ) -> Result<Option<Val>, VmError> {
-        let export = match self.exports(callback) {
-            Some(export) if self.callback_allowed(context_id, callback) => export,
+    fn call_if_exported(&mut self, context_id: u32, callback: Callback, args: &[i64]) -> Result<Option<Val>, VmError> {
+        let resolved = self.callbacks[callback as usize];
+        let export = match resolved {
+            Some(export) if self.callback_allowed(context_id, callback.name()) => export,
             _ => {
                 if let Some(f) = &self.failure {
                     return Err(VmError::Failed(f.clone()));
@@ -302,12 +340,12 @@ impl Vm {
         let mut buf = [Val::I32(0); 8];
         if args.len() > buf.len() {
             let args: Vec<Val> = args.iter().map(|a| Val::I32(*a as i32)).collect();
-            return self.enter(context_id, callback, export, &args);
+            return self.enter(context_id, callback.name(), export, &args);
         }
         for (slot, a) in buf.iter_mut().zip(args) {
             *slot = Val::I32(*a as i32);
         }
-        self.enter(context_id, callback, export, &buf[..args.len()])
+        self.enter(context_id, callback.name(), export, &buf[..args.len()])
     }
 
     /// A callback outside the plugin's `capability_restriction_config` is
@@ -375,16 +413,16 @@ impl Vm {
         );
         let vm_config_len = self.env.vm_configuration.len() as i64;
         let plugin_config_len = plugin.configuration.len() as i64;
-        let steps: [(&'static str, &[i64]); 3] = [
-            ("proxy_on_context_create", &[id as i64, 0]),
-            ("proxy_on_vm_start", &[id as i64, vm_config_len]),
-            ("proxy_on_configure", &[id as i64, plugin_config_len]),
+        let steps: [(Callback, &[i64]); 3] = [
+            (Callback::ContextCreate, &[id as i64, 0]),
+            (Callback::VmStart, &[id as i64, vm_config_len]),
+            (Callback::Configure, &[id as i64, plugin_config_len]),
         ];
         for (callback, args) in steps {
             match self.call_if_exported(id, callback, args) {
-                Ok(Some(v)) if callback != "proxy_on_context_create" && v.as_i32() == 0 => {
+                Ok(Some(v)) if callback != Callback::ContextCreate && v.as_i32() == 0 => {
                     self.forget_root(id);
-                    return Err(VmError::Rejected { plugin: plugin.name.clone(), callback });
+                    return Err(VmError::Rejected { plugin: plugin.name.clone(), callback: callback.name() });
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -418,7 +456,7 @@ impl Vm {
     }
 
     fn delete_root(&mut self, id: u32) -> Result<(), VmError> {
-        let r = self.call_if_exported(id, "proxy_on_delete", &[id as i64]);
+        let r = self.call_if_exported(id, Callback::Delete, &[id as i64]);
         self.forget_root(id);
         r.map(|_| ())
     }
@@ -434,7 +472,7 @@ impl Vm {
             Some(Context::Root(_)) => {}
             _ => return Err(VmError::UnknownContext(root_context_id)),
         }
-        match self.call_if_exported(root_context_id, "proxy_on_done", &[root_context_id as i64]) {
+        match self.call_if_exported(root_context_id, Callback::Done, &[root_context_id as i64]) {
             Ok(Some(v)) if v.as_i32() == 0 => {
                 let st = self.instance.state();
                 if let Some(Context::Root(r)) = st.contexts.get_mut(&root_context_id) {
@@ -458,11 +496,11 @@ impl Vm {
     }
 
     pub fn on_tick(&mut self, root_context_id: u32) -> Result<(), VmError> {
-        self.root_event(root_context_id, "proxy_on_tick", &[root_context_id as i64])
+        self.root_event(root_context_id, Callback::Tick, &[root_context_id as i64])
     }
 
     pub fn on_queue_ready(&mut self, root_context_id: u32, queue_id: u32) -> Result<(), VmError> {
-        self.root_event(root_context_id, "proxy_on_queue_ready", &[root_context_id as i64, queue_id as i64])
+        self.root_event(root_context_id, Callback::QueueReady, &[root_context_id as i64, queue_id as i64])
     }
 
     /// Delivers the answer to `proxy_http_call` to the root context that made
@@ -504,7 +542,7 @@ impl Vm {
             response.trailers.len() as i64,
         ];
         st.http_call_response = Some(response);
-        let r = self.call_if_exported(root_id, "proxy_on_http_call_response", &args);
+        let r = self.call_if_exported(root_id, Callback::HttpCallResponse, &args);
         self.instance.state().http_call_response = None;
         r.map(|_| ())
     }
@@ -520,14 +558,14 @@ impl Vm {
         self.instance.state().call_data = Some(data);
         let r = self.root_event(
             root_context_id,
-            "proxy_on_foreign_function",
+            Callback::ForeignFunction,
             &[root_context_id as i64, function_id as i64, len],
         );
         self.instance.state().call_data = None;
         r
     }
 
-    fn root_event(&mut self, root_context_id: u32, callback: &'static str, args: &[i64]) -> Result<(), VmError> {
+    fn root_event(&mut self, root_context_id: u32, callback: Callback, args: &[i64]) -> Result<(), VmError> {
         if !matches!(self.instance.state().contexts.get(&root_context_id), Some(Context::Root(_))) {
             return Err(VmError::UnknownContext(root_context_id));
         }
@@ -564,7 +602,7 @@ impl Vm {
                 awaiting_done: false,
             }),
         );
-        if let Err(e) = self.call_if_exported(id, "proxy_on_context_create", &[id as i64, root_context_id as i64]) {
+        if let Err(e) = self.call_if_exported(id, Callback::ContextCreate, &[id as i64, root_context_id as i64]) {
             self.instance.state().contexts.remove(&id);
             return Err(e);
         }
@@ -578,9 +616,18 @@ impl Vm {
         }
     }
 
-    fn stream_callback(&mut self, context_id: u32, callback: &'static str, args: &[i64]) -> Result<Verdict, VmError> {
+    fn stream_callback(&mut self, context_id: u32, callback: Callback, args: &[i64]) -> Result<Verdict, VmError> {
+        let exported = self.callbacks[callback as usize].is_some();
         let s = self.stream_mut(context_id)?;
         s.local_response_sent = false;
+        if !exported {
+            // Nothing runs: the stream is as the last callback left it.
+            let closed = s.closed;
+            if let Some(f) = &self.failure {
+                return Err(VmError::Failed(f.clone()));
+            }
+            return Ok(if closed { Verdict::Stop } else { Verdict::Continue });
+        }
         let r = self.call_if_exported(context_id, callback, args)?;
         let s = self.stream_mut(context_id)?;
         if s.local_response_sent || s.closed {
@@ -616,7 +663,7 @@ impl Vm {
         end_of_stream: bool,
     ) -> Result<Verdict, VmError> {
         let (args, n) = self.headers_args(context_id, num_headers, end_of_stream);
-        self.stream_callback(context_id, "proxy_on_request_headers", &args[..n])
+        self.stream_callback(context_id, Callback::RequestHeaders, &args[..n])
     }
 
     pub fn on_response_headers(
@@ -626,7 +673,7 @@ impl Vm {
         end_of_stream: bool,
     ) -> Result<Verdict, VmError> {
         let (args, n) = self.headers_args(context_id, num_headers, end_of_stream);
-        self.stream_callback(context_id, "proxy_on_response_headers", &args[..n])
+        self.stream_callback(context_id, Callback::ResponseHeaders, &args[..n])
     }
 
     /// Adds a body chunk to what the plugin holds and calls it with the
@@ -670,7 +717,7 @@ impl Vm {
         *eos = end_of_stream;
         let size = body.len() as i64;
         let callback =
-            if direction == StreamType::HttpResponse { "proxy_on_response_body" } else { "proxy_on_request_body" };
+            if direction == StreamType::HttpResponse { Callback::ResponseBody } else { Callback::RequestBody };
         let verdict = self.stream_callback(context_id, callback, &[context_id as i64, size, end_of_stream as i64])?;
         if verdict == Verdict::Pause {
             let s = self.stream_mut(context_id)?;
@@ -733,11 +780,11 @@ impl Vm {
     }
 
     pub fn on_request_trailers(&mut self, context_id: u32, num_trailers: usize) -> Result<Verdict, VmError> {
-        self.stream_callback(context_id, "proxy_on_request_trailers", &[context_id as i64, num_trailers as i64])
+        self.stream_callback(context_id, Callback::RequestTrailers, &[context_id as i64, num_trailers as i64])
     }
 
     pub fn on_response_trailers(&mut self, context_id: u32, num_trailers: usize) -> Result<Verdict, VmError> {
-        self.stream_callback(context_id, "proxy_on_response_trailers", &[context_id as i64, num_trailers as i64])
+        self.stream_callback(context_id, Callback::ResponseTrailers, &[context_id as i64, num_trailers as i64])
     }
 
     /// Ends a stream context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`,
@@ -753,8 +800,12 @@ impl Vm {
         if s.awaiting_done {
             return Ok(false); // finished already, waiting for proxy_done
         }
+        if !self.teardown_callbacks {
+            self.drop_stream(context_id);
+            return Ok(true);
+        }
         if self.failure.is_none() {
-            match self.call_if_exported(context_id, "proxy_on_done", &[context_id as i64]) {
+            match self.call_if_exported(context_id, Callback::Done, &[context_id as i64]) {
                 Ok(Some(v)) if v.as_i32() == 0 && self.failure.is_none() => {
                     let s = self.stream_mut(context_id)?;
                     s.awaiting_done = true;
@@ -779,7 +830,7 @@ impl Vm {
     /// and its pending outgoing calls cancelled.
     fn log_and_delete_stream(&mut self, context_id: u32) -> Result<(), VmError> {
         let mut first_error = None;
-        for callback in ["proxy_on_log", "proxy_on_delete"] {
+        for callback in [Callback::Log, Callback::Delete] {
             if self.failure.is_some() {
                 break;
             }
@@ -794,8 +845,13 @@ impl Vm {
     fn drop_stream(&mut self, context_id: u32) {
         let st = self.instance.state();
         st.contexts.remove(&context_id);
-        st.awaiting_done.remove(&context_id);
-        Self::cancel_http_calls(st, |(_, d)| d == context_id);
+        // Both are empty for most streams: no hashing then.
+        if !st.awaiting_done.is_empty() {
+            st.awaiting_done.remove(&context_id);
+        }
+        if !st.http_calls.is_empty() {
+            Self::cancel_http_calls(st, |(_, d)| d == context_id);
+        }
     }
 
     /// Whether a context waits for the plugin's `proxy_done`.

@@ -308,6 +308,11 @@ impl HttpStream for TestStream {
         Ok(self.0.lock().unwrap().map(map).cloned().unwrap_or_default())
     }
 
+    // One value without a copy of the whole map, as the servers answer it.
+    fn header_value(&self, map: MapType, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+        Ok(self.0.lock().unwrap().map(map).and_then(|pairs| proxy_wasm_host::host::value_in_pairs(pairs, key)))
+    }
+
     fn set_header_map(&mut self, map: MapType, pairs: Vec<Pair>) -> Result<(), Status> {
         *self.0.lock().unwrap().map_mut(map)? = pairs;
         Ok(())
