@@ -49,6 +49,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
 benchdir=$repo/scripts/bench
 
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -139,7 +141,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 now_ns() { date +%s%N; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -268,26 +269,7 @@ PY
 # ats_layout NAME: a private runroot in $dir/NAME (as tests/e2e/ats.rs and scripts/demo-ats.sh).
 ats_layout() {
     local d=$dir/$1 p
-    mkdir -p "$d/etc" "$d/run" "$d/logs" "$d/cache" "$d/var" "$d/plugins"
-    cp -a /etc/trafficserver/. "$d/etc/"
-    cp "$d/etc/records.config" "$d/records.config.stock"
-    cat >"$d/runroot.yaml" <<EOF
-prefix: $d
-exec_prefix: $d
-bindir: /usr/bin
-sbindir: /usr/bin
-sysconfdir: $d/etc
-datadir: $d/var
-includedir: /usr/include
-libdir: /usr/lib/trafficserver
-libexecdir: $d/plugins
-localstatedir: $d/var
-runtimedir: $d/run
-logdir: $d/logs
-cachedir: $d/cache
-EOF
-    : >"$d/etc/storage.config"
-    : >"$d/etc/plugin.config"
+    ats_runroot "$d"
     : >"$d/etc/remap.config"
     for p in "$ATS_MODULES"/*; do ln -sf "$p" "$d/plugins/$(basename "$p")"; done
     [ -f "$ATS_SO" ] && ln -sf "$ATS_SO" "$d/plugins/proxy_wasm_ats.so"

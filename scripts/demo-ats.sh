@@ -18,6 +18,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
 so=${PROXY_WASM_ATS_SO:-$repo/build/proxy_wasm_ats.so}
 wasm=$repo/build/plugins/rust_sdk_filter.wasm
 conf=$repo/ats-config
@@ -88,10 +90,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # ---------------------------------------------------------------- the origin
 # Answers every request with text naming the request and the x-pw-* headers it
 # received (so the plugin's rewriting is visible), plus two headers the plugin
@@ -151,25 +149,7 @@ origin_port=$(cat "$dir/origin.port")
 # As tests/e2e/ats.rs: runroot.yaml with absolute paths, a copy of
 # /etc/trafficserver, our records appended, an empty storage.config, and a
 # plugin dir with our plugin and the stock ones.
-mkdir -p "$etc" "$dir/run" "$logs" "$dir/cache" "$dir/var" "$dir/plugins"
-cp -a "$SYSTEM_CONFIG_DIR/." "$etc/"
-cp "$etc/records.config" "$dir/records.config.stock"
-cat >"$dir/runroot.yaml" <<EOF
-prefix: $dir
-exec_prefix: $dir
-bindir: /usr/bin
-sbindir: /usr/bin
-sysconfdir: $etc
-datadir: $dir/var
-includedir: /usr/include
-libdir: /usr/lib/trafficserver
-libexecdir: $dir/plugins
-localstatedir: $dir/var
-runtimedir: $dir/run
-logdir: $logs
-cachedir: $dir/cache
-EOF
-: >"$etc/storage.config"
+ats_runroot "$dir" "$SYSTEM_CONFIG_DIR"
 cat >"$etc/ip_allow.yaml" <<'EOF'
 # written by scripts/demo-ats.sh: loopback clients may use every method
 ip_allow:

@@ -13,6 +13,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
 so=${PROXY_WASM_NGINX_SO:-$repo/build/ngx_http_proxy_wasm_module.so}
 wasm=$repo/build/plugins/rust_sdk_filter.wasm
 for f in "$so" "$wasm"; do
@@ -23,7 +25,6 @@ dir=$(mktemp -d /tmp/pw-demo-nginx-XXXXXX)
 chmod 755 "$dir"
 mkdir -p "$dir/conf" "$dir/logs" "$dir/tmp"
 chmod 777 "$dir/tmp"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 origin_port=$(free_port)
 

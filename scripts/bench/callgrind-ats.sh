@@ -30,6 +30,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
 so=${1:-$repo/build/bench/proxy_wasm_ats.so}
 so=$(readlink -f "$so")
 warm=${CG_WARM:-50}
@@ -54,10 +56,6 @@ done
 wat2wasm "$repo/scripts/bench/w2_min.wat" -o "$dir/w2_min.wasm"
 wat2wasm "$repo/scripts/bench/w2_all.wat" -o "$dir/w2_all.wasm"
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 # yaml FILE NAME WORKLOAD RUNTIME CODE
 yaml() {
     cat >"$1" <<EOF
@@ -79,25 +77,7 @@ EOF
 # layout DIR PORT REMAP-LINE: a private runroot (as scripts/bench.sh's ats_layout).
 layout() {
     local d=$1 port=$2 p
-    mkdir -p "$d/etc" "$d/run" "$d/logs" "$d/cache" "$d/var" "$d/plugins"
-    cp -a /etc/trafficserver/. "$d/etc/"
-    cat >"$d/runroot.yaml" <<EOF
-prefix: $d
-exec_prefix: $d
-bindir: /usr/bin
-sbindir: /usr/bin
-sysconfdir: $d/etc
-datadir: $d/var
-includedir: /usr/include
-libdir: /usr/lib/trafficserver
-libexecdir: $d/plugins
-localstatedir: $d/var
-runtimedir: $d/run
-logdir: $d/logs
-cachedir: $d/cache
-EOF
-    : >"$d/etc/storage.config"
-    : >"$d/etc/plugin.config"
+    ats_runroot "$d"
     for p in "$modules"/*; do ln -sf "$p" "$d/plugins/$(basename "$p")"; done
     ln -sf "$so" "$d/plugins/proxy_wasm_ats.so"
     cat >>"$d/etc/records.config" <<EOF

@@ -29,6 +29,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
 so=${1:-$repo/build/bench/ngx_http_proxy_wasm_module.so}
 so=$(readlink -f "$so")
 n1=${CG_N1:-200}
@@ -44,10 +46,6 @@ trap 'rm -rf "$dir"' EXIT
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 wat2wasm "$repo/scripts/bench/w2_min.wat" -o "$dir/w2_min.wasm"
 wat2wasm "$repo/scripts/bench/w2_all.wat" -o "$dir/w2_all.wasm"
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # yaml FILE NAME WORKLOAD RUNTIME CODE
 yaml() {

@@ -1,0 +1,35 @@
+# Shell helpers shared by the demo and benchmark scripts (sourced, not run).
+
+# free_port: a TCP port on 127.0.0.1 that is free now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ats_runroot DIR [SYSTEM_CONFIG_DIR]: a private Traffic Server layout in DIR, as tests/e2e/ats.rs
+# makes it: a runroot.yaml with absolute paths (TS_RUNROOT=DIR/runroot.yaml), a copy of the
+# system's configuration in DIR/etc (the stock records.config also kept as
+# DIR/records.config.stock), an empty storage.config and plugin.config, and DIR/plugins for the
+# plugins (the caller links them there).
+ats_runroot() {
+    local d=$1 sys=${2:-/etc/trafficserver}
+    mkdir -p "$d/etc" "$d/run" "$d/logs" "$d/cache" "$d/var" "$d/plugins"
+    cp -a "$sys/." "$d/etc/"
+    cp "$d/etc/records.config" "$d/records.config.stock"
+    cat >"$d/runroot.yaml" <<YAML
+prefix: $d
+exec_prefix: $d
+bindir: /usr/bin
+sbindir: /usr/bin
+sysconfdir: $d/etc
+datadir: $d/var
+includedir: /usr/include
+libdir: /usr/lib/trafficserver
+libexecdir: $d/plugins
+localstatedir: $d/var
+runtimedir: $d/run
+logdir: $d/logs
+cachedir: $d/cache
+YAML
+    : >"$d/etc/storage.config"
+    : >"$d/etc/plugin.config"
+}
