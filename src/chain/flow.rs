@@ -15,6 +15,7 @@ pub enum Phase {
 
 impl Phase {
     /// The direction the phase filters.
+    #[inline]
     pub fn direction(self) -> StreamType {
         match self {
             Phase::RequestHeaders | Phase::RequestBody => StreamType::HttpRequest,
@@ -22,11 +23,13 @@ impl Phase {
         }
     }
 
+    #[inline]
     pub fn is_body(self) -> bool {
         matches!(self, Phase::RequestBody | Phase::ResponseBody)
     }
 
     /// The headers phase of `direction` (`HttpRequest` or `HttpResponse`).
+    #[inline]
     pub fn headers(direction: StreamType) -> Phase {
         if direction == StreamType::HttpResponse {
             Phase::ResponseHeaders
@@ -36,6 +39,7 @@ impl Phase {
     }
 
     /// The body phase of `direction`.
+    #[inline]
     pub fn body(direction: StreamType) -> Phase {
         if direction == StreamType::HttpResponse {
             Phase::ResponseBody

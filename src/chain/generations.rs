@@ -55,11 +55,13 @@ impl PluginSet {
     }
 
     /// The entity a chain's plugin index names, if it names one.
+    #[inline]
     pub fn entity(&self, plugin: usize) -> Option<&Arc<super::extism::EntityLink>> {
         plugin.checked_sub(self.plugins.len()).and_then(|i| self.entities.get(i))
     }
 
     /// The chain's rules for plugin index `plugin` (a Proxy-Wasm plugin or an entity).
+    #[inline]
     pub fn rules(&self, plugin: usize) -> super::extism::Rules<'_> {
         match self.plugins.get(plugin) {
             Some(p) => super::extism::Rules {
@@ -78,6 +80,7 @@ impl PluginSet {
     }
 
     /// The stream callbacks plugin `plugin` takes.
+    #[inline]
     pub fn callbacks(&self, plugin: usize) -> Callbacks {
         self.callbacks.get(plugin).copied().or_else(|| self.entity(plugin).map(|e| e.callbacks())).unwrap_or_default()
     }

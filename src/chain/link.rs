@@ -19,6 +19,7 @@ impl Callbacks {
     /// `proxy_on_done`, `proxy_on_log` or `proxy_on_delete`.
     const END: u8 = 16;
 
+    #[inline]
     fn bit(phase: Phase) -> u8 {
         match phase {
             Phase::RequestHeaders => Self::REQUEST_HEADERS,
@@ -103,17 +104,20 @@ impl Callbacks {
     }
 
     /// Whether the plugin's callback for `phase` runs.
+    #[inline]
     pub fn has(self, phase: Phase) -> bool {
         self.0 & Self::bit(phase) != 0
     }
 
     /// Whether any of `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` runs.
+    #[inline]
     pub fn has_end(self) -> bool {
         self.0 & Self::END != 0
     }
 }
 
 /// Index of a direction in per-direction arrays.
+#[inline]
 pub(crate) fn dir_index(direction: StreamType) -> usize {
     usize::from(direction == StreamType::HttpResponse)
 }
@@ -141,6 +145,7 @@ pub struct Link {
 
 impl Link {
     /// Whether the link's plugin failed during this transaction.
+    #[inline]
     pub fn failed(&self) -> bool {
         self.failed
     }

@@ -120,6 +120,7 @@ pub(crate) struct State {
 }
 
 impl State {
+    #[inline]
     fn order_len(&self, dir: StreamType, links: usize) -> usize {
         match dir {
             StreamType::HttpResponse => self.response_links.unwrap_or(0),
@@ -128,11 +129,13 @@ impl State {
     }
 
     /// The link at `pos` in the order of `dir` (response: last first).
+    #[inline]
     fn link_at(&self, dir: StreamType, pos: usize, links: usize) -> Option<usize> {
         let n = self.order_len(dir, links);
         (pos < n).then(|| if dir == StreamType::HttpResponse { n - 1 - pos } else { pos })
     }
 
+    #[inline]
     fn position_of(&self, dir: StreamType, link: usize) -> usize {
         match dir {
             StreamType::HttpResponse => self.response_links.unwrap_or(0).saturating_sub(link + 1),

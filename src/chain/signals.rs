@@ -49,10 +49,12 @@ impl Signals {
         Signals { bits: AtomicU32::new(0), pending: Mutex::new(Vec::new()), local: Mutex::new(None) }
     }
 
+    #[inline]
     fn has(&self, bit: u32) -> bool {
         self.bits.load(Ordering::Acquire) & bit != 0
     }
 
+    #[inline]
     fn set(&self, bit: u32, on: bool) {
         if on {
             self.bits.fetch_or(bit, Ordering::AcqRel);
@@ -71,6 +73,7 @@ impl Signals {
     }
 
     /// Whether the headers of `direction` were edited since the last call (and clears it).
+    #[inline]
     pub fn take_headers_edited(&self, direction: StreamType) -> bool {
         let bit = if direction == StreamType::HttpResponse { RESPONSE_HEADERS_EDITED } else { REQUEST_HEADERS_EDITED };
         self.bits.fetch_and(!bit, Ordering::AcqRel) & bit != 0
@@ -97,6 +100,7 @@ impl Signals {
 
     /// `proxy_continue_stream(direction)` from link `link`. Returns whether
     /// the server must schedule `Chain::resume`.
+    #[inline]
     pub fn request_resume(&self, link: u32, direction: StreamType) -> bool {
         if self.bits.load(Ordering::Acquire) & (DRIVING | WAITING | HOLDING) == 0 {
             // Nothing waits or holds a body: a no-op, which must not resume
@@ -133,34 +137,42 @@ impl Signals {
 
     // ------------------------------------------------------------ the chain's side
 
+    #[inline]
     pub(crate) fn set_driving(&self, on: bool) {
         self.set(DRIVING, on);
     }
 
+    #[inline]
     pub(crate) fn set_waiting(&self, on: bool) {
         self.set(WAITING, on);
     }
 
+    #[inline]
     pub(crate) fn set_holding(&self, on: bool) {
         self.set(HOLDING, on);
     }
 
+    #[inline]
     pub(crate) fn release_response(&self) {
         self.set(RESPONSE_RELEASED, true);
     }
 
+    #[inline]
     pub fn response_released(&self) -> bool {
         self.has(RESPONSE_RELEASED)
     }
 
+    #[inline]
     pub(crate) fn closed(&self) -> bool {
         self.has(CLOSED)
     }
 
+    #[inline]
     pub(crate) fn has_local(&self) -> bool {
         self.has(LOCAL)
     }
 
+    #[inline]
     pub(crate) fn take_local(&self) -> Option<LocalResponse> {
         if !self.has(LOCAL) {
             return None;
@@ -175,6 +187,7 @@ impl Signals {
         let _ = self.take_local();
     }
 
+    #[inline]
     pub(crate) fn has_pending(&self) -> bool {
         self.has(PENDING)
     }
@@ -192,6 +205,7 @@ impl Signals {
     }
 
     /// Puts back resumes taken with `take_pending` (before those asked since).
+    #[inline]
     pub(crate) fn restore_pending(&self, mut earlier: Vec<(u32, StreamType)>) {
         if earlier.is_empty() {
             return;
@@ -207,6 +221,7 @@ impl Signals {
     }
 
     /// Takes every resume not looked at yet.
+    #[inline]
     pub(crate) fn take_pending(&self) -> Vec<(u32, StreamType)> {
         if !self.has(PENDING) {
             return Vec::new();
@@ -217,12 +232,14 @@ impl Signals {
     }
 
     /// `Chain::resume` runs: a later request needs a new wake-up.
+    #[inline]
     pub(crate) fn woken(&self) {
         self.set(WAKE, false);
     }
 
     /// Marks a wake-up as asked for by the chain itself (resumes left over
     /// after a VM call, looked at by `Chain::resume`); false if one is on its way.
+    #[inline]
     pub(crate) fn claim_wake(&self) -> bool {
         self.bits.fetch_or(WAKE, Ordering::AcqRel) & WAKE == 0
     }

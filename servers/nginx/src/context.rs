@@ -178,15 +178,69 @@ thread_local! {
     static SPARE_CTX: Cell<Option<Arc<ReqCtx>>> = const { Cell::new(None) };
 }
 
-/// A context holding `value`, in the spare context's memory when there is one.
-pub(super) fn new_ctx(value: ReqCtx) -> Arc<ReqCtx> {
-    let Some(mut ctx) = SPARE_CTX.with(|s| s.take()) else { return Arc::new(value) };
-    match Arc::get_mut(&mut ctx) {
-        Some(spare) => {
-            *spare = value;
-            ctx
+/// The context of request `r` (client framing `framing`) with the events `ev` and
+/// `pause_timer`, in the spare context's memory when there is one. The spare is reset field by
+/// field: building a whole `ReqCtx` and moving it in costs two copies of it per request.
+pub(super) fn new_ctx(
+    r: *mut ngx_http_request_t,
+    framing: (off_t, bool),
+    ev: ngx_event_t,
+    pause_timer: ngx_event_t,
+) -> Arc<ReqCtx> {
+    if let Some(mut ctx) = SPARE_CTX.with(|s| s.take()) {
+        if let Some(c) = Arc::get_mut(&mut ctx) {
+            c.reuse(r, framing, ev, pause_timer);
+            return ctx;
         }
-        None => Arc::new(value),
+    }
+    Arc::new(ReqCtx {
+        r: AtomicPtr::new(r),
+        signals: Signals::new(),
+        ev: UnsafeCell::new(ev),
+        pause_timer: UnsafeCell::new(pause_timer),
+        chain: RefCell::new(None),
+        framing,
+        suspended: Cell::new(false),
+        pending: RefCell::new(None),
+        answered: Cell::new(false),
+        body: RefCell::new(Default::default()),
+        response_started: Cell::new(false),
+        headers_held: Cell::new(false),
+        body_held: Cell::new(false),
+        replace_body: RefCell::new(None),
+        replaced_sent: Cell::new(false),
+        response_eos_sent: Cell::new(false),
+        response_length: Cell::new(None),
+        response_seen: Cell::new(0),
+        local_details: RefCell::new(None),
+        response_sent: Cell::new(0),
+    })
+}
+
+impl ReqCtx {
+    /// Makes a spare context (see `keep_spare`: its chain, body, pending answer and replacement
+    /// body are gone, its events off nginx's queues) the context of `r`, as `new_ctx` builds one.
+    fn reuse(&mut self, r: *mut ngx_http_request_t, framing: (off_t, bool), ev: ngx_event_t, pause_timer: ngx_event_t) {
+        *self.r.get_mut() = r;
+        self.signals = Signals::new();
+        *self.ev.get_mut() = ev;
+        *self.pause_timer.get_mut() = pause_timer;
+        *self.chain.get_mut() = None;
+        self.framing = framing;
+        *self.suspended.get_mut() = false;
+        *self.pending.get_mut() = None;
+        *self.answered.get_mut() = false;
+        *self.body.get_mut() = RequestBody::default();
+        *self.response_started.get_mut() = false;
+        *self.headers_held.get_mut() = false;
+        *self.body_held.get_mut() = false;
+        *self.replace_body.get_mut() = None;
+        *self.replaced_sent.get_mut() = false;
+        *self.response_eos_sent.get_mut() = false;
+        *self.response_length.get_mut() = None;
+        *self.response_seen.get_mut() = 0;
+        *self.local_details.get_mut() = None;
+        *self.response_sent.get_mut() = 0;
     }
 }
 
@@ -229,9 +283,12 @@ pub(super) unsafe extern "C" fn cleanup(data: *mut c_void) {
         let ctx = unsafe { Arc::from_raw(data as *const ReqCtx) };
         ctx.finish();
         ctx.r.store(std::ptr::null_mut(), Ordering::Release);
-        // Breaks the cycle context -> chain -> server handle -> context.
-        let chain = ctx.chain.try_borrow_mut().ok().and_then(|mut c| c.take());
-        drop(chain);
+        // Breaks the cycle context -> chain -> server handle -> context. Dropped in place, not
+        // moved out first (two copies of a large value per request); a re-entry meanwhile finds
+        // the chain in use, as it would find it gone.
+        if let Ok(mut chain) = ctx.chain.try_borrow_mut() {
+            *chain = None;
+        }
         // SAFETY: the events live in ctx; taking them off nginx's queues
         // before the context may go away.
         unsafe {

@@ -10,9 +10,8 @@
 
 use ngx::ffi::*;
 
-use std::cell::{Cell, RefCell, UnsafeCell};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::base::{log, new_event, ProxyWasmModule};
@@ -24,7 +23,7 @@ use super::stream::NgxStream;
 use super::worker::{start_request, Start};
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use proxy_wasm_host::abi::{LogLevel, StreamType};
-use proxy_wasm_host::chain::{flow::failure_response, Chain, ChainError, Flow, Phase, Signals};
+use proxy_wasm_host::chain::{flow::failure_response, Chain, ChainError, Flow, Phase};
 
 /// The chain configured for the request's location (`None`: none, or no configuration).
 fn location_chain(r: *mut ngx_http_request_t) -> Option<&'static [usize]> {
@@ -212,29 +211,13 @@ pub unsafe fn create_ctx(r: *mut ngx_http_request_t, chain: &[usize]) -> Created
         Start::Skip => return Created::Skip,
         Start::Refuse => return Created::Refuse,
     };
-    let ctx = new_ctx(ReqCtx {
-        r: AtomicPtr::new(r),
-        signals: Signals::new(),
-        ev: UnsafeCell::new(new_event(on_resume_event, std::ptr::null_mut())),
-        pause_timer: UnsafeCell::new(new_event(on_pause_timeout, std::ptr::null_mut())),
-        chain: RefCell::new(None),
+    let ctx = new_ctx(
+        r,
         // SAFETY: live request.
-        framing: unsafe { ((*r).headers_in.content_length_n, (*r).headers_in.chunked() != 0) },
-        suspended: Cell::new(false),
-        pending: RefCell::new(None),
-        answered: Cell::new(false),
-        body: RefCell::new(Default::default()),
-        response_started: Cell::new(false),
-        headers_held: Cell::new(false),
-        body_held: Cell::new(false),
-        replace_body: RefCell::new(None),
-        replaced_sent: Cell::new(false),
-        response_eos_sent: Cell::new(false),
-        response_length: Cell::new(None),
-        response_seen: Cell::new(0),
-        local_details: RefCell::new(None),
-        response_sent: Cell::new(0),
-    });
+        unsafe { ((*r).headers_in.content_length_n, (*r).headers_in.chunked() != 0) },
+        new_event(on_resume_event, std::ptr::null_mut()),
+        new_event(on_pause_timeout, std::ptr::null_mut()),
+    );
     // SAFETY: the events' data is the context itself (it lives as long as the events can fire).
     unsafe {
         (*ctx.ev.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
