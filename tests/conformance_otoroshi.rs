@@ -578,6 +578,9 @@ fn ats_job_stop_when_a_reload_replaces_the_plugins() {
         "the new set's job started\n{}",
         s.log_report()
     );
+    // The reload stops a job from another thread than the one running it: no crash (under
+    // traffic_manager a crashed traffic_server is restarted, only its logs tell).
+    s.assert_nothing_died();
 }
 
 /// NGINX: a `location` whose chain has a HandlesRequest entity needs no content handler of its
