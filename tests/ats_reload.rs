@@ -5,12 +5,10 @@
 
 mod e2e;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::ats::{AtsOptions, TrafficServer};
-use e2e::client::Request;
+use e2e::client::{Flow, Request};
 use e2e::origin::Origin;
 
 const RELOAD_WAIT: Duration = Duration::from_secs(30);
@@ -42,47 +40,15 @@ fn tag(ats: &TrafficServer, host: &str) -> String {
     r.header("x-proxy-wasm").unwrap_or("<none>").to_string()
 }
 
-/// Clients sending requests in a loop until stopped; returns every failure.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    workers: Vec<std::thread::JoinHandle<(usize, Vec<String>)>>,
-}
-
-impl Traffic {
-    fn start(port: u16, host: &'static str, clients: usize, allowed_tags: &'static [&'static str]) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let (mut sent, mut failures) = (0, Vec::new());
-                    while !stop.load(Ordering::Relaxed) {
-                        sent += 1;
-                        match Request::get("/flow").host(host).timeout(Duration::from_secs(10)).send(port) {
-                            Ok(r)
-                                if r.status == 200
-                                    && r.header("x-proxy-wasm").is_some_and(|t| allowed_tags.contains(&t)) => {}
-                            Ok(r) => failures.push(format!("status {} tag {:?}", r.status, r.header("x-proxy-wasm"))),
-                            Err(e) => failures.push(e.to_string()),
-                        }
-                    }
-                    (sent, failures)
-                })
-            })
-            .collect();
-        Traffic { stop, workers }
-    }
-
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.workers.into_iter().map(|w| w.join().expect("client thread")).fold(
-            (0, Vec::new()),
-            |(n, mut f), (sent, failures)| {
-                f.extend(failures);
-                (n + sent, f)
-            },
-        )
-    }
+/// Clients asking `host` for /flow until stopped; a response is fine when it is a 200 tagged by
+/// one of `allowed_tags` (the plugins before or after the reload).
+fn traffic(port: u16, host: &'static str, clients: usize, allowed_tags: &'static [&'static str]) -> Flow {
+    Flow::start(
+        port,
+        clients,
+        move || Request::get("/flow").host(host).timeout(Duration::from_secs(10)),
+        move |r| r.status == 200 && r.header("x-proxy-wasm").is_some_and(|t| allowed_tags.contains(&t)),
+    )
 }
 
 #[test]
@@ -100,7 +66,7 @@ fn a_reload_rereads_the_global_yaml_while_requests_flow_and_a_broken_yaml_keeps_
 
     // The file changes and is reloaded while clients keep sending requests:
     // none fails, each is filtered by the old or the new plugins.
-    let traffic = Traffic::start(ats.port(), "a.test", 4, &["v1", "v2"]);
+    let traffic = traffic(ats.port(), "a.test", 4, &["v1", "v2"]);
     std::thread::sleep(Duration::from_millis(300));
     ats.write_config("filter.yaml", &tagging_yaml("reloading", "v2"));
     ats.reload_and_wait("[proxy_wasm] reloaded 1 global plugin(s)", RELOAD_WAIT);
@@ -149,7 +115,7 @@ fn a_reload_rereads_a_remap_rules_yaml_and_a_broken_one_keeps_the_rules_plugins(
     assert_eq!(tag(&ats, "route.test"), "r1");
     assert_eq!(tag(&ats, "other.test"), "<none>");
 
-    let traffic = Traffic::start(ats.port(), "route.test", 2, &["r1", "r2"]);
+    let traffic = traffic(ats.port(), "route.test", 2, &["r1", "r2"]);
     ats.write_config("route.yaml", &tagging_yaml("route", "r2"));
     // Traffic Server re-reads remap.config (and so its rules' plugin files)
     // only when remap.config itself changed.

@@ -13,11 +13,11 @@
 mod e2e;
 mod sdk_builds;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::client::{ClientError, Request, Response};
+use e2e::client::{ClientError, Flow, Request, Response};
 use e2e::origin::{self, Origin};
 use e2e::server::{ServerUnderTest, Setup};
 
@@ -72,49 +72,6 @@ fn load(
         })
         .collect();
     threads.into_iter().flat_map(|t| t.join().expect("client thread")).collect()
-}
-
-/// Clients sending `request()` in a loop until [`Flow::finish`]; a response is fine when
-/// `fine` says so.
-struct Flow {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<(usize, Vec<String>)>>,
-}
-
-impl Flow {
-    fn start(port: u16, clients: usize, request: fn() -> Request, fine: fn(&Response) -> bool) -> Flow {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let (mut sent, mut failures) = (0, Vec::new());
-                    while !stop.load(Ordering::Relaxed) {
-                        sent += 1;
-                        match request().timeout(Duration::from_secs(20)).send(port) {
-                            Ok(r) if fine(&r) => {}
-                            Ok(r) => failures.push(format!("status {} {:?}", r.status, r.headers)),
-                            Err(e) => failures.push(e.to_string()),
-                        }
-                    }
-                    (sent, failures)
-                })
-            })
-            .collect();
-        Flow { stop, threads }
-    }
-
-    /// Stops the clients; returns how many requests they sent and every failure.
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().map(|t| t.join().expect("client thread")).fold(
-            (0, Vec::new()),
-            |(n, mut f), (s, g)| {
-                f.extend(g);
-                (n + s, f)
-            },
-        )
-    }
 }
 
 /// The callout upstream: `/slow...` answers after 3 s, anything else after 50 ms, with the
@@ -391,7 +348,7 @@ fn a_reload_while_requests_flow_fails_no_request_and_kills_no_process() {
     let flow = Flow::start(
         s.port(),
         8,
-        || Request::get("/flow").header("x-pw-test", "http-call"),
+        || Request::get("/flow").header("x-pw-test", "http-call").timeout(Duration::from_secs(20)),
         |r| {
             let tags = r.header_all("x-proxy-wasm").join(",");
             r.status == 200
@@ -424,7 +381,7 @@ fn a_reload_of_a_plugin_with_a_tick_timer_while_requests_flow_fails_no_request_a
     );
     let ticks = || send(&s, Request::get("/t").header("x-pw-test", "shared-get").header("x-pw-key", "ticks")).body_str().parse::<u64>().unwrap_or(0);
     assert!(e2e::wait_until(WAIT, || ticks() > 10), "the plugin ticks\n{}", s.log_report());
-    let flow = Flow::start(s.port(), 8, || Request::get("/flow"), |r| r.status == 200 && matches!(r.header("x-proxy-wasm"), Some("v1" | "v2")));
+    let flow = Flow::start(s.port(), 8, || Request::get("/flow").timeout(Duration::from_secs(20)), |r| r.status == 200 && matches!(r.header("x-proxy-wasm"), Some("v1" | "v2")));
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(300));
         s.rewrite_plugin("ticker", &ticking(if round % 2 == 0 { "v2" } else { "v1" }));
@@ -455,7 +412,7 @@ fn a_reload_while_an_otoroshi_job_runs_fails_no_request_and_kills_no_process() {
             .plugin(&id, yaml),
     );
     s.expect_log("rust job_run #5", WAIT);
-    let flow = Flow::start(s.port(), 4, || Request::get("/flow"), |r| r.status == 200 && r.header("x-proxy-wasm") == Some("pw"));
+    let flow = Flow::start(s.port(), 4, || Request::get("/flow").timeout(Duration::from_secs(20)), |r| r.status == 200 && r.header("x-proxy-wasm") == Some("pw"));
     std::thread::sleep(Duration::from_millis(300));
     s.reload_configuration();
     s.expect_log("rust job_stop #1", WAIT);

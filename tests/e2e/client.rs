@@ -428,3 +428,53 @@ pub fn post(port: u16, path: &str, body: impl Into<Vec<u8>>) -> Result<Response,
 pub fn send(port: u16, req: &Request) -> Result<Response, ClientError> {
     req.send(port)
 }
+
+/// Clients sending `request()` in a loop, one connection per request, until
+/// [`Flow::finish`]: the load under which reloads are tested. A response is a
+/// failure unless `fine` accepts it.
+pub struct Flow {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Flow {
+    pub fn start(
+        port: u16,
+        clients: usize,
+        request: impl Fn() -> Request + Clone + Send + 'static,
+        fine: impl Fn(&Response) -> bool + Clone + Send + 'static,
+    ) -> Flow {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, request, fine) = (stop.clone(), request.clone(), fine.clone());
+                std::thread::spawn(move || {
+                    let (mut sent, mut failures) = (0, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        sent += 1;
+                        match request().send(port) {
+                            Ok(r) if fine(&r) => {}
+                            Ok(r) => failures.push(format!("status {} {:?}", r.status, r.headers)),
+                            Err(e) => failures.push(e.to_string()),
+                        }
+                    }
+                    (sent, failures)
+                })
+            })
+            .collect();
+        Flow { stop, threads }
+    }
+
+    /// Stops the clients; returns how many requests they sent and every failure.
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().expect("client thread")).fold(
+            (0, Vec::new()),
+            |(n, mut f), (s, g)| {
+                f.extend(g);
+                (n + s, f)
+            },
+        )
+    }
+}
