@@ -14,11 +14,11 @@ mod e2e;
 mod sdk_builds;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::client::{ClientError, Flow, Request, Response};
-use e2e::origin::{self, Origin};
+use e2e::origin::{self, Gate, Origin};
 use e2e::server::{ServerUnderTest, Setup};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -112,24 +112,6 @@ fn callout_bodies(req: &origin::Request) -> Vec<String> {
         req.header_all("x-pw-callout-body").iter().flat_map(|h| h.split(',')).map(|s| s.trim().to_string()).collect();
     v.sort();
     v
-}
-
-/// The gate the auth service's `/auth/slow` answers wait behind until the test opens it.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    opened: Condvar,
-}
-
-impl Gate {
-    fn wait(&self) {
-        let open = self.open.lock().unwrap();
-        let _ = self.opened.wait_timeout_while(open, Duration::from_secs(30), |open| !*open).unwrap();
-    }
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.opened.notify_all();
-    }
 }
 
 /// An Otoroshi entity in our YAML: examples/otoroshi/`example`.json with the module `module`

@@ -11,34 +11,14 @@
 mod e2e;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::client::{Request, Response};
-use e2e::origin::{self, Origin};
+use e2e::origin::{self, Gate, Origin};
 use e2e::server::{ServerUnderTest, Setup};
 
 const PDKS: [&str; 2] = ["as", "rust"];
-
-/// A gate the auth service's `/auth/slow` answers wait behind until the test opens it (or 30 s
-/// pass), so that "the slow call is still pending" is a fact, not a timing guess.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    opened: Condvar,
-}
-
-impl Gate {
-    fn wait(&self) {
-        let open = self.open.lock().unwrap();
-        let _ = self.opened.wait_timeout_while(open, Duration::from_secs(30), |open| !*open).unwrap();
-    }
-
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.opened.notify_all();
-    }
-}
 
 /// The auth service: `/auth/deny...` answers 403 "no entry", `/auth/slow...` 200 once the gate
 /// opens, anything else 200 "ok".

@@ -615,3 +615,23 @@ pub fn sdk_cases_origin() -> Origin {
             .header("x-pw-resp-keep", "kept")
     })
 }
+
+/// A gate an origin's handler waits behind until the test opens it (or 30 s pass), so that "the
+/// call is still pending" is a fact of the test, not a timing guess.
+#[derive(Default)]
+pub struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    pub fn wait(&self) {
+        let open = self.open.lock().unwrap();
+        let _ = self.opened.wait_timeout_while(open, std::time::Duration::from_secs(30), |open| !*open).unwrap();
+    }
+
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
