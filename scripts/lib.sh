@@ -33,3 +33,22 @@ YAML
     : >"$d/etc/storage.config"
     : >"$d/etc/plugin.config"
 }
+
+# plugin_yaml FILE NAME CONFIGURATION RUNTIME CODE: a one-plugin Proxy-Wasm YAML (its own vm_id,
+# the compiled-module cache allowed), as the callgrind scripts load it on either server.
+plugin_yaml() {
+    cat >"$1" <<YAML
+plugins:
+  - config:
+      name: "$2"
+      root_id: ""
+      configuration: "$3"
+      vm_config:
+        runtime: "$4"
+        vm_id: "$2"
+        allow_precompiled: true
+        code:
+          local:
+            filename: "$5"
+YAML
+}

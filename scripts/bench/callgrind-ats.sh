@@ -56,24 +56,6 @@ done
 wat2wasm "$repo/scripts/bench/w2_min.wat" -o "$dir/w2_min.wasm"
 wat2wasm "$repo/scripts/bench/w2_all.wat" -o "$dir/w2_all.wasm"
 
-# yaml FILE NAME WORKLOAD RUNTIME CODE
-yaml() {
-    cat >"$1" <<EOF
-plugins:
-  - config:
-      name: "$2"
-      root_id: ""
-      configuration: "$3"
-      vm_config:
-        runtime: "$4"
-        vm_id: "$2"
-        allow_precompiled: true
-        code:
-          local:
-            filename: "$5"
-EOF
-}
-
 # layout DIR PORT REMAP-LINE: a private runroot (as scripts/bench.sh's ats_layout).
 layout() {
     local d=$1 port=$2 p
@@ -120,7 +102,7 @@ run() {
             *) echo "unknown row $row" >&2; return 1 ;;
         esac
         mkdir -p "$d"
-        yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code"
+        plugin_yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code"
         plugin="@plugin=proxy_wasm_ats.so @pparam=$d/p.yaml"
     fi
     layout "$d" "$port" "map /l/$row/ http://127.0.0.1:1/ $plugin @plugin=generator.so"

@@ -47,23 +47,6 @@ command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get ins
 wat2wasm "$repo/scripts/bench/w2_min.wat" -o "$dir/w2_min.wasm"
 wat2wasm "$repo/scripts/bench/w2_all.wat" -o "$dir/w2_all.wasm"
 
-# yaml FILE NAME WORKLOAD RUNTIME CODE
-yaml() {
-    cat >"$1" <<EOF
-config:
-  name: "$2"
-  root_id: ""
-  configuration: "$3"
-  vm_config:
-    runtime: "$4"
-    vm_id: "$2"
-    allow_precompiled: true
-    code:
-      local:
-        filename: "$5"
-EOF
-}
-
 # oto_yaml FILE ID RUNTIME WASM: the access-control entity as exported, as id ID on RUNTIME
 # running WASM.
 oto_yaml() {
@@ -95,7 +78,7 @@ run() {
         esac
         case $name in
             oto | otors) oto_yaml "$d/p.yaml" "$row" "$rt" "$code"; hdr="foo: bar" ;;
-            *) yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code" ;;
+            *) plugin_yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code" ;;
         esac
         mod="load_module $so;" http="proxy_wasm_config $d/p.yaml;" loc="proxy_wasm $row;"
     fi
