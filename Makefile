@@ -52,15 +52,12 @@ nginx: deps nginx-src
 plugins: deps
 	@bash scripts/build-plugins.sh
 
-## test: every test (unit and integration), with the plugins built from source.
-# The end-to-end suites (real Traffic Server and NGINX), run a second time with
-# every plugin moved onto WAMR (tests/e2e/mod.rs: E2E_RUNTIME).
-E2E_TESTS := $(patsubst tests/%.rs,--test %,$(wildcard tests/ats*.rs tests/nginx*.rs tests/conformance*.rs))
-
+## test: every test (unit and integration), with the plugins built from source; the end-to-end
+## suites (real Traffic Server and NGINX) run a second time with every plugin on WAMR
+## (scripts/run-tests.sh: logs in build/test-logs/, the failed tests and why at the end).
 test: deps plugins ats nginx
 	python3 scripts/module-deps.py
-	$(CARGO) test --locked --no-fail-fast
-	E2E_RUNTIME=wamr $(CARGO) test --locked --no-fail-fast $(E2E_TESTS)
+	CARGO=$(CARGO) bash scripts/run-tests.sh
 
 ## demo: Traffic Server on 127.0.0.1 with the example plugin and requests through it, then the core demo.
 demo: deps plugins ats nginx
