@@ -341,7 +341,7 @@ fn calls_of_recycled_generations_pending_together_get_their_own_answers() {
     for (plugin, id, r) in &results {
         assert_answered(r, plugin, *id, &s);
     }
-    assert!(s.logs().contains("recycling"), "the generations were recycled\n{}", s.log_report());
+    s.expect_log("recycling", Duration::from_secs(5));
     s.assert_nothing_died();
 }
 

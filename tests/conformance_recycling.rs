@@ -58,7 +58,7 @@ fn an_instance_is_replaced_after_max_calls_and_starts_again() {
         assert_eq!((r.status, r.header("x-proxy-wasm")), (200, Some("rust-sdk")), "{}", s.log_report());
     }
     s.expect_log("after recycling: recycled: ", WAIT);
-    assert!(s.logs().contains("(kill_options.max_calls 30)"), "{}", s.log_report());
+    s.expect_log("(kill_options.max_calls 30)", WAIT);
     assert!(vm_starts(&s) > before, "proxy_on_vm_start ran again in the new instance\n{}", s.log_report());
 }
 
@@ -70,7 +70,7 @@ fn an_instance_whose_memory_passes_max_memory_usage_is_replaced() {
     let r = send(&s, Request::get("/").header("x-pw-test", "alloc").header("x-pw-alloc-mb", "64"));
     assert_eq!(r.status, 200, "{}", s.log_report());
     assert!(vm_starts(&s) > before, "{}", s.log_report());
-    assert!(s.logs().contains("kill_options.max_memory_usage 0.01"), "{}", s.log_report());
+    s.expect_log("kill_options.max_memory_usage 0.01", WAIT);
 }
 
 #[test]
