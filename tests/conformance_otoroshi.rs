@@ -551,7 +551,8 @@ fn nginx_a_one_worker_job_runs_in_one_worker_at_a_time() {
         log.split(&started).nth(1).and_then(|t| t.split(')').next()).and_then(|p| p.parse().ok()).unwrap();
     // SAFETY: a signal to a worker process of this test's nginx.
     assert_eq!(unsafe { libc::kill(holder, libc::SIGKILL) }, 0);
-    let taken_over = e2e::wait_until(Duration::from_secs(10), || s.error_log().matches(&started).count() == 2);
+    // The lease lasts at least 5 s after the holder's last run.
+    let taken_over = e2e::wait_until(Duration::from_secs(20), || s.error_log().matches(&started).count() == 2);
     assert!(taken_over, "another worker takes the job over\n{}", s.log_report());
     assert!(s.error_log().split(&started).nth(2).is_some_and(|t| !t.starts_with(&holder.to_string())));
     assert_eq!(send(&s, Request::get("/after-takeover")).status, 200);

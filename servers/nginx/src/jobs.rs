@@ -33,12 +33,17 @@ fn lease_key(job: &Job) -> String {
     format!("proxy_wasm:job:{}", job.entity.plugin.id)
 }
 
+/// The shortest lease of a one-worker job.
+const LEASE_MIN: Duration = Duration::from_secs(5);
+
 /// Takes or renews the lease of a one-worker job: whether this worker holds it.
 fn hold_lease(job: &Job) -> bool {
     let store = proxy_wasm_host::extism::otoroshi::datastore::process_datastore();
     let key = lease_key(job);
     let me = std::process::id().to_string();
-    let ttl = job.interval.saturating_mul(2).max(Duration::from_secs(1));
+    // At least a few seconds: a holder whose event loop stalls (a reload's compile, a loaded
+    // machine) would otherwise lose the job to another worker while it still runs it.
+    let ttl = job.interval.saturating_mul(2).max(LEASE_MIN);
     match store.get(&key) {
         Some(holder) if holder == me.as_bytes() && store.pexpire(&key, ttl.as_millis() as i64) => true,
         Some(holder) if holder != me.as_bytes() => false,
