@@ -202,13 +202,13 @@ impl<S: ChainServer, G: ChainVms> Chain<S, G> {
     /// [`Chain::new`] written into `slot` (whose chain, if any, is dropped first): a server that
     /// keeps the chain in its own request context builds it there, instead of moving the
     /// returned value in (two copies of the whole `Chain` per transaction, measured on NGINX).
-    pub fn new_in<'s, H: HttpStream + 'static>(
-        slot: &'s mut Option<Chain<S, G>>,
+    pub fn new_in<H: HttpStream + 'static>(
+        slot: &mut Option<Chain<S, G>>,
         vms: G,
         plugins: impl IntoIterator<Item = usize>,
         server: S,
         mut stream: impl FnMut(usize) -> H,
-    ) -> Result<&'s mut Chain<S, G>, ChainError> {
+    ) -> Result<&mut Chain<S, G>, ChainError> {
         *slot = None;
         let plugins = plugins.into_iter();
         let mut links: Vec<Link> = SPARE_LINKS.with(|s| s.take());
