@@ -17,7 +17,8 @@
 #
 # Rows: base (no module), W2-min and W2-all (scripts/bench/*.wat) on
 # Wasmtime (wamr: `w2min-wamr`... in CG_ROWS), W2 (bench filter noop), W3
-# (bench filter w3); and the Otoroshi access-control template of W3-oto
+# (bench filter w3), W6 (`w6-wasmtime`: eight W3 plugins on one VM, in one chain, as
+# scripts/bench.sh's W6); and the Otoroshi access-control template of W3-oto
 # (examples/otoroshi/access-control.json, each request carrying the `foo: bar`
 # it allows) built with the AssemblyScript PDK (`oto-wasmtime`) and with the
 # Rust PDK (`otors-wasmtime`), not in the default rows (`CG_ROWS="base
@@ -37,7 +38,7 @@ n1=${CG_N1:-200}
 n2=${CG_N2:-1200}
 wasm=${CG_WASM:-$repo/build/plugins/bench_filter.wasm}
 oto_dir=${CG_OTO_DIR:-$repo/build/plugins}
-rows=${CG_ROWS:-base w2min-wasmtime w2all-wasmtime w2-wasmtime w3-wasmtime}
+rows=${CG_ROWS:-base w2min-wasmtime w2all-wasmtime w2-wasmtime w3-wasmtime w6-wasmtime}
 nginx=${NGINX:-/usr/sbin/nginx}
 dir=$(mktemp -d /tmp/callgrind-nginx.XXXXXX)
 # CG_KEEP=DIR keeps the callgrind output files there (callgrind_annotate them).
@@ -60,9 +61,33 @@ PY
     printf 'otoroshi:\n  runtime: %s\nwasm_plugins:\n  - %s\n' "$3" "$(cat "$1.json")" >"$1"
 }
 
+# w6_yaml FILE NAME WORKLOAD RUNTIME WASM COUNT: COUNT plugins NAME-1.. of WASM with WORKLOAD, all
+# on the one VM NAME (scripts/bench.sh's W6: a chain of eight filters sharing a VM).
+w6_yaml() {
+    local i
+    {
+        echo "plugins:"
+        for ((i = 1; i <= $6; i++)); do
+            cat <<YAML
+  - config:
+      name: "$2-$i"
+      root_id: ""
+      configuration: "$3"
+      vm_config:
+        runtime: "$4"
+        vm_id: "$2"
+        allow_precompiled: true
+        code:
+          local:
+            filename: "$5"
+YAML
+        done
+    } >"$1"
+}
+
 # run ROW N: prints the instructions callgrind counted for nginx serving N requests.
 run() {
-    local row=$1 n=$2 d=$dir/$1-$2 port name rt code wl mod="" http="" loc="" hdr="X-Row: $1"
+    local row=$1 n=$2 d=$dir/$1-$2 port name rt code wl mod="" http="" loc="" hdr="X-Row: $1" count=1
     mkdir -p "$d/logs"
     port=$(free_port)
     if [ "$row" != base ]; then
@@ -72,15 +97,22 @@ run() {
             w2all) code=$dir/w2_all.wasm wl=- ;;
             w2) code=$wasm wl=noop ;;
             w3) code=$wasm wl=w3 ;;
+            w6) code=$wasm wl=w3 count=8 ;;
             oto) code=$oto_dir/otoroshi_as_template_access_control.wasm ;;
             otors) code=$oto_dir/otoroshi_rust_template_access_control.wasm ;;
             *) echo "unknown row $row" >&2; return 1 ;;
         esac
         case $name in
             oto | otors) oto_yaml "$d/p.yaml" "$row" "$rt" "$code"; hdr="foo: bar" ;;
+            w6) w6_yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code" "$count" ;;
             *) plugin_yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code" ;;
         esac
         mod="load_module $so;" http="proxy_wasm_config $d/p.yaml;" loc="proxy_wasm $row;"
+        if [ "$name" = w6 ]; then
+            local i
+            loc=""
+            for ((i = 1; i <= count; i++)); do loc+="proxy_wasm $row-$i; "; done
+        fi
     fi
     cat >"$d/nginx.conf" <<EOF
 $mod

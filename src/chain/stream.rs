@@ -45,6 +45,10 @@ impl<H: HttpStream, S: ChainServer> HttpStream for ChainStream<H, S> {
         self.inner.header_value(map, key)
     }
 
+    fn header_count(&self, map: MapType) -> Result<usize, Status> {
+        self.inner.header_count(map)
+    }
+
     fn set_header_map(&mut self, map: MapType, pairs: Vec<Pair>) -> Result<(), Status> {
         self.inner.set_header_map(map, pairs)?;
         self.edited(map);

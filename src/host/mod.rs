@@ -178,6 +178,13 @@ pub fn value_in_pairs(pairs: &[Pair], key: &[u8]) -> Option<Vec<u8>> {
 pub trait HttpStream: Send {
     fn header_map(&self, map: MapType) -> Result<Vec<Pair>, Status>;
 
+    /// How many pairs [`HttpStream::header_map`] would give. A server that can count its
+    /// headers without copying them overrides it: the chain asks after every link that edited
+    /// a map (the next link's `num_headers`).
+    fn header_count(&self, map: MapType) -> Result<usize, Status> {
+        self.header_map(map).map(|pairs| pairs.len())
+    }
+
     /// One header's value (multiple values joined with ","), `Ok(None)` when absent.
     fn header_value(&self, map: MapType, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
         Ok(value_in_pairs(&self.header_map(map)?, key))

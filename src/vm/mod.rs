@@ -650,7 +650,7 @@ impl Vm {
     /// included), `None` if there is no such context or map.
     pub fn header_count(&mut self, context_id: u32, map: crate::abi::MapType) -> Option<usize> {
         match self.instance.state().contexts.get(&context_id) {
-            Some(Context::Stream(s)) => s.stream.header_map(map).ok().map(|pairs| pairs.len()),
+            Some(Context::Stream(s)) => s.stream.header_count(map).ok(),
             _ => None,
         }
     }

@@ -41,18 +41,21 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
         if !filtering {
             return pass_on(ctx, r, input);
         }
+        // The usual case, the response's bytes in one memory buffer: the chain reads them where they
+        // are (`drain` would copy them into two allocations).
+        // SAFETY: the chain given to this filter. The piece stays valid while the chain runs below:
+        // marking the buffer consumed only moves its `pos`, and nothing frees nginx's buffers
+        // during a plugin's callback.
+        if let Some((piece, eos)) = unsafe { single_piece(r, input) } {
+            let pieces: &[&[u8]] = match &piece {
+                Some(p) => std::slice::from_ref(p),
+                None => &[],
+            };
+            return filter_input(ctx, r, input, pieces, eos);
+        }
         // SAFETY: the chain given to this filter.
         let (pieces, eos) = unsafe { drain(r, input) };
-        if ctx.response_eos_sent.get() {
-            return next_body(r, std::ptr::null_mut());
-        }
-        let seen = ctx.response_seen.get() + pieces.iter().map(|p| p.len() as u64).sum::<u64>();
-        ctx.response_seen.set(seen);
-        let eos = eos || ctx.response_length.get().is_some_and(|n| seen >= n);
-        if pieces.is_empty() && !eos && !ctx.headers_held.get() && !ctx.body_held.get() {
-            return pass_on(ctx, r, input);
-        }
-        filter_pieces(ctx, r, pieces, eos)
+        filter_input(ctx, r, input, &pieces, eos)
     });
     out.unwrap_or_else(|_| {
         log(LogLevel::Critical, "[proxy_wasm] internal error (panic) in the body filter");
@@ -60,15 +63,36 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
     })
 }
 
+/// The body filter's work once the input's bytes were taken (`pieces`, consumed in `input`;
+/// `eos`: its buffers end the body): the end of the body declared by Content-Length, then the
+/// chain.
+fn filter_input<P: AsRef<[u8]>>(
+    ctx: &ReqCtx,
+    r: *mut ngx_http_request_t,
+    input: *mut ngx_chain_t,
+    pieces: &[P],
+    eos: bool,
+) -> ngx_int_t {
+    if ctx.response_eos_sent.get() {
+        return next_body(r, std::ptr::null_mut());
+    }
+    let seen = ctx.response_seen.get() + pieces.iter().map(|p| p.as_ref().len() as u64).sum::<u64>();
+    ctx.response_seen.set(seen);
+    let eos = eos || ctx.response_length.get().is_some_and(|n| seen >= n);
+    if pieces.is_empty() && !eos && !ctx.headers_held.get() && !ctx.body_held.get() {
+        return pass_on(ctx, r, input);
+    }
+    filter_pieces(ctx, r, pieces, eos)
+}
+
 /// Runs pieces through the chain (the last with `eos`; none: one empty
 /// piece) and acts on each flow.
-pub fn filter_pieces(ctx: &ReqCtx, r: *mut ngx_http_request_t, pieces: Vec<Vec<u8>>, eos: bool) -> ngx_int_t {
+pub fn filter_pieces<P: AsRef<[u8]>>(ctx: &ReqCtx, r: *mut ngx_http_request_t, pieces: &[P], eos: bool) -> ngx_int_t {
     let n = pieces.len().max(1);
-    let mut pieces = pieces.into_iter();
     let mut rc = NGX_OK as ngx_int_t;
     for i in 0..n {
-        let piece = pieces.next().unwrap_or_default();
-        let Some(flow) = ctx.with_chain(|c| c.on_response_body(&piece, eos && i + 1 == n)) else {
+        let piece = pieces.get(i).map_or(&[][..], AsRef::as_ref);
+        let Some(flow) = ctx.with_chain(|c| c.on_response_body(piece, eos && i + 1 == n)) else {
             log(
                 LogLevel::Critical,
                 "[proxy_wasm] internal error: the request's chain is in use or gone in the body filter",
@@ -179,6 +203,59 @@ pub fn resumed(ctx: &ReqCtx, r: *mut ngx_http_request_t, flow: Flow) {
     }
 }
 
+/// Whether buffer `b` holds its bytes in a file only (`drain` reads them from there).
+///
+/// # Safety
+/// `b` is a live buffer of a chain given to the body filter.
+unsafe fn file_only(b: *const ngx_buf_t) -> bool {
+    // SAFETY: see above.
+    unsafe {
+        (*b).in_file() != 0 && (*b).pos.is_null()
+            || ((*b).in_file() != 0 && (*b).last == (*b).pos && (*b).file_last > (*b).file_pos)
+    }
+}
+
+/// The bytes of a chain whose data is in at most one buffer, in memory, as `drain` would give
+/// them (`None` inside: no bytes) but not copied, every buffer marked consumed as `drain` does;
+/// and whether it ends the body. `None` (nothing consumed) for any other chain.
+///
+/// # Safety
+/// `cl` is the chain given to the body filter; the returned bytes are its buffer's, valid until
+/// nginx reuses or frees that buffer (not while the filter runs).
+unsafe fn single_piece<'a>(r: *mut ngx_http_request_t, cl: *mut ngx_chain_t) -> Option<(Option<&'a [u8]>, bool)> {
+    let mut data: Option<*mut ngx_buf_t> = None;
+    let mut eos = false;
+    // SAFETY: see above: the chain's links and buffers are live.
+    unsafe {
+        let mut link = cl;
+        while !link.is_null() {
+            let b = (*link).buf;
+            if file_only(b) {
+                return None;
+            }
+            if !(*b).pos.is_null() && (*b).last > (*b).pos {
+                if data.is_some() {
+                    return None;
+                }
+                data = Some(b);
+            }
+            if (*b).last_buf() != 0 || (r != (*r).main && (*b).last_in_chain() != 0) {
+                eos = true;
+            }
+            link = (*link).next;
+        }
+        let piece = data.map(|b| {
+            let bytes = std::slice::from_raw_parts((*b).pos, (*b).last.offset_from((*b).pos) as usize);
+            (*b).pos = (*b).last;
+            if (*b).in_file() != 0 {
+                (*b).file_pos = (*b).file_last;
+            }
+            bytes
+        });
+        Some((piece, eos))
+    }
+}
+
 /// The bytes of a chain in pieces (a file buffer is read [`PIECE`] bytes at
 /// a time, never whole: a static file may be gigabytes; small buffers are
 /// joined up to that size), marking every buffer consumed; and whether it
@@ -194,9 +271,7 @@ unsafe fn drain(r: *mut ngx_http_request_t, mut cl: *mut ngx_chain_t) -> (Vec<Ve
     unsafe {
         while !cl.is_null() {
             let b = (*cl).buf;
-            if (*b).in_file() != 0 && (*b).pos.is_null()
-                || ((*b).in_file() != 0 && (*b).last == (*b).pos && (*b).file_last > (*b).file_pos)
-            {
+            if file_only(b) {
                 let fd = (*(*b).file).fd;
                 while (*b).file_pos < (*b).file_last {
                     let n = (((*b).file_last - (*b).file_pos) as usize).min(PIECE);

@@ -110,7 +110,7 @@ pub fn resumed(ctx: &ReqCtx, r: *mut ngx_http_request_t, flow: Flow) {
     let rc = if ctx.replace_body.borrow().is_some() {
         body_filter::send_replacement(ctx, r)
     } else if ctx.with_chain(|c| c.has_queued_body(StreamType::HttpResponse)).unwrap_or(false) {
-        body_filter::filter_pieces(ctx, r, vec![Vec::new()], false)
+        body_filter::filter_pieces::<&[u8]>(ctx, r, &[], false)
     } else {
         NGX_OK as ngx_int_t
     };

@@ -121,6 +121,20 @@ unsafe fn push(
     }
 }
 
+/// `key` in ASCII lower case, written in `buf` when it fits (every name the matches of this
+/// module know does): a header read or write allocates nothing for the name's case.
+fn lowercase<'b>(key: &[u8], buf: &'b mut [u8; 32]) -> std::borrow::Cow<'b, [u8]> {
+    match buf.get_mut(..key.len()) {
+        Some(out) => {
+            for (o, k) in out.iter_mut().zip(key) {
+                *o = k.to_ascii_lowercase();
+            }
+            std::borrow::Cow::Borrowed(out)
+        }
+        None => std::borrow::Cow::Owned(key.to_ascii_lowercase()),
+    }
+}
+
 /// Whether the element is named `key` (ASCII case-insensitive). Compared
 /// from the last byte: names in one list often share a prefix (`x-`,
 /// `content-`, `accept-`) and differ at the end, so most elements are told
@@ -180,7 +194,7 @@ pub unsafe fn request_value(r: *mut ngx_http_request_t, key: &[u8]) -> Option<Ve
     // SAFETY: see the module note.
     unsafe {
         if key.starts_with(b":") {
-            return match key.to_ascii_lowercase().as_slice() {
+            return match lowercase(key, &mut [0; 32]).as_ref() {
                 b":method" => Some(bytes(&(*r).method_name)),
                 b":path" => Some(bytes(&(*r).unparsed_uri)),
                 b":authority" => Some(request_authority(r)),
@@ -342,7 +356,7 @@ pub unsafe fn add_request(r: *mut ngx_http_request_t, key: &[u8], value: &[u8]) 
     unsafe {
         let h = push(r, &mut (*r).headers_in.headers, key, value)?;
         let hi = &mut (*r).headers_in;
-        match key.to_ascii_lowercase().as_slice() {
+        match lowercase(key, &mut [0; 32]).as_ref() {
             b"content-length" if hi.content_length.is_null() => {
                 hi.content_length = h;
                 hi.content_length_n = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(-1);
@@ -372,7 +386,7 @@ pub unsafe fn replace_request(r: *mut ngx_http_request_t, key: &[u8], value: &[u
                 let h = push(r, &mut (*r).headers_in.headers, key, value)?;
                 (*h).key = first.0;
                 let hi = &mut (*r).headers_in;
-                match key.to_ascii_lowercase().as_slice() {
+                match lowercase(key, &mut [0; 32]).as_ref() {
                     b"content-length" => {
                         hi.content_length = h;
                         hi.content_length_n =
@@ -505,7 +519,7 @@ pub unsafe fn clear_content_length(r: *mut ngx_http_request_t) {
 unsafe fn remove_response(r: *mut ngx_http_request_t, key: &[u8]) {
     // SAFETY: see the module note.
     unsafe {
-        match key.to_ascii_lowercase().as_slice() {
+        match lowercase(key, &mut [0; 32]).as_ref() {
             b"content-type" => {
                 let ho = &mut (*r).headers_out;
                 ho.content_type = ngx_str_t { len: 0, data: ptr::null_mut() };
@@ -543,7 +557,7 @@ unsafe fn set_response_special(r: *mut ngx_http_request_t, key: &[u8], value: &[
     // SAFETY: see the module note.
     unsafe {
         let ho = &mut (*r).headers_out;
-        match key.to_ascii_lowercase().as_slice() {
+        match lowercase(key, &mut [0; 32]).as_ref() {
             b":status" => {
                 let status: ngx_uint_t = std::str::from_utf8(value)
                     .ok()

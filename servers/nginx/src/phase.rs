@@ -223,8 +223,15 @@ pub unsafe fn create_ctx(r: *mut ngx_http_request_t, chain: &[usize]) -> Created
         (*ctx.ev.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
         (*ctx.pause_timer.get()).data = Arc::as_ptr(&ctx) as *mut c_void;
     }
-    match Chain::new(generation, chain.iter().copied(), NgxChain(ctx.clone()), |_| NgxStream::new(ctx.clone())) {
-        Ok(c) => *ctx.chain.borrow_mut() = Some(c),
+    // Built in the context's cell (see `Chain::new_in`); a re-entry meanwhile (a plugin's
+    // `proxy_on_context_create` reaching the module) finds the chain in use, as it found none.
+    let created =
+        Chain::new_in(&mut ctx.chain.borrow_mut(), generation, chain.iter().copied(), NgxChain(ctx.clone()), |_| {
+            NgxStream::new(ctx.clone())
+        })
+        .map(|_| ());
+    match created {
+        Ok(()) => {}
         Err(e) => {
             // A stream context kept for its proxy_done must not reach this request.
             ctx.r.store(std::ptr::null_mut(), Ordering::Release);

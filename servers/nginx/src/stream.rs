@@ -54,6 +54,22 @@ impl HttpStream for NgxStream {
         })
     }
 
+    /// Counted in nginx's lists, as `header_map` would list them (no copies: the chain asks
+    /// after every plugin that edited a map).
+    fn header_count(&self, map: MapType) -> Result<usize, Status> {
+        let Some(r) = self.req() else { return Ok(0) };
+        let response_started = self.response_started();
+        // SAFETY: live request on this worker's thread.
+        Ok(unsafe {
+            match map {
+                MapType::HttpRequestHeaders => hdr::request_pair_count(r),
+                MapType::HttpResponseHeaders if response_started => hdr::response_pair_count(r),
+                MapType::HttpResponseHeaders | MapType::HttpRequestTrailers | MapType::HttpResponseTrailers => 0,
+                _ => return Err(Status::BadArgument),
+            }
+        })
+    }
+
     fn header_value(&self, map: MapType, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
         let Some(r) = self.req() else { return Ok(None) };
         let response_started = self.response_started();
