@@ -23,7 +23,9 @@
 #
 # Rows: base (generator.so alone), W2-min and W2-all (scripts/bench/*.wat) on
 # Wasmtime (WAMR: `w2min-wamr`... in CG_ROWS), W2 (bench filter noop), W3
-# (bench filter w3), w3-lua (tslua with scripts/bench/ts_w3.lua).
+# (bench filter w3), w3-lua (tslua with scripts/bench/ts_w3.lua), null-transform
+# (scripts/bench/ts_null_transform.c: a native response transform passing the body
+# through, the floor of Traffic Server's transform machinery; built with cc).
 # Environment: CG_WARM [50], CG_N [1000], CG_ROWS (e.g. "base w2min-wasmtime"),
 # CG_WASM [build/plugins/bench_filter.wasm], CG_KEEP (a folder for the callgrind files),
 # TRAFFIC_SERVER [/usr/bin/traffic_server].
@@ -37,7 +39,7 @@ so=$(readlink -f "$so")
 warm=${CG_WARM:-50}
 n=${CG_N:-1000}
 wasm=${CG_WASM:-$repo/build/plugins/bench_filter.wasm}
-rows=${CG_ROWS:-base w2min-wasmtime w2all-wasmtime w2-wasmtime w3-wasmtime w3-lua}
+rows=${CG_ROWS:-base w2min-wasmtime w2all-wasmtime w2-wasmtime w3-wasmtime w3-lua null-transform}
 ts=${TRAFFIC_SERVER:-/usr/bin/traffic_server}
 modules=/usr/lib/trafficserver/modules
 dir=$(mktemp -d /tmp/callgrind-ats.XXXXXX)
@@ -49,12 +51,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for cmd in valgrind callgrind_control wat2wasm curl python3 "$ts"; do
+for cmd in valgrind callgrind_control wat2wasm curl python3 cc "$ts"; do
     command -v "$cmd" >/dev/null || { echo "$cmd is not installed (valgrind: apt-get install valgrind)" >&2; exit 1; }
 done
 [ -f "$so" ] || { echo "no $so (make bench, or give the plugin's path)" >&2; exit 1; }
 wat2wasm "$repo/scripts/bench/w2_min.wat" -o "$dir/w2_min.wasm"
 wat2wasm "$repo/scripts/bench/w2_all.wat" -o "$dir/w2_all.wasm"
+case " $rows " in
+*" null-transform "*)
+    cc -shared -fPIC -O2 -I/usr/include -o "$dir/ts_null_transform.so" "$repo/scripts/bench/ts_null_transform.c"
+    ;;
+esac
 
 # layout DIR PORT REMAP-LINE: a private runroot (as scripts/bench.sh's ats_layout).
 layout() {
@@ -92,6 +99,8 @@ run() {
     if [ "$row" = w3-lua ]; then
         # tslua doing W3's work (scripts/bench/ts_w3.lua), the Lua row of scripts/bench.sh.
         plugin="@plugin=tslua.so @pparam=$repo/scripts/bench/ts_w3.lua"
+    elif [ "$row" = null-transform ]; then
+        plugin="@plugin=$dir/ts_null_transform.so"
     elif [ "$row" != base ]; then
         name=${row%-*} rt=${row##*-}
         case $name in

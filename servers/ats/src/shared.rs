@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use super::hdr::Hdr;
 use super::sys::*;
+use super::txn::Framing;
 use proxy_wasm_host::abi::{MapType, Status};
 use proxy_wasm_host::chain::Signals;
 use proxy_wasm_host::host::LocalResponse;
@@ -65,6 +66,9 @@ pub struct TxnShared {
     /// Which header maps a plugin changed since the framing was last checked
     /// (`EDITED_*`): the received framing is put back only after an edit.
     edited: AtomicU8,
+    /// The origin response's Content-Length and Transfer-Encoding as received, kept before
+    /// the first plugin edit that could change them (`AtsStream::keep_received_framing`).
+    pub response_framing: Mutex<Option<Framing>>,
 }
 
 const EDITED_REQUEST: u8 = 1;
@@ -141,7 +145,20 @@ impl TxnShared {
         self.wakes.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// A plugin changes the header map `map`.
+    /// A plugin changes the field `key` of the header map `map`: only a change of
+    /// Content-Length or Transfer-Encoding can change the framing (`mark_edited`).
+    /// Every other field (the usual edit: a header added) leaves the framing
+    /// check, and its header fetch and lookups, out.
+    /// Returns whether it was such a field.
+    pub(crate) fn mark_field_edited(&self, map: MapType, key: &[u8]) -> bool {
+        let framing = key.eq_ignore_ascii_case(b"content-length") || key.eq_ignore_ascii_case(b"transfer-encoding");
+        if framing {
+            self.mark_edited(map);
+        }
+        framing
+    }
+
+    /// A plugin changes the header map `map` (any field of it may change).
     pub(crate) fn mark_edited(&self, map: MapType) {
         let bit = edited_bit(map);
         if bit != 0 {
@@ -198,6 +215,7 @@ impl TxnShared {
             request_to_server: AtomicBool::new(false),
             response_to_transform: AtomicBool::new(false),
             edited: AtomicU8::new(0),
+            response_framing: Mutex::new(None),
         }
     }
 

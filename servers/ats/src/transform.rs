@@ -234,37 +234,66 @@ unsafe fn step(contp: TSCont) {
     let (reader, todo) = unsafe { (TSVIOReaderGet(input), TSVIONTodoGet(input)) };
     // SAFETY: `reader` is the input VIO's live reader.
     let avail = unsafe { TSIOBufferReaderAvail(reader) }.min(todo);
-    let mut chunk = Vec::with_capacity(avail.max(0) as usize);
+    // The bytes: borrowed from the input's first block when it holds them all (the usual
+    // small body: no allocation nor copy here), else copied. The reader is consumed only
+    // once the chain is done with them.
+    let mut copied: Vec<u8> = Vec::new();
+    let mut borrowed: &[u8] = &[];
     if avail > 0 {
         // SAFETY: as above; the blocks belong to `reader`'s buffer, which
         // nobody else consumes while the transform's handler runs.
         let mut block = unsafe { TSIOBufferReaderStart(reader) };
-        while !block.is_null() && (chunk.len() as i64) < avail {
+        let mut first = true;
+        while !block.is_null() && (copied.len() as i64) < avail {
             let mut n: i64 = 0;
             // SAFETY: `block` is a live block of `reader`'s buffer; `n` is writable.
             let p = unsafe { TSIOBufferBlockReadStart(block, reader, &mut n) };
-            let take = n.min(avail - chunk.len() as i64);
-            if !p.is_null() && take > 0 {
-                // SAFETY: Traffic Server says `n` bytes are readable at `p`,
-                // until the reader is consumed below; `take` <= `n`.
-                chunk.extend_from_slice(unsafe { std::slice::from_raw_parts(p as *const u8, take as usize) });
+            if p.is_null() || n <= 0 {
+                // SAFETY: `block` is live (checked non-null above).
+                block = unsafe { TSIOBufferBlockNext(block) };
+                continue;
             }
+            if first && n >= avail {
+                // SAFETY: Traffic Server says `n` >= `avail` bytes are readable at
+                // `p` until the reader is consumed, which happens below, after the
+                // last use of `borrowed`.
+                borrowed = unsafe { std::slice::from_raw_parts(p as *const u8, avail as usize) };
+                break;
+            }
+            if first {
+                copied.reserve_exact(avail as usize);
+                first = false;
+            }
+            let take = n.min(avail - copied.len() as i64);
+            // SAFETY: as above, `n` bytes readable at `p`; `take` <= `n`.
+            copied.extend_from_slice(unsafe { std::slice::from_raw_parts(p as *const u8, take as usize) });
             // SAFETY: `block` is live (checked non-null above).
             block = unsafe { TSIOBufferBlockNext(block) };
         }
-        // SAFETY: `avail` bytes were available to `reader` and have been
-        // copied; the VIO is the open transform's input.
-        unsafe {
-            TSIOBufferReaderConsume(reader, avail);
-            TSVIONDoneSet(input, TSVIONDoneGet(input) + avail);
-        }
     }
-    // SAFETY: as above.
-    let eos = unsafe { TSVIONTodoGet(input) } == 0;
+    // The input is consumed up to here (see `consume` below): its end is reached when
+    // nothing is left to do after these bytes.
+    let eos = todo - avail.max(0) <= 0;
+    let consume = |avail: i64| {
+        if avail > 0 {
+            // SAFETY: `avail` bytes were available to `reader` and the chain is
+            // done with them; the VIO is the open transform's input.
+            unsafe {
+                TSIOBufferReaderConsume(reader, avail);
+                TSVIONDoneSet(input, TSVIONDoneGet(input) + avail);
+            }
+        }
+    };
+    let mut chunk: &[u8] = if borrowed.is_empty() { &copied } else { borrowed };
+    let dechunked;
     if let Some(d) = t.dechunk.as_mut() {
-        match d.feed(&chunk) {
-            Ok(body) => chunk = body,
+        match d.feed(chunk) {
+            Ok(body) => {
+                dechunked = body;
+                chunk = &dechunked;
+            }
             Err(e) => {
+                consume(avail);
                 // Never a silently shorter body: the request is aborted, as
                 // Traffic Server aborts one whose body it cannot read.
                 log(
@@ -282,6 +311,7 @@ unsafe fn step(contp: TSCont) {
     if avail > 0 || eos {
         t.input_done = eos;
         if t.answered {
+            consume(avail);
             // Read and dropped: the request is answered, not sent on.
             if eos {
                 // SAFETY: as this function's own contract.
@@ -298,12 +328,12 @@ unsafe fn step(contp: TSCont) {
                         txn.shared.request_to_server.store(true, Ordering::Release);
                     }
                     let Some(chain) = txn.chain.as_mut() else {
-                        return Flow::Forward { data: chunk, end_of_stream: eos };
+                        return Flow::Forward { data: chunk.to_vec(), end_of_stream: eos };
                     };
                     let flow = if direction == StreamType::HttpRequest {
-                        chain.on_request_body(&chunk, eos)
+                        chain.on_request_body(chunk, eos)
                     } else {
-                        chain.on_response_body(&chunk, eos)
+                        chain.on_response_body(chunk, eos)
                     };
                     if direction == StreamType::HttpRequest {
                         txn.request_body_flow(&flow);
@@ -311,9 +341,12 @@ unsafe fn step(contp: TSCont) {
                     flow
                 })
             };
+            consume(avail);
             // SAFETY: as this function's own contract.
             unsafe { apply(contp, t, flow) };
         }
+    } else {
+        consume(avail);
     }
     if t.aborted {
         // Neither more input nor its end: the abort's error goes to the

@@ -161,6 +161,24 @@ pub struct AtsStream {
     pub shared: Arc<TxnShared>,
 }
 
+impl AtsStream {
+    /// Before the first edit of the origin's response header that can change its framing,
+    /// keeps that framing as received (`h` is still unedited there), for
+    /// `Txn::restore_response_framing`. Read here rather than for every response: most
+    /// plugins never touch Content-Length or Transfer-Encoding.
+    fn keep_received_framing(&self, map: MapType, h: &Hdr) {
+        if map != MapType::HttpResponseHeaders
+            || self.shared.response_source.load(Ordering::Acquire) != RESPONSE_FROM_ORIGIN
+        {
+            return;
+        }
+        let mut kept = self.shared.response_framing.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.is_none() {
+            *kept = Some(Framing::read(h));
+        }
+    }
+}
+
 impl HttpStream for AtsStream {
     fn header_map(&self, map: MapType) -> Result<Vec<Pair>, Status> {
         Ok(self.shared.with_hdr(map, |h| Ok(h.pairs()))?.unwrap_or_default())
@@ -181,22 +199,48 @@ impl HttpStream for AtsStream {
 
     fn set_header_map(&mut self, map: MapType, pairs: Vec<Pair>) -> Result<(), Status> {
         self.shared.mark_edited(map);
-        self.shared.with_hdr(map, |h| h.set_all(&pairs))?.ok_or(Status::BadArgument)
+        self.shared
+            .with_hdr(map, |h| {
+                self.keep_received_framing(map, h);
+                h.set_all(&pairs)
+            })?
+            .ok_or(Status::BadArgument)
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        self.shared.mark_edited(map);
-        self.shared.with_hdr(map, |h| h.add(key, value))?.ok_or(Status::BadArgument)
+        let framing = self.shared.mark_field_edited(map, key);
+        self.shared
+            .with_hdr(map, |h| {
+                if framing {
+                    self.keep_received_framing(map, h);
+                }
+                h.add(key, value)
+            })?
+            .ok_or(Status::BadArgument)
     }
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        self.shared.mark_edited(map);
-        self.shared.with_hdr(map, |h| h.replace(key, value))?.ok_or(Status::BadArgument)
+        let framing = self.shared.mark_field_edited(map, key);
+        self.shared
+            .with_hdr(map, |h| {
+                if framing {
+                    self.keep_received_framing(map, h);
+                }
+                h.replace(key, value)
+            })?
+            .ok_or(Status::BadArgument)
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
-        self.shared.mark_edited(map);
-        self.shared.with_hdr(map, |h| h.remove(key))?.ok_or(Status::BadArgument)
+        let framing = self.shared.mark_field_edited(map, key);
+        self.shared
+            .with_hdr(map, |h| {
+                if framing {
+                    self.keep_received_framing(map, h);
+                }
+                h.remove(key)
+            })?
+            .ok_or(Status::BadArgument)
     }
 
     /// Taken by the chain (`proxy_wasm_host::chain::stream::ChainStream`).
@@ -335,8 +379,6 @@ pub struct Txn {
     pub chain: Option<AtsTxnChain>,
     /// The client request's Content-Length and Transfer-Encoding as received.
     pub framing: Framing,
-    /// The origin response's, as received (set at READ_RESPONSE_HDR).
-    response_framing: Option<Framing>,
     /// The response headers went to the chain (at READ_RESPONSE_HDR or SEND_RESPONSE_HDR).
     response_started: bool,
     /// The chain answered during the request (headers or body): Traffic
@@ -414,7 +456,6 @@ impl Txn {
             framing: start.framing,
             request_pairs: Some(start.pairs),
             head: start.head,
-            response_framing: None,
             response_started: false,
             answered_request: false,
             answered_request_body: false,
@@ -588,10 +629,13 @@ impl Txn {
         if self.shared.response_source.load(Ordering::Acquire) != RESPONSE_FROM_ORIGIN {
             return;
         }
-        if let Some(framing) = self.response_framing.as_ref().filter(|f| !f.is_empty()) {
-            if self.shared.take_edited(MapType::HttpResponseHeaders) {
-                let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| framing.restore(h));
-            }
+        if !self.shared.take_edited(MapType::HttpResponseHeaders) {
+            return;
+        }
+        // As received, kept before the first edit that could change it (`AtsStream::keep_received_framing`).
+        let framing = self.shared.response_framing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(framing) = framing.filter(|f| !f.is_empty()) {
+            let _ = self.shared.with_hdr(MapType::HttpResponseHeaders, |h| framing.restore(h));
         }
     }
 
@@ -645,25 +689,19 @@ impl Txn {
             // status and headers, before the plugins see it.
             self.apply_local_headers();
         }
-        // One header fetch for the origin's framing, the count and the end of stream.
-        let from_origin = source == RESPONSE_FROM_ORIGIN;
-        let (count, eos, framing) = self
+        // One header fetch for the count and the end of stream. The origin's framing is
+        // read only if a plugin is about to change it (`AtsStream::keep_received_framing`).
+        let (count, eos) = self
             .shared
             .client_response()
             .map(|h| {
                 let n = h.pair_count();
                 let status = h.status();
-                let content_length = h.value(b"content-length");
-                let empty = content_length.as_deref().is_some_and(|v| v.trim_ascii() == b"0");
-                let framing =
-                    from_origin.then(|| Framing { content_length, transfer_encoding: h.value(b"transfer-encoding") });
+                let empty = h.value(b"content-length").is_some_and(|v| v.trim_ascii() == b"0");
                 TxnShared::release(&h);
-                (n, self.head || empty || status == 204 || status == 304 || (100..200).contains(&status), framing)
+                (n, self.head || empty || status == 204 || status == 304 || (100..200).contains(&status))
             })
-            .unwrap_or((0, true, from_origin.then(Framing::default)));
-        if from_origin {
-            self.response_framing = framing;
-        }
+            .unwrap_or((0, true));
         let Some(chain) = self.chain.as_mut() else { return Next::Reenable { error: false } };
         let flow = chain.on_response_headers(count, eos);
         self.response_headers_flow(flow)
