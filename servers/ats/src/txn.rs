@@ -184,6 +184,12 @@ impl HttpStream for AtsStream {
         Ok(self.shared.with_hdr(map, |h| Ok(h.pairs()))?.unwrap_or_default())
     }
 
+    // The chain counts a map again after each link that edited it (the next link's
+    // `num_headers`): counted in place, without copying every pair.
+    fn header_count(&self, map: MapType) -> Result<usize, Status> {
+        Ok(self.shared.with_hdr(map, |h| Ok(h.pair_count()))?.unwrap_or(0))
+    }
+
     fn header_value(&self, map: MapType, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
         // Traffic Server finds fields by name without case; only a pseudo-header's
         // name is compared as given, so a copy is made for an upper-case name only.
