@@ -7,6 +7,7 @@
 //! below `vm`, which drives the callbacks of an instance.
 
 pub mod code;
+pub mod contexts;
 pub mod exports;
 pub mod memory;
 pub mod state;

@@ -607,7 +607,13 @@ impl<T: Send + 'static> Module<T> for WasmtimeModule<T> {
         let instance = pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate(format!("{e:#}")))?;
         let memory = instance.get_memory(&mut store, "memory");
         store.data_mut().memory = memory;
-        Ok(Box::new(WasmtimeInstance { store, instance, timeout: limits.callback_timeout, resolved: Vec::new() }))
+        Ok(Box::new(WasmtimeInstance {
+            store,
+            instance,
+            timeout: limits.callback_timeout,
+            deadline_ticks: limits.callback_timeout.map(ticks),
+            resolved: Vec::new(),
+        }))
     }
 }
 
@@ -615,6 +621,8 @@ struct WasmtimeInstance<T: 'static> {
     store: wt::Store<StoreData<T>>,
     instance: wt::Instance,
     timeout: Option<Duration>,
+    /// `timeout` in epoch ticks, counted once (a 128-bit division) instead of per call.
+    deadline_ticks: Option<u64>,
     /// The exports found by `resolve`, typed once; an `ExportIndex` is a
     /// position here, so a call by index costs no lookup and no `Arc` clone.
     resolved: Vec<(Box<str>, Export)>,
@@ -639,11 +647,11 @@ impl<T: Send + 'static> Instance<T> for WasmtimeInstance<T> {
         let Some((_, export)) = self.resolved.get(export.0 as usize) else {
             return Err(Trap::new(format!("no resolved export with index {}", export.0)));
         };
-        if let Some(limit) = self.timeout {
-            self.store.set_epoch_deadline(ticks(limit));
+        if let Some(ticks) = self.deadline_ticks {
+            self.store.set_epoch_deadline(ticks);
         }
         let r = export.call(&mut self.store, args);
-        if self.timeout.is_some() {
+        if self.deadline_ticks.is_some() {
             self.store.set_epoch_deadline(NO_DEADLINE);
         }
         r.map_err(|t| match t.kind {

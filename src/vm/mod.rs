@@ -94,6 +94,10 @@ pub struct Vm {
     /// The module exports `proxy_on_done`, `proxy_on_log` or `proxy_on_delete`:
     /// without them a stream's end is only forgetting its context.
     teardown_callbacks: bool,
+    /// Some plugin of the instance has a `capability_restriction_config`
+    /// (`HostState::restricted`, kept here too so that a callback of an
+    /// unrestricted instance does not reach into the store to learn it).
+    restricted: bool,
 }
 
 /// The callbacks the host calls, by their place in [`Vm::callbacks`].
@@ -138,26 +142,30 @@ impl Callback {
     ];
     const COUNT: usize = Callback::ALL.len();
 
-    /// The export's name in the Proxy-Wasm ABI.
-    const fn name(self) -> &'static str {
-        match self {
-            Callback::ContextCreate => "proxy_on_context_create",
-            Callback::VmStart => "proxy_on_vm_start",
-            Callback::Configure => "proxy_on_configure",
-            Callback::Tick => "proxy_on_tick",
-            Callback::QueueReady => "proxy_on_queue_ready",
-            Callback::RequestHeaders => "proxy_on_request_headers",
-            Callback::RequestBody => "proxy_on_request_body",
-            Callback::RequestTrailers => "proxy_on_request_trailers",
-            Callback::ResponseHeaders => "proxy_on_response_headers",
-            Callback::ResponseBody => "proxy_on_response_body",
-            Callback::ResponseTrailers => "proxy_on_response_trailers",
-            Callback::Done => "proxy_on_done",
-            Callback::Log => "proxy_on_log",
-            Callback::Delete => "proxy_on_delete",
-            Callback::HttpCallResponse => "proxy_on_http_call_response",
-            Callback::ForeignFunction => "proxy_on_foreign_function",
-        }
+    /// The exports' names in the Proxy-Wasm ABI, in the order of [`Callback::ALL`].
+    const NAMES: [&'static str; Callback::COUNT] = [
+        "proxy_on_context_create",
+        "proxy_on_vm_start",
+        "proxy_on_configure",
+        "proxy_on_tick",
+        "proxy_on_queue_ready",
+        "proxy_on_request_headers",
+        "proxy_on_request_body",
+        "proxy_on_request_trailers",
+        "proxy_on_response_headers",
+        "proxy_on_response_body",
+        "proxy_on_response_trailers",
+        "proxy_on_done",
+        "proxy_on_log",
+        "proxy_on_delete",
+        "proxy_on_http_call_response",
+        "proxy_on_foreign_function",
+    ];
+
+    /// The export's name in the Proxy-Wasm ABI (a table read: a `match`
+    /// over 16 cases cost a jump per callback).
+    fn name(self) -> &'static str {
+        Callback::NAMES[self as usize]
     }
 }
 
@@ -181,6 +189,7 @@ impl Vm {
         });
         let mut state = HostState::new(env.clone());
         state.allocator = code.allocator;
+        let restricted = state.restricted;
         let instance = code
             .module
             .instantiate(state, &code.imports, &options.limits)
@@ -194,6 +203,7 @@ impl Vm {
             memory_limit_logged: false,
             callbacks: [None; Callback::COUNT],
             teardown_callbacks: false,
+            restricted,
         };
         for callback in Callback::ALL {
             let name = callback.name();
@@ -268,7 +278,12 @@ impl Vm {
     }
 
     /// Calls a callback (`export`, resolved from its name) for `context_id`,
-    /// then applies what it deferred.
+    /// then applies what it deferred. The common case (no trap, nothing
+    /// deferred, no dropped log lines, memory under its limit) is a few
+    /// flag tests around the call; the rest is out of line. Inlined into
+    /// `call_if_exported`, its only caller on the hot path: one frame less
+    /// per callback.
+    #[inline(always)]
     fn enter(
         &mut self,
         context_id: u32,
@@ -286,49 +301,71 @@ impl Vm {
         st.phase = Phase::Running;
         self.calls += 1;
         let r = self.instance.call_resolved(export, args);
-        // The context's plugin names the log lines below; looked up only for
-        // them (a callback does not remove its own context: that is deferred).
-        let plugin_ref = |vm: &mut Vm| match vm.instance.state().contexts.get(&context_id) {
-            Some(c) => c.plugin().log_ref(),
-            None => vm.env.log_ref.clone(),
-        };
-        if self.instance.take_memory_refusal() && !std::mem::replace(&mut self.memory_limit_logged, true) {
-            let plugin_ref = plugin_ref(self);
-            let size = self.instance.memory_size();
-            self.env.server.log(&plugin_ref, crate::abi::LogLevel::Error, &format!("{callback}: linear memory reached its limit (vm_config.limits.max_memory, {size} bytes now): memory.grow fails from here on (logged once)"));
+        if self.instance.take_memory_refusal() && !self.memory_limit_logged {
+            self.log_memory_limit(context_id, callback);
         }
         let st = self.instance.state();
         st.callback = None;
-        st.http_call_response = None;
-        st.call_data = None;
+        if st.http_call_response.is_some() {
+            st.http_call_response = None;
+        }
+        if st.call_data.is_some() {
+            st.call_data = None;
+        }
         if st.log_drops_pending {
             st.report_dropped_logs(std::time::Instant::now());
         }
+        let deferred = !st.deferred.is_empty();
         match r {
             Ok(v) => {
-                self.apply_deferred();
+                if deferred {
+                    self.apply_deferred();
+                }
                 Ok(v)
             }
-            Err(trap) => {
-                let plugin_ref = plugin_ref(self);
-                let mut msg = format!("{callback} trapped: {}", trap.message);
-                if let Some(bt) = &trap.backtrace {
-                    msg.push('\n');
-                    msg.push_str(bt.trim_end());
-                }
-                self.env.server.log(&plugin_ref, crate::abi::LogLevel::Critical, &msg);
-                self.failure = Some(format!("{}: {callback} trapped: {}", plugin_ref.name, trap.message));
-                self.instance.state().deferred.clear();
-                Err(VmError::Trap { plugin: plugin_ref.name, callback, trap })
-            }
+            Err(trap) => Err(self.trapped(context_id, callback, trap)),
         }
+    }
+
+    /// Who a log line about `context_id` is from: its plugin, else the VM (a
+    /// callback does not remove its own context: that is deferred).
+    fn plugin_ref(&mut self, context_id: u32) -> PluginRef {
+        match self.instance.state().contexts.get(&context_id) {
+            Some(c) => c.plugin().log_ref(),
+            None => self.env.log_ref.clone(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn log_memory_limit(&mut self, context_id: u32, callback: &'static str) {
+        self.memory_limit_logged = true;
+        let plugin_ref = self.plugin_ref(context_id);
+        let size = self.instance.memory_size();
+        self.env.server.log(&plugin_ref, crate::abi::LogLevel::Error, &format!("{callback}: linear memory reached its limit (vm_config.limits.max_memory, {size} bytes now): memory.grow fails from here on (logged once)"));
+    }
+
+    /// A callback trapped: logged, and the VM is unusable from here on.
+    #[cold]
+    #[inline(never)]
+    fn trapped(&mut self, context_id: u32, callback: &'static str, trap: Trap) -> VmError {
+        let plugin_ref = self.plugin_ref(context_id);
+        let mut msg = format!("{callback} trapped: {}", trap.message);
+        if let Some(bt) = &trap.backtrace {
+            msg.push('\n');
+            msg.push_str(bt.trim_end());
+        }
+        self.env.server.log(&plugin_ref, crate::abi::LogLevel::Critical, &msg);
+        self.failure = Some(format!("{}: {callback} trapped: {}", plugin_ref.name, trap.message));
+        self.instance.state().deferred.clear();
+        VmError::Trap { plugin: plugin_ref.name, callback, trap }
     }
 
     /// Calls `callback` if the module exports it; `Ok(None)` otherwise.
     fn call_if_exported(&mut self, context_id: u32, callback: Callback, args: &[i64]) -> Result<Option<Val>, VmError> {
         let resolved = self.callbacks[callback as usize];
         let export = match resolved {
-            Some(export) if self.callback_allowed(context_id, callback.name()) => export,
+            Some(export) if !self.restricted || self.callback_allowed(context_id, callback.name()) => export,
             _ => {
                 if let Some(f) = &self.failure {
                     return Err(VmError::Failed(f.clone()));
@@ -337,15 +374,29 @@ impl Vm {
             }
         };
         // Callbacks take at most five arguments: no allocation per call.
-        let mut buf = [Val::I32(0); 8];
+        let mut buf = [Val::I32(0); 5];
         if args.len() > buf.len() {
-            let args: Vec<Val> = args.iter().map(|a| Val::I32(*a as i32)).collect();
-            return self.enter(context_id, callback.name(), export, &args);
+            return self.enter_with_many_args(context_id, callback, export, args);
         }
         for (slot, a) in buf.iter_mut().zip(args) {
             *slot = Val::I32(*a as i32);
         }
         self.enter(context_id, callback.name(), export, &buf[..args.len()])
+    }
+
+    /// `enter` with more arguments than any callback of the ABI takes (the
+    /// call then fails on the export's arity, as it should).
+    #[cold]
+    #[inline(never)]
+    fn enter_with_many_args(
+        &mut self,
+        context_id: u32,
+        callback: Callback,
+        export: ExportIndex,
+        args: &[i64],
+    ) -> Result<Option<Val>, VmError> {
+        let args: Vec<Val> = args.iter().map(|a| Val::I32(*a as i32)).collect();
+        self.enter(context_id, callback.name(), export, &args)
     }
 
     /// A callback outside the plugin's `capability_restriction_config` is
@@ -401,16 +452,13 @@ impl Vm {
         }
         let st = self.instance.state();
         st.restricted |= plugin.authorizations.capabilities.is_some();
-        let id = st.allocate_context_id();
-        st.contexts.insert(
-            id,
-            Context::Root(RootContext {
-                plugin: plugin.clone(),
-                tick_period: None,
-                awaiting_done: false,
-                properties: Default::default(),
-            }),
-        );
+        self.restricted = st.restricted;
+        let id = st.insert_context(Context::Root(RootContext {
+            plugin: plugin.clone(),
+            tick_period: None,
+            awaiting_done: false,
+            properties: Default::default(),
+        }));
         let vm_config_len = self.env.vm_configuration.len() as i64;
         let plugin_config_len = plugin.configuration.len() as i64;
         let steps: [(Callback, &[i64]); 3] = [
@@ -585,23 +633,19 @@ impl Vm {
             Some(Context::Root(r)) => r.plugin.clone(),
             _ => return Err(VmError::UnknownContext(root_context_id)),
         };
-        let id = st.allocate_context_id();
-        st.contexts.insert(
-            id,
-            Context::Stream(StreamContext {
-                root_context_id,
-                plugin,
-                stream,
-                request_body: Vec::new(),
-                response_body: Vec::new(),
-                request_body_eos: false,
-                response_body_eos: false,
-                properties: Default::default(),
-                local_response_sent: false,
-                closed: false,
-                awaiting_done: false,
-            }),
-        );
+        let id = st.insert_context(Context::Stream(StreamContext {
+            root_context_id,
+            plugin,
+            stream,
+            request_body: Vec::new(),
+            response_body: Vec::new(),
+            request_body_eos: false,
+            response_body_eos: false,
+            properties: Default::default(),
+            local_response_sent: false,
+            closed: false,
+            awaiting_done: false,
+        }));
         if let Err(e) = self.call_if_exported(id, Callback::ContextCreate, &[id as i64, root_context_id as i64]) {
             self.instance.state().contexts.remove(&id);
             return Err(e);
@@ -844,7 +888,7 @@ impl Vm {
 
     fn drop_stream(&mut self, context_id: u32) {
         let st = self.instance.state();
-        st.contexts.remove(&context_id);
+        st.contexts.delete(&context_id);
         // Both are empty for most streams: no hashing then.
         if !st.awaiting_done.is_empty() {
             st.awaiting_done.remove(&context_id);
