@@ -52,3 +52,28 @@ plugins:
             filename: "$5"
 YAML
 }
+
+# w6_yaml FILE NAME WORKLOAD RUNTIME WASM COUNT: COUNT plugins NAME-1.. of WASM with WORKLOAD, all
+# on the one VM NAME (scripts/bench.sh's W6: a chain of eight filters sharing a VM), as the
+# callgrind scripts load it on either server.
+w6_yaml() {
+    local i
+    {
+        echo "plugins:"
+        for ((i = 1; i <= $6; i++)); do
+            cat <<YAML
+  - config:
+      name: "$2-$i"
+      root_id: ""
+      configuration: "$3"
+      vm_config:
+        runtime: "$4"
+        vm_id: "$2"
+        allow_precompiled: true
+        code:
+          local:
+            filename: "$5"
+YAML
+        done
+    } >"$1"
+}

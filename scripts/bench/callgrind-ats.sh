@@ -23,7 +23,8 @@
 #
 # Rows: base (generator.so alone), W2-min and W2-all (scripts/bench/*.wat) on
 # Wasmtime (WAMR: `w2min-wamr`... in CG_ROWS), W2 (bench filter noop), W3
-# (bench filter w3), w3-lua (tslua with scripts/bench/ts_w3.lua), null-transform
+# (bench filter w3), W6 (`w6-wasmtime`: eight W3 plugins on one VM in one chain, as
+# scripts/bench.sh's W6), w3-lua (tslua with scripts/bench/ts_w3.lua), null-transform
 # (scripts/bench/ts_null_transform.c: a native response transform passing the body
 # through, the floor of Traffic Server's transform machinery; built with cc).
 # Environment: CG_WARM [50], CG_N [1000], CG_ROWS (e.g. "base w2min-wasmtime"),
@@ -39,7 +40,7 @@ so=$(readlink -f "$so")
 warm=${CG_WARM:-50}
 n=${CG_N:-1000}
 wasm=${CG_WASM:-$repo/build/plugins/bench_filter.wasm}
-rows=${CG_ROWS:-base w2min-wasmtime w2all-wasmtime w2-wasmtime w3-wasmtime w3-lua null-transform}
+rows=${CG_ROWS:-base w2min-wasmtime w2all-wasmtime w2-wasmtime w3-wasmtime w6-wasmtime w3-lua null-transform}
 ts=${TRAFFIC_SERVER:-/usr/bin/traffic_server}
 modules=/usr/lib/trafficserver/modules
 dir=$(mktemp -d /tmp/callgrind-ats.XXXXXX)
@@ -107,11 +108,15 @@ run() {
             w2min) code=$dir/w2_min.wasm wl=- ;;
             w2all) code=$dir/w2_all.wasm wl=- ;;
             w2) code=$wasm wl=noop ;;
-            w3) code=$wasm wl=w3 ;;
+            w3 | w6) code=$wasm wl=w3 ;;
             *) echo "unknown row $row" >&2; return 1 ;;
         esac
         mkdir -p "$d"
-        plugin_yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code"
+        if [ "$name" = w6 ]; then
+            w6_yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code" 8
+        else
+            plugin_yaml "$d/p.yaml" "$row" "$wl" "$rt" "$code"
+        fi
         plugin="@plugin=proxy_wasm_ats.so @pparam=$d/p.yaml"
     fi
     layout "$d" "$port" "map /l/$row/ http://127.0.0.1:1/ $plugin @plugin=generator.so"

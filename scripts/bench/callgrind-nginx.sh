@@ -61,30 +61,6 @@ PY
     printf 'otoroshi:\n  runtime: %s\nwasm_plugins:\n  - %s\n' "$3" "$(cat "$1.json")" >"$1"
 }
 
-# w6_yaml FILE NAME WORKLOAD RUNTIME WASM COUNT: COUNT plugins NAME-1.. of WASM with WORKLOAD, all
-# on the one VM NAME (scripts/bench.sh's W6: a chain of eight filters sharing a VM).
-w6_yaml() {
-    local i
-    {
-        echo "plugins:"
-        for ((i = 1; i <= $6; i++)); do
-            cat <<YAML
-  - config:
-      name: "$2-$i"
-      root_id: ""
-      configuration: "$3"
-      vm_config:
-        runtime: "$4"
-        vm_id: "$2"
-        allow_precompiled: true
-        code:
-          local:
-            filename: "$5"
-YAML
-        done
-    } >"$1"
-}
-
 # run ROW N: prints the instructions callgrind counted for nginx serving N requests.
 run() {
     local row=$1 n=$2 d=$dir/$1-$2 port name rt code wl mod="" http="" loc="" hdr="X-Row: $1" count=1
