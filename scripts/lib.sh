@@ -34,23 +34,28 @@ YAML
     : >"$d/etc/plugin.config"
 }
 
-# plugin_yaml FILE NAME CONFIGURATION RUNTIME CODE: a one-plugin Proxy-Wasm YAML (its own vm_id,
-# the compiled-module cache allowed), as the callgrind scripts load it on either server.
-plugin_yaml() {
-    cat >"$1" <<YAML
-plugins:
+# plugin_entry NAME CONFIGURATION RUNTIME VM_ID CODE: one plugin of a Proxy-Wasm YAML's
+# `plugins:` list (the compiled-module cache allowed).
+plugin_entry() {
+    cat <<YAML
   - config:
-      name: "$2"
+      name: "$1"
       root_id: ""
-      configuration: "$3"
+      configuration: "$2"
       vm_config:
-        runtime: "$4"
-        vm_id: "$2"
+        runtime: "$3"
+        vm_id: "$4"
         allow_precompiled: true
         code:
           local:
             filename: "$5"
 YAML
+}
+
+# plugin_yaml FILE NAME CONFIGURATION RUNTIME CODE: a one-plugin Proxy-Wasm YAML (its own vm_id),
+# as the callgrind scripts load it on either server.
+plugin_yaml() {
+    { echo "plugins:"; plugin_entry "$2" "$3" "$4" "$2" "$5"; } >"$1"
 }
 
 # w6_yaml FILE NAME WORKLOAD RUNTIME WASM COUNT: COUNT plugins NAME-1.. of WASM with WORKLOAD, all
@@ -60,20 +65,6 @@ w6_yaml() {
     local i
     {
         echo "plugins:"
-        for ((i = 1; i <= $6; i++)); do
-            cat <<YAML
-  - config:
-      name: "$2-$i"
-      root_id: ""
-      configuration: "$3"
-      vm_config:
-        runtime: "$4"
-        vm_id: "$2"
-        allow_precompiled: true
-        code:
-          local:
-            filename: "$5"
-YAML
-        done
+        for ((i = 1; i <= $6; i++)); do plugin_entry "$2-$i" "$3" "$4" "$2" "$5"; done
     } >"$1"
 }
