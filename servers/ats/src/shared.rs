@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use super::hdr::Hdr;
 use super::sys::*;
-use super::txn::Framing;
+use super::hdr::Framing;
 use proxy_wasm_host::abi::{MapType, Status};
 use proxy_wasm_host::chain::Signals;
 use proxy_wasm_host::host::LocalResponse;

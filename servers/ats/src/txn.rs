@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::hdr::Hdr;
+use super::hdr::{Framing, Hdr};
 use super::server::log;
 use super::shared::{defer_wakeup, TxnShared, RESPONSE_FROM_ORIGIN, RESPONSE_NONE, RESPONSE_TO_CLIENT};
 use super::sys::*;
@@ -84,14 +84,6 @@ impl ChainServer for AtsChain {
     }
 }
 
-/// How the client frames its request body, as received (before any plugin
-/// touched the headers): Content-Length and Transfer-Encoding.
-#[derive(Clone, Default)]
-pub struct Framing {
-    pub content_length: Option<Vec<u8>>,
-    pub transfer_encoding: Option<Vec<u8>>,
-}
-
 /// What the transaction learns of the client request when it starts, from
 /// one header fetch: its framing, its pair count (for `on_request_headers`
 /// from the global hook) and whether it is a HEAD (no response body).
@@ -111,46 +103,6 @@ impl RequestStart {
             }
             None => RequestStart { framing: Framing::default(), pairs: 0, head: false },
         }
-    }
-}
-
-impl Framing {
-    fn read(h: &Hdr) -> Framing {
-        Framing { content_length: h.value(b"content-length"), transfer_encoding: h.value(b"transfer-encoding") }
-    }
-
-    /// Neither Content-Length nor Transfer-Encoding: nothing to restore.
-    fn is_empty(&self) -> bool {
-        self.content_length.is_none() && self.transfer_encoding.is_none()
-    }
-
-    /// Puts Transfer-Encoding / Content-Length back on `h` as they were
-    /// received, if a plugin changed them.
-    fn restore(&self, h: &Hdr) -> Result<(), Status> {
-        if let Some(te) = &self.transfer_encoding {
-            if h.value(b"transfer-encoding").as_ref() != Some(te) {
-                h.replace(b"transfer-encoding", te)?;
-            }
-        } else if let Some(cl) = &self.content_length {
-            if h.value(b"content-length").as_ref() != Some(cl) {
-                h.replace(b"content-length", cl)?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn chunked(&self) -> bool {
-        self.transfer_encoding.as_ref().is_some_and(|v| v.to_ascii_lowercase().windows(7).any(|w| w == b"chunked"))
-    }
-
-    /// No body follows the request headers.
-    pub fn no_body(&self) -> bool {
-        let length = self
-            .content_length
-            .as_ref()
-            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        !self.chunked() && length == 0
     }
 }
 
