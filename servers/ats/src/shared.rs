@@ -13,9 +13,9 @@ use std::os::raw::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use super::hdr::Framing;
 use super::hdr::Hdr;
 use super::sys::*;
-use super::hdr::Framing;
 use proxy_wasm_host::abi::{MapType, Status};
 use proxy_wasm_host::chain::Signals;
 use proxy_wasm_host::host::LocalResponse;
