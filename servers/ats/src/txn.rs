@@ -129,6 +129,25 @@ impl AtsStream {
             *kept = Some(Framing::read(h));
         }
     }
+
+    /// One field edit (`key`) of `map` by `edit`, the received framing kept first when the edit
+    /// can change it.
+    fn edit_field(
+        &self,
+        map: MapType,
+        key: &[u8],
+        edit: impl FnOnce(&Hdr) -> Result<(), Status>,
+    ) -> Result<(), Status> {
+        let framing = self.shared.mark_field_edited(map, key);
+        self.shared
+            .with_hdr(map, |h| {
+                if framing {
+                    self.keep_received_framing(map, h);
+                }
+                edit(h)
+            })?
+            .ok_or(Status::BadArgument)
+    }
 }
 
 impl HttpStream for AtsStream {
@@ -166,39 +185,15 @@ impl HttpStream for AtsStream {
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        let framing = self.shared.mark_field_edited(map, key);
-        self.shared
-            .with_hdr(map, |h| {
-                if framing {
-                    self.keep_received_framing(map, h);
-                }
-                h.add(key, value)
-            })?
-            .ok_or(Status::BadArgument)
+        self.edit_field(map, key, |h| h.add(key, value))
     }
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
-        let framing = self.shared.mark_field_edited(map, key);
-        self.shared
-            .with_hdr(map, |h| {
-                if framing {
-                    self.keep_received_framing(map, h);
-                }
-                h.replace(key, value)
-            })?
-            .ok_or(Status::BadArgument)
+        self.edit_field(map, key, |h| h.replace(key, value))
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
-        let framing = self.shared.mark_field_edited(map, key);
-        self.shared
-            .with_hdr(map, |h| {
-                if framing {
-                    self.keep_received_framing(map, h);
-                }
-                h.remove(key)
-            })?
-            .ok_or(Status::BadArgument)
+        self.edit_field(map, key, |h| h.remove(key))
     }
 
     /// Taken by the chain (`proxy_wasm_host::chain::stream::ChainStream`).
